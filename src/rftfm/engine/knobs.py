@@ -1,0 +1,81 @@
+"""The knobs a GRPO user really has, read and set on a live TRL ``GRPOTrainer``.
+
+Both bad configurations (fault injectors that model a wrong setting) and remediation act
+through these setters, so remediation can only do what a user of the trainer could do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KNOBS = (
+    "learning_rate",
+    "beta",
+    "temperature",
+    "max_completion_length",
+    "repetition_penalty",
+    "eos_bias",
+    "epsilon",
+    "scale_rewards",
+    "mask_truncated_completions",
+    "loss_type",
+)
+
+
+def _set_generation(trainer: Any, key: str, value: Any) -> None:
+    setattr(trainer.generation_config, key, value)
+    trainer.generation_kwargs[key] = value
+
+
+def get_knob(trainer: Any, name: str) -> Any:
+    if name == "learning_rate":
+        return trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer else trainer.args.learning_rate
+    if name == "epsilon":
+        return trainer.epsilon_low
+    if name == "repetition_penalty":
+        return trainer.generation_config.repetition_penalty or 1.0
+    if name == "eos_bias":
+        bias = trainer.generation_config.sequence_bias or {}
+        return next(iter(bias.values()), 0.0)
+    if name not in KNOBS:
+        raise KeyError(f"unknown knob {name!r}; known: {KNOBS}")
+    return getattr(trainer, name)
+
+
+def set_knob(trainer: Any, name: str, value: Any) -> None:
+    """Set one knob on a running trainer (takes effect from the next rollout / optimiser step)."""
+    if name == "learning_rate":
+        value = float(value)
+        if trainer.optimizer is not None:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = value
+        if trainer.lr_scheduler is not None and hasattr(trainer.lr_scheduler, "base_lrs"):
+            trainer.lr_scheduler.base_lrs = [value for _ in trainer.lr_scheduler.base_lrs]
+        trainer.args.learning_rate = value
+    elif name == "beta":
+        if trainer.ref_model is None and float(value) != 0.0:
+            raise ValueError("beta > 0 needs a reference model; this trainer was built with beta = 0")
+        trainer.beta = float(value)
+    elif name == "temperature":
+        trainer.temperature = float(value)
+        _set_generation(trainer, "temperature", float(value))
+    elif name == "max_completion_length":
+        trainer.max_completion_length = int(value)
+        _set_generation(trainer, "max_new_tokens", int(value))
+    elif name == "repetition_penalty":
+        _set_generation(trainer, "repetition_penalty", float(value))
+    elif name == "eos_bias":
+        eos = trainer.processing_class.eos_token_id
+        _set_generation(trainer, "sequence_bias", {(eos,): float(value)} if value else None)
+    elif name == "epsilon":
+        trainer.epsilon_low = trainer.epsilon_high = float(value)
+    elif name == "scale_rewards":
+        if value not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be group, batch or none, not {value!r}")
+        trainer.scale_rewards = value
+    elif name == "mask_truncated_completions":
+        trainer.mask_truncated_completions = bool(value)
+    elif name == "loss_type":
+        trainer.loss_type = str(value)
+    else:
+        raise KeyError(f"unknown knob {name!r}; known: {KNOBS}")

@@ -1,0 +1,123 @@
+"""Run one RFT training run of the embedded engine (TRL GRPO on the CPU) from a ``RunInfo``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback, set_seed
+from trl import GRPOConfig
+
+from rftfm.engine.sft import load_warm_start, warm_start_path
+from rftfm.engine.tasks import task_group
+from rftfm.engine.tokenizer import build_tokenizer
+from rftfm.engine.trainer import RecordingGRPOTrainer, StepSink
+from rftfm.faults.injectors import make_injector
+from rftfm.records import RunInfo
+
+#: Clean training configuration of the embedded engine (what a careful user would set).
+DEFAULTS: dict[str, Any] = {
+    "num_steps": 28,
+    "prompts_per_step": 8,
+    "num_generations": 8,
+    "learning_rate": 3e-4,
+    "beta": 0.04,
+    "temperature": 1.0,
+    "max_completion_length": 10,
+    "eval_every": 1,
+}
+
+
+def quiet() -> None:
+    """Silence library chatter that would drown the CLI's own output."""
+    for name in ("transformers", "trl", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def with_defaults(info: RunInfo) -> RunInfo:
+    """Fill unset configuration fields of ``info`` from :data:`DEFAULTS`."""
+    update = {k: v for k, v in DEFAULTS.items() if getattr(info, k) is None}
+    return info.model_copy(update=update)
+
+
+def build_trainer(
+    info: RunInfo,
+    sinks: list[StepSink] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    output_dir: str | None = None,
+) -> RecordingGRPOTrainer:
+    """A ready-to-train ``RecordingGRPOTrainer`` for ``info`` (fault injected as the run says)."""
+    quiet()
+    info = with_defaults(info)
+    seed = info.seed or 0
+    set_seed(seed)
+    task = task_group(info.task_group)
+    problems = task.problems(info.num_steps * info.prompts_per_step, seed=seed)
+    dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "prompt_id": p.prompt_id} for p in problems])
+    load_warm_start(info.task_group, info.model_size or "xs")  # make sure the cache exists
+    model_path = str(warm_start_path(info.task_group, info.model_size or "xs"))
+    config = GRPOConfig(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="rftfm-run-"),
+        per_device_train_batch_size=info.prompts_per_step * info.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=info.num_generations,
+        max_steps=info.num_steps,
+        learning_rate=info.learning_rate,
+        lr_scheduler_type="constant",
+        beta=info.beta,
+        temperature=info.temperature,
+        max_completion_length=info.max_completion_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        max_grad_norm=1.0,
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    injector = make_injector(info.fault_type, info.fault_strength, onset_step=info.onset_step or 1, seed=seed)
+    if info.control_or_fault != "fault":
+        injector = make_injector(None, None, seed=seed)
+    trainer = RecordingGRPOTrainer(
+        model=model_path,
+        args=config,
+        train_dataset=dataset,
+        processing_class=build_tokenizer(),
+        callbacks=callbacks,
+        run=info,
+        task=task,
+        injector=injector,
+        sinks=list(sinks or []),
+        eval_problems=task.eval_problems(),
+    )
+    trainer.remove_callback(PrinterCallback)  # records go to sinks, not stdout
+    return trainer
+
+
+def train_run(info: RunInfo, sinks: list[StepSink] | None = None, callbacks: list[TrainerCallback] | None = None) -> RecordingGRPOTrainer:
+    """Train ``info`` to completion, streaming records to ``sinks``; returns the trainer."""
+    with tempfile.TemporaryDirectory(prefix="rftfm-run-") as tmp:
+        trainer = build_trainer(info, sinks, callbacks, output_dir=tmp)
+        trainer.train()
+    return trainer

@@ -1,0 +1,92 @@
+"""Short supervised warm start, cached on disk so reinforcement learning starts with signal.
+
+A plain torch loop: the sequences are a few characters long and the whole job is a
+few hundred tiny steps, so TRL's SFTTrainer machinery would cost more than the training.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from rftfm.engine.model import build_model
+from rftfm.engine.policy_eval import eval_accuracy
+from rftfm.engine.tasks import task_group
+from rftfm.engine.tokenizer import build_tokenizer
+
+SFT_VERSION = 1
+#: SFT steps per (task group, model size), chosen so the warm start is partially competent
+#: (RL has room to learn); measured warm-start accuracies are in docs/engine.md.
+SFT_STEPS: dict[tuple[str, str], int] = {
+    ("arith_a", "xs"): 120, ("arith_a", "s"): 350,
+    ("arith_b", "xs"): 250, ("arith_b", "s"): 350,
+    ("tool", "xs"): 250, ("tool", "s"): 250,
+}
+SFT_BATCH = 64
+SFT_LR = 3e-3
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RFTFM_CACHE", Path.home() / ".cache" / "rftfm"))
+
+
+def sft_batch(task_name: str, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    task, tok = task_group(task_name), build_tokenizer()
+    problems = [task.sample(rng) for _ in range(batch_size)]
+    prompts = [tok(p.prompt)["input_ids"] for p in problems]
+    targets = [tok(task.sft_completion(p, rng))["input_ids"] + [tok.eos_token_id] for p in problems]
+    length = max(len(p) + len(t) for p, t in zip(prompts, targets))
+    ids = torch.full((batch_size, length), tok.pad_token_id)
+    labels = torch.full((batch_size, length), -100)
+    mask = torch.zeros((batch_size, length), dtype=torch.long)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        seq = p + t
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(t)
+    return ids, mask, labels
+
+
+def train_sft(task_name: str, size: str, steps: int | None = None, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = build_model(size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0)
+    model.train()
+    for _ in range(steps if steps is not None else SFT_STEPS[task_name, size]):
+        ids, mask, labels = sft_batch(task_name, rng, SFT_BATCH)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def warm_start_path(task_name: str, size: str) -> Path:
+    return cache_dir() / f"sft-v{SFT_VERSION}" / f"{task_name}-{size}"
+
+
+def load_warm_start(task_name: str, size: str) -> GPT2LMHeadModel:
+    """The cached SFT policy for (task, size), trained and cached on first use (atomic write)."""
+    path = warm_start_path(task_name, size)
+    if not (path / "model.safetensors").exists():
+        model = train_sft(task_name, size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        model.save_pretrained(tmp, safe_serialization=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process won the race; use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    return GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
+
+
+def warm_start_accuracy(task_name: str, size: str) -> float:
+    task = task_group(task_name)
+    return eval_accuracy(load_warm_start(task_name, size), task, task.eval_problems())

@@ -1,0 +1,195 @@
+"""TRL ``GRPOTrainer`` with fault-injection hooks and live recording of steps and trajectories.
+
+The subclass adds three things to TRL's loop and nothing else:
+
+* it asks the run's injector to act where the fault lives (configuration at onset, the
+  reward / tool sandbox through the reward function, the rollout policy, the advantages);
+* it records one :class:`~rftfm.records.TrajectoryRecord` per completion and one
+  :class:`~rftfm.records.StepRecord` per optimiser step, from what the trainer logged;
+* it hands every record to its sinks (files, a live monitor) as soon as the step ends.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+
+from rftfm.engine.policy_eval import eval_accuracy
+from rftfm.engine.tasks import Problem, TaskGroup, calculator
+from rftfm.faults.injectors import Injector
+from rftfm.records import FaultInjection, RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
+
+StepSink = Callable[[StepRecord, list[TrajectoryRecord]], None]
+
+#: TRL log key -> StepRecord field.
+TRL_STEP_KEYS: dict[str, str] = {
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "entropy": "entropy",
+    "loss": "policy_loss",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+    "clip_ratio/low_mean": "clip_ratio_low",
+    "clip_ratio/high_mean": "clip_ratio_high",
+    "clip_ratio/region_mean": "clip_ratio_region",
+    "completions/mean_length": "completion_length_mean",
+    "completions/max_length": "completion_length_max",
+    "completions/clipped_ratio": "truncated_ratio",
+}
+
+
+def repetition_stats(text: str) -> tuple[float, float]:
+    """(repetition ratio, unique-token ratio) of a character completion."""
+    if not text:
+        return 0.0, 0.0
+    repeats = sum(a == b for a, b in zip(text, text[1:]))
+    return repeats / max(len(text) - 1, 1), len(set(text)) / len(text)
+
+
+class RecordingGRPOTrainer(GRPOTrainer):
+    """A ``GRPOTrainer`` that injects one fault and records what happened."""
+
+    def __init__(
+        self,
+        *args: Any,
+        run: RunInfo,
+        task: TaskGroup,
+        injector: Injector,
+        sinks: list[StepSink],
+        eval_problems: list[Problem],
+        **kwargs: Any,
+    ):
+        self.run = run
+        self.task = task
+        self.injector = injector
+        self.sinks = sinks
+        self.eval_problems = eval_problems
+        self._pending: list[TrajectoryRecord] = []
+        self._outcomes: list[tuple[float, int, int]] = []
+        self._frac_zero_adv = float("nan")
+        self._last_log_time = time.perf_counter()
+        self._eval_time = 0.0
+        super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
+
+    # --- the reward function TRL calls ----------------------------------------------
+    def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str], **_: Any) -> list[float]:
+        step = self.state.global_step + 1
+        tool = self.injector.tool(calculator, step)
+        outcomes = [
+            self.task.verify(c, Problem(p, int(a), pid), tool)
+            for p, c, a, pid in zip(prompts, completions, answer, prompt_id)
+        ]
+        rewards = np.array([float(o.correct) for o in outcomes])
+        rewards = self.injector.rewards(rewards, list(completions), list(prompt_id), step)
+        self._outcomes = [(float(r), o.tool_calls, o.tool_errors) for r, o in zip(rewards, outcomes)]
+        return rewards.tolist()
+
+    # --- rollout ----------------------------------------------------------------------
+    def _generate_single_turn(self, *args: Any, **kwargs: Any):
+        with self.injector.rollout_policy(self.model, self.state.global_step + 1):
+            return super()._generate_single_turn(*args, **kwargs)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        step = self.state.global_step + 1
+        self.injector.before_rollout(self, step)
+        out = super()._generate_and_score_completions(inputs)
+        ids, mask = out["completion_ids"], out["completion_mask"]
+        lengths = mask.sum(dim=1)
+        out["advantages"] = self.injector.advantages(out["advantages"], lengths, self.num_generations, step)
+        if self.injector.uses_rollout_policy(step):
+            # Behaviour-policy log-probs, as an asynchronous rollout engine reports them.
+            full_ids = torch.cat([out["prompt_ids"], ids], dim=1)
+            full_mask = torch.cat([out["prompt_mask"], mask], dim=1)
+            with torch.no_grad(), self.injector.rollout_policy(self.model, step):
+                out["old_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, full_ids, full_mask, ids.size(1), batch_size=self.args.per_device_train_batch_size
+                )
+        self._record_trajectories(inputs, ids, lengths, out["advantages"], step)
+        return out
+
+    def _record_trajectories(self, inputs, ids, lengths, advantages, step: int) -> None:
+        eos = self.processing_class.eos_token_id
+        limit = self.max_completion_length
+        texts = self.processing_class.batch_decode(ids, skip_special_tokens=True)
+        adv = advantages.detach().float()
+        groups = adv.view(-1, self.num_generations)
+        self._frac_zero_adv = float((groups.abs().amax(dim=1) < 1e-6).float().mean())
+        label = self._label(step)
+        records = []
+        for i, (example, text) in enumerate(zip(inputs, texts)):
+            n = int(lengths[i])
+            has_eos = n > 0 and int(ids[i, n - 1]) == eos
+            visible = n - int(has_eos)
+            reward, tool_calls, tool_errors = self._outcomes[i] if i < len(self._outcomes) else (float("nan"), 0, 0)
+            rep, uniq = repetition_stats(text)
+            records.append(
+                TrajectoryRecord(
+                    run_id=self.run.run_id,
+                    rollout_step=step,
+                    prompt_id=example["prompt_id"],
+                    group_id=i // self.num_generations,
+                    reward=reward,
+                    response_length=visible,
+                    advantage=float(adv[i]),
+                    ret=reward,
+                    repetition_ratio=rep,
+                    unique_token_ratio=uniq,
+                    tool_call_count=tool_calls,
+                    tool_error_count=tool_errors,
+                    flags=TrajectoryFlags(
+                        empty_response=visible == 0,
+                        short_response=visible <= 1,
+                        long_response=n >= limit,
+                        truncated=not has_eos,
+                    ),
+                    completion=text,
+                    fault_injection=label,
+                )
+            )
+        self._pending = records
+
+    def _label(self, step: int) -> FaultInjection | None:
+        if self.run.control_or_fault != "fault":
+            return None
+        return FaultInjection(
+            fault_injection_type=self.run.fault_type,
+            fault_injection_strength=self.run.fault_strength,
+            active=self.injector.is_active(step),
+        )
+
+    # --- step records -------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)  # merges TRL's averaged metrics into ``logs``
+        if "loss" not in logs or not self.model.training:
+            return
+        step = self.state.global_step
+        now = time.perf_counter()
+        step_time = now - self._last_log_time - self._eval_time
+        eval_every = self.run.eval_every or 1
+        accuracy = None
+        t0 = time.perf_counter()
+        if step % eval_every == 0 or step == 1:
+            accuracy = eval_accuracy(self.model, self.task, self.eval_problems)
+        self._eval_time = time.perf_counter() - t0
+        fields = {field: logs.get(key) for key, field in TRL_STEP_KEYS.items()}
+        known = set(TRL_STEP_KEYS) | {"epoch", "step"}
+        extra = {k: float(v) for k, v in logs.items() if k not in known and isinstance(v, (int, float))}
+        record = StepRecord(
+            run_id=self.run.run_id,
+            step=step,
+            eval_accuracy=accuracy,
+            frac_zero_std_groups=self._frac_zero_adv,
+            step_time_s=step_time,
+            extra=extra,
+            fault_injection=self._label(step),
+            **fields,
+        )
+        self._last_log_time = now
+        trajectories, self._pending = self._pending, []
+        for sink in self.sinks:
+            sink(record, trajectories)

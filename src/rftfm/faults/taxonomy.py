@@ -1,0 +1,197 @@
+"""The fault taxonomy: the one registry of fault families, types and strengths.
+
+Every other module (injectors, benchmark presets, detector evaluation, diagnoser labels,
+remediation playbook) reads fault names from here; no second list exists.
+
+``params`` are interpreted by the injector of the family (``rftfm.faults.injectors``);
+``easy`` is the strong setting, ``hard`` the subtle one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Strength = Literal["easy", "hard"]
+STRENGTHS: tuple[Strength, ...] = ("easy", "hard")
+
+
+@dataclass(frozen=True)
+class FaultFamily:
+    code: str  # two-letter code used in group directory names (rf, pg, od, ca, te)
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class FaultType:
+    name: str
+    family: str  # FaultFamily.code
+    injected_as: str
+    fingerprint: str
+    params: dict[Strength, dict[str, Any]]
+    task_groups: tuple[str, ...] | None = None  # None: every task group
+    knob_repairable: bool = True  # False: a code bug no trainer knob fixes (halt + rollback)
+    signals: tuple[str, ...] = field(default_factory=tuple)  # expected moving signals (for docs/evidence)
+
+
+FAMILIES: dict[str, FaultFamily] = {
+    f.code: f
+    for f in (
+        FaultFamily("rf", "reward", "the reward function or verifier is wrong"),
+        FaultFamily("pg", "generation", "the rollout / sampling process is wrong"),
+        FaultFamily("od", "optimisation", "the optimiser configuration is wrong"),
+        FaultFamily("ca", "credit assignment", "the advantage computation is wrong"),
+        FaultFamily("te", "tool environment", "the tool sandbox misbehaves"),
+    )
+}
+
+_TOOL_ONLY = ("tool",)
+
+FAULT_TYPES: dict[str, FaultType] = {
+    t.name: t
+    for t in (
+        # --- RF: reward ---------------------------------------------------------------
+        FaultType(
+            "reward_noise", "rf",
+            "zero-mean Gaussian noise added to every verifier reward",
+            "reward sd up, slower learning",
+            {"easy": {"noise_sd": 1.0}, "hard": {"noise_sd": 0.35}},
+            signals=("reward_std", "eval_accuracy"),
+        ),
+        FaultType(
+            "reward_hacking", "rf",
+            "verifier also accepts any completion at least `min_len` characters long (length shortcut)",
+            "train reward up while eval accuracy down, length and repetition up",
+            {"easy": {"min_len": 6, "accept_prob": 1.0}, "hard": {"min_len": 7, "accept_prob": 0.5}},
+            knob_repairable=False,
+            signals=("reward_mean", "eval_accuracy", "completion_length_mean"),
+        ),
+        FaultType(
+            "reward_scale", "rf",
+            "rewards scaled and offset while group normalisation is off",
+            "loss and grad-norm magnitude jump, KL up",
+            {"easy": {"scale": 25.0, "offset": 5.0}, "hard": {"scale": 5.0, "offset": 1.0}},
+            signals=("reward_mean", "policy_loss", "grad_norm", "kl"),
+        ),
+        FaultType(
+            "reward_inversion", "rf",
+            "reward r -> 1 - r on a fixed subset of prompts (systematic sign flip)",
+            "eval accuracy falls, reward trends down",
+            {"easy": {"prompt_fraction": 0.7}, "hard": {"prompt_fraction": 0.35}},
+            knob_repairable=False,
+            signals=("eval_accuracy", "reward_mean"),
+        ),
+        # --- PG: generation ------------------------------------------------------------
+        FaultType(
+            "sampling_temperature", "pg",
+            "rollout temperature far too high",
+            "entropy and unique-token ratio shift, more wrong samples",
+            {"easy": {"temperature": 2.2}, "hard": {"temperature": 1.5}},
+            signals=("entropy", "unique_token_ratio", "reward_mean"),
+        ),
+        FaultType(
+            "length_truncation", "pg",
+            "max completion length too short",
+            "truncated ratio and long flags up, reward down",
+            {"easy": {"max_completion_length": 2}, "hard": {"max_completion_length": 3}},
+            signals=("truncated_ratio", "completion_length_max", "reward_mean"),
+        ),
+        FaultType(
+            "rollout_mismatch", "pg",
+            "rollouts come from a stale, perturbed copy of the policy (weights re-synced every k steps)",
+            "clip ratio and importance-ratio drift",
+            {"easy": {"sync_every": 8, "weight_noise": 0.08}, "hard": {"sync_every": 4, "weight_noise": 0.03}},
+            signals=("clip_ratio_region", "kl"),
+        ),
+        FaultType(
+            "degeneration", "pg",
+            "repetition penalty below 1 and EOS logit pushed down at sampling time",
+            "repetition up, unique tokens down, long outputs",
+            {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0}, "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
+            signals=("completion_length_mean", "repetition_ratio", "truncated_ratio"),
+        ),
+        # --- OD: optimisation ----------------------------------------------------------
+        FaultType(
+            "lr_high", "od",
+            "learning rate far too high",
+            "grad-norm and loss spikes, entropy collapse, KL up",
+            {"easy": {"lr_multiplier": 30.0}, "hard": {"lr_multiplier": 6.0}},
+            signals=("kl", "entropy", "grad_norm"),
+        ),
+        FaultType(
+            "lr_low", "od",
+            "learning rate far too low",
+            "flat reward, KL near 0",
+            {"easy": {"lr_multiplier": 0.003}, "hard": {"lr_multiplier": 0.1}},
+            signals=("kl", "reward_mean", "eval_accuracy"),
+        ),
+        FaultType(
+            "kl_misconfig", "od",
+            "KL coefficient orders of magnitude too large",
+            "KL pinned near 0 with no learning",
+            {"easy": {"beta": 5.0}, "hard": {"beta": 1.0}},
+            signals=("kl", "reward_mean"),
+        ),
+        # --- CA: credit assignment -----------------------------------------------------
+        FaultType(
+            "advantage_sign", "ca",
+            "advantage sign flipped on a random fraction of trajectories",
+            "reward falls steadily",
+            {"easy": {"flip_fraction": 0.85}, "hard": {"flip_fraction": 0.45}},
+            knob_repairable=False,
+            signals=("reward_mean", "eval_accuracy", "advantage"),
+        ),
+        FaultType(
+            "zero_variance", "ca",
+            "a fraction of groups get all-zero advantages (degenerate grouping)",
+            "fraction of zero-std groups up, grad-norm down, stall",
+            {"easy": {"zero_fraction": 0.9}, "hard": {"zero_fraction": 0.5}},
+            signals=("frac_zero_std_groups", "grad_norm"),
+        ),
+        FaultType(
+            "advantage_normalization", "ca",
+            "broken normalisation: advantages scaled up and biased by completion length",
+            "advantage sd explodes, grad spikes, length drift",
+            {"easy": {"scale": 12.0, "length_power": 2.0}, "hard": {"scale": 3.0, "length_power": 1.0}},
+            signals=("advantage", "grad_norm", "completion_length_mean"),
+        ),
+        # --- TE: tool environment ------------------------------------------------------
+        FaultType(
+            "tool_failure", "te",
+            "tool sandbox raises errors / time-outs; failed calls score 0",
+            "tool errors up, reward down with no policy change",
+            {"easy": {"failure_prob": 0.6}, "hard": {"failure_prob": 0.25}},
+            task_groups=_TOOL_ONLY,
+            signals=("tool_error_count", "reward_mean"),
+        ),
+        FaultType(
+            "tool_corruption", "te",
+            "tool returns a wrong result without an error",
+            "tool calls succeed but reward falls, tool use drops",
+            {"easy": {"corrupt_prob": 0.7}, "hard": {"corrupt_prob": 0.3}},
+            task_groups=_TOOL_ONLY,
+            knob_repairable=False,
+            signals=("reward_mean", "tool_call_count"),
+        ),
+    )
+}
+
+
+def fault_type(name: str) -> FaultType:
+    try:
+        return FAULT_TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown fault type {name!r}; known: {sorted(FAULT_TYPES)}") from None
+
+
+def types_of_family(code: str) -> list[str]:
+    return [t.name for t in FAULT_TYPES.values() if t.family == code]
+
+
+def group_dir(family: str, strength: Strength) -> str:
+    """Published group directory name, e.g. ``rf_easy_fault``."""
+    return f"{family}_{strength}_fault"
+
+
+NORMAL_GROUP = "normal"
