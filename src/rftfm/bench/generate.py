@@ -1,0 +1,135 @@
+"""Generate RFT-FaultBench: train every run of a preset and write it in the published layout.
+
+Resumable: finished runs (final directory with ``run_info.json``) are skipped; a run killed
+half-way leaves only a ``.tmp-`` directory, which is discarded and redone. Work runs on a
+local process pool (default, one single-threaded torch process per core) or on a Ray
+cluster; both execute the same :func:`execute_run`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rftfm.io.faultbench import RunWriter, finished_runs, is_finished, write_registries
+from rftfm.records import RunInfo
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    steps: int
+    trajectories: int
+    seconds: float
+
+
+def _single_thread() -> None:
+    import torch
+
+    from rftfm.engine.run import quiet
+
+    quiet()
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def execute_run(root: str, info_json: str) -> RunSummary:
+    """Train one run and publish it under ``root`` (atomic); safe to call in any worker."""
+    from rftfm.engine.run import train_run
+
+    _single_thread()
+    info = RunInfo.model_validate_json(info_json)
+    start = time.perf_counter()
+    writer = RunWriter(Path(root), info)
+    try:
+        train_run(info, sinks=[writer])
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    return RunSummary(info.run_id, len(writer.step_rows), len(writer.traj_rows), time.perf_counter() - start)
+
+
+def warm_start(task: str, size: str) -> str:
+    """Build (or reuse) the cached SFT policy for (task, size)."""
+    from rftfm.engine.sft import load_warm_start
+
+    _single_thread()
+    load_warm_start(task, size)
+    return f"{task}-{size}"
+
+
+def pending_runs(root: Path, runs: Iterable[RunInfo]) -> list[RunInfo]:
+    return [r for r in runs if not is_finished(root, r)]
+
+
+ProgressFn = Callable[[RunSummary], None]
+
+
+def generate(
+    root: Path,
+    runs: list[RunInfo],
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    on_done: ProgressFn | None = None,
+) -> list[RunSummary]:
+    """Generate every unfinished run of ``runs`` under ``root``; returns summaries of the new ones."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    todo = pending_runs(root, runs)
+    configs = sorted({(r.task_group, r.model_size or "xs") for r in todo})
+    if executor == "local":
+        summaries = _run_local(root, todo, configs, workers or os.cpu_count() or 1, on_done)
+    elif executor == "ray":
+        summaries = _run_ray(root, todo, configs, address, on_done)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; use 'local' or 'ray'")
+    write_registries(root, finished_runs(root))
+    return summaries
+
+
+def _run_local(root: Path, todo: list[RunInfo], configs, workers: int, on_done: ProgressFn | None) -> list[RunSummary]:
+    summaries: list[RunSummary] = []
+    if not todo:
+        return summaries
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(warm_start, *zip(*configs)))
+        futures = {pool.submit(execute_run, str(root), r.model_dump_json()) for r in todo}
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                summary = future.result()
+                summaries.append(summary)
+                if on_done:
+                    on_done(summary)
+    return summaries
+
+
+def _run_ray(root: Path, todo: list[RunInfo], configs, address: str | None, on_done: ProgressFn | None) -> list[RunSummary]:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote_warm = ray.remote(num_cpus=1)(warm_start)
+        remote_run = ray.remote(num_cpus=1, max_retries=2)(execute_run)
+        ray.get([remote_warm.remote(t, s) for t, s in configs])
+        pending = [remote_run.remote(str(root), r.model_dump_json()) for r in todo]
+        summaries: list[RunSummary] = []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            summary = ray.get(done[0])
+            summaries.append(summary)
+            if on_done:
+                on_done(summary)
+        return summaries
+    finally:
+        if started_here:
+            ray.shutdown()

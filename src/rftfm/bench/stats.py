@@ -1,0 +1,45 @@
+"""Counts of runs, step records and trajectory records, by family, type, setting and kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rftfm.io.loader import load_benchmark
+
+
+def benchmark_stats(root: str | Path) -> dict[str, Any]:
+    bench = load_benchmark(root)
+    runs = bench.runs.with_columns(
+        pl.col("fault_family").fill_null("-"),
+        pl.col("fault_type").fill_null("-"),
+        pl.col("fault_strength").fill_null("-"),
+    )
+    step_counts = bench.steps.group_by("run_id").len("steps") if bench.steps.height else pl.DataFrame({"run_id": [], "steps": []})
+    traj = bench.trajectories
+    traj_counts = traj.group_by("run_id").len("trajectories") if traj is not None and traj.height else None
+    table = runs.join(step_counts, on="run_id", how="left")
+    table = table.join(traj_counts, on="run_id", how="left") if traj_counts is not None else table.with_columns(pl.lit(0).alias("trajectories"))
+    table = table.with_columns(pl.col("steps").fill_null(0), pl.col("trajectories").fill_null(0))
+
+    def grouped(keys: list[str]) -> list[dict[str, Any]]:
+        return (
+            table.group_by(keys)
+            .agg(pl.len().alias("runs"), pl.col("steps").sum(), pl.col("trajectories").sum())
+            .sort(keys)
+            .to_dicts()
+        )
+
+    onset_col = "onset_step" if "onset_step" in table.columns else None
+    return {
+        "root": str(root),
+        "totals": {"runs": table.height, "steps": int(table["steps"].sum()), "trajectories": int(table["trajectories"].sum())},
+        "by_kind": grouped(["control_or_fault"]),
+        "by_family_setting": grouped(["control_or_fault", "fault_family", "fault_strength"]),
+        "by_type_setting": grouped(["control_or_fault", "fault_type", "fault_strength"]),
+        "by_task_size": grouped([c for c in ("task_group", "model_size") if c in table.columns]),
+        "by_onset": grouped(["control_or_fault", onset_col]) if onset_col else [],
+        "loader": {"malformed_lines": bench.report.malformed_lines, "files_read": bench.report.files_read},
+    }

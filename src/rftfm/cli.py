@@ -1,0 +1,83 @@
+"""The rftfm command line: ``rftfm bench generate|stats``, and more as the tool grows."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="rftfm: failure management for reinforcement fine-tuning.", no_args_is_help=True)
+bench_app = typer.Typer(help="RFT-FaultBench: generate, inspect and evaluate.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+@bench_app.command("generate")
+def bench_generate(
+    out: Path = typer.Option(..., "--out", help="benchmark directory (created; re-running resumes)"),
+    preset: str = typer.Option("mini", help="preset: mini or full"),
+    executor: str = typer.Option("local", help="local (process pool) or ray"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)"),
+    workers: Optional[int] = typer.Option(None, help="local worker processes (default: one per core)"),
+    limit: Optional[int] = typer.Option(None, help="generate at most this many pending runs"),
+) -> None:
+    """Train every run of a preset (skipping finished ones) and write the published layout."""
+    from rftfm.bench.generate import generate, pending_runs
+    from rftfm.bench.presets import preset_runs
+
+    runs = preset_runs(preset)
+    todo = pending_runs(out, runs)
+    if limit is not None:
+        todo = todo[:limit]
+    console.print(f"[bold]{preset}[/] preset: {len(runs)} runs, {len(runs) - len(pending_runs(out, runs))} already finished, {len(todo)} to do")
+    start = time.perf_counter()
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training runs", total=len(todo))
+        summaries = generate(out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task))
+    elapsed = time.perf_counter() - start
+    steps = sum(s.steps for s in summaries)
+    console.print(f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories in {elapsed:.1f} s")
+
+
+@bench_app.command("stats")
+def bench_stats(
+    root: Path = typer.Argument(..., help="benchmark directory"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the statistics as JSON"),
+) -> None:
+    """Counts of runs, step records and trajectory records by family, type and setting."""
+    from rftfm.bench.stats import benchmark_stats
+
+    stats = benchmark_stats(root)
+    totals = stats["totals"]
+    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records")
+    for title, key, cols in (
+        ("by kind", "by_kind", ["control_or_fault"]),
+        ("by family and setting", "by_family_setting", ["control_or_fault", "fault_family", "fault_strength"]),
+        ("by type and setting", "by_type_setting", ["control_or_fault", "fault_type", "fault_strength"]),
+        ("by task group and model size", "by_task_size", ["task_group", "model_size"]),
+        ("by onset step", "by_onset", ["control_or_fault", "onset_step"]),
+    ):
+        rows = stats[key]
+        if not rows:
+            continue
+        table = Table(title=title)
+        for col in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]:
+            table.add_column(col, justify="right" if col in ("runs", "steps", "trajectories") else "left")
+        for row in rows:
+            table.add_row(*[str(row.get(c)) for c in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]])
+        console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(stats, indent=1, default=str), encoding="utf-8")
+        console.print(f"wrote {json_out}")
+
+
+if __name__ == "__main__":
+    app()
