@@ -8,6 +8,7 @@ cluster; both execute the same :func:`execute_run`.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -83,6 +84,7 @@ def generate(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     todo = pending_runs(root, runs)
+    start = time.time()
     configs = sorted({(r.task_group, r.model_size or "xs") for r in todo})
     if executor == "local":
         summaries = _run_local(root, todo, configs, workers or os.cpu_count() or 1, on_done)
@@ -91,7 +93,21 @@ def generate(
     else:
         raise ValueError(f"unknown executor {executor!r}; use 'local' or 'ray'")
     write_registries(root, finished_runs(root))
+    _log_session(root, start, executor, summaries)
     return summaries
+
+
+def _log_session(root: Path, start: float, executor: str, summaries: list[RunSummary]) -> None:
+    """Append this invocation's wall time to ``metadata/generation_log.jsonl`` (resumed runs add up)."""
+    entry = {
+        "started": start, "wall_s": time.time() - start, "executor": executor, "cpus": os.cpu_count(),
+        "runs": len(summaries), "steps": sum(s.steps for s in summaries),
+        "trajectories": sum(s.trajectories for s in summaries),
+    }
+    path = root / "metadata" / "generation_log.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 def _run_local(root: Path, todo: list[RunInfo], configs, workers: int, on_done: ProgressFn | None) -> list[RunSummary]:

@@ -80,12 +80,10 @@ class RecordingGRPOTrainer(GRPOTrainer):
     def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str], **_: Any) -> list[float]:
         step = self.state.global_step + 1
         tool = self.injector.tool(calculator, step)
-        outcomes = [
-            self.task.verify(c, Problem(p, int(a), pid), tool)
-            for p, c, a, pid in zip(prompts, completions, answer, prompt_id)
-        ]
+        problems = [Problem(p, int(a), pid) for p, a, pid in zip(prompts, answer, prompt_id)]
+        outcomes = [self.task.verify(c, q, tool) for c, q in zip(completions, problems)]
         rewards = np.array([float(o.correct) for o in outcomes])
-        rewards = self.injector.rewards(rewards, list(completions), list(prompt_id), step)
+        rewards = self.injector.rewards(rewards, list(completions), problems, step)
         self._outcomes = [(float(r), o.tool_calls, o.tool_errors) for r, o in zip(rewards, outcomes)]
         return rewards.tolist()
 

@@ -61,11 +61,11 @@ FAULT_TYPES: dict[str, FaultType] = {
         ),
         FaultType(
             "reward_hacking", "rf",
-            "verifier also accepts any completion at least `min_len` characters long (length shortcut)",
-            "train reward up while eval accuracy down, length and repetition up",
-            {"easy": {"min_len": 6, "accept_prob": 1.0}, "hard": {"min_len": 7, "accept_prob": 0.5}},
+            "lenient verifier also accepts any direct answer whose first digit is right (prefix shortcut)",
+            "train reward up while eval accuracy stalls or falls (reward / accuracy gap)",
+            {"easy": {"prefix_chars": 1, "accept_prob": 1.0}, "hard": {"prefix_chars": 1, "accept_prob": 0.4}},
             knob_repairable=False,
-            signals=("reward_mean", "eval_accuracy", "completion_length_mean"),
+            signals=("reward_mean", "eval_accuracy"),
         ),
         FaultType(
             "reward_scale", "rf",

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rftfm.engine.tasks import Tool
+from rftfm.engine.tasks import Problem, Tool
 from rftfm.faults.taxonomy import FaultType, Strength
 
 
@@ -46,7 +46,7 @@ class Injector:
     def configure(self, trainer: Any) -> None:
         """Change the trainer's configuration (a bad config push); default: nothing."""
 
-    def rewards(self, rewards: np.ndarray, completions: list[str], prompt_ids: list[str], step: int) -> np.ndarray:
+    def rewards(self, rewards: np.ndarray, completions: list[str], problems: list[Problem], step: int) -> np.ndarray:
         return rewards
 
     def tool(self, tool: Tool, step: int) -> Tool:
