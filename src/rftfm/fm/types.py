@@ -1,0 +1,66 @@
+"""Typed messages of the RFT-FM loop: what the detector, diagnoser and remediator hand on.
+
+Detector.observe(...) -> Alarm | None
+Diagnoser.diagnose(...) -> Diagnosis
+Remediator.plan(...) -> list[Action]; the controller records an Outcome for each.
+Every one of them is stored verbatim (as JSON) in the incident store.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class SignalEvidence(BaseModel):
+    """One signal that deviated from the learned normal profile."""
+
+    signal: str
+    direction: Literal["up", "down"]
+    value: float | None = None  # observed value (or recent mean)
+    expected: float | None = None  # normal-profile value at this step
+    z: float | None = None  # standardised deviation
+    ratio: float | None = None  # value / expected, where meaningful
+    since_step: int | None = None  # first step of the current deviation
+
+
+class Alarm(BaseModel):
+    run_id: str
+    step: int
+    score: float
+    threshold: float
+    evidence: list[SignalEvidence] = Field(default_factory=list)
+
+
+class Hypothesis(BaseModel):
+    family: str
+    fault_type: str
+    probability: float
+
+
+class Diagnosis(BaseModel):
+    run_id: str
+    step: int
+    ranked: list[Hypothesis]  # best first; empty when abstaining
+    unknown: bool = False  # abstained: no known fingerprint fits
+    evidence: list[SignalEvidence] = Field(default_factory=list)
+    summary: str = ""  # one human sentence, e.g. "reward_hacking since step 41: ..."
+
+    @property
+    def top(self) -> Hypothesis | None:
+        return None if self.unknown or not self.ranked else self.ranked[0]
+
+
+class Action(BaseModel):
+    kind: str  # e.g. "rollback", "set_knob", "halt"
+    knob: str | None = None
+    value: Any = None
+    previous: Any = None
+    reason: str = ""
+
+
+class Outcome(BaseModel):
+    action: Action
+    result: Literal["kept", "escalated", "reverted", "halted", "failed"]
+    detail: str = ""
