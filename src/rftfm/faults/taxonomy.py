@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Strength = Literal["easy", "hard"]
+Direction = Literal["up", "down"]
 STRENGTHS: tuple[Strength, ...] = ("easy", "hard")
 
 
@@ -32,7 +33,13 @@ class FaultType:
     params: dict[Strength, dict[str, Any]]
     task_groups: tuple[str, ...] | None = None  # None: every task group
     knob_repairable: bool = True  # False: a code bug no trainer knob fixes (halt + rollback)
-    signals: tuple[str, ...] = field(default_factory=tuple)  # expected moving signals (for docs/evidence)
+    #: expected fingerprint: (feature name from rftfm.fm.features, "up" | "down") vs a matched clean run,
+    #: most characteristic first; read by the fingerprint tests and the expert-rule baseline
+    signals: tuple[tuple[str, Direction], ...] = field(default_factory=tuple)
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.signals)
 
 
 FAMILIES: dict[str, FaultFamily] = {
@@ -57,7 +64,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "zero-mean Gaussian noise added to every verifier reward",
             "reward sd up, slower learning",
             {"easy": {"noise_sd": 1.0}, "hard": {"noise_sd": 0.35}},
-            signals=("reward_std", "eval_accuracy"),
+            signals=(("reward_std", "up"), ("eval_accuracy", "down")),
         ),
         FaultType(
             "reward_hacking", "rf",
@@ -65,14 +72,14 @@ FAULT_TYPES: dict[str, FaultType] = {
             "train reward up while eval accuracy stalls or falls (reward / accuracy gap)",
             {"easy": {"prefix_chars": 1, "accept_prob": 1.0}, "hard": {"prefix_chars": 1, "accept_prob": 0.4}},
             knob_repairable=False,
-            signals=("reward_mean", "eval_accuracy"),
+            signals=(("reward_mean", "up"), ("eval_accuracy", "down")),
         ),
         FaultType(
             "reward_scale", "rf",
             "rewards scaled and offset while group normalisation is off",
             "loss and grad-norm magnitude jump, KL up",
             {"easy": {"scale": 25.0, "offset": 5.0}, "hard": {"scale": 5.0, "offset": 1.0}},
-            signals=("reward_mean", "policy_loss", "grad_norm", "kl"),
+            signals=(("reward_mean", "up"), ("grad_norm", "up"), ("traj_advantage_std", "up")),
         ),
         FaultType(
             "reward_inversion", "rf",
@@ -80,7 +87,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "eval accuracy falls, reward trends down",
             {"easy": {"prompt_fraction": 0.7}, "hard": {"prompt_fraction": 0.35}},
             knob_repairable=False,
-            signals=("eval_accuracy", "reward_mean"),
+            signals=(("eval_accuracy", "down"),),
         ),
         # --- PG: generation ------------------------------------------------------------
         FaultType(
@@ -88,28 +95,28 @@ FAULT_TYPES: dict[str, FaultType] = {
             "rollout temperature far too high",
             "entropy and unique-token ratio shift, more wrong samples",
             {"easy": {"temperature": 2.2}, "hard": {"temperature": 1.5}},
-            signals=("entropy", "unique_token_ratio", "reward_mean"),
+            signals=(("reward_mean", "down"), ("kl", "up"), ("frac_zero_std_groups", "up")),
         ),
         FaultType(
             "length_truncation", "pg",
             "max completion length too short",
             "truncated ratio and long flags up, reward down",
             {"easy": {"max_completion_length": 2}, "hard": {"max_completion_length": 3}},
-            signals=("truncated_ratio", "completion_length_max", "reward_mean"),
+            signals=(("truncated_ratio", "up"), ("completion_length_mean", "down")),
         ),
         FaultType(
             "rollout_mismatch", "pg",
             "rollouts come from a stale, perturbed copy of the policy (weights re-synced every k steps)",
             "clip ratio and importance-ratio drift",
             {"easy": {"sync_every": 8, "weight_noise": 0.08}, "hard": {"sync_every": 4, "weight_noise": 0.03}},
-            signals=("clip_ratio_region", "kl"),
+            signals=(("clip_ratio_region", "up"),),
         ),
         FaultType(
             "degeneration", "pg",
             "repetition penalty below 1 and EOS logit pushed down at sampling time",
             "repetition up, unique tokens down, long outputs",
             {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0}, "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
-            signals=("completion_length_mean", "repetition_ratio", "truncated_ratio"),
+            signals=(("traj_repetition_mean", "up"), ("traj_unique_mean", "down"), ("completion_length_mean", "up")),
         ),
         # --- OD: optimisation ----------------------------------------------------------
         FaultType(
@@ -117,21 +124,21 @@ FAULT_TYPES: dict[str, FaultType] = {
             "learning rate far too high",
             "grad-norm and loss spikes, entropy collapse, KL up",
             {"easy": {"lr_multiplier": 30.0}, "hard": {"lr_multiplier": 6.0}},
-            signals=("kl", "entropy", "grad_norm"),
+            signals=(("kl", "up"), ("eval_accuracy", "down")),
         ),
         FaultType(
             "lr_low", "od",
             "learning rate far too low",
             "flat reward, KL near 0",
             {"easy": {"lr_multiplier": 0.003}, "hard": {"lr_multiplier": 0.1}},
-            signals=("kl", "reward_mean", "eval_accuracy"),
+            signals=(("kl", "down"),),
         ),
         FaultType(
             "kl_misconfig", "od",
             "KL coefficient orders of magnitude too large",
             "KL pinned near 0 with no learning",
             {"easy": {"beta": 5.0}, "hard": {"beta": 1.0}},
-            signals=("kl", "reward_mean"),
+            signals=(("kl", "down"), ("grad_norm", "up")),
         ),
         # --- CA: credit assignment -----------------------------------------------------
         FaultType(
@@ -140,21 +147,21 @@ FAULT_TYPES: dict[str, FaultType] = {
             "reward falls steadily",
             {"easy": {"flip_fraction": 0.85}, "hard": {"flip_fraction": 0.45}},
             knob_repairable=False,
-            signals=("reward_mean", "eval_accuracy", "advantage"),
+            signals=(("eval_accuracy", "down"), ("reward_mean", "down")),
         ),
         FaultType(
             "zero_variance", "ca",
             "a fraction of groups get all-zero advantages (degenerate grouping)",
             "fraction of zero-std groups up, grad-norm down, stall",
             {"easy": {"zero_fraction": 0.9}, "hard": {"zero_fraction": 0.5}},
-            signals=("frac_zero_std_groups", "grad_norm"),
+            signals=(("frac_zero_std_groups", "up"), ("grad_norm", "down")),
         ),
         FaultType(
             "advantage_normalization", "ca",
             "broken normalisation: advantages scaled up and biased by completion length",
             "advantage sd explodes, grad spikes, length drift",
             {"easy": {"scale": 12.0, "length_power": 2.0}, "hard": {"scale": 3.0, "length_power": 1.0}},
-            signals=("advantage", "grad_norm", "completion_length_mean"),
+            signals=(("traj_advantage_std", "up"), ("grad_norm", "up")),
         ),
         # --- TE: tool environment ------------------------------------------------------
         FaultType(
@@ -163,7 +170,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "tool errors up, reward down with no policy change",
             {"easy": {"failure_prob": 0.6}, "hard": {"failure_prob": 0.25}},
             task_groups=_TOOL_ONLY,
-            signals=("tool_error_count", "reward_mean"),
+            signals=(("traj_tool_error_rate", "up"), ("reward_mean", "down")),
         ),
         FaultType(
             "tool_corruption", "te",
@@ -172,7 +179,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"corrupt_prob": 0.7}, "hard": {"corrupt_prob": 0.3}},
             task_groups=_TOOL_ONLY,
             knob_repairable=False,
-            signals=("reward_mean", "tool_call_count"),
+            signals=(("reward_mean", "down"), ("traj_tool_call_rate", "down")),
         ),
     )
 }
