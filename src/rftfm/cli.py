@@ -15,6 +15,10 @@ from rich.table import Table
 app = typer.Typer(help="rftfm: failure management for reinforcement fine-tuning.", no_args_is_help=True)
 bench_app = typer.Typer(help="RFT-FaultBench: generate, inspect and evaluate.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+from rftfm.cli_groups import evaluate_app, fit_app  # noqa: E402  (shared sub-apps)
+
+app.add_typer(fit_app, name="fit")
+bench_app.add_typer(evaluate_app, name="evaluate")
 console = Console()
 
 
