@@ -1,0 +1,441 @@
+"""The RFT-FM closed loop: observe -> detect -> diagnose -> remediate -> revalidate.
+
+:class:`Controller` watches one run step by step. It keeps periodic checkpoints while the
+run is healthy; on an alarm it asks the diagnoser, takes the remediator's rung (rollback to
+the last checkpoint before the first deviating step, knob changes, halt), then revalidates
+over ``revalidate_steps`` steps: no new alarm -> *kept*; alarm -> *escalated* to the next
+rung; the rung made eval accuracy collapse -> its knob changes are *reverted*.
+
+It acts on the trainer only through :class:`TrainerHandle` (the trainer knobs of
+:mod:`rftfm.engine.knobs`, the checkpoint, the trainer's stop flag and backups the user
+registered). Every alarm, diagnosis, action, outcome and internal error goes to the
+incident store. An exception in any stage is recorded as an ``error`` incident and never
+reaches the trainer; the controller then degrades to alert-only (it keeps detecting,
+diagnosing and recording, but no longer acts).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+import polars as pl
+
+from rftfm.engine.knobs import KNOBS, get_knob, set_knob
+from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
+from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.remediate import Capabilities, Plan, Remediator
+from rftfm.fm.types import Action, Alarm, Diagnosis, Outcome
+from rftfm.records import StepRecord, TrajectoryRecord
+
+Mode = Literal["watching", "revalidating", "alert_only", "halted"]
+MAX_ERROR_RECORDS = 20  # per run; later errors are only counted
+
+
+class DetectorLike(Protocol):
+    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None: ...
+    def observe(self, step_record: StepRecord, trajectories: list[TrajectoryRecord]) -> Alarm | None: ...
+
+
+class DiagnoserLike(Protocol):
+    def diagnose(self, history: pl.DataFrame, run_id: str, step: int, task_group: str | None = None,
+                 model_size: str | None = None) -> Diagnosis: ...
+
+
+class StoreLike(Protocol):
+    def record(self, kind: str, run_id: str, step: int | None, payload: Any) -> Any: ...
+
+
+class MemoryIncidentStore:
+    """In-memory incident store with the :class:`~rftfm.fm.incidents.IncidentStore` API (for evaluation runs)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def record(self, kind: str, run_id: str, step: int | None, payload: Any) -> int:
+        if hasattr(payload, "model_dump"):
+            payload = payload.model_dump(mode="json")
+        self.rows.append({"kind": kind, "run_id": run_id, "step": step, "time": time.time(), "payload": payload or {}})
+        return len(self.rows)
+
+    def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.rows if (run_id is None or r["run_id"] == run_id) and (kind is None or r["kind"] == kind)]
+
+    def close(self) -> None:
+        pass
+
+
+class TrainerHandle:
+    """Everything the loop may do to a live trainer, and nothing else.
+
+    Built from a full trainer object (all :data:`~rftfm.engine.knobs.KNOBS` it supports), or
+    from the ``model`` / ``optimizer`` / ``lr_scheduler`` / ``control`` a TRL callback receives
+    (then only the learning rate, rollback and halt are available).
+    """
+
+    def __init__(self, trainer: Any = None, *, model: Any = None, optimizer: Any = None, scheduler: Any = None,
+                 control: Any = None, backup_verifier: Callable[..., list[float]] | None = None,
+                 backup_tool: Callable[..., Any] | None = None):
+        self.trainer = trainer
+        self._model, self._optimizer, self._scheduler, self.control = model, optimizer, scheduler, control
+        self.backup_verifier, self.backup_tool = backup_verifier, backup_tool
+
+    @property
+    def model(self) -> Any:
+        return self.trainer.model if self.trainer is not None else self._model
+
+    @property
+    def optimizer(self) -> Any:
+        return getattr(self.trainer, "optimizer", None) if self.trainer is not None else self._optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return getattr(self.trainer, "lr_scheduler", None) if self.trainer is not None else self._scheduler
+
+    def update(self, model: Any = None, optimizer: Any = None, scheduler: Any = None, control: Any = None) -> None:
+        self._model = model if model is not None else self._model
+        self._optimizer = optimizer if optimizer is not None else self._optimizer
+        self._scheduler = scheduler if scheduler is not None else self._scheduler
+        self.control = control if control is not None else self.control
+
+    def knob_names(self) -> list[str]:
+        if self.trainer is None:
+            return ["learning_rate"] if self._optimizer is not None else []
+        names = []
+        for name in KNOBS:
+            try:
+                get_knob(self.trainer, name)
+            except Exception:
+                continue
+            if name == "beta" and getattr(self.trainer, "ref_model", None) is None:
+                continue  # beta > 0 needs a reference model this trainer does not have
+            names.append(name)
+        return names
+
+    def capabilities(self) -> Capabilities:
+        backups = {k for k, v in (("verifier", self.backup_verifier), ("tool", self.backup_tool)) if v is not None}
+        if "tool" in backups and not hasattr(self.trainer, "tool"):
+            backups.discard("tool")  # the trainer exposes no tool slot to switch
+        return Capabilities(knobs=frozenset(self.knob_names()), rollback=self.model is not None,
+                            halt=self.control is not None or self.trainer is not None, backups=frozenset(backups))
+
+    def knobs(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.knob_names():
+            try:
+                values[name] = self.get(name)
+            except Exception:
+                continue
+        return values
+
+    def get(self, name: str) -> Any:
+        if self.trainer is not None:
+            return get_knob(self.trainer, name)
+        if name == "learning_rate" and self._optimizer is not None:
+            return self._optimizer.param_groups[0]["lr"]
+        raise KeyError(f"knob {name!r} is not available on this trainer")
+
+    def set(self, name: str, value: Any) -> None:
+        if self.trainer is not None:
+            set_knob(self.trainer, name, value)
+        elif name == "learning_rate" and self._optimizer is not None:
+            for group in self._optimizer.param_groups:
+                group["lr"] = float(value)
+            if self._scheduler is not None and hasattr(self._scheduler, "base_lrs"):
+                self._scheduler.base_lrs = [float(value) for _ in self._scheduler.base_lrs]
+        else:
+            raise KeyError(f"knob {name!r} is not available on this trainer")
+
+    def halt(self) -> None:
+        control = self.control if self.control is not None else getattr(self.trainer, "control", None)
+        if control is None:
+            raise RuntimeError("this trainer exposes no control object to stop it")
+        control.should_training_stop = True
+
+    def switch_backup(self, kind: str) -> None:
+        if kind == "verifier" and self.backup_verifier is not None:
+            funcs = getattr(self.trainer, "reward_funcs", None)
+            if not funcs:
+                raise RuntimeError("trainer has no reward_funcs to switch")
+            funcs[0] = self.backup_verifier
+        elif kind == "tool" and self.backup_tool is not None:
+            self.trainer.tool = self.backup_tool
+        else:
+            raise RuntimeError(f"no backup {kind} registered")
+
+
+@dataclass
+class Incident:
+    """One open incident: from the first alarm to kept / halted."""
+
+    start_step: int
+    first_deviation: int
+    rollback_before: int
+    plan: Plan | None = None
+    applied_at: int = 0
+    window: list[tuple[int, float | None]] = field(default_factory=list)  # (step, eval accuracy)
+    reference_accuracy: float | None = None
+    changed: list[Action] = field(default_factory=list)
+
+
+@dataclass
+class ControllerConfig:
+    checkpoint_every: int = 2
+    keep_checkpoints: int = 6
+    revalidate_steps: int = 3
+    remediate: bool = True  # False: alert-only from the start (the "no remediation" arm)
+    revert_drop: float = 0.2  # revert a rung whose window accuracy falls this far below the checkpoint's
+    default_lookback: int = 2  # first deviating step = alarm step - lookback when evidence has no since_step
+    reset_detector_after_action: bool = True
+
+
+class Controller:
+    """The closed loop for one run; feed it with :meth:`observe` once per step."""
+
+    def __init__(self, detector: DetectorLike, diagnoser: DiagnoserLike | None, remediator: Remediator | None = None,
+                 store: StoreLike | None = None, checkpointer: Checkpointer | None = None, *, run_id: str,
+                 task_group: str | None = None, model_size: str | None = None,
+                 config: ControllerConfig | None = None):
+        self.detector, self.diagnoser = detector, diagnoser
+        self.remediator = remediator or Remediator()
+        self.store = store if store is not None else MemoryIncidentStore()
+        self.config = config or ControllerConfig()
+        self.checkpointer = checkpointer or Checkpointer(keep=self.config.keep_checkpoints)
+        self.run_id, self.task_group, self.model_size = run_id, task_group, model_size
+        self.handle: TrainerHandle | None = None
+        self.mode: Mode = "watching" if self.config.remediate else "alert_only"
+        self.history: list[dict[str, Any]] = []
+        self.incident: Incident | None = None
+        self.accuracy_at: dict[int, float | None] = {}
+        self.checkpoints: list[CheckpointInfo] = []
+        self.counts = {"alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
+                       "checkpoints": 0}
+        self.outcomes: list[Outcome] = []
+        self.timeline: list[tuple[int, str, str]] = []  # (step, kind, text) for displays
+        self.monitor_seconds = 0.0
+        self.last_step = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self, handle: TrainerHandle, step: int = 0) -> None:
+        """Bind the trainer and take the initial checkpoint (never raises)."""
+        t0 = time.perf_counter()
+        self.handle = handle
+        self._guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
+        self.remediator.reset()
+        self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
+        if self.config.remediate:
+            self._guard("checkpoint", lambda: self._checkpoint(step))
+        self.monitor_seconds += time.perf_counter() - t0
+
+    def finish(self) -> dict[str, Any]:
+        summary = self.summary()
+        self._record("run", self.last_step, {"event": "end", **summary})
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": self.mode, **self.counts, "monitor_seconds": round(self.monitor_seconds, 4),
+                "outcomes": [o.result for o in self.outcomes]}
+
+    # --- the loop ------------------------------------------------------------------------------
+    def observe(self, record: StepRecord, trajectories: list[TrajectoryRecord]) -> None:
+        """One step of the loop. Never raises."""
+        t0 = time.perf_counter()
+        try:
+            self._observe(record, trajectories)
+        except Exception as exc:  # last line of defence: the trainer must not see it
+            self._error("loop", record.step, exc)
+        finally:
+            self.monitor_seconds += time.perf_counter() - t0
+
+    def _observe(self, record: StepRecord, trajectories: list[TrajectoryRecord]) -> None:
+        step = record.step
+        self.last_step = step
+        if self.mode == "halted":
+            return
+        self.accuracy_at[step] = record.eval_accuracy
+        feats = self._guard("features", lambda: step_features(record, trajectories))
+        if feats is not None:
+            self.history.append({"run_id": self.run_id, "step": step, **feats})
+        ok, alarm = self._guard_ok("detect", lambda: self.detector.observe(record, trajectories))
+        if not ok:
+            return
+        if alarm is not None:
+            self.counts["alarms"] += 1
+            self._record("alarm", step, alarm)
+            self.timeline.append((step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: "
+                                  + ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])))
+        if self.mode == "revalidating":
+            self._revalidate(step, alarm)
+        elif alarm is not None:
+            self._on_alarm(step, alarm, escalate=False)
+        elif self.mode == "watching" and step % self.config.checkpoint_every == 0:
+            self._guard("checkpoint", lambda: self._checkpoint(step))
+
+    def _diagnose(self, step: int) -> Diagnosis | None:
+        if self.diagnoser is None:
+            return None
+        history = pl.DataFrame(self.history, schema={"run_id": pl.Utf8, "step": pl.Int64, **{f: pl.Float64 for f in FEATURES}})
+        ok, diagnosis = self._guard_ok("diagnose", lambda: self.diagnoser.diagnose(
+            history, self.run_id, step, task_group=self.task_group, model_size=self.model_size))
+        if ok and diagnosis is not None:
+            self.counts["diagnoses"] += 1
+            self._record("diagnosis", step, diagnosis)
+            top = diagnosis.top
+            self.timeline.append((step, "diagnosis", diagnosis.summary or (
+                f"{top.fault_type} (p={top.probability:.2f})" if top else "unknown")))
+        return diagnosis if ok else None
+
+    def _on_alarm(self, step: int, alarm: Alarm, escalate: bool) -> None:
+        diagnosis = self._diagnose(step)
+        if self.mode == "alert_only" or self.handle is None:
+            return
+        if self.incident is None or not escalate:
+            since = [e.since_step for e in alarm.evidence if e.since_step is not None]
+            first = min(since + [step]) if since else step - self.config.default_lookback
+            first = max(1, min(first, step))
+            self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)
+        ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
+            diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate))
+        if not ok:
+            return
+        if plan is None:
+            self._record("outcome", step, Outcome(action=Action(kind="none", reason="no rung left or intervention budget used up"),
+                                                   result="failed", detail="alert-only from here"))
+            self.timeline.append((step, "outcome", "no further action available: alert-only"))
+            self.mode = "alert_only"
+            return
+        self._apply(step, plan)
+
+    def _apply(self, step: int, plan: Plan) -> None:
+        assert self.incident is not None and self.handle is not None
+        self.counts["interventions"] += 1
+        incident = self.incident
+        incident.plan, incident.applied_at, incident.window, incident.changed = plan, step, [], []
+        for action in plan.actions:
+            self.counts["actions"] += 1
+            try:
+                detail = self._do(action, incident)
+            except Exception as exc:
+                self._error("apply", step, exc, action=action.model_dump(mode="json"))
+                self._revert(step, incident, f"{action.kind} failed: {exc}")
+                return
+            self._record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
+                                          "fault_type": plan.fault_type})
+            self.timeline.append((step, "action", f"{action.kind} {action.knob or ''} {detail}".strip()))
+        if any(a.kind == "halt" for a in plan.actions):
+            self._outcome(step, plan, "halted", "training stopped on the last healthy weights")
+            self.mode, self.incident = "halted", None
+            return
+        if self.config.reset_detector_after_action:
+            self._guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
+        self.mode = "revalidating"
+
+    def _do(self, action: Action, incident: Incident) -> str:
+        handle = self.handle
+        assert handle is not None
+        if action.kind == "rollback":
+            knobs_now = handle.knobs()
+            info, skipped = self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler,
+                                                      before_step=incident.rollback_before)
+            for message in skipped:
+                self._record("error", self.last_step, {"stage": "checkpoint", "error": message, "fallback": "previous checkpoint"})
+            if "learning_rate" in knobs_now:  # the optimiser state carries an LR: keep the knob as it was
+                handle.set("learning_rate", knobs_now["learning_rate"])
+            incident.reference_accuracy = self.accuracy_at.get(info.step)
+            self.counts["rollbacks"] += 1
+            return f"to step {info.step}"
+        if action.kind == "set_knob":
+            assert action.knob is not None
+            handle.set(action.knob, action.value)
+            incident.changed.append(action)
+            return f"{action.previous} -> {action.value}"
+        if action.kind == "halt":
+            handle.halt()
+            return "stop requested"
+        if action.kind.startswith("backup_"):
+            handle.switch_backup(action.kind.removeprefix("backup_"))
+            return "switched"
+        raise ValueError(f"unknown action kind {action.kind!r}")
+
+    def _revert(self, step: int, incident: Incident, why: str) -> None:
+        assert self.handle is not None
+        for action in reversed(incident.changed):
+            self._guard("apply", lambda a=action: self.handle.set(a.knob, a.previous))
+        if incident.plan is not None:
+            self._outcome(step, incident.plan, "reverted", why)
+        incident.changed = []
+
+    def _revalidate(self, step: int, alarm: Alarm | None) -> None:
+        incident = self.incident
+        assert incident is not None and incident.plan is not None
+        incident.window.append((step, self.accuracy_at.get(step)))
+        if alarm is not None:
+            self._outcome(step, incident.plan, "escalated", f"alarm again {step - incident.applied_at} step(s) after the action")
+            self.mode = "watching"
+            self._on_alarm(step, alarm, escalate=True)
+            return
+        if len(incident.window) < self.config.revalidate_steps:
+            return
+        accuracies = [a for _, a in incident.window if a is not None]
+        ref = incident.reference_accuracy
+        if ref is not None and accuracies and sum(accuracies) / len(accuracies) < ref - self.config.revert_drop and incident.changed:
+            self._revert(step, incident, f"eval accuracy fell below the checkpoint's {ref:.2f}")
+        else:
+            self._outcome(step, incident.plan, "kept", f"no alarm for {len(incident.window)} steps")
+        self.incident = None
+        self.mode = "watching"
+        self._guard("checkpoint", lambda: self._checkpoint(step))
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _checkpoint(self, step: int) -> None:
+        handle = self.handle
+        if handle is None or handle.model is None:
+            return
+        info = self.checkpointer.save(step, handle.model, handle.optimizer, handle.scheduler, handle.knobs())
+        self.checkpoints = [c for c in self.checkpoints if c.path.exists()] + [info]
+        self.counts["checkpoints"] += 1
+
+    def _healthy_knobs(self) -> dict[str, Any]:
+        assert self.incident is not None
+        info, _ = self.checkpointer.latest_valid(before_step=self.incident.rollback_before)
+        return info.knobs if info is not None else {}
+
+    def _outcome(self, step: int, plan: Plan, result: str, detail: str) -> None:
+        rung = plan.rung
+        action = Action(kind="rung", reason=f"{plan.fault_type or 'unknown'} rung {plan.rung_index}: {rung.reason}")
+        outcome = Outcome(action=action, result=result, detail=detail)  # type: ignore[arg-type]
+        self.outcomes.append(outcome)
+        self._record("outcome", step, outcome)
+        self.timeline.append((step, "outcome", f"{result}: {detail}"))
+
+    def _record(self, kind: str, step: int | None, payload: Any) -> None:
+        try:
+            self.store.record(kind, self.run_id, step, payload)
+        except Exception:  # the store must not take the trainer down either
+            self.counts["errors"] += 1
+
+    def _error(self, stage: str, step: int, exc: BaseException, **extra: Any) -> None:
+        self.counts["errors"] += 1
+        if self.counts["errors"] <= MAX_ERROR_RECORDS:
+            self._record("error", step, {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc(limit=6), **extra})
+        self.timeline.append((step, "error", f"{stage}: {type(exc).__name__}: {exc}"))
+        if self.mode in ("watching", "revalidating"):
+            self.mode = "alert_only"
+            self.incident = None
+
+    def _guard_ok(self, stage: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        try:
+            return True, fn()
+        except Exception as exc:
+            self._error(stage, self.last_step, exc)
+            return False, None
+
+    def _guard(self, stage: str, fn: Callable[[], Any]) -> Any:
+        return self._guard_ok(stage, fn)[1]
+
+
+def _caps_json(caps: Capabilities) -> dict[str, Any]:
+    return {"knobs": sorted(caps.knobs), "rollback": caps.rollback, "halt": caps.halt, "backups": sorted(caps.backups)}

@@ -1,0 +1,236 @@
+"""The remediation playbook, as data: for every fault type an ordered ladder of rungs.
+
+A rung is a set of actions applied together and then revalidated over K steps; when the
+anomaly persists the controller climbs to the next rung. Every action goes through what a
+real GRPO user has: checkpoint rollback, the trainer knobs of :mod:`rftfm.engine.knobs`,
+halting, or a backup verifier / tool the user registered. Types whose fault is code (a
+wrong verifier, a broken advantage sign) are not ``knob_repairable`` in the taxonomy; their
+ladders end in rollback + halt with the diagnosis as the incident's message.
+
+Knob changes are relative so the same ladder works for any configuration:
+
+* ``op="restore"``: undo drift -- set the knob back to its value at the last healthy
+  checkpoint; if it has not drifted, apply ``fallback_factor`` (or ``fallback_value``).
+* ``op="scale"``: multiply the current value by ``factor``.
+* ``op="set"``: set ``value``.
+
+Results are clamped to ``bounds`` expressed as multiples of the healthy value
+(``rel_bounds``) or as absolute limits (``abs_bounds``).
+
+Sources for the rungs (published RFT / RLHF practice):
+  [ckpt]  rollback to the last good checkpoint and lower the LR after loss spikes
+          (OPT-175B logbook, Zhang et al. 2022; BLOOM, Le Scao et al. 2022; PaLM, Chowdhery et al. 2022).
+  [kl]    KL penalty to the reference keeps the policy from drifting / exploiting a reward
+          (Ouyang et al. 2022; Gao et al. 2023 "Scaling laws for reward model overoptimization").
+  [temp]  GRPO rollouts at temperature 1.0 (DeepSeekMath, Shao et al. 2024; DAPO, Yu et al. 2025).
+  [dapo]  overlong filtering = masking truncated completions; dynamic sampling; token-level
+          loss (DAPO, Yu et al. 2025).
+  [drgrpo] no std scaling / unbiased token normalisation (Dr. GRPO, Liu et al. 2025).
+  [clip]  tighter clip range against off-policy rollouts (PPO, Schulman et al. 2017;
+          truncated importance sampling, Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL").
+  [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
+  [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rftfm.engine.knobs import KNOBS
+from rftfm.faults.taxonomy import FAULT_TYPES
+
+ActionKind = Literal["rollback", "set_knob", "halt", "backup_verifier", "backup_tool"]
+KnobOp = Literal["restore", "scale", "set"]
+
+
+@dataclass(frozen=True)
+class KnobChange:
+    knob: str
+    op: KnobOp
+    factor: float | None = None  # op=scale
+    value: Any = None  # op=set
+    fallback_factor: float | None = None  # op=restore, when the knob has not drifted
+    fallback_value: Any = None  # op=restore, when the knob has not drifted
+    rel_bounds: tuple[float, float] | None = None  # clamp to [lo, hi] x healthy value
+    abs_bounds: tuple[float, float] | None = None  # clamp to [lo, hi]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """Actions applied together, then revalidated."""
+
+    reason: str
+    source: str
+    rollback: bool = False
+    knobs: tuple[KnobChange, ...] = ()
+    halt: bool = False
+    backup: Literal["verifier", "tool"] | None = None  # only when the user registered one
+
+    @property
+    def kinds(self) -> set[str]:
+        kinds = {"rollback"} if self.rollback else set()
+        kinds |= {"set_knob"} if self.knobs else set()
+        kinds |= {"halt"} if self.halt else set()
+        kinds |= {f"backup_{self.backup}"} if self.backup else set()
+        return kinds
+
+
+def _restore(knob: str, **kw: Any) -> KnobChange:
+    return KnobChange(knob, "restore", **kw)
+
+
+def _scale(knob: str, factor: float, **kw: Any) -> KnobChange:
+    return KnobChange(knob, "scale", factor=factor, **kw)
+
+
+def _set(knob: str, value: Any) -> KnobChange:
+    return KnobChange(knob, "set", value=value)
+
+
+LR_BOUNDS = (0.01, 10.0)  # never move the LR beyond 1/100 .. 10x the healthy LR
+HALT = Rung("no knob repairs this fault: stop training on the last healthy weights", "[ckpt]", rollback=True, halt=True)
+
+PLAYBOOK: dict[str, tuple[Rung, ...]] = {
+    # --- RF -------------------------------------------------------------------------------
+    "reward_noise": (
+        Rung("noisy rewards: smaller steps and a stronger pull to the reference", "[ckpt] [kl]", rollback=True,
+             knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS), _scale("beta", 2.0, abs_bounds=(1e-3, 0.5)))),
+        Rung("still noisy: batch-level reward scaling, smaller steps", "[drgrpo] [norm]",
+             knobs=(_set("scale_rewards", "batch"), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        HALT,
+    ),
+    "reward_hacking": (
+        Rung("verifier accepts a shortcut: switch to the registered backup verifier", "[kl]", rollback=True, backup="verifier"),
+        HALT,
+    ),
+    "reward_scale": (
+        Rung("unnormalised reward scale: restore group reward normalisation", "[norm]", rollback=True,
+             knobs=(_set("scale_rewards", "group"),)),
+        Rung("reward scale still off: smaller steps", "[ckpt]", rollback=True,
+             knobs=(_scale("learning_rate", 0.3, rel_bounds=LR_BOUNDS),)),
+        HALT,
+    ),
+    "reward_inversion": (
+        Rung("verifier inverted on part of the prompts: switch to the registered backup verifier", "[ckpt]", rollback=True, backup="verifier"),
+        HALT,
+    ),
+    # --- PG -------------------------------------------------------------------------------
+    "sampling_temperature": (
+        Rung("rollout temperature off: restore it (GRPO samples at 1.0)", "[temp]", rollback=True,
+             knobs=(_restore("temperature", fallback_value=1.0, abs_bounds=(0.3, 1.2)),)),
+        Rung("sampling still too diverse: cooler sampling", "[temp]", rollback=True, knobs=(_set("temperature", 0.8),)),
+        HALT,
+    ),
+    "length_truncation": (
+        Rung("completions cut off: raise the length limit, mask truncated completions", "[dapo]", rollback=True,
+             knobs=(_restore("max_completion_length", fallback_factor=2.0, abs_bounds=(4, 32)), _set("mask_truncated_completions", True))),
+        Rung("still truncated: double the length limit", "[dapo]",
+             knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),)),
+        HALT,
+    ),
+    "rollout_mismatch": (
+        Rung("off-policy rollouts: tighter clip range, smaller steps", "[clip]", rollback=True,
+             knobs=(_scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        Rung("ratio drift persists: stronger KL anchor, smaller steps", "[clip] [kl]", rollback=True,
+             knobs=(_scale("beta", 2.0, abs_bounds=(1e-3, 0.5)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        HALT,
+    ),
+    "degeneration": (
+        Rung("repetition loops: restore repetition penalty and EOS", "[rep]", rollback=True,
+             knobs=(_restore("repetition_penalty", fallback_value=1.1, abs_bounds=(1.0, 1.3)),
+                    _restore("eos_bias", fallback_value=0.0, abs_bounds=(0.0, 2.0)))),
+        Rung("still degenerate: mild repetition penalty, mask truncated completions", "[rep] [dapo]", rollback=True,
+             knobs=(_set("repetition_penalty", 1.1), _set("mask_truncated_completions", True))),
+        HALT,
+    ),
+    # --- OD -------------------------------------------------------------------------------
+    "lr_high": (
+        Rung("learning rate too high: roll back and cut it", "[ckpt]", rollback=True,
+             knobs=(_restore("learning_rate", fallback_factor=0.1, rel_bounds=LR_BOUNDS),)),
+        Rung("still unstable: cut the learning rate again", "[ckpt]", rollback=True,
+             knobs=(_scale("learning_rate", 0.1, rel_bounds=LR_BOUNDS),)),
+        HALT,
+    ),
+    "lr_low": (
+        Rung("learning rate too low: raise it within bounds", "[ckpt]",
+             knobs=(_restore("learning_rate", fallback_factor=10.0, rel_bounds=LR_BOUNDS),)),
+        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
+        HALT,
+    ),
+    "kl_misconfig": (
+        Rung("KL coefficient far too large: restore it", "[kl]",
+             knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5)),)),
+        Rung("KL still pins the policy: cut beta", "[kl]", knobs=(_scale("beta", 0.1, abs_bounds=(0.0, 0.5)),)),
+        HALT,
+    ),
+    # --- CA -------------------------------------------------------------------------------
+    "advantage_sign": (HALT,),
+    "zero_variance": (
+        Rung("few groups carry signal: larger steps on the informative groups", "[dapo]",
+             knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
+        Rung("still stalled: token-level loss over the informative tokens", "[dapo]",
+             knobs=(_set("loss_type", "dapo"), _scale("learning_rate", 1.5, rel_bounds=LR_BOUNDS))),
+        HALT,
+    ),
+    "advantage_normalization": (
+        Rung("advantages blown up: roll back, compensate with a smaller LR, no std scaling", "[drgrpo] [ckpt]", rollback=True,
+             knobs=(_scale("learning_rate", 0.25, rel_bounds=LR_BOUNDS), _set("scale_rewards", "none"))),
+        Rung("still unstable: cut the learning rate again", "[ckpt]", rollback=True,
+             knobs=(_scale("learning_rate", 0.25, rel_bounds=LR_BOUNDS),)),
+        HALT,
+    ),
+    # --- TE -------------------------------------------------------------------------------
+    "tool_failure": (
+        Rung("tool sandbox failing: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
+        Rung("failed tool calls teach the policy to avoid the tool: anchor to the reference, smaller steps", "[kl]", rollback=True,
+             knobs=(_scale("beta", 4.0, abs_bounds=(1e-3, 0.5)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        HALT,
+    ),
+    "tool_corruption": (
+        Rung("tool returns wrong results: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
+        HALT,
+    ),
+}
+
+#: What the controller does for an alarm the diagnoser cannot explain (abstention).
+UNKNOWN_LADDER: tuple[Rung, ...] = (
+    Rung("unexplained anomaly: roll back and halve the learning rate", "[ckpt]", rollback=True,
+         knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+    HALT,
+)
+
+#: The generic baseline: the same rung for every alarm, whatever the diagnosis.
+GENERIC_LADDER: tuple[Rung, ...] = (
+    Rung("generic: roll back and halve the learning rate", "[ckpt]", rollback=True,
+         knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+)
+
+
+def ladder(fault_type: str | None) -> tuple[Rung, ...]:
+    """The ladder for ``fault_type`` (``None`` or unknown: :data:`UNKNOWN_LADDER`)."""
+    return PLAYBOOK.get(fault_type or "", UNKNOWN_LADDER)
+
+
+def ends_in_halt_only(fault_type: str) -> bool:
+    """True when no knob rung exists: the ladder is backups (if registered) then halt."""
+    return not any(r.knobs for r in PLAYBOOK[fault_type])
+
+
+def check_playbook() -> list[str]:
+    """Problems with the playbook (empty when consistent with the taxonomy and the knobs)."""
+    problems = [f"no ladder for {t}" for t in FAULT_TYPES if t not in PLAYBOOK]
+    problems += [f"ladder for unknown type {t}" for t in PLAYBOOK if t not in FAULT_TYPES]
+    for name, rungs in PLAYBOOK.items():
+        if not rungs or not rungs[-1].halt:
+            problems.append(f"{name}: ladder must end in halt")
+        for rung in rungs:
+            problems += [f"{name}: unknown knob {k.knob}" for k in rung.knobs if k.knob not in KNOBS]
+        if not FAULT_TYPES.get(name, None) or FAULT_TYPES[name].knob_repairable:
+            continue
+        if any(r.knobs for r in rungs):
+            problems.append(f"{name}: not knob-repairable but its ladder turns knobs")
+    return problems
+
+
+__all__ = ["GENERIC_LADDER", "HALT", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]

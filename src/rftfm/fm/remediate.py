@@ -1,0 +1,146 @@
+"""The remediator: turns a diagnosis into concrete actions from the playbook.
+
+It climbs the diagnosed type's ladder one rung per failed revalidation, keeps only the
+actions the trainer declares it supports (:class:`Capabilities`), resolves relative knob
+changes into values, and bounds the number of interventions per run. It never acts on
+anything but the trainer's knobs, checkpoint rollback, halting and registered backups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rftfm.fm.playbook import GENERIC_LADDER, PLAYBOOK, UNKNOWN_LADDER, KnobChange, Rung
+from rftfm.fm.types import Action, Diagnosis
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the watched trainer can do."""
+
+    knobs: frozenset[str] = frozenset()
+    rollback: bool = False
+    halt: bool = True
+    backups: frozenset[str] = frozenset()  # "verifier", "tool": registered by the user
+
+
+@dataclass
+class Plan:
+    fault_type: str | None
+    rung_index: int
+    rung: Rung
+    actions: list[Action] = field(default_factory=list)
+
+
+def resolve_knob(change: KnobChange, current: Any, healthy: Any) -> Any:
+    """The value ``change`` sets, given the knob's current and last-healthy values."""
+    if change.op == "set":
+        value = change.value
+    elif change.op == "scale":
+        value = current * change.factor
+    else:  # restore
+        drifted = healthy is not None and healthy != current
+        if drifted:
+            value = healthy
+        elif change.fallback_value is not None:
+            value = change.fallback_value
+        else:
+            value = current * (change.fallback_factor or 1.0)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if change.rel_bounds and isinstance(healthy, (int, float)) and healthy > 0:
+            value = min(max(value, healthy * change.rel_bounds[0]), healthy * change.rel_bounds[1])
+        if change.abs_bounds:
+            value = min(max(value, change.abs_bounds[0]), change.abs_bounds[1])
+        if isinstance(current, int) and not isinstance(current, bool):
+            value = int(round(value))
+    return value
+
+
+class Remediator:
+    """Chooses the next rung for an incident.
+
+    ``generic=True`` is the baseline that ignores the diagnosis: every alarm gets
+    "roll back and halve the learning rate".
+    """
+
+    def __init__(self, max_interventions: int = 3, min_confidence: float = 0.0, generic: bool = False,
+                 playbook: dict[str, tuple[Rung, ...]] | None = None):
+        self.max_interventions = max_interventions
+        self.min_confidence = min_confidence
+        self.generic = generic
+        self.playbook = playbook if playbook is not None else PLAYBOOK
+        self.reset()
+
+    def reset(self) -> None:
+        self.interventions = 0
+        self._type: str | None = None
+        self._rung = -1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.interventions >= self.max_interventions
+
+    def diagnosed_type(self, diagnosis: Diagnosis | None) -> str | None:
+        top = diagnosis.top if diagnosis is not None else None
+        if top is None or top.probability < self.min_confidence or top.fault_type not in self.playbook:
+            return None
+        return top.fault_type
+
+    def _ladder(self, fault_type: str | None) -> tuple[Rung, ...]:
+        if self.generic:
+            return GENERIC_LADDER
+        return self.playbook.get(fault_type, UNKNOWN_LADDER) if fault_type else UNKNOWN_LADDER
+
+    @staticmethod
+    def feasible(rung: Rung, caps: Capabilities) -> Rung | None:
+        """``rung`` reduced to what the trainer supports, or ``None`` when it cannot act."""
+        if rung.backup and rung.backup not in caps.backups:
+            return None
+        if rung.halt and not caps.halt:
+            return None
+        knobs = tuple(k for k in rung.knobs if k.knob in caps.knobs)
+        if rung.knobs and not knobs:
+            return None  # a knob rung with none of its knobs is no repair
+        return replace(rung, knobs=knobs, rollback=rung.rollback and caps.rollback)
+
+    def plan(self, diagnosis: Diagnosis | None, caps: Capabilities, current: dict[str, Any],
+             healthy: dict[str, Any], escalate: bool = False) -> Plan | None:
+        """The next rung's actions, or ``None`` when the budget or the ladder is used up."""
+        if self.exhausted:
+            return None
+        fault_type = None if self.generic else self.diagnosed_type(diagnosis)
+        if escalate and (fault_type is None or fault_type == self._type):
+            fault_type, start = self._type, self._rung + 1
+        else:
+            start = 0
+        ladder = self._ladder(fault_type)
+        if self.generic:
+            start = 0
+        for index in range(start, len(ladder)):
+            rung = self.feasible(ladder[index], caps)
+            if rung is None:
+                continue
+            self._type, self._rung = fault_type, index
+            self.interventions += 1
+            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy))
+        return None
+
+    @staticmethod
+    def _actions(rung: Rung, diagnosis: Diagnosis | None, current: dict[str, Any], healthy: dict[str, Any]) -> list[Action]:
+        why = rung.reason + (f" ({diagnosis.summary})" if diagnosis is not None and diagnosis.summary else "")
+        actions: list[Action] = []
+        if rung.backup:
+            actions.append(Action(kind=f"backup_{rung.backup}", reason=why))
+        if rung.rollback:
+            actions.append(Action(kind="rollback", reason=why))
+        for change in rung.knobs:
+            try:
+                value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob))
+            except TypeError:  # the knob cannot be read on this trainer: nothing to scale
+                continue
+            actions.append(Action(kind="set_knob", knob=change.knob, value=value, previous=current.get(change.knob),
+                                  reason=f"{change.op} {change.knob}: {rung.reason} {rung.source}"))
+        if rung.halt:
+            actions.append(Action(kind="halt", reason=why))
+        return actions
