@@ -19,6 +19,12 @@ from rftfm.cli_groups import evaluate_app, fit_app  # noqa: E402  (shared sub-ap
 
 app.add_typer(fit_app, name="fit")
 bench_app.add_typer(evaluate_app, name="evaluate")
+from rftfm.cli_diagnose import diagnose_command  # noqa: E402  (registers fit diagnoser, bench evaluate diagnosis)
+
+app.command("diagnose")(diagnose_command)
+from rftfm.cli_watch import register as register_watch  # noqa: E402  (rftfm watch, rftfm report)
+
+register_watch(app)
 console = Console()
 
 

@@ -1,0 +1,248 @@
+"""Diagnoser: type / family, evidence, abstention, persistence, evaluation and CLI on a synthetic benchmark.
+
+The fixture writes a small benchmark in the published layout (RunWriter) whose faulty runs
+carry clear, known fingerprints after their onset, so the tests check real behaviour end to
+end (writer -> loader -> features -> Diagnoser) in a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
+from rftfm.bench.eval_diagnosis import evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
+from rftfm.faults.taxonomy import FAULT_TYPES, group_dir
+from rftfm.fm.diagnose import Diagnoser, summary_sentence
+from rftfm.fm.diagnosis_features import diagnosis_matrix
+from rftfm.fm.features import features_frame
+from rftfm.io.faultbench import RunWriter
+from rftfm.io.loader import load_benchmark
+from rftfm.records import RunInfo, StepRecord, TrajectoryRecord
+
+STEPS = 12
+TYPES = ("reward_hacking", "lr_low", "length_truncation", "zero_variance")
+
+
+def _metrics(kind: str, step: int, onset: int, rng: np.random.Generator) -> dict[str, float]:
+    m = {
+        "reward_mean": 0.2 + 0.03 * step + rng.normal(0, 0.04),
+        "reward_std": 0.4 + rng.normal(0, 0.03),
+        "eval_accuracy": 0.2 + 0.02 * step + rng.normal(0, 0.02),
+        "kl": abs(0.01 * step + rng.normal(0, 0.004)),
+        "entropy": 0.8 - 0.01 * step + rng.normal(0, 0.02),
+        "policy_loss": rng.normal(0.01, 0.01),
+        "grad_norm": abs(1.5 + rng.normal(0, 0.2)),
+        "clip_ratio_region": 0.0,
+        "completion_length_mean": 3.0 + rng.normal(0, 0.1),
+        "completion_length_max": 5.0,
+        "truncated_ratio": max(0.0, rng.normal(0.01, 0.01)),
+        "frac_zero_std_groups": float(np.clip(rng.normal(0.3, 0.08), 0, 1)),
+    }
+    if step >= onset:
+        if kind == "reward_hacking":
+            m["reward_mean"] += 0.3
+            m["eval_accuracy"] -= 0.15
+        elif kind == "lr_low":
+            m["kl"] *= 0.03
+            m["reward_mean"] = 0.2 + rng.normal(0, 0.04)
+        elif kind == "length_truncation":
+            m["truncated_ratio"], m["completion_length_mean"] = 0.6 + rng.normal(0, 0.05), 2.0
+        elif kind == "zero_variance":
+            m["frac_zero_std_groups"], m["grad_norm"] = 0.9, m["grad_norm"] * 0.2
+        elif kind == "novel":  # a pattern no training type shows
+            m["entropy"] += 3.0
+            m["clip_ratio_region"] = 0.8
+            m["policy_loss"] += 5.0
+    return m
+
+
+def _write_run(root: Path, info: RunInfo, kind: str) -> None:
+    rng = np.random.default_rng(info.seed)
+    writer = RunWriter(root, info)
+    onset = info.onset_step or STEPS + 1
+    for step in range(1, STEPS + 1):
+        m = _metrics(kind, step, onset, rng)
+        trajs = [
+            TrajectoryRecord(
+                run_id=info.run_id, rollout_step=step, prompt_id=f"p{i // 4}", group_id=i // 4,
+                reward=float(rng.random() < m["reward_mean"]), response_length=int(round(m["completion_length_mean"])),
+                advantage=float(rng.normal()), repetition_ratio=0.1, unique_token_ratio=0.9,
+                flags={"truncated": bool(rng.random() < m["truncated_ratio"])},
+            )
+            for i in range(8)
+        ]
+        writer(StepRecord(run_id=info.run_id, step=step, **m), trajs)
+    writer.commit()
+
+
+def _runs(seeds: range, onsets: tuple[int, ...] = (1, 5)) -> list[tuple[RunInfo, str]]:
+    out = []
+    seed = iter(seeds)
+    for kind in TYPES:
+        ftype = FAULT_TYPES[kind]
+        for i in range(8):
+            s = next(seed)
+            strength = "easy" if i % 2 == 0 else "hard"
+            out.append((RunInfo(
+                run_id=f"{kind}-{s}", group=group_dir(ftype.family, strength), task_group="arith_a", model_size="xs",
+                seed=s, control_or_fault="fault", fault_family=ftype.family, fault_type=kind, fault_strength=strength,
+                onset_step=onsets[i % len(onsets)], num_steps=STEPS,
+            ), kind))
+    for i in range(10):
+        s = next(seed)
+        out.append((RunInfo(run_id=f"normal-{s}", group="normal", task_group="arith_a", model_size="xs", seed=s,
+                            control_or_fault="normal", num_steps=STEPS), "normal"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("synthetic-bench")
+    for info, kind in _runs(range(1, 1000)):
+        _write_run(root, info, kind)
+    loaded = load_benchmark(root)
+    return root, loaded.runs, features_frame(loaded.steps, loaded.trajectories)
+
+
+@pytest.fixture(scope="module")
+def fitted(bench):
+    _, runs, features = bench
+    return Diagnoser().fit(runs, features)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory):
+    """Unseen runs (other seeds) plus one run with a novel pattern, for inference tests."""
+    root = tmp_path_factory.mktemp("fresh-runs")
+    runs = _runs(range(5000, 6000), onsets=(5,))
+    for info, kind in runs:
+        _write_run(root, info, kind)
+    novel = RunInfo(run_id="novel-1", group="normal", task_group="arith_a", model_size="xs", seed=77,
+                    control_or_fault="normal", onset_step=5, num_steps=STEPS)
+    _write_run(root, novel, "novel")
+    loaded = load_benchmark(root)
+    return root, loaded.runs, features_frame(loaded.steps, loaded.trajectories)
+
+
+def test_diagnoses_unseen_runs_at_alarm_time(fitted: Diagnoser, fresh) -> None:
+    _, runs, features = fresh
+    correct = 0
+    faulty = runs.filter(pl.col("control_or_fault") == "fault")
+    for row in faulty.iter_rows(named=True):
+        d = fitted.diagnose(features, row["run_id"], row["onset_step"] + 2, task_group="arith_a", model_size="xs")
+        assert abs(sum(h.probability for h in d.ranked) - 1) < 1e-3
+        assert [h.probability for h in d.ranked] == sorted((h.probability for h in d.ranked), reverse=True)
+        correct += d.top is not None and d.top.fault_type == row["fault_type"] and d.top.family == row["fault_family"]
+    assert correct / faulty.height >= 0.9
+
+
+def test_evidence_and_summary_name_the_moved_signals(fitted: Diagnoser, fresh) -> None:
+    _, runs, features = fresh
+    run_id = runs.filter(pl.col("fault_type") == "reward_hacking")["run_id"][0]
+    d = fitted.diagnose(features, run_id, 9, task_group="arith_a", model_size="xs")
+    moved = {e.signal: e for e in d.evidence}
+    assert moved["reward_mean"].direction == "up" and moved["eval_accuracy"].direction == "down"
+    assert moved["reward_mean"].since_step in (4, 5, 6)
+    assert moved["reward_mean"].value > moved["reward_mean"].expected
+    assert d.summary.startswith("reward_hacking since step")
+    assert "train reward +" in d.summary and "eval accuracy -" in d.summary
+
+
+def test_abstains_on_a_pattern_no_known_fingerprint_fits(fitted: Diagnoser, fresh) -> None:
+    _, _, features = fresh
+    d = fitted.diagnose(features, "novel-1", 9, task_group="arith_a", model_size="xs")
+    assert d.unknown and d.top is None
+    assert d.summary.startswith("unknown fault")
+    normal_before_onset = fitted.diagnose(features, "novel-1", 3, task_group="arith_a", model_size="xs")
+    assert not any(e.signal == "clip_ratio_region" for e in normal_before_onset.evidence)
+
+
+def test_uses_only_history_up_to_the_step_and_ignores_labels(fitted: Diagnoser, fresh) -> None:
+    _, runs, features = fresh
+    run_id = runs.filter(pl.col("fault_type") == "length_truncation")["run_id"][0]
+    full = fitted.diagnose(features, run_id, 6)
+    cut = fitted.diagnose(features.filter(pl.col("step") <= 6), run_id, 6)
+    labelled = fitted.diagnose(features.with_columns(fault_active=pl.lit(False)), run_id, 6)
+    assert full.model_dump() == cut.model_dump() == labelled.model_dump()
+    assert fitted.diagnose(features, run_id, 6).top.fault_type == "length_truncation"
+
+
+def test_save_load_round_trip_is_json(fitted: Diagnoser, fresh, tmp_path: Path) -> None:
+    _, runs, features = fresh
+    path = fitted.save(tmp_path / "diag.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "rftfm-diagnoser" and isinstance(data["lightgbm_model"], str)
+    loaded = Diagnoser.load(path)
+    for run_id in runs["run_id"].to_list()[:6]:
+        assert loaded.diagnose(features, run_id, 8).model_dump() == fitted.diagnose(features, run_id, 8).model_dump()
+
+
+def test_vectorised_scores_match_single_diagnoses(fitted: Diagnoser, fresh) -> None:
+    _, runs, features = fresh
+    ids = runs["run_id"].to_list()[:8]
+    x, keys = diagnosis_matrix(features, runs, {r: [7] for r in ids}, fitted.profile)
+    prob, unknown = fitted.scores(x)
+    for (run_id, step), p, u in zip(keys, prob, unknown):
+        d = fitted.diagnose(features, run_id, step, task_group="arith_a", model_size="xs")
+        assert d.ranked[0].fault_type == fitted.classes[int(p.argmax())] and d.unknown == bool(u)
+
+
+def test_baselines_rank_the_obvious_type(fitted: Diagnoser, bench, fresh) -> None:
+    _, runs, features = bench
+    faulty = runs.filter(pl.col("control_or_fault") == "fault")
+    x, keys = diagnosis_matrix(features, faulty, {r: [10] for r in faulty["run_id"]}, fitted.profile)
+    label = dict(faulty.select("run_id", "fault_type").iter_rows())
+    knn = NearestFingerprint(k=3).fit(x, [label[r] for r, _ in keys])
+    _, fruns, ffeat = fresh
+    trunc = fruns.filter(pl.col("fault_type") == "length_truncation")["run_id"][0]
+    xq, _ = diagnosis_matrix(ffeat, fruns, {trunc: [9]}, fitted.profile)
+    assert knn.classes[int(knn.predict_proba(xq).argmax())] == "length_truncation"
+    rules = ExpertRules(fitted.feature_names)
+    assert rules.classes[int(rules.predict_proba(xq).argmax())] == "length_truncation"
+
+
+def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
+    _, runs, features = bench
+    alarm = lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
+    result, _ = evaluate_split(runs, features, "seed", alarm_fn=alarm, leave_one_type_out=True)
+    d = result["diagnoser"]
+    assert result["test_faulty_runs"] > 0 and d["all"]["n"] == result["test_faulty_runs"]
+    assert d["all"]["type_top1"] >= 0.8 and d["all"]["type_top3"] >= d["all"]["type_top1"]
+    assert set(result["baselines"]) == {"knn", "expert_rules"}
+    assert sum(map(sum, result["confusion"]["matrix"])) == result["test_faulty_runs"]
+    assert result["leave_one_type_out"]["per_type"]
+    text = markdown_report(result, "conf.png")
+    assert "| Diagnoser | all |" in text and "Leave-one-type-out" in text and "![confusion" in text
+    png = plot_confusion(result["confusion"], tmp_path / "conf.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_diagnose_run_dir_without_run_info(fitted: Diagnoser, fresh, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rftfm.cli import app
+
+    root, runs, _ = fresh
+    row = runs.filter(pl.col("fault_type") == "zero_variance").row(0, named=True)
+    run_dir = tmp_path / row["group"] / row["run_id"]
+    shutil.copytree(root / row["group"] / row["run_id"], run_dir)
+    (run_dir / "run_info.json").unlink()
+    for parquet in run_dir.glob("*.parquet"):
+        parquet.unlink()
+    model = fitted.save(tmp_path / "diag.json")
+    out = CliRunner().invoke(app, ["diagnose", str(run_dir), "--model", str(model), "--step", "9"])
+    assert out.exit_code == 0, out.output
+    assert "zero_variance" in out.output and "evidence" in out.output
+    as_json = CliRunner().invoke(app, ["diagnose", str(run_dir), "--model", str(model), "--step", "9", "--json"])
+    assert json.loads(as_json.output)["ranked"][0]["fault_type"] == "zero_variance"
+
+
+def test_summary_sentence_for_unknown_names_the_closest_type() -> None:
+    assert summary_sentence(None, [], "lr_low").startswith("unknown fault")
+    assert "closest known: lr_low" in summary_sentence(None, [], "lr_low")
