@@ -64,7 +64,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "zero-mean Gaussian noise added to every verifier reward",
             "reward sd up, slower learning",
             {"easy": {"noise_sd": 1.0}, "hard": {"noise_sd": 0.35}},
-            signals=(("reward_std", "up"), ("eval_accuracy", "down")),
+            signals=(("reward_std", "up"), ("frac_zero_std_groups", "down")),
         ),
         FaultType(
             "reward_hacking", "rf",
@@ -84,10 +84,10 @@ FAULT_TYPES: dict[str, FaultType] = {
         FaultType(
             "reward_inversion", "rf",
             "reward r -> 1 - r on a fixed subset of prompts (systematic sign flip)",
-            "eval accuracy falls, reward trends down",
+            "eval accuracy falls while train reward rises (wrong answers are rewarded)",
             {"easy": {"prompt_fraction": 0.7}, "hard": {"prompt_fraction": 0.35}},
             knob_repairable=False,
-            signals=(("eval_accuracy", "down"),),
+            signals=(("eval_accuracy", "down"), ("reward_mean", "up")),
         ),
         # --- PG: generation ------------------------------------------------------------
         FaultType(
@@ -147,7 +147,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "reward falls steadily",
             {"easy": {"flip_fraction": 0.85}, "hard": {"flip_fraction": 0.45}},
             knob_repairable=False,
-            signals=(("eval_accuracy", "down"), ("reward_mean", "down")),
+            signals=(("reward_mean", "down"), ("eval_accuracy", "down")),
         ),
         FaultType(
             "zero_variance", "ca",
