@@ -132,7 +132,7 @@ def flatten_step(record: StepRecord) -> dict[str, Any]:
     row.update({f"extra.{k}": v for k, v in record.extra.items()})
     label = record.fault_injection
     row["fault_active"] = bool(label and label.active)
-    return row
+    return _finite(row)
 
 
 def flatten_trajectory(record: TrajectoryRecord) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def flatten_trajectory(record: TrajectoryRecord) -> dict[str, Any]:
     row["completion"] = record.completion
     label = record.fault_injection
     row["fault_active"] = bool(label and label.active)
-    return row
+    return _finite(row)
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:

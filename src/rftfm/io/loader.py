@@ -22,6 +22,7 @@ from rftfm.records import RunInfo
 
 #: Published / OpenRLHF step metric names -> our StepRecord field names.
 STEP_ALIASES: dict[str, str] = {
+    "global_step": "step",
     "reward": "reward_mean",
     "rewards": "reward_mean",
     "reward_std": "reward_std",
@@ -214,4 +215,6 @@ def _frame(rows: list[dict[str, Any]], sort_by: tuple[str, ...]) -> pl.DataFrame
     frame = pl.DataFrame(rows, infer_schema_length=None, strict=False)
     if "active" in frame.columns:
         frame = frame.rename({"active": "fault_active"})
+    elif "fault_injection_type" in frame.columns:  # published data: faults act from step 1
+        frame = frame.with_columns(fault_active=pl.col("fault_injection_type").is_not_null())
     return frame.sort([c for c in sort_by if c in frame.columns])
