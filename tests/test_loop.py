@@ -1,0 +1,207 @@
+"""The closed loop live inside a TRL GRPO run: it repairs, records, and never breaks training."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from rftfm.engine.run import build_trainer
+from rftfm.fm.checkpoint import MODEL_FILE, Checkpointer
+from rftfm.fm.incidents import IncidentStore
+from rftfm.fm.loop import ControllerConfig
+from rftfm.fm.remediate import Remediator
+from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
+from rftfm.integrations.trl_callback import RFTFMCallback, step_record_from_logs
+from rftfm.records import RunInfo
+
+torch.set_num_threads(1)
+STEPS = 10
+ONSET = 5
+
+
+class WarmupZDetector:
+    """A real (if simple) streaming detector: |z| of a step against this run's own first steps."""
+
+    signals = {"eval_accuracy": 0.05, "kl": 0.1, "entropy": 0.1}
+
+    def reset(self, run_id, task_group=None, model_size=None):
+        self.seen = {k: [] for k in self.signals}
+
+    def observe(self, rec, trajectories):
+        evidence = []
+        for name, floor in self.signals.items():
+            value = getattr(rec, name)
+            if value is None:
+                continue
+            hist = self.seen[name]
+            if len(hist) >= 3:
+                z = (value - np.mean(hist)) / max(float(np.std(hist)), floor)
+                if abs(z) > 4:
+                    evidence.append(SignalEvidence(signal=name, direction="up" if z > 0 else "down", value=value, z=float(z), since_step=rec.step))
+            hist.append(value)
+        if evidence:
+            return Alarm(run_id=rec.run_id, step=rec.step, score=max(abs(e.z) for e in evidence), threshold=4.0, evidence=evidence)
+        return None
+
+
+class KlRuleDiagnoser:
+    """A real rule: KL far above its early level with eval accuracy falling -> lr_high, else unknown."""
+
+    def diagnose(self, history: pl.DataFrame, run_id, step, task_group=None, model_size=None):
+        h = history.filter(pl.col("step") <= step).sort("step")
+        early, last = h.head(3), h.tail(1)
+        acc_drop = (early["eval_accuracy"].mean() or 0) - (last["eval_accuracy"].item() or 0)
+        kl_jump = (last["kl"].item() or 0) > 5 * max(early["kl"].mean() or 0, 0.02)
+        if acc_drop > 0.2 or kl_jump:
+            return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+                             summary=f"lr_high at step {step}")
+        return Diagnosis(run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown")
+
+
+def run_info(kind="fault", fault="lr_high"):
+    return RunInfo(run_id=f"t-{kind}", group="x", task_group="arith_a", model_size="xs", seed=3, control_or_fault=kind,
+                   fault_type=fault if kind == "fault" else None, fault_strength="easy" if kind == "fault" else None,
+                   onset_step=ONSET, num_steps=STEPS)
+
+
+def train(info, attach=None, callbacks=None):
+    records = []
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(info, [lambda r, t: records.append(r)], callbacks=callbacks, output_dir=out)
+        callback = attach(trainer) if attach else None
+        trainer.train()
+    return trainer, callback, records
+
+
+@pytest.fixture(scope="module")
+def no_loop():
+    return train(run_info())
+
+
+def test_loop_detects_diagnoses_rolls_back_and_repairs_lr_high(tmp_path, no_loop):
+    store = IncidentStore(tmp_path / "incidents.db")
+    trainer, cb, records = train(run_info(), lambda t: RFTFMCallback.attach(
+        t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(), incidents=store))
+    _, _, faulty = no_loop
+    assert trainer.state.global_step == STEPS
+    kinds = [e["kind"] for e in store.events(run_id="t-fault")]
+    for kind in ("run", "alarm", "diagnosis", "action", "outcome"):
+        assert kind in kinds, kind
+    actions = store.events(run_id="t-fault", kind="action")
+    assert actions[0]["payload"]["kind"] == "rollback" and actions[0]["payload"]["detail"].startswith("to step ")
+    assert int(actions[0]["payload"]["detail"].split()[-1]) < ONSET  # rolled back to before the onset
+    lr = [a for a in actions if a["payload"]["knob"] == "learning_rate"][0]["payload"]
+    assert lr["value"] == pytest.approx(3e-4) and lr["previous"] == pytest.approx(3e-4 * 30)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert records[-1].eval_accuracy > faulty[-1].eval_accuracy + 0.2  # the run recovered
+    assert cb.controller.counts["errors"] == 0
+    store.close()
+
+
+def test_healthy_run_gets_no_intervention():
+    trainer, cb, _ = train(run_info("normal"), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser()))
+    assert cb.controller.counts["interventions"] == 0 and cb.controller.counts["checkpoints"] >= STEPS // 2
+
+
+class BrokenDetector(WarmupZDetector):
+    def observe(self, rec, trajectories):
+        if rec.step >= 3:
+            raise RuntimeError("detector bug")
+        return super().observe(rec, trajectories)
+
+
+class BrokenDiagnoser(KlRuleDiagnoser):
+    def diagnose(self, *args, **kwargs):
+        raise ValueError("diagnoser bug")
+
+
+class BrokenRemediator(Remediator):
+    def plan(self, *args, **kwargs):
+        raise KeyError("remediator bug")
+
+
+class BrokenCheckpointer(Checkpointer):
+    def save(self, step, *args, **kwargs):
+        if step >= 2:
+            raise OSError("disk full")
+        return super().save(step, *args, **kwargs)
+
+
+class BrokenStore:
+    def record(self, *args, **kwargs):
+        raise RuntimeError("store bug")
+
+
+@pytest.mark.parametrize("stage", ["detect", "diagnose", "remediate", "checkpoint", "store"])
+def test_an_exception_in_any_stage_never_reaches_the_trainer(stage):
+    parts = {"detector": WarmupZDetector(), "diagnoser": KlRuleDiagnoser(), "remediator": None, "incidents": None}
+    if stage == "detect":
+        parts["detector"] = BrokenDetector()
+    elif stage == "diagnose":
+        parts["diagnoser"] = BrokenDiagnoser()
+    elif stage == "remediate":
+        parts["remediator"] = BrokenRemediator()
+    elif stage == "store":
+        parts["incidents"] = BrokenStore()
+
+    def attach(trainer):
+        cb = RFTFMCallback.attach(trainer, **parts)
+        if stage == "checkpoint":
+            cb.checkpointer = BrokenCheckpointer()
+        return cb
+
+    trainer, cb, records = train(run_info(), attach)
+    assert trainer.state.global_step == STEPS and len(records) == STEPS  # training completed
+    ctl = cb.controller
+    assert ctl.counts["errors"] >= 1
+    if stage == "store":
+        return  # nowhere to record; counted instead
+    errors = ctl.store.events(kind="error")
+    assert errors and errors[0]["payload"]["stage"] == stage
+    assert ctl.mode == "alert_only" and ctl.counts["interventions"] == 0  # degraded to alert-only
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one_in_a_live_run():
+    class CorruptingCheckpointer(Checkpointer):
+        def save(self, step, *args, **kwargs):
+            info = super().save(step, *args, **kwargs)
+            if step == ONSET - 1:  # the checkpoint the rollback would use
+                (info.path / MODEL_FILE).write_bytes(b"truncated")
+            return info
+
+    def attach(trainer):
+        cb = RFTFMCallback.attach(trainer, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(),
+                                  config=ControllerConfig(checkpoint_every=1))
+        cb.checkpointer = CorruptingCheckpointer(keep=8)
+        return cb
+
+    trainer, cb, _ = train(run_info(), attach)
+    store = cb.controller.store
+    rollback = [e for e in store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+    assert rollback["payload"]["detail"] == f"to step {ONSET - 2}"
+    assert any("checksum" in e["payload"]["error"] for e in store.events(kind="error"))
+    assert trainer.state.global_step == STEPS
+
+
+def test_plain_callback_on_trl_logs_can_roll_back_and_halve_the_lr():
+    """Added with callbacks=[...]: only TRL's on_log dicts, the optimiser and control are available."""
+    cb = RFTFMCallback(detector=WarmupZDetector(), diagnoser=None, run_id="plain")
+    trainer, _, _ = train(run_info(), callbacks=[cb])
+    ctl = cb.controller
+    assert ctl.handle.capabilities().knobs == frozenset({"learning_rate"})
+    assert ctl.counts["alarms"] >= 1 and ctl.counts["rollbacks"] >= 1
+    actions = ctl.store.events(kind="action")
+    assert actions[1]["payload"]["knob"] == "learning_rate"
+    # halved, and never above 10x the LR of the last healthy checkpoint (3e-4)
+    assert actions[1]["payload"]["value"] == pytest.approx(min(actions[1]["payload"]["previous"] * 0.5, 3e-3))
+    assert trainer.optimizer.param_groups[0]["lr"] < 9e-3
+
+
+def test_step_record_from_trl_logs():
+    rec = step_record_from_logs("r", 4, {"loss": 0.1, "reward": 0.5, "kl": float("nan"), "completions/clipped_ratio": 0.25, "custom": 2})
+    assert rec.policy_loss == 0.1 and rec.reward_mean == 0.5 and rec.kl is None and rec.truncated_ratio == 0.25
+    assert rec.extra == {"custom": 2.0}

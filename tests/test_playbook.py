@@ -1,0 +1,92 @@
+"""The remediation playbook covers the taxonomy, and the remediator climbs it within bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from rftfm.engine.knobs import KNOBS
+from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm.playbook import GENERIC_LADDER, PLAYBOOK, KnobChange, check_playbook, ends_in_halt_only, ladder
+from rftfm.fm.remediate import Capabilities, Remediator, resolve_knob
+from rftfm.fm.types import Diagnosis, Hypothesis
+
+ALL = Capabilities(knobs=frozenset(KNOBS), rollback=True, halt=True)
+
+
+def diagnosis(fault_type: str | None, p: float = 0.9) -> Diagnosis:
+    if fault_type is None:
+        return Diagnosis(run_id="r", step=5, ranked=[], unknown=True)
+    fam = FAULT_TYPES[fault_type].family
+    return Diagnosis(run_id="r", step=5, ranked=[Hypothesis(family=fam, fault_type=fault_type, probability=p)], summary="s")
+
+
+def test_every_registry_type_has_a_consistent_ladder():
+    assert set(PLAYBOOK) == set(FAULT_TYPES)
+    assert check_playbook() == []
+    for name, rungs in PLAYBOOK.items():
+        assert rungs[-1].halt and rungs[-1].rollback, name
+        assert all(k.knob in KNOBS for r in rungs for k in r.knobs)
+        assert ladder(name) == rungs
+
+
+def test_types_no_knob_repairs_end_in_halt_without_knobs():
+    for name, ftype in FAULT_TYPES.items():
+        assert ends_in_halt_only(name) == (not ftype.knob_repairable), name
+
+
+def test_resolve_knob_restore_scale_set_and_bounds():
+    restore = KnobChange("learning_rate", "restore", fallback_factor=0.1, rel_bounds=(0.01, 10.0))
+    assert resolve_knob(restore, 9e-3, 3e-4) == pytest.approx(3e-4)  # drifted: undo the drift
+    assert resolve_knob(restore, 3e-4, 3e-4) == pytest.approx(3e-5)  # no drift: fallback factor
+    scale = KnobChange("learning_rate", "scale", factor=100.0, rel_bounds=(0.01, 10.0))
+    assert resolve_knob(scale, 3e-4, 3e-4) == pytest.approx(3e-3)  # clamped at 10x healthy
+    length = KnobChange("max_completion_length", "scale", factor=2.0, abs_bounds=(4, 32))
+    assert resolve_knob(length, 3, 10) == 6 and isinstance(resolve_knob(length, 3, 10), int)
+    assert resolve_knob(KnobChange("scale_rewards", "set", value="group"), "none", "group") == "group"
+
+
+def test_remediator_climbs_the_ladder_then_stops():
+    rem = Remediator(max_interventions=5)
+    knobs = {"learning_rate": 9e-3}
+    healthy = {"learning_rate": 3e-4}
+    first = rem.plan(diagnosis("lr_high"), ALL, knobs, healthy)
+    assert first.rung_index == 0 and [a.kind for a in first.actions] == ["rollback", "set_knob"]
+    assert first.actions[1].value == pytest.approx(3e-4)
+    second = rem.plan(diagnosis("lr_high"), ALL, {"learning_rate": 3e-4}, healthy, escalate=True)
+    assert second.rung_index == 1 and second.actions[-1].value == pytest.approx(3e-5)
+    third = rem.plan(diagnosis("lr_high"), ALL, knobs, healthy, escalate=True)
+    assert [a.kind for a in third.actions] == ["rollback", "halt"]
+    assert rem.plan(diagnosis("lr_high"), ALL, knobs, healthy, escalate=True) is None
+
+
+def test_intervention_budget_is_bounded():
+    rem = Remediator(max_interventions=2)
+    assert rem.plan(diagnosis("lr_low"), ALL, {"learning_rate": 1e-6}, {"learning_rate": 1e-6}) is not None
+    assert rem.plan(diagnosis("kl_misconfig"), ALL, {"beta": 5.0}, {"beta": 0.04}) is not None
+    assert rem.exhausted
+    assert rem.plan(diagnosis("lr_high"), ALL, {}, {}) is None
+
+
+def test_capabilities_filter_rungs():
+    # no backup verifier registered: reward_hacking goes straight to rollback + halt
+    plan = Remediator().plan(diagnosis("reward_hacking"), ALL, {}, {})
+    assert [a.kind for a in plan.actions] == ["rollback", "halt"]
+    with_backup = Capabilities(knobs=ALL.knobs, rollback=True, halt=True, backups=frozenset({"verifier"}))
+    plan = Remediator().plan(diagnosis("reward_hacking"), with_backup, {}, {})
+    assert [a.kind for a in plan.actions] == ["backup_verifier", "rollback"]
+    # a trainer that exposes only the learning rate cannot restore the temperature: skip to halt
+    lr_only = Capabilities(knobs=frozenset({"learning_rate"}), rollback=True, halt=True)
+    plan = Remediator().plan(diagnosis("sampling_temperature"), lr_only, {"learning_rate": 1e-3}, {})
+    assert plan.rung.halt
+
+
+def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_diagnosis():
+    rem = Remediator(min_confidence=0.5)
+    plan = rem.plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3})
+    assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)
+    generic = Remediator(generic=True, max_interventions=3)
+    for _ in range(3):
+        plan = generic.plan(diagnosis("sampling_temperature"), ALL, {"learning_rate": 1e-3, "temperature": 2.2}, {})
+        assert plan.rung == GENERIC_LADDER[0]
+        assert [a.kind for a in plan.actions] == ["rollback", "set_knob"] and plan.actions[1].knob == "learning_rate"
+    assert generic.plan(diagnosis(None), ALL, {"learning_rate": 1e-3}, {}) is None
