@@ -1,0 +1,354 @@
+"""``rftfm watch`` (follow a run's log, detect, diagnose, alert) and ``rftfm report`` (HTML post-mortem).
+
+Exit codes of ``rftfm watch`` (documented in ``docs/integrations/jsonl.md``):
+
+* 0 — the log was read and no alarm was raised;
+* 1 — at least one alarm was raised;
+* 2 — bad input or usage (path missing, unknown format, no training step found);
+* 3 — the log was read but detection is unavailable (no detector installed or it failed to load).
+
+The watcher never raises into the caller because of a log line: malformed lines are counted,
+detector / diagnoser errors are recorded in the incident store as ``error`` events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+
+from rftfm.fm.types import Alarm, Diagnosis
+from rftfm.records import StepRecord, TrajectoryRecord
+
+EXIT_OK, EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION = 0, 1, 2, 3
+
+console = Console(highlight=False)
+
+
+# --- the detector and the diagnoser, when installed -----------------------------------------
+
+
+def load_detector(path: Path | None = None) -> tuple[Any | None, str | None]:
+    """(``Detector.load(path)`` or ``Detector.load_default()``, or None and why not)."""
+    try:
+        from rftfm.fm.detect import Detector  # written by the detection work (issue 3)
+    except ImportError as exc:
+        return None, f"detection disabled: rftfm.fm.detect is not available ({exc})"
+    try:
+        return (Detector.load(path) if path is not None else Detector.load_default()), None
+    except Exception as exc:  # missing artifact, bad file: say so, keep reading the log
+        return None, f"detection disabled: the default detector failed to load ({type(exc).__name__}: {exc})"
+
+
+def load_diagnoser(path: Path | None = None) -> tuple[Any | None, str | None]:
+    """(``Diagnoser.load(path)`` or ``Diagnoser.load_default()``, or None and why not)."""
+    try:
+        from rftfm.fm.diagnose import Diagnoser  # written by the diagnosis work (issue 4)
+    except ImportError as exc:
+        return None, f"diagnosis disabled: rftfm.fm.diagnose is not available ({exc})"
+    try:
+        return (Diagnoser.load(path) if path is not None else Diagnoser.load_default()), None
+    except Exception as exc:
+        return None, f"diagnosis disabled: the default diagnoser failed to load ({type(exc).__name__}: {exc})"
+
+
+# --- one run under watch ----------------------------------------------------------------------
+
+
+@dataclass
+class WatchResult:
+    run_id: str
+    steps: int = 0
+    alarms: list[Alarm] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    detection: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.alarms:
+            return EXIT_ALARM
+        if self.steps == 0:
+            return EXIT_BAD_INPUT
+        return EXIT_OK if self.detection else EXIT_NO_DETECTION
+
+
+class RunMonitor:
+    """Detection + diagnosis for one run, fed one step at a time; records to an incident store.
+
+    ``on_alarm(alarm, diagnosis_or_None, is_new)`` is called for every alarm; ``is_new`` is true
+    for the first alarm and whenever the top diagnosis changes (what deserves a notification).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        detector: Any | None,
+        diagnoser: Any | None = None,
+        store: Any | None = None,
+        on_alarm: Callable[[Alarm, Diagnosis | None, bool], None] | None = None,
+        task_group: str | None = None,
+        model_size: str | None = None,
+    ):
+        from rftfm.fm.features import FEATURES, step_features
+
+        self._features, self._feature_names = step_features, FEATURES
+        self.run_id, self.detector, self.diagnoser, self.store = run_id, detector, diagnoser, store
+        self.on_alarm, self.task_group, self.model_size = on_alarm, task_group, model_size
+        self.result = WatchResult(run_id=run_id, detection=detector is not None)
+        self._history: list[dict[str, Any]] = []
+        self._last_top: tuple[str, str] | None = None
+        if detector is not None:
+            self._safely("detector.reset", lambda: detector.reset(run_id, task_group=task_group, model_size=model_size))
+
+    def _safely(self, what: str, fn: Callable[[], Any], step: int | None = None) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # the monitor never crashes on its own components
+            message = f"{what} failed at step {step}: {type(exc).__name__}: {exc}"
+            self.result.errors.append(message)
+            self._record("error", step, {"where": what, "error": message})
+            return None
+
+    def _record(self, kind: str, step: int | None, payload: Any) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.record(kind, self.run_id, step, payload)
+        except Exception as exc:  # a locked / full disk must not stop the watch
+            self.result.errors.append(f"incident store: {exc}")
+
+    def history_frame(self):
+        """Features of every step seen so far (``rftfm.fm.features`` rows), as the diagnoser expects."""
+        import polars as pl
+
+        schema = {"run_id": pl.Utf8, "step": pl.Int64, **{name: pl.Float64 for name in self._feature_names}}
+        return pl.DataFrame(self._history, schema=schema, orient="row") if self._history else pl.DataFrame(schema=schema)
+
+    def observe(self, step: StepRecord, trajectories: list[TrajectoryRecord]) -> tuple[Alarm | None, Diagnosis | None]:
+        self.result.steps += 1
+        row = self._safely("features", lambda: self._features(step, trajectories), step.step) or {}
+        self._history.append({"run_id": self.run_id, "step": step.step, **{n: row.get(n) for n in self._feature_names}})
+        if self.detector is None:
+            return None, None
+        alarm = self._safely("detector.observe", lambda: self.detector.observe(step, trajectories), step.step)
+        if alarm is None:
+            return None, None
+        self.result.alarms.append(alarm)
+        self._record("alarm", step.step, alarm)
+        diagnosis = None
+        if self.diagnoser is not None:
+            history = self.history_frame()
+            diagnosis = self._safely(
+                "diagnoser.diagnose",
+                lambda: self.diagnoser.diagnose(history, self.run_id, step.step, task_group=self.task_group, model_size=self.model_size),
+                step.step,
+            )
+        top_key = None
+        if diagnosis is not None:
+            self.result.diagnoses.append(diagnosis)
+            self._record("diagnosis", step.step, diagnosis)
+            top = diagnosis.top
+            top_key = (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
+        is_new = len(self.result.alarms) == 1 or (top_key is not None and top_key != self._last_top)
+        if top_key is not None:
+            self._last_top = top_key
+        if self.on_alarm is not None:
+            self._safely("alert", lambda: self.on_alarm(alarm, diagnosis, is_new), step.step)
+        return alarm, diagnosis
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+
+def _evidence_text(alarm: Alarm, limit: int = 4) -> str:
+    parts = []
+    for ev in alarm.evidence[:limit]:
+        arrow = "↑" if ev.direction == "up" else "↓"
+        z = f" z={ev.z:+.1f}" if ev.z is not None else ""
+        parts.append(f"{escape(ev.signal)} {arrow}{z}")
+    return ", ".join(parts) or "no per-signal evidence"
+
+
+def print_alarm(alarm: Alarm, diagnosis: Diagnosis | None, is_new: bool) -> None:
+    line = (
+        f"[bold red]ALARM[/] {escape(alarm.run_id)} step {alarm.step}: score {alarm.score:.3g} "
+        f"≥ {alarm.threshold:.3g} — {_evidence_text(alarm)}"
+    )
+    console.print(line)
+    if diagnosis is None or not is_new:
+        return
+    top = diagnosis.top
+    body = [escape(diagnosis.summary)] if diagnosis.summary else []
+    if top is None:
+        body.append("no known fingerprint fits (abstained)")
+    for hyp in diagnosis.ranked[:3]:
+        body.append(f"{escape(hyp.fault_type)} ({escape(hyp.family)}): p={hyp.probability:.2f}")
+    title = f"diagnosis at step {diagnosis.step}" + (f": [bold]{escape(top.fault_type)}[/]" if top else ": unknown")
+    console.print(Panel("\n".join(body), title=title, border_style="yellow", expand=False))
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def watch(
+    path: Path = typer.Argument(..., help="log file (JSONL, CSV, verl console log, trainer_state.json) or run directory"),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
+    incidents: Optional[Path] = typer.Option(None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"),
+    follow: bool = typer.Option(False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: from the log or the path)"),
+    task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
+    model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="seconds between polls when following"),
+    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="stop following after this many seconds without new lines"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
+    use_wandb: bool = typer.Option(False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarms and the summary only"),
+) -> None:
+    """Follow a run's log, detect anomalies, diagnose them, print alerts and record incidents.
+
+    Exit code: 0 no alarm, 1 alarm raised, 2 bad input or usage, 3 detection unavailable.
+    """
+    from rftfm.io.adapters import FORMATS, LogSource
+
+    if fmt != "auto" and fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r}; expected auto, {', '.join(FORMATS)}")
+    if not path.exists() and not follow:
+        _fail(f"{path} does not exist")
+    try:
+        source = LogSource(path, fmt, run_id)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    detector, why_no_detector = load_detector(detector_path)
+    diagnoser, why_no_diagnoser = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
+    for message in (why_no_detector, why_no_diagnoser):
+        if message:
+            console.print(f"[yellow]{escape(message)}[/]")
+    store = None
+    if incidents is not None:
+        from rftfm.fm.incidents import IncidentStore
+
+        store = IncidentStore(incidents)
+    alerter = None
+    if use_wandb:
+        from rftfm.integrations.wandb_alerts import WandbAlerter
+
+        alerter, status = WandbAlerter.create(source.run_id)
+        console.print(f"[dim]{escape(status)}[/]")
+
+    def on_alarm(alarm: Alarm, diagnosis: Diagnosis | None, is_new: bool) -> None:
+        print_alarm(alarm, diagnosis, is_new)
+        if alerter is not None and is_new:
+            alerter.alert(alarm, diagnosis)
+
+    monitor = RunMonitor(source.run_id, detector, diagnoser, store, on_alarm, task_group, model_size)
+    if store is not None:
+        store.record("run", source.run_id, None, {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
+    if not quiet:
+        mode = "following" if follow else "reading"
+        console.print(f"[bold]rftfm watch[/]: {mode} {escape(str(path))} as run [bold]{escape(source.run_id)}[/]")
+    try:
+        batches = source.follow(interval, idle_timeout) if follow else iter([source.read_all()])
+        for batch in batches:
+            for step, trajectories in batch:
+                monitor.observe(step, trajectories)
+                if follow and not quiet and step.step % 10 == 0:
+                    console.print(f"[dim]step {step.step}[/]")
+    except KeyboardInterrupt:
+        console.print("[dim]interrupted[/]")
+    finally:
+        source.close()
+        if alerter is not None:
+            alerter.close()
+    result = monitor.result
+    stats = source.stats
+    if store is not None:
+        store.record("run", source.run_id, None, {"finished": time.time(), "steps": result.steps, "alarms": len(result.alarms), "format": stats.format, "malformed_lines": stats.malformed_lines})
+        store.close()
+    skipped = f", {stats.malformed_lines} malformed line(s) skipped" if stats.malformed_lines else ""
+    summary = f"{result.steps} step(s) [{stats.format or 'unknown format'}], {len(result.alarms)} alarm(s){skipped}"
+    if result.errors:
+        summary += f", {len(result.errors)} monitor error(s) recorded"
+    console.print(f"[bold]summary[/]: {escape(summary)}")
+    if result.steps == 0:
+        console.print(f"[bold red]error:[/] no training step found in {escape(str(path))}")
+    raise typer.Exit(result.exit_code)
+
+
+def report(
+    run: str = typer.Argument(..., help="run directory, log file, or a run id recorded in --incidents"),
+    incidents: Optional[Path] = typer.Option(None, "--incidents", help="incident store with this run's alarms, diagnoses and actions"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: <run id>.html)"),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: from the log or the path)"),
+    detect: bool = typer.Option(True, "--detect/--no-detect", help="without recorded incidents, run detection and diagnosis offline"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
+) -> None:
+    """Write one self-contained HTML post-mortem of a run (plotly, no network needed to view it)."""
+    from rftfm.io.adapters import read_log
+    from rftfm.report.html import write_report
+
+    store = None
+    events: list[dict[str, Any]] = []
+    path = Path(run)
+    if incidents is not None:
+        from rftfm.fm.incidents import IncidentStore
+
+        if not incidents.exists():
+            _fail(f"incident store {incidents} does not exist")
+        store = IncidentStore(incidents)
+        if not path.exists():  # a run id: find the log it was watched from
+            runs = [e for e in store.events(run_id=run, kind="run") if e["payload"].get("source")]
+            if not runs:
+                store.close()
+                _fail(f"{run} is neither a path nor a run recorded in {incidents}")
+            path, run_id = Path(runs[-1]["payload"]["source"]), run_id or run
+    if not path.exists():
+        _fail(f"{path} does not exist")
+    try:
+        records, stats = read_log(path, fmt, run_id)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    if not records:
+        _fail(f"no training step found in {path}")
+    rid = records[0][0].run_id
+    if store is not None:
+        events = store.events(run_id=rid)
+        store.close()
+    offline_note = None
+    if not any(e["kind"] in ("alarm", "diagnosis") for e in events) and detect:
+        detector, why = load_detector(detector_path)
+        diagnoser, why_diag = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
+        offline_note = why or why_diag
+        if detector is not None:
+            from rftfm.fm.incidents import IncidentStore
+
+            memory = IncidentStore(":memory:")
+            monitor = RunMonitor(rid, detector, diagnoser, memory)
+            for step, trajectories in records:
+                monitor.observe(step, trajectories)
+            events = events + memory.events(run_id=rid)
+            memory.close()
+            offline_note = offline_note or "alarms and diagnoses computed offline by rftfm report (not recorded live)"
+    target = out or Path(f"{rid}.html")
+    write_report(target, rid, records, events, source=str(path), stats=stats, note=offline_note)
+    console.print(f"wrote {escape(str(target))} ({target.stat().st_size / 1e6:.1f} MB, {len(records)} steps, {len(events)} incident events)")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``watch`` and ``report`` on the main CLI."""
+    app.command("watch")(watch)
+    app.command("report")(report)
