@@ -89,5 +89,7 @@ def bench_stats(
         console.print(f"wrote {json_out}")
 
 
+import rftfm.cli_detect  # noqa: E402,F401  (registers fit detector, bench evaluate detection)
+
 if __name__ == "__main__":
     app()

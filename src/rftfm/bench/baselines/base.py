@@ -1,0 +1,94 @@
+"""Common frame for detection baselines: fit on normal runs, step scores, calibrated run-level alarms.
+
+Every baseline (and RFT-FM) is judged by the same run-level rule: a run alarms at the first
+step whose score exceeds the method's threshold. A baseline's threshold is calibrated like
+RFT-FM's, on normal runs only: the model is fitted on two thirds of the normal training runs
+and the threshold is the (1 - target) quantile of the run-maximum scores of the other third
+(out-of-sample). Faulty runs are never used.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from rftfm.fm.detect import SIGNALS, runs_cube
+from rftfm.fm.profile import Transform
+
+NORMAL_KINDS = ("normal", "control")
+
+
+@dataclass
+class RunCubes:
+    """Raw signals of some runs: cube (R, S, F) NaN padded, steps (R, S) with 0 = absent."""
+
+    run_ids: list[str]
+    cube: np.ndarray
+    steps: np.ndarray
+
+    @classmethod
+    def build(cls, features: pl.DataFrame, run_ids: list[str]) -> "RunCubes":
+        cube, steps = runs_cube(features, run_ids)
+        return cls(list(run_ids), cube, steps)
+
+    def subset(self, index: np.ndarray) -> "RunCubes":
+        return RunCubes([self.run_ids[i] for i in index], self.cube[index], self.steps[index])
+
+
+class Standardiser:
+    """asinh on heavy-tailed signals, then robust z-scores (median / MAD over normal steps); NaN -> 0."""
+
+    def fit(self, cube: np.ndarray) -> "Standardiser":
+        flat = cube.reshape(-1, cube.shape[-1])
+        self.transform = Transform.fit(flat, SIGNALS)
+        y = self.transform.apply(flat)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.center = np.nan_to_num(np.nanmedian(y, axis=0))
+            mad = 1.4826 * np.nanmedian(np.abs(y - self.center), axis=0)
+            sd = np.nanstd(y, axis=0)
+        self.scale = np.where(np.isfinite(mad) & (mad > 1e-6), mad, np.where(np.isfinite(sd) & (sd > 1e-6), sd, 1.0))
+        return self
+
+    def apply(self, cube: np.ndarray) -> np.ndarray:
+        z = (self.transform.apply(cube) - self.center) / self.scale
+        return np.clip(np.nan_to_num(z, nan=0.0), -50.0, 50.0)
+
+
+class Baseline(ABC):
+    """A detector judged by the shared run-level rule."""
+
+    name: str = "baseline"
+    needs_calibration = True
+
+    @abstractmethod
+    def fit(self, normal: RunCubes) -> None:
+        """Fit on normal runs."""
+
+    @abstractmethod
+    def score(self, runs: RunCubes) -> np.ndarray:
+        """Step scores (R, S); higher = more anomalous; NaN where the step is absent."""
+
+    def fit_calibrated(self, normal: RunCubes, target: float, seed: int = 0) -> None:
+        """Fit on 2/3 of the normal runs; threshold from the other 1/3 (out-of-sample)."""
+        if not self.needs_calibration:
+            self.fit(normal)
+            self.threshold = 0.0
+            return
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(normal.run_ids))
+        n_cal = max(1, len(order) // 3)
+        self.fit(normal.subset(np.sort(order[n_cal:])))
+        cal = self.score(normal.subset(np.sort(order[:n_cal])))
+        run_max = np.nanmax(np.where(np.isfinite(cal), cal, -np.inf), axis=1)
+        self.threshold = float(np.quantile(run_max, 1.0 - target, method="higher"))
+
+    def alarms(self, runs: RunCubes) -> np.ndarray:
+        """(R, S) bool: steps whose score exceeds the threshold."""
+        scores = self.score(runs)
+        return np.where(np.isfinite(scores), scores > self.threshold, False) & (runs.steps > 0)
