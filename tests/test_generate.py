@@ -1,0 +1,82 @@
+"""Benchmark generation: published layout, resumable, local pool and Ray executors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rftfm.bench.generate import generate, pending_runs
+from rftfm.bench.presets import PRESETS, preset_runs
+from rftfm.bench.stats import benchmark_stats
+from rftfm.faults.taxonomy import FAULT_TYPES, STRENGTHS
+from rftfm.io.faultbench import STEP_FILE, SUB_DIR, TRAJ_FILE
+from rftfm.records import RunInfo
+
+
+def tiny_run(run_id: str, fault: str | None = None, group: str = "normal", seed: int = 1) -> RunInfo:
+    kind = "fault" if fault else "normal"
+    return RunInfo(
+        run_id=run_id, group=group, task_group="arith_a", model_size="xs", seed=seed, num_steps=3,
+        prompts_per_step=2, num_generations=4, control_or_fault=kind, fault_type=fault,
+        fault_family=FAULT_TYPES[fault].family if fault else None, fault_strength="easy" if fault else None, onset_step=1,
+    )
+
+
+def test_mini_preset_covers_every_type_strength_controls_and_normal_runs() -> None:
+    runs = preset_runs("mini")
+    faulty = {(r.fault_type, r.fault_strength) for r in runs if r.control_or_fault == "fault"}
+    assert faulty == {(t, s) for t in FAULT_TYPES for s in STRENGTHS}
+    controls = [r for r in runs if r.control_or_fault == "control"]
+    assert len(controls) == len([r for r in runs if r.control_or_fault == "fault" and r.fault_strength == "hard"])
+    assert all(c.group.endswith("_hard_fault") for c in controls)
+    assert {(r.task_group, r.model_size) for r in runs if r.control_or_fault == "normal"} >= {
+        (r.task_group, r.model_size) for r in runs if r.control_or_fault == "fault"}
+    assert len({r.seed for r in runs}) == len(runs)  # every run has its own seed
+    assert {r.onset_step for r in runs if r.control_or_fault == "fault"} == {1, PRESETS["mini"].mid_onset}
+
+
+def test_full_preset_reaches_published_scale() -> None:
+    runs = preset_runs("full")
+    steps = sum(r.num_steps for r in runs)
+    trajectories = sum(r.num_steps * r.prompts_per_step * r.num_generations for r in runs)
+    assert len(runs) >= 779 and steps >= 22_549 and trajectories >= 1_457_288
+    assert sum(r.control_or_fault == "normal" for r in runs) >= 30
+
+
+def test_generation_writes_layout_and_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+    runs = [tiny_run("a", seed=1), tiny_run("b", "lr_high", group="od_easy_fault", seed=2)]
+    done = generate(tmp_path, runs, workers=1)
+    assert sorted(s.run_id for s in done) == ["a", "b"]
+    step_file = tmp_path / "od_easy_fault" / "b" / SUB_DIR / STEP_FILE
+    lines = [json.loads(x) for x in step_file.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and "reward_mean" in lines[0]["metrics"]
+    traj = json.loads((tmp_path / "od_easy_fault" / "b" / SUB_DIR / TRAJ_FILE).read_text().splitlines()[0])
+    assert traj["metadata"]["fault_injection"]["fault_injection_type"] == "lr_high"
+    assert {"flags", "metrics", "metadata"} <= set(traj)
+
+    # a run killed half-way leaves a .tmp- directory: it is not finished, and gets redone
+    killed = tiny_run("c", seed=3)
+    (tmp_path / "normal" / ".tmp-c" / SUB_DIR).mkdir(parents=True)
+    (tmp_path / "normal" / ".tmp-c" / SUB_DIR / STEP_FILE).write_text('{"step": 1, "metr')
+    assert [r.run_id for r in pending_runs(tmp_path, runs + [killed])] == ["c"]
+    again = generate(tmp_path, runs + [killed], workers=1)
+    assert [s.run_id for s in again] == ["c"]
+    assert not (tmp_path / "normal" / ".tmp-c").exists()
+    stats = benchmark_stats(tmp_path)
+    assert stats["totals"] == {"runs": 3, "steps": 9, "trajectories": 72}
+    log = (tmp_path / "metadata" / "generation_log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and json.loads(log[1])["runs"] == 1
+
+
+def test_ray_executor_runs_the_same_work_on_a_local_ray_instance(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        done = generate(tmp_path, [tiny_run("r", "reward_noise", group="rf_easy_fault", seed=5)], executor="ray")
+    finally:
+        ray.shutdown()
+    assert [s.run_id for s in done] == ["r"] and done[0].steps == 3 and done[0].trajectories == 24
+    assert (tmp_path / "rf_easy_fault" / "r" / "run_info.json").exists()
+    assert (tmp_path / "metadata" / "registries" / "rf_easy_fault.csv").exists()
