@@ -1,0 +1,109 @@
+"""Detection evaluation: run-level rule, protocols A / B, false alarms, delay, CLI on a synthetic benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from rftfm.bench.baselines.base import RunCubes
+from rftfm.bench.eval_detection import delays, evaluate_detection, false_alarms, protocol_table, run_outcomes, to_markdown
+from rftfm.cli import app
+from rftfm.fm.detect import SIGNALS, Detector
+from test_detect_data import write_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    write_benchmark(root)
+    return root
+
+
+def _cubes(run_ids, steps=6):
+    cube = np.zeros((len(run_ids), steps, len(SIGNALS)))
+    return RunCubes(list(run_ids), cube, np.tile(np.arange(1, steps + 1), (len(run_ids), 1)))
+
+
+def _test_runs():
+    return pl.DataFrame([
+        {"run_id": "n1", "group": "normal", "control_or_fault": "normal", "fault_family": None, "fault_type": None, "fault_strength": None, "onset_step": None},
+        {"run_id": "c1", "group": "rf_hard_fault", "control_or_fault": "control", "fault_family": "rf", "fault_type": None, "fault_strength": None, "onset_step": 3},
+        {"run_id": "f_early", "group": "rf_hard_fault", "control_or_fault": "fault", "fault_family": "rf", "fault_type": "reward_noise", "fault_strength": "hard", "onset_step": 1},
+        {"run_id": "f_mid", "group": "rf_hard_fault", "control_or_fault": "fault", "fault_family": "rf", "fault_type": "reward_noise", "fault_strength": "hard", "onset_step": 3},
+    ])
+
+
+def test_flag_everything_scores_well_only_under_published_labels():
+    runs = _test_runs()
+    cubes = _cubes(runs["run_id"].to_list())
+    out = run_outcomes(runs, cubes, np.ones(cubes.steps.shape, dtype=bool))
+    a = protocol_table(out, "A")["rows"][0]
+    b = protocol_table(out, "B")["rows"][0]
+    # A: c1, f_early positive and detected; f_mid alarmed before onset -> false alarm and missed; n1 false alarm
+    assert (a["tp"], a["fp"], a["fn"]) == (2, 2, 1)
+    # B: only f_early detected; n1, c1 and f_mid's pre-onset alarm are false alarms
+    assert (b["tp"], b["fp"], b["fn"]) == (1, 3, 1)
+    assert b["f1"] < a["f1"]
+    fa = false_alarms(out)
+    assert fa["normal_runs"] == 2 and fa["normal_runs_alarmed"] == 2
+    assert fa["normal_steps"] == 6 + 6 + 2  # n1, c1, and f_mid's two pre-onset steps
+    assert fa["false_alarm_episodes"] == 3
+
+
+def test_delay_counts_steps_after_onset_for_mid_run_faults():
+    runs = _test_runs()
+    cubes = _cubes(runs["run_id"].to_list())
+    alarms = np.zeros(cubes.steps.shape, dtype=bool)
+    alarms[3, 4:] = True  # f_mid: onset 3, first alarm step 5 -> delay 2
+    alarms[2, 0] = True  # f_early: onset 1 (not a mid-run fault)
+    out = run_outcomes(runs, cubes, alarms)
+    d = delays(out)
+    assert d["mid_run_faults"] == 1 and d["all"]["median"] == 2.0
+    b = protocol_table(out, "B")["rows"][0]
+    assert (b["tp"], b["fp"], b["fn"]) == (2, 0, 0) and b["f1"] == 100.0
+    assert false_alarms(out)["false_alarm_episodes"] == 0
+
+
+def test_evaluation_on_synthetic_benchmark(bench):
+    result = evaluate_detection(bench, "seed", baselines=["IsolationForest", "StaticRules", "FlagEverything"])
+    methods = result["methods"]
+    assert list(methods) == ["RFT-FM", "IsolationForest", "StaticRules", "FlagEverything"]
+    rft = methods["RFT-FM"]
+    assert rft["protocols"]["B"]["avg_f1"]["easy"] >= 90
+    assert rft["false_alarms"]["pct_normal_runs_alarmed"] <= 20
+    flag = methods["FlagEverything"]
+    assert flag["false_alarms"]["pct_normal_runs_alarmed"] == 100.0
+    md = to_markdown(result)
+    assert "| RFT-FM |" in md and "protocol B" in md
+
+
+def test_cli_fit_and_evaluate(bench, tmp_path):
+    runner = CliRunner()
+    artifact = tmp_path / "det.json"
+    res = runner.invoke(app, ["fit", "detector", "--data", str(bench), "--out", str(artifact)])
+    assert res.exit_code == 0, res.output
+    Detector.load(artifact)
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    res = runner.invoke(app, ["bench", "evaluate", "detection", "--data", str(bench), "--split", "seed", "--baselines", "StaticRules",
+                              "--json", str(out_json), "--markdown", str(out_md), "--detector", str(artifact)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out_json.read_text())
+    assert set(data["methods"]) == {"RFT-FM", "StaticRules"}
+    assert "held-out seed" in out_md.read_text()
+
+
+def test_published_layout_without_parquet_or_seeds(bench, tmp_path):
+    """The command runs on the published layout (JSONL + registries only: no run_info, no seeds)."""
+    import shutil
+
+    root = tmp_path / "published"
+    shutil.copytree(bench, root)
+    for p in list(root.glob("*/*/run_info.json")) + list(root.glob("*/*/*.parquet")):
+        p.unlink()
+    result = evaluate_detection(root, "seed", baselines=["StaticRules"])
+    assert result["test_runs"] > 0
+    assert "RFT-FM" in result["methods"]
