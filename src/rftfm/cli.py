@@ -60,9 +60,10 @@ def bench_generate(
 def bench_stats(
     root: Path = typer.Argument(..., help="benchmark directory"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the statistics as JSON"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write a markdown page (docs)"),
 ) -> None:
     """Counts of runs, step records and trajectory records by family, type and setting."""
-    from rftfm.bench.stats import benchmark_stats
+    from rftfm.bench.stats import benchmark_stats, generation_log, stats_markdown
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
@@ -87,9 +88,31 @@ def bench_stats(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(stats, indent=1, default=str), encoding="utf-8")
         console.print(f"wrote {json_out}")
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(stats_markdown(stats, generation_log(root)), encoding="utf-8")
+        console.print(f"wrote {markdown}")
+
+
+@bench_app.command("learning")
+def bench_learning(
+    root: Path = typer.Argument(..., help="benchmark directory"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write a markdown page (docs)"),
+) -> None:
+    """Eval accuracy at the start vs the end of the normal runs: does a clean run learn?"""
+    from rftfm.bench.learning import learning_markdown, learning_table
+
+    text = learning_markdown(learning_table(root), str(root))
+    console.print(text)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text, encoding="utf-8")
 
 
 import rftfm.cli_detect  # noqa: E402,F401  (registers fit detector, bench evaluate detection)
+from rftfm.cli_demo import register as register_demo  # noqa: E402  (rftfm demo, bench evaluate remediation)
+
+register_demo(app)
 
 if __name__ == "__main__":
     app()

@@ -43,3 +43,48 @@ def benchmark_stats(root: str | Path) -> dict[str, Any]:
         "by_onset": grouped(["control_or_fault", onset_col]) if onset_col else [],
         "loader": {"malformed_lines": bench.report.malformed_lines, "files_read": bench.report.files_read},
     }
+
+
+def stats_markdown(stats: dict[str, Any], generation_log: list[dict[str, Any]] | None = None) -> str:
+    """The statistics (and the measured generation wall time) as a markdown page."""
+    totals = stats["totals"]
+    lines = [
+        "# RFT-FaultBench statistics",
+        "",
+        f"Written by `rftfm bench stats {stats['root']} --markdown <this file>`.",
+        "",
+        f"**{totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records.**",
+        "",
+    ]
+    if generation_log:
+        wall = sum(e["wall_s"] for e in generation_log)
+        runs = sum(e["runs"] for e in generation_log)
+        cpus = {e.get("cpus") for e in generation_log}
+        lines += [
+            f"Generation wall time (sum over {len(generation_log)} invocation(s) of `rftfm bench generate`, "
+            f"from `metadata/generation_log.jsonl`): **{wall / 60:.1f} min** for {runs} runs on "
+            f"{', '.join(str(c) for c in sorted(cpus, key=str))} CPU core(s).",
+            "",
+        ]
+    for title, key in (
+        ("By kind", "by_kind"), ("By family and setting", "by_family_setting"),
+        ("By type and setting", "by_type_setting"), ("By task group and model size", "by_task_size"),
+        ("By onset step", "by_onset"),
+    ):
+        rows = stats[key]
+        if not rows:
+            continue
+        cols = list(rows[0])
+        lines += [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def generation_log(root: str | Path) -> list[dict[str, Any]]:
+    import json
+
+    path = Path(root) / "metadata" / "generation_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
