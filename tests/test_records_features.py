@@ -1,0 +1,68 @@
+"""Schema validation, the taxonomy registry, and live features == offline features."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from rftfm.engine.run import train_run
+from rftfm.faults.injectors import INJECTORS, make_injector
+from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES, STRENGTHS
+from rftfm.fm.features import FEATURES, features_frame, step_features
+from rftfm.io.faultbench import flatten_step, flatten_trajectory
+from rftfm.records import LABEL_FIELDS, RunInfo, StepRecord, TrajectoryRecord, finite_or_none
+
+import polars as pl
+
+
+def test_records_validate_and_reject_bad_input() -> None:
+    rec = StepRecord(run_id="r", step=3, reward_mean=0.5, extra={"x": 1.0})
+    assert rec.schema_version == 1 and rec.kl is None
+    with pytest.raises(ValidationError):
+        StepRecord(run_id="r", step=-1)
+    with pytest.raises(ValidationError):
+        StepRecord(run_id="r", step=1, not_a_field=1.0)
+    with pytest.raises(ValidationError):
+        StepRecord(run_id="r", step=1, reward_mean="high")
+    traj = TrajectoryRecord.model_validate({"run_id": "r", "rollout_step": 1, "prompt_id": "p", "group_id": 0, "return": 1.0})
+    assert traj.ret == 1.0
+    assert finite_or_none(float("nan")) is None and finite_or_none("inf") is None and finite_or_none("2.5") == 2.5
+    assert finite_or_none(True) is None
+
+
+def test_taxonomy_is_complete_and_every_family_has_an_injector() -> None:
+    assert len(FAMILIES) == 5 and len(FAULT_TYPES) == 16
+    assert set(INJECTORS) == set(FAMILIES)
+    for name, ftype in FAULT_TYPES.items():
+        assert ftype.family in FAMILIES
+        assert set(ftype.params) == set(STRENGTHS), name
+        injector = make_injector(name, "hard", onset_step=5)
+        assert not injector.is_active(4) and injector.is_active(5)
+    assert not make_injector(None, None).is_active(1)
+    assert not LABEL_FIELDS & set(FEATURES)
+
+
+def test_live_features_equal_offline_features() -> None:
+    info = RunInfo(run_id="f", group="te_easy_fault", task_group="tool", model_size="xs", seed=11, num_steps=4,
+                   prompts_per_step=2, num_generations=4, control_or_fault="fault", fault_family="te",
+                   fault_type="tool_failure", fault_strength="easy", onset_step=2)
+    live, steps, trajs = [], [], []
+
+    def sink(step, trajectories):
+        live.append(step_features(step, trajectories))
+        steps.append(flatten_step(step))
+        trajs.extend(flatten_trajectory(t) for t in trajectories)
+
+    train_run(info, sinks=[sink])
+    offline = features_frame(pl.DataFrame(steps), pl.DataFrame(trajs)).to_dicts()
+    assert len(offline) == len(live) == 4
+    assert [r["fault_active"] for r in offline] == [False, True, True, True]
+    for on, off in zip(live, offline):
+        for name in FEATURES:
+            a, b = on[name], off[name]
+            if a is None or b is None:
+                assert a is None and b is None, name
+            else:
+                assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (name, a, b)
