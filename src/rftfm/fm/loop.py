@@ -189,6 +189,9 @@ class ControllerConfig:
     revert_drop: float = 0.2  # revert a rung whose window accuracy falls this far below the checkpoint's
     default_lookback: int = 2  # first deviating step = alarm step - lookback when evidence has no since_step
     reset_detector_after_action: bool = True
+    confirm_alarms: int = 2  # act once this many alarms fell within the last confirm_window steps ...
+    confirm_window: int = 3
+    strong_alarm: float = 2.0  # ... or at once when score >= strong_alarm x threshold
 
 
 class Controller:
@@ -216,6 +219,7 @@ class Controller:
         self.timeline: list[tuple[int, str, str]] = []  # (step, kind, text) for displays
         self.monitor_seconds = 0.0
         self.last_step = 0
+        self.alarm_steps: list[int] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, handle: TrainerHandle, step: int = 0) -> None:
@@ -266,12 +270,25 @@ class Controller:
             self._record("alarm", step, alarm)
             self.timeline.append((step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: "
                                   + ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])))
+        if alarm is not None:
+            self.alarm_steps.append(step)
         if self.mode == "revalidating":
             self._revalidate(step, alarm)
         elif alarm is not None:
-            self._on_alarm(step, alarm, escalate=False)
+            if self._confirmed(step, alarm):
+                self._on_alarm(step, alarm, escalate=False)
+            else:
+                self.timeline.append((step, "alarm", "waiting for confirmation before acting"))
         elif self.mode == "watching" and step % self.config.checkpoint_every == 0:
             self._guard("checkpoint", lambda: self._checkpoint(step))
+
+    def _confirmed(self, step: int, alarm: Alarm) -> bool:
+        """A single weak alarm is only reported; acting needs repeated or strong evidence."""
+        if self.mode == "alert_only":
+            return True  # nothing will be done anyway: diagnose and record at once
+        recent = [s for s in self.alarm_steps if s > step - self.config.confirm_window]
+        strong = alarm.threshold > 0 and alarm.score >= self.config.strong_alarm * alarm.threshold
+        return strong or len(recent) >= self.config.confirm_alarms
 
     def _diagnose(self, step: int) -> Diagnosis | None:
         if self.diagnoser is None:
@@ -293,6 +310,7 @@ class Controller:
             return
         if self.incident is None or not escalate:
             since = [e.since_step for e in alarm.evidence if e.since_step is not None]
+            since += [s for s in self.alarm_steps if s > step - self.config.confirm_window]
             first = min(since + [step]) if since else step - self.config.default_lookback
             first = max(1, min(first, step))
             self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)

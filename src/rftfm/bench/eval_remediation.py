@@ -1,0 +1,363 @@
+"""Remediation evaluation: faulty runs re-trained with the closed loop on, matched by seed.
+
+For every selected faulty run of a benchmark (same configuration, seed and fault):
+
+* ``clean``   -- the same run without the fault (the reference accuracy);
+* ``none``    -- the faulty run, loop in alert-only mode (no remediation baseline);
+* ``loop``    -- the faulty run with RFT-FM (playbook remediator);
+* ``generic`` -- the faulty run with the generic baseline: rollback + halve the LR on every alarm.
+
+Repair success = at least one intervention, the anomaly cleared after it (no alarm after the
+last action, run not halted) AND final eval accuracy >= ``tolerance`` x the clean run's.
+Healthy (normal / control) runs are re-trained with the loop on and off: interventions,
+accuracy change, and the compute overhead of the loop.
+
+Final accuracy is measured the same way for every arm: strict-verifier greedy accuracy of
+the trainer's final weights on the task group's held-out prompts (after a rollback + halt
+these are the restored weights).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import polars as pl
+
+from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm.playbook import ends_in_halt_only
+from rftfm.records import RunInfo
+
+FAULT_ARMS = ("clean", "none", "loop", "generic")
+HEALTHY_ARMS = ("off", "on")
+TOLERANCE = 0.9
+
+_MODELS: dict[str, Any] = {}
+
+
+@dataclass
+class ArmResult:
+    run_id: str
+    arm: str
+    final_accuracy: float
+    wall_s: float
+    monitor_s: float = 0.0
+    steps: int = 0
+    alarms: int = 0
+    first_alarm_step: int | None = None
+    diagnosed: str | None = None
+    interventions: int = 0
+    rollbacks: int = 0
+    halted: bool = False
+    cleared: bool = False
+    errors: int = 0
+    outcomes: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+def _components(detector_path: str | None, diagnoser_path: str | None) -> tuple[Any, Any]:
+    """Detector and diagnoser, loaded once per process."""
+    key = f"{detector_path}|{diagnoser_path}"
+    if key not in _MODELS:
+        from rftfm.fm.detect import Detector
+        from rftfm.fm.diagnose import Diagnoser
+
+        detector = Detector.load(detector_path) if detector_path else Detector.load_default()
+        diagnoser = Diagnoser.load(diagnoser_path) if diagnoser_path else Diagnoser.load_default()
+        _MODELS[key] = (detector, diagnoser)
+    return _MODELS[key]
+
+
+def clean_twin(info: RunInfo) -> RunInfo:
+    """The same run (configuration, seed) without the fault."""
+    return info.model_copy(update={"control_or_fault": "normal", "fault_type": None, "fault_strength": None,
+                                   "fault_family": None, "run_id": info.run_id + "~clean"})
+
+
+def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser_path: str | None = None,
+            on_step: Callable[[Any], None] | None = None, incidents: Any = None) -> tuple[ArmResult, Any]:
+    """Train one arm of one run; returns its result and the callback (``None`` without the loop)."""
+    import torch
+
+    from rftfm.engine.policy_eval import eval_accuracy
+    from rftfm.engine.run import build_trainer
+    from rftfm.fm.remediate import Remediator
+    from rftfm.integrations.trl_callback import RFTFMCallback
+
+    torch.set_num_threads(1)
+    watch = arm in ("none", "loop", "generic", "on")
+    target = clean_twin(info) if arm == "clean" else info
+    sinks = [lambda record, trajectories: on_step(record)] if on_step else []
+    with tempfile.TemporaryDirectory(prefix="rftfm-rem-") as tmp:
+        start = time.perf_counter()
+        trainer = build_trainer(target, sinks, output_dir=tmp)
+        callback = None
+        if watch:
+            detector, diagnoser = _components(detector_path, diagnoser_path)
+            callback = RFTFMCallback.attach(
+                trainer, detector=detector, diagnoser=diagnoser, remediate=arm != "none",
+                remediator=Remediator(generic=arm == "generic"), checkpoint_dir=os.path.join(tmp, "ckpt"),
+                incidents=incidents,
+            )
+        trainer.train()
+        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.eval_problems)
+        wall = time.perf_counter() - start
+    result = ArmResult(run_id=info.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    if callback is not None and callback.controller is not None:
+        _fill_from_controller(result, callback.controller)
+    return result, callback
+
+
+def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
+    events = ctl.store.events(run_id=ctl.run_id)
+    alarms = [e["step"] for e in events if e["kind"] == "alarm"]
+    actions = [e for e in events if e["kind"] == "action"]
+    diagnoses = [e["payload"] for e in events if e["kind"] == "diagnosis"]
+    result.monitor_s = ctl.monitor_seconds
+    result.alarms = len(alarms)
+    result.first_alarm_step = alarms[0] if alarms else None
+    if diagnoses:
+        ranked = diagnoses[0].get("ranked") or []
+        result.diagnosed = None if diagnoses[0].get("unknown") or not ranked else ranked[0]["fault_type"]
+    result.interventions = ctl.counts["interventions"]
+    result.rollbacks = ctl.counts["rollbacks"]
+    result.halted = ctl.mode == "halted"
+    result.errors = ctl.counts["errors"]
+    result.outcomes = [o.result for o in ctl.outcomes]
+    result.actions = [f"{e['step']}:{e['payload']['kind']}" + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
+                      for e in actions]
+    if actions and not result.halted:
+        last_action = max(e["step"] for e in actions)
+        result.cleared = not any(step > last_action for step in alarms)
+
+
+def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[str, Any]:
+    info, arm, det, diag = payload
+    from rftfm.engine.run import quiet
+
+    quiet()
+    result, _ = run_arm(RunInfo.model_validate(info), arm, det, diag)
+    return asdict(result)
+
+
+def select_runs(runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None) -> tuple[list[RunInfo], list[RunInfo]]:
+    """Faulty runs (``per_type`` per type x strength, alternating onsets) and healthy runs."""
+    cols = set(RunInfo.model_fields)
+    to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})  # noqa: E731
+    faulty = runs.filter(pl.col("control_or_fault") == "fault").sort("fault_type", "fault_strength", "onset_step", "seed")
+    chosen: list[RunInfo] = []
+    for (_, _), group in faulty.group_by(["fault_type", "fault_strength"], maintain_order=True):
+        rows = group.to_dicts()
+        by_onset: dict[Any, list[dict]] = {}
+        for row in rows:
+            by_onset.setdefault(row["onset_step"], []).append(row)
+        interleaved = [r for batch in _zip_longest(list(by_onset.values())) for r in batch]
+        chosen += [to_info(r) for r in interleaved[: per_type or len(interleaved)]]
+    if limit is not None:
+        chosen = chosen[:limit]
+    normal = runs.filter(pl.col("control_or_fault").is_in(["normal", "control"])).sort("control_or_fault", "seed")
+    rows = normal.to_dicts()
+    healthy_runs = [to_info(r) for r in rows[: healthy if healthy is not None else len(rows)]]
+    return chosen, healthy_runs
+
+
+def _zip_longest(lists: list[list[dict]]) -> Iterable[list[dict]]:
+    for i in range(max((len(x) for x in lists), default=0)):
+        yield [x[i] for x in lists if i < len(x)]
+
+
+def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str | None = None, diagnoser_path: str | None = None,
+             workers: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every arm of every selected run; returns raw rows and the summary tables."""
+    tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in faulty for arm in FAULT_ARMS]
+    tasks += [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in healthy for arm in HEALTHY_ARMS]
+    results: list[dict[str, Any]] = []
+    if workers <= 1:
+        _components(detector_path, diagnoser_path)
+        for task in tasks:
+            row = _task(task)
+            results.append(row)
+            if on_done:
+                on_done(row)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            pending = {pool.submit(_task, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    row = fut.result()
+                    results.append(row)
+                    if on_done:
+                        on_done(row)
+    return summarise(results, faulty, healthy)
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 1)
+
+
+def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: list[RunInfo], tolerance: float = TOLERANCE) -> dict[str, Any]:
+    by = {(r["run_id"], r["arm"]): r for r in results}
+    pairs = []
+    for info in faulty:
+        arms = {arm: by.get((info.run_id, arm)) for arm in FAULT_ARMS}
+        if any(v is None for v in arms.values()):
+            continue
+        clean_acc = arms["clean"]["final_accuracy"]
+        row: dict[str, Any] = {
+            "run_id": info.run_id, "fault_family": info.fault_family or FAULT_TYPES[info.fault_type].family,
+            "fault_type": info.fault_type, "setting": info.fault_strength, "onset_step": info.onset_step,
+            "knob_repairable": FAULT_TYPES[info.fault_type].knob_repairable, "halt_only": ends_in_halt_only(info.fault_type),
+            "clean_accuracy": clean_acc, "detected": arms["loop"]["alarms"] > 0,
+            "diagnosed": arms["loop"]["diagnosed"], "diagnosis_correct": arms["loop"]["diagnosed"] == info.fault_type,
+        }
+        for arm in ("none", "loop", "generic"):
+            a = arms[arm]
+            ok_acc = a["final_accuracy"] >= tolerance * clean_acc
+            row[f"{arm}_accuracy"] = a["final_accuracy"]
+            row[f"{arm}_accuracy_ok"] = ok_acc
+            row[f"{arm}_interventions"] = a["interventions"]
+            row[f"{arm}_halted"] = a["halted"]
+            row[f"{arm}_cleared"] = a["cleared"]
+            row[f"{arm}_success"] = bool(a["cleared"] and ok_acc)
+            row[f"{arm}_wall_s"] = a["wall_s"]
+            row[f"{arm}_monitor_s"] = a["monitor_s"]
+            row[f"{arm}_actions"] = a["actions"]
+        row["clean_wall_s"] = arms["clean"]["wall_s"]
+        pairs.append(row)
+    healthy_rows = []
+    for info in healthy:
+        off, on = by.get((info.run_id, "off")), by.get((info.run_id, "on"))
+        if off is None or on is None:
+            continue
+        healthy_rows.append({
+            "run_id": info.run_id, "kind": info.control_or_fault, "alarms": on["alarms"], "interventions": on["interventions"],
+            "halted": on["halted"], "accuracy_off": off["final_accuracy"], "accuracy_on": on["final_accuracy"],
+            "wall_off_s": off["wall_s"], "wall_on_s": on["wall_s"], "monitor_s": on["monitor_s"],
+        })
+    return {"tolerance": tolerance, "pairs": pairs, "healthy": healthy_rows, "tables": tables(pairs, healthy_rows)}
+
+
+def _group(pairs: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
+    if pairs.height == 0:
+        return []
+    out = pairs.group_by(keys, maintain_order=True).agg(
+        pl.len().alias("runs"),
+        (pl.col("detected").mean() * 100).round(1).alias("detected_%"),
+        (pl.col("diagnosis_correct").mean() * 100).round(1).alias("diagnosis_correct_%"),
+        (pl.col("loop_success").mean() * 100).round(1).alias("loop_repair_%"),
+        (pl.col("generic_success").mean() * 100).round(1).alias("generic_repair_%"),
+        (pl.col("none_accuracy_ok").mean() * 100).round(1).alias("none_acc_ok_%"),
+        (pl.col("loop_accuracy_ok").mean() * 100).round(1).alias("loop_acc_ok_%"),
+        (pl.col("generic_accuracy_ok").mean() * 100).round(1).alias("generic_acc_ok_%"),
+        (pl.col("loop_cleared").mean() * 100).round(1).alias("loop_cleared_%"),
+        (pl.col("loop_halted").mean() * 100).round(1).alias("loop_halted_%"),
+        pl.col("clean_accuracy").mean().round(3).alias("clean_acc"),
+        pl.col("none_accuracy").mean().round(3).alias("none_acc"),
+        pl.col("loop_accuracy").mean().round(3).alias("loop_acc"),
+        pl.col("generic_accuracy").mean().round(3).alias("generic_acc"),
+        pl.col("loop_interventions").mean().round(2).alias("loop_interventions"),
+    ).sort(keys)
+    return out.to_dicts()
+
+
+def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[str, Any]:
+    frame = pl.DataFrame(pairs) if pairs else pl.DataFrame()
+    out: dict[str, Any] = {}
+    if frame.height:
+        frame = frame.with_columns(pl.when(pl.col("knob_repairable")).then(pl.lit("knob-repairable"))
+                                   .otherwise(pl.lit("halt (code fault)")).alias("class"))
+        out["by_class_setting"] = _group(frame, ["class", "setting"])
+        out["by_family_setting"] = _group(frame, ["fault_family", "setting"])
+        out["by_type_setting"] = _group(frame, ["fault_type", "setting"])
+        out["by_onset"] = _group(frame, ["class", "onset_step"])
+        out["overhead_faulty"] = {
+            "monitor_share_%": _pct(frame["loop_monitor_s"].sum() / max(frame["loop_wall_s"].sum(), 1e-9)),
+            "wall_vs_clean_%": _pct(frame["loop_wall_s"].sum() / max(frame["clean_wall_s"].sum(), 1e-9) - 1),
+        }
+    if healthy:
+        h = pl.DataFrame(healthy)
+        out["healthy"] = {
+            "runs": h.height,
+            "no_intervention_%": _pct(float((h["interventions"] == 0).mean())),
+            "no_alarm_%": _pct(float((h["alarms"] == 0).mean())),
+            "halted": int(h["halted"].sum()),
+            "accuracy_off": round(float(h["accuracy_off"].mean()), 4),
+            "accuracy_on": round(float(h["accuracy_on"].mean()), 4),
+            "accuracy_loss_runs": int((h["accuracy_on"] < h["accuracy_off"] - 1e-9).sum()),
+            "wall_off_s": round(float(h["wall_off_s"].sum()), 2),
+            "wall_on_s": round(float(h["wall_on_s"].sum()), 2),
+            "overhead_%": _pct(float(h["wall_on_s"].sum() / max(h["wall_off_s"].sum(), 1e-9) - 1)),
+            "monitor_share_%": _pct(float(h["monitor_s"].sum() / max(h["wall_off_s"].sum(), 1e-9))),
+        }
+    return out
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+GROUP_COLUMNS = ["runs", "detected_%", "diagnosis_correct_%", "loop_repair_%", "generic_repair_%", "none_acc_ok_%", "loop_acc_ok_%",
+                 "generic_acc_ok_%", "loop_cleared_%", "loop_halted_%", "clean_acc", "none_acc", "loop_acc", "generic_acc",
+                 "loop_interventions"]
+
+
+def target_status(summary: dict[str, Any]) -> list[str]:
+    t = summary["tables"]
+    lines = []
+    cls = {(r["class"], r["setting"]): r for r in t.get("by_class_setting", [])}
+    for setting, goal in (("easy", 90.0), ("hard", 70.0)):
+        r = cls.get(("knob-repairable", setting))
+        if r is None:
+            lines.append(f"- knob-repairable {setting}: no runs evaluated")
+            continue
+        met = r["loop_repair_%"] >= goal and r["loop_repair_%"] > r["generic_repair_%"]
+        lines.append(f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % (target >= {goal:.0f} %; generic baseline "
+                     f"{r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**")
+    h = t.get("healthy")
+    if h:
+        ok = h["no_intervention_%"] >= 98.0
+        lines.append(f"- healthy runs without an intervention: {h['no_intervention_%']} % of {h['runs']} (target >= 98 %) -> **{'met' if ok else 'not met'}**")
+        ok = h["accuracy_on"] >= h["accuracy_off"] - 1e-9
+        lines.append(f"- healthy accuracy with / without the loop: {h['accuracy_on']} / {h['accuracy_off']} "
+                     f"({h['accuracy_loss_runs']} runs lost accuracy) -> **{'met' if ok else 'not met'}**")
+        ok = h["overhead_%"] is not None and h["overhead_%"] <= 20.0
+        lines.append(f"- compute overhead on healthy runs (wall time, loop on vs off): {h['overhead_%']} % "
+                     f"(monitor's own share {h['monitor_share_%']} %; target <= 20 %) -> **{'met' if ok else 'not met'}**")
+    return lines
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    t = summary["tables"]
+    out = [f"Produced by `{command}`.\n",
+           f"Repair success = intervention, anomaly cleared after it (no alarm after the last action, not halted) and final eval accuracy "
+           f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
+           "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance.\n",
+           "\n### Targets\n", "\n".join(target_status(summary)) + "\n",
+           "\n### By class (knob-repairable vs code faults that end in halt) and setting\n",
+           _md_table(t.get("by_class_setting", []), ["class", "setting"] + GROUP_COLUMNS),
+           "\n### By family and setting\n", _md_table(t.get("by_family_setting", []), ["fault_family", "setting"] + GROUP_COLUMNS),
+           "\n### By type and setting\n", _md_table(t.get("by_type_setting", []), ["fault_type", "setting"] + GROUP_COLUMNS),
+           "\n### By onset step\n", _md_table(t.get("by_onset", []), ["class", "onset_step"] + GROUP_COLUMNS)]
+    if "healthy" in t:
+        out += ["\n### Healthy runs (normal + control) with the loop on vs off\n", _md_table([t["healthy"]], list(t["healthy"]))]
+    if "overhead_faulty" in t:
+        out += ["\n### Faulty runs: loop cost\n", _md_table([t["overhead_faulty"]], list(t["overhead_faulty"]))]
+    return "".join(out)
+
+
+def load_runs(data: Path) -> pl.DataFrame:
+    from rftfm.io.loader import load_benchmark
+
+    return load_benchmark(data).runs

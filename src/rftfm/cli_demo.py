@@ -1,0 +1,275 @@
+"""``rftfm demo`` (a run that heals itself) and ``rftfm bench evaluate remediation``.
+
+The demo trains a tiny GPT-2 policy with TRL GRPO on the CPU three times with the same seed:
+clean, with a mid-run fault and no loop, and with the same fault and the RFT-FM loop
+(``RFTFMCallback``) attached. It prints the loop's timeline and a comparison table and
+writes the HTML report of the healed run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rftfm.cli_groups import evaluate_app
+
+console = Console()
+SPARK = "▁▂▃▄▅▆▇█"
+STYLE = {"alarm": "red", "diagnosis": "yellow", "action": "green", "outcome": "cyan", "error": "magenta"}
+
+
+def _spark(values: list[float | None]) -> str:
+    return "".join("·" if v is None else SPARK[min(len(SPARK) - 1, int(round(v * (len(SPARK) - 1))))] for v in values)
+
+
+def _fallback_detector(info: Any, runs: int, progress: Progress) -> Any:
+    """No shipped detector artifact: fit one on a few clean runs of the demo's configuration."""
+    import polars as pl
+
+    from rftfm.engine.run import train_run
+    from rftfm.fm.detect import Detector
+    from rftfm.fm.features import step_features
+
+    rows, infos = [], []
+    task = progress.add_task("fitting a detector on clean runs", total=runs)
+    for i in range(runs):
+        clean = info.model_copy(update={"run_id": f"demo-normal-{i}", "seed": 1000 + i, "control_or_fault": "normal",
+                                        "fault_type": None, "fault_strength": None, "fault_family": None})
+        infos.append({"run_id": clean.run_id, "control_or_fault": "normal", "task_group": clean.task_group, "model_size": clean.model_size})
+        train_run(clean, [lambda r, t: rows.append({"run_id": r.run_id, "step": r.step, **step_features(r, t)})])
+        progress.advance(task)
+    return Detector().fit(pl.DataFrame(infos), pl.DataFrame(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    fault: str = typer.Option("lr_high", help="fault type to inject (a knob-repairable type shows the repair)"),
+    strength: str = typer.Option("easy", help="easy or hard"),
+    onset: int = typer.Option(8, help="step at which the fault starts"),
+    steps: int = typer.Option(20, help="training steps"),
+    task_group: str = typer.Option("arith_a", help="task group: arith_a, arith_b or tool"),
+    size: str = typer.Option("xs", help="model size: xs or s"),
+    seed: int = typer.Option(7, help="seed shared by the three runs"),
+    out: Path = typer.Option(Path("rftfm-demo"), help="directory for the incident store and the HTML report"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the shipped one)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the shipped one)"),
+) -> None:
+    """Train a tiny model with TRL on the CPU, inject a mid-run fault, and watch RFT-FM detect, diagnose and repair it."""
+    import torch
+
+    from rftfm.bench import eval_remediation as ev
+    from rftfm.engine.run import quiet
+    from rftfm.faults.taxonomy import FAULT_TYPES
+    from rftfm.fm.incidents import IncidentStore
+    from rftfm.records import RunInfo
+
+    quiet()
+    torch.set_num_threads(1)
+    if fault not in FAULT_TYPES:
+        raise typer.BadParameter(f"unknown fault {fault!r}; known: {', '.join(FAULT_TYPES)}")
+    ftype = FAULT_TYPES[fault]
+    if ftype.task_groups and task_group not in ftype.task_groups:
+        task_group = ftype.task_groups[0]
+    info = RunInfo(run_id=f"demo-{fault}-{strength}", group=f"{ftype.family}_{strength}_fault", task_group=task_group,
+                   model_size=size, seed=seed, control_or_fault="fault", fault_family=ftype.family, fault_type=fault,
+                   fault_strength=strength, onset_step=onset, num_steps=steps)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "incidents.db"
+    if db.exists():
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+    console.print(f"[bold]rftfm demo[/]: GRPO ({task_group}, model {size}, {steps} steps, seed {seed}); "
+                  f"fault [bold red]{fault}[/] ({strength}: {ftype.injected_as}) from step {onset}")
+    start = time.perf_counter()
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    curves: dict[str, list[float | None]] = {}
+    results: dict[str, Any] = {}
+    with Progress(*columns, console=console) as progress:
+        from rftfm.fm.detect import Detector
+        from rftfm.fm.diagnose import Diagnoser
+
+        try:
+            detector = Detector.load(detector_path) if detector_path else Detector.load_default()
+        except FileNotFoundError as exc:
+            console.print(f"[yellow]{exc}: fitting a detector on 4 clean runs instead[/]")
+            detector = _fallback_detector(info, 4, progress)
+        try:
+            diagnoser = Diagnoser.load(diagnoser_path) if diagnoser_path else Diagnoser.load_default()
+        except FileNotFoundError as exc:
+            diagnoser = None
+            console.print(f"[yellow]{exc}: alarms get the 'unknown' ladder (rollback + halve the LR)[/]")
+        ev._MODELS[f"{detector_path}|{diagnoser_path}"] = (detector, diagnoser)
+        key = f"{detector_path}|{diagnoser_path}"
+        store = IncidentStore(db)
+        events: list[Any] = []
+        for arm, label in (("clean", "clean run"), ("none", "faulty run, no loop"), ("loop", "faulty run + RFT-FM loop")):
+            task = progress.add_task(label, total=steps)
+            curve: list[float | None] = []
+
+            def on_step(record: Any, task: Any = task, curve: list = curve) -> None:
+                curve.append(record.eval_accuracy)
+                progress.advance(task)
+
+            if arm == "loop":
+                result, callback = _run_loop_arm(ev, info, key, on_step, store, events)
+            else:
+                target = info.model_copy(update={"run_id": f"{info.run_id}~{arm}"})  # same seed and fault, own incident log
+                result, callback = ev.run_arm(target, arm, *_paths(key), on_step=on_step, incidents=store if arm == "none" else None)
+            progress.update(task, completed=steps)
+            curves[arm], results[arm] = curve, (result, callback)
+    elapsed = time.perf_counter() - start
+    loop_result, loop_cb = results["loop"]
+    _print_timeline(loop_cb)
+    _print_comparison(results, curves, info)
+    report = _write_report(out, info, events, store)
+    store.close()
+    console.print(f"incident store: {db}" + (f" · report: {report}" if report else ""))
+    console.print(f"total {elapsed:.0f} s")
+    (out / "demo.json").write_text(json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8")
+
+
+def _paths(key: str) -> tuple[str | None, str | None]:
+    det, diag = key.split("|")
+    return (None if det == "None" else det), (None if diag == "None" else diag)
+
+
+def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events: list) -> tuple[Any, Any]:
+    """The loop arm, also collecting (step, trajectories) events for the report."""
+    import tempfile
+
+    import torch
+
+    from rftfm.engine.policy_eval import eval_accuracy
+    from rftfm.engine.run import build_trainer
+    from rftfm.integrations.trl_callback import RFTFMCallback
+
+    torch.set_num_threads(1)
+    detector, diagnoser = ev._components(*_paths(key))
+    with tempfile.TemporaryDirectory(prefix="rftfm-demo-") as tmp:
+        start = time.perf_counter()
+
+        def sink(record: Any, trajectories: list) -> None:
+            events.append((record, trajectories))
+            on_step(record)
+
+        trainer = build_trainer(info, [sink], output_dir=tmp)
+        callback = RFTFMCallback.attach(trainer, detector=detector, diagnoser=diagnoser, incidents=store,
+                                        checkpoint_dir=Path(tmp) / "ckpt")
+        trainer.train()
+        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.eval_problems)
+        wall = time.perf_counter() - start
+    result = ev.ArmResult(run_id=info.run_id, arm="loop", final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    if callback.controller is not None:
+        ev._fill_from_controller(result, callback.controller)
+    return result, callback
+
+
+def _print_timeline(callback: Any) -> None:
+    table = Table(title="RFT-FM timeline (faulty run with the loop)", show_lines=False)
+    table.add_column("step", justify="right")
+    table.add_column("event")
+    table.add_column("detail", overflow="fold")
+    ctl = getattr(callback, "controller", None)
+    if ctl is None:
+        console.print(f"[red]the loop did not start: {getattr(callback, 'setup_error', None)}[/]")
+        return
+    if not ctl.timeline:
+        table.add_row("-", "no alarm", "the detector saw nothing unusual")
+    for step, kind, text in ctl.timeline:
+        table.add_row(str(step), f"[{STYLE.get(kind, 'white')}]{kind}[/]", text)
+    console.print(table)
+
+
+def _print_comparison(results: dict[str, Any], curves: dict[str, list], info: Any) -> None:
+    clean_acc = results["clean"][0].final_accuracy
+    table = Table(title=f"final comparison ({info.fault_type}, {info.fault_strength}, onset step {info.onset_step})")
+    for col in ("run", "final acc", "vs clean", "actions", "wall", "eval accuracy per step"):
+        table.add_column(col, justify="left" if col in ("run", "eval accuracy per step") else "right", no_wrap=True)
+    names = {"none": "faulty, no loop", "loop": "faulty + RFT-FM loop", "clean": "clean"}
+    for arm in ("none", "loop", "clean"):
+        r = results[arm][0]
+        ratio = r.final_accuracy / clean_acc if clean_acc else float("nan")
+        table.add_row(names[arm], f"{r.final_accuracy:.3f}", f"{ratio:.0%}", str(r.interventions) if arm == "loop" else "-",
+                      f"{r.wall_s:.1f} s", _spark(curves.get(arm, [])))
+    console.print(table)
+    loop = results["loop"][0]
+    verdict = ("repaired" if loop.cleared and loop.final_accuracy >= 0.9 * clean_acc else
+               "contained (halted on healthy weights)" if loop.halted else "not repaired")
+    console.print(f"verdict: [bold]{verdict}[/] · monitor time {loop.monitor_s:.2f} s of {loop.wall_s:.1f} s")
+
+
+def _write_report(out: Path, info: Any, events: list, store: Any) -> Path | None:
+    try:
+        from rftfm.report.html import write_report
+    except ImportError:
+        return None
+    try:
+        return write_report(out / "report.html", info.run_id, events, store.events(run_id=info.run_id), source="rftfm demo")
+    except Exception as exc:  # the demo's result does not depend on the report
+        console.print(f"[yellow]report not written: {exc}[/]")
+        return None
+
+
+@evaluate_app.command("remediation")
+def evaluate_remediation_cmd(
+    data: Path = typer.Option(..., "--data", help="benchmark directory whose runs are re-trained"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write rows and tables as JSON"),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
+    limit: Optional[int] = typer.Option(None, help="at most this many faulty runs"),
+    per_type: Optional[int] = typer.Option(None, "--per-type", help="faulty runs per type x setting (alternating onsets)"),
+    healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
+    workers: int = typer.Option(1, help="worker processes"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
+) -> None:
+    """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline and the clean run."""
+    import sys
+
+    from rftfm.bench import eval_remediation as ev
+    from rftfm.io.loader import load_runs
+
+    runs = load_runs(data)
+    faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit)
+    total = len(faulty) * len(ev.FAULT_ARMS) + len(healthy_runs) * len(ev.HEALTHY_ARMS)
+    console.print(f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms, {len(healthy_runs)} healthy runs x 2 arms = {total} trainings")
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=total)
+        summary = ev.evaluate(faulty, healthy_runs, str(detector_path) if detector_path else None,
+                              str(diagnoser_path) if diagnoser_path else None, workers=workers,
+                              on_done=lambda row: progress.advance(task))
+    t = summary["tables"]
+    for title, key, keys in (("by class and setting", "by_class_setting", ["class", "setting"]),
+                             ("by family and setting", "by_family_setting", ["fault_family", "setting"]),
+                             ("by type and setting", "by_type_setting", ["fault_type", "setting"])):
+        rows = t.get(key, [])
+        table = Table(title=title)
+        cols = keys + ["runs", "detected_%", "loop_repair_%", "generic_repair_%", "none_acc_ok_%", "loop_acc_ok_%", "loop_halted_%"]
+        for c in cols:
+            table.add_column(c, justify="left" if c in keys else "right")
+        for r in rows:
+            table.add_row(*[str(r.get(c)) for c in cols])
+        console.print(table)
+    if "healthy" in t:
+        console.print("healthy runs:", t["healthy"])
+    for line in ev.target_status(summary):
+        console.print(line)
+    command = "rftfm bench evaluate remediation " + " ".join(sys.argv[4:]) if len(sys.argv) > 4 else "rftfm bench evaluate remediation"
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        console.print(f"wrote {json_out}")
+    if markdown_out:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text(ev.markdown(summary, command), encoding="utf-8")
+        console.print(f"wrote {markdown_out}")
