@@ -175,7 +175,12 @@ def _parquet_paths(root: Path, name: str) -> list[Path]:
 
 
 def _concat_parquet(paths: list[Path]) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+    """Read many per-run Parquet files: one multi-threaded scan when their schemas agree,
+    else a diagonal concat that keeps every column any file has."""
+    try:
+        return pl.scan_parquet(paths, missing_columns="insert").collect()
+    except (pl.exceptions.PolarsError, ValueError):
+        return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
 def load_benchmark(root: str | Path, trajectories: bool = True) -> Benchmark:
