@@ -94,6 +94,22 @@ def bench_stats(
         console.print(f"wrote {markdown}")
 
 
+@bench_app.command("taxonomy")
+def bench_taxonomy(
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the table to this file"),
+) -> None:
+    """Print the fault taxonomy registry (families, types, strengths, fingerprints)."""
+    from rftfm.faults.taxonomy import taxonomy_markdown
+
+    text = taxonomy_markdown()
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text, encoding="utf-8")
+        console.print(f"wrote {markdown}")
+    else:
+        console.print(text)
+
+
 @bench_app.command("learning")
 def bench_learning(
     root: Path = typer.Argument(..., help="benchmark directory"),

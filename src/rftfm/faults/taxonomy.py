@@ -202,3 +202,25 @@ def group_dir(family: str, strength: Strength) -> str:
 
 
 NORMAL_GROUP = "normal"
+
+
+def taxonomy_markdown() -> str:
+    """The registry as a markdown table (docs/results/taxonomy.md is written from this)."""
+
+    def fmt(params: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in params.items())
+
+    lines = [
+        "# Fault taxonomy (generated from `rftfm.faults.taxonomy` by `rftfm bench taxonomy --markdown <this file>`)",
+        "",
+        "| family | type | injected as | easy | hard | task groups | expected fingerprint vs matched clean run | knob-repairable |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in FAULT_TYPES.values():
+        signals = ", ".join(f"{name} {direction}" for name, direction in t.signals)
+        lines.append(
+            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}` | {t.injected_as} | {fmt(t.params['easy'])} "
+            f"| {fmt(t.params['hard'])} | {', '.join(t.task_groups) if t.task_groups else 'all'} | {signals} "
+            f"| {'yes' if t.knob_repairable else 'no: halt + rollback'} |"
+        )
+    return "\n".join(lines) + "\n"
