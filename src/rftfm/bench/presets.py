@@ -76,4 +76,19 @@ def preset_runs(name: str) -> list[RunInfo]:
                 run_id=f"normal-{task}-{size}-s{s}", group=NORMAL_GROUP, task_group=task, model_size=size,
                 seed=s, control_or_fault="normal", num_steps=preset.num_steps,
             ))
-    return [with_defaults(r) for r in runs]
+    return [with_defaults(r) for r in _balanced_order(runs)]
+
+
+def _balanced_order(runs: list[RunInfo]) -> list[RunInfo]:
+    """Normal runs first, then round-robin over (type, strength), so a partly generated
+    benchmark is already balanced (seeds were assigned above and do not change)."""
+    normal = [r for r in runs if r.control_or_fault == "normal"]
+    rank: dict[tuple, int] = {}
+    keyed = []
+    for r in runs:
+        if r.control_or_fault == "normal":
+            continue
+        key = (r.group, r.run_id.split("-")[1] if r.control_or_fault == "control" else r.fault_type)
+        rank[key] = rank.get(key, -1) + (r.control_or_fault == "fault")
+        keyed.append((rank[key], r))
+    return normal + [r for _, r in sorted(keyed, key=lambda x: x[0])]
