@@ -83,7 +83,8 @@ class RunMonitor:
     """Detection + diagnosis for one run, fed one step at a time; records to an incident store.
 
     ``on_alarm(alarm, diagnosis_or_None, is_new)`` is called for every alarm; ``is_new`` is true
-    for the first alarm and whenever the top diagnosis changes (what deserves a notification).
+    for the first alarm of an episode (a run of consecutive alarmed steps) and whenever the top
+    diagnosis changes: what deserves a notification.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class RunMonitor:
         self.result = WatchResult(run_id=run_id, detection=detector is not None)
         self._history: list[dict[str, Any]] = []
         self._last_top: tuple[str, str] | None = None
+        self._in_episode = False  # the previous step raised an alarm too
         if detector is not None:
             self._safely("detector.reset", lambda: detector.reset(run_id, task_group=task_group, model_size=model_size))
 
@@ -139,6 +141,7 @@ class RunMonitor:
             return None, None
         alarm = self._safely("detector.observe", lambda: self.detector.observe(step, trajectories), step.step)
         if alarm is None:
+            self._in_episode = False
             return None, None
         self.result.alarms.append(alarm)
         self._record("alarm", step.step, alarm)
@@ -156,7 +159,8 @@ class RunMonitor:
             self._record("diagnosis", step.step, diagnosis)
             top = diagnosis.top
             top_key = (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
-        is_new = len(self.result.alarms) == 1 or (top_key is not None and top_key != self._last_top)
+        is_new = not self._in_episode or (top_key is not None and top_key != self._last_top)
+        self._in_episode = True
         if top_key is not None:
             self._last_top = top_key
         if self.on_alarm is not None:
@@ -177,12 +181,16 @@ def _evidence_text(alarm: Alarm, limit: int = 4) -> str:
 
 
 def print_alarm(alarm: Alarm, diagnosis: Diagnosis | None, is_new: bool) -> None:
+    """A full alert for a new alarm episode or diagnosis; one short line while it persists."""
+    if not is_new:
+        console.print(f"[red]alarm[/] {escape(alarm.run_id)} step {alarm.step}: score {alarm.score:.3g} — {_evidence_text(alarm, 2)}")
+        return
     line = (
         f"[bold red]ALARM[/] {escape(alarm.run_id)} step {alarm.step}: score {alarm.score:.3g} "
         f"≥ {alarm.threshold:.3g} — {_evidence_text(alarm)}"
     )
     console.print(line)
-    if diagnosis is None or not is_new:
+    if diagnosis is None:
         return
     top = diagnosis.top
     body = [escape(diagnosis.summary)] if diagnosis.summary else []
@@ -210,7 +218,7 @@ def watch(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: from the log or the path)"),
     task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
     model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
-    interval: float = typer.Option(0.5, "--interval", min=0.05, help="seconds between polls when following"),
+    interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="stop following after this many seconds without new lines"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),

@@ -45,7 +45,7 @@ FORMATS: tuple[str, ...] = ("openrlhf", "verl", "trl", "jsonl")
 
 #: OpenRLHF: the published benchmark's names (the loader's table) plus OpenRLHF's ``train/*`` keys.
 OPENRLHF_STEP_KEYS: dict[str, str] = {
-    **STEP_ALIASES,
+    **{key: name for key, name in STEP_ALIASES.items() if name in STEP_METRICS},
     "train/reward": "reward_mean",
     "train/kl": "kl",
     "train/policy_entropy": "entropy",
@@ -59,7 +59,6 @@ OPENRLHF_STEP_KEYS: dict[str, str] = {
 VERL_STEP_KEYS: dict[str, str] = {
     "critic/score/mean": "reward_mean",  # verifier score: the reward before KL shaping
     "critic/rewards/mean": "reward_mean",  # fallback: reward after in-reward KL
-    "critic/score/std": "reward_std",
     "actor/kl_loss": "kl",  # KL to the reference policy (use_kl_loss)
     "critic/kl": "kl",  # KL to the reference policy (use_kl_in_reward)
     "actor/entropy": "entropy",
@@ -96,7 +95,7 @@ TRL_STEP_KEYS: dict[str, str] = {
 }
 
 #: Plain JSONL / CSV: our own names (identity, added for every format below) and the loader's aliases.
-JSONL_STEP_KEYS: dict[str, str] = dict(STEP_ALIASES)
+JSONL_STEP_KEYS: dict[str, str] = {key: name for key, name in STEP_ALIASES.items() if name in STEP_METRICS}
 
 STEP_KEYS: dict[str, dict[str, str]] = {
     "openrlhf": OPENRLHF_STEP_KEYS,
@@ -283,20 +282,29 @@ class StepParser:
     def __init__(self, fmt: str = "auto", run_id: str | None = None):
         if fmt != "auto" and fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
-        self.format: str | None = None if fmt == "auto" else fmt
+        self.stats = AdapterStats()
+        self.format = None if fmt == "auto" else fmt
         self.run_id = run_id
-        self.stats = AdapterStats(format=self.format)
         self.finished = False  # an end-of-run marker was seen (TRL's train_runtime summary)
         self._csv_header: list[str] | None = None
         self._count = 0
+
+    @property
+    def format(self) -> str | None:
+        return self.stats.format
+
+    @format.setter
+    def format(self, value: str | None) -> None:
+        self.stats.format = value
 
     def _flat(self, line: str) -> dict[str, Any] | None:
         """One line -> flat metrics dict (with ``step`` when logged), or None."""
         stripped = line.strip()
         if not stripped:
             return None
-        obj = _json_obj(stripped) if stripped.startswith("{") else None
-        if obj is None and not stripped.startswith("{"):
+        looks_json = stripped.startswith(("{", "["))
+        obj = _json_obj(stripped) if looks_json else None
+        if obj is None and not looks_json:
             if self.format in (None, "verl"):
                 console = parse_verl_console(stripped)
                 if console is not None:
@@ -314,7 +322,6 @@ class StepParser:
             if self.format is None:
                 self.stats.non_step_lines += 1
                 return None
-            self.stats.format = self.format
         if isinstance(obj.get("metrics"), dict):  # published layout
             flat = dict(obj["metrics"])
             for key in ("step", "run_id"):
@@ -338,7 +345,6 @@ class StepParser:
                 self.stats.non_step_lines += 1
                 return None
             self.format = self.format or "jsonl"
-            self.stats.format = self.format
             return None
         if len(cells) != len(self._csv_header):
             self.stats.malformed_lines += 1
@@ -485,7 +491,6 @@ class LogSource:
             self.stats.note(f"{self.step_path}: no log_history list")
             return []
         self.parser.format = self.parser.format or "trl"
-        self.stats.format = self.parser.format
         records = []
         for entry in history:
             if isinstance(entry, dict):

@@ -1,0 +1,236 @@
+"""Framework log adapters on logs of a real TRL run and on samples of each framework's documented keys."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rftfm.engine.trainer import TRL_STEP_KEYS as ENGINE_TRL_KEYS
+from rftfm.io.adapters import (
+    OPENRLHF_STEP_KEYS,
+    TRL_STEP_KEYS,
+    LogSource,
+    StepParser,
+    coverage,
+    read_log,
+    sniff,
+)
+from rftfm.io.faultbench import STEP_FILE, TRAJ_FILE
+from rftfm.io.loader import STEP_ALIASES
+from rftfm.records import STEP_METRICS
+from watch_fixtures import train_real_run, write_jsonl
+
+SHARED = ("reward_mean", "reward_std", "kl", "entropy", "policy_loss", "grad_norm", "learning_rate",
+          "clip_ratio_region", "completion_length_mean", "completion_length_max", "truncated_ratio")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    return train_real_run(tmp_path_factory.mktemp("trl"), num_steps=6)
+
+
+# --- logs of a real TRL run ---------------------------------------------------------------------
+
+
+def test_trl_on_log_jsonl_matches_the_engine_records(real_run):
+    events, stats = read_log(real_run.trl_jsonl)
+    assert stats.format == "trl"
+    assert [s.step for s, _ in events] == [1, 2, 3, 4, 5, 6]
+    assert stats.non_step_lines == 1  # TRL's final train_runtime summary is not a step
+    layout, _ = read_log(real_run.run_dir)
+    for (trl_step, trajs), (ref, _) in zip(events, layout):
+        assert trajs == []  # TRL metric logs carry no per-trajectory records
+        for name in SHARED:
+            a, b = getattr(trl_step, name), getattr(ref, name)
+            assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), name
+        assert trl_step.frac_zero_std_groups is not None  # from frac_reward_zero_std
+        assert trl_step.eval_accuracy is None  # TRL does not log it: missing, not invented
+        assert "num_tokens" in trl_step.extra  # unknown numeric keys are kept
+
+
+def test_trainer_state_log_history(real_run):
+    events, stats = read_log(real_run.trainer_state)
+    assert stats.format == "trl"
+    by_jsonl, _ = read_log(real_run.trl_jsonl)
+    assert [s.model_dump(exclude={"run_id"}) for s, _ in events] == [s.model_dump(exclude={"run_id"}) for s, _ in by_jsonl]
+    # a TRL output directory is found through its trainer_state.json too
+    assert len(read_log(real_run.trainer_state.parent)[0]) in (6,)
+
+
+def test_on_log_dicts_in_memory_parse_like_the_file(real_run):
+    parser = StepParser("auto", run_id="x")
+    records = [parser.parse_line(json.dumps(row)) for row in real_run.on_log]
+    assert [r.step for r in records if r is not None] == [1, 2, 3, 4, 5, 6]
+    assert parser.format == "trl"
+
+
+def test_openrlhf_layout_run_directory(real_run):
+    events, stats = read_log(real_run.run_dir)
+    assert stats.format == "openrlhf"
+    assert events[0][0].run_id == real_run.info.run_id
+    assert len(events) == 6
+    for step, trajs in events:
+        assert len(trajs) == 64  # 8 prompts x 8 generations
+        assert {t.rollout_step for t in trajs} == {step.step}
+        assert all(t.completion is not None and t.fault_injection is None for t in trajs)
+        assert step.fault_injection is None  # labels never reach the monitor
+        assert step.eval_accuracy is not None and step.frac_zero_std_groups is not None
+
+
+def test_openrlhf_layout_followed_while_it_grows(real_run, tmp_path):
+    src = real_run.run_dir / "train"
+    steps = (src / STEP_FILE).read_text().splitlines(keepends=True)
+    trajs = (src / TRAJ_FILE).read_text().splitlines(keepends=True)
+    dst = tmp_path / "live" / "train"
+    dst.mkdir(parents=True)
+    (dst / STEP_FILE).write_text("")
+    (dst / TRAJ_FILE).write_text("")
+    source = LogSource(dst.parent, "auto", run_id="live")
+    released = []
+    for i in range(3):
+        with open(dst / STEP_FILE, "a") as f:
+            f.write(steps[i])
+        with open(dst / TRAJ_FILE, "a") as f:
+            f.writelines(trajs[64 * i : 64 * i + 40])  # the step's trajectories, not all written yet
+        released += source.poll()
+        assert all(len(t) == 64 for _, t in released)  # a step is never released with part of its trajectories
+        with open(dst / TRAJ_FILE, "a") as f:
+            f.writelines(trajs[64 * i + 40 : 64 * (i + 1)])
+    released += source.poll()
+    released += source.poll()  # idle poll releases the last step
+    assert [s.step for s, _ in released] == [1, 2, 3]
+    assert all(len(t) == 64 for _, t in released)
+    source.close()
+
+
+# --- samples written from each framework's documented keys ---------------------------------------
+
+VERL_ROW = {
+    "critic/score/mean": 0.42, "critic/score/max": 1.0, "critic/rewards/mean": 0.40,
+    "critic/advantages/mean": 0.0, "critic/returns/mean": 0.4,
+    "actor/entropy": 0.81, "actor/ppo_kl": 0.002, "actor/kl_loss": 0.013, "actor/pg_clipfrac": 0.05,
+    "actor/pg_clipfrac_lower": 0.01, "actor/pg_loss": -0.02, "actor/grad_norm": 0.9, "actor/lr": 1e-6,
+    "response_length/mean": 310.5, "response_length/max": 1024.0, "response_length/clip_ratio": 0.03,
+    "prompt_length/mean": 120.0, "timing_s/step": 55.0, "perf/throughput": 1500.0,
+    "val-core/openai/gsm8k/acc/mean@1": 0.71, "training/global_step": 5,
+}
+
+
+def test_verl_file_logger_lines(tmp_path):
+    rows = [{"step": s, "data": {**VERL_ROW, "actor/entropy": 0.8 - s / 100}} for s in (1, 2, 3)]
+    events, stats = read_log(write_jsonl(tmp_path / "metrics.jsonl", rows))
+    assert stats.format == "verl"
+    step = events[0][0]
+    assert step.step == 1
+    assert step.reward_mean == 0.42  # the verifier score wins over the KL-shaped reward
+    assert step.kl == 0.013  # KL to the reference (kl_loss), not the PPO old/new ratio KL
+    assert step.entropy == pytest.approx(0.79)
+    assert (step.policy_loss, step.grad_norm, step.learning_rate) == (-0.02, 0.9, 1e-6)
+    assert (step.clip_ratio_region, step.clip_ratio_low) == (0.05, 0.01)
+    assert (step.completion_length_mean, step.completion_length_max, step.truncated_ratio) == (310.5, 1024.0, 0.03)
+    assert step.eval_accuracy == 0.71 and step.step_time_s == 55.0
+    assert step.reward_std is None and step.frac_zero_std_groups is None  # verl does not log them
+    assert step.extra["actor/ppo_kl"] == 0.002 and "perf/throughput" in step.extra
+
+
+def test_verl_flat_dicts_and_fallbacks(tmp_path):
+    row = {k: v for k, v in VERL_ROW.items() if k not in ("critic/score/mean", "actor/kl_loss")}
+    row["critic/kl"] = 0.2
+    events, _ = read_log(write_jsonl(tmp_path / "flat.jsonl", [row]), "verl")
+    step = events[0][0]
+    assert step.step == 5  # training/global_step
+    assert step.reward_mean == 0.40 and step.kl == 0.2
+
+
+def test_verl_console_log(tmp_path):
+    lines = [
+        "(TaskRunner pid=123) Training Progress:   0%|          | 0/3",
+        "step:1 - actor/entropy:0.8 - critic/score/mean:0.25 - response_length/mean:100.0 - actor/pg_loss:np.float64(-0.01)",
+        "(TaskRunner pid=123) step:2 - actor/entropy:0.7 - critic/score/mean:0.35 - response_length/mean:120.0",
+        "some unrelated, comma, separated text",
+    ]
+    path = tmp_path / "verl.log"
+    path.write_text("\n".join(lines) + "\n")
+    events, stats = read_log(path)
+    assert stats.format == "verl"
+    assert [(s.step, s.reward_mean, s.entropy) for s, _ in events] == [(1, 0.25, 0.8), (2, 0.35, 0.7)]
+    assert events[0][0].policy_loss == -0.01
+    assert stats.non_step_lines == 2
+
+
+def test_trl_documented_keys_sample(tmp_path):
+    row = {
+        "loss": 0.01, "grad_norm": 0.5, "learning_rate": 1e-6, "num_tokens": 5000.0,
+        "completions/mean_length": 180.0, "completions/max_length": 256.0, "completions/clipped_ratio": 0.1,
+        "rewards/accuracy_reward/mean": 0.3, "reward": 0.3, "reward_std": 0.4, "frac_reward_zero_std": 0.25,
+        "kl": 0.01, "entropy": 0.6, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.01,
+        "clip_ratio/region_mean": 0.01, "epoch": 0.1, "step": 10,
+    }
+    eval_row = {"eval_loss": 0.2, "eval_reward": 0.4, "epoch": 0.1, "step": 10}
+    events, stats = read_log(write_jsonl(tmp_path / "trl.jsonl", [row, eval_row]))
+    step = events[0][0]
+    assert stats.format == "trl" and len(events) == 1 and stats.non_step_lines == 1
+    assert (step.reward_mean, step.reward_std, step.frac_zero_std_groups, step.truncated_ratio) == (0.3, 0.4, 0.25, 0.1)
+    assert (step.clip_ratio_high, step.completion_length_max, step.policy_loss) == (0.01, 256.0, 0.01)
+    assert step.extra["rewards/accuracy_reward/mean"] == 0.3
+
+
+def test_plain_jsonl_and_csv(tmp_path):
+    rows = [{"step": i, "reward_mean": i / 10, "kl": 0.01 * i, "custom/thing": 7} for i in (1, 2)]
+    events, stats = read_log(write_jsonl(tmp_path / "plain.jsonl", rows))
+    assert stats.format == "jsonl"
+    assert [(s.step, s.reward_mean, s.kl) for s, _ in events] == [(1, 0.1, 0.01), (2, 0.2, 0.02)]
+    assert events[0][0].extra == {"custom/thing": 7.0}
+    csv_path = tmp_path / "plain.csv"
+    csv_path.write_text("step,reward_mean,entropy,grad_norm\n1,0.1,0.9,\n2,0.2,nan,1.5\n")
+    events, stats = read_log(csv_path)
+    assert stats.format == "jsonl"
+    assert [(s.step, s.reward_mean, s.entropy, s.grad_norm) for s, _ in events] == [(1, 0.1, 0.9, None), (2, 0.2, None, 1.5)]
+
+
+def test_bad_input_is_counted_not_raised(tmp_path):
+    path = tmp_path / "messy.jsonl"
+    path.write_text(
+        '{"step": 1, "reward": 0.1, "loss": 0.5}\n'
+        "{not json\n"
+        "[1, 2, 3]\n"
+        '{"step": 2, "reward": NaN, "loss": Infinity, "kl": 0.2}\n'
+        '{"step": 1, "reward": 0.3, "loss": 0.1}\n'  # goes back in time: counted, skipped
+        '{"step": 3, "reward": "high", "loss": 0.2}\n'
+        '{"step": 4, "reward": 0.4, "loss"'  # partial last line, never completed
+    )
+    events, stats = read_log(path, "trl")
+    assert [s.step for s, _ in events] == [1, 2, 3]
+    assert events[1][0].reward_mean is None and events[1][0].policy_loss is None  # NaN / inf -> missing
+    assert events[2][0].reward_mean is None
+    assert stats.malformed_lines == 3 and stats.out_of_order == 1
+
+
+def test_unknown_format_and_directory_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown format"):
+        StepParser("tensorboard")
+    with pytest.raises(ValueError, match="without a known log"):
+        LogSource(tmp_path)
+
+
+def test_sniff():
+    assert sniff({"metrics": {"reward": 1}}) == "openrlhf"
+    assert sniff({"step": 1, "data": {"actor/entropy": 1}}) == "verl"
+    assert sniff({"actor/entropy": 1}) == "verl"
+    assert sniff({"frac_reward_zero_std": 0.1}) == "trl"
+    assert sniff({"reward_mean": 0.1, "step": 1}) == "jsonl"
+    assert sniff({"hello": 1}) is None
+    assert sniff(None, "step:3 - actor/entropy:0.1") == "verl"
+
+
+def test_tables_reuse_the_shared_names():
+    shared = {k: v for k, v in STEP_ALIASES.items() if v in STEP_METRICS}
+    assert shared and set(shared.items()) <= set(OPENRLHF_STEP_KEYS.items())  # the loader's table, reused
+    assert set(ENGINE_TRL_KEYS.items()) <= set(TRL_STEP_KEYS.items())  # agrees with the embedded engine
+    assert set(OPENRLHF_STEP_KEYS.values()) <= set(STEP_METRICS)
+    cov = coverage("verl")
+    assert not cov["reward_std"] and not cov["frac_zero_std_groups"] and cov["eval_accuracy"]
+    assert not coverage("trl")["eval_accuracy"] and coverage("trl")["frac_zero_std_groups"]
+    assert all(coverage("jsonl").values())

@@ -1,0 +1,248 @@
+"""rftfm watch: exit codes, incidents, following a live file, and an end-to-end run with a mid-run fault."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rftfm.cli import app
+from rftfm.cli_watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, RunMonitor
+from rftfm.fm.features import FEATURES
+from rftfm.fm.incidents import IncidentStore
+from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
+from rftfm.integrations.trl_log import JsonlLogCallback
+from rftfm.records import RunInfo, StepRecord
+from watch_fixtures import train_real_run
+
+runner = CliRunner()
+
+
+class KlDetector:
+    """A stand-in detector: alarms while KL exceeds a level (the real one is tested in its own issue)."""
+
+    def __init__(self, level: float) -> None:
+        self.level, self.resets = level, []
+
+    def reset(self, run_id, task_group=None, model_size=None):
+        self.resets.append(run_id)
+
+    def observe(self, step: StepRecord, trajectories):
+        if step.kl is not None and step.kl > self.level:
+            return Alarm(run_id=step.run_id, step=step.step, score=step.kl, threshold=self.level,
+                         evidence=[SignalEvidence(signal="kl", direction="up", value=step.kl)])
+        return None
+
+
+class RecordingDiagnoser:
+    def __init__(self) -> None:
+        self.histories: list[pl.DataFrame] = []
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        self.histories.append(history)
+        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)], summary="lr_high <b>")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    return train_real_run(tmp_path_factory.mktemp("watch"), run_id="watch-run", num_steps=6)
+
+
+def use_monitor(monkeypatch, detector, diagnoser=None):
+    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (detector, None if detector else "detection disabled: test"))
+    monkeypatch.setattr("rftfm.cli_watch.load_diagnoser", lambda path=None: (diagnoser, None if diagnoser else "diagnosis disabled: test"))
+
+
+def test_monitor_passes_history_features_and_records(real_run, tmp_path):
+    from rftfm.io.adapters import read_log
+
+    events, _ = read_log(real_run.run_dir)
+    level = sorted(s.kl for s, _ in events)[-3]  # the last steps (largest KL) alarm
+    diagnoser = RecordingDiagnoser()
+    with IncidentStore(tmp_path / "inc.db") as store:
+        monitor = RunMonitor("watch-run", KlDetector(level), diagnoser, store)
+        for step, trajs in events:
+            monitor.observe(step, trajs)
+        alarms = store.events(kind="alarm")
+        assert len(alarms) == len(monitor.result.alarms) == 2
+        assert len(store.events(kind="diagnosis")) == 2
+        history = diagnoser.histories[0]
+        assert history.columns == ["run_id", "step", *FEATURES]
+        assert history["step"].max() == alarms[0]["step"]  # steps <= alarm step only
+        assert history["traj_reward_mean"].null_count() == 0  # trajectory features from the layout
+
+
+def test_monitor_survives_a_crashing_detector(tmp_path):
+    class Broken:
+        def reset(self, *a, **k):
+            pass
+
+        def observe(self, step, trajs):
+            raise RuntimeError("model file corrupt")
+
+    with IncidentStore(tmp_path / "inc.db") as store:
+        monitor = RunMonitor("r", Broken(), None, store)
+        for i in range(1, 4):
+            assert monitor.observe(StepRecord(run_id="r", step=i, kl=0.1), []) == (None, None)
+        assert len(store.events(kind="error")) == 3
+        assert monitor.result.steps == 3
+
+
+def test_exit_codes(real_run, tmp_path, monkeypatch):
+    use_monitor(monkeypatch, None)
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl)])
+    assert result.exit_code == EXIT_NO_DETECTION, result.output
+    assert "detection disabled" in result.output
+    use_monitor(monkeypatch, KlDetector(1e9))
+    assert runner.invoke(app, ["watch", str(real_run.trl_jsonl)]).exit_code == EXIT_OK
+    use_monitor(monkeypatch, KlDetector(-1.0), RecordingDiagnoser())
+    result = runner.invoke(app, ["watch", str(real_run.run_dir), "--incidents", str(tmp_path / "i.db")])
+    assert result.exit_code == EXIT_ALARM, result.output
+    assert "ALARM" in result.output and "lr_high" in result.output
+    assert runner.invoke(app, ["watch", str(tmp_path / "missing.jsonl")]).exit_code == EXIT_BAD_INPUT
+    assert runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--format", "tensorboard"]).exit_code == EXIT_BAD_INPUT
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not a log\n")
+    assert runner.invoke(app, ["watch", str(empty)]).exit_code == EXIT_BAD_INPUT
+    assert runner.invoke(app, ["watch", str(tmp_path)]).exit_code == EXIT_BAD_INPUT  # a directory with no log
+
+
+def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch):
+    use_monitor(monkeypatch, KlDetector(-1.0), RecordingDiagnoser())
+    db = tmp_path / "inc.db"
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--incidents", str(db), "--run-id", "job-7"])
+    assert result.exit_code == EXIT_ALARM
+    with IncidentStore(db) as store:
+        kinds = [e["kind"] for e in store.events(run_id="job-7")]
+        runs = store.events(run_id="job-7", kind="run")
+    assert kinds.count("alarm") == 6 and kinds.count("diagnosis") == 6
+    assert runs[0]["payload"]["source"] == str(real_run.trl_jsonl.resolve())
+    assert runs[-1]["payload"]["steps"] == 6
+
+
+def test_wandb_alerts_are_forwarded_when_available(real_run, monkeypatch):
+    sent = []
+
+    class FakeWandb:
+        run = object()  # an active run in this process
+        AlertLevel = type("AlertLevel", (), {"WARN": "WARN"})
+
+        @staticmethod
+        def alert(title, text, level):
+            sent.append((title, text, level))
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    monkeypatch.setattr("rftfm.integrations.wandb_alerts.wandb_available", lambda: True)
+    use_monitor(monkeypatch, KlDetector(-1.0), RecordingDiagnoser())
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--wandb"])
+    assert result.exit_code == EXIT_ALARM
+    assert len(sent) == 1  # one alert per alarm episode / new diagnosis, not one per step
+    assert "step 1" in sent[0][0] and "lr_high" in sent[0][1]
+
+
+def test_wandb_missing_is_not_an_error(real_run, monkeypatch):
+    monkeypatch.setattr("rftfm.integrations.wandb_alerts.wandb_available", lambda: False)
+    use_monitor(monkeypatch, KlDetector(-1.0))
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--wandb"])
+    assert result.exit_code == EXIT_ALARM
+    assert "wandb is not installed" in result.output
+
+
+def test_follow_a_file_being_appended(real_run, tmp_path, monkeypatch):
+    """A writer thread appends TRL on_log lines in pieces, rotates the file once; watch --follow sees every step."""
+    lines = real_run.trl_jsonl.read_text().splitlines(keepends=True)
+    live = tmp_path / "live.jsonl"
+    live.write_text("")
+
+    def writer() -> None:
+        for i, line in enumerate(lines):
+            if i == 3:  # log rotation half-way through
+                live.rename(tmp_path / "live.jsonl.1")
+                live.write_text("")
+            half = len(line) // 2
+            for piece in (line[:half], line[half:]):
+                with open(live, "a") as f:
+                    f.write(piece)
+                time.sleep(0.05)
+
+    use_monitor(monkeypatch, KlDetector(1e9))
+    thread = threading.Thread(target=writer)
+    thread.start()
+    db = tmp_path / "inc.db"
+    result = runner.invoke(app, ["watch", str(live), "--follow", "--interval", "0.02", "--idle-timeout", "5", "--incidents", str(db)])
+    thread.join()
+    assert result.exit_code == EXIT_OK, result.output
+    assert "6 step(s) [trl]" in result.output
+    with IncidentStore(db) as store:
+        assert store.events(kind="run")[-1]["payload"]["steps"] == 6
+
+
+# --- end to end: a real TRL run with a mid-run fault, watched live from another process -----------
+
+
+def _detector_artifact(tmp_path: Path) -> Path | None:
+    """The packaged detector when it exists, else one fitted here on a few short normal runs."""
+    try:
+        from rftfm.fm.detect import DEFAULT_ARTIFACT, Detector
+
+        Detector.load_default()
+        return None
+    except FileNotFoundError:
+        pass
+    from rftfm.fm.features import features_frame
+    from rftfm.io.loader import load_benchmark
+
+    for seed in range(4):
+        train_real_run(tmp_path / "normal", run_id=f"normal-{seed}", num_steps=E2E_STEPS, seed=10 + seed)
+    bench = load_benchmark(tmp_path / "normal" / "bench")
+    detector = Detector().fit(bench.runs, features_frame(bench.steps, bench.trajectories))
+    path = tmp_path / "detector.json"
+    detector.save(path)
+    return path
+
+
+E2E_STEPS = 16
+E2E_ONSET = 6
+
+
+def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
+    torch.set_num_threads(1)
+    pytest.importorskip("rftfm.fm.detect")
+    artifact = _detector_artifact(tmp_path)
+    log, db = tmp_path / "live-trl.jsonl", tmp_path / "incidents.db"
+    cmd = [sys.executable, "-m", "rftfm.cli", "watch", str(log), "--format", "trl", "--follow", "--interval", "0.1",
+           "--idle-timeout", "60", "--incidents", str(db), "--run-id", "live-run", "--task-group", "arith_a", "--model-size", "xs"]
+    if artifact is not None:
+        cmd += ["--detector", str(artifact)]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    from rftfm.engine.run import build_trainer
+
+    info = RunInfo(run_id="live-run", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=21,
+                   num_steps=E2E_STEPS, control_or_fault="fault", fault_family="od", fault_type="lr_high",
+                   fault_strength="easy", onset_step=E2E_ONSET)
+    trainer = build_trainer(info, callbacks=[JsonlLogCallback(log)], output_dir=str(tmp_path / "out"))
+    trainer.train()
+    training_done = time.time()
+    out, _ = watcher.communicate(timeout=180)
+    print(out)  # shown with pytest -s: the live alerts
+    assert watcher.returncode == EXIT_ALARM, out
+    with IncidentStore(db) as store:
+        alarms = store.events(run_id="live-run", kind="alarm")
+        diagnoses = store.events(run_id="live-run", kind="diagnosis")
+    assert alarms, out
+    first = alarms[0]
+    assert first["step"] >= E2E_ONSET, out  # no false alarm before the fault starts
+    assert first["time"] < training_done, out  # raised while the run was still training
+    assert "ALARM" in out
+    if diagnoses:  # the packaged diagnoser, once it ships, diagnoses at alarm time
+        assert diagnoses[0]["step"] == first["step"]
+        assert diagnoses[0]["time"] < training_done
