@@ -66,6 +66,7 @@ class DetectorConfig:
     threshold_margin: float = 1.0
     normaliser_quantile: float = 0.9
     tail_fraction: float = 0.2  # top fraction of normal run maxima used to fit the tail
+    normaliser_tail: float | None = 0.01  # per-statistic tail quantile (None: plain normaliser_quantile)
     folds: int = 5
     seed: int = 0
 
@@ -225,7 +226,11 @@ class Detector:
         statistics is in the Gumbel domain), never below the largest observed normal score.
         """
         cfg = self.config
-        norm = np.quantile(stats, cfg.normaliser_quantile, axis=0)  # (C, F)
+        if cfg.normaliser_tail is None:
+            norm = np.quantile(stats, cfg.normaliser_quantile, axis=0)  # (C, F)
+        else:  # each statistic's own extrapolated tail quantile (equalises heavy-tailed signals)
+            norm = np.array([[tail_threshold(stats[:, c, f], cfg.normaliser_tail, cfg.tail_fraction, cap=False)
+                              for f in range(stats.shape[2])] for c in range(stats.shape[1])])
         norm = np.maximum(norm, CHANNEL_FLOORS[:, None])
         run_scores = (stats / norm).reshape(stats.shape[0], -1).max(axis=1)
         return Calibration(norm, tail_threshold(run_scores, cfg.false_alarm_target, cfg.tail_fraction) * cfg.threshold_margin,
@@ -405,7 +410,7 @@ class Detector:
         return cls.load(DEFAULT_ARTIFACT)
 
 
-def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2) -> float:
+def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2, cap: bool = True) -> float:
     """Score exceeded by a fraction ``target`` of normal runs: exponential tail above the (1 - tail_fraction) quantile."""
     scores = np.sort(np.asarray(scores, dtype=float))
     if scores.size == 0:
@@ -415,7 +420,8 @@ def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2
     if excess.size < 2 or target >= tail_fraction:
         return float(max(np.quantile(scores, 1.0 - target), scores[-1]))
     beta = float(excess.mean())
-    return float(max(u + beta * math.log(tail_fraction / target), scores[-1]))
+    value = u + beta * math.log(tail_fraction / target)
+    return float(max(value, scores[-1]) if cap else value)
 
 
 def _col(frame: pl.DataFrame, name: str) -> list[Any]:
