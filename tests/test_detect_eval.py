@@ -107,3 +107,25 @@ def test_published_layout_without_parquet_or_seeds(bench, tmp_path):
     result = evaluate_detection(root, "seed", baselines=["StaticRules"])
     assert result["test_runs"] > 0
     assert "RFT-FM" in result["methods"]
+
+
+@pytest.mark.parametrize("name", ["TranAD", "AnomalyTransformer", "LOF", "IsolationForest"])
+def test_learned_baselines_score_a_strong_fault_above_normal(bench, name):
+    from rftfm.bench.baselines import make_baselines
+    from rftfm.fm.features import features_frame
+    from rftfm.io.loader import load_benchmark
+
+    loaded = load_benchmark(bench)
+    features = features_frame(loaded.steps, loaded.trajectories)
+    runs = loaded.runs
+    normal = runs.filter(pl.col("control_or_fault") == "normal")["run_id"].to_list()
+    easy = runs.filter((pl.col("fault_strength") == "easy") & (pl.col("onset_step") == 1))["run_id"].to_list()
+    (baseline,) = make_baselines(0, [name])
+    if hasattr(baseline, "epochs"):
+        baseline.epochs = 2
+    baseline.fit_calibrated(RunCubes.build(features, normal[:16]), 0.005)
+    held_out = baseline.score(RunCubes.build(features, normal[16:]))
+    faulty = baseline.score(RunCubes.build(features, easy))
+    assert np.isfinite(held_out).all() and np.isfinite(faulty).all()
+    assert np.median(np.nanmax(faulty, axis=1)) > np.median(np.nanmax(held_out, axis=1))
+    assert np.isfinite(baseline.threshold)
