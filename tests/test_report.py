@@ -136,7 +136,9 @@ def test_report_command(real_run, tmp_path, monkeypatch):
     out = tmp_path / "by-id.html"
     result = runner.invoke(app, ["report", real_run.info.run_id, "--incidents", str(db), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "lr_high" in out.read_text()
+    page = out.read_text()
+    assert "lr_high" in page
+    assert "benchmark label (evaluation only)</td><td>normal run (no fault injected)" in page  # from run_info.json
     out2 = tmp_path / "by-path.html"
     result = runner.invoke(app, ["report", str(real_run.trl_jsonl), "--out", str(out2)])
     assert result.exit_code == 0, result.output

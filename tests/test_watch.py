@@ -195,7 +195,7 @@ def _detector_artifact(tmp_path: Path) -> Path | None:
 
         Detector.load_default()
         return None
-    except FileNotFoundError:
+    except Exception:  # no packaged artifact yet (or an unreadable one): fit a small one here
         pass
     from rftfm.fm.features import features_frame
     from rftfm.io.loader import load_benchmark

@@ -352,7 +352,9 @@ def report(
             memory.close()
             offline_note = offline_note or "alarms and diagnoses computed offline by rftfm report (not recorded live)"
     target = out or Path(f"{rid}.html")
-    write_report(target, rid, records, events, source=str(path), stats=stats, note=offline_note)
+    from rftfm.io.adapters import run_info_for
+
+    write_report(target, rid, records, events, source=str(path), stats=stats, note=offline_note, ground_truth=run_info_for(path))
     console.print(f"wrote {escape(str(target))} ({target.stat().st_size / 1e6:.1f} MB, {len(records)} steps, {len(events)} incident events)")
 
 

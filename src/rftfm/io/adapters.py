@@ -421,17 +421,27 @@ def resolve(path: str | Path, fmt: str = "auto") -> tuple[str, Path, Path | None
     return "lines", path, None
 
 
-def default_run_id(path: str | Path) -> str:
-    """The run id a path stands for: run_info.json's, else the run directory's or the file's name."""
+def run_info_for(path: str | Path) -> dict[str, Any] | None:
+    """The benchmark's ``run_info.json`` next to a run directory or its log files, if any (labels: report only)."""
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
     for candidate in (run_dir, run_dir.parent):
         info = candidate / RUN_INFO_FILE
         if info.exists():
             try:
-                return str(json.loads(info.read_text(encoding="utf-8"))["run_id"])
-            except (OSError, ValueError, KeyError, TypeError):
-                break
+                data = json.loads(info.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def default_run_id(path: str | Path) -> str:
+    """The run id a path stands for: run_info.json's, else the run directory's or the file's name."""
+    path = Path(path)
+    info = run_info_for(path)
+    if info is not None and info.get("run_id"):
+        return str(info["run_id"])
     if path.is_dir():
         return path.name
     if path.name in ("trainer_state.json", "metrics.jsonl", STEP_FILE, "train_log.jsonl", "log.jsonl"):

@@ -65,7 +65,8 @@ def _marker_steps(incidents: Sequence[dict[str, Any]], kind: str) -> list[int]:
     return sorted({int(e["step"]) for e in incidents if e["kind"] == kind and e.get("step") is not None})
 
 
-def metric_figure(records: Sequence[StepRecord], incidents: Sequence[dict[str, Any]], names: Sequence[str], title: str, extra: bool = False) -> go.Figure | None:
+def metric_figure(records: Sequence[StepRecord], incidents: Sequence[dict[str, Any]], names: Sequence[str], title: str,
+                  extra: bool = False, onset_step: int | None = None) -> go.Figure | None:
     """Small multiples of the given metrics over steps, alarm markers on each curve."""
     steps = [r.step for r in records]
     series = {}
@@ -91,9 +92,13 @@ def metric_figure(records: Sequence[StepRecord], incidents: Sequence[dict[str, A
                            marker={"color": MARKER_COLORS["alarm"], "size": 9, "symbol": "x"}, showlegend=i == 0, legendgroup="alarm"),
                 row=row, col=col,
             )
+        if onset_step is not None:
+            fig.add_vline(x=onset_step, line={"color": "#7f7f7f", "dash": "longdash", "width": 1}, row=row, col=col)
         for kind, marks in lines.items():
             for step in marks:
                 fig.add_vline(x=step, line={"color": MARKER_COLORS[kind], "dash": "dot" if kind == "diagnosis" else "dash", "width": 1.5}, row=row, col=col)
+    if onset_step is not None:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="fault onset (label)", line={"color": "#7f7f7f", "dash": "longdash"}))
     for kind, marks in lines.items():  # legend entries for the vertical lines
         if marks:
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=kind, line={"color": MARKER_COLORS[kind], "dash": "dot" if kind == "diagnosis" else "dash"}))
@@ -278,12 +283,16 @@ def build_report(
     source: str | None = None,
     stats: Any = None,
     note: str | None = None,
+    ground_truth: dict[str, Any] | None = None,
 ) -> str:
-    """The report as one HTML string."""
+    """The report as one HTML string. ``ground_truth``: a benchmark run's RunInfo dict (labels, shown as such)."""
     records = [s for s, _ in events]
     incidents = sorted(incidents, key=lambda e: (e.get("time") or 0, e.get("step") or 0))
     figures: list[tuple[str, go.Figure]] = []
-    main = metric_figure(records, incidents, STEP_METRICS, "training signals")
+    onset = None
+    if ground_truth and ground_truth.get("control_or_fault") == "fault":
+        onset = ground_truth.get("onset_step") or 1
+    main = metric_figure(records, incidents, STEP_METRICS, "training signals", onset_step=onset)
     if main is not None:
         figures.append(("fig-metrics", main))
     trajs = trajectory_figure(events, incidents)
@@ -305,6 +314,11 @@ def build_report(
         ("first alarm", alarms[0]["step"] if alarms else "none"),
         ("incident events", ", ".join(f"{v} {k}" for k, v in kinds.items() if v) or "none"),
     ]
+    if ground_truth:
+        kind = ground_truth.get("control_or_fault")
+        label = (f"fault {ground_truth.get('fault_type')} ({ground_truth.get('fault_family')}, {ground_truth.get('fault_strength')}) from step {onset}"
+                 if kind == "fault" else f"{kind} run (no fault injected)")
+        summary_rows.append(("benchmark label (evaluation only)", label))
     if stats is not None and getattr(stats, "malformed_lines", 0):
         summary_rows.append(("malformed lines skipped", stats.malformed_lines))
     present = [m for m in STEP_METRICS if any(getattr(r, m) is not None for r in records)]
