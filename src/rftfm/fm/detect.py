@@ -101,15 +101,21 @@ class RunState:
         return cls(run_id, key, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy())
 
 
-#: Signals the detector derives from the shared features (same value live and offline).
-DERIVED: tuple[str, ...] = ("reward_minus_eval",)  # train reward running ahead of held-out accuracy
+#: Signals the detector derives from the shared features (same value live and offline):
+#: train reward running ahead of held-out accuracy (reward hacking, inversion), and reward
+#: variance beyond what its mean allows for rewards in [0, 1] (Bhatia-Davis: var <= m (1 - m)),
+#: which is zero for a 0/1 verifier and positive when rewards leave that range (noise, scaling).
+DERIVED: tuple[str, ...] = ("reward_minus_eval", "reward_var_excess")
 SIGNALS: tuple[str, ...] = FEATURES + DERIVED
 _REWARD, _EVAL = FEATURES.index("reward_mean"), FEATURES.index("eval_accuracy")
+_TRAJ_MEAN, _TRAJ_STD = FEATURES.index("traj_reward_mean"), FEATURES.index("traj_reward_std")
 
 
 def with_derived(x: np.ndarray) -> np.ndarray:
     """(..., len(FEATURES)) -> (..., len(SIGNALS)); NaN propagates (a missing input skips the signal)."""
-    return np.concatenate([x, (x[..., _REWARD] - x[..., _EVAL])[..., None]], axis=-1)
+    m = x[..., _TRAJ_MEAN]
+    excess = x[..., _TRAJ_STD] ** 2 - m * (1.0 - m)
+    return np.concatenate([x, (x[..., _REWARD] - x[..., _EVAL])[..., None], excess[..., None]], axis=-1)
 
 
 def _features_matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -184,7 +190,8 @@ class Detector:
         return profiles
 
     def _cross_fit(self, cube: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Out-of-sample run-maximum channel values (runs, C, F): K-fold, and leave-one-configuration-out."""
+        """Out-of-sample run-maximum channel values (runs, C, F): K-fold (configuration level) and
+        leave-one-task-group-out / leave-one-model-size-out (global level)."""
         n = cube.shape[0]
         rng = np.random.default_rng(self.config.seed)
         fold = np.empty(n, dtype=int)
@@ -202,16 +209,23 @@ class Detector:
             for i in test:
                 profile = profiles.get(keys[i], profiles[GLOBAL_KEY])
                 config_stats[i] = self._run_max_channels(cube[i : i + 1], profile)[0]
-        distinct = sorted(set(keys))
-        global_stats = np.zeros_like(config_stats)
-        for key in distinct:
-            test = np.array([i for i, k in enumerate(keys) if k == key])
-            train = np.array([i for i, k in enumerate(keys) if k != key])
-            if len(distinct) == 1 or len(train) < 2:  # one configuration only: fall back to K-fold
-                global_stats[test] = config_stats[test]
+        # global level = what an unseen configuration meets: leave one task group out, and
+        # leave one model size out (pooled); with a single value on both axes, leave a config out
+        global_parts = []
+        for axis in (0, 1):
+            values = [k.split("|")[axis] for k in keys]
+            if len(set(values)) < 2:
                 continue
-            profile = fit_step_profile(cube[train], self.floor, self.config.window)
-            global_stats[test] = self._run_max_channels(cube[test], profile)
+            stats = np.zeros_like(config_stats)
+            for value in sorted(set(values)):
+                test = np.array([i for i, v in enumerate(values) if v == value])
+                train = np.array([i for i, v in enumerate(values) if v != value])
+                profile = fit_step_profile(cube[train], self.floor, self.config.window)
+                stats[test] = self._run_max_channels(cube[test], profile)
+            global_parts.append(stats)
+        if not global_parts:
+            global_parts.append(config_stats)
+        global_stats = np.concatenate(global_parts)
         return config_stats, global_stats
 
     def _run_max_channels(self, cube: np.ndarray, profile: StepProfile) -> np.ndarray:

@@ -38,7 +38,7 @@ RATE_FEATURES: frozenset[str] = frozenset({
     "traj_empty_rate", "traj_short_rate", "traj_long_rate", "traj_truncated_rate",
 })
 
-RATE_SCALE_FLOOR = 0.02
+RATE_SCALE_FLOOR = 0.05
 RELATIVE_SCALE_FLOOR = 0.1  # of the feature's global normal scale
 ABSOLUTE_SCALE_FLOOR = 1e-3
 MAD_TO_SD = 1.4826
