@@ -234,3 +234,20 @@ def test_tables_reuse_the_shared_names():
     assert not cov["reward_std"] and not cov["frac_zero_std_groups"] and cov["eval_accuracy"]
     assert not coverage("trl")["eval_accuracy"] and coverage("trl")["frac_zero_std_groups"]
     assert all(coverage("jsonl").values())
+
+
+def test_trainer_state_rewritten_during_training(real_run, tmp_path):
+    """TRL rewrites trainer_state.json at every save: only steps not seen before are released."""
+    doc = json.loads(real_run.trainer_state.read_text())
+    history = doc["log_history"]
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({**doc, "log_history": history[:3]}))
+    source = LogSource(state)
+    assert [s.step for s, _ in source.poll()] == [1, 2, 3]
+    assert source.poll() == []
+    import os, time as _time
+
+    state.write_text(json.dumps({**doc, "log_history": history}))
+    os.utime(state, (_time.time() + 5, _time.time() + 5))  # a later save
+    assert [s.step for s, _ in source.poll()] == [4, 5, 6]
+    assert source.finished  # TRL's end-of-training summary was in the history

@@ -19,7 +19,7 @@ from rftfm.cli_watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_
 from rftfm.fm.features import FEATURES
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
-from rftfm.integrations.trl_log import JsonlLogCallback
+from rftfm.integrations.trl_log import JsonlLogCallback, WatchCallback
 from rftfm.records import RunInfo, StepRecord
 from watch_fixtures import train_real_run
 
@@ -246,3 +246,15 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
     if diagnoses:  # the packaged diagnoser, once it ships, diagnoses at alarm time
         assert diagnoses[0]["step"] == first["step"]
         assert diagnoses[0]["time"] < training_done
+
+
+def test_in_process_watch_callback_on_a_real_trl_run(tmp_path):
+    from rftfm.engine.run import train_run
+
+    torch.set_num_threads(1)
+    info = RunInfo(run_id="cb-run", group="normal", task_group="arith_a", model_size="xs", seed=5, num_steps=4)
+    callback = WatchCallback("cb-run", incidents=tmp_path / "inc.db", detector=KlDetector(-1.0), diagnoser=RecordingDiagnoser(), quiet=True)
+    train_run(info, callbacks=[callback])
+    assert [a.step for a in callback.alarms] == [1, 2, 3, 4]
+    with IncidentStore(tmp_path / "inc.db") as store:
+        assert len(store.events(run_id="cb-run", kind="diagnosis")) == 4

@@ -58,3 +58,50 @@ class JsonlLogCallback(TrainerCallback):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+class WatchCallback(TrainerCallback):
+    """Alert-only monitoring inside the training process: ``rftfm watch`` without a log file.
+
+    Each ``on_log`` dict goes through the TRL adapter to the detector; alarms are printed and,
+    with ``incidents=``, recorded (plus diagnoses). It never changes the trainer (the closed
+    loop does that) and never raises into it: any monitor failure is recorded and skipped::
+
+        trainer = GRPOTrainer(..., callbacks=[WatchCallback("my-run", incidents="incidents.db")])
+    """
+
+    def __init__(self, run_id: str, incidents: str | Path | None = None, detector: Any = None, diagnoser: Any = None,
+                 task_group: str | None = None, model_size: str | None = None, quiet: bool = False):
+        from rftfm.cli_watch import RunMonitor, load_detector, load_diagnoser, print_alarm
+        from rftfm.fm.incidents import IncidentStore
+        from rftfm.io.adapters import StepParser
+
+        if detector is None:
+            detector, why = load_detector()
+            if why and not quiet:
+                print(f"rftfm: {why}", file=sys.stderr)
+        if diagnoser is None and detector is not None:
+            diagnoser, _ = load_diagnoser()
+        self.store = IncidentStore(incidents) if incidents is not None else None
+        self.parser = StepParser("trl", run_id=run_id)
+        on_alarm = None if quiet else print_alarm
+        self.monitor = RunMonitor(run_id, detector, diagnoser, self.store, on_alarm, task_group, model_size)
+
+    @property
+    def alarms(self):
+        return self.monitor.result.alarms
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not getattr(state, "is_world_process_zero", True):
+            return
+        try:
+            record = self.parser.parse_obj({"step": state.global_step, **{str(k): _clean(v) for k, v in logs.items()}})
+            if record is not None:
+                self.monitor.observe(record, [])
+        except Exception as exc:  # the monitor must never break the training it watches
+            self.monitor.result.errors.append(f"on_log: {exc}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.store is not None:
+            self.store.close()
+            self.store = None
