@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.records import StepRecord, TrajectoryRecord
+from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 
 #: Train-step metrics used as features.
 STEP_FEATURES: tuple[str, ...] = (
@@ -71,7 +71,10 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
 
     def arr(name: str) -> np.ndarray:
         values = [getattr(t, name) for t in trajectories]
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+        try:
+            return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+        except OverflowError:  # an int too large for a float counts as missing
+            return np.array([np.nan if (f := finite_or_none(v)) is None else f for v in values], dtype=float)
 
     reward, length, adv = arr("reward"), arr("response_length"), arr("advantage")
     flags = [t.flags for t in trajectories]
