@@ -59,6 +59,8 @@ class LoadReport:
     """What the loader skipped, so nothing is lost silently."""
 
     malformed_lines: int = 0
+    bad_values: int = 0  # schema values of the wrong type (or out of range), loaded as missing
+    skipped_paths: int = 0  # run directories that resolve outside the root (symlinks), not read
     files_read: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -108,7 +110,7 @@ def _read_jsonl(path: Path, report: LoadReport) -> list[dict[str, Any]]:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad JSON, a >4300-digit number, deep nesting
                 report.malformed_lines += 1
                 continue
             if not isinstance(obj, dict):
@@ -127,12 +129,78 @@ _TRAJ_KNOWN = {
 }
 
 
-def _run_dirs(root: Path) -> list[tuple[str, str, Path]]:
+#: Numeric fields of the schema: a value of another type there is loaded as missing (counted).
+_NUMERIC = set(STEP_ALIASES.values()) | {
+    "reward", "response_length", "advantage", "advantage_std", "ret", "repetition_ratio", "unique_token_ratio",
+    "tool_call_count", "tool_error_count", "rollout_step", "group_id",
+}
+#: Index fields: an invalid value makes the whole line malformed (it cannot be placed).
+_INDEX = {"step", "rollout_step", "group_id"}
+_INT64_MAX = 2**63 - 1
+
+
+def _clean_row(obj: dict[str, Any], aliases: dict[str, str], known: set[str], report: LoadReport) -> dict[str, Any] | None:
+    """Flatten one JSONL record into loadable values, or None (counted malformed) if it has a bad index.
+
+    Wrong-typed or out-of-range schema values become missing (``report.bad_values``); lists in
+    unknown fields become JSON text; strings with lone surrogates get replacement characters.
+    """
+    try:
+        row = _flatten(obj, aliases, known)
+    except RecursionError:
+        report.malformed_lines += 1
+        return None
+    for key, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = row[key] = value.encode("utf-8", "replace").decode("utf-8")
+        if value is None:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if key in _INDEX:
+            if isinstance(value, float) and value.is_integer():
+                value, is_int = int(value), True
+            if not (is_int and 0 <= value <= _INT64_MAX):
+                report.malformed_lines += 1
+                if len(report.problems) < 50:
+                    report.problems.append(f"invalid {key} {str(value)[:40]!r}: line skipped")
+                return None
+            row[key] = value
+        elif key in _NUMERIC and not (isinstance(value, float) or (is_int and abs(value) <= _INT64_MAX)):
+            row[key] = None
+            report.bad_values += 1
+            if len(report.problems) < 50:
+                report.problems.append(f"{key}: {type(value).__name__} {str(value)[:40]!r} is not a number: loaded as missing")
+        elif isinstance(value, (list, tuple)):
+            row[key] = json.dumps(value, default=str)
+        elif is_int and abs(value) > _INT64_MAX:
+            row[key] = str(value)
+    if not isinstance(row.get("run_id", ""), str):
+        row["run_id"] = str(row["run_id"])
+    return row
+
+
+def _within(root: Path, path: Path) -> bool:
+    """``path`` resolves inside ``root`` (a symlink out of the benchmark directory does not)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
+def _run_dirs(root: Path, report: LoadReport | None = None) -> list[tuple[str, str, Path]]:
     """(group, run_id, step-file directory) of every complete run under ``root``."""
     found = []
     for step_file in sorted(root.glob(f"*/*/*/{STEP_FILE}")):
         run_dir = step_file.parent.parent
         if run_dir.name.startswith(TMP_PREFIX) or run_dir.parent.name == "metadata":
+            continue
+        if not _within(root, step_file):
+            if report is not None:
+                report.skipped_paths += 1
+                report.problems.append(f"{run_dir}: resolves outside {root}; not read")
             continue
         found.append((run_dir.parent.name, run_dir.name, step_file.parent))
     return found
@@ -144,7 +212,7 @@ def load_runs(root: Path) -> pl.DataFrame:
     infos = [
         RunInfo.model_validate_json(p.read_text(encoding="utf-8")).model_dump(exclude={"extra"})
         for p in sorted(root.glob(f"*/*/{RUN_INFO_FILE}"))
-        if not p.parent.name.startswith(TMP_PREFIX)
+        if not p.parent.name.startswith(TMP_PREFIX) and _within(root, p)
     ]
     if infos:
         return pl.DataFrame(infos, infer_schema_length=None)
@@ -171,7 +239,7 @@ def load_runs(root: Path) -> pl.DataFrame:
 
 
 def _parquet_paths(root: Path, name: str) -> list[Path]:
-    return [p for p in sorted(root.glob(f"*/*/{name}")) if not p.parent.name.startswith(TMP_PREFIX)]
+    return [p for p in sorted(root.glob(f"*/*/{name}")) if not p.parent.name.startswith(TMP_PREFIX) and _within(root, p)]
 
 
 def _concat_parquet(paths: list[Path]) -> pl.DataFrame:
@@ -197,16 +265,21 @@ def load_benchmark(root: str | Path, trajectories: bool = True) -> Benchmark:
         report.files_read = len(step_parquet) * (2 if trajectories else 1)
         return Benchmark(root, runs, steps.sort("run_id", "step"), trajs, report)
     step_rows, traj_rows = [], []
-    for _, run_id, sub in _run_dirs(root):
+    for _, run_id, sub in _run_dirs(root, report):
         for i, obj in enumerate(_read_jsonl(sub / STEP_FILE, report)):
-            row = _flatten(obj, STEP_ALIASES, _STEP_KNOWN)
+            row = _clean_row(obj, STEP_ALIASES, _STEP_KNOWN, report)
+            if row is None:
+                continue
             row.setdefault("run_id", run_id)
             row["run_id"] = row["run_id"] or run_id
-            row.setdefault("step", i + 1)
+            if row.get("step") is None:  # missing: the line's position
+                row["step"] = i + 1
             step_rows.append(row)
         if trajectories and (sub / TRAJ_FILE).exists():
             for obj in _read_jsonl(sub / TRAJ_FILE, report):
-                row = _flatten(obj, TRAJECTORY_ALIASES, _TRAJ_KNOWN)
+                row = _clean_row(obj, TRAJECTORY_ALIASES, _TRAJ_KNOWN, report)
+                if row is None:
+                    continue
                 row["run_id"] = row.get("run_id") or run_id
                 traj_rows.append(row)
     steps = _frame(step_rows, ("run_id", "step"))
