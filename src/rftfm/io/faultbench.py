@@ -87,12 +87,20 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def run_dir(root: Path, info: RunInfo) -> Path:
+    """``<root>/<group>/<run_id>``; refuses a group or run id that is not a plain name (path traversal)."""
+    for what, name in (("group", info.group), ("run_id", info.run_id)):
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"{what} {name!r} is not a plain directory name; refusing a path outside {root}")
+    return Path(root) / info.group / info.run_id
+
+
 class RunWriter:
     """Streams one run's records into a temporary directory; :meth:`commit` publishes it atomically."""
 
     def __init__(self, root: Path, info: RunInfo):
         self.root, self.info = Path(root), info
-        self.final_dir = self.root / info.group / info.run_id
+        self.final_dir = run_dir(self.root, info)
         self.tmp_dir = self.root / info.group / f"{TMP_PREFIX}{info.run_id}"
         shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a killed attempt
         (self.tmp_dir / SUB_DIR).mkdir(parents=True)
@@ -149,7 +157,7 @@ def write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def is_finished(root: Path, info: RunInfo) -> bool:
-    return (Path(root) / info.group / info.run_id / RUN_INFO_FILE).exists()
+    return (run_dir(root, info) / RUN_INFO_FILE).exists()
 
 
 def finished_runs(root: Path) -> list[RunInfo]:
