@@ -193,14 +193,14 @@ def _print_timeline(callback: Any) -> None:
 def _print_comparison(results: dict[str, Any], curves: dict[str, list], info: Any) -> None:
     clean_acc = results["clean"][0].final_accuracy
     table = Table(title=f"final comparison ({info.fault_type}, {info.fault_strength}, onset step {info.onset_step})")
-    for col in ("run", "final acc", "vs clean", "actions", "wall", "eval accuracy per step"):
-        table.add_column(col, justify="left" if col in ("run", "eval accuracy per step") else "right", no_wrap=True)
-    names = {"none": "faulty, no loop", "loop": "faulty + RFT-FM loop", "clean": "clean"}
+    for col in ("run", "accuracy", "vs clean", "actions", "wall", "eval accuracy by step"):
+        table.add_column(col, justify="left" if col in ("run", "eval accuracy by step") else "right", no_wrap=True)
+    names = {"none": "fault, no loop", "loop": "fault + RFT-FM", "clean": "clean"}
     for arm in ("none", "loop", "clean"):
         r = results[arm][0]
         ratio = r.final_accuracy / clean_acc if clean_acc else float("nan")
         table.add_row(names[arm], f"{r.final_accuracy:.3f}", f"{ratio:.0%}", str(r.interventions) if arm == "loop" else "-",
-                      f"{r.wall_s:.1f} s", _spark(curves.get(arm, [])))
+                      f"{r.wall_s:.1f}s", _spark(curves.get(arm, [])))
     console.print(table)
     loop = results["loop"][0]
     verdict = ("repaired" if loop.cleared and loop.final_accuracy >= 0.9 * clean_acc else

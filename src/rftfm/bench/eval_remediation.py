@@ -133,8 +133,10 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
     result.actions = [f"{e['step']}:{e['payload']['kind']}" + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
                       for e in actions]
     if actions and not result.halted:
+        # cleared: the run went on for a full revalidation window after the last action, alarm-free
         last_action = max(e["step"] for e in actions)
-        result.cleared = not any(step > last_action for step in alarms)
+        long_enough = result.steps - last_action >= ctl.config.revalidate_steps
+        result.cleared = long_enough and not any(step > last_action for step in alarms)
 
 
 def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[str, Any]:

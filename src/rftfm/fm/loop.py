@@ -188,6 +188,7 @@ class ControllerConfig:
     remediate: bool = True  # False: alert-only from the start (the "no remediation" arm)
     revert_drop: float = 0.2  # revert a rung whose window accuracy falls this far below the checkpoint's
     default_lookback: int = 2  # first deviating step = alarm step - lookback when evidence has no since_step
+    max_lookback: int = 4  # ... and never more than this many steps before the first alarm
     reset_detector_after_action: bool = True
     confirm_alarms: int = 2  # act once this many alarms fell within the last confirm_window steps ...
     confirm_window: int = 3
@@ -220,6 +221,8 @@ class Controller:
         self.monitor_seconds = 0.0
         self.last_step = 0
         self.alarm_steps: list[int] = []
+        self.offset = 0  # real step - effective step (grows with every rollback)
+        self.effective_at: dict[int, int] = {0: 0}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, handle: TrainerHandle, step: int = 0) -> None:
@@ -259,12 +262,21 @@ class Controller:
         if self.mode == "halted":
             return
         self.accuracy_at[step] = record.eval_accuracy
+        # Detector and diagnoser see the *effective* run: after a rollback to a checkpoint of
+        # effective step c, the next step is c + 1 (their normal profiles are indexed by step).
+        effective = step - self.offset
+        self.effective_at[step] = effective
         feats = self._guard("features", lambda: step_features(record, trajectories))
         if feats is not None:
-            self.history.append({"run_id": self.run_id, "step": step, **feats})
-        ok, alarm = self._guard_ok("detect", lambda: self.detector.observe(record, trajectories))
+            self.history.append({"run_id": self.run_id, "step": effective, **feats})
+        seen = record if effective == step else record.model_copy(update={"step": effective})
+        ok, alarm = self._guard_ok("detect", lambda: self.detector.observe(seen, trajectories))
         if not ok:
             return
+        if alarm is not None and self.offset:
+            alarm = alarm.model_copy(update={"step": step, "evidence": [
+                e.model_copy(update={"since_step": None if e.since_step is None else e.since_step + self.offset})
+                for e in alarm.evidence]})
         if alarm is not None:
             self.counts["alarms"] += 1
             self._record("alarm", step, alarm)
@@ -294,8 +306,9 @@ class Controller:
         if self.diagnoser is None:
             return None
         history = pl.DataFrame(self.history, schema={"run_id": pl.Utf8, "step": pl.Int64, **{f: pl.Float64 for f in FEATURES}})
+        effective = step - self.offset
         ok, diagnosis = self._guard_ok("diagnose", lambda: self.diagnoser.diagnose(
-            history, self.run_id, step, task_group=self.task_group, model_size=self.model_size))
+            history, self.run_id, effective, task_group=self.task_group, model_size=self.model_size))
         if ok and diagnosis is not None:
             self.counts["diagnoses"] += 1
             self._record("diagnosis", step, diagnosis)
@@ -309,10 +322,13 @@ class Controller:
         if self.mode == "alert_only" or self.handle is None:
             return
         if self.incident is None or not escalate:
+            window = [s for s in self.alarm_steps if s > step - self.config.confirm_window] or [step]
             since = [e.since_step for e in alarm.evidence if e.since_step is not None]
-            since += [s for s in self.alarm_steps if s > step - self.config.confirm_window]
-            first = min(since + [step]) if since else step - self.config.default_lookback
-            first = max(1, min(first, step))
+            # the first deviating step: the evidence's onset, but never further back than
+            # max_lookback steps before the first alarm (slow drifts would roll back everything)
+            first = min(since) if since else min(window) - self.config.default_lookback
+            first = max(first, min(window) - self.config.max_lookback, 1)
+            first = min(first, step)
             self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
             diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate))
@@ -363,6 +379,9 @@ class Controller:
                 handle.set("learning_rate", knobs_now["learning_rate"])
             incident.reference_accuracy = self.accuracy_at.get(info.step)
             self.counts["rollbacks"] += 1
+            restored = self.effective_at.get(info.step, info.step)
+            self.offset = self.last_step - restored
+            self.history = [h for h in self.history if h["step"] <= restored]
             return f"to step {info.step}"
         if action.kind == "set_knob":
             assert action.knob is not None

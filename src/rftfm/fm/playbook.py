@@ -10,7 +10,8 @@ ladders end in rollback + halt with the diagnosis as the incident's message.
 Knob changes are relative so the same ladder works for any configuration:
 
 * ``op="restore"``: undo drift -- set the knob back to its value at the last healthy
-  checkpoint; if it has not drifted, apply ``fallback_factor`` (or ``fallback_value``).
+  checkpoint; if it has not drifted (or drifted the wrong way for ``direction``: a
+  "healthy" checkpoint taken after a silent onset), apply ``fallback_factor`` / ``fallback_value``.
 * ``op="scale"``: multiply the current value by ``factor``.
 * ``op="set"``: set ``value``.
 
@@ -54,6 +55,7 @@ class KnobChange:
     fallback_value: Any = None  # op=restore, when the knob has not drifted
     rel_bounds: tuple[float, float] | None = None  # clamp to [lo, hi] x healthy value
     abs_bounds: tuple[float, float] | None = None  # clamp to [lo, hi]
+    direction: Literal["up", "down"] | None = None  # op=restore: only undo drift that went the other way
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,13 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- PG -------------------------------------------------------------------------------
     "sampling_temperature": (
         Rung("rollout temperature off: restore it (GRPO samples at 1.0)", "[temp]", rollback=True,
-             knobs=(_restore("temperature", fallback_value=1.0, abs_bounds=(0.3, 1.2)),)),
+             knobs=(_restore("temperature", fallback_value=1.0, abs_bounds=(0.3, 1.2), direction="down"),)),
         Rung("sampling still too diverse: cooler sampling", "[temp]", rollback=True, knobs=(_set("temperature", 0.8),)),
         HALT,
     ),
     "length_truncation": (
         Rung("completions cut off: raise the length limit, mask truncated completions", "[dapo]", rollback=True,
-             knobs=(_restore("max_completion_length", fallback_factor=2.0, abs_bounds=(4, 32)), _set("mask_truncated_completions", True))),
+             knobs=(_restore("max_completion_length", fallback_factor=2.0, abs_bounds=(4, 32), direction="up"), _set("mask_truncated_completions", True))),
         Rung("still truncated: double the length limit", "[dapo]",
              knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),)),
         HALT,
@@ -138,8 +140,8 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     ),
     "degeneration": (
         Rung("repetition loops: restore repetition penalty and EOS", "[rep]", rollback=True,
-             knobs=(_restore("repetition_penalty", fallback_value=1.1, abs_bounds=(1.0, 1.3)),
-                    _restore("eos_bias", fallback_value=0.0, abs_bounds=(0.0, 2.0)))),
+             knobs=(_restore("repetition_penalty", fallback_value=1.1, abs_bounds=(1.0, 1.3), direction="up"),
+                    _restore("eos_bias", fallback_value=0.0, abs_bounds=(0.0, 2.0), direction="up"))),
         Rung("still degenerate: mild repetition penalty, mask truncated completions", "[rep] [dapo]", rollback=True,
              knobs=(_set("repetition_penalty", 1.1), _set("mask_truncated_completions", True))),
         HALT,
@@ -147,20 +149,20 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- OD -------------------------------------------------------------------------------
     "lr_high": (
         Rung("learning rate too high: roll back and cut it", "[ckpt]", rollback=True,
-             knobs=(_restore("learning_rate", fallback_factor=0.1, rel_bounds=LR_BOUNDS),)),
+             knobs=(_restore("learning_rate", fallback_factor=0.1, rel_bounds=LR_BOUNDS, direction="down"),)),
         Rung("still unstable: cut the learning rate again", "[ckpt]", rollback=True,
              knobs=(_scale("learning_rate", 0.1, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
     "lr_low": (
         Rung("learning rate too low: raise it within bounds", "[ckpt]",
-             knobs=(_restore("learning_rate", fallback_factor=10.0, rel_bounds=LR_BOUNDS),)),
+             knobs=(_restore("learning_rate", fallback_factor=10.0, rel_bounds=LR_BOUNDS, direction="up"),)),
         Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
     "kl_misconfig": (
         Rung("KL coefficient far too large: restore it", "[kl]",
-             knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5)),)),
+             knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5), direction="down"),)),
         Rung("KL still pins the policy: cut beta", "[kl]", knobs=(_scale("beta", 0.1, abs_bounds=(0.0, 0.5)),)),
         HALT,
     ),

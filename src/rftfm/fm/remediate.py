@@ -41,6 +41,11 @@ def resolve_knob(change: KnobChange, current: Any, healthy: Any) -> Any:
         value = current * change.factor
     else:  # restore
         drifted = healthy is not None and healthy != current
+        if drifted and change.direction is not None:
+            try:
+                drifted = healthy > current if change.direction == "up" else healthy < current
+            except TypeError:
+                drifted = False
         if drifted:
             value = healthy
         elif change.fallback_value is not None:
@@ -110,7 +115,9 @@ class Remediator:
         if self.exhausted:
             return None
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
-        if escalate and (fault_type is None or fault_type == self._type):
+        if fault_type is not None and fault_type == self._type:
+            start = self._rung + 1  # the same fault again: the last rung was not enough
+        elif escalate and fault_type is None and self._rung >= 0:
             fault_type, start = self._type, self._rung + 1
         else:
             start = 0
