@@ -205,3 +205,54 @@ def test_step_record_from_trl_logs():
     rec = step_record_from_logs("r", 4, {"loss": 0.1, "reward": 0.5, "kl": float("nan"), "completions/clipped_ratio": 0.25, "custom": 2})
     assert rec.policy_loss == 0.1 and rec.reward_mean == 0.5 and rec.kl is None and rec.truncated_ratio == 0.25
     assert rec.extra == {"custom": 2.0}
+
+
+class ScriptedDetector:
+    """Alarms at the given (effective) steps with the given score; remembers the steps it saw."""
+
+    def __init__(self, alarms: dict[int, float]):
+        self.alarms, self.seen = alarms, []
+
+    def reset(self, run_id, task_group=None, model_size=None):
+        pass
+
+    def observe(self, rec, trajectories):
+        self.seen.append(rec.step)
+        score = self.alarms.pop(rec.step, None)  # each scripted alarm fires once
+        return None if score is None else Alarm(run_id=rec.run_id, step=rec.step, score=score, threshold=1.0)
+
+
+def _controller(detector):
+    from transformers import TrainerControl
+
+    from rftfm.fm.loop import Controller, TrainerHandle
+    from rftfm.records import StepRecord
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ctl = Controller(detector, KlRuleDiagnoser(), run_id="u", config=ControllerConfig(checkpoint_every=1))
+    control = TrainerControl()
+    ctl.start(TrainerHandle(model=model, optimizer=opt, control=control))
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
+    return ctl, rec
+
+
+def test_a_single_weak_alarm_is_reported_but_not_acted_on():
+    ctl, rec = _controller(ScriptedDetector({4: 1.5}))
+    for s in range(1, 9):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["alarms"] == 1 and ctl.counts["interventions"] == 0
+
+
+def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():
+    det = ScriptedDetector({4: 1.5, 5: 1.5})
+    ctl, rec = _controller(det)
+    for s in range(1, 9):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == 1
+    rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+    restored = int(rollback["payload"]["detail"].split()[-1])
+    assert restored < 4
+    # after the rollback at step 5 the detector's next step is the checkpoint's step + 1
+    assert det.seen[:5] == [1, 2, 3, 4, 5] and det.seen[5] == restored + 1
+    assert [h["step"] for h in ctl.history][-1] == det.seen[-1]

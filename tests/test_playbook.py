@@ -90,3 +90,17 @@ def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_d
         assert plan.rung == GENERIC_LADDER[0]
         assert [a.kind for a in plan.actions] == ["rollback", "set_knob"] and plan.actions[1].knob == "learning_rate"
     assert generic.plan(diagnosis(None), ALL, {"learning_rate": 1e-3}, {}) is None
+
+
+def test_directional_restore_never_reinstates_a_faulty_value():
+    # the "healthy" checkpoint was taken after a silent onset: its LR is the faulty one
+    down = KnobChange("learning_rate", "restore", fallback_factor=0.1, direction="down")
+    assert resolve_knob(down, 3e-4, 1.8e-3) == pytest.approx(3e-5)
+    assert resolve_knob(down, 1.8e-3, 3e-4) == pytest.approx(3e-4)
+
+
+def test_the_same_fault_again_climbs_instead_of_restarting():
+    rem = Remediator()
+    assert rem.plan(diagnosis("sampling_temperature"), ALL, {"temperature": 2.2}, {"temperature": 1.0}).rung_index == 0
+    again = rem.plan(diagnosis("sampling_temperature"), ALL, {"temperature": 1.0}, {"temperature": 1.0})
+    assert again.rung_index == 1 and again.actions[-1].value == 0.8
