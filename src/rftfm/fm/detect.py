@@ -2,28 +2,31 @@
 
 How it decides, per step of a run:
 
-1. the step's features (:mod:`rftfm.fm.features`: train-step metrics and trajectory
-   aggregates; never labels, learning rate or step time) are standardised against the
-   normal profile of that step (:mod:`rftfm.fm.profile`): ``z = (x - center) / scale``;
-   missing signals are skipped (their state is carried over), never imputed as anomalies;
-2. three statistics per feature catch three shapes of fault: ``|z|`` (spikes), an EWMA of
-   ``z`` (level shifts) and a two-sided CUSUM of ``z`` (subtle, persistent drifts that
-   accumulate);
-3. each statistic of each feature is divided by its own normaliser (its 99th percentile of
-   run maxima on out-of-sample normal runs) so noisy signals do not dominate; the step's
-   score is the maximum over features and statistics;
-4. an alarm is raised at every step whose score exceeds the threshold: the (1 - target)
-   quantile of run-maximum scores of out-of-sample normal runs (cross-fitted over the
-   normal training runs). Faulty runs are never used to fit or calibrate anything.
+1. the step's signals — the shared features (:mod:`rftfm.fm.features`: train-step metrics
+   and trajectory aggregates; never labels, learning rate or step time) plus two derived
+   ones (:data:`DERIVED`) — are standardised against the normal profile of that step
+   (:mod:`rftfm.fm.profile`): ``z = (x - center) / scale``; missing signals are skipped
+   (their state is carried over), never imputed as anomalies;
+2. a two-sided CUSUM of ``z`` per signal accumulates evidence, so a large jump alarms at
+   once and a subtle persistent drift alarms after a few steps (``|z|`` and an EWMA of ``z``
+   are available as extra statistics, ``DetectorConfig.channels``; on our benchmark they
+   only added false alarms on normal runs, so they are off by default);
+3. each statistic of each signal is divided by its own normaliser (its extrapolated 1 %
+   tail of run maxima on out-of-sample normal runs) so noisy signals do not dominate; the
+   step's score is the maximum over signals;
+4. an alarm is raised at every step whose score exceeds the threshold: the run-maximum
+   score exceeded by ``false_alarm_target`` of out-of-sample normal runs (cross-fitted over
+   the normal training runs, tail extrapolated). Faulty runs are never used to fit or
+   calibrate anything.
 
 Configurations: a profile per (task group, model size) when at least ``min_config_runs``
 normal runs of it exist, else the global profile (all configurations pooled), whose
-normalisers and threshold are calibrated leave-one-configuration-out, i.e. as for a
-configuration never seen. Batch size: trajectory aggregates are means and rates, which do
-not depend on the number of trajectories per step (their noise does; the global profile's
-wider scale absorbs it).
+normalisers and threshold are calibrated by leaving one task group out and one model size
+out, i.e. as for a configuration never seen. Batch size: trajectory aggregates are means
+and rates, which do not depend on the number of trajectories per step (their noise does;
+the global profile's wider scale absorbs it).
 
-Streaming (:meth:`Detector.observe`) costs O(features) per step plus one pass over the
+Streaming (:meth:`Detector.observe`) costs O(signals) per step plus one pass over the
 step's trajectories; :meth:`Detector.score_run` runs the same update offline and gives the
 same result; :meth:`Detector.score_cube` is the vectorised form used for evaluation.
 """
@@ -68,6 +71,7 @@ class DetectorConfig:
     tail_fraction: float = 0.2  # top fraction of normal run maxima used to fit the tail
     normaliser_tail: float | None = 0.01  # per-statistic tail quantile (None: plain normaliser_quantile)
     folds: int = 5
+    channels: tuple[str, ...] = ("cusum",)  # statistics used (subset of CHANNELS; z and EWMA added false alarms)
     seed: int = 0
 
 
@@ -246,6 +250,7 @@ class Detector:
             norm = np.array([[tail_threshold(stats[:, c, f], cfg.normaliser_tail, cfg.tail_fraction, cap=False)
                               for f in range(stats.shape[2])] for c in range(stats.shape[1])])
         norm = np.maximum(norm, CHANNEL_FLOORS[:, None])
+        norm[[c not in cfg.channels for c in CHANNELS]] = np.inf  # statistics switched off
         run_scores = (stats / norm).reshape(stats.shape[0], -1).max(axis=1)
         return Calibration(norm, tail_threshold(run_scores, cfg.false_alarm_target, cfg.tail_fraction) * cfg.threshold_margin,
                            int(stats.shape[0]))
@@ -399,11 +404,12 @@ class Detector:
             raise ValueError(f"detector artifact version {data.get('version')} is not supported (expected {ARTIFACT_VERSION})")
         if list(data["features"]) != list(SIGNALS):
             raise ValueError("detector artifact was trained on a different feature list; re-fit it")
-        det = cls(DetectorConfig(**data["config"]))
+        det = cls(DetectorConfig(**{**data["config"], "channels": tuple(data["config"].get("channels", CHANNELS))}))
         det.transform = Transform(np.array(data["transform"]["log_scale"], dtype=bool), _array(data["transform"]["magnitude"]))
         det.floor = _array(data["floor"])
         det.profiles = {k: StepProfile(_array(p["center"]), _array(p["scale"]), int(p["runs"])) for k, p in data["profiles"].items()}
-        det.calibration = {k: Calibration(_array(c["norm"]), float(c["threshold"]), int(c["normal_runs"])) for k, c in data["calibration"].items()}
+        det.calibration = {k: Calibration(np.nan_to_num(_array(c["norm"]), nan=np.inf), float(c["threshold"]), int(c["normal_runs"]))
+                           for k, c in data["calibration"].items()}  # null normaliser = statistic switched off
         det.fit_info = data.get("fit_info", {})
         return det
 
