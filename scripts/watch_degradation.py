@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             detector, source = Detector.load_default(), "packaged default"
-        except FileNotFoundError:
+        except Exception:  # no packaged artifact (or one for another feature list): fit one on the training split
             detector = Detector().fit(train, features.filter(pl.col("run_id").is_in(train["run_id"].to_list())))
             source = f"fitted by this script on the {train.height} training-split runs ({args.split} split)"
     results = {name: evaluate(detector, test, masked(features, fmt)) for name, fmt in PROFILES.items()}

@@ -68,7 +68,7 @@ def test_monitor_passes_history_features_and_records(real_run, tmp_path):
     level = sorted(s.kl for s, _ in events)[-3]  # the last steps (largest KL) alarm
     diagnoser = RecordingDiagnoser()
     with IncidentStore(tmp_path / "inc.db") as store:
-        monitor = RunMonitor("watch-run", KlDetector(level), diagnoser, store)
+        monitor = RunMonitor("watch-run", KlDetector(level), diagnoser, store, rediagnose_every=1)
         for step, trajs in events:
             monitor.observe(step, trajs)
         alarms = store.events(kind="alarm")
@@ -123,7 +123,9 @@ def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch)
     with IncidentStore(db) as store:
         kinds = [e["kind"] for e in store.events(run_id="job-7")]
         runs = store.events(run_id="job-7", kind="run")
-    assert kinds.count("alarm") == 6 and kinds.count("diagnosis") == 6
+    assert kinds.count("alarm") == 6
+    with IncidentStore(db) as store:  # diagnosed when the episode starts, then every 5th alarmed step
+        assert [e["step"] for e in store.events(run_id="job-7", kind="diagnosis")] == [1, 6]
     assert runs[0]["payload"]["source"] == str(real_run.trl_jsonl.resolve())
     assert runs[-1]["payload"]["steps"] == 6
 
@@ -257,4 +259,4 @@ def test_in_process_watch_callback_on_a_real_trl_run(tmp_path):
     train_run(info, callbacks=[callback])
     assert [a.step for a in callback.alarms] == [1, 2, 3, 4]
     with IncidentStore(tmp_path / "inc.db") as store:
-        assert len(store.events(run_id="cb-run", kind="diagnosis")) == 4
+        assert [e["step"] for e in store.events(run_id="cb-run", kind="diagnosis")] == [1]

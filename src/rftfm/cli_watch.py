@@ -96,6 +96,7 @@ class RunMonitor:
         on_alarm: Callable[[Alarm, Diagnosis | None, bool], None] | None = None,
         task_group: str | None = None,
         model_size: str | None = None,
+        rediagnose_every: int = 5,
     ):
         from rftfm.fm.features import FEATURES, step_features
 
@@ -106,6 +107,8 @@ class RunMonitor:
         self._history: list[dict[str, Any]] = []
         self._last_top: tuple[str, str] | None = None
         self._in_episode = False  # the previous step raised an alarm too
+        self._episode_alarms = 0
+        self.rediagnose_every = max(1, rediagnose_every)
         if detector is not None:
             self._safely("detector.reset", lambda: detector.reset(run_id, task_group=task_group, model_size=model_size))
 
@@ -145,8 +148,11 @@ class RunMonitor:
             return None, None
         self.result.alarms.append(alarm)
         self._record("alarm", step.step, alarm)
+        self._episode_alarms = self._episode_alarms + 1 if self._in_episode else 1
         diagnosis = None
-        if self.diagnoser is not None:
+        # Diagnose at the start of an episode, then every ``rediagnose_every`` alarmed steps
+        # (the history grows with the run; diagnosing every alarmed step would cost O(steps^2)).
+        if self.diagnoser is not None and (self._episode_alarms - 1) % self.rediagnose_every == 0:
             history = self.history_frame()
             diagnosis = self._safely(
                 "diagnoser.diagnose",
