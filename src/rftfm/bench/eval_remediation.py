@@ -340,9 +340,56 @@ def target_status(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+INTRO = """# Remediation: the RFT-FM closed loop
+
+*This file is written by `rftfm bench evaluate remediation ... --markdown docs/remediation.md`; do not edit the tables by hand.*
+
+The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) watches
+every step: detector -> diagnoser (on a confirmed alarm: two alarms within three steps, or one with
+score >= 2x threshold) -> remediator (`rftfm.fm.remediate`) -> revalidation over 3 steps (no alarm: *kept*;
+alarm: *escalated* to the next rung; eval accuracy collapsed: *reverted*). Checkpoints (model safetensors,
+optimiser / scheduler / RNG state, sha256-checked, written atomically) are taken every 2 healthy steps;
+a rollback restores the newest valid one before the first deviating step (at most 4 steps before the first alarm).
+After a rollback, detector and diagnoser see the run's *effective* step (checkpoint step + 1, ...), since
+their normal profiles are indexed by step. Actions go only through trainer knobs (`rftfm.engine.knobs`),
+rollback, halt, or a backup verifier / tool the user registered -- never through the fault injector.
+At most 3 interventions per run. Any exception in the loop is recorded as an `error` incident and the loop
+degrades to alert-only; the trainer never sees it.
+
+## Playbook (from `rftfm.fm.playbook.PLAYBOOK`)
+
+"""
+
+
+SOURCES = """
+Sources: [ckpt] rollback to the last good checkpoint and lower the LR after loss spikes (OPT-175B logbook,
+Zhang et al. 2022; BLOOM, Le Scao et al. 2022; PaLM, Chowdhery et al. 2022). [kl] KL penalty to the reference
+(Ouyang et al. 2022; Gao et al. 2023). [temp] GRPO rollouts at temperature 1.0 (DeepSeekMath, Shao et al. 2024;
+DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions, token-level loss (DAPO).
+[drgrpo] no std scaling (Dr. GRPO, Liu et al. 2025). [clip] tighter clip range against off-policy rollouts
+(PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
+against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
+"The 37 implementation details of PPO").
+"""
+
+
+def playbook_markdown() -> str:
+    from rftfm.fm.playbook import PLAYBOOK, describe_rung
+
+    rows = []
+    for name, rungs in PLAYBOOK.items():
+        ftype = FAULT_TYPES[name]
+        rows.append({"type": name, "family": ftype.family,
+                     "class": "knob-repairable" if ftype.knob_repairable else "halt (code fault)",
+                     "ladder": " -> ".join(f"({i + 1}) {describe_rung(r)}" for i, r in enumerate(rungs)),
+                     "sources": " ".join(sorted({src for r in rungs for src in r.source.split()}))})
+    return _md_table(rows, ["type", "family", "class", "ladder", "sources"])
+
+
 def markdown(summary: dict[str, Any], command: str) -> str:
     t = summary["tables"]
-    out = [f"Produced by `{command}`.\n",
+    out = [INTRO, playbook_markdown(), SOURCES, "\nBackup rungs apply only when the user registered a backup verifier / tool "
+           "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n", f"Produced by `{command}`.\n",
            f"Repair success = intervention, anomaly cleared after it (no alarm after the last action, not halted) and final eval accuracy "
            f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
            "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance.\n",

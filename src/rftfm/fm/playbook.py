@@ -219,6 +219,22 @@ def ends_in_halt_only(fault_type: str) -> bool:
     return not any(r.knobs for r in PLAYBOOK[fault_type])
 
 
+def describe_rung(rung: Rung) -> str:
+    """One line: what a rung does, e.g. ``rollback + learning_rate restore (fallback x0.1)``."""
+    parts = [f"backup {rung.backup}"] if rung.backup else []
+    parts += ["rollback"] if rung.rollback else []
+    for k in rung.knobs:
+        if k.op == "set":
+            parts.append(f"{k.knob} = {k.value}")
+        elif k.op == "scale":
+            parts.append(f"{k.knob} x{k.factor:g}")
+        else:
+            fb = f"x{k.fallback_factor:g}" if k.fallback_factor is not None else f"= {k.fallback_value}"
+            parts.append(f"{k.knob} restore{' ' + k.direction if k.direction else ''} (else {fb})")
+    parts += ["halt"] if rung.halt else []
+    return " + ".join(parts)
+
+
 def check_playbook() -> list[str]:
     """Problems with the playbook (empty when consistent with the taxonomy and the knobs)."""
     problems = [f"no ladder for {t}" for t in FAULT_TYPES if t not in PLAYBOOK]
@@ -235,4 +251,4 @@ def check_playbook() -> list[str]:
     return problems
 
 
-__all__ = ["GENERIC_LADDER", "HALT", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
+__all__ = ["GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
