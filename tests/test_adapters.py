@@ -251,3 +251,13 @@ def test_trainer_state_rewritten_during_training(real_run, tmp_path):
     os.utime(state, (_time.time() + 5, _time.time() + 5))  # a later save
     assert [s.step for s, _ in source.poll()] == [4, 5, 6]
     assert source.finished  # TRL's end-of-training summary was in the history
+
+
+def test_openrlhf_wandb_style_keys(tmp_path):
+    rows = [{"train/policy_loss": 0.1, "train/kl": 0.01 * i, "train/reward": 0.5, "train/response_length": 200.0,
+             "train/actor_lr": 1e-6, "train/policy_entropy": 0.7, "train/global_step": i, "train/total_length": 300.0} for i in (1, 2)]
+    events, stats = read_log(write_jsonl(tmp_path / "openrlhf-wandb.jsonl", rows))
+    assert stats.format == "openrlhf"
+    step = events[1][0]
+    assert (step.step, step.kl, step.reward_mean, step.entropy, step.learning_rate) == (2, 0.02, 0.5, 0.7, 1e-6)
+    assert step.completion_length_mean == 200.0 and step.extra == {"train/total_length": 300.0}

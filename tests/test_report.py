@@ -145,3 +145,14 @@ def test_report_command(real_run, tmp_path, monkeypatch):
     assert "This log has no per-trajectory records" in out2.read_text()
     result = runner.invoke(app, ["report", str(tmp_path / "missing"), "--out", str(out2)])
     assert result.exit_code == 2
+
+
+def test_default_report_name_cannot_escape_the_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (None, "detection disabled: test"))
+    log = tmp_path / "evil.jsonl"
+    log.write_text('{"step": 1, "reward_mean": 0.1}\n')
+    result = CliRunner().invoke(app, ["report", str(log), "--run-id", "../../../tmp/<script>x"])
+    assert result.exit_code == 0, result.output
+    written = [p.name for p in tmp_path.glob("*.html")]
+    assert written == ["_.._.._tmp_script_x.html"]  # written here, not three directories up

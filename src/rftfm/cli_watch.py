@@ -13,6 +13,7 @@ detector / diagnoser errors are recorded in the incident store as ``error`` even
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,7 @@ def watch(
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
     incidents: Optional[Path] = typer.Option(None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"),
     follow: bool = typer.Option(False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: from the log or the path)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"),
     task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
     model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
     interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
@@ -306,7 +307,7 @@ def report(
     incidents: Optional[Path] = typer.Option(None, "--incidents", help="incident store with this run's alarms, diagnoses and actions"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: <run id>.html)"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: from the log or the path)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"),
     detect: bool = typer.Option(True, "--detect/--no-detect", help="without recorded incidents, run detection and diagnosis offline"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
@@ -357,7 +358,8 @@ def report(
             events = events + memory.events(run_id=rid)
             memory.close()
             offline_note = offline_note or "alarms and diagnoses computed offline by rftfm report (not recorded live)"
-    target = out or Path(f"{rid}.html")
+    # the run id may come from a log line: never let it pick a directory (e.g. "../../x")
+    target = out or Path(re.sub(r"[^A-Za-z0-9._-]+", "_", rid).lstrip(".") + ".html")
     from rftfm.io.adapters import run_info_for
 
     write_report(target, rid, records, events, source=str(path), stats=stats, note=offline_note, ground_truth=run_info_for(path))

@@ -43,17 +43,14 @@ FORMATS: tuple[str, ...] = ("openrlhf", "verl", "trl", "jsonl")
 
 # --- one table per framework ------------------------------------------------------------------
 
-#: OpenRLHF: the published benchmark's names (the loader's table) plus OpenRLHF's ``train/*`` keys.
-OPENRLHF_STEP_KEYS: dict[str, str] = {
+#: OpenRLHF: the published benchmark's names (the loader's table), also under OpenRLHF's wandb
+#: prefix ``train/<key>`` (its trainers log ``{"train/%s" % k: v}`` of their status dict).
+_OPENRLHF_NAMES: dict[str, str] = {
     **{key: name for key, name in STEP_ALIASES.items() if name in STEP_METRICS},
-    "train/reward": "reward_mean",
-    "train/kl": "kl",
-    "train/policy_entropy": "entropy",
-    "train/policy_loss": "policy_loss",
-    "train/actor_lr": "learning_rate",
-    "train/response_length": "completion_length_mean",
-    "train/clip_ratio": "clip_ratio_region",
+    "policy_entropy": "entropy",
+    "actor_lr": "learning_rate",
 }
+OPENRLHF_STEP_KEYS: dict[str, str] = {**_OPENRLHF_NAMES, **{f"train/{key}": name for key, name in _OPENRLHF_NAMES.items()}}
 
 #: verl (``verl/trainer/ppo/metric_utils.py`` and the actor workers' metric names).
 VERL_STEP_KEYS: dict[str, str] = {
@@ -208,7 +205,7 @@ def sniff(obj: dict[str, Any] | None, line: str = "") -> str | None:
         return "trl"
     if keys & set(STEP_METRICS):
         return "jsonl"
-    if keys & {"train/reward", "train/policy_loss", "train/kl"}:
+    if any(k.startswith("train/") and k in OPENRLHF_STEP_KEYS for k in keys):
         return "openrlhf"
     if keys & {"loss", "learning_rate", "epoch"}:
         return "trl"
