@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -193,7 +192,7 @@ def test_follow_a_file_being_appended(real_run, tmp_path, monkeypatch):
 def _detector_artifact(tmp_path: Path) -> Path | None:
     """The packaged detector when it exists, else one fitted here on a few short normal runs."""
     try:
-        from rftfm.fm.detect import DEFAULT_ARTIFACT, Detector
+        from rftfm.fm.detect import Detector
 
         Detector.load_default()
         return None
