@@ -109,6 +109,12 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     assert dom.stdout.count("class=\"main-svg\"") >= 3  # plotly drew SVG charts
     assert "<script>alert" not in dom.stdout  # no injected element in the live DOM either
 
+    # a TRL metric log (no trajectories, no incidents) renders too
+    trl_events, trl_stats = read_log(real_run.trl_jsonl)
+    trl_page = write_report(tmp_path / "trl.html", "trl-run", trl_events, [], stats=trl_stats)
+    trl_dom = chromium_run(["--enable-logging=stderr", "--v=0", "--dump-dom", trl_page.resolve().as_uri()], tmp_path)
+    assert "RFTFM-RENDERED 2" in trl_dom.stdout and console_errors(trl_dom.stderr) == []
+
     shot = tmp_path / "report.png"
     result = chromium_run([f"--screenshot={shot}", "--window-size=1200,900", url], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
