@@ -3,8 +3,9 @@
 Every baseline (and RFT-FM) is judged by the same run-level rule: a run alarms at the first
 step whose score exceeds the method's threshold. A baseline's threshold is calibrated like
 RFT-FM's, on normal runs only: the model is fitted on two thirds of the normal training runs
-and the threshold is the (1 - target) quantile of the run-maximum scores of the other third
-(out-of-sample). Faulty runs are never used.
+and the threshold is the score exceeded by a fraction ``target`` of the run-maximum scores
+of the other third (out-of-sample), extrapolated with the same exponential tail as RFT-FM's
+(:func:`rftfm.fm.detect.tail_threshold`). Faulty runs are never used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from rftfm.fm.detect import SIGNALS, runs_cube
+from rftfm.fm.detect import SIGNALS, runs_cube, tail_threshold
 from rftfm.fm.profile import Transform
 
 NORMAL_KINDS = ("normal", "control")
@@ -86,7 +87,7 @@ class Baseline(ABC):
         self.fit(normal.subset(np.sort(order[n_cal:])))
         cal = self.score(normal.subset(np.sort(order[:n_cal])))
         run_max = np.nanmax(np.where(np.isfinite(cal), cal, -np.inf), axis=1)
-        self.threshold = float(np.quantile(run_max, 1.0 - target, method="higher"))
+        self.threshold = tail_threshold(run_max[np.isfinite(run_max)], target)  # same tail rule as RFT-FM
 
     def alarms(self, runs: RunCubes) -> np.ndarray:
         """(R, S) bool: steps whose score exceeds the threshold."""
