@@ -172,7 +172,7 @@ _VERL_CONSOLE = re.compile(r"^\s*(?:\(\w+ pid=\d+\)\s*)?step[: ]\s*(\d+):?\s*-\s
 def parse_verl_console(line: str) -> dict[str, Any] | None:
     """``step:12 - actor/entropy:0.51 - critic/score/mean:0.3`` -> dict (None if not such a line)."""
     match = _VERL_CONSOLE.match(line)
-    if not match:
+    if not match or len(match.group(1)) > 18:  # no step, or one beyond int64
         return None
     out: dict[str, Any] = {"step": int(match.group(1))}
     for part in match.group(2).split(" - "):
@@ -233,7 +233,7 @@ class AdapterStats:
 def _json_obj(line: str) -> dict[str, Any] | None:
     try:
         obj = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad JSON (JSONDecodeError), a >4300-digit number, deep nesting
         return None
     return obj if isinstance(obj, dict) else None
 

@@ -150,12 +150,11 @@ def _clean_row(obj: dict[str, Any], aliases: dict[str, str], known: set[str], re
     except RecursionError:
         report.malformed_lines += 1
         return None
+    if any(isinstance(k, str) and _has_surrogate(k) for k in row):
+        row = {_utf8(k): v for k, v in row.items()}
     for key, value in row.items():
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                value = row[key] = value.encode("utf-8", "replace").decode("utf-8")
+        if isinstance(value, str) and _has_surrogate(value):
+            value = row[key] = _utf8(value)
         if value is None:
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)
@@ -180,6 +179,19 @@ def _clean_row(obj: dict[str, Any], aliases: dict[str, str], known: set[str], re
     if not isinstance(row.get("run_id", ""), str):
         row["run_id"] = str(row["run_id"])
     return row
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _utf8(text: str) -> str:
+    """Text that polars / Parquet can store: lone surrogates (valid JSON escapes, invalid UTF-8) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _within(root: Path, path: Path) -> bool:
@@ -288,8 +300,8 @@ def load_benchmark(root: str | Path, trajectories: bool = True) -> Benchmark:
 
 
 def _frame(rows: list[dict[str, Any]], sort_by: tuple[str, ...]) -> pl.DataFrame:
-    if not rows:
-        return pl.DataFrame()
+    if not rows:  # keep the key columns, so consumers can select / join on them
+        return pl.DataFrame(schema={sort_by[0]: pl.Utf8, **{c: pl.Int64 for c in sort_by[1:]}})
     frame = pl.DataFrame(rows, infer_schema_length=None, strict=False)
     if "active" in frame.columns:
         frame = frame.rename({"active": "fault_active"})

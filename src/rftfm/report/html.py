@@ -359,5 +359,5 @@ def write_report(path: str | Path, run_id: str, events: Sequence[Event], inciden
     """Write :func:`build_report` to ``path`` (parents created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(run_id, events, incidents, **kwargs), encoding="utf-8")
+    path.write_text(build_report(run_id, events, incidents, **kwargs), encoding="utf-8", errors="replace")  # lone surrogates in log text
     return path
