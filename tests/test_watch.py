@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -117,8 +118,12 @@ def test_exit_codes(real_run, tmp_path, monkeypatch):
 def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch):
     use_monitor(monkeypatch, KlDetector(-1.0), RecordingDiagnoser())
     db = tmp_path / "inc.db"
-    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--incidents", str(db), "--run-id", "job-7"])
+    summary = tmp_path / "summary.json"
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--incidents", str(db), "--run-id", "job-7", "--json", str(summary)])
     assert result.exit_code == EXIT_ALARM
+    doc = json.loads(summary.read_text())
+    assert doc["first_alarm_step"] == 1 and doc["alarms"] == 6 and doc["exit_code"] == EXIT_ALARM
+    assert doc["diagnosis"]["fault_type"] == "lr_high" and doc["format"] == "trl"
     with IncidentStore(db) as store:
         kinds = [e["kind"] for e in store.events(run_id="job-7")]
         runs = store.events(run_id="job-7", kind="run")

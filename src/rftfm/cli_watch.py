@@ -13,6 +13,7 @@ detector / diagnoser errors are recorded in the incident store as ``error`` even
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -231,6 +232,7 @@ def watch(
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
     use_wandb: bool = typer.Option(False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarms and the summary only"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
 ) -> None:
     """Follow a run's log, detect anomalies, diagnose them, print alerts and record incidents.
 
@@ -299,6 +301,20 @@ def watch(
     console.print(f"[bold]summary[/]: {escape(summary)}")
     if result.steps == 0:
         console.print(f"[bold red]error:[/] no training step found in {escape(str(path))}")
+    if json_out is not None:
+        top = next((d.top for d in reversed(result.diagnoses) if d.top is not None), None)
+        summary_doc = {
+            "run_id": source.run_id, "source": str(path), "format": stats.format, "steps": result.steps,
+            "trajectories": stats.trajectories, "alarms": len(result.alarms),
+            "first_alarm_step": result.alarms[0].step if result.alarms else None,
+            "alarm_steps": [a.step for a in result.alarms],
+            "diagnosis": top.model_dump() if top is not None else None,
+            "diagnosis_summary": result.diagnoses[-1].summary if result.diagnoses else None,
+            "detection": result.detection, "malformed_lines": stats.malformed_lines, "non_step_lines": stats.non_step_lines,
+            "monitor_errors": result.errors, "exit_code": result.exit_code,
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary_doc, indent=1), encoding="utf-8")
     raise typer.Exit(result.exit_code)
 
 
