@@ -42,7 +42,7 @@ def fit_detector(
 @evaluate_app.command("detection")
 def evaluate_detection_cmd(
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
-    split: str = typer.Option("seed", help="held-out seed|task|size"),
+    split: str = typer.Option("seed", help="held-out seed|task|size, or all (every run, with --detector)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     baselines: Optional[str] = typer.Option(None, help="comma-separated subset of baselines (default: all)"),

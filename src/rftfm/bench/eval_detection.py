@@ -184,8 +184,13 @@ def evaluate_detection(
     bench = load_benchmark(root)
     features = features_frame(bench.steps, bench.trajectories)
     runs = bench.runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
-    train, test = split_runs(runs, split)
-    if test.height == 0 or train.height == 0:
+    if split == "all":  # score every run with a fitted detector (an external test set); no baselines
+        if detector is None:
+            raise ValueError("split 'all' evaluates a fitted detector on every run: pass detector=")
+        train, test, with_baselines = runs.clear(), runs, False
+    else:
+        train, test = split_runs(runs, split)
+    if test.height == 0 or (train.height == 0 and detector is None):
         raise ValueError(f"split {split!r} leaves an empty side (train {train.height}, test {test.height} runs)")
     normal_train = train.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS))
     test_ids = test["run_id"].to_list()
@@ -241,8 +246,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     """Tables of one evaluation (as written by ``--markdown``)."""
     methods = result["methods"]
     names = list(methods)
+    title = "all runs, detector fitted elsewhere" if result["split"] == "all" else f"held-out {result['split']}"
     lines = [
-        f"### Split: held-out {result['split']}",
+        f"### Split: {title}",
         "",
         f"Data `{result['data']}`; train {result['train_runs']} runs ({result['normal_train_runs']} normal + control used to fit); "
         f"test {result['test_runs']} runs {result['test_by_kind']}. False-alarm target {result['false_alarm_target_pct']:.1f} % of normal runs.",
