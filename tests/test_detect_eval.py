@@ -129,3 +129,17 @@ def test_learned_baselines_score_a_strong_fault_above_normal(bench, name):
     assert np.isfinite(held_out).all() and np.isfinite(faulty).all()
     assert np.median(np.nanmax(faulty, axis=1)) > np.median(np.nanmax(held_out, axis=1))
     assert np.isfinite(baseline.threshold)
+
+
+def test_split_all_scores_every_run_with_a_given_detector(bench, tmp_path):
+    from rftfm.bench.splits import split_runs
+    from rftfm.fm.features import features_frame
+    from rftfm.io.loader import load_benchmark
+
+    loaded = load_benchmark(bench)
+    train, _ = split_runs(loaded.runs, "seed")
+    detector = Detector().fit(train.filter(pl.col("control_or_fault") != "fault"), features_frame(loaded.steps, loaded.trajectories))
+    result = evaluate_detection(bench, "all", detector=detector)
+    assert result["test_runs"] == loaded.runs.height and list(result["methods"]) == ["RFT-FM"]
+    with pytest.raises(ValueError, match="fitted detector"):
+        evaluate_detection(bench, "all")
