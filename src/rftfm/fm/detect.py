@@ -237,9 +237,10 @@ class Detector:
         return np.nanmax(np.where(np.isfinite(channels), channels, 0.0), axis=1)
 
     def _calibrate(self, stats: np.ndarray) -> Calibration:
-        """Normalisers at a moderate quantile (stable with few runs), threshold from the tail of run maxima.
+        """Per-statistic normalisers and the threshold, both from out-of-sample normal run maxima.
 
-        The threshold extrapolates the out-of-sample run-maximum scores of normal runs to the
+        Each statistic is divided by its own extrapolated 1 % tail (``normaliser_tail``), so
+        signals of different noise compete fairly in the maximum. The threshold extrapolates the out-of-sample run-maximum scores of normal runs to the
         false-alarm target with a peaks-over-threshold exponential tail (the maximum of many
         statistics is in the Gumbel domain), never below the largest observed normal score.
         """
