@@ -261,3 +261,34 @@ def test_openrlhf_wandb_style_keys(tmp_path):
     step = events[1][0]
     assert (step.step, step.kl, step.reward_mean, step.entropy, step.learning_rate) == (2, 0.02, 0.5, 0.7, 1e-6)
     assert step.completion_length_mean == 200.0 and step.extra == {"train/total_length": 300.0}
+
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**20, 10**20) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(
+        ["step", "reward", "kl", "metrics", "data", "rollout_step", "group_id", "response_length", "metadata", "flags",
+         "critic/score/mean", "frac_reward_zero_std", "train/kl", "x"]), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_json_values, max_size=6), fmt=st.sampled_from(["auto", "openrlhf", "verl", "trl", "jsonl"]))
+def test_any_json_lines_never_raise(tmp_path, rows, fmt):
+    """Whatever a log holds, the adapters count it and move on (the monitor never crashes on input)."""
+    import uuid
+
+    run = tmp_path / uuid.uuid4().hex / "train"
+    run.mkdir(parents=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (run / STEP_FILE).write_text(text)
+    (run / TRAJ_FILE).write_text(text)
+    events, stats = read_log(run.parent, fmt)
+    assert stats.lines == len(rows)
+    assert all(s.step >= 0 for s, _ in events)
+    deep = "[" * 5000 + "]" * 5000 + "\n" + '{"a":' * 3000 + "1" + "}" * 3000 + "\n"
+    (run / STEP_FILE).write_text(deep)
+    assert read_log(run / STEP_FILE, fmt)[1].malformed_lines + read_log(run / STEP_FILE, fmt)[1].non_step_lines >= 1

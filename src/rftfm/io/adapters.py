@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import ValidationError
+
 from rftfm.io.faultbench import RUN_INFO_FILE, STEP_FILE, TRAJ_FILE
 from rftfm.io.follow import Follower
 from rftfm.io.loader import _TRAJ_KNOWN, STEP_ALIASES, TRAJECTORY_ALIASES, _flatten
@@ -238,8 +240,18 @@ def _json_obj(line: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _trajectory_record(obj: dict[str, Any], run_id: str) -> TrajectoryRecord | None:
-    """One published trajectory line -> TrajectoryRecord (labels dropped: never a feature)."""
+def _trajectory_record(obj: dict[str, Any] | None, run_id: str) -> TrajectoryRecord | None:
+    """One published trajectory line -> TrajectoryRecord, or None if it is not one (never raises)."""
+    if obj is None:
+        return None
+    try:
+        return _parse_trajectory(obj, run_id)
+    except Exception:  # deeply nested or otherwise odd input: counted by the caller
+        return None
+
+
+def _parse_trajectory(obj: dict[str, Any], run_id: str) -> TrajectoryRecord | None:
+    """Labels are dropped: they are never a feature."""
     row = _flatten(obj, TRAJECTORY_ALIASES, _TRAJ_KNOWN)
     step = finite_or_none(row.get("rollout_step"))
     if step is None:
@@ -252,6 +264,8 @@ def _trajectory_record(obj: dict[str, Any], run_id: str) -> TrajectoryRecord | N
         value = num(name)
         return int(value) if value is not None else 0
 
+    if step < 0:
+        return None
     length = num("response_length")
     flags = TrajectoryFlags(**{f: bool(row.get(f) or False) for f in ("empty_response", "short_response", "long_response", "truncated")})
     completion = row.get("completion")
@@ -362,13 +376,24 @@ class StepParser:
         if step is None:
             step = self._count
         run_id = self.run_id or (str(flat["run_id"]) if flat.get("run_id") else "run")
+        try:
+            record = StepRecord(run_id=run_id, step=step, extra=extra, **fields)
+        except (ValidationError, ValueError, TypeError):
+            self.stats.malformed_lines += 1
+            return None
         self.stats.steps += 1
-        return StepRecord(run_id=run_id, step=step, extra=extra, **fields)
+        return record
 
     def parse_line(self, line: str) -> StepRecord | None:
+        """One log line -> StepRecord, or None (counted as non-step or malformed; never raises)."""
         self.stats.lines += 1
-        flat = self._flat(line)
-        return None if flat is None else self.parse_obj(flat)
+        try:
+            flat = self._flat(line)
+            return None if flat is None else self.parse_obj(flat)
+        except Exception as exc:  # a line the parsers did not foresee: counted, never fatal
+            self.stats.malformed_lines += 1
+            self.stats.note(f"unparsable line ({type(exc).__name__})")
+            return None
 
 
 # --- sources: a path (file or run directory) -> ordered (StepRecord, trajectories) ------------
@@ -398,9 +423,8 @@ def resolve(path: str | Path, fmt: str = "auto") -> tuple[str, Path, Path | None
     path = Path(path)
     if path.is_dir():
         sub = _find_openrlhf_dir(path)
-        if sub is not None and fmt in ("auto", "openrlhf"):
-            traj = sub / TRAJ_FILE
-            return "lines", sub / STEP_FILE, traj
+        if sub is not None:  # trajectories are read in the OpenRLHF layout only
+            return "lines", sub / STEP_FILE, (sub / TRAJ_FILE if fmt in ("auto", "openrlhf") else None)
         state = _latest_trainer_state(path)
         if state is not None and fmt in ("auto", "trl"):
             return "trainer_state", state, None
@@ -535,8 +559,7 @@ class LogSource:
         if self._trajs is not None:
             for line in self._trajs.poll():
                 new += 1
-                obj = _json_obj(line)
-                record = _trajectory_record(obj, self.run_id) if obj is not None else None
+                record = _trajectory_record(_json_obj(line), self.run_id)
                 if record is None:
                     if line.strip():
                         self.stats.malformed_lines += 1
@@ -564,8 +587,7 @@ class LogSource:
                 continue
             for line in follower.flush_partial():
                 if is_traj:
-                    obj = _json_obj(line)
-                    record = _trajectory_record(obj, self.run_id) if obj else None
+                    record = _trajectory_record(_json_obj(line), self.run_id)
                     if record is not None:
                         self._traj_by_step.setdefault(record.rollout_step, []).append(record)
                 else:
