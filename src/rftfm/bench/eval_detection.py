@@ -224,7 +224,8 @@ def evaluate_detection(
         }
     kinds = test.group_by("control_or_fault").len().to_dicts()
     return {
-        "data": str(root), "split": split, "false_alarm_target_pct": 100 * target,
+        "data": str(root), "split": split, "false_alarm_target_pct": 100 * target, "runs_loaded": runs.height,
+        "runs_by_group": {r["group"]: r["len"] for r in runs.group_by("group").len().sort("group").to_dicts()},
         "train_runs": train.height, "normal_train_runs": normal_train.height,
         "test_runs": test.height, "test_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
         "detector": {"fit_info": rftfm.detector.fit_info,
@@ -250,7 +251,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### Split: {title}",
         "",
-        f"Data `{result['data']}`; train {result['train_runs']} runs ({result['normal_train_runs']} normal + control used to fit); "
+        f"Data `{result['data']}` ({result['runs_loaded']} runs: "
+        + ", ".join(f"{g} {n}" for g, n in result["runs_by_group"].items())
+        + f"); train {result['train_runs']} runs ({result['normal_train_runs']} normal + control used to fit); "
         f"test {result['test_runs']} runs {result['test_by_kind']}. False-alarm target {result['false_alarm_target_pct']:.1f} % of normal runs.",
         "",
         "| method | avg F1 easy (B) | avg F1 hard (B) | avg F1 easy (A) | avg F1 hard (A) | normal runs alarmed % | false alarms / 1000 normal steps | median delay | p90 delay | s |",
