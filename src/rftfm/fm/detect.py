@@ -364,7 +364,7 @@ class Detector:
             out.append(SignalEvidence(
                 signal=SIGNALS[i], direction="up" if up else "down", value=value, expected=exp,
                 z=float(z[i]) if math.isfinite(z[i]) else None,
-                ratio=(value / exp) if value is not None and exp not in (None, 0.0) else None,
+                ratio=(value / exp) if value is not None and exp is not None and abs(exp) > 1e-6 else None,
                 since_step=int(since) if since > 0 else None,
             ))
         return out
