@@ -256,3 +256,45 @@ def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():
     # after the rollback at step 5 the detector's next step is the checkpoint's step + 1
     assert det.seen[:5] == [1, 2, 3, 4, 5] and det.seen[5] == restored + 1
     assert [h["step"] for h in ctl.history][-1] == det.seen[-1]
+
+
+class FixedDiagnoser:
+    def __init__(self, fault_type):
+        self.fault_type = fault_type
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        from rftfm.faults.taxonomy import FAULT_TYPES
+
+        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(
+            family=FAULT_TYPES[self.fault_type].family, fault_type=self.fault_type, probability=0.9)], summary=self.fault_type)
+
+
+class EvidenceDetector(ScriptedDetector):
+    """Scripted alarms (by call number) carrying evidence on named signals."""
+
+    def __init__(self, alarms: dict[int, tuple[str, ...]]):
+        super().__init__({})
+        self.by_call = alarms
+
+    def observe(self, rec, trajectories):
+        self.seen.append(rec.step)
+        signals = self.by_call.get(len(self.seen))
+        if signals is None:
+            return None
+        evidence = [SignalEvidence(signal=s, direction="up", z=3.0) for s in signals]
+        return Alarm(run_id=rec.run_id, step=rec.step, score=1.5, threshold=1.0, evidence=evidence)
+
+
+def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on():
+    upstream = ("reward_std", "traj_reward_std")
+    det = EvidenceDetector({4: upstream, 5: upstream, 9: upstream, 10: upstream, 11: upstream, 14: ("eval_accuracy",), 15: ("eval_accuracy",)})
+    ctl, rec = _controller(det)
+    ctl.diagnoser = FixedDiagnoser("reward_noise")
+    for s in range(1, 13):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["interventions"] == 1 and ctl.counts["explained_alarms"] == 3
+    explained = [e for e in ctl.store.events(kind="alarm") if e["payload"].get("explained_by")]
+    assert len(explained) == 3 and explained[0]["payload"]["explained_by"] == "reward_noise"
+    for s in range(13, 17):  # a deviation outside the upstream signals still counts
+        ctl.observe(rec(s), [])
+    assert ctl.counts["interventions"] == 2

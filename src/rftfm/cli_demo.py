@@ -228,6 +228,7 @@ def evaluate_remediation_cmd(
     limit: Optional[int] = typer.Option(None, help="at most this many faulty runs"),
     per_type: Optional[int] = typer.Option(None, "--per-type", help="faulty runs per type x setting (alternating onsets)"),
     healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
+    split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size) or 'all'"),
     workers: int = typer.Option(1, help="worker processes"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
@@ -239,6 +240,10 @@ def evaluate_remediation_cmd(
     from rftfm.io.loader import load_runs
 
     runs = load_runs(data)
+    if split != "all":
+        from rftfm.bench.splits import split_runs
+
+        runs = split_runs(runs, split)[1]  # the detector and diagnoser were fitted on the train side
     faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit)
     total = len(faulty) * len(ev.FAULT_ARMS) + len(healthy_runs) * len(ev.HEALTHY_ARMS)
     console.print(f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms, {len(healthy_runs)} healthy runs x 2 arms = {total} trainings")

@@ -7,8 +7,9 @@ For every selected faulty run of a benchmark (same configuration, seed and fault
 * ``loop``    -- the faulty run with RFT-FM (playbook remediator);
 * ``generic`` -- the faulty run with the generic baseline: rollback + halve the LR on every alarm.
 
-Repair success = at least one intervention, the anomaly cleared after it (no alarm after the
-last action, run not halted) AND final eval accuracy >= ``tolerance`` x the clean run's.
+Repair success = at least one intervention, the anomaly cleared after it (a full revalidation
+window after the last action without a confirmed alarm -- the loop's own acting rule -- and the
+run not halted) AND final eval accuracy >= ``tolerance`` x the clean run's.
 Healthy (normal / control) runs are re-trained with the loop on and off: interventions,
 accuracy change, and the compute overhead of the loop.
 
@@ -56,6 +57,8 @@ class ArmResult:
     rollbacks: int = 0
     halted: bool = False
     cleared: bool = False
+    alarms_after: int = 0
+    cleared_strict: bool = False  # not even an explained or unconfirmed alarm after the last action
     errors: int = 0
     outcomes: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
@@ -133,10 +136,22 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
     result.actions = [f"{e['step']}:{e['payload']['kind']}" + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
                       for e in actions]
     if actions and not result.halted:
-        # cleared: the run went on for a full revalidation window after the last action, alarm-free
+        # cleared: the run went on for a full revalidation window after the last action, and no
+        # confirmed alarm followed (the loop's own rule: two alarms within the confirmation
+        # window, or one strong alarm); single weak alarms are counted in alarms_after
+        cfg = ctl.config
         last_action = max(e["step"] for e in actions)
-        long_enough = result.steps - last_action >= ctl.config.revalidate_steps
-        result.cleared = long_enough and not any(step > last_action for step in alarms)
+        every = [(e["step"], e["payload"]) for e in events if e["kind"] == "alarm" and e["step"] > last_action]
+        result.alarms_after = len(every)
+        after = [(s, p) for s, p in every if not p.get("explained_by")]
+        steps_after = [s for s, _ in after]
+        confirmed = any(
+            (p.get("threshold") or 0) > 0 and p.get("score", 0) >= cfg.strong_alarm * p["threshold"]
+            or sum(1 for t in steps_after if s - cfg.confirm_window < t <= s) >= cfg.confirm_alarms
+            for s, p in after
+        )
+        result.cleared_strict = result.steps - last_action >= cfg.revalidate_steps and not every
+        result.cleared = result.steps - last_action >= cfg.revalidate_steps and not confirmed
 
 
 def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[str, Any]:
@@ -163,8 +178,8 @@ def select_runs(runs: pl.DataFrame, per_type: int | None, healthy: int | None, l
         chosen += [to_info(r) for r in interleaved[: per_type or len(interleaved)]]
     if limit is not None:
         chosen = chosen[:limit]
-    normal = runs.filter(pl.col("control_or_fault").is_in(["normal", "control"])).sort("control_or_fault", "seed")
-    rows = normal.to_dicts()
+    kinds = [runs.filter(pl.col("control_or_fault") == kind).sort("seed").to_dicts() for kind in ("normal", "control")]
+    rows = [r for batch in _zip_longest(kinds) for r in batch]  # normal and control runs alternate
     healthy_runs = [to_info(r) for r in rows[: healthy if healthy is not None else len(rows)]]
     return chosen, healthy_runs
 
@@ -227,6 +242,8 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
             row[f"{arm}_interventions"] = a["interventions"]
             row[f"{arm}_halted"] = a["halted"]
             row[f"{arm}_cleared"] = a["cleared"]
+            row[f"{arm}_alarms_after"] = a["alarms_after"]
+            row[f"{arm}_success_strict"] = bool(a["cleared_strict"] and ok_acc)
             row[f"{arm}_success"] = bool(a["cleared"] and ok_acc)
             row[f"{arm}_wall_s"] = a["wall_s"]
             row[f"{arm}_monitor_s"] = a["monitor_s"]
@@ -255,6 +272,7 @@ def _group(pairs: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
         (pl.col("diagnosis_correct").mean() * 100).round(1).alias("diagnosis_correct_%"),
         (pl.col("loop_success").mean() * 100).round(1).alias("loop_repair_%"),
         (pl.col("generic_success").mean() * 100).round(1).alias("generic_repair_%"),
+        (pl.col("loop_success_strict").mean() * 100).round(1).alias("loop_repair_strict_%"),
         (pl.col("none_accuracy_ok").mean() * 100).round(1).alias("none_acc_ok_%"),
         (pl.col("loop_accuracy_ok").mean() * 100).round(1).alias("loop_acc_ok_%"),
         (pl.col("generic_accuracy_ok").mean() * 100).round(1).alias("generic_acc_ok_%"),
@@ -310,7 +328,7 @@ def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GROUP_COLUMNS = ["runs", "detected_%", "diagnosis_correct_%", "loop_repair_%", "generic_repair_%", "none_acc_ok_%", "loop_acc_ok_%",
+GROUP_COLUMNS = ["runs", "detected_%", "diagnosis_correct_%", "loop_repair_%", "generic_repair_%", "loop_repair_strict_%", "none_acc_ok_%", "loop_acc_ok_%",
                  "generic_acc_ok_%", "loop_cleared_%", "loop_halted_%", "clean_acc", "none_acc", "loop_acc", "generic_acc",
                  "loop_interventions"]
 
@@ -390,9 +408,12 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     t = summary["tables"]
     out = [INTRO, playbook_markdown(), SOURCES, "\nBackup rungs apply only when the user registered a backup verifier / tool "
            "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n", f"Produced by `{command}`.\n",
-           f"Repair success = intervention, anomaly cleared after it (no alarm after the last action, not halted) and final eval accuracy "
+           f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed alarm -- two alarms "
+           f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the upstream signals of the "
+           f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) do not count -- and not halted) and final eval accuracy "
            f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
-           "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance.\n",
+           "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance. "
+           "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the last action.\n",
            "\n### Targets\n", "\n".join(target_status(summary)) + "\n",
            "\n### By class (knob-repairable vs code faults that end in halt) and setting\n",
            _md_table(t.get("by_class_setting", []), ["class", "setting"] + GROUP_COLUMNS),

@@ -26,6 +26,7 @@ import polars as pl
 from rftfm.engine.knobs import KNOBS, get_knob, set_knob
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.playbook import UPSTREAM_SIGNALS
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
 from rftfm.fm.types import Action, Alarm, Diagnosis, Outcome
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -214,7 +215,8 @@ class Controller:
         self.incident: Incident | None = None
         self.accuracy_at: dict[int, float | None] = {}
         self.checkpoints: list[CheckpointInfo] = []
-        self.counts = {"alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
+        self.repaired_type: str | None = None  # diagnosed type of the last applied knob rung
+        self.counts = {"alarms": 0, "explained_alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
                        "checkpoints": 0}
         self.outcomes: list[Outcome] = []
         self.timeline: list[tuple[int, str, str]] = []  # (step, kind, text) for displays
@@ -279,9 +281,15 @@ class Controller:
                 for e in alarm.evidence]})
         if alarm is not None:
             self.counts["alarms"] += 1
-            self._record("alarm", step, alarm)
-            self.timeline.append((step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: "
-                                  + ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])))
+            signals = ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])
+            if self._explained(alarm):
+                self.counts["explained_alarms"] += 1
+                self._record("alarm", step, {**alarm.model_dump(mode="json"), "explained_by": self.repaired_type})
+                self.timeline.append((step, "alarm", f"{signals}: the known upstream cause ({self.repaired_type}), not acted on"))
+                alarm = None
+            else:
+                self._record("alarm", step, alarm)
+                self.timeline.append((step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: {signals}"))
         if alarm is not None:
             self.alarm_steps.append(step)
         if self.mode == "revalidating":
@@ -293,6 +301,11 @@ class Controller:
                 self.timeline.append((step, "alarm", "waiting for confirmation before acting"))
         elif self.mode == "watching" and step % self.config.checkpoint_every == 0:
             self._guard("checkpoint", lambda: self._checkpoint(step))
+
+    def _explained(self, alarm: Alarm) -> bool:
+        """After a repair of type T: the alarm's evidence lies only in T's upstream signals."""
+        upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
+        return bool(upstream) and bool(alarm.evidence) and all(e.signal in upstream for e in alarm.evidence)
 
     def _confirmed(self, step: int, alarm: Alarm) -> bool:
         """A single weak alarm is only reported; acting needs repeated or strong evidence."""
@@ -358,6 +371,8 @@ class Controller:
             self._record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
                                           "fault_type": plan.fault_type})
             self.timeline.append((step, "action", f"{action.kind} {action.knob or ''} {detail}".strip()))
+        if plan.rung.knobs and plan.fault_type is not None:
+            self.repaired_type = plan.fault_type
         if any(a.kind == "halt" for a in plan.actions):
             self._outcome(step, plan, "halted", "training stopped on the last healthy weights")
             self.mode, self.incident = "halted", None

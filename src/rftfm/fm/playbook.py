@@ -155,13 +155,13 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         HALT,
     ),
     "lr_low": (
-        Rung("learning rate too low: raise it within bounds", "[ckpt]",
+        Rung("learning rate too low: raise it within bounds (steps since the onset were wasted: roll back)", "[ckpt]", rollback=True,
              knobs=(_restore("learning_rate", fallback_factor=10.0, rel_bounds=LR_BOUNDS, direction="up"),)),
         Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
     "kl_misconfig": (
-        Rung("KL coefficient far too large: restore it", "[kl]",
+        Rung("KL coefficient far too large: restore it (steps since the onset were wasted: roll back)", "[kl] [ckpt]", rollback=True,
              knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5), direction="down"),)),
         Rung("KL still pins the policy: cut beta", "[kl]", knobs=(_scale("beta", 0.1, abs_bounds=(0.0, 0.5)),)),
         HALT,
@@ -169,7 +169,7 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- CA -------------------------------------------------------------------------------
     "advantage_sign": (HALT,),
     "zero_variance": (
-        Rung("few groups carry signal: larger steps on the informative groups", "[dapo]",
+        Rung("few groups carry signal: larger steps on the informative groups", "[dapo] [ckpt]", rollback=True,
              knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
         Rung("still stalled: token-level loss over the informative tokens", "[dapo]",
              knobs=(_set("loss_type", "dapo"), _scale("learning_rate", 1.5, rel_bounds=LR_BOUNDS))),
@@ -193,6 +193,22 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         Rung("tool returns wrong results: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
         HALT,
     ),
+}
+
+_REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_std", "reward_var_excess", "reward_minus_eval")
+
+#: Signals a successful knob repair cannot bring back because the fault's source sits upstream
+#: of the trainer (the reward function, the tool sandbox, the grouping, the rollout engine) and
+#: keeps acting. After a rung for that type was applied, an alarm whose evidence lies *only* in
+#: these signals is recorded as explained by the diagnosed cause, and not acted on again; any
+#: other deviating signal (eval accuracy, KL, entropy, lengths, ...) still counts.
+UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
+    "reward_noise": _REWARD_LEVEL + ("traj_advantage_std",),
+    "reward_scale": _REWARD_LEVEL,
+    "rollout_mismatch": ("clip_ratio_region",),
+    "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),
+    "advantage_normalization": ("traj_advantage_std", "traj_advantage_absmax"),
+    "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
 }
 
 #: What the controller does for an alarm the diagnoser cannot explain (abstention).
@@ -239,6 +255,7 @@ def check_playbook() -> list[str]:
     """Problems with the playbook (empty when consistent with the taxonomy and the knobs)."""
     problems = [f"no ladder for {t}" for t in FAULT_TYPES if t not in PLAYBOOK]
     problems += [f"ladder for unknown type {t}" for t in PLAYBOOK if t not in FAULT_TYPES]
+    problems += [f"upstream signals for a halt-only type {t}" for t in UPSTREAM_SIGNALS if not FAULT_TYPES[t].knob_repairable]
     for name, rungs in PLAYBOOK.items():
         if not rungs or not rungs[-1].halt:
             problems.append(f"{name}: ladder must end in halt")
@@ -251,4 +268,4 @@ def check_playbook() -> list[str]:
     return problems
 
 
-__all__ = ["GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
+__all__ = ["UPSTREAM_SIGNALS", "GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
