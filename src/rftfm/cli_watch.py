@@ -30,7 +30,7 @@ from rftfm.records import StepRecord, TrajectoryRecord
 
 EXIT_OK, EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION = 0, 1, 2, 3
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # an alert stays one line in a log file
 
 
 # --- the detector and the diagnoser, when installed -----------------------------------------
