@@ -292,3 +292,16 @@ def test_any_json_lines_never_raise(tmp_path, rows, fmt):
     deep = "[" * 5000 + "]" * 5000 + "\n" + '{"a":' * 3000 + "1" + "}" * 3000 + "\n"
     (run / STEP_FILE).write_text(deep)
     assert read_log(run / STEP_FILE, fmt)[1].malformed_lines + read_log(run / STEP_FILE, fmt)[1].non_step_lines >= 1
+
+
+def test_trl_output_directory_follows_new_checkpoints(real_run, tmp_path):
+    doc = json.loads(real_run.trainer_state.read_text())
+    history = [h for h in doc["log_history"] if "train_runtime" not in h]
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({**doc, "log_history": history[:2]}))
+    source = LogSource(out)
+    assert [s.step for s, _ in source.poll()] == [1, 2]
+    (out / "checkpoint-10").mkdir()
+    (out / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({**doc, "log_history": history[:5]}))
+    assert [s.step for s, _ in source.poll()] == [3, 4, 5]  # checkpoint-10 sorts after checkpoint-2 numerically

@@ -505,6 +505,10 @@ class LogSource:
         return self.parser.finished
 
     def _read_trainer_state(self) -> list[StepRecord]:
+        if self.path.is_dir():  # TRL writes a new checkpoint-N/trainer_state.json at every save
+            latest = _latest_trainer_state(self.path)
+            if latest is not None and latest != self.step_path:
+                self.step_path, self._state_sig = latest, None
         try:
             st = self.step_path.stat()
         except OSError:
