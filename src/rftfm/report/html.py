@@ -117,7 +117,7 @@ def _box_stats(values: np.ndarray) -> dict[str, float] | None:
             "lowerfence": float(inside.min()), "upperfence": float(inside.max())}
 
 
-def trajectory_figure(events: Sequence[Event], incidents: Sequence[dict[str, Any]]) -> go.Figure | None:
+def trajectory_figure(events: Sequence[Event], incidents: Sequence[dict[str, Any]], onset_step: int | None = None) -> go.Figure | None:
     """Per-step distributions of reward, response length and repetition ratio."""
     with_trajs = [(s, t) for s, t in events if t]
     if not with_trajs:
@@ -129,24 +129,28 @@ def trajectory_figure(events: Sequence[Event], incidents: Sequence[dict[str, Any
     fig = make_subplots(rows=len(signals), cols=1, shared_xaxes=True, subplot_titles=[t for _, t in signals], vertical_spacing=0.07)
     alarm_steps = set(_marker_steps(incidents, "alarm"))
     for row, (attr, label) in enumerate(signals, start=1):
-        stats = {k: [] for k in ("x", "q1", "median", "q3", "mean", "lowerfence", "upperfence")}
-        colors = []
+        # two traces so that alarmed steps' boxes stand out in red
+        groups = {flag: {k: [] for k in ("x", "q1", "median", "q3", "mean", "lowerfence", "upperfence")} for flag in (False, True)}
         for step, trajs in with_trajs:
             box = _box_stats(np.array([np.nan if getattr(t, attr) is None else float(getattr(t, attr)) for t in trajs], dtype=float))
             if box is None:
                 continue
+            stats = groups[step.step in alarm_steps]
             stats["x"].append(step.step)
             for key, value in box.items():
                 stats[key].append(value)
-            colors.append(step.step in alarm_steps)
-        if not stats["x"]:
-            continue
-        fig.add_trace(go.Box(name=label, showlegend=False, marker={"color": "#1f77b4"}, boxmean=True, **stats), row=row, col=1)
+        for alarmed, stats in groups.items():
+            if stats["x"]:
+                color = MARKER_COLORS["alarm"] if alarmed else "#1f77b4"
+                name = f"{label} (alarm)" if alarmed else label
+                fig.add_trace(go.Box(name=name, showlegend=False, marker={"color": color}, boxmean=True, **stats), row=row, col=1)
     fig.update_layout(title="trajectory distributions per step (box: quartiles, whiskers: 1.5 IQR, dashed: mean)",
                       height=720, template="plotly_white", margin={"t": 70, "l": 50, "r": 20, "b": 40})
     fig.update_xaxes(title_text="step", row=len(signals), col=1)
     for step in _marker_steps(incidents, "alarm")[:1]:
         fig.add_vline(x=step, line={"color": MARKER_COLORS["alarm"], "dash": "dash"}, annotation_text="first alarm")
+    if onset_step is not None:
+        fig.add_vline(x=onset_step, line={"color": "#7f7f7f", "dash": "longdash"}, annotation_text="fault onset (label)")
     return fig
 
 
@@ -295,7 +299,7 @@ def build_report(
     main = metric_figure(records, incidents, STEP_METRICS, "training signals", onset_step=onset)
     if main is not None:
         figures.append(("fig-metrics", main))
-    trajs = trajectory_figure(events, incidents)
+    trajs = trajectory_figure(events, incidents, onset)
     if trajs is not None:
         figures.append(("fig-trajectories", trajs))
     extra_names = sorted({k for r in records for k in r.extra})
