@@ -83,7 +83,10 @@ def test_capabilities_filter_rungs():
 def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_diagnosis():
     rem = Remediator(min_confidence=0.5)
     plan = rem.plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3})
-    assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)
+    assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)  # nothing drifted: halve
+    drifted = Remediator().plan(diagnosis(None), ALL, {"learning_rate": 1e-3, "temperature": 2.2, "beta": 0.04},
+                                {"learning_rate": 1e-3, "temperature": 1.0, "beta": 0.04})
+    assert [(a.kind, a.knob, a.value) for a in drifted.actions] == [("rollback", None, None), ("set_knob", "temperature", 1.0)]
     generic = Remediator(generic=True, max_interventions=3)
     for _ in range(3):
         plan = generic.plan(diagnosis("sampling_temperature"), ALL, {"learning_rate": 1e-3, "temperature": 2.2}, {})

@@ -95,9 +95,13 @@ def demo(
     curves: dict[str, list[float | None]] = {}
     results: dict[str, Any] = {}
     with Progress(*columns, console=console) as progress:
+        from rftfm.engine.sft import load_warm_start
         from rftfm.fm.detect import Detector
         from rftfm.fm.diagnose import Diagnoser
 
+        warm = progress.add_task("supervised warm start (cached after the first demo)", total=1)
+        load_warm_start(task_group, size)
+        progress.update(warm, completed=1)
         try:
             detector = Detector.load(detector_path) if detector_path else Detector.load_default()
         except FileNotFoundError as exc:

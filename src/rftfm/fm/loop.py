@@ -3,8 +3,9 @@
 :class:`Controller` watches one run step by step. It keeps periodic checkpoints while the
 run is healthy; on an alarm it asks the diagnoser, takes the remediator's rung (rollback to
 the last checkpoint before the first deviating step, knob changes, halt), then revalidates
-over ``revalidate_steps`` steps: no new alarm -> *kept*; alarm -> *escalated* to the next
-rung; the rung made eval accuracy collapse -> its knob changes are *reverted*.
+over ``revalidate_steps`` steps: no new alarm -> *kept*; alarm, or eval accuracy well below
+the checkpoint's -> *escalated* to the next rung; a rung whose actions fail to apply has its
+knob changes *reverted*.
 
 It acts on the trainer only through :class:`TrainerHandle` (the trainer knobs of
 :mod:`rftfm.engine.knobs`, the checkpoint, the trainer's stop flag and backups the user
@@ -187,7 +188,7 @@ class ControllerConfig:
     keep_checkpoints: int = 6
     revalidate_steps: int = 3
     remediate: bool = True  # False: alert-only from the start (the "no remediation" arm)
-    revert_drop: float = 0.2  # revert a rung whose window accuracy falls this far below the checkpoint's
+    revert_drop: float = 0.2  # escalate when the window's eval accuracy is this far below the checkpoint's
     default_lookback: int = 2  # first deviating step = alarm step - lookback when evidence has no since_step
     max_lookback: int = 4  # ... and never more than this many steps before the first alarm
     reset_detector_after_action: bool = True
@@ -432,10 +433,14 @@ class Controller:
             return
         accuracies = [a for _, a in incident.window if a is not None]
         ref = incident.reference_accuracy
-        if ref is not None and accuracies and sum(accuracies) / len(accuracies) < ref - self.config.revert_drop and incident.changed:
-            self._revert(step, incident, f"eval accuracy fell below the checkpoint's {ref:.2f}")
-        else:
-            self._outcome(step, incident.plan, "kept", f"no alarm for {len(incident.window)} steps")
+        if ref is not None and accuracies and sum(accuracies) / len(accuracies) < ref - self.config.revert_drop:
+            # no alarm, but the run is clearly worse than at the checkpoint: the rung was not enough
+            self._outcome(step, incident.plan, "escalated", f"eval accuracy {sum(accuracies) / len(accuracies):.2f} "
+                          f"well below the checkpoint's {ref:.2f}")
+            self.mode = "watching"
+            self._on_alarm(step, Alarm(run_id=self.run_id, step=step, score=0.0, threshold=0.0), escalate=True)
+            return
+        self._outcome(step, incident.plan, "kept", f"no alarm for {len(incident.window)} steps")
         self.incident = None
         self.mode = "watching"
         self._guard("checkpoint", lambda: self._checkpoint(step))

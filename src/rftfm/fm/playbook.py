@@ -68,6 +68,7 @@ class Rung:
     knobs: tuple[KnobChange, ...] = ()
     halt: bool = False
     backup: Literal["verifier", "tool"] | None = None  # only when the user registered one
+    restore_drifted: bool = False  # undo every knob that changed since the healthy checkpoint; ``knobs`` only if none did
 
     @property
     def kinds(self) -> set[str]:
@@ -169,10 +170,10 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- CA -------------------------------------------------------------------------------
     "advantage_sign": (HALT,),
     "zero_variance": (
-        Rung("few groups carry signal: larger steps on the informative groups", "[dapo] [ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
-        Rung("still stalled: token-level loss over the informative tokens", "[dapo]",
-             knobs=(_set("loss_type", "dapo"), _scale("learning_rate", 1.5, rel_bounds=LR_BOUNDS))),
+        Rung("few groups carry signal: token-level loss over the informative tokens", "[dapo] [ckpt]", rollback=True,
+             knobs=(_set("loss_type", "dapo"),)),
+        Rung("still stalled: somewhat larger steps on the informative groups", "[dapo]",
+             knobs=(_scale("learning_rate", 1.5, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
     "advantage_normalization": (
@@ -213,7 +214,8 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
 
 #: What the controller does for an alarm the diagnoser cannot explain (abstention).
 UNKNOWN_LADDER: tuple[Rung, ...] = (
-    Rung("unexplained anomaly: roll back and halve the learning rate", "[ckpt]", rollback=True,
+    Rung("unexplained anomaly: roll back and undo every knob change since the healthy checkpoint "
+         "(if nothing changed, halve the learning rate)", "[ckpt]", rollback=True, restore_drifted=True,
          knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
     HALT,
 )
@@ -248,6 +250,9 @@ def describe_rung(rung: Rung) -> str:
             fb = f"x{k.fallback_factor:g}" if k.fallback_factor is not None else f"= {k.fallback_value}"
             parts.append(f"{k.knob} restore{' ' + k.direction if k.direction else ''} (else {fb})")
     parts += ["halt"] if rung.halt else []
+    if rung.restore_drifted:
+        parts.insert(1 if rung.rollback else 0, "restore drifted knobs (else:")
+        parts[-1] += ")"
     return " + ".join(parts)
 
 

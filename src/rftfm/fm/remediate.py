@@ -141,7 +141,11 @@ class Remediator:
             actions.append(Action(kind=f"backup_{rung.backup}", reason=why))
         if rung.rollback:
             actions.append(Action(kind="rollback", reason=why))
-        for change in rung.knobs:
+        drifted = {k: v for k, v in healthy.items() if k in current and current[k] != v} if rung.restore_drifted else {}
+        for knob, value in drifted.items():
+            actions.append(Action(kind="set_knob", knob=knob, value=value, previous=current[knob],
+                                  reason=f"restore {knob}: changed since the last healthy checkpoint; {rung.reason}"))
+        for change in ([] if drifted else rung.knobs):
             try:
                 value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob))
             except TypeError:  # the knob cannot be read on this trainer: nothing to scale
