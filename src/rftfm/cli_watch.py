@@ -373,7 +373,7 @@ def report(
                 monitor.observe(step, trajectories)
             events = events + memory.events(run_id=rid)
             memory.close()
-            offline_note = offline_note or "alarms and diagnoses computed offline by rftfm report (not recorded live)"
+            offline_note = "; ".join(filter(None, ["alarms and diagnoses computed offline by rftfm report (not recorded live)", why_diag]))
     # the run id may come from a log line: never let it pick a directory (e.g. "../../x")
     target = out or Path(re.sub(r"[^A-Za-z0-9._-]+", "_", rid).lstrip(".") + ".html")
     from rftfm.io.adapters import run_info_for
