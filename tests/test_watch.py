@@ -113,6 +113,10 @@ def test_exit_codes(real_run, tmp_path, monkeypatch):
     empty.write_text("not a log\n")
     assert runner.invoke(app, ["watch", str(empty)]).exit_code == EXIT_BAD_INPUT
     assert runner.invoke(app, ["watch", str(tmp_path)]).exit_code == EXIT_BAD_INPUT  # a directory with no log
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--incidents", str(corrupt)])
+    assert result.exit_code == EXIT_BAD_INPUT and "cannot open the incident store" in result.output
 
 
 def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch):

@@ -218,6 +218,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
+def _open_store(path: Path) -> Any:
+    import sqlite3
+
+    from rftfm.fm.incidents import IncidentStore
+
+    try:
+        return IncidentStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        _fail(f"cannot open the incident store {path}: {exc}")
+
+
 def watch(
     path: Path = typer.Argument(..., help="log file (JSONL, CSV, verl console log, trainer_state.json) or run directory"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
@@ -255,9 +266,7 @@ def watch(
             console.print(f"[yellow]{escape(message)}[/]")
     store = None
     if incidents is not None:
-        from rftfm.fm.incidents import IncidentStore
-
-        store = IncidentStore(incidents)
+        store = _open_store(incidents)
     alerter = None
     if use_wandb:
         from rftfm.integrations.wandb_alerts import WandbAlerter
@@ -336,11 +345,9 @@ def report(
     events: list[dict[str, Any]] = []
     path = Path(run)
     if incidents is not None:
-        from rftfm.fm.incidents import IncidentStore
-
         if not incidents.exists():
             _fail(f"incident store {incidents} does not exist")
-        store = IncidentStore(incidents)
+        store = _open_store(incidents)
         if not path.exists():  # a run id: find the log it was watched from
             runs = [e for e in store.events(run_id=run, kind="run") if e["payload"].get("source")]
             if not runs:
