@@ -46,7 +46,7 @@ def test_resolve_knob_restore_scale_set_and_bounds():
 
 
 def test_remediator_climbs_the_ladder_then_stops():
-    rem = Remediator(max_interventions=5)
+    rem = Remediator(max_interventions=5, drift_first=False)
     knobs = {"learning_rate": 9e-3}
     healthy = {"learning_rate": 3e-4}
     first = rem.plan(diagnosis("lr_high"), ALL, knobs, healthy)
@@ -60,7 +60,7 @@ def test_remediator_climbs_the_ladder_then_stops():
 
 
 def test_intervention_budget_is_bounded():
-    rem = Remediator(max_interventions=2)
+    rem = Remediator(max_interventions=2, drift_first=False)
     assert rem.plan(diagnosis("lr_low"), ALL, {"learning_rate": 1e-6}, {"learning_rate": 1e-6}) is not None
     assert rem.plan(diagnosis("kl_misconfig"), ALL, {"beta": 5.0}, {"beta": 0.04}) is not None
     assert rem.exhausted
@@ -103,7 +103,21 @@ def test_directional_restore_never_reinstates_a_faulty_value():
 
 
 def test_the_same_fault_again_climbs_instead_of_restarting():
-    rem = Remediator()
+    rem = Remediator(drift_first=False)
     assert rem.plan(diagnosis("sampling_temperature"), ALL, {"temperature": 2.2}, {"temperature": 1.0}).rung_index == 0
     again = rem.plan(diagnosis("sampling_temperature"), ALL, {"temperature": 1.0}, {"temperature": 1.0})
     assert again.rung_index == 1 and again.actions[-1].value == 0.8
+
+
+def test_a_knob_change_since_the_healthy_checkpoint_is_undone_first_whatever_the_diagnosis():
+    rem = Remediator()
+    current, healthy = {"learning_rate": 9e-3, "beta": 0.04}, {"learning_rate": 3e-4, "beta": 0.04}
+    first = rem.plan(diagnosis("advantage_sign"), ALL, current, healthy)  # a wrong diagnosis would halt
+    assert first.fault_type == "knob_drift"
+    assert [(a.kind, a.knob) for a in first.actions] == [("rollback", None), ("set_knob", "learning_rate")]
+    assert first.actions[1].value == pytest.approx(3e-4)
+    # the anomaly persists: now the diagnosed type's ladder, from its first rung
+    second = rem.plan(diagnosis("advantage_sign"), ALL, {"learning_rate": 3e-4, "beta": 0.04}, healthy, escalate=True)
+    assert second.fault_type == "advantage_sign" and second.rung.halt
+    # the generic baseline never looks at drift: it halves (bounded at 10x the healthy LR)
+    assert Remediator(generic=True).plan(diagnosis(None), ALL, current, healthy).actions[1].value == pytest.approx(3e-3)

@@ -220,6 +220,11 @@ UNKNOWN_LADDER: tuple[Rung, ...] = (
     HALT,
 )
 
+#: First rung of any new incident when a knob changed since the last healthy checkpoint
+#: (a configuration push is the most common cause of a sudden change): undo the change.
+DRIFT_RUNG = Rung("a trainer knob changed since the last healthy checkpoint: roll back and undo the change", "[ckpt]",
+                  rollback=True, restore_drifted=True)
+
 #: The generic baseline: the same rung for every alarm, whatever the diagnosis.
 GENERIC_LADDER: tuple[Rung, ...] = (
     Rung("generic: roll back and halve the learning rate", "[ckpt]", rollback=True,
@@ -273,4 +278,4 @@ def check_playbook() -> list[str]:
     return problems
 
 
-__all__ = ["UPSTREAM_SIGNALS", "GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
+__all__ = ["DRIFT_RUNG", "UPSTREAM_SIGNALS", "GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]

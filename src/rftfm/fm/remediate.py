@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rftfm.fm.playbook import GENERIC_LADDER, PLAYBOOK, UNKNOWN_LADDER, KnobChange, Rung
+from rftfm.fm.playbook import DRIFT_RUNG, GENERIC_LADDER, PLAYBOOK, UNKNOWN_LADDER, KnobChange, Rung
 from rftfm.fm.types import Action, Diagnosis
 
 
@@ -70,7 +70,8 @@ class Remediator:
     """
 
     def __init__(self, max_interventions: int = 3, min_confidence: float = 0.0, generic: bool = False,
-                 playbook: dict[str, tuple[Rung, ...]] | None = None):
+                 playbook: dict[str, tuple[Rung, ...]] | None = None, drift_first: bool = True):
+        self.drift_first = drift_first and not generic
         self.max_interventions = max_interventions
         self.min_confidence = min_confidence
         self.generic = generic
@@ -114,6 +115,12 @@ class Remediator:
         """The next rung's actions, or ``None`` when the budget or the ladder is used up."""
         if self.exhausted:
             return None
+        if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
+            drifted = {k for k, v in healthy.items() if k in current and k in caps.knobs and current[k] != v}
+            if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
+                self._type, self._rung = None, -1
+                self.interventions += 1
+                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy))
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
         if fault_type is not None and fault_type == self._type:
             start = self._rung + 1  # the same fault again: the last rung was not enough
@@ -142,6 +149,7 @@ class Remediator:
         if rung.rollback:
             actions.append(Action(kind="rollback", reason=why))
         drifted = {k: v for k, v in healthy.items() if k in current and current[k] != v} if rung.restore_drifted else {}
+        # (knobs the trainer cannot set never appear in ``current``: it holds only readable, settable knobs)
         for knob, value in drifted.items():
             actions.append(Action(kind="set_knob", knob=knob, value=value, previous=current[knob],
                                   reason=f"restore {knob}: changed since the last healthy checkpoint; {rung.reason}"))
