@@ -22,7 +22,7 @@ from rftfm.cli_groups import evaluate_app
 
 console = Console()
 SPARK = "▁▂▃▄▅▆▇█"
-STYLE = {"alarm": "red", "diagnosis": "yellow", "action": "green", "outcome": "cyan", "error": "magenta"}
+STYLE = {"alarm": "red", "diagnosis": "yellow", "plan": "blue", "action": "green", "outcome": "cyan", "error": "magenta"}
 
 
 def _spark(values: list[float | None]) -> str:

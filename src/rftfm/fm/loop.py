@@ -361,6 +361,9 @@ class Controller:
         self.counts["interventions"] += 1
         incident = self.incident
         incident.plan, incident.applied_at, incident.window, incident.changed = plan, step, [], []
+        label = plan.fault_type or "unexplained"
+        text = f"{label}, rung {plan.rung_index + 1}: {plan.rung.reason}" if plan.rung_index >= 0 else plan.rung.reason
+        self.timeline.append((step, "plan", text))
         for action in plan.actions:
             self.counts["actions"] += 1
             try:
@@ -403,7 +406,7 @@ class Controller:
             assert action.knob is not None
             handle.set(action.knob, action.value)
             incident.changed.append(action)
-            return f"{action.previous} -> {action.value}"
+            return f"{_fmt(action.previous)} -> {_fmt(action.value)}"
         if action.kind == "halt":
             handle.halt()
             return "stop requested"
@@ -492,6 +495,10 @@ class Controller:
 
     def _guard(self, stage: str, fn: Callable[[], Any]) -> Any:
         return self._guard_ok(stage, fn)[1]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _caps_json(caps: Capabilities) -> dict[str, Any]:
