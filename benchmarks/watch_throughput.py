@@ -1,6 +1,6 @@
 """How fast the watch path is: adapter parsing, tail-follow latency, report generation.
 
-    python benchmarks/watch_throughput.py [--steps 20000]
+    python benchmarks/watch_throughput.py [--steps 20000] [--replay-steps 100000]
 
 Prints measured figures (no pass/fail): lines parsed per second per format, the median and
 p95 latency from a line being flushed to it being returned by ``Follower.poll`` at a 10 ms
@@ -89,10 +89,39 @@ def report_cost(steps: int = 2000) -> tuple[float, float]:
     return time.perf_counter() - start, len(page) / 1e6
 
 
+def monitor_cost(steps: int) -> str:
+    """Per-step latency and memory of RunMonitor (features + packaged detector) over a long replay."""
+    import resource
+
+    from rftfm.cli_watch import RunMonitor, load_detector
+
+    detector, why = load_detector()
+    if detector is None:
+        return f"monitor replay: skipped ({why})"
+    rng = random.Random(2)
+    monitor = RunMonitor("replay", detector, None, None)
+    latencies = []
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(1, steps + 1):
+        record = StepRecord(run_id="replay", step=i, reward_mean=rng.random(), reward_std=rng.random() / 2, kl=rng.random() / 50,
+                            entropy=rng.uniform(0.5, 0.9), grad_norm=rng.uniform(0.5, 2), completion_length_mean=rng.uniform(2, 4))
+        start = time.perf_counter()
+        monitor.observe(record, [])
+        latencies.append(time.perf_counter() - start)
+    rss_end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    latencies.sort()
+    return (f"monitor replay of {steps:,} steps (features + packaged detector, no trajectories): "
+            f"median {1e6 * statistics.median(latencies):.0f} us/step, p99 {1e6 * latencies[int(0.99 * len(latencies))]:.0f} us/step, "
+            f"peak RSS growth {(rss_end - rss_start) / 1024:.1f} MB, {monitor.result.alarm_count:,} alarms "
+            "(random signals: nearly every step alarms, the monitor's worst case)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--replay-steps", type=int, default=100000)
     args = parser.parse_args()
+    replay = monitor_cost(args.replay_steps)  # first, so its peak-memory figure is its own
     with tempfile.TemporaryDirectory() as tmp:
         rates = parse_rate(Path(tmp), args.steps)
         median, p95 = follow_latency(Path(tmp))
@@ -101,6 +130,7 @@ def main() -> None:
         print(f"adapter {name}: {rate:,.0f} step lines/s ({args.steps} lines)")
     print(f"follow latency at 10 ms polling: median {1000 * median:.1f} ms, p95 {1000 * p95:.1f} ms")
     print(f"report for a 2,000-step run: {seconds:.2f} s, {megabytes:.1f} MB")
+    print(replay)
 
 
 if __name__ == "__main__":

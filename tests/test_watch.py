@@ -269,3 +269,13 @@ def test_in_process_watch_callback_on_a_real_trl_run(tmp_path):
     assert [a.step for a in callback.alarms] == [1, 2, 3, 4]
     with IncidentStore(tmp_path / "inc.db") as store:
         assert [e["step"] for e in store.events(run_id="cb-run", kind="diagnosis")] == [1]
+
+
+def test_monitor_memory_is_bounded_on_a_long_run():
+    diagnoser = RecordingDiagnoser()
+    monitor = RunMonitor("long", KlDetector(0.5), diagnoser, None, max_history=100)
+    for i in range(1, 3001):
+        monitor.observe(StepRecord(run_id="long", step=i, kl=1.0 if i == 3000 else 0.0), [])
+    history = diagnoser.histories[-1]
+    assert history.height == 100 and history["step"].to_list() == list(range(2901, 3001))
+    assert history.columns == ["run_id", "step", *FEATURES]

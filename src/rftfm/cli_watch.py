@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -63,18 +64,27 @@ def load_diagnoser(path: Path | None = None) -> tuple[Any | None, str | None]:
 # --- one run under watch ----------------------------------------------------------------------
 
 
+#: A long run keeps only this many alarms / diagnoses / error messages in memory (all are in the store).
+KEEP_IN_MEMORY = 1000
+
+
 @dataclass
 class WatchResult:
+    """What one watch saw. ``alarms`` / ``diagnoses`` hold the first :data:`KEEP_IN_MEMORY`; counts are exact."""
+
     run_id: str
     steps: int = 0
+    alarm_count: int = 0
     alarms: list[Alarm] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    last_diagnosis: Diagnosis | None = None
     errors: list[str] = field(default_factory=list)
+    error_count: int = 0
     detection: bool = False
 
     @property
     def exit_code(self) -> int:
-        if self.alarms:
+        if self.alarm_count:
             return EXIT_ALARM
         if self.steps == 0:
             return EXIT_BAD_INPUT
@@ -99,6 +109,7 @@ class RunMonitor:
         task_group: str | None = None,
         model_size: str | None = None,
         rediagnose_every: int = 5,
+        max_history: int = 4096,
     ):
         from rftfm.fm.features import FEATURES, step_features
 
@@ -106,7 +117,9 @@ class RunMonitor:
         self.run_id, self.detector, self.diagnoser, self.store = run_id, detector, diagnoser, store
         self.on_alarm, self.task_group, self.model_size = on_alarm, task_group, model_size
         self.result = WatchResult(run_id=run_id, detection=detector is not None)
-        self._history: list[dict[str, Any]] = []
+        # The diagnoser's history: the most recent ``max_history`` steps as compact tuples, so a
+        # million-step run keeps bounded memory (a diagnosis looks at the recent deviation).
+        self._history: deque[tuple[Any, ...]] = deque(maxlen=max(1, max_history))
         self._last_top: tuple[str, str] | None = None
         self._in_episode = False  # the previous step raised an alarm too
         self._episode_alarms = 0
@@ -119,9 +132,14 @@ class RunMonitor:
             return fn()
         except Exception as exc:  # the monitor never crashes on its own components
             message = f"{what} failed at step {step}: {type(exc).__name__}: {exc}"
-            self.result.errors.append(message)
+            self.note_error(message)
             self._record("error", step, {"where": what, "error": message})
             return None
+
+    def note_error(self, message: str) -> None:
+        self.result.error_count += 1
+        if len(self.result.errors) < KEEP_IN_MEMORY:
+            self.result.errors.append(message)
 
     def _record(self, kind: str, step: int | None, payload: Any) -> None:
         if self.store is None:
@@ -129,26 +147,28 @@ class RunMonitor:
         try:
             self.store.record(kind, self.run_id, step, payload)
         except Exception as exc:  # a locked / full disk must not stop the watch
-            self.result.errors.append(f"incident store: {exc}")
+            self.note_error(f"incident store: {exc}")
 
     def history_frame(self):
         """Features of every step seen so far (``rftfm.fm.features`` rows), as the diagnoser expects."""
         import polars as pl
 
         schema = {"run_id": pl.Utf8, "step": pl.Int64, **{name: pl.Float64 for name in self._feature_names}}
-        return pl.DataFrame(self._history, schema=schema, orient="row") if self._history else pl.DataFrame(schema=schema)
+        return pl.DataFrame(list(self._history), schema=schema, orient="row") if self._history else pl.DataFrame(schema=schema)
 
     def observe(self, step: StepRecord, trajectories: list[TrajectoryRecord]) -> tuple[Alarm | None, Diagnosis | None]:
         self.result.steps += 1
         row = self._safely("features", lambda: self._features(step, trajectories), step.step) or {}
-        self._history.append({"run_id": self.run_id, "step": step.step, **{n: row.get(n) for n in self._feature_names}})
+        self._history.append((self.run_id, step.step, *(row.get(n) for n in self._feature_names)))
         if self.detector is None:
             return None, None
         alarm = self._safely("detector.observe", lambda: self.detector.observe(step, trajectories), step.step)
         if alarm is None:
             self._in_episode = False
             return None, None
-        self.result.alarms.append(alarm)
+        self.result.alarm_count += 1
+        if len(self.result.alarms) < KEEP_IN_MEMORY:
+            self.result.alarms.append(alarm)
         self._record("alarm", step.step, alarm)
         self._episode_alarms = self._episode_alarms + 1 if self._in_episode else 1
         diagnosis = None
@@ -163,7 +183,9 @@ class RunMonitor:
             )
         top_key = None
         if diagnosis is not None:
-            self.result.diagnoses.append(diagnosis)
+            self.result.last_diagnosis = diagnosis
+            if len(self.result.diagnoses) < KEEP_IN_MEMORY:
+                self.result.diagnoses.append(diagnosis)
             self._record("diagnosis", step.step, diagnosis)
             top = diagnosis.top
             top_key = (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
@@ -301,26 +323,27 @@ def watch(
     result = monitor.result
     stats = source.stats
     if store is not None:
-        store.record("run", source.run_id, None, {"finished": time.time(), "steps": result.steps, "alarms": len(result.alarms), "format": stats.format, "malformed_lines": stats.malformed_lines})
+        store.record("run", source.run_id, None, {"finished": time.time(), "steps": result.steps, "alarms": result.alarm_count, "format": stats.format, "malformed_lines": stats.malformed_lines})
         store.close()
     skipped = f", {stats.malformed_lines} malformed line(s) skipped" if stats.malformed_lines else ""
-    summary = f"{result.steps} step(s) [{stats.format or 'unknown format'}], {len(result.alarms)} alarm(s){skipped}"
-    if result.errors:
-        summary += f", {len(result.errors)} monitor error(s) recorded"
+    summary = f"{result.steps} step(s) [{stats.format or 'unknown format'}], {result.alarm_count} alarm(s){skipped}"
+    if result.error_count:
+        summary += f", {result.error_count} monitor error(s) recorded"
     console.print(f"[bold]summary[/]: {escape(summary)}")
     if result.steps == 0:
         console.print(f"[bold red]error:[/] no training step found in {escape(str(path))}")
     if json_out is not None:
-        top = next((d.top for d in reversed(result.diagnoses) if d.top is not None), None)
+        last = result.last_diagnosis
+        top = last.top if last is not None else None
         summary_doc = {
             "run_id": source.run_id, "source": str(path), "format": stats.format, "steps": result.steps,
-            "trajectories": stats.trajectories, "alarms": len(result.alarms),
+            "trajectories": stats.trajectories, "alarms": result.alarm_count,
             "first_alarm_step": result.alarms[0].step if result.alarms else None,
-            "alarm_steps": [a.step for a in result.alarms],
+            "alarm_steps": [a.step for a in result.alarms],  # the first KEEP_IN_MEMORY
             "diagnosis": top.model_dump() if top is not None else None,
-            "diagnosis_summary": result.diagnoses[-1].summary if result.diagnoses else None,
+            "diagnosis_summary": last.summary if last is not None else None,
             "detection": result.detection, "malformed_lines": stats.malformed_lines, "non_step_lines": stats.non_step_lines,
-            "monitor_errors": result.errors, "exit_code": result.exit_code,
+            "monitor_errors": result.error_count, "monitor_error_messages": result.errors[:20], "exit_code": result.exit_code,
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary_doc, indent=1), encoding="utf-8")

@@ -99,7 +99,7 @@ class WatchCallback(TrainerCallback):
             if record is not None:
                 self.monitor.observe(record, [])
         except Exception as exc:  # the monitor must never break the training it watches
-            self.monitor.result.errors.append(f"on_log: {exc}")
+            self.monitor.note_error(f"on_log: {exc}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.store is not None:
