@@ -298,3 +298,15 @@ def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on(
     for s in range(13, 17):  # a deviation outside the upstream signals still counts
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 2
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from rftfm.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--steps", "10", "--onset", "5", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "final comparison" in result.output and (tmp_path / "incidents.db").exists()
+    assert (tmp_path / "demo.json").exists()

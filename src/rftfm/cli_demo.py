@@ -236,6 +236,7 @@ def evaluate_remediation_cmd(
     workers: int = typer.Option(1, help="worker processes"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
+    note: Optional[str] = typer.Option(None, help="a note placed under the results heading of the Markdown (provenance)"),
 ) -> None:
     """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline and the clean run."""
     import sys
@@ -280,5 +281,5 @@ def evaluate_remediation_cmd(
         console.print(f"wrote {json_out}")
     if markdown_out:
         markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        markdown_out.write_text(ev.markdown(summary, command), encoding="utf-8")
+        markdown_out.write_text(ev.markdown(summary, command, note), encoding="utf-8")
         console.print(f"wrote {markdown_out}")

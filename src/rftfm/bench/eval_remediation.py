@@ -404,10 +404,11 @@ def playbook_markdown() -> str:
     return _md_table(rows, ["type", "family", "class", "ladder", "sources"])
 
 
-def markdown(summary: dict[str, Any], command: str) -> str:
+def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> str:
     t = summary["tables"]
     out = [INTRO, playbook_markdown(), SOURCES, "\nBackup rungs apply only when the user registered a backup verifier / tool "
            "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n", f"Produced by `{command}`.\n",
+           f"\n{note}\n" if note else "",
            f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed alarm -- two alarms "
            f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the upstream signals of the "
            f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) do not count -- and not halted) and final eval accuracy "
