@@ -237,6 +237,7 @@ def evaluate_remediation_cmd(
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
     note: Optional[str] = typer.Option(None, help="a note placed under the results heading of the Markdown (provenance)"),
+    from_json: Optional[Path] = typer.Option(None, "--from-json", help="do not train: re-render the tables of an earlier --json"),
 ) -> None:
     """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline and the clean run."""
     import sys
@@ -244,6 +245,10 @@ def evaluate_remediation_cmd(
     from rftfm.bench import eval_remediation as ev
     from rftfm.io.loader import load_runs
 
+    if from_json is not None:
+        summary = json.loads(from_json.read_text(encoding="utf-8"))
+        _report_remediation(summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation"))
+        return
     runs = load_runs(data)
     if split != "all":
         from rftfm.bench.splits import split_runs
@@ -258,6 +263,14 @@ def evaluate_remediation_cmd(
         summary = ev.evaluate(faulty, healthy_runs, str(detector_path) if detector_path else None,
                               str(diagnoser_path) if diagnoser_path else None, workers=workers,
                               on_done=lambda row: progress.advance(task))
+    command = "rftfm bench evaluate remediation " + " ".join(sys.argv[4:]) if len(sys.argv) > 4 else "rftfm bench evaluate remediation"
+    summary["command"] = command
+    _report_remediation(summary, json_out, markdown_out, note, command)
+
+
+def _report_remediation(summary: dict[str, Any], json_out: Path | None, markdown_out: Path | None, note: str | None, command: str) -> None:
+    from rftfm.bench import eval_remediation as ev
+
     t = summary["tables"]
     for title, key, keys in (("by class and setting", "by_class_setting", ["class", "setting"]),
                              ("by family and setting", "by_family_setting", ["fault_family", "setting"]),
@@ -274,7 +287,6 @@ def evaluate_remediation_cmd(
         console.print("healthy runs:", t["healthy"])
     for line in ev.target_status(summary):
         console.print(line)
-    command = "rftfm bench evaluate remediation " + " ".join(sys.argv[4:]) if len(sys.argv) > 4 else "rftfm bench evaluate remediation"
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
