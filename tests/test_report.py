@@ -162,3 +162,12 @@ def test_default_report_name_cannot_escape_the_directory(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     written = [p.name for p in tmp_path.glob("*.html")]
     assert written == ["_.._.._tmp_script_x.html"]  # written here, not three directories up
+
+
+def test_odd_incident_payloads_cost_a_section_not_the_report(real_run):
+    events, _ = read_log(real_run.run_dir)
+    odd = [{"kind": "diagnosis", "run_id": "r", "step": 2, "time": 1.0, "payload": {"ranked": "not a list", "evidence": [1, 2]}},
+           {"kind": "alarm", "run_id": "r", "step": 3, "time": 2.0, "payload": {"evidence": "<b>x</b>"}}]
+    page = build_report("r", events, odd)
+    assert "could not be built" in page and "<b>x</b>" not in page
+    assert "<h2>incident timeline</h2>" in page

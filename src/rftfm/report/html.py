@@ -62,7 +62,11 @@ def _finite(values: Iterable[Any]) -> list[float | None]:
 
 
 def _marker_steps(incidents: Sequence[dict[str, Any]], kind: str) -> list[int]:
-    return sorted({int(e["step"]) for e in incidents if e["kind"] == kind and e.get("step") is not None})
+    steps = set()
+    for e in incidents:
+        if e.get("kind") == kind and isinstance(e.get("step"), (int, float)) and not isinstance(e.get("step"), bool):
+            steps.add(int(e["step"]))
+    return sorted(steps)
 
 
 def metric_figure(records: Sequence[StepRecord], incidents: Sequence[dict[str, Any]], names: Sequence[str], title: str,
@@ -280,6 +284,14 @@ _RENDER = """
 """
 
 
+def _section(build: Any, *args: Any) -> str:
+    """One section's HTML; an unexpected payload shape costs that section, never the report."""
+    try:
+        return build(*args)
+    except Exception as exc:
+        return f"<p class='muted'>This section could not be built ({esc(type(exc).__name__)}: {esc(exc)}).</p>"
+
+
 def build_report(
     run_id: str,
     events: Sequence[Event],
@@ -343,9 +355,9 @@ def build_report(
         "<h2>summary</h2>", summary,
         "<h2>training signals</h2>", divs.get("fig-metrics", "<p class='muted'>No step metrics.</p>"),
         "<h2>trajectory distributions</h2>", divs.get("fig-trajectories", "<p class='muted'>This log has no per-trajectory records.</p>"),
-        "<h2>diagnosis</h2>", diagnosis_html(incidents),
-        "<h2>sample completions</h2>", completions_html(events, incidents),
-        "<h2>incident timeline</h2>", timeline_html(incidents),
+        "<h2>diagnosis</h2>", _section(diagnosis_html, incidents),
+        "<h2>sample completions</h2>", _section(completions_html, events, incidents),
+        "<h2>incident timeline</h2>", _section(timeline_html, incidents),
         "<h2>other logged metrics</h2>", f"<p class='muted'>{extras_list}</p>", divs.get("fig-extra", ""),
     ]
     return (
