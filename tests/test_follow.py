@@ -123,3 +123,11 @@ def test_follow_should_stop(tmp_path):
     append(path, "a\n")
     batches = list(Follower(path).follow(interval=0.01, should_stop=lambda: True))
     assert batches == [["a"]]
+
+
+def test_a_directory_at_the_path_is_not_read(tmp_path):
+    path = tmp_path / "run"
+    path.mkdir()
+    f = Follower(path)
+    assert f.poll() == [] and f.poll() == []
+    assert f.stats.problems == []

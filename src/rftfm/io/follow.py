@@ -16,6 +16,7 @@ on top of plain ``os.stat`` polling (portable; no inotify dependency).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ class Follower:
         except OSError:
             return False
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode):
+            os.close(fd)  # a directory (or device) at this path: not a log, keep waiting
+            return False
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._pos = 0 if (self.from_start or self._opened_once) else st.st_size
         self._opened_once = True
@@ -95,7 +99,8 @@ class Follower:
             try:
                 data = os.pread(self._fd, READ_CHUNK, self._pos)
             except OSError as exc:  # pragma: no cover - e.g. a network file system hiccup
-                self.stats.problems.append(f"read error: {exc}")
+                if len(self.stats.problems) < 50:
+                    self.stats.problems.append(f"read error: {exc}")
                 break
             if not data:
                 break
