@@ -279,3 +279,26 @@ def test_monitor_memory_is_bounded_on_a_long_run():
     history = diagnoser.histories[-1]
     assert history.height == 100 and history["step"].to_list() == list(range(2901, 3001))
     assert history.columns == ["run_id", "step", *FEATURES]
+
+
+def test_follow_waits_for_a_run_directory_to_appear(real_run, tmp_path, monkeypatch):
+    """watch --follow started before the run: the directory and its layout files appear later."""
+    import shutil
+
+    use_monitor(monkeypatch, KlDetector(1e9))
+    target = tmp_path / "later-run"
+
+    def create() -> None:
+        time.sleep(0.5)
+        target.mkdir()
+        time.sleep(0.3)
+        shutil.copytree(real_run.run_dir / "train", target / "train")
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    result = runner.invoke(app, ["watch", str(target), "--follow", "--interval", "0.05", "--idle-timeout", "3"])
+    thread.join()
+    assert result.exit_code == EXIT_OK, result.output
+    assert "waiting for a log" in result.output and "6 step(s) [openrlhf]" in result.output
+    never = runner.invoke(app, ["watch", str(tmp_path / "never"), "--follow", "--interval", "0.05", "--idle-timeout", "0.3"])
+    assert never.exit_code == EXIT_BAD_INPUT

@@ -251,6 +251,27 @@ def _open_store(path: Path) -> Any:
         _fail(f"cannot open the incident store {path}: {exc}")
 
 
+def _open_source(log_source: Any, path: Path, fmt: str, run_id: str | None, follow: bool, interval: float,
+                 idle_timeout: float | None, quiet: bool) -> Any:
+    """The run's LogSource; when following, wait for a directory's log to appear (a run just starting)."""
+    start, told = time.monotonic(), False
+    while True:
+        try:
+            if follow and not path.exists() and path.suffix == "":  # maybe a run directory still to be created
+                raise ValueError(f"{path} does not exist")
+            return log_source(path, fmt, run_id)
+        except (ValueError, OSError) as exc:
+            if not follow or (idle_timeout is not None and time.monotonic() - start >= idle_timeout):
+                _fail(str(exc))
+            if not told and not quiet:
+                console.print(f"[dim]waiting for a log at {escape(str(path))}…[/]")
+                told = True
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                _fail(f"interrupted while waiting for {path}")
+
+
 def watch(
     path: Path = typer.Argument(..., help="log file (JSONL, CSV, verl console log, trainer_state.json) or run directory"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
@@ -277,10 +298,7 @@ def watch(
         _fail(f"unknown --format {fmt!r}; expected auto, {', '.join(FORMATS)}")
     if not path.exists() and not follow:
         _fail(f"{path} does not exist")
-    try:
-        source = LogSource(path, fmt, run_id)
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
+    source = _open_source(LogSource, path, fmt, run_id, follow, interval, idle_timeout, quiet)
     detector, why_no_detector = load_detector(detector_path)
     diagnoser, why_no_diagnoser = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
     for message in (why_no_detector, why_no_diagnoser):
