@@ -246,3 +246,22 @@ def test_cli_diagnose_run_dir_without_run_info(fitted: Diagnoser, fresh, tmp_pat
 def test_summary_sentence_for_unknown_names_the_closest_type() -> None:
     assert summary_sentence(None, [], "lr_low").startswith("unknown fault")
     assert "closest known: lr_low" in summary_sentence(None, [], "lr_low")
+
+
+def test_unseen_task_group_uses_the_closest_seen_configuration() -> None:
+    from rftfm.fm.diagnosis_features import NormalProfile, run_z
+
+    rng = np.random.default_rng(0)
+    rows, runs = [], []
+    for i, (task, tool_rate) in enumerate([("arith_a", 0.0)] * 4 + [("tool", 1.0)] * 4):
+        runs.append({"run_id": f"r{i}", "task_group": task, "model_size": "xs"})
+        for step in range(1, 7):
+            rows.append({"run_id": f"r{i}", "step": step, "traj_tool_call_rate": tool_rate + rng.normal(0, 0.01),
+                         "reward_mean": 0.3 + rng.normal(0, 0.05)})
+    features = pl.DataFrame(rows)
+    profile = NormalProfile.fit(features, pl.DataFrame(runs), base=["traj_tool_call_rate", "reward_mean"])
+    no_tool = pl.DataFrame({"step": [1, 2, 3], "traj_tool_call_rate": [0.0, 0.01, 0.0], "reward_mean": [0.3, 0.32, 0.28]})
+    with_tool = no_tool.with_columns(traj_tool_call_rate=pl.lit(0.98))
+    assert abs(run_z(no_tool, profile, "arith_b", "xs").mean[0, 0]) < 0.05
+    assert run_z(with_tool, profile, None, "xs").mean[0, 0] > 0.9
+    assert run_z(no_tool, profile, "tool", "xs").mean[0, 0] > 0.9  # a known configuration is used as is

@@ -95,12 +95,41 @@ class NormalProfile:
             profile.std[key] = std_rows
         return profile
 
-    def resolve(self, task_group: str | None, model_size: str | None) -> str:
-        """The most specific profile key available for a configuration."""
-        for key in (f"{task_group}|{model_size}", f"{task_group}|{ANY}", f"{ANY}|{model_size}", f"{ANY}|{ANY}"):
+    def resolve(
+        self, task_group: str | None, model_size: str | None, steps: np.ndarray | None = None, values: np.ndarray | None = None
+    ) -> str:
+        """The most specific profile key available for a configuration.
+
+        A task group the profile has never seen (or an unknown one) is matched to the seen
+        configuration whose normal profile is closest to the run's own first steps (a task
+        without tool calls is not compared with a tool task); the model size is kept when known.
+        """
+        for key in (f"{task_group}|{model_size}", f"{task_group}|{ANY}"):
+            if key in self.mean:
+                return key
+        if steps is not None and values is not None and len(steps):
+            configs = [k for k in self.mean if ANY not in k]
+            same_size = [k for k in configs if k.endswith(f"|{model_size}")]
+            closest = self.closest(same_size or configs, steps, values)
+            if closest is not None:
+                return closest
+        for key in (f"{ANY}|{model_size}", f"{ANY}|{ANY}"):
             if key in self.mean:
                 return key
         raise KeyError("normal profile is empty")
+
+    def closest(self, keys: list[str], steps: np.ndarray, values: np.ndarray) -> str | None:
+        """The key whose profile best fits the first :data:`EARLY` steps (mean |z| over features, clipped at 10)."""
+        best, best_fit = None, math.inf
+        first = slice(0, min(EARLY, len(steps)))
+        for key in keys:
+            mean, std = self.arrays(key, steps[first])
+            with np.errstate(all="ignore"):
+                z = np.abs((values[first] - mean) / std)
+            fit = float(np.nanmean(np.minimum(nanmean_columns(z), 10.0))) if np.isfinite(z).any() else math.inf
+            if fit < best_fit:
+                best, best_fit = key, fit
+        return best
 
     def arrays(self, key: str, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, sd) arrays of shape (len(steps), features); sd floored, missing filled from (*, *)."""
@@ -153,7 +182,7 @@ def run_z(history: pl.DataFrame, profile: NormalProfile, task_group: str | None,
         history[c].cast(pl.Float64).fill_null(np.nan).to_numpy() if c in history.columns else np.full(len(steps), np.nan)
         for c in profile.features
     ]) if len(steps) else np.zeros((0, len(profile.features)))
-    mean, std = profile.arrays(profile.resolve(task_group, model_size), steps)
+    mean, std = profile.arrays(profile.resolve(task_group, model_size, steps, values), steps)
     return RunZ(steps, values, mean, std)
 
 
