@@ -143,3 +143,14 @@ def test_split_all_scores_every_run_with_a_given_detector(bench, tmp_path):
     assert result["test_runs"] == loaded.runs.height and list(result["methods"]) == ["RFT-FM"]
     with pytest.raises(ValueError, match="fitted detector"):
         evaluate_detection(bench, "all")
+
+
+def test_targets_table_from_saved_results(bench, tmp_path):
+    result = evaluate_detection(bench, "seed", baselines=["StaticRules"])
+    out_json, out_md = tmp_path / "seed.json", tmp_path / "targets.md"
+    out_json.write_text(json.dumps(result, default=str))
+    res = CliRunner().invoke(app, ["bench", "evaluate", "detection-targets", "--seed", str(out_json), "--markdown", str(out_md)])
+    assert res.exit_code == 0, res.output
+    text = out_md.read_text()
+    assert "avg F1 easy ≥ 97" in text and "StaticRules" in text
+    assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 6

@@ -76,3 +76,22 @@ def evaluate_detection_cmd(
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(to_markdown(result), encoding="utf-8")
         console.print(f"wrote {markdown}")
+
+
+@evaluate_app.command("detection-targets")
+def detection_targets_cmd(
+    seed_json: Path = typer.Option(..., "--seed", help="JSON of `bench evaluate detection --split seed`"),
+    task_json: Optional[Path] = typer.Option(None, "--task", help="JSON of `--split task`"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
+) -> None:
+    """Where the detection targets stand, from saved evaluation results."""
+    from rftfm.bench.eval_detection import targets_markdown
+
+    by_split = {"seed": json.loads(seed_json.read_text(encoding="utf-8"))}
+    if task_json:
+        by_split["task"] = json.loads(task_json.read_text(encoding="utf-8"))
+    text = targets_markdown(by_split)
+    console.print(text)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text, encoding="utf-8")

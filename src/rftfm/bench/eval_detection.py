@@ -288,3 +288,41 @@ def to_markdown(result: dict[str, Any]) -> str:
     for r in methods[first]["per_type"]:
         lines.append(f"| {r['fault_family']} | {r['fault_type']} | {r['fault_strength']} | {r['runs']} | {_fmt(r['recall'])} | {r['pre_onset']} | {_fmt(r['median_delay'])} |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- targets
+#: Issue targets (held-out seeds, protocol B unless noted).
+TARGETS = {
+    "easy_f1": 97.0, "hard_f1": 90.0, "lead_over_best_baseline": 10.0, "pct_normal_runs_alarmed": 1.0,
+    "per_1000_normal_steps": 1.0, "median_delay": 2.0, "task_hard_f1": 80.0,
+}
+
+
+def targets_markdown(by_split: dict[str, dict[str, Any]]) -> str:
+    """Where each target stands, from the JSON results of the seed (and task) splits."""
+    seed = by_split["seed"]["methods"]
+    rft = seed[RFTFM]
+    b = rft["protocols"]["B"]["avg_f1"]
+    baselines = {n: m["protocols"]["B"]["avg_f1"]["hard"] or 0.0 for n, m in seed.items() if n != RFTFM}
+    best = max(baselines, key=baselines.get) if baselines else None
+    fa, delay = rft["false_alarms"], rft["delay"]["all"]
+    rows = [
+        ("avg F1 easy ≥ 97", b["easy"], TARGETS["easy_f1"], True),
+        ("avg F1 hard ≥ 90", b["hard"], TARGETS["hard_f1"], True),
+        (f"hard F1 lead over the best baseline ({best}) ≥ 10", (b["hard"] or 0.0) - baselines.get(best, 0.0), TARGETS["lead_over_best_baseline"], True),
+        (f"normal runs alarmed ≤ 1 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})", fa["pct_normal_runs_alarmed"], TARGETS["pct_normal_runs_alarmed"], False),
+        ("false alarms per 1,000 normal steps ≤ 1", fa["per_1000_normal_steps"], TARGETS["per_1000_normal_steps"], False),
+        (f"median delay after a mid-run onset ≤ 2 steps (p90 {_fmt(delay['p90'])})", delay["median"], TARGETS["median_delay"], False),
+    ]
+    if "task" in by_split:
+        rows.append(("held-out task group: avg F1 hard ≥ 80", by_split["task"]["methods"][RFTFM]["protocols"]["B"]["avg_f1"]["hard"],
+                     TARGETS["task_hard_f1"], True))
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    for label, value, target, higher in rows:
+        if value is None:
+            status = "not measured"
+        else:
+            ok = value >= target if higher else value <= target
+            status = "met" if ok else f"missed by {abs(value - target):.1f}"
+        lines.append(f"| {label} | {_fmt(value)} | {status} |")
+    return "\n".join(lines) + "\n"
