@@ -52,10 +52,10 @@ TRAIN_OFFSETS = (0, 1, 2, 3, 4, 6, 9)
 #: kinds of features that span the kNN novelty space
 NOVELTY_KINDS = ("z_recent", "excess")
 NOVELTY_K = 3
-NOVELTY_MAX_REFERENCE = 1500
+NOVELTY_MAX_REFERENCE = 2500
 #: fraction of known-fault training diagnoses allowed to abstain (per threshold)
 ABSTAIN_FAMILY_QUANTILE = 0.02
-ABSTAIN_NOVELTY_QUANTILE = 0.99
+ABSTAIN_NOVELTY_QUANTILE = 0.98
 EVIDENCE_Z = 2.0
 SINCE_Z = 1.5
 LGB_PARAMS: dict[str, Any] = {
@@ -125,7 +125,8 @@ class Diagnoser:
         self.novelty_scale: np.ndarray | None = None
         self.novelty_reference: np.ndarray | None = None
         self.family_threshold: float = 0.0
-        self.novelty_threshold: float = math.inf
+        self.novelty_thresholds: np.ndarray = np.zeros(0)  # per class
+        self.novelty_labels: np.ndarray = np.zeros(0, dtype=int)  # class of each reference row
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ training
@@ -159,10 +160,10 @@ class Diagnoser:
         label = dict(faulty.select("run_id", "fault_type").iter_rows())
         y = np.array([self.classes.index(label[rid]) for rid, _ in keys])
         groups = np.array([rid for rid, _ in keys])
-        self._fit_novelty(x, groups)
+        self._fit_novelty(x, y, groups)
         oof = self._out_of_fold(x, y, groups)
         self.booster = self._train(x, y)
-        self._calibrate(oof, groups)
+        self._calibrate(oof, y)
         self.info = {
             "train_runs": int(len(set(groups))),
             "train_rows": int(len(y)),
@@ -187,7 +188,7 @@ class Diagnoser:
         for train_idx, test_idx in splitter.split(x, y, groups):
             booster = self._train(x[train_idx], y[train_idx])
             prob[test_idx] = self._predict(booster, x[test_idx])
-        return _Scores(prob, self._novelty(x, exclude=groups))
+        return _Scores(prob, self._novelty(x, y, exclude=groups))
 
     def _predict(self, booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
         prob = np.asarray(booster.predict(x))
@@ -198,7 +199,7 @@ class Diagnoser:
         sub = np.nan_to_num(x[:, idx], nan=0.0)
         return np.clip(sub, -10.0, 10.0)
 
-    def _fit_novelty(self, x: np.ndarray, groups: np.ndarray) -> None:
+    def _fit_novelty(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
         space = self._novelty_space(x)
         self.novelty_scale = np.maximum(space.std(axis=0), 0.5)
         keep = np.arange(len(space))
@@ -206,15 +207,17 @@ class Diagnoser:
             keep = np.sort(np.random.default_rng(0).choice(keep, NOVELTY_MAX_REFERENCE, replace=False))
         self.novelty_reference = np.round(space[keep] / self.novelty_scale, 2)
         self._reference_groups = groups[keep]
+        self.novelty_labels = y[keep]
 
-    def _novelty(self, x: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-        """Mean distance to the k nearest training rows (of other runs when ``exclude`` is given)."""
+    def _novelty(self, x: np.ndarray, labels: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Mean distance to the k nearest training rows of class ``labels[i]`` (of other runs when ``exclude`` is given)."""
         assert self.novelty_reference is not None and self.novelty_scale is not None
         q = self._novelty_space(x) / self.novelty_scale
         ref = self.novelty_reference
         d = np.sqrt(np.maximum(((q**2).sum(1)[:, None] + (ref**2).sum(1)[None, :] - 2 * q @ ref.T), 0.0)) / math.sqrt(ref.shape[1])
         if exclude is not None:
             d = np.where(exclude[:, None] == self._reference_groups[None, :], np.inf, d)
+        d = np.where(labels[:, None] == self.novelty_labels[None, :], d, np.inf)
         k = min(NOVELTY_K, ref.shape[0])
         return np.sort(d, axis=1)[:, :k].mean(axis=1)
 
@@ -225,11 +228,20 @@ class Diagnoser:
             out[:, families.index(FAULT_TYPES[t].family)] += type_prob[:, j]
         return families, out
 
-    def _calibrate(self, oof: _Scores, groups: np.ndarray) -> None:
+    def _calibrate(self, oof: _Scores, y: np.ndarray) -> None:
+        """Abstention thresholds from out-of-fold scores of the training diagnoses.
+
+        Family: a low quantile of the best family's probability. Novelty, per type: a high
+        quantile of the distance of that type's diagnoses to the nearest other runs of the type,
+        so a pattern the model assigns to a type it does not resemble is called unknown.
+        """
         _, fam = self._family_prob(oof.type_prob)
         self.family_threshold = float(np.quantile(fam.max(1), ABSTAIN_FAMILY_QUANTILE))
-        finite = oof.novelty[np.isfinite(oof.novelty)]
-        self.novelty_threshold = float(np.quantile(finite, ABSTAIN_NOVELTY_QUANTILE)) if finite.size else math.inf
+        thresholds = []
+        for c in range(len(self.classes)):
+            d = oof.novelty[(y == c) & np.isfinite(oof.novelty)]
+            thresholds.append(float(np.quantile(d, ABSTAIN_NOVELTY_QUANTILE)) if d.size else math.inf)
+        self.novelty_thresholds = np.array(thresholds)
 
     # ------------------------------------------------------------------ inference
     def _check(self) -> None:
@@ -255,11 +267,11 @@ class Diagnoser:
         rz = run_z(history, self.profile, task_group, model_size)
         x = vector_from_z(rz)[None, :]
         prob = self._predict(self.booster, x)[0]
-        novelty = float(self._novelty(x)[0])
-        _, fam = self._family_prob(prob[None, :])
         order = np.argsort(-prob)
+        novelty = float(self._novelty(x, order[:1])[0])
+        _, fam = self._family_prob(prob[None, :])
         ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i], probability=round(float(prob[i]), 4)) for i in order]
-        unknown = bool(fam.max() < self.family_threshold or novelty > self.novelty_threshold)
+        unknown = bool(fam.max() < self.family_threshold or novelty > self.novelty_thresholds[order[0]])
         evidence = self.evidence(rz, None if unknown else ranked[0].fault_type)
         return Diagnosis(
             run_id=run_id, step=int(step), ranked=ranked, unknown=unknown, evidence=evidence,
@@ -272,7 +284,8 @@ class Diagnoser:
         assert self.booster is not None
         prob = self._predict(self.booster, x)
         _, fam = self._family_prob(prob)
-        unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x) > self.novelty_threshold)
+        best = prob.argmax(1)
+        unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x, best) > self.novelty_thresholds[best])
         return prob, unknown
 
     def evidence(self, rz: RunZ, fault_type: str | None, limit: int = 6) -> list[SignalEvidence]:
@@ -315,7 +328,8 @@ class Diagnoser:
             "classes": self.classes,
             "feature_names": self.feature_names,
             "family_threshold": self.family_threshold,
-            "novelty_threshold": self.novelty_threshold,
+            "novelty_thresholds": [float(v) if math.isfinite(v) else None for v in self.novelty_thresholds],
+            "novelty_labels": self.novelty_labels.tolist(),
             "novelty_scale": [round(float(v), 6) for v in self.novelty_scale],
             "novelty_reference": self.novelty_reference.tolist(),
             "novelty_groups": [str(g) for g in self._reference_groups],
@@ -339,7 +353,8 @@ class Diagnoser:
         self.classes = list(data["classes"])
         self.feature_names = list(data["feature_names"])
         self.family_threshold = float(data["family_threshold"])
-        self.novelty_threshold = float(data["novelty_threshold"])
+        self.novelty_thresholds = np.array([math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float)
+        self.novelty_labels = np.array(data["novelty_labels"], dtype=int)
         self.novelty_scale = np.array(data["novelty_scale"], dtype=float)
         self.novelty_reference = np.array(data["novelty_reference"], dtype=float)
         self._reference_groups = np.array(data.get("novelty_groups", []))
