@@ -312,7 +312,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
     lines += [
         f"The detector's streaming state is a fixed set of arrays per run, so its memory stays flat. The closed loop",
         f"keeps one feature row per step for the diagnoser (`Controller.history`: {loop['history_rows']:,} rows after",
-        f"{loop['steps']:,} steps) — about {loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step, i.e. bounded by the",
+        f"{loop['steps']:,} steps), plus the step and timeline entry of every alarm — together about",
+        f"{loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step, i.e. bounded by the",
         f"run's length rather than constant (at that rate {loop.get('traced_growth_bytes_per_step', 0) * 10_000 / 1e6:.0f} MB "
         f"for a 10,000-step run, {loop.get('traced_growth_bytes_per_step', 0) * 1_000_000 / 1e9:.1f} GB for 1,000,000 steps).",
         "",
