@@ -52,7 +52,7 @@ TRAIN_OFFSETS = (0, 1, 2, 3, 4, 6, 9)
 #: kinds of features that span the kNN novelty space
 NOVELTY_KINDS = ("z_recent", "excess")
 NOVELTY_K = 3
-NOVELTY_MAX_REFERENCE = 2500
+NOVELTY_MAX_REFERENCE = 1500  # keeps the artifact < 2 MB
 #: fraction of known-fault training diagnoses allowed to abstain (per threshold)
 ABSTAIN_FAMILY_QUANTILE = 0.02
 ABSTAIN_NOVELTY_QUANTILE = 0.98
@@ -60,10 +60,10 @@ EVIDENCE_Z = 2.0
 SINCE_Z = 1.5
 LGB_PARAMS: dict[str, Any] = {
     "objective": "multiclass",
-    "learning_rate": 0.08,
+    "learning_rate": 0.1,
     "num_leaves": 8,
     "min_data_in_leaf": 5,
-    "feature_fraction": 0.5,
+    "feature_fraction": 0.3,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
@@ -72,7 +72,7 @@ LGB_PARAMS: dict[str, Any] = {
     "seed": 7,
     "deterministic": True,
 }
-NUM_ROUNDS = 120
+NUM_ROUNDS = 80
 
 #: human names of per-step features, for evidence sentences
 SIGNAL_NAMES: dict[str, str] = {
@@ -332,7 +332,7 @@ class Diagnoser:
             "novelty_labels": self.novelty_labels.tolist(),
             "novelty_scale": [round(float(v), 6) for v in self.novelty_scale],
             "novelty_reference": self.novelty_reference.tolist(),
-            "novelty_groups": [str(g) for g in self._reference_groups],
+            "novelty_groups": _group_codes(self._reference_groups),
             "info": self.info,
             "profile": self.profile.to_json(),
             "lightgbm_model": self.booster.model_to_string(),
@@ -368,6 +368,12 @@ class Diagnoser:
         if not DEFAULT_ARTIFACT.exists():
             raise FileNotFoundError(f"no default diagnoser at {DEFAULT_ARTIFACT}; train one with `rftfm fit diagnoser`")
         return cls.load(DEFAULT_ARTIFACT)
+
+
+def _group_codes(groups: np.ndarray) -> list[int]:
+    """Run ids of the reference rows as small integers (only equality matters)."""
+    codes: dict[str, int] = {}
+    return [codes.setdefault(str(g), len(codes)) for g in groups]
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
