@@ -67,10 +67,6 @@ def good_line(target: str, step: int, reward: float, rng: random.Random) -> str:
     return json.dumps({"step": step, "reward_mean": reward, "kl": kl})
 
 
-def reward_of(target: str, record: StepRecord | dict) -> float | None:
-    return record.reward_mean if isinstance(record, StepRecord) else record.get("reward_mean")
-
-
 # --- mutations --------------------------------------------------------------------------------
 
 
@@ -259,7 +255,7 @@ def nasty_steps(rng: random.Random, n: int) -> list[tuple[StepRecord, list[Traje
     return out
 
 
-def fuzz_monitor(detector: Detector, events: list, rng: random.Random) -> dict[str, int]:
+def fuzz_monitor(detector: Detector, events: list) -> dict[str, int]:
     """Feed every event to Detector.observe and to the loop; returns steps fed and loop internal errors."""
     controller = Controller(detector, None, run_id="fz", task_group="arith_a", model_size="xs",
                             config=ControllerConfig(remediate=False))
@@ -301,7 +297,7 @@ def run_fuzz(files: int = 3000, seed: int = 0, progress: Callable[[int], None] |
                 stage = "records"
                 totals["model_inputs"] += fuzz_models(lines)
                 stage = "monitor"
-                monitor = fuzz_monitor(detector, events + nasty_steps(rng, rng.randint(1, 12)), rng)
+                monitor = fuzz_monitor(detector, events + nasty_steps(rng, rng.randint(1, 12)))
                 result.update(monitor)
             except Exception as exc:  # a crash: exactly what this script exists to count
                 totals["crashes"] += 1

@@ -220,7 +220,7 @@ def test_log_adapters_keep_every_good_step_and_count_the_rest(fmt, rows, bads, r
         inserted.append(kind)
         lines.insert(rnd.randint(1, len(lines)) if lines else 0, line)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ("log.csv" if False else "log.jsonl")
+        path = Path(tmp) / "log.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         events, stats = read_log(path, fmt=fmt, run_id="r")
     # steps must increase; a repeated or earlier step is a counted skip
