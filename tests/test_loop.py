@@ -247,6 +247,7 @@ def test_a_single_weak_alarm_is_reported_but_not_acted_on():
 def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():
     det = ScriptedDetector({4: 1.5, 5: 1.5})
     ctl, rec = _controller(det)
+    ctl.diagnoser = FixedDiagnoser("lr_high")
     for s in range(1, 9):
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == 1
@@ -310,3 +311,17 @@ def test_demo_command_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert "final comparison" in result.output and (tmp_path / "incidents.db").exists()
     assert (tmp_path / "demo.json").exists()
+
+
+def test_an_unexplained_alarm_waits_until_it_persists_and_own_changes_are_not_drift():
+    ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5}))  # KlRuleDiagnoser: unknown here
+    for s in range(1, 9):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["alarms"] == 2 and ctl.counts["interventions"] == 0
+    ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5, 6: 1.5, 12: 1.5, 13: 1.5, 14: 1.5}))
+    for s in range(1, 26):
+        ctl.observe(rec(s), [])
+    lrs = [e["payload"]["value"] for e in ctl.store.events(kind="action") if e["payload"]["knob"] == "learning_rate"]
+    # unknown ladder: halve (nothing drifted); second incident: the loop's own halving is not drift to undo
+    assert ctl.counts["interventions"] == 2 and lrs[0] == pytest.approx(5e-4)
+    assert all(v <= 5e-4 for v in lrs)

@@ -364,8 +364,11 @@ INTRO = """# Remediation: the RFT-FM closed loop
 
 The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) watches
 every step: detector -> diagnoser (on a confirmed alarm: two alarms within three steps, or one with
-score >= 2x threshold) -> remediator (`rftfm.fm.remediate`) -> revalidation over 3 steps (no alarm: *kept*;
-alarm: *escalated* to the next rung; eval accuracy collapsed: *reverted*). Checkpoints (model safetensors,
+score >= 2x threshold; an alarm nobody can explain -- diagnoser abstains and no knob changed -- needs three
+alarms within four steps) -> remediator (`rftfm.fm.remediate`) -> revalidation over 3 steps (no alarm:
+*kept*; alarm or eval accuracy far below the checkpoint's: *escalated* to the next rung). A new incident
+that follows a change of a trainer knob since the last healthy checkpoint (a configuration push) first
+gets "roll back and undo the change" (`DRIFT_RUNG`); changes the loop made itself never count as drift. Checkpoints (model safetensors,
 optimiser / scheduler / RNG state, sha256-checked, written atomically) are taken every 2 healthy steps;
 a rollback restores the newest valid one before the first deviating step (at most 4 steps before the first alarm).
 After a rollback, detector and diagnoser see the run's *effective* step (checkpoint step + 1, ...), since
@@ -387,7 +390,7 @@ DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions
 [drgrpo] no std scaling (Dr. GRPO, Liu et al. 2025). [clip] tighter clip range against off-policy rollouts
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
-"The 37 implementation details of PPO").
+"The 37 implementation details of PPO"). [lsr] LR scaled with the effective batch (Goyal et al. 2017).
 """
 
 

@@ -195,6 +195,8 @@ class ControllerConfig:
     confirm_alarms: int = 2  # act once this many alarms fell within the last confirm_window steps ...
     confirm_window: int = 3
     strong_alarm: float = 2.0  # ... or at once when score >= strong_alarm x threshold
+    unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
+    unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
 
 
 class Controller:
@@ -217,6 +219,7 @@ class Controller:
         self.accuracy_at: dict[int, float | None] = {}
         self.checkpoints: list[CheckpointInfo] = []
         self.repaired_type: str | None = None  # diagnosed type of the last applied knob rung
+        self.loop_knobs: dict[str, Any] = {}  # knob values the loop itself set
         self.counts = {"alarms": 0, "explained_alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
                        "checkpoints": 0}
         self.outcomes: list[Outcome] = []
@@ -303,6 +306,16 @@ class Controller:
         elif self.mode == "watching" and step % self.config.checkpoint_every == 0:
             self._guard("checkpoint", lambda: self._checkpoint(step))
 
+    def _unexplained_and_unconfirmed(self, step: int, diagnosis: Diagnosis | None) -> bool:
+        """No diagnosis, no knob drift, and the alarms are not yet persistent: do not act yet."""
+        if self.remediator.generic or self.remediator.diagnosed_type(diagnosis) is not None:
+            return False
+        current = self.handle.knobs() if self.handle is not None else {}
+        if any(k in current and current[k] != v for k, v in self._healthy_knobs().items()):
+            return False
+        recent = [s for s in self.alarm_steps if s > step - self.config.unknown_confirm_window]
+        return len(recent) < self.config.unknown_confirm_alarms
+
     def _explained(self, alarm: Alarm) -> bool:
         """After a repair of type T: the alarm's evidence lies only in T's upstream signals."""
         upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
@@ -344,6 +357,10 @@ class Controller:
             first = max(first, min(window) - self.config.max_lookback, 1)
             first = min(first, step)
             self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)
+        if not escalate and self._unexplained_and_unconfirmed(step, diagnosis):
+            self.timeline.append((step, "plan", "unexplained alarm, no knob changed: alert only until it persists"))
+            self.incident = None
+            return
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
             diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate))
         if not ok:
@@ -375,8 +392,8 @@ class Controller:
             self._record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
                                           "fault_type": plan.fault_type})
             self.timeline.append((step, "action", f"{action.kind} {action.knob or ''} {detail}".strip()))
-        if plan.rung.knobs and plan.fault_type is not None:
-            self.repaired_type = plan.fault_type
+        if plan.diagnosed_type is not None and any(a.kind == "set_knob" for a in plan.actions):
+            self.repaired_type = plan.diagnosed_type
         if any(a.kind == "halt" for a in plan.actions):
             self._outcome(step, plan, "halted", "training stopped on the last healthy weights")
             self.mode, self.incident = "halted", None
@@ -406,6 +423,7 @@ class Controller:
             assert action.knob is not None
             handle.set(action.knob, action.value)
             incident.changed.append(action)
+            self.loop_knobs[action.knob] = action.value
             return f"{_fmt(action.previous)} -> {_fmt(action.value)}"
         if action.kind == "halt":
             handle.halt()
@@ -419,6 +437,7 @@ class Controller:
         assert self.handle is not None
         for action in reversed(incident.changed):
             self._guard("apply", lambda a=action: self.handle.set(a.knob, a.previous))
+            self.loop_knobs.pop(action.knob, None)
         if incident.plan is not None:
             self._outcome(step, incident.plan, "reverted", why)
         incident.changed = []
@@ -458,9 +477,11 @@ class Controller:
         self.counts["checkpoints"] += 1
 
     def _healthy_knobs(self) -> dict[str, Any]:
+        """Knob values of the rollback checkpoint, with the loop's own later settings on top
+        (a change the loop made is a repair, never drift to undo)."""
         assert self.incident is not None
         info, _ = self.checkpointer.latest_valid(before_step=self.incident.rollback_before)
-        return info.knobs if info is not None else {}
+        return {**(info.knobs if info is not None else {}), **self.loop_knobs}
 
     def _outcome(self, step: int, plan: Plan, result: str, detail: str) -> None:
         rung = plan.rung

@@ -31,6 +31,7 @@ Sources for the rungs (published RFT / RLHF practice):
           truncated importance sampling, Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL").
   [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
   [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
+  [lsr]   learning rate scaled with the effective batch size (Goyal et al. 2017, linear scaling rule).
 """
 
 from __future__ import annotations
@@ -170,10 +171,10 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- CA -------------------------------------------------------------------------------
     "advantage_sign": (HALT,),
     "zero_variance": (
-        Rung("few groups carry signal: token-level loss over the informative tokens", "[dapo] [ckpt]", rollback=True,
+        Rung("few groups carry signal, the effective batch shrank: scale the LR down with it", "[lsr] [ckpt]", rollback=True,
+             knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+        Rung("still stalled: token-level loss over the informative tokens", "[dapo]", rollback=True,
              knobs=(_set("loss_type", "dapo"),)),
-        Rung("still stalled: somewhat larger steps on the informative groups", "[dapo]",
-             knobs=(_scale("learning_rate", 1.5, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
     "advantage_normalization": (

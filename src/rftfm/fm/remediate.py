@@ -31,6 +31,7 @@ class Plan:
     rung_index: int
     rung: Rung
     actions: list[Action] = field(default_factory=list)
+    diagnosed_type: str | None = None  # the diagnosis' top type (for the drift rung, fault_type is "knob_drift")
 
 
 def resolve_knob(change: KnobChange, current: Any, healthy: Any) -> Any:
@@ -120,7 +121,8 @@ class Remediator:
             if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
                 self._type, self._rung = None, -1
                 self.interventions += 1
-                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy))
+                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy),
+                            diagnosed_type=self.diagnosed_type(diagnosis))
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
         if fault_type is not None and fault_type == self._type:
             start = self._rung + 1  # the same fault again: the last rung was not enough
@@ -137,7 +139,7 @@ class Remediator:
                 continue
             self._type, self._rung = fault_type, index
             self.interventions += 1
-            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy))
+            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy), diagnosed_type=fault_type)
         return None
 
     @staticmethod
