@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -65,7 +66,7 @@ def evaluate_diagnosis(
     rel = None
     if image:
         plot_confusion(result["confusion"], image, title=f"Diagnoser at alarm time, split {split}")
-        rel = str(image.relative_to(markdown.parent)) if markdown and image.is_relative_to(markdown.parent) else str(image)
+        rel = os.path.relpath(image, markdown.parent) if markdown else str(image)
         result["confusion_image"] = str(image)
     text = markdown_report(result, rel)
     console.print(text)

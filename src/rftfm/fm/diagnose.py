@@ -54,8 +54,8 @@ NOVELTY_KINDS = ("z_recent", "excess")
 NOVELTY_K = 3
 NOVELTY_MAX_REFERENCE = 1500  # keeps the artifact < 2 MB
 #: fraction of known-fault training diagnoses allowed to abstain (per threshold)
-ABSTAIN_FAMILY_QUANTILE = 0.02
-ABSTAIN_NOVELTY_QUANTILE = 0.98
+ABSTAIN_FAMILY_QUANTILE = 0.01
+ABSTAIN_NOVELTY_QUANTILE = 0.99
 EVIDENCE_Z = 2.0
 SINCE_Z = 1.5
 LGB_PARAMS: dict[str, Any] = {
