@@ -265,3 +265,17 @@ def test_unseen_task_group_uses_the_closest_seen_configuration() -> None:
     assert abs(run_z(no_tool, profile, "arith_b", "xs").mean[0, 0]) < 0.05
     assert run_z(with_tool, profile, None, "xs").mean[0, 0] > 0.9
     assert run_z(no_tool, profile, "tool", "xs").mean[0, 0] > 0.9  # a known configuration is used as is
+
+
+def test_packaged_default_artifact_loads_without_pickle(fresh) -> None:
+    from rftfm.fm.diagnose import DEFAULT_ARTIFACT
+
+    assert DEFAULT_ARTIFACT.stat().st_size < 2_000_000
+    assert json.loads(DEFAULT_ARTIFACT.read_text())["format"] == "rftfm-diagnoser"
+    diagnoser = Diagnoser.load_default()
+    assert set(diagnoser.classes) == set(FAULT_TYPES)
+    _, runs, features = fresh
+    d = diagnoser.diagnose(features, runs["run_id"][0], 8, task_group="arith_a", model_size="xs")
+    assert len(d.ranked) == len(FAULT_TYPES) and abs(sum(h.probability for h in d.ranked) - 1) < 1e-3
+    assert all(h.family == FAULT_TYPES[h.fault_type].family for h in d.ranked)
+    assert d.summary
