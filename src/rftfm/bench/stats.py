@@ -42,7 +42,14 @@ def benchmark_stats(root: str | Path) -> dict[str, Any]:
         "by_task_size": grouped([c for c in ("task_group", "model_size") if c in table.columns]),
         "by_onset": grouped(["control_or_fault", onset_col]) if onset_col else [],
         "loader": {"malformed_lines": bench.report.malformed_lines, "files_read": bench.report.files_read},
+        "commit_span_s": _commit_span(Path(root)),
     }
+
+
+def _commit_span(root: Path) -> float | None:
+    """Seconds between the first and the last committed run of ``root`` (None without runs)."""
+    times = [p.stat().st_mtime for p in root.glob("*/*/run_info.json") if not p.parent.name.startswith(".tmp-")]
+    return max(times) - min(times) if len(times) > 1 else None
 
 
 def stats_markdown(stats: dict[str, Any], generation_log: list[dict[str, Any]] | None = None) -> str:
@@ -64,6 +71,13 @@ def stats_markdown(stats: dict[str, Any], generation_log: list[dict[str, Any]] |
             f"Generation wall time (sum over {len(generation_log)} invocation(s) of `rftfm bench generate`, "
             f"from `metadata/generation_log.jsonl`): **{wall / 60:.1f} min** for {runs} runs on "
             f"{', '.join(str(c) for c in sorted(cpus, key=str))} CPU core(s).",
+            "",
+        ]
+    span = stats.get("commit_span_s")
+    if span:
+        lines += [
+            f"Span from the first to the last committed run (modification times of the runs' `run_info.json`, "
+            f"which covers every invocation, including interrupted ones): **{span / 60:.1f} min**.",
             "",
         ]
     for title, key in (
