@@ -17,6 +17,8 @@ diagnosing and recording, but no longer acts).
 
 from __future__ import annotations
 
+from collections import deque
+
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -197,6 +199,13 @@ class ControllerConfig:
     strong_alarm: float = 2.0  # ... or at once when score >= strong_alarm x threshold
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
+    max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
+
+
+def _trim_oldest(table: dict[int, Any], size: int) -> None:
+    """Drop the oldest entries (dicts keep insertion order) so per-step tables stay bounded."""
+    while len(table) > size:
+        table.pop(next(iter(table)))
 
 
 class Controller:
@@ -214,7 +223,7 @@ class Controller:
         self.run_id, self.task_group, self.model_size = run_id, task_group, model_size
         self.handle: TrainerHandle | None = None
         self.mode: Mode = "watching" if self.config.remediate else "alert_only"
-        self.history: list[dict[str, Any]] = []
+        self.history: deque[dict[str, Any]] = deque(maxlen=self.config.max_history)
         self.incident: Incident | None = None
         self.accuracy_at: dict[int, float | None] = {}
         self.checkpoints: list[CheckpointInfo] = []
@@ -268,10 +277,12 @@ class Controller:
         if self.mode == "halted":
             return
         self.accuracy_at[step] = record.eval_accuracy
+        _trim_oldest(self.accuracy_at, self.config.max_history)
         # Detector and diagnoser see the *effective* run: after a rollback to a checkpoint of
         # effective step c, the next step is c + 1 (their normal profiles are indexed by step).
         effective = step - self.offset
         self.effective_at[step] = effective
+        _trim_oldest(self.effective_at, self.config.max_history)
         feats = self._guard("features", lambda: step_features(record, trajectories))
         if feats is not None:
             self.history.append({"run_id": self.run_id, "step": effective, **feats})
@@ -417,7 +428,7 @@ class Controller:
             self.counts["rollbacks"] += 1
             restored = self.effective_at.get(info.step, info.step)
             self.offset = self.last_step - restored
-            self.history = [h for h in self.history if h["step"] <= restored]
+            self.history = deque((h for h in self.history if h["step"] <= restored), maxlen=self.config.max_history)
             return f"to step {info.step}"
         if action.kind == "set_knob":
             assert action.knob is not None
