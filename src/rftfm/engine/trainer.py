@@ -21,25 +21,15 @@ from trl import GRPOTrainer
 from rftfm.engine.policy_eval import eval_accuracy
 from rftfm.engine.tasks import Problem, TaskGroup, calculator
 from rftfm.faults.injectors import Injector
+from rftfm.io.adapters import TRL_STEP_KEYS as ADAPTER_TRL_KEYS
 from rftfm.records import FaultInjection, RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
 
 StepSink = Callable[[StepRecord, list[TrajectoryRecord]], None]
 
-#: TRL log key -> StepRecord field.
+#: TRL log key -> StepRecord field: the TRL adapter's table, less the two fields this trainer
+#: measures itself (zero-advantage groups after any credit fault, step time without eval).
 TRL_STEP_KEYS: dict[str, str] = {
-    "reward": "reward_mean",
-    "reward_std": "reward_std",
-    "kl": "kl",
-    "entropy": "entropy",
-    "loss": "policy_loss",
-    "grad_norm": "grad_norm",
-    "learning_rate": "learning_rate",
-    "clip_ratio/low_mean": "clip_ratio_low",
-    "clip_ratio/high_mean": "clip_ratio_high",
-    "clip_ratio/region_mean": "clip_ratio_region",
-    "completions/mean_length": "completion_length_mean",
-    "completions/max_length": "completion_length_max",
-    "completions/clipped_ratio": "truncated_ratio",
+    key: field for key, field in ADAPTER_TRL_KEYS.items() if field not in ("frac_zero_std_groups", "step_time_s")
 }
 
 
