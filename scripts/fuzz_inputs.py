@@ -36,17 +36,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import polars as pl
 from pydantic import ValidationError
 
 from rftfm.fm.detect import Detector
-from rftfm.fm.features import FEATURES
 from rftfm.fm.loop import Controller, ControllerConfig
 from rftfm.io.adapters import StepParser, read_log
 from rftfm.io.faultbench import STEP_FILE, TRAJ_FILE, step_to_published, trajectory_to_published
 from rftfm.io.loader import load_benchmark
 from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
+from rftfm.testing import synthetic_detector as _synthetic_detector
 
 TARGETS = ("loader", "openrlhf", "trl", "verl", "jsonl")
 NASTY_TOKENS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 400, "9" * 5000, '"text"', "[1, 2]", "{}",
@@ -229,12 +227,7 @@ def fuzz_models(lines: list[str]) -> int:
 
 def synthetic_detector(runs: int = 8, steps: int = 30, seed: int = 0) -> Detector:
     """A detector fitted on synthetic normal runs, so the fuzz does not depend on a shipped artifact."""
-    rng = np.random.default_rng(seed)
-    rows = [{"run_id": f"n{r}", "step": s, **{f: float(rng.normal(1.0 + 0.01 * s, 0.1)) for f in FEATURES}}
-            for r in range(runs) for s in range(1, steps + 1)]
-    info = pl.DataFrame({"run_id": [f"n{r}" for r in range(runs)], "task_group": ["arith_a"] * runs,
-                         "model_size": ["xs"] * runs, "control_or_fault": ["normal"] * runs})
-    return Detector().fit(info, pl.DataFrame(rows))
+    return _synthetic_detector(runs, steps, seed)
 
 
 NASTY_VALUES = (math.nan, math.inf, -math.inf, 1e308, -1e308, 5e-324, 0.0, None)

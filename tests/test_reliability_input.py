@@ -17,21 +17,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from rftfm.fm.detect import Detector
-from rftfm.fm.features import FEATURES
 from rftfm.fm.loop import Controller, ControllerConfig
 from rftfm.integrations.trl_callback import step_record_from_logs
 from rftfm.io.adapters import StepParser, read_log
 from rftfm.io.faultbench import STEP_FILE, TRAJ_FILE, step_to_published, trajectory_to_published
 from rftfm.io.loader import load_benchmark
 from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
+from rftfm.testing import synthetic_detector
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
@@ -247,12 +245,7 @@ def test_trl_callback_record_from_any_log_dict(logs: dict, step: int) -> None:
 
 def fit_small_detector(runs: int = 8, steps: int = 12, seed: int = 0) -> Detector:
     """A detector fitted on synthetic normal runs (independent of the shipped artifact)."""
-    rng = np.random.default_rng(seed)
-    rows = [{"run_id": f"n{r}", "step": s, **{f: float(rng.normal(1.0 + 0.01 * s, 0.1)) for f in FEATURES}}
-            for r in range(runs) for s in range(1, steps + 1)]
-    info = pl.DataFrame({"run_id": [f"n{r}" for r in range(runs)], "task_group": ["arith_a"] * runs,
-                         "model_size": ["xs"] * runs, "control_or_fault": ["normal"] * runs})
-    return Detector().fit(info, pl.DataFrame(rows))
+    return synthetic_detector(runs, steps, seed)
 
 
 @pytest.fixture(scope="module")
