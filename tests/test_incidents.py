@@ -112,3 +112,15 @@ def test_reader_in_another_process_sees_committed_rows_while_writing(tmp_path):
     assert counts[-1] == 100
     assert counts == sorted(counts)  # a reader only ever sees more committed rows, never a torn state
     store.close()
+
+
+def test_faulty_runs_with_the_same_configuration_and_seed_share_one_clean_arm():
+    from rftfm.bench.eval_remediation import clean_twin
+    from rftfm.records import RunInfo
+
+    base = dict(group="x_easy_fault", task_group="arith_a", model_size="xs", seed=7, control_or_fault="fault", fault_strength="easy")
+    a = RunInfo(run_id="a", fault_type="lr_high", fault_family="od", onset_step=1, **base)
+    b = RunInfo(run_id="b", fault_type="reward_noise", fault_family="rf", onset_step=10, **{**base, "group": "rf_easy_fault"})
+    c = RunInfo(run_id="c", fault_type="lr_high", fault_family="od", onset_step=1, **{**base, "seed": 8})
+    assert clean_twin(a).run_id == clean_twin(b).run_id != clean_twin(c).run_id
+    assert clean_twin(a).fault_type is None and clean_twin(a).control_or_fault == "normal"

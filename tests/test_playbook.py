@@ -121,3 +121,26 @@ def test_a_knob_change_since_the_healthy_checkpoint_is_undone_first_whatever_the
     assert second.fault_type == "advantage_sign" and second.rung.halt
     # the generic baseline never looks at drift: it halves (bounded at 10x the healthy LR)
     assert Remediator(generic=True).plan(diagnosis(None), ALL, current, healthy).actions[1].value == pytest.approx(3e-3)
+
+
+def test_one_blind_intervention_per_run_then_a_diagnosed_fault_still_gets_its_ladder():
+    rem = Remediator()
+    knobs = {"learning_rate": 1e-3}
+    assert rem.plan(diagnosis(None), ALL, knobs, knobs).fault_type is None
+    assert rem.blind_budget_used(diagnosis(None)) and rem.plan(diagnosis(None), ALL, knobs, knobs) is None
+    assert not rem.blind_budget_used(diagnosis("lr_high"))
+    assert rem.plan(diagnosis("lr_high"), ALL, knobs, knobs).fault_type == "lr_high"
+
+
+def test_new_knob_rungs_resolve_to_concrete_values():
+    # tool_failure without a registered backup tool: retries, then more retries
+    rem = Remediator()
+    knobs = {"tool_retries": 0, "learning_rate": 1e-3}
+    first = rem.plan(diagnosis("tool_failure"), ALL, knobs, knobs)
+    assert [(a.kind, a.knob, a.value) for a in first.actions] == [("rollback", None, None), ("set_knob", "tool_retries", 3)]
+    second = rem.plan(diagnosis("tool_failure"), ALL, {**knobs, "tool_retries": 3}, {**knobs, "tool_retries": 3})
+    assert second.actions[-1].value == 9
+    noisy = Remediator().plan(diagnosis("reward_noise"), ALL, {"reward_samples": 1}, {"reward_samples": 1})
+    assert noisy.actions[-1].knob == "reward_samples" and noisy.actions[-1].value == 4
+    zero = Remediator().plan(diagnosis("zero_variance"), ALL, {"loss_type": "grpo"}, {"loss_type": "grpo"})
+    assert {(a.knob, a.value) for a in zero.actions if a.knob} == {("filter_zero_variance_groups", True), ("loss_type", "dapo")}

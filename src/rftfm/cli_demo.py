@@ -232,6 +232,7 @@ def evaluate_remediation_cmd(
     limit: Optional[int] = typer.Option(None, help="at most this many faulty runs"),
     per_type: Optional[int] = typer.Option(None, "--per-type", help="faulty runs per type x setting (alternating onsets)"),
     healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
+    types: Optional[str] = typer.Option(None, help="only these fault types (comma-separated)"),
     split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size) or 'all'"),
     workers: int = typer.Option(1, help="worker processes"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
@@ -254,9 +255,14 @@ def evaluate_remediation_cmd(
         from rftfm.bench.splits import split_runs
 
         runs = split_runs(runs, split)[1]  # the detector and diagnoser were fitted on the train side
-    faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit)
-    total = len(faulty) * len(ev.FAULT_ARMS) + len(healthy_runs) * len(ev.HEALTHY_ARMS)
-    console.print(f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms, {len(healthy_runs)} healthy runs x 2 arms = {total} trainings")
+    type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
+    try:
+        faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit, type_list)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--types") from exc
+    total = ev.training_count(faulty, healthy_runs)
+    console.print(f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms (clean arms shared per configuration and seed), "
+                  f"{len(healthy_runs)} healthy runs x {len(ev.HEALTHY_ARMS)} arms = {total} trainings")
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("training", total=total)

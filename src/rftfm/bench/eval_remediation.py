@@ -20,6 +20,7 @@ these are the restored weights).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -78,9 +79,15 @@ def _components(detector_path: str | None, diagnoser_path: str | None) -> tuple[
 
 
 def clean_twin(info: RunInfo) -> RunInfo:
-    """The same run (configuration, seed) without the fault."""
-    return info.model_copy(update={"control_or_fault": "normal", "fault_type": None, "fault_strength": None,
-                                   "fault_family": None, "run_id": info.run_id + "~clean"})
+    """The same run (configuration, seed) without the fault.
+
+    Its run id names only the configuration and seed, so faulty runs that share them share one
+    clean arm (trained once).
+    """
+    twin = info.model_copy(update={"group": "normal", "control_or_fault": "normal", "fault_type": None, "fault_strength": None,
+                                   "fault_family": None, "onset_step": None, "run_id": ""})
+    digest = hashlib.sha256(twin.model_dump_json().encode()).hexdigest()[:10]
+    return twin.model_copy(update={"run_id": f"clean-{info.task_group}-{info.model_size}-s{info.seed}-{digest}"})
 
 
 def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser_path: str | None = None,
@@ -111,7 +118,7 @@ def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.eval_problems)
         wall = time.perf_counter() - start
-    result = ArmResult(run_id=info.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    result = ArmResult(run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
     if callback is not None and callback.controller is not None:
         _fill_from_controller(result, callback.controller)
     return result, callback
@@ -163,11 +170,17 @@ def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[s
     return asdict(result)
 
 
-def select_runs(runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None) -> tuple[list[RunInfo], list[RunInfo]]:
-    """Faulty runs (``per_type`` per type x strength, alternating onsets) and healthy runs."""
+def select_runs(runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None,
+                types: list[str] | None = None) -> tuple[list[RunInfo], list[RunInfo]]:
+    """Faulty runs (``per_type`` per type x strength, alternating onsets; only ``types`` if given) and healthy runs."""
     cols = set(RunInfo.model_fields)
     to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})  # noqa: E731
     faulty = runs.filter(pl.col("control_or_fault") == "fault").sort("fault_type", "fault_strength", "onset_step", "seed")
+    if types:
+        unknown = sorted(set(types) - set(FAULT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown fault types {unknown}; known: {sorted(FAULT_TYPES)}")
+        faulty = faulty.filter(pl.col("fault_type").is_in(types))
     chosen: list[RunInfo] = []
     for (_, _), group in faulty.group_by(["fault_type", "fault_strength"], maintain_order=True):
         rows = group.to_dicts()
@@ -189,10 +202,18 @@ def _zip_longest(lists: list[list[dict]]) -> Iterable[list[dict]]:
         yield [x[i] for x in lists if i < len(x)]
 
 
+def training_count(faulty: list[RunInfo], healthy: list[RunInfo]) -> int:
+    """How many trainings :func:`evaluate` runs (clean arms are shared per configuration and seed)."""
+    twins = {clean_twin(r).run_id for r in faulty}
+    return len(faulty) * (len(FAULT_ARMS) - 1) + len(twins) + len(healthy) * len(HEALTHY_ARMS)
+
+
 def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str | None = None, diagnoser_path: str | None = None,
              workers: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every arm of every selected run; returns raw rows and the summary tables."""
-    tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in faulty for arm in FAULT_ARMS]
+    tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in faulty for arm in FAULT_ARMS if arm != "clean"]
+    twins = {clean_twin(r).run_id: r for r in faulty}  # one clean arm per configuration and seed
+    tasks += [(r.model_dump(mode="json"), "clean", detector_path, diagnoser_path) for r in twins.values()]
     tasks += [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in healthy for arm in HEALTHY_ARMS]
     results: list[dict[str, Any]] = []
     if workers <= 1:
@@ -223,7 +244,7 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
     by = {(r["run_id"], r["arm"]): r for r in results}
     pairs = []
     for info in faulty:
-        arms = {arm: by.get((info.run_id, arm)) for arm in FAULT_ARMS}
+        arms = {arm: by.get((clean_twin(info).run_id if arm == "clean" else info.run_id, arm)) for arm in FAULT_ARMS}
         if any(v is None for v in arms.values()):
             continue
         clean_acc = arms["clean"]["final_accuracy"]
@@ -391,6 +412,8 @@ DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
 "The 37 implementation details of PPO"). [lsr] LR scaled with the effective batch (Goyal et al. 2017).
+[ens] averaging several reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024;
+Eisenstein et al. 2024). [retry] retrying transient tool / sandbox failures (the retry setting of agent-RL sandboxes).
 """
 
 

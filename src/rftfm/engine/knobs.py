@@ -19,6 +19,11 @@ KNOBS = (
     "scale_rewards",
     "mask_truncated_completions",
     "loss_type",
+    # knobs of the rollout environment / loss that stock TRL does not name; RecordingGRPOTrainer has
+    # them, and a user's trainer declares them by carrying the attribute (see ``rftfm.fm.loop``)
+    "tool_retries",
+    "reward_samples",
+    "filter_zero_variance_groups",
 )
 
 
@@ -77,5 +82,12 @@ def set_knob(trainer: Any, name: str, value: Any) -> None:
         trainer.mask_truncated_completions = bool(value)
     elif name == "loss_type":
         trainer.loss_type = str(value)
+    elif name in ("tool_retries", "reward_samples"):
+        value, least = int(value), (0 if name == "tool_retries" else 1)
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, not {value}")
+        setattr(trainer, name, value)
+    elif name == "filter_zero_variance_groups":
+        trainer.filter_zero_variance_groups = bool(value)
     else:
         raise KeyError(f"unknown knob {name!r}; known: {KNOBS}")

@@ -40,6 +40,27 @@ def calculator(a: int, op: str, b: int) -> ToolResult:
     return ToolResult(_OPS[op](a, b))
 
 
+def with_retries(tool: Tool, retries: int) -> Tool:
+    """``tool`` retried up to ``retries`` more times when it raises (a sandbox time-out, a crash).
+
+    This is the retry setting every tool sandbox has; a call whose every attempt fails is still
+    a failed call.
+    """
+    if retries <= 0:
+        return tool
+
+    def retried(a: int, op: str, b: int) -> ToolResult:
+        for attempt in range(retries + 1):
+            try:
+                return tool(a, op, b)
+            except Exception:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    return retried
+
+
 @dataclass
 class Outcome:
     """What the verifier saw in one completion."""

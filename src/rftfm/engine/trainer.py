@@ -19,7 +19,7 @@ import torch
 from trl import GRPOTrainer
 
 from rftfm.engine.policy_eval import eval_accuracy
-from rftfm.engine.tasks import Problem, TaskGroup, calculator
+from rftfm.engine.tasks import Problem, TaskGroup, calculator, with_retries
 from rftfm.faults.injectors import Injector
 from rftfm.io.adapters import TRL_STEP_KEYS as ADAPTER_TRL_KEYS
 from rftfm.records import FaultInjection, RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
@@ -64,16 +64,21 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self._frac_zero_adv = float("nan")
         self._last_log_time = time.perf_counter()
         self._eval_time = 0.0
+        self.tool_retries = 0  # knob: retries of a tool call that raised
+        self.reward_samples = 1  # knob: verifier calls averaged per completion (for a stochastic verifier)
+        self.filter_zero_variance_groups = False  # knob: drop all-zero-advantage groups from the loss (DAPO filter)
         super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
 
     # --- the reward function TRL calls ----------------------------------------------
     def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str], **_: Any) -> list[float]:
         step = self.state.global_step + 1
-        tool = self.injector.tool(calculator, step)
+        tool = with_retries(self.injector.tool(calculator, step), self.tool_retries)
         problems = [Problem(p, int(a), pid) for p, a, pid in zip(prompts, answer, prompt_id)]
         outcomes = [self.task.verify(c, q, tool) for c, q in zip(completions, problems)]
-        rewards = np.array([float(o.correct) for o in outcomes])
-        rewards = self.injector.rewards(rewards, list(completions), problems, step)
+        verified = np.array([float(o.correct) for o in outcomes])
+        # each of the ``reward_samples`` verifier calls goes through the (possibly faulty) reward path
+        samples = [self.injector.rewards(verified.copy(), list(completions), problems, step) for _ in range(max(self.reward_samples, 1))]
+        rewards = np.mean(samples, axis=0)
         self._outcomes = [(float(r), o.tool_calls, o.tool_errors) for r, o in zip(rewards, outcomes)]
         return rewards.tolist()
 
@@ -89,6 +94,8 @@ class RecordingGRPOTrainer(GRPOTrainer):
         ids, mask = out["completion_ids"], out["completion_mask"]
         lengths = mask.sum(dim=1)
         out["advantages"] = self.injector.advantages(out["advantages"], lengths, self.num_generations, step)
+        if self.filter_zero_variance_groups:
+            self._drop_zero_advantage_groups(out)
         if self.injector.uses_rollout_policy(step):
             # Behaviour-policy log-probs, as an asynchronous rollout engine reports them.
             full_ids = torch.cat([out["prompt_ids"], ids], dim=1)
@@ -99,6 +106,19 @@ class RecordingGRPOTrainer(GRPOTrainer):
                 )
         self._record_trajectories(inputs, ids, lengths, out["advantages"], step)
         return out
+
+    def _drop_zero_advantage_groups(self, out: dict[str, Any]) -> None:
+        """DAPO's dynamic-sampling filter without the refill: groups whose advantages are all zero
+        carry no signal and leave the loss and its token normaliser (through TRL's ``tool_mask``)."""
+        groups = out["advantages"].view(-1, self.num_generations)
+        keep = (groups.abs().amax(dim=1) > 0).repeat_interleave(self.num_generations)
+        if not bool(keep.any()):
+            return
+        loss_mask = out.get("tool_mask")
+        loss_mask = torch.ones_like(out["completion_mask"]) if loss_mask is None else loss_mask
+        out["tool_mask"] = loss_mask * keep.unsqueeze(1).to(loss_mask.dtype)
+        if "num_items_in_batch" in out:
+            out["num_items_in_batch"] = (out["completion_mask"] * out["tool_mask"]).sum()
 
     def _record_trajectories(self, inputs, ids, lengths, advantages, step: int) -> None:
         eos = self.processing_class.eos_token_id

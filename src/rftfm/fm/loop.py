@@ -321,11 +321,15 @@ class Controller:
         """No diagnosis, no knob drift, and the alarms are not yet persistent: do not act yet."""
         if self.remediator.generic or self.remediator.diagnosed_type(diagnosis) is not None:
             return False
-        current = self.handle.knobs() if self.handle is not None else {}
-        if any(k in current and current[k] != v for k, v in self._healthy_knobs().items()):
+        if self._drifted():
             return False
         recent = [s for s in self.alarm_steps if s > step - self.config.unknown_confirm_window]
         return len(recent) < self.config.unknown_confirm_alarms
+
+    def _drifted(self) -> bool:
+        """A knob differs from the rollback checkpoint's (not counting the loop's own changes)."""
+        current = self.handle.knobs() if self.handle is not None else {}
+        return any(k in current and current[k] != v for k, v in self._healthy_knobs().items())
 
     def _explained(self, alarm: Alarm) -> bool:
         """After a repair of type T: the alarm's evidence lies only in T's upstream signals."""
@@ -370,6 +374,12 @@ class Controller:
             self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)
         if not escalate and self._unexplained_and_unconfirmed(step, diagnosis):
             self.timeline.append((step, "plan", "unexplained alarm, no knob changed: alert only until it persists"))
+            self.incident = None
+            return
+        if not escalate and self.remediator.blind_budget_used(diagnosis) and not self._drifted():
+            self._record("outcome", step, Outcome(action=Action(kind="none", reason="unexplained alarm; the run's one blind intervention is spent"),
+                                                   result="failed", detail="reported, not acted on"))
+            self.timeline.append((step, "plan", "unexplained alarm again: reported, not acted on (one blind intervention per run)"))
             self.incident = None
             return
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(

@@ -32,6 +32,9 @@ Sources for the rungs (published RFT / RLHF practice):
   [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
   [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
   [lsr]   learning rate scaled with the effective batch size (Goyal et al. 2017, linear scaling rule).
+  [ens]   averaging several reward evaluations against a noisy reward (reward-model ensembles,
+          Coste et al. 2024; Eisenstein et al. 2024).
+  [retry] retrying transient sandbox / tool failures (the retry setting of agent-RL tool sandboxes).
 """
 
 from __future__ import annotations
@@ -93,15 +96,16 @@ def _set(knob: str, value: Any) -> KnobChange:
 
 
 LR_BOUNDS = (0.01, 10.0)  # never move the LR beyond 1/100 .. 10x the healthy LR
+LR_LOW_BOUNDS = (1.0, 100.0)  # raising a too-low LR: the "healthy" value may be the bad one (set from step 1)
 HALT = Rung("no knob repairs this fault: stop training on the last healthy weights", "[ckpt]", rollback=True, halt=True)
 
 PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- RF -------------------------------------------------------------------------------
     "reward_noise": (
-        Rung("noisy rewards: smaller steps and a stronger pull to the reference", "[ckpt] [kl]", rollback=True,
-             knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS), _scale("beta", 2.0, abs_bounds=(1e-3, 0.5)))),
-        Rung("still noisy: batch-level reward scaling, smaller steps", "[drgrpo] [norm]",
-             knobs=(_set("scale_rewards", "batch"), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        Rung("noisy verifier: average several verifier calls per completion", "[ens] [ckpt]", rollback=True,
+             knobs=(_restore("reward_samples", fallback_value=4, abs_bounds=(1, 16), direction="up"),)),
+        Rung("still noisy: more verifier calls, smaller steps", "[ens] [ckpt]", rollback=True,
+             knobs=(_scale("reward_samples", 3.0, abs_bounds=(1, 16)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
         HALT,
     ),
     "reward_hacking": (
@@ -134,8 +138,8 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         HALT,
     ),
     "rollout_mismatch": (
-        Rung("off-policy rollouts: tighter clip range, smaller steps", "[clip]", rollback=True,
-             knobs=(_scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        Rung("off-policy rollouts: tighter clip range on the importance ratio", "[clip]", rollback=True,
+             knobs=(_scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)),)),
         Rung("ratio drift persists: stronger KL anchor, smaller steps", "[clip] [kl]", rollback=True,
              knobs=(_scale("beta", 2.0, abs_bounds=(1e-3, 0.5)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
         HALT,
@@ -157,9 +161,9 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         HALT,
     ),
     "lr_low": (
-        Rung("learning rate too low: raise it within bounds (steps since the onset were wasted: roll back)", "[ckpt]", rollback=True,
-             knobs=(_restore("learning_rate", fallback_factor=10.0, rel_bounds=LR_BOUNDS, direction="up"),)),
-        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_BOUNDS),)),
+        Rung("learning rate too low: raise it (steps since the onset were wasted: roll back)", "[ckpt]", rollback=True,
+             knobs=(_restore("learning_rate", fallback_factor=30.0, rel_bounds=LR_LOW_BOUNDS, direction="up"),)),
+        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_LOW_BOUNDS),)),
         HALT,
     ),
     "kl_misconfig": (
@@ -171,24 +175,19 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- CA -------------------------------------------------------------------------------
     "advantage_sign": (HALT,),
     "zero_variance": (
-        Rung("few groups carry signal, the effective batch shrank: scale the LR down with it", "[lsr] [ckpt]", rollback=True,
+        Rung("most groups carry no signal: drop zero-advantage groups from the loss, token-level normalisation",
+             "[dapo] [ckpt]", rollback=True, knobs=(_set("filter_zero_variance_groups", True), _set("loss_type", "dapo"))),
+        Rung("few informative groups left, noisier gradient: smaller steps", "[lsr] [ckpt]", rollback=True,
              knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
-        Rung("still stalled: token-level loss over the informative tokens", "[dapo]", rollback=True,
-             knobs=(_set("loss_type", "dapo"),)),
         HALT,
     ),
-    "advantage_normalization": (
-        Rung("advantages blown up: roll back, compensate with a smaller LR, no std scaling", "[drgrpo] [ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 0.25, rel_bounds=LR_BOUNDS), _set("scale_rewards", "none"))),
-        Rung("still unstable: cut the learning rate again", "[ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 0.25, rel_bounds=LR_BOUNDS),)),
-        HALT,
-    ),
+    "advantage_normalization": (HALT,),
     # --- TE -------------------------------------------------------------------------------
     "tool_failure": (
         Rung("tool sandbox failing: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
-        Rung("failed tool calls teach the policy to avoid the tool: anchor to the reference, smaller steps", "[kl]", rollback=True,
-             knobs=(_scale("beta", 4.0, abs_bounds=(1e-3, 0.5)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        Rung("transient tool failures: retry failed calls (steps that taught the policy to avoid the tool: roll back)",
+             "[retry] [ckpt]", rollback=True, knobs=(_restore("tool_retries", fallback_value=3, abs_bounds=(0, 10), direction="up"),)),
+        Rung("calls still failing: more retries", "[retry]", knobs=(_scale("tool_retries", 3.0, abs_bounds=(0, 10)),)),
         HALT,
     ),
     "tool_corruption": (
@@ -209,7 +208,6 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "reward_scale": _REWARD_LEVEL,
     "rollout_mismatch": ("clip_ratio_region",),
     "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),
-    "advantage_normalization": ("traj_advantage_std", "traj_advantage_absmax"),
     "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
 }
 

@@ -83,6 +83,7 @@ class Remediator:
         self.interventions = 0
         self._type: str | None = None
         self._rung = -1
+        self._unknown_acted = False
 
     @property
     def exhausted(self) -> bool:
@@ -93,6 +94,11 @@ class Remediator:
         if top is None or top.probability < self.min_confidence or top.fault_type not in self.playbook:
             return None
         return top.fault_type
+
+    def blind_budget_used(self, diagnosis: Diagnosis | None) -> bool:
+        """True when ``diagnosis`` explains nothing and the one blind (unknown-ladder) intervention
+        of this run was spent: repeated LR cuts on a signal nobody can explain do more harm than good."""
+        return not self.generic and self._unknown_acted and self.diagnosed_type(diagnosis) is None
 
     def _ladder(self, fault_type: str | None) -> tuple[Rung, ...]:
         if self.generic:
@@ -130,6 +136,8 @@ class Remediator:
             fault_type, start = self._type, self._rung + 1
         else:
             start = 0
+        if not escalate and self.blind_budget_used(diagnosis):
+            return None
         ladder = self._ladder(fault_type)
         if self.generic:
             start = 0
@@ -138,6 +146,7 @@ class Remediator:
             if rung is None:
                 continue
             self._type, self._rung = fault_type, index
+            self._unknown_acted |= fault_type is None and not self.generic
             self.interventions += 1
             return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy), diagnosed_type=fault_type)
         return None
