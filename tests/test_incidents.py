@@ -124,3 +124,20 @@ def test_faulty_runs_with_the_same_configuration_and_seed_share_one_clean_arm():
     c = RunInfo(run_id="c", fault_type="lr_high", fault_family="od", onset_step=1, **{**base, "seed": 8})
     assert clean_twin(a).run_id == clean_twin(b).run_id != clean_twin(c).run_id
     assert clean_twin(a).fault_type is None and clean_twin(a).control_or_fault == "normal"
+
+
+def test_remediation_rows_resume_and_a_torn_last_line_is_dropped(tmp_path):
+    import json
+
+    from rftfm.bench.eval_remediation import _tasks, read_rows
+    from rftfm.records import RunInfo
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"run_id": "a", "arm": "loop"}) + "\n" + '{"run_id": "b", "ar', encoding="utf-8")
+    assert read_rows(rows) == [{"run_id": "a", "arm": "loop"}] and read_rows(tmp_path / "none.jsonl") == []
+    control = RunInfo(run_id="c", group="rf_hard_control", task_group="arith_a", model_size="xs", seed=3, control_or_fault="control")
+    hard = RunInfo(run_id="h", group="rf_hard_fault", task_group="arith_a", model_size="xs", seed=3, control_or_fault="fault",
+                   fault_type="reward_noise", fault_family="rf", fault_strength="hard", onset_step=1)
+    arms = sorted(arm for _, arm in _tasks([hard], [control]))
+    # the control's loop-off arm and the hard fault's clean arm are one training
+    assert arms == ["clean", "generic", "loop", "none", "on"]

@@ -327,3 +327,24 @@ def test_an_unexplained_alarm_waits_until_it_persists_and_own_changes_are_not_dr
     assert ctl.counts["interventions"] == 1 and lrs == [pytest.approx(5e-4)]
     assert ctl.mode == "watching"
     assert any(e["payload"]["detail"] == "reported, not acted on" for e in ctl.store.events(kind="outcome"))
+
+
+def test_weak_evidence_beside_upstream_signals_is_still_explained():
+    from rftfm.fm.types import Alarm as _Alarm
+
+    ctl, _ = _controller(ScriptedDetector({}))
+    ctl.repaired_type = "zero_variance"
+    ev = lambda s, z: SignalEvidence(signal=s, direction="up", z=z)  # noqa: E731
+    assert ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("grad_norm", 3.8), ev("entropy", -0.3)]))
+    assert not ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("grad_norm", 3.8), ev("entropy", -2.5)]))
+    assert not ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("entropy", 0.5)]))
+
+
+def test_no_new_intervention_in_the_last_steps_where_it_cannot_be_revalidated():
+    ctl, rec = _controller(ScriptedDetector({8: 1.5, 9: 1.5}))
+    ctl.diagnoser = FixedDiagnoser("lr_high")
+    ctl.max_steps = 10
+    for s in range(1, 11):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["alarms"] == 2 and ctl.counts["interventions"] == 0
+    assert any("too close to the end" in e["payload"]["action"]["reason"] for e in ctl.store.events(kind="outcome"))

@@ -238,6 +238,8 @@ def evaluate_remediation_cmd(
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
     note: Optional[str] = typer.Option(None, help="a note placed under the results heading of the Markdown (provenance)"),
+    rows: Optional[Path] = typer.Option(None, "--rows", help="append each finished training here as a JSON line; "
+                                        "trainings already in it are not re-run (resume)"),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="do not train: re-render the tables of an earlier --json"),
 ) -> None:
     """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline and the clean run."""
@@ -265,10 +267,11 @@ def evaluate_remediation_cmd(
                   f"{len(healthy_runs)} healthy runs x {len(ev.HEALTHY_ARMS)} arms = {total} trainings")
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("training", total=total)
+        already = len(ev.read_rows(rows)) if rows is not None else 0  # resumed: these are not re-run
+        task = progress.add_task("training", total=total, completed=min(already, total))
         summary = ev.evaluate(faulty, healthy_runs, str(detector_path) if detector_path else None,
                               str(diagnoser_path) if diagnoser_path else None, workers=workers,
-                              on_done=lambda row: progress.advance(task))
+                              on_done=lambda row: progress.advance(task), rows_path=rows)
     command = "rftfm bench evaluate remediation " + " ".join(sys.argv[4:]) if len(sys.argv) > 4 else "rftfm bench evaluate remediation"
     summary["command"] = command
     _report_remediation(summary, json_out, markdown_out, note, command)

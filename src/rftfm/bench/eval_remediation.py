@@ -21,23 +21,23 @@ these are the restored weights).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import polars as pl
 
+from rftfm.bench.pool import run_in_pool
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import ends_in_halt_only
 from rftfm.records import RunInfo
 
 FAULT_ARMS = ("clean", "none", "loop", "generic")
-HEALTHY_ARMS = ("off", "on")
+HEALTHY_ARMS = ("off", "on")  # "off" is trained as the run's clean twin (the same training)
 TOLERANCE = 0.9
 
 _MODELS: dict[str, Any] = {}
@@ -202,38 +202,66 @@ def _zip_longest(lists: list[list[dict]]) -> Iterable[list[dict]]:
         yield [x[i] for x in lists if i < len(x)]
 
 
+def _tasks(faulty: list[RunInfo], healthy: list[RunInfo]) -> list[tuple[RunInfo, str]]:
+    """(run, arm) trainings. A healthy run's loop-off arm *is* its clean twin, and faulty runs'
+    clean arms are keyed by configuration and seed, so each clean training runs once."""
+    tasks = [(r, arm) for r in faulty for arm in FAULT_ARMS if arm != "clean"]
+    tasks += [(r, "on") for r in healthy]
+    twins = {clean_twin(r).run_id: r for r in [*faulty, *healthy]}
+    return tasks + [(r, "clean") for r in twins.values()]
+
+
 def training_count(faulty: list[RunInfo], healthy: list[RunInfo]) -> int:
-    """How many trainings :func:`evaluate` runs (clean arms are shared per configuration and seed)."""
-    twins = {clean_twin(r).run_id for r in faulty}
-    return len(faulty) * (len(FAULT_ARMS) - 1) + len(twins) + len(healthy) * len(HEALTHY_ARMS)
+    """How many trainings :func:`evaluate` runs."""
+    return len(_tasks(faulty, healthy))
+
+
+def _key(info: RunInfo, arm: str) -> tuple[str, str]:
+    return (clean_twin(info).run_id if arm == "clean" else info.run_id, arm)
 
 
 def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str | None = None, diagnoser_path: str | None = None,
-             workers: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run every arm of every selected run; returns raw rows and the summary tables."""
-    tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in faulty for arm in FAULT_ARMS if arm != "clean"]
-    twins = {clean_twin(r).run_id: r for r in faulty}  # one clean arm per configuration and seed
-    tasks += [(r.model_dump(mode="json"), "clean", detector_path, diagnoser_path) for r in twins.values()]
-    tasks += [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r in healthy for arm in HEALTHY_ARMS]
-    results: list[dict[str, Any]] = []
-    if workers <= 1:
-        _components(detector_path, diagnoser_path)
-        for task in tasks:
-            row = _task(task)
-            results.append(row)
-            if on_done:
-                on_done(row)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            pending = {pool.submit(_task, t) for t in tasks}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    row = fut.result()
-                    results.append(row)
-                    if on_done:
-                        on_done(row)
+             workers: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None,
+             rows_path: Path | None = None) -> dict[str, Any]:
+    """Run every arm of every selected run; returns raw rows and the summary tables.
+
+    With ``rows_path`` every finished training is appended there as one JSON line, and the
+    trainings already in it are not run again (an interrupted evaluation resumes).
+    """
+    results = read_rows(rows_path) if rows_path is not None else []
+    done = {(r["run_id"], r["arm"]) for r in results}
+    todo = [(r, arm) for r, arm in _tasks(faulty, healthy) if _key(r, arm) not in done]
+    tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r, arm in todo]
+    sink = open(rows_path, "a", encoding="utf-8") if rows_path is not None else None  # noqa: SIM115
+
+    def finished(row: dict[str, Any]) -> None:
+        results.append(row)
+        if sink is not None:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+        if on_done:
+            on_done(row)
+
+    try:
+        for row in run_in_pool(_task, [(t,) for t in tasks], workers, init=lambda: _components(detector_path, diagnoser_path)):
+            finished(row)
+    finally:
+        if sink is not None:
+            sink.close()
     return summarise(results, faulty, healthy)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier, possibly interrupted evaluation (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _pct(x: float | None) -> float | None:
@@ -273,7 +301,7 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
         pairs.append(row)
     healthy_rows = []
     for info in healthy:
-        off, on = by.get((info.run_id, "off")), by.get((info.run_id, "on"))
+        off, on = by.get((clean_twin(info).run_id, "clean")), by.get((info.run_id, "on"))
         if off is None or on is None:
             continue
         healthy_rows.append({

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rftfm.bench.pool import run_in_pool
 from rftfm.io.faultbench import RunWriter, finished_runs, is_finished, write_registries
 from rftfm.records import RunInfo
 
@@ -112,18 +111,11 @@ def _log_session(root: Path, start: float, executor: str, summaries: list[RunSum
 
 def _run_local(root: Path, todo: list[RunInfo], configs, workers: int, on_done: ProgressFn | None) -> list[RunSummary]:
     summaries: list[RunSummary] = []
-    if not todo:
-        return summaries
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        list(pool.map(warm_start, *zip(*configs)))
-        futures = {pool.submit(execute_run, str(root), r.model_dump_json()) for r in todo}
-        while futures:
-            done, futures = wait(futures, return_when=FIRST_COMPLETED)
-            for future in done:
-                summary = future.result()
-                summaries.append(summary)
-                if on_done:
-                    on_done(summary)
+    tasks = [(str(root), r.model_dump_json()) for r in todo]
+    for summary in run_in_pool(execute_run, tasks, workers, warmup=(warm_start, list(configs))):
+        summaries.append(summary)
+        if on_done:
+            on_done(summary)
     return summaries
 
 

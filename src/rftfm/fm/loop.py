@@ -200,6 +200,7 @@ class ControllerConfig:
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
+    explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
 
 
 def _trim_oldest(table: dict[int, Any], size: int) -> None:
@@ -236,6 +237,7 @@ class Controller:
         self.monitor_seconds = 0.0
         self.last_step = 0
         self.alarm_steps: list[int] = []
+        self.max_steps: int | None = None  # the run's planned length, when the trainer says it
         self.offset = 0  # real step - effective step (grows with every rollback)
         self.effective_at: dict[int, int] = {0: 0}
 
@@ -332,9 +334,13 @@ class Controller:
         return any(k in current and current[k] != v for k, v in self._healthy_knobs().items())
 
     def _explained(self, alarm: Alarm) -> bool:
-        """After a repair of type T: the alarm's evidence lies only in T's upstream signals."""
+        """After a repair of type T: the alarm's strong evidence lies only in T's upstream signals
+        (a signal listed beside them with |z| < ``explain_min_z`` is noise, not a new symptom)."""
         upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
-        return bool(upstream) and bool(alarm.evidence) and all(e.signal in upstream for e in alarm.evidence)
+        if not upstream or not alarm.evidence:
+            return False
+        strong = [e for e in alarm.evidence if e.z is None or abs(e.z) >= self.config.explain_min_z]
+        return bool(strong) and all(e.signal in upstream for e in strong)
 
     def _confirmed(self, step: int, alarm: Alarm) -> bool:
         """A single weak alarm is only reported; acting needs repeated or strong evidence."""
@@ -380,6 +386,12 @@ class Controller:
             self._record("outcome", step, Outcome(action=Action(kind="none", reason="unexplained alarm; the run's one blind intervention is spent"),
                                                    result="failed", detail="reported, not acted on"))
             self.timeline.append((step, "plan", "unexplained alarm again: reported, not acted on (one blind intervention per run)"))
+            self.incident = None
+            return
+        if not escalate and self.max_steps is not None and self.max_steps - step < self.config.revalidate_steps:
+            self._record("outcome", step, Outcome(action=Action(kind="none", reason="too close to the end of training to act and revalidate"),
+                                                   result="failed", detail="reported, not acted on"))
+            self.timeline.append((step, "plan", f"{self.max_steps - step} step(s) left: too late to act and revalidate; reported"))
             self.incident = None
             return
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(

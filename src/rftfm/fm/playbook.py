@@ -204,7 +204,7 @@ _REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_s
 #: these signals is recorded as explained by the diagnosed cause, and not acted on again; any
 #: other deviating signal (eval accuracy, KL, entropy, lengths, ...) still counts.
 UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
-    "reward_noise": _REWARD_LEVEL + ("traj_advantage_std",),
+    "reward_noise": _REWARD_LEVEL + ("traj_advantage_std", "frac_zero_std_groups"),
     "reward_scale": _REWARD_LEVEL,
     "rollout_mismatch": ("clip_ratio_region",),
     "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),

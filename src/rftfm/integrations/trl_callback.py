@@ -147,6 +147,7 @@ class RFTFMCallback(TrainerCallback):
             self.controller = self._build(args)
             handle = TrainerHandle(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control,
                                    backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
+            self.controller.max_steps = state.max_steps or None
             self.controller.start(handle, step=state.global_step)
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
