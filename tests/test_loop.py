@@ -222,7 +222,7 @@ class ScriptedDetector:
         return None if score is None else Alarm(run_id=rec.run_id, step=rec.step, score=score, threshold=1.0)
 
 
-def _controller(detector):
+def _controller(detector, **config):
     from transformers import TrainerControl
 
     from rftfm.fm.loop import Controller, TrainerHandle
@@ -230,7 +230,8 @@ def _controller(detector):
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ctl = Controller(detector, KlRuleDiagnoser(), run_id="u", config=ControllerConfig(checkpoint_every=1))
+    config = {"checkpoint_every": 1, "rollback_needs_regression": False, **config}
+    ctl = Controller(detector, KlRuleDiagnoser(), run_id="u", config=ControllerConfig(**config))
     control = TrainerControl()
     ctl.start(TrainerHandle(model=model, optimizer=opt, control=control))
     rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
@@ -348,3 +349,16 @@ def test_no_new_intervention_in_the_last_steps_where_it_cannot_be_revalidated():
         ctl.observe(rec(s), [])
     assert ctl.counts["alarms"] == 2 and ctl.counts["interventions"] == 0
     assert any("too close to the end" in e["payload"]["action"]["reason"] for e in ctl.store.events(kind="outcome"))
+
+
+def test_a_knob_rung_rolls_back_only_when_eval_accuracy_fell_since_the_checkpoint():
+    from rftfm.records import StepRecord
+
+    for accuracy_after, rolled_back in ((0.5, False), (0.3, True)):
+        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 10):
+            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5 if s < 5 else accuracy_after, kl=0.01), [])
+        assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == int(rolled_back)
+        detail = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        assert detail.startswith("to step") == rolled_back

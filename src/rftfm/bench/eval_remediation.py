@@ -343,6 +343,7 @@ def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[s
         frame = frame.with_columns(pl.when(pl.col("knob_repairable")).then(pl.lit("knob-repairable"))
                                    .otherwise(pl.lit("halt (code fault)")).alias("class"))
         out["by_class_setting"] = _group(frame, ["class", "setting"])
+        out["by_setting_all_types"] = _group(frame, ["setting"])
         out["by_family_setting"] = _group(frame, ["fault_family", "setting"])
         out["by_type_setting"] = _group(frame, ["fault_type", "setting"])
         out["by_onset"] = _group(frame, ["class", "onset_step"])
@@ -394,6 +395,11 @@ def target_status(summary: dict[str, Any]) -> list[str]:
         met = r["loop_repair_%"] >= goal and r["loop_repair_%"] > r["generic_repair_%"]
         lines.append(f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % (target >= {goal:.0f} %; generic baseline "
                      f"{r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**")
+    every = {r["setting"]: r for r in t.get("by_setting_all_types", [])}
+    if "hard" in every:
+        r = every["hard"]
+        lines.append(f"- for comparison, all {r['runs']} hard runs of every type (code faults included, which end in halt and never count): "
+                     f"{r['loop_repair_%']} % repaired (published RFT-FM: 46.25 % on hard faults, judged only by a lower anomaly score)")
     h = t.get("healthy")
     if h:
         ok = h["no_intervention_%"] >= 98.0
@@ -414,15 +420,20 @@ INTRO = """# Remediation: the RFT-FM closed loop
 The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) watches
 every step: detector -> diagnoser (on a confirmed alarm: two alarms within three steps, or one with
 score >= 2x threshold; an alarm nobody can explain -- diagnoser abstains and no knob changed -- needs three
-alarms within four steps) -> remediator (`rftfm.fm.remediate`) -> revalidation over 3 steps (no alarm:
-*kept*; alarm or eval accuracy far below the checkpoint's: *escalated* to the next rung). A new incident
-that follows a change of a trainer knob since the last healthy checkpoint (a configuration push) first
-gets "roll back and undo the change" (`DRIFT_RUNG`); changes the loop made itself never count as drift. Checkpoints (model safetensors,
-optimiser / scheduler / RNG state, sha256-checked, written atomically) are taken every 2 healthy steps;
-a rollback restores the newest valid one before the first deviating step (at most 4 steps before the first alarm).
-After a rollback, detector and diagnoser see the run's *effective* step (checkpoint step + 1, ...), since
-their normal profiles are indexed by step. Actions go only through trainer knobs (`rftfm.engine.knobs`),
-rollback, halt, or a backup verifier / tool the user registered -- never through the fault injector.
+alarms within four steps, and a run gets at most one such blind intervention) -> remediator (`rftfm.fm.remediate`)
+-> revalidation over 3 steps (no alarm: *kept*; alarm or eval accuracy far below the checkpoint's: *escalated*
+to the next rung). A new incident that follows a change of a trainer knob since the last healthy checkpoint (a
+configuration push) first gets "roll back and undo the change" (`DRIFT_RUNG`); changes the loop made itself never
+count as drift. No new rung starts when fewer steps remain than the revalidation needs (the alarm is reported).
+After a knob repair of type T, an alarm whose strong evidence (|z| >= 2) lies only in T's upstream signals
+(`UPSTREAM_SIGNALS`: the fault's source keeps acting, e.g. reward sd under a noisy verifier) is recorded as
+explained, not acted on. Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checked,
+written atomically) are taken every 2 healthy steps; a rollback restores the newest valid one before the first
+deviating step (at most 4 steps before the first alarm). After a rollback, detector and diagnoser see the run's
+*effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by step. Actions go only
+through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox / loss has -- tool-call
+retries, verifier calls averaged per completion, DAPO's filter of zero-advantage groups), rollback, halt, or a
+backup verifier / tool the user registered -- never through the fault injector, which keeps acting.
 At most 3 interventions per run. Any exception in the loop is recorded as an `error` incident and the loop
 degrades to alert-only; the trainer never sees it.
 
@@ -440,7 +451,7 @@ DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
 "The 37 implementation details of PPO"). [lsr] LR scaled with the effective batch (Goyal et al. 2017).
-[ens] averaging several reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024;
+[opsm] off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's `off_policy_mask_threshold`). [ens] averaging several reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024;
 Eisenstein et al. 2024). [retry] retrying transient tool / sandbox failures (the retry setting of agent-RL sandboxes).
 """
 
@@ -470,6 +481,7 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
            "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance. "
            "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the last action.\n",
            "\n### Targets\n", "\n".join(target_status(summary)) + "\n",
+           "\n### All fault types by setting\n", _md_table(t.get("by_setting_all_types", []), ["setting"] + GROUP_COLUMNS),
            "\n### By class (knob-repairable vs code faults that end in halt) and setting\n",
            _md_table(t.get("by_class_setting", []), ["class", "setting"] + GROUP_COLUMNS),
            "\n### By family and setting\n", _md_table(t.get("by_family_setting", []), ["fault_family", "setting"] + GROUP_COLUMNS),

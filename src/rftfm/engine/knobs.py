@@ -19,6 +19,7 @@ KNOBS = (
     "scale_rewards",
     "mask_truncated_completions",
     "loss_type",
+    "off_policy_mask_threshold",
     # knobs of the rollout environment / loss that stock TRL does not name; RecordingGRPOTrainer has
     # them, and a user's trainer declares them by carrying the attribute (see ``rftfm.fm.loop``)
     "tool_retries",
@@ -82,6 +83,8 @@ def set_knob(trainer: Any, name: str, value: Any) -> None:
         trainer.mask_truncated_completions = bool(value)
     elif name == "loss_type":
         trainer.loss_type = str(value)
+    elif name == "off_policy_mask_threshold":  # DeepSeek-V3.2 off-policy sequence masking (TRL GRPOConfig)
+        trainer.off_policy_mask_threshold = None if value is None else float(value)
     elif name in ("tool_retries", "reward_samples"):
         value, least = int(value), (0 if name == "tool_retries" else 1)
         if value < least:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ class ControllerConfig:
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
+    rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
+    regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
 
 
@@ -439,6 +442,10 @@ class Controller:
         handle = self.handle
         assert handle is not None
         if action.kind == "rollback":
+            kept = self._no_regression(incident)
+            if kept is not None:
+                incident.reference_accuracy = kept
+                return f"skipped: eval accuracy {kept:.3f} has not fallen since the checkpoint (nothing to undo)"
             knobs_now = handle.knobs()
             info, skipped = self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler,
                                                       before_step=incident.rollback_before)
@@ -465,6 +472,21 @@ class Controller:
             handle.switch_backup(action.kind.removeprefix("backup_"))
             return "switched"
         raise ValueError(f"unknown action kind {action.kind!r}")
+
+    def _no_regression(self, incident: Incident) -> float | None:
+        """The current eval accuracy when the run has not regressed since the rollback checkpoint
+        (a rollback would only discard progress), else ``None`` (roll back). Halting always rolls back."""
+        plan = incident.plan
+        if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
+            return None
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        then = self.accuracy_at.get(info.step) if info is not None else None
+        recent = [self.accuracy_at.get(s) for s in (self.last_step - 1, self.last_step)]
+        recent = [a for a in recent if a is not None and math.isfinite(a)]
+        if then is None or not math.isfinite(then) or not recent:
+            return None
+        now = sum(recent) / len(recent)
+        return now if now >= then - self.config.regression_margin else None
 
     def _revert(self, step: int, incident: Incident, why: str) -> None:
         assert self.handle is not None

@@ -32,6 +32,7 @@ Sources for the rungs (published RFT / RLHF practice):
   [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
   [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
   [lsr]   learning rate scaled with the effective batch size (Goyal et al. 2017, linear scaling rule).
+  [opsm]  off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's ``off_policy_mask_threshold``).
   [ens]   averaging several reward evaluations against a noisy reward (reward-model ensembles,
           Coste et al. 2024; Eisenstein et al. 2024).
   [retry] retrying transient sandbox / tool failures (the retry setting of agent-RL tool sandboxes).
@@ -138,10 +139,10 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         HALT,
     ),
     "rollout_mismatch": (
-        Rung("off-policy rollouts: tighter clip range on the importance ratio", "[clip]", rollback=True,
-             knobs=(_scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)),)),
-        Rung("ratio drift persists: stronger KL anchor, smaller steps", "[clip] [kl]", rollback=True,
-             knobs=(_scale("beta", 2.0, abs_bounds=(1e-3, 0.5)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+        Rung("off-policy rollouts: mask sequences the policy has drifted far from (off-policy sequence masking)", "[opsm] [ckpt]",
+             rollback=True, knobs=(_set("off_policy_mask_threshold", 0.5),)),
+        Rung("ratio drift persists: stricter masking, tighter clip range", "[opsm] [clip]", rollback=True,
+             knobs=(_set("off_policy_mask_threshold", 0.2), _scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)))),
         HALT,
     ),
     "degeneration": (
