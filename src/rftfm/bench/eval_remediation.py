@@ -141,7 +141,7 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
     result.errors = ctl.counts["errors"]
     result.outcomes = [o.result for o in ctl.outcomes]
     result.actions = [f"{e['step']}:{e['payload']['kind']}" + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
-                      for e in actions]
+                      + (":skipped" if str(e["payload"].get("detail", "")).startswith("skipped") else "") for e in actions]
     if actions and not result.halted:
         # cleared: the run went on for a full revalidation window after the last action, and no
         # confirmed alarm followed (the loop's own rule: two alarms within the confirmation
