@@ -170,7 +170,7 @@ def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events
         callback = RFTFMCallback.attach(trainer, detector=detector, diagnoser=diagnoser, incidents=store,
                                         checkpoint_dir=Path(tmp) / "ckpt")
         trainer.train()
-        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.eval_problems)
+        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(ev.FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
     result = ev.ArmResult(run_id=info.run_id, arm="loop", final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
     if callback.controller is not None:
@@ -234,6 +234,8 @@ def evaluate_remediation_cmd(
     healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
     types: Optional[str] = typer.Option(None, help="only these fault types (comma-separated)"),
     split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size) or 'all'"),
+    side: str = typer.Option("test", help="'test': the held-out side; 'train': the side the artifacts were fitted on "
+                                          "(a development set for playbook changes, keeping the held-out side for the final number)"),
     workers: int = typer.Option(1, help="worker processes"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
@@ -256,7 +258,9 @@ def evaluate_remediation_cmd(
     if split != "all":
         from rftfm.bench.splits import split_runs
 
-        runs = split_runs(runs, split)[1]  # the detector and diagnoser were fitted on the train side
+        if side not in ("test", "train"):
+            raise typer.BadParameter("side must be 'test' or 'train'", param_hint="--side")
+        runs = split_runs(runs, split)[1 if side == "test" else 0]  # the detector and diagnoser were fitted on the train side
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     try:
         faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit, type_list)

@@ -14,8 +14,8 @@ Healthy (normal / control) runs are re-trained with the loop on and off: interve
 accuracy change, and the compute overhead of the loop.
 
 Final accuracy is measured the same way for every arm: strict-verifier greedy accuracy of
-the trainer's final weights on the task group's held-out prompts (after a rollback + halt
-these are the restored weights).
+the trainer's final weights on ``FINAL_EVAL_PROMPTS`` held-out prompts of the task group (after
+a rollback + halt these are the restored weights).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from rftfm.records import RunInfo
 FAULT_ARMS = ("clean", "none", "loop", "generic")
 HEALTHY_ARMS = ("off", "on")  # "off" is trained as the run's clean twin (the same training)
 TOLERANCE = 0.9
+#: Final accuracy is measured on this many held-out prompts (the training-time eval uses 128): at
+#: accuracy ~0.45 a 128-prompt estimate has sd ~0.044, so two equally good runs would differ by more
+#: than the 10 % tolerance about a quarter of the time; at 1024 prompts that falls to ~2 %.
+FINAL_EVAL_PROMPTS = 1024
 
 _MODELS: dict[str, Any] = {}
 
@@ -116,7 +120,7 @@ def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser
                 incidents=incidents,
             )
         trainer.train()
-        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.eval_problems)
+        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
     result = ArmResult(run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
     if callback is not None and callback.controller is not None:
