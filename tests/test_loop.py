@@ -288,15 +288,15 @@ class EvidenceDetector(ScriptedDetector):
 
 
 def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on():
-    upstream = ("reward_std", "traj_reward_std")
+    upstream = ("frac_zero_std_groups", "grad_norm")  # zero_variance: its rung 2 (LR) is what this trainer can do
     det = EvidenceDetector({4: upstream, 5: upstream, 9: upstream, 10: upstream, 11: upstream, 14: ("eval_accuracy",), 15: ("eval_accuracy",)})
     ctl, rec = _controller(det)
-    ctl.diagnoser = FixedDiagnoser("reward_noise")
+    ctl.diagnoser = FixedDiagnoser("zero_variance")
     for s in range(1, 13):
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.counts["explained_alarms"] == 3
     explained = [e for e in ctl.store.events(kind="alarm") if e["payload"].get("explained_by")]
-    assert len(explained) == 3 and explained[0]["payload"]["explained_by"] == "reward_noise"
+    assert len(explained) == 3 and explained[0]["payload"]["explained_by"] == "zero_variance"
     for s in range(13, 17):  # a deviation outside the upstream signals still counts
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 2

@@ -141,6 +141,16 @@ def test_new_knob_rungs_resolve_to_concrete_values():
     second = rem.plan(diagnosis("tool_failure"), ALL, {**knobs, "tool_retries": 3}, {**knobs, "tool_retries": 3})
     assert second.actions[-1].value == 9
     noisy = Remediator().plan(diagnosis("reward_noise"), ALL, {"reward_samples": 1}, {"reward_samples": 1})
-    assert noisy.actions[-1].knob == "reward_samples" and noisy.actions[-1].value == 4
+    assert noisy.actions[-1].knob == "reward_samples" and noisy.actions[-1].value == 8
     zero = Remediator().plan(diagnosis("zero_variance"), ALL, {"loss_type": "grpo"}, {"loss_type": "grpo"})
     assert {(a.knob, a.value) for a in zero.actions if a.knob} == {("filter_zero_variance_groups", True), ("loss_type", "dapo")}
+
+
+def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():
+    ceilings = {"learning_rate": 3e-4}
+    low = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 1e-4}, {"learning_rate": 1e-4}, ceilings=ceilings)
+    assert low.actions[-1].value == pytest.approx(3e-4)  # x30 asked, the configured LR is the most it gets
+    already = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 5e-4}, {"learning_rate": 5e-4}, ceilings=ceilings)
+    assert already.actions[-1].value == pytest.approx(5e-4)  # above the ceiling already: never lowered by a "raise"
+    high = Remediator().plan(diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings)
+    assert high.actions[-1].value == pytest.approx(9e-4)

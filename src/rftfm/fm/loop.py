@@ -240,6 +240,7 @@ class Controller:
         self.monitor_seconds = 0.0
         self.last_step = 0
         self.alarm_steps: list[int] = []
+        self.ceilings: dict[str, float] = {}  # knobs the loop never raises past: the LR the user configured
         self.max_steps: int | None = None  # the run's planned length, when the trainer says it
         self.offset = 0  # real step - effective step (grows with every rollback)
         self.effective_at: dict[int, int] = {0: 0}
@@ -251,6 +252,8 @@ class Controller:
         self.handle = handle
         self._guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
         self.remediator.reset()
+        configured = self._guard("knobs", handle.knobs) or {}
+        self.ceilings = {k: configured[k] for k in ("learning_rate",) if isinstance(configured.get(k), (int, float))}
         self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
         if self.config.remediate:
             self._guard("checkpoint", lambda: self._checkpoint(step))
@@ -398,7 +401,8 @@ class Controller:
             self.incident = None
             return
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
-            diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate))
+            diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate,
+            ceilings=self.ceilings))
         if not ok:
             return
         if plan is None:

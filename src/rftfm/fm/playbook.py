@@ -104,9 +104,9 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- RF -------------------------------------------------------------------------------
     "reward_noise": (
         Rung("noisy verifier: average several verifier calls per completion", "[ens] [ckpt]", rollback=True,
-             knobs=(_restore("reward_samples", fallback_value=4, abs_bounds=(1, 16), direction="up"),)),
-        Rung("still noisy: more verifier calls, smaller steps", "[ens] [ckpt]", rollback=True,
-             knobs=(_scale("reward_samples", 3.0, abs_bounds=(1, 16)), _scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS))),
+             knobs=(_restore("reward_samples", fallback_value=8, abs_bounds=(1, 16), direction="up"),)),
+        Rung("still noisy: twice the verifier calls", "[ens] [ckpt]", rollback=True,
+             knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),)),
         HALT,
     ),
     "reward_hacking": (
@@ -161,10 +161,11 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
              knobs=(_scale("learning_rate", 0.1, rel_bounds=LR_BOUNDS),)),
         HALT,
     ),
-    "lr_low": (
+    "lr_low": (  # every raise stops at the LR the user configured (the controller's ceiling)
         Rung("learning rate too low: raise it (steps since the onset were wasted: roll back)", "[ckpt]", rollback=True,
              knobs=(_restore("learning_rate", fallback_factor=30.0, rel_bounds=LR_LOW_BOUNDS, direction="up"),)),
-        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_LOW_BOUNDS),)),
+        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 10.0, rel_bounds=LR_LOW_BOUNDS),)),
+        Rung("still stalled: raise it once more", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_LOW_BOUNDS),)),
         HALT,
     ),
     "kl_misconfig": (
@@ -197,6 +198,9 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     ),
 }
 
+_SAMPLE_LEVEL = ("entropy", "completion_length_mean", "completion_length_max", "truncated_ratio", "traj_length_mean",
+                 "traj_length_std", "traj_repetition_mean", "traj_unique_mean", "traj_tool_call_rate", "traj_tool_error_rate",
+                 "traj_empty_rate", "traj_short_rate", "traj_long_rate", "traj_truncated_rate")
 _REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_std", "reward_var_excess", "reward_minus_eval")
 
 #: Signals a successful knob repair cannot bring back because the fault's source sits upstream
@@ -207,7 +211,9 @@ _REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_s
 UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "reward_noise": _REWARD_LEVEL + ("traj_advantage_std", "frac_zero_std_groups"),
     "reward_scale": _REWARD_LEVEL,
-    "rollout_mismatch": ("clip_ratio_region",),
+    # stale rollout weights shape every sample statistic; the trainer-side signals (eval accuracy,
+    # KL, loss, grad norm) are what a repair must bring back
+    "rollout_mismatch": _REWARD_LEVEL + _SAMPLE_LEVEL + ("clip_ratio_region", "frac_zero_std_groups", "traj_advantage_std"),
     "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),
     "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
 }

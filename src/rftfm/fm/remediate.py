@@ -63,6 +63,15 @@ def resolve_knob(change: KnobChange, current: Any, healthy: Any) -> Any:
     return value
 
 
+def _below_ceiling(knob: str, value: Any, current: Any, ceilings: dict[str, float]) -> Any:
+    """``value``, except that a raise stops at the knob's ceiling (never below the current value)."""
+    ceiling = ceilings.get(knob)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, current, ceiling))
+    if ceiling is None or not numeric or value <= current:
+        return value
+    return max(min(value, ceiling), current)
+
+
 class Remediator:
     """Chooses the next rung for an incident.
 
@@ -84,6 +93,7 @@ class Remediator:
         self._type: str | None = None
         self._rung = -1
         self._unknown_acted = False
+        self._ceilings: dict[str, float] = {}
 
     @property
     def exhausted(self) -> bool:
@@ -118,8 +128,14 @@ class Remediator:
         return replace(rung, knobs=knobs, rollback=rung.rollback and caps.rollback)
 
     def plan(self, diagnosis: Diagnosis | None, caps: Capabilities, current: dict[str, Any],
-             healthy: dict[str, Any], escalate: bool = False) -> Plan | None:
-        """The next rung's actions, or ``None`` when the budget or the ladder is used up."""
+             healthy: dict[str, Any], escalate: bool = False, ceilings: dict[str, float] | None = None) -> Plan | None:
+        """The next rung's actions, or ``None`` when the budget or the ladder is used up.
+
+        ``ceilings``: a knob change that *raises* a knob never takes it above its ceiling (the
+        controller passes the learning rate the user configured: a misdiagnosis, or an alarm
+        left over after a repair, must never push the LR past it).
+        """
+        self._ceilings = ceilings or {}
         if self.exhausted:
             return None
         if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
@@ -127,7 +143,7 @@ class Remediator:
             if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
                 self._type, self._rung = None, -1
                 self.interventions += 1
-                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy),
+                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings),
                             diagnosed_type=self.diagnosed_type(diagnosis))
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
         if fault_type is not None and fault_type == self._type:
@@ -148,11 +164,12 @@ class Remediator:
             self._type, self._rung = fault_type, index
             self._unknown_acted |= fault_type is None and not self.generic
             self.interventions += 1
-            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy), diagnosed_type=fault_type)
+            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy, self._ceilings), diagnosed_type=fault_type)
         return None
 
     @staticmethod
-    def _actions(rung: Rung, diagnosis: Diagnosis | None, current: dict[str, Any], healthy: dict[str, Any]) -> list[Action]:
+    def _actions(rung: Rung, diagnosis: Diagnosis | None, current: dict[str, Any], healthy: dict[str, Any],
+                 ceilings: dict[str, float] | None = None) -> list[Action]:
         why = rung.reason + (f" ({diagnosis.summary})" if diagnosis is not None and diagnosis.summary else "")
         actions: list[Action] = []
         if rung.backup:
@@ -169,6 +186,7 @@ class Remediator:
                 value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob))
             except TypeError:  # the knob cannot be read on this trainer: nothing to scale
                 continue
+            value = _below_ceiling(change.knob, value, current.get(change.knob), ceilings or {})
             actions.append(Action(kind="set_knob", knob=change.knob, value=value, previous=current.get(change.knob),
                                   reason=f"{change.op} {change.knob}: {rung.reason} {rung.source}"))
         if rung.halt:
