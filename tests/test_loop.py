@@ -339,6 +339,8 @@ def test_weak_evidence_beside_upstream_signals_is_still_explained():
     assert ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("grad_norm", 3.8), ev("entropy", -0.3)]))
     assert not ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("grad_norm", 3.8), ev("entropy", -2.5)]))
     assert not ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("entropy", 0.5)]))
+    # only weak evidence: judged on all of it
+    assert ctl._explained(_Alarm(run_id="u", step=3, score=2, threshold=1, evidence=[ev("grad_norm", 1.5)]))
 
 
 def test_no_new_intervention_in_the_last_steps_where_it_cannot_be_revalidated():

@@ -345,8 +345,8 @@ class Controller:
         upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
         if not upstream or not alarm.evidence:
             return False
-        strong = [e for e in alarm.evidence if e.z is None or abs(e.z) >= self.config.explain_min_z]
-        return bool(strong) and all(e.signal in upstream for e in strong)
+        strong = [e for e in alarm.evidence if e.z is None or abs(e.z) >= self.config.explain_min_z] or alarm.evidence
+        return all(e.signal in upstream for e in strong)
 
     def _confirmed(self, step: int, alarm: Alarm) -> bool:
         """A single weak alarm is only reported; acting needs repeated or strong evidence."""
