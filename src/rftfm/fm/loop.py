@@ -235,11 +235,12 @@ class Controller:
         self.loop_knobs: dict[str, Any] = {}  # knob values the loop itself set
         self.counts = {"alarms": 0, "explained_alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
                        "checkpoints": 0}
-        self.outcomes: list[Outcome] = []
-        self.timeline: list[tuple[int, str, str]] = []  # (step, kind, text) for displays
+        # bounded like the history: the incident store keeps everything, these are for displays and rules
+        self.outcomes: deque[Outcome] = deque(maxlen=self.config.max_history)
+        self.timeline: deque[tuple[int, str, str]] = deque(maxlen=self.config.max_history)  # (step, kind, text)
         self.monitor_seconds = 0.0
         self.last_step = 0
-        self.alarm_steps: list[int] = []
+        self.alarm_steps: deque[int] = deque(maxlen=64)  # the confirmation rules look a few steps back only
         self.ceilings: dict[str, float] = {}  # knobs the loop never raises past: the LR the user configured
         self.max_steps: int | None = None  # the run's planned length, when the trainer says it
         self.offset = 0  # real step - effective step (grows with every rollback)
