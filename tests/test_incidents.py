@@ -141,3 +141,19 @@ def test_remediation_rows_resume_and_a_torn_last_line_is_dropped(tmp_path):
     arms = sorted(arm for _, arm in _tasks([hard], [control]))
     # the control's loop-off arm and the hard fault's clean arm are one training
     assert arms == ["clean", "generic", "loop", "none", "on"]
+
+
+def test_select_runs_filters_types_and_rejects_unknown_ones():
+    import polars as pl
+
+    from rftfm.bench.eval_remediation import select_runs
+
+    rows = [dict(run_id=f"{t}-{i}", group="g", task_group="arith_a", model_size="xs", seed=i, control_or_fault="fault",
+                 fault_type=t, fault_family="od", fault_strength="easy", onset_step=1 + 9 * (i % 2)) for t in ("lr_high", "lr_low") for i in range(3)]
+    rows += [dict(run_id="n", group="normal", task_group="arith_a", model_size="xs", seed=9, control_or_fault="normal",
+                  fault_type=None, fault_family=None, fault_strength=None, onset_step=None)]
+    faulty, healthy = select_runs(pl.DataFrame(rows), per_type=2, healthy=None, limit=None, types=["lr_low"])
+    assert [r.fault_type for r in faulty] == ["lr_low", "lr_low"] and {r.onset_step for r in faulty} == {1, 10}
+    assert [r.run_id for r in healthy] == ["n"]
+    with pytest.raises(ValueError, match="unknown fault types"):
+        select_runs(pl.DataFrame(rows), None, None, None, types=["nope"])
