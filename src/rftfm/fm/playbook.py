@@ -207,7 +207,7 @@ _REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_s
 #: of the trainer (the reward function, the tool sandbox, the grouping, the rollout engine) and
 #: keeps acting. After a rung for that type was applied, an alarm whose evidence lies *only* in
 #: these signals is recorded as explained by the diagnosed cause, and not acted on again; any
-#: other deviating signal (eval accuracy, KL, entropy, lengths, ...) still counts.
+#: other deviating signal (eval accuracy, KL, grad norm, and for most types entropy and lengths) still counts.
 UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "reward_noise": _REWARD_LEVEL + ("traj_advantage_std", "frac_zero_std_groups"),
     "reward_scale": _REWARD_LEVEL,
