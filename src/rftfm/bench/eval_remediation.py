@@ -419,7 +419,8 @@ def target_status(summary: dict[str, Any]) -> list[str]:
 
 INTRO = """# Remediation: the RFT-FM closed loop
 
-*This file is written by `rftfm bench evaluate remediation ... --markdown docs/remediation.md`; do not edit the tables by hand.*
+*This file is written by `rftfm bench evaluate remediation ... --markdown docs/remediation.md` (or re-rendered from the raw
+rows with `--from-json docs/results/remediation-seed.json`); do not edit the tables by hand.*
 
 The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) watches
 every step: detector -> diagnoser (on a confirmed alarm: two alarms within three steps, or one with
@@ -477,7 +478,7 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
     t = summary["tables"]
     out = [INTRO, playbook_markdown(), SOURCES, "\nBackup rungs apply only when the user registered a backup verifier / tool "
            "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n", f"Produced by `{command}`.\n",
-           f"\n{note}\n" if note else "",
+           f"\n{note}\n\n" if note else "",
            f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed alarm -- two alarms "
            f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the upstream signals of the "
            f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) do not count -- and not halted) and final eval accuracy "
