@@ -18,23 +18,14 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
+from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
 
-#: Train-step metrics used as features.
-STEP_FEATURES: tuple[str, ...] = (
-    "reward_mean",
-    "reward_std",
-    "eval_accuracy",
-    "kl",
-    "entropy",
-    "policy_loss",
-    "grad_norm",
-    "clip_ratio_region",
-    "completion_length_mean",
-    "completion_length_max",
-    "truncated_ratio",
-    "frac_zero_std_groups",
-)
+#: Step metrics that are not training dynamics: a knob (the LR), wall time, and the one-sided clip
+#: ratios (the region ratio covers both).
+NOT_FEATURES = frozenset({"learning_rate", "clip_ratio_low", "clip_ratio_high", "step_time_s"})
+
+#: Train-step metrics used as features (the schema's ``STEP_METRICS``, in its order, less the above).
+STEP_FEATURES: tuple[str, ...] = tuple(m for m in STEP_METRICS if m not in NOT_FEATURES)
 
 #: Aggregates of the step's trajectories used as features.
 TRAJECTORY_FEATURES: tuple[str, ...] = (
