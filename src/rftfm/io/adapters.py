@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,7 +36,7 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from rftfm.io.faultbench import RUN_INFO_FILE, STEP_FILE, TRAJ_FILE
-from rftfm.io.follow import Follower
+from rftfm.io.follow import Follower, poll_loop
 from rftfm.io.loader import _TRAJ_KNOWN, STEP_ALIASES, TRAJECTORY_ALIASES, _flatten
 from rftfm.records import STEP_METRICS, LABEL_FIELDS, StepRecord, TrajectoryFlags, TrajectoryRecord, finite_or_none
 
@@ -616,19 +615,8 @@ class LogSource:
 
     def follow(self, interval: float = 0.5, idle_timeout: float | None = None, should_stop=None) -> Iterator[list[Event]]:
         """Yield batches of completed steps as the log grows (empty batches on idle polls)."""
-        last = time.monotonic()
-        while True:
-            batch = self.poll()
-            now = time.monotonic()
-            if batch:
-                last = now
-            yield batch
-            if self.finished or (should_stop is not None and should_stop()):
-                break
-            if idle_timeout is not None and now - last >= idle_timeout:
-                break
-            if not batch:
-                time.sleep(interval)
+        stop = lambda: self.finished or (should_stop is not None and should_stop())  # noqa: E731
+        yield from poll_loop(self.poll, interval, idle_timeout, stop)
         yield self.finish()
 
     def close(self) -> None:

@@ -28,6 +28,27 @@ MAX_PARTIAL_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
 
+def poll_loop(poll: Callable[[], list], interval: float, idle_timeout: float | None = None,
+              should_stop: Callable[[], bool] | None = None, sleep: Callable[[float], None] = time.sleep) -> Iterator[list]:
+    """Yield ``poll()`` batches (empty ones on idle polls), sleeping ``interval`` s after an empty one.
+
+    Stops after a batch when ``should_stop()`` is true or nothing arrived for ``idle_timeout`` s.
+    """
+    last_data = time.monotonic()
+    while True:
+        batch = poll()
+        now = time.monotonic()
+        if batch:
+            last_data = now
+        yield batch
+        if should_stop is not None and should_stop():
+            return
+        if idle_timeout is not None and now - last_data >= idle_timeout:
+            return
+        if not batch:
+            sleep(interval)
+
+
 @dataclass
 class FollowStats:
     """What the follower saw, for the CLI summary and for tests."""
@@ -168,16 +189,4 @@ class Follower:
         Stops when ``should_stop()`` is true or nothing new arrived for ``idle_timeout`` seconds.
         Polling is bounded: one ``stat`` and reads up to the file end per ``interval``.
         """
-        last_data = time.monotonic()
-        while True:
-            lines = self.poll()
-            now = time.monotonic()
-            if lines:
-                last_data = now
-            yield lines
-            if should_stop is not None and should_stop():
-                return
-            if idle_timeout is not None and now - last_data >= idle_timeout:
-                return
-            if not lines:
-                sleep(interval)
+        return poll_loop(self.poll, interval, idle_timeout, should_stop, sleep)
