@@ -169,7 +169,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one_in_a_live_run():
     class CorruptingCheckpointer(Checkpointer):
         def save(self, step, *args, **kwargs):
             info = super().save(step, *args, **kwargs)
-            if step == ONSET - 1:  # the checkpoint the rollback would use
+            if step == ONSET - 2:  # the checkpoint the rollback would use
                 (info.path / MODEL_FILE).write_bytes(b"truncated")
             return info
 
@@ -182,7 +182,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one_in_a_live_run():
     trainer, cb, _ = train(run_info(), attach)
     store = cb.controller.store
     rollback = [e for e in store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
-    assert rollback["payload"]["detail"] == f"to step {ONSET - 2}"
+    assert rollback["payload"]["detail"] == f"to step {ONSET - 3}"
     assert any("checksum" in e["payload"]["error"] for e in store.events(kind="error"))
     assert trainer.state.global_step == STEPS
 
@@ -364,3 +364,20 @@ def test_a_knob_rung_rolls_back_only_when_eval_accuracy_fell_since_the_checkpoin
         assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == int(rolled_back)
         detail = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
         assert detail.startswith("to step") == rolled_back
+
+
+def test_rollback_skips_the_checkpoint_that_generated_the_first_deviating_rollout():
+    """A step's rollouts come from the previous update's weights: deviation first seen at step f
+    means the checkpoint of step f - 1 is already suspect; and an onset at step 1 restores step 0."""
+    for since, expected in ((6, 4), (1, 0)):
+        det = ScriptedDetector({})
+        det.observe = lambda rec, t, since=since: (  # noqa: E731
+            Alarm(run_id="u", step=rec.step, score=5.0, threshold=1.0,
+                  evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=since)])
+            if rec.step == max(since, 2) + 1 else None)
+        ctl, rec = _controller(det)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 10):
+            ctl.observe(rec(s), [])
+        rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        assert rollback["payload"]["detail"] == f"to step {expected}"

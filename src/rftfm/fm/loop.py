@@ -194,6 +194,8 @@ class ControllerConfig:
     revert_drop: float = 0.2  # escalate when the window's eval accuracy is this far below the checkpoint's
     default_lookback: int = 2  # first deviating step = alarm step - lookback when evidence has no since_step
     max_lookback: int = 4  # ... and never more than this many steps before the first alarm
+    rollout_lag: int = 1  # a step's rollouts come from the weights of the update before it: the weights
+    # that generated the first deviating rollout are already suspect, so roll back this many steps further
     reset_detector_after_action: bool = True
     confirm_alarms: int = 2  # act once this many alarms fell within the last confirm_window steps ...
     confirm_window: int = 3
@@ -384,7 +386,8 @@ class Controller:
             first = min(since) if since else min(window) - self.config.default_lookback
             first = max(first, min(window) - self.config.max_lookback, 1)
             first = min(first, step)
-            self.incident = Incident(start_step=step, first_deviation=first, rollback_before=first - 1)
+            self.incident = Incident(start_step=step, first_deviation=first,
+                                     rollback_before=max(first - 1 - self.config.rollout_lag, 0))
         if not escalate and self._unexplained_and_unconfirmed(step, diagnosis):
             self.timeline.append((step, "plan", "unexplained alarm, no knob changed: alert only until it persists"))
             self.incident = None
