@@ -1,4 +1,4 @@
-"""The trainer knobs added for remediation: tool retries, repeated verifier calls, the zero-variance filter."""
+"""The trainer knobs added for remediation: tool retries, repeated verifier calls, DAPO dynamic sampling."""
 
 from __future__ import annotations
 
@@ -36,27 +36,45 @@ def test_with_retries_retries_a_raising_tool_and_gives_up_after_the_budget() -> 
 
 
 def test_new_knobs_are_validated_and_readable() -> None:
-    trainer = SimpleNamespace(tool_retries=0, reward_samples=1, filter_zero_variance_groups=False)
-    for name in ("tool_retries", "reward_samples", "filter_zero_variance_groups"):
+    trainer = SimpleNamespace(tool_retries=0, reward_samples=1, dynamic_sampling_rounds=0)
+    for name in ("tool_retries", "reward_samples", "dynamic_sampling_rounds"):
         assert name in KNOBS
     set_knob(trainer, "tool_retries", 3.0)
     set_knob(trainer, "reward_samples", 4)
-    set_knob(trainer, "filter_zero_variance_groups", 1)
-    assert (get_knob(trainer, "tool_retries"), get_knob(trainer, "reward_samples")) == (3, 4)
-    assert get_knob(trainer, "filter_zero_variance_groups") is True
-    with pytest.raises(ValueError):
-        set_knob(trainer, "reward_samples", 0)
-    with pytest.raises(ValueError):
-        set_knob(trainer, "tool_retries", -1)
+    set_knob(trainer, "dynamic_sampling_rounds", 16.0)
+    assert [get_knob(trainer, n) for n in ("tool_retries", "reward_samples", "dynamic_sampling_rounds")] == [3, 4, 16]
+    for name, bad in (("reward_samples", 0), ("tool_retries", -1), ("dynamic_sampling_rounds", -1)):
+        with pytest.raises(ValueError):
+            set_knob(trainer, name, bad)
 
 
-def test_zero_variance_filter_masks_only_all_zero_groups_and_renormalises() -> None:
-    out = {"advantages": torch.tensor([0.0, 0.0, 1.0, -1.0, 0.0, 0.0]),
-           "completion_mask": torch.ones(6, 3, dtype=torch.long), "num_items_in_batch": torch.tensor(18)}
-    RecordingGRPOTrainer._drop_zero_advantage_groups(SimpleNamespace(num_generations=2), out)
-    assert out["tool_mask"][:, 0].tolist() == [0, 0, 1, 1, 0, 0]
-    assert int(out["num_items_in_batch"]) == 6
-    # every group without signal: nothing to keep, the batch is left as it was
-    out = {"advantages": torch.zeros(4), "completion_mask": torch.ones(4, 2, dtype=torch.long)}
-    RecordingGRPOTrainer._drop_zero_advantage_groups(SimpleNamespace(num_generations=2), out)
-    assert "tool_mask" not in out
+def _batch(advantages: list[float], width: int, token: int) -> dict:
+    n = len(advantages)
+    return {"advantages": torch.tensor(advantages), "completion_ids": torch.full((n, width), token),
+            "completion_mask": torch.ones(n, width, dtype=torch.long), "num_items_in_batch": torch.tensor(n * width),
+            "prompt_ids": torch.zeros(n, 2, dtype=torch.long)}
+
+
+def test_dynamic_sampling_swaps_only_empty_groups_for_informative_resamples() -> None:
+    # groups of 2: group 0 empty, group 1 informative, group 2 empty
+    out = _batch([0.0, 0.0, 1.0, -1.0, 0.0, 0.0], width=3, token=7)
+    resample = _batch([0.5, -0.5, 0.2, -0.2, 0.0, 0.0], width=5, token=9)  # wider: completions are padded per round
+    trainer = SimpleNamespace(num_generations=2, processing_class=SimpleNamespace(pad_token_id=0),
+                              _outcomes=["a0", "a1", "b0", "b1", "c0", "c1"])
+
+    def scored(inputs, step):
+        trainer._outcomes = ["n0", "n1", "n2", "n3", "n4", "n5"]
+        return resample
+
+    trainer._scored_batch = scored
+    assert RecordingGRPOTrainer._refill_zero_advantage_groups(trainer, out, [], 3) is True
+    assert out["advantages"].tolist() == [0.5, -0.5, 1.0, -1.0, 0.0, 0.0]  # only group 0 was swapped
+    assert out["completion_ids"].shape == (6, 5)
+    assert out["completion_ids"][0].tolist() == [9] * 5 and out["completion_ids"][2].tolist() == [7, 7, 7, 0, 0]
+    assert out["completion_mask"][2].tolist() == [1, 1, 1, 0, 0]
+    assert int(out["num_items_in_batch"]) == 2 * 5 + 4 * 3
+    assert trainer._outcomes == ["n0", "n1", "b0", "b1", "c0", "c1"]
+    # nothing left to refill: no new round is sampled
+    full = _batch([1.0, -1.0], width=2, token=7)
+    trainer._scored_batch = lambda inputs, step: pytest.fail("sampled again")
+    assert RecordingGRPOTrainer._refill_zero_advantage_groups(trainer, full, [], 3) is False

@@ -288,10 +288,15 @@ class EvidenceDetector(ScriptedDetector):
 
 
 def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on():
-    upstream = ("frac_zero_std_groups", "grad_norm")  # zero_variance: its rung 2 (LR) is what this trainer can do
+    from rftfm.fm.playbook import HALT, PLAYBOOK, Rung, _scale
+
+    upstream = ("frac_zero_std_groups", "grad_norm")
     det = EvidenceDetector({4: upstream, 5: upstream, 9: upstream, 10: upstream, 11: upstream, 14: ("eval_accuracy",), 15: ("eval_accuracy",)})
     ctl, rec = _controller(det)
     ctl.diagnoser = FixedDiagnoser("zero_variance")
+    # this LR-only trainer has no resampling knob: a zero_variance ladder it can follow
+    lr_rung = Rung("test: smaller steps", "[test]", knobs=(_scale("learning_rate", 0.5),))
+    ctl.remediator = Remediator(playbook={**PLAYBOOK, "zero_variance": (lr_rung, HALT)})
     for s in range(1, 13):
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.counts["explained_alarms"] == 3
@@ -381,3 +386,22 @@ def test_rollback_skips_the_checkpoint_that_generated_the_first_deviating_rollou
             ctl.observe(rec(s), [])
         rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
         assert rollback["payload"]["detail"] == f"to step {expected}"
+
+
+def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it():
+    ctl, rec = _controller(ScriptedDetector({9: 1.5, 10: 1.5}))
+    ctl.diagnoser = FixedDiagnoser("lr_low")
+    for s in range(1, 12):
+        if s == 3:  # a configuration push: the LR drops 100x
+            ctl.handle.set("learning_rate", 1e-5)
+        ctl.observe(rec(s), [])
+    assert ctl.knob_changes == {"learning_rate": (3, 1e-3)}
+    sets = [e["payload"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "set_knob"]
+    assert sets and sets[0]["knob"] == "learning_rate" and sets[0]["value"] == pytest.approx(1e-3)
+    assert "changed since" in sets[0]["reason"]
+    assert ctl.handle.get("learning_rate") == pytest.approx(1e-3)
+    rollback = [e["payload"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+    assert rollback["detail"] == "to step 3"  # towards before the push: the oldest checkpoint kept (3..8, keep=6)
+    assert any("restored the oldest" in e["payload"]["error"] for e in ctl.store.events(kind="error"))
+    # the loop's own change is not somebody else's
+    assert set(ctl.knob_changes) == {"learning_rate"} and ctl.knob_changes["learning_rate"][0] == 3

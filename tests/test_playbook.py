@@ -142,8 +142,11 @@ def test_new_knob_rungs_resolve_to_concrete_values():
     assert second.actions[-1].value == 9
     noisy = Remediator().plan(diagnosis("reward_noise"), ALL, {"reward_samples": 1}, {"reward_samples": 1})
     assert noisy.actions[-1].knob == "reward_samples" and noisy.actions[-1].value == 8
-    zero = Remediator().plan(diagnosis("zero_variance"), ALL, {"loss_type": "grpo"}, {"loss_type": "grpo"})
-    assert {(a.knob, a.value) for a in zero.actions if a.knob} == {("filter_zero_variance_groups", True), ("loss_type", "dapo")}
+    rem = Remediator()
+    zero = rem.plan(diagnosis("zero_variance"), ALL, {"dynamic_sampling_rounds": 0}, {"dynamic_sampling_rounds": 0})
+    assert {(a.knob, a.value) for a in zero.actions if a.knob} == {("dynamic_sampling_rounds", 16)}
+    more = rem.plan(diagnosis("zero_variance"), ALL, {"dynamic_sampling_rounds": 16}, {"dynamic_sampling_rounds": 0}, escalate=True)
+    assert more.actions[-1].knob == "dynamic_sampling_rounds" and more.actions[-1].value == 32
 
 
 def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():

@@ -24,7 +24,7 @@ KNOBS = (
     # them, and a user's trainer declares them by carrying the attribute (see ``rftfm.fm.loop``)
     "tool_retries",
     "reward_samples",
-    "filter_zero_variance_groups",
+    "dynamic_sampling_rounds",
 )
 
 
@@ -85,12 +85,10 @@ def set_knob(trainer: Any, name: str, value: Any) -> None:
         trainer.loss_type = str(value)
     elif name == "off_policy_mask_threshold":  # DeepSeek-V3.2 off-policy sequence masking (TRL GRPOConfig)
         trainer.off_policy_mask_threshold = None if value is None else float(value)
-    elif name in ("tool_retries", "reward_samples"):
-        value, least = int(value), (0 if name == "tool_retries" else 1)
+    elif name in ("tool_retries", "reward_samples", "dynamic_sampling_rounds"):
+        value, least = int(value), (1 if name == "reward_samples" else 0)
         if value < least:
             raise ValueError(f"{name} must be >= {least}, not {value}")
         setattr(trainer, name, value)
-    elif name == "filter_zero_variance_groups":
-        trainer.filter_zero_variance_groups = bool(value)
     else:
         raise KeyError(f"unknown knob {name!r}; known: {KNOBS}")

@@ -66,7 +66,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self._eval_time = 0.0
         self.tool_retries = 0  # knob: retries of a tool call that raised
         self.reward_samples = 1  # knob: verifier calls averaged per completion (for a stochastic verifier)
-        self.filter_zero_variance_groups = False  # knob: drop all-zero-advantage groups from the loss (DAPO filter)
+        self.dynamic_sampling_rounds = 0  # knob: extra generation rounds that refill all-zero-advantage groups (DAPO)
         super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
 
     # --- the reward function TRL calls ----------------------------------------------
@@ -90,12 +90,12 @@ class RecordingGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         step = self.state.global_step + 1
         self.injector.before_rollout(self, step)
-        out = super()._generate_and_score_completions(inputs)
+        out = self._scored_batch(inputs, step)
+        for _ in range(self.dynamic_sampling_rounds):
+            if not self._refill_zero_advantage_groups(out, inputs, step):
+                break
         ids, mask = out["completion_ids"], out["completion_mask"]
         lengths = mask.sum(dim=1)
-        out["advantages"] = self.injector.advantages(out["advantages"], lengths, self.num_generations, step)
-        if self.filter_zero_variance_groups:
-            self._drop_zero_advantage_groups(out)
         if self.injector.uses_rollout_policy(step):
             # Behaviour-policy log-probs, as an asynchronous rollout engine reports them.
             full_ids = torch.cat([out["prompt_ids"], ids], dim=1)
@@ -107,18 +107,42 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self._record_trajectories(inputs, ids, lengths, out["advantages"], step)
         return out
 
-    def _drop_zero_advantage_groups(self, out: dict[str, Any]) -> None:
-        """DAPO's dynamic-sampling filter without the refill: groups whose advantages are all zero
-        carry no signal and leave the loss and its token normaliser (through TRL's ``tool_mask``)."""
-        groups = out["advantages"].view(-1, self.num_generations)
-        keep = (groups.abs().amax(dim=1) > 0).repeat_interleave(self.num_generations)
-        if not bool(keep.any()):
-            return
-        loss_mask = out.get("tool_mask")
-        loss_mask = torch.ones_like(out["completion_mask"]) if loss_mask is None else loss_mask
-        out["tool_mask"] = loss_mask * keep.unsqueeze(1).to(loss_mask.dtype)
-        if "num_items_in_batch" in out:
-            out["num_items_in_batch"] = (out["completion_mask"] * out["tool_mask"]).sum()
+    def _scored_batch(self, inputs: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        """One TRL generation + scoring round, with the (possibly faulty) advantage computation applied."""
+        out = super()._generate_and_score_completions(inputs)
+        out["advantages"] = self.injector.advantages(out["advantages"], out["completion_mask"].sum(dim=1), self.num_generations, step)
+        return out
+
+    def _refill_zero_advantage_groups(self, out: dict[str, Any], inputs: list[dict[str, Any]], step: int) -> bool:
+        """DAPO dynamic sampling, one round: sample the same prompts again and swap every group whose
+        advantages are all zero for its new sample when that one carries signal. TRL has no refill
+        (its generation batch is fixed), so it is written here. Returns False when no group needs one."""
+        g = self.num_generations
+        empty = out["advantages"].view(-1, g).abs().amax(dim=1) == 0
+        if not bool(empty.any()):
+            return False
+        outcomes = list(self._outcomes)
+        new = self._scored_batch(inputs, step)
+        swap = empty & (new["advantages"].view(-1, g).abs().amax(dim=1) > 0)
+        if bool(swap.any()):
+            rows = swap.repeat_interleave(g)
+            for key, value in out.items():
+                other = new.get(key)
+                if not (torch.is_tensor(value) and torch.is_tensor(other)) or value.dim() == 0 or value.size(0) != rows.numel():
+                    continue
+                if value.dim() >= 2 and value.size(1) != other.size(1):  # completions are padded per round
+                    width = max(value.size(1), other.size(1))
+                    pad_value = self.processing_class.pad_token_id if key == "completion_ids" else 0
+                    value = torch.nn.functional.pad(value, (0, width - value.size(1)), value=pad_value)
+                    other = torch.nn.functional.pad(other, (0, width - other.size(1)), value=pad_value)
+                out[key] = torch.where(rows.view(-1, *([1] * (value.dim() - 1))), other, value)
+            mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
+            if "num_items_in_batch" in out:
+                out["num_items_in_batch"] = mask.sum().to(out["num_items_in_batch"].dtype)
+            self._outcomes = [n if bool(r) else o for o, n, r in zip(outcomes, self._outcomes, rows)]
+        else:
+            self._outcomes = outcomes
+        return True
 
     def _record_trajectories(self, inputs, ids, lengths, advantages, step: int) -> None:
         eos = self.processing_class.eos_token_id

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Protocol
 import polars as pl
 
 from rftfm.engine.knobs import KNOBS, get_knob, set_knob
-from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
+from rftfm.fm.checkpoint import CheckpointError, Checkpointer, CheckpointInfo
 from rftfm.fm.features import FEATURES, step_features
 from rftfm.fm.playbook import UPSTREAM_SIGNALS
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
@@ -206,6 +206,7 @@ class ControllerConfig:
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
+    drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
 
 
 def _trim_oldest(table: dict[int, Any], size: int) -> None:
@@ -246,6 +247,8 @@ class Controller:
         self.ceilings: dict[str, float] = {}  # knobs the loop never raises past: the LR the user configured
         self.max_steps: int | None = None  # the run's planned length, when the trainer says it
         self.offset = 0  # real step - effective step (grows with every rollback)
+        self.seen_knobs: dict[str, Any] = {}  # knob values read at the last step
+        self.knob_changes: dict[str, tuple[int, Any]] = {}  # knob -> (step, value before) of changes the loop did not make
         self.effective_at: dict[int, int] = {0: 0}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -257,6 +260,7 @@ class Controller:
         self.remediator.reset()
         configured = self._guard("knobs", handle.knobs) or {}
         self.ceilings = {k: configured[k] for k in ("learning_rate",) if isinstance(configured.get(k), (int, float))}
+        self.seen_knobs = dict(configured)
         self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
         if self.config.remediate:
             self._guard("checkpoint", lambda: self._checkpoint(step))
@@ -289,6 +293,8 @@ class Controller:
             return
         self.accuracy_at[step] = record.eval_accuracy
         _trim_oldest(self.accuracy_at, self.config.max_history)
+        if self.mode in ("watching", "revalidating"):
+            self._guard("knobs", lambda: self._track_knobs(step))
         # Detector and diagnoser see the *effective* run: after a rollback to a checkpoint of
         # effective step c, the next step is c + 1 (their normal profiles are indexed by step).
         effective = step - self.offset
@@ -336,6 +342,24 @@ class Controller:
             return False
         recent = [s for s in self.alarm_steps if s > step - self.config.unknown_confirm_window]
         return len(recent) < self.config.unknown_confirm_alarms
+
+    def _track_knobs(self, step: int) -> None:
+        """Note every knob change the loop did not make (a configuration push mid-run), with the value before it."""
+        if self.handle is None:
+            return
+        current = self.handle.knobs()
+        for name, value in current.items():
+            before = self.seen_knobs.get(name, value)
+            if value != before and self.loop_knobs.get(name, before) != value:
+                earlier = self.knob_changes.get(name)
+                if earlier is None or earlier[0] <= step - self.config.drift_window:
+                    self.knob_changes[name] = (step, before)
+        self.seen_knobs = current
+
+    def _refresh_seen_knobs(self) -> None:
+        """After the loop itself turned knobs: their new values are not somebody else's change."""
+        if self.handle is not None:
+            self.seen_knobs = self._guard("knobs", self.handle.knobs) or self.seen_knobs
 
     def _drifted(self) -> bool:
         """A knob differs from the rollback checkpoint's (not counting the loop's own changes)."""
@@ -386,8 +410,11 @@ class Controller:
             first = min(since) if since else min(window) - self.config.default_lookback
             first = max(first, min(window) - self.config.max_lookback, 1)
             first = min(first, step)
-            self.incident = Incident(start_step=step, first_deviation=first,
-                                     rollback_before=max(first - 1 - self.config.rollout_lag, 0))
+            before = first - 1 - self.config.rollout_lag
+            # a knob somebody changed shortly before is the prime suspect: roll back to before the change
+            pushed = [at for at, _ in self.knob_changes.values() if at > step - self.config.drift_window]
+            before = min([before, *(at - 1 for at in pushed)])
+            self.incident = Incident(start_step=step, first_deviation=first, rollback_before=max(before, 0))
         if not escalate and self._unexplained_and_unconfirmed(step, diagnosis):
             self.timeline.append((step, "plan", "unexplained alarm, no knob changed: alert only until it persists"))
             self.incident = None
@@ -436,6 +463,7 @@ class Controller:
             self._record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
                                           "fault_type": plan.fault_type})
             self.timeline.append((step, "action", f"{action.kind} {action.knob or ''} {detail}".strip()))
+        self._refresh_seen_knobs()
         if plan.diagnosed_type is not None and any(a.kind == "set_knob" for a in plan.actions):
             self.repaired_type = plan.diagnosed_type
         if any(a.kind == "halt" for a in plan.actions):
@@ -455,8 +483,7 @@ class Controller:
                 incident.reference_accuracy = kept
                 return f"skipped: eval accuracy {kept:.3f} has not fallen since the checkpoint (nothing to undo)"
             knobs_now = handle.knobs()
-            info, skipped = self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler,
-                                                      before_step=incident.rollback_before)
+            info, skipped = self._restore(incident.rollback_before)
             for message in skipped:
                 self._record("error", self.last_step, {"stage": "checkpoint", "error": message, "fallback": "previous checkpoint"})
             if "learning_rate" in knobs_now:  # the optimiser state carries an LR: keep the knob as it was
@@ -481,6 +508,20 @@ class Controller:
             return "switched"
         raise ValueError(f"unknown action kind {action.kind!r}")
 
+    def _restore(self, before_step: int) -> tuple[CheckpointInfo, list[str]]:
+        """Restore the newest valid checkpoint at or before ``before_step``; when the ones that old
+        were already pruned, the oldest one kept (the closest to the healthy state there is)."""
+        handle = self.handle
+        assert handle is not None
+        try:
+            return self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler, before_step=before_step)
+        except CheckpointError:
+            kept = self.checkpointer.steps()
+            if not kept or kept[0] <= before_step:
+                raise
+            info, skipped = self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler, before_step=kept[0])
+            return info, [*skipped, f"no checkpoint kept at or before step {before_step}: restored the oldest, step {info.step}"]
+
     def _no_regression(self, incident: Incident) -> float | None:
         """The current eval accuracy when the run has not regressed since the rollback checkpoint
         (a rollback would only discard progress), else ``None`` (roll back). Halting always rolls back."""
@@ -501,6 +542,7 @@ class Controller:
         for action in reversed(incident.changed):
             self._guard("apply", lambda a=action: self.handle.set(a.knob, a.previous))
             self.loop_knobs.pop(action.knob, None)
+        self._refresh_seen_knobs()
         if incident.plan is not None:
             self._outcome(step, incident.plan, "reverted", why)
         incident.changed = []
@@ -540,11 +582,15 @@ class Controller:
         self.counts["checkpoints"] += 1
 
     def _healthy_knobs(self) -> dict[str, Any]:
-        """Knob values of the rollback checkpoint, with the loop's own later settings on top
-        (a change the loop made is a repair, never drift to undo)."""
+        """Knob values of the rollback checkpoint; for a knob something else changed within
+        ``drift_window`` steps of the incident, its value before that change (the checkpoint may
+        postdate it); the loop's own later settings on top (a change the loop made is a repair,
+        never drift to undo)."""
         assert self.incident is not None
         info, _ = self.checkpointer.latest_valid(before_step=self.incident.rollback_before)
-        return {**(info.knobs if info is not None else {}), **self.loop_knobs}
+        recent = {name: before for name, (at, before) in self.knob_changes.items()
+                  if at > self.incident.start_step - self.config.drift_window}
+        return {**(info.knobs if info is not None else {}), **recent, **self.loop_knobs}
 
     def _outcome(self, step: int, plan: Plan, result: str, detail: str) -> None:
         rung = plan.rung

@@ -177,10 +177,11 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- CA -------------------------------------------------------------------------------
     "advantage_sign": (HALT,),
     "zero_variance": (
-        Rung("most groups carry no signal: drop zero-advantage groups from the loss, token-level normalisation",
-             "[dapo] [ckpt]", rollback=True, knobs=(_set("filter_zero_variance_groups", True), _set("loss_type", "dapo"))),
-        Rung("few informative groups left, noisier gradient: smaller steps", "[lsr] [ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+        # no rollback: the steps under the fault learned less but did no harm
+        Rung("most groups carry no signal: DAPO dynamic sampling, resample the prompts of all-zero-advantage "
+             "groups (up to 16 extra rounds)", "[dapo]", knobs=(_set("dynamic_sampling_rounds", 16),)),
+        Rung("still too few informative groups: more resampling rounds", "[dapo]",
+             knobs=(_scale("dynamic_sampling_rounds", 2.0, abs_bounds=(0, 32)),)),
         HALT,
     ),
     "advantage_normalization": (HALT,),
