@@ -405,3 +405,33 @@ def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it
     assert any("restored the oldest" in e["payload"]["error"] for e in ctl.store.events(kind="error"))
     # the loop's own change is not somebody else's
     assert set(ctl.knob_changes) == {"learning_rate"} and ctl.knob_changes["learning_rate"][0] == 3
+
+
+def test_after_a_pushed_knob_is_undone_its_lingering_deviations_are_lag_not_new_symptoms():
+    det = EvidenceDetector({8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",), 15: ("kl",), 17: ("entropy",), 18: ("entropy",)})
+    ctl, rec = _controller(det)
+    ctl.diagnoser = FixedDiagnoser("lr_low")
+    for s in range(1, 16):
+        if s == 3:
+            ctl.handle.set("learning_rate", 1e-5)
+        ctl.observe(rec(s), [])
+    assert ctl.counts["interventions"] == 1 and ctl.lag_signature == {("kl", "up")}
+    lag = [e["payload"] for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
+    assert len(lag) == 3 and all("lag" in p["explanation"] for p in lag)
+    for s in range(16, 20):  # a deviation the incident did not have is a new symptom
+        ctl.observe(rec(s), [])
+    assert ctl.counts["interventions"] == 2
+
+
+def test_lag_is_not_an_excuse_once_eval_accuracy_falls():
+    from rftfm.records import StepRecord
+
+    det = EvidenceDetector({8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",)})
+    ctl, _ = _controller(det)
+    ctl.diagnoser = FixedDiagnoser("lr_low")
+    for s in range(1, 16):
+        if s == 3:
+            ctl.handle.set("learning_rate", 1e-5)
+        ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5 if s < 12 else 0.3, kl=0.01), [])
+    assert not [e for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
+    assert ctl.counts["interventions"] == 2

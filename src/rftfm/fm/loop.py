@@ -235,6 +235,11 @@ class Controller:
         self.accuracy_at: dict[int, float | None] = {}
         self.checkpoints: list[CheckpointInfo] = []
         self.repaired_type: str | None = None  # diagnosed type of the last applied knob rung
+        # after a knob pushed mid-run was undone: the incident's own deviations (signal, direction),
+        # which linger while the run catches up, and the eval accuracy it must not fall below
+        self.lag_signature: frozenset[tuple[str, str]] = frozenset()
+        self.lag_accuracy: float | None = None
+        self.recent_evidence: deque[tuple[int, frozenset[tuple[str, str]]]] = deque(maxlen=16)
         self.loop_knobs: dict[str, Any] = {}  # knob values the loop itself set
         self.counts = {"alarms": 0, "explained_alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0, "rollbacks": 0, "errors": 0,
                        "checkpoints": 0}
@@ -314,12 +319,15 @@ class Controller:
         if alarm is not None:
             self.counts["alarms"] += 1
             signals = ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])
-            if self._explained(alarm):
+            why = self._explained(alarm)
+            if why is not None:
                 self.counts["explained_alarms"] += 1
-                self._record("alarm", step, {**alarm.model_dump(mode="json"), "explained_by": self.repaired_type})
-                self.timeline.append((step, "alarm", f"{signals}: the known upstream cause ({self.repaired_type}), not acted on"))
+                self._record("alarm", step, {**alarm.model_dump(mode="json"), "explained_by": self.repaired_type,
+                                             "explanation": why})
+                self.timeline.append((step, "alarm", f"{signals}: {why} ({self.repaired_type}), not acted on"))
                 alarm = None
             else:
+                self.recent_evidence.append((step, frozenset((e.signal, e.direction) for e in alarm.evidence)))
                 self._record("alarm", step, alarm)
                 self.timeline.append((step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: {signals}"))
         if alarm is not None:
@@ -366,14 +374,32 @@ class Controller:
         current = self.handle.knobs() if self.handle is not None else {}
         return any(k in current and current[k] != v for k, v in self._healthy_knobs().items())
 
-    def _explained(self, alarm: Alarm) -> bool:
-        """After a repair of type T: the alarm's strong evidence lies only in T's upstream signals
-        (a signal listed beside them with |z| < ``explain_min_z`` is noise, not a new symptom)."""
-        upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
-        if not upstream or not alarm.evidence:
-            return False
+    def _explained(self, alarm: Alarm) -> str | None:
+        """Why an alarm after a repair is not a new symptom (``None``: it is one).
+
+        * upstream: its strong evidence lies only in the repaired type's upstream signals (a signal
+          listed beside them with |z| < ``explain_min_z`` is noise, not a new symptom);
+        * lag: a knob pushed mid-run was undone, so the trainer runs on its healthy configuration
+          again, and the evidence only repeats the incident's own deviations (same signal, same
+          direction) while eval accuracy has not fallen since: the run is still catching up.
+        """
+        if not alarm.evidence:
+            return None
         strong = [e for e in alarm.evidence if e.z is None or abs(e.z) >= self.config.explain_min_z] or alarm.evidence
-        return all(e.signal in upstream for e in strong)
+        upstream = UPSTREAM_SIGNALS.get(self.repaired_type or "")
+        if upstream and all(e.signal in upstream for e in strong):
+            return "the known upstream cause"
+        if self.lag_signature and all((e.signal, e.direction) in self.lag_signature for e in strong):
+            now = self._recent_accuracy()
+            if now is not None and (self.lag_accuracy is None or now >= self.lag_accuracy - self.config.regression_margin):
+                return "the lag of an undone knob change"
+        return None
+
+    def _recent_accuracy(self) -> float | None:
+        """Mean eval accuracy of the last two steps (``None`` when neither has a finite one)."""
+        recent = [self.accuracy_at.get(s) for s in (self.last_step - 1, self.last_step)]
+        recent = [a for a in recent if a is not None and math.isfinite(a)]
+        return sum(recent) / len(recent) if recent else None
 
     def _confirmed(self, step: int, alarm: Alarm) -> bool:
         """A single weak alarm is only reported; acting needs repeated or strong evidence."""
@@ -466,6 +492,10 @@ class Controller:
         self._refresh_seen_knobs()
         if plan.diagnosed_type is not None and any(a.kind == "set_knob" for a in plan.actions):
             self.repaired_type = plan.diagnosed_type
+        if plan.rung.restore_drifted and any(a.kind == "set_knob" and a.knob in self.knob_changes for a in plan.actions):
+            window = [ev for s, ev in self.recent_evidence if s > incident.start_step - self.config.confirm_window]
+            self.lag_signature = frozenset().union(*window)
+            self.lag_accuracy = incident.reference_accuracy if incident.reference_accuracy is not None else self._recent_accuracy()
         if any(a.kind == "halt" for a in plan.actions):
             self._outcome(step, plan, "halted", "training stopped on the last healthy weights")
             self.mode, self.incident = "halted", None
@@ -530,11 +560,9 @@ class Controller:
             return None
         info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
         then = self.accuracy_at.get(info.step) if info is not None else None
-        recent = [self.accuracy_at.get(s) for s in (self.last_step - 1, self.last_step)]
-        recent = [a for a in recent if a is not None and math.isfinite(a)]
-        if then is None or not math.isfinite(then) or not recent:
+        now = self._recent_accuracy()
+        if then is None or not math.isfinite(then) or now is None:
             return None
-        now = sum(recent) / len(recent)
         return now if now >= then - self.config.regression_margin else None
 
     def _revert(self, step: int, incident: Incident, why: str) -> None:
