@@ -16,7 +16,7 @@ from rftfm.fm.loop import ControllerConfig
 from rftfm.fm.remediate import Remediator
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
 from rftfm.integrations.trl_callback import RFTFMCallback, step_record_from_logs
-from rftfm.records import RunInfo
+from rftfm.records import RunInfo, StepRecord
 
 torch.set_num_threads(1)
 STEPS = 10
@@ -435,3 +435,24 @@ def test_lag_is_not_an_excuse_once_eval_accuracy_falls():
         ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5 if s < 12 else 0.3, kl=0.01), [])
     assert not [e for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
     assert ctl.counts["interventions"] == 2
+
+
+def test_an_lr_schedule_is_not_a_knob_push_but_a_new_peak_lr_is():
+    from transformers import TrainerControl
+
+    from rftfm.fm.loop import Controller, TrainerHandle
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))  # decays every step
+    ctl = Controller(ScriptedDetector({}), None, run_id="u", config=ControllerConfig(checkpoint_every=1))
+    ctl.start(TrainerHandle(model=model, optimizer=opt, scheduler=sched, control=TrainerControl()))
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
+    for s in range(1, 6):
+        opt.step()
+        sched.step()
+        ctl.observe(rec(s), [])
+    assert opt.param_groups[0]["lr"] < 1e-3 / 4 and ctl.knob_changes == {}
+    ctl.handle.set("learning_rate", 1e-2)  # somebody pushes a new peak LR
+    ctl.observe(rec(6), [])
+    assert ctl.knob_changes == {"learning_rate": (6, 1e-3)}

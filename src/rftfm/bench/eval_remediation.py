@@ -427,18 +427,23 @@ every step: detector -> diagnoser (on a confirmed alarm: two alarms within three
 score >= 2x threshold; an alarm nobody can explain -- diagnoser abstains and no knob changed -- needs three
 alarms within four steps, and a run gets at most one such blind intervention) -> remediator (`rftfm.fm.remediate`)
 -> revalidation over 3 steps (no alarm: *kept*; alarm or eval accuracy far below the checkpoint's: *escalated*
-to the next rung). A new incident that follows a change of a trainer knob since the last healthy checkpoint (a
-configuration push) first gets "roll back and undo the change" (`DRIFT_RUNG`); changes the loop made itself never
-count as drift. No new rung starts when fewer steps remain than the revalidation needs (the alarm is reported).
-After a knob repair of type T, an alarm whose strong evidence (|z| >= 2) lies only in T's upstream signals
-(`UPSTREAM_SIGNALS`: the fault's source keeps acting, e.g. reward sd under a noisy verifier) is recorded as
-explained, not acted on. Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checked,
-written atomically) are taken every 2 healthy steps; a rollback restores the newest valid one before the first
-deviating step (at most 4 steps before the first alarm). After a rollback, detector and diagnoser see the run's
-*effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by step. Actions go only
-through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox / loss has -- tool-call
-retries, verifier calls averaged per completion, DAPO's filter of zero-advantage groups), rollback, halt, or a
-backup verifier / tool the user registered -- never through the fault injector, which keeps acting.
+to the next rung). The loop reads the trainer's knobs every step and notes every change it did not make itself.
+A new incident that follows such a change (a configuration push) within 12 steps first gets "roll back to before
+the change and undo it" (`DRIFT_RUNG`). No new rung starts when fewer steps remain than the revalidation needs
+(the alarm is reported). After a knob repair of type T, an alarm is recorded as explained, not acted on, when its
+strong evidence (|z| >= 2) lies only in T's upstream signals (`UPSTREAM_SIGNALS`: the fault's source keeps
+acting, e.g. reward sd under a noisy verifier), or, after a pushed knob was undone, when it only repeats the
+incident's own deviations (same signal, same direction: the run is catching up) while eval accuracy has not fallen.
+Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checked, written atomically) are taken
+every 2 healthy steps; a rollback restores the newest valid one from before the weights that generated the first
+deviating rollout (a step's rollouts come from the previous update: checkpoint <= first deviating step - 2; the
+first deviating step is at most 4 steps before the first alarm, or the step of a knob push), or the oldest one
+kept; a knob rung rolls back only when eval accuracy fell since that checkpoint. After a rollback, detector and
+diagnoser see the run's *effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by
+step. Actions go only through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox /
+sampler has -- tool-call retries, verifier calls averaged per completion, DAPO's dynamic sampling that resamples
+the prompts of all-zero-advantage groups), rollback, halt, or a backup verifier / tool the user registered --
+never through the fault injector, which keeps acting.
 At most 3 interventions per run. Any exception in the loop is recorded as an `error` incident and the loop
 degrades to alert-only; the trainer never sees it.
 
@@ -451,7 +456,7 @@ SOURCES = """
 Sources: [ckpt] rollback to the last good checkpoint and lower the LR after loss spikes (OPT-175B logbook,
 Zhang et al. 2022; BLOOM, Le Scao et al. 2022; PaLM, Chowdhery et al. 2022). [kl] KL penalty to the reference
 (Ouyang et al. 2022; Gao et al. 2023). [temp] GRPO rollouts at temperature 1.0 (DeepSeekMath, Shao et al. 2024;
-DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions, token-level loss (DAPO).
+DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions, token-level loss, dynamic sampling (DAPO).
 [drgrpo] no std scaling (Dr. GRPO, Liu et al. 2025). [clip] tighter clip range against off-policy rollouts
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
@@ -481,7 +486,7 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
            f"\n{note}\n\n" if note else "",
            f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed alarm -- two alarms "
            f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the upstream signals of the "
-           f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) do not count -- and not halted) and final eval accuracy "
+           f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) or only repeat the deviations of an incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final eval accuracy "
            f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
            "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance. "
            "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the last action.\n",

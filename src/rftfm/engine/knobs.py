@@ -33,9 +33,18 @@ def _set_generation(trainer: Any, key: str, value: Any) -> None:
     trainer.generation_kwargs[key] = value
 
 
+def configured_lr(optimizer: Any, scheduler: Any) -> float | None:
+    """The LR the user configured: the scheduler's base LR (what ``set_knob`` sets, and what warmup /
+    decay schedules scale every step), else the optimiser's; ``None`` without either."""
+    base = getattr(scheduler, "base_lrs", None)
+    if base:
+        return float(base[0])
+    return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
+
+
 def get_knob(trainer: Any, name: str) -> Any:
-    if name == "learning_rate":
-        return trainer.optimizer.param_groups[0]["lr"] if trainer.optimizer else trainer.args.learning_rate
+    if name == "learning_rate":  # the configured (peak) LR: a scheduler's base LR, not its value at this step
+        return configured_lr(trainer.optimizer, trainer.lr_scheduler) or trainer.args.learning_rate
     if name == "epsilon":
         return trainer.epsilon_low
     if name == "repetition_penalty":

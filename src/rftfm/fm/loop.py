@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Protocol
 
 import polars as pl
 
-from rftfm.engine.knobs import KNOBS, get_knob, set_knob
+from rftfm.engine.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import CheckpointError, Checkpointer, CheckpointInfo
 from rftfm.fm.features import FEATURES, step_features
 from rftfm.fm.playbook import UPSTREAM_SIGNALS
@@ -139,7 +139,7 @@ class TrainerHandle:
         if self.trainer is not None:
             return get_knob(self.trainer, name)
         if name == "learning_rate" and self._optimizer is not None:
-            return self._optimizer.param_groups[0]["lr"]
+            return configured_lr(self._optimizer, self._scheduler)
         raise KeyError(f"knob {name!r} is not available on this trainer")
 
     def set(self, name: str, value: Any) -> None:
