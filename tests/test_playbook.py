@@ -157,3 +157,17 @@ def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():
     assert already.actions[-1].value == pytest.approx(5e-4)  # above the ceiling already: never lowered by a "raise"
     high = Remediator().plan(diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings)
     assert high.actions[-1].value == pytest.approx(9e-4)
+
+
+def test_escalation_keeps_the_type_being_repaired_unless_the_new_diagnosis_is_confident():
+    knobs = {"reward_samples": 1, "learning_rate": 1e-3}
+    for p, expected in ((0.49, "reward_noise"), (0.95, "tool_corruption")):
+        rem = Remediator()
+        first = rem.plan(diagnosis("reward_noise"), ALL, knobs, knobs)
+        assert first.fault_type == "reward_noise"
+        again = rem.plan(diagnosis("tool_corruption", p), ALL, {**knobs, "reward_samples": 8}, knobs, escalate=True)
+        assert again.fault_type == expected
+        if expected == "reward_noise":
+            assert again.rung_index == 1 and again.actions[-1].value == 16  # the next rung of its own ladder
+        else:
+            assert again.rung.halt  # a confident code-fault diagnosis: halt

@@ -210,7 +210,7 @@ _REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_s
 #: these signals is recorded as explained by the diagnosed cause, and not acted on again; any
 #: other deviating signal (eval accuracy, KL, grad norm, and for most types entropy and lengths) still counts.
 UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
-    "reward_noise": _REWARD_LEVEL + ("traj_advantage_std", "frac_zero_std_groups"),
+    "reward_noise": _REWARD_LEVEL + ("traj_advantage_std", "traj_advantage_absmax", "frac_zero_std_groups"),
     "reward_scale": _REWARD_LEVEL,
     # stale rollout weights shape every sample statistic; the trainer-side signals (eval accuracy,
     # KL, loss, grad norm) are what a repair must bring back

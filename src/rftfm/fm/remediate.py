@@ -80,8 +80,12 @@ class Remediator:
     """
 
     def __init__(self, max_interventions: int = 3, min_confidence: float = 0.0, generic: bool = False,
-                 playbook: dict[str, tuple[Rung, ...]] | None = None, drift_first: bool = True):
+                 playbook: dict[str, tuple[Rung, ...]] | None = None, drift_first: bool = True,
+                 switch_confidence: float = 0.8):
         self.drift_first = drift_first and not generic
+        # escalating an incident already being repaired as type T: a different diagnosis replaces T
+        # only at this probability (a repair changes the signals the diagnoser reads)
+        self.switch_confidence = switch_confidence
         self.max_interventions = max_interventions
         self.min_confidence = min_confidence
         self.generic = generic
@@ -146,6 +150,9 @@ class Remediator:
                 return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings),
                             diagnosed_type=self.diagnosed_type(diagnosis))
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
+        if (escalate and self._type is not None and fault_type not in (None, self._type) and diagnosis is not None
+                and diagnosis.top is not None and diagnosis.top.probability < self.switch_confidence):
+            fault_type = self._type  # an unsure new hypothesis does not replace the one being repaired
         if fault_type is not None and fault_type == self._type:
             start = self._rung + 1  # the same fault again: the last rung was not enough
         elif escalate and fault_type is None and self._rung >= 0:
