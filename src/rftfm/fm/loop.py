@@ -488,7 +488,7 @@ class Controller:
                 return
             self._record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
                                           "fault_type": plan.fault_type})
-            self.timeline.append((step, "action", f"{action.kind} {action.knob or ''} {detail}".strip()))
+            self.timeline.append((step, "action", " ".join(p for p in (action.kind, action.knob, detail) if p)))
         self._refresh_seen_knobs()
         if plan.diagnosed_type is not None and any(a.kind == "set_knob" for a in plan.actions):
             self.repaired_type = plan.diagnosed_type
