@@ -117,3 +117,17 @@ def test_keep_last_n_before_step_and_no_valid_checkpoint(tmp_path):
     assert ck.restore(model, opt, sched, before_step=3)[0].step == 3
     with pytest.raises(CheckpointError):
         ck.restore(model, opt, sched, before_step=2)
+
+
+def test_a_pinned_checkpoint_survives_pruning(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpointer(tmp_path, keep=2)
+    for step in range(1, 4):
+        ck.save(step, model)
+    ck.pin(2)
+    for step in range(4, 8):
+        ck.save(step, model)
+    assert ck.steps() == [2, 6, 7]
+    ck.pin(None)
+    ck.save(8, model)
+    assert ck.steps() == [7, 8]

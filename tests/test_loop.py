@@ -401,8 +401,7 @@ def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it
     assert "changed since" in sets[0]["reason"]
     assert ctl.handle.get("learning_rate") == pytest.approx(1e-3)
     rollback = [e["payload"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
-    assert rollback["detail"] == "to step 3"  # towards before the push: the oldest checkpoint kept (3..8, keep=6)
-    assert any("restored the oldest" in e["payload"]["error"] for e in ctl.store.events(kind="error"))
+    assert rollback["detail"] == "to step 2"  # to before the push: its checkpoint was pinned against pruning
     # the loop's own change is not somebody else's
     assert set(ctl.knob_changes) == {"learning_rate"} and ctl.knob_changes["learning_rate"][0] == 3
 
@@ -417,7 +416,7 @@ def test_after_a_pushed_knob_is_undone_its_lingering_deviations_are_lag_not_new_
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.lag_signature == {("kl", "up")}
     lag = [e["payload"] for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
-    assert len(lag) == 3 and all("lag" in p["explanation"] for p in lag)
+    assert len(lag) == 4 and all("lag" in p["explanation"] for p in lag)  # one push: the first alarm acted
     for s in range(16, 20):  # a deviation the incident did not have is a new symptom
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 2
@@ -433,7 +432,8 @@ def test_lag_is_not_an_excuse_once_eval_accuracy_falls():
         if s == 3:
             ctl.handle.set("learning_rate", 1e-5)
         ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5 if s < 12 else 0.3, kl=0.01), [])
-    assert not [e for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
+    lag = [e["step"] for e in ctl.store.events(kind="alarm") if e["payload"].get("explanation")]
+    assert all(s < 12 for s in lag)  # lag only while accuracy held
     assert ctl.counts["interventions"] == 2
 
 
@@ -456,3 +456,29 @@ def test_an_lr_schedule_is_not_a_knob_push_but_a_new_peak_lr_is():
     ctl.handle.set("learning_rate", 1e-2)  # somebody pushes a new peak LR
     ctl.observe(rec(6), [])
     assert ctl.knob_changes == {"learning_rate": (6, 1e-3)}
+
+
+def test_after_a_knob_push_one_alarm_is_enough_to_act():
+    for push, interventions in ((False, 0), (True, 1)):
+        ctl, rec = _controller(ScriptedDetector({8: 1.5}))
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 10):
+            if push and s == 5:
+                ctl.handle.set("learning_rate", 1e-1)
+            ctl.observe(rec(s), [])
+        assert ctl.counts["interventions"] == interventions
+
+
+def test_a_rollback_target_already_pruned_falls_back_to_the_oldest_checkpoint_kept():
+    det = ScriptedDetector({})
+    det.observe = lambda rec, t: (  # noqa: E731
+        Alarm(run_id="u", step=rec.step, score=5.0, threshold=1.0,
+              evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=5)]) if rec.step == 9 else None)
+    ctl, rec = _controller(det)
+    ctl.checkpointer.keep = 2
+    ctl.diagnoser = FixedDiagnoser("lr_high")
+    for s in range(1, 11):
+        ctl.observe(rec(s), [])
+    rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+    assert rollback["payload"]["detail"] == "to step 7"  # wanted <= 3; 7 and 8 are all that is kept
+    assert any("restored the oldest" in e["payload"]["error"] for e in ctl.store.events(kind="error"))

@@ -10,7 +10,8 @@ Layout of one checkpoint (a directory ``ckpt-<step>``):
 A checkpoint is written into a temporary directory and moved into place with
 ``os.replace`` (atomic on one filesystem); a checkpoint whose files are missing, truncated
 or do not match their checksum is skipped and the previous one is used. Only the last
-``keep`` checkpoints are kept.
+``keep`` checkpoints are kept, plus one the caller pinned (:meth:`Checkpointer.pin`: e.g. the last
+checkpoint before a configuration change, which a rollback may need long after it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class Checkpointer:
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="rftfm-ckpt-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
+        self.pinned: int | None = None
 
     # --- writing ----------------------------------------------------------------------------
     def save(self, step: int, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
@@ -113,9 +115,14 @@ class Checkpointer:
         self._prune()
         return CheckpointInfo(step, final, meta["knobs"])
 
+    def pin(self, step: int | None) -> None:
+        """Keep the checkpoint of ``step`` through pruning (``None``: unpin); one pin at a time."""
+        self.pinned = step
+
     def _prune(self) -> None:
         for path in self._paths()[: -self.keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            if self.pinned is None or path.name != f"{PREFIX}{self.pinned:07d}":
+                shutil.rmtree(path, ignore_errors=True)
 
     # --- reading ----------------------------------------------------------------------------
     def _paths(self) -> list[Path]:

@@ -362,6 +362,9 @@ class Controller:
                 earlier = self.knob_changes.get(name)
                 if earlier is None or earlier[0] <= step - self.config.drift_window:
                     self.knob_changes[name] = (step, before)
+                    # the last checkpoint before the push is the one a rollback will want: keep it
+                    info, _ = self.checkpointer.latest_valid(before_step=step - 1)
+                    self.checkpointer.pin(info.step if info is not None else None)
         self.seen_knobs = current
 
     def _refresh_seen_knobs(self) -> None:
@@ -407,7 +410,13 @@ class Controller:
             return True  # nothing will be done anyway: diagnose and record at once
         recent = [s for s in self.alarm_steps if s > step - self.config.confirm_window]
         strong = alarm.threshold > 0 and alarm.score >= self.config.strong_alarm * alarm.threshold
-        return strong or len(recent) >= self.config.confirm_alarms
+        return strong or len(recent) >= self.config.confirm_alarms or self._recent_push(step)
+
+    def _recent_push(self, step: int) -> bool:
+        """A knob the loop did not turn changed within ``drift_window`` steps and still has the pushed
+        value: a suspect for any alarm, so one alarm is enough to act on (healthy runs get no pushes)."""
+        return any(at > step - self.config.drift_window and self.seen_knobs.get(name, before) != before
+                   for name, (at, before) in self.knob_changes.items())
 
     def _diagnose(self, step: int) -> Diagnosis | None:
         if self.diagnoser is None:
