@@ -482,3 +482,26 @@ def test_a_rollback_target_already_pruned_falls_back_to_the_oldest_checkpoint_ke
     rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
     assert rollback["payload"]["detail"] == "to step 7"  # wanted <= 3; 7 and 8 are all that is kept
     assert any("restored the oldest" in e["payload"]["error"] for e in ctl.store.events(kind="error"))
+
+
+def test_a_used_up_knob_ladder_halts_only_when_eval_accuracy_fell():
+    from rftfm.records import StepRecord
+
+    for falling, halted in ((False, False), (True, True)):
+        ctl, _ = _controller(ScriptedDetector({s: 1.5 for s in range(4, 30)}), rollback_needs_regression=True)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 30):
+            accuracy = 0.2 if falling and s >= 4 else 0.5
+            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=accuracy, kl=0.01), [])
+        assert (ctl.mode == "halted") == halted
+        if not halted:
+            assert ctl.mode == "alert_only"
+            assert any("no halt while eval accuracy holds" in e["payload"]["action"]["reason"] for e in ctl.store.events(kind="outcome"))
+
+
+def test_a_code_fault_still_halts_while_accuracy_holds():
+    ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5}))
+    ctl.diagnoser = FixedDiagnoser("advantage_sign")
+    for s in range(1, 8):
+        ctl.observe(rec(s), [])
+    assert ctl.mode == "halted"

@@ -30,7 +30,7 @@ import polars as pl
 from rftfm.engine.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import CheckpointError, Checkpointer, CheckpointInfo
 from rftfm.fm.features import FEATURES, step_features
-from rftfm.fm.playbook import UPSTREAM_SIGNALS
+from rftfm.fm.playbook import UPSTREAM_SIGNALS, ends_in_halt_only
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
 from rftfm.fm.types import Action, Alarm, Diagnosis, Outcome
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -206,6 +206,7 @@ class ControllerConfig:
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
+    halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
 
 
@@ -477,6 +478,17 @@ class Controller:
             self.timeline.append((step, "outcome", "no further action available: alert-only"))
             self.mode = "alert_only"
             return
+        held = self._accuracy_holds(self.incident) if plan.rung.halt and escalate and self.config.halt_needs_regression else None
+        if held is not None and (plan.fault_type is None or not ends_in_halt_only(plan.fault_type)):
+            # the knob rungs are used up, but the run is not getting worse: stopping it would only lose
+            # the steps still to come (a code fault's ladder, which has no knob rung, still halts)
+            self.remediator.interventions -= 1  # planned, not taken
+            self._record("outcome", step, Outcome(action=Action(kind="none", reason=f"{plan.fault_type or 'unexplained'}: "
+                                                                "knob rungs used up; no halt while eval accuracy holds"),
+                                                   result="failed", detail=f"alert-only from here (eval accuracy {held:.3f})"))
+            self.timeline.append((step, "outcome", f"rungs used up, eval accuracy holds ({held:.3f}): not halted, alert-only"))
+            self.mode, self.incident = "alert_only", None
+            return
         self._apply(step, plan)
 
     def _apply(self, step: int, plan: Plan) -> None:
@@ -566,6 +578,13 @@ class Controller:
         (a rollback would only discard progress), else ``None`` (roll back). Halting always rolls back."""
         plan = incident.plan
         if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
+            return None
+        return self._accuracy_holds(incident)
+
+    def _accuracy_holds(self, incident: Incident | None) -> float | None:
+        """The current eval accuracy when it has not fallen (by more than ``regression_margin``) below
+        that of the incident's rollback checkpoint, else ``None`` (also when either is unknown)."""
+        if incident is None:
             return None
         info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
         then = self.accuracy_at.get(info.step) if info is not None else None
