@@ -429,8 +429,12 @@ alarms within four steps, and a run gets at most one such blind intervention) ->
 -> revalidation over 3 steps (no alarm: *kept*; alarm or eval accuracy far below the checkpoint's: *escalated*
 to the next rung). The loop reads the trainer's knobs every step and notes every change it did not make itself.
 A new incident that follows such a change (a configuration push) within 12 steps first gets "roll back to before
-the change and undo it" (`DRIFT_RUNG`). No new rung starts when fewer steps remain than the revalidation needs
-(the alarm is reported). After a knob repair of type T, an alarm is recorded as explained, not acted on, when its
+the change and undo it" (`DRIFT_RUNG`); while a push is in effect one alarm is enough to act, and the last
+checkpoint before the push is pinned against pruning. No new rung starts when fewer steps remain than the
+revalidation needs (the alarm is reported). When an escalation brings a different diagnosis, it replaces the type
+being repaired only at probability >= 0.8. A knob ladder's final halt happens only when eval accuracy has fallen
+since the checkpoint; otherwise the loop goes alert-only (stopping a run that is not getting worse only loses its
+remaining steps); code faults, whose ladders have no knob rung, always halt. After a knob repair of type T, an alarm is recorded as explained, not acted on, when its
 strong evidence (|z| >= 2) lies only in T's upstream signals (`UPSTREAM_SIGNALS`: the fault's source keeps
 acting, e.g. reward sd under a noisy verifier), or, after a pushed knob was undone, when it only repeats the
 incident's own deviations (same signal, same direction: the run is catching up) while eval accuracy has not fallen.
