@@ -464,7 +464,7 @@ DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions
 [drgrpo] no std scaling (Dr. GRPO, Liu et al. 2025). [clip] tighter clip range against off-policy rollouts
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
-"The 37 implementation details of PPO"). [lsr] LR scaled with the effective batch (Goyal et al. 2017).
+"The 37 implementation details of PPO").
 [opsm] off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's `off_policy_mask_threshold`). [ens] averaging several reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024;
 Eisenstein et al. 2024). [retry] retrying transient tool / sandbox failures (the retry setting of agent-RL sandboxes).
 """

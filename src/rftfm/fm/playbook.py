@@ -31,7 +31,6 @@ Sources for the rungs (published RFT / RLHF practice):
           truncated importance sampling, Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL").
   [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
   [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
-  [lsr]   learning rate scaled with the effective batch size (Goyal et al. 2017, linear scaling rule).
   [opsm]  off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's ``off_policy_mask_threshold``).
   [ens]   averaging several reward evaluations against a noisy reward (reward-model ensembles,
           Coste et al. 2024; Eisenstein et al. 2024).
