@@ -106,18 +106,7 @@ class TrainerHandle:
         self.control = control if control is not None else self.control
 
     def knob_names(self) -> list[str]:
-        if self.trainer is None:
-            return ["learning_rate"] if self._optimizer is not None else []
-        names = []
-        for name in KNOBS:
-            try:
-                get_knob(self.trainer, name)
-            except Exception:
-                continue
-            if name == "beta" and getattr(self.trainer, "ref_model", None) is None:
-                continue  # beta > 0 needs a reference model this trainer does not have
-            names.append(name)
-        return names
+        return list(self.knobs())
 
     def capabilities(self) -> Capabilities:
         backups = {k for k, v in (("verifier", self.backup_verifier), ("tool", self.backup_tool)) if v is not None}
@@ -127,10 +116,15 @@ class TrainerHandle:
                             halt=self.control is not None or self.trainer is not None, backups=frozenset(backups))
 
     def knobs(self) -> dict[str, Any]:
+        """Every knob this trainer can read and set, with its value (one pass: the loop reads them each step)."""
+        if self.trainer is None:
+            return {"learning_rate": self.get("learning_rate")} if self._optimizer is not None else {}
         values: dict[str, Any] = {}
-        for name in self.knob_names():
+        for name in KNOBS:
+            if name == "beta" and getattr(self.trainer, "ref_model", None) is None:
+                continue  # beta > 0 needs a reference model this trainer does not have
             try:
-                values[name] = self.get(name)
+                values[name] = get_knob(self.trainer, name)
             except Exception:
                 continue
         return values
