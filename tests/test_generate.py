@@ -80,3 +80,18 @@ def test_ray_executor_runs_the_same_work_on_a_local_ray_instance(tmp_path: Path)
     assert [s.run_id for s in done] == ["r"] and done[0].steps == 3 and done[0].trajectories == 24
     assert (tmp_path / "rf_easy_fault" / "r" / "run_info.json").exists()
     assert (tmp_path / "metadata" / "registries" / "rf_easy_fault.csv").exists()
+
+
+def test_spare_prompts_leave_the_planned_batches_unchanged() -> None:
+    """A run that is never extended trains on exactly TRL's batches; a replay reaches the spare prompts."""
+    from trl.trainer.utils import RepeatSampler
+
+    from rftfm.engine.trainer import PlannedThenSpare
+
+    def sampler(n: int) -> RepeatSampler:
+        return RepeatSampler(range(n), mini_repeat_count=4, batch_size=3, repeat_count=1, shuffle=True, seed=7)
+
+    chained = list(PlannedThenSpare(sampler(12), sampler(6), offset=12))
+    assert chained[:48] == list(sampler(12))
+    assert sorted(set(chained[48:])) == list(range(12, 18)) and len(chained) == 72 == len(PlannedThenSpare(sampler(12), sampler(6), 12))
+

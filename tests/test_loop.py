@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 
 import numpy as np
@@ -68,6 +69,13 @@ def run_info(kind="fault", fault="lr_high"):
                    onset_step=ONSET, num_steps=STEPS)
 
 
+def restored_step(detail: str) -> int:
+    """The checkpoint step in a rollback action's detail ("to step N[; K step(s) added to train again]")."""
+    match = re.match(r"to step (\d+)", detail)
+    assert match is not None, detail
+    return int(match.group(1))
+
+
 def train(info, attach=None, callbacks=None):
     records = []
     with tempfile.TemporaryDirectory() as out:
@@ -87,13 +95,14 @@ def test_loop_detects_diagnoses_rolls_back_and_repairs_lr_high(tmp_path, no_loop
     trainer, cb, records = train(run_info(), lambda t: RFTFMCallback.attach(
         t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(), incidents=store))
     _, _, faulty = no_loop
-    assert trainer.state.global_step == STEPS
+    # the steps the rollback discarded were trained again, on the run's spare prompts
+    assert cb.controller.replayed > 0 and trainer.state.global_step == STEPS + cb.controller.replayed
     kinds = [e["kind"] for e in store.events(run_id="t-fault")]
     for kind in ("run", "alarm", "diagnosis", "action", "outcome"):
         assert kind in kinds, kind
     actions = store.events(run_id="t-fault", kind="action")
     assert actions[0]["payload"]["kind"] == "rollback" and actions[0]["payload"]["detail"].startswith("to step ")
-    assert int(actions[0]["payload"]["detail"].split()[-1]) < ONSET  # rolled back to before the onset
+    assert restored_step(actions[0]["payload"]["detail"]) < ONSET  # rolled back to before the onset
     lr = [a for a in actions if a["payload"]["knob"] == "learning_rate"][0]["payload"]
     assert lr["value"] == pytest.approx(3e-4) and lr["previous"] == pytest.approx(3e-4 * 30)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
@@ -155,8 +164,9 @@ def test_an_exception_in_any_stage_never_reaches_the_trainer(stage):
         return cb
 
     trainer, cb, records = train(run_info(), attach)
-    assert trainer.state.global_step == STEPS and len(records) == STEPS  # training completed
     ctl = cb.controller
+    planned = STEPS + ctl.replayed  # a working rollback trains the steps it discarded again
+    assert trainer.state.global_step == planned and len(records) == planned  # training completed
     assert ctl.counts["errors"] >= 1
     if stage == "store":
         return  # nowhere to record; counted instead
@@ -182,9 +192,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one_in_a_live_run():
     trainer, cb, _ = train(run_info(), attach)
     store = cb.controller.store
     rollback = [e for e in store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
-    assert rollback["payload"]["detail"] == f"to step {ONSET - 3}"
+    assert restored_step(rollback["payload"]["detail"]) == ONSET - 3
     assert any("checksum" in e["payload"]["error"] for e in store.events(kind="error"))
-    assert trainer.state.global_step == STEPS
+    assert trainer.state.global_step == STEPS + cb.controller.replayed
 
 
 def test_plain_callback_on_trl_logs_can_roll_back_and_restore_the_lr():
@@ -222,7 +232,7 @@ class ScriptedDetector:
         return None if score is None else Alarm(run_id=rec.run_id, step=rec.step, score=score, threshold=1.0)
 
 
-def _controller(detector, **config):
+def _controller(detector, state=None, **config):
     from transformers import TrainerControl
 
     from rftfm.fm.loop import Controller, TrainerHandle
@@ -233,7 +243,8 @@ def _controller(detector, **config):
     config = {"checkpoint_every": 1, "rollback_needs_regression": False, **config}
     ctl = Controller(detector, KlRuleDiagnoser(), run_id="u", config=ControllerConfig(**config))
     control = TrainerControl()
-    ctl.start(TrainerHandle(model=model, optimizer=opt, control=control))
+    ctl.max_steps = state.max_steps if state is not None else None
+    ctl.start(TrainerHandle(model=model, optimizer=opt, control=control, state=state))
     rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
     return ctl, rec
 
@@ -253,7 +264,7 @@ def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == 1
     rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
-    restored = int(rollback["payload"]["detail"].split()[-1])
+    restored = restored_step(rollback["payload"]["detail"])
     assert restored < 4
     # after the rollback at step 5 the detector's next step is the checkpoint's step + 1
     assert det.seen[:5] == [1, 2, 3, 4, 5] and det.seen[5] == restored + 1
@@ -386,6 +397,48 @@ def test_rollback_skips_the_checkpoint_that_generated_the_first_deviating_rollou
             ctl.observe(rec(s), [])
         rollback = [e for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
         assert rollback["payload"]["detail"] == f"to step {expected}"
+
+
+def test_a_rollback_extends_the_run_by_the_steps_it_discarded_within_the_replay_budget():
+    """Resume semantics: the rolled-back run still gets its planned number of updates."""
+    from transformers import TrainerState
+
+    for fraction, added in ((0.5, 5), (0.1, 2), (0.0, 0)):
+        state = TrainerState(max_steps=20)
+        ctl, rec = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), state=state, max_replay_fraction=fraction)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 12):
+            ctl.observe(rec(s), [])
+        rollback = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        assert rollback.startswith("to step 2")  # at step 7, so 5 effective steps were discarded
+        assert state.max_steps == ctl.max_steps == 20 + added and ctl.replayed == added
+        assert rollback.endswith(f"{added} step(s) added to train again") == bool(added)
+
+
+def test_a_rollback_that_can_be_replayed_in_full_no_longer_waits_for_an_accuracy_drop():
+    from transformers import TrainerState
+
+    from rftfm.records import StepRecord
+
+    for max_steps, rolled_back in ((20, True), (None, False)):  # None: the trainer's state is out of reach
+        state = TrainerState(max_steps=max_steps) if max_steps else None
+        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), state=state, rollback_needs_regression=True)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        for s in range(1, 10):
+            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01), [])  # accuracy holds
+        assert ctl.counts["rollbacks"] == int(rolled_back)
+
+
+def test_an_lr_cut_older_than_the_drift_window_is_still_what_an_lr_low_repair_undoes():
+    ctl, rec = _controller(ScriptedDetector({20: 1.5, 21: 1.5}))
+    ctl.diagnoser = FixedDiagnoser("lr_low")
+    for s in range(1, 24):
+        if s == 3:  # 18 steps before the incident: outside the drift window, no longer "drift"
+            ctl.handle.set("learning_rate", 1e-6)
+        ctl.observe(rec(s), [])
+    sets = [e["payload"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "set_knob"]
+    assert len(sets) == 1 and "changed since" not in sets[0]["reason"]  # the lr_low ladder, not the drift rung
+    assert sets[0]["value"] == pytest.approx(1e-3)  # back to before the cut, not 30 x 1e-6
 
 
 def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it():

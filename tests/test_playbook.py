@@ -45,6 +45,15 @@ def test_resolve_knob_restore_scale_set_and_bounds():
     assert resolve_knob(KnobChange("scale_rewards", "set", value="group"), "none", "group") == "group"
 
 
+def test_a_restore_without_drift_since_the_checkpoint_undoes_an_older_push_before_any_fallback():
+    raise_lr = KnobChange("learning_rate", "restore", fallback_factor=30.0, rel_bounds=(1.0, 100.0), direction="up")
+    # the LR was cut to 9e-7 long before the healthy checkpoint: go back to 3e-4, not 30 x 9e-7
+    assert resolve_knob(raise_lr, 9e-7, 9e-7, pushed_from=3e-4) == pytest.approx(3e-4)
+    assert resolve_knob(raise_lr, 9e-7, 9e-7) == pytest.approx(2.7e-5)  # nobody pushed it: the fallback
+    # a push the other way is not what this restore undoes (the diagnosis says the LR is too low)
+    assert resolve_knob(raise_lr, 3e-4, 3e-4, pushed_from=1e-5) == pytest.approx(9e-3)
+
+
 def test_remediator_climbs_the_ladder_then_stops():
     rem = Remediator(max_interventions=5, drift_first=False)
     knobs = {"learning_rate": 9e-3}

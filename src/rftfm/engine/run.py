@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "max_completion_length": 10,
     "eval_every": 1,
 }
+#: Spare prompts beyond the planned run, as a fraction of its steps (room to replay rolled-back steps).
+SPARE_STEPS_FRACTION = 1.0
 
 
 def quiet() -> None:
@@ -67,7 +69,10 @@ def build_trainer(
     seed = info.seed or 0
     set_seed(seed)
     task = task_group(info.task_group)
-    problems = task.problems(info.num_steps * info.prompts_per_step, seed=seed)
+    planned = info.num_steps * info.prompts_per_step
+    # spare prompts after the planned ones: the steps a rollback discards are trained again on
+    # them (the run's max_steps is extended); a run that is never extended does not touch them
+    problems = task.problems(planned + int(SPARE_STEPS_FRACTION * info.num_steps) * info.prompts_per_step, seed=seed)
     dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "prompt_id": p.prompt_id} for p in problems])
     load_warm_start(info.task_group, info.model_size or "xs")  # make sure the cache exists
     model_path = str(warm_start_path(info.task_group, info.model_size or "xs"))
@@ -110,6 +115,7 @@ def build_trainer(
         injector=injector,
         sinks=list(sinks or []),
         eval_problems=task.eval_problems(),
+        planned_prompts=planned,
     )
     trainer.remove_callback(PrinterCallback)  # records go to sinks, not stdout
     return trainer

@@ -12,10 +12,11 @@ The subclass adds three things to TRL's loop and nothing else:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import Sampler
 from trl import GRPOTrainer
 
 from rftfm.engine.policy_eval import eval_accuracy
@@ -41,6 +42,26 @@ def repetition_stats(text: str) -> tuple[float, float]:
     return repeats / max(len(text) - 1, 1), len(set(text)) / len(text)
 
 
+class PlannedThenSpare(Sampler[int]):
+    """Two samplers one after the other, the second's indices shifted by ``offset``.
+
+    With TRL's ``RepeatSampler`` over the planned prompts first, a run trains on exactly the batches
+    it would have without spare prompts; only a run extended past its planned steps (a replay after
+    a rollback) reaches the spare ones. Written here because neither TRL nor torch chains samplers.
+    """
+
+    def __init__(self, first: Sampler[int], second: Sampler[int], offset: int):
+        self.first, self.second, self.offset = first, second, offset
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.first
+        for index in self.second:
+            yield index + self.offset
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)  # type: ignore[arg-type]
+
+
 class RecordingGRPOTrainer(GRPOTrainer):
     """A ``GRPOTrainer`` that injects one fault and records what happened."""
 
@@ -52,6 +73,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
         injector: Injector,
         sinks: list[StepSink],
         eval_problems: list[Problem],
+        planned_prompts: int | None = None,
         **kwargs: Any,
     ):
         self.run = run
@@ -59,6 +81,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self.injector = injector
         self.sinks = sinks
         self.eval_problems = eval_problems
+        self.planned_prompts = planned_prompts  # the dataset's first prompts are the planned run, the rest spare
         self._pending: list[TrajectoryRecord] = []
         self._outcomes: list[tuple[float, int, int]] = []
         self._frac_zero_adv = float("nan")
@@ -68,6 +91,15 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self.reward_samples = 1  # knob: verifier calls averaged per completion (for a stochastic verifier)
         self.dynamic_sampling_rounds = 0  # knob: extra generation rounds that refill all-zero-advantage groups (DAPO)
         super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
+
+    def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
+        """TRL's sampler over the planned prompts, then over the spare ones (see :class:`PlannedThenSpare`)."""
+        dataset = self.train_dataset if dataset is None else dataset
+        planned = self.planned_prompts
+        if planned is None or not 0 < planned < len(dataset):
+            return super()._get_train_sampler(dataset)
+        return PlannedThenSpare(super()._get_train_sampler(range(planned)),
+                                super()._get_train_sampler(range(len(dataset) - planned)), offset=planned)
 
     # --- the reward function TRL calls ----------------------------------------------
     def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str], **_: Any) -> list[float]:

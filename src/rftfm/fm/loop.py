@@ -81,10 +81,11 @@ class TrainerHandle:
     """
 
     def __init__(self, trainer: Any = None, *, model: Any = None, optimizer: Any = None, scheduler: Any = None,
-                 control: Any = None, backup_verifier: Callable[..., list[float]] | None = None,
+                 control: Any = None, state: Any = None, backup_verifier: Callable[..., list[float]] | None = None,
                  backup_tool: Callable[..., Any] | None = None):
         self.trainer = trainer
         self._model, self._optimizer, self._scheduler, self.control = model, optimizer, scheduler, control
+        self._state = state
         self.backup_verifier, self.backup_tool = backup_verifier, backup_tool
 
     @property
@@ -99,11 +100,28 @@ class TrainerHandle:
     def scheduler(self) -> Any:
         return getattr(self.trainer, "lr_scheduler", None) if self.trainer is not None else self._scheduler
 
-    def update(self, model: Any = None, optimizer: Any = None, scheduler: Any = None, control: Any = None) -> None:
+    @property
+    def state(self) -> Any:
+        return getattr(self.trainer, "state", None) if self.trainer is not None else self._state
+
+    def update(self, model: Any = None, optimizer: Any = None, scheduler: Any = None, control: Any = None,
+               state: Any = None) -> None:
         self._model = model if model is not None else self._model
         self._optimizer = optimizer if optimizer is not None else self._optimizer
         self._scheduler = scheduler if scheduler is not None else self._scheduler
         self.control = control if control is not None else self.control
+        self._state = state if state is not None else self._state
+
+    def extend(self, steps: int) -> int:
+        """Train ``steps`` more optimiser steps than planned (the trainer's ``max_steps``), as a resume
+        from a checkpoint does: the steps a rollback discarded are trained again. Returns the steps
+        added (0 when the trainer's state is out of reach). The trainer stops early anyway when its
+        data runs out."""
+        state = self.state
+        if steps <= 0 or state is None or not isinstance(getattr(state, "max_steps", None), int):
+            return 0
+        state.max_steps += steps
+        return steps
 
     def knob_names(self) -> list[str]:
         return list(self.knobs())
@@ -198,10 +216,13 @@ class ControllerConfig:
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
+    # (or when the steps the rollback discards can all be replayed: it then costs compute, not updates)
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
+    replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
+    max_replay_fraction: float = 0.5  # ... up to this fraction of the planned steps in all
 
 
 def _trim_oldest(table: dict[int, Any], size: int) -> None:
@@ -245,7 +266,9 @@ class Controller:
         self.last_step = 0
         self.alarm_steps: deque[int] = deque(maxlen=64)  # the confirmation rules look a few steps back only
         self.ceilings: dict[str, float] = {}  # knobs the loop never raises past: the LR the user configured
-        self.max_steps: int | None = None  # the run's planned length, when the trainer says it
+        self.max_steps: int | None = None  # the run's length (planned + replayed), when the trainer says it
+        self.planned_steps: int | None = None
+        self.replayed = 0  # steps added to the run to train again what rollbacks discarded
         self.offset = 0  # real step - effective step (grows with every rollback)
         self.seen_knobs: dict[str, Any] = {}  # knob values read at the last step
         self.knob_changes: dict[str, tuple[int, Any]] = {}  # knob -> (step, value before) of changes the loop did not make
@@ -260,6 +283,7 @@ class Controller:
         self.remediator.reset()
         configured = self._guard("knobs", handle.knobs) or {}
         self.ceilings = {k: configured[k] for k in ("learning_rate",) if isinstance(configured.get(k), (int, float))}
+        self.planned_steps = self.max_steps
         self.seen_knobs = dict(configured)
         self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
         if self.config.remediate:
@@ -463,7 +487,7 @@ class Controller:
             return
         ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
             diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate,
-            ceilings=self.ceilings))
+            ceilings=self.ceilings, pushed_from={name: before for name, (_, before) in self.knob_changes.items()}))
         if not ok:
             return
         if plan is None:
@@ -536,9 +560,11 @@ class Controller:
             incident.reference_accuracy = self.accuracy_at.get(info.step)
             self.counts["rollbacks"] += 1
             restored = self.effective_at.get(info.step, info.step)
+            discarded = self.last_step - self.offset - restored
             self.offset = self.last_step - restored
             self.history = deque((h for h in self.history if h["step"] <= restored), maxlen=self.config.max_history)
-            return f"to step {info.step}"
+            replayed = 0 if incident.plan is not None and incident.plan.rung.halt else self._replay(discarded)
+            return f"to step {info.step}" + (f"; {replayed} step(s) added to train again" if replayed else "")
         if action.kind == "set_knob":
             assert action.knob is not None
             handle.set(action.knob, action.value)
@@ -567,13 +593,36 @@ class Controller:
             info, skipped = self.checkpointer.restore(handle.model, handle.optimizer, handle.scheduler, before_step=kept[0])
             return info, [*skipped, f"no checkpoint kept at or before step {before_step}: restored the oldest, step {info.step}"]
 
+    def _replay(self, discarded: int) -> int:
+        """Extend the run by the ``discarded`` steps (within ``max_replay_fraction`` of the planned
+        length), so the rolled-back run still gets its planned number of updates; returns the steps added."""
+        if not self.config.replay_rollbacks or self.handle is None or self.max_steps is None or not self.planned_steps:
+            return 0
+        budget = int(self.config.max_replay_fraction * self.planned_steps) - self.replayed
+        added = self.handle.extend(min(discarded, budget))
+        self.replayed += added
+        self.max_steps += added
+        return added
+
     def _no_regression(self, incident: Incident) -> float | None:
         """The current eval accuracy when the run has not regressed since the rollback checkpoint
-        (a rollback would only discard progress), else ``None`` (roll back). Halting always rolls back."""
+        and the steps a rollback discards could not all be trained again (it would only discard
+        progress), else ``None`` (roll back). Halting always rolls back."""
         plan = incident.plan
-        if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
+        if not self.config.rollback_needs_regression or plan is None or plan.rung.halt or self._replayable(incident):
             return None
         return self._accuracy_holds(incident)
+
+    def _replayable(self, incident: Incident) -> bool:
+        """Every step a rollback to the incident's checkpoint would discard fits in the replay budget
+        (the rollback then costs compute only, not updates)."""
+        if not self.config.replay_rollbacks or self.handle is None or self.handle.state is None or not self.planned_steps:
+            return False
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        if info is None:
+            return False
+        discarded = self.last_step - self.offset - self.effective_at.get(info.step, info.step)
+        return discarded <= int(self.config.max_replay_fraction * self.planned_steps) - self.replayed
 
     def _accuracy_holds(self, incident: Incident | None) -> float | None:
         """The current eval accuracy when it has not fallen (by more than ``regression_margin``) below

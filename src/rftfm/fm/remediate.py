@@ -34,19 +34,30 @@ class Plan:
     diagnosed_type: str | None = None  # the diagnosis' top type (for the drift rung, fault_type is "knob_drift")
 
 
-def resolve_knob(change: KnobChange, current: Any, healthy: Any) -> Any:
-    """The value ``change`` sets, given the knob's current and last-healthy values."""
+def _undoes(change: KnobChange, earlier: Any, current: Any) -> bool:
+    """Setting the knob back to ``earlier`` moves it the way ``change`` restores (any way without a direction)."""
+    if earlier is None or earlier == current:
+        return False
+    if change.direction is None:
+        return True
+    try:
+        return bool(earlier > current if change.direction == "up" else earlier < current)
+    except TypeError:
+        return False
+
+
+def resolve_knob(change: KnobChange, current: Any, healthy: Any, pushed_from: Any = None) -> Any:
+    """The value ``change`` sets, given the knob's current and last-healthy values; ``pushed_from``:
+    the knob's value before the last change the loop did not make, however long ago (a restore
+    that finds no drift since the healthy checkpoint undoes that change before any fallback)."""
     if change.op == "set":
         value = change.value
     elif change.op == "scale":
         value = current * change.factor
     else:  # restore
-        drifted = healthy is not None and healthy != current
-        if drifted and change.direction is not None:
-            try:
-                drifted = healthy > current if change.direction == "up" else healthy < current
-            except TypeError:
-                drifted = False
+        drifted = _undoes(change, healthy, current)
+        if not drifted and _undoes(change, pushed_from, current):
+            healthy, drifted = pushed_from, True
         if drifted:
             value = healthy
         elif change.fallback_value is not None:
@@ -98,6 +109,7 @@ class Remediator:
         self._rung = -1
         self._unknown_acted = False
         self._ceilings: dict[str, float] = {}
+        self._pushed_from: dict[str, Any] = {}
 
     @property
     def exhausted(self) -> bool:
@@ -132,14 +144,17 @@ class Remediator:
         return replace(rung, knobs=knobs, rollback=rung.rollback and caps.rollback)
 
     def plan(self, diagnosis: Diagnosis | None, caps: Capabilities, current: dict[str, Any],
-             healthy: dict[str, Any], escalate: bool = False, ceilings: dict[str, float] | None = None) -> Plan | None:
+             healthy: dict[str, Any], escalate: bool = False, ceilings: dict[str, float] | None = None,
+             pushed_from: dict[str, Any] | None = None) -> Plan | None:
         """The next rung's actions, or ``None`` when the budget or the ladder is used up.
 
         ``ceilings``: a knob change that *raises* a knob never takes it above its ceiling (the
         controller passes the learning rate the user configured: a misdiagnosis, or an alarm
-        left over after a repair, must never push the LR past it).
+        left over after a repair, must never push the LR past it). ``pushed_from``: each knob's
+        value before the last change the loop did not make (see :func:`resolve_knob`).
         """
         self._ceilings = ceilings or {}
+        self._pushed_from = pushed_from or {}
         if self.exhausted:
             return None
         if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
@@ -147,7 +162,7 @@ class Remediator:
             if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
                 self._type, self._rung = None, -1
                 self.interventions += 1
-                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings),
+                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings, self._pushed_from),
                             diagnosed_type=self.diagnosed_type(diagnosis))
         fault_type = None if self.generic else self.diagnosed_type(diagnosis)
         if (escalate and self._type is not None and fault_type not in (None, self._type) and diagnosis is not None
@@ -171,12 +186,12 @@ class Remediator:
             self._type, self._rung = fault_type, index
             self._unknown_acted |= fault_type is None and not self.generic
             self.interventions += 1
-            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy, self._ceilings), diagnosed_type=fault_type)
+            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy, self._ceilings, self._pushed_from), diagnosed_type=fault_type)
         return None
 
     @staticmethod
     def _actions(rung: Rung, diagnosis: Diagnosis | None, current: dict[str, Any], healthy: dict[str, Any],
-                 ceilings: dict[str, float] | None = None) -> list[Action]:
+                 ceilings: dict[str, float] | None = None, pushed_from: dict[str, Any] | None = None) -> list[Action]:
         why = rung.reason + (f" ({diagnosis.summary})" if diagnosis is not None and diagnosis.summary else "")
         actions: list[Action] = []
         if rung.backup:
@@ -190,7 +205,7 @@ class Remediator:
                                   reason=f"restore {knob}: changed since the last healthy checkpoint; {rung.reason}"))
         for change in ([] if drifted else rung.knobs):
             try:
-                value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob))
+                value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob), (pushed_from or {}).get(change.knob))
             except TypeError:  # the knob cannot be read on this trainer: nothing to scale
                 continue
             value = _below_ceiling(change.knob, value, current.get(change.knob), ceilings or {})

@@ -146,7 +146,7 @@ class RFTFMCallback(TrainerCallback):
         try:
             self.controller = self._build(args)
             handle = TrainerHandle(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control,
-                                   backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
+                                   state=state, backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
             self.controller.max_steps = state.max_steps or None
             self.controller.start(handle, step=state.global_step)
         except Exception as exc:  # never break the trainer
@@ -155,7 +155,7 @@ class RFTFMCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if self.controller is not None and self.controller.handle is not None:
-            self.controller.handle.update(model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control)
+            self.controller.handle.update(model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control, state=state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._uses_sink or self.controller is None or not logs or "loss" not in logs:
