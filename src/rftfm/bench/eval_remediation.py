@@ -299,9 +299,10 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
             row[f"{arm}_success_strict"] = bool(a["cleared_strict"] and ok_acc)
             row[f"{arm}_success"] = bool(a["cleared"] and ok_acc)
             row[f"{arm}_wall_s"] = a["wall_s"]
+            row[f"{arm}_steps"] = a["steps"]  # more than planned after a rollback replayed what it discarded
             row[f"{arm}_monitor_s"] = a["monitor_s"]
             row[f"{arm}_actions"] = a["actions"]
-        row["clean_wall_s"] = arms["clean"]["wall_s"]
+        row["clean_wall_s"], row["clean_steps"] = arms["clean"]["wall_s"], arms["clean"]["steps"]
         pairs.append(row)
     healthy_rows = []
     for info in healthy:
@@ -355,6 +356,9 @@ def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[s
             "monitor_share_%": _pct(frame["loop_monitor_s"].sum() / max(frame["loop_wall_s"].sum(), 1e-9)),
             "wall_vs_clean_%": _pct(frame["loop_wall_s"].sum() / max(frame["clean_wall_s"].sum(), 1e-9) - 1),
         }
+        if "loop_steps" in frame.columns:  # (JSON written before replays were recorded has no step counts)
+            out["overhead_faulty"]["steps_vs_clean_%"] = _pct(frame["loop_steps"].sum() / max(frame["clean_steps"].sum(), 1) - 1)
+            out["overhead_faulty"]["runs_replaying_%"] = _pct(float((frame["loop_steps"] > frame["clean_steps"]).mean()))
     if healthy:
         h = pl.DataFrame(healthy)
         out["healthy"] = {
@@ -442,9 +446,14 @@ Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checke
 every 2 healthy steps; a rollback restores the newest valid one from before the weights that generated the first
 deviating rollout (a step's rollouts come from the previous update: checkpoint <= first deviating step - 2; the
 first deviating step is at most 4 steps before the first alarm, or the step of a knob push), or the oldest one
-kept; a knob rung rolls back only when eval accuracy fell since that checkpoint. After a rollback, detector and
+kept. A rollback is a resume: the run is extended by the steps it discarded (the trainer's `max_steps`; up to
+half the planned steps per run in all), so a repaired run still gets its planned number of updates, on prompts
+beyond the planned ones (the planned batches are unchanged). A knob rung rolls back when the discarded steps can
+all be replayed so, or else only when eval accuracy fell since that checkpoint. After a rollback, detector and
 diagnoser see the run's *effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by
-step. Actions go only through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox /
+step. A restore of a knob that has not drifted since the checkpoint undoes the last change the loop did not make
+to it, however long ago, before any fallback (an LR cut 14 steps before the alarm is undone, not multiplied by
+30). Actions go only through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox /
 sampler has -- tool-call retries, verifier calls averaged per completion, DAPO's dynamic sampling that resamples
 the prompts of all-zero-advantage groups), rollback, halt, or a backup verifier / tool the user registered --
 never through the fault injector, which keeps acting.
