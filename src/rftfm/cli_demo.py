@@ -122,14 +122,15 @@ def demo(
 
             def on_step(record: Any, task: Any = task, curve: list = curve) -> None:
                 curve.append(record.eval_accuracy)
-                progress.advance(task)
+                # a rollback extends the run by the steps it discarded: the bar grows with it
+                progress.update(task, advance=1, total=max(steps, len(curve)))
 
             if arm == "loop":
                 result, callback = _run_loop_arm(ev, info, key, on_step, store, events)
             else:
                 target = info.model_copy(update={"run_id": f"{info.run_id}~{arm}"})  # same seed and fault, own incident log
                 result, callback = ev.run_arm(target, arm, *_paths(key), on_step=on_step, incidents=store if arm == "none" else None)
-            progress.update(task, completed=steps)
+            progress.update(task, completed=max(steps, len(curve)), total=max(steps, len(curve)))
             curves[arm], results[arm] = curve, (result, callback)
     elapsed = time.perf_counter() - start
     loop_result, loop_cb = results["loop"]
