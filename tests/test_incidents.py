@@ -157,3 +157,27 @@ def test_select_runs_filters_types_and_rejects_unknown_ones():
     assert [r.run_id for r in healthy] == ["n"]
     with pytest.raises(ValueError, match="unknown fault types"):
         select_runs(pl.DataFrame(rows), None, None, None, types=["nope"])
+
+
+def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval():
+    from rftfm.bench.eval_remediation import ArmResult, clean_twin, summarise, target_status
+    from rftfm.records import RunInfo
+
+    faulty = [RunInfo(run_id=f"f{i}", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=i, control_or_fault="fault",
+                      fault_type="lr_high", fault_family="od", fault_strength="easy", onset_step=1) for i in range(4)]
+
+    def row(run_id, arm, accuracy, steps=28, cleared=False, actions=()):
+        return vars(ArmResult(run_id=run_id, arm=arm, final_accuracy=accuracy, wall_s=1.0, steps=steps, cleared=cleared,
+                              actions=list(actions), alarms=1))
+
+    rows = []
+    for i, info in enumerate(faulty):
+        rows += [row(clean_twin(info).run_id, "clean", 0.5), row(info.run_id, "none", 0.1), row(info.run_id, "generic", 0.2)]
+        # runs 0-2 repaired (run 0 after a replayed rollback); run 3 cleared but short of 90 % of the clean accuracy
+        rows.append(row(info.run_id, "loop", 0.5 if i < 3 else 0.4, steps=34 if i == 0 else 28, cleared=True, actions=["3:rollback"]))
+    summary = summarise(rows, faulty, [])
+    assert [p["loop_success"] for p in summary["pairs"]] == [True, True, True, False]
+    cost = summary["tables"]["overhead_faulty"]
+    assert cost["steps_vs_clean_%"] == round(100 * 6 / 112, 1) and cost["runs_replaying_%"] == 25.0
+    easy = target_status(summary)[0]
+    assert "75.0 % of 4 (95 % CI 30.1-95.4" in easy and easy.endswith("**not met**")

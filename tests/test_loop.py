@@ -415,18 +415,19 @@ def test_a_rollback_extends_the_run_by_the_steps_it_discarded_within_the_replay_
         assert rollback.endswith(f"{added} step(s) added to train again") == bool(added)
 
 
-def test_a_rollback_that_can_be_replayed_in_full_no_longer_waits_for_an_accuracy_drop():
+def test_at_its_ceiling_eval_accuracy_is_no_reason_to_skip_a_rollback_that_can_be_replayed():
     from transformers import TrainerState
 
     from rftfm.records import StepRecord
 
-    for max_steps, rolled_back in ((20, True), (None, False)):  # None: the trainer's state is out of reach
+    # (accuracy that holds, planned steps or None when the trainer's state is out of reach, rolled back?)
+    for accuracy, max_steps, rolled_back in ((1.0, 20, True), (1.0, None, False), (0.5, 20, False)):
         state = TrainerState(max_steps=max_steps) if max_steps else None
         ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), state=state, rollback_needs_regression=True)
         ctl.diagnoser = FixedDiagnoser("lr_high")
         for s in range(1, 10):
-            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01), [])  # accuracy holds
-        assert ctl.counts["rollbacks"] == int(rolled_back)
+            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=accuracy, kl=0.01), [])
+        assert ctl.counts["rollbacks"] == int(rolled_back), (accuracy, max_steps)
 
 
 def test_an_lr_cut_older_than_the_drift_window_is_still_what_an_lr_low_repair_undoes():

@@ -391,6 +391,14 @@ GROUP_COLUMNS = ["runs", "detected_%", "diagnosis_correct_%", "loop_repair_%", "
                  "loop_interventions"]
 
 
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate, in percent (scipy's binomial test)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return 100 * ci.low, 100 * ci.high
+
+
 def target_status(summary: dict[str, Any]) -> list[str]:
     t = summary["tables"]
     lines = []
@@ -401,8 +409,9 @@ def target_status(summary: dict[str, Any]) -> list[str]:
             lines.append(f"- knob-repairable {setting}: no runs evaluated")
             continue
         met = r["loop_repair_%"] >= goal and r["loop_repair_%"] > r["generic_repair_%"]
-        lines.append(f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % (target >= {goal:.0f} %; generic baseline "
-                     f"{r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**")
+        low, high = wilson_interval(round(r["loop_repair_%"] * r["runs"] / 100), r["runs"])
+        lines.append(f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % of {r['runs']} (95 % CI {low:.1f}-{high:.1f}; "
+                     f"target >= {goal:.0f} %; generic baseline {r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**")
     every = {r["setting"]: r for r in t.get("by_setting_all_types", [])}
     if "hard" in every:
         r = every["hard"]
@@ -448,8 +457,9 @@ deviating rollout (a step's rollouts come from the previous update: checkpoint <
 first deviating step is at most 4 steps before the first alarm, or the step of a knob push), or the oldest one
 kept. A rollback is a resume: the run is extended by the steps it discarded (the trainer's `max_steps`; up to
 half the planned steps per run in all), so a repaired run still gets its planned number of updates, on prompts
-beyond the planned ones (the planned batches are unchanged). A knob rung rolls back when the discarded steps can
-all be replayed so, or else only when eval accuracy fell since that checkpoint. After a rollback, detector and
+beyond the planned ones (the planned batches are unchanged). A knob rung rolls back only when eval accuracy fell
+since that checkpoint, or when it sits at its ceiling (>= 0.98, where it cannot fall and so cannot show damage
+the weights carry) and the discarded steps can all be replayed. After a rollback, detector and
 diagnoser see the run's *effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by
 step. A restore of a knob that has not drifted since the checkpoint undoes the last change the loop did not make
 to it, however long ago, before any fallback (an LR cut 14 steps before the alarm is undone, not multiplied by

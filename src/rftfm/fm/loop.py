@@ -215,8 +215,8 @@ class ControllerConfig:
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
-    rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
-    # (or when the steps the rollback discards can all be replayed: it then costs compute, not updates)
+    rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint,
+    saturated_accuracy: float = 0.98  # ... or sits at this ceiling (where it cannot fall) and the rollback can be replayed
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
@@ -605,13 +605,18 @@ class Controller:
         return added
 
     def _no_regression(self, incident: Incident) -> float | None:
-        """The current eval accuracy when the run has not regressed since the rollback checkpoint
-        and the steps a rollback discards could not all be trained again (it would only discard
-        progress), else ``None`` (roll back). Halting always rolls back."""
+        """The current eval accuracy when the run has not regressed since the rollback checkpoint (a
+        rollback would only discard progress), else ``None`` (roll back). Halting always rolls back,
+        and so does a run whose eval accuracy sits at its ceiling when the discarded steps can all
+        be replayed: there, accuracy cannot show the damage (a collapsed entropy, a policy that
+        learned to avoid a failing tool) that the weights may carry."""
         plan = incident.plan
-        if not self.config.rollback_needs_regression or plan is None or plan.rung.halt or self._replayable(incident):
+        if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
             return None
-        return self._accuracy_holds(incident)
+        held = self._accuracy_holds(incident)
+        if held is not None and held >= self.config.saturated_accuracy and self._replayable(incident):
+            return None
+        return held
 
     def _replayable(self, incident: Incident) -> bool:
         """Every step a rollback to the incident's checkpoint would discard fits in the replay budget
