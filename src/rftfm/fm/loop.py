@@ -215,9 +215,9 @@ class ControllerConfig:
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
-    rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint,
-    saturated_accuracy: float = 0.98  # ... or sits at this ceiling (where it cannot fall) and the rollback can be replayed
+    rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
+    saturated_accuracy: float = 0.98  # ... or when it sits at this ceiling (where it cannot fall) and the rollback can be replayed
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
