@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rftfm.fm.detect import SIGNALS, Detector, DetectorConfig, runs_cube, tail_threshold
+from rftfm.fm.detect import SIGNALS, Detector, DetectorConfig, FlatStreak, runs_cube, tail_threshold
 from rftfm.fm.features import features_frame, step_features
 from test_detect_data import synth_run
 
@@ -91,6 +91,29 @@ def test_streaming_offline_and_vectorised_agree(fitted):
     scores, threshold = fitted.score_cube(cube, steps, "arith_a", "xs")
     np.testing.assert_allclose(scores[0], [sc for _, sc, _ in live], rtol=1e-9)
     assert [int(i) + 1 for i in np.flatnonzero(scores[0] > threshold)] == [a.step for a in offline]
+
+
+def test_the_stall_signal_counts_repeats_of_eval_accuracy_and_skips_missing_ones():
+    flat = FlatStreak.new(2)
+    seen = [flat.advance(np.array(pair)) for pair in ([0.5, 0.1], [0.5, 0.2], [np.nan, 0.2], [0.5, 0.3], [0.6, 0.3])]
+    np.testing.assert_array_equal(np.array(seen), [[0, 0], [1, 0], [np.nan, 1], [2, 0], [0, 1]])
+
+
+def test_a_policy_that_stops_moving_alarms_on_unchanged_eval_accuracy(fitted):
+    """A learning rate far too low freezes greedy eval accuracy exactly, while every other signal
+    stays within its normal range; live, offline and vectorised scoring agree on the new signal."""
+    records = synth_run("stall", 21, steps=12)
+    frozen = records[4][0].eval_accuracy
+    records = [(s.model_copy(update={"eval_accuracy": frozen}) if s.step >= 5 else s, t) for s, t in records]
+    fitted.reset("stall", "arith_a", "xs")
+    alarms = [a for s, t in records if (a := fitted.observe(s, t)) is not None]
+    # the synthetic normal runs never repeat their (continuous) accuracy, so the first repeat already alarms
+    assert alarms and alarms[0].step == 6 and all(a.step >= 6 for a in alarms)
+    assert alarms[0].evidence[0].signal == "eval_unchanged_steps" and alarms[0].evidence[0].direction == "up"
+    frame = _frames({"stall": records})
+    assert [a.step for a in fitted.score_run(frame, "arith_a", "xs")] == [a.step for a in alarms]
+    cube, _ = runs_cube(frame, ["stall"])
+    np.testing.assert_array_equal(cube[0, :, SIGNALS.index("eval_unchanged_steps")], [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7])
 
 
 def test_missing_signals_are_skipped_not_anomalies(fitted):

@@ -98,28 +98,62 @@ class RunState:
     last_step: int = 0
     in_alarm: bool = False
     last_score: float = 0.0
+    flat: FlatStreak = field(default_factory=lambda: FlatStreak.new(1))
 
     @classmethod
     def new(cls, run_id: str, key: str, n_runs: int = 1) -> "RunState":
         zeros = np.zeros((n_runs, len(SIGNALS)))
-        return cls(run_id, key, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy())
+        return cls(run_id, key, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), flat=FlatStreak.new(n_runs))
+
+
+@dataclass
+class FlatStreak:
+    """Steps in a row whose eval accuracy equals the previous step's, per run (the stall signal).
+
+    Greedy eval accuracy on a fixed prompt set changes at almost every step of a run that learns
+    (each update flips a few answers); a policy that stopped moving (a learning rate far too
+    low, a KL leash far too tight) repeats it exactly. Stateful, so it is computed here rather
+    than in :func:`with_derived`; a missing accuracy leaves the streak as it was.
+    """
+
+    previous: np.ndarray  # (R,) last finite eval accuracy (NaN: none yet)
+    streak: np.ndarray  # (R,)
+
+    @classmethod
+    def new(cls, n_runs: int) -> "FlatStreak":
+        return cls(np.full(n_runs, np.nan), np.zeros(n_runs))
+
+    def advance(self, accuracy: np.ndarray) -> np.ndarray:
+        """(R,) this step's streak (NaN where the accuracy is missing)."""
+        seen = np.isfinite(accuracy)
+        same = seen & np.isfinite(self.previous) & (np.abs(accuracy - self.previous) < 1e-9)
+        self.streak = np.where(seen, np.where(same, self.streak + 1, 0.0), self.streak)
+        self.previous = np.where(seen, accuracy, self.previous)
+        return np.where(seen, self.streak, np.nan)
 
 
 #: Signals the detector derives from the shared features (same value live and offline):
 #: train reward running ahead of held-out accuracy (reward hacking, inversion), and reward
 #: variance beyond what its mean allows for rewards in [0, 1] (Bhatia-Davis: var <= m (1 - m)),
 #: which is zero for a 0/1 verifier and positive when rewards leave that range (noise, scaling).
-DERIVED: tuple[str, ...] = ("reward_minus_eval", "reward_var_excess")
+#: The last one is the stall signal (:class:`FlatStreak`), filled in by the callers of ``with_derived``.
+DERIVED: tuple[str, ...] = ("reward_minus_eval", "reward_var_excess", "eval_unchanged_steps")
 SIGNALS: tuple[str, ...] = FEATURES + DERIVED
+_FLAT = SIGNALS.index("eval_unchanged_steps")
+#: One-sided signals: only a deviation upwards is evidence (fewer repeats than normal is no stall,
+#: e.g. right after a rollback, when the streak starts again from 0 on a saturated task).
+UP_ONLY = np.array([s == "eval_unchanged_steps" for s in SIGNALS])
 _REWARD, _EVAL = FEATURES.index("reward_mean"), FEATURES.index("eval_accuracy")
 _TRAJ_MEAN, _TRAJ_STD = FEATURES.index("traj_reward_mean"), FEATURES.index("traj_reward_std")
 
 
 def with_derived(x: np.ndarray) -> np.ndarray:
-    """(..., len(FEATURES)) -> (..., len(SIGNALS)); NaN propagates (a missing input skips the signal)."""
+    """(..., len(FEATURES)) -> (..., len(SIGNALS)); NaN propagates (a missing input skips the signal).
+    The stateful stall signal is left NaN here (see :class:`FlatStreak`)."""
     m = x[..., _TRAJ_MEAN]
     excess = x[..., _TRAJ_STD] ** 2 - m * (1.0 - m)
-    return np.concatenate([x, (x[..., _REWARD] - x[..., _EVAL])[..., None], excess[..., None]], axis=-1)
+    flat = np.full(x.shape[:-1] + (1,), np.nan)
+    return np.concatenate([x, (x[..., _REWARD] - x[..., _EVAL])[..., None], excess[..., None], flat], axis=-1)
 
 
 def _features_matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -141,6 +175,9 @@ def runs_cube(features: pl.DataFrame, run_ids: Sequence[str]) -> tuple[np.ndarra
     x = with_derived(_features_matrix(sub))
     cube[idx[ok], step[ok] - 1] = x[ok]
     steps[idx[ok], step[ok] - 1] = step[ok]
+    flat = FlatStreak.new(len(run_ids))
+    for s in range(n_steps):
+        cube[:, s, _FLAT] = flat.advance(cube[:, s, _EVAL])
     return cube, steps
 
 
@@ -259,6 +296,7 @@ class Detector:
     # ------------------------------------------------------------------ scoring core
     def _z(self, y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
         z = (y - center) / scale
+        z = np.where(UP_ONLY & (z < 0), 0.0, z)  # (NaN stays NaN: a missing signal is skipped)
         return np.clip(z, -self.config.z_clip, self.config.z_clip)
 
     def _advance(self, state: RunState, z: np.ndarray, step: int) -> np.ndarray:
@@ -329,6 +367,7 @@ class Detector:
             self.skipped_steps += 1
             return None
         raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
+        raw[:, _FLAT] = state.flat.advance(raw[:, _EVAL])
         profile = self.profiles.get(state.key, self.profiles[GLOBAL_KEY])
         cal = self.calibration["config" if state.key != GLOBAL_KEY else "global"]
         center, scale = profile.at(step)
