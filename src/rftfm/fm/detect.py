@@ -3,8 +3,8 @@
 How it decides, per step of a run:
 
 1. the step's signals — the shared features (:mod:`rftfm.fm.features`: train-step metrics
-   and trajectory aggregates; never labels, learning rate or step time) plus two derived
-   ones (:data:`DERIVED`) — are standardised against the normal profile of that step
+   and trajectory aggregates; never labels, learning rate or step time) plus three derived
+   ones (:data:`DERIVED`, one of them the one-sided stall signal) — are standardised against the normal profile of that step
    (:mod:`rftfm.fm.profile`): ``z = (x - center) / scale``; missing signals are skipped
    (their state is carried over), never imputed as anomalies;
 2. a two-sided CUSUM of ``z`` per signal accumulates evidence, so a large jump alarms at
