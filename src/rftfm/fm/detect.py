@@ -4,7 +4,8 @@ How it decides, per step of a run:
 
 1. the step's signals — the shared features (:mod:`rftfm.fm.features`: train-step metrics
    and trajectory aggregates; never labels, learning rate or step time) plus three derived
-   ones (:data:`DERIVED`, one of them the one-sided stall signal) — are standardised against the normal profile of that step
+   ones (:data:`DERIVED`; one is the one-sided stall signal, :class:`FlatStreak`) — are
+   standardised against the normal profile of that step
    (:mod:`rftfm.fm.profile`): ``z = (x - center) / scale``; missing signals are skipped
    (their state is carried over), never imputed as anomalies;
 2. a two-sided CUSUM of ``z`` per signal accumulates evidence, so a large jump alarms at
@@ -112,7 +113,7 @@ class FlatStreak:
 
     Greedy eval accuracy on a fixed prompt set changes at almost every step of a run that learns
     (each update flips a few answers); a policy that stopped moving (a learning rate far too
-    low, a KL leash far too tight) repeats it exactly. Stateful, so it is computed here rather
+    low) repeats it exactly. Stateful, so it is computed here rather
     than in :func:`with_derived`; a missing accuracy leaves the streak as it was.
     """
 
