@@ -217,8 +217,7 @@ class ControllerConfig:
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
-    saturated_accuracy: float = 0.98  # ... or, when the rollback can be replayed, when it sits at this ceiling at the
-    # checkpoint or now (where it cannot show damage), or is frozen over the last 3 steps (a stall)
+    saturated_accuracy: float = 0.98  # ... or when it sits at this ceiling (where it cannot fall) and the rollback can be replayed
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
@@ -608,23 +607,16 @@ class Controller:
     def _no_regression(self, incident: Incident) -> float | None:
         """The current eval accuracy when the run has not regressed since the rollback checkpoint (a
         rollback would only discard progress), else ``None`` (roll back). Halting always rolls back,
-        and so does a run whose discarded steps can all be replayed when its eval accuracy says
-        nothing: it sits at its ceiling at the checkpoint or now (it cannot show the damage the
-        weights may carry, such as a collapsed entropy or a policy that learned to avoid a failing
-        tool), or it is frozen (a stalled policy, whose steps are only worth training again)."""
+        and so does a run whose eval accuracy sits at its ceiling when the discarded steps can all
+        be replayed: there, accuracy cannot show the damage (a collapsed entropy, a policy that
+        learned to avoid a failing tool) that the weights may carry."""
         plan = incident.plan
         if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
             return None
         held = self._accuracy_holds(incident)
-        if held is not None and self._replayable(incident) and (self._stalled() or max(
-                a for a in self._accuracies(incident) if a is not None) >= self.config.saturated_accuracy):
-            return None  # an accuracy at its ceiling (then or now) or frozen (a stall) is no evidence
+        if held is not None and held >= self.config.saturated_accuracy and self._replayable(incident):
+            return None
         return held
-
-    def _stalled(self, steps: int = 3) -> bool:
-        """Eval accuracy repeated exactly over the last ``steps`` steps (a policy that stopped moving)."""
-        recent = [self.accuracy_at.get(s) for s in range(self.last_step - steps + 1, self.last_step + 1)]
-        return all(a is not None and math.isfinite(a) for a in recent) and max(recent) - min(recent) < 1e-9
 
     def _replayable(self, incident: Incident) -> bool:
         """Every step a rollback to the incident's checkpoint would discard fits in the replay budget
@@ -637,19 +629,15 @@ class Controller:
         discarded = self.last_step - self.offset - self.effective_at.get(info.step, info.step)
         return discarded <= int(self.config.max_replay_fraction * self.planned_steps) - self.replayed
 
-    def _accuracies(self, incident: Incident) -> tuple[float | None, float | None]:
-        """Eval accuracy at the incident's rollback checkpoint and now (``None`` when unknown)."""
-        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
-        then = self.accuracy_at.get(info.step) if info is not None else None
-        return (then if then is not None and math.isfinite(then) else None), self._recent_accuracy()
-
     def _accuracy_holds(self, incident: Incident | None) -> float | None:
         """The current eval accuracy when it has not fallen (by more than ``regression_margin``) below
         that of the incident's rollback checkpoint, else ``None`` (also when either is unknown)."""
         if incident is None:
             return None
-        then, now = self._accuracies(incident)
-        if then is None or now is None:
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        then = self.accuracy_at.get(info.step) if info is not None else None
+        now = self._recent_accuracy()
+        if then is None or not math.isfinite(then) or now is None:
             return None
         return now if now >= then - self.config.regression_margin else None
 
