@@ -598,8 +598,7 @@ class Controller:
         length), so the rolled-back run still gets its planned number of updates; returns the steps added."""
         if not self.config.replay_rollbacks or self.handle is None or self.max_steps is None or not self.planned_steps:
             return 0
-        budget = int(self.config.max_replay_fraction * self.planned_steps) - self.replayed
-        added = self.handle.extend(min(discarded, budget))
+        added = self.handle.extend(min(discarded, self._replay_budget()))
         self.replayed += added
         self.max_steps += added
         return added
@@ -627,7 +626,11 @@ class Controller:
         if info is None:
             return False
         discarded = self.last_step - self.offset - self.effective_at.get(info.step, info.step)
-        return discarded <= int(self.config.max_replay_fraction * self.planned_steps) - self.replayed
+        return discarded <= self._replay_budget()
+
+    def _replay_budget(self) -> int:
+        """Steps the run may still be extended by (``max_replay_fraction`` of the planned steps in all)."""
+        return int(self.config.max_replay_fraction * (self.planned_steps or 0)) - self.replayed
 
     def _accuracy_holds(self, incident: Incident | None) -> float | None:
         """The current eval accuracy when it has not fallen (by more than ``regression_margin``) below
