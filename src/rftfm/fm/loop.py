@@ -559,8 +559,8 @@ class Controller:
                 handle.set("learning_rate", knobs_now["learning_rate"])
             incident.reference_accuracy = self.accuracy_at.get(info.step)
             self.counts["rollbacks"] += 1
+            discarded = self._discarded_by(info)
             restored = self.effective_at.get(info.step, info.step)
-            discarded = self.last_step - self.offset - restored
             self.offset = self.last_step - restored
             self.history = deque((h for h in self.history if h["step"] <= restored), maxlen=self.config.max_history)
             replayed = 0 if incident.plan is not None and incident.plan.rung.halt else self._replay(discarded)
@@ -596,7 +596,7 @@ class Controller:
     def _replay(self, discarded: int) -> int:
         """Extend the run by the ``discarded`` steps (within ``max_replay_fraction`` of the planned
         length), so the rolled-back run still gets its planned number of updates; returns the steps added."""
-        if not self.config.replay_rollbacks or self.handle is None or self.max_steps is None or not self.planned_steps:
+        if not self._can_replay():
             return 0
         added = self.handle.extend(min(discarded, self._replay_budget()))
         self.replayed += added
@@ -620,13 +620,19 @@ class Controller:
     def _replayable(self, incident: Incident) -> bool:
         """Every step a rollback to the incident's checkpoint would discard fits in the replay budget
         (the rollback then costs compute only, not updates)."""
-        if not self.config.replay_rollbacks or self.handle is None or self.handle.state is None or not self.planned_steps:
+        if not self._can_replay():
             return False
         info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
-        if info is None:
-            return False
-        discarded = self.last_step - self.offset - self.effective_at.get(info.step, info.step)
-        return discarded <= self._replay_budget()
+        return info is not None and self._discarded_by(info) <= self._replay_budget()
+
+    def _can_replay(self) -> bool:
+        """Replays are on and the trainer's planned length is known and can be extended."""
+        return (self.config.replay_rollbacks and self.handle is not None and self.handle.state is not None
+                and self.max_steps is not None and bool(self.planned_steps))
+
+    def _discarded_by(self, info: CheckpointInfo) -> int:
+        """Effective steps a rollback to checkpoint ``info`` throws away."""
+        return self.last_step - self.offset - self.effective_at.get(info.step, info.step)
 
     def _replay_budget(self) -> int:
         """Steps the run may still be extended by (``max_replay_fraction`` of the planned steps in all)."""
