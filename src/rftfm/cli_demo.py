@@ -227,7 +227,9 @@ def _write_report(out: Path, info: Any, events: list, store: Any) -> Path | None
 
 @evaluate_app.command("remediation")
 def evaluate_remediation_cmd(
-    data: Path = typer.Option(..., "--data", help="benchmark directory whose runs are re-trained"),
+    data: Optional[Path] = typer.Option(None, "--data", help="benchmark directory whose runs are re-trained"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="instead of --data: the runs of this preset (mini|full); "
+                                         "the evaluation re-trains every arm, so no generated data is needed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write rows and tables as JSON"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     limit: Optional[int] = typer.Option(None, help="at most this many faulty runs"),
@@ -255,7 +257,16 @@ def evaluate_remediation_cmd(
         summary = json.loads(from_json.read_text(encoding="utf-8"))
         _report_remediation(summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation"))
         return
-    runs = load_runs(data)
+    if (data is None) == (preset is None):
+        raise typer.BadParameter("give exactly one of --data and --preset", param_hint="--data / --preset")
+    if preset is not None:
+        from rftfm.bench.presets import PRESETS, preset_runs_table
+
+        if preset not in PRESETS:
+            raise typer.BadParameter(f"unknown preset {preset!r}; known: {sorted(PRESETS)}", param_hint="--preset")
+        runs = preset_runs_table(preset)
+    else:
+        runs = load_runs(data)
     if split != "all":
         from rftfm.bench.splits import split_runs
 

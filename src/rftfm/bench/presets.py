@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rftfm.engine.model import MODEL_SIZES
 from rftfm.engine.run import with_defaults
 from rftfm.engine.tasks import TASK_GROUPS
 from rftfm.faults.taxonomy import FAULT_TYPES, NORMAL_GROUP, STRENGTHS, group_dir
 from rftfm.records import RunInfo
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,14 @@ def preset_runs(name: str) -> list[RunInfo]:
                 seed=s, control_or_fault="normal", num_steps=preset.num_steps,
             ))
     return [with_defaults(r) for r in _balanced_order(runs)]
+
+
+def preset_runs_table(name: str) -> pl.DataFrame:
+    """The runs table of preset ``name`` (the columns :func:`rftfm.io.loader.load_runs` gives for
+    its generated data), without generating anything: what re-training evaluations need."""
+    import polars as pl
+
+    return pl.DataFrame([r.model_dump(exclude={"extra"}) for r in preset_runs(name)], infer_schema_length=None)
 
 
 def _balanced_order(runs: list[RunInfo]) -> list[RunInfo]:
