@@ -430,6 +430,23 @@ def test_at_its_ceiling_eval_accuracy_is_no_reason_to_skip_a_rollback_that_can_b
         assert ctl.counts["rollbacks"] == int(rolled_back), (accuracy, max_steps)
 
 
+def test_eval_accuracy_well_below_its_best_since_the_checkpoint_is_a_regression_to_roll_back():
+    """A run still learning fast can fall from its peak and stay above an old checkpoint: the
+    progress a rollback would discard is already lost, so it rolls back; a small dip does not."""
+    from rftfm.records import StepRecord
+
+    # the alarm at step 7 rolls back to checkpoint 2 (accuracy 0.3); the run climbed to 0.8 by step 5
+    for dip, rolled_back in ((0.5, True), (0.75, False)):
+        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True)
+        ctl.diagnoser = FixedDiagnoser("lr_high")
+        curve = {1: 0.2, 2: 0.3, 3: 0.5, 4: 0.7, 5: 0.8, 6: dip, 7: dip}
+        for s in range(1, 10):
+            ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=curve.get(s, dip), kl=0.01), [])
+        assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == int(rolled_back), dip
+        detail = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        assert detail.startswith("to step 2") if rolled_back else detail.startswith("skipped")
+
+
 def test_an_lr_cut_older_than_the_drift_window_is_still_what_an_lr_low_repair_undoes():
     ctl, rec = _controller(ScriptedDetector({20: 1.5, 21: 1.5}))
     ctl.diagnoser = FixedDiagnoser("lr_low")

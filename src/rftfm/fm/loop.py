@@ -218,6 +218,8 @@ class ControllerConfig:
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
     saturated_accuracy: float = 0.98  # ... or when it sits at this ceiling (where it cannot fall) and the rollback can be replayed
+    peak_drop: float = 0.1  # ... or when it lies this far below its best since the checkpoint (2-step means): the
+    # progress a rollback would discard is already lost (a run still learning fast can fall and stay above an old checkpoint)
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
@@ -608,14 +610,30 @@ class Controller:
         rollback would only discard progress), else ``None`` (roll back). Halting always rolls back,
         and so does a run whose eval accuracy sits at its ceiling when the discarded steps can all
         be replayed: there, accuracy cannot show the damage (a collapsed entropy, a policy that
-        learned to avoid a failing tool) that the weights may carry."""
+        learned to avoid a failing tool) that the weights may carry; and so does a run whose eval
+        accuracy fell well below its best since the checkpoint (the progress is lost already)."""
         plan = incident.plan
         if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
             return None
         held = self._accuracy_holds(incident)
         if held is not None and held >= self.config.saturated_accuracy and self._replayable(incident):
             return None
+        if held is not None and self._fell_from_peak(incident, held):
+            return None
         return held
+
+    def _fell_from_peak(self, incident: Incident, now: float) -> bool:
+        """Eval accuracy ``now`` lies ``peak_drop`` below the best 2-step mean since the incident's
+        rollback checkpoint: the weights the run had there were better than the ones it has."""
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        if info is None:
+            return False
+        means = []
+        for step in range(info.step + 1, self.last_step - 1):
+            pair = [a for a in (self.accuracy_at.get(step - 1), self.accuracy_at.get(step)) if a is not None and math.isfinite(a)]
+            if pair:
+                means.append(sum(pair) / len(pair))
+        return bool(means) and now < max(means) - self.config.peak_drop
 
     def _replayable(self, incident: Incident) -> bool:
         """Every step a rollback to the incident's checkpoint would discard fits in the replay budget
