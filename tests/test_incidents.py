@@ -181,3 +181,50 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     assert cost["steps_vs_clean_%"] == round(100 * 6 / 112, 1) and cost["runs_replaying_%"] == 25.0
     easy = target_status(summary)[0]
     assert "75.0 % of 4 (95 % CI 30.1-95.4" in easy and easy.endswith("**not met**")
+
+
+def test_earlier_clean_and_no_remediation_arms_are_rebuilt_from_a_summary_and_loop_arms_are_not():
+    from rftfm.bench.eval_remediation import ArmResult, clean_twin, rows_from_summary, summarise
+    from rftfm.records import RunInfo
+
+    fault = RunInfo(run_id="f", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=1, control_or_fault="fault",
+                    fault_type="lr_high", fault_family="od", fault_strength="easy", onset_step=1, num_steps=28)
+    normal = RunInfo(run_id="n", group="normal", task_group="arith_a", model_size="xs", seed=2, control_or_fault="normal", num_steps=28)
+    rows = [vars(ArmResult(run_id=clean_twin(fault).run_id, arm="clean", final_accuracy=0.5, wall_s=2.0, steps=28)),
+            vars(ArmResult(run_id="f", arm="none", final_accuracy=0.1, wall_s=3.0, steps=28, alarms=4, monitor_s=0.2)),
+            vars(ArmResult(run_id="f", arm="loop", final_accuracy=0.5, wall_s=4.0, steps=31, cleared=True, actions=["3:rollback"])),
+            vars(ArmResult(run_id="f", arm="generic", final_accuracy=0.3, wall_s=4.0, steps=30)),
+            vars(ArmResult(run_id=clean_twin(normal).run_id, arm="clean", final_accuracy=0.6, wall_s=2.0, steps=28)),
+            vars(ArmResult(run_id="n", arm="on", final_accuracy=0.6, wall_s=2.2, steps=28))]
+    before = summarise(rows, [fault], [normal])
+    rebuilt = rows_from_summary(before, [fault, normal])
+    assert sorted((r["run_id"], r["arm"]) for r in rebuilt) == sorted(
+        [(clean_twin(fault).run_id, "clean"), ("f", "none"), (clean_twin(normal).run_id, "clean")])
+    fresh = [r for r in rows if r["arm"] in ("loop", "generic", "on")]
+    after = summarise(rebuilt + fresh, [fault], [normal])
+    assert after["pairs"] == before["pairs"] and after["healthy"] == before["healthy"]
+    with pytest.raises(ValueError, match="depend on the loop"):
+        rows_from_summary(before, [fault], ["loop"])
+
+
+def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clearing():
+    """After an undone knob push the loop explains lingering alarms as lag even when the diagnoser
+    abstained (``explained_by`` is then None): the evaluation must not count them as a relapse."""
+    from types import SimpleNamespace
+
+    from rftfm.bench.eval_remediation import ArmResult, _fill_from_controller
+    from rftfm.fm.loop import ControllerConfig, MemoryIncidentStore
+
+    for explanation, cleared in (("the lag of an undone knob change", True), (None, False)):
+        store = MemoryIncidentStore()
+        store.record("action", "r", 10, {"kind": "set_knob", "knob": "scale_rewards", "value": "group"})
+        for step in range(11, 20):
+            payload = {"score": 5.0, "threshold": 1.0, "evidence": []}
+            if explanation:
+                payload |= {"explained_by": None, "explanation": explanation}
+            store.record("alarm", "r", step, payload)
+        ctl = SimpleNamespace(store=store, run_id="r", monitor_seconds=0.0, mode="watching", outcomes=[], config=ControllerConfig(),
+                              counts={"interventions": 1, "rollbacks": 0, "errors": 0})
+        result = ArmResult(run_id="r", arm="loop", final_accuracy=0.5, wall_s=1.0, steps=28)
+        _fill_from_controller(result, ctl)
+        assert result.cleared is cleared and result.alarms_after == 9 and not result.cleared_strict

@@ -154,7 +154,7 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
         last_action = max(e["step"] for e in actions)
         every = [(e["step"], e["payload"]) for e in events if e["kind"] == "alarm" and e["step"] > last_action]
         result.alarms_after = len(every)
-        after = [(s, p) for s, p in every if not p.get("explained_by")]
+        after = [(s, p) for s, p in every if not p.get("explanation")]  # explained (explained_by may be None: no diagnosis)
         steps_after = [s for s, _ in after]
         confirmed = any(
             (p.get("threshold") or 0) > 0 and p.get("score", 0) >= cfg.strong_alarm * p["threshold"]
@@ -266,6 +266,44 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+#: Arms a change to the loop cannot alter (no remediation runs in them), which an earlier
+#: evaluation's summary can therefore hand to a new one instead of training them again.
+REUSABLE_ARMS = ("clean", "none")
+
+
+def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: Iterable[str] = REUSABLE_ARMS) -> list[dict[str, Any]]:
+    """Rows (as :func:`evaluate` writes them) of ``arms`` of ``runs``, rebuilt from an earlier ``--json`` summary.
+
+    Only :data:`REUSABLE_ARMS`: the clean arm (no loop) and the no-remediation arm (alert-only,
+    no action, hence never cleared). A healthy run's loop-off arm is its clean twin's row.
+    """
+    arms = set(arms)
+    if arms - set(REUSABLE_ARMS):
+        raise ValueError(f"arms {sorted(arms - set(REUSABLE_ARMS))} depend on the loop's code; reusable: {list(REUSABLE_ARMS)}")
+    by_id = {r.run_id: r for r in runs}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for pair in summary.get("pairs", []):
+        info = by_id.get(pair["run_id"])
+        if info is None:
+            continue
+        if "none" in arms:
+            rows[(info.run_id, "none")] = asdict(ArmResult(
+                run_id=info.run_id, arm="none", final_accuracy=pair["none_accuracy"], wall_s=pair["none_wall_s"],
+                monitor_s=pair["none_monitor_s"], steps=pair["none_steps"], interventions=pair["none_interventions"],
+                halted=pair["none_halted"], alarms_after=pair["none_alarms_after"], actions=list(pair["none_actions"])))
+        if "clean" in arms:
+            twin = clean_twin(info).run_id
+            rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=pair["clean_accuracy"],
+                                                     wall_s=pair["clean_wall_s"], steps=pair["clean_steps"]))
+    for row in summary.get("healthy", []) if "clean" in arms else []:
+        info = by_id.get(row["run_id"])
+        if info is not None:
+            twin = clean_twin(info).run_id
+            rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=row["accuracy_off"],
+                                                     wall_s=row["wall_off_s"], steps=info.num_steps))
+    return list(rows.values())
 
 
 def _pct(x: float | None) -> float | None:

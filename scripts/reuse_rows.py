@@ -1,0 +1,43 @@
+"""Seed a remediation evaluation's ``--rows`` file with the arms an earlier pass already trained
+that a change to the loop cannot alter (clean and no-remediation; see ``REUSABLE_ARMS``).
+
+    python scripts/reuse_rows.py --from docs/results/remediation-seed.json --preset full --split seed --side test \\
+        --out /work/data/rem-eval/pass.rows.jsonl
+    rftfm bench evaluate remediation --preset full --rows /work/data/rem-eval/pass.rows.jsonl ...
+
+Those arms are deterministic (same seed, same code path): re-training one reproduces its row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rftfm.bench import eval_remediation as ev
+from rftfm.bench.presets import preset_runs_table
+from rftfm.bench.splits import split_runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, help="an earlier `--json` summary")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--split", default="seed")
+    parser.add_argument("--side", default="test", choices=("test", "train"))
+    parser.add_argument("--arms", default=",".join(ev.REUSABLE_ARMS))
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    runs = split_runs(preset_runs_table(args.preset), args.split)[1 if args.side == "test" else 0]
+    faulty, healthy = ev.select_runs(runs, None, None, None)
+    summary = json.loads(Path(args.source).read_text(encoding="utf-8"))
+    rows = ev.rows_from_summary(summary, [*faulty, *healthy], args.arms.split(","))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a", encoding="utf-8") as sink:
+        for row in rows:
+            sink.write(json.dumps(row) + "\n")
+    print(f"{len(rows)} rows ({args.arms}) appended to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
