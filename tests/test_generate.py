@@ -12,6 +12,7 @@ from rftfm.bench.presets import PRESETS, preset_runs
 from rftfm.bench.stats import benchmark_stats
 from rftfm.faults.taxonomy import FAULT_TYPES, STRENGTHS
 from rftfm.io.faultbench import STEP_FILE, SUB_DIR, TRAJ_FILE
+from rftfm.io.loader import load_runs, runs_table
 from rftfm.records import RunInfo
 
 
@@ -68,6 +69,9 @@ def test_generation_writes_layout_and_resumes_without_redoing_finished_runs(tmp_
     assert stats["totals"] == {"runs": 3, "steps": 9, "trajectories": 72}
     log = (tmp_path / "metadata" / "generation_log.jsonl").read_text().splitlines()
     assert len(log) == 2 and json.loads(log[1])["runs"] == 1
+    # the runs table of generated data is the one built from the runs' own RunInfo (what
+    # `bench evaluate remediation --preset` uses instead of generated data)
+    assert load_runs(tmp_path).sort("run_id").to_dicts() == runs_table(runs + [killed]).sort("run_id").to_dicts()
 
 
 def test_ray_executor_runs_the_same_work_on_a_local_ray_instance(tmp_path: Path) -> None:

@@ -228,3 +228,18 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
         result = ArmResult(run_id="r", arm="loop", final_accuracy=0.5, wall_s=1.0, steps=28)
         _fill_from_controller(result, ctl)
         assert result.cleared is cleared and result.alarms_after == 9 and not result.cleared_strict
+
+
+def test_evaluate_remediation_takes_exactly_one_of_data_and_preset(tmp_path):
+    from typer.testing import CliRunner
+
+    from rftfm.cli import app
+
+    for args, message in ((["--preset", "nope"], "unknown preset"), ([], "exactly one of --data and --preset"),
+                          (["--preset", "mini", "--data", str(tmp_path)], "exactly one of --data and --preset")):
+        out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", *args])
+        assert out.exit_code == 2 and message in " ".join(out.output.split()), out.output
+    # a preset needs no generated data: the selection alone is printed before any training
+    out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", "--preset", "mini", "--types", "lr_high", "--limit", "0",
+                                   "--healthy", "0", "--split", "all"])
+    assert out.exit_code == 0 and "0 faulty runs" in out.output, out.output

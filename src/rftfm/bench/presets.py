@@ -84,11 +84,11 @@ def preset_runs(name: str) -> list[RunInfo]:
 
 
 def preset_runs_table(name: str) -> pl.DataFrame:
-    """The runs table of preset ``name`` (the columns :func:`rftfm.io.loader.load_runs` gives for
-    its generated data), without generating anything: what re-training evaluations need."""
-    import polars as pl
+    """The runs table of preset ``name`` (what :func:`rftfm.io.loader.load_runs` gives for its
+    generated data), without generating anything: what re-training evaluations need."""
+    from rftfm.io.loader import runs_table
 
-    return pl.DataFrame([r.model_dump(exclude={"extra"}) for r in preset_runs(name)], infer_schema_length=None)
+    return runs_table(preset_runs(name))
 
 
 def _balanced_order(runs: list[RunInfo]) -> list[RunInfo]:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import polars as pl
 
@@ -218,16 +218,21 @@ def _run_dirs(root: Path, report: LoadReport | None = None) -> list[tuple[str, s
     return found
 
 
+def runs_table(infos: Iterable[RunInfo]) -> pl.DataFrame:
+    """One row per run: the :class:`RunInfo` fields (``extra`` aside)."""
+    return pl.DataFrame([info.model_dump(exclude={"extra"}) for info in infos], infer_schema_length=None)
+
+
 def load_runs(root: Path) -> pl.DataFrame:
     """Runs table from our ``run_info.json`` files, else from the published registries."""
     root = Path(root)
     infos = [
-        RunInfo.model_validate_json(p.read_text(encoding="utf-8")).model_dump(exclude={"extra"})
+        RunInfo.model_validate_json(p.read_text(encoding="utf-8"))
         for p in sorted(root.glob(f"*/*/{RUN_INFO_FILE}"))
         if not p.parent.name.startswith(TMP_PREFIX) and _within(root, p)
     ]
     if infos:
-        return pl.DataFrame(infos, infer_schema_length=None)
+        return runs_table(infos)
     registry: dict[str, dict[str, Any]] = {}
     for csv_path in sorted((root / REGISTRY_DIR).glob("*.csv")):
         with open(csv_path, newline="", encoding="utf-8") as handle:
