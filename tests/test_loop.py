@@ -574,9 +574,3 @@ def test_a_code_fault_still_halts_while_accuracy_holds():
     for s in range(1, 8):
         ctl.observe(rec(s), [])
     assert ctl.mode == "halted"
-
-
-def test_the_drift_window_defaults_to_the_span_of_the_kept_checkpoints():
-    assert ControllerConfig().drift_window == 12
-    assert ControllerConfig(checkpoint_every=50, keep_checkpoints=4).drift_window == 200
-    assert ControllerConfig(checkpoint_every=50, drift_window=30).drift_window == 30

@@ -222,16 +222,9 @@ class ControllerConfig:
     # progress a rollback would discard is already lost (a run still learning fast can fall and stay above an old checkpoint)
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
-    # a knob change (not made by the loop) this many steps before an incident is drift to undo; by default
-    # the span the kept checkpoints cover (keep_checkpoints x checkpoint_every: 12 steps at the defaults),
-    # so it scales with a long run's checkpoint spacing
-    drift_window: int | None = None
+    drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
     max_replay_fraction: float = 0.5  # ... up to this fraction of the planned steps in all
-
-    def __post_init__(self) -> None:
-        if self.drift_window is None:
-            self.drift_window = self.keep_checkpoints * self.checkpoint_every
 
 
 def _trim_oldest(table: dict[int, Any], size: int) -> None:
