@@ -99,3 +99,20 @@ def test_spare_prompts_leave_the_planned_batches_unchanged() -> None:
     assert chained[:48] == list(sampler(12))
     assert sorted(set(chained[48:])) == list(range(12, 18)) and len(chained) == 72 == len(PlannedThenSpare(sampler(12), sampler(6), 12))
 
+
+
+def test_batch_replay_hands_out_the_planned_order_delayed_by_each_rollback() -> None:
+    from rftfm.engine.trainer import BatchReplay
+
+    replay, fresh, trained = BatchReplay(memory=8), iter(range(1, 100)), []
+    for step in range(1, 13):
+        trained.append(replay.next(next(fresh)))
+        if step == 5:
+            assert replay.rewind(2) == 2  # a rollback discarding steps 4 and 5
+        if step == 8:
+            assert replay.rewind(3) == 3  # another one, while the first replay is still going on
+    # 4 5 discarded and trained again; then 4 5 6 discarded (back to the same checkpoint) and again
+    assert trained == [1, 2, 3, 4, 5, 4, 5, 6, 4, 5, 6, 7]
+    # the effective run is the planned order; the batches the data loader gave meanwhile wait their turn
+    assert list(replay.recent) == [1, 2, 3, 4, 5, 6, 7] and list(replay.queue) == [8, 9, 10, 11, 12]
+    assert BatchReplay(memory=2).rewind(5) == 0  # nothing remembered yet

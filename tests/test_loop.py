@@ -111,6 +111,22 @@ def test_loop_detects_diagnoses_rolls_back_and_repairs_lr_high(tmp_path, no_loop
     store.close()
 
 
+def test_an_undone_configuration_push_resumes_into_exactly_the_clean_run():
+    """Resume semantics: the rollback restores weights, optimiser and RNG from before the push, and the
+    discarded steps' prompt batches come again, so once the pushed LR is undone the repaired run
+    trains the clean run's updates on the clean run's batches: same weights, bit for bit."""
+    from rftfm.bench.eval_remediation import clean_twin
+
+    clean, _, _ = train(clean_twin(run_info()))
+    trainer, cb, _ = train(run_info(), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser()))
+    actions = [e["payload"] for e in cb.controller.store.events(kind="action")]
+    assert [a["kind"] for a in actions] == ["rollback", "set_knob"] and restored_step(actions[0]["detail"]) < ONSET
+    assert "discarded batch(es) come again" in actions[0]["detail"]
+    assert trainer.state.global_step == STEPS + cb.controller.replayed
+    repaired, reference = trainer.model.state_dict(), clean.model.state_dict()
+    assert all(torch.equal(repaired[k], reference[k]) for k in reference)
+
+
 def test_healthy_run_gets_no_intervention():
     trainer, cb, _ = train(run_info("normal"), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser()))
     assert cb.controller.counts["interventions"] == 0 and cb.controller.counts["checkpoints"] >= STEPS // 2

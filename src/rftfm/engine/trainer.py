@@ -12,6 +12,7 @@ The subclass adds three things to TRL's loop and nothing else:
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -62,6 +63,39 @@ class PlannedThenSpare(Sampler[int]):
         return len(self.first) + len(self.second)  # type: ignore[arg-type]
 
 
+#: Prompt batches of this many recent steps are remembered, so a rollback can train them again.
+REPLAY_MEMORY = 256
+
+
+class BatchReplay:
+    """The effective run's recent prompt batches, and the ones a rollback queued to train again.
+
+    :meth:`rewind` after a rollback of ``k`` steps queues the last ``k`` batches; :meth:`next` then
+    hands them out, oldest first, each fresh batch of the data loader waiting behind them: the
+    batches come in the planned order, delayed by ``k`` -- what resuming from a checkpoint does
+    (the data loader is fast-forwarded to it). TRL cannot rewind a live data loader, so the swap
+    happens at generation time; written here.
+    """
+
+    def __init__(self, memory: int = REPLAY_MEMORY):
+        self.recent: deque[Any] = deque(maxlen=memory)
+        self.queue: deque[Any] = deque()
+
+    def next(self, batch: Any) -> Any:
+        """The batch to train now, given the data loader's next one."""
+        if self.queue:
+            self.queue.append(batch)
+            batch = self.queue.popleft()
+        self.recent.append(batch)
+        return batch
+
+    def rewind(self, steps: int) -> int:
+        """Queue the last ``steps`` batches to come again (those still remembered); returns how many."""
+        steps = max(0, min(steps, len(self.recent)))
+        self.queue.extendleft([self.recent.pop() for _ in range(steps)])  # newest popped first; extendleft reverses
+        return steps
+
+
 class RecordingGRPOTrainer(GRPOTrainer):
     """A ``GRPOTrainer`` that injects one fault and records what happened."""
 
@@ -90,6 +124,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self.tool_retries = 0  # knob: retries of a tool call that raised
         self.reward_samples = 1  # knob: verifier calls averaged per completion (for a stochastic verifier)
         self.dynamic_sampling_rounds = 0  # knob: extra generation rounds that refill all-zero-advantage groups (DAPO)
+        self.batch_replay = BatchReplay()  # what a rollback trains again (see replay_last_batches)
         super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
 
     def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
@@ -119,8 +154,14 @@ class RecordingGRPOTrainer(GRPOTrainer):
         with self.injector.rollout_policy(self.model, self.state.global_step + 1):
             return super()._generate_single_turn(*args, **kwargs)
 
+    def replay_last_batches(self, steps: int) -> int:
+        """After a rollback of ``steps`` steps: their prompt batches come again before any new one,
+        as when resuming from a checkpoint (see :class:`BatchReplay`). Returns the batches queued."""
+        return self.batch_replay.rewind(steps)
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         step = self.state.global_step + 1
+        inputs = self.batch_replay.next(inputs)
         self.injector.before_rollout(self, step)
         out = self._scored_batch(inputs, step)
         for _ in range(self.dynamic_sampling_rounds):

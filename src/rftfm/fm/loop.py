@@ -123,6 +123,13 @@ class TrainerHandle:
         state.max_steps += steps
         return steps
 
+    def rewind_data(self, steps: int) -> int:
+        """Feed the prompt batches of the last ``steps`` steps again before new ones, as a resume from
+        a checkpoint does (the embedded engine's ``replay_last_batches``). Returns the batches queued:
+        0 for a trainer that cannot (it goes on with its next batches)."""
+        replay = getattr(self.trainer, "replay_last_batches", None)
+        return int(replay(steps)) if callable(replay) and steps > 0 else 0
+
     def knob_names(self) -> list[str]:
         return list(self.knobs())
 
@@ -277,8 +284,10 @@ class Controller:
         self.effective_at: dict[int, int] = {0: 0}
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def start(self, handle: TrainerHandle, step: int = 0) -> None:
-        """Bind the trainer and take the initial checkpoint (never raises)."""
+    def start(self, handle: TrainerHandle, step: int = 0, checkpoint: bool = True) -> None:
+        """Bind the trainer and take the initial checkpoint (never raises). ``checkpoint=False``
+        leaves it to :meth:`initial_checkpoint`, for a caller that can take it right before the
+        first step (where every later checkpoint's RNG state also stands: before a step's rollouts)."""
         t0 = time.perf_counter()
         self.handle = handle
         self._guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
@@ -288,9 +297,14 @@ class Controller:
         self.planned_steps = self.max_steps
         self.seen_knobs = dict(configured)
         self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
+        if checkpoint:
+            self.initial_checkpoint(step)
+        self.monitor_seconds += time.perf_counter() - t0
+
+    def initial_checkpoint(self, step: int) -> None:
+        """The checkpoint a rollback to the start of the run restores (never raises)."""
         if self.config.remediate:
             self._guard("checkpoint", lambda: self._checkpoint(step))
-        self.monitor_seconds += time.perf_counter() - t0
 
     def finish(self) -> dict[str, Any]:
         summary = self.summary()
@@ -565,8 +579,12 @@ class Controller:
             restored = self.effective_at.get(info.step, info.step)
             self.offset = self.last_step - restored
             self.history = deque((h for h in self.history if h["step"] <= restored), maxlen=self.config.max_history)
-            replayed = 0 if incident.plan is not None and incident.plan.rung.halt else self._replay(discarded)
-            return f"to step {info.step}" + (f"; {replayed} step(s) added to train again" if replayed else "")
+            if incident.plan is not None and incident.plan.rung.halt:
+                return f"to step {info.step}"
+            rewound = handle.rewind_data(discarded)  # the discarded steps' batches first, then the planned order
+            replayed = self._replay(discarded)
+            return (f"to step {info.step}" + (f"; {replayed} step(s) added to train again" if replayed else "")
+                    + (f"; {rewound} discarded batch(es) come again" if rewound else ""))
         if action.kind == "set_knob":
             assert action.knob is not None
             handle.set(action.knob, action.value)

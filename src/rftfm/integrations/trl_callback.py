@@ -80,6 +80,7 @@ class RFTFMCallback(TrainerCallback):
         self.trainer: Any = None
         self.controller: Controller | None = None
         self._uses_sink = False
+        self._initial_checkpoint_due = False
         self.setup_error: str | None = None
 
     # --- wiring ------------------------------------------------------------------------------
@@ -148,10 +149,18 @@ class RFTFMCallback(TrainerCallback):
             handle = TrainerHandle(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control,
                                    state=state, backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
             self.controller.max_steps = state.max_steps or None
-            self.controller.start(handle, step=state.global_step)
+            # the initial checkpoint waits for the first step: the data loader has drawn its order by
+            # then, so its RNG state is the one right before the first rollouts, like every later one's
+            self.controller.start(handle, step=state.global_step, checkpoint=False)
+            self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
             self.controller = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.controller is not None and self._initial_checkpoint_due:
+            self._initial_checkpoint_due = False
+            self.controller.initial_checkpoint(state.global_step)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if self.controller is not None and self.controller.handle is not None:
