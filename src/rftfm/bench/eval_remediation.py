@@ -493,11 +493,14 @@ Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checke
 every 2 healthy steps; a rollback restores the newest valid one from before the weights that generated the first
 deviating rollout (a step's rollouts come from the previous update: checkpoint <= first deviating step - 2; the
 first deviating step is at most 4 steps before the first alarm, or the step of a knob push), or the oldest one
-kept. A rollback is a resume: the run is extended by the steps it discarded (the trainer's `max_steps`; up to
-half the planned steps per run in all), so a repaired run still gets its planned number of updates, on prompts
-beyond the planned ones (the planned batches are unchanged). A knob rung rolls back only when eval accuracy fell
-since that checkpoint, or when it sits at its ceiling (>= 0.98, where it cannot fall and so cannot show damage
-the weights carry) and the discarded steps can all be replayed. After a rollback, detector and
+kept. A rollback is a resume, as `Trainer.resume_from_checkpoint` does it: weights, optimiser, scheduler and RNG
+come from the checkpoint, the discarded steps' prompt batches come again before any new one (the planned order,
+delayed), and the run is extended by the steps it discarded (the trainer's `max_steps`; up to half the planned
+steps per run in all), so a repaired run still gets its planned number of updates. A configuration push undone
+this way resumes into exactly the clean run (a test checks the weights bit for bit). A knob rung rolls back only
+when eval accuracy fell since that checkpoint, or fell 0.1 below its best 2-step mean since it (a run still
+learning fast can fall and stay above an old checkpoint), or when it sits at its ceiling (>= 0.98, where it cannot
+fall and so cannot show damage the weights carry) and the discarded steps can all be replayed. After a rollback, detector and
 diagnoser see the run's *effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by
 step. A restore of a knob that has not drifted since the checkpoint undoes the last change the loop did not make
 to it, however long ago, before any fallback (an LR cut 14 steps before the alarm is undone, not multiplied by
