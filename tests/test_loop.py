@@ -463,6 +463,25 @@ def test_eval_accuracy_well_below_its_best_since_the_checkpoint_is_a_regression_
         assert detail.startswith("to step 2") if rolled_back else detail.startswith("skipped")
 
 
+def test_a_rung_undoing_a_push_the_checkpoint_predates_rolls_back_even_while_accuracy_holds():
+    """Replayed on their own batches, the steps since the push train as if it never happened: the
+    rollback costs compute only, so the accuracy test does not apply (it still does without replays)."""
+    from transformers import TrainerState
+
+    for max_steps, rolled_back in ((20, True), (None, False)):
+        state = TrainerState(max_steps=max_steps) if max_steps else None
+        ctl, rec = _controller(ScriptedDetector({7: 1.5, 8: 1.5}), state=state, rollback_needs_regression=True)
+        ctl.diagnoser = FixedDiagnoser("lr_low")
+        for s in range(1, 11):
+            if s == 4:  # a configuration push: the LR drops 100x; eval accuracy stays flat
+                ctl.handle.set("learning_rate", 1e-5)
+            ctl.observe(rec(s), [])
+        rollback = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        assert ctl.counts["rollbacks"] == int(rolled_back), max_steps
+        assert rollback.startswith("to step 3" if rolled_back else "skipped"), rollback  # checkpoint 3 predates the push
+        assert ctl.handle.get("learning_rate") == pytest.approx(1e-3)
+
+
 def test_an_lr_cut_older_than_the_drift_window_is_still_what_an_lr_low_repair_undoes():
     ctl, rec = _controller(ScriptedDetector({20: 1.5, 21: 1.5}))
     ctl.diagnoser = FixedDiagnoser("lr_low")

@@ -629,7 +629,8 @@ class Controller:
         and so does a run whose eval accuracy sits at its ceiling when the discarded steps can all
         be replayed: there, accuracy cannot show the damage (a collapsed entropy, a policy that
         learned to avoid a failing tool) that the weights may carry; and so does a run whose eval
-        accuracy fell well below its best since the checkpoint (the progress is lost already)."""
+        accuracy fell well below its best since the checkpoint (the progress is lost already), and
+        one whose rung undoes a configuration push the checkpoint predates (see :meth:`_resumes_before_push`)."""
         plan = incident.plan
         if not self.config.rollback_needs_regression or plan is None or plan.rung.halt:
             return None
@@ -638,7 +639,23 @@ class Controller:
             return None
         if held is not None and self._fell_from_peak(incident, held):
             return None
+        if held is not None and self._replayable(incident) and self._resumes_before_push(incident):
+            return None
         return held
+
+    def _resumes_before_push(self, incident: Incident) -> bool:
+        """The rung sets back a knob that somebody else changed, and the rollback checkpoint predates
+        the change: replayed on their own batches, the discarded steps then train as if the push never
+        happened (a rollback costs compute only; there is no progress for an accuracy test to protect)."""
+        plan = incident.plan
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        if plan is None or info is None:
+            return False
+        for action in plan.actions:
+            pushed = self.knob_changes.get(action.knob or "") if action.kind == "set_knob" else None
+            if pushed is not None and action.value == pushed[1] and info.step < pushed[0]:
+                return True
+        return False
 
     def _fell_from_peak(self, incident: Incident, now: float) -> bool:
         """Eval accuracy ``now`` lies ``peak_drop`` below the best 2-step mean since the incident's
