@@ -205,6 +205,8 @@ def test_earlier_clean_and_no_remediation_arms_are_rebuilt_from_a_summary_and_lo
     assert after["pairs"] == before["pairs"] and after["healthy"] == before["healthy"]
     with pytest.raises(ValueError, match="depend on the loop"):
         rows_from_summary(before, [fault], ["loop"])
+    retimed = rows_from_summary(before, [fault, normal], healthy_off=False)  # the healthy loop-off arm is trained again
+    assert (clean_twin(normal).run_id, "clean") not in {(r["run_id"], r["arm"]) for r in retimed} and len(retimed) == 2
 
 
 def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clearing():

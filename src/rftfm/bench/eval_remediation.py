@@ -273,11 +273,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 REUSABLE_ARMS = ("clean", "none")
 
 
-def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: Iterable[str] = REUSABLE_ARMS) -> list[dict[str, Any]]:
+def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: Iterable[str] = REUSABLE_ARMS,
+                      healthy_off: bool = True) -> list[dict[str, Any]]:
     """Rows (as :func:`evaluate` writes them) of ``arms`` of ``runs``, rebuilt from an earlier ``--json`` summary.
 
     Only :data:`REUSABLE_ARMS`: the clean arm (no loop) and the no-remediation arm (alert-only,
-    no action, hence never cleared). A healthy run's loop-off arm is its clean twin's row.
+    no action, hence never cleared). A healthy run's loop-off arm is its clean twin's row;
+    ``healthy_off=False`` leaves those out, so they are trained again beside the loop-on arms and
+    the loop's overhead is timed within one pass.
     """
     arms = set(arms)
     if arms - set(REUSABLE_ARMS):
@@ -297,7 +300,7 @@ def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: It
             twin = clean_twin(info).run_id
             rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=pair["clean_accuracy"],
                                                      wall_s=pair["clean_wall_s"], steps=pair["clean_steps"]))
-    for row in summary.get("healthy", []) if "clean" in arms else []:
+    for row in summary.get("healthy", []) if "clean" in arms and healthy_off else []:
         info = by_id.get(row["run_id"])
         if info is not None:
             twin = clean_twin(info).run_id
