@@ -297,14 +297,16 @@ class Controller:
         self.planned_steps = self.max_steps
         self.seen_knobs = dict(configured)
         self._record("run", step, {"event": "start", "mode": self.mode, "capabilities": _caps_json(handle.capabilities())})
+        self.monitor_seconds += time.perf_counter() - t0
         if checkpoint:
             self.initial_checkpoint(step)
-        self.monitor_seconds += time.perf_counter() - t0
 
     def initial_checkpoint(self, step: int) -> None:
         """The checkpoint a rollback to the start of the run restores (never raises)."""
+        t0 = time.perf_counter()
         if self.config.remediate:
             self._guard("checkpoint", lambda: self._checkpoint(step))
+        self.monitor_seconds += time.perf_counter() - t0
 
     def finish(self) -> dict[str, Any]:
         summary = self.summary()
