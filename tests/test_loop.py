@@ -95,7 +95,7 @@ def test_loop_detects_diagnoses_rolls_back_and_repairs_lr_high(tmp_path, no_loop
     trainer, cb, records = train(run_info(), lambda t: RFTFMCallback.attach(
         t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(), incidents=store))
     _, _, faulty = no_loop
-    # the steps the rollback discarded were trained again, on the run's spare prompts
+    # the steps the rollback discarded were trained again (the run was extended by them)
     assert cb.controller.replayed > 0 and trainer.state.global_step == STEPS + cb.controller.replayed
     kinds = [e["kind"] for e in store.events(run_id="t-fault")]
     for kind in ("run", "alarm", "diagnosis", "action", "outcome"):

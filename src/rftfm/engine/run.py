@@ -70,8 +70,9 @@ def build_trainer(
     set_seed(seed)
     task = task_group(info.task_group)
     planned = info.num_steps * info.prompts_per_step
-    # spare prompts after the planned ones: the steps a rollback discards are trained again on
-    # them (the run's max_steps is extended); a run that is never extended does not touch them
+    # spare prompts after the planned ones, for the data loader of a run extended after a rollback
+    # (its discarded batches come again first, see BatchReplay, so the spares wait at the end of
+    # the queue); a run that is never extended does not touch them
     problems = task.problems(planned + int(SPARE_STEPS_FRACTION * info.num_steps) * info.prompts_per_step, seed=seed)
     dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "prompt_id": p.prompt_id} for p in problems])
     load_warm_start(info.task_group, info.model_size or "xs")  # make sure the cache exists
