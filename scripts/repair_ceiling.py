@@ -30,41 +30,8 @@ from rftfm.bench import eval_remediation as ev
 from rftfm.bench.pool import run_in_pool
 from rftfm.bench.presets import preset_runs_table
 from rftfm.bench.splits import split_runs
-from rftfm.fm.playbook import Rung
-from rftfm.fm.remediate import Plan, Remediator
-from rftfm.fm.types import Action, Alarm, SignalEvidence
 from rftfm.records import RunInfo
-
-
-class OnsetAlarm:
-    """One alarm, one step after ``onset``, whose evidence dates the deviation to ``onset``."""
-
-    def __init__(self, onset: int):
-        self.onset, self.fired = onset, False
-
-    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None: ...
-
-    def observe(self, record: Any, trajectories: list[Any]) -> Alarm | None:
-        if self.fired or record.step != self.onset + 1:
-            return None
-        self.fired = True
-        return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0,
-                     evidence=[SignalEvidence(signal="eval_accuracy", direction="down", z=10.0, since_step=self.onset)])
-
-
-class RollbackOnly(Remediator):
-    """A single rollback, no knob (the flawless repair of a rollback rung)."""
-
-    RUNG = Rung("ceiling probe: roll back to before the onset and replay", "[ckpt]", rollback=True)
-
-    def __init__(self) -> None:
-        super().__init__(generic=True)  # acts on the alarm without a diagnosis
-
-    def plan(self, *args: Any, **kwargs: Any) -> Plan | None:
-        if self.interventions:
-            return None
-        self.interventions += 1
-        return Plan(fault_type=None, rung_index=0, rung=self.RUNG, actions=[Action(kind="rollback", reason=self.RUNG.reason)])
+from rftfm.testing import OnsetAlarm, RollbackOnly
 
 
 def probe(payload: dict[str, Any]) -> dict[str, Any]:

@@ -609,3 +609,50 @@ def test_a_code_fault_still_halts_while_accuracy_holds():
     for s in range(1, 8):
         ctl.observe(rec(s), [])
     assert ctl.mode == "halted"
+
+
+def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tmp_path):
+    """Not the embedded engine: a plain TRL GRPOTrainer subclass with BatchReplayMixin. A rollback
+    that changes nothing (no fault, no knob) must then leave the run exactly as it was without it."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rftfm.engine.sft import load_warm_start, warm_start_path
+    from rftfm.engine.tasks import task_group
+    from rftfm.engine.tokenizer import build_tokenizer
+    from rftfm.integrations.trl_callback import BatchReplayMixin
+    from rftfm.testing import OnsetAlarm, RollbackOnly
+
+    class UserTrainer(BatchReplayMixin, GRPOTrainer):
+        pass
+
+    problems = task_group("arith_a").problems(32, seed=5)  # more than 8 steps need: room for the replayed ones
+    dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
+    load_warm_start("arith_a", "xs")
+
+    def exact_answer(prompts, completions, answer, **_):
+        return [float(c.strip() == str(a)) for c, a in zip(completions, answer)]
+
+    def run(name, callbacks=()):
+        config = GRPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=8, num_generations=4, max_steps=8,
+                            learning_rate=3e-4, lr_scheduler_type="constant", max_completion_length=8, logging_steps=1,
+                            save_strategy="no", report_to="none", use_cpu=True, seed=5, data_seed=5, disable_tqdm=True,
+                            dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32})
+        trainer = UserTrainer(model=str(warm_start_path("arith_a", "xs")), args=config, reward_funcs=[exact_answer],
+                              train_dataset=dataset, processing_class=build_tokenizer())
+        for cb in callbacks:
+            cb.bind(trainer)
+            trainer.add_callback(cb)
+        trainer.train()
+        return trainer
+
+    plain = run("plain")
+    callback = RFTFMCallback(detector=OnsetAlarm(2), diagnoser=None, remediator=RollbackOnly(),
+                             config=ControllerConfig(rollback_needs_regression=False))
+    resumed = run("resumed", [callback])
+    assert callback.setup_error is None, callback.setup_error
+    rollback = [e["payload"] for e in callback.controller.store.events(kind="action")][0]
+    assert rollback["kind"] == "rollback" and "discarded batch(es) come again" in rollback["detail"], rollback
+    assert resumed.state.global_step == 8 + callback.controller.replayed > 8
+    a, b = plain.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
