@@ -35,7 +35,7 @@ from rftfm.testing import OnsetAlarm, RollbackOnly
 
 
 def probe(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train the clean twin of one faulty run with the flawless rollback; returns its accuracy."""
+    """Train the clean twin of one faulty run, parted from it at the onset; returns its accuracy."""
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
