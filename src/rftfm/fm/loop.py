@@ -639,32 +639,26 @@ class Controller:
         held = self._accuracy_holds(incident)
         if held is not None and held >= self.config.saturated_accuracy and self._replayable(incident):
             return None
-        if held is not None and self._fell_from_peak(incident, held):
+        if held is None:
             return None
-        if held is not None and self._replayable(incident) and self._resumes_before_push(incident):
+        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
+        if info is not None and (self._fell_from_peak(info, held) or (self._replayable(incident) and self._resumes_before_push(plan, info))):
             return None
         return held
 
-    def _resumes_before_push(self, incident: Incident) -> bool:
-        """The rung sets back a knob that somebody else changed, and the rollback checkpoint predates
-        the change: replayed on their own batches, the discarded steps then train as if the push never
-        happened (a rollback costs compute only; there is no progress for an accuracy test to protect)."""
-        plan = incident.plan
-        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
-        if plan is None or info is None:
-            return False
+    def _resumes_before_push(self, plan: Plan, info: CheckpointInfo) -> bool:
+        """The rung sets back a knob that somebody else changed, and the rollback checkpoint ``info``
+        predates the change: replayed on their own batches, the discarded steps then train as if the push
+        never happened (a rollback costs compute only; there is no progress for an accuracy test to protect)."""
         for action in plan.actions:
             pushed = self.knob_changes.get(action.knob or "") if action.kind == "set_knob" else None
             if pushed is not None and action.value == pushed[1] and info.step < pushed[0]:
                 return True
         return False
 
-    def _fell_from_peak(self, incident: Incident, now: float) -> bool:
-        """Eval accuracy ``now`` lies ``peak_drop`` below the best 2-step mean since the incident's
-        rollback checkpoint: the weights the run had there were better than the ones it has."""
-        info, _ = self.checkpointer.latest_valid(before_step=incident.rollback_before)
-        if info is None:
-            return False
+    def _fell_from_peak(self, info: CheckpointInfo, now: float) -> bool:
+        """Eval accuracy ``now`` lies ``peak_drop`` below the best 2-step mean since the rollback
+        checkpoint ``info``: the weights the run had there were better than the ones it has."""
         means = []
         for step in range(info.step + 1, self.last_step - 1):
             pair = [a for a in (self.accuracy_at.get(step - 1), self.accuracy_at.get(step)) if a is not None and math.isfinite(a)]
