@@ -234,7 +234,7 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
         cmd += ["--detector", str(artifact)]
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
-    from rftfm.engine.run import build_trainer
+    from rftfm.bench.runner import build_trainer
 
     info = RunInfo(run_id="live-run", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=21,
                    num_steps=E2E_STEPS, control_or_fault="fault", fault_family="od", fault_type="lr_high",
@@ -260,7 +260,7 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
 
 
 def test_in_process_watch_callback_on_a_real_trl_run(tmp_path):
-    from rftfm.engine.run import train_run
+    from rftfm.bench.runner import train_run
 
     torch.set_num_threads(1)
     info = RunInfo(run_id="cb-run", group="normal", task_group="arith_a", model_size="xs", seed=5, num_steps=4)

@@ -33,7 +33,7 @@ def _fallback_detector(info: Any, runs: int, progress: Progress) -> Any:
     """No shipped detector artifact: fit one on a few clean runs of the demo's configuration."""
     import polars as pl
 
-    from rftfm.engine.run import train_run
+    from rftfm.bench.runner import train_run
     from rftfm.fm.detect import Detector
     from rftfm.fm.features import step_features
 
@@ -68,7 +68,7 @@ def demo(
     import torch
 
     from rftfm.bench import eval_remediation as ev
-    from rftfm.engine.run import quiet
+    from rftfm.bench.runner import quiet
     from rftfm.faults.taxonomy import FAULT_TYPES
     from rftfm.fm.incidents import IncidentStore
     from rftfm.records import RunInfo
@@ -155,7 +155,7 @@ def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
-    from rftfm.engine.run import build_trainer
+    from rftfm.bench.runner import build_trainer
     from rftfm.integrations.trl_callback import RFTFMCallback
 
     torch.set_num_threads(1)
