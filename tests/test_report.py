@@ -131,7 +131,7 @@ def test_the_console_check_catches_errors(tmp_path):
 
 
 def test_report_command(real_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (None, "detection disabled: test"))
+    monkeypatch.setattr("rftfm.cli.watch.load_detector", lambda path=None: (None, "detection disabled: test"))
     db = tmp_path / "inc.db"
     store = IncidentStore(db)
     for event in incidents_for(real_run.info.run_id):
@@ -155,7 +155,7 @@ def test_report_command(real_run, tmp_path, monkeypatch):
 
 def test_default_report_name_cannot_escape_the_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (None, "detection disabled: test"))
+    monkeypatch.setattr("rftfm.cli.watch.load_detector", lambda path=None: (None, "detection disabled: test"))
     log = tmp_path / "evil.jsonl"
     log.write_text('{"step": 1, "reward_mean": 0.1}\n')
     result = CliRunner().invoke(app, ["report", str(log), "--run-id", "../../../tmp/<script>x"])

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from rftfm.cli import app
-from rftfm.cli_watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, RunMonitor
+from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, RunMonitor
 from rftfm.fm.features import FEATURES
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
@@ -57,8 +57,8 @@ def real_run(tmp_path_factory):
 
 
 def use_monitor(monkeypatch, detector, diagnoser=None):
-    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (detector, None if detector else "detection disabled: test"))
-    monkeypatch.setattr("rftfm.cli_watch.load_diagnoser", lambda path=None: (diagnoser, None if diagnoser else "diagnosis disabled: test"))
+    monkeypatch.setattr("rftfm.cli.watch.load_detector", lambda path=None: (detector, None if detector else "detection disabled: test"))
+    monkeypatch.setattr("rftfm.cli.watch.load_diagnoser", lambda path=None: (diagnoser, None if diagnoser else "diagnosis disabled: test"))
 
 
 def test_monitor_passes_history_features_and_records(real_run, tmp_path):

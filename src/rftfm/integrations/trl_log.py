@@ -72,7 +72,7 @@ class WatchCallback(TrainerCallback):
 
     def __init__(self, run_id: str, incidents: str | Path | None = None, detector: Any = None, diagnoser: Any = None,
                  task_group: str | None = None, model_size: str | None = None, quiet: bool = False):
-        from rftfm.cli_watch import RunMonitor, load_detector, load_diagnoser, print_alarm
+        from rftfm.cli.watch import RunMonitor, load_detector, load_diagnoser, print_alarm
         from rftfm.fm.incidents import IncidentStore
         from rftfm.io.adapters import StepParser
 

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ from rich.panel import Panel
 
 from rftfm.fm.types import Alarm, Diagnosis
 from rftfm.records import StepRecord, TrajectoryRecord
+
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
 EXIT_OK, EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION = 0, 1, 2, 3
 
@@ -430,7 +433,7 @@ def report(
     console.print(f"wrote {escape(str(target))} ({target.stat().st_size / 1e6:.1f} MB, {len(records)} steps, {len(events)} incident events)")
 
 
-def register(app: typer.Typer) -> None:
-    """Mount ``watch`` and ``report`` on the main CLI."""
-    app.command("watch")(watch)
-    app.command("report")(report)
+def register(apps: "Apps") -> None:
+    """``rftfm watch``, ``rftfm report``."""
+    apps.root.command("watch")(watch)
+    apps.root.command("report")(report)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from rftfm.cli_groups import evaluate_app, fit_app
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
 console = Console()
 
 
-@fit_app.command("detector")
 def fit_detector(
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
     out: Path = typer.Option(..., "--out", help="artifact to write (JSON, loads without pickle)"),
@@ -39,7 +39,6 @@ def fit_detector(
     console.print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
-@evaluate_app.command("detection")
 def evaluate_detection_cmd(
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
     split: str = typer.Option("seed", help="held-out seed|task|size, or all (every run, with --detector)"),
@@ -78,7 +77,6 @@ def evaluate_detection_cmd(
         console.print(f"wrote {markdown}")
 
 
-@evaluate_app.command("detection-targets")
 def detection_targets_cmd(
     seed_json: Path = typer.Option(..., "--seed", help="JSON of `bench evaluate detection --split seed`"),
     task_json: Optional[Path] = typer.Option(None, "--task", help="JSON of `--split task`"),
@@ -95,3 +93,10 @@ def detection_targets_cmd(
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(text, encoding="utf-8")
+
+
+def register(apps: "Apps") -> None:
+    """``rftfm fit detector``, ``rftfm bench evaluate detection|detection-targets``."""
+    apps.fit.command("detector")(fit_detector)
+    apps.evaluate.command("detection")(evaluate_detection_cmd)
+    apps.evaluate.command("detection-targets")(detection_targets_cmd)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rftfm.cli_groups import evaluate_app
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
 console = Console()
 SPARK = "▁▂▃▄▅▆▇█"
@@ -48,8 +49,10 @@ def _fallback_detector(info: Any, runs: int, progress: Progress) -> Any:
     return Detector().fit(pl.DataFrame(infos), pl.DataFrame(rows))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+def register(apps: "Apps") -> None:
+    """``rftfm demo``, ``rftfm bench evaluate remediation``."""
+    apps.root.command("demo")(demo)
+    apps.evaluate.command("remediation")(evaluate_remediation_cmd)
 
 
 def demo(
@@ -225,7 +228,6 @@ def _write_report(out: Path, info: Any, events: list, store: Any) -> Path | None
         return None
 
 
-@evaluate_app.command("remediation")
 def evaluate_remediation_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="benchmark directory whose runs are re-trained"),
     preset: Optional[str] = typer.Option(None, "--preset", help="instead of --data: the runs of this preset (mini|full); "

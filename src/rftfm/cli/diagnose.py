@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from rftfm.cli_groups import evaluate_app, fit_app
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
 console = Console()
 
@@ -27,7 +28,6 @@ def _load_features(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return bench.runs, features
 
 
-@fit_app.command("diagnoser")
 def fit_diagnoser(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     out: Path = typer.Option(..., "--out", help="output JSON file (LightGBM model embedded as text)"),
@@ -45,7 +45,6 @@ def fit_diagnoser(
     console.print(f"diagnoser: {diagnoser.info} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
-@evaluate_app.command("diagnosis")
 def evaluate_diagnosis(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     split: str = typer.Option("seed", help="seed | task | size"),
@@ -166,3 +165,10 @@ def diagnose_command(
         ev.add_row(SIGNAL_NAMES.get(e.signal, e.signal), e.direction, f"{e.value:.4g}" if e.value is not None else "–",
                    f"{e.expected:.4g}" if e.expected is not None else "–", f"{e.z:+.1f}" if e.z is not None else "–", str(e.since_step))
     console.print(ev)
+
+
+def register(apps: "Apps") -> None:
+    """``rftfm diagnose``, ``rftfm fit diagnoser``, ``rftfm bench evaluate diagnosis``."""
+    apps.root.command("diagnose")(diagnose_command)
+    apps.fit.command("diagnoser")(fit_diagnoser)
+    apps.evaluate.command("diagnosis")(evaluate_diagnosis)
