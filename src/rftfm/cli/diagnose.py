@@ -31,40 +31,45 @@ def _load_features(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def fit_diagnoser(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     out: Path = typer.Option(..., "--out", help="output JSON file (LightGBM model embedded as text)"),
-    split: str = typer.Option("seed", help="train on the train side of this split (seed|task|size), or 'all' runs"),
+    split: str = typer.Option("all", help="train on the train side of this split (seed|task|size), or 'all' runs"),
 ) -> None:
-    """Train the Diagnoser (normal profile + fault-type classifier + abstention thresholds)."""
+    """Train the Diagnoser (fault-type classifier over scale-free dynamics + abstention thresholds)."""
+    from rftfm.bench.eval_detection import config_groups
     from rftfm.bench.splits import split_runs
     from rftfm.fm.diagnose import Diagnoser
 
     runs, features = _load_features(data)
     train = runs if split == "all" else split_runs(runs, split)[0]
     with console.status(f"fitting on {train.height} runs"):
-        diagnoser = Diagnoser().fit(train, features)
+        diagnoser = Diagnoser().fit(train, features, groups=config_groups(train))
     path = diagnoser.save(out)
     console.print(f"diagnoser: {diagnoser.info} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 def evaluate_diagnosis(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
-    split: str = typer.Option("seed", help="seed | task | size"),
+    split: str = typer.Option("config", help="config (held-out configurations, in folds) | seed | task | size"),
+    tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (incl. confusion matrix) as JSON"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     image: Optional[Path] = typer.Option(None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"),
     alarms: str = typer.Option("detector", help="detector (first alarm at/after onset, fall-back onset+2) or fallback"),
-    loto: bool = typer.Option(True, "--loto/--no-loto", help="run the leave-one-type-out test (16 retrainings)"),
+    loto: bool = typer.Option(False, "--loto/--no-loto", help="run the leave-one-type-out test on the last fold "
+                              "(one retraining per type)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
     from rftfm.bench.eval_diagnosis import detector_alarm_steps, evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
 
     runs, features = _load_features(data)
     alarm_fn = detector_alarm_steps if alarms == "detector" else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
-    result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log)
+    result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
+                               tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
     if image is None and (markdown or json_out):
         image = (markdown or json_out).with_name(f"diagnosis_confusion_{split}.png")
     rel = None
     if image:
-        plot_confusion(result["confusion"], image, title=f"Diagnoser at alarm time, split {split}")
+        tier = next(iter(result["tiers"]))
+        plot_confusion(result["tiers"][tier]["confusion"], image, title=f"Diagnoser at alarm time, split {split}, tier {tier}")
         rel = os.path.relpath(image, markdown.parent) if markdown else str(image)
         result["confusion_image"] = str(image)
     text = markdown_report(result, rel)
@@ -124,7 +129,8 @@ def diagnose_command(
     as_json: bool = typer.Option(False, "--json", help="print the Diagnosis as JSON"),
 ) -> None:
     """Diagnose a finished run: ranked fault types with probabilities, evidence and a one-line summary."""
-    from rftfm.fm.diagnose import SIGNAL_NAMES, Diagnoser
+    from rftfm.fm.diagnose import Diagnoser
+    from rftfm.signals import label
 
     features, config = load_run_dir(run_dir)
     task_group = task_group or config["task_group"]
@@ -158,11 +164,11 @@ def diagnose_command(
     for h in diagnosis.ranked[:3]:
         table.add_row(h.family, h.fault_type, f"{h.probability:.3f}")
     console.print(table)
-    ev = Table(title="evidence (vs the learned normal profile)")
+    ev = Table(title="evidence (vs the run's own baseline)")
     for col in ("signal", "direction", "value", "expected", "z", "since step"):
         ev.add_column(col)
     for e in diagnosis.evidence:
-        ev.add_row(SIGNAL_NAMES.get(e.signal, e.signal), e.direction, f"{e.value:.4g}" if e.value is not None else "–",
+        ev.add_row(label(e.signal), e.direction, f"{e.value:.4g}" if e.value is not None else "–",
                    f"{e.expected:.4g}" if e.expected is not None else "–", f"{e.z:+.1f}" if e.z is not None else "–", str(e.since_step))
     console.print(ev)
 
