@@ -131,6 +131,7 @@ class Detector:
         self.skipped_steps = 0
         self.resumes = 0
         self.last_score: float | None = None  # score of the latest observed record
+        self._tier_columns: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ fitting
     def fit(self, runs: pl.DataFrame, features: pl.DataFrame, groups: Sequence[str] | None = None,
@@ -270,25 +271,30 @@ class Detector:
             self.skipped_steps += 1
             return None
         raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
-        live.snapshots.append((step, live.state.copy(), FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
+        before = live.state.copy()  # kept for a rollback to this step, and the baseline evidence is read from
+        live.snapshots.append((step, before, FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
                                live.has_trajectories, live.has_eval))
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
         live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY)
         live.has_eval |= features.get("eval_accuracy") is not None
         tier = tier_of(live.has_trajectories, live.has_eval)
         hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
-        before = live.state.copy()
         x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
         live.last_step, live.records = step, live.records + 1
-        cols = _signal_columns(self.tracker.names, TIERS[tier])
+        cols = self._columns(tier)
         row = x[:, cols]
-        score = float(self.models[tier].predict(row)[0])
+        score = float(self.models[tier].predict(row, num_threads=1)[0])
         self.last_score = score
         threshold = self.thresholds[tier]
         if not score > threshold:
             return None
         return Alarm(run_id=run_id, step=step, score=score, threshold=threshold,
                      evidence=self._evidence(tier, row, raw[0], before, live, cols))
+
+    def _columns(self, tier: str) -> np.ndarray:
+        if tier not in self._tier_columns:
+            self._tier_columns[tier] = _signal_columns(self.tracker.names, TIERS[tier])
+        return self._tier_columns[tier]
 
     def _rewind(self, live: _Live, step: int) -> bool:
         """Restore the state from before the first kept record at or after ``step`` (a rollback / resume)."""
