@@ -93,7 +93,7 @@ def monitor_cost(steps: int) -> str:
     """Per-step latency and memory of RunMonitor (features + packaged detector) over a long replay."""
     import resource
 
-    from rftfm.cli.watch import RunMonitor, load_detector
+    from rftfm.fm.monitor import RunMonitor, load_detector
 
     detector, why = load_detector()
     if detector is None:

@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from rftfm.cli import app
-from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, RunMonitor
+from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK
+from rftfm.fm.monitor import RunMonitor
 from rftfm.fm.features import FEATURES
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence

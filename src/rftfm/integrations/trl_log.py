@@ -72,9 +72,10 @@ class WatchCallback(TrainerCallback):
 
     def __init__(self, run_id: str, incidents: str | Path | None = None, detector: Any = None, diagnoser: Any = None,
                  task_group: str | None = None, model_size: str | None = None, quiet: bool = False):
-        from rftfm.cli.watch import RunMonitor, load_detector, load_diagnoser, print_alarm
         from rftfm.fm.incidents import IncidentStore
+        from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
         from rftfm.io.adapters import StepParser
+        from rftfm.report.console import print_alarm
 
         if detector is None:
             detector, why = load_detector()
