@@ -129,6 +129,8 @@ def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch)
     doc = json.loads(summary.read_text())
     assert doc["first_alarm_step"] == 1 and doc["alarms"] == 6 and doc["exit_code"] == EXIT_ALARM
     assert doc["diagnosis"]["fault_type"] == "lr_high" and doc["format"] == "trl"
+    assert doc["episode_count"] == 1 and doc["episodes"][0]["start_step"] == 1 and doc["episodes"][0]["open"]
+    assert doc["metrics"]["reward_mean"]["source"] == "reward" and doc["metrics"]["reward_mean"]["missing"] == 0
     with IncidentStore(db) as store:
         kinds = [e["kind"] for e in store.events(run_id="job-7")]
         runs = store.events(run_id="job-7", kind="run")
@@ -156,7 +158,7 @@ def test_wandb_alerts_are_forwarded_when_available(real_run, monkeypatch):
     result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--wandb"])
     assert result.exit_code == EXIT_ALARM
     assert len(sent) == 1  # one alert per alarm episode / new diagnosis, not one per step
-    assert "step 1" in sent[0][0] and "lr_high" in sent[0][1]
+    assert "from step 1" in sent[0][0] and "lr_high" in sent[0][1]
 
 
 def test_wandb_missing_is_not_an_error(real_run, monkeypatch):
@@ -191,7 +193,7 @@ def test_follow_a_file_being_appended(real_run, tmp_path, monkeypatch):
     result = runner.invoke(app, ["watch", str(live), "--follow", "--interval", "0.02", "--idle-timeout", "5", "--incidents", str(db)])
     thread.join()
     assert result.exit_code == EXIT_OK, result.output
-    assert "6 step(s) [trl]" in result.output
+    assert "6 step(s) [JSONL of metric dicts (TRL keys)]" in result.output
     with IncidentStore(db) as store:
         assert store.events(kind="run")[-1]["payload"]["steps"] == 6
 
@@ -300,6 +302,6 @@ def test_follow_waits_for_a_run_directory_to_appear(real_run, tmp_path, monkeypa
     result = runner.invoke(app, ["watch", str(target), "--follow", "--interval", "0.05", "--idle-timeout", "3"])
     thread.join()
     assert result.exit_code == EXIT_OK, result.output
-    assert "waiting for a log" in result.output and "6 step(s) [openrlhf]" in result.output
+    assert "waiting for a log" in result.output and "6 step(s) [RFT-FaultBench step JSONL (OpenRLHF keys)]" in result.output
     never = runner.invoke(app, ["watch", str(tmp_path / "never"), "--follow", "--interval", "0.05", "--idle-timeout", "0.3"])
     assert never.exit_code == EXIT_BAD_INPUT
