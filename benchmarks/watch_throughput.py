@@ -1,22 +1,29 @@
-"""How fast the watch path is: adapter parsing, tail-follow latency, report generation.
+"""How fast the watch path is: ``rftfm watch`` end to end, adapter parsing, tail-follow latency, report generation.
 
-    python benchmarks/watch_throughput.py [--steps 20000] [--replay-steps 100000]
+    python benchmarks/watch_throughput.py [--watch-steps 10000] [--steps 20000] [--replay-steps 100000]
 
-Prints measured figures (no pass/fail): lines parsed per second per format, the median and
-p95 latency from a line being flushed to it being returned by ``Follower.poll`` at a 10 ms
-poll interval, and the time and size of an HTML report for a long run.
+Prints measured figures (no pass/fail): the wall time of ``rftfm watch LOG --quiet --json`` in a
+fresh process on a real verl console log's step lines repeated to ``--watch-steps`` (the packaged
+detector and diagnoser, loading included); lines parsed per second per format; the median and
+p95 latency from a line being flushed to it being returned by ``Follower.poll`` at a 10 ms poll
+interval; the time and size of an HTML report for a long run; the monitor's per-step cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from long_log import write_long_log
 
 from rftfm.io.adapters import read_log
 from rftfm.io.follow import Follower
@@ -116,16 +123,34 @@ def monitor_cost(steps: int) -> str:
             "(random signals: nearly every step alarms, the monitor's worst case)")
 
 
+def watch_cost(tmp: Path, steps: int) -> str:
+    """``rftfm watch`` on a long real log, end to end in a fresh process."""
+    log = write_long_log(tmp / "long.log", steps)
+    summary = tmp / "watch.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "rftfm.cli", "watch", str(log), "--format", "auto", "--quiet", "--json", str(summary)],
+                          env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    doc = json.loads(summary.read_text())
+    return (f"rftfm watch on {steps:,} real verl steps (aopd_i80f2v90 repeated), end to end: {elapsed:.1f} s "
+            f"(exit {done.returncode}; {doc['steps']:,} steps, {doc['alarms']:,} alarmed, {doc['episode_count']} episode(s), "
+            f"{len(doc['monitor_error_messages'])} monitor error(s))")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--watch-steps", type=int, default=10000)
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--replay-steps", type=int, default=100000)
     args = parser.parse_args()
     replay = monitor_cost(args.replay_steps)  # first, so its peak-memory figure is its own
     with tempfile.TemporaryDirectory() as tmp:
+        watch = watch_cost(Path(tmp), args.watch_steps)
         rates = parse_rate(Path(tmp), args.steps)
         median, p95 = follow_latency(Path(tmp))
     seconds, megabytes = report_cost()
+    print(watch)
     for name, rate in rates.items():
         print(f"adapter {name}: {rate:,.0f} step lines/s ({args.steps} lines)")
     print(f"follow latency at 10 ms polling: median {1000 * median:.1f} ms, p95 {1000 * p95:.1f} ms")

@@ -335,8 +335,7 @@ class LogSource:
         if self._steps is not None:
             for line in self._steps.poll():
                 new += 1
-                record = self.parser.parse_line(line)
-                if record is not None:
+                for record in self.parser.parse_lines(line):
                     self._accept(record)
         else:
             records = self._read_trainer_state() if self.kind == "trainer_state" else self._read_tensorboard()
@@ -360,8 +359,7 @@ class LogSource:
                     if record is not None:
                         self._traj_by_step.setdefault(record.rollout_step, []).append(record)
                 else:
-                    record = self.parser.parse_line(line)
-                    if record is not None:
+                    for record in self.parser.parse_lines(line):
                         self._accept(record)
         if self.kind == "tensorboard":
             self._tb_final = True

@@ -202,30 +202,32 @@ class StepParser:
                 return postfix if self.identify(set(postfix), "OpenRLHF console output (progress-bar postfix)") else None
         return None
 
-    def _flat(self, line: str) -> dict[str, Any] | None:
-        """One line -> flat metrics dict (with ``step`` when logged), or None (counted)."""
+    def _flats(self, line: str) -> list[dict[str, Any]]:
+        """One line -> its flat metrics dicts (with ``step`` when logged); none is counted.
+
+        A console line may hold several: tqdm redraws a bar with a carriage return, so a whole
+        stretch of training can arrive as one physical line.
+        """
         stripped = line.strip()
         if not stripped:
-            return None
+            return []
         if len(line.rstrip("\n")) in _CUT_LENGTHS:
             self.stats.cut_lines += 1
         if stripped.startswith("{") and not stripped.startswith("{'"):
-            return self._json_line(stripped)
+            flat = self._json_line(stripped)
+            return [flat] if flat is not None else []
         if stripped.startswith("[") and _is_json(stripped):  # JSON, but not an object
             self.stats.malformed_lines += 1
-            return None
+            return []
         console = "\r" in stripped or (self.stats.container is not None and "console" in self.stats.container)
-        for segment in clean(stripped):
-            flat = self._console_segment(segment)
-            if flat is not None:
-                return flat
+        flats = [f for f in map(self._console_segment, clean(stripped)) if f is not None]
+        if flats:
+            return flats
         if not console and "," in stripped and self.stats.mismatch is None:
             row = self._csv_row(stripped)
-            if row is not None or self._csv_header is not None:
-                return row
-            return None
+            return [row] if row is not None else []
         self.stats.non_step_lines += 1
-        return None
+        return []
 
     # --- flat dict -> StepRecord --------------------------------------------------------------
 
@@ -265,16 +267,21 @@ class StepParser:
         self.stats.fields = resolver.report()
         return record
 
-    def parse_line(self, line: str) -> StepRecord | None:
-        """One log line -> StepRecord, or None (counted as non-step or malformed; never raises)."""
+    def parse_lines(self, line: str) -> list[StepRecord]:
+        """One log line -> its StepRecords (usually one or none; skips are counted; never raises)."""
         self.stats.lines += 1
         try:
-            flat = self._flat(line)
-            return None if flat is None else self.parse_obj(flat)
+            records = [self.parse_obj(flat) for flat in self._flats(line)]
         except Exception as exc:  # a line the parsers did not foresee: counted, never fatal
             self.stats.malformed_lines += 1
             self.stats.note(f"unparsable line ({type(exc).__name__})")
-            return None
+            return []
+        return [r for r in records if r is not None]
+
+    def parse_line(self, line: str) -> StepRecord | None:
+        """One log line -> its (first) StepRecord, or None."""
+        records = self.parse_lines(line)
+        return records[0] if records else None
 
     def close(self) -> None:
         """Fill the per-field problem sentences (at the end of input)."""
