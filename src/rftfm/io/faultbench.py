@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from rftfm.records import RunInfo, StepRecord, TrajectoryRecord
+from rftfm.records import RunInfo, StepRecord, TrajectoryRecord, finite_or_none
 
 STEP_FILE = "openrlhf_train_train_step.jsonl"
 TRAJ_FILE = "openrlhf_train_trajectory.jsonl"
@@ -79,7 +79,7 @@ def _json_line(obj: dict[str, Any]) -> str:
 
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return finite_or_none(obj)
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list):

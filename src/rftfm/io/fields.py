@@ -17,6 +17,7 @@ from typing import Any
 
 from rftfm.io.mapping import (
     GENERIC_KEYS,
+    MISSING_HINTS,
     IGNORED_KEYS,
     NOT_RL_EVIDENCE,
     Candidate,
@@ -180,7 +181,9 @@ class FieldResolver:
             if count.source is None:
                 if self._expected(name) and name in SIGNAL_FIELDS:
                     keys = [f"`{_label(c)}`" for c in self.table_keys[name]]
-                    lines.append(f"{name} missing at {self.steps} of {self.steps} steps: no key {_or(keys)}")
+                    hint = MISSING_HINTS.get((self.framework, name))
+                    lines.append(f"{name} missing at {self.steps} of {self.steps} steps: no key {_or(keys)}"
+                                 + (f" ({hint})" if hint else ""))
                 continue
             where = f" (first at step {count.first_bad_steps[0]})" if count.first_bad_steps else ""
             for kind, label in (("missing", "missing"), ("nan", "NaN"), ("inf", "infinite"), ("not_number", "not a number")):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +17,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from rftfm.io.faultbench import REGISTRY_DIR, RUN_INFO_FILE, STEP_FILE, TMP_PREFIX, TRAJ_FILE
-from rftfm.records import RunInfo
+from rftfm.records import RunInfo, finite_or_none
 
 #: Published / OpenRLHF step metric names -> our StepRecord field names.
 STEP_ALIASES: dict[str, str] = {
@@ -88,8 +87,8 @@ def _flatten(obj: dict[str, Any], aliases: dict[str, str], known: set[str]) -> d
             for k, v in value.items():
                 out[f"extra.{k}"] = v
             return
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
+        if isinstance(value, float):
+            value = finite_or_none(value)
         column = name if (name in known or not prefix) else f"{prefix}{key}"
         if column in out and prefix:  # keep both rather than overwrite
             column = f"{prefix}{key}"

@@ -192,6 +192,13 @@ IGNORED_KEYS: frozenset[str] = frozenset(
 )
 
 
+#: Why a framework may log no key for a field at all (said next to "missing at N of N steps").
+MISSING_HINTS: dict[tuple[str, str], str] = {
+    ("trl", "kl"): "TRL logs no KL when beta = 0",
+    ("verl", "kl"): "verl logs it with use_kl_loss or use_kl_in_reward",
+}
+
+
 def coverage(fmt: str) -> dict[str, bool]:
     """Which :data:`~rftfm.records.STEP_METRICS` a format's tables can fill (the rest stay missing)."""
     if fmt in ("jsonl", "openrlhf"):

@@ -24,7 +24,7 @@ import numpy as np
 
 from rftfm.fm.monitor import episodes_of
 from rftfm.fm.types import Diagnosis, Episode, SignalEvidence
-from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
+from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.report.figures import box_panel, episode_labels, episode_shapes, esc, panel
 from rftfm.report.sections import (
     completions_html,
@@ -85,8 +85,7 @@ def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: 
 
 
 def _score(payload: dict[str, Any]) -> float:
-    value = payload.get("score")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) else 0.0
+    return finite_or_none(payload.get("score")) or 0.0
 
 
 def _evidence(payload: dict[str, Any]) -> list[SignalEvidence]:
