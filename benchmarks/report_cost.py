@@ -1,6 +1,6 @@
 """Cost of ``rftfm report`` on a long real log, and the ratio against the code before the report rewrite.
 
-    python benchmarks/report_cost.py [--steps 10000] [--old-steps 261] [--baseline 1a9f63e]
+    python benchmarks/report_cost.py [--steps 10000] [--old-steps 50] [--baseline 1a9f63e]
 
 Every figure is one end-to-end ``rftfm report LOG`` in a fresh process (read the log, run the
 packaged detector and diagnoser offline, write the page): wall time, page size and, for the new
@@ -49,7 +49,7 @@ def old_tree(commit: str, into: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10000)
-    parser.add_argument("--old-steps", type=int, default=261)
+    parser.add_argument("--old-steps", type=int, default=50)
     parser.add_argument("--baseline", default="1a9f63e", help="commit of the code before the report rewrite")
     parser.add_argument("--old-timeout", type=float, default=900.0)
     args = parser.parse_args()

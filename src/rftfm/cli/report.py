@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from rftfm.cli.common import fail, open_store, read_run, safe_file_name
-from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
+from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, load_detector, load_diagnoser
 from rftfm.report.console import console
 
 if TYPE_CHECKING:
@@ -34,19 +34,26 @@ def _recorded(run: str, incidents: Path | None, run_id: str | None) -> tuple[Pat
 
 
 def offline_incidents(run_id: str, records: list, detector_path: Path | None, diagnoser_path: Path | None) -> tuple[list, str | None]:
-    """Alarms and diagnoses of a log computed now (no recorded incidents), and a note saying so."""
+    """Alarms and diagnoses of a log computed now (no recorded incidents), as incident dicts, and a note saying so."""
     detector, why = load_detector(detector_path)
-    diagnoser, why_diag = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
     if detector is None:
         return [], why
-    from rftfm.fm.incidents import IncidentStore
+    diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path))
+    events: list[dict[str, Any]] = []
 
-    with IncidentStore(":memory:") as memory:
-        monitor = RunMonitor(run_id, detector, diagnoser, memory)
-        for step, trajectories in records:
-            monitor.observe(step, trajectories)
-        events = memory.events(run_id=run_id)
-    note = "; ".join(filter(None, ["alarms and diagnoses computed offline by rftfm report (not recorded live)", why_diag]))
+    def event(kind: str, step: int, payload: Any) -> dict[str, Any]:
+        return {"kind": kind, "run_id": run_id, "step": step, "time": float(len(events)), "payload": payload.model_dump()}
+
+    def on_step(step: Any, alarm: Any) -> None:
+        if alarm is not None:
+            events.append(event("alarm", step.step, alarm))
+
+    monitor = RunMonitor(run_id, detector, diagnoser, None, on_step=on_step)
+    for step, trajectories in records:
+        _, diagnosis = monitor.observe(step, trajectories)
+        if diagnosis is not None:
+            events.append(event("diagnosis", step.step, diagnosis))
+    note = "; ".join(filter(None, ["alarms and diagnoses computed offline by rftfm report (not recorded live)", diagnoser.why]))
     return events, note
 
 

@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 
 from rftfm.cli.common import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, check_format, fail, open_store
-from rftfm.fm.monitor import RunMonitor, WatchResult, load_detector, load_diagnoser
+from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, WatchResult, load_detector, load_diagnoser
 from rftfm.report.console import console, print_episode, print_step
 from rftfm.report.summary import input_problems, watch_summary
 
@@ -104,10 +104,13 @@ def watch(
         fail(f"{path} does not exist")
     source = _open_source(path, fmt, run_id, follow, interval, idle_timeout, quiet)
     detector, why_no_detector = load_detector(detector_path)
-    diagnoser, why_no_diagnoser = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
-    for message in (why_no_detector, why_no_diagnoser):
-        if message:
-            console.print(f"[yellow]{escape(message)}[/]")
+    if why_no_detector:
+        console.print(f"[yellow]{escape(why_no_detector)}[/]")
+    # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,
+    # it is loaded only if an alarm needs it (loading takes seconds).
+    diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
+    if diagnoser is not None and follow:
+        diagnoser.load()
     store = open_store(incidents) if incidents is not None else None
     alerter = None
     if use_wandb:
@@ -158,6 +161,8 @@ def watch(
                                                   "episodes": result.episode_count, "format": stats.format,
                                                   "malformed_lines": stats.malformed_lines})
         store.close()
+    if diagnoser is not None and diagnoser.why:
+        console.print(f"[yellow]{escape(diagnoser.why)}[/]")
     _print_summary(result, stats, path)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

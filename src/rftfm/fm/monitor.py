@@ -58,6 +58,28 @@ def load_diagnoser(path: Path | None = None) -> tuple[Any | None, str | None]:
         return None, f"diagnosis disabled: the default diagnoser failed to load ({type(exc).__name__}: {exc})"
 
 
+class LazyDiagnoser:
+    """A diagnoser loaded at its first use: a run that never alarms never pays for loading it (seconds).
+
+    ``load`` returns ``(diagnoser or None, why not)`` like :func:`load_diagnoser`; when it fails,
+    :meth:`diagnose` returns None and :attr:`why` says why.
+    """
+
+    def __init__(self, load: Callable[[], tuple[Any | None, str | None]]):
+        self._load, self._diagnoser, self.why, self._tried = load, None, None, False
+
+    def load(self) -> Any | None:
+        """The diagnoser (loaded now if it was not yet), or None."""
+        if not self._tried:
+            self._tried = True
+            self._diagnoser, self.why = self._load()
+        return self._diagnoser
+
+    def diagnose(self, *args: Any, **kwargs: Any) -> Diagnosis | None:
+        diagnoser = self.load()
+        return None if diagnoser is None else diagnoser.diagnose(*args, **kwargs)
+
+
 # --- episodes -----------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 RAY_PREFIX = re.compile(r"^\s*\([\w.-]+ pid=\d+(?:, ip=[\w.:-]+)?\)\s?")
 _VERL_STEP = re.compile(r"^\s*step[: ]\s*(\d{1,18}):?\s*-\s*(.*)$")
 _NUMBER_CALL = re.compile(r"^(?:np|numpy|torch)?\.?(?:float\d*|int\d*|tensor)\((.*?)(?:,\s*\w+=.*)?\)$")
+_NUMPY_WRAPPER = re.compile(r"\bnp\.(?:float|int)\d*\(([^()]*)\)")
 #: A tqdm bar's counter: ``  3/25 [01:02<...``.
 _BAR = re.compile(r"(\d+)/(\d+) \[")
 #: A tqdm postfix: ``[01:02<07:30, 20.3s/it, policy_loss=0.01, kl=0.002]``.
@@ -35,12 +36,15 @@ def clean(line: str) -> list[str]:
 
 def number(text: str) -> float | None:
     """``0.5``, ``nan``, ``np.float64(0.5)``, ``tensor(0.1, device='cuda:0')`` -> float (None if not a number)."""
-    text = text.strip()
-    call = _NUMBER_CALL.match(text)
-    if call:
-        text = call.group(1).strip()
     try:
         return float(text)
+    except ValueError:
+        pass
+    call = _NUMBER_CALL.match(text.strip())
+    if not call:
+        return None
+    try:
+        return float(call.group(1).strip())
     except ValueError:
         return None
 
@@ -51,13 +55,21 @@ def parse_verl_step(line: str) -> dict[str, Any] | None:
     if not match:
         return None
     out: dict[str, Any] = {"step": int(match.group(1))}
-    for part in match.group(2).split(" - "):
+    rest = match.group(2)
+    if "(" in rest:  # np.float64(0.5) -> 0.5 (one pass over the line, not one regex per value)
+        rest = _NUMPY_WRAPPER.sub(r"\1", rest)
+    for part in rest.split(" - "):
         key, sep, value = part.rpartition(":")
-        key = key.strip()
-        if not sep or not key:
+        if not sep:
             continue
-        parsed = number(value)
-        if parsed is not None:
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = number(value)
+            if parsed is None:
+                continue
+        key = key.strip()
+        if key:
             out[key] = parsed
     return out
 

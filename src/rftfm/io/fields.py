@@ -34,6 +34,8 @@ SIGNAL_FIELDS = frozenset({"reward_mean", "reward_std", "kl", "entropy", "policy
                            "truncated_ratio", "frac_zero_std_groups"})
 #: Fields logged only every few steps by design (validation): their gaps are not problems.
 PERIODIC_FIELDS = frozenset({"eval_accuracy"})
+#: Keys never kept in ``extra``: step counters, labels, our own field names.
+_NOT_EXTRA = frozenset(IGNORED_KEYS | LABEL_FIELDS | set(STEP_METRICS))
 #: At most this many step numbers are remembered per field and problem (the counts are exact).
 KEEP_STEPS = 20
 
@@ -115,29 +117,38 @@ class FieldResolver:
                 return candidate
         return None
 
+    def prepare(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """One logged dict as the tables see it: the run's prefix stripped, scaled keys converted."""
+        stripped = self._strip(metrics)
+        extra = scaled(metrics)
+        return {**stripped, **extra} if extra else stripped
+
     def is_rl_step(self, metrics: dict[str, Any]) -> bool:
-        """The line logs an RL signal (reward, KL, lengths, clipping, ...), not only what SFT logs too."""
-        metrics = {**self._strip(metrics), **scaled(metrics)}
-        keys = [k for k in metrics if isinstance(k, str)]
+        """The (prepared) line logs an RL signal (reward, KL, lengths, clipping, ...), not only what SFT logs too."""
+        keys: list[str] | None = None
         for name in STEP_METRICS:
             if name in NOT_RL_EVIDENCE:
                 continue
             source = self.counts[name].source
-            key = source if source is not None and source in metrics else self._find(name, keys, metrics)
+            if source is not None and source in metrics:
+                key: str | None = source
+            else:
+                keys = keys if keys is not None else [k for k in metrics if isinstance(k, str)]
+                key = self._find(name, keys, metrics)
             if key is not None and key not in GENERIC_KEYS:
                 return True
         return False
 
     def map(self, metrics: dict[str, Any], step: int) -> tuple[dict[str, float | None], dict[str, float | None]]:
-        """(fields, extra) of one training step; fixes each field's source at its first appearance."""
-        metrics = {**self._strip(metrics), **scaled(metrics)}
-        keys = [k for k in metrics if isinstance(k, str)]
+        """(fields, extra) of one (prepared) training step; fixes each field's source at its first appearance."""
+        keys: list[str] | None = None
         self.steps += 1
         fields: dict[str, float | None] = {}
         used: set[str] = set()
         for name in STEP_METRICS:
             count = self.counts[name]
             if count.source is None:
+                keys = keys if keys is not None else [k for k in metrics if isinstance(k, str)]
                 count.source = self._find(name, keys, metrics)
             if count.source is None or count.source not in metrics:
                 count.missing += 1
@@ -150,13 +161,16 @@ class FieldResolver:
             else:
                 setattr(count, kind, getattr(count, kind) + 1)
                 count.bad(step)
+        skip = used | _NOT_EXTRA
         extra: dict[str, float | None] = {}
         for key, value in metrics.items():
-            key = str(key)
-            if key in used or key in IGNORED_KEYS or key in LABEL_FIELDS or key in STEP_METRICS:
+            if key in skip:
                 continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                extra[key] = finite_or_none(value)
+            kind = type(value)
+            if kind is float:
+                extra[str(key)] = value if math.isfinite(value) else None
+            elif kind is int:
+                extra[str(key)] = finite_or_none(value)
         return fields, extra
 
     def report(self) -> dict[str, dict[str, Any]]:

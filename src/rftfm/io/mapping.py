@@ -30,9 +30,11 @@ class Pattern:
     regex: str
     label: str  # how the summary names it, e.g. ``rewards/*/mean``
     first: bool = False
+    prefixes: tuple[str, ...] = ("",)  # every match starts with one of these (a cheap filter first)
 
     def match(self, keys: list[str]) -> str | None:
-        found = sorted(k for k in keys if re.fullmatch(self.regex, k))
+        compiled = re.compile(self.regex)  # re caches compiled patterns
+        found = sorted(k for k in keys if k.startswith(self.prefixes) and compiled.fullmatch(k))
         if len(found) == 1 or (found and self.first):
             return found[0]
         return None
@@ -54,7 +56,7 @@ class KeyTable:
 
 #: TRL GRPOTrainer since the ``completions/*`` and ``rewards/<name>/mean`` renames (TRL >= 0.17).
 TRL_CURRENT = KeyTable("trl", "GRPOTrainer, TRL >= 0.17", {
-    "reward_mean": ("reward", Pattern(r"rewards/[^/]+/mean", "rewards/*/mean")),
+    "reward_mean": ("reward", Pattern(r"rewards/[^/]+/mean", "rewards/*/mean", prefixes=("rewards/",))),
     "reward_std": "reward_std",
     "kl": "kl",
     "entropy": "entropy",
@@ -72,7 +74,7 @@ TRL_CURRENT = KeyTable("trl", "GRPOTrainer, TRL >= 0.17", {
 })
 #: TRL GRPOTrainer before those renames (0.14 - 0.16): ``completion_length``, ``rewards/<name>``, one ``clip_ratio``.
 TRL_LEGACY = KeyTable("trl", "GRPOTrainer, TRL 0.14 - 0.16", {
-    "reward_mean": Pattern(r"rewards/[^/]+", "rewards/*"),
+    "reward_mean": Pattern(r"rewards/[^/]+", "rewards/*", prefixes=("rewards/",)),
     "completion_length_mean": "completion_length",
     "clip_ratio_region": "clip_ratio",
 })
@@ -107,7 +109,8 @@ VERL_CURRENT = KeyTable("verl", "RayPPOTrainer, verl >= 0.3", {
     "completion_length_max": "response_length/max",
     "truncated_ratio": "response_length/clip_ratio",
     "step_time_s": "timing_s/step",
-    "eval_accuracy": Pattern(r"val-core/.+/(acc|reward|score)/mean@1|val/test_score/.+", "val-core/*/acc/mean@1", first=True),
+    "eval_accuracy": Pattern(r"val-core/.+/(acc|reward|score)/mean@1|val/test_score/.+", "val-core/*/acc/mean@1",
+                             first=True, prefixes=("val-core/", "val/test_score/")),
 })
 
 # --- OpenRLHF -----------------------------------------------------------------------------------

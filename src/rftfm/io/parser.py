@@ -244,7 +244,8 @@ class StepParser:
             return None
         resolver = self.resolver
         assert resolver is not None
-        if not resolver.is_rl_step(flat):
+        metrics = resolver.prepare(flat)
+        if not resolver.is_rl_step(metrics):
             self.stats.non_step_lines += 1
             if _has_metrics(flat):
                 self.stats.non_rl_lines += 1
@@ -255,7 +256,7 @@ class StepParser:
         step = _step_number(flat)
         if step is None:
             step = self._last_step + 1
-        fields, extra = resolver.map(flat, step)
+        fields, extra = resolver.map(metrics, step)
         run_id = self.run_id or (str(flat["run_id"]) if flat.get("run_id") else "run")
         try:
             record = StepRecord(run_id=run_id, step=step, extra=extra, **fields)

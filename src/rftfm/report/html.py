@@ -15,12 +15,15 @@ escapes, and trace names HTML-escaped again because plotly.js renders them as ps
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import polars as pl
 
 from rftfm.fm.monitor import episodes_of
 from rftfm.fm.types import Diagnosis, Episode, SignalEvidence
@@ -60,18 +63,21 @@ def _int_step(value: Any) -> int | None:
 def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: str) -> tuple[list[Episode], list[str]]:
     """The episodes of the recorded alarms (the monitor's rule), each with its strongest alarm's evidence
     and the latest diagnosis made within it; and a label per episode (its diagnosis, named once)."""
-    alarms = [e for e in incidents if e.get("kind") == "alarm" and _int_step(e.get("step")) is not None
-              and isinstance(e.get("payload"), dict)]
-    diagnoses = [e for e in incidents if e.get("kind") == "diagnosis" and _int_step(e.get("step")) is not None
+    def by_step(kind: str) -> list[dict[str, Any]]:
+        found = [e for e in incidents if e.get("kind") == kind and _int_step(e.get("step")) is not None
                  and isinstance(e.get("payload"), dict)]
-    episodes = episodes_of(steps, {int(e["step"]) for e in alarms}, run_id)
+        return sorted(found, key=lambda e: e["step"])
+
+    alarms, diagnoses = by_step("alarm"), by_step("diagnosis")
+    alarm_steps, diagnosis_steps = [e["step"] for e in alarms], [e["step"] for e in diagnoses]
+    episodes = episodes_of(steps, set(alarm_steps), run_id)
     labels = []
     for episode in episodes:
-        inside = [e for e in alarms if episode.start_step <= e["step"] <= episode.end_step]
-        strongest = max(inside, key=lambda e: _score(e["payload"]), default=None)
+        lo, hi = bisect_left(alarm_steps, episode.start_step), bisect_right(alarm_steps, episode.end_step)
+        strongest = max(alarms[lo:hi], key=lambda e: _score(e["payload"]), default=None)
         if strongest is not None:
             episode.peak_score, episode.evidence = _score(strongest["payload"]), _evidence(strongest["payload"])
-        within = [d for d in diagnoses if episode.start_step <= d["step"] <= episode.end_step]
+        within = diagnoses[bisect_left(diagnosis_steps, episode.start_step):bisect_right(diagnosis_steps, episode.end_step)]
         label = ""
         if within:
             try:
@@ -111,10 +117,17 @@ def evidence_order(incidents: Sequence[dict[str, Any]], present: Sequence[str]) 
     return [s for s, _ in cited.most_common()] + rest
 
 
-def _series(records: Sequence[StepRecord], name: str, extra: bool = False) -> np.ndarray:
-    get = (lambda r: r.extra.get(name)) if extra else (lambda r: getattr(r, name))
-    values = [get(r) for r in records]
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
+def _columns(records: Sequence[StepRecord], names: Sequence[str], extra: bool = False) -> dict[str, np.ndarray]:
+    """name -> float array over the run (NaN where missing), read in one pass."""
+    if not names or not records:
+        return {name: np.full(len(records), np.nan) for name in names}
+    if extra:
+        rows = [tuple(r.extra.get(n) for n in names) for r in records]
+    else:
+        get = attrgetter(*names)
+        rows = [get(r) if len(names) > 1 else (get(r),) for r in records]
+    frame = pl.DataFrame(rows, schema={n: pl.Float64 for n in names}, orient="row", strict=False)
+    return {name: frame[name].to_numpy().astype(float) for name in names}
 
 
 def _box_stats(values: np.ndarray) -> dict[str, float] | None:
@@ -166,14 +179,13 @@ class _Figures:
         return f"<div class='grid' id='{prefix}'>" + "".join(divs) + "</div>"
 
 
-def _signal_panels(records: Sequence[StepRecord], names: Sequence[str], shapes: list[dict[str, Any]],
-                   labels: list[dict[str, Any]] | None = None, extra: bool = False) -> list[dict[str, Any]]:
-    steps = np.array([r.step for r in records], dtype=float)
+def _signal_panels(steps: np.ndarray, columns: dict[str, np.ndarray], names: Sequence[str], shapes: list[dict[str, Any]],
+                   labels: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     out = []
-    for i, name in enumerate(names):
-        values = _series(records, name, extra)
+    for name in names:
+        values = columns[name]
         if np.isfinite(values).any():
-            out.append(panel(name, steps, values, shapes, labels if i == 0 else None))
+            out.append(panel(name, steps, values, shapes, labels if not out else None))
     return out
 
 
@@ -201,14 +213,17 @@ def build_report(
     onset = (ground_truth.get("onset_step") or 1) if ground_truth and ground_truth.get("control_or_fault") == "fault" else None
     episodes, labels = run_episodes(steps, incidents, run_id)
     shapes = episode_shapes(episodes, np.array(steps, dtype=float), onset)
-    present = [m for m in STEP_METRICS if any(getattr(r, m) is not None for r in records)]
+    step_axis = np.array(steps, dtype=float)
+    columns = _columns(records, STEP_METRICS)
+    present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
     order = evidence_order(incidents, present)
     figures = _Figures()
-    shown = figures.grid("fig-metrics", _signal_panels(records, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels)))
-    folded = _signal_panels(records, order[MAX_SHOWN:], shapes)
+    shown = figures.grid("fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels)))
+    folded = _signal_panels(step_axis, columns, order[MAX_SHOWN:], shapes)
     trajectory = trajectory_panels(events, shapes)
     extra_names = sorted({k for r in records for k in r.extra})
-    extra = _signal_panels(records, extra_names[:MAX_EXTRA_PLOTS], shapes, extra=True)
+    plotted = extra_names[:MAX_EXTRA_PLOTS]
+    extra = _signal_panels(step_axis, _columns(records, plotted, extra=True), plotted, shapes)
     body = [
         f"<h1>rftfm report: {esc(run_id)}</h1>",
         f"<p class='muted'>generated {esc(fmt_time(datetime.now(tz=timezone.utc).timestamp()))}</p>",

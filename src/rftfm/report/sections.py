@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from rftfm.fm.types import Episode, SignalEvidence
-from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
+from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.report.console import evidence_line, evidence_text
 from rftfm.report.figures import esc
 
@@ -47,6 +47,14 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "error":
         return esc(p.get("error") or p)
     return esc(", ".join(f"{k}={v}" for k, v in p.items()))
+
+
+def _direction(ev: dict[str, Any]) -> Any:
+    """up / down from the value against its baseline when both are numbers (the arrow agrees with the sign)."""
+    value, expected = finite_or_none(ev.get("value")), finite_or_none(ev.get("expected"))
+    if value is not None and expected is not None and value != expected:
+        return "up" if value > expected else "down"
+    return ev.get("direction")
 
 
 def timeline_html(incidents: Sequence[dict[str, Any]], limit: int = 500) -> str:
@@ -90,10 +98,11 @@ def diagnosis_html(incidents: Sequence[dict[str, Any]]) -> str:
         alarms = [e for e in incidents if e["kind"] == "alarm"]
         evidence = (alarms[-1]["payload"].get("evidence") or []) if alarms else []
     if evidence:
-        parts.append("<h3>evidence</h3><table><thead><tr><th>signal</th><th>direction</th><th>value</th><th>expected</th><th>z</th><th>since step</th></tr></thead><tbody>")
+        parts.append("<h3>evidence</h3><table><thead><tr><th>signal</th><th>direction</th><th>value</th><th>baseline</th>"
+                     "<th>z</th><th>since step</th></tr></thead><tbody>")
         for ev in evidence[:20]:
             parts.append(
-                f"<tr><td>{esc(ev.get('signal'))}</td><td>{esc(ev.get('direction'))}</td><td>{_fmt_num(ev.get('value'))}</td>"
+                f"<tr><td>{esc(ev.get('signal'))}</td><td>{esc(_direction(ev))}</td><td>{_fmt_num(ev.get('value'))}</td>"
                 f"<td>{_fmt_num(ev.get('expected'))}</td><td>{_fmt_num(ev.get('z'))}</td><td>{esc(ev.get('since_step'))}</td></tr>"
             )
         parts.append("</tbody></table>")
