@@ -16,8 +16,11 @@ _STEP = re.compile(r"step:(\d+) - ")
 
 def write_long_log(path: Path, steps: int, source: str = "verl/aopd_i80f2v90.output.log") -> Path:
     """Write ``steps`` renumbered step lines of a real verl console log to ``path``."""
-    lines = [line for line in (REAL_LOGS / source).read_text(encoding="utf-8", errors="replace").splitlines()
-             if _STEP.search(line) and "critic/" in line]
+    lines = [
+        line
+        for line in (REAL_LOGS / source).read_text(encoding="utf-8", errors="replace").splitlines()
+        if _STEP.search(line) and "critic/" in line
+    ]
     if not lines:
         raise SystemExit(f"no step lines in {REAL_LOGS / source} (are the real logs beside the repository?)")
     with open(path, "w", encoding="utf-8") as out:

@@ -63,17 +63,38 @@ def one_log(name: str, detector, diagnoser, out: Path) -> dict:
     result = monitor.result
     first = result.episodes[0] if result.episodes else None
     top = first.diagnosis.top if first is not None and first.diagnosis is not None else None
-    row.update({
-        "alarmed steps": result.alarm_count, "episodes": result.episode_count, "first alarm step": result.first_alarm_step,
-        "first episode's diagnosis": (top.fault_type if top else "unknown") if first is not None and first.diagnosis else "–",
-        "parse s": parsed - start, "watch s": watched - parsed, "report s": done - watched, "page MB": page.stat().st_size / 1e6,
-    })
+    row.update(
+        {
+            "alarmed steps": result.alarm_count,
+            "episodes": result.episode_count,
+            "first alarm step": result.first_alarm_step,
+            "first episode's diagnosis": (top.fault_type if top else "unknown")
+            if first is not None and first.diagnosis
+            else "–",
+            "parse s": parsed - start,
+            "watch s": watched - parsed,
+            "report s": done - watched,
+            "page MB": page.stat().st_size / 1e6,
+        }
+    )
     return row
 
 
 def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
-    cols = ["log", "read as", "steps", "alarmed steps", "episodes", "first alarm step", "first episode's diagnosis",
-            "shows (README)", "parse s", "watch s", "report s", "page MB"]
+    cols = [
+        "log",
+        "read as",
+        "steps",
+        "alarmed steps",
+        "episodes",
+        "first alarm step",
+        "first episode's diagnosis",
+        "shows (README)",
+        "parse s",
+        "watch s",
+        "report s",
+        "page MB",
+    ]
 
     def cell(row: dict, col: str) -> str:
         value = row.get(col, "–")
@@ -87,7 +108,7 @@ def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
         "Written by `python benchmarks/real_logs.py --markdown docs/integrations/real-logs.md` (from `benchmarks/`), on",
         f"every log in `../shared/real-logs/` (their README says where each comes from). Detector: {detector_name};",
         f"detector and diagnoser loaded once beforehand in {load_s:.1f} s. Times are wall seconds on a 2-core machine",
-        "shared with other jobs. \"shows (README)\" is what the log's own curves show, a judgement, not a label.",
+        'shared with other jobs. "shows (README)" is what the log\'s own curves show, a judgement, not a label.',
         "An episode starts at an alarm and ends after 3 logged steps without one.",
         "",
         "| " + " | ".join(cols) + " |",

@@ -31,8 +31,13 @@ def run_report(src: Path, log: Path, out: Path, timeout: float) -> tuple[float |
     env = {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
     try:
-        subprocess.run([sys.executable, "-m", "rftfm.cli", "report", str(log), "--out", str(out)], env=env, check=True,
-                       capture_output=True, timeout=timeout)
+        subprocess.run(
+            [sys.executable, "-m", "rftfm.cli", "report", str(log), "--out", str(out)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None, None
     return time.perf_counter() - start, out.stat().st_size
@@ -65,16 +70,22 @@ def main() -> None:
         new_long = run_report(new_src, long, tmp / "new" / "long.html", 600)
         bundle = sum(p.stat().st_size for p in (tmp / "new").glob("plotly-*.min.js"))
     print("rftfm report, real verl log lines repeated, end to end (read + offline detection and diagnosis + page):")
-    print(f"  new, {args.steps:,} steps: {new_long[0]:.1f} s, page {new_long[1] / 1e6:.2f} MB "
-          f"(+ {bundle / 1e6:.1f} MB plotly.js shared beside it)")
+    print(
+        f"  new, {args.steps:,} steps: {new_long[0]:.1f} s, page {new_long[1] / 1e6:.2f} MB "
+        f"(+ {bundle / 1e6:.1f} MB plotly.js shared beside it)"
+    )
     print(f"  new, {args.old_steps:,} steps: {new_small[0]:.1f} s, page {new_small[1] / 1e6:.2f} MB")
     if old_small[0] is None:
         print(f"  old ({args.baseline}), {args.old_steps:,} steps: did not finish in {args.old_timeout:.0f} s")
     else:
-        print(f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, page {old_small[1] / 1e6:.2f} MB "
-              f"(plotly.js inlined)")
-        print(f"  ratio old / new at {args.old_steps:,} steps: time x{old_small[0] / new_small[0]:.1f}, "
-              f"page size x{old_small[1] / new_small[1]:.0f} (x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)")
+        print(
+            f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, page {old_small[1] / 1e6:.2f} MB "
+            f"(plotly.js inlined)"
+        )
+        print(
+            f"  ratio old / new at {args.old_steps:,} steps: time x{old_small[0] / new_small[0]:.1f}, "
+            f"page size x{old_small[1] / new_small[1]:.0f} (x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)"
+        )
     print(f"  (the old code was not run on {args.steps:,} steps: it grows faster than the log)")
 
 

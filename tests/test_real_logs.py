@@ -13,27 +13,85 @@ from rftfm.cli import app
 from rftfm.io.adapters import read_log
 
 REAL_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "real-logs"
-pytestmark = pytest.mark.skipif(not REAL_LOGS.is_dir(), reason=f"the real logs are not beside the repository ({REAL_LOGS})")
+pytestmark = pytest.mark.skipif(
+    not REAL_LOGS.is_dir(), reason=f"the real logs are not beside the repository ({REAL_LOGS})"
+)
 
 #: file -> (steps, first step, last step, what --format auto says it is, field -> source key)
 EXPECTED: dict[str, tuple[int, int, int, str, dict[str, str]]] = {
-    "trl/IITD_AAIPL_outputs": (50, 10, 500, "TRL trainer_state.json (checkpoint-500)", {
-        "reward_mean": "reward", "truncated_ratio": "completions/clipped_ratio", "frac_zero_std_groups": "frac_reward_zero_std",
-        "completion_length_mean": "completions/mean_length", "entropy": "entropy", "policy_loss": "loss"}),
-    "trl/IITD_AAIPL_outputs/checkpoint-100/trainer_state.json": (10, 10, 100, "TRL trainer_state.json", {"reward_mean": "reward"}),
-    "trl/trl_DAPO_20251022_120531_run_terminal.md": (49, 10, 490, "TRL console output", {
-        "reward_mean": "reward", "completion_length_mean": "completions/mean_length", "frac_zero_std_groups": "frac_reward_zero_std",
-        "clip_ratio_region": "clip_ratio/region_mean"}),
-    "verl/aopd_i80f2v90.output.log": (261, 1, 261, "verl console log", {
-        "reward_mean": "critic/score/mean", "kl": "actor/reward_kl_penalty", "entropy": "actor/entropy",
-        "completion_length_mean": "response_length/mean", "clip_ratio_region": "actor/pg_clipfrac"}),
-    "verl/aopd_ry3hgbx5.output.log": (179, 1, 179, "verl console log", {
-        "reward_mean": "critic/score/mean", "kl": "actor/reward_kl_penalty", "entropy": "actor/entropy"}),
-    "verl/dstack_verl_demo.log": (335, 101, 435, "verl console log", {
-        "reward_mean": "critic/score/mean", "entropy": "actor/entropy_loss", "truncated_ratio": "response_length/clip_ratio",
-        "eval_accuracy": "val-core/openai/gsm8k/reward/mean@1", "clip_ratio_region": "actor/pg_clipfrac"}),
-    "verl/verl_docs_quickstart.rst": (2, 0, 1, "verl console log", {
-        "reward_mean": "critic/score/mean", "entropy": "actor/entropy_loss", "kl": "actor/reward_kl_penalty"}),
+    "trl/IITD_AAIPL_outputs": (
+        50,
+        10,
+        500,
+        "TRL trainer_state.json (checkpoint-500)",
+        {
+            "reward_mean": "reward",
+            "truncated_ratio": "completions/clipped_ratio",
+            "frac_zero_std_groups": "frac_reward_zero_std",
+            "completion_length_mean": "completions/mean_length",
+            "entropy": "entropy",
+            "policy_loss": "loss",
+        },
+    ),
+    "trl/IITD_AAIPL_outputs/checkpoint-100/trainer_state.json": (
+        10,
+        10,
+        100,
+        "TRL trainer_state.json",
+        {"reward_mean": "reward"},
+    ),
+    "trl/trl_DAPO_20251022_120531_run_terminal.md": (
+        49,
+        10,
+        490,
+        "TRL console output",
+        {
+            "reward_mean": "reward",
+            "completion_length_mean": "completions/mean_length",
+            "frac_zero_std_groups": "frac_reward_zero_std",
+            "clip_ratio_region": "clip_ratio/region_mean",
+        },
+    ),
+    "verl/aopd_i80f2v90.output.log": (
+        261,
+        1,
+        261,
+        "verl console log",
+        {
+            "reward_mean": "critic/score/mean",
+            "kl": "actor/reward_kl_penalty",
+            "entropy": "actor/entropy",
+            "completion_length_mean": "response_length/mean",
+            "clip_ratio_region": "actor/pg_clipfrac",
+        },
+    ),
+    "verl/aopd_ry3hgbx5.output.log": (
+        179,
+        1,
+        179,
+        "verl console log",
+        {"reward_mean": "critic/score/mean", "kl": "actor/reward_kl_penalty", "entropy": "actor/entropy"},
+    ),
+    "verl/dstack_verl_demo.log": (
+        335,
+        101,
+        435,
+        "verl console log",
+        {
+            "reward_mean": "critic/score/mean",
+            "entropy": "actor/entropy_loss",
+            "truncated_ratio": "response_length/clip_ratio",
+            "eval_accuracy": "val-core/openai/gsm8k/reward/mean@1",
+            "clip_ratio_region": "actor/pg_clipfrac",
+        },
+    ),
+    "verl/verl_docs_quickstart.rst": (
+        2,
+        0,
+        1,
+        "verl console log",
+        {"reward_mean": "critic/score/mean", "entropy": "actor/entropy_loss", "kl": "actor/reward_kl_penalty"},
+    ),
 }
 SFT = "verl/aopd_dq9a4cex.sft.output.log"
 
@@ -59,7 +117,9 @@ def test_the_collapse_in_aopd_i80f2v90_is_in_the_mapped_signals():
     """README: score -0.68 -> -1.0, length 1759 -> 1 token, entropy 0.21 -> 0.007, KL penalty 0.83 -> 16.9 over steps 3-12."""
     events, stats = read_log(REAL_LOGS / "verl/aopd_i80f2v90.output.log")
     by_step = {s.step: s for s, _ in events}
-    assert by_step[1].reward_mean == pytest.approx(-0.676, abs=1e-3) and by_step[1].completion_length_mean == pytest.approx(1759.1, abs=0.1)
+    assert by_step[1].reward_mean == pytest.approx(-0.676, abs=1e-3) and by_step[
+        1
+    ].completion_length_mean == pytest.approx(1759.1, abs=0.1)
     assert by_step[1].kl == pytest.approx(0.828, abs=1e-3) and by_step[1].entropy == pytest.approx(0.212, abs=1e-3)
     late = by_step[12]
     assert late.reward_mean == pytest.approx(-1.0, abs=0.02) and late.completion_length_mean < 5
@@ -73,9 +133,13 @@ def test_the_collapse_in_aopd_i80f2v90_is_in_the_mapped_signals():
 def test_trl_console_steps_come_from_the_progress_bar():
     events, _ = read_log(REAL_LOGS / "trl/trl_DAPO_20251022_120531_run_terminal.md")
     assert [s.step for s, _ in events[:3]] == [10, 20, 30]
-    assert events[0][0].completion_length_mean == pytest.approx(53.35) and events[1][0].completion_length_mean == pytest.approx(2.6)
+    assert events[0][0].completion_length_mean == pytest.approx(53.35) and events[1][
+        0
+    ].completion_length_mean == pytest.approx(2.6)
     assert events[1][0].frac_zero_std_groups == 1.0
-    assert {"rewards/mc_idx_reward/mean", "rewards/think_format_reward/mean", "rewards/mdi_reward/mean"} <= set(events[0][0].extra)
+    assert {"rewards/mc_idx_reward/mean", "rewards/think_format_reward/mean", "rewards/mdi_reward/mean"} <= set(
+        events[0][0].extra
+    )
 
 
 def _watch(args: list[str], tmp_path: Path, monkeypatch) -> tuple[int, str, dict | None]:
@@ -94,12 +158,15 @@ def test_watch_format_auto_on_every_real_log(name: str, tmp_path, monkeypatch):
     assert all(set(v) >= {"source", "missing", "nan"} for v in doc["metrics"].values())
 
 
-@pytest.mark.parametrize("name,fmt,looks_like", [
-    ("trl/IITD_AAIPL_outputs/checkpoint-500/trainer_state.json", "verl", "trl"),
-    ("trl/IITD_AAIPL_outputs/checkpoint-500/trainer_state.json", "openrlhf", "trl"),
-    ("verl/dstack_verl_demo.log", "trl", "verl"),
-    ("trl/trl_DAPO_20251022_120531_run_terminal.md", "verl", "trl"),
-])
+@pytest.mark.parametrize(
+    "name,fmt,looks_like",
+    [
+        ("trl/IITD_AAIPL_outputs/checkpoint-500/trainer_state.json", "verl", "trl"),
+        ("trl/IITD_AAIPL_outputs/checkpoint-500/trainer_state.json", "openrlhf", "trl"),
+        ("verl/dstack_verl_demo.log", "trl", "verl"),
+        ("trl/trl_DAPO_20251022_120531_run_terminal.md", "verl", "trl"),
+    ],
+)
 def test_an_explicit_format_the_log_contradicts_is_refused(name, fmt, looks_like, tmp_path, monkeypatch):
     code, output, doc = _watch([str(REAL_LOGS / name), "--format", fmt], tmp_path, monkeypatch)
     assert code == 2 and doc is None, output
@@ -109,7 +176,10 @@ def test_an_explicit_format_the_log_contradicts_is_refused(name, fmt, looks_like
 def test_an_sft_log_is_not_an_rl_log(tmp_path, monkeypatch):
     code, output, _ = _watch([str(REAL_LOGS / SFT)], tmp_path, monkeypatch)
     assert code == 2 and "no RL training steps" in " ".join(output.split())
-    for command in (["report", str(REAL_LOGS / SFT), "--out", str(tmp_path / "x.html")], ["diagnose", str(REAL_LOGS / SFT)]):
+    for command in (
+        ["report", str(REAL_LOGS / SFT), "--out", str(tmp_path / "x.html")],
+        ["diagnose", str(REAL_LOGS / SFT)],
+    ):
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 2 and "no RL training steps" in " ".join(result.output.split()), result.output
 

@@ -35,7 +35,11 @@ def fit_detector(
     detector = Detector().fit(runs.filter(pl.col("control_or_fault").is_in(("normal", "control"))), features)
     detector.save(out)
     thresholds = ", ".join(f"{k} {c.threshold:.3f}" for k, c in detector.calibration.items())
-    console.print(f"fitted on {detector.fit_info['normal_runs']} normal runs ({len(detector.profiles) - 1} configuration profiles); thresholds: {thresholds}")
+    console.print(
+        f"fitted on {detector.fit_info['normal_runs']} normal runs "
+        f"({len(detector.profiles) - 1} configuration profiles); "
+        f"thresholds: {thresholds}"
+    )
     console.print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -46,7 +50,9 @@ def evaluate_detection_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     baselines: Optional[str] = typer.Option(None, help="comma-separated subset of baselines (default: all)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="evaluate RFT-FM only"),
-    detector: Optional[Path] = typer.Option(None, help="evaluate this fitted artifact instead of fitting on the train split"),
+    detector: Optional[Path] = typer.Option(
+        None, help="evaluate this fitted artifact instead of fitting on the train split"
+    ),
 ) -> None:
     """Run-level P/R/F1 (protocols A and B), false alarms and delay for RFT-FM and the baselines."""
     from rftfm.bench.eval_detection import evaluate_detection, to_markdown
@@ -54,18 +60,40 @@ def evaluate_detection_cmd(
 
     with console.status("evaluating") as status:
         result = evaluate_detection(
-            data, split, baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
+            data,
+            split,
+            baselines=baselines.split(",") if baselines else None,
+            with_baselines=not no_baselines,
             detector=Detector.load(detector) if detector else None,
             on_method=lambda name: status.update(f"fitting and scoring {name}"),
         )
     table = Table(title=f"detection, held-out {split} ({result['test_runs']} test runs: {result['test_by_kind']})")
-    for col in ("method", "F1 easy B", "F1 hard B", "F1 easy A", "F1 hard A", "normal alarmed %", "FA/1000 steps", "median delay", "p90 delay"):
+    for col in (
+        "method",
+        "F1 easy B",
+        "F1 hard B",
+        "F1 easy A",
+        "F1 hard A",
+        "normal alarmed %",
+        "FA/1000 steps",
+        "median delay",
+        "p90 delay",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for name, m in result["methods"].items():
         b, a, fa, d = m["protocols"]["B"]["avg_f1"], m["protocols"]["A"]["avg_f1"], m["false_alarms"], m["delay"]["all"]
-        table.add_row(name, fmt(b["easy"]), fmt(b["hard"]), fmt(a["easy"]), fmt(a["hard"]),
-                      fmt(fa["pct_normal_runs_alarmed"]), fmt(fa["per_1000_normal_steps"], 2), fmt(d["median"]), fmt(d["p90"]))
+        table.add_row(
+            name,
+            fmt(b["easy"]),
+            fmt(b["hard"]),
+            fmt(a["easy"]),
+            fmt(a["hard"]),
+            fmt(fa["pct_normal_runs_alarmed"]),
+            fmt(fa["per_1000_normal_steps"], 2),
+            fmt(d["median"]),
+            fmt(d["p90"]),
+        )
     console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,17 +48,31 @@ def fit_diagnoser(
 def evaluate_diagnosis(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     split: str = typer.Option("seed", help="seed | task | size"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (incl. confusion matrix) as JSON"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="write the full result (incl. confusion matrix) as JSON"
+    ),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
-    image: Optional[Path] = typer.Option(None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"),
+    image: Optional[Path] = typer.Option(
+        None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"
+    ),
     alarms: str = typer.Option("detector", help="detector (first alarm at/after onset, fall-back onset+2) or fallback"),
     loto: bool = typer.Option(True, "--loto/--no-loto", help="run the leave-one-type-out test (16 retrainings)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
-    from rftfm.bench.eval_diagnosis import detector_alarm_steps, evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
+    from rftfm.bench.eval_diagnosis import (
+        detector_alarm_steps,
+        evaluate_split,
+        fallback_alarm_steps,
+        markdown_report,
+        plot_confusion,
+    )
 
     runs, features = _load_features(data)
-    alarm_fn = detector_alarm_steps if alarms == "detector" else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
+    alarm_fn = (
+        detector_alarm_steps
+        if alarms == "detector"
+        else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
+    )
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log)
     if image is None and (markdown or json_out):
         image = (markdown or json_out).with_name(f"diagnosis_confusion_{split}.png")
@@ -80,9 +94,13 @@ def evaluate_diagnosis(
 
 
 def diagnose_command(
-    run: Path = typer.Argument(..., help="log file or run directory (as for rftfm watch: TRL output dir, verl log, ...)"),
+    run: Path = typer.Argument(
+        ..., help="log file or run directory (as for rftfm watch: TRL output dir, verl log, ...)"
+    ),
     model: Optional[Path] = typer.Option(None, "--model", help="diagnoser JSON (default: the packaged artifact)"),
-    step: Optional[int] = typer.Option(None, "--step", help="diagnose at this step (default: first detector alarm, else the last step)"),
+    step: Optional[int] = typer.Option(
+        None, "--step", help="diagnose at this step (default: first detector alarm, else the last step)"
+    ),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
     task_group: Optional[str] = typer.Option(None, help="task group (default: from run_info.json if present)"),
     model_size: Optional[str] = typer.Option(None, help="model size (default: from run_info.json if present)"),
@@ -103,7 +121,9 @@ def diagnose_command(
         fail(why or "no diagnoser")
     detector, _ = load_detector() if step is None else (None, None)
     run_id = events[0][0].run_id
-    monitor = RunMonitor(run_id, detector, None, None, task_group=task_group, model_size=model_size, max_history=len(events))
+    monitor = RunMonitor(
+        run_id, detector, None, None, task_group=task_group, model_size=model_size, max_history=len(events)
+    )
     for record, trajectories in events:
         monitor.observe(record, trajectories)
     source = "--step"
@@ -120,7 +140,10 @@ def diagnose_command(
     if as_json:
         print(diagnosis.model_dump_json(indent=1))
         return
-    console.print(f"[bold]{run_id}[/] diagnosed at step {step} ({source}); task group {task_group or '?'}, model size {model_size or '?'}")
+    console.print(
+        f"[bold]{run_id}[/] diagnosed at step {step} ({source}); "
+        f"task group {task_group or '?'}, model size {model_size or '?'}"
+    )
     console.print(f"[bold]{diagnosis.summary}[/]")
     if diagnosis.unknown:
         console.print("[yellow]unknown fault: no known fingerprint fits well; closest known types below[/]")
@@ -137,8 +160,14 @@ def diagnose_command(
         arrow = "up" if e.value is not None and e.expected is not None and e.value > e.expected else e.direction
         if e.value is not None and e.expected is not None and e.value < e.expected:
             arrow = "down"
-        ev.add_row(SIGNAL_NAMES.get(e.signal, e.signal), arrow, f"{e.value:.4g}" if e.value is not None else "–",
-                   f"{e.expected:.4g}" if e.expected is not None else "–", f"{e.z:+.1f}" if e.z is not None else "–", str(e.since_step))
+        ev.add_row(
+            SIGNAL_NAMES.get(e.signal, e.signal),
+            arrow,
+            f"{e.value:.4g}" if e.value is not None else "–",
+            f"{e.expected:.4g}" if e.expected is not None else "–",
+            f"{e.z:+.1f}" if e.z is not None else "–",
+            str(e.since_step),
+        )
     console.print(ev)
 
 

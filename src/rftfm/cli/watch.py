@@ -41,8 +41,9 @@ def exit_code(result: WatchResult) -> int:
     return EXIT_OK if result.detection else EXIT_NO_DETECTION
 
 
-def _open_source(path: Path, fmt: str, run_id: str | None, follow: bool, interval: float,
-                 idle_timeout: float | None, quiet: bool) -> Any:
+def _open_source(
+    path: Path, fmt: str, run_id: str | None, follow: bool, interval: float, idle_timeout: float | None, quiet: bool
+) -> Any:
     """The run's LogSource; when following, wait for a directory's log to appear (a run just starting)."""
     from rftfm.io.adapters import LogSource
 
@@ -79,18 +80,34 @@ def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
 
 
 def watch(
-    path: Path = typer.Argument(..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) or run directory"),
+    path: Path = typer.Argument(
+        ..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) or run directory"
+    ),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    incidents: Optional[Path] = typer.Option(None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"),
-    follow: bool = typer.Option(False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"),
+    incidents: Optional[Path] = typer.Option(
+        None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"
+    ),
+    follow: bool = typer.Option(
+        False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"
+    ),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"
+    ),
     task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
     model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
     interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
-    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="stop following after this many seconds without new lines"),
-    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
-    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
-    use_wandb: bool = typer.Option(False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"),
+    idle_timeout: Optional[float] = typer.Option(
+        None, "--idle-timeout", help="stop following after this many seconds without new lines"
+    ),
+    detector_path: Optional[Path] = typer.Option(
+        None, "--detector", help="detector artifact (default: the packaged one)"
+    ),
+    diagnoser_path: Optional[Path] = typer.Option(
+        None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"
+    ),
+    use_wandb: bool = typer.Option(
+        False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
@@ -124,13 +141,28 @@ def watch(
         if alerter is not None and change in ("start", "diagnosis"):
             alerter.alert(episode, change)
 
-    monitor = RunMonitor(source.run_id, detector, diagnoser, store, on_episode, task_group, model_size,
-                         on_step=print_step if verbose else None)
+    monitor = RunMonitor(
+        source.run_id,
+        detector,
+        diagnoser,
+        store,
+        on_episode,
+        task_group,
+        model_size,
+        on_step=print_step if verbose else None,
+    )
     if store is not None:
-        store.record("run", source.run_id, None, {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()},
+        )
     if not quiet:
-        console.print(f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
-                      f"[bold]{escape(source.run_id)}[/]")
+        console.print(
+            f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
+            f"[bold]{escape(source.run_id)}[/]"
+        )
     stats, told_format = source.stats, False
     try:
         batches = source.follow(interval, idle_timeout) if follow else iter([source.read_all()])
@@ -157,16 +189,28 @@ def watch(
         fail(f"{path}: {stats.mismatch}")
     result = monitor.result
     if store is not None:
-        store.record("run", source.run_id, None, {"finished": time.time(), "steps": result.steps, "alarms": result.alarm_count,
-                                                  "episodes": result.episode_count, "format": stats.format,
-                                                  "malformed_lines": stats.malformed_lines})
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {
+                "finished": time.time(),
+                "steps": result.steps,
+                "alarms": result.alarm_count,
+                "episodes": result.episode_count,
+                "format": stats.format,
+                "malformed_lines": stats.malformed_lines,
+            },
+        )
         store.close()
     if diagnoser is not None and diagnoser.why:
         console.print(f"[yellow]{escape(diagnoser.why)}[/]")
     _print_summary(result, stats, path)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1), encoding="utf-8")
+        json_out.write_text(
+            json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1), encoding="utf-8"
+        )
     raise typer.Exit(exit_code(result))
 
 

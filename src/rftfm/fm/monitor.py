@@ -113,8 +113,13 @@ class EpisodeTracker:
             return changes
         self._quiet = 0
         if episode is None:
-            self.current = Episode(run_id=self.run_id, start_step=step, end_step=step, peak_score=alarm.score,
-                                   evidence=list(alarm.evidence))
+            self.current = Episode(
+                run_id=self.run_id,
+                start_step=step,
+                end_step=step,
+                peak_score=alarm.score,
+                evidence=list(alarm.evidence),
+            )
             return [("start", self.current)]
         episode.end_step, episode.alarmed_steps = step, episode.alarmed_steps + 1
         if alarm.score > episode.peak_score:
@@ -138,7 +143,9 @@ class EpisodeTracker:
         return [("end", episode)]
 
 
-def episodes_of(steps: list[int], alarmed: set[int], run_id: str = "run", quiet_steps: int = QUIET_STEPS) -> list[Episode]:
+def episodes_of(
+    steps: list[int], alarmed: set[int], run_id: str = "run", quiet_steps: int = QUIET_STEPS
+) -> list[Episode]:
     """The episodes a run's alarmed steps form (offline, e.g. for a report of recorded alarms)."""
     tracker = EpisodeTracker(run_id, quiet_steps)
     out: list[Episode] = []
@@ -237,7 +244,11 @@ class RunMonitor:
         import polars as pl
 
         schema = {"run_id": pl.Utf8, "step": pl.Int64, **{name: pl.Float64 for name in self._feature_names}}
-        return pl.DataFrame(list(self._history), schema=schema, orient="row") if self._history else pl.DataFrame(schema=schema)
+        return (
+            pl.DataFrame(list(self._history), schema=schema, orient="row")
+            if self._history
+            else pl.DataFrame(schema=schema)
+        )
 
     def _notify(self, changes: list[tuple[EpisodeChange, Episode]], step: int | None) -> None:
         for change, episode in changes:
@@ -252,7 +263,9 @@ class RunMonitor:
         history = self.history_frame()
         diagnosis = self._safely(
             "diagnoser.diagnose",
-            lambda: self.diagnoser.diagnose(history, self.run_id, step, task_group=self.task_group, model_size=self.model_size),
+            lambda: self.diagnoser.diagnose(
+                history, self.run_id, step, task_group=self.task_group, model_size=self.model_size
+            ),
             step,
         )
         if diagnosis is not None:

@@ -69,8 +69,16 @@ class WatchCallback(TrainerCallback):
         trainer = GRPOTrainer(..., callbacks=[WatchCallback("my-run", incidents="incidents.db")])
     """
 
-    def __init__(self, run_id: str, incidents: str | Path | None = None, detector: Any = None, diagnoser: Any = None,
-                 task_group: str | None = None, model_size: str | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        run_id: str,
+        incidents: str | Path | None = None,
+        detector: Any = None,
+        diagnoser: Any = None,
+        task_group: str | None = None,
+        model_size: str | None = None,
+        quiet: bool = False,
+    ):
         from rftfm.fm.incidents import IncidentStore
         from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
         from rftfm.io.adapters import StepParser
@@ -84,7 +92,9 @@ class WatchCallback(TrainerCallback):
             diagnoser, _ = load_diagnoser()
         self.store = IncidentStore(incidents) if incidents is not None else None
         self.parser = StepParser("trl", run_id=run_id)
-        self.monitor = RunMonitor(run_id, detector, diagnoser, self.store, None if quiet else print_episode, task_group, model_size)
+        self.monitor = RunMonitor(
+            run_id, detector, diagnoser, self.store, None if quiet else print_episode, task_group, model_size
+        )
 
     @property
     def alarms(self):

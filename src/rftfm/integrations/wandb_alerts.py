@@ -46,9 +46,14 @@ class WandbAlerter:
         if getattr(wandb, "run", None) is not None:
             return cls(wandb), "forwarding alerts to the active wandb run"
         if not _configured():
-            return None, "wandb is installed but not configured (no WANDB_API_KEY, no active run): alerts are not forwarded"
+            return (
+                None,
+                "wandb is installed but not configured (no WANDB_API_KEY, no active run): alerts are not forwarded",
+            )
         try:
-            wandb.init(project=os.environ.get("WANDB_PROJECT", "rftfm"), name=f"rftfm-watch-{run_id}", job_type="rftfm-watch")
+            wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "rftfm"), name=f"rftfm-watch-{run_id}", job_type="rftfm-watch"
+            )
         except Exception as exc:
             return None, f"wandb.init failed ({exc}): alerts are not forwarded"
         return cls(wandb, owns_run=True), "forwarding alerts to wandb"

@@ -42,7 +42,16 @@ from rftfm.io.tensorboard import EventReader, find_event_files, is_event_file
 from rftfm.records import StepRecord, TrajectoryFlags, TrajectoryRecord, finite_or_none
 
 FORMATS: tuple[str, ...] = FRAMEWORKS
-__all__ = ["AdapterStats", "FORMATS", "FormatMismatch", "LogSource", "StepParser", "coverage", "read_log", "step_record"]
+__all__ = [
+    "AdapterStats",
+    "FORMATS",
+    "FormatMismatch",
+    "LogSource",
+    "StepParser",
+    "coverage",
+    "read_log",
+    "step_record",
+]
 
 
 def step_record(fmt: str, logs: dict[str, Any], step: int, run_id: str) -> StepRecord | None:
@@ -103,7 +112,9 @@ def _parse_trajectory(obj: dict[str, Any], run_id: str) -> TrajectoryRecord | No
         return int(value) if value is not None else 0
 
     length = num("response_length")
-    flags = TrajectoryFlags(**{f: bool(row.get(f) or False) for f in ("empty_response", "short_response", "long_response", "truncated")})
+    flags = TrajectoryFlags(
+        **{f: bool(row.get(f) or False) for f in ("empty_response", "short_response", "long_response", "truncated")}
+    )
     completion = row.get("completion")
     return TrajectoryRecord(
         run_id=str(row.get("run_id") or run_id),
@@ -138,7 +149,10 @@ def _find_openrlhf_dir(path: Path) -> Path | None:
 def _latest_trainer_state(path: Path) -> Path | None:
     if (path / "trainer_state.json").exists():
         return path / "trainer_state.json"
-    states = sorted(path.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
+    states = sorted(
+        path.glob("checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
+    )
     return states[-1] if states else None
 
 
@@ -262,11 +276,13 @@ class LogSource:
         if not isinstance(history, list):
             self.stats.note(f"{self.step_path}: no log_history list")
             return []
-        container = f"TRL trainer_state.json ({self.step_path.parent.name})" if self.path.is_dir() else "TRL trainer_state.json"
+        container = (
+            f"TRL trainer_state.json ({self.step_path.parent.name})" if self.path.is_dir() else "TRL trainer_state.json"
+        )
         entries = [e for e in history if isinstance(e, dict)]
         self.stats.lines = len(entries)
         records = []
-        for entry in entries[self._state_done:]:
+        for entry in entries[self._state_done :]:
             if not self.parser.identify(set(map(str, entry)), container):
                 break
             record = self.parser.parse_obj(entry)
@@ -382,7 +398,9 @@ class LogSource:
                     break
         return events + self.finish()
 
-    def follow(self, interval: float = 0.5, idle_timeout: float | None = None, should_stop=None) -> Iterator[list[Event]]:
+    def follow(
+        self, interval: float = 0.5, idle_timeout: float | None = None, should_stop=None
+    ) -> Iterator[list[Event]]:
         """Yield batches of completed steps as the log grows (empty batches on idle polls)."""
         stop = lambda: self.finished or (should_stop is not None and should_stop())  # noqa: E731
         yield from poll_loop(self.poll, interval, idle_timeout, stop)

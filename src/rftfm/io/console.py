@@ -76,7 +76,15 @@ def parse_verl_step(line: str) -> dict[str, Any] | None:
 
 # --- Python dict literals (TRL prints ``{'loss': 0.1, 'reward': nan}``) ------------------------
 
-_NAMED = {"nan": math.nan, "inf": math.inf, "NaN": math.nan, "Infinity": math.inf, "None": None, "True": True, "False": False}
+_NAMED = {
+    "nan": math.nan,
+    "inf": math.inf,
+    "NaN": math.nan,
+    "Infinity": math.inf,
+    "None": None,
+    "True": True,
+    "False": False,
+}
 
 
 def _value(node: ast.AST) -> Any:

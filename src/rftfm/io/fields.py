@@ -30,8 +30,19 @@ from rftfm.records import LABEL_FIELDS, STEP_METRICS, finite_or_none
 _SCALED = re.compile(r"^(?P<base>.+)\((?P<scale>\d+(?:\.\d+)?e[-+]?\d+)\)$")
 #: Fields whose absence from a whole run is worth a sentence (a framework that never logs step
 #: time or a validation score is not news).
-SIGNAL_FIELDS = frozenset({"reward_mean", "reward_std", "kl", "entropy", "policy_loss", "grad_norm", "completion_length_mean",
-                           "truncated_ratio", "frac_zero_std_groups"})
+SIGNAL_FIELDS = frozenset(
+    {
+        "reward_mean",
+        "reward_std",
+        "kl",
+        "entropy",
+        "policy_loss",
+        "grad_norm",
+        "completion_length_mean",
+        "truncated_ratio",
+        "frac_zero_std_groups",
+    }
+)
 #: Fields logged only every few steps by design (validation): their gaps are not problems.
 PERIODIC_FIELDS = frozenset({"eval_accuracy"})
 #: Keys never kept in ``extra``: step counters, labels, our own field names.
@@ -57,8 +68,14 @@ class FieldCount:
             self.first_bad_steps.append(step)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "present": self.present, "missing": self.missing, "nan": self.nan,
-                "inf": self.inf, "not_number": self.not_number}
+        return {
+            "source": self.source,
+            "present": self.present,
+            "missing": self.missing,
+            "nan": self.nan,
+            "inf": self.inf,
+            "not_number": self.not_number,
+        }
 
 
 def classify(value: Any) -> tuple[float | None, str]:
@@ -196,15 +213,24 @@ class FieldResolver:
                 if self._expected(name) and name in SIGNAL_FIELDS:
                     keys = [f"`{_label(c)}`" for c in self.table_keys[name]]
                     hint = MISSING_HINTS.get((self.framework, name))
-                    lines.append(f"{name} missing at {self.steps} of {self.steps} steps: no key {_or(keys)}"
-                                 + (f" ({hint})" if hint else ""))
+                    lines.append(
+                        f"{name} missing at {self.steps} of {self.steps} steps: no key {_or(keys)}"
+                        + (f" ({hint})" if hint else "")
+                    )
                 continue
             where = f" (first at step {count.first_bad_steps[0]})" if count.first_bad_steps else ""
-            for kind, label in (("missing", "missing"), ("nan", "NaN"), ("inf", "infinite"), ("not_number", "not a number")):
+            for kind, label in (
+                ("missing", "missing"),
+                ("nan", "NaN"),
+                ("inf", "infinite"),
+                ("not_number", "not a number"),
+            ):
                 n = getattr(count, kind)
                 if n and not (kind == "missing" and name in PERIODIC_FIELDS):
-                    lines.append(f"{name} {label} at {n} of {self.steps} steps (key `{count.source}`)"
-                                 + (where if kind != "missing" else ""))
+                    lines.append(
+                        f"{name} {label} at {n} of {self.steps} steps (key `{count.source}`)"
+                        + (where if kind != "missing" else "")
+                    )
         return lines
 
 

@@ -55,63 +55,83 @@ class KeyTable:
 # --- TRL ----------------------------------------------------------------------------------------
 
 #: TRL GRPOTrainer since the ``completions/*`` and ``rewards/<name>/mean`` renames (TRL >= 0.17).
-TRL_CURRENT = KeyTable("trl", "GRPOTrainer, TRL >= 0.17", {
-    "reward_mean": ("reward", Pattern(r"rewards/[^/]+/mean", "rewards/*/mean", prefixes=("rewards/",))),
-    "reward_std": "reward_std",
-    "kl": "kl",
-    "entropy": "entropy",
-    "policy_loss": "loss",
-    "grad_norm": "grad_norm",
-    "learning_rate": "learning_rate",
-    "clip_ratio_low": "clip_ratio/low_mean",
-    "clip_ratio_high": "clip_ratio/high_mean",
-    "clip_ratio_region": "clip_ratio/region_mean",
-    "completion_length_mean": "completions/mean_length",
-    "completion_length_max": "completions/max_length",
-    "truncated_ratio": "completions/clipped_ratio",
-    "frac_zero_std_groups": "frac_reward_zero_std",
-    "step_time_s": "step_time",
-})
+TRL_CURRENT = KeyTable(
+    "trl",
+    "GRPOTrainer, TRL >= 0.17",
+    {
+        "reward_mean": ("reward", Pattern(r"rewards/[^/]+/mean", "rewards/*/mean", prefixes=("rewards/",))),
+        "reward_std": "reward_std",
+        "kl": "kl",
+        "entropy": "entropy",
+        "policy_loss": "loss",
+        "grad_norm": "grad_norm",
+        "learning_rate": "learning_rate",
+        "clip_ratio_low": "clip_ratio/low_mean",
+        "clip_ratio_high": "clip_ratio/high_mean",
+        "clip_ratio_region": "clip_ratio/region_mean",
+        "completion_length_mean": "completions/mean_length",
+        "completion_length_max": "completions/max_length",
+        "truncated_ratio": "completions/clipped_ratio",
+        "frac_zero_std_groups": "frac_reward_zero_std",
+        "step_time_s": "step_time",
+    },
+)
 #: TRL GRPOTrainer before those renames (0.14 - 0.16): ``completion_length``, ``rewards/<name>``, one ``clip_ratio``.
-TRL_LEGACY = KeyTable("trl", "GRPOTrainer, TRL 0.14 - 0.16", {
-    "reward_mean": Pattern(r"rewards/[^/]+", "rewards/*", prefixes=("rewards/",)),
-    "completion_length_mean": "completion_length",
-    "clip_ratio_region": "clip_ratio",
-})
+TRL_LEGACY = KeyTable(
+    "trl",
+    "GRPOTrainer, TRL 0.14 - 0.16",
+    {
+        "reward_mean": Pattern(r"rewards/[^/]+", "rewards/*", prefixes=("rewards/",)),
+        "completion_length_mean": "completion_length",
+        "clip_ratio_region": "clip_ratio",
+    },
+)
 #: TRL's on-policy trainers (PPOTrainer / RLOOTrainer, TRL >= 0.11): ``objective/*``, ``policy/*``.
-TRL_ONPOLICY = KeyTable("trl", "PPOTrainer / RLOOTrainer, TRL >= 0.11", {
-    "reward_mean": "objective/scores",  # the reward model's score, before the KL penalty
-    "kl": "objective/kl",
-    "entropy": "objective/entropy",
-    "policy_loss": "loss/policy_avg",
-    "clip_ratio_region": "policy/clipfrac_avg",
-    "learning_rate": "lr",
-})
+TRL_ONPOLICY = KeyTable(
+    "trl",
+    "PPOTrainer / RLOOTrainer, TRL >= 0.11",
+    {
+        "reward_mean": "objective/scores",  # the reward model's score, before the KL penalty
+        "kl": "objective/kl",
+        "entropy": "objective/entropy",
+        "policy_loss": "loss/policy_avg",
+        "clip_ratio_region": "policy/clipfrac_avg",
+        "learning_rate": "lr",
+    },
+)
 
 # --- verl ---------------------------------------------------------------------------------------
 
 #: verl ``RayPPOTrainer`` (``verl/trainer/ppo/metric_utils.py`` and the actor workers), 0.3 onwards.
-VERL_CURRENT = KeyTable("verl", "RayPPOTrainer, verl >= 0.3", {
-    # the verifier score; critic/rewards/mean includes an in-reward KL penalty and is used only
-    # when a run logs no score at all
-    "reward_mean": ("critic/score/mean", "critic/rewards/mean"),
-    # KL to the reference policy: as a loss term (use_kl_loss) or as a penalty in the reward
-    # (use_kl_in_reward, logged as actor/reward_kl_penalty; critic/kl in older versions).
-    # actor/ppo_kl is the old/new policy KL of the PPO step, not this: it stays in extra.
-    "kl": ("actor/kl_loss", "actor/reward_kl_penalty", "critic/kl"),
-    "entropy": ("actor/entropy", "actor/entropy_loss"),  # older versions log the entropy as entropy_loss
-    "policy_loss": "actor/pg_loss",
-    "grad_norm": "actor/grad_norm",
-    "learning_rate": "actor/lr",
-    "clip_ratio_low": "actor/pg_clipfrac_lower",
-    "clip_ratio_region": "actor/pg_clipfrac",
-    "completion_length_mean": "response_length/mean",
-    "completion_length_max": "response_length/max",
-    "truncated_ratio": "response_length/clip_ratio",
-    "step_time_s": "timing_s/step",
-    "eval_accuracy": Pattern(r"val-core/.+/(acc|reward|score)/mean@1|val/test_score/.+", "val-core/*/acc/mean@1",
-                             first=True, prefixes=("val-core/", "val/test_score/")),
-})
+VERL_CURRENT = KeyTable(
+    "verl",
+    "RayPPOTrainer, verl >= 0.3",
+    {
+        # the verifier score; critic/rewards/mean includes an in-reward KL penalty and is used only
+        # when a run logs no score at all
+        "reward_mean": ("critic/score/mean", "critic/rewards/mean"),
+        # KL to the reference policy: as a loss term (use_kl_loss) or as a penalty in the reward
+        # (use_kl_in_reward, logged as actor/reward_kl_penalty; critic/kl in older versions).
+        # actor/ppo_kl is the old/new policy KL of the PPO step, not this: it stays in extra.
+        "kl": ("actor/kl_loss", "actor/reward_kl_penalty", "critic/kl"),
+        "entropy": ("actor/entropy", "actor/entropy_loss"),  # older versions log the entropy as entropy_loss
+        "policy_loss": "actor/pg_loss",
+        "grad_norm": "actor/grad_norm",
+        "learning_rate": "actor/lr",
+        "clip_ratio_low": "actor/pg_clipfrac_lower",
+        "clip_ratio_region": "actor/pg_clipfrac",
+        "completion_length_mean": "response_length/mean",
+        "completion_length_max": "response_length/max",
+        "truncated_ratio": "response_length/clip_ratio",
+        "step_time_s": "timing_s/step",
+        "eval_accuracy": Pattern(
+            r"val-core/.+/(acc|reward|score)/mean@1|val/test_score/.+",
+            "val-core/*/acc/mean@1",
+            first=True,
+            prefixes=("val-core/", "val/test_score/"),
+        ),
+    },
+)
 
 # --- OpenRLHF -----------------------------------------------------------------------------------
 
@@ -132,10 +152,14 @@ def _by_field(names: dict[str, str], prefixes: tuple[str, ...] = ("",)) -> dict[
 
 #: OpenRLHF: the published benchmark's names (the loader's table), also under OpenRLHF's wandb /
 #: TensorBoard prefix ``train/<key>`` (its trainers log ``{"train/%s" % k: v}`` of their status dict).
-OPENRLHF_CURRENT = KeyTable("openrlhf", "PPOTrainer status dict, OpenRLHF >= 0.4", _by_field(_OPENRLHF_NAMES, ("", "train/")))
+OPENRLHF_CURRENT = KeyTable(
+    "openrlhf", "PPOTrainer status dict, OpenRLHF >= 0.4", _by_field(_OPENRLHF_NAMES, ("", "train/"))
+)
 
 #: Plain JSONL / CSV: our own field names and the loader's aliases.
-JSONL_TABLE = KeyTable("jsonl", "rftfm StepRecord names", _by_field({k: v for k, v in STEP_ALIASES.items() if v in STEP_METRICS}))
+JSONL_TABLE = KeyTable(
+    "jsonl", "rftfm StepRecord names", _by_field({k: v for k, v in STEP_ALIASES.items() if v in STEP_METRICS})
+)
 
 TABLES: dict[str, tuple[KeyTable, ...]] = {
     "trl": (TRL_CURRENT, TRL_LEGACY, TRL_ONPOLICY),
@@ -187,10 +211,27 @@ NOT_RL_EVIDENCE: frozenset[str] = frozenset({"learning_rate", "step_time_s", "gr
 GENERIC_KEYS: frozenset[str] = frozenset({"loss", "train/loss", "lr"})
 
 #: Keys that name the step counter, in order of preference.
-STEP_NUMBER_KEYS: tuple[str, ...] = ("step", "global_step", "training/global_step", "train/global_step", "_step", "iteration")
+STEP_NUMBER_KEYS: tuple[str, ...] = (
+    "step",
+    "global_step",
+    "training/global_step",
+    "train/global_step",
+    "_step",
+    "iteration",
+)
 #: Logged keys that are never metrics.
 IGNORED_KEYS: frozenset[str] = frozenset(
-    {"epoch", "train/epoch", "run_id", "time", "timestamp", "elapsed_seconds", "schema_version", "_runtime", "_timestamp"}
+    {
+        "epoch",
+        "train/epoch",
+        "run_id",
+        "time",
+        "timestamp",
+        "elapsed_seconds",
+        "schema_version",
+        "_runtime",
+        "_timestamp",
+    }
     | set(STEP_NUMBER_KEYS)
 )
 
@@ -212,11 +253,29 @@ def coverage(fmt: str) -> dict[str, bool]:
 
 # --- which framework a set of keys comes from ---------------------------------------------------
 
-_VERL_PREFIXES = ("critic/", "actor/", "response_length/", "timing_s/", "perf/", "global_seqlen/", "prompt_length/",
-                  "val-core/", "val-aux/", "training/")
+_VERL_PREFIXES = (
+    "critic/",
+    "actor/",
+    "response_length/",
+    "timing_s/",
+    "perf/",
+    "global_seqlen/",
+    "prompt_length/",
+    "val-core/",
+    "val-aux/",
+    "training/",
+)
 _TRL_KEYS = {"frac_reward_zero_std", "reward_std", "num_tokens", "completion_length", "log_history"}
 _TRL_PREFIXES = ("completions/", "rewards/", "clip_ratio/", "objective/", "policy/", "loss/")
-_OPENRLHF_KEYS = {"policy_loss", "actor_lr", "policy_entropy", "response_length", "total_length", "return", "actor_loss"}
+_OPENRLHF_KEYS = {
+    "policy_loss",
+    "actor_lr",
+    "policy_entropy",
+    "response_length",
+    "total_length",
+    "return",
+    "actor_loss",
+}
 #: The prefix TRL's wandb / TensorBoard callbacks (transformers) and OpenRLHF put on training metrics.
 TRAIN_PREFIX = "train/"
 
@@ -236,7 +295,7 @@ def sniff_keys(keys: set[str]) -> Sniffed | None:
         return Sniffed("verl", True)
     if keys & _TRL_KEYS or any(k.startswith(_TRL_PREFIXES) for k in keys):
         return Sniffed("trl", True)
-    stripped = {k[len(TRAIN_PREFIX):] for k in keys if k.startswith(TRAIN_PREFIX)}
+    stripped = {k[len(TRAIN_PREFIX) :] for k in keys if k.startswith(TRAIN_PREFIX)}
     if stripped:
         if stripped & _OPENRLHF_KEYS:
             return Sniffed("openrlhf", True)

@@ -60,7 +60,7 @@ class AdapterStats:
 
     @property
     def described(self) -> str:
-        """"verl console log (verl keys)" — what the reader identified."""
+        """ "verl console log (verl keys)" — what the reader identified."""
         if self.container is None:
             return FORMAT_NAMES.get(self.format or "", "unknown format")
         name = FORMAT_NAMES.get(self.format or "", "") if self.steps else ""
@@ -72,8 +72,10 @@ class AdapterStats:
             return self.mismatch
         if self.non_rl_lines:
             keys = ", ".join(self.non_rl_keys[:5])
-            return (f"no RL training steps in {path}: {self.non_rl_lines} line(s) log step metrics ({keys}) but no reward, "
-                    "KL, completion length or clipping: not a reinforcement fine-tuning log (supervised fine-tuning?)")
+            return (
+                f"no RL training steps in {path}: {self.non_rl_lines} line(s) log step metrics ({keys}) but no reward, "
+                "KL, completion length or clipping: not a reinforcement fine-tuning log (supervised fine-tuning?)"
+            )
         return f"no training step found in {path}"
 
 
@@ -123,7 +125,8 @@ class StepParser:
             if sniffed.strong and sniffed.framework != self.expected:
                 self.stats.mismatch = (
                     f"this log looks like a {container} with {FORMAT_NAMES[sniffed.framework]} keys (--format "
-                    f"{sniffed.framework}), not --format {self.expected}: run with --format {sniffed.framework} or auto")
+                    f"{sniffed.framework}), not --format {self.expected}: run with --format {sniffed.framework} or auto"
+                )
                 return False
             if sniffed.strong:
                 self._use(Sniffed(self.expected, True, sniffed.prefix))
@@ -199,7 +202,9 @@ class StepParser:
                 if key in self._postfix_seen:  # a redraw of a bar state already read
                     return None
                 self._postfix_seen.add(key)
-                return postfix if self.identify(set(postfix), "OpenRLHF console output (progress-bar postfix)") else None
+                return (
+                    postfix if self.identify(set(postfix), "OpenRLHF console output (progress-bar postfix)") else None
+                )
         return None
 
     def _flats(self, line: str) -> list[dict[str, Any]]:
@@ -250,7 +255,11 @@ class StepParser:
             if _has_metrics(flat):
                 self.stats.non_rl_lines += 1
                 for key in flat:
-                    if len(self.stats.non_rl_keys) < 8 and key not in self.stats.non_rl_keys and key not in STEP_NUMBER_KEYS:
+                    if (
+                        len(self.stats.non_rl_keys) < 8
+                        and key not in self.stats.non_rl_keys
+                        and key not in STEP_NUMBER_KEYS
+                    ):
                         self.stats.non_rl_keys.append(str(key))
             return None
         step = _step_number(flat)
@@ -317,7 +326,9 @@ def _csv_value(text: str) -> Any:
 
 
 def _has_metrics(flat: dict[str, Any]) -> bool:
-    return any(isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in flat.items() if k not in STEP_NUMBER_KEYS)
+    return any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in flat.items() if k not in STEP_NUMBER_KEYS
+    )
 
 
 def _step_number(obj: dict[str, Any]) -> int | None:

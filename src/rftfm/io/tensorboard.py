@@ -32,7 +32,9 @@ class EventReader:
         try:
             from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
         except ImportError as exc:  # a dependency of rftfm; say so if an install lacks it
-            raise ValueError(f"{path} is a TensorBoard event file: reading it needs the tensorboard package ({exc})") from exc
+            raise ValueError(
+                f"{path} is a TensorBoard event file: reading it needs the tensorboard package ({exc})"
+            ) from exc
         self.path = path
         self._acc = EventAccumulator(str(path), size_guidance={SCALARS: 0})
         self._rows: dict[int, dict[str, Any]] = {}
@@ -46,7 +48,7 @@ class EventReader:
             raise OSError(f"cannot read {self.path}: {exc}") from exc
         for tag in self._acc.Tags().get("scalars", []):
             events = self._acc.Scalars(tag)
-            for event in events[self._seen.get(tag, 0):]:
+            for event in events[self._seen.get(tag, 0) :]:
                 self._rows.setdefault(int(event.step), {})[tag] = float(event.value)
             self._seen[tag] = len(events)
         return self._rows

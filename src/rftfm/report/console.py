@@ -69,19 +69,27 @@ def print_episode(change: EpisodeChange, episode: Episode) -> None:
     """One line when an episode starts (plus its diagnosis), changes diagnosis, clears or ends open."""
     run = escape(episode.run_id)
     if change == "start":
-        console.print(f"[bold red]ALARM[/] {run} from step {episode.start_step}: score {episode.peak_score:.3g} — "
-                      f"{evidence_line(episode.evidence)}")
+        console.print(
+            f"[bold red]ALARM[/] {run} from step {episode.start_step}: score {episode.peak_score:.3g} — "
+            f"{evidence_line(episode.evidence)}"
+        )
         if episode.diagnosis is not None:
             _diagnosis_panel(episode.diagnosis)
     elif change == "diagnosis" and episode.diagnosis is not None:
-        console.print(f"[yellow]diagnosis[/] {run} episode from step {episode.start_step} is now "
-                      f"{diagnosis_text(episode.diagnosis)} at step {episode.diagnosis.step}")
+        console.print(
+            f"[yellow]diagnosis[/] {run} episode from step {episode.start_step} is now "
+            f"{diagnosis_text(episode.diagnosis)} at step {episode.diagnosis.step}"
+        )
     elif change == "clear":
-        console.print(f"[green]cleared[/] {run} episode steps {episode.start_step}–{episode.end_step} "
-                      f"({episode.alarmed_steps} alarmed step(s), {diagnosis_text(episode.diagnosis)})")
+        console.print(
+            f"[green]cleared[/] {run} episode steps {episode.start_step}–{episode.end_step} "
+            f"({episode.alarmed_steps} alarmed step(s), {diagnosis_text(episode.diagnosis)})"
+        )
     elif change == "end":
-        console.print(f"[red]open[/] {run} episode from step {episode.start_step} was still alarming when the log ended "
-                      f"({episode.alarmed_steps} alarmed step(s), {diagnosis_text(episode.diagnosis)})")
+        console.print(
+            f"[red]open[/] {run} episode from step {episode.start_step} was still alarming when the log ended "
+            f"({episode.alarmed_steps} alarmed step(s), {diagnosis_text(episode.diagnosis)})"
+        )
 
 
 def print_step(step: StepRecord, alarm: Alarm | None) -> None:
@@ -89,5 +97,7 @@ def print_step(step: StepRecord, alarm: Alarm | None) -> None:
     if alarm is None:
         console.print(f"[dim]step {step.step}: no alarm[/]")
     else:
-        console.print(f"[red]alarm[/] step {step.step}: score {alarm.score:.3g} ≥ {alarm.threshold:.3g} — "
-                      f"{evidence_line(alarm.evidence, 3)}")
+        console.print(
+            f"[red]alarm[/] step {step.step}: score {alarm.score:.3g} ≥ {alarm.threshold:.3g} — "
+            f"{evidence_line(alarm.evidence, 3)}"
+        )

@@ -69,13 +69,33 @@ def episode_shapes(episodes: Sequence[Episode], steps: np.ndarray, onset_step: i
     half = _step_width(steps) / 2
     longest = sorted(episodes, key=lambda e: e.end_step - e.start_step, reverse=True)[:MAX_SPANS]
     shapes: list[dict[str, Any]] = [
-        {"type": "rect", "xref": "x", "yref": "paper", "x0": e.start_step - half, "x1": e.end_step + half, "y0": 0, "y1": 1,
-         "fillcolor": EPISODE_FILL, "line": {"width": 0}, "layer": "below"}
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": e.start_step - half,
+            "x1": e.end_step + half,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": EPISODE_FILL,
+            "line": {"width": 0},
+            "layer": "below",
+        }
         for e in longest
     ]
     if onset_step is not None:
-        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": onset_step, "x1": onset_step, "y0": 0, "y1": 1,
-                       "line": {"color": ONSET_COLOR, "dash": "longdash", "width": 1}})
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": onset_step,
+                "x1": onset_step,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": ONSET_COLOR, "dash": "longdash", "width": 1},
+            }
+        )
     return shapes
 
 
@@ -83,23 +103,61 @@ def episode_labels(episodes: Sequence[Episode], labels: Sequence[str]) -> list[d
     """The diagnosis of each episode, written once at the top of its span (first panel only)."""
     if len(episodes) > MAX_LABELS:
         return []
-    return [{"x": e.start_step, "y": 1, "xref": "x", "yref": "paper", "text": esc(label), "showarrow": False,
-             "xanchor": "left", "yanchor": "bottom", "font": {"size": 10, "color": "#b22222"}}
-            for e, label in zip(episodes, labels) if label]
+    return [
+        {
+            "x": e.start_step,
+            "y": 1,
+            "xref": "x",
+            "yref": "paper",
+            "text": esc(label),
+            "showarrow": False,
+            "xanchor": "left",
+            "yanchor": "bottom",
+            "font": {"size": 10, "color": "#b22222"},
+        }
+        for e, label in zip(episodes, labels)
+        if label
+    ]
 
 
-def panel(name: str, steps: np.ndarray, values: np.ndarray, shapes: list[dict[str, Any]],
-          annotations: list[dict[str, Any]] | None = None, height: int = 230) -> dict[str, Any]:
+def panel(
+    name: str,
+    steps: np.ndarray,
+    values: np.ndarray,
+    shapes: list[dict[str, Any]],
+    annotations: list[dict[str, Any]] | None = None,
+    height: int = 230,
+) -> dict[str, Any]:
     """One signal over steps: a line, the episodes shaded behind it."""
     x, y = downsample(steps, values)
-    title = esc(name) + (f" <span style='font-size:10px'>({len(x)} of {len(steps)} points shown)</span>" if len(x) < len(steps) else "")
+    title = esc(name) + (
+        f" <span style='font-size:10px'>({len(x)} of {len(steps)} points shown)</span>" if len(x) < len(steps) else ""
+    )
     return {
-        "data": [{"type": "scattergl" if len(x) > 2000 else "scatter", "mode": "lines+markers" if len(x) <= 200 else "lines",
-                  "x": x.tolist(), "y": _compact(y), "name": esc(name), "marker": {"size": 4}, "line": {"width": 1.5},
-                  "connectgaps": False, "hovertemplate": "step %{x}: %{y}<extra></extra>"}],
-        "layout": {"title": {"text": title, "font": {"size": 13}, "x": 0.02}, "height": height, "showlegend": False,
-                   "margin": {"t": 36, "l": 55, "r": 12, "b": 30}, "xaxis": _AXIS, "yaxis": _AXIS,
-                   "shapes": shapes, "annotations": annotations or [], "plot_bgcolor": "#fff"},
+        "data": [
+            {
+                "type": "scattergl" if len(x) > 2000 else "scatter",
+                "mode": "lines+markers" if len(x) <= 200 else "lines",
+                "x": x.tolist(),
+                "y": _compact(y),
+                "name": esc(name),
+                "marker": {"size": 4},
+                "line": {"width": 1.5},
+                "connectgaps": False,
+                "hovertemplate": "step %{x}: %{y}<extra></extra>",
+            }
+        ],
+        "layout": {
+            "title": {"text": title, "font": {"size": 13}, "x": 0.02},
+            "height": height,
+            "showlegend": False,
+            "margin": {"t": 36, "l": 55, "r": 12, "b": 30},
+            "xaxis": _AXIS,
+            "yaxis": _AXIS,
+            "shapes": shapes,
+            "annotations": annotations or [],
+            "plot_bgcolor": "#fff",
+        },
     }
 
 
@@ -107,7 +165,14 @@ def box_panel(name: str, boxes: dict[str, list[float]], shapes: list[dict[str, A
     """Per-step distributions from precomputed quartiles (``boxes``: x, q1, median, q3, mean, fences)."""
     return {
         "data": [{"type": "box", "name": esc(name), "boxmean": True, "marker": {"color": "#1f77b4"}, **boxes}],
-        "layout": {"title": {"text": esc(name), "font": {"size": 13}, "x": 0.02}, "height": 240, "showlegend": False,
-                   "margin": {"t": 36, "l": 55, "r": 12, "b": 30}, "xaxis": _AXIS, "yaxis": _AXIS, "shapes": shapes,
-                   "plot_bgcolor": "#fff"},
+        "layout": {
+            "title": {"text": esc(name), "font": {"size": 13}, "x": 0.02},
+            "height": 240,
+            "showlegend": False,
+            "margin": {"t": 36, "l": 55, "r": 12, "b": 30},
+            "xaxis": _AXIS,
+            "yaxis": _AXIS,
+            "shapes": shapes,
+            "plot_bgcolor": "#fff",
+        },
     }

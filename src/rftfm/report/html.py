@@ -41,7 +41,15 @@ from rftfm.report.sections import (
 Event = tuple[StepRecord, list[TrajectoryRecord]]
 
 #: Signals shown first when no alarm points elsewhere (what a person checks first in an RL run).
-HEADLINE = ("reward_mean", "kl", "entropy", "completion_length_mean", "truncated_ratio", "frac_zero_std_groups", "grad_norm")
+HEADLINE = (
+    "reward_mean",
+    "kl",
+    "entropy",
+    "completion_length_mean",
+    "truncated_ratio",
+    "frac_zero_std_groups",
+    "grad_norm",
+)
 #: At most this many evidence panels are shown unfolded.
 MAX_SHOWN = 6
 #: At most this many steps get a box per trajectory signal (evenly subsampled beyond).
@@ -63,9 +71,13 @@ def _int_step(value: Any) -> int | None:
 def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: str) -> tuple[list[Episode], list[str]]:
     """The episodes of the recorded alarms (the monitor's rule), each with its strongest alarm's evidence
     and the latest diagnosis made within it; and a label per episode (its diagnosis, named once)."""
+
     def by_step(kind: str) -> list[dict[str, Any]]:
-        found = [e for e in incidents if e.get("kind") == kind and _int_step(e.get("step")) is not None
-                 and isinstance(e.get("payload"), dict)]
+        found = [
+            e
+            for e in incidents
+            if e.get("kind") == kind and _int_step(e.get("step")) is not None and isinstance(e.get("payload"), dict)
+        ]
         return sorted(found, key=lambda e: e["step"])
 
     alarms, diagnoses = by_step("alarm"), by_step("diagnosis")
@@ -77,7 +89,9 @@ def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: 
         strongest = max(alarms[lo:hi], key=lambda e: _score(e["payload"]), default=None)
         if strongest is not None:
             episode.peak_score, episode.evidence = _score(strongest["payload"]), _evidence(strongest["payload"])
-        within = diagnoses[bisect_left(diagnosis_steps, episode.start_step):bisect_right(diagnosis_steps, episode.end_step)]
+        within = diagnoses[
+            bisect_left(diagnosis_steps, episode.start_step) : bisect_right(diagnosis_steps, episode.end_step)
+        ]
         label = ""
         if within:
             try:
@@ -113,7 +127,9 @@ def evidence_order(incidents: Sequence[dict[str, Any]], present: Sequence[str]) 
             for rank, ev in enumerate(payload.get("evidence") or []):
                 if isinstance(ev, dict) and ev.get("signal") in present:
                     cited[ev["signal"]] += 1.0 / (1 + rank)
-    rest = [s for s in HEADLINE if s in present and s not in cited] + [s for s in present if s not in cited and s not in HEADLINE]
+    rest = [s for s in HEADLINE if s in present and s not in cited] + [
+        s for s in present if s not in cited and s not in HEADLINE
+    ]
     return [s for s, _ in cited.most_common()] + rest
 
 
@@ -137,8 +153,14 @@ def _box_stats(values: np.ndarray) -> dict[str, float] | None:
     q1, med, q3 = np.percentile(values, [25, 50, 75])
     iqr = q3 - q1
     inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
-    return {"q1": float(q1), "median": float(med), "q3": float(q3), "mean": float(values.mean()),
-            "lowerfence": float(inside.min()), "upperfence": float(inside.max())}
+    return {
+        "q1": float(q1),
+        "median": float(med),
+        "q3": float(q3),
+        "mean": float(values.mean()),
+        "lowerfence": float(inside.min()),
+        "upperfence": float(inside.max()),
+    }
 
 
 def trajectory_panels(events: Sequence[Event], shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,10 +172,16 @@ def trajectory_panels(events: Sequence[Event], shapes: list[dict[str, Any]]) -> 
         idx = np.unique(np.linspace(0, len(with_trajs) - 1, MAX_BOX_STEPS).round().astype(int))
         with_trajs = [with_trajs[i] for i in idx]
     figures = []
-    for attr, label in (("reward", "reward per trajectory"), ("response_length", "response length"), ("repetition_ratio", "repetition ratio")):
+    for attr, label in (
+        ("reward", "reward per trajectory"),
+        ("response_length", "response length"),
+        ("repetition_ratio", "repetition ratio"),
+    ):
         boxes: dict[str, list[float]] = {k: [] for k in ("x", "q1", "median", "q3", "mean", "lowerfence", "upperfence")}
         for step, trajs in with_trajs:
-            box = _box_stats(np.array([np.nan if getattr(t, attr) is None else float(getattr(t, attr)) for t in trajs], dtype=float))
+            box = _box_stats(
+                np.array([np.nan if getattr(t, attr) is None else float(getattr(t, attr)) for t in trajs], dtype=float)
+            )
             if box is None:
                 continue
             boxes["x"].append(step.step)
@@ -179,8 +207,13 @@ class _Figures:
         return f"<div class='grid' id='{prefix}'>" + "".join(divs) + "</div>"
 
 
-def _signal_panels(steps: np.ndarray, columns: dict[str, np.ndarray], names: Sequence[str], shapes: list[dict[str, Any]],
-                   labels: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _signal_panels(
+    steps: np.ndarray,
+    columns: dict[str, np.ndarray],
+    names: Sequence[str],
+    shapes: list[dict[str, Any]],
+    labels: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     out = []
     for name in names:
         values = columns[name]
@@ -210,7 +243,11 @@ def build_report(
     records = [s for s, _ in events]
     incidents = sorted(incidents, key=lambda e: (e.get("time") or 0, e.get("step") or 0))
     steps = [r.step for r in records]
-    onset = (ground_truth.get("onset_step") or 1) if ground_truth and ground_truth.get("control_or_fault") == "fault" else None
+    onset = (
+        (ground_truth.get("onset_step") or 1)
+        if ground_truth and ground_truth.get("control_or_fault") == "fault"
+        else None
+    )
     episodes, labels = run_episodes(steps, incidents, run_id)
     shapes = episode_shapes(episodes, np.array(steps, dtype=float), onset)
     step_axis = np.array(steps, dtype=float)
@@ -218,7 +255,9 @@ def build_report(
     present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
     order = evidence_order(incidents, present)
     figures = _Figures()
-    shown = figures.grid("fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels)))
+    shown = figures.grid(
+        "fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels))
+    )
     folded = _signal_panels(step_axis, columns, order[MAX_SHOWN:], shapes)
     trajectory = trajectory_panels(events, shapes)
     extra_names = sorted({k for r in records for k in r.extra})
@@ -228,20 +267,31 @@ def build_report(
         f"<h1>rftfm report: {esc(run_id)}</h1>",
         f"<p class='muted'>generated {esc(fmt_time(datetime.now(tz=timezone.utc).timestamp()))}</p>",
         "<div id='rftfm-status' hidden data-rendered='0' data-errors='0'>rendering</div>",
-        "<h2>summary</h2>", summary_html(run_id, events, incidents, episodes, source, stats, note, ground_truth, onset, present),
-        "<h2>alarm episodes</h2>", episodes_html(episodes, labels),
+        "<h2>summary</h2>",
+        summary_html(run_id, events, incidents, episodes, source, stats, note, ground_truth, onset, present),
+        "<h2>alarm episodes</h2>",
+        episodes_html(episodes, labels),
         "<h2>training signals</h2>",
         "<p class='muted'>The signals the alarms cite most come first; shaded: alarm episodes.</p>" if episodes else "",
         shown if records else "<p class='muted'>No step metrics.</p>",
-        _fold(f"other training signals ({len(folded)})", figures.grid("fig-more", folded, lazy=True), "fold-more") if folded else "",
+        _fold(f"other training signals ({len(folded)})", figures.grid("fig-more", folded, lazy=True), "fold-more")
+        if folded
+        else "",
         "<h2>trajectory distributions</h2>",
-        figures.grid("fig-trajectories", trajectory) if trajectory else "<p class='muted'>This log has no per-trajectory records.</p>",
-        "<h2>diagnosis</h2>", _section(diagnosis_html, incidents),
-        "<h2>sample completions</h2>", _section(completions_html, events, incidents),
-        "<h2>incident timeline</h2>", _section(timeline_html, incidents),
+        figures.grid("fig-trajectories", trajectory)
+        if trajectory
+        else "<p class='muted'>This log has no per-trajectory records.</p>",
+        "<h2>diagnosis</h2>",
+        _section(diagnosis_html, incidents),
+        "<h2>sample completions</h2>",
+        _section(completions_html, events, incidents),
+        "<h2>incident timeline</h2>",
+        _section(timeline_html, incidents),
         "<h2>other logged metrics</h2>",
         f"<p class='muted'>{', '.join(esc(n) for n in extra_names) if extra_names else 'none'}</p>",
-        _fold(f"plots of the first {len(extra)}", figures.grid("fig-extra", extra, lazy=True), "fold-extra") if extra else "",
+        _fold(f"plots of the first {len(extra)}", figures.grid("fig-extra", extra, lazy=True), "fold-extra")
+        if extra
+        else "",
     ]
     script = f"<script src='{esc(plotly_src)}'></script>" if plotly_src else f"<script>{_plotly_js()}</script>"
     return (
@@ -279,8 +329,14 @@ def plotly_bundle(directory: Path) -> Path:
     return bundle
 
 
-def write_report(path: str | Path, run_id: str, events: Sequence[Event], incidents: Sequence[dict[str, Any]] = (),
-                 inline_js: bool = True, **kwargs: Any) -> Path:
+def write_report(
+    path: str | Path,
+    run_id: str,
+    events: Sequence[Event],
+    incidents: Sequence[dict[str, Any]] = (),
+    inline_js: bool = True,
+    **kwargs: Any,
+) -> Path:
     """Write :func:`build_report` to ``path`` (parents created); returns the path.
 
     ``inline_js=False`` writes plotly.js beside the page once (see :func:`plotly_bundle`) instead of into it.
@@ -296,7 +352,8 @@ def write_report(path: str | Path, run_id: str, events: Sequence[Event], inciden
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.5em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px} .muted{color:#777}
-table{border-collapse:collapse;font-size:0.9em;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:0.9em;margin:8px 0}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5} pre{margin:0;white-space:pre-wrap;word-break:break-all;max-width:700px}
 .tag{color:#fff;border-radius:3px;padding:1px 6px;font-size:0.85em} .kv td:first-child{font-weight:600}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:8px}
@@ -324,14 +381,20 @@ _RENDER = """
     catch(err){ window.__rftfmErrors.push(String(err)); }
     status.setAttribute('data-rendered', String(done));
     status.setAttribute('data-errors', String(window.__rftfmErrors.length));
-    status.textContent = window.__rftfmErrors.length ? 'RFTFM-JS-ERRORS: ' + window.__rftfmErrors.join(' | ') : 'RFTFM-RENDERED ' + done;
+    status.textContent = window.__rftfmErrors.length
+      ? 'RFTFM-JS-ERRORS: ' + window.__rftfmErrors.join(' | ') : 'RFTFM-RENDERED ' + done;
   }
   function inside(fold, f){ return fold.contains(document.getElementById(f.div)); }
   document.querySelectorAll('details').forEach(function(fold){
-    fold.addEventListener('toggle', function(){ if (fold.open) figs.filter(function(f){ return inside(fold, f); }).forEach(draw); });
+    fold.addEventListener('toggle', function(){
+      if (fold.open) figs.filter(function(f){ return inside(fold, f); }).forEach(draw);
+    });
   });
   figs.filter(function(f){ return !f.lazy; }).forEach(draw);
-  if (location.hash === '#open-all') document.querySelectorAll('details').forEach(function(d){ d.open = true; figs.forEach(draw); });
+  if (location.hash === '#open-all') {
+    document.querySelectorAll('details').forEach(function(d){ d.open = true; });
+    figs.forEach(draw);
+  }
   status.setAttribute('data-lazy', String(figs.filter(function(f){ return !f.drawn; }).length));
 })();
 """

@@ -37,10 +37,18 @@ def _describe(event: dict[str, Any]) -> str:
         return f"score {_fmt_num(p.get('score'))} ≥ {_fmt_num(p.get('threshold'))}: {esc(signals)}"
     if kind == "diagnosis":
         ranked = p.get("ranked") or []
-        top = "unknown (abstained)" if p.get("unknown") or not ranked else f"{ranked[0].get('fault_type')} ({ranked[0].get('family')}) p={float(ranked[0].get('probability') or 0):.2f}"
+        top = (
+            "unknown (abstained)"
+            if p.get("unknown") or not ranked
+            else f"{ranked[0].get('fault_type')} ({ranked[0].get('family')}) "
+            f"p={float(ranked[0].get('probability') or 0):.2f}"
+        )
         return esc(p.get("summary") or top)
     if kind == "action":
-        return esc(f"{p.get('kind')} {p.get('knob') or ''} {p.get('previous')!r} → {p.get('value')!r} {p.get('reason') or ''}".strip())
+        return esc(
+            f"{p.get('kind')} {p.get('knob') or ''} {p.get('previous')!r} → {p.get('value')!r} "
+            f"{p.get('reason') or ''}".strip()
+        )
     if kind == "outcome":
         action = p.get("action") or {}
         return esc(f"{p.get('result')}: {action.get('kind')} {action.get('knob') or ''} {p.get('detail') or ''}")
@@ -63,7 +71,9 @@ def timeline_html(incidents: Sequence[dict[str, Any]], limit: int = 500) -> str:
         return "<p class='muted'>No incidents recorded for this run.</p>"
     alarms = sum(e["kind"] == "alarm" for e in incidents)
     incidents = [e for e in incidents if e["kind"] != "alarm"]
-    note = f"<p class='muted'>{alarms} per-step alarm event(s) are summed up in the episodes above.</p>" if alarms else ""
+    note = (
+        f"<p class='muted'>{alarms} per-step alarm event(s) are summed up in the episodes above.</p>" if alarms else ""
+    )
     if not incidents:
         return note
     rows = []
@@ -75,7 +85,11 @@ def timeline_html(incidents: Sequence[dict[str, Any]], limit: int = 500) -> str:
             f"<td><span class='tag' style='background:{color}'>{esc(e['kind'])}</span></td><td>{_describe(e)}</td></tr>"
         )
     more = f"<p class='muted'>{len(incidents) - limit} more events not shown.</p>" if len(incidents) > limit else ""
-    table = "<table><thead><tr><th>time</th><th>step</th><th>kind</th><th>what</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    table = (
+        "<table><thead><tr><th>time</th><th>step</th><th>kind</th><th>what</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
     return note + f"<details><summary>{len(incidents)} event(s)</summary>{table}{more}</details>"
 
 
@@ -89,17 +103,23 @@ def diagnosis_html(incidents: Sequence[dict[str, Any]]) -> str:
         parts.append("<p>The diagnoser abstained: no known fault fingerprint fits.</p>")
     ranked = d.get("ranked") or []
     if ranked:
-        parts.append("<table><thead><tr><th>rank</th><th>fault type</th><th>family</th><th>probability</th></tr></thead><tbody>")
+        parts.append(
+            "<table><thead><tr><th>rank</th><th>fault type</th><th>family</th><th>probability</th></tr></thead><tbody>"
+        )
         for i, h in enumerate(ranked[:5], start=1):
-            parts.append(f"<tr><td>{i}</td><td>{esc(h.get('fault_type'))}</td><td>{esc(h.get('family'))}</td><td>{_fmt_num(h.get('probability'))}</td></tr>")
+            parts.append(
+                f"<tr><td>{i}</td><td>{esc(h.get('fault_type'))}</td><td>{esc(h.get('family'))}</td><td>{_fmt_num(h.get('probability'))}</td></tr>"
+            )
         parts.append("</tbody></table>")
     evidence = d.get("evidence") or []
     if not evidence:
         alarms = [e for e in incidents if e["kind"] == "alarm"]
         evidence = (alarms[-1]["payload"].get("evidence") or []) if alarms else []
     if evidence:
-        parts.append("<h3>evidence</h3><table><thead><tr><th>signal</th><th>direction</th><th>value</th><th>baseline</th>"
-                     "<th>z</th><th>since step</th></tr></thead><tbody>")
+        parts.append(
+            "<h3>evidence</h3><table><thead><tr><th>signal</th><th>direction</th><th>value</th><th>baseline</th>"
+            "<th>z</th><th>since step</th></tr></thead><tbody>"
+        )
         for ev in evidence[:20]:
             parts.append(
                 f"<tr><td>{esc(ev.get('signal'))}</td><td>{esc(_direction(ev))}</td><td>{_fmt_num(ev.get('value'))}</td>"
@@ -113,18 +133,34 @@ def completions_html(events: Sequence[Event], incidents: Sequence[dict[str, Any]
     alarms = sorted({int(e["step"]) for e in incidents if e.get("kind") == "alarm" and isinstance(e.get("step"), int)})
     with_text = [(s, t) for s, t in events if any(x.completion is not None for x in t)]
     if not with_text:
-        return "<p class='muted'>The log has no completions (only the OpenRLHF / RFT-FaultBench layout records them).</p>"
+        return (
+            "<p class='muted'>The log has no completions (only the OpenRLHF / RFT-FaultBench layout records them).</p>"
+        )
     chosen = next(((s, t) for s, t in with_text if alarms and s.step >= alarms[0]), with_text[-1])
     step, trajs = chosen
-    rows = [f"<p>step {esc(step.step)}{' (first alarm)' if alarms and step.step == alarms[0] else ''}:</p><table><thead><tr><th>prompt</th><th>reward</th><th>length</th><th>completion</th></tr></thead><tbody>"]
+    rows = [
+        f"<p>step {esc(step.step)}{' (first alarm)' if alarms and step.step == alarms[0] else ''}:</p>"
+        "<table><thead><tr><th>prompt</th><th>reward</th><th>length</th><th>completion</th></tr></thead><tbody>"
+    ]
     for t in [t for t in trajs if t.completion is not None][:limit]:
-        rows.append(f"<tr><td>{esc(t.prompt_id)}</td><td>{_fmt_num(t.reward)}</td><td>{esc(t.response_length)}</td><td><pre>{esc(t.completion)}</pre></td></tr>")
+        rows.append(
+            f"<tr><td>{esc(t.prompt_id)}</td><td>{_fmt_num(t.reward)}</td><td>{esc(t.response_length)}</td><td><pre>{esc(t.completion)}</pre></td></tr>"
+        )
     return "".join(rows) + "</tbody></table>"
 
 
-def summary_html(run_id: str, events: Sequence[Event], incidents: Sequence[dict[str, Any]], episodes: Sequence[Episode],
-                 source: str | None, stats: Any, note: str | None, ground_truth: dict[str, Any] | None,
-                 onset: int | None, present: Sequence[str]) -> str:
+def summary_html(
+    run_id: str,
+    events: Sequence[Event],
+    incidents: Sequence[dict[str, Any]],
+    episodes: Sequence[Episode],
+    source: str | None,
+    stats: Any,
+    note: str | None,
+    ground_truth: dict[str, Any] | None,
+    onset: int | None,
+    present: Sequence[str],
+) -> str:
     from rftfm.report.summary import input_problems
 
     records = [s for s, _ in events]
@@ -136,13 +172,20 @@ def summary_html(run_id: str, events: Sequence[Event], incidents: Sequence[dict[
         ("read as", getattr(stats, "described", None) or getattr(stats, "format", None) or ""),
         ("steps", f"{len(records)} ({records[0].step}–{records[-1].step})" if records else "0"),
         ("trajectories", sum(len(t) for _, t in events)),
-        ("alarm episodes", f"{len(episodes)} ({len(alarms)} alarmed steps, first at step {alarms[0]})" if alarms else "none"),
+        (
+            "alarm episodes",
+            f"{len(episodes)} ({len(alarms)} alarmed steps, first at step {alarms[0]})" if alarms else "none",
+        ),
         ("other incident events", ", ".join(f"{v} {k}" for k, v in kinds.items() if v) or "none"),
     ]
     if ground_truth:
         kind = ground_truth.get("control_or_fault")
-        label = (f"fault {ground_truth.get('fault_type')} ({ground_truth.get('fault_family')}, {ground_truth.get('fault_strength')}) from step {onset}"
-                 if kind == "fault" else f"{kind} run (no fault injected)")
+        label = (
+            f"fault {ground_truth.get('fault_type')} ({ground_truth.get('fault_family')}, "
+            f"{ground_truth.get('fault_strength')}) from step {onset}"
+            if kind == "fault"
+            else f"{kind} run (no fault injected)"
+        )
         rows.append(("benchmark label (evaluation only)", label))
     if stats is not None and hasattr(stats, "metric_problems"):
         for line in input_problems(stats):
@@ -164,10 +207,14 @@ def episodes_html(episodes: Sequence[Episode], labels: Sequence[str], limit: int
     for i, (episode, label) in enumerate(zip(episodes[:limit], labels), start=1):
         summary = episode.diagnosis.summary if episode.diagnosis is not None else ""
         rows.append(
-            f"<tr class='episode'><td>{i}</td><td>{episode.start_step}–{episode.end_step}</td><td>{episode.alarmed_steps}</td>"
+            f"<tr class='episode'><td>{i}</td><td>{episode.start_step}–{episode.end_step}</td>"
+            f"<td>{episode.alarmed_steps}</td>"
             f"<td><b>{esc(label) or 'not diagnosed'}</b>{'<br>' + esc(summary) if summary else ''}</td>"
             f"<td>{esc(evidence_line(episode.evidence, 3))}</td></tr>"
         )
     more = f"<p class='muted'>{len(episodes) - limit} more episodes not listed.</p>" if len(episodes) > limit else ""
-    return ("<table><thead><tr><th>#</th><th>steps</th><th>alarmed steps</th><th>diagnosis</th><th>evidence (value vs baseline)</th>"
-            "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>" + more)
+    return (
+        "<table><thead><tr><th>#</th><th>steps</th><th>alarmed steps</th><th>diagnosis</th>"
+        "<th>evidence (value vs baseline)</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>" + more
+    )
