@@ -20,7 +20,7 @@ ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 RAY_PREFIX = re.compile(r"^\s*\([\w.-]+ pid=\d+(?:, ip=[\w.:-]+)?\)\s?")
 _VERL_STEP = re.compile(r"^\s*step[: ]\s*(\d{1,18}):?\s*-\s*(.*)$")
 _NUMBER_CALL = re.compile(r"^(?:np|numpy|torch)?\.?(?:float\d*|int\d*|tensor)\((.*?)(?:,\s*\w+=.*)?\)$")
-_NUMPY_WRAPPER = re.compile(r"\bnp\.(?:float|int)\d*\(([^()]*)\)")
+_NUMPY_WRAPPER = re.compile(r"\bnp\.(?:float|int)\d*\(")
 #: A tqdm bar's counter: ``  3/25 [01:02<...``.
 _BAR = re.compile(r"(\d+)/(\d+) \[")
 #: A tqdm postfix: ``[01:02<07:30, 20.3s/it, policy_loss=0.01, kl=0.002]``.
@@ -56,14 +56,15 @@ def parse_verl_step(line: str) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"step": int(match.group(1))}
     rest = match.group(2)
-    if "(" in rest:  # np.float64(0.5) -> 0.5 (one pass over the line, not one regex per value)
-        rest = _NUMPY_WRAPPER.sub(r"\1", rest)
+    wrapped = "(" in rest
+    if wrapped:  # np.float64(0.5) -> 0.5): the wrapper's name goes in one pass over the line, its ")" below
+        rest = _NUMPY_WRAPPER.sub("", rest)
     for part in rest.split(" - "):
         key, sep, value = part.rpartition(":")
         if not sep:
             continue
         try:
-            parsed = float(value)
+            parsed = float(value.rstrip(") ") if wrapped else value)
         except ValueError:
             parsed = number(value)
             if parsed is None:

@@ -117,6 +117,7 @@ class FieldResolver:
         self.table_keys = candidates(framework, own_names=False)
         self.counts: dict[str, FieldCount] = {name: FieldCount() for name in STEP_METRICS}
         self.steps = 0
+        self._last_keys: Any = None
 
     def _strip(self, metrics: dict[str, Any]) -> dict[str, Any]:
         if not self.prefix:
@@ -162,9 +163,12 @@ class FieldResolver:
         self.steps += 1
         fields: dict[str, float | None] = {}
         used: set[str] = set()
+        # a line with the same keys as the last one cannot give a field without a source one
+        same_keys = metrics.keys() == self._last_keys
+        self._last_keys = metrics.keys()
         for name in STEP_METRICS:
             count = self.counts[name]
-            if count.source is None:
+            if count.source is None and not same_keys:
                 keys = keys if keys is not None else [k for k in metrics if isinstance(k, str)]
                 count.source = self._find(name, keys, metrics)
             if count.source is None or count.source not in metrics:

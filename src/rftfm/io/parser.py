@@ -274,7 +274,6 @@ class StepParser:
             return None
         self._last_step = max(self._last_step, step)
         self.stats.steps += 1
-        self.stats.fields = resolver.report()
         return record
 
     def parse_lines(self, line: str) -> list[StepRecord]:
