@@ -255,7 +255,7 @@ def detector() -> Detector:
 
 steps_strategy = st.lists(
     st.tuples(st.integers(0, 60), st.lists(nasty_floats, min_size=len(STEP_METRICS), max_size=len(STEP_METRICS)),
-              st.lists(st.tuples(nasty_floats, st.one_of(st.none(), huge_ints.filter(lambda v: v >= 0)), unicode_text), max_size=4)),
+              st.lists(st.tuples(nasty_floats, st.one_of(st.none(), huge_ints.map(abs)), unicode_text), max_size=4)),
     min_size=1, max_size=20,
 )
 

@@ -34,15 +34,29 @@ def bench_generate(
     todo = pending_runs(out, runs)
     if limit is not None:
         todo = todo[:limit]
-    console.print(f"[bold]{preset}[/] preset: {len(runs)} runs, {len(runs) - len(pending_runs(out, runs))} already finished, {len(todo)} to do")
+    console.print(
+        f"[bold]{preset}[/] preset: {len(runs)} runs, {len(runs) - len(pending_runs(out, runs))} already finished, "
+        f"{len(todo)} to do"
+    )
     start = time.perf_counter()
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("training runs", total=len(todo))
-        summaries = generate(out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task))
+        summaries = generate(
+            out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task)
+        )
     elapsed = time.perf_counter() - start
     steps = sum(s.steps for s in summaries)
-    console.print(f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories in {elapsed:.1f} s")
+    console.print(
+        f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories "
+        f"in {elapsed:.1f} s"
+    )
 
 
 def bench_stats(
@@ -55,7 +69,10 @@ def bench_stats(
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
-    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records")
+    console.print(
+        f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, "
+        f"{totals['trajectories']} trajectory records"
+    )
     for title, key, cols in (
         ("by kind", "by_kind", ["control_or_fault"]),
         ("by family and setting", "by_family_setting", ["control_or_fault", "fault_family", "fault_strength"]),
@@ -70,7 +87,9 @@ def bench_stats(
         for col in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]:
             table.add_column(col, justify="right" if col in ("runs", "steps", "trajectories") else "left")
         for row in rows:
-            table.add_row(*[str(row.get(c)) for c in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]])
+            table.add_row(
+                *[str(row.get(c)) for c in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]]
+            )
         console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

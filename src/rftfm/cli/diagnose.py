@@ -52,13 +52,21 @@ def evaluate_diagnosis(
     tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (incl. confusion matrix) as JSON"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
-    image: Optional[Path] = typer.Option(None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"),
+    image: Optional[Path] = typer.Option(
+        None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"
+    ),
     alarms: str = typer.Option("detector", help="detector (first alarm at/after onset, fall-back onset+2) or fallback"),
     loto: bool = typer.Option(False, "--loto/--no-loto", help="run the leave-one-type-out test on the last fold "
                               "(one retraining per type)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
-    from rftfm.bench.eval_diagnosis import detector_alarm_steps, evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
+    from rftfm.bench.eval_diagnosis import (
+        detector_alarm_steps,
+        evaluate_split,
+        fallback_alarm_steps,
+        markdown_report,
+        plot_confusion,
+    )
 
     runs, features = _load_features(data)
     alarm_fn = detector_alarm_steps if alarms == "detector" else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
@@ -84,77 +92,57 @@ def evaluate_diagnosis(
         console.print(f"wrote {json_out}")
 
 
-def load_run_dir(run_dir: Path) -> tuple[pl.DataFrame, dict[str, str | None]]:
-    """Features of one run directory (``<root>/<group>/<run_id>/``) and its task group / model size if known."""
-    from rftfm.fm.features import features_frame
-    from rftfm.io.faultbench import RUN_INFO_FILE, STEP_FILE, TRAJ_FILE
-    from rftfm.io.loader import _STEP_KNOWN, _TRAJ_KNOWN, STEP_ALIASES, TRAJECTORY_ALIASES, LoadReport, _flatten, _frame, _read_jsonl
-
-    run_dir = Path(run_dir)
-    step_files = sorted(run_dir.glob(f"*/{STEP_FILE}")) or sorted(run_dir.glob(STEP_FILE))
-    if not step_files:
-        raise FileNotFoundError(f"no {STEP_FILE} under {run_dir}")
-    sub = step_files[0].parent
-    report = LoadReport()
-    run_id = run_dir.name
-    steps = []
-    for i, obj in enumerate(_read_jsonl(sub / STEP_FILE, report)):
-        row = _flatten(obj, STEP_ALIASES, _STEP_KNOWN)
-        row["run_id"] = run_id
-        row.setdefault("step", i + 1)
-        steps.append(row)
-    trajs = []
-    if (sub / TRAJ_FILE).exists():
-        for obj in _read_jsonl(sub / TRAJ_FILE, report):
-            row = _flatten(obj, TRAJECTORY_ALIASES, _TRAJ_KNOWN)
-            row["run_id"] = run_id
-            trajs.append(row)
-    steps_df = _frame(steps, ("run_id", "step"))
-    trajs_df = _frame(trajs, ("run_id", "rollout_step")) if trajs else None
-    config: dict[str, str | None] = {"task_group": None, "model_size": None}
-    info_path = run_dir / RUN_INFO_FILE
-    if info_path.exists():  # configuration only; the label fields are not read
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        config = {"task_group": info.get("task_group"), "model_size": info.get("model_size")}
-    features = features_frame(steps_df, trajs_df)
-    return features.drop([c for c in ("fault_active",) if c in features.columns]), config
-
-
 def diagnose_command(
-    run_dir: Path = typer.Argument(..., help="run directory <root>/<group>/<run_id>/"),
+    run: Path = typer.Argument(
+        ..., help="log file or run directory (as for rftfm watch: TRL output dir, verl log, ...)"
+    ),
     model: Optional[Path] = typer.Option(None, "--model", help="diagnoser JSON (default: the packaged artifact)"),
-    step: Optional[int] = typer.Option(None, "--step", help="diagnose at this step (default: first detector alarm, else the last step)"),
+    step: Optional[int] = typer.Option(
+        None, "--step", help="diagnose at this step (default: first detector alarm, else the last step)"
+    ),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
     task_group: Optional[str] = typer.Option(None, help="task group (default: from run_info.json if present)"),
     model_size: Optional[str] = typer.Option(None, help="model size (default: from run_info.json if present)"),
     as_json: bool = typer.Option(False, "--json", help="print the Diagnosis as JSON"),
 ) -> None:
-    """Diagnose a finished run: ranked fault types with probabilities, evidence and a one-line summary."""
-    from rftfm.fm.diagnose import Diagnoser
+    """Diagnose a run from its log: ranked fault types with probabilities, evidence and a one-line summary."""
+    from rftfm.cli.common import fail, read_run
+    from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
+    from rftfm.io.adapters import run_info_for
     from rftfm.signals import label
 
-    features, config = load_run_dir(run_dir)
-    task_group = task_group or config["task_group"]
-    model_size = model_size or config["model_size"]
-    diagnoser = Diagnoser.load(model) if model else Diagnoser.load_default()
+    events, _ = read_run(run, fmt, None)
+    info = run_info_for(run) or {}  # configuration only; the label fields are not read
+    task_group = task_group or info.get("task_group")
+    model_size = model_size or info.get("model_size")
+    diagnoser, why = load_diagnoser(model)
+    if diagnoser is None:
+        fail(why or "no diagnoser")
+    detector, _ = load_detector() if step is None else (None, None)
+    run_id = events[0][0].run_id
+    monitor = RunMonitor(
+        run_id, detector, None, None, task_group=task_group, model_size=model_size, max_history=len(events)
+    )
+    for record, trajectories in events:
+        monitor.observe(record, trajectories)
     source = "--step"
     if step is None:
-        step, source = int(features["step"].max()), "last step"
-        try:
-            from rftfm.fm.detect import Detector
-
-            alarms = Detector.load_default().score_run(features, task_group=task_group, model_size=model_size)
-            if alarms:
-                step, source = int(alarms[0].step), "first detector alarm"
-            else:
-                source = "last step (the detector raised no alarm)"
-        except Exception:  # no detector available: diagnose the whole run
-            pass
-    run_id = features["run_id"][0]
-    diagnosis = diagnoser.diagnose(features, run_id, step, task_group=task_group, model_size=model_size)
+        first = monitor.result.first_alarm_step
+        step, source = (first, "first detector alarm") if first is not None else (events[-1][0].step, "last step")
+        if detector is not None and first is None:
+            source = "last step (the detector raised no alarm)"
+    features = monitor.history_frame()
+    try:
+        diagnosis = diagnoser.diagnose(features, run_id, step, task_group=task_group, model_size=model_size)
+    except Exception as exc:  # a diagnoser that cannot read this run: one line, not a traceback
+        fail(f"cannot diagnose {run} at step {step}: {type(exc).__name__}: {exc}")
     if as_json:
         print(diagnosis.model_dump_json(indent=1))
         return
-    console.print(f"[bold]{run_id}[/] diagnosed at step {step} ({source}); task group {task_group or '?'}, model size {model_size or '?'}")
+    console.print(
+        f"[bold]{run_id}[/] diagnosed at step {step} ({source}); "
+        f"task group {task_group or '?'}, model size {model_size or '?'}"
+    )
     console.print(f"[bold]{diagnosis.summary}[/]")
     if diagnosis.unknown:
         console.print("[yellow]unknown fault: no known fingerprint fits well; closest known types below[/]")
@@ -165,11 +153,20 @@ def diagnose_command(
         table.add_row(h.family, h.fault_type, f"{h.probability:.3f}")
     console.print(table)
     ev = Table(title="evidence (vs the run's own baseline)")
-    for col in ("signal", "direction", "value", "expected", "z", "since step"):
+    for col in ("signal", "direction", "value", "baseline", "z", "since step"):
         ev.add_column(col)
     for e in diagnosis.evidence:
-        ev.add_row(label(e.signal), e.direction, f"{e.value:.4g}" if e.value is not None else "–",
-                   f"{e.expected:.4g}" if e.expected is not None else "–", f"{e.z:+.1f}" if e.z is not None else "–", str(e.since_step))
+        arrow = "up" if e.value is not None and e.expected is not None and e.value > e.expected else e.direction
+        if e.value is not None and e.expected is not None and e.value < e.expected:
+            arrow = "down"
+        ev.add_row(
+            label(e.signal),
+            arrow,
+            f"{e.value:.4g}" if e.value is not None else "–",
+            f"{e.expected:.4g}" if e.expected is not None else "–",
+            f"{e.z:+.1f}" if e.z is not None else "–",
+            str(e.since_step),
+        )
     console.print(ev)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import typer
 
-from rftfm.cli import bench, demo, detect, diagnose, watch
+from rftfm.cli import bench, demo, detect, diagnose, report, watch
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def build_app() -> typer.Typer:
     apps.root.add_typer(apps.bench, name="bench")
     apps.root.add_typer(apps.fit, name="fit")
     apps.bench.add_typer(apps.evaluate, name="evaluate")
-    for module in (bench, detect, diagnose, watch, demo):
+    for module in (bench, detect, diagnose, watch, report, demo):
         module.register(apps)
     return apps.root
 

@@ -1,10 +1,10 @@
-"""``rftfm watch`` (follow a run's log, detect, diagnose, alert) and ``rftfm report`` (HTML post-mortem).
+"""``rftfm watch``: follow a run's log, detect, diagnose, alert once per alarm episode.
 
-Exit codes of ``rftfm watch`` (documented in ``docs/integrations/jsonl.md``):
+Exit codes (documented in ``docs/integrations/jsonl.md``):
 
 * 0 — the log was read and no alarm was raised;
 * 1 — at least one alarm was raised;
-* 2 — bad input or usage (path missing, unknown format, no training step found);
+* 2 — bad input or usage (path missing, unknown or contradicted format, no RL training step found);
 * 3 — the log was read but detection is unavailable (no detector installed or it failed to load).
 
 The watcher never raises into the caller because of a log line: malformed lines are counted,
@@ -14,302 +14,121 @@ detector / diagnoser errors are recorded in the incident store as ``error`` even
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
 
-from rftfm.fm.types import Alarm, Diagnosis
-from rftfm.records import StepRecord, TrajectoryRecord
+from rftfm.cli.common import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, check_format, fail, open_store
+from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, WatchResult, load_detector, load_diagnoser
+from rftfm.report.console import console, print_episode, print_step
+from rftfm.report.summary import input_problems, watch_summary
 
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
 
-EXIT_OK, EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION = 0, 1, 2, 3
-
-console = Console(highlight=False, soft_wrap=True)  # an alert stays one line in a log file
+__all__ = ["EXIT_ALARM", "EXIT_BAD_INPUT", "EXIT_NO_DETECTION", "EXIT_OK", "exit_code", "watch"]
 
 
-# --- the detector and the diagnoser, when installed -----------------------------------------
+def exit_code(result: WatchResult) -> int:
+    """The watch's exit code (see the module docstring)."""
+    if result.alarm_count:
+        return EXIT_ALARM
+    if result.steps == 0:
+        return EXIT_BAD_INPUT
+    return EXIT_OK if result.detection else EXIT_NO_DETECTION
 
 
-def load_detector(path: Path | None = None) -> tuple[Any | None, str | None]:
-    """(``Detector.load(path)`` or ``Detector.load_default()``, or None and why not)."""
-    try:
-        from rftfm.fm.detect import Detector  # written by the detection work (issue 3)
-    except ImportError as exc:
-        return None, f"detection disabled: rftfm.fm.detect is not available ({exc})"
-    try:
-        return (Detector.load(path) if path is not None else Detector.load_default()), None
-    except Exception as exc:  # missing artifact, bad file: say so, keep reading the log
-        return None, f"detection disabled: the default detector failed to load ({type(exc).__name__}: {exc})"
-
-
-def load_diagnoser(path: Path | None = None) -> tuple[Any | None, str | None]:
-    """(``Diagnoser.load(path)`` or ``Diagnoser.load_default()``, or None and why not)."""
-    try:
-        from rftfm.fm.diagnose import Diagnoser  # written by the diagnosis work (issue 4)
-    except ImportError as exc:
-        return None, f"diagnosis disabled: rftfm.fm.diagnose is not available ({exc})"
-    try:
-        return (Diagnoser.load(path) if path is not None else Diagnoser.load_default()), None
-    except Exception as exc:
-        return None, f"diagnosis disabled: the default diagnoser failed to load ({type(exc).__name__}: {exc})"
-
-
-# --- one run under watch ----------------------------------------------------------------------
-
-
-#: A long run keeps only this many alarms / diagnoses / error messages in memory (all are in the store).
-KEEP_IN_MEMORY = 1000
-
-
-@dataclass
-class WatchResult:
-    """What one watch saw. ``alarms`` / ``diagnoses`` hold the first :data:`KEEP_IN_MEMORY`; counts are exact."""
-
-    run_id: str
-    steps: int = 0
-    alarm_count: int = 0
-    alarms: list[Alarm] = field(default_factory=list)
-    diagnoses: list[Diagnosis] = field(default_factory=list)
-    last_diagnosis: Diagnosis | None = None
-    errors: list[str] = field(default_factory=list)
-    error_count: int = 0
-    detection: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        if self.alarm_count:
-            return EXIT_ALARM
-        if self.steps == 0:
-            return EXIT_BAD_INPUT
-        return EXIT_OK if self.detection else EXIT_NO_DETECTION
-
-
-class RunMonitor:
-    """Detection + diagnosis for one run, fed one step at a time; records to an incident store.
-
-    ``on_alarm(alarm, diagnosis_or_None, is_new)`` is called for every alarm; ``is_new`` is true
-    for the first alarm of an episode (a run of consecutive alarmed steps) and whenever the top
-    diagnosis changes: what deserves a notification.
-    """
-
-    def __init__(
-        self,
-        run_id: str,
-        detector: Any | None,
-        diagnoser: Any | None = None,
-        store: Any | None = None,
-        on_alarm: Callable[[Alarm, Diagnosis | None, bool], None] | None = None,
-        task_group: str | None = None,
-        model_size: str | None = None,
-        rediagnose_every: int = 5,
-        max_history: int = 4096,
-    ):
-        from rftfm.fm.features import FEATURES, step_features
-
-        self._features, self._feature_names = step_features, FEATURES
-        self.run_id, self.detector, self.diagnoser, self.store = run_id, detector, diagnoser, store
-        self.on_alarm, self.task_group, self.model_size = on_alarm, task_group, model_size
-        self.result = WatchResult(run_id=run_id, detection=detector is not None)
-        # The diagnoser's history: the most recent ``max_history`` steps as compact tuples, so a
-        # million-step run keeps bounded memory (a diagnosis looks at the recent deviation).
-        self._history: deque[tuple[Any, ...]] = deque(maxlen=max(1, max_history))
-        self._last_top: tuple[str, str] | None = None
-        self._in_episode = False  # the previous step raised an alarm too
-        self._episode_alarms = 0
-        self.rediagnose_every = max(1, rediagnose_every)
-        if detector is not None:
-            self._safely("detector.reset", lambda: detector.reset(run_id, task_group=task_group, model_size=model_size))
-
-    def _safely(self, what: str, fn: Callable[[], Any], step: int | None = None) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # the monitor never crashes on its own components
-            message = f"{what} failed at step {step}: {type(exc).__name__}: {exc}"
-            self.note_error(message)
-            self._record("error", step, {"where": what, "error": message})
-            return None
-
-    def note_error(self, message: str) -> None:
-        self.result.error_count += 1
-        if len(self.result.errors) < KEEP_IN_MEMORY:
-            self.result.errors.append(message)
-
-    def _record(self, kind: str, step: int | None, payload: Any) -> None:
-        if self.store is None:
-            return
-        try:
-            self.store.record(kind, self.run_id, step, payload)
-        except Exception as exc:  # a locked / full disk must not stop the watch
-            self.note_error(f"incident store: {exc}")
-
-    def history_frame(self):
-        """Features of every step seen so far (``rftfm.fm.features`` rows), as the diagnoser expects."""
-        import polars as pl
-
-        schema = {"run_id": pl.Utf8, "step": pl.Int64, **{name: pl.Float64 for name in self._feature_names}}
-        return pl.DataFrame(list(self._history), schema=schema, orient="row") if self._history else pl.DataFrame(schema=schema)
-
-    def observe(self, step: StepRecord, trajectories: list[TrajectoryRecord]) -> tuple[Alarm | None, Diagnosis | None]:
-        self.result.steps += 1
-        row = self._safely("features", lambda: self._features(step, trajectories), step.step) or {}
-        self._history.append((self.run_id, step.step, *(row.get(n) for n in self._feature_names)))
-        if self.detector is None:
-            return None, None
-        alarm = self._safely("detector.observe", lambda: self.detector.observe(step, trajectories), step.step)
-        if alarm is None:
-            self._in_episode = False
-            return None, None
-        self.result.alarm_count += 1
-        if len(self.result.alarms) < KEEP_IN_MEMORY:
-            self.result.alarms.append(alarm)
-        self._record("alarm", step.step, alarm)
-        self._episode_alarms = self._episode_alarms + 1 if self._in_episode else 1
-        diagnosis = None
-        # Diagnose at the start of an episode, then every ``rediagnose_every`` alarmed steps
-        # (the history grows with the run; diagnosing every alarmed step would cost O(steps^2)).
-        if self.diagnoser is not None and (self._episode_alarms - 1) % self.rediagnose_every == 0:
-            history = self.history_frame()
-            diagnosis = self._safely(
-                "diagnoser.diagnose",
-                lambda: self.diagnoser.diagnose(history, self.run_id, step.step, task_group=self.task_group, model_size=self.model_size),
-                step.step,
-            )
-        top_key = None
-        if diagnosis is not None:
-            self.result.last_diagnosis = diagnosis
-            if len(self.result.diagnoses) < KEEP_IN_MEMORY:
-                self.result.diagnoses.append(diagnosis)
-            self._record("diagnosis", step.step, diagnosis)
-            top = diagnosis.top
-            top_key = (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
-        is_new = not self._in_episode or (top_key is not None and top_key != self._last_top)
-        self._in_episode = True
-        if top_key is not None:
-            self._last_top = top_key
-        if self.on_alarm is not None:
-            self._safely("alert", lambda: self.on_alarm(alarm, diagnosis, is_new), step.step)
-        return alarm, diagnosis
-
-
-# --- printing ---------------------------------------------------------------------------------
-
-
-def _evidence_text(alarm: Alarm, limit: int = 4) -> str:
-    parts = []
-    for ev in alarm.evidence[:limit]:
-        arrow = "↑" if ev.direction == "up" else "↓"
-        z = f" z={ev.z:+.1f}" if ev.z is not None else ""
-        parts.append(f"{escape(ev.signal)} {arrow}{z}")
-    return ", ".join(parts) or "no per-signal evidence"
-
-
-def print_alarm(alarm: Alarm, diagnosis: Diagnosis | None, is_new: bool) -> None:
-    """A full alert for a new alarm episode or diagnosis; one short line while it persists."""
-    if not is_new:
-        console.print(f"[red]alarm[/] {escape(alarm.run_id)} step {alarm.step}: score {alarm.score:.3g} — {_evidence_text(alarm, 2)}")
-        return
-    line = (
-        f"[bold red]ALARM[/] {escape(alarm.run_id)} step {alarm.step}: score {alarm.score:.3g} "
-        f"≥ {alarm.threshold:.3g} — {_evidence_text(alarm)}"
-    )
-    console.print(line)
-    if diagnosis is None:
-        return
-    top = diagnosis.top
-    body = [escape(diagnosis.summary)] if diagnosis.summary else []
-    if top is None:
-        body.append("no known fingerprint fits (abstained)")
-    for hyp in diagnosis.ranked[:3]:
-        body.append(f"{escape(hyp.fault_type)} ({escape(hyp.family)}): p={hyp.probability:.2f}")
-    title = f"diagnosis at step {diagnosis.step}" + (f": [bold]{escape(top.fault_type)}[/]" if top else ": unknown")
-    console.print(Panel("\n".join(body), title=title, border_style="yellow", expand=False))
-
-
-# --- the commands -----------------------------------------------------------------------------
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _open_store(path: Path) -> Any:
-    import sqlite3
-
-    from rftfm.fm.incidents import IncidentStore
-
-    try:
-        return IncidentStore(path)
-    except (sqlite3.Error, OSError) as exc:
-        _fail(f"cannot open the incident store {path}: {exc}")
-
-
-def _open_source(log_source: Any, path: Path, fmt: str, run_id: str | None, follow: bool, interval: float,
-                 idle_timeout: float | None, quiet: bool) -> Any:
+def _open_source(
+    path: Path, fmt: str, run_id: str | None, follow: bool, interval: float, idle_timeout: float | None, quiet: bool
+) -> Any:
     """The run's LogSource; when following, wait for a directory's log to appear (a run just starting)."""
+    from rftfm.io.adapters import LogSource
+
     start, told = time.monotonic(), False
     while True:
         try:
             if follow and not path.exists() and path.suffix == "":  # maybe a run directory still to be created
                 raise ValueError(f"{path} does not exist")
-            return log_source(path, fmt, run_id)
+            return LogSource(path, fmt, run_id)
         except (ValueError, OSError) as exc:
             if not follow or (idle_timeout is not None and time.monotonic() - start >= idle_timeout):
-                _fail(str(exc))
+                fail(str(exc))
             if not told and not quiet:
                 console.print(f"[dim]waiting for a log at {escape(str(path))}…[/]")
                 told = True
             try:
                 time.sleep(interval)
             except KeyboardInterrupt:
-                _fail(f"interrupted while waiting for {path}")
+                fail(f"interrupted while waiting for {path}")
+
+
+def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
+    alarms = f"{result.alarm_count} alarmed step(s) in {result.episode_count} episode(s)"
+    if result.first_alarm_step is not None:
+        alarms += f", first at step {result.first_alarm_step}"
+    summary = f"{result.steps} step(s) [{stats.described}], {alarms}"
+    if result.error_count:
+        summary += f", {result.error_count} monitor error(s) recorded"
+    console.print(f"[bold]summary[/]: {escape(summary)}")
+    for line in input_problems(stats):
+        console.print(f"[yellow]input[/]: {escape(line)}")
+    if result.steps == 0:
+        console.print(f"[bold red]error:[/] {escape(stats.no_steps_reason(path))}")
 
 
 def watch(
-    path: Path = typer.Argument(..., help="log file (JSONL, CSV, verl console log, trainer_state.json) or run directory"),
+    path: Path = typer.Argument(
+        ..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) or run directory"
+    ),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    incidents: Optional[Path] = typer.Option(None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"),
-    follow: bool = typer.Option(False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"),
+    incidents: Optional[Path] = typer.Option(
+        None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"
+    ),
+    follow: bool = typer.Option(
+        False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"
+    ),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"
+    ),
     task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
     model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
     interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
-    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="stop following after this many seconds without new lines"),
-    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
-    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
-    use_wandb: bool = typer.Option(False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarms and the summary only"),
+    idle_timeout: Optional[float] = typer.Option(
+        None, "--idle-timeout", help="stop following after this many seconds without new lines"
+    ),
+    detector_path: Optional[Path] = typer.Option(
+        None, "--detector", help="detector artifact (default: the packaged one)"
+    ),
+    diagnoser_path: Optional[Path] = typer.Option(
+        None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"
+    ),
+    use_wandb: bool = typer.Option(
+        False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
 ) -> None:
-    """Follow a run's log, detect anomalies, diagnose them, print alerts and record incidents.
+    """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
 
     Exit code: 0 no alarm, 1 alarm raised, 2 bad input or usage, 3 detection unavailable.
     """
-    from rftfm.io.adapters import FORMATS, LogSource
-
-    if fmt != "auto" and fmt not in FORMATS:
-        _fail(f"unknown --format {fmt!r}; expected auto, {', '.join(FORMATS)}")
+    check_format(fmt)
     if not path.exists() and not follow:
-        _fail(f"{path} does not exist")
-    source = _open_source(LogSource, path, fmt, run_id, follow, interval, idle_timeout, quiet)
+        fail(f"{path} does not exist")
+    source = _open_source(path, fmt, run_id, follow, interval, idle_timeout, quiet)
     detector, why_no_detector = load_detector(detector_path)
-    diagnoser, why_no_diagnoser = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
-    for message in (why_no_detector, why_no_diagnoser):
-        if message:
-            console.print(f"[yellow]{escape(message)}[/]")
-    store = None
-    if incidents is not None:
-        store = _open_store(incidents)
+    if why_no_detector:
+        console.print(f"[yellow]{escape(why_no_detector)}[/]")
+    # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,
+    # it is loaded only if an alarm needs it (loading takes seconds).
+    diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
+    if diagnoser is not None and follow:
+        diagnoser.load()
+    store = open_store(incidents) if incidents is not None else None
     alerter = None
     if use_wandb:
         from rftfm.integrations.wandb_alerts import WandbAlerter
@@ -317,123 +136,84 @@ def watch(
         alerter, status = WandbAlerter.create(source.run_id)
         console.print(f"[dim]{escape(status)}[/]")
 
-    def on_alarm(alarm: Alarm, diagnosis: Diagnosis | None, is_new: bool) -> None:
-        print_alarm(alarm, diagnosis, is_new)
-        if alerter is not None and is_new:
-            alerter.alert(alarm, diagnosis)
+    def on_episode(change: str, episode: Any) -> None:
+        print_episode(change, episode)
+        if alerter is not None and change in ("start", "diagnosis"):
+            alerter.alert(episode, change)
 
-    monitor = RunMonitor(source.run_id, detector, diagnoser, store, on_alarm, task_group, model_size)
+    monitor = RunMonitor(
+        source.run_id,
+        detector,
+        diagnoser,
+        store,
+        on_episode,
+        task_group,
+        model_size,
+        on_step=print_step if verbose else None,
+    )
     if store is not None:
-        store.record("run", source.run_id, None, {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()},
+        )
     if not quiet:
-        mode = "following" if follow else "reading"
-        console.print(f"[bold]rftfm watch[/]: {mode} {escape(str(path))} as run [bold]{escape(source.run_id)}[/]")
+        console.print(
+            f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
+            f"[bold]{escape(source.run_id)}[/]"
+        )
+    stats, told_format = source.stats, False
     try:
         batches = source.follow(interval, idle_timeout) if follow else iter([source.read_all()])
         for batch in batches:
+            if stats.mismatch:
+                break
+            if not told_format and not quiet and stats.steps:
+                console.print(f"[dim]read as {escape(stats.described)}[/]")
+                told_format = True
             for step, trajectories in batch:
                 monitor.observe(step, trajectories)
-                if follow and not quiet and step.step % 10 == 0:
+                if follow and not quiet and not verbose and step.step % 10 == 0:
                     console.print(f"[dim]step {step.step}[/]")
+        monitor.finish()
     except KeyboardInterrupt:
         console.print("[dim]interrupted[/]")
     finally:
         source.close()
         if alerter is not None:
             alerter.close()
+    if stats.mismatch:
+        if store is not None:
+            store.close()
+        fail(f"{path}: {stats.mismatch}")
     result = monitor.result
-    stats = source.stats
     if store is not None:
-        store.record("run", source.run_id, None, {"finished": time.time(), "steps": result.steps, "alarms": result.alarm_count, "format": stats.format, "malformed_lines": stats.malformed_lines})
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {
+                "finished": time.time(),
+                "steps": result.steps,
+                "alarms": result.alarm_count,
+                "episodes": result.episode_count,
+                "format": stats.format,
+                "malformed_lines": stats.malformed_lines,
+            },
+        )
         store.close()
-    skipped = f", {stats.malformed_lines} malformed line(s) skipped" if stats.malformed_lines else ""
-    summary = f"{result.steps} step(s) [{stats.format or 'unknown format'}], {result.alarm_count} alarm(s){skipped}"
-    if result.error_count:
-        summary += f", {result.error_count} monitor error(s) recorded"
-    console.print(f"[bold]summary[/]: {escape(summary)}")
-    if result.steps == 0:
-        console.print(f"[bold red]error:[/] no training step found in {escape(str(path))}")
+    if diagnoser is not None and diagnoser.why:
+        console.print(f"[yellow]{escape(diagnoser.why)}[/]")
+    _print_summary(result, stats, path)
     if json_out is not None:
-        last = result.last_diagnosis
-        top = last.top if last is not None else None
-        summary_doc = {
-            "run_id": source.run_id, "source": str(path), "format": stats.format, "steps": result.steps,
-            "trajectories": stats.trajectories, "alarms": result.alarm_count,
-            "first_alarm_step": result.alarms[0].step if result.alarms else None,
-            "alarm_steps": [a.step for a in result.alarms],  # the first KEEP_IN_MEMORY
-            "diagnosis": top.model_dump() if top is not None else None,
-            "diagnosis_summary": last.summary if last is not None else None,
-            "detection": result.detection, "malformed_lines": stats.malformed_lines, "non_step_lines": stats.non_step_lines,
-            "monitor_errors": result.error_count, "monitor_error_messages": result.errors[:20], "exit_code": result.exit_code,
-        }
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary_doc, indent=1), encoding="utf-8")
-    raise typer.Exit(result.exit_code)
-
-
-def report(
-    run: str = typer.Argument(..., help="run directory, log file, or a run id recorded in --incidents"),
-    incidents: Optional[Path] = typer.Option(None, "--incidents", help="incident store with this run's alarms, diagnoses and actions"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: <run id>.html)"),
-    fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"),
-    detect: bool = typer.Option(True, "--detect/--no-detect", help="without recorded incidents, run detection and diagnosis offline"),
-    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the packaged one)"),
-    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"),
-) -> None:
-    """Write one self-contained HTML post-mortem of a run (plotly, no network needed to view it)."""
-    from rftfm.io.adapters import read_log
-    from rftfm.report.html import write_report
-
-    store = None
-    events: list[dict[str, Any]] = []
-    path = Path(run)
-    if incidents is not None:
-        if not incidents.exists():
-            _fail(f"incident store {incidents} does not exist")
-        store = _open_store(incidents)
-        if not path.exists():  # a run id: find the log it was watched from
-            runs = [e for e in store.events(run_id=run, kind="run") if e["payload"].get("source")]
-            if not runs:
-                store.close()
-                _fail(f"{run} is neither a path nor a run recorded in {incidents}")
-            path, run_id = Path(runs[-1]["payload"]["source"]), run_id or run
-    if not path.exists():
-        _fail(f"{path} does not exist")
-    try:
-        records, stats = read_log(path, fmt, run_id)
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    if not records:
-        _fail(f"no training step found in {path}")
-    rid = records[0][0].run_id
-    if store is not None:
-        events = store.events(run_id=rid)
-        store.close()
-    offline_note = None
-    if not any(e["kind"] in ("alarm", "diagnosis") for e in events) and detect:
-        detector, why = load_detector(detector_path)
-        diagnoser, why_diag = load_diagnoser(diagnoser_path) if detector is not None else (None, None)
-        offline_note = why or why_diag
-        if detector is not None:
-            from rftfm.fm.incidents import IncidentStore
-
-            memory = IncidentStore(":memory:")
-            monitor = RunMonitor(rid, detector, diagnoser, memory)
-            for step, trajectories in records:
-                monitor.observe(step, trajectories)
-            events = events + memory.events(run_id=rid)
-            memory.close()
-            offline_note = "; ".join(filter(None, ["alarms and diagnoses computed offline by rftfm report (not recorded live)", why_diag]))
-    # the run id may come from a log line: never let it pick a directory (e.g. "../../x")
-    target = out or Path(re.sub(r"[^A-Za-z0-9._-]+", "_", rid).lstrip(".") + ".html")
-    from rftfm.io.adapters import run_info_for
-
-    write_report(target, rid, records, events, source=str(path), stats=stats, note=offline_note, ground_truth=run_info_for(path))
-    console.print(f"wrote {escape(str(target))} ({target.stat().st_size / 1e6:.1f} MB, {len(records)} steps, {len(events)} incident events)")
+        json_out.write_text(
+            json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1), encoding="utf-8"
+        )
+    raise typer.Exit(exit_code(result))
 
 
 def register(apps: "Apps") -> None:
-    """``rftfm watch``, ``rftfm report``."""
+    """``rftfm watch``."""
     apps.root.command("watch")(watch)
-    apps.root.command("report")(report)
