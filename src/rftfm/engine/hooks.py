@@ -38,7 +38,8 @@ class Injector:
         """The tool the environment executes."""
         return tool
 
-    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int, step: int) -> torch.Tensor:
+    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int,
+                   step: int) -> torch.Tensor:
         """The advantages the loss uses."""
         return advantages
 

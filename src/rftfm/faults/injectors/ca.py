@@ -9,7 +9,8 @@ from rftfm.faults.injectors.base import FaultInjector, injects
 
 @injects("advantage_sign")
 class AdvantageSign(FaultInjector):
-    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int, step: int) -> torch.Tensor:
+    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int,
+                   step: int) -> torch.Tensor:
         if not self.is_active(step):
             return advantages
         flip = torch.from_numpy(self.rng.random(advantages.shape[0]) < self.params["flip_fraction"])
@@ -18,16 +19,19 @@ class AdvantageSign(FaultInjector):
 
 @injects("zero_variance")
 class ZeroVariance(FaultInjector):
-    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int, step: int) -> torch.Tensor:
+    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int,
+                   step: int) -> torch.Tensor:
         if not self.is_active(step):
             return advantages
-        groups = torch.from_numpy(self.rng.random(advantages.shape[0] // num_generations) < self.params["zero_fraction"])
+        draws = self.rng.random(advantages.shape[0] // num_generations)
+        groups = torch.from_numpy(draws < self.params["zero_fraction"])
         return torch.where(groups.repeat_interleave(num_generations), torch.zeros_like(advantages), advantages)
 
 
 @injects("advantage_normalization")
 class AdvantageNormalization(FaultInjector):
-    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int, step: int) -> torch.Tensor:
+    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int,
+                   step: int) -> torch.Tensor:
         if not self.is_active(step):
             return advantages
         lengths = lengths.to(advantages.dtype).clamp(min=1)
