@@ -126,7 +126,8 @@ FAULT_TYPES: dict[str, FaultType] = {
             "degeneration", "pg",
             "repetition penalty below 1 and EOS logit pushed down at sampling time",
             "repetition up, unique tokens down, long outputs",
-            {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0}, "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
+            {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0},
+             "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
             signals=(("traj_repetition_mean", "up"), ("traj_unique_mean", "down"), ("completion_length_mean", "up")),
         ),
         # --- OD: optimisation ----------------------------------------------------------
@@ -235,10 +236,10 @@ FAULT_TYPES: dict[str, FaultType] = {
         ),
         FaultType(
             "entropy_collapse", "od",
-            "entropy regularisation with the wrong sign: a penalty where a bonus was meant (entropy_coef < 0)",
-            "entropy and unique-token ratio fall, zero-variance groups up, learning stalls",
-            {"easy": {"entropy_coef": -0.05}, "hard": {"entropy_coef": -0.01}},
-            signals=(("entropy", "down"), ("frac_zero_std_groups", "up")),
+            "entropy regularisation with the wrong sign: a penalty where a bonus was meant (TRL entropy_coef < 0)",
+            "entropy falls while KL and grad norm rise (the penalty's gradient), held-out accuracy drifts down",
+            {"easy": {"entropy_coef": -3.0}, "hard": {"entropy_coef": -0.5}},
+            signals=(("entropy", "down"), ("kl", "up"), ("grad_norm", "up")),
             extension=True,
         ),
     )
