@@ -43,7 +43,7 @@ import polars as pl
 
 from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
-from rftfm.bench.splits import split_folds
+from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
