@@ -48,7 +48,6 @@ from rftfm.engine.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.signals import names
 
-ActionKind = Literal["rollback", "set_knob", "halt", "backup_verifier", "backup_tool"]
 KnobOp = Literal["restore", "scale", "set"]
 
 
