@@ -57,8 +57,7 @@ def offline_incidents(
             events.append(event("alarm", step.step, alarm))
 
     monitor = RunMonitor(run_id, detector, diagnoser, None, on_step=on_step)
-    for step, trajectories in records:
-        _, diagnosis = monitor.observe(step, trajectories)
+    for (step, _), (_, diagnosis) in zip(records, monitor.observe_batch(list(records))):
         if diagnosis is not None:
             events.append(event("diagnosis", step.step, diagnosis))
     note = "; ".join(

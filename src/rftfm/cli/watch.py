@@ -172,10 +172,9 @@ def watch(
             if not told_format and not quiet and stats.steps:
                 console.print(f"[dim]read as {escape(stats.described)}[/]")
                 told_format = True
-            for step, trajectories in batch:
-                monitor.observe(step, trajectories)
-                if follow and not quiet and not verbose and step.step % 10 == 0:
-                    console.print(f"[dim]step {step.step}[/]")
+            monitor.observe_batch(batch)
+            if follow and not quiet and not verbose and any(step.step % 10 == 0 for step, _ in batch):
+                console.print(f"[dim]step {batch[-1][0].step}[/]")
         monitor.finish()
     except KeyboardInterrupt:
         console.print("[dim]interrupted[/]")

@@ -120,7 +120,21 @@ class _Live:
     has_trajectories: bool = False
     has_eval: bool = False
     snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
-    records: int = 0
+    steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
+
+
+@dataclass
+class _Pending:
+    """One record the tracker has taken in, waiting for its learned score."""
+
+    step: int
+    tier: str
+    row: np.ndarray  # (1, D_tier) the tier's model input
+    features: np.ndarray  # (D,) every tracker feature
+    raw: np.ndarray  # (F,) the record's signals
+    before: TrackerState  # the tracker before this record (the evidence's baseline)
+    since_plus: np.ndarray  # (F,) record at which each upward / downward CUSUM excursion began
+    since_minus: np.ndarray
 
 
 class Detector:
@@ -286,15 +300,29 @@ class Detector:
 
     def observe_features(self, run_id: str, step: int, features: dict[str, float | None]) -> Alarm | None:
         """:meth:`observe` for a precomputed feature dict (as :func:`~rftfm.fm.features.step_features` returns)."""
+        return self.observe_many(run_id, [(step, features)])[0]
+
+    def observe_many(self, run_id: str, records: Sequence[tuple[int, dict[str, float | None]]]) -> list[Alarm | None]:
+        """:meth:`observe_features` for several records of one run in order (the scores are computed together:
+        a log read at once costs one model call per tier instead of one per record)."""
         self._require_fitted()
         if self._live is None or self._live.run_id != run_id:
             self.reset(run_id)
-        live = self._live
+        pending = [self._advance(self._live, step, features) for step, features in records]
+        learned: dict[int, float] = {}
+        for tier in {p.tier for p in pending if p is not None}:
+            idx = [i for i, p in enumerate(pending) if p is not None and p.tier == tier]
+            rows = np.vstack([pending[i].row for i in idx])
+            learned.update(zip(idx, self.models[tier].predict(rows, num_threads=1).tolist()))
+        return [None if p is None else self._alarm(run_id, p, learned[i]) for i, p in enumerate(pending)]
+
+    def _advance(self, live: _Live, step: int, features: dict[str, float | None]) -> _Pending | None:
+        """Move the run's tracker over one record (None: a repeated step with nothing to rewind to)."""
         if step <= live.last_step and not self._rewind(live, step):
             self.skipped_steps += 1
             return None
         raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
-        before = live.state.copy()  # kept for a rollback to this step, and the baseline evidence is read from
+        before = live.state.copy()  # kept for a rollback to this step; the evidence's baseline is read from it
         live.snapshots.append((step, before, FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
                                live.has_trajectories, live.has_eval))
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -303,17 +331,18 @@ class Detector:
         tier = tier_of(live.has_trajectories, live.has_eval)
         hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
         x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
-        live.last_step, live.records = step, live.records + 1
-        cols = self._columns(tier)
-        row = x[:, cols]
-        learned = float(self.models[tier].predict(row, num_threads=1)[0])
-        surprise = float(self._surprise(x[0], tier))
-        score = float(self._combine(tier, np.array(learned), np.array(surprise)))
+        live.last_step = step
+        live.steps.append(step)
+        return _Pending(step, tier, x[:, self._columns(tier)], x[0], raw[0], before,
+                        live.state.cplus_since[0].copy(), live.state.cminus_since[0].copy())
+
+    def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
+        surprise = float(self._surprise(p.features, p.tier))
+        score = float(self._combine(p.tier, np.array(learned), np.array(surprise)))
         self.last_score = score
         if not score > 1.0:
             return None
-        return Alarm(run_id=run_id, step=step, score=score, threshold=1.0,
-                     evidence=self._evidence(tier, row, raw[0], before, live, cols))
+        return Alarm(run_id=run_id, step=p.step, score=score, threshold=1.0, evidence=self._evidence(p))
 
     def _columns(self, tier: str) -> np.ndarray:
         if tier not in self._tier_columns:
@@ -329,39 +358,37 @@ class Detector:
         _, state, flat, has_traj, has_eval = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.last_step = step - 1
+        del live.steps[int(state.records[0]):]
         self.resumes += 1
         return True
 
-    def _evidence(self, tier: str, row: np.ndarray, raw: np.ndarray, before: TrackerState, live: _Live,
-                  cols: np.ndarray) -> list[SignalEvidence]:
+    def _evidence(self, p: _Pending) -> list[SignalEvidence]:
         """Signals that pushed the score up most, each against the run's own baseline before this record."""
-        contrib = self.models[tier].predict(row, pred_contrib=True)[0][:-1]  # last column: the bias
-        names = [self.tracker.names[c] for c in cols]
+        contrib = self.models[p.tier].predict(p.row, pred_contrib=True, num_threads=1)[0][:-1]  # last: the bias
+        names = [self.tracker.names[c] for c in self._columns(p.tier)]
         per_signal: dict[str, float] = {}
         for name, value in zip(names, contrib):
-            owner = name.split(":")[0]
             if name not in GLOBAL:
-                per_signal[owner] = per_signal.get(owner, 0.0) + float(value)
-        z = {name.split(":")[0]: abs(v) for name, v in zip(names, row[0]) if name.endswith(":z") and math.isfinite(v)}
+                per_signal[name.split(":")[0]] = per_signal.get(name.split(":")[0], 0.0) + float(value)
+        z = {name.split(":")[0]: abs(v) for name, v in zip(names, p.row[0]) if name.endswith(":z") and math.isfinite(v)}
         # a signal this record does not carry is never evidence (its missing value still moves the model)
-        present = [s for s in per_signal if math.isfinite(raw[CUBE_SIGNALS.index(s)])]
+        present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
         ranked = sorted((s for s in present if per_signal[s] > 0 or z.get(s, 0.0) >= 3.0),
                         key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)))
         out = []
         for signal in ranked[:MAX_EVIDENCE]:
             i = CUBE_SIGNALS.index(signal)
-            value = raw[i] if math.isfinite(raw[i]) else None
-            expected = self._raw_level(before, i)
-            z_name = f"{signal}:z"
-            z = row[0, names.index(z_name)] if z_name in names else math.nan
-            up = (value is not None and expected is not None and value >= expected) if not math.isfinite(z) else z >= 0
-            since = live.state.cplus_since[0, i] if up else live.state.cminus_since[0, i]
-            since_step = self._step_of_record(live, int(since)) if since > 0 else None
+            value = float(p.raw[i])
+            expected = self._raw_level(p.before, i)
+            zi = p.row[0, names.index(f"{signal}:z")] if f"{signal}:z" in names else math.nan
+            up = (expected is not None and value >= expected) if not math.isfinite(zi) else zi >= 0
+            since = int(p.since_plus[i] if up else p.since_minus[i])
+            steps = self._live.steps if self._live is not None else []
             out.append(SignalEvidence(
                 signal=signal, direction="up" if up else "down", value=value, expected=expected,
-                z=float(z) if math.isfinite(z) else None,
-                ratio=(value / expected) if value is not None and expected is not None and abs(expected) > 1e-12 else None,
-                since_step=since_step,
+                z=float(zi) if math.isfinite(zi) else None,
+                ratio=(value / expected) if expected is not None and abs(expected) > 1e-12 else None,
+                since_step=steps[since - 1] if 0 < since <= len(steps) else None,
             ))
         return out
 
@@ -374,14 +401,6 @@ class Detector:
             magnitude = state.magnitude[0, i]
             return float(np.sinh(level) * magnitude) if math.isfinite(magnitude) else None
         return float(level)
-
-    @staticmethod
-    def _step_of_record(live: _Live, record: int) -> int | None:
-        """The step number of the run's ``record``-th record (1-based), from the kept snapshots."""
-        offset = live.records - record
-        if offset < 0 or offset >= len(live.snapshots):
-            return None
-        return int(live.snapshots[-1 - offset][0])
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

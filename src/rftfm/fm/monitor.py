@@ -283,12 +283,33 @@ class RunMonitor:
 
     def observe(self, step: StepRecord, trajectories: list[TrajectoryRecord]) -> tuple[Alarm | None, Diagnosis | None]:
         """One logged step: (its alarm or None, the diagnosis made at it or None)."""
+        return self.observe_batch([(step, trajectories)])[0]
+
+    def observe_batch(
+        self, events: list[tuple[StepRecord, list[TrajectoryRecord]]]
+    ) -> list[tuple[Alarm | None, Diagnosis | None]]:
+        """Several logged steps in order (a log read at once): the detector scores them together when it can."""
+        rows = [self._safely("features", lambda: self._features(s, t), s.step) or {} for s, t in events]
+        alarms = self._detect(events, rows)
+        return [self._after(step, row, alarm) for (step, _), row, alarm in zip(events, rows, alarms)]
+
+    def _detect(self, events: list[tuple[StepRecord, list[TrajectoryRecord]]], rows: list[dict]) -> list[Alarm | None]:
+        if self.detector is None or not events:
+            return [None] * len(events)
+        many = getattr(self.detector, "observe_many", None)
+        if many is not None:
+            scored = self._safely("detector.observe", lambda: many(self.run_id, [(s.step, r) for (s, _), r in
+                                                                                 zip(events, rows)]), events[0][0].step)
+            if scored is not None:
+                return scored
+            return [None] * len(events)
+        return [self._safely("detector.observe", lambda: self.detector.observe(s, t), s.step) for s, t in events]
+
+    def _after(self, step: StepRecord, row: dict, alarm: Alarm | None) -> tuple[Alarm | None, Diagnosis | None]:
+        """History, episodes, diagnosis and notifications of one scored step (in log order, so a diagnosis
+        reads the history up to its step)."""
         self.result.steps += 1
-        row = self._safely("features", lambda: self._features(step, trajectories), step.step) or {}
         self._history.append((self.run_id, step.step, *(row.get(n) for n in self._feature_names)))
-        alarm = None
-        if self.detector is not None:
-            alarm = self._safely("detector.observe", lambda: self.detector.observe(step, trajectories), step.step)
         if self.on_step is not None:
             self._safely("alert", lambda: self.on_step(step, alarm), step.step)
         changes = self.episodes.step(step.step, alarm)
