@@ -31,6 +31,6 @@ def test_narrowed_axes_and_run_length_changes() -> None:
     c = draw_config(3, task_groups=["tool_sub"], families=["qwen2"], sizes={"l": 1.0}, beta_zero=True,
                     run_lengths=[(200, 1.0)])
     assert (c.task_group, c.model_family, c.model_size, c.beta) == ("tool_sub", "qwen2", "l", 0.0)
-    assert c.num_steps == 200 and c.eval_every * 40 >= 200
+    assert c.num_steps == 200 and c.eval_every * 20 >= 200
     short = with_length(c, 21)
     assert short.num_steps % short.logging_steps == 0 and short.config_id != c.config_id

@@ -21,7 +21,7 @@ places its normal, faulty and control runs on the pool (``rftfm.bench.presets``)
 | epsilon / epsilon_high | 0.1, 0.2, 0.3 / equal, or DAPO's clip-higher max(epsilon, 0.28) | uniform / 60 : 40 |
 | logging_steps | 1, 2, 5 | 70 / 15 / 15 % |
 | num_steps | :data:`RUN_LENGTHS` (20 .. 200), a multiple of logging_steps | weights of the preset |
-| eval_every | every logged step up to 40 steps; longer runs about 40 evaluations | derived |
+| eval_every | every logged step up to 20 steps; longer runs about 20 evaluations | derived |
 
 The published benchmark's configuration (``rftfm.bench.runner.DEFAULTS``: 8 x 8 trajectories,
 LR 3e-4 constant, beta 0.04, 28 steps, GPT-2) is not drawn from here; the ``classic`` presets keep it.
@@ -57,7 +57,7 @@ CLIP_HIGHER = 0.28  # DAPO's recommended upper clip range
 CLIP_HIGHER_SHARE = 0.4
 LOGGING_STEPS = ((1, 0.7), (2, 0.15), (5, 0.15))
 RUN_LENGTHS = (20, 30, 40, 60, 100, 200)
-MAX_EVALS = 40  # longer runs evaluate about this many times
+MAX_EVALS = 20  # longer runs evaluate about this many times (an evaluation costs about a train step)
 
 
 @dataclass(frozen=True)
