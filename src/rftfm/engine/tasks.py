@@ -12,7 +12,8 @@
 | tool_sub   | @812-347=   | [812-347] or 465| exact match with the calculator (three-digit subtraction)               |
 
 Every task's *eval accuracy* is strict: the completion is exactly the answer (or one tool
-call that yields it). Tool calls and tool errors are real events of the environment.
+call that yields it; for ``overlong``, whose answer is its leading number, a completion that
+starts with it). Tool calls and tool errors are real events of the environment.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ class TaskGroup:
             return Outcome(result.value == problem.answer, tool_calls=1, tool_value=result.value)
         if self.credit == "exact" and self.answer_format == "{}" and not self.lenient:
             return Outcome(text.isdigit() and int(text) == problem.answer)
-        return Outcome(text == self.target(problem), score=self._score(text, problem))
+        score = self._score(text, problem)
+        # a lenient task's answer is its leading number: what follows is the length penalty's business
+        return Outcome(text == self.target(problem) or (self.lenient and score == 1.0), score=score)
 
     def _score(self, text: str, problem: Problem) -> float:
         target = self.target(problem)
