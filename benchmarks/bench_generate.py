@@ -32,8 +32,9 @@ from rftfm.records import RunInfo
 def measure(family: str, size: str, task: str, steps: int, seed: int, generations: int = 8, prompts: int = 8,
             max_length: int = 10) -> dict[str, float]:
     load_warm_start(task, size, family)  # the warm start is cached once, not part of a run's cost
-    info = RunInfo(run_id=f"bench-{family}-{size}", group="normal", task_group=task, model_size=size, model_family=family,
-                   seed=seed, num_steps=steps, control_or_fault="normal", num_generations=generations,
+    info = RunInfo(run_id=f"bench-{family}-{size}", group="normal", task_group=task, model_size=size,
+                   model_family=family, seed=seed, num_steps=steps, control_or_fault="normal",
+                   num_generations=generations,
                    prompts_per_step=prompts, max_completion_length=max_length)
     step_times: list[float] = []
     trajectories = 0
@@ -55,7 +56,8 @@ def measure(family: str, size: str, task: str, steps: int, seed: int, generation
     return {"family": family, "size": size, "params": parameter_count(size, family), "setup_s": cpu_setup,
             "train_step_s": train_step * cpu_share, "eval_s": eval_s * cpu_share,
             "trajectories_per_s": trajectories / (cpu_total - cpu_setup), "run_s": cpu_total, "wall_s": total,
-            "steps": len(step_times), "trajectories_per_step": generations * prompts, "max_completion_length": max_length}
+            "steps": len(step_times), "trajectories_per_step": generations * prompts,
+            "max_completion_length": max_length}
 
 
 def main() -> None:
@@ -68,7 +70,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="8x8", help="generations x prompts per step, comma-separated")
     parser.add_argument("--max-length", type=int, default=10)
     parser.add_argument("--json", default=None, help="also write the figures as JSON")
-    parser.add_argument("--from", dest="from_json", default=None, help="print figures saved by --json instead of measuring")
+    parser.add_argument("--from", dest="from_json", default=None,
+                        help="print figures saved by --json instead of measuring")
     parser.add_argument("--estimate", default="", help="presets whose CPU time to estimate from the figures")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,7 +87,8 @@ def main() -> None:
     print(f"one core, task {args.task}, {rows[0]['steps']} steps, completions up to {rows[0]['max_completion_length']} "
           "tokens, eval of 128 held-out prompts every step;")
     print("CPU seconds of the run's process (wall time scaled by its CPU share, as other jobs share the cores)")
-    print("| family | size | parameters | trajectories / step | set-up s | train step s | eval s | trajectories/s | run s |")
+    print("| family | size | parameters | trajectories / step | set-up s | train step s | eval s | trajectories/s "
+          "| run s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['family']} | {r['size']} | {r['params']:,} | {r['trajectories_per_step']} | {r['setup_s']:.2f} "
@@ -110,8 +114,8 @@ def print_estimates(throughput: Throughput, presets: list[str]) -> None:
         sizes = " / ".join(f"{cost.get(s, 0.0) / 3600:.2f}" for s in ("xs", "s", "m", "l"))
         records = sum(r.num_steps // (r.logging_steps or 1) for r in runs)
         trajectories = sum(r.num_steps * r.prompts_per_step * r.num_generations for r in runs)
-        print(f"| {name} | {len(runs):,} | {sum(r.num_steps for r in runs):,} | {records:,} | {trajectories:,} | {sizes} "
-              f"| {cost['total'] / 7200:.2f} | {cost['total'] / (64 * 3600):.2f} |")
+        print(f"| {name} | {len(runs):,} | {sum(r.num_steps for r in runs):,} | {records:,} | {trajectories:,} "
+              f"| {sizes} | {cost['total'] / 7200:.2f} | {cost['total'] / (64 * 3600):.2f} |")
     print("(warm starts, built once per task x family x size, come on top; the local pool and Ray run the same work)")
 
 

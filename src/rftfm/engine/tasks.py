@@ -1,15 +1,15 @@
 """Task groups of the embedded engine: prompts, verifiers, reward shapes and the calculator tool.
 
-| task group | prompt      | answer          | reward (TRL reward functions, verifier first)                           |
-|------------|-------------|-----------------|-------------------------------------------------------------------------|
-| arith_a    | 37+45=      | 82              | exact match, binary                                                     |
-| arith_b    | 23*7=       | 161             | exact match, binary (harder for a tiny model)                           |
-| tool       | @37*24=     | [37*24] or 888  | exact match; the policy may call the calculator, its result is the answer |
-| digits     | 123+456=    | 579             | partial credit: share of digit positions right                          |
-| fmt_sub    | 83-27=      | #56#            | two functions: the number's correctness (weight 1) + format #n# (0.5)   |
-| overlong   | 23*7=       | 161             | two functions: leading number correct + DAPO's soft overlong penalty    |
-| repeat     | 7?4=        | 7777            | length-shaped: 1 - abs(length - 4) / 4 when only the digit 7 is written |
-| tool_sub   | @812-347=   | [812-347] or 465| exact match with the calculator (three-digit subtraction)               |
+| task group | prompt | answer | reward (TRL reward functions, verifier first) |
+|---|---|---|---|
+| arith_a | 37+45= | 82 | exact match, binary |
+| arith_b | 23*7= | 161 | exact match, binary (harder for a tiny model) |
+| tool | @37*24= | [37*24] or 888 | exact match; the policy may call the calculator (its result is the answer) |
+| digits | 123+456= | 579 | partial credit: share of digit positions right |
+| fmt_sub | 83-27= | #56# | two functions: the number's correctness (weight 1) + format #n# (0.5) |
+| overlong | 23*7= | 161 | two functions: leading number correct + DAPO's soft overlong penalty |
+| repeat | 7?4= | 7777 | length-shaped: 1 - abs(length - 4) / 4 when only the digit 7 is written |
+| tool_sub | @812-347= | [812-347] or 465 | exact match with the calculator (three-digit subtraction) |
 
 Every task's *eval accuracy* is strict: the completion is exactly the answer (or one tool
 call that yields it; for ``overlong``, whose answer is its leading number, a completion that
