@@ -44,7 +44,7 @@ SIZE_WEIGHTS: dict[str, float] = {"xs": 0.35, "s": 0.3, "m": 0.2, "l": 0.15}
 LR_RANGE = (3e-5, 1e-3)
 #: Larger policies take smaller steps (as in practice). Measured on 192 clean runs drawn from 5e-5 .. 1.6e-3
 #: for every size: held-out accuracy rose on xs up to ~1e-3, on s up to ~3e-4, on m and l only below ~1e-4
-#: (``/work/data/full2-aborted-lr``, see docs/faultbench.md).
+#: (``benchmarks/learning_by_lr.py``, docs/results/learning_by_lr.md).
 SIZE_LR_SCALE: dict[str, float] = {"xs": 1.0, "s": 0.4, "m": 0.15, "l": 0.1}
 SCHEDULES = (("constant", 0.4), ("linear", 0.3), ("cosine", 0.3))
 WARMUP_RATIOS = (0.0, 0.05, 0.1)
