@@ -8,7 +8,8 @@ what a core of its own would take): trainer set-up seconds, seconds per train st
 update, eval excluded), seconds per held-out evaluation, and trajectories per second.
 These figures size the presets (``rftfm.bench.presets`` estimates a preset's wall time from them).
 
-    python benchmarks/bench_generate.py [--steps 12] [--task arith_a] [--families gpt2,qwen2] [--json out.json]
+    python benchmarks/bench_generate.py [--steps 12] [--shapes 8x4,8x8] [--json out.json] [--estimate full,wide]
+    python benchmarks/bench_generate.py --from out.json --estimate mini,full,wide   # estimates from saved figures
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 
 import torch
 
+from rftfm.bench.cost import Throughput
+from rftfm.bench.presets import preset_runs
 from rftfm.bench.runner import build_trainer, quiet
 from rftfm.engine.model import MODEL_FAMILIES, SIZES, parameter_count
 from rftfm.engine.sft import load_warm_start
@@ -29,8 +32,9 @@ from rftfm.records import RunInfo
 def measure(family: str, size: str, task: str, steps: int, seed: int, generations: int = 8, prompts: int = 8,
             max_length: int = 10) -> dict[str, float]:
     load_warm_start(task, size, family)  # the warm start is cached once, not part of a run's cost
-    info = RunInfo(run_id=f"bench-{family}-{size}", group="normal", task_group=task, model_size=size, model_family=family,
-                   seed=seed, num_steps=steps, control_or_fault="normal", num_generations=generations,
+    info = RunInfo(run_id=f"bench-{family}-{size}", group="normal", task_group=task, model_size=size,
+                   model_family=family, seed=seed, num_steps=steps, control_or_fault="normal",
+                   num_generations=generations,
                    prompts_per_step=prompts, max_completion_length=max_length)
     step_times: list[float] = []
     trajectories = 0
@@ -52,7 +56,8 @@ def measure(family: str, size: str, task: str, steps: int, seed: int, generation
     return {"family": family, "size": size, "params": parameter_count(size, family), "setup_s": cpu_setup,
             "train_step_s": train_step * cpu_share, "eval_s": eval_s * cpu_share,
             "trajectories_per_s": trajectories / (cpu_total - cpu_setup), "run_s": cpu_total, "wall_s": total,
-            "steps": len(step_times), "trajectories_per_step": generations * prompts, "max_completion_length": max_length}
+            "steps": len(step_times), "trajectories_per_step": generations * prompts,
+            "max_completion_length": max_length}
 
 
 def main() -> None:
@@ -65,23 +70,53 @@ def main() -> None:
     parser.add_argument("--shapes", default="8x8", help="generations x prompts per step, comma-separated")
     parser.add_argument("--max-length", type=int, default=10)
     parser.add_argument("--json", default=None, help="also write the figures as JSON")
+    parser.add_argument("--from", dest="from_json", default=None,
+                        help="print figures saved by --json instead of measuring")
+    parser.add_argument("--estimate", default="", help="presets whose CPU time to estimate from the figures")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quiet()
-    shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
-    rows = [measure(f, s, args.task, args.steps, args.seed, g, p, args.max_length)
-            for f in args.families.split(",") for s in args.sizes.split(",") for g, p in shapes]
-    print(f"one core, task {args.task}, {args.steps} steps, completions up to {args.max_length} tokens, eval of 128 held-out "
-          "prompts every step;")
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as handle:
+            rows = json.load(handle)
+        print(f"figures measured earlier, from {args.from_json}:")
+    else:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+        rows = [measure(f, s, args.task, args.steps, args.seed, g, p, args.max_length)
+                for f in args.families.split(",") for s in args.sizes.split(",") for g, p in shapes]
+    print(f"one core, task {args.task}, {rows[0]['steps']} steps, completions up to {rows[0]['max_completion_length']} "
+          "tokens, eval of 128 held-out prompts every step;")
     print("CPU seconds of the run's process (wall time scaled by its CPU share, as other jobs share the cores)")
-    print("| family | size | parameters | trajectories / step | set-up s | train step s | eval s | trajectories/s | run s |")
+    print("| family | size | parameters | trajectories / step | set-up s | train step s | eval s | trajectories/s "
+          "| run s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['family']} | {r['size']} | {r['params']:,} | {r['trajectories_per_step']} | {r['setup_s']:.2f} "
               f"| {r['train_step_s']:.3f} | {r['eval_s']:.3f} | {r['trajectories_per_s']:.0f} | {r['run_s']:.1f} |")
-    if args.json:
+    params = [r["params"] for r in rows]
+    print(f"largest / smallest model: {max(params) / min(params):.1f}x the parameters")
+    if args.json and not args.from_json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1)
+    if args.estimate:
+        print_estimates(Throughput(rows), args.estimate.split(","))
+
+
+def print_estimates(throughput: Throughput, presets: list[str]) -> None:
+    """CPU time of whole presets from the figures (``rftfm.bench.cost``): a sizing estimate, not a measurement."""
+    print()
+    print("| preset | runs | train steps | step records | trajectories | CPU hours (xs / s / m / l) "
+          "| hours on 2 cores | hours on 64 cores |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for name in presets:
+        runs = preset_runs(name)
+        cost = throughput.preset_seconds(runs)
+        sizes = " / ".join(f"{cost.get(s, 0.0) / 3600:.2f}" for s in ("xs", "s", "m", "l"))
+        records = sum(r.num_steps // (r.logging_steps or 1) for r in runs)
+        trajectories = sum(r.num_steps * r.prompts_per_step * r.num_generations for r in runs)
+        print(f"| {name} | {len(runs):,} | {sum(r.num_steps for r in runs):,} | {records:,} | {trajectories:,} "
+              f"| {sizes} | {cost['total'] / 7200:.2f} | {cost['total'] / (64 * 3600):.2f} |")
+    print("(warm starts, built once per task x family x size, come on top; the local pool and Ray run the same work)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def tiny_run(run_id: str, fault: str | None = None, group: str = "normal", seed:
     return RunInfo(
         run_id=run_id, group=group, task_group="arith_a", model_size="xs", seed=seed, num_steps=3,
         prompts_per_step=2, num_generations=4, control_or_fault=kind, fault_type=fault,
-        fault_family=FAULT_TYPES[fault].family if fault else None, fault_strength="easy" if fault else None, onset_step=1,
+        fault_family=FAULT_TYPES[fault].family if fault else None, fault_strength="easy" if fault else None,
+        onset_step=1,
     )
 
 
@@ -136,7 +137,8 @@ def test_spare_prompts_leave_the_planned_batches_unchanged() -> None:
 
     chained = list(PlannedThenSpare(sampler(12), sampler(6), offset=12))
     assert chained[:48] == list(sampler(12))
-    assert sorted(set(chained[48:])) == list(range(12, 18)) and len(chained) == 72 == len(PlannedThenSpare(sampler(12), sampler(6), 12))
+    assert sorted(set(chained[48:])) == list(range(12, 18))
+    assert len(chained) == 72 == len(PlannedThenSpare(sampler(12), sampler(6), 12))
 
 
 

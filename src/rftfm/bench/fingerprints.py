@@ -29,6 +29,12 @@ FINGERPRINT_CONFIGS: dict[str, dict[str, Any]] = {
     "qwen2-cosine": dict(model_family="qwen2", model_size="xs", learning_rate=6e-4, lr_scheduler="cosine",
                          warmup_ratio=0.1, beta=0.02, loss_type="grpo", num_generations=16, prompts_per_step=4,
                          temperature=0.9, max_completion_length=12, epsilon=0.2, epsilon_high=0.28),
+    "qwen2-linear": dict(model_family="qwen2", model_size="xs", learning_rate=4e-4, lr_scheduler="linear",
+                         warmup_ratio=0.05, beta=0.02, loss_type="grpo", num_generations=16, prompts_per_step=4,
+                         temperature=1.0, max_completion_length=12, epsilon=0.2, epsilon_high=0.28),
+    "qwen2-s-bnpo": dict(model_family="qwen2", model_size="s", learning_rate=3e-4, lr_scheduler="cosine",
+                         warmup_ratio=0.1, beta=0.02, loss_type="bnpo", num_generations=8, prompts_per_step=8,
+                         temperature=1.0, max_completion_length=12, epsilon=0.2, epsilon_high=0.28),
 }
 
 

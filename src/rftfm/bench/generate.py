@@ -165,7 +165,8 @@ def _run_local(root: Path, todo: list[RunInfo], configs, workers: int, on_done: 
     return summaries
 
 
-def _run_ray(root: Path, todo: list[RunInfo], configs, address: str | None, on_done: ProgressFn | None) -> list[RunSummary]:
+def _run_ray(root: Path, todo: list[RunInfo], configs, address: str | None,
+             on_done: ProgressFn | None) -> list[RunSummary]:
     import ray
 
     started_here = not ray.is_initialized()

@@ -49,7 +49,7 @@ def learning_markdown(rows: list[dict[str, Any]], root: str) -> str:
         "",
         f"Written by `rftfm bench learning {root} --markdown <this file>`. Eval accuracy = strict-verifier",
         "accuracy of the greedy policy on the task group's fixed 128 held-out prompts (every logged step, or about",
-        f"40 times in long runs); start / end = mean over the first / last {EDGE_STEPS} evaluations of each clean run",
+        f"20 times in long runs); start / end = mean over the first / last {EDGE_STEPS} evaluations of each clean run",
         "(normal and control runs), averaged over runs; steps = the longest run.",
         "",
         "| task group | model family | model size | runs | steps | start | end | rise | runs rising |",

@@ -61,34 +61,33 @@ class SpacePreset:
     run_lengths: tuple[tuple[int, float], ...] = tuple((n, 1.0) for n in RUN_LENGTHS)
     group_shapes: tuple[tuple[int, int], ...] = GROUP_SHAPES
     #: the costlier sizes get their own run lengths and group shapes (a preset's time budget)
-    large_sizes: tuple[str, ...] = ()
-    large_run_lengths: tuple[tuple[int, float], ...] = ()
-    large_group_shapes: tuple[tuple[int, int], ...] = ()
+    size_run_lengths: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    size_group_shapes: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     salt: int = 0  # which pool of configurations (a different salt draws a different pool)
     seed_offset: int = 0  # first run seed - 1
     description: str = field(default="", compare=False)
 
 
 #: Run lengths and group shapes of the full and wide presets, sized from the measured generator throughput
-#: (``benchmarks/bench_generate.py``: a GPT-2 ``l`` step costs about 4x an ``xs`` one): 20 to 200 steps on
-#: the two small sizes, up to 60 steps of 32 trajectories on the two large ones.
-FULL_RUN_LENGTHS = ((20, 0.2), (30, 0.25), (40, 0.2), (60, 0.15), (100, 0.12), (200, 0.08))
-LARGE_SIZES = ("m", "l")
-LARGE_RUN_LENGTHS = ((20, 0.3), (30, 0.3), (40, 0.25), (60, 0.15))
-LARGE_GROUP_SHAPES = ((4, 8), (8, 4), (16, 2))
+#: (``benchmarks/bench_generate.py``, estimates by ``rftfm.bench.cost``; a GPT-2 ``l`` step costs about 3x an
+#: ``xs`` one): 20 to 200 steps on the two small sizes, up to 60 / 40 steps of 32 trajectories on m / l.
+FULL_RUN_LENGTHS = ((20, 0.15), (30, 0.2), (40, 0.2), (60, 0.2), (100, 0.15), (200, 0.1))
+SIZE_RUN_LENGTHS = {"m": ((20, 0.3), (30, 0.3), (40, 0.25), (60, 0.15)), "l": ((20, 0.5), (30, 0.3), (40, 0.2))}
+SMALL_GROUPS = ((4, 8), (8, 4), (16, 2))  # 32 trajectories per step
+SIZE_GROUP_SHAPES = {"m": SMALL_GROUPS, "l": SMALL_GROUPS}
 
 PRESETS: dict[str, ClassicPreset | SpacePreset] = {
     "mini": SpacePreset("mini", configs=8, runs_per_type_strength=1, normal_runs=8, run_lengths=((8, 1.0),),
                         group_shapes=((4, 2), (8, 2), (16, 1)), salt=1, seed_offset=100_000,
                         description="every task group, family, size, KL regime and fault type; 8-step runs"),
     "full": SpacePreset("full", configs=64, runs_per_type_strength=16, normal_runs=192, run_lengths=FULL_RUN_LENGTHS,
-                        large_sizes=LARGE_SIZES, large_run_lengths=LARGE_RUN_LENGTHS,
-                        large_group_shapes=LARGE_GROUP_SHAPES, salt=2, seed_offset=200_000,
+                        size_run_lengths=SIZE_RUN_LENGTHS, size_group_shapes=SIZE_GROUP_SHAPES,
+                        salt=2, seed_offset=200_000,
                         description="1,200 runs over 64 configurations (every task x family x size), 20-200 steps"),
     "wide": SpacePreset("wide", configs=384, runs_per_type_strength=140, normal_runs=1_300,
                         run_lengths=FULL_RUN_LENGTHS,
-                        large_sizes=LARGE_SIZES, large_run_lengths=LARGE_RUN_LENGTHS,
-                        large_group_shapes=LARGE_GROUP_SHAPES, salt=3, seed_offset=1_000_000,
+                        size_run_lengths=SIZE_RUN_LENGTHS, size_group_shapes=SIZE_GROUP_SHAPES,
+                        salt=3, seed_offset=1_000_000,
                         description="10,120 runs over 384 configurations, for a Ray cluster"),
     "classic-mini": ClassicPreset("classic-mini", runs_per_type_strength=1, normal_per_config=1, num_steps=16,
                                   mid_onset=6),
@@ -116,14 +115,13 @@ def preset_configs(preset: SpacePreset) -> list[TrainingConfig]:
     pool = []
     for i in range(preset.configs):
         size = sizes[(i // 2 + i // (2 * n)) % len(sizes)]
-        large = size in preset.large_sizes
         pool.append(draw_config(
             preset.salt * 1_000_003 + i,
             task_groups=[tasks[i % n]],
             families=[families[(i + i // n) % len(families)]],
             sizes={size: 1.0},
-            run_lengths=preset.large_run_lengths if large else preset.run_lengths,
-            group_shapes=preset.large_group_shapes if large else preset.group_shapes,
+            run_lengths=preset.size_run_lengths.get(size, preset.run_lengths),
+            group_shapes=preset.size_group_shapes.get(size, preset.group_shapes),
             beta_zero=((i // 2) + (i // n)) % 2 == 1,
         ))
     return pool

@@ -18,11 +18,13 @@ def benchmark_stats(root: str | Path) -> dict[str, Any]:
         pl.col("fault_type").fill_null("-"),
         pl.col("fault_strength").fill_null("-"),
     )
-    step_counts = bench.steps.group_by("run_id").len("steps") if bench.steps.height else pl.DataFrame({"run_id": [], "steps": []})
+    step_counts = (bench.steps.group_by("run_id").len("steps") if bench.steps.height
+                   else pl.DataFrame({"run_id": [], "steps": []}))
     traj = bench.trajectories
     traj_counts = traj.group_by("run_id").len("trajectories") if traj is not None and traj.height else None
     table = runs.join(step_counts, on="run_id", how="left")
-    table = table.join(traj_counts, on="run_id", how="left") if traj_counts is not None else table.with_columns(pl.lit(0).alias("trajectories"))
+    table = (table.join(traj_counts, on="run_id", how="left") if traj_counts is not None
+             else table.with_columns(pl.lit(0).alias("trajectories")))
     table = table.with_columns(pl.col("steps").fill_null(0), pl.col("trajectories").fill_null(0))
 
     def grouped(keys: list[str]) -> list[dict[str, Any]]:
@@ -37,7 +39,8 @@ def benchmark_stats(root: str | Path) -> dict[str, Any]:
     table = table.with_columns(*_coverage_columns(table))
     return {
         "root": str(root),
-        "totals": {"runs": table.height, "steps": int(table["steps"].sum()), "trajectories": int(table["trajectories"].sum())},
+        "totals": {"runs": table.height, "steps": int(table["steps"].sum()),
+                   "trajectories": int(table["trajectories"].sum())},
         "by_kind": grouped(["control_or_fault"]),
         "by_family_setting": grouped(["control_or_fault", "fault_family", "fault_strength"]),
         "by_type_setting": grouped(["control_or_fault", "fault_type", "fault_strength"]),

@@ -12,7 +12,8 @@ EVAL_MAX_NEW_TOKENS = 10
 
 
 @torch.no_grad()
-def greedy_completions(model: PreTrainedModel, prompts: list[str], max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> list[str]:
+def greedy_completions(model: PreTrainedModel, prompts: list[str],
+                       max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> list[str]:
     tok = build_tokenizer()
     batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     was_training = model.training

@@ -12,10 +12,12 @@ learn, whatever the task's difficulty and the model's capacity.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -41,7 +43,7 @@ SFT_LR = 3e-3
 SFT_LR_BY_SIZE = {"m": 1e-3, "l": 1e-3}
 SFT_TARGET_ACCURACY = 0.25
 SFT_CHECK_EVERY = 25
-SFT_MAX_STEPS = 2000
+SFT_MAX_STEPS = 1000
 
 
 def cache_dir() -> Path:
@@ -66,8 +68,9 @@ def sft_batch(task_name: str, rng: random.Random, batch_size: int) -> tuple[torc
 
 
 def train_sft(task_name: str, size: str, steps: int | None = None, seed: int = 0,
-              family: str = DEFAULT_FAMILY) -> PreTrainedModel:
-    """The warm start: ``steps`` steps if given, else :data:`SFT_STEPS` or the accuracy target."""
+              family: str = DEFAULT_FAMILY) -> tuple[PreTrainedModel, int]:
+    """The warm start and the steps it trained: ``steps`` if given, else :data:`SFT_STEPS` or until the
+    accuracy target."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = build_model(size, family)
@@ -76,6 +79,7 @@ def train_sft(task_name: str, size: str, steps: int | None = None, seed: int = 0
     fixed = steps if steps is not None else SFT_STEPS.get((task_name, size)) if family == DEFAULT_FAMILY else None
     task = task_group(task_name)
     eval_set = task.eval_problems()
+    step = 0
     for step in range(1, (fixed or SFT_MAX_STEPS) + 1):
         ids, mask, labels = sft_batch(task_name, rng, SFT_BATCH)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -85,7 +89,7 @@ def train_sft(task_name: str, size: str, steps: int | None = None, seed: int = 0
         if fixed is None and step % SFT_CHECK_EVERY == 0:
             if eval_accuracy(model, task, eval_set) >= SFT_TARGET_ACCURACY:
                 break
-    return model
+    return model, step
 
 
 def warm_start_path(task_name: str, size: str, family: str = DEFAULT_FAMILY) -> Path:
@@ -97,10 +101,15 @@ def load_warm_start(task_name: str, size: str, family: str = DEFAULT_FAMILY) -> 
     """The cached SFT policy for (task, size, family), trained and cached on first use (atomic write)."""
     path = warm_start_path(task_name, size, family)
     if not (path / "model.safetensors").exists():
-        model = train_sft(task_name, size, family=family)
+        start = time.process_time()
+        model, steps = train_sft(task_name, size, family=family)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
         model.save_pretrained(tmp, safe_serialization=True)
+        task = task_group(task_name)
+        info = {"steps": steps, "cpu_s": round(time.process_time() - start, 1),
+                "accuracy": eval_accuracy(model, task, task.eval_problems())}
+        (tmp / "sft_info.json").write_text(json.dumps(info), encoding="utf-8")
         try:
             os.replace(tmp, path)
         except OSError:  # another process won the race; use its copy

@@ -1,18 +1,19 @@
 """Task groups of the embedded engine: prompts, verifiers, reward shapes and the calculator tool.
 
-| task group | prompt      | answer          | reward (TRL reward functions, verifier first)                           |
-|------------|-------------|-----------------|-------------------------------------------------------------------------|
-| arith_a    | 37+45=      | 82              | exact match, binary                                                     |
-| arith_b    | 23*7=       | 161             | exact match, binary (harder for a tiny model)                           |
-| tool       | @37*24=     | [37*24] or 888  | exact match; the policy may call the calculator, its result is the answer |
-| digits     | 123+456=    | 579             | partial credit: share of digit positions right                          |
-| fmt_sub    | 83-27=      | #56#            | two functions: the number's correctness (weight 1) + format #n# (0.5)   |
-| overlong   | 23*7=       | 161             | two functions: leading number correct + DAPO's soft overlong penalty    |
-| repeat     | 7?4=        | 7777            | length-shaped: 1 - abs(length - 4) / 4 when only the digit 7 is written |
-| tool_sub   | @812-347=   | [812-347] or 465| exact match with the calculator (three-digit subtraction)               |
+| task group | prompt | answer | reward (TRL reward functions, verifier first) |
+|---|---|---|---|
+| arith_a | 37+45= | 82 | exact match, binary |
+| arith_b | 23*7= | 161 | exact match, binary (harder for a tiny model) |
+| tool | @37*24= | [37*24] or 888 | exact match; the policy may call the calculator (its result is the answer) |
+| digits | 123+456= | 579 | partial credit: share of digit positions right |
+| fmt_sub | 83-27= | #56# | two functions: the number's correctness (weight 1) + format #n# (0.5) |
+| overlong | 23*7= | 161 | two functions: leading number correct + DAPO's soft overlong penalty |
+| repeat | 7?4= | 7777 | length-shaped: 1 - abs(length - 4) / 4 when only the digit 7 is written |
+| tool_sub | @812-347= | [812-347] or 465 | exact match with the calculator (three-digit subtraction) |
 
 Every task's *eval accuracy* is strict: the completion is exactly the answer (or one tool
-call that yields it). Tool calls and tool errors are real events of the environment.
+call that yields it; for ``overlong``, whose answer is its leading number, a completion that
+starts with it). Tool calls and tool errors are real events of the environment.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ class TaskGroup:
             return Outcome(result.value == problem.answer, tool_calls=1, tool_value=result.value)
         if self.credit == "exact" and self.answer_format == "{}" and not self.lenient:
             return Outcome(text.isdigit() and int(text) == problem.answer)
-        return Outcome(text == self.target(problem), score=self._score(text, problem))
+        score = self._score(text, problem)
+        # a lenient task's answer is its leading number: what follows is the length penalty's business
+        return Outcome(text == self.target(problem) or (self.lenient and score == 1.0), score=score)
 
     def _score(self, text: str, problem: Problem) -> float:
         target = self.target(problem)

@@ -271,6 +271,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
             has_eos = n > 0 and int(ids[i, n - 1]) == eos
             visible = n - int(has_eos)
             reward, tool_calls, tool_errors = self._outcomes[i] if i < len(self._outcomes) else (float("nan"), 0, 0)
+            reward = None if math.isnan(reward) else reward  # no reward function answered: missing, not a number
             rep, uniq = repetition_stats(text)
             records.append(
                 TrajectoryRecord(
