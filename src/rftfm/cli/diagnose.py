@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 import typer
@@ -93,13 +93,10 @@ def evaluate_diagnosis(
 
 
 def diagnose_command(
-    run: Path = typer.Argument(
-        ..., help="log file or run directory (as for rftfm watch: TRL output dir, verl log, ...)"
-    ),
+    run: Path = typer.Argument(..., help="log file or run directory (as for rftfm watch: TRL output dir, verl log)"),
     model: Optional[Path] = typer.Option(None, "--model", help="diagnoser JSON (default: the packaged artifact)"),
-    step: Optional[int] = typer.Option(
-        None, "--step", help="diagnose at this step (default: first detector alarm, else the last step)"
-    ),
+    step: Optional[int] = typer.Option(None, "--step", help="diagnose at this step (default: the first detector "
+                                       "alarm, else the last step)"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
     task_group: Optional[str] = typer.Option(None, help="task group (default: from run_info.json if present)"),
     model_size: Optional[str] = typer.Option(None, help="model size (default: from run_info.json if present)"),
@@ -109,7 +106,6 @@ def diagnose_command(
     from rftfm.cli.common import fail, read_run
     from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
     from rftfm.io.adapters import run_info_for
-    from rftfm.signals import label
 
     events, _ = read_run(run, fmt, None)
     info = run_info_for(run) or {}  # configuration only; the label fields are not read
@@ -120,29 +116,32 @@ def diagnose_command(
         fail(why or "no diagnoser")
     detector, _ = load_detector() if step is None else (None, None)
     run_id = events[0][0].run_id
-    monitor = RunMonitor(
-        run_id, detector, None, None, task_group=task_group, model_size=model_size, max_history=len(events)
-    )
-    for record, trajectories in events:
-        monitor.observe(record, trajectories)
+    monitor = RunMonitor(run_id, detector, None, None, task_group=task_group, model_size=model_size,
+                         max_history=len(events))
+    monitor.observe_batch(events)
     source = "--step"
     if step is None:
         first = monitor.result.first_alarm_step
         step, source = (first, "first detector alarm") if first is not None else (events[-1][0].step, "last step")
         if detector is not None and first is None:
             source = "last step (the detector raised no alarm)"
-    features = monitor.history_frame()
     try:
-        diagnosis = diagnoser.diagnose(features, run_id, step, task_group=task_group, model_size=model_size)
+        diagnosis = diagnoser.diagnose(monitor.history_frame(), run_id, step, task_group=task_group,
+                                       model_size=model_size)
     except Exception as exc:  # a diagnoser that cannot read this run: one line, not a traceback
         fail(f"cannot diagnose {run} at step {step}: {type(exc).__name__}: {exc}")
     if as_json:
         print(diagnosis.model_dump_json(indent=1))
         return
-    console.print(
-        f"[bold]{run_id}[/] diagnosed at step {step} ({source}); "
-        f"task group {task_group or '?'}, model size {model_size or '?'}"
-    )
+    console.print(f"[bold]{run_id}[/] diagnosed at step {step} ({source}); "
+                  f"task group {task_group or '?'}, model size {model_size or '?'}")
+    _print_diagnosis(diagnosis)
+
+
+def _print_diagnosis(diagnosis: Any) -> None:
+    """Summary, the three best hypotheses and the evidence, as tables."""
+    from rftfm.signals import label
+
     console.print(f"[bold]{diagnosis.summary}[/]")
     if diagnosis.unknown:
         console.print("[yellow]unknown fault: no known fingerprint fits well; closest known types below[/]")
@@ -156,17 +155,12 @@ def diagnose_command(
     for col in ("signal", "direction", "value", "baseline", "z", "since step"):
         ev.add_column(col)
     for e in diagnosis.evidence:
-        arrow = "up" if e.value is not None and e.expected is not None and e.value > e.expected else e.direction
-        if e.value is not None and e.expected is not None and e.value < e.expected:
-            arrow = "down"
-        ev.add_row(
-            label(e.signal),
-            arrow,
-            f"{e.value:.4g}" if e.value is not None else "–",
-            f"{e.expected:.4g}" if e.expected is not None else "–",
-            f"{e.z:+.1f}" if e.z is not None else "–",
-            str(e.since_step),
-        )
+        arrow = e.direction
+        if e.value is not None and e.expected is not None and e.value != e.expected:
+            arrow = "up" if e.value > e.expected else "down"
+        ev.add_row(label(e.signal), arrow, f"{e.value:.4g}" if e.value is not None else "–",
+                   f"{e.expected:.4g}" if e.expected is not None else "–",
+                   f"{e.z:+.1f}" if e.z is not None else "–", str(e.since_step))
     console.print(ev)
 
 

@@ -67,31 +67,19 @@ def offline_incidents(
 
 
 def report(
-    run: str = typer.Argument(
-        ..., help="log file, run directory (TRL output dir too), or a run id recorded in --incidents"
-    ),
-    incidents: Optional[Path] = typer.Option(
-        None, "--incidents", help="incident store with this run's alarms, diagnoses and actions"
-    ),
+    run: str = typer.Argument(..., help="log file, run directory (TRL output dir too), or a run id recorded in "
+                              "--incidents"),
+    incidents: Optional[Path] = typer.Option(None, "--incidents", help="incident store with this run's alarms, "
+                                             "diagnoses and actions"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: <run id>.html)"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    run_id: Optional[str] = typer.Option(
-        None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"
-    ),
-    detect: bool = typer.Option(
-        True, "--detect/--no-detect", help="without recorded incidents, run detection and diagnosis offline"
-    ),
-    detector_path: Optional[Path] = typer.Option(
-        None, "--detector", help="detector artifact (default: the packaged one)"
-    ),
-    diagnoser_path: Optional[Path] = typer.Option(
-        None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"
-    ),
-    inline_js: bool = typer.Option(
-        False,
-        "--inline-js/--shared-js",
-        help="embed plotly.js in the page (one file, +4.8 MB) instead of one shared copy beside it",
-    ),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the name)"),
+    detect: bool = typer.Option(True, "--detect/--no-detect", help="without recorded incidents, run detection "
+                                "and diagnosis offline"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: packaged)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: packaged)"),
+    inline_js: bool = typer.Option(False, "--inline-js/--shared-js", help="embed plotly.js in the page (one file, "
+                                   "+4.8 MB) instead of one shared copy beside it"),
 ) -> None:
     """Write an HTML post-mortem of a run (plotly; no network needed to view it)."""
     from rftfm.io.adapters import run_info_for
@@ -114,17 +102,8 @@ def report(
         offline, note = offline_incidents(rid, records, detector_path, diagnoser_path)
         events += offline
     target = out or safe_file_name(rid, ".html")
-    page = write_report(
-        target,
-        rid,
-        records,
-        events,
-        source=str(path),
-        stats=stats,
-        note=note,
-        ground_truth=run_info_for(path),
-        inline_js=inline_js,
-    )
+    page = write_report(target, rid, records, events, source=str(path), stats=stats, note=note,
+                        ground_truth=run_info_for(path), inline_js=inline_js)
     shared = "" if inline_js else "; plotly.js shared beside it"
     console.print(
         f"wrote {escape(str(page))} ({page.stat().st_size / 1e6:.2f} MB, {len(records)} steps, "

@@ -80,34 +80,20 @@ def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
 
 
 def watch(
-    path: Path = typer.Argument(
-        ..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) or run directory"
-    ),
+    path: Path = typer.Argument(..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) "
+                                "or run directory"),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
-    incidents: Optional[Path] = typer.Option(
-        None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"
-    ),
-    follow: bool = typer.Option(
-        False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"
-    ),
-    run_id: Optional[str] = typer.Option(
-        None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"
-    ),
-    task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
+    incidents: Optional[Path] = typer.Option(None, "--incidents", help="SQLite incident store to record alarms in"),
+    follow: bool = typer.Option(False, "--follow/--no-follow", help="keep following the file as it grows (tail -F)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id (default: run_info.json, else the name)"),
+    task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known"),
     model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
     interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
-    idle_timeout: Optional[float] = typer.Option(
-        None, "--idle-timeout", help="stop following after this many seconds without new lines"
-    ),
-    detector_path: Optional[Path] = typer.Option(
-        None, "--detector", help="detector artifact (default: the packaged one)"
-    ),
-    diagnoser_path: Optional[Path] = typer.Option(
-        None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"
-    ),
-    use_wandb: bool = typer.Option(
-        False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"
-    ),
+    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="stop following after this many "
+                                                 "seconds without new lines"),
+    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: packaged)"),
+    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: packaged)"),
+    use_wandb: bool = typer.Option(False, "--wandb", help="forward alerts with wandb.alert (wandb configured)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
@@ -120,6 +106,53 @@ def watch(
     if not path.exists() and not follow:
         fail(f"{path} does not exist")
     source = _open_source(path, fmt, run_id, follow, interval, idle_timeout, quiet)
+    store = open_store(incidents) if incidents is not None else None
+    alerter = _wandb_alerter(source.run_id) if use_wandb else None
+    monitor = _monitor(source.run_id, detector_path, diagnoser_path, store, alerter, task_group, model_size,
+                       follow, verbose)
+    if store is not None:
+        store.record("run", source.run_id, None,
+                     {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
+    if not quiet:
+        console.print(f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
+                      f"[bold]{escape(source.run_id)}[/]")
+    _read(source, monitor, follow, interval, idle_timeout, quiet, verbose, alerter)
+    stats, result = source.stats, monitor.result
+    if stats.mismatch:
+        if store is not None:
+            store.close()
+        fail(f"{path}: {stats.mismatch}")
+    if store is not None:
+        store.record("run", source.run_id, None, {
+            "finished": time.time(), "steps": result.steps, "alarms": result.alarm_count,
+            "episodes": result.episode_count, "format": stats.format, "malformed_lines": stats.malformed_lines})
+        store.close()
+    if monitor.diagnoser is not None and monitor.diagnoser.why:
+        console.print(f"[yellow]{escape(monitor.diagnoser.why)}[/]")
+    _print_summary(result, stats, path)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1),
+                            encoding="utf-8")
+    raise typer.Exit(exit_code(result))
+
+
+def register(apps: "Apps") -> None:
+    """``rftfm watch``."""
+    apps.root.command("watch")(watch)
+
+
+def _wandb_alerter(run_id: str) -> Any:
+    from rftfm.integrations.wandb_alerts import WandbAlerter
+
+    alerter, status = WandbAlerter.create(run_id)
+    console.print(f"[dim]{escape(status)}[/]")
+    return alerter
+
+
+def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | None, store: Any, alerter: Any,
+             task_group: str | None, model_size: str | None, follow: bool, verbose: bool) -> RunMonitor:
+    """The run's monitor with the packaged (or given) detector and diagnoser, printing episodes."""
     detector, why_no_detector = load_detector(detector_path)
     if why_no_detector:
         console.print(f"[yellow]{escape(why_no_detector)}[/]")
@@ -128,41 +161,19 @@ def watch(
     diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
     if diagnoser is not None and follow:
         diagnoser.load()
-    store = open_store(incidents) if incidents is not None else None
-    alerter = None
-    if use_wandb:
-        from rftfm.integrations.wandb_alerts import WandbAlerter
-
-        alerter, status = WandbAlerter.create(source.run_id)
-        console.print(f"[dim]{escape(status)}[/]")
 
     def on_episode(change: str, episode: Any) -> None:
         print_episode(change, episode)
         if alerter is not None and change in ("start", "diagnosis"):
             alerter.alert(episode, change)
 
-    monitor = RunMonitor(
-        source.run_id,
-        detector,
-        diagnoser,
-        store,
-        on_episode,
-        task_group,
-        model_size,
-        on_step=print_step if verbose else None,
-    )
-    if store is not None:
-        store.record(
-            "run",
-            source.run_id,
-            None,
-            {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()},
-        )
-    if not quiet:
-        console.print(
-            f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
-            f"[bold]{escape(source.run_id)}[/]"
-        )
+    return RunMonitor(run_id, detector, diagnoser, store, on_episode, task_group, model_size,
+                      on_step=print_step if verbose else None)
+
+
+def _read(source: Any, monitor: RunMonitor, follow: bool, interval: float, idle_timeout: float | None, quiet: bool,
+          verbose: bool, alerter: Any) -> None:
+    """Feed the log to the monitor, batch by batch, until it ends (or the format turns out wrong)."""
     stats, told_format = source.stats, False
     try:
         batches = source.follow(interval, idle_timeout) if follow else iter([source.read_all()])
@@ -182,37 +193,3 @@ def watch(
         source.close()
         if alerter is not None:
             alerter.close()
-    if stats.mismatch:
-        if store is not None:
-            store.close()
-        fail(f"{path}: {stats.mismatch}")
-    result = monitor.result
-    if store is not None:
-        store.record(
-            "run",
-            source.run_id,
-            None,
-            {
-                "finished": time.time(),
-                "steps": result.steps,
-                "alarms": result.alarm_count,
-                "episodes": result.episode_count,
-                "format": stats.format,
-                "malformed_lines": stats.malformed_lines,
-            },
-        )
-        store.close()
-    if diagnoser is not None and diagnoser.why:
-        console.print(f"[yellow]{escape(diagnoser.why)}[/]")
-    _print_summary(result, stats, path)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(
-            json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1), encoding="utf-8"
-        )
-    raise typer.Exit(exit_code(result))
-
-
-def register(apps: "Apps") -> None:
-    """``rftfm watch``."""
-    apps.root.command("watch")(watch)

@@ -253,12 +253,8 @@ def build_report(
     step_axis = np.array(steps, dtype=float)
     columns = _columns(records, STEP_METRICS)
     present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
-    order = evidence_order(incidents, present)
     figures = _Figures()
-    shown = figures.grid(
-        "fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels))
-    )
-    folded = _signal_panels(step_axis, columns, order[MAX_SHOWN:], shapes)
+    signals = _signals_html(figures, step_axis, columns, present, incidents, shapes, episodes, labels, bool(records))
     trajectory = trajectory_panels(events, shapes)
     extra_names = sorted({k for r in records for k in r.extra})
     plotted = extra_names[:MAX_EXTRA_PLOTS]
@@ -272,11 +268,7 @@ def build_report(
         "<h2>alarm episodes</h2>",
         episodes_html(episodes, labels),
         "<h2>training signals</h2>",
-        "<p class='muted'>The signals the alarms cite most come first; shaded: alarm episodes.</p>" if episodes else "",
-        shown if records else "<p class='muted'>No step metrics.</p>",
-        _fold(f"other training signals ({len(folded)})", figures.grid("fig-more", folded, lazy=True), "fold-more")
-        if folded
-        else "",
+        signals,
         "<h2>trajectory distributions</h2>",
         figures.grid("fig-trajectories", trajectory)
         if trajectory
@@ -293,6 +285,28 @@ def build_report(
         if extra
         else "",
     ]
+    return _page(run_id, body, figures, plotly_src)
+
+
+def _signals_html(figures: "_Figures", step_axis: np.ndarray, columns: dict[str, np.ndarray], present: list[str],
+                  incidents: Sequence[dict[str, Any]], shapes: Any, episodes: Any, labels: Any, any_records: bool) -> str:
+    """The training-signal panels: those the alarms cite first, the rest folded away."""
+    order = evidence_order(incidents, present)
+    shown = figures.grid(
+        "fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels))
+    )
+    folded = _signal_panels(step_axis, columns, order[MAX_SHOWN:], shapes)
+    parts = [
+        "<p class='muted'>The signals the alarms cite most come first; shaded: alarm episodes.</p>" if episodes else "",
+        shown if any_records else "<p class='muted'>No step metrics.</p>",
+        _fold(f"other training signals ({len(folded)})", figures.grid("fig-more", folded, lazy=True), "fold-more")
+        if folded else "",
+    ]
+    return "".join(parts)
+
+
+def _page(run_id: str, body: list[str], figures: "_Figures", plotly_src: str | None) -> str:
+    """The whole HTML document around ``body`` (plotly.js linked or inlined, figures as JSON)."""
     script = f"<script src='{esc(plotly_src)}'></script>" if plotly_src else f"<script>{_plotly_js()}</script>"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
