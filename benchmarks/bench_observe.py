@@ -31,8 +31,15 @@ def capture_run(num_steps: int) -> tuple[list, list[float]]:
         last[0] = now
         records.append((step, list(trajectories)))
 
-    info = RunInfo(run_id="bench-observe", group="normal", task_group="arith_a", model_size="xs", seed=1,
-                   control_or_fault="normal", num_steps=num_steps)
+    info = RunInfo(
+        run_id="bench-observe",
+        group="normal",
+        task_group="arith_a",
+        model_size="xs",
+        seed=1,
+        control_or_fault="normal",
+        num_steps=num_steps,
+    )
     train_run(info, sinks=[sink])
     return records, wall
 
@@ -42,7 +49,9 @@ def detector_for(records) -> Detector:
         return Detector.load_default()
     except FileNotFoundError:
         rows = [{"run_id": f"r{k}", "step": s.step, **step_features(s, t)} for k in range(4) for s, t in records]
-        runs = pl.DataFrame({"run_id": [f"r{k}" for k in range(4)], "task_group": ["arith_a"] * 4, "model_size": ["xs"] * 4})
+        runs = pl.DataFrame(
+            {"run_id": [f"r{k}" for k in range(4)], "task_group": ["arith_a"] * 4, "model_size": ["xs"] * 4}
+        )
         return Detector().fit(runs, pl.DataFrame(rows))
 
 
@@ -72,13 +81,18 @@ def main() -> None:
     for k in range(0, len(records) - 1, 2):
         (s, a), (_, b) = records[k], records[k + 1]
         doubled.append((s, a + b))  # 128 trajectories: features are rates / means, ids do not matter
-    print(f"embedded engine: one train step (64 trajectories, median of {len(wall) - 1}) = {1000 * train_step_s:.1f} ms")
+    print(
+        f"embedded engine: one train step (64 trajectories, median of {len(wall) - 1}) = {1000 * train_step_s:.1f} ms"
+    )
     for label, steps in (("64", records), ("128", doubled)):
         n = len(steps[0][1])
         times = time_observe(detector, steps, args.repeats)
         med, p99 = statistics.median(times), sorted(times)[int(0.99 * (len(times) - 1))]
-        print(f"observe @ {n:>3} trajectories/step: median {1000 * med:.3f} ms, p99 {1000 * p99:.3f} ms "
-              f"({len(times)} calls); ratio to one train step = {med / train_step_s:.2e} ({100 * med / train_step_s:.3f} %)")
+        print(
+            f"observe @ {n:>3} trajectories/step: median {1000 * med:.3f} ms, p99 {1000 * p99:.3f} ms "
+            f"({len(times)} calls); ratio to one train step = {med / train_step_s:.2e} "
+            f"({100 * med / train_step_s:.3f} %)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def status_lines(seed: dict, task: dict) -> list[str]:
         met = value is not None and value >= goal
         lines.append(f"- {name}: {100 * value:.1f} % (goal ≥ {100 * goal:.0f} %) — **{'met' if met else 'not met'}**")
     hard = task["diagnoser"]["hard"]["family_accuracy"]
-    lines.append(f"- held-out task group, family accuracy hard: {100 * hard:.1f} % (goal ≥ 80 %) — **{'met' if hard >= 0.8 else 'not met'}**")
+    lines.append(
+        f"- held-out task group, family accuracy hard: {100 * hard:.1f} % (goal ≥ 80 %) — **{'met' if hard >= 0.8 else 'not met'}**"
+    )
     return lines
 
 
@@ -47,7 +49,10 @@ def main() -> None:
     parts = [MARKER, "", "## Results", ""]
     if args.data_note:
         parts += [args.data_note, ""]
-    parts += ["Where each target stands (full preset, held-out seeds, diagnosis at alarm time; abstentions count as wrong):", ""]
+    parts += [
+        "Where each target stands (full preset, held-out seeds, diagnosis at alarm time; abstentions count as wrong):",
+        "",
+    ]
     parts += status_lines(seed, task) + [""]
     for split in ("seed", "task", "size"):
         text = (results / f"diagnosis-{split}.md").read_text()

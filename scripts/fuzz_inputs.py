@@ -47,8 +47,25 @@ from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
 from rftfm.testing import synthetic_detector as _synthetic_detector
 
 TARGETS = ("loader", "openrlhf", "trl", "verl", "jsonl")
-NASTY_TOKENS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 400, "9" * 5000, '"text"', "[1, 2]", "{}",
-                "null", "true", '"\\ud800"', '"<script>alert(1)</script>"', "1e-400", "-0.0", '"é😀"')
+NASTY_TOKENS = (
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1e999",
+    "1" * 400,
+    "9" * 5000,
+    '"text"',
+    "[1, 2]",
+    "{}",
+    "null",
+    "true",
+    '"\\ud800"',
+    '"<script>alert(1)</script>"',
+    "1e-400",
+    "-0.0",
+    '"é😀"',
+)
 
 
 # --- good lines ------------------------------------------------------------------------------
@@ -57,11 +74,15 @@ NASTY_TOKENS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" * 400, "9
 def good_line(target: str, step: int, reward: float, rng: random.Random) -> str:
     kl = round(rng.uniform(0, 0.1), 6)
     if target in ("loader", "openrlhf"):
-        return json.dumps(step_to_published(StepRecord(run_id="fz", step=step, reward_mean=reward, kl=kl, entropy=rng.random())))
+        return json.dumps(
+            step_to_published(StepRecord(run_id="fz", step=step, reward_mean=reward, kl=kl, entropy=rng.random()))
+        )
     if target == "trl":
         return json.dumps({"loss": rng.random(), "reward": reward, "kl": kl, "step": step, "epoch": step / 10})
     if target == "verl":
-        return json.dumps({"step": step, "data": {"critic/score/mean": reward, "actor/kl_loss": kl, "timing_s/step": 1.0}})
+        return json.dumps(
+            {"step": step, "data": {"critic/score/mean": reward, "actor/kl_loss": kl, "timing_s/step": 1.0}}
+        )
     return json.dumps({"step": step, "reward_mean": reward, "kl": kl})
 
 
@@ -89,7 +110,9 @@ def _edit_json(line: str, rng: random.Random) -> str:
     if choice == 0 and keys:
         del target[rng.choice(keys)]
     elif choice == 1:
-        target[rng.choice(["extra_" + str(rng.randrange(99)), "é😀", "<b>", ""])] = rng.choice([1.5, "x", [1, {"a": None}], None, True])
+        target[rng.choice(["extra_" + str(rng.randrange(99)), "é😀", "<b>", ""])] = rng.choice(
+            [1.5, "x", [1, {"a": None}], None, True]
+        )
     elif choice == 2 and keys:
         target[rng.choice(keys)] = rng.choice(["abc", [], {}, None, True, 10**30, -1])
     else:
@@ -99,14 +122,23 @@ def _edit_json(line: str, rng: random.Random) -> str:
 
 MUTATIONS: dict[str, Callable[[str, random.Random], str]] = {
     "truncate": lambda s, r: s[: r.randrange(max(1, len(s)))],
-    "flip_char": lambda s, r: (lambda i: s[:i] + chr(r.randrange(1, 0x2FFF)) + s[i + 1:])(r.randrange(max(1, len(s)))),
-    "control_chars": lambda s, r: (lambda i: s[:i] + r.choice(["\x00", "\x1b[31m", "\t", "\x7f", "\u2028", "\ufeff"]) + s[i:])(r.randrange(max(1, len(s)))),
+    "flip_char": lambda s, r: (lambda i: s[:i] + chr(r.randrange(1, 0x2FFF)) + s[i + 1 :])(r.randrange(max(1, len(s)))),
+    "control_chars": lambda s, r: (
+        lambda i: s[:i] + r.choice(["\x00", "\x1b[31m", "\t", "\x7f", "\u2028", "\ufeff"]) + s[i:]
+    )(r.randrange(max(1, len(s)))),
     "nasty_number": _replace_number,
     "edit_json": _edit_json,
     "deep_nesting": lambda s, r: "[" * r.choice([50, 5000, 100000]) + "]" * r.choice([0, 50]),
     "not_an_object": lambda s, r: r.choice(["[1, 2, 3]", "42", '"a string"', "null", "true"]),
-    "garbage_text": lambda s, r: r.choice(["Traceback (most recent call last):", "loading checkpoint shards 100%|#####|",
-                                           "step; reward=oops", "WARNING: NaN in loss", "=" * 80]),
+    "garbage_text": lambda s, r: r.choice(
+        [
+            "Traceback (most recent call last):",
+            "loading checkpoint shards 100%|#####|",
+            "step; reward=oops",
+            "WARNING: NaN in loss",
+            "=" * 80,
+        ]
+    ),
     "huge_line": lambda s, r: s[:-1] + ', "blob": "' + "x" * 200_000 + '"}' if s.endswith("}") else s + "x" * 200_000,
     "empty": lambda s, r: r.choice(["", "   ", "\t"]),
 }
@@ -145,7 +177,7 @@ def write_lines(path: Path, lines: list[str], rng: random.Random) -> None:
     """Write the lines; sometimes add a line of invalid UTF-8 and a last line cut mid-write (no newline)."""
     encoded = [line.encode("utf-8", "surrogatepass") for line in lines]
     if rng.random() < 0.2:
-        encoded.insert(rng.randint(1 if encoded else 0, len(encoded)), bytes([0xFF, 0xFE, 0xC3]) + b"{\"step\": \xc3(")
+        encoded.insert(rng.randint(1 if encoded else 0, len(encoded)), bytes([0xFF, 0xFE, 0xC3]) + b'{"step": \xc3(')
     data = b"\n".join(encoded) + b"\n"
     if encoded and rng.random() < 0.2:
         data += encoded[-1][: rng.randrange(max(1, len(encoded[-1])))]
@@ -176,8 +208,14 @@ def fuzz_loader(workdir: Path, lines: list[str], good: list[tuple[int, float]], 
     steps = bench.steps
     got = list(zip(steps["step"].to_list(), steps["reward_mean"].to_list())) if "reward_mean" in steps.columns else []
     matched = len(good) - len(_unmatched(good, got))
-    return {"good": len(good), "matched": matched, "lost": len(good) - matched, "skipped_counted": 0,
-            "malformed_counted": bench.report.malformed_lines, "bad_values_counted": bench.report.bad_values}
+    return {
+        "good": len(good),
+        "matched": matched,
+        "lost": len(good) - matched,
+        "skipped_counted": 0,
+        "malformed_counted": bench.report.malformed_lines,
+        "bad_values_counted": bench.report.bad_values,
+    }
 
 
 def _skipped_good_lines(path: Path, target: str, good_by_text: dict[str, tuple[int, float]]) -> set[tuple[int, float]]:
@@ -198,18 +236,33 @@ def _skipped_good_lines(path: Path, target: str, good_by_text: dict[str, tuple[i
     return skipped
 
 
-def fuzz_adapter(workdir: Path, target: str, lines: list[str], good: list[tuple[int, float]], rng: random.Random,
-                 records_out: list, good_texts: list[str]) -> dict[str, int]:
+def fuzz_adapter(
+    workdir: Path,
+    target: str,
+    lines: list[str],
+    good: list[tuple[int, float]],
+    rng: random.Random,
+    records_out: list,
+    good_texts: list[str],
+) -> dict[str, int]:
     path = workdir / "log.jsonl"
     write_lines(path, lines, rng)
     events, stats = read_log(path, fmt=target, run_id="fz")
     records_out.extend(events)
     missing = _unmatched(good, [(e[0].step, e[0].reward_mean) for e in events])
-    skipped = _skipped_good_lines(path, target, {good_line_text: pair for good_line_text, pair in zip(good_texts, good)})
+    skipped = _skipped_good_lines(
+        path, target, {good_line_text: pair for good_line_text, pair in zip(good_texts, good)}
+    )
     explained = [g for g in missing if g in skipped] if stats.out_of_order >= len(skipped) else []
     matched = len(good) - len(missing)
-    return {"good": len(good), "matched": matched, "lost": len(missing) - len(explained), "skipped_counted": len(explained),
-            "malformed_counted": stats.malformed_lines, "bad_values_counted": 0}
+    return {
+        "good": len(good),
+        "matched": matched,
+        "lost": len(missing) - len(explained),
+        "skipped_counted": len(explained),
+        "malformed_counted": stats.malformed_lines,
+        "bad_values_counted": 0,
+    }
 
 
 def fuzz_models(lines: list[str]) -> int:
@@ -239,19 +292,29 @@ def nasty_steps(rng: random.Random, n: int) -> list[tuple[StepRecord, list[Traje
         step = rng.choice([0, 1, 2, 3, 5, 8, 13, 10**9, rng.randrange(1, 60)])
         values = {m: (rng.choice(NASTY_VALUES) if rng.random() < 0.5 else rng.gauss(0, 10)) for m in STEP_METRICS}
         record = StepRecord(run_id="fz", step=step, extra={"é😀<b>": rng.choice(NASTY_VALUES)}, **values)
-        trajs = [TrajectoryRecord(run_id="fz", rollout_step=step, prompt_id=rng.choice(["", "p", "\ud800", "<script>"]),
-                                  group_id=rng.randrange(4), reward=rng.choice(NASTY_VALUES), advantage=rng.choice(NASTY_VALUES),
-                                  response_length=rng.choice([None, 0, 10**400, 2**63]), tool_call_count=rng.choice([0, 10**30]),
-                                  completion=rng.choice([None, "", "x" * 10_000, "\x00\ud800"]))
-                 for _ in range(rng.choice([0, 0, 1, 4, 64]))]
+        trajs = [
+            TrajectoryRecord(
+                run_id="fz",
+                rollout_step=step,
+                prompt_id=rng.choice(["", "p", "\ud800", "<script>"]),
+                group_id=rng.randrange(4),
+                reward=rng.choice(NASTY_VALUES),
+                advantage=rng.choice(NASTY_VALUES),
+                response_length=rng.choice([None, 0, 10**400, 2**63]),
+                tool_call_count=rng.choice([0, 10**30]),
+                completion=rng.choice([None, "", "x" * 10_000, "\x00\ud800"]),
+            )
+            for _ in range(rng.choice([0, 0, 1, 4, 64]))
+        ]
         out.append((record, trajs))
     return out
 
 
 def fuzz_monitor(detector: Detector, events: list) -> dict[str, int]:
     """Feed every event to Detector.observe and to the loop; returns steps fed and loop internal errors."""
-    controller = Controller(detector, None, run_id="fz", task_group="arith_a", model_size="xs",
-                            config=ControllerConfig(remediate=False))
+    controller = Controller(
+        detector, None, run_id="fz", task_group="arith_a", model_size="xs", config=ControllerConfig(remediate=False)
+    )
     detector.reset("fz", "arith_a", "xs")
     for record, trajs in events:
         record = record.model_copy(update={"run_id": "fz"})
@@ -296,8 +359,14 @@ def run_fuzz(files: int = 3000, seed: int = 0, progress: Callable[[int], None] |
                 totals["crashes"] += 1
                 by_target[target]["crashes"] += 1
                 if len(crashes) < 10:
-                    crashes.append({"case": str(i), "stage": stage, "error": f"{type(exc).__name__}: {exc}"[:300],
-                                    "traceback": traceback.format_exc(limit=4)[-1500:]})
+                    crashes.append(
+                        {
+                            "case": str(i),
+                            "stage": stage,
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                            "traceback": traceback.format_exc(limit=4)[-1500:],
+                        }
+                    )
                 result = {}
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -313,15 +382,25 @@ def run_fuzz(files: int = 3000, seed: int = 0, progress: Callable[[int], None] |
         shutil.rmtree(tmp_root, ignore_errors=True)
     inputs = totals["lines"] + totals["model_inputs"] + totals["monitor_steps"]
     return {
-        "seed": seed, "files": files, "seconds": round(time.perf_counter() - start, 1),
+        "seed": seed,
+        "files": files,
+        "seconds": round(time.perf_counter() - start, 1),
         "inputs_tried": inputs,
-        "log_lines": totals["lines"], "mutated_lines": totals["mutated_lines"], "model_validations": totals["model_inputs"],
+        "log_lines": totals["lines"],
+        "mutated_lines": totals["mutated_lines"],
+        "model_validations": totals["model_inputs"],
         "monitor_steps": totals["monitor_steps"],
-        "crashes": totals["crashes"], "loop_internal_errors": totals["loop_internal_errors"],
-        "good_records": totals["good"], "good_records_recovered": totals["matched"],
-        "records_lost": totals["lost"], "good_records_skipped_counted": totals["skipped_counted"],
-        "malformed_lines_counted": totals["malformed_counted"], "bad_values_counted": totals["bad_values_counted"],
-        "by_target": {t: dict(c) for t, c in by_target.items()}, "mutations": dict(mutations), "crash_reports": crashes,
+        "crashes": totals["crashes"],
+        "loop_internal_errors": totals["loop_internal_errors"],
+        "good_records": totals["good"],
+        "good_records_recovered": totals["matched"],
+        "records_lost": totals["lost"],
+        "good_records_skipped_counted": totals["skipped_counted"],
+        "malformed_lines_counted": totals["malformed_counted"],
+        "bad_values_counted": totals["bad_values_counted"],
+        "by_target": {t: dict(c) for t, c in by_target.items()},
+        "mutations": dict(mutations),
+        "crash_reports": crashes,
     }
 
 
@@ -332,7 +411,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the totals as JSON")
     args = parser.parse_args()
-    result = run_fuzz(args.files, args.seed, progress=lambda i: print(f"\r{i}/{args.files} cases", end="", flush=True) if i % 100 == 0 else None)
+    result = run_fuzz(
+        args.files,
+        args.seed,
+        progress=lambda i: print(f"\r{i}/{args.files} cases", end="", flush=True) if i % 100 == 0 else None,
+    )
     print()
     summary = {k: v for k, v in result.items() if k not in ("by_target", "mutations", "crash_reports")}
     print(json.dumps(summary, indent=1))

@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from fuzz_inputs import run_fuzz, synthetic_detector  # noqa: E402
 
-
 # --- tests --------------------------------------------------------------------------------------
 
 
@@ -50,8 +49,12 @@ def run_pytest(path: str, marker: str = "") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, "-m", marker,
-                               f"--junitxml={xml}"], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, "-m", marker, f"--junitxml={xml}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         cases = []
         if xml.exists():
@@ -63,9 +66,16 @@ def run_pytest(path: str, marker: str = "") -> dict[str, Any]:
                     elif child.tag == "skipped":
                         status = "skipped"
                 cases.append({"name": case.get("name"), "status": status, "seconds": float(case.get("time") or 0)})
-    return {"path": path, "returncode": proc.returncode, "seconds": round(seconds, 1), "cases": cases,
-            "passed": sum(c["status"] == "passed" for c in cases), "failed": sum(c["status"] == "failed" for c in cases),
-            "skipped": sum(c["status"] == "skipped" for c in cases), "tail": proc.stdout[-1500:]}
+    return {
+        "path": path,
+        "returncode": proc.returncode,
+        "seconds": round(seconds, 1),
+        "cases": cases,
+        "passed": sum(c["status"] == "passed" for c in cases),
+        "failed": sum(c["status"] == "failed" for c in cases),
+        "skipped": sum(c["status"] == "skipped" for c in cases),
+        "tail": proc.stdout[-1500:],
+    }
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -99,15 +109,30 @@ def source_events(bench: Path | None, steps: int) -> tuple[list, str]:
     quiet()
     torch.set_num_threads(1)
     events: list = []
-    runs = [("load-normal", None, "normal"), ("load-lr-high", "lr_high", "od_easy_fault"), ("load-degeneration", "degeneration", "pg_easy_fault")]
+    runs = [
+        ("load-normal", None, "normal"),
+        ("load-lr-high", "lr_high", "od_easy_fault"),
+        ("load-degeneration", "degeneration", "pg_easy_fault"),
+    ]
     for run_id, fault, group in runs:
-        info = RunInfo(run_id=run_id, group=group, task_group="arith_a", model_size="xs", seed=7, num_steps=steps,
-                       control_or_fault="fault" if fault else "normal", fault_type=fault,
-                       fault_family={"lr_high": "od", "degeneration": "pg"}.get(fault or ""), fault_strength="easy" if fault else None,
-                       onset_step=1 if fault else None)
+        info = RunInfo(
+            run_id=run_id,
+            group=group,
+            task_group="arith_a",
+            model_size="xs",
+            seed=7,
+            num_steps=steps,
+            control_or_fault="fault" if fault else "normal",
+            fault_type=fault,
+            fault_family={"lr_high": "od", "degeneration": "pg"}.get(fault or ""),
+            fault_strength="easy" if fault else None,
+            onset_step=1 if fault else None,
+        )
         train_run(info, sinks=[lambda s, t: events.append((s, list(t)))])
-    return events, (f"3 runs trained here with the embedded TRL engine (arith_a, xs, {steps} steps each, "
-                    f"{len(events[0][1])} trajectories per step): normal, lr_high (easy), degeneration (easy)")
+    return events, (
+        f"3 runs trained here with the embedded TRL engine (arith_a, xs, {steps} steps each, "
+        f"{len(events[0][1])} trajectories per step): normal, lr_high (easy), degeneration (easy)"
+    )
 
 
 def load_detector() -> tuple[Any, str]:
@@ -116,7 +141,10 @@ def load_detector() -> tuple[Any, str]:
     try:
         return Detector.load_default(), "the packaged default detector artifact"
     except Exception as exc:  # artifact missing or being re-fitted: the figure is about cost, not accuracy
-        return synthetic_detector(), f"a detector fitted on synthetic normal runs (default artifact unavailable: {type(exc).__name__})"
+        return (
+            synthetic_detector(),
+            f"a detector fitted on synthetic normal runs (default artifact unavailable: {type(exc).__name__})",
+        )
 
 
 def replay(observe, events: list, n: int, sample_every: int, trace: bool) -> dict[str, Any]:
@@ -139,21 +167,35 @@ def replay(observe, events: list, n: int, sample_every: int, trace: bool) -> dic
         cpu[i] = cpu_clock() - c0
         alarms += alarm is not None
         if (i + 1) % sample_every == 0 or i == 0:
-            samples.append({"step": i + 1, "rss_mb": round(rss_mb(), 1),
-                            **({"traced_mb": round(tracemalloc.get_traced_memory()[0] / 1e6, 2)} if trace else {})})
+            samples.append(
+                {
+                    "step": i + 1,
+                    "rss_mb": round(rss_mb(), 1),
+                    **({"traced_mb": round(tracemalloc.get_traced_memory()[0] / 1e6, 2)} if trace else {}),
+                }
+            )
     wall = time.perf_counter() - start
     if trace:
         tracemalloc.stop()
     us = lat / 1e3
     after_first = [s for s in samples if s["step"] >= sample_every]
     growth = (after_first[-1]["rss_mb"] - after_first[0]["rss_mb"]) if len(after_first) > 1 else 0.0
-    out = {"steps": n, "seconds": round(wall, 1), "steps_per_s": round(n / wall), "alarms": alarms,
-           "p50_us": round(float(np.percentile(us, 50)), 1), "p99_us": round(float(np.percentile(us, 99)), 1),
-           "p999_us": round(float(np.percentile(us, 99.9)), 1), "max_us": round(float(us.max()), 1),
-           "mean_us": round(float(us.mean()), 1),
-           "cpu_p50_us": round(float(np.percentile(cpu / 1e3, 50)), 1), "cpu_p99_us": round(float(np.percentile(cpu / 1e3, 99)), 1),
-           "samples": samples, "rss_growth_mb": round(growth, 1),
-           "rss_max_mb": max(s["rss_mb"] for s in samples)}
+    out = {
+        "steps": n,
+        "seconds": round(wall, 1),
+        "steps_per_s": round(n / wall),
+        "alarms": alarms,
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+        "p999_us": round(float(np.percentile(us, 99.9)), 1),
+        "max_us": round(float(us.max()), 1),
+        "mean_us": round(float(us.mean()), 1),
+        "cpu_p50_us": round(float(np.percentile(cpu / 1e3, 50)), 1),
+        "cpu_p99_us": round(float(np.percentile(cpu / 1e3, 99)), 1),
+        "samples": samples,
+        "rss_growth_mb": round(growth, 1),
+        "rss_max_mb": max(s["rss_mb"] for s in samples),
+    }
     tail = [s for s in samples if s["step"] >= n // 2]  # steady state: the bounded tables are full by then
     if trace and len(tail) > 1:
         span = tail[-1]["step"] - tail[0]["step"]
@@ -166,19 +208,33 @@ def load_test(steps: int, loop_steps: int, bench: Path | None, source_steps: int
 
     events, source = source_events(bench, source_steps)
     detector, which = load_detector()
-    result: dict[str, Any] = {"source": source, "detector": which, "source_steps": len(events),
-                              "trajectories_per_step": round(sum(len(t) for _, t in events) / max(1, len(events)), 1)}
+    result: dict[str, Any] = {
+        "source": source,
+        "detector": which,
+        "source_steps": len(events),
+        "trajectories_per_step": round(sum(len(t) for _, t in events) / max(1, len(events)), 1),
+    }
     print(f"load: replaying {steps} steps through Detector.observe ({source})", flush=True)
     detector.reset("load", "arith_a", "xs")
     result["detector_observe"] = replay(detector.observe, events, steps, max(1, steps // 10), trace=False)
-    print(f"load: {result['detector_observe']['seconds']} s; replaying {loop_steps} steps through Controller.observe", flush=True)
+    print(
+        f"load: {result['detector_observe']['seconds']} s; replaying {loop_steps} steps through Controller.observe",
+        flush=True,
+    )
     from rftfm.fm.incidents import IncidentStore
 
     loop_detector, _ = load_detector()
     store_dir = tempfile.TemporaryDirectory(prefix="rftfm-load-")
     store = IncidentStore(Path(store_dir.name) / "incidents.db")  # as RFTFMCallback(incidents="incidents.db") runs
-    controller = Controller(loop_detector, None, store=store, run_id="load", task_group="arith_a", model_size="xs",
-                            config=ControllerConfig(remediate=False))
+    controller = Controller(
+        loop_detector,
+        None,
+        store=store,
+        run_id="load",
+        task_group="arith_a",
+        model_size="xs",
+        config=ControllerConfig(remediate=False),
+    )
     controller.start(_NoTrainer(), step=0)
 
     def loop_observe(record, trajectories):
@@ -250,14 +306,16 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for target, c in fz["by_target"].items():
-        lines.append(f"| {target} | {c.get('good', 0):,} | {c.get('matched', 0):,} | {c.get('skipped_counted', 0):,} | {c.get('lost', 0)} | "
-                     f"{c.get('malformed_counted', 0):,} | {c.get('bad_values_counted', 0):,} | {c.get('crashes', 0)} |")
+        lines.append(
+            f"| {target} | {c.get('good', 0):,} | {c.get('matched', 0):,} | {c.get('skipped_counted', 0):,} | {c.get('lost', 0)} | "
+            f"{c.get('malformed_counted', 0):,} | {c.get('bad_values_counted', 0):,} | {c.get('crashes', 0)} |"
+        )
     lines += [
         "",
         "Mutations applied (counts): " + ", ".join(f"{k} {v:,}" for k, v in sorted(fz["mutations"].items())) + ".",
         "",
         "*Skipped, counted*: the adapters feed a live monitor, so they keep steps strictly increasing; a mutated line",
-        "whose step number became larger (e.g. `\"step\": 1e20`) makes the good steps after it up to that number count",
+        'whose step number became larger (e.g. `"step": 1e20`) makes the good steps after it up to that number count',
         "as `out_of_order` (reported in the adapter's statistics, never silent). The loader keeps every line.",
         "Malformed lines (truncated, not JSON, not an object, a step that is not a non-negative integer, numbers",
         "beyond 4300 digits, nesting deeper than the parser allows) are skipped and counted; a schema value of the",
@@ -265,12 +323,27 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "",
     ]
     if fz["crash_reports"]:
-        lines += ["Crashes found:", ""] + [f"- case {c['case']} ({c['stage']}): `{c['error']}`" for c in fz["crash_reports"]] + [""]
-    lines += ["Property tests (`tests/test_reliability_input.py`, hypothesis, run by this command):", "",
-              "| test | result |", "|---|---|"]
+        lines += (
+            ["Crashes found:", ""]
+            + [f"- case {c['case']} ({c['stage']}): `{c['error']}`" for c in fz["crash_reports"]]
+            + [""]
+        )
+    lines += [
+        "Property tests (`tests/test_reliability_input.py`, hypothesis, run by this command):",
+        "",
+        "| test | result |",
+        "|---|---|",
+    ]
     lines += [f"| {c['name']} | {c['status']} |" for c in r["tests"]["input"]["cases"]]
-    lines += ["", "## 2. Crash safety", "", "`tests/test_crash_safety.py`, slow tests included, run by this command "
-              f"({kill['seconds']} s):", "", "| test | result | seconds |", "|---|---|---|"]
+    lines += [
+        "",
+        "## 2. Crash safety",
+        "",
+        f"`tests/test_crash_safety.py`, slow tests included, run by this command ({kill['seconds']} s):",
+        "",
+        "| test | result | seconds |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['name']} | {c['status']} | {c['seconds']:.1f} |" for c in kill["cases"]]
     lines += [
         "",
@@ -289,7 +362,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "## 3. Load",
         "",
         f"Records: {load['source']}; {load['source_steps']} distinct steps, {load['trajectories_per_step']} trajectories per",
-        f"step on average, replayed in a cycle as one continuous run (two of the three runs are faulty, so the alarm",
+        "step on average, replayed in a cycle as one continuous run (two of the three runs are faulty, so the alarm",
         f"path, with its evidence, runs too). Detector: {load['detector']}. The loop records to a SQLite incident store.",
         "",
         "Latency is wall time per call (on a 2-core machine shared with other jobs, so the tail includes waiting for",
@@ -299,22 +372,31 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in (("`Detector.observe`", det), ("`Controller.observe` (alert-only loop)", loop)):
-        lines.append(f"| {name} | {m['steps']:,} | {m['seconds']} | {m['steps_per_s']:,} | {m['p50_us']:,} | {m['p99_us']:,} | "
-                     f"{m['p999_us']:,} | {m['max_us']:,} | {m['cpu_p50_us']:,} | {m['cpu_p99_us']:,} | {m['alarms']:,} | {m['rss_max_mb']:,} | {m['rss_growth_mb']:+} |")
-    lines += ["", "Memory samples of the `Detector.observe` replay (process RSS):", "",
-              "| step | " + " | ".join(f"{s['step']:,}" for s in det["samples"]) + " |",
-              "|---|" + "---|" * len(det["samples"]),
-              "| RSS MB | " + " | ".join(str(s["rss_mb"]) for s in det["samples"]) + " |", "",
-              "Memory samples of the closed-loop replay (RSS and tracemalloc):", "",
-              "| step | " + " | ".join(f"{s['step']:,}" for s in loop["samples"]) + " |",
-              "|---|" + "---|" * len(loop["samples"]),
-              "| RSS MB | " + " | ".join(str(s["rss_mb"]) for s in loop["samples"]) + " |",
-              "| traced MB | " + " | ".join(str(s.get("traced_mb", "")) for s in loop["samples"]) + " |", ""]
+        lines.append(
+            f"| {name} | {m['steps']:,} | {m['seconds']} | {m['steps_per_s']:,} | {m['p50_us']:,} | {m['p99_us']:,} | "
+            f"{m['p999_us']:,} | {m['max_us']:,} | {m['cpu_p50_us']:,} | {m['cpu_p99_us']:,} | {m['alarms']:,} | {m['rss_max_mb']:,} | {m['rss_growth_mb']:+} |"
+        )
     lines += [
-        f"The detector's streaming state is a fixed set of arrays per run, so its memory stays flat. Every per-step",
+        "",
+        "Memory samples of the `Detector.observe` replay (process RSS):",
+        "",
+        "| step | " + " | ".join(f"{s['step']:,}" for s in det["samples"]) + " |",
+        "|---|" + "---|" * len(det["samples"]),
+        "| RSS MB | " + " | ".join(str(s["rss_mb"]) for s in det["samples"]) + " |",
+        "",
+        "Memory samples of the closed-loop replay (RSS and tracemalloc):",
+        "",
+        "| step | " + " | ".join(f"{s['step']:,}" for s in loop["samples"]) + " |",
+        "|---|" + "---|" * len(loop["samples"]),
+        "| RSS MB | " + " | ".join(str(s["rss_mb"]) for s in loop["samples"]) + " |",
+        "| traced MB | " + " | ".join(str(s.get("traced_mb", "")) for s in loop["samples"]) + " |",
+        "",
+    ]
+    lines += [
+        "The detector's streaming state is a fixed set of arrays per run, so its memory stays flat. Every per-step",
         f"table of the closed loop is bounded: the diagnoser's feature rows (`Controller.history`: {loop['history_rows']:,} rows after",
         f"{loop['steps']:,} steps), eval accuracies and step maps (`max_history`), the timeline and outcomes (`max_history`",
-        f"entries) and the recent alarm steps (64); the incident store on disk keeps everything. Traced growth over",
+        "entries) and the recent alarm steps (64); the incident store on disk keeps everything. Traced growth over",
         f"the last half of the replay: {loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step (the first",
         f"{loop['history_rows']:,} steps fill the bounded tables).",
         "",
@@ -329,35 +411,60 @@ def main() -> None:
     parser.add_argument("--loop-steps", type=int, default=20_000, help="steps replayed through the closed loop")
     parser.add_argument("--fuzz-files", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bench", type=Path, default=None, help="replay runs of this benchmark instead of training 3 here")
+    parser.add_argument(
+        "--bench", type=Path, default=None, help="replay runs of this benchmark instead of training 3 here"
+    )
     parser.add_argument("--source-steps", type=int, default=12, help="steps of each run trained here for the load test")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON")
     args = parser.parse_args()
     command = "python scripts/reliability_report.py" + "".join(
-        f" {a}" for a in shlex.split(" ".join(sys.argv[1:])) if not a.startswith("--out") and a != str(args.out))
+        f" {a}" for a in shlex.split(" ".join(sys.argv[1:])) if not a.startswith("--out") and a != str(args.out)
+    )
     started = time.perf_counter()
     print(f"fuzz: {args.fuzz_files} files", flush=True)
     fuzz = run_fuzz(args.fuzz_files, args.seed)
-    print(f"fuzz: {fuzz['inputs_tried']} inputs, {fuzz['crashes']} crashes, {fuzz['records_lost']} lost; tests", flush=True)
-    tests = {"input": run_pytest("tests/test_reliability_input.py"), "security": run_pytest("tests/test_security.py"),
-             "crash_safety": run_pytest("tests/test_crash_safety.py")}
+    print(
+        f"fuzz: {fuzz['inputs_tried']} inputs, {fuzz['crashes']} crashes, {fuzz['records_lost']} lost; tests",
+        flush=True,
+    )
+    tests = {
+        "input": run_pytest("tests/test_reliability_input.py"),
+        "security": run_pytest("tests/test_security.py"),
+        "crash_safety": run_pytest("tests/test_crash_safety.py"),
+    }
     for name, t in tests.items():
-        print(f"tests {name}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped ({t['seconds']} s)", flush=True)
+        print(
+            f"tests {name}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped ({t['seconds']} s)",
+            flush=True,
+        )
     load = load_test(args.steps, args.loop_steps, args.bench, args.source_steps)
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-              "fuzz": fuzz, "tests": tests, "load": load, "total_seconds": round(time.perf_counter() - started, 1)}
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "fuzz": fuzz,
+        "tests": tests,
+        "load": load,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(result, command) + f"\nTotal time of the command: {result['total_seconds']:,} s.\n", encoding="utf-8")
+    args.out.write_text(
+        markdown(result, command) + f"\nTotal time of the command: {result['total_seconds']:,} s.\n", encoding="utf-8"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     det, loop = load["detector_observe"], load["loop_observe"]
-    print(f"wrote {args.out}: inputs {fuzz['inputs_tried']}, crashes {fuzz['crashes']}, lost {fuzz['records_lost']}, "
-          f"kill tests {tests['crash_safety']['passed']}/{len(tests['crash_safety']['cases'])}, "
-          f"observe p50 {det['p50_us']} us p99 {det['p99_us']} us RSS max {det['rss_max_mb']} MB (growth {det['rss_growth_mb']} MB), "
-          f"loop p50 {loop['p50_us']} us, {loop.get('traced_growth_bytes_per_step')} B/step")
-    bad = fuzz["crashes"] or fuzz["records_lost"] or any(t["failed"] or t["returncode"] not in (0,) for t in tests.values())
+    print(
+        f"wrote {args.out}: inputs {fuzz['inputs_tried']}, crashes {fuzz['crashes']}, lost {fuzz['records_lost']}, "
+        f"kill tests {tests['crash_safety']['passed']}/{len(tests['crash_safety']['cases'])}, "
+        f"observe p50 {det['p50_us']} us p99 {det['p99_us']} us RSS max {det['rss_max_mb']} MB (growth {det['rss_growth_mb']} MB), "
+        f"loop p50 {loop['p50_us']} us, {loop.get('traced_growth_bytes_per_step')} B/step"
+    )
+    bad = (
+        fuzz["crashes"]
+        or fuzz["records_lost"]
+        or any(t["failed"] or t["returncode"] not in (0,) for t in tests.values())
+    )
     raise SystemExit(1 if bad else 0)
 
 

@@ -33,16 +33,22 @@ def main() -> None:
     train, _ = split_runs(bench.runs, "seed")
     arith = train.filter(pl.col("task_group").str.starts_with("arith"))
     groups = {
-        "lr_low easy": arith.filter((pl.col("fault_type") == "lr_low") & (pl.col("onset_step") == 10) & (pl.col("fault_strength") == "easy")),
-        "lr_low hard": arith.filter((pl.col("fault_type") == "lr_low") & (pl.col("onset_step") == 10) & (pl.col("fault_strength") == "hard")),
+        "lr_low easy": arith.filter(
+            (pl.col("fault_type") == "lr_low") & (pl.col("onset_step") == 10) & (pl.col("fault_strength") == "easy")
+        ),
+        "lr_low hard": arith.filter(
+            (pl.col("fault_type") == "lr_low") & (pl.col("onset_step") == 10) & (pl.col("fault_strength") == "hard")
+        ),
         "normal": arith.filter(pl.col("control_or_fault").is_in(["normal", "control"])),
     }
     steps = bench.steps.filter(pl.col("step") >= 11).sort("run_id", "step")
     by_run = {rid: frame["eval_accuracy"].cast(pl.Float64).to_numpy() for (rid,), frame in steps.group_by("run_id")}
     for label, runs in groups.items():
         shares = np.array([repeat_share(by_run[r]) for r in runs["run_id"].to_list() if r in by_run])
-        print(f"{label:12s} runs {shares.size:3d}  repeated steps: median {np.nanmedian(shares):.2f}, "
-              f"min {np.nanmin(shares):.2f}, max {np.nanmax(shares):.2f}")
+        print(
+            f"{label:12s} runs {shares.size:3d}  repeated steps: median {np.nanmedian(shares):.2f}, "
+            f"min {np.nanmin(shares):.2f}, max {np.nanmax(shares):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,20 @@ def _run(run_id: str, seed: int, scale: float, onset: int | None = None, fault: 
         kl = scale * 0.002 * np.exp(0.06 * s) * np.exp(rng.normal(0, 0.15)) * (25.0 if on and fault == "kl" else 1.0)
         length = 10 * scale * np.exp(-0.01 * s + rng.normal(0, 0.05)) * (0.2 if on and fault == "length" else 1.0)
         reward = np.clip(0.3 + 0.01 * s + rng.normal(0, 0.03) - (0.25 if on and fault == "length" else 0.0), 0, 1)
-        rows.append({
-            "run_id": run_id, "step": s, "reward_mean": reward, "reward_std": 0.4 + rng.normal(0, 0.02), "kl": kl,
-            "entropy": scale * (1.0 - 0.01 * s) * np.exp(rng.normal(0, 0.03)),
-            "grad_norm": scale * np.exp(rng.normal(0, 0.2)) * (6.0 if on and fault == "kl" else 1.0),
-            "completion_length_mean": length, "completion_length_max": 2 * length,
-            "truncated_ratio": float(np.clip(0.02 + rng.normal(0, 0.01), 0, 1)),
-        })
+        rows.append(
+            {
+                "run_id": run_id,
+                "step": s,
+                "reward_mean": reward,
+                "reward_std": 0.4 + rng.normal(0, 0.02),
+                "kl": kl,
+                "entropy": scale * (1.0 - 0.01 * s) * np.exp(rng.normal(0, 0.03)),
+                "grad_norm": scale * np.exp(rng.normal(0, 0.2)) * (6.0 if on and fault == "kl" else 1.0),
+                "completion_length_mean": length,
+                "completion_length_max": 2 * length,
+                "truncated_ratio": float(np.clip(0.02 + rng.normal(0, 0.01), 0, 1)),
+            }
+        )
     return rows
 
 
@@ -44,12 +51,21 @@ def _bench(scales: dict[str, float], per_config: int = 8, seed0: int = 0) -> tup
                 seed += 1
                 run_id = f"{config}-{kind}-{fault}-{i}"
                 onset = 10 + i if kind == "fault" else None
-                runs.append({"run_id": run_id, "task_group": config, "model_size": "m", "control_or_fault": kind,
-                             "onset_step": onset, "fault_type": fault})
+                runs.append(
+                    {
+                        "run_id": run_id,
+                        "task_group": config,
+                        "model_size": "m",
+                        "control_or_fault": kind,
+                        "onset_step": onset,
+                        "fault_type": fault,
+                    }
+                )
                 rows += _run(run_id, seed, scale, onset, fault)
     frame = pl.DataFrame(rows)
-    return pl.DataFrame(runs), frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES
-                                                    if f not in frame.columns]).select("run_id", "step", *FEATURES)
+    return pl.DataFrame(runs), frame.with_columns(
+        *[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES if f not in frame.columns]
+    ).select("run_id", "step", *FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +77,10 @@ def fitted() -> Detector:
 def _first_alarms(detector: Detector, runs: pl.DataFrame, features: pl.DataFrame) -> dict[str, int | None]:
     cube, steps = runs_cube(features, runs["run_id"].to_list())
     scores, threshold = detector.score_cube(cube, steps, "a")
-    return {r: (int(np.argmax(row > threshold)) + 1 if (row > threshold).any() else None)
-            for r, row in zip(runs["run_id"].to_list(), scores)}
+    return {
+        r: (int(np.argmax(row > threshold)) + 1 if (row > threshold).any() else None)
+        for r, row in zip(runs["run_id"].to_list(), scores)
+    }
 
 
 def test_an_unseen_configuration_in_other_units_is_judged_against_itself(fitted):

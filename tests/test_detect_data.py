@@ -16,8 +16,15 @@ from rftfm.records import RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
 TRAJS = 16
 
 
-def synth_run(run_id: str, seed: int, steps: int = 12, onset: int | None = None, shift: dict[str, float] | None = None,
-              trajs: int = TRAJS, missing_eval: bool = False) -> list[tuple[StepRecord, list[TrajectoryRecord]]]:
+def synth_run(
+    run_id: str,
+    seed: int,
+    steps: int = 12,
+    onset: int | None = None,
+    shift: dict[str, float] | None = None,
+    trajs: int = TRAJS,
+    missing_eval: bool = False,
+) -> list[tuple[StepRecord, list[TrajectoryRecord]]]:
     rng = np.random.default_rng(seed)
     offset = rng.normal(0, 0.02)
     out = []
@@ -29,21 +36,37 @@ def synth_run(run_id: str, seed: int, steps: int = 12, onset: int | None = None,
         lengths = rng.poisson(6 + 4 * mult.get("length", 0.0), trajs) + 1
         errors = (rng.random(trajs) < mult.get("tool_error", 0.0)).astype(int)
         step = StepRecord(
-            run_id=run_id, step=s, reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
+            run_id=run_id,
+            step=s,
+            reward_mean=float(rewards.mean()),
+            reward_std=float(rewards.std()),
             eval_accuracy=None if missing_eval else float(np.clip(p + rng.normal(0, 0.02), 0, 1)),
             kl=float(abs(0.01 * s + rng.normal(0, 0.004)) * (1 + mult.get("kl", 0.0))),
             entropy=float(1.5 - 0.02 * s + rng.normal(0, 0.02)),
-            policy_loss=float(rng.normal(0, 0.05)), grad_norm=float(1.0 + abs(rng.normal(0, 0.1)) + mult.get("grad", 0.0)),
-            learning_rate=1e-4, clip_ratio_region=0.0, completion_length_mean=float(lengths.mean()),
-            completion_length_max=float(lengths.max()), truncated_ratio=0.0,
-            frac_zero_std_groups=float(rng.integers(0, 3) / 4), step_time_s=float(rng.uniform(0.1, 0.5)),
+            policy_loss=float(rng.normal(0, 0.05)),
+            grad_norm=float(1.0 + abs(rng.normal(0, 0.1)) + mult.get("grad", 0.0)),
+            learning_rate=1e-4,
+            clip_ratio_region=0.0,
+            completion_length_mean=float(lengths.mean()),
+            completion_length_max=float(lengths.max()),
+            truncated_ratio=0.0,
+            frac_zero_std_groups=float(rng.integers(0, 3) / 4),
+            step_time_s=float(rng.uniform(0.1, 0.5)),
         )
         trajectories = [
             TrajectoryRecord(
-                run_id=run_id, rollout_step=s, prompt_id=f"p{i // 4}", group_id=i // 4, reward=float(rewards[i]),
-                response_length=int(lengths[i]), advantage=float(rewards[i] - rewards.mean()),
-                repetition_ratio=float(rng.uniform(0, 0.1)), unique_token_ratio=float(rng.uniform(0.8, 1.0)),
-                tool_call_count=1, tool_error_count=int(errors[i]), flags=TrajectoryFlags(),
+                run_id=run_id,
+                rollout_step=s,
+                prompt_id=f"p{i // 4}",
+                group_id=i // 4,
+                reward=float(rewards[i]),
+                response_length=int(lengths[i]),
+                advantage=float(rewards[i] - rewards.mean()),
+                repetition_ratio=float(rng.uniform(0, 0.1)),
+                unique_token_ratio=float(rng.uniform(0.8, 1.0)),
+                tool_call_count=1,
+                tool_error_count=int(errors[i]),
+                flags=TrajectoryFlags(),
             )
             for i in range(trajs)
         ]
@@ -51,25 +74,69 @@ def synth_run(run_id: str, seed: int, steps: int = 12, onset: int | None = None,
     return out
 
 
-def write_benchmark(root: Path, n_normal: int = 24, n_control: int = 8, n_fault: int = 8, steps: int = 12) -> list[RunInfo]:
-    """A small benchmark in the published layout: normal runs, rf hard faults (KL x3 from step 5) with controls, rf easy faults."""
+def write_benchmark(
+    root: Path, n_normal: int = 24, n_control: int = 8, n_fault: int = 8, steps: int = 12
+) -> list[RunInfo]:
+    """A small benchmark in the published layout: normal runs, rf hard faults (KL x3 from step 5) with controls,
+    rf easy faults."""
     infos = []
     seed = 0
     for i in range(n_normal):
         seed += 1
-        infos.append((RunInfo(run_id=f"normal-{seed}", group="normal", task_group="arith_a", model_size="xs", seed=seed,
-                              control_or_fault="normal", num_steps=steps), None))
+        infos.append(
+            (
+                RunInfo(
+                    run_id=f"normal-{seed}",
+                    group="normal",
+                    task_group="arith_a",
+                    model_size="xs",
+                    seed=seed,
+                    control_or_fault="normal",
+                    num_steps=steps,
+                ),
+                None,
+            )
+        )
     for i in range(n_fault):
         for strength, shift in (("easy", {"kl": 20.0, "grad": 5.0}), ("hard", {"kl": 3.0})):
             seed += 1
             onset = 1 if i % 2 else 5
-            infos.append((RunInfo(run_id=f"fault-{strength}-{seed}", group=f"rf_{strength}_fault", task_group="arith_a", model_size="xs",
-                                  seed=seed, control_or_fault="fault", fault_family="rf", fault_type="reward_scale",
-                                  fault_strength=strength, onset_step=onset, num_steps=steps), shift))
+            infos.append(
+                (
+                    RunInfo(
+                        run_id=f"fault-{strength}-{seed}",
+                        group=f"rf_{strength}_fault",
+                        task_group="arith_a",
+                        model_size="xs",
+                        seed=seed,
+                        control_or_fault="fault",
+                        fault_family="rf",
+                        fault_type="reward_scale",
+                        fault_strength=strength,
+                        onset_step=onset,
+                        num_steps=steps,
+                    ),
+                    shift,
+                )
+            )
     for i in range(n_control):
         seed += 1
-        infos.append((RunInfo(run_id=f"control-{seed}", group="rf_hard_fault", task_group="arith_a", model_size="xs", seed=seed,
-                              control_or_fault="control", fault_family="rf", onset_step=5, num_steps=steps), None))
+        infos.append(
+            (
+                RunInfo(
+                    run_id=f"control-{seed}",
+                    group="rf_hard_fault",
+                    task_group="arith_a",
+                    model_size="xs",
+                    seed=seed,
+                    control_or_fault="control",
+                    fault_family="rf",
+                    onset_step=5,
+                    num_steps=steps,
+                ),
+                None,
+            )
+        )
     for info, shift in infos:
         writer = RunWriter(root, info)
         for step, trajectories in synth_run(info.run_id, info.seed, steps, info.onset_step, shift):

@@ -7,14 +7,21 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from test_detect_data import write_benchmark
 from typer.testing import CliRunner
 
 from rftfm.bench.baselines.base import RunCubes
-from rftfm.bench.eval_detection import delays, evaluate_detection, false_alarms, protocol_table, run_outcomes, to_markdown
+from rftfm.bench.eval_detection import (
+    delays,
+    evaluate_detection,
+    false_alarms,
+    protocol_table,
+    run_outcomes,
+    to_markdown,
+)
 from rftfm.cli import app
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
 from rftfm.fm.detect import Detector, DetectorConfig
-from test_detect_data import write_benchmark
 
 FAST = DetectorConfig(num_rounds=25, folds=3)  # a small booster: these tests check the machinery, not the model
 
@@ -32,12 +39,46 @@ def _cubes(run_ids, steps=6):
 
 
 def _test_runs():
-    return pl.DataFrame([
-        {"run_id": "n1", "group": "normal", "control_or_fault": "normal", "fault_family": None, "fault_type": None, "fault_strength": None, "onset_step": None},
-        {"run_id": "c1", "group": "rf_hard_fault", "control_or_fault": "control", "fault_family": "rf", "fault_type": None, "fault_strength": None, "onset_step": 3},
-        {"run_id": "f_early", "group": "rf_hard_fault", "control_or_fault": "fault", "fault_family": "rf", "fault_type": "reward_noise", "fault_strength": "hard", "onset_step": 1},
-        {"run_id": "f_mid", "group": "rf_hard_fault", "control_or_fault": "fault", "fault_family": "rf", "fault_type": "reward_noise", "fault_strength": "hard", "onset_step": 3},
-    ])
+    return pl.DataFrame(
+        [
+            {
+                "run_id": "n1",
+                "group": "normal",
+                "control_or_fault": "normal",
+                "fault_family": None,
+                "fault_type": None,
+                "fault_strength": None,
+                "onset_step": None,
+            },
+            {
+                "run_id": "c1",
+                "group": "rf_hard_fault",
+                "control_or_fault": "control",
+                "fault_family": "rf",
+                "fault_type": None,
+                "fault_strength": None,
+                "onset_step": 3,
+            },
+            {
+                "run_id": "f_early",
+                "group": "rf_hard_fault",
+                "control_or_fault": "fault",
+                "fault_family": "rf",
+                "fault_type": "reward_noise",
+                "fault_strength": "hard",
+                "onset_step": 1,
+            },
+            {
+                "run_id": "f_mid",
+                "group": "rf_hard_fault",
+                "control_or_fault": "fault",
+                "fault_family": "rf",
+                "fault_type": "reward_noise",
+                "fault_strength": "hard",
+                "onset_step": 3,
+            },
+        ]
+    )
 
 
 def test_flag_everything_scores_well_only_under_published_labels():
@@ -72,8 +113,13 @@ def test_delay_counts_steps_after_onset_for_mid_run_faults():
 
 
 def test_evaluation_on_synthetic_benchmark(bench):
-    result = evaluate_detection(bench, "seed", tiers=("a", "bc"), detector_config=FAST,
-                                baselines=["IsolationForest", "StaticRules", "FlagEverything"])
+    result = evaluate_detection(
+        bench,
+        "seed",
+        tiers=("a", "bc"),
+        detector_config=FAST,
+        baselines=["IsolationForest", "StaticRules", "FlagEverything"],
+    )
     assert result["tiers"] == ["a", "bc"]
     methods = result["methods"]["bc"]
     assert list(methods) == ["RFT-FM", "RFT-FM profile", "IsolationForest", "StaticRules", "FlagEverything"]
@@ -95,8 +141,26 @@ def test_cli_fit_and_evaluate(bench, tmp_path):
     assert res.exit_code == 0, res.output
     Detector.load(artifact)
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    res = runner.invoke(app, ["bench", "evaluate", "detection", "--data", str(bench), "--split", "seed", "--baselines", "StaticRules",
-                              "--json", str(out_json), "--markdown", str(out_md), "--detector", str(artifact)])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "evaluate",
+            "detection",
+            "--data",
+            str(bench),
+            "--split",
+            "seed",
+            "--baselines",
+            "StaticRules",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+            "--detector",
+            str(artifact),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     assert set(data["methods"]["a"]) == {"RFT-FM", "RFT-FM profile", "StaticRules"}
@@ -156,8 +220,20 @@ def test_targets_table_from_saved_results(bench, tmp_path):
     result = evaluate_detection(bench, "seed", tiers=("a", "c"), baselines=["StaticRules"], detector_config=FAST)
     out_json, out_md = tmp_path / "seed.json", tmp_path / "targets.md"
     out_json.write_text(json.dumps(result, default=str))
-    res = CliRunner().invoke(app, ["bench", "evaluate", "detection-targets", "--config", str(out_json), "--seed",
-                                   str(out_json), "--markdown", str(out_md)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "evaluate",
+            "detection-targets",
+            "--config",
+            str(out_json),
+            "--seed",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+        ],
+    )
     assert res.exit_code == 0, res.output
     text = out_md.read_text()
     assert "tier a: avg F1 easy ≥ 90" in text and "tier c: avg F1 hard ≥ 88" in text
@@ -166,10 +242,16 @@ def test_targets_table_from_saved_results(bench, tmp_path):
 
 def test_an_interrupted_evaluation_resumes_from_its_cache(bench, tmp_path):
     cache = tmp_path / "cache"
-    first = evaluate_detection(bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache)
+    first = evaluate_detection(
+        bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache
+    )
     files = sorted(p.name for p in cache.glob("*.parquet"))
-    assert files == sorted(["seed__a__RFT-FM.parquet", "seed__a__RFT-FM_profile.parquet", "seed__a__StaticRules.parquet"])
+    assert files == sorted(
+        ["seed__a__RFT-FM.parquet", "seed__a__RFT-FM_profile.parquet", "seed__a__StaticRules.parquet"]
+    )
     (cache / "seed__a__StaticRules.parquet").unlink()  # as if interrupted before the last method
-    again = evaluate_detection(bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache)
+    again = evaluate_detection(
+        bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache
+    )
     for name in first["methods"]["a"]:
         assert again["methods"]["a"][name]["mid_run"] == first["methods"]["a"][name]["mid_run"]

@@ -17,7 +17,7 @@ import pytest
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_diagnosis import evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
-from rftfm.faults.taxonomy import FAULT_TYPES, PUBLISHED_TYPES, group_dir
+from rftfm.faults.taxonomy import FAULT_TYPES, group_dir
 from rftfm.fm.diagnose import Diagnoser, summary_sentence
 from rftfm.fm.diagnosis_features import diagnosis_matrix
 from rftfm.fm.features import features_frame
@@ -70,9 +70,15 @@ def _write_run(root: Path, info: RunInfo, kind: str) -> None:
         m = _metrics(kind, step, onset, rng)
         trajs = [
             TrajectoryRecord(
-                run_id=info.run_id, rollout_step=step, prompt_id=f"p{i // 4}", group_id=i // 4,
-                reward=float(rng.random() < m["reward_mean"]), response_length=int(round(m["completion_length_mean"])),
-                advantage=float(rng.normal()), repetition_ratio=0.1, unique_token_ratio=0.9,
+                run_id=info.run_id,
+                rollout_step=step,
+                prompt_id=f"p{i // 4}",
+                group_id=i // 4,
+                reward=float(rng.random() < m["reward_mean"]),
+                response_length=int(round(m["completion_length_mean"])),
+                advantage=float(rng.normal()),
+                repetition_ratio=0.1,
+                unique_token_ratio=0.9,
                 flags={"truncated": bool(rng.random() < m["truncated_ratio"])},
             )
             for i in range(8)
@@ -89,15 +95,40 @@ def _runs(seeds: range, onsets: tuple[int, ...] = (1, 5)) -> list[tuple[RunInfo,
         for i in range(8):
             s = next(seed)
             strength = "easy" if i % 2 == 0 else "hard"
-            out.append((RunInfo(
-                run_id=f"{kind}-{s}", group=group_dir(ftype.family, strength), task_group="arith_a", model_size="xs",
-                seed=s, control_or_fault="fault", fault_family=ftype.family, fault_type=kind, fault_strength=strength,
-                onset_step=onsets[i % len(onsets)], num_steps=STEPS,
-            ), kind))
+            out.append(
+                (
+                    RunInfo(
+                        run_id=f"{kind}-{s}",
+                        group=group_dir(ftype.family, strength),
+                        task_group="arith_a",
+                        model_size="xs",
+                        seed=s,
+                        control_or_fault="fault",
+                        fault_family=ftype.family,
+                        fault_type=kind,
+                        fault_strength=strength,
+                        onset_step=onsets[i % len(onsets)],
+                        num_steps=STEPS,
+                    ),
+                    kind,
+                )
+            )
     for i in range(10):
         s = next(seed)
-        out.append((RunInfo(run_id=f"normal-{s}", group="normal", task_group="arith_a", model_size="xs", seed=s,
-                            control_or_fault="normal", num_steps=STEPS), "normal"))
+        out.append(
+            (
+                RunInfo(
+                    run_id=f"normal-{s}",
+                    group="normal",
+                    task_group="arith_a",
+                    model_size="xs",
+                    seed=s,
+                    control_or_fault="normal",
+                    num_steps=STEPS,
+                ),
+                "normal",
+            )
+        )
     return out
 
 
@@ -123,8 +154,16 @@ def fresh(tmp_path_factory: pytest.TempPathFactory):
     runs = _runs(range(5000, 6000), onsets=(5,))
     for info, kind in runs:
         _write_run(root, info, kind)
-    novel = RunInfo(run_id="novel-1", group="normal", task_group="arith_a", model_size="xs", seed=77,
-                    control_or_fault="normal", onset_step=5, num_steps=STEPS)
+    novel = RunInfo(
+        run_id="novel-1",
+        group="normal",
+        task_group="arith_a",
+        model_size="xs",
+        seed=77,
+        control_or_fault="normal",
+        onset_step=5,
+        num_steps=STEPS,
+    )
     _write_run(root, novel, "novel")
     loaded = load_benchmark(root)
     return root, loaded.runs, features_frame(loaded.steps, loaded.trajectories)
@@ -255,8 +294,12 @@ def test_a_configuration_in_other_units_is_diagnosed_alike(fitted: Diagnoser, fr
     """No normal profile of a configuration: the same dynamics in other units give the same diagnosis."""
     _, runs, features = fresh
     run_id = runs.filter(pl.col("fault_type") == "lr_low")["run_id"][0]
-    scaled = features.with_columns(*[(pl.col(c) * 100.0).alias(c) for c in ("kl", "grad_norm", "completion_length_mean",
-                                                                                "completion_length_max", "entropy")])
+    scaled = features.with_columns(
+        *[
+            (pl.col(c) * 100.0).alias(c)
+            for c in ("kl", "grad_norm", "completion_length_mean", "completion_length_max", "entropy")
+        ]
+    )
     a, b = fitted.diagnose(features, run_id, 9), fitted.diagnose(scaled, run_id, 9)
     assert [h.fault_type for h in a.ranked[:3]] == [h.fault_type for h in b.ranked[:3]]
     assert a.ranked[0].probability == pytest.approx(b.ranked[0].probability, abs=1e-6)

@@ -54,7 +54,7 @@ def test_a_persistent_change_is_accepted_so_the_episode_ends():
     f = _features(_series(seed=2, jump_at=30, jump=50.0))
     z = f[:, _col("kl:z")]
     assert np.abs(z[30]) >= cfg.huber
-    assert np.all(np.abs(z[30 + cfg.adapt_after + 2:]) < 4.0)  # the new level is the baseline now
+    assert np.all(np.abs(z[30 + cfg.adapt_after + 2 :]) < 4.0)  # the new level is the baseline now
     assert f[40, _col("kl:change0")] > 3.0  # but the drift from the run's own start still shows it
 
 
@@ -85,12 +85,12 @@ def test_vectorised_runs_equal_runs_one_by_one_and_a_snapshot_restores_state():
     np.testing.assert_allclose(together[1, :25], _features(b, tracker), equal_nan=True)
 
     state = tracker.new_state()
-    first = [tracker.update(state, a[i:i + 1]) for i in range(20)]
+    first = [tracker.update(state, a[i : i + 1]) for i in range(20)]
     saved = tracker.snapshot(state)
-    [tracker.update(state, a[i:i + 1] * 3) for i in range(20, 25)]  # steps later rolled back
-    again = [tracker.update(saved, a[i:i + 1]) for i in range(20, 25)]
+    [tracker.update(state, a[i : i + 1] * 3) for i in range(20, 25)]  # steps later rolled back
+    again = [tracker.update(saved, a[i : i + 1]) for i in range(20, 25)]
     fresh = tracker.new_state()
-    reference = [tracker.update(fresh, a[i:i + 1]) for i in range(25)]
+    reference = [tracker.update(fresh, a[i : i + 1]) for i in range(25)]
     np.testing.assert_allclose(np.concatenate(first + again), np.concatenate(reference), equal_nan=True)
 
 

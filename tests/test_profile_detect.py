@@ -1,4 +1,5 @@
-"""The per-configuration detector: fit on normal runs, streaming == offline, calibrated alarms with evidence, JSON artifact."""
+"""The per-configuration detector: fit on normal runs, streaming == offline, calibrated alarms with evidence,
+JSON artifact."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from test_detect_data import synth_run
 
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
 from rftfm.fm.cube import FlatStreak, runs_cube, tail_threshold
+from rftfm.fm.features import features_frame, step_features
 from rftfm.fm.profile_detect import DetectorConfig
 from rftfm.fm.profile_detect import ProfileDetector as Detector
-from rftfm.fm.features import features_frame, step_features
-from test_detect_data import synth_run
 
 
 def _frames(runs: dict[str, list]) -> pl.DataFrame:
@@ -27,8 +28,14 @@ def _frames(runs: dict[str, list]) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def fitted() -> Detector:
     runs = {f"n{i}": synth_run(f"n{i}", i) for i in range(30)}
-    table = pl.DataFrame({"run_id": list(runs), "task_group": ["arith_a"] * 30, "model_size": ["xs"] * 30,
-                          "control_or_fault": ["normal"] * 30})
+    table = pl.DataFrame(
+        {
+            "run_id": list(runs),
+            "task_group": ["arith_a"] * 30,
+            "model_size": ["xs"] * 30,
+            "control_or_fault": ["normal"] * 30,
+        }
+    )
     return Detector(DetectorConfig(min_config_runs=8)).fit(table, _frames(runs))
 
 
@@ -41,8 +48,14 @@ def test_fit_uses_only_normal_runs_and_learns_config_profile(fitted):
 def test_fit_ignores_faulty_runs():
     runs = {f"n{i}": synth_run(f"n{i}", i) for i in range(6)}
     runs["bad"] = synth_run("bad", 99, onset=1, shift={"kl": 50.0})
-    table = pl.DataFrame({"run_id": list(runs), "task_group": ["a"] * 7, "model_size": ["xs"] * 7,
-                          "control_or_fault": ["normal"] * 6 + ["fault"]})
+    table = pl.DataFrame(
+        {
+            "run_id": list(runs),
+            "task_group": ["a"] * 7,
+            "model_size": ["xs"] * 7,
+            "control_or_fault": ["normal"] * 6 + ["fault"],
+        }
+    )
     det = Detector().fit(table, _frames(runs))
     assert det.fit_info["normal_runs"] == 6
 
@@ -116,7 +129,9 @@ def test_a_policy_that_stops_moving_alarms_on_unchanged_eval_accuracy(fitted):
     frame = _frames({"stall": records})
     assert [a.step for a in fitted.score_run(frame, "arith_a", "xs")] == [a.step for a in alarms]
     cube, _ = runs_cube(frame, ["stall"])
-    np.testing.assert_array_equal(cube[0, :, SIGNALS.index("eval_unchanged_steps")], [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(
+        cube[0, :, SIGNALS.index("eval_unchanged_steps")], [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    )
 
 
 def test_missing_signals_are_skipped_not_anomalies(fitted):
@@ -124,7 +139,9 @@ def test_missing_signals_are_skipped_not_anomalies(fitted):
     fitted.reset("m", "arith_a", "xs")
     assert all(fitted.observe(s, t) is None for s, t in records)
     # a step with every metric missing and no trajectories is skipped too
-    empty = records[0][0].model_copy(update={"step": 99, **{k: None for k in ("reward_mean", "kl", "entropy", "grad_norm")}})
+    empty = records[0][0].model_copy(
+        update={"step": 99, **{k: None for k in ("reward_mean", "kl", "entropy", "grad_norm")}}
+    )
     assert fitted.observe(empty, []) is None
 
 
@@ -183,8 +200,13 @@ def test_features_frame_path_matches_live_features(fitted):
     records = synth_run("f", 13)
     live = _frames({"f": records})
     steps = pl.DataFrame([s.model_dump(exclude={"extra", "fault_injection"}) for s, _ in records])
-    trajs = pl.DataFrame([{**t.model_dump(by_alias=False, exclude={"extra", "fault_injection", "flags"}), **t.flags.model_dump()}
-                          for _, ts in records for t in ts])
+    trajs = pl.DataFrame(
+        [
+            {**t.model_dump(by_alias=False, exclude={"extra", "fault_injection", "flags"}), **t.flags.model_dump()}
+            for _, ts in records
+            for t in ts
+        ]
+    )
     offline = features_frame(steps, trajs)
     a = fitted.score_run(live, "arith_a", "xs")
     b = fitted.score_run(offline, "arith_a", "xs")

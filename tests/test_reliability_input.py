@@ -40,13 +40,22 @@ nasty_floats = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 5e-324, 0.0, -0.0]),
 )
 huge_ints = st.one_of(st.integers(min_value=-(10**30), max_value=10**30), st.just(10**400), st.just(-(10**400)))
-unicode_text = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(["\ud800", "é😀", "<script>", "\x00", ""])
+unicode_text = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    ["\ud800", "é😀", "<script>", "\x00", ""]
+)
 scalars = st.one_of(st.none(), st.booleans(), nasty_floats, huge_ints, unicode_text)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(unicode_text, inner, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(unicode_text, inner, max_size=3), max_leaves=8
+)
 metric_names = st.sampled_from(STEP_METRICS + ("reward", "kl", "loss", "global_step", "step", "extra", "run_id"))
 # "bad" values: anything that is not a finite number a schema field could hold
-wrong_types = st.one_of(unicode_text, st.lists(st.integers(), max_size=3), st.dictionaries(unicode_text, st.integers(), max_size=2),
-                        st.just(10**400), st.booleans())
+wrong_types = st.one_of(
+    unicode_text,
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(unicode_text, st.integers(), max_size=2),
+    st.just(10**400),
+    st.booleans(),
+)
 good_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
@@ -62,7 +71,10 @@ def json_line(obj: Any) -> str:
 
 
 @SETTINGS
-@given(st.dictionaries(metric_names | unicode_text, json_values, max_size=8), st.sampled_from([StepRecord, TrajectoryRecord]))
+@given(
+    st.dictionaries(metric_names | unicode_text, json_values, max_size=8),
+    st.sampled_from([StepRecord, TrajectoryRecord]),
+)
 def test_record_models_accept_or_raise_validation_error_only(data: dict, model: type) -> None:
     try:
         record = model.model_validate(data)
@@ -83,7 +95,11 @@ def test_record_json_parsing_raises_validation_error_only(text: str) -> None:
 
 
 @SETTINGS
-@given(st.lists(good_values, min_size=len(STEP_METRICS), max_size=len(STEP_METRICS)), st.integers(0, 10**6), st.integers(1, 200))
+@given(
+    st.lists(good_values, min_size=len(STEP_METRICS), max_size=len(STEP_METRICS)),
+    st.integers(0, 10**6),
+    st.integers(1, 200),
+)
 def test_truncated_record_json_is_a_validation_error(values: list[float], step: int, cut: int) -> None:
     text = good_step("r", step, values).model_dump_json()
     with pytest.raises(ValidationError):
@@ -110,7 +126,8 @@ def bad_line(kind: str, good: str, draw_value: Any) -> str:
 
 step_rows = st.lists(
     st.tuples(st.integers(0, 50), st.lists(good_values, min_size=3, max_size=3), st.one_of(st.none(), wrong_types)),
-    min_size=0, max_size=12,
+    min_size=0,
+    max_size=12,
 )
 bad_rows = st.lists(st.tuples(st.sampled_from(BAD_LINE_KINDS), st.integers(0, 10**6), wrong_types), max_size=6)
 
@@ -142,11 +159,14 @@ def test_loader_jsonl_keeps_every_good_line_and_counts_every_bad_one(rows, bads,
     template = lines[0] if lines else json_line(step_to_published(good_step("run-a", 1, [0.1, 0.2, 0.3])))
     malformed = 0
     for kind, number, value in bads:
-        lines.insert(rnd.randint(0, len(lines)), bad_line(kind, template, value if kind != "bad_index" or number % 2 else number))
+        lines.insert(
+            rnd.randint(0, len(lines)), bad_line(kind, template, value if kind != "bad_index" or number % 2 else number)
+        )
         malformed += 1
-    good_traj = TrajectoryRecord(run_id="run-a", rollout_step=1, prompt_id="p\ud800<script>", group_id=0, reward=1.0,
-                                 completion="é😀\x00" * 3)
-    traj_lines = [json_line(trajectory_to_published(good_traj)), "{\"metrics\": {\"reward\": 1", "[1, 2]"]
+    good_traj = TrajectoryRecord(
+        run_id="run-a", rollout_step=1, prompt_id="p\ud800<script>", group_id=0, reward=1.0, completion="é😀\x00" * 3
+    )
+    traj_lines = [json_line(trajectory_to_published(good_traj)), '{"metrics": {"reward": 1', "[1, 2]"]
     with tempfile.TemporaryDirectory() as tmp:
         write_run(Path(tmp), lines, traj_lines)
         bench = load_benchmark(tmp)
@@ -156,7 +176,9 @@ def test_loader_jsonl_keeps_every_good_line_and_counts_every_bad_one(rows, bads,
         return
     assert report.malformed_lines == malformed + 2  # the two bad trajectory lines
     assert report.bad_values == bad_values
-    rewards = bench.steps["reward_mean"].to_list() if "reward_mean" in bench.steps.columns else [None] * bench.steps.height
+    rewards = (
+        bench.steps["reward_mean"].to_list() if "reward_mean" in bench.steps.columns else [None] * bench.steps.height
+    )
     got = sorted(zip(bench.steps["step"].to_list(), rewards), key=lambda x: (x[0], x[1] is None, x[1]))
     want = sorted(expected, key=lambda x: (x[0], x[1] is None, x[1]))
     assert len(got) == len(want)  # no good line lost (duplicates and out-of-order steps kept)
@@ -192,7 +214,10 @@ def test_step_parser_never_raises_on_any_line(fmt: str, line: str) -> None:
 
 
 @SETTINGS
-@given(st.sampled_from(["jsonl", "trl", "verl", "openrlhf"]), st.dictionaries(unicode_text | metric_names, json_values, max_size=8))
+@given(
+    st.sampled_from(["jsonl", "trl", "verl", "openrlhf"]),
+    st.dictionaries(unicode_text | metric_names, json_values, max_size=8),
+)
 def test_step_parser_on_any_json_object(fmt: str, obj: dict) -> None:
     parser = StepParser(fmt, run_id="r")
     for wrapped in (obj, {"step": 3, "metrics": obj}, {"step": 3, "data": obj}):
@@ -203,16 +228,25 @@ def test_step_parser_on_any_json_object(fmt: str, obj: dict) -> None:
 
 
 @SETTINGS
-@given(st.sampled_from(["jsonl", "trl", "verl", "openrlhf"]), st.lists(st.tuples(st.integers(0, 40), good_values), max_size=15),
-       st.lists(st.sampled_from(["truncated", "not_a_dict", "text", "huge", "nan", "empty_obj"]), max_size=6), st.randoms(use_true_random=False))
+@given(
+    st.sampled_from(["jsonl", "trl", "verl", "openrlhf"]),
+    st.lists(st.tuples(st.integers(0, 40), good_values), max_size=15),
+    st.lists(st.sampled_from(["truncated", "not_a_dict", "text", "huge", "nan", "empty_obj"]), max_size=6),
+    st.randoms(use_true_random=False),
+)
 def test_log_adapters_keep_every_good_step_and_count_the_rest(fmt, rows, bads, rnd) -> None:
     lines = [format_line(fmt, step, reward, 0.01) for step, reward in rows]
     template = format_line(fmt, 1, 0.5, 0.01)
     inserted = []
     for kind in bads:
-        line = {"truncated": template[:-3], "not_a_dict": "[1, 2, 3]", "text": "loading model weights ... done",
-                "huge": '{"step": 1' + "0" * 5000 + ', "reward_mean": 1}', "nan": template.replace("0.01", "NaN"),
-                "empty_obj": "{}"}[kind]
+        line = {
+            "truncated": template[:-3],
+            "not_a_dict": "[1, 2, 3]",
+            "text": "loading model weights ... done",
+            "huge": '{"step": 1' + "0" * 5000 + ', "reward_mean": 1}',
+            "nan": template.replace("0.01", "NaN"),
+            "empty_obj": "{}",
+        }[kind]
         if kind == "nan":  # a good step whose KL is NaN: kept, KL missing
             continue
         inserted.append(kind)
@@ -237,7 +271,9 @@ def test_log_adapters_keep_every_good_step_and_count_the_rest(fmt, rows, bads, r
 def test_trl_callback_record_from_any_log_dict(logs: dict, step: int) -> None:
     record = step_record_from_logs("run", step, logs)
     assert record.step >= 0
-    assert all(v is None or math.isfinite(v) for v in [getattr(record, m) for m in STEP_METRICS] + list(record.extra.values()))
+    assert all(
+        v is None or math.isfinite(v) for v in [getattr(record, m) for m in STEP_METRICS] + list(record.extra.values())
+    )
 
 
 # --- the monitor: Detector.observe and the closed loop's per-step path ------------------------
@@ -254,9 +290,13 @@ def detector() -> Detector:
 
 
 steps_strategy = st.lists(
-    st.tuples(st.integers(0, 60), st.lists(nasty_floats, min_size=len(STEP_METRICS), max_size=len(STEP_METRICS)),
-              st.lists(st.tuples(nasty_floats, st.one_of(st.none(), huge_ints.map(abs)), unicode_text), max_size=4)),
-    min_size=1, max_size=20,
+    st.tuples(
+        st.integers(0, 60),
+        st.lists(nasty_floats, min_size=len(STEP_METRICS), max_size=len(STEP_METRICS)),
+        st.lists(st.tuples(nasty_floats, st.one_of(st.none(), huge_ints.map(abs)), unicode_text), max_size=4),
+    ),
+    min_size=1,
+    max_size=20,
 )
 
 
@@ -264,9 +304,24 @@ def monitor_inputs(rows) -> list[tuple[StepRecord, list[TrajectoryRecord]]]:
     out = []
     for step, values, trajs in rows:
         record = StepRecord(run_id="r", step=step, **dict(zip(STEP_METRICS, values)))
-        out.append((record, [TrajectoryRecord(run_id="r", rollout_step=step, prompt_id=text, group_id=0, reward=reward,
-                                              response_length=length, advantage=reward, completion=text)
-                             for reward, length, text in trajs]))
+        out.append(
+            (
+                record,
+                [
+                    TrajectoryRecord(
+                        run_id="r",
+                        rollout_step=step,
+                        prompt_id=text,
+                        group_id=0,
+                        reward=reward,
+                        response_length=length,
+                        advantage=reward,
+                        completion=text,
+                    )
+                    for reward, length, text in trajs
+                ],
+            )
+        )
     return out
 
 
@@ -292,8 +347,9 @@ def test_detector_observe_never_raises_and_counts_repeated_steps(detector: Detec
 @given(steps_strategy)
 def test_closed_loop_per_step_path_records_no_internal_error_on_bad_input(detector: Detector, rows) -> None:
     """Bad values are data, not faults of the monitor: the loop takes them without a single internal error."""
-    controller = Controller(detector, None, run_id="r", task_group="arith_a", model_size="xs",
-                            config=ControllerConfig(remediate=False))
+    controller = Controller(
+        detector, None, run_id="r", task_group="arith_a", model_size="xs", config=ControllerConfig(remediate=False)
+    )
     for record, trajs in monitor_inputs(rows):
         controller.observe(record, trajs)
     assert controller.counts["errors"] == 0, controller.store.events(kind="error")

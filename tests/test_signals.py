@@ -14,9 +14,11 @@ from rftfm.signals import SIGNALS, is_reward_component, label, names
 
 SRC = Path(rftfm.__file__).parent
 #: What a metric name looks like in this code base: snake case naming a training quantity.
-METRIC_LIKE = re.compile(r"^(traj_[a-z_]+|[a-z_]*(reward|kl|entropy|policy|grad|clip|completion|truncat|zero_std|advantage|"
-                         r"repetition|unique|tool|eval)[a-z_]*_(mean|std|ratio|rate|norm|loss|groups|accuracy|absmax|"
-                         r"excess|steps|max|region|low|high))$")
+METRIC_LIKE = re.compile(
+    r"^(traj_[a-z_]+|[a-z_]*(reward|kl|entropy|policy|grad|clip|completion|truncat|zero_std|advantage|"
+    r"repetition|unique|tool|eval)[a-z_]*_(mean|std|ratio|rate|norm|loss|groups|accuracy|absmax|"
+    r"excess|steps|max|region|low|high))$"
+)
 #: The modules that treat metrics specially (framework adapters in ``io`` map foreign names on purpose).
 SCANNED = ("fm", "bench/baselines", "report", "integrations")
 SCHEMA_FIELDS = set(StepRecord.model_fields) | set(TrajectoryRecord.model_fields) | set(RunInfo.model_fields)

@@ -26,8 +26,9 @@ from typing import Literal
 
 Scale = Literal["log", "rate", "linear"]
 Source = Literal["step", "trajectory", "derived"]
-Group = Literal["reward", "accuracy", "kl", "entropy", "optimiser", "advantage", "clip", "length", "sampling", "tool",
-                "config"]
+Group = Literal[
+    "reward", "accuracy", "kl", "entropy", "optimiser", "advantage", "clip", "length", "sampling", "tool", "config"
+]
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,22 @@ def signal(name: str) -> Signal:
         raise KeyError(f"unknown signal {name!r}; register it in rftfm.signals") from None
 
 
-def names(*, source: Source | None = None, scale: Scale | None = None, group: Group | tuple[Group, ...] | None = None,
-          feature: bool | None = None) -> tuple[str, ...]:
+def names(
+    *,
+    source: Source | None = None,
+    scale: Scale | None = None,
+    group: Group | tuple[Group, ...] | None = None,
+    feature: bool | None = None,
+) -> tuple[str, ...]:
     """Registered signal names with the given attributes (``group``: one or several), in registry order."""
     groups = (group,) if isinstance(group, str) else group
     return tuple(
-        s.name for s in SIGNALS.values()
-        if (source is None or s.source == source) and (scale is None or s.scale == scale)
-        and (groups is None or s.group in groups) and (feature is None or s.feature == feature)
+        s.name
+        for s in SIGNALS.values()
+        if (source is None or s.source == source)
+        and (scale is None or s.scale == scale)
+        and (groups is None or s.group in groups)
+        and (feature is None or s.feature == feature)
     )
 
 

@@ -56,11 +56,19 @@ class ExpertRules:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         out = np.full((len(x), len(self.classes)), -np.inf)
-        tool_level = x[:, self.index["level.traj_tool_call_rate"]] if "level.traj_tool_call_rate" in self.index else np.zeros(len(x))
+        tool_level = (
+            x[:, self.index["level.traj_tool_call_rate"]]
+            if "level.traj_tool_call_rate" in self.index
+            else np.zeros(len(x))
+        )
         uses_tool = np.nan_to_num(tool_level) >= self.TOOL_USE
         for j, name in enumerate(self.classes):
             ftype = FAULT_TYPES[name]
-            cols = [(self.index[f"z_recent.{s}"], 1.0 if d == "up" else -1.0) for s, d in ftype.signals if f"z_recent.{s}" in self.index]
+            cols = [
+                (self.index[f"z_recent.{s}"], 1.0 if d == "up" else -1.0)
+                for s, d in ftype.signals
+                if f"z_recent.{s}" in self.index
+            ]
             if not cols:
                 continue
             signed = np.column_stack([np.clip(np.nan_to_num(x[:, c]), -_CLIP, _CLIP) * sign for c, sign in cols])

@@ -137,17 +137,24 @@ def run_outcomes(test: pl.DataFrame, cubes: RunCubes, alarms: np.ndarray) -> pl.
         onset = int(r.get("onset_step") or 1) if faulty else None
         normal_mask = np.ones_like(flags) if not faulty else step_no < onset
         rising = flags & ~np.concatenate([[False], flags[:-1]])
-        rows.append({
-            "run_id": run_id, "group": r.get("group"), "kind": r["control_or_fault"],
-            "fault_family": r.get("fault_family"), "fault_type": r.get("fault_type"),
-            "fault_strength": r.get("fault_strength"), "onset_step": onset, "first_alarm": first,
-            "alarmed": first is not None,
-            "detected": bool(faulty and first is not None and first >= onset),
-            "pre_onset_alarm": bool(faulty and first is not None and first < onset),
-            "delay": (first - onset) if faulty and first is not None and first >= onset else None,
-            "normal_steps": int(normal_mask.sum()),
-            "false_alarm_episodes": int((rising & normal_mask.astype(bool)).sum()),
-        })
+        rows.append(
+            {
+                "run_id": run_id,
+                "group": r.get("group"),
+                "kind": r["control_or_fault"],
+                "fault_family": r.get("fault_family"),
+                "fault_type": r.get("fault_type"),
+                "fault_strength": r.get("fault_strength"),
+                "onset_step": onset,
+                "first_alarm": first,
+                "alarmed": first is not None,
+                "detected": bool(faulty and first is not None and first >= onset),
+                "pre_onset_alarm": bool(faulty and first is not None and first < onset),
+                "delay": (first - onset) if faulty and first is not None and first >= onset else None,
+                "normal_steps": int(normal_mask.sum()),
+                "false_alarm_episodes": int((rising & normal_mask.astype(bool)).sum()),
+            }
+        )
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -176,8 +183,25 @@ def protocol_table(out: pl.DataFrame, protocol: str) -> dict[str, Any]:
                 fn += controls.height - int(controls["alarmed"].sum())
             else:
                 fp += int(controls["alarmed"].sum())
-            rows.append({"family": family, "setting": setting, "positives": tp + fn, "tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)})
-    avg = {s: (float(np.mean([r["f1"] for r in rows if r["setting"] == s])) if any(r["setting"] == s for r in rows) else None) for s in STRENGTHS}
+            rows.append(
+                {
+                    "family": family,
+                    "setting": setting,
+                    "positives": tp + fn,
+                    "tp": tp,
+                    "fp": fp,
+                    "fn": fn,
+                    **_prf(tp, fp, fn),
+                }
+            )
+    avg = {
+        s: (
+            float(np.mean([r["f1"] for r in rows if r["setting"] == s]))
+            if any(r["setting"] == s for r in rows)
+            else None
+        )
+        for s in STRENGTHS
+    }
     return {"rows": rows, "avg_f1": avg}
 
 
@@ -216,7 +240,9 @@ def per_type(out: pl.DataFrame) -> list[dict[str, Any]]:
     if not faults.height:
         return []
     agg = faults.group_by("fault_family", "fault_type", "fault_strength").agg(
-        runs=pl.len(), recall=100 * pl.col("detected").mean(), pre_onset=pl.col("pre_onset_alarm").sum(),
+        runs=pl.len(),
+        recall=100 * pl.col("detected").mean(),
+        pre_onset=pl.col("pre_onset_alarm").sum(),
         median_delay=pl.col("delay").median(),
     )
     return agg.sort("fault_family", "fault_type", "fault_strength").to_dicts()
@@ -237,16 +263,30 @@ def _summaries(out: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def _methods(tier: str, detector: Detector | None, detector_config: DetectorConfig | None,
-             baselines: list[str] | None, with_baselines: bool, seed: int) -> list[Baseline]:
+def _methods(
+    tier: str,
+    detector: Detector | None,
+    detector_config: DetectorConfig | None,
+    baselines: list[str] | None,
+    with_baselines: bool,
+    seed: int,
+) -> list[Baseline]:
     rftfm: list[Baseline] = [RFTFMMethod(tier, detector_config, detector)]
     if not with_baselines:
         return rftfm
     return rftfm + [ProfileMethod()] + make_baselines(seed, baselines)
 
 
-def _fit_and_alarm(method: Baseline, train: pl.DataFrame, test: pl.DataFrame, features: pl.DataFrame,
-                   normal_cubes: RunCubes, test_cubes: RunCubes, target: float, seed: int) -> np.ndarray:
+def _fit_and_alarm(
+    method: Baseline,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    features: pl.DataFrame,
+    normal_cubes: RunCubes,
+    test_cubes: RunCubes,
+    target: float,
+    seed: int,
+) -> np.ndarray:
     if isinstance(method, RFTFMMethod):
         method.fit_frames(train, features, config_groups(train))
     elif isinstance(method, ProfileMethod):
@@ -260,7 +300,9 @@ def _fit_and_alarm(method: Baseline, train: pl.DataFrame, test: pl.DataFrame, fe
 def config_groups(runs: pl.DataFrame) -> list[str]:
     """The configuration of each run (what the detector's own out-of-fold calibration holds out together)."""
     cols = [c for c in ("task_group", "model_family", "model_size", "config_id") if c in runs.columns]
-    return ["|".join(str(v) for v in row) for row in runs.select(cols).iter_rows()] if cols else runs["run_id"].to_list()
+    return (
+        ["|".join(str(v) for v in row) for row in runs.select(cols).iter_rows()] if cols else runs["run_id"].to_list()
+    )
 
 
 def _col(frame: pl.DataFrame, name: str) -> list[Any]:
@@ -325,7 +367,8 @@ def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> 
             start = time.perf_counter()
             alarms = _fit_and_alarm(method, train, test, features, normal_cubes, test_cubes, target, job.seed)
             outcomes = run_outcomes(test, test_cubes, alarms).with_columns(
-                fold=pl.lit(job.fold), seconds=pl.lit(time.perf_counter() - start))
+                fold=pl.lit(job.fold), seconds=pl.lit(time.perf_counter() - start)
+            )
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 outcomes.write_parquet(path)
@@ -334,10 +377,17 @@ def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> 
 
 
 def evaluate_detection(
-    root: str | Path, split: str = "config", tiers: tuple[str, ...] = ("a", "b", "c", "bc"),
-    baselines: list[str] | None = None, with_baselines: bool = True,
-    detector_config: DetectorConfig | None = None, detector: Detector | None = None,
-    seed: int = 0, on_method: Callable[[str], None] | None = None, workers: int = 1, cache: str | Path | None = None,
+    root: str | Path,
+    split: str = "config",
+    tiers: tuple[str, ...] = ("a", "b", "c", "bc"),
+    baselines: list[str] | None = None,
+    with_baselines: bool = True,
+    detector_config: DetectorConfig | None = None,
+    detector: Detector | None = None,
+    seed: int = 0,
+    on_method: Callable[[str], None] | None = None,
+    workers: int = 1,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate RFT-FM (fitted per fold, or ``detector`` as given) and the baselines, per tier.
 
@@ -351,9 +401,22 @@ def evaluate_detection(
     else:
         folds = split_folds(runs, split)
     folds = [f for f in folds if f[2].height and (f[1].height or detector is not None)]
-    jobs = [_FoldJob(str(root), name, train["run_id"].to_list(), test["run_id"].to_list(), tiers, baselines,
-                     with_baselines, detector_config, detector, seed, None if cache is None else str(cache))
-            for name, train, test in folds]
+    jobs = [
+        _FoldJob(
+            str(root),
+            name,
+            train["run_id"].to_list(),
+            test["run_id"].to_list(),
+            tiers,
+            baselines,
+            with_baselines,
+            detector_config,
+            detector,
+            seed,
+            None if cache is None else str(cache),
+        )
+        for name, train, test in folds
+    ]
     if workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -374,19 +437,34 @@ def evaluate_detection(
         results[tier] = {}
         for name, frames in outcomes[tier].items():
             out = pl.concat(frames, how="diagonal_relaxed")
-            results[tier][name] = {**_summaries(out), "seconds": round(float(out.group_by("fold").agg(
-                pl.col("seconds").first())["seconds"].sum()), 1)}
+            results[tier][name] = {
+                **_summaries(out),
+                "seconds": round(float(out.group_by("fold").agg(pl.col("seconds").first())["seconds"].sum()), 1),
+            }
             if name == RFTFM:
                 results[tier][name]["by_fold"] = _by_fold(out)
                 results[tier][name]["runs"] = out.select(
-                    "fold", "run_id", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
-                    "pre_onset_alarm", "delay").to_dicts()
+                    "fold",
+                    "run_id",
+                    "kind",
+                    "fault_type",
+                    "fault_strength",
+                    "onset_step",
+                    "first_alarm",
+                    "detected",
+                    "pre_onset_alarm",
+                    "delay",
+                ).to_dicts()
     kinds = runs.group_by("control_or_fault").len().to_dicts()
     return {
-        "data": str(root), "split": split, "false_alarm_target_pct": 100 * target_of(detector_config),
+        "data": str(root),
+        "split": split,
+        "false_alarm_target_pct": 100 * target_of(detector_config),
         "folds": [{"fold": name, "train_runs": train.height, "test_runs": test.height} for name, train, test in folds],
-        "runs_loaded": runs.height, "runs_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
-        "tiers": list(tiers), "methods": results,
+        "runs_loaded": runs.height,
+        "runs_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
+        "tiers": list(tiers),
+        "methods": results,
     }
 
 
@@ -400,9 +478,16 @@ def _by_fold(out: pl.DataFrame) -> list[dict[str, Any]]:
     for (fold,), part in out.group_by("fold", maintain_order=True):
         s = _summaries(part)
         f1 = s["mid_run"]["B"]["avg_f1"]
-        rows.append({"fold": fold, "runs": part.height, "f1_easy_mid": f1["easy"], "f1_hard_mid": f1["hard"],
-                     "pct_normal_alarmed": s["false_alarms"]["pct_normal_runs_alarmed"],
-                     "median_delay": s["delay"]["all"]["median"]})
+        rows.append(
+            {
+                "fold": fold,
+                "runs": part.height,
+                "f1_easy_mid": f1["easy"],
+                "f1_hard_mid": f1["hard"],
+                "pct_normal_alarmed": s["false_alarms"]["pct_normal_runs_alarmed"],
+                "median_delay": s["delay"]["all"]["median"],
+            }
+        )
     return rows
 
 
@@ -417,9 +502,11 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 def _headline_row(name: str, m: dict[str, Any]) -> str:
     mid, one, fa, d = m["mid_run"]["B"]["avg_f1"], m["step1"]["B"]["avg_f1"], m["false_alarms"], m["delay"]["all"]
-    return (f"| {name} | {_fmt(mid['easy'])} | {_fmt(mid['hard'])} | {_fmt(one['easy'])} | {_fmt(one['hard'])} | "
-            f"{_fmt(fa['pct_normal_runs_alarmed'])} ({fa['normal_runs_alarmed']}/{fa['normal_runs']}) | "
-            f"{_fmt(fa['per_1000_normal_steps'], 2)} | {_fmt(d['median'])} | {_fmt(d['p90'])} | {_fmt(m['seconds'])} |")
+    return (
+        f"| {name} | {_fmt(mid['easy'])} | {_fmt(mid['hard'])} | {_fmt(one['easy'])} | {_fmt(one['hard'])} | "
+        f"{_fmt(fa['pct_normal_runs_alarmed'])} ({fa['normal_runs_alarmed']}/{fa['normal_runs']}) | "
+        f"{_fmt(fa['per_1000_normal_steps'], 2)} | {_fmt(d['median'])} | {_fmt(d['p90'])} | {_fmt(m['seconds'])} |"
+    )
 
 
 TIER_TITLES = {"a": "step metrics only", "b": "plus trajectories", "c": "plus held-out accuracy", "bc": "everything"}
@@ -438,45 +525,74 @@ def to_markdown(result: dict[str, Any]) -> str:
     ]
     for tier in result["tiers"]:
         methods = result["methods"][tier]
-        lines += ["", f"#### Tier {tier}: {TIER_TITLES[tier]}", "",
-                  "| method | F1 easy, mid-run | F1 hard, mid-run | F1 easy, step 1 | F1 hard, step 1 | "
-                  "normal runs alarmed % | false alarms / 1000 normal steps | median delay | p90 delay | s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"#### Tier {tier}: {TIER_TITLES[tier]}",
+            "",
+            "| method | F1 easy, mid-run | F1 hard, mid-run | F1 easy, step 1 | F1 hard, step 1 | "
+            "normal runs alarmed % | false alarms / 1000 normal steps | median delay | p90 delay | s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         lines += [_headline_row(n, m) for n, m in methods.items()]
     tier = result["tiers"][0]
     methods = result["methods"][tier]
     names = list(methods)
     for key, title in (("mid_run", "mid-run onsets"), ("step1", "onset at step 1")):
         lines += ["", f"#### Tier {tier}, per family and setting, {title}, protocol B", ""]
-        head = "| family | setting | positives | RFT-FM P | RFT-FM R | RFT-FM F1 | " + " | ".join(f"{n} F1" for n in names[1:]) + " |"
+        head = (
+            "| family | setting | positives | RFT-FM P | RFT-FM R | RFT-FM F1 | "
+            + " | ".join(f"{n} F1" for n in names[1:])
+            + " |"
+        )
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         rows = {n: {(r["family"], r["setting"]): r for r in methods[n][key]["B"]["rows"]} for n in names}
         for r in methods[names[0]][key]["B"]["rows"]:
             k = (r["family"], r["setting"])
             others = " | ".join(_fmt(rows[n].get(k, {}).get("f1")) for n in names[1:])
-            lines.append(f"| {r['family']} | {r['setting']} | {r['positives']} | {_fmt(r['precision'])} | "
-                         f"{_fmt(r['recall'])} | {_fmt(r['f1'])} | {others} |")
+            lines.append(
+                f"| {r['family']} | {r['setting']} | {r['positives']} | {_fmt(r['precision'])} | "
+                f"{_fmt(r['recall'])} | {_fmt(r['f1'])} | {others} |"
+            )
     by_fold = result["methods"][tier][RFTFM].get("by_fold", [])
     if len(by_fold) > 1:
-        lines += ["", f"#### {RFTFM}, tier {tier}, per held-out fold (mid-run onsets, protocol B)", "",
-                  "| fold | test runs | F1 easy | F1 hard | normal runs alarmed % | median delay |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['fold']} | {r['runs']} | {_fmt(r['f1_easy_mid'])} | {_fmt(r['f1_hard_mid'])} | "
-                  f"{_fmt(r['pct_normal_alarmed'])} | {_fmt(r['median_delay'])} |" for r in by_fold]
+        lines += [
+            "",
+            f"#### {RFTFM}, tier {tier}, per held-out fold (mid-run onsets, protocol B)",
+            "",
+            "| fold | test runs | F1 easy | F1 hard | normal runs alarmed % | median delay |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['fold']} | {r['runs']} | {_fmt(r['f1_easy_mid'])} | {_fmt(r['f1_hard_mid'])} | "
+            f"{_fmt(r['pct_normal_alarmed'])} | {_fmt(r['median_delay'])} |"
+            for r in by_fold
+        ]
     for tier in result["tiers"]:
         first = result["methods"][tier][RFTFM]
-        lines += ["", f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay", "",
-                  "| family | type | setting | runs | recall | pre-onset alarms | median delay |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay",
+            "",
+            "| family | type | setting | runs | recall | pre-onset alarms | median delay |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in first["per_type"]:
-            lines.append(f"| {r['fault_family']} | {r['fault_type']} | {r['fault_strength']} | {r['runs']} | "
-                         f"{_fmt(r['recall'])} | {r['pre_onset']} | {_fmt(r['median_delay'])} |")
+            lines.append(
+                f"| {r['fault_family']} | {r['fault_type']} | {r['fault_strength']} | {r['runs']} | "
+                f"{_fmt(r['recall'])} | {r['pre_onset']} | {_fmt(r['median_delay'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------- targets
 #: Targets on held-out configurations (protocol B, mid-run onsets), and in distribution (held-out seeds).
 TARGETS = {
-    "a": {"easy": 90.0, "hard": 75.0}, "c": {"easy": 97.0, "hard": 88.0}, "seed": {"easy": 97.0, "hard": 93.0},
-    "pct_normal_runs_alarmed": 2.0, "per_1000_normal_steps": 1.0, "median_delay": 3.0,
+    "a": {"easy": 90.0, "hard": 75.0},
+    "c": {"easy": 97.0, "hard": 88.0},
+    "seed": {"easy": 97.0, "hard": 93.0},
+    "pct_normal_runs_alarmed": 2.0,
+    "per_1000_normal_steps": 1.0,
+    "median_delay": 3.0,
 }
 
 
@@ -491,17 +607,32 @@ def targets_markdown(config: dict[str, Any], seed: dict[str, Any] | None = None)
         rows += [
             (f"tier {tier}: avg F1 easy ≥ {TARGETS[tier]['easy']:.0f}", f1["easy"], TARGETS[tier]["easy"], True),
             (f"tier {tier}: avg F1 hard ≥ {TARGETS[tier]['hard']:.0f}", f1["hard"], TARGETS[tier]["hard"], True),
-            (f"tier {tier}: normal and control runs alarmed ≤ 2 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})",
-             fa["pct_normal_runs_alarmed"], TARGETS["pct_normal_runs_alarmed"], False),
-            (f"tier {tier}: false alarms per 1,000 normal steps ≤ 1", fa["per_1000_normal_steps"],
-             TARGETS["per_1000_normal_steps"], False),
-            (f"tier {tier}: median delay ≤ 3 steps (p90 {_fmt(delay['p90'])})", delay["median"], TARGETS["median_delay"], False),
+            (
+                f"tier {tier}: normal and control runs alarmed ≤ 2 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})",
+                fa["pct_normal_runs_alarmed"],
+                TARGETS["pct_normal_runs_alarmed"],
+                False,
+            ),
+            (
+                f"tier {tier}: false alarms per 1,000 normal steps ≤ 1",
+                fa["per_1000_normal_steps"],
+                TARGETS["per_1000_normal_steps"],
+                False,
+            ),
+            (
+                f"tier {tier}: median delay ≤ 3 steps (p90 {_fmt(delay['p90'])})",
+                delay["median"],
+                TARGETS["median_delay"],
+                False,
+            ),
         ]
     if seed is not None:
         tier = seed["tiers"][-1]
         f1 = seed["methods"][tier][RFTFM]["mid_run"]["B"]["avg_f1"]
-        rows += [(f"held-out seeds (tier {tier}): avg F1 easy ≥ 97", f1["easy"], TARGETS["seed"]["easy"], True),
-                 (f"held-out seeds (tier {tier}): avg F1 hard ≥ 93", f1["hard"], TARGETS["seed"]["hard"], True)]
+        rows += [
+            (f"held-out seeds (tier {tier}): avg F1 easy ≥ 97", f1["easy"], TARGETS["seed"]["easy"], True),
+            (f"held-out seeds (tier {tier}): avg F1 hard ≥ 93", f1["hard"], TARGETS["seed"]["hard"], True),
+        ]
     lines = ["| target (held-out configurations, protocol B, mid-run onsets) | measured | status |", "|---|---|---|"]
     for text, value, target, higher in rows:
         if value is None:

@@ -26,10 +26,10 @@ import polars as pl
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
-from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES
+from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.cube import runs_cube
 from rftfm.fm.detect import TIERS
-from rftfm.fm.diagnose import Diagnoser, TRAIN_OFFSETS
+from rftfm.fm.diagnose import Diagnoser
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 
 UNKNOWN = "unknown"
@@ -99,7 +99,9 @@ def _metrics(true: list[str], ranked: list[list[str]], unknown: np.ndarray, stre
             "unknown_rate": float(np.mean([p_ == UNKNOWN for p_ in p])),
             # the top-ranked hypothesis even where the diagnoser abstained (what abstention costs)
             "type_top1_forced": float(np.mean([ranked[i][0] == true[i] for i in idx])),
-            "family_accuracy_forced": float(np.mean([FAULT_TYPES[ranked[i][0]].family == FAULT_TYPES[true[i]].family for i in idx])),
+            "family_accuracy_forced": float(
+                np.mean([FAULT_TYPES[ranked[i][0]].family == FAULT_TYPES[true[i]].family for i in idx])
+            ),
             "per_type_recall": recall,
         }
 
@@ -126,8 +128,14 @@ def _faulty(runs: pl.DataFrame) -> pl.DataFrame:
     return runs.filter((pl.col("control_or_fault") == "fault") & pl.col("fault_type").is_in(list(FAULT_TYPES)))
 
 
-def _fold(train: pl.DataFrame, test: pl.DataFrame, features: pl.DataFrame, alarm_fn: Callable, tiers: tuple[str, ...],
-          say: Callable[[str], None]) -> dict[str, Any]:
+def _fold(
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    features: pl.DataFrame,
+    alarm_fn: Callable,
+    tiers: tuple[str, ...],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """One fold: fit on ``train``, diagnose ``test``'s faulty runs at alarm time in every tier (and baselines)."""
     faulty_test = _faulty(test)
     alarms, source = alarm_fn(faulty_test, features)
@@ -140,16 +148,25 @@ def _fold(train: pl.DataFrame, test: pl.DataFrame, features: pl.DataFrame, alarm
     faulty_train = _faulty(train)
     xt, kt = diagnosis_matrix(features, diagnoser._training_steps(faulty_train, features, None), diagnoser.tracker)
     label = dict(faulty_train.select("run_id", "fault_type").iter_rows())
-    out: dict[str, Any] = {"ids": ids, "true": [meta[r]["fault_type"] for r in ids], "alarm_source": source,
-                           "strength": [meta[r]["fault_strength"] for r in ids], "tiers": {}}
+    out: dict[str, Any] = {
+        "ids": ids,
+        "true": [meta[r]["fault_type"] for r in ids],
+        "alarm_source": source,
+        "strength": [meta[r]["fault_strength"] for r in ids],
+        "tiers": {},
+    }
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         prob, unknown = diagnoser.scores(xx)
-        knn = NearestFingerprint().fit(mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt])
+        knn = NearestFingerprint().fit(
+            mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
+        )
         rules = ExpertRules(diagnoser.feature_names)
         out["tiers"][tier] = {
-            "ranked": _ranked(prob, diagnoser.classes), "unknown": unknown,
-            "knn": _ranked(knn.predict_proba(xx), knn.classes), "rules": _ranked(rules.predict_proba(xx), rules.classes),
+            "ranked": _ranked(prob, diagnoser.classes),
+            "unknown": unknown,
+            "knn": _ranked(knn.predict_proba(xx), knn.classes),
+            "rules": _ranked(rules.predict_proba(xx), rules.classes),
         }
     say(f"fold: {train.height} train runs, {len(ids)} faulty test runs; alarms {source}")
     out["info"] = diagnoser.info | {"family_threshold": diagnoser.family_threshold}
@@ -190,12 +207,18 @@ def evaluate_split(
             "confusion": _confusion(true, pred),
             "baselines": {
                 "knn": _metrics(true, [r for p in parts for r in p["tiers"][tier]["knn"]], no_abstain, strength),
-                "expert_rules": _metrics(true, [r for p in parts for r in p["tiers"][tier]["rules"]], no_abstain, strength),
+                "expert_rules": _metrics(
+                    true, [r for p in parts for r in p["tiers"][tier]["rules"]], no_abstain, strength
+                ),
             },
         }
     result: dict[str, Any] = {
-        "split": split, "folds": [name for name, _, _ in folds], "test_faulty_runs": len(true),
-        "alarm_source": source, "tiers": by_tier, "diagnoser_info": [p["info"] for p in parts],
+        "split": split,
+        "folds": [name for name, _, _ in folds],
+        "test_faulty_runs": len(true),
+        "alarm_source": source,
+        "tiers": by_tier,
+        "diagnoser_info": [p["info"] for p in parts],
     }
     last_train = folds[-1][1]
     diagnoser = Diagnoser().fit(last_train, features, groups=config_groups(last_train)) if leave_one_type_out else None
@@ -207,7 +230,11 @@ def evaluate_split(
 
 
 def _leave_one_type_out(
-    train: pl.DataFrame, faulty_test: pl.DataFrame, features: pl.DataFrame, alarms: dict[str, int], say: Callable[[str], None]
+    train: pl.DataFrame,
+    faulty_test: pl.DataFrame,
+    features: pl.DataFrame,
+    alarms: dict[str, int],
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Retrain without each type; share of its test runs called unknown or given to its own family."""
     per_type: dict[str, dict[str, Any]] = {}
@@ -256,7 +283,15 @@ def plot_confusion(confusion: dict[str, Any], path: str | Path, title: str = "di
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("diagnosed")
     ax.set_ylabel("injected")
     ax.set_title(title)
@@ -270,19 +305,28 @@ def plot_confusion(confusion: dict[str, Any], path: str | Path, title: str = "di
 
 #: Targets on held-out configurations, easy faults: (tier, metric, goal).
 TARGETS = (
-    ("a", "family_accuracy", 0.85), ("a", "type_top1", 0.70), ("c", "family_accuracy", 0.95), ("c", "type_top1", 0.85),
+    ("a", "family_accuracy", 0.85),
+    ("a", "type_top1", 0.70),
+    ("c", "family_accuracy", 0.95),
+    ("c", "type_top1", 0.85),
 )
 
 
 def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
     """Markdown tables of one evaluation result (what docs/diagnosis.md embeds)."""
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"### split `{result['split']}` ({len(result['folds'])} folds)", "",
-             "All numbers in %. *unknown*: share of abstentions (counted wrong in top-1 / top-3 / family); "
-             "*forced*: the top-ranked type even where the Diagnoser abstained.", "",
-             f"{result['test_faulty_runs']} faulty test runs over the folds; alarm steps: {result['alarm_source']}.", "",
-             "| tier | method | setting | n | type top-1 | type top-3 | family | macro-F1 | unknown | type top-1 forced "
-             "| family forced |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### split `{result['split']}` ({len(result['folds'])} folds)",
+        "",
+        "All numbers in %. *unknown*: share of abstentions (counted wrong in top-1 / top-3 / family); "
+        "*forced*: the top-ranked type even where the Diagnoser abstained.",
+        "",
+        f"{result['test_faulty_runs']} faulty test runs over the folds; alarm steps: {result['alarm_source']}.",
+        "",
+        "| tier | method | setting | n | type top-1 | type top-3 | family | macro-F1 | unknown | type top-1 forced "
+        "| family forced |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for tier, block in result["tiers"].items():
         methods = [("Diagnoser", block["diagnoser"])] + list(block["baselines"].items())
         for name, m in methods:
@@ -290,35 +334,60 @@ def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
                 b = m[setting]
                 if not b.get("n"):
                     continue
-                lines.append(f"| {tier} | {name} | {setting} | {b['n']} | {pct(b['type_top1'])} | {pct(b['type_top3'])} | "
-                             f"{pct(b['family_accuracy'])} | {pct(b['macro_f1'])} | {pct(b['unknown_rate'])} | "
-                             f"{pct(b['type_top1_forced'])} | {pct(b['family_accuracy_forced'])} |")
+                lines.append(
+                    f"| {tier} | {name} | {setting} | {b['n']} | {pct(b['type_top1'])} | {pct(b['type_top3'])} | "
+                    f"{pct(b['family_accuracy'])} | {pct(b['macro_f1'])} | {pct(b['unknown_rate'])} | "
+                    f"{pct(b['type_top1_forced'])} | {pct(b['family_accuracy_forced'])} |"
+                )
     tier = next(iter(result["tiers"]))
     d = result["tiers"][tier]["diagnoser"]
-    lines += ["", f"Per-type recall of the Diagnoser, tier {tier} (%):", "", "| type | family | all | easy | hard |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Per-type recall of the Diagnoser, tier {tier} (%):",
+        "",
+        "| type | family | all | easy | hard |",
+        "|---|---|---|---|---|",
+    ]
     for t in FAULT_TYPES:
         if t in d["all"].get("per_type_recall", {}):
-            lines.append(f"| {t} | {FAULT_TYPES[t].family} | {pct(d['all']['per_type_recall'].get(t))} | "
-                         f"{pct(d['easy'].get('per_type_recall', {}).get(t))} | "
-                         f"{pct(d['hard'].get('per_type_recall', {}).get(t))} |")
+            lines.append(
+                f"| {t} | {FAULT_TYPES[t].family} | {pct(d['all']['per_type_recall'].get(t))} | "
+                f"{pct(d['easy'].get('per_type_recall', {}).get(t))} | "
+                f"{pct(d['hard'].get('per_type_recall', {}).get(t))} |"
+            )
     loto = result.get("leave_one_type_out")
     if loto:
-        lines += ["", "Leave-one-type-out (retrained without the type; %):", "",
-                  "| held-out type | n | unknown | correct family | unknown or family | called as |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Leave-one-type-out (retrained without the type; %):",
+            "",
+            "| held-out type | n | unknown | correct family | unknown or family | called as |",
+            "|---|---|---|---|---|---|",
+        ]
         for t, v in loto["per_type"].items():
             called = ", ".join(f"{k} {n}" for k, n in sorted(v["called_as"].items(), key=lambda kv: -kv[1]) if n)
-            lines.append(f"| {t} | {v['n']} | {pct(v['unknown'])} | {pct(v['correct_family'])} | "
-                         f"{pct(v['unknown_or_family'])} | {called} |")
-        lines.append(f"| **pooled** | | | | **{pct(loto['pooled'])}** | mean over types {pct(loto['mean_over_types'])} |")
-    lines += ["", f"Targets (split `{result['split']}`, easy faults):", "", "| tier | target | measured | goal | met |",
-              "|---|---|---|---|---|"]
+            lines.append(
+                f"| {t} | {v['n']} | {pct(v['unknown'])} | {pct(v['correct_family'])} | "
+                f"{pct(v['unknown_or_family'])} | {called} |"
+            )
+        lines.append(
+            f"| **pooled** | | | | **{pct(loto['pooled'])}** | mean over types {pct(loto['mean_over_types'])} |"
+        )
+    lines += [
+        "",
+        f"Targets (split `{result['split']}`, easy faults):",
+        "",
+        "| tier | target | measured | goal | met |",
+        "|---|---|---|---|---|",
+    ]
     for tier, metric, goal in TARGETS:
         if tier not in result["tiers"]:
             continue
         v = result["tiers"][tier]["diagnoser"]["easy"].get(metric)
-        lines.append(f"| {tier} | {metric.replace('_', ' ')} | {pct(v)} | ≥ {100 * goal:.0f} | "
-                     f"{'yes' if v is not None and v >= goal else 'no'} |")
+        lines.append(
+            f"| {tier} | {metric.replace('_', ' ')} | {pct(v)} | ≥ {100 * goal:.0f} | "
+            f"{'yes' if v is not None and v >= goal else 'no'} |"
+        )
     if image:
         lines += ["", f"![confusion matrix, split {result['split']}]({image})"]
     return "\n".join(lines) + "\n"

@@ -70,7 +70,10 @@ def with_derived(x: np.ndarray) -> np.ndarray:
 
 def features_matrix(frame: pl.DataFrame) -> np.ndarray:
     """(rows, len(FEATURES)) raw features of a frame (NaN where missing)."""
-    cols = [pl.col(f).cast(pl.Float64).fill_nan(None) if f in frame.columns else pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES]
+    cols = [
+        pl.col(f).cast(pl.Float64).fill_nan(None) if f in frame.columns else pl.lit(None, dtype=pl.Float64).alias(f)
+        for f in FEATURES
+    ]
     return frame.select(cols).to_numpy().astype(float)
 
 
@@ -94,7 +97,8 @@ def runs_cube(features: pl.DataFrame, run_ids: Sequence[str]) -> tuple[np.ndarra
 
 
 def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2, cap: bool = True) -> float:
-    """Score exceeded by a fraction ``target`` of normal runs: exponential tail above the (1 - tail_fraction) quantile."""
+    """Score exceeded by a fraction ``target`` of normal runs: an exponential tail above the (1 - tail_fraction)
+    quantile."""
     scores = np.sort(np.asarray(scores, dtype=float))
     if scores.size == 0:
         return math.inf
@@ -105,5 +109,3 @@ def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2
     beta = float(excess.mean())
     value = u + beta * math.log(tail_fraction / target)
     return float(max(value, scores[-1]) if cap else value)
-
-

@@ -153,8 +153,13 @@ class Detector:
         self._tier_columns: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, runs: pl.DataFrame, features: pl.DataFrame, groups: Sequence[str] | None = None,
-            tiers: Sequence[str] = tuple(TIERS)) -> "Detector":
+    def fit(
+        self,
+        runs: pl.DataFrame,
+        features: pl.DataFrame,
+        groups: Sequence[str] | None = None,
+        tiers: Sequence[str] = tuple(TIERS),
+    ) -> "Detector":
         """Fit the models of ``tiers`` on the runs of ``runs`` (normal, control and faulty) with their
         offline ``features``. ``groups`` (one per run of ``runs``, default: task group x model size) are
         the configurations the out-of-fold calibration holds out together.
@@ -194,12 +199,19 @@ class Detector:
                 "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
                 "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
             }
-            oof_rates[tier] = float(np.mean((learned_max[normal] > self.thresholds[tier]["learned"])
-                                            | (surprise_max[normal] > self.thresholds[tier]["surprise"])))
+            oof_rates[tier] = float(
+                np.mean(
+                    (learned_max[normal] > self.thresholds[tier]["learned"])
+                    | (surprise_max[normal] > self.thresholds[tier]["surprise"])
+                )
+            )
             self.models[tier] = self._train(x[..., cols], y, steps, signals)
         self.fit_info = {
-            "runs": len(run_ids), "normal_runs": int(normal.sum()), "configurations": len(set(groups)),
-            "records": int((steps > 0).sum()), "oof_normal_alarm_rate": oof_rates,
+            "runs": len(run_ids),
+            "normal_runs": int(normal.sum()),
+            "configurations": len(set(groups)),
+            "records": int((steps > 0).sum()),
+            "oof_normal_alarm_rate": oof_rates,
         }
         return self
 
@@ -226,8 +238,9 @@ class Detector:
         neg = w[target == 0].sum()
         if pos > 0 and neg > 0:  # both classes weigh the same in total
             w = np.where(target == 1, w * (neg / pos), w)
-        dataset = lgb.Dataset(data, label=target, weight=w, feature_name=[n.replace(":", "__") for n in names],
-                              free_raw_data=True)
+        dataset = lgb.Dataset(
+            data, label=target, weight=w, feature_name=[n.replace(":", "__") for n in names], free_raw_data=True
+        )
         return lgb.train({**LGB_PARAMS, "seed": self.config.seed + 11}, dataset, num_boost_round=self.config.num_rounds)
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
@@ -272,8 +285,9 @@ class Detector:
         combined = self._combine(tier, learned, self._surprise(x, tier))
         return np.where(steps > 0, combined, np.nan), 1.0
 
-    def score_run(self, run_features: pl.DataFrame, task_group: str | None = None,
-                  model_size: str | None = None) -> list[Alarm]:
+    def score_run(
+        self, run_features: pl.DataFrame, task_group: str | None = None, model_size: str | None = None
+    ) -> list[Alarm]:
         """Alarms of one run's feature frame (``step`` + feature columns), exactly as streaming gives them
         (the configuration arguments are accepted for the callers' convenience and ignored)."""
         saved, skipped, resumes = self._live, self.skipped_steps, self.resumes
@@ -323,8 +337,15 @@ class Detector:
             return None
         raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
         before = live.state.copy()  # kept for a rollback to this step; the evidence's baseline is read from it
-        live.snapshots.append((step, before, FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
-                               live.has_trajectories, live.has_eval))
+        live.snapshots.append(
+            (
+                step,
+                before,
+                FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
+                live.has_trajectories,
+                live.has_eval,
+            )
+        )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
         live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY)
         live.has_eval |= features.get("eval_accuracy") is not None
@@ -333,8 +354,16 @@ class Detector:
         x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
         live.last_step = step
         live.steps.append(step)
-        return _Pending(step, tier, x[:, self._columns(tier)], x[0], raw[0], before,
-                        live.state.cplus_since[0].copy(), live.state.cminus_since[0].copy())
+        return _Pending(
+            step,
+            tier,
+            x[:, self._columns(tier)],
+            x[0],
+            raw[0],
+            before,
+            live.state.cplus_since[0].copy(),
+            live.state.cminus_since[0].copy(),
+        )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
         surprise = float(self._surprise(p.features, p.tier))
@@ -358,7 +387,7 @@ class Detector:
         _, state, flat, has_traj, has_eval = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.last_step = step - 1
-        del live.steps[int(state.records[0]):]
+        del live.steps[int(state.records[0]) :]
         self.resumes += 1
         return True
 
@@ -373,8 +402,10 @@ class Detector:
         z = {name.split(":")[0]: abs(v) for name, v in zip(names, p.row[0]) if name.endswith(":z") and math.isfinite(v)}
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
-        ranked = sorted((s for s in present if per_signal[s] > 0 or z.get(s, 0.0) >= 3.0),
-                        key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)))
+        ranked = sorted(
+            (s for s in present if per_signal[s] > 0 or z.get(s, 0.0) >= 3.0),
+            key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
+        )
         out = []
         for signal in ranked[:MAX_EVIDENCE]:
             i = CUBE_SIGNALS.index(signal)
@@ -384,12 +415,17 @@ class Detector:
             up = (expected is not None and value >= expected) if not math.isfinite(zi) else zi >= 0
             since = int(p.since_plus[i] if up else p.since_minus[i])
             steps = self._live.steps if self._live is not None else []
-            out.append(SignalEvidence(
-                signal=signal, direction="up" if up else "down", value=value, expected=expected,
-                z=float(zi) if math.isfinite(zi) else None,
-                ratio=(value / expected) if expected is not None and abs(expected) > 1e-12 else None,
-                since_step=steps[since - 1] if 0 < since <= len(steps) else None,
-            ))
+            out.append(
+                SignalEvidence(
+                    signal=signal,
+                    direction="up" if up else "down",
+                    value=value,
+                    expected=expected,
+                    z=float(zi) if math.isfinite(zi) else None,
+                    ratio=(value / expected) if expected is not None and abs(expected) > 1e-12 else None,
+                    since_step=steps[since - 1] if 0 < since <= len(steps) else None,
+                )
+            )
         return out
 
     def _raw_level(self, state: TrackerState, i: int) -> float | None:
@@ -406,10 +442,14 @@ class Detector:
     def to_dict(self) -> dict[str, Any]:
         self._require_fitted()
         return {
-            "format": FORMAT, "version": VERSION, "signals": list(CUBE_SIGNALS), "features": list(PER_SIGNAL + GLOBAL),
+            "format": FORMAT,
+            "version": VERSION,
+            "signals": list(CUBE_SIGNALS),
+            "features": list(PER_SIGNAL + GLOBAL),
             "config": {**asdict(self.config), "tracker": asdict(self.config.tracker)},
             "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
-            "thresholds": self.thresholds, "fit_info": self.fit_info,
+            "thresholds": self.thresholds,
+            "fit_info": self.fit_info,
             "models": {tier: model.model_to_string() for tier, model in self.models.items()},
         }
 
@@ -426,7 +466,9 @@ class Detector:
         det = cls(DetectorConfig(**config))
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
         det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
-        det.thresholds = {tier: {k: float(v) for k, v in channels.items()} for tier, channels in data["thresholds"].items()}
+        det.thresholds = {
+            tier: {k: float(v) for k, v in channels.items()} for tier, channels in data["thresholds"].items()
+        }
         det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
         det.fit_info = data.get("fit_info", {})
         return det

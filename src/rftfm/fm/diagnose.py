@@ -72,6 +72,7 @@ LGB_PARAMS: dict[str, Any] = {
 }
 NUM_ROUNDS = 80
 
+
 @dataclass
 class _Scores:
     type_prob: np.ndarray  # (n, classes)
@@ -94,8 +95,13 @@ class Diagnoser:
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ training
-    def fit(self, runs: pl.DataFrame, features: pl.DataFrame, alarm_steps: dict[str, int] | None = None,
-            groups: list[str] | None = None) -> "Diagnoser":
+    def fit(
+        self,
+        runs: pl.DataFrame,
+        features: pl.DataFrame,
+        alarm_steps: dict[str, int] | None = None,
+        groups: list[str] | None = None,
+    ) -> "Diagnoser":
         """Learn the prior noise from normal / control runs and the classifier from faulty runs.
 
         ``runs`` carries the labels (training only); ``features`` is a ``features_frame``.
@@ -134,8 +140,9 @@ class Diagnoser:
         return self
 
     @staticmethod
-    def _training_steps(faulty: pl.DataFrame, features: pl.DataFrame,
-                        alarm_steps: dict[str, int] | None) -> dict[str, list[int]]:
+    def _training_steps(
+        faulty: pl.DataFrame, features: pl.DataFrame, alarm_steps: dict[str, int] | None
+    ) -> dict[str, list[int]]:
         last = dict(features.group_by("run_id").agg(pl.col("step").max()).iter_rows())
         at_steps: dict[str, list[int]] = {}
         for row in faulty.iter_rows(named=True):
@@ -158,11 +165,14 @@ class Diagnoser:
         params = dict(LGB_PARAMS, num_class=len(self.classes))
         if len(self.classes) == 1:
             params.update(objective="multiclass", num_class=1)
-        data = lgb.Dataset(x, label=y, feature_name=[n.replace(".", "__") for n in self.feature_names], free_raw_data=True)
+        data = lgb.Dataset(
+            x, label=y, feature_name=[n.replace(".", "__") for n in self.feature_names], free_raw_data=True
+        )
         return lgb.train(params, data, num_boost_round=NUM_ROUNDS)
 
-    def _out_of_fold(self, x: np.ndarray, y: np.ndarray, config: np.ndarray, run_of: np.ndarray,
-                     folds: int = 4) -> _Scores:
+    def _out_of_fold(
+        self, x: np.ndarray, y: np.ndarray, config: np.ndarray, run_of: np.ndarray, folds: int = 4
+    ) -> _Scores:
         """Out-of-fold type probabilities and novelty of the training rows (for calibration): whole
         configurations held out when there are enough of them, else whole runs."""
         from sklearn.model_selection import GroupKFold
@@ -180,9 +190,13 @@ class Diagnoser:
         return prob.reshape(len(x), -1)
 
     def _novelty_space(self, x: np.ndarray) -> np.ndarray:
-        idx = [i for i, n in enumerate(self.feature_names)
-               if n.split(".")[0] in NOVELTY_KINDS and SIGNALS.get(n.split(".", 1)[1]) is not None
-               and SIGNALS[n.split(".", 1)[1]].source == "step"]  # present in every tier
+        idx = [
+            i
+            for i, n in enumerate(self.feature_names)
+            if n.split(".")[0] in NOVELTY_KINDS
+            and SIGNALS.get(n.split(".", 1)[1]) is not None
+            and SIGNALS[n.split(".", 1)[1]].source == "step"
+        ]  # present in every tier
         sub = np.nan_to_num(x[:, idx], nan=0.0)
         return np.clip(sub, -10.0, 10.0)
 
@@ -197,11 +211,14 @@ class Diagnoser:
         self.novelty_labels = y[keep]
 
     def _novelty(self, x: np.ndarray, labels: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-        """Mean distance to the k nearest training rows of class ``labels[i]`` (of other runs when ``exclude`` is given)."""
+        """Mean distance to the k nearest training rows of class ``labels[i]`` (of other runs when ``exclude`` is
+        given)."""
         assert self.novelty_reference is not None and self.novelty_scale is not None
         q = self._novelty_space(x) / self.novelty_scale
         ref = self.novelty_reference
-        d = np.sqrt(np.maximum(((q**2).sum(1)[:, None] + (ref**2).sum(1)[None, :] - 2 * q @ ref.T), 0.0)) / math.sqrt(ref.shape[1])
+        d = np.sqrt(np.maximum(((q**2).sum(1)[:, None] + (ref**2).sum(1)[None, :] - 2 * q @ ref.T), 0.0)) / math.sqrt(
+            ref.shape[1]
+        )
         if exclude is not None:
             d = np.where(exclude[:, None] == self._reference_groups[None, :], np.inf, d)
         d = np.where(labels[:, None] == self.novelty_labels[None, :], d, np.inf)
@@ -251,7 +268,9 @@ class Diagnoser:
             history = history.filter(pl.col("run_id") == run_id)
         history = history.filter(pl.col("step") <= step).with_columns(pl.lit(run_id).alias("run_id"))
         if history.height == 0:
-            return Diagnosis(run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown fault: no history to diagnose")
+            return Diagnosis(
+                run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown fault: no history to diagnose"
+            )
         cube, steps = runs_cube(history, [run_id])
         tracked = self.tracker.run_cube(cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
@@ -259,12 +278,22 @@ class Diagnoser:
         order = np.argsort(-prob)
         novelty = float(self._novelty(x, order[:1])[0])
         _, fam = self._family_prob(prob[None, :])
-        ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i],
-                             probability=round(float(prob[i]), 4)) for i in order]
+        ranked = [
+            Hypothesis(
+                family=FAULT_TYPES[self.classes[i]].family,
+                fault_type=self.classes[i],
+                probability=round(float(prob[i]), 4),
+            )
+            for i in order
+        ]
         unknown = bool(fam.max() < self.family_threshold or novelty > self.novelty_thresholds[order[0]])
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         return Diagnosis(
-            run_id=run_id, step=int(step), ranked=ranked, unknown=unknown, evidence=evidence,
+            run_id=run_id,
+            step=int(step),
+            ranked=ranked,
+            unknown=unknown,
+            evidence=evidence,
             summary=summary_sentence(None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type),
         )
 
@@ -278,8 +307,9 @@ class Diagnoser:
         unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x, best) > self.novelty_thresholds[best])
         return prob, unknown
 
-    def evidence(self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None,
-                 limit: int = 6) -> list[SignalEvidence]:
+    def evidence(
+        self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
+    ) -> list[SignalEvidence]:
         """Signals that deviate now (a large recent innovation or an accumulated shift), each in the run's
         own terms: value over the last steps, level before the deviation began, the step it began."""
         assert self.tracker is not None
@@ -306,14 +336,20 @@ class Diagnoser:
             start = _deviation_start(up[:, j] if rising else down[:, j], z[:, j], 1.0 if rising else -1.0)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                before = float(np.nanmedian(values[max(0, start - 5):start, j])) if start > 0 else math.nan
+                before = float(np.nanmedian(values[max(0, start - 5) : start, j])) if start > 0 else math.nan
                 now = float(np.nanmean(values[-3:, j]))
             ratio = now / before if math.isfinite(before) and abs(before) > 1e-12 and math.isfinite(now) else None
-            items.append(SignalEvidence(
-                signal=name, direction="up" if rising else "down", value=_round(now), expected=_round(before),
-                z=_round(float(recent[j])) if np.isfinite(recent[j]) else None, ratio=_round(ratio),
-                since_step=int(steps[present[start]]),
-            ))
+            items.append(
+                SignalEvidence(
+                    signal=name,
+                    direction="up" if rising else "down",
+                    value=_round(now),
+                    expected=_round(before),
+                    z=_round(float(recent[j])) if np.isfinite(recent[j]) else None,
+                    ratio=_round(ratio),
+                    since_step=int(steps[present[start]]),
+                )
+            )
         order = {e.signal: strength[CUBE_SIGNALS.index(e.signal)] for e in items}
         items.sort(key=lambda e: (e.signal not in expected_signals, -order[e.signal]))
         return items[:limit]
@@ -356,7 +392,9 @@ class Diagnoser:
         self.classes = list(data["classes"])
         self.feature_names = list(data["feature_names"])
         self.family_threshold = float(data["family_threshold"])
-        self.novelty_thresholds = np.array([math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float)
+        self.novelty_thresholds = np.array(
+            [math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float
+        )
         self.novelty_labels = np.array(data["novelty_labels"], dtype=int)
         self.novelty_scale = np.array(data["novelty_scale"], dtype=float)
         self.novelty_reference = np.array(data["novelty_reference"], dtype=float)
@@ -427,7 +465,11 @@ def summary_sentence(fault_type: str | None, evidence: list[SignalEvidence], clo
         tail = "no signal far from the run's own baseline"
         return f"{head}: {tail}" + (f" (closest known: {closest})" if fault_type is None and closest else "")
     top = evidence[:3]
-    since = min(e.since_step for e in top if e.since_step is not None) if any(e.since_step is not None for e in top) else None
+    since = (
+        min(e.since_step for e in top if e.since_step is not None)
+        if any(e.since_step is not None for e in top)
+        else None
+    )
     parts = [describe(e) for e in top]
     text = parts[0] if len(parts) == 1 else f"{parts[0]} while " + ", ".join(parts[1:])
     sentence = f"{head}" + (f" since step {since}" if since is not None else "") + f": {text}"

@@ -64,8 +64,9 @@ def vectors(tracked: np.ndarray, steps: np.ndarray, at: Sequence[int], tracker: 
     return out
 
 
-def diagnosis_matrix(features: pl.DataFrame, at_steps: dict[str, list[int]],
-                     tracker: DynamicsTracker) -> tuple[np.ndarray, list[tuple[str, int]]]:
+def diagnosis_matrix(
+    features: pl.DataFrame, at_steps: dict[str, list[int]], tracker: DynamicsTracker
+) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """Vectors of many (run, step) pairs: each run is tracked once and read at every requested step."""
     run_ids = [r for r in at_steps if r in set(features["run_id"].unique().to_list())]
     rows, keys = [], []

@@ -99,9 +99,23 @@ class TrackerState:
     def new(cls, runs: int, signals: int, warmup: int) -> "TrackerState":
         nan = np.full((runs, signals), np.nan)
         zero = np.zeros((runs, signals))
-        return cls(nan.copy(), nan.copy(), zero.copy(), nan.copy(), nan.copy(), zero.copy(), zero.copy(),
-                   zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy(), np.full((runs, signals, warmup), np.nan),
-                   nan.copy(), np.zeros(runs))
+        return cls(
+            nan.copy(),
+            nan.copy(),
+            zero.copy(),
+            nan.copy(),
+            nan.copy(),
+            zero.copy(),
+            zero.copy(),
+            zero.copy(),
+            zero.copy(),
+            zero.copy(),
+            zero.copy(),
+            zero.copy(),
+            np.full((runs, signals, warmup), np.nan),
+            nan.copy(),
+            np.zeros(runs),
+        )
 
     def copy(self) -> "TrackerState":
         return TrackerState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -170,11 +184,23 @@ class DynamicsTracker:
         self._accumulate(state, zz, judged)
         self._warm_up(state, y, seen)
         state.records = state.records + 1
-        change0 = np.where(self.is_rate | self.is_log, y - state.reference,
-                           (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan))
-        per = np.stack([z, np.where(started, state.cplus, np.nan), np.where(started, state.cminus, np.nan), dev_slow,
-                        np.where(judged, state.trend / safe_sigma, np.nan), np.where(seen, change0, np.nan),
-                        np.where(self.is_rate & seen, y, np.nan)], axis=-1)  # (R, F, len(PER_SIGNAL))
+        change0 = np.where(
+            self.is_rate | self.is_log,
+            y - state.reference,
+            (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan),
+        )
+        per = np.stack(
+            [
+                z,
+                np.where(started, state.cplus, np.nan),
+                np.where(started, state.cminus, np.nan),
+                dev_slow,
+                np.where(judged, state.trend / safe_sigma, np.nan),
+                np.where(seen, change0, np.nan),
+                np.where(self.is_rate & seen, y, np.nan),
+            ],
+            axis=-1,
+        )  # (R, F, len(PER_SIGNAL))
         return np.concatenate([per.reshape(per.shape[0], -1), np.log1p(state.records)[:, None]], axis=1)
 
     def _learn_noise(self, state: TrackerState, e: np.ndarray, sigma: np.ndarray, learn: np.ndarray) -> None:
@@ -187,8 +213,17 @@ class DynamicsTracker:
         state.noise = np.where(learn, updated, state.noise)
         state.noise_n = state.noise_n + learn
 
-    def _move_baseline(self, state: TrackerState, y: np.ndarray, e: np.ndarray, pred: np.ndarray, sigma: np.ndarray,
-                       seen: np.ndarray, started: np.ndarray, outside: np.ndarray) -> None:
+    def _move_baseline(
+        self,
+        state: TrackerState,
+        y: np.ndarray,
+        e: np.ndarray,
+        pred: np.ndarray,
+        sigma: np.ndarray,
+        seen: np.ndarray,
+        started: np.ndarray,
+        outside: np.ndarray,
+    ) -> None:
         """Holt with clipped innovations; a shift that persists ``adapt_after`` records is accepted as the
         new level (the noise is then relearnt)."""
         cfg = self.config
@@ -223,8 +258,9 @@ class DynamicsTracker:
         state.n = state.n + seen
         done = filling & (state.n >= warmup)
         if done.any():
-            state.reference = np.where(done, np.nanmedian(np.where(done[..., None], state.warm, 0.0), axis=-1),
-                                       state.reference)
+            state.reference = np.where(
+                done, np.nanmedian(np.where(done[..., None], state.warm, 0.0), axis=-1), state.reference
+            )
 
     def run_cube(self, cube: np.ndarray) -> np.ndarray:
         """Features (R, S, D) of a raw cube (R, S, F) of records in order (NaN rows past a run's end)."""
@@ -252,7 +288,9 @@ class DynamicsTracker:
         return np.where(state.noise_n >= 5, state.noise, np.nan)
 
 
-def fit_prior_noise(signals: tuple[str, ...], normal_cube: np.ndarray, config: TrackerConfig | None = None) -> np.ndarray:
+def fit_prior_noise(
+    signals: tuple[str, ...], normal_cube: np.ndarray, config: TrackerConfig | None = None
+) -> np.ndarray:
     """(F,) prior noise: the median over normal runs of each signal's own noise (transformed units).
 
     Signed levels (reward, loss) are in the user's units: no prior carries across configurations (NaN).

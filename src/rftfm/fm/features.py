@@ -92,22 +92,26 @@ def _trajectory_frame_aggregates(trajectories: pl.DataFrame) -> pl.DataFrame:
     def rate(name: str, alias: str) -> pl.Expr:
         return opt(name, pl.col(name).cast(pl.Float64).mean(), alias)
 
-    return trajectories.group_by("run_id", "rollout_step").agg(
-        opt("reward", col("reward").mean(), "traj_reward_mean"),
-        opt("reward", col("reward").std(ddof=0), "traj_reward_std"),
-        opt("response_length", col("response_length").mean(), "traj_length_mean"),
-        opt("response_length", col("response_length").std(ddof=0), "traj_length_std"),
-        opt("advantage", col("advantage").std(ddof=0), "traj_advantage_std"),
-        opt("advantage", col("advantage").abs().max(), "traj_advantage_absmax"),
-        opt("repetition_ratio", col("repetition_ratio").mean(), "traj_repetition_mean"),
-        opt("unique_token_ratio", col("unique_token_ratio").mean(), "traj_unique_mean"),
-        opt("tool_call_count", col("tool_call_count").mean(), "traj_tool_call_rate"),
-        opt("tool_error_count", col("tool_error_count").mean(), "traj_tool_error_rate"),
-        rate("empty_response", "traj_empty_rate"),
-        rate("short_response", "traj_short_rate"),
-        rate("long_response", "traj_long_rate"),
-        rate("truncated", "traj_truncated_rate"),
-    ).rename({"rollout_step": "step"})
+    return (
+        trajectories.group_by("run_id", "rollout_step")
+        .agg(
+            opt("reward", col("reward").mean(), "traj_reward_mean"),
+            opt("reward", col("reward").std(ddof=0), "traj_reward_std"),
+            opt("response_length", col("response_length").mean(), "traj_length_mean"),
+            opt("response_length", col("response_length").std(ddof=0), "traj_length_std"),
+            opt("advantage", col("advantage").std(ddof=0), "traj_advantage_std"),
+            opt("advantage", col("advantage").abs().max(), "traj_advantage_absmax"),
+            opt("repetition_ratio", col("repetition_ratio").mean(), "traj_repetition_mean"),
+            opt("unique_token_ratio", col("unique_token_ratio").mean(), "traj_unique_mean"),
+            opt("tool_call_count", col("tool_call_count").mean(), "traj_tool_call_rate"),
+            opt("tool_error_count", col("tool_error_count").mean(), "traj_tool_error_rate"),
+            rate("empty_response", "traj_empty_rate"),
+            rate("short_response", "traj_short_rate"),
+            rate("long_response", "traj_long_rate"),
+            rate("truncated", "traj_truncated_rate"),
+        )
+        .rename({"rollout_step": "step"})
+    )
 
 
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:

@@ -28,7 +28,8 @@ Sources for the rungs (published RFT / RLHF practice):
           loss (DAPO, Yu et al. 2025).
   [drgrpo] no std scaling / unbiased token normalisation (Dr. GRPO, Liu et al. 2025).
   [clip]  tighter clip range against off-policy rollouts (PPO, Schulman et al. 2017;
-          truncated importance sampling, Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL").
+          truncated importance sampling, Yao et al. 2025 "Your efficient RL framework secretly brings you
+          off-policy RL").
   [rep]   repetition penalty >= 1 and intact EOS against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020).
   [norm]  reward normalisation / scaling (PPO implementation details, Huang et al. 2022).
   [opsm]  off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's ``off_policy_mask_threshold``).
@@ -74,7 +75,9 @@ class Rung:
     knobs: tuple[KnobChange, ...] = ()
     halt: bool = False
     backup: Literal["verifier", "tool"] | None = None  # only when the user registered one
-    restore_drifted: bool = False  # undo every knob that changed since the healthy checkpoint; ``knobs`` only if none did
+    restore_drifted: bool = (
+        False  # undo every knob that changed since the healthy checkpoint; ``knobs`` only if none did
+    )
 
     @property
     def kinds(self) -> set[str]:
@@ -104,74 +107,154 @@ HALT = Rung("no knob repairs this fault: stop training on the last healthy weigh
 PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     # --- RF -------------------------------------------------------------------------------
     "reward_noise": (
-        Rung("noisy verifier: average several verifier calls per completion", "[ens] [ckpt]", rollback=True,
-             knobs=(_restore("reward_samples", fallback_value=8, abs_bounds=(1, 16), direction="up"),)),
-        Rung("still noisy: twice the verifier calls", "[ens] [ckpt]", rollback=True,
-             knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),)),
+        Rung(
+            "noisy verifier: average several verifier calls per completion",
+            "[ens] [ckpt]",
+            rollback=True,
+            knobs=(_restore("reward_samples", fallback_value=8, abs_bounds=(1, 16), direction="up"),),
+        ),
+        Rung(
+            "still noisy: twice the verifier calls",
+            "[ens] [ckpt]",
+            rollback=True,
+            knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),),
+        ),
         HALT,
     ),
     "reward_hacking": (
-        Rung("verifier accepts a shortcut: switch to the registered backup verifier", "[kl]", rollback=True, backup="verifier"),
+        Rung(
+            "verifier accepts a shortcut: switch to the registered backup verifier",
+            "[kl]",
+            rollback=True,
+            backup="verifier",
+        ),
         HALT,
     ),
     "reward_scale": (
-        Rung("unnormalised reward scale: restore group reward normalisation", "[norm]", rollback=True,
-             knobs=(_set("scale_rewards", "group"),)),
-        Rung("reward scale still off: smaller steps", "[ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 0.3, rel_bounds=LR_BOUNDS),)),
+        Rung(
+            "unnormalised reward scale: restore group reward normalisation",
+            "[norm]",
+            rollback=True,
+            knobs=(_set("scale_rewards", "group"),),
+        ),
+        Rung(
+            "reward scale still off: smaller steps",
+            "[ckpt]",
+            rollback=True,
+            knobs=(_scale("learning_rate", 0.3, rel_bounds=LR_BOUNDS),),
+        ),
         HALT,
     ),
     "reward_inversion": (
-        Rung("verifier inverted on part of the prompts: switch to the registered backup verifier", "[ckpt]", rollback=True, backup="verifier"),
+        Rung(
+            "verifier inverted on part of the prompts: switch to the registered backup verifier",
+            "[ckpt]",
+            rollback=True,
+            backup="verifier",
+        ),
         HALT,
     ),
     # --- PG -------------------------------------------------------------------------------
     "sampling_temperature": (
-        Rung("rollout temperature off: restore it (GRPO samples at 1.0)", "[temp]", rollback=True,
-             knobs=(_restore("temperature", fallback_value=1.0, abs_bounds=(0.3, 1.2), direction="down"),)),
+        Rung(
+            "rollout temperature off: restore it (GRPO samples at 1.0)",
+            "[temp]",
+            rollback=True,
+            knobs=(_restore("temperature", fallback_value=1.0, abs_bounds=(0.3, 1.2), direction="down"),),
+        ),
         Rung("sampling still too diverse: cooler sampling", "[temp]", rollback=True, knobs=(_set("temperature", 0.8),)),
         HALT,
     ),
     "length_truncation": (
-        Rung("completions cut off: raise the length limit, mask truncated completions", "[dapo]", rollback=True,
-             knobs=(_restore("max_completion_length", fallback_factor=2.0, abs_bounds=(4, 32), direction="up"), _set("mask_truncated_completions", True))),
-        Rung("still truncated: double the length limit", "[dapo]",
-             knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),)),
+        Rung(
+            "completions cut off: raise the length limit, mask truncated completions",
+            "[dapo]",
+            rollback=True,
+            knobs=(
+                _restore("max_completion_length", fallback_factor=2.0, abs_bounds=(4, 32), direction="up"),
+                _set("mask_truncated_completions", True),
+            ),
+        ),
+        Rung(
+            "still truncated: double the length limit",
+            "[dapo]",
+            knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),),
+        ),
         HALT,
     ),
     "rollout_mismatch": (
-        Rung("off-policy rollouts: mask sequences the policy has drifted far from (off-policy sequence masking)", "[opsm] [ckpt]",
-             rollback=True, knobs=(_set("off_policy_mask_threshold", 0.5),)),
-        Rung("ratio drift persists: stricter masking, tighter clip range", "[opsm] [clip]", rollback=True,
-             knobs=(_set("off_policy_mask_threshold", 0.2), _scale("epsilon", 0.5, abs_bounds=(0.02, 0.3)))),
+        Rung(
+            "off-policy rollouts: mask sequences the policy has drifted far from (off-policy sequence masking)",
+            "[opsm] [ckpt]",
+            rollback=True,
+            knobs=(_set("off_policy_mask_threshold", 0.5),),
+        ),
+        Rung(
+            "ratio drift persists: stricter masking, tighter clip range",
+            "[opsm] [clip]",
+            rollback=True,
+            knobs=(_set("off_policy_mask_threshold", 0.2), _scale("epsilon", 0.5, abs_bounds=(0.02, 0.3))),
+        ),
         HALT,
     ),
     "degeneration": (
-        Rung("repetition loops: restore repetition penalty and EOS", "[rep]", rollback=True,
-             knobs=(_restore("repetition_penalty", fallback_value=1.1, abs_bounds=(1.0, 1.3), direction="up"),
-                    _restore("eos_bias", fallback_value=0.0, abs_bounds=(0.0, 2.0), direction="up"))),
-        Rung("still degenerate: mild repetition penalty, mask truncated completions", "[rep] [dapo]", rollback=True,
-             knobs=(_set("repetition_penalty", 1.1), _set("mask_truncated_completions", True))),
+        Rung(
+            "repetition loops: restore repetition penalty and EOS",
+            "[rep]",
+            rollback=True,
+            knobs=(
+                _restore("repetition_penalty", fallback_value=1.1, abs_bounds=(1.0, 1.3), direction="up"),
+                _restore("eos_bias", fallback_value=0.0, abs_bounds=(0.0, 2.0), direction="up"),
+            ),
+        ),
+        Rung(
+            "still degenerate: mild repetition penalty, mask truncated completions",
+            "[rep] [dapo]",
+            rollback=True,
+            knobs=(_set("repetition_penalty", 1.1), _set("mask_truncated_completions", True)),
+        ),
         HALT,
     ),
     # --- OD -------------------------------------------------------------------------------
     "lr_high": (
-        Rung("learning rate too high: roll back and cut it", "[ckpt]", rollback=True,
-             knobs=(_restore("learning_rate", fallback_factor=0.1, rel_bounds=LR_BOUNDS, direction="down"),)),
-        Rung("still unstable: cut the learning rate again", "[ckpt]", rollback=True,
-             knobs=(_scale("learning_rate", 0.1, rel_bounds=LR_BOUNDS),)),
+        Rung(
+            "learning rate too high: roll back and cut it",
+            "[ckpt]",
+            rollback=True,
+            knobs=(_restore("learning_rate", fallback_factor=0.1, rel_bounds=LR_BOUNDS, direction="down"),),
+        ),
+        Rung(
+            "still unstable: cut the learning rate again",
+            "[ckpt]",
+            rollback=True,
+            knobs=(_scale("learning_rate", 0.1, rel_bounds=LR_BOUNDS),),
+        ),
         HALT,
     ),
     "lr_low": (  # every raise stops at the LR the user configured (the controller's ceiling)
-        Rung("learning rate too low: raise it (steps since the onset were wasted: roll back)", "[ckpt]", rollback=True,
-             knobs=(_restore("learning_rate", fallback_factor=30.0, rel_bounds=LR_LOW_BOUNDS, direction="up"),)),
-        Rung("still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 10.0, rel_bounds=LR_LOW_BOUNDS),)),
-        Rung("still stalled: raise it once more", "[ckpt]", knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_LOW_BOUNDS),)),
+        Rung(
+            "learning rate too low: raise it (steps since the onset were wasted: roll back)",
+            "[ckpt]",
+            rollback=True,
+            knobs=(_restore("learning_rate", fallback_factor=30.0, rel_bounds=LR_LOW_BOUNDS, direction="up"),),
+        ),
+        Rung(
+            "still stalled: raise it again", "[ckpt]", knobs=(_scale("learning_rate", 10.0, rel_bounds=LR_LOW_BOUNDS),)
+        ),
+        Rung(
+            "still stalled: raise it once more",
+            "[ckpt]",
+            knobs=(_scale("learning_rate", 3.0, rel_bounds=LR_LOW_BOUNDS),),
+        ),
         HALT,
     ),
     "kl_misconfig": (
-        Rung("KL coefficient far too large: restore it (steps since the onset were wasted: roll back)", "[kl] [ckpt]", rollback=True,
-             knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5), direction="down"),)),
+        Rung(
+            "KL coefficient far too large: restore it (steps since the onset were wasted: roll back)",
+            "[kl] [ckpt]",
+            rollback=True,
+            knobs=(_restore("beta", fallback_factor=0.1, abs_bounds=(0.0, 0.5), direction="down"),),
+        ),
         Rung("KL still pins the policy: cut beta", "[kl]", knobs=(_scale("beta", 0.1, abs_bounds=(0.0, 0.5)),)),
         HALT,
     ),
@@ -179,49 +262,82 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     "advantage_sign": (HALT,),
     "zero_variance": (
         # no rollback: the steps under the fault learned less but did no harm
-        Rung("most groups carry no signal: DAPO dynamic sampling, resample the prompts of all-zero-advantage "
-             "groups (up to 16 extra rounds)", "[dapo]", knobs=(_set("dynamic_sampling_rounds", 16),)),
-        Rung("still too few informative groups: more resampling rounds", "[dapo]",
-             knobs=(_scale("dynamic_sampling_rounds", 2.0, abs_bounds=(0, 32)),)),
+        Rung(
+            "most groups carry no signal: DAPO dynamic sampling, resample the prompts of all-zero-advantage "
+            "groups (up to 16 extra rounds)",
+            "[dapo]",
+            knobs=(_set("dynamic_sampling_rounds", 16),),
+        ),
+        Rung(
+            "still too few informative groups: more resampling rounds",
+            "[dapo]",
+            knobs=(_scale("dynamic_sampling_rounds", 2.0, abs_bounds=(0, 32)),),
+        ),
         HALT,
     ),
     "advantage_normalization": (HALT,),
     # --- TE -------------------------------------------------------------------------------
     "tool_failure": (
         Rung("tool sandbox failing: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
-        Rung("transient tool failures: retry failed calls (steps that taught the policy to avoid the tool: roll back)",
-             "[retry] [ckpt]", rollback=True, knobs=(_restore("tool_retries", fallback_value=3, abs_bounds=(0, 10), direction="up"),)),
+        Rung(
+            "transient tool failures: retry failed calls (steps that taught the policy to avoid the tool: roll back)",
+            "[retry] [ckpt]",
+            rollback=True,
+            knobs=(_restore("tool_retries", fallback_value=3, abs_bounds=(0, 10), direction="up"),),
+        ),
         Rung("calls still failing: more retries", "[retry]", knobs=(_scale("tool_retries", 3.0, abs_bounds=(0, 10)),)),
         HALT,
     ),
     "tool_corruption": (
-        Rung("tool returns wrong results: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
+        Rung(
+            "tool returns wrong results: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"
+        ),
         HALT,
     ),
     # --- extension: failures reported in the wild ------------------------------------------
     "reward_none": (
         # no rollback: completions without a reward only taught nothing
-        Rung("verifier returns None for some completions: call it again and average the calls that answer",
-             "[retry] [ens]", knobs=(_restore("reward_samples", fallback_value=4, abs_bounds=(1, 16), direction="up"),)),
-        Rung("still unanswered: twice the verifier calls", "[retry] [ens]",
-             knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),)),
+        Rung(
+            "verifier returns None for some completions: call it again and average the calls that answer",
+            "[retry] [ens]",
+            knobs=(_restore("reward_samples", fallback_value=4, abs_bounds=(1, 16), direction="up"),),
+        ),
+        Rung(
+            "still unanswered: twice the verifier calls",
+            "[retry] [ens]",
+            knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),),
+        ),
         HALT,
     ),
     "length_clip_all": (
         # no rollback: clipped steps carried no gradient, so they did no harm
-        Rung("every completion clipped: restore the length limit", "[dapo]",
-             knobs=(_restore("max_completion_length", fallback_factor=4.0, abs_bounds=(4, 32), direction="up"),)),
-        Rung("still clipped: double the length limit", "[dapo]",
-             knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),)),
+        Rung(
+            "every completion clipped: restore the length limit",
+            "[dapo]",
+            knobs=(_restore("max_completion_length", fallback_factor=4.0, abs_bounds=(4, 32), direction="up"),),
+        ),
+        Rung(
+            "still clipped: double the length limit",
+            "[dapo]",
+            knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),),
+        ),
         HALT,
     ),
     "numerical_blowup": (HALT,),
     "kl_dropped": (HALT,),
     "entropy_collapse": (
-        Rung("entropy collapsing under an entropy penalty: roll back and restore the entropy coefficient", "[ent] [ckpt]",
-             rollback=True, knobs=(_restore("entropy_coef", fallback_value=0.0, abs_bounds=(0.0, 0.1), direction="up"),)),
-        Rung("entropy still collapsing: a small entropy bonus", "[ent] [ckpt]", rollback=True,
-             knobs=(_set("entropy_coef", 0.01),)),
+        Rung(
+            "entropy collapsing under an entropy penalty: roll back and restore the entropy coefficient",
+            "[ent] [ckpt]",
+            rollback=True,
+            knobs=(_restore("entropy_coef", fallback_value=0.0, abs_bounds=(0.0, 0.1), direction="up"),),
+        ),
+        Rung(
+            "entropy still collapsing: a small entropy bonus",
+            "[ent] [ckpt]",
+            rollback=True,
+            knobs=(_set("entropy_coef", 0.01),),
+        ),
         HALT,
     ),
 }
@@ -239,28 +355,43 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "reward_scale": _REWARD_LEVEL,
     # stale rollout weights shape every sample statistic; the trainer-side signals (eval accuracy,
     # KL, loss, grad norm) are what a repair must bring back
-    "rollout_mismatch": _REWARD_LEVEL + _SAMPLE_LEVEL + ("clip_ratio_region", "frac_zero_std_groups", "traj_advantage_std"),
+    "rollout_mismatch": _REWARD_LEVEL
+    + _SAMPLE_LEVEL
+    + ("clip_ratio_region", "frac_zero_std_groups", "traj_advantage_std"),
     "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),
     "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
 }
 
 #: What the controller does for an alarm the diagnoser cannot explain (abstention).
 UNKNOWN_LADDER: tuple[Rung, ...] = (
-    Rung("unexplained anomaly: roll back and undo every knob change since the healthy checkpoint "
-         "(if nothing changed, halve the learning rate)", "[ckpt]", rollback=True, restore_drifted=True,
-         knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+    Rung(
+        "unexplained anomaly: roll back and undo every knob change since the healthy checkpoint "
+        "(if nothing changed, halve the learning rate)",
+        "[ckpt]",
+        rollback=True,
+        restore_drifted=True,
+        knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),),
+    ),
     HALT,
 )
 
 #: First rung of any new incident when a knob changed since the last healthy checkpoint
 #: (a configuration push is the most common cause of a sudden change): undo the change.
-DRIFT_RUNG = Rung("a trainer knob changed since the last healthy checkpoint: roll back and undo the change", "[ckpt]",
-                  rollback=True, restore_drifted=True)
+DRIFT_RUNG = Rung(
+    "a trainer knob changed since the last healthy checkpoint: roll back and undo the change",
+    "[ckpt]",
+    rollback=True,
+    restore_drifted=True,
+)
 
 #: The generic baseline: the same rung for every alarm, whatever the diagnosis.
 GENERIC_LADDER: tuple[Rung, ...] = (
-    Rung("generic: roll back and halve the learning rate", "[ckpt]", rollback=True,
-         knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),)),
+    Rung(
+        "generic: roll back and halve the learning rate",
+        "[ckpt]",
+        rollback=True,
+        knobs=(_scale("learning_rate", 0.5, rel_bounds=LR_BOUNDS),),
+    ),
 )
 
 
@@ -297,7 +428,9 @@ def check_playbook() -> list[str]:
     """Problems with the playbook (empty when consistent with the taxonomy and the knobs)."""
     problems = [f"no ladder for {t}" for t in FAULT_TYPES if t not in PLAYBOOK]
     problems += [f"ladder for unknown type {t}" for t in PLAYBOOK if t not in FAULT_TYPES]
-    problems += [f"upstream signals for a halt-only type {t}" for t in UPSTREAM_SIGNALS if not FAULT_TYPES[t].knob_repairable]
+    problems += [
+        f"upstream signals for a halt-only type {t}" for t in UPSTREAM_SIGNALS if not FAULT_TYPES[t].knob_repairable
+    ]
     for name, rungs in PLAYBOOK.items():
         if not rungs or not rungs[-1].halt:
             problems.append(f"{name}: ladder must end in halt")
@@ -310,4 +443,17 @@ def check_playbook() -> list[str]:
     return problems
 
 
-__all__ = ["DRIFT_RUNG", "UPSTREAM_SIGNALS", "GENERIC_LADDER", "HALT", "describe_rung", "KnobChange", "PLAYBOOK", "Rung", "UNKNOWN_LADDER", "check_playbook", "ends_in_halt_only", "ladder"]
+__all__ = [
+    "DRIFT_RUNG",
+    "UPSTREAM_SIGNALS",
+    "GENERIC_LADDER",
+    "HALT",
+    "describe_rung",
+    "KnobChange",
+    "PLAYBOOK",
+    "Rung",
+    "UNKNOWN_LADDER",
+    "check_playbook",
+    "ends_in_halt_only",
+    "ladder",
+]

@@ -24,7 +24,6 @@ import numpy as np
 
 from rftfm.signals import names
 
-
 GLOBAL_KEY = "*"
 
 #: Features compared on an asinh scale (heavy-tailed magnitudes) and fractions in [0, 1] (absolute

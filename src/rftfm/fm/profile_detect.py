@@ -44,7 +44,16 @@ import numpy as np
 import polars as pl
 
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
-from rftfm.fm.cube import EVAL_INDEX, FLAT_INDEX, UP_ONLY, FlatStreak, features_matrix, runs_cube, tail_threshold, with_derived
+from rftfm.fm.cube import (
+    EVAL_INDEX,
+    FLAT_INDEX,
+    UP_ONLY,
+    FlatStreak,
+    features_matrix,
+    runs_cube,
+    tail_threshold,
+    with_derived,
+)
 from rftfm.fm.features import FEATURES, step_features
 from rftfm.fm.profile import GLOBAL_KEY, StepProfile, Transform, config_key, fit_step_profile, scale_floor
 from rftfm.fm.types import Alarm, SignalEvidence
@@ -106,7 +115,16 @@ class RunState:
     @classmethod
     def new(cls, run_id: str, key: str, n_runs: int = 1) -> "RunState":
         zeros = np.zeros((n_runs, len(SIGNALS)))
-        return cls(run_id, key, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), flat=FlatStreak.new(n_runs))
+        return cls(
+            run_id,
+            key,
+            zeros.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            flat=FlatStreak.new(n_runs),
+        )
 
 
 class ProfileDetector:
@@ -147,7 +165,9 @@ class ProfileDetector:
         }
         return self
 
-    def _fit_profiles(self, cube: np.ndarray, keys: list[str], config_keys: set[str] | None = None) -> dict[str, StepProfile]:
+    def _fit_profiles(
+        self, cube: np.ndarray, keys: list[str], config_keys: set[str] | None = None
+    ) -> dict[str, StepProfile]:
         """Global profile plus one per configuration in ``config_keys`` (default: those with enough runs)."""
         profiles = {GLOBAL_KEY: fit_step_profile(cube, self.floor, self.config.window)}
         if config_keys is None:
@@ -166,7 +186,9 @@ class ProfileDetector:
         fold = np.empty(n, dtype=int)
         for key in sorted(set(keys)):  # stratified by configuration
             members = np.array([i for i, k in enumerate(keys) if k == key])
-            fold[members[rng.permutation(len(members))]] = (np.arange(len(members)) + rng.integers(self.config.folds)) % self.config.folds
+            fold[members[rng.permutation(len(members))]] = (
+                np.arange(len(members)) + rng.integers(self.config.folds)
+            ) % self.config.folds
         config_stats = np.zeros((n, len(CHANNELS), len(SIGNALS)))
         for f in range(self.config.folds):
             test = np.flatnonzero(fold == f)
@@ -205,7 +227,8 @@ class ProfileDetector:
         """Per-statistic normalisers and the threshold, both from out-of-sample normal run maxima.
 
         Each statistic is divided by its own extrapolated 1 % tail (``normaliser_tail``), so
-        signals of different noise compete fairly in the maximum. The threshold extrapolates the out-of-sample run-maximum scores of normal runs to the
+        signals of different noise compete fairly in the maximum. The threshold extrapolates the out-of-sample
+        run-maximum scores of normal runs to the
         false-alarm target with a peaks-over-threshold exponential tail (the maximum of many
         statistics is in the Gumbel domain), never below the largest observed normal score.
         """
@@ -213,13 +236,23 @@ class ProfileDetector:
         if cfg.normaliser_tail is None:
             norm = np.quantile(stats, cfg.normaliser_quantile, axis=0)  # (C, F)
         else:  # each statistic's own extrapolated tail quantile (equalises heavy-tailed signals)
-            norm = np.array([[tail_threshold(stats[:, c, f], cfg.normaliser_tail, cfg.tail_fraction, cap=False)
-                              for f in range(stats.shape[2])] for c in range(stats.shape[1])])
+            norm = np.array(
+                [
+                    [
+                        tail_threshold(stats[:, c, f], cfg.normaliser_tail, cfg.tail_fraction, cap=False)
+                        for f in range(stats.shape[2])
+                    ]
+                    for c in range(stats.shape[1])
+                ]
+            )
         norm = np.maximum(norm, CHANNEL_FLOORS[:, None])
         norm[[c not in cfg.channels for c in CHANNELS]] = np.inf  # statistics switched off
         run_scores = (stats / norm).reshape(stats.shape[0], -1).max(axis=1)
-        return Calibration(norm, tail_threshold(run_scores, cfg.false_alarm_target, cfg.tail_fraction) * cfg.threshold_margin,
-                           int(stats.shape[0]))
+        return Calibration(
+            norm,
+            tail_threshold(run_scores, cfg.false_alarm_target, cfg.tail_fraction) * cfg.threshold_margin,
+            int(stats.shape[0]),
+        )
 
     # ------------------------------------------------------------------ scoring core
     def _z(self, y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -259,7 +292,9 @@ class ProfileDetector:
         if self.transform is None or not self.profiles:
             raise RuntimeError("detector is not fitted: call fit() or load()")
 
-    def score_cube(self, raw: np.ndarray, steps: np.ndarray, task_group: str | None, model_size: str | None) -> tuple[np.ndarray, float]:
+    def score_cube(
+        self, raw: np.ndarray, steps: np.ndarray, task_group: str | None, model_size: str | None
+    ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw feature cube (R, S, F) with step numbers (R, S) (0 = absent), and the threshold.
 
         Steps must be consecutive from 1 in every run (as :func:`runs_cube` builds them).
@@ -308,11 +343,17 @@ class ProfileDetector:
         state.in_alarm = score > cal.threshold
         if not state.in_alarm:
             return None
-        return Alarm(run_id=run_id, step=step, score=score, threshold=cal.threshold,
-                     evidence=self._evidence(state, ratios, raw[0], z[0], center, cal.threshold))
+        return Alarm(
+            run_id=run_id,
+            step=step,
+            score=score,
+            threshold=cal.threshold,
+            evidence=self._evidence(state, ratios, raw[0], z[0], center, cal.threshold),
+        )
 
-    def _evidence(self, state: RunState, ratios: np.ndarray, raw: np.ndarray, z: np.ndarray,
-                  center: np.ndarray, threshold: float) -> list[SignalEvidence]:
+    def _evidence(
+        self, state: RunState, ratios: np.ndarray, raw: np.ndarray, z: np.ndarray, center: np.ndarray, threshold: float
+    ) -> list[SignalEvidence]:
         per_feature = ratios.max(axis=0)
         expected = self.transform.invert(center)
         order = [i for i in np.argsort(-per_feature) if per_feature[i] >= EVIDENCE_FRACTION * threshold][:MAX_EVIDENCE]
@@ -328,16 +369,23 @@ class ProfileDetector:
             since = state.plus_since[0, i] if up else state.minus_since[0, i]
             value = raw[i] if math.isfinite(raw[i]) else None
             exp = float(expected[i]) if math.isfinite(expected[i]) else None
-            out.append(SignalEvidence(
-                signal=SIGNALS[i], direction="up" if up else "down", value=value, expected=exp,
-                z=float(z[i]) if math.isfinite(z[i]) else None,
-                ratio=(value / exp) if value is not None and exp is not None and abs(exp) > 1e-6 else None,
-                since_step=int(since) if since > 0 else None,
-            ))
+            out.append(
+                SignalEvidence(
+                    signal=SIGNALS[i],
+                    direction="up" if up else "down",
+                    value=value,
+                    expected=exp,
+                    z=float(z[i]) if math.isfinite(z[i]) else None,
+                    ratio=(value / exp) if value is not None and exp is not None and abs(exp) > 1e-6 else None,
+                    since_step=int(since) if since > 0 else None,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ offline
-    def score_run(self, run_features: pl.DataFrame, task_group: str | None = None, model_size: str | None = None) -> list[Alarm]:
+    def score_run(
+        self, run_features: pl.DataFrame, task_group: str | None = None, model_size: str | None = None
+    ) -> list[Alarm]:
         """Alarms of one run's feature frame (``step`` + feature columns), exactly as streaming gives them."""
         saved, skipped = self._state, self.skipped_steps
         run_id = str(run_features["run_id"][0]) if "run_id" in run_features.columns and run_features.height else "run"
@@ -346,7 +394,9 @@ class ProfileDetector:
         frame = run_features.sort("step")
         x = features_matrix(frame)
         for step, row in zip(frame["step"].to_list(), x):
-            alarm = self.observe_features(run_id, int(step), {f: (None if math.isnan(v) else float(v)) for f, v in zip(FEATURES, row)})
+            alarm = self.observe_features(
+                run_id, int(step), {f: (None if math.isnan(v) else float(v)) for f, v in zip(FEATURES, row)}
+            )
             if alarm is not None:
                 alarms.append(alarm)
         self._state, self.skipped_steps = saved, skipped
@@ -356,12 +406,25 @@ class ProfileDetector:
     def to_dict(self) -> dict[str, Any]:
         self._require_fitted()
         return {
-            "format": "rftfm-detector", "version": ARTIFACT_VERSION, "features": list(SIGNALS),
-            "channels": list(CHANNELS), "config": asdict(self.config), "fit_info": self.fit_info,
-            "transform": {"log_scale": self.transform.log_scale.tolist(), "magnitude": _floats(self.transform.magnitude)},
+            "format": "rftfm-detector",
+            "version": ARTIFACT_VERSION,
+            "features": list(SIGNALS),
+            "channels": list(CHANNELS),
+            "config": asdict(self.config),
+            "fit_info": self.fit_info,
+            "transform": {
+                "log_scale": self.transform.log_scale.tolist(),
+                "magnitude": _floats(self.transform.magnitude),
+            },
             "floor": _floats(self.floor),
-            "profiles": {k: {"center": _floats(p.center), "scale": _floats(p.scale), "runs": p.runs} for k, p in self.profiles.items()},
-            "calibration": {k: {"norm": _floats(c.norm), "threshold": c.threshold, "normal_runs": c.normal_runs} for k, c in self.calibration.items()},
+            "profiles": {
+                k: {"center": _floats(p.center), "scale": _floats(p.scale), "runs": p.runs}
+                for k, p in self.profiles.items()
+            },
+            "calibration": {
+                k: {"norm": _floats(c.norm), "threshold": c.threshold, "normal_runs": c.normal_runs}
+                for k, c in self.calibration.items()
+            },
         }
 
     @classmethod
@@ -369,15 +432,23 @@ class ProfileDetector:
         if data.get("format") != "rftfm-detector":
             raise ValueError("not an rftfm detector artifact")
         if data.get("version") != ARTIFACT_VERSION:
-            raise ValueError(f"detector artifact version {data.get('version')} is not supported (expected {ARTIFACT_VERSION})")
+            raise ValueError(
+                f"detector artifact version {data.get('version')} is not supported (expected {ARTIFACT_VERSION})"
+            )
         if list(data["features"]) != list(SIGNALS):
             raise ValueError("detector artifact was trained on a different feature list; re-fit it")
         det = cls(DetectorConfig(**{**data["config"], "channels": tuple(data["config"].get("channels", CHANNELS))}))
-        det.transform = Transform(np.array(data["transform"]["log_scale"], dtype=bool), _array(data["transform"]["magnitude"]))
+        det.transform = Transform(
+            np.array(data["transform"]["log_scale"], dtype=bool), _array(data["transform"]["magnitude"])
+        )
         det.floor = _array(data["floor"])
-        det.profiles = {k: StepProfile(_array(p["center"]), _array(p["scale"]), int(p["runs"])) for k, p in data["profiles"].items()}
-        det.calibration = {k: Calibration(np.nan_to_num(_array(c["norm"]), nan=np.inf), float(c["threshold"]), int(c["normal_runs"]))
-                           for k, c in data["calibration"].items()}  # null normaliser = statistic switched off
+        det.profiles = {
+            k: StepProfile(_array(p["center"]), _array(p["scale"]), int(p["runs"])) for k, p in data["profiles"].items()
+        }
+        det.calibration = {
+            k: Calibration(np.nan_to_num(_array(c["norm"]), nan=np.inf), float(c["threshold"]), int(c["normal_runs"]))
+            for k, c in data["calibration"].items()
+        }  # null normaliser = statistic switched off
         det.fit_info = data.get("fit_info", {})
         return det
 
@@ -412,7 +483,9 @@ def _finite(value: Any) -> float:
 
 def _floats(a: np.ndarray) -> Any:
     """Nested lists with None for NaN (JSON has no NaN), 6 significant digits."""
-    return np.vectorize(lambda v: None if not math.isfinite(v) else float(f"{v:.6g}"), otypes=[object])(np.asarray(a, dtype=float)).tolist()
+    return np.vectorize(lambda v: None if not math.isfinite(v) else float(f"{v:.6g}"), otypes=[object])(
+        np.asarray(a, dtype=float)
+    ).tolist()
 
 
 def _array(data: Any) -> np.ndarray:

@@ -14,8 +14,13 @@ def make_baselines(seed: int = 0, names: list[str] | None = None) -> list[Baseli
     from rftfm.bench.baselines.tranad import TranADBaseline
 
     every = [
-        IsolationForestBaseline(seed), LOFBaseline(), AnomalyTransformerBaseline(seed=seed),
-        TranADBaseline(seed=seed), StaticRulesBaseline(), FlagEverythingBaseline(), PageHinkleyBaseline(),
+        IsolationForestBaseline(seed),
+        LOFBaseline(),
+        AnomalyTransformerBaseline(seed=seed),
+        TranADBaseline(seed=seed),
+        StaticRulesBaseline(),
+        FlagEverythingBaseline(),
+        PageHinkleyBaseline(),
         ADWINBaseline(),
     ]
     if names is None:

@@ -23,7 +23,9 @@ class AnomalyTransformerBaseline(Baseline):
     def _series(self, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
         series = x[steps > 0]
         if len(series) < self.window:
-            pad = np.repeat(series[:1] if len(series) else np.zeros((1, x.shape[-1])), self.window - len(series), axis=0)
+            pad = np.repeat(
+                series[:1] if len(series) else np.zeros((1, x.shape[-1])), self.window - len(series), axis=0
+            )
             series = np.concatenate([pad, series])
         return series
 
@@ -33,8 +35,15 @@ class AnomalyTransformerBaseline(Baseline):
         x = self.std.apply(normal.cube)
         series = np.concatenate([self._series(x[i], normal.steps[i]) for i in range(len(x))])
         self.model = AnomalyTransformer(
-            window_size=self.window, d_model=32, n_heads=2, n_layers=2, epochs=self.epochs,
-            lr=1e-3, batch_size=64, dropout=0.0, device="cpu",
+            window_size=self.window,
+            d_model=32,
+            n_heads=2,
+            n_layers=2,
+            epochs=self.epochs,
+            lr=1e-3,
+            batch_size=64,
+            dropout=0.0,
+            device="cpu",
         ).fit(series)
 
     def score(self, runs: RunCubes) -> np.ndarray:
@@ -43,6 +52,6 @@ class AnomalyTransformerBaseline(Baseline):
         for i in range(len(x)):
             present = runs.steps[i] > 0
             series = self._series(x[i], runs.steps[i])
-            scores = self.model.decision_function(series)[-int(present.sum()):] if present.any() else []
+            scores = self.model.decision_function(series)[-int(present.sum()) :] if present.any() else []
             out[i, present] = scores
         return out

@@ -1,7 +1,8 @@
 """Static threshold rules of the kind training platforms ship, and flag-everything.
 
 Rules (a run alarms at the first step where any fires): KL above a limit, grad norm above a
-limit, |loss| above a limit (the loader turns a non-finite loss into a missing value), policy entropy below a floor (collapse), reward
+limit, |loss| above a limit (the loader turns a non-finite loss into a missing value), policy entropy
+below a floor (collapse), reward
 dropping more than a margin below its best so far, truncated fraction above a limit. Each
 limit is the most extreme value seen in the normal training runs (so no normal training
 run would have fired), which is how such limits are usually hand-set.

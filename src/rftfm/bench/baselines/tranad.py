@@ -42,13 +42,21 @@ class _TranADNet(nn.Module):
         self.n_feats = n_feats
         self.pos = _PositionalEncoding(d_model)
         self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True), num_layers=1, enable_nested_tensor=False
+            nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True),
+            num_layers=1,
+            enable_nested_tensor=False,
         )
-        self.decoder1 = nn.TransformerDecoder(nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True), num_layers=1)
-        self.decoder2 = nn.TransformerDecoder(nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True), num_layers=1)
+        self.decoder1 = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True), num_layers=1
+        )
+        self.decoder2 = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout=0.1, batch_first=True), num_layers=1
+        )
         self.out = nn.Sequential(nn.Linear(d_model, n_feats), nn.Sigmoid())
 
-    def _encode(self, window: torch.Tensor, focus: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, window: torch.Tensor, focus: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         src = torch.cat([window, focus], dim=-1) * math.sqrt(self.n_feats)
         memory = self.encoder(self.pos(src))
         tgt = target.repeat(1, 1, 2)
