@@ -245,3 +245,25 @@ def test_evaluate_remediation_takes_exactly_one_of_data_and_preset(tmp_path):
     out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", "--preset", "mini", "--types", "lr_high", "--limit", "0",
                                    "--healthy", "0", "--split", "all"])
     assert out.exit_code == 0 and "0 faulty runs" in out.output, out.output
+
+
+def test_both_stores_give_back_the_same_events(tmp_path):
+    """The in-memory store follows the SQLite one: same kinds refused, same JSON payloads (NaN -> null)."""
+    from rftfm.fm.incidents import IncidentLog, MemoryIncidentStore
+
+    alarm, diagnosis, action, outcome = sample_messages()
+    memory, sqlite = MemoryIncidentStore(), IncidentStore(tmp_path / "inc.db")
+    for store in (memory, sqlite):
+        assert isinstance(store, IncidentLog)
+        for i, (kind, step, payload) in enumerate((("run", None, {"event": "start"}), ("alarm", 7, alarm),
+                                                   ("diagnosis", 7, diagnosis), ("action", 7, action),
+                                                   ("outcome", 10, outcome), ("error", 8, {"value": float("nan")}))):
+            store.record(kind, "r1", step, payload, time_s=float(i))
+        with pytest.raises(ValueError, match="unknown incident kind"):
+            store.record("alarms!", "r1", 1, {})
+    strip = lambda events: [{k: v for k, v in e.items() if k != "id"} for e in events]  # noqa: E731
+    assert strip(memory.events()) == strip(sqlite.events())
+    assert strip(memory.events(kind="alarm")) == strip(sqlite.events(kind="alarm"))
+    assert memory.run_ids() == sqlite.run_ids() == ["r1"]
+    assert memory.events(run_id="r1", kind="error")[0]["payload"] == {"value": None}
+    sqlite.close()

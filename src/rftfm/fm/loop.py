@@ -30,6 +30,7 @@ import polars as pl
 from rftfm.engine.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import CheckpointError, Checkpointer, CheckpointInfo
 from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.incidents import MemoryIncidentStore
 from rftfm.fm.playbook import UPSTREAM_SIGNALS, ends_in_halt_only
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
 from rftfm.fm.types import Action, Alarm, Diagnosis, Outcome
@@ -51,25 +52,6 @@ class DiagnoserLike(Protocol):
 
 class StoreLike(Protocol):
     def record(self, kind: str, run_id: str, step: int | None, payload: Any) -> Any: ...
-
-
-class MemoryIncidentStore:
-    """In-memory incident store with the :class:`~rftfm.fm.incidents.IncidentStore` API (for evaluation runs)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def record(self, kind: str, run_id: str, step: int | None, payload: Any) -> int:
-        if hasattr(payload, "model_dump"):
-            payload = payload.model_dump(mode="json")
-        self.rows.append({"kind": kind, "run_id": run_id, "step": step, "time": time.time(), "payload": payload or {}})
-        return len(self.rows)
-
-    def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.rows if (run_id is None or r["run_id"] == run_id) and (kind is None or r["kind"] == kind)]
-
-    def close(self) -> None:
-        pass
 
 
 class TrainerHandle:
