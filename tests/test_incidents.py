@@ -215,7 +215,8 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
     from types import SimpleNamespace
 
     from rftfm.bench.eval_remediation import ArmResult, _fill_from_controller
-    from rftfm.fm.loop import ControllerConfig, MemoryIncidentStore
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.policy import ControllerConfig
 
     for explanation, cleared in (("the lag of an undone knob change", True), (None, False)):
         store = MemoryIncidentStore()

@@ -33,6 +33,7 @@ import polars as pl
 
 from rftfm.bench.pool import run_in_pool
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm import policy
 from rftfm.fm.playbook import ends_in_halt_only
 from rftfm.records import RunInfo
 
@@ -154,13 +155,11 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
         last_action = max(e["step"] for e in actions)
         every = [(e["step"], e["payload"]) for e in events if e["kind"] == "alarm" and e["step"] > last_action]
         result.alarms_after = len(every)
-        after = [(s, p) for s, p in every if not p.get("explanation")]  # explained (explained_by may be None: no diagnosis)
+        # explained alarms do not count (explained_by may be None: no diagnosis); the others by the loop's own rule
+        after = [(s, p) for s, p in every if not p.get("explanation")]
         steps_after = [s for s, _ in after]
-        confirmed = any(
-            (p.get("threshold") or 0) > 0 and p.get("score", 0) >= cfg.strong_alarm * p["threshold"]
-            or sum(1 for t in steps_after if s - cfg.confirm_window < t <= s) >= cfg.confirm_alarms
-            for s, p in after
-        )
+        confirmed = any(policy.confirmed(policy.AlarmFacts(s, p.get("score", 0), p.get("threshold") or 0), steps_after, cfg)
+                        for s, p in after)
         result.cleared_strict = result.steps - last_action >= cfg.revalidate_steps and not every
         result.cleared = result.steps - last_action >= cfg.revalidate_steps and not confirmed
 

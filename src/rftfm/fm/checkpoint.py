@@ -181,6 +181,19 @@ class Checkpointer:
             return info, skipped
         raise CheckpointError(f"no valid checkpoint at or before step {before_step} in {self.root}; skipped: {skipped}")
 
+    def restore_or_oldest(self, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
+                          before_step: int = 0) -> tuple[CheckpointInfo, list[str]]:
+        """:meth:`restore`; when the checkpoints that old were already pruned, the oldest one kept (the
+        closest to the healthy state there is), with a message saying so among the skipped ones."""
+        try:
+            return self.restore(model, optimizer, scheduler, before_step=before_step)
+        except CheckpointError:
+            kept = self.steps()
+            if not kept or kept[0] <= before_step:
+                raise
+            info, skipped = self.restore(model, optimizer, scheduler, before_step=kept[0])
+            return info, [*skipped, f"no checkpoint kept at or before step {before_step}: restored the oldest, step {info.step}"]
+
     def cleanup(self) -> None:
         """Remove the checkpoint directory if this object created it."""
         if self._owned_tmp:

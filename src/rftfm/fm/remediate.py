@@ -111,6 +111,10 @@ class Remediator:
         self._ceilings: dict[str, float] = {}
         self._pushed_from: dict[str, Any] = {}
 
+    def withdraw(self) -> None:
+        """The last plan was not carried out: it does not count against the intervention budget."""
+        self.interventions -= 1
+
     @property
     def exhausted(self) -> bool:
         return self.interventions >= self.max_interventions

@@ -24,7 +24,10 @@ from transformers import TrainerCallback
 
 from rftfm.engine.trainer import TRL_STEP_KEYS, BatchReplay
 from rftfm.fm.checkpoint import Checkpointer
-from rftfm.fm.loop import Controller, ControllerConfig, MemoryIncidentStore, TrainerHandle
+from rftfm.fm.handle import TrainerHandle
+from rftfm.fm.incidents import MemoryIncidentStore
+from rftfm.fm.loop import Controller
+from rftfm.fm.policy import ControllerConfig
 from rftfm.fm.remediate import Remediator
 from rftfm.records import StepRecord, finite_or_none
 
@@ -138,7 +141,7 @@ class RFTFMCallback(TrainerCallback):
         controller = Controller(detector, diagnoser, self.remediator, store, self.checkpointer, run_id=run_id,
                                 task_group=self.task_group, model_size=self.model_size, config=self.config)
         for message in errors:
-            controller._record("error", 0, {"stage": "setup", "error": message})
+            controller.journal.record("error", 0, {"stage": "setup", "error": message})
         self.setup_error = "; ".join(errors) or None
         return controller
 
@@ -148,10 +151,9 @@ class RFTFMCallback(TrainerCallback):
             self.controller = self._build(args)
             handle = TrainerHandle(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control,
                                    state=state, backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
-            self.controller.max_steps = state.max_steps or None
             # the initial checkpoint waits for the first step: the data loader has drawn its order by
             # then, so its RNG state is the one right before the first rollouts, like every later one's
-            self.controller.start(handle, step=state.global_step, checkpoint=False)
+            self.controller.start(handle, step=state.global_step, checkpoint=False, max_steps=state.max_steps or None)
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
