@@ -22,14 +22,17 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from rftfm.engine.trainer import TRL_STEP_KEYS, BatchReplay
+from rftfm.engine.trainer import TRL_STEP_KEYS
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
 from rftfm.fm.loop import Controller
 from rftfm.fm.policy import ControllerConfig
 from rftfm.fm.remediate import Remediator
+from rftfm.integrations.batch_replay import BatchReplayMixin
 from rftfm.records import StepRecord, finite_or_none
+
+__all__ = ["BatchReplayMixin", "RFTFMCallback", "step_record_from_logs"]
 
 
 def step_record_from_logs(run_id: str, step: int, logs: dict[str, Any]) -> StepRecord:
@@ -195,30 +198,6 @@ class RFTFMCallback(TrainerCallback):
                 self.controller.store.close()
             except Exception:
                 pass
-
-
-class BatchReplayMixin:
-    """Mix into your ``GRPOTrainer`` subclass so the loop's rollbacks resume exactly::
-
-        class MyTrainer(BatchReplayMixin, GRPOTrainer): ...
-
-    After a rollback the discarded steps' prompt batches come again before any new one, as with
-    ``resume_from_checkpoint`` (see :class:`rftfm.engine.trainer.BatchReplay`); without it a plain
-    ``GRPOTrainer`` goes on with its next batches. Hooks TRL's ``_generate_and_score_completions``,
-    the one place a GRPO step receives its batch.
-    """
-
-    def replay_last_batches(self, steps: int) -> int:
-        return self._rftfm_batches().rewind(steps)
-
-    def _generate_and_score_completions(self, inputs: Any) -> Any:
-        return super()._generate_and_score_completions(self._rftfm_batches().next(inputs))  # type: ignore[misc]
-
-    def _rftfm_batches(self) -> BatchReplay:
-        replay = self.__dict__.get("_rftfm_batch_replay")
-        if replay is None:
-            replay = self.__dict__["_rftfm_batch_replay"] = BatchReplay()
-        return replay
 
 
 class _NullDetector:
