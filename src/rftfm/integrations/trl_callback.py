@@ -5,7 +5,7 @@
     RFTFMCallback.attach(trainer, incidents="incidents.db")
 
 Each ``on_log`` dict becomes a :class:`~rftfm.records.StepRecord` (TRL key mapping
-:data:`rftfm.engine.trainer.TRL_STEP_KEYS`) and goes through the :class:`~rftfm.fm.loop.Controller`
+:data:`rftfm.io.adapters.TRL_STEP_KEYS`) and goes through the :class:`~rftfm.fm.loop.Controller`
 (detect -> diagnose -> remediate -> revalidate). When the trainer is the embedded
 :class:`~rftfm.engine.trainer.RecordingGRPOTrainer`, the callback instead listens on the
 trainer's sinks, which also carry the step's trajectories and eval accuracy.
@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from rftfm.engine.trainer import TRL_STEP_KEYS
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -30,16 +29,16 @@ from rftfm.fm.loop import Controller
 from rftfm.fm.policy import ControllerConfig
 from rftfm.fm.remediate import Remediator
 from rftfm.integrations.batch_replay import BatchReplayMixin
-from rftfm.records import StepRecord, finite_or_none
+from rftfm.io.adapters import map_metrics
+from rftfm.records import StepRecord
 
 __all__ = ["BatchReplayMixin", "RFTFMCallback", "step_record_from_logs"]
 
 
 def step_record_from_logs(run_id: str, step: int, logs: dict[str, Any]) -> StepRecord:
-    """A StepRecord from one TRL ``on_log`` dict (unknown numeric keys go to ``extra``)."""
-    fields = {field: finite_or_none(logs.get(key)) for key, field in TRL_STEP_KEYS.items()}
-    known = set(TRL_STEP_KEYS) | {"epoch", "step"}
-    extra = {str(k): finite_or_none(v) for k, v in logs.items() if k not in known and isinstance(v, (int, float))}
+    """A StepRecord from one TRL ``on_log`` dict (the TRL key table of :mod:`rftfm.io.adapters`; unknown
+    numeric keys go to ``extra``)."""
+    fields, extra = map_metrics("trl", logs)
     return StepRecord(run_id=run_id, step=max(0, int(step)), extra=extra, **fields)
 
 
