@@ -322,7 +322,7 @@ def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on(
     ctl, rec = _controller(det, diagnoser=FixedDiagnoser("zero_variance"))
     # this LR-only trainer has no resampling knob: a zero_variance ladder it can follow
     lr_rung = Rung("test: smaller steps", "[test]", knobs=(_scale("learning_rate", 0.5),))
-    ctl.remediator = Remediator(playbook={**PLAYBOOK, "zero_variance": (lr_rung, HALT)})
+    ctl.remediator = Remediator(playbook={**PLAYBOOK, "zero_variance": (lr_rung, lr_rung, HALT)})
     for s in range(1, 13):
         ctl.observe(rec(s), [])
     assert ctl.counts["interventions"] == 1 and ctl.counts["explained_alarms"] == 3
@@ -345,12 +345,22 @@ def test_demo_command_end_to_end(tmp_path):
     assert (tmp_path / "demo.json").exists()
 
 
+def test_an_alarm_nobody_can_explain_is_reported_not_acted_on_blindly():
+    ctl, rec = _controller(ScriptedDetector({s: 5.0 for s in range(4, 12)}))  # KlRuleDiagnoser: unknown here
+    for s in range(1, 14):
+        ctl.observe(rec(s), [])
+    assert ctl.counts["alarms"] == 8 and ctl.counts["interventions"] == 0 and ctl.mode == "watching"
+    held = [e["payload"] for e in ctl.store.events(kind="outcome")]
+    assert held and all(p["detail"] == "reported, not acted on" for p in held)
+
+
 def test_an_unexplained_alarm_waits_until_it_persists_and_own_changes_are_not_drift():
     ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5}))  # KlRuleDiagnoser: unknown here
     for s in range(1, 9):
         ctl.observe(rec(s), [])
     assert ctl.counts["alarms"] == 2 and ctl.counts["interventions"] == 0
     ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5, 6: 1.5, 12: 1.5, 13: 1.5, 14: 1.5}))
+    ctl.remediator = Remediator(blind_interventions=1)  # the opt-in: one blind intervention per run
     for s in range(1, 26):
         ctl.observe(rec(s), [])
     lrs = [e["payload"]["value"] for e in ctl.store.events(kind="action") if e["payload"]["knob"] == "learning_rate"]

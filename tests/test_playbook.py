@@ -90,7 +90,9 @@ def test_capabilities_filter_rungs():
 
 
 def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_diagnosis():
-    rem = Remediator(min_confidence=0.5)
+    assert Remediator(min_confidence=0.5).plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3},
+                                               {"learning_rate": 1e-3}) is None  # no blind intervention by default
+    rem = Remediator(min_confidence=0.5, blind_interventions=1)
     plan = rem.plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3})
     assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)  # nothing drifted: halve
     drifted = Remediator().plan(diagnosis(None), ALL, {"learning_rate": 1e-3, "temperature": 2.2, "beta": 0.04},
@@ -132,8 +134,15 @@ def test_a_knob_change_since_the_healthy_checkpoint_is_undone_first_whatever_the
     assert Remediator(generic=True).plan(diagnosis(None), ALL, current, healthy).actions[1].value == pytest.approx(3e-3)
 
 
-def test_one_blind_intervention_per_run_then_a_diagnosed_fault_still_gets_its_ladder():
+def test_no_blind_intervention_by_default_but_a_diagnosed_fault_gets_its_ladder():
     rem = Remediator()
+    knobs = {"learning_rate": 1e-3}
+    assert rem.blind_budget_used(diagnosis(None)) and rem.plan(diagnosis(None), ALL, knobs, knobs) is None
+    assert rem.plan(diagnosis("lr_high"), ALL, knobs, knobs).fault_type == "lr_high"
+
+
+def test_one_blind_intervention_per_run_then_a_diagnosed_fault_still_gets_its_ladder():
+    rem = Remediator(blind_interventions=1)
     knobs = {"learning_rate": 1e-3}
     assert rem.plan(diagnosis(None), ALL, knobs, knobs).fault_type is None
     assert rem.blind_budget_used(diagnosis(None)) and rem.plan(diagnosis(None), ALL, knobs, knobs) is None

@@ -69,14 +69,52 @@ def test_no_repair_starts_when_fewer_steps_remain_than_its_revalidation_needs():
     assert policy.hold_back(incident(step=28, max_steps=None), CFG) is None  # length unknown
 
 
-def test_a_knob_ladders_final_halt_waits_for_eval_accuracy_to_fall_but_a_code_fault_halts():
-    refused = policy.halt_refused(HaltCase(escalating=True, fault_type="lr_high", code_fault=False, accuracy_held=0.5), CFG)
+def halt(**kw) -> HaltCase:
+    facts = {"fault_type": "lr_high", "code_fault": False, "probability": 0.9, "accuracy_then": 0.5,
+             "accuracy_now": 0.3, "has_eval": True}
+    return HaltCase(**{**facts, **kw})
+
+
+def test_a_halt_needs_a_diagnosis_and_measured_evidence():
+    assert policy.halt_refused(halt(), CFG) is None  # knob ladder used up, eval accuracy fell: halt
+    refused = policy.halt_refused(halt(accuracy_now=0.5), CFG)  # ... but it holds: alert-only instead
     assert refused is not None and refused.alert_only and "0.500" in refused.detail
-    assert policy.halt_refused(HaltCase(True, "lr_high", False, None), CFG) is None  # accuracy fell: halt
-    assert policy.halt_refused(HaltCase(True, "advantage_sign", True, 0.5), CFG) is None  # code fault
-    assert policy.halt_refused(HaltCase(False, "advantage_sign", True, None), CFG) is None
-    lenient = ControllerConfig(halt_needs_regression=False)
-    assert policy.halt_refused(HaltCase(True, "lr_high", False, 0.5), lenient) is None
+    unknown = policy.halt_refused(halt(accuracy_then=None), CFG)  # nothing shows the run getting worse
+    assert unknown is not None and "measured fall" in unknown.reason
+    blind = policy.halt_refused(halt(fault_type=None), CFG)  # nobody could explain the alarm
+    assert blind is not None and blind.alert_only and "needs a diagnosed fault" in blind.reason
+    assert policy.halt_refused(halt(accuracy_now=0.5), ControllerConfig(halt_needs_regression=False)) is None
+
+
+def test_a_code_fault_halts_on_its_diagnosis_and_without_eval_only_on_a_confident_one():
+    code = {"fault_type": "advantage_sign", "code_fault": True, "accuracy_then": 0.5, "accuracy_now": 0.5}
+    assert policy.halt_refused(halt(**code), CFG) is None  # eval accuracy holds: a code fault halts anyway
+    assert policy.halt_refused(halt(**code, has_eval=False, probability=0.85), CFG) is None
+    unsure = policy.halt_refused(halt(**code, has_eval=False, probability=0.6), CFG)
+    assert unsure is not None and unsure.alert_only and "p=0.60" in unsure.note
+    assert policy.halt_refused(halt(**code, has_eval=False, probability=None), CFG) is not None
+
+
+def test_the_probability_of_a_diagnosed_type():
+    from rftfm.fm.types import Diagnosis, Hypothesis
+
+    d = Diagnosis(run_id="r", step=3, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.7),
+                                             Hypothesis(family="ca", fault_type="advantage_sign", probability=0.2)])
+    assert policy.probability_of(d, "advantage_sign") == 0.2
+    assert policy.probability_of(d, "tool_failure") is None and policy.probability_of(None, "lr_high") is None
+
+
+def test_periodic_tasks_are_due_at_the_first_logged_step_past_each_multiple():
+    assert [s for s in range(1, 9) if policy.due(s - 1, s, 2)] == [2, 4, 6, 8]  # every step logged
+    assert [s for s in (5, 10, 15, 20) if policy.due(s - 5, s, 2)] == [5, 10, 15, 20]  # logging_steps=5
+    assert [s for s in (5, 10, 15, 20) if policy.due(s - 5, s, 10)] == [10, 20]
+    assert policy.due(4, 4, 2) and not policy.due(5, 5, 2)  # the same step logged again
+
+
+def test_the_accuracy_of_a_checkpoint_between_evaluations_is_the_one_before_it():
+    acc = {0: 0.4, 5: None, 10: 0.6, 12: float("nan")}
+    assert policy.accuracy_at_or_before(acc, 8) == 0.4 and policy.accuracy_at_or_before(acc, 12) == 0.6
+    assert policy.accuracy_at_or_before({3: 0.5}, 2) is None
 
 
 def test_knob_changes_the_loop_did_not_make_are_pushes_and_its_own_are_not():

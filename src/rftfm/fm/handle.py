@@ -105,15 +105,25 @@ class TrainerHandle:
         raise KeyError(f"knob {name!r} is not available on this trainer")
 
     def set(self, name: str, value: Any) -> None:
-        if self.trainer is not None:
+        if name == "learning_rate" and self.optimizer is not None:
+            self._set_learning_rate(float(value))
+        elif self.trainer is not None:
             set_knob(self.trainer, name, value)
-        elif name == "learning_rate" and self._optimizer is not None:
-            for group in self._optimizer.param_groups:
-                group["lr"] = float(value)
-            if self._scheduler is not None and hasattr(self._scheduler, "base_lrs"):
-                self._scheduler.base_lrs = [float(value) for _ in self._scheduler.base_lrs]
         else:
             raise KeyError(f"knob {name!r} is not available on this trainer")
+
+    def _set_learning_rate(self, value: float) -> None:
+        """Set the configured (peak) LR: the scheduler's base LR, and the LR in use scaled alike, so that a
+        warm-up or decay schedule goes on from where it stands (a constant schedule just takes ``value``)."""
+        optimizer, scheduler = self.optimizer, self.scheduler
+        base = configured_lr(optimizer, scheduler)
+        for group in optimizer.param_groups:
+            scaled = base is not None and base > 0 and group["lr"] != base
+            group["lr"] = group["lr"] * value / base if scaled else value  # type: ignore[operator]
+        if scheduler is not None and hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [value for _ in scheduler.base_lrs]
+        if self.trainer is not None and hasattr(getattr(self.trainer, "args", None), "learning_rate"):
+            self.trainer.args.learning_rate = value
 
     def halt(self) -> None:
         control = self.control if self.control is not None else getattr(self.trainer, "control", None)
@@ -141,7 +151,7 @@ class TrainerHandle:
         kept when those were pruned); the learning-rate knob stays as it is (the optimiser state carries one)."""
         knobs_now = self.knobs()
         info, skipped = checkpointer.restore_or_oldest(self.model, self.optimizer, self.scheduler, before_step)
-        if "learning_rate" in knobs_now:
+        if "learning_rate" in knobs_now and self.get("learning_rate") != knobs_now["learning_rate"]:
             self.set("learning_rate", knobs_now["learning_rate"])
         return info, skipped
 

@@ -4,20 +4,24 @@
 * :class:`KnobLedger` -- the trainer's knob values, the changes somebody else made (configuration
   pushes) and the ones the loop made itself;
 * :class:`RunLength` -- the run's planned and current length and its *effective* steps through
-  rollbacks (after a rollback to effective step c the next step is c + 1 again).
+  rollbacks (after a rollback to effective step c the next step is c + 1 again);
+* :class:`HeldOut` -- eval accuracy by step, from the step records or from the user's eval callable.
 """
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from rftfm.fm import policy
 from rftfm.fm.incidents import IncidentLog
 from rftfm.fm.remediate import Plan
 from rftfm.fm.types import Action, Alarm, Outcome
+from rftfm.records import StepRecord
 
 MAX_ERROR_RECORDS = 20  # per run; later errors are only counted
 
@@ -96,6 +100,12 @@ class KnobLedger:
     seen: dict[str, Any] = field(default_factory=dict)
     pushes: dict[str, tuple[int, Any]] = field(default_factory=dict)  # knob -> (step, value before)
     by_loop: dict[str, Any] = field(default_factory=dict)
+    ceilings: dict[str, float] = field(default_factory=dict)  # never raised past: the LR the user configured
+
+    def start(self, configured: dict[str, Any]) -> None:
+        """The knob values the run started with."""
+        self.seen = dict(configured)
+        self.ceilings = {k: configured[k] for k in ("learning_rate",) if isinstance(configured.get(k), (int, float))}
 
     def track(self, current: dict[str, Any], step: int, cfg: policy.ControllerConfig) -> dict[str, tuple[int, Any]]:
         """Read this step's values; returns the pushes first seen now."""
@@ -140,9 +150,10 @@ class RunLength:
         self.offset = last_step - restored
         return restored
 
-    def can_extend(self, cfg: policy.ControllerConfig) -> bool:
-        """Replays are on and the planned length is known."""
-        return cfg.replay_rollbacks and self.max_steps is not None and bool(self.planned_steps)
+    def can_extend(self, cfg: policy.ControllerConfig, trainer_state: Any) -> bool:
+        """Replays are on, the planned length is known and the trainer's state (which holds it) is in reach."""
+        return (cfg.replay_rollbacks and trainer_state is not None and self.max_steps is not None
+                and bool(self.planned_steps))
 
     def budget(self, cfg: policy.ControllerConfig) -> int:
         return policy.replay_budget(self.planned_steps, self.replayed, cfg)
@@ -152,3 +163,51 @@ class RunLength:
         if self.max_steps is not None:
             self.max_steps += added
         return added
+
+
+class HeldOut:
+    """Eval accuracy by (real) step: what the step records carry, or the user's ``eval_fn(model)`` run at
+    the start, every ``every`` steps and whenever a decision needs the current accuracy (timed).
+    ``model()`` gives the model to evaluate (the trainer's, once the loop is bound to one)."""
+
+    def __init__(self, max_history: int, eval_fn: Callable[[Any], float] | None = None, every: int = 10,
+                 model: Callable[[], Any] = lambda: None):
+        self.at: dict[int, float | None] = {}
+        self.max_history, self.eval_fn, self.every, self.model = max_history, eval_fn, max(1, every), model
+        self.evaluations, self.seconds, self.seen = 0, 0.0, 0  # eval_fn calls, their time, steps with an accuracy
+
+    def note(self, step: int, value: float | None) -> None:
+        self.at[step] = value
+        self.seen += value is not None and math.isfinite(value)
+        trim_oldest(self.at, self.max_history)
+
+    def take(self, record: StepRecord, previous_step: int) -> StepRecord:
+        """Note ``record``'s eval accuracy; when it has none and the eval callable is due, measure it
+        and return the record with it (the detector then sees it too)."""
+        self.note(record.step, record.eval_accuracy)
+        if record.eval_accuracy is not None or not self.due(previous_step, record.step):
+            return record
+        value = self.measure(record.step)
+        return record if value is None else record.model_copy(update={"eval_accuracy": value})
+
+    def due(self, previous_step: int, step: int) -> bool:
+        """The eval callable's turn: a multiple of ``every`` lies in (previous_step, step]."""
+        return self.eval_fn is not None and policy.due(previous_step, step, self.every)
+
+    def measure(self, step: int) -> float | None:
+        """Run the eval callable on the model now, as step ``step``'s accuracy (``None`` without one)."""
+        model = self.model()
+        if self.eval_fn is None or model is None:
+            return None
+        t0 = time.perf_counter()
+        value = float(self.eval_fn(model))
+        self.seconds += time.perf_counter() - t0
+        self.evaluations += 1
+        self.note(step, value)
+        return value
+
+    def recent(self, step: int) -> float | None:
+        return policy.recent_accuracy(self.at, step)
+
+    def at_or_before(self, step: int) -> float | None:
+        return policy.accuracy_at_or_before(self.at, step)

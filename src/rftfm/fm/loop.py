@@ -26,7 +26,7 @@ from rftfm.fm import policy
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import IncidentLog, MemoryIncidentStore
-from rftfm.fm.ledger import Journal, KnobLedger, RunLength, trim_oldest
+from rftfm.fm.ledger import HeldOut, Journal, KnobLedger, RunLength
 from rftfm.fm.playbook import ends_in_halt_only
 from rftfm.fm.policy import ControllerConfig, Hold
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
@@ -58,7 +58,7 @@ class Controller:
     def __init__(self, detector: DetectorLike, diagnoser: DiagnoserLike | None, remediator: Remediator | None = None,
                  store: IncidentLog | None = None, checkpointer: Checkpointer | None = None, *, run_id: str,
                  task_group: str | None = None, model_size: str | None = None,
-                 config: ControllerConfig | None = None):
+                 config: ControllerConfig | None = None, eval_fn: Callable[[Any], float] | None = None):
         self.remediator = remediator or Remediator()
         self.store = store if store is not None else MemoryIncidentStore()
         self.config = config or ControllerConfig()
@@ -67,7 +67,8 @@ class Controller:
         self.handle: TrainerHandle | None = None
         self.mode: Mode = "watching" if self.config.remediate else "alert_only"
         self.incident: Incident | None = None
-        self.accuracy_at: dict[int, float | None] = {}
+        self.heldout = HeldOut(self.config.max_history, eval_fn, self.config.eval_every,  # eval accuracy by step
+                               model=lambda: self.handle.model if self.handle is not None else None)
         self.repaired_type: str | None = None  # diagnosed type of the last applied knob rung
         self.lag = policy.Lag()  # set when a knob pushed mid-run was undone (see policy.explained)
         self.recent_evidence: deque[tuple[int, frozenset[tuple[str, str]]]] = deque(maxlen=16)
@@ -75,17 +76,13 @@ class Controller:
         self.counts, self.timeline, self.outcomes = self.journal.counts, self.journal.timeline, self.journal.outcomes
         self.sensing = Sensing(detector, diagnoser, self.journal, self._guard_ok, task_group=task_group,
                                model_size=model_size, max_history=self.config.max_history)
+        self.history = self.sensing.history  # the features the diagnoser reads (bounded)
         self.knob_log = KnobLedger()
         self.length = RunLength()
         self.monitor_seconds = 0.0
         self.last_step = 0
         self.alarm_steps: deque[int] = deque(maxlen=64)  # the confirmation rules look a few steps back only
-        self.ceilings: dict[str, float] = {}  # knobs the loop never raises past: the LR the user configured
         self._point: tuple[tuple[int, int, int], CheckpointInfo | None] | None = None  # see _rollback_point
-
-    @property
-    def history(self) -> deque[dict[str, Any]]:
-        return self.sensing.history
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, handle: TrainerHandle, step: int = 0, checkpoint: bool = True,
@@ -95,22 +92,23 @@ class Controller:
         :meth:`initial_checkpoint`, for a caller that can take it right before the first step (where every
         later checkpoint's RNG state also stands: before a step's rollouts)."""
         t0 = time.perf_counter()
-        self.handle = handle
+        self.handle, self.last_step = handle, step
         self.length.max_steps = self.length.planned_steps = max_steps
         self.sensing.reset_detector()
         self.remediator.reset()
-        configured = self._guard("knobs", handle.knobs) or {}
-        self.ceilings = {k: configured[k] for k in ("learning_rate",) if isinstance(configured.get(k), (int, float))}
-        self.knob_log.seen = dict(configured)
-        caps = _caps_json(handle.capabilities())
-        self.journal.record("run", step, {"event": "start", "mode": self.mode, "capabilities": caps})
+        self.knob_log.start(self._guard("knobs", handle.knobs) or {})
+        every = self.config.eval_every if self.heldout.eval_fn else None
+        self.journal.record("run", step, {"event": "start", "mode": self.mode, "eval_every": every,
+                                          "capabilities": _caps_json(handle.capabilities())})
         self.monitor_seconds += time.perf_counter() - t0
         if checkpoint:
             self.initial_checkpoint(step)
 
     def initial_checkpoint(self, step: int) -> None:
-        """The checkpoint a rollback to the start of the run restores (never raises)."""
+        """The checkpoint a rollback to the start of the run restores, and the eval accuracy it starts from
+        when there is an eval callable (never raises)."""
         t0 = time.perf_counter()
+        self._guard("eval", lambda: self.heldout.measure(step))
         if self.config.remediate:
             self._guard("checkpoint", lambda: self._checkpoint(step))
         self.monitor_seconds += time.perf_counter() - t0
@@ -122,7 +120,9 @@ class Controller:
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, **self.counts, "monitor_seconds": round(self.monitor_seconds, 4),
-                "outcomes": [o.result for o in self.outcomes]}
+                "outcomes": [o.result for o in self.outcomes], "replayed": self.length.replayed,
+                "eval_steps": self.heldout.seen, "evaluations": self.heldout.evaluations,
+                "eval_seconds": round(self.heldout.seconds, 4)}
 
     # --- one step ------------------------------------------------------------------------------
     def observe(self, record: StepRecord, trajectories: list[TrajectoryRecord]) -> None:
@@ -136,11 +136,11 @@ class Controller:
             self.monitor_seconds += time.perf_counter() - t0
 
     def _observe(self, record: StepRecord, trajectories: list[TrajectoryRecord]) -> None:
-        step = self.last_step = record.step
+        previous, step = self.last_step, record.step
+        self.last_step = step
         if self.mode == "halted":
             return
-        self.accuracy_at[step] = record.eval_accuracy
-        trim_oldest(self.accuracy_at, self.config.max_history)
+        record = self._guard("eval", lambda: self.heldout.take(record, previous)) or record
         if self.mode in ("watching", "revalidating"):
             self._guard("knobs", lambda: self._track_knobs(step))
         ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history))
@@ -157,14 +157,14 @@ class Controller:
                 self._on_alarm(step, alarm, escalate=False)
             else:
                 self.journal.note(step, "alarm", "waiting for confirmation before acting")
-        elif self.mode == "watching" and step % self.config.checkpoint_every == 0:
+        elif self.mode == "watching" and policy.due(previous, step, self.config.checkpoint_every):
             self._guard("checkpoint", lambda: self._checkpoint(step))
 
     def _triage(self, step: int, alarm: Alarm | None) -> Alarm | None:
         """Record the alarm; one that a repair explains is reported and dropped (not acted on)."""
         if alarm is None:
             return None
-        why = policy.explained(alarm.evidence, self.repaired_type, self.lag, self._recent_accuracy(), self.config)
+        why = policy.explained(alarm.evidence, self.repaired_type, self.lag, self.heldout.recent(step), self.config)
         self.journal.alarm(step, alarm, why, self.repaired_type)
         if why is not None:
             return None
@@ -193,10 +193,10 @@ class Controller:
         if hold is None:
             ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
                 diagnosis, self.handle.capabilities(), self.handle.knobs(), self._healthy_knobs(), escalate=escalate,
-                ceilings=self.ceilings, pushed_from=self.knob_log.pushed_from()))
+                ceilings=self.knob_log.ceilings, pushed_from=self.knob_log.pushed_from()))
             if not ok:
                 return
-            hold = policy.NO_RUNG_LEFT if plan is None else self._halt_refused(plan, escalate)
+            hold = policy.NO_RUNG_LEFT if plan is None else self._halt_refused(plan, diagnosis)
         if hold is not None:
             self._stand_down(step, hold)
         elif plan is not None:
@@ -210,12 +210,15 @@ class Controller:
             drifted=policy.drifted(self.handle.knobs(), self._healthy_knobs()), unexplained_alarms=len(unknown_window),
             blind_budget_used=self.remediator.blind_budget_used(diagnosis), max_steps=self.length.max_steps)
 
-    def _halt_refused(self, plan: Plan, escalate: bool) -> Hold | None:
+    def _halt_refused(self, plan: Plan, diagnosis: Diagnosis | None) -> Hold | None:
         if not plan.rung.halt:
             return None
-        held = self._accuracy_holds() if escalate and self.config.halt_needs_regression else None
+        info, now = self._rollback_point(), self._accuracy_now()
+        then = self.heldout.at_or_before(info.step) if info is not None else None
         code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
-        hold = policy.halt_refused(policy.HaltCase(escalate, plan.fault_type, code_fault, held), self.config)
+        p = policy.probability_of(diagnosis, plan.fault_type)
+        case = policy.HaltCase(plan.fault_type, code_fault, p, then, now, self.heldout.seen > 0)
+        hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken
         return hold
@@ -258,7 +261,7 @@ class Controller:
         """What later alarms are judged against: the type a knob rung repaired, and after an undone push its lag."""
         if plan.diagnosed_type is not None and any(a.kind == "set_knob" for a in plan.actions):
             self.repaired_type = plan.diagnosed_type
-        accuracy = incident.reference_accuracy if incident.reference_accuracy is not None else self._recent_accuracy()
+        accuracy = incident.reference_accuracy if incident.reference_accuracy is not None else self._accuracy_now()
         self.lag = policy.lag_after(plan.actions, plan.rung.restore_drifted, self.knob_log.pushes, self.recent_evidence,
                                     incident.start_step, accuracy, self.config) or self.lag
 
@@ -285,7 +288,7 @@ class Controller:
         for message in skipped:
             self.journal.record("error", self.last_step, {"stage": "checkpoint", "error": message,
                                                           "fallback": "previous checkpoint"})
-        incident.reference_accuracy = self.accuracy_at.get(info.step)
+        incident.reference_accuracy = self.heldout.at_or_before(info.step)
         self.counts["rollbacks"] += 1
         discarded = self.length.discarded_by(info.step, self.last_step)
         restored = self.length.rolled_back(info.step, self.last_step)
@@ -295,20 +298,18 @@ class Controller:
         rewound = handle.rewind_data(discarded)  # the discarded steps' batches first, then the planned order
         # extended by the steps it discarded (within the replay budget): it still gets its planned updates
         budget = self.length.budget(self.config)
-        replayed = self.length.extended(handle.extend(min(discarded, budget))) if self._can_replay() else 0
+        can = self.length.can_extend(self.config, handle.state)
+        replayed = self.length.extended(handle.extend(min(discarded, budget))) if can else 0
         return (f"to step {info.step}" + (f"; {replayed} step(s) added to train again" if replayed else "")
                 + (f"; {rewound} discarded batch(es) come again" if rewound else ""))
 
     def _rollback_case(self, plan: Plan) -> policy.RollbackCase:
         at = info.step if (info := self._rollback_point()) is not None else None
-        replayable = (at is not None and self._can_replay()
+        self._accuracy_now()  # measured now if nothing recent is known and an eval callable can
+        replayable = (at is not None and self.length.can_extend(self.config, self.handle and self.handle.state)
                       and self.length.discarded_by(at, self.last_step) <= self.length.budget(self.config))
-        return policy.rollback_case(plan.actions, plan.rung.halt, at, self.accuracy_at, self.last_step,
+        return policy.rollback_case(plan.actions, plan.rung.halt, at, self.heldout.at, self.last_step,
                                     self.knob_log.pushes, replayable)
-
-    def _can_replay(self) -> bool:
-        """Replays are on and the trainer's planned length is known and can be extended."""
-        return self.handle is not None and self.handle.state is not None and self.length.can_extend(self.config)
 
     def _revert(self, step: int, incident: Incident, why: str) -> None:
         assert self.handle is not None
@@ -324,7 +325,10 @@ class Controller:
         """One step of an incident's revalidation window; records the verdict once there is one."""
         incident = self.incident
         assert incident is not None and incident.plan is not None
-        incident.window.append((step, self.accuracy_at.get(step)))
+        incident.window.append((step, self.heldout.at.get(step)))
+        closing = alarm is None and len(incident.window) >= self.config.revalidate_steps
+        if closing and all(a is None for _, a in incident.window):  # the window ends: its accuracy, if one can be had
+            incident.window[-1] = (step, self._accuracy_now())
         verdict = policy.revalidation_verdict(alarm is not None, step - incident.applied_at,
                                               [a for _, a in incident.window], incident.reference_accuracy, self.config)
         if verdict is None:
@@ -375,13 +379,11 @@ class Controller:
         info = self._rollback_point()
         return self.knob_log.healthy(info.knobs if info is not None else {}, self.incident.start_step, self.config)
 
-    def _recent_accuracy(self) -> float | None:
-        return policy.recent_accuracy(self.accuracy_at, self.last_step)
-
-    def _accuracy_holds(self) -> float | None:
-        info = self._rollback_point()
-        then = self.accuracy_at.get(info.step) if info is not None else None
-        return policy.accuracy_holds(then, self._recent_accuracy(), self.config)
+    def _accuracy_now(self) -> float | None:
+        """Eval accuracy of the last two steps; measured now when neither has one and an eval callable can."""
+        if self.heldout.recent(self.last_step) is None and self.heldout.eval_fn is not None:
+            self._guard("eval", lambda: self.heldout.measure(self.last_step))
+        return self.heldout.recent(self.last_step)
 
     def _error(self, stage: str, step: int, exc: BaseException, **extra: Any) -> None:
         """An exception in any stage: recorded, never raised; the loop stops acting."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from rftfm.fm.playbook import UPSTREAM_SIGNALS
-from rftfm.fm.types import Action, SignalEvidence
+from rftfm.fm.types import Action, Diagnosis, SignalEvidence
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
 Pushes = Mapping[str, tuple[int, Any]]
@@ -48,6 +48,8 @@ class ControllerConfig:
     # checkpoint)
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
+    halt_confidence_without_eval: float = 0.8  # a code fault halts a run without eval accuracy only at this probability
+    eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
     max_replay_fraction: float = 0.5  # ... up to this fraction of the planned steps in all
@@ -146,23 +148,54 @@ NO_RUNG_LEFT = Hold("no further action available: alert-only", "no rung left or 
 
 @dataclass(frozen=True)
 class HaltCase:
-    """A planned halt, and what speaks against it."""
+    """A planned halt, and the evidence for it."""
 
-    escalating: bool  # the halt is a rung climbed after an earlier one failed its revalidation
-    fault_type: str | None  # the planned ladder's type (``None``: unexplained)
+    fault_type: str | None  # the planned ladder's type (``None``: nobody could explain the alarm)
     code_fault: bool  # the ladder has no knob rung: no knob can repair the fault
-    accuracy_held: float | None  # eval accuracy now, when it has not fallen since the checkpoint (see accuracy_holds)
+    probability: float | None  # the diagnosis' probability for ``fault_type``
+    accuracy_then: float | None  # eval accuracy at the rollback checkpoint (the latest at or before it)
+    accuracy_now: float | None  # ... and now (the last two steps' mean)
+    has_eval: bool  # the run has eval accuracy at all (its records carry it, or an eval callable measures it)
+
+
+def probability_of(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
+    """The diagnosis' probability for ``fault_type`` (``None`` when it does not rank it)."""
+    ranked = diagnosis.ranked if diagnosis is not None else []
+    return next((h.probability for h in ranked if h.fault_type == fault_type), None)
 
 
 def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
-    """A knob ladder's final halt waits for eval accuracy to fall: stopping a run that is not getting
-    worse only loses the steps still to come. A code fault's ladder (no knob rung) still halts."""
-    held = case.accuracy_held
-    if not (case.escalating and cfg.halt_needs_regression) or held is None or case.code_fault:
+    """A halt throws the rest of the run away, so it needs strong, diagnosed evidence; otherwise the
+    loop reports the incident and goes alert-only (``None``: halt).
+
+    * an alarm nobody could explain never halts a run;
+    * a code fault (a wrong verifier, an advantage bug: no knob repairs it) halts on its diagnosis; in a
+      run without any eval accuracy, only on a diagnosis at probability >= ``halt_confidence_without_eval``;
+    * a knob-repairable fault whose knob rungs are used up (or unavailable) halts only when eval accuracy
+      fell since the checkpoint (``halt_needs_regression``): stopping a run that is not getting worse, or
+      that nobody can show to be, only loses the steps still to come.
+    """
+    def refuse(note: str, why: str, detail: str = "alert-only from here") -> Hold:
+        return Hold(f"{note}: not halted, alert-only", f"{case.fault_type or 'unexplained'}: {why}", detail=detail,
+                    timeline_kind="outcome", alert_only=True)
+
+    if case.fault_type is None:
+        return refuse("no diagnosis", "a halt needs a diagnosed fault")
+    if case.code_fault:
+        if case.has_eval or (case.probability or 0.0) >= cfg.halt_confidence_without_eval:
+            return None
+        return refuse(f"diagnosis at p={case.probability or 0.0:.2f} and no held-out evaluation",
+                      f"without eval accuracy a halt needs a diagnosis at p >= {cfg.halt_confidence_without_eval}")
+    if not cfg.halt_needs_regression:
         return None
-    return Hold(f"rungs used up, eval accuracy holds ({held:.3f}): not halted, alert-only",
-                f"{case.fault_type or 'unexplained'}: knob rungs used up; no halt while eval accuracy holds",
-                detail=f"alert-only from here (eval accuracy {held:.3f})", timeline_kind="outcome", alert_only=True)
+    held = accuracy_holds(case.accuracy_then, case.accuracy_now, cfg)
+    if held is not None:
+        return refuse(f"rungs used up, eval accuracy holds ({held:.3f})", "knob rungs used up; no halt while eval "
+                      "accuracy holds", detail=f"alert-only from here (eval accuracy {held:.3f})")
+    if case.accuracy_then is None or case.accuracy_now is None:
+        return refuse("rungs used up, no eval accuracy to show the run getting worse",
+                      "knob rungs used up; no halt without a measured fall in eval accuracy")
+    return None
 
 
 # --- knobs -----------------------------------------------------------------------------------
@@ -248,6 +281,21 @@ def recent_accuracy(accuracy_at: Mapping[int, float | None], step: int) -> float
     return sum(recent) / len(recent) if recent else None  # type: ignore[arg-type]
 
 
+def accuracy_at_or_before(accuracy_at: Mapping[int, float | None], step: int) -> float | None:
+    """The latest finite eval accuracy at or before ``step`` (that of a checkpoint taken between two
+    evaluations is the one before it); ``None`` when there is none."""
+    for at, value in reversed(accuracy_at.items()):
+        if at <= step and _finite(value):
+            return value
+    return None
+
+
+def due(previous_step: int, step: int, every: int) -> bool:
+    """A multiple of ``every`` lies in (previous_step, step]: a periodic task (checkpoint, evaluation) is
+    due at this logged step even when the trainer logs only every few steps."""
+    return step // every > previous_step // every if step > previous_step else step % every == 0
+
+
 def accuracy_holds(then: float | None, now: float | None, cfg: ControllerConfig) -> float | None:
     """``now`` when it has not fallen by more than ``regression_margin`` below ``then`` (the accuracy at
     the rollback checkpoint), else ``None`` (also when either is unknown)."""
@@ -300,9 +348,9 @@ def rollback_case(actions: Sequence[Action], halt_rung: bool, checkpoint_step: i
     """The facts of a rollback at ``step`` to the checkpoint of ``checkpoint_step`` (``None``: none left)."""
     if checkpoint_step is None:
         return RollbackCase(halt_rung, None, recent_accuracy(accuracy_at, step), None, False, False)
-    return RollbackCase(halt_rung, accuracy_at.get(checkpoint_step), recent_accuracy(accuracy_at, step),
-                        best_two_step_mean(accuracy_at, checkpoint_step, step - 1), replayable,
-                        resumes_before_push(actions, pushes, checkpoint_step))
+    return RollbackCase(halt_rung, accuracy_at_or_before(accuracy_at, checkpoint_step),
+                        recent_accuracy(accuracy_at, step), best_two_step_mean(accuracy_at, checkpoint_step, step - 1),
+                        replayable, resumes_before_push(actions, pushes, checkpoint_step))
 
 
 def skip_rollback(case: RollbackCase, cfg: ControllerConfig) -> float | None:

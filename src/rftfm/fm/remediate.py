@@ -87,12 +87,14 @@ class Remediator:
     """Chooses the next rung for an incident.
 
     ``generic=True`` is the baseline that ignores the diagnosis: every alarm gets
-    "roll back and halve the learning rate".
+    "roll back and halve the learning rate". ``blind_interventions``: how many incidents per run that
+    nobody can explain (no diagnosis, no knob change to undo) get the unknown ladder; by default none
+    (such an alarm is reported, not acted on: a blind LR cut on a healthy run does harm).
     """
 
     def __init__(self, max_interventions: int = 3, min_confidence: float = 0.0, generic: bool = False,
                  playbook: dict[str, tuple[Rung, ...]] | None = None, drift_first: bool = True,
-                 switch_confidence: float = 0.8):
+                 switch_confidence: float = 0.8, blind_interventions: int = 0):
         self.drift_first = drift_first and not generic
         # escalating an incident already being repaired as type T: a different diagnosis replaces T
         # only at this probability (a repair changes the signals the diagnoser reads)
@@ -100,6 +102,7 @@ class Remediator:
         self.max_interventions = max_interventions
         self.min_confidence = min_confidence
         self.generic = generic
+        self.blind_interventions = blind_interventions
         self.playbook = playbook if playbook is not None else PLAYBOOK
         self.reset()
 
@@ -107,7 +110,7 @@ class Remediator:
         self.interventions = 0
         self._type: str | None = None
         self._rung = -1
-        self._unknown_acted = False
+        self._blind_acted = 0
         self._ceilings: dict[str, float] = {}
         self._pushed_from: dict[str, Any] = {}
 
@@ -126,9 +129,10 @@ class Remediator:
         return top.fault_type
 
     def blind_budget_used(self, diagnosis: Diagnosis | None) -> bool:
-        """True when ``diagnosis`` explains nothing and the one blind (unknown-ladder) intervention
-        of this run was spent: repeated LR cuts on a signal nobody can explain do more harm than good."""
-        return not self.generic and self._unknown_acted and self.diagnosed_type(diagnosis) is None
+        """True when ``diagnosis`` explains nothing and the run's blind (unknown-ladder) interventions are
+        spent: LR cuts on a signal nobody can explain do more harm than good."""
+        return (not self.generic and self._blind_acted >= self.blind_interventions
+                and self.diagnosed_type(diagnosis) is None)
 
     def _ladder(self, fault_type: str | None) -> tuple[Rung, ...]:
         if self.generic:
@@ -188,7 +192,7 @@ class Remediator:
             if rung is None:
                 continue
             self._type, self._rung = fault_type, index
-            self._unknown_acted |= fault_type is None and not self.generic
+            self._blind_acted += int(fault_type is None and not self.generic)
             self.interventions += 1
             return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy, self._ceilings, self._pushed_from), diagnosed_type=fault_type)
         return None

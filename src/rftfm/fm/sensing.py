@@ -78,4 +78,6 @@ class Sensing:
 
     def rewind(self, effective: int) -> None:
         """After a rollback to effective step ``effective``: the steps after it never happened."""
-        self.history = deque((h for h in self.history if h["step"] <= effective), maxlen=self.history.maxlen)
+        kept = [h for h in self.history if h["step"] <= effective]
+        self.history.clear()
+        self.history.extend(kept)
