@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from rftfm.engine.run import build_trainer, quiet
+from rftfm.bench.runner import build_trainer, quiet
 from rftfm.engine.tasks import task_group
 from rftfm.records import RunInfo
 

@@ -15,7 +15,7 @@ import time
 import polars as pl
 import torch
 
-from rftfm.engine.run import quiet, train_run
+from rftfm.bench.runner import quiet, train_run
 from rftfm.fm.detect import Detector
 from rftfm.fm.features import step_features
 from rftfm.records import RunInfo

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from rftfm.bench.eval_remediation import run_arm
-from rftfm.engine.run import quiet
+from rftfm.bench.runner import quiet
 from rftfm.records import RunInfo
 
 

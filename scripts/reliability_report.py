@@ -93,7 +93,7 @@ def source_events(bench: Path | None, steps: int) -> tuple[list, str]:
         return events, f"{len(run_dirs)} runs of {bench} ({', '.join(d.name for d in run_dirs)})"
     import torch
 
-    from rftfm.engine.run import quiet, train_run
+    from rftfm.bench.runner import quiet, train_run
     from rftfm.records import RunInfo
 
     quiet()

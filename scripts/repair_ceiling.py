@@ -39,7 +39,7 @@ def probe(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
-    from rftfm.engine.run import build_trainer, quiet
+    from rftfm.bench.runner import build_trainer, quiet
     from rftfm.fm.loop import ControllerConfig
     from rftfm.integrations.trl_callback import RFTFMCallback
 

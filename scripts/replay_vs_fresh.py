@@ -30,7 +30,7 @@ MODES = ("clean", "replay", "fresh")
 
 def train(payload: dict[str, Any], mode: str) -> dict[str, Any]:
     import rftfm.engine.trainer as trainer_module
-    from rftfm.engine.run import quiet
+    from rftfm.bench.runner import quiet
 
     quiet()
     info = RunInfo.model_validate(payload)

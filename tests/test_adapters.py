@@ -10,6 +10,7 @@ import pytest
 from rftfm.engine.trainer import TRL_STEP_KEYS as ENGINE_TRL_KEYS
 from rftfm.io.adapters import (
     OPENRLHF_STEP_KEYS,
+    FormatMismatch,
     TRL_STEP_KEYS,
     LogSource,
     StepParser,
@@ -22,8 +23,19 @@ from rftfm.io.loader import STEP_ALIASES
 from rftfm.records import STEP_METRICS
 from watch_fixtures import train_real_run, write_jsonl
 
-SHARED = ("reward_mean", "reward_std", "kl", "entropy", "policy_loss", "grad_norm", "learning_rate",
-          "clip_ratio_region", "completion_length_mean", "completion_length_max", "truncated_ratio")
+SHARED = (
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "entropy",
+    "policy_loss",
+    "grad_norm",
+    "learning_rate",
+    "clip_ratio_region",
+    "completion_length_mean",
+    "completion_length_max",
+    "truncated_ratio",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +66,9 @@ def test_trainer_state_log_history(real_run):
     events, stats = read_log(real_run.trainer_state)
     assert stats.format == "trl"
     by_jsonl, _ = read_log(real_run.trl_jsonl)
-    assert [s.model_dump(exclude={"run_id"}) for s, _ in events] == [s.model_dump(exclude={"run_id"}) for s, _ in by_jsonl]
+    assert [s.model_dump(exclude={"run_id"}) for s, _ in events] == [
+        s.model_dump(exclude={"run_id"}) for s, _ in by_jsonl
+    ]
     # a TRL output directory is found through its trainer_state.json too
     assert len(read_log(real_run.trainer_state.parent)[0]) in (6,)
 
@@ -108,13 +122,27 @@ def test_openrlhf_layout_followed_while_it_grows(real_run, tmp_path):
 # --- samples written from each framework's documented keys ---------------------------------------
 
 VERL_ROW = {
-    "critic/score/mean": 0.42, "critic/score/max": 1.0, "critic/rewards/mean": 0.40,
-    "critic/advantages/mean": 0.0, "critic/returns/mean": 0.4,
-    "actor/entropy": 0.81, "actor/ppo_kl": 0.002, "actor/kl_loss": 0.013, "actor/pg_clipfrac": 0.05,
-    "actor/pg_clipfrac_lower": 0.01, "actor/pg_loss": -0.02, "actor/grad_norm": 0.9, "actor/lr": 1e-6,
-    "response_length/mean": 310.5, "response_length/max": 1024.0, "response_length/clip_ratio": 0.03,
-    "prompt_length/mean": 120.0, "timing_s/step": 55.0, "perf/throughput": 1500.0,
-    "val-core/openai/gsm8k/acc/mean@1": 0.71, "training/global_step": 5,
+    "critic/score/mean": 0.42,
+    "critic/score/max": 1.0,
+    "critic/rewards/mean": 0.40,
+    "critic/advantages/mean": 0.0,
+    "critic/returns/mean": 0.4,
+    "actor/entropy": 0.81,
+    "actor/ppo_kl": 0.002,
+    "actor/kl_loss": 0.013,
+    "actor/pg_clipfrac": 0.05,
+    "actor/pg_clipfrac_lower": 0.01,
+    "actor/pg_loss": -0.02,
+    "actor/grad_norm": 0.9,
+    "actor/lr": 1e-6,
+    "response_length/mean": 310.5,
+    "response_length/max": 1024.0,
+    "response_length/clip_ratio": 0.03,
+    "prompt_length/mean": 120.0,
+    "timing_s/step": 55.0,
+    "perf/throughput": 1500.0,
+    "val-core/openai/gsm8k/acc/mean@1": 0.71,
+    "training/global_step": 5,
 }
 
 
@@ -162,11 +190,24 @@ def test_verl_console_log(tmp_path):
 
 def test_trl_documented_keys_sample(tmp_path):
     row = {
-        "loss": 0.01, "grad_norm": 0.5, "learning_rate": 1e-6, "num_tokens": 5000.0,
-        "completions/mean_length": 180.0, "completions/max_length": 256.0, "completions/clipped_ratio": 0.1,
-        "rewards/accuracy_reward/mean": 0.3, "reward": 0.3, "reward_std": 0.4, "frac_reward_zero_std": 0.25,
-        "kl": 0.01, "entropy": 0.6, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.01,
-        "clip_ratio/region_mean": 0.01, "epoch": 0.1, "step": 10,
+        "loss": 0.01,
+        "grad_norm": 0.5,
+        "learning_rate": 1e-6,
+        "num_tokens": 5000.0,
+        "completions/mean_length": 180.0,
+        "completions/max_length": 256.0,
+        "completions/clipped_ratio": 0.1,
+        "rewards/accuracy_reward/mean": 0.3,
+        "reward": 0.3,
+        "reward_std": 0.4,
+        "frac_reward_zero_std": 0.25,
+        "kl": 0.01,
+        "entropy": 0.6,
+        "clip_ratio/low_mean": 0.0,
+        "clip_ratio/high_mean": 0.01,
+        "clip_ratio/region_mean": 0.01,
+        "epoch": 0.1,
+        "step": 10,
     }
     eval_row = {"eval_loss": 0.2, "eval_reward": 0.4, "epoch": 0.1, "step": 10}
     events, stats = read_log(write_jsonl(tmp_path / "trl.jsonl", [row, eval_row]))
@@ -187,7 +228,10 @@ def test_plain_jsonl_and_csv(tmp_path):
     csv_path.write_text("step,reward_mean,entropy,grad_norm\n1,0.1,0.9,\n2,0.2,nan,1.5\n")
     events, stats = read_log(csv_path)
     assert stats.format == "jsonl"
-    assert [(s.step, s.reward_mean, s.entropy, s.grad_norm) for s, _ in events] == [(1, 0.1, 0.9, None), (2, 0.2, None, 1.5)]
+    assert [(s.step, s.reward_mean, s.entropy, s.grad_norm) for s, _ in events] == [
+        (1, 0.1, 0.9, None),
+        (2, 0.2, None, 1.5),
+    ]
 
 
 def test_bad_input_is_counted_not_raised(tmp_path):
@@ -254,8 +298,19 @@ def test_trainer_state_rewritten_during_training(real_run, tmp_path):
 
 
 def test_openrlhf_wandb_style_keys(tmp_path):
-    rows = [{"train/policy_loss": 0.1, "train/kl": 0.01 * i, "train/reward": 0.5, "train/response_length": 200.0,
-             "train/actor_lr": 1e-6, "train/policy_entropy": 0.7, "train/global_step": i, "train/total_length": 300.0} for i in (1, 2)]
+    rows = [
+        {
+            "train/policy_loss": 0.1,
+            "train/kl": 0.01 * i,
+            "train/reward": 0.5,
+            "train/response_length": 200.0,
+            "train/actor_lr": 1e-6,
+            "train/policy_entropy": 0.7,
+            "train/global_step": i,
+            "train/total_length": 300.0,
+        }
+        for i in (1, 2)
+    ]
     events, stats = read_log(write_jsonl(tmp_path / "openrlhf-wandb.jsonl", rows))
     assert stats.format == "openrlhf"
     step = events[1][0]
@@ -267,10 +322,36 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**20, 10**20) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(
-        ["step", "reward", "kl", "metrics", "data", "rollout_step", "group_id", "response_length", "metadata", "flags",
-         "critic/score/mean", "frac_reward_zero_std", "train/kl", "x"]), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(10**20), 10**20)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "step",
+                    "reward",
+                    "kl",
+                    "metrics",
+                    "data",
+                    "rollout_step",
+                    "group_id",
+                    "response_length",
+                    "metadata",
+                    "flags",
+                    "critic/score/mean",
+                    "frac_reward_zero_std",
+                    "train/kl",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
 
@@ -286,9 +367,13 @@ def test_any_json_lines_never_raise(tmp_path, rows, fmt):
     text = "".join(json.dumps(r) + "\n" for r in rows)
     (run / STEP_FILE).write_text(text)
     (run / TRAJ_FILE).write_text(text)
-    events, stats = read_log(run.parent, fmt)
-    assert stats.lines == len(rows)
-    assert all(s.step >= 0 for s, _ in events)
+    try:
+        events, stats = read_log(run.parent, fmt)
+    except FormatMismatch:  # an explicit format these keys contradict: refused, not scored
+        assert fmt != "auto"
+    else:
+        assert stats.lines == len(rows)
+        assert all(s.step >= 0 for s, _ in events)
     deep = "[" * 5000 + "]" * 5000 + "\n" + '{"a":' * 3000 + "1" + "}" * 3000 + "\n"
     (run / STEP_FILE).write_text(deep)
     assert read_log(run / STEP_FILE, fmt)[1].malformed_lines + read_log(run / STEP_FILE, fmt)[1].non_step_lines >= 1
@@ -305,3 +390,205 @@ def test_trl_output_directory_follows_new_checkpoints(real_run, tmp_path):
     (out / "checkpoint-10").mkdir()
     (out / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({**doc, "log_history": history[:5]}))
     assert [s.step for s, _ in source.poll()] == [3, 4, 5]  # checkpoint-10 sorts after checkpoint-2 numerically
+
+
+# --- logs as users have them: console output, exports, event files; no silent substitution ----------
+
+
+def test_no_silent_substitution_within_a_run(tmp_path):
+    """A NaN in the verifier score is counted, never replaced by the KL-shaped reward for that step."""
+    rows = [{"step": s, "data": {**VERL_ROW, "critic/score/mean": float("nan") if s == 2 else 0.4}} for s in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes NaN as NaN
+    events, stats = read_log(path)
+    assert [s.reward_mean for s, _ in events] == [0.4, None, 0.4]
+    assert stats.fields["reward_mean"] == {
+        "source": "critic/score/mean",
+        "present": 2,
+        "missing": 0,
+        "nan": 1,
+        "inf": 0,
+        "not_number": 0,
+    }
+    assert "reward_mean NaN at 1 of 3 steps (key `critic/score/mean`) (first at step 2)" in stats.metric_problems
+    assert events[1][0].extra["critic/rewards/mean"] == 0.40  # the other key is kept, under its own name
+
+
+def test_a_renamed_reward_key_is_counted_and_named(tmp_path):
+    rows = [{"step": s, "loss": 0.1, "completions/mean_length": 50.0, "my_reward": 0.5} for s in range(1, 51)]
+    events, stats = read_log(write_jsonl(tmp_path / "renamed.jsonl", rows), "trl")
+    assert len(events) == 50 and all(s.reward_mean is None for s, _ in events)
+    assert (
+        "reward_mean missing at 50 of 50 steps: no key `reward`, `rewards/*/mean`, `rewards/*` or `objective/scores`"
+        in stats.metric_problems
+    )
+    assert events[0][0].extra["my_reward"] == 0.5
+
+
+def test_older_trl_keys_and_one_reward_function(tmp_path):
+    rows = [
+        {
+            "step": s,
+            "loss": 0.0,
+            "completion_length": 120.0 + s,
+            "rewards/accuracy_reward": 0.25 * s,
+            "reward_std": 0.1,
+            "kl": 0.001,
+            "clip_ratio": 0.02,
+        }
+        for s in (1, 2)
+    ]
+    events, stats = read_log(write_jsonl(tmp_path / "trl014.jsonl", rows))
+    step = events[1][0]
+    assert (step.reward_mean, step.completion_length_mean, step.clip_ratio_region) == (0.5, 122.0, 0.02)
+    assert stats.fields["reward_mean"]["source"] == "rewards/accuracy_reward"
+    several = [{"step": 1, "loss": 0.0, "reward_std": 0.1, "rewards/a/mean": 0.2, "rewards/b/mean": 0.3}]
+    events, stats = read_log(write_jsonl(tmp_path / "two_funcs.jsonl", several))
+    assert events[0][0].reward_mean is None  # the weighted sum is not in the log: missing, not guessed
+    assert events[0][0].extra == {"rewards/a/mean": 0.2, "rewards/b/mean": 0.3}
+
+
+def test_trl_console_output_with_progress_bars(tmp_path):
+    text = (
+        "Loading checkpoint shards: 100%|##| 2/2 [00:00<00:00,  8.66it/s]\n"
+        "  0%|          | 0/30 [00:00<?, ?it/s]\r  3%|3         | 1/30 [00:02<01:00,  2.0s/it]\r  7%|6         | 2/30 [00:04<01:00,  2.0s/it]\n"
+        "{'loss': 0.01, 'grad_norm': nan, 'reward': np.float64(0.5), 'reward_std': 0.2, 'kl': inf, 'completions/mean_length': 40.0,"
+        " 'entropy': tensor(0.7), 'epoch': 0.1}\n"
+        "  7%|6         | 2/30 [00:04<01:00,  2.0s/it]\r 10%|#         | 3/30 [00:06<01:00,  2.0s/it]\r{'eval_loss': 0.3, 'epoch': 0.1}\n"
+        " 13%|#3        | 4/30 [00:08<01:00,  2.0s/it]{'loss': 0.02, 'reward': 0.6, 'reward_std': 0.1, 'kl': 0.01, 'epoch': 0.2}\n"
+        "{'train_runtime': 10.0, 'train_loss': 0.015, 'epoch': 0.2}\n"
+    )
+    path = tmp_path / "console.txt"
+    path.write_text(text)
+    events, stats = read_log(path)
+    assert stats.described == "TRL console output (printed log dicts)"
+    assert [(s.step, s.reward_mean, s.entropy) for s, _ in events] == [(2, 0.5, 0.7), (4, 0.6, None)]
+    assert events[0][0].grad_norm is None and events[0][0].kl is None
+    assert stats.fields["grad_norm"]["nan"] == 1 and stats.fields["kl"]["inf"] == 1
+    assert stats.malformed_lines == 0
+
+
+def test_verl_console_as_printed_through_ray(tmp_path):
+    esc = "\x1b[36m(TaskRunner pid=14640)\x1b[0m "
+    lines = [
+        esc + "{'actor_rollout_ref': {'actor': {'checkpoint': {'contents': ['model',",
+        esc
+        + "step:1 - actor/entropy:np.float64(0.8) - critic/score/mean:0.25 - actor/reward_kl_penalty:0.5 - actor/lr(1e-4):0.01",
+        esc + "[response] Let's break it down step by step:",
+        "[2025-05-22 07:03:43] INFO worker.py: connected",
+        esc + "step:2 - actor/entropy:0.7 - critic/score/mean:0.35 - actor/reward_kl_penalty:0.6 - actor/ppo_kl:0.001",
+    ]
+    path = tmp_path / "verl.log"
+    path.write_text("\n".join(lines) + "\n")
+    events, stats = read_log(path)
+    assert stats.described == "verl console log"
+    assert [(s.step, s.entropy, s.kl) for s, _ in events] == [(1, 0.8, 0.5), (2, 0.7, 0.6)]
+    assert events[0][0].learning_rate == pytest.approx(1e-6)  # actor/lr(1e-4) is in units of 1e-4
+    assert events[1][0].extra["actor/ppo_kl"] == 0.001 and stats.malformed_lines == 0
+
+
+def test_openrlhf_console_progress_postfix(tmp_path):
+    """OpenRLHF's PPO trainer shows its status dict as the episode bar's postfix (written from its source)."""
+    bar = "Episode [1/1]:  {p}%|##  | {n}/20 [00:{n}0<01:00, 10.0s/it, policy_loss=0.0{n}, kl=0.00{n}, reward=0.{n}, response_length=1{n}0, actor_lr=5e-07]"
+    lines = [bar.format(p=5 * n, n=n) for n in (1, 2, 3)] + [bar.format(p=15, n=3)]  # a redraw of step 3
+    path = tmp_path / "openrlhf.log"
+    path.write_text("\r".join(lines[:2]) + "\n" + "\n".join(lines[2:]) + "\n")
+    events, stats = read_log(path)
+    assert stats.format == "openrlhf" and "OpenRLHF console" in stats.described
+    assert [(s.step, s.reward_mean, s.kl, s.learning_rate) for s, _ in events] == [
+        (1, 0.1, 0.001, 5e-7),
+        (2, 0.2, 0.002, 5e-7),
+        (3, 0.3, 0.003, 5e-7),
+    ]
+
+
+def test_wandb_history_exports(tmp_path):
+    csv_path = tmp_path / "wandb_export.csv"
+    csv_path.write_text(
+        "_step,_runtime,_timestamp,train/reward,train/reward_std,train/frac_reward_zero_std,train/loss,train/global_step,eval/loss\n"
+        "0,10,1700000000,0.1,0.3,0.2,0.01,1,\n"
+        "1,12,1700000002,,,,,,0.5\n"
+        "2,20,1700000010,0.2,nan,0.1,0.02,2,\n"
+    )
+    events, stats = read_log(csv_path)
+    assert stats.format == "trl" and stats.described == "W&B history export (CSV) (TRL keys)"
+    assert [(s.step, s.reward_mean, s.reward_std, s.frac_zero_std_groups) for s, _ in events] == [
+        (1, 0.1, 0.3, 0.2),
+        (2, 0.2, None, 0.1),
+    ]
+    assert stats.fields["reward_std"]["nan"] == 1 and stats.non_step_lines == 1  # the eval row is not a step
+    rows = [
+        {
+            "_step": i,
+            "_runtime": i,
+            "train/policy_loss": 0.1,
+            "train/kl": 0.01 * i,
+            "train/reward": 0.5,
+            "train/global_step": i + 1,
+        }
+        for i in range(3)
+    ]
+    events, stats = read_log(write_jsonl(tmp_path / "wandb-history.jsonl", rows))
+    assert stats.format == "openrlhf" and stats.container == "W&B history export (JSONL)"
+    assert [s.step for s, _ in events] == [1, 2, 3] and events[2][0].kl == 0.02
+
+
+def test_tensorboard_event_files(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "out"
+    writer = SummaryWriter(str(run / "runs" / "Dec01"))
+    for step in (1, 2, 3):
+        for tag, value in (
+            ("train/reward", 0.1 * step),
+            ("train/completions/mean_length", 100.0 + step),
+            ("train/loss", 0.01),
+            ("train/frac_reward_zero_std", 0.5),
+        ):
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    events, stats = read_log(run)  # a TRL output dir holding only TensorBoard logs
+    assert stats.format == "trl" and stats.container == "TensorBoard event file"
+    assert [(s.step, s.completion_length_mean) for s, _ in events] == [(1, 101.0), (2, 102.0), (3, 103.0)]
+    assert events[2][0].reward_mean == pytest.approx(0.3)
+    with pytest.raises(FormatMismatch, match="--format trl"):
+        read_log(next(run.rglob("events.out.tfevents.*")), "verl")
+
+
+def test_step_record_is_the_one_route_from_a_log_dict():
+    from rftfm.io.adapters import step_record
+
+    record = step_record(
+        "trl",
+        {
+            "loss": 0.1,
+            "reward": 0.5,
+            "kl": float("nan"),
+            "completions/clipped_ratio": 0.25,
+            "frac_reward_zero_std": 0.5,
+            "custom": 2,
+        },
+        4,
+        "r",
+    )
+    assert (record.step, record.run_id, record.policy_loss, record.reward_mean, record.kl) == (4, "r", 0.1, 0.5, None)
+    assert record.truncated_ratio == 0.25 and record.frac_zero_std_groups == 0.5 and record.extra == {"custom": 2.0}
+    assert step_record("trl", {"eval_loss": 0.2, "epoch": 1.0}, 5, "r") is None  # not a training step
+    assert step_record("trl", {"loss": 0.3, "grad_norm": 1.0, "learning_rate": 1e-5}, 6, "r") is None  # SFT-only keys
+
+
+def test_jsonl_log_callback_keeps_nan_apart_from_missing(tmp_path):
+    from types import SimpleNamespace
+
+    from rftfm.integrations.trl_log import JsonlLogCallback
+
+    path = tmp_path / "run.jsonl"
+    callback = JsonlLogCallback(path)
+    state = SimpleNamespace(global_step=1, is_world_process_zero=True)
+    callback.on_log(None, state, None, logs={"loss": 0.1, "reward": float("nan"), "kl": float("inf")})
+    callback.on_train_end(None, state, None)
+    events, stats = read_log(path, "trl")
+    assert (
+        events[0][0].reward_mean is None and stats.fields["reward_mean"]["nan"] == 1 and stats.fields["kl"]["inf"] == 1
+    )
+    assert stats.fields["reward_mean"]["missing"] == 0

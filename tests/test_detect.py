@@ -1,4 +1,5 @@
-"""RFT-FM detector: fit on normal runs, streaming == offline, calibrated alarms with evidence, JSON artifact."""
+"""The configuration-free detector: fitted on some configurations, judging one it has never seen;
+streaming == offline; rollbacks restore its state; tiers; JSON artifact; evidence in the run's own terms."""
 
 from __future__ import annotations
 
@@ -8,181 +9,143 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rftfm.fm.detect import SIGNALS, Detector, DetectorConfig, FlatStreak, runs_cube, tail_threshold
-from rftfm.fm.features import features_frame, step_features
-from test_detect_data import synth_run
+from rftfm.fm.cube import runs_cube
+from rftfm.fm.detect import Detector, DetectorConfig, describe
+from rftfm.fm.features import FEATURES
+from rftfm.records import StepRecord
+
+STEPS = 30
 
 
-def _frames(runs: dict[str, list]) -> pl.DataFrame:
+def _run(run_id: str, seed: int, scale: float, onset: int | None = None, fault: str | None = None) -> list[dict]:
+    """Rows of one synthetic run of a configuration whose units are ``scale`` times another's."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for run_id, records in runs.items():
-        for step, trajectories in records:
-            rows.append({"run_id": run_id, "step": step.step, **step_features(step, trajectories)})
-    return pl.DataFrame(rows, infer_schema_length=None)
+    for s in range(1, STEPS + 1):
+        on = onset is not None and s >= onset
+        kl = scale * 0.002 * np.exp(0.06 * s) * np.exp(rng.normal(0, 0.15)) * (25.0 if on and fault == "kl" else 1.0)
+        length = 10 * scale * np.exp(-0.01 * s + rng.normal(0, 0.05)) * (0.2 if on and fault == "length" else 1.0)
+        reward = np.clip(0.3 + 0.01 * s + rng.normal(0, 0.03) - (0.25 if on and fault == "length" else 0.0), 0, 1)
+        rows.append({
+            "run_id": run_id, "step": s, "reward_mean": reward, "reward_std": 0.4 + rng.normal(0, 0.02), "kl": kl,
+            "entropy": scale * (1.0 - 0.01 * s) * np.exp(rng.normal(0, 0.03)),
+            "grad_norm": scale * np.exp(rng.normal(0, 0.2)) * (6.0 if on and fault == "kl" else 1.0),
+            "completion_length_mean": length, "completion_length_max": 2 * length,
+            "truncated_ratio": float(np.clip(0.02 + rng.normal(0, 0.01), 0, 1)),
+        })
+    return rows
+
+
+def _bench(scales: dict[str, float], per_config: int = 8, seed0: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    runs, rows, seed = [], [], seed0
+    for config, scale in scales.items():
+        for i in range(per_config):
+            for kind, fault in (("normal", None), ("fault", "kl"), ("fault", "length")):
+                seed += 1
+                run_id = f"{config}-{kind}-{fault}-{i}"
+                onset = 10 + i if kind == "fault" else None
+                runs.append({"run_id": run_id, "task_group": config, "model_size": "m", "control_or_fault": kind,
+                             "onset_step": onset, "fault_type": fault})
+                rows += _run(run_id, seed, scale, onset, fault)
+    frame = pl.DataFrame(rows)
+    return pl.DataFrame(runs), frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES
+                                                    if f not in frame.columns]).select("run_id", "step", *FEATURES)
 
 
 @pytest.fixture(scope="module")
 def fitted() -> Detector:
-    runs = {f"n{i}": synth_run(f"n{i}", i) for i in range(30)}
-    table = pl.DataFrame({"run_id": list(runs), "task_group": ["arith_a"] * 30, "model_size": ["xs"] * 30,
-                          "control_or_fault": ["normal"] * 30})
-    return Detector(DetectorConfig(min_config_runs=8)).fit(table, _frames(runs))
+    runs, features = _bench({"A": 1.0, "B": 0.01, "C": 30.0})
+    return Detector(DetectorConfig(num_rounds=60, folds=3)).fit(runs, features, tiers=("a",))
 
 
-def test_fit_uses_only_normal_runs_and_learns_config_profile(fitted):
-    assert fitted.fit_info["normal_runs"] == 30
-    assert "arith_a|xs" in fitted.profiles
-    assert all(c.threshold > 0 for c in fitted.calibration.values())
+def _first_alarms(detector: Detector, runs: pl.DataFrame, features: pl.DataFrame) -> dict[str, int | None]:
+    cube, steps = runs_cube(features, runs["run_id"].to_list())
+    scores, threshold = detector.score_cube(cube, steps, "a")
+    return {r: (int(np.argmax(row > threshold)) + 1 if (row > threshold).any() else None)
+            for r, row in zip(runs["run_id"].to_list(), scores)}
 
 
-def test_fit_ignores_faulty_runs():
-    runs = {f"n{i}": synth_run(f"n{i}", i) for i in range(6)}
-    runs["bad"] = synth_run("bad", 99, onset=1, shift={"kl": 50.0})
-    table = pl.DataFrame({"run_id": list(runs), "task_group": ["a"] * 7, "model_size": ["xs"] * 7,
-                          "control_or_fault": ["normal"] * 6 + ["fault"]})
-    det = Detector().fit(table, _frames(runs))
-    assert det.fit_info["normal_runs"] == 6
+def test_an_unseen_configuration_in_other_units_is_judged_against_itself(fitted):
+    runs, features = _bench({"D": 1000.0}, per_config=10, seed0=500)
+    first = _first_alarms(fitted, runs, features)
+    onsets = dict(zip(runs["run_id"].to_list(), runs["onset_step"].to_list()))
+    normal = [r for r in first if "-normal-" in r]
+    faulty = [r for r in first if "-fault-" in r]
+    assert sum(first[r] is not None for r in normal) <= 1
+    detected = [r for r in faulty if first[r] is not None and first[r] >= onsets[r]]
+    assert len(detected) >= 0.9 * len(faulty)
+    delays = [first[r] - onsets[r] for r in detected]
+    assert np.median(delays) <= 2
 
 
-def test_held_out_normal_runs_rarely_alarm(fitted):
-    alarmed = 0
-    for seed in range(100, 140):
-        records = synth_run("held", seed)
-        fitted.reset("held", "arith_a", "xs")
-        alarmed += any(fitted.observe(s, t) is not None for s, t in records)
-    assert alarmed <= 2  # calibrated at 0.5 % out of sample; allow sampling noise on 40 runs
+def _records(rows: list[dict]) -> list[StepRecord]:
+    return [StepRecord(**{k: v for k, v in r.items()}) for r in rows]
 
 
-def test_mid_run_fault_alarms_after_onset_with_evidence(fitted):
-    records = synth_run("f", 7, onset=6, shift={"kl": 4.0})
-    fitted.reset("f", "arith_a", "xs")
-    alarms = [a for s, t in records if (a := fitted.observe(s, t)) is not None]
-    assert alarms, "a 5x KL shift must alarm"
-    first = alarms[0]
-    assert first.step >= 6 and first.step <= 8
-    assert first.score > first.threshold
-    top = first.evidence[0]
-    assert top.signal == "kl" and top.direction == "up"
-    assert top.since_step is not None and top.since_step >= 6
-    assert top.value > top.expected
+def test_streaming_gives_the_offline_scores_and_alarms_with_evidence(fitted):
+    rows = _run("live", 900, 3.0, onset=12, fault="kl")
+    frame = pl.DataFrame(rows)
+    cube, steps = runs_cube(frame, ["live"])
+    offline, threshold = fitted.score_cube(cube, steps, "a")
+    fitted.reset("live")
+    live, alarms = [], []
+    for record in _records(rows):
+        alarm = fitted.observe(record)
+        live.append(fitted.last_score)
+        if alarm is not None:
+            alarms.append(alarm)
+    np.testing.assert_allclose(live, offline[0], rtol=1e-9)
+    assert alarms and alarms[0].step >= 12
+    evidence = {e.signal: e for e in alarms[0].evidence}
+    assert "kl" in evidence and evidence["kl"].direction == "up"
+    kl = evidence["kl"]
+    assert kl.expected is not None and kl.value > 5 * kl.expected  # against the run's own baseline
+    assert "KL" in describe(kl) and "before" in describe(kl)
 
 
-def test_downward_fault_reports_direction_down(fitted):
-    records = synth_run("d", 8, onset=1, shift={"reward": -0.2})
-    fitted.reset("d", "arith_a", "xs")
-    alarms = [a for s, t in records if (a := fitted.observe(s, t)) is not None]
-    assert alarms
-    signals = {e.signal: e.direction for a in alarms for e in a.evidence}
-    reward_like = {k: v for k, v in signals.items() if k in ("reward_mean", "traj_reward_mean", "eval_accuracy")}
-    assert reward_like and set(reward_like.values()) == {"down"}
+def test_a_rolled_back_step_restores_the_state_from_before_it(fitted):
+    rows = _run("rb", 901, 1.0)
+    records = _records(rows)
+    fitted.reset("rb")
+    first = []
+    for r in records[:20]:
+        fitted.observe(r)
+        first.append(fitted.last_score)
+    for r in records[15:20]:  # a rollback to step 15: the same steps come again
+        fitted.observe(r)
+    assert fitted.resumes == 1 and fitted.last_score == pytest.approx(first[19])
+    fitted.observe(records[5])  # further back than the kept snapshots reach is fine too
+    assert fitted.last_score == pytest.approx(first[5])
 
 
-def test_streaming_offline_and_vectorised_agree(fitted):
-    records = synth_run("f", 11, onset=4, shift={"kl": 2.0, "length": 1.0})
-    fitted.reset("f", "arith_a", "xs")
-    live = []
-    for s, t in records:
-        a = fitted.observe(s, t)
-        live.append((s.step, fitted.state.last_score, a is not None))
-    frame = _frames({"f": records})
-    offline = fitted.score_run(frame, "arith_a", "xs")
-    assert [a.step for a in offline] == [step for step, _, on in live if on]
-    cube, steps = runs_cube(frame, ["f"])
-    scores, threshold = fitted.score_cube(cube, steps, "arith_a", "xs")
-    np.testing.assert_allclose(scores[0], [sc for _, sc, _ in live], rtol=1e-9)
-    assert [int(i) + 1 for i in np.flatnonzero(scores[0] > threshold)] == [a.step for a in offline]
-
-
-def test_the_stall_signal_counts_repeats_of_eval_accuracy_and_skips_missing_ones():
-    flat = FlatStreak.new(2)
-    seen = [flat.advance(np.array(pair)) for pair in ([0.5, 0.1], [0.5, 0.2], [np.nan, 0.2], [0.5, 0.3], [0.6, 0.3])]
-    np.testing.assert_array_equal(np.array(seen), [[0, 0], [1, 0], [np.nan, 1], [2, 0], [0, 1]])
-
-
-def test_a_policy_that_stops_moving_alarms_on_unchanged_eval_accuracy(fitted):
-    """A learning rate far too low freezes greedy eval accuracy exactly, while every other signal
-    stays within its normal range; live, offline and vectorised scoring agree on the new signal."""
-    records = synth_run("stall", 21, steps=12)
-    frozen = records[4][0].eval_accuracy
-    records = [(s.model_copy(update={"eval_accuracy": frozen}) if s.step >= 5 else s, t) for s, t in records]
-    fitted.reset("stall", "arith_a", "xs")
-    alarms = [a for s, t in records if (a := fitted.observe(s, t)) is not None]
-    # the synthetic normal runs never repeat their (continuous) accuracy, so the first repeat already alarms
-    assert alarms and alarms[0].step == 6 and all(a.step >= 6 for a in alarms)
-    assert alarms[0].evidence[0].signal == "eval_unchanged_steps" and alarms[0].evidence[0].direction == "up"
-    frame = _frames({"stall": records})
-    assert [a.step for a in fitted.score_run(frame, "arith_a", "xs")] == [a.step for a in alarms]
-    cube, _ = runs_cube(frame, ["stall"])
-    np.testing.assert_array_equal(cube[0, :, SIGNALS.index("eval_unchanged_steps")], [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7])
-
-
-def test_missing_signals_are_skipped_not_anomalies(fitted):
-    records = synth_run("m", 5, missing_eval=True)
-    fitted.reset("m", "arith_a", "xs")
-    assert all(fitted.observe(s, t) is None for s, t in records)
-    # a step with every metric missing and no trajectories is skipped too
-    empty = records[0][0].model_copy(update={"step": 99, **{k: None for k in ("reward_mean", "kl", "entropy", "grad_norm")}})
-    assert fitted.observe(empty, []) is None
-
-
-def test_unknown_configuration_falls_back_to_global_profile(fitted):
-    fitted.reset("x", "never_seen_task", "xl")
-    assert fitted.state.key == "*"
-    records = synth_run("x", 3, onset=1, shift={"kl": 20.0, "grad": 5.0})
-    assert any(fitted.observe(s, t) is not None for s, t in records)
-
-
-def test_rolled_back_step_is_counted_not_scored(fitted):
-    records = synth_run("r", 4)
-    fitted.reset("r", "arith_a", "xs")
-    for s, t in records[:5]:
-        fitted.observe(s, t)
-    before = fitted.skipped_steps
-    assert fitted.observe(records[2][0], records[2][1]) is None
-    assert fitted.skipped_steps == before + 1
+def test_a_log_without_kl_or_with_gaps_is_scored_without_error(fitted):
+    rows = _run("nokl", 902, 1.0)
+    fitted.reset("nokl")
+    for r in rows:
+        r.pop("kl")
+        fitted.observe(StepRecord(**r))
+        assert 0.0 <= fitted.last_score <= 1.0
+    fitted.reset("gaps")
+    for s in (1, 5, 10, 15):  # logging_steps = 5
+        fitted.observe(StepRecord(run_id="gaps", step=s, reward_mean=0.4, entropy=1.0))
+    assert fitted.skipped_steps == 0
 
 
 def test_artifact_is_json_and_round_trips(fitted, tmp_path):
     path = tmp_path / "det.json"
     fitted.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == "rftfm-detector" and data["features"] == list(SIGNALS)
-    loaded = Detector.load(path)
-    records = synth_run("f", 12, onset=3, shift={"kl": 4.0})
-    frame = _frames({"f": records})
-    a = [x.step for x in fitted.score_run(frame, "arith_a", "xs")]
-    b = [x.step for x in loaded.score_run(frame, "arith_a", "xs")]
-    assert a == b and a
+    assert data["format"] == "rftfm-zero-shot-detector" and set(data["models"]) == {"a"}
+    again = Detector.load(path)
+    runs, features = _bench({"E": 5.0}, per_config=2, seed0=700)
+    cube, steps = runs_cube(features, runs["run_id"].to_list())
+    np.testing.assert_allclose(again.score_cube(cube, steps, "a")[0], fitted.score_cube(cube, steps, "a")[0])
+    data["signals"] = data["signals"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="signal list"):
+        Detector.load(path)
 
 
-def test_artifact_with_other_features_is_rejected(fitted, tmp_path):
-    data = fitted.to_dict()
-    data["features"] = data["features"][:-1]
-    with pytest.raises(ValueError):
-        Detector.from_dict(data)
-
-
-def test_unfitted_detector_raises_clear_error():
+def test_unfitted_detector_raises_a_clear_error():
     with pytest.raises(RuntimeError, match="not fitted"):
         Detector().reset("r")
-
-
-def test_tail_threshold_extrapolates_above_observed_maximum():
-    rng = np.random.default_rng(0)
-    scores = rng.exponential(1.0, 500)
-    thr = tail_threshold(scores, 0.001)
-    assert thr >= scores.max()
-    assert 5.0 < thr < 10.0  # exponential: true 99.9 % quantile is ln(1000) = 6.9
-
-
-def test_features_frame_path_matches_live_features(fitted):
-    """The detector sees the same numbers from loaded DataFrames as from live records."""
-    records = synth_run("f", 13)
-    live = _frames({"f": records})
-    steps = pl.DataFrame([s.model_dump(exclude={"extra", "fault_injection"}) for s, _ in records])
-    trajs = pl.DataFrame([{**t.model_dump(by_alias=False, exclude={"extra", "fault_injection", "flags"}), **t.flags.model_dump()}
-                          for _, ts in records for t in ts])
-    offline = features_frame(steps, trajs)
-    a = fitted.score_run(live, "arith_a", "xs")
-    b = fitted.score_run(offline, "arith_a", "xs")
-    assert [x.step for x in a] == [x.step for x in b]

@@ -12,8 +12,11 @@ from typer.testing import CliRunner
 from rftfm.bench.baselines.base import RunCubes
 from rftfm.bench.eval_detection import delays, evaluate_detection, false_alarms, protocol_table, run_outcomes, to_markdown
 from rftfm.cli import app
-from rftfm.fm.detect import SIGNALS, Detector
+from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
+from rftfm.fm.detect import Detector, DetectorConfig
 from test_detect_data import write_benchmark
+
+FAST = DetectorConfig(num_rounds=25, folds=3)  # a small booster: these tests check the machinery, not the model
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +72,26 @@ def test_delay_counts_steps_after_onset_for_mid_run_faults():
 
 
 def test_evaluation_on_synthetic_benchmark(bench):
-    result = evaluate_detection(bench, "seed", baselines=["IsolationForest", "StaticRules", "FlagEverything"])
-    methods = result["methods"]
-    assert list(methods) == ["RFT-FM", "IsolationForest", "StaticRules", "FlagEverything"]
+    result = evaluate_detection(bench, "seed", tiers=("a", "bc"), detector_config=FAST,
+                                baselines=["IsolationForest", "StaticRules", "FlagEverything"])
+    assert result["tiers"] == ["a", "bc"]
+    methods = result["methods"]["bc"]
+    assert list(methods) == ["RFT-FM", "RFT-FM profile", "IsolationForest", "StaticRules", "FlagEverything"]
     rft = methods["RFT-FM"]
-    assert rft["protocols"]["B"]["avg_f1"]["easy"] >= 90
-    assert rft["false_alarms"]["pct_normal_runs_alarmed"] <= 20
-    flag = methods["FlagEverything"]
-    assert flag["false_alarms"]["pct_normal_runs_alarmed"] == 100.0
+    # every test run is scored once; the hard mid-run KL shift is what a self-referenced detector can see
+    assert len(rft["runs"]) == result["folds"][0]["test_runs"]
+    assert rft["false_alarms"]["pct_normal_runs_alarmed"] <= 30
+    assert methods["FlagEverything"]["false_alarms"]["pct_normal_runs_alarmed"] == 100.0
+    # mid-run and step-1 onsets are tabulated apart: flag-everything alarms before every mid-run onset
+    assert methods["FlagEverything"]["mid_run"]["B"]["avg_f1"]["hard"] == 0.0
     md = to_markdown(result)
-    assert "| RFT-FM |" in md and "protocol B" in md
+    assert "| RFT-FM |" in md and "Tier a" in md and "Tier bc" in md
 
 
 def test_cli_fit_and_evaluate(bench, tmp_path):
     runner = CliRunner()
     artifact = tmp_path / "det.json"
-    res = runner.invoke(app, ["fit", "detector", "--data", str(bench), "--out", str(artifact)])
+    res = runner.invoke(app, ["fit", "detector", "--data", str(bench), "--out", str(artifact), "--rounds", "20"])
     assert res.exit_code == 0, res.output
     Detector.load(artifact)
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
@@ -92,8 +99,8 @@ def test_cli_fit_and_evaluate(bench, tmp_path):
                               "--json", str(out_json), "--markdown", str(out_md), "--detector", str(artifact)])
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
-    assert set(data["methods"]) == {"RFT-FM", "StaticRules"}
-    assert "held-out seed" in out_md.read_text()
+    assert set(data["methods"]["a"]) == {"RFT-FM", "RFT-FM profile", "StaticRules"}
+    assert "Split: seed" in out_md.read_text()
 
 
 def test_published_layout_without_parquet_or_seeds(bench, tmp_path):
@@ -104,9 +111,9 @@ def test_published_layout_without_parquet_or_seeds(bench, tmp_path):
     shutil.copytree(bench, root)
     for p in list(root.glob("*/*/run_info.json")) + list(root.glob("*/*/*.parquet")):
         p.unlink()
-    result = evaluate_detection(root, "seed", baselines=["StaticRules"])
-    assert result["test_runs"] > 0
-    assert "RFT-FM" in result["methods"]
+    result = evaluate_detection(root, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST)
+    assert result["folds"][0]["test_runs"] > 0
+    assert "RFT-FM" in result["methods"]["a"]
 
 
 @pytest.mark.parametrize("name", ["TranAD", "AnomalyTransformer", "LOF", "IsolationForest"])
@@ -138,19 +145,20 @@ def test_split_all_scores_every_run_with_a_given_detector(bench, tmp_path):
 
     loaded = load_benchmark(bench)
     train, _ = split_runs(loaded.runs, "seed")
-    detector = Detector().fit(train.filter(pl.col("control_or_fault") != "fault"), features_frame(loaded.steps, loaded.trajectories))
-    result = evaluate_detection(bench, "all", detector=detector)
-    assert result["test_runs"] == loaded.runs.height and list(result["methods"]) == ["RFT-FM"]
+    detector = Detector(FAST).fit(train, features_frame(loaded.steps, loaded.trajectories), tiers=("a",))
+    result = evaluate_detection(bench, "all", tiers=("a",), detector=detector)
+    assert result["folds"][0]["test_runs"] == loaded.runs.height and list(result["methods"]["a"]) == ["RFT-FM"]
     with pytest.raises(ValueError, match="fitted detector"):
         evaluate_detection(bench, "all")
 
 
 def test_targets_table_from_saved_results(bench, tmp_path):
-    result = evaluate_detection(bench, "seed", baselines=["StaticRules"])
+    result = evaluate_detection(bench, "seed", tiers=("a", "c"), baselines=["StaticRules"], detector_config=FAST)
     out_json, out_md = tmp_path / "seed.json", tmp_path / "targets.md"
     out_json.write_text(json.dumps(result, default=str))
-    res = CliRunner().invoke(app, ["bench", "evaluate", "detection-targets", "--seed", str(out_json), "--markdown", str(out_md)])
+    res = CliRunner().invoke(app, ["bench", "evaluate", "detection-targets", "--config", str(out_json), "--seed",
+                                   str(out_json), "--markdown", str(out_md)])
     assert res.exit_code == 0, res.output
     text = out_md.read_text()
-    assert "avg F1 easy ≥ 97" in text and "StaticRules" in text
-    assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 6
+    assert "tier a: avg F1 easy ≥ 90" in text and "tier c: avg F1 hard ≥ 88" in text
+    assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 12

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from rftfm.engine.run import build_trainer
+from rftfm.bench.runner import build_trainer
 from rftfm.fm.checkpoint import MODEL_FILE, Checkpointer
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.policy import ControllerConfig

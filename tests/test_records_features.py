@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from rftfm.engine.run import train_run
+from rftfm.bench.runner import train_run
 from rftfm.faults.injectors import INJECTORS, make_injector
 from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES, STRENGTHS
 from rftfm.fm.features import FEATURES, features_frame, step_features

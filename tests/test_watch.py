@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from rftfm.cli import app
-from rftfm.cli_watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, RunMonitor
+from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK
+from rftfm.fm.monitor import RunMonitor
 from rftfm.fm.features import FEATURES
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
@@ -37,8 +38,13 @@ class KlDetector:
 
     def observe(self, step: StepRecord, trajectories):
         if step.kl is not None and step.kl > self.level:
-            return Alarm(run_id=step.run_id, step=step.step, score=step.kl, threshold=self.level,
-                         evidence=[SignalEvidence(signal="kl", direction="up", value=step.kl)])
+            return Alarm(
+                run_id=step.run_id,
+                step=step.step,
+                score=step.kl,
+                threshold=self.level,
+                evidence=[SignalEvidence(signal="kl", direction="up", value=step.kl)],
+            )
         return None
 
 
@@ -48,7 +54,12 @@ class RecordingDiagnoser:
 
     def diagnose(self, history, run_id, step, task_group=None, model_size=None):
         self.histories.append(history)
-        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)], summary="lr_high <b>")
+        return Diagnosis(
+            run_id=run_id,
+            step=step,
+            ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+            summary="lr_high <b>",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +68,13 @@ def real_run(tmp_path_factory):
 
 
 def use_monitor(monkeypatch, detector, diagnoser=None):
-    monkeypatch.setattr("rftfm.cli_watch.load_detector", lambda path=None: (detector, None if detector else "detection disabled: test"))
-    monkeypatch.setattr("rftfm.cli_watch.load_diagnoser", lambda path=None: (diagnoser, None if diagnoser else "diagnosis disabled: test"))
+    monkeypatch.setattr(
+        "rftfm.cli.watch.load_detector", lambda path=None: (detector, None if detector else "detection disabled: test")
+    )
+    monkeypatch.setattr(
+        "rftfm.cli.watch.load_diagnoser",
+        lambda path=None: (diagnoser, None if diagnoser else "diagnosis disabled: test"),
+    )
 
 
 def test_monitor_passes_history_features_and_records(real_run, tmp_path):
@@ -123,11 +139,15 @@ def test_watch_records_incidents_for_the_report(real_run, tmp_path, monkeypatch)
     use_monitor(monkeypatch, KlDetector(-1.0), RecordingDiagnoser())
     db = tmp_path / "inc.db"
     summary = tmp_path / "summary.json"
-    result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--incidents", str(db), "--run-id", "job-7", "--json", str(summary)])
+    result = runner.invoke(
+        app, ["watch", str(real_run.trl_jsonl), "--incidents", str(db), "--run-id", "job-7", "--json", str(summary)]
+    )
     assert result.exit_code == EXIT_ALARM
     doc = json.loads(summary.read_text())
     assert doc["first_alarm_step"] == 1 and doc["alarms"] == 6 and doc["exit_code"] == EXIT_ALARM
     assert doc["diagnosis"]["fault_type"] == "lr_high" and doc["format"] == "trl"
+    assert doc["episode_count"] == 1 and doc["episodes"][0]["start_step"] == 1 and doc["episodes"][0]["open"]
+    assert doc["metrics"]["reward_mean"]["source"] == "reward" and doc["metrics"]["reward_mean"]["missing"] == 0
     with IncidentStore(db) as store:
         kinds = [e["kind"] for e in store.events(run_id="job-7")]
         runs = store.events(run_id="job-7", kind="run")
@@ -155,7 +175,7 @@ def test_wandb_alerts_are_forwarded_when_available(real_run, monkeypatch):
     result = runner.invoke(app, ["watch", str(real_run.trl_jsonl), "--wandb"])
     assert result.exit_code == EXIT_ALARM
     assert len(sent) == 1  # one alert per alarm episode / new diagnosis, not one per step
-    assert "step 1" in sent[0][0] and "lr_high" in sent[0][1]
+    assert "from step 1" in sent[0][0] and "lr_high" in sent[0][1]
 
 
 def test_wandb_missing_is_not_an_error(real_run, monkeypatch):
@@ -187,10 +207,12 @@ def test_follow_a_file_being_appended(real_run, tmp_path, monkeypatch):
     thread = threading.Thread(target=writer)
     thread.start()
     db = tmp_path / "inc.db"
-    result = runner.invoke(app, ["watch", str(live), "--follow", "--interval", "0.02", "--idle-timeout", "5", "--incidents", str(db)])
+    result = runner.invoke(
+        app, ["watch", str(live), "--follow", "--interval", "0.02", "--idle-timeout", "5", "--incidents", str(db)]
+    )
     thread.join()
     assert result.exit_code == EXIT_OK, result.output
-    assert "6 step(s) [trl]" in result.output
+    assert "6 step(s) [JSONL of metric dicts (TRL keys)]" in result.output
     with IncidentStore(db) as store:
         assert store.events(kind="run")[-1]["payload"]["steps"] == 6
 
@@ -228,17 +250,47 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
     pytest.importorskip("rftfm.fm.detect")
     artifact = _detector_artifact(tmp_path)
     log, db = tmp_path / "live-trl.jsonl", tmp_path / "incidents.db"
-    cmd = [sys.executable, "-m", "rftfm.cli", "watch", str(log), "--format", "trl", "--follow", "--interval", "0.1",
-           "--idle-timeout", "60", "--incidents", str(db), "--run-id", "live-run", "--task-group", "arith_a", "--model-size", "xs"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rftfm.cli",
+        "watch",
+        str(log),
+        "--format",
+        "trl",
+        "--follow",
+        "--interval",
+        "0.1",
+        "--idle-timeout",
+        "60",
+        "--incidents",
+        str(db),
+        "--run-id",
+        "live-run",
+        "--task-group",
+        "arith_a",
+        "--model-size",
+        "xs",
+    ]
     if artifact is not None:
         cmd += ["--detector", str(artifact)]
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
-    from rftfm.engine.run import build_trainer
+    from rftfm.bench.runner import build_trainer
 
-    info = RunInfo(run_id="live-run", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=21,
-                   num_steps=E2E_STEPS, control_or_fault="fault", fault_family="od", fault_type="lr_high",
-                   fault_strength="easy", onset_step=E2E_ONSET)
+    info = RunInfo(
+        run_id="live-run",
+        group="od_easy_fault",
+        task_group="arith_a",
+        model_size="xs",
+        seed=21,
+        num_steps=E2E_STEPS,
+        control_or_fault="fault",
+        fault_family="od",
+        fault_type="lr_high",
+        fault_strength="easy",
+        onset_step=E2E_ONSET,
+    )
     trainer = build_trainer(info, callbacks=[JsonlLogCallback(log)], output_dir=str(tmp_path / "out"))
     trainer.train()
     training_done = time.time()
@@ -260,11 +312,13 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
 
 
 def test_in_process_watch_callback_on_a_real_trl_run(tmp_path):
-    from rftfm.engine.run import train_run
+    from rftfm.bench.runner import train_run
 
     torch.set_num_threads(1)
     info = RunInfo(run_id="cb-run", group="normal", task_group="arith_a", model_size="xs", seed=5, num_steps=4)
-    callback = WatchCallback("cb-run", incidents=tmp_path / "inc.db", detector=KlDetector(-1.0), diagnoser=RecordingDiagnoser(), quiet=True)
+    callback = WatchCallback(
+        "cb-run", incidents=tmp_path / "inc.db", detector=KlDetector(-1.0), diagnoser=RecordingDiagnoser(), quiet=True
+    )
     train_run(info, callbacks=[callback])
     assert [a.step for a in callback.alarms] == [1, 2, 3, 4]
     with IncidentStore(tmp_path / "inc.db") as store:
@@ -299,6 +353,11 @@ def test_follow_waits_for_a_run_directory_to_appear(real_run, tmp_path, monkeypa
     result = runner.invoke(app, ["watch", str(target), "--follow", "--interval", "0.05", "--idle-timeout", "3"])
     thread.join()
     assert result.exit_code == EXIT_OK, result.output
-    assert "waiting for a log" in result.output and "6 step(s) [openrlhf]" in result.output
-    never = runner.invoke(app, ["watch", str(tmp_path / "never"), "--follow", "--interval", "0.05", "--idle-timeout", "0.3"])
+    assert (
+        "waiting for a log" in result.output
+        and "6 step(s) [RFT-FaultBench step JSONL (OpenRLHF keys)]" in result.output
+    )
+    never = runner.invoke(
+        app, ["watch", str(tmp_path / "never"), "--follow", "--interval", "0.05", "--idle-timeout", "0.3"]
+    )
     assert never.exit_code == EXIT_BAD_INPUT

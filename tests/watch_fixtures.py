@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from rftfm.engine.run import build_trainer
+from rftfm.bench.runner import build_trainer
 from rftfm.integrations.trl_log import JsonlLogCallback
 from rftfm.io.faultbench import RunWriter
 from rftfm.records import RunInfo

@@ -1,10 +1,12 @@
-"""Diagnosis evaluation: fault type / family at alarm time on a held-out split.
+"""Diagnosis evaluation: fault type / family at alarm time on held-out configurations (or seeds), per input tier.
 
-For every faulty test run the diagnosis is made at its *alarm step*: the first alarm of the
-detector (``rftfm.fm.detect``) at or after the onset when a default detector is available,
-else the documented fall-back ``onset_step + 2`` (capped at the run's last step). A run the
-detector never flags after onset is diagnosed at the fall-back step and counted in
-``alarm_source``.
+The diagnoser is fitted on each fold's train side; for every faulty test run of the fold the
+diagnosis is made at its *alarm step*: the first alarm of the default detector
+(``rftfm.fm.detect``) at or after the onset when one is installed, else the documented fall-back
+``onset_step + 2`` (capped at the run's last step). A run the detector never flags after onset
+is diagnosed at the fall-back step and counted in ``alarm_source``. Each input tier (``a`` step
+metrics, ``b`` + trajectories, ``c`` + held-out accuracy, ``bc``) diagnoses the same runs with the
+signals that tier lacks hidden.
 
 Reports type top-1 / top-3, family accuracy, macro-F1 and per-type recall (all, easy, hard),
 the confusion matrix, the leave-one-type-out test (retrain without a type; share of its test
@@ -15,7 +17,6 @@ top-k and family metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,13 +24,15 @@ import numpy as np
 import polars as pl
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
-from rftfm.bench.splits import split_runs
+from rftfm.bench.eval_detection import config_groups
+from rftfm.bench.splits import split_folds
 from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES
+from rftfm.fm.cube import runs_cube
+from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, TRAIN_OFFSETS
-from rftfm.fm.diagnosis_features import diagnosis_matrix
+from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 
 UNKNOWN = "unknown"
-AlarmFn = Callable[[pl.DataFrame, pl.DataFrame], dict[str, int]]
 
 
 def fallback_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> dict[str, int]:
@@ -55,17 +58,16 @@ def detector_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> tuple[di
     except Exception:  # detector not available yet: documented fall-back
         return fallback, {"fallback_no_detector": len(fallback)}
     out, counts = {}, {"detector": 0, "fallback_no_alarm": 0}
-    meta = {r["run_id"]: r for r in runs.iter_rows(named=True)}
-    feats = features.drop([c for c in ("fault_active",) if c in features.columns])
-    for (run_id,), part in feats.group_by("run_id", maintain_order=True):
-        if run_id not in meta:
-            continue
-        info = meta[run_id]
-        onset = int(info["onset_step"] or 1)
-        alarms = detector.score_run(part.sort("step"), task_group=info["task_group"], model_size=info["model_size"])
-        after = [a.step for a in alarms if a.step >= onset]
-        if after:
-            out[run_id] = int(min(after))
+    ids = [r for r in runs["run_id"].to_list() if r in fallback]
+    if not ids:
+        return out, counts
+    cube, steps = runs_cube(features, ids)
+    scores, threshold = detector.score_cube(cube, steps)
+    onset = dict(runs.select("run_id", "onset_step").iter_rows())
+    for i, run_id in enumerate(ids):
+        after = np.flatnonzero((scores[i] > threshold) & (steps[i] >= int(onset[run_id] or 1)))
+        if after.size:
+            out[run_id] = int(steps[i, after[0]])
             counts["detector"] += 1
         else:
             out[run_id] = fallback[run_id]
@@ -116,79 +118,91 @@ def _confusion(true: list[str], pred: list[str]) -> dict[str, Any]:
     return {"rows": labels, "columns": cols, "matrix": matrix}
 
 
-@dataclass
-class _Prepared:
-    train: pl.DataFrame
-    test: pl.DataFrame
-    features: pl.DataFrame
-    alarms: dict[str, int]
-    alarm_source: dict[str, int]
-
-
 def _ranked(prob: np.ndarray, classes: list[str]) -> list[list[str]]:
     return [[classes[j] for j in np.argsort(-row)] for row in prob]
+
+
+def _faulty(runs: pl.DataFrame) -> pl.DataFrame:
+    return runs.filter((pl.col("control_or_fault") == "fault") & pl.col("fault_type").is_in(list(FAULT_TYPES)))
+
+
+def _fold(train: pl.DataFrame, test: pl.DataFrame, features: pl.DataFrame, alarm_fn: Callable, tiers: tuple[str, ...],
+          say: Callable[[str], None]) -> dict[str, Any]:
+    """One fold: fit on ``train``, diagnose ``test``'s faulty runs at alarm time in every tier (and baselines)."""
+    faulty_test = _faulty(test)
+    alarms, source = alarm_fn(faulty_test, features)
+    diagnoser = Diagnoser().fit(train, features, groups=config_groups(train))
+    ids = [r for r in faulty_test["run_id"].to_list() if r in alarms]
+    x, keys = diagnosis_matrix(features, {r: [alarms[r]] for r in ids}, diagnoser.tracker)
+    order = {k[0]: i for i, k in enumerate(keys)}
+    x = x[[order[r] for r in ids]]
+    meta = {r["run_id"]: r for r in faulty_test.iter_rows(named=True)}
+    faulty_train = _faulty(train)
+    xt, kt = diagnosis_matrix(features, diagnoser._training_steps(faulty_train, features, None), diagnoser.tracker)
+    label = dict(faulty_train.select("run_id", "fault_type").iter_rows())
+    out: dict[str, Any] = {"ids": ids, "true": [meta[r]["fault_type"] for r in ids], "alarm_source": source,
+                           "strength": [meta[r]["fault_strength"] for r in ids], "tiers": {}}
+    for tier in tiers:
+        xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
+        prob, unknown = diagnoser.scores(xx)
+        knn = NearestFingerprint().fit(mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt])
+        rules = ExpertRules(diagnoser.feature_names)
+        out["tiers"][tier] = {
+            "ranked": _ranked(prob, diagnoser.classes), "unknown": unknown,
+            "knn": _ranked(knn.predict_proba(xx), knn.classes), "rules": _ranked(rules.predict_proba(xx), rules.classes),
+        }
+    say(f"fold: {train.height} train runs, {len(ids)} faulty test runs; alarms {source}")
+    out["info"] = diagnoser.info | {"family_threshold": diagnoser.family_threshold}
+    return out
 
 
 def evaluate_split(
     runs: pl.DataFrame,
     features: pl.DataFrame,
-    split: str = "seed",
+    split: str = "config",
     alarm_fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[dict[str, int], dict[str, int]]] | None = None,
-    leave_one_type_out: bool = True,
+    leave_one_type_out: bool = False,
     progress: Callable[[str], None] | None = None,
+    tiers: tuple[str, ...] = ("a", "c", "bc"),
 ) -> tuple[dict[str, Any], Diagnoser]:
-    """Train on the split's train side, diagnose its faulty test runs at alarm time; baselines too."""
+    """Fit per fold, diagnose each fold's faulty test runs at alarm time, per tier; baselines too.
+
+    Returns the pooled result and a diagnoser fitted on the last fold (for the leave-one-type-out test)."""
     say = progress or (lambda _msg: None)
     features = features.drop([c for c in ("fault_active",) if c in features.columns])
     runs = runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
-    train, test = split_runs(runs, split)
-    faulty_test = test.filter((pl.col("control_or_fault") == "fault") & pl.col("fault_type").is_in(list(FAULT_TYPES)))
-    alarms, source = (alarm_fn or detector_alarm_steps)(faulty_test, features)
-    say(f"split {split}: {train.height} train runs, {faulty_test.height} faulty test runs; alarms {source}")
-
-    diagnoser = Diagnoser().fit(train, features)
-    say("diagnoser fitted")
-    true = faulty_test["fault_type"].to_list()
-    strength = faulty_test["fault_strength"].to_list()
-    ids = faulty_test["run_id"].to_list()
-    x, keys = diagnosis_matrix(features, faulty_test, {r: [alarms[r]] for r in ids}, diagnoser.profile)
-    order = {k[0]: i for i, k in enumerate(keys)}
-    x = x[[order[r] for r in ids]]
-    prob, unknown = diagnoser.scores(x)
-    ranked = _ranked(prob, diagnoser.classes)
-    pred = [UNKNOWN if u else r[0] for r, u in zip(ranked, unknown)]
+    folds = [f for f in split_folds(runs, split) if _faulty(f[2]).height and f[1].height]
+    parts = [_fold(train, test, features, alarm_fn or detector_alarm_steps, tiers, say) for _, train, test in folds]
+    true = [t for p in parts for t in p["true"]]
+    strength = [t for p in parts for t in p["strength"]]
+    source: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["alarm_source"].items():
+            source[k] = source.get(k, 0) + v
+    no_abstain = np.zeros(len(true), dtype=bool)
+    by_tier = {}
+    for tier in tiers:
+        ranked = [r for p in parts for r in p["tiers"][tier]["ranked"]]
+        unknown = np.concatenate([p["tiers"][tier]["unknown"] for p in parts])
+        pred = [UNKNOWN if u else r[0] for r, u in zip(ranked, unknown)]
+        by_tier[tier] = {
+            "diagnoser": _metrics(true, ranked, unknown, strength),
+            "confusion": _confusion(true, pred),
+            "baselines": {
+                "knn": _metrics(true, [r for p in parts for r in p["tiers"][tier]["knn"]], no_abstain, strength),
+                "expert_rules": _metrics(true, [r for p in parts for r in p["tiers"][tier]["rules"]], no_abstain, strength),
+            },
+        }
     result: dict[str, Any] = {
-        "split": split,
-        "train_runs": train.height,
-        "test_faulty_runs": faulty_test.height,
-        "alarm_source": source,
-        "diagnoser": _metrics(true, ranked, unknown, strength),
-        "confusion": _confusion(true, pred),
-        "diagnoser_info": diagnoser.info | {"family_threshold": diagnoser.family_threshold, "novelty_thresholds": dict(zip(diagnoser.classes, diagnoser.novelty_thresholds.tolist()))},
+        "split": split, "folds": [name for name, _, _ in folds], "test_faulty_runs": len(true),
+        "alarm_source": source, "tiers": by_tier, "diagnoser_info": [p["info"] for p in parts],
     }
-
-    # baselines on the same training diagnoses and test vectors
-    faulty_train = train.filter((pl.col("control_or_fault") == "fault") & pl.col("fault_type").is_not_null())
-    last = dict(features.group_by("run_id").agg(pl.col("step").max()).iter_rows())
-    at = {
-        r["run_id"]: sorted({min(max((r["onset_step"] or 1) + o, 1), last[r["run_id"]]) for o in TRAIN_OFFSETS})
-        for r in faulty_train.iter_rows(named=True) if r["run_id"] in last
-    }
-    xt, kt = diagnosis_matrix(features, faulty_train, at, diagnoser.profile)
-    label = dict(faulty_train.select("run_id", "fault_type").iter_rows())
-    knn = NearestFingerprint().fit(xt, [label[r] for r, _ in kt])
-    no_abstain = np.zeros(len(ids), dtype=bool)
-    knn_ranked = _ranked(knn.predict_proba(x), knn.classes)
-    rules = ExpertRules(diagnoser.feature_names)
-    rules_ranked = _ranked(rules.predict_proba(x), rules.classes)
-    result["baselines"] = {
-        "knn": _metrics(true, knn_ranked, no_abstain, strength),
-        "expert_rules": _metrics(true, rules_ranked, no_abstain, strength),
-    }
-    say("baselines done")
-
+    last_train = folds[-1][1]
+    diagnoser = Diagnoser().fit(last_train, features, groups=config_groups(last_train)) if leave_one_type_out else None
     if leave_one_type_out:
-        result["leave_one_type_out"] = _leave_one_type_out(train, faulty_test, features, alarms, say)
+        faulty_test = _faulty(folds[-1][2])
+        alarms, _ = (alarm_fn or detector_alarm_steps)(faulty_test, features)
+        result["leave_one_type_out"] = _leave_one_type_out(last_train, faulty_test, features, alarms, say)
     return result, diagnoser
 
 
@@ -201,9 +215,10 @@ def _leave_one_type_out(
         held = faulty_test.filter(pl.col("fault_type") == ftype)
         if held.height == 0 or train.filter(pl.col("fault_type") == ftype).height == 0:
             continue
-        model = Diagnoser().fit(train.filter((pl.col("fault_type") != ftype) | pl.col("fault_type").is_null()), features)
+        kept = train.filter((pl.col("fault_type") != ftype) | pl.col("fault_type").is_null())
+        model = Diagnoser().fit(kept, features, groups=config_groups(kept))
         ids = held["run_id"].to_list()
-        x, _ = diagnosis_matrix(features, held, {r: [alarms[r]] for r in ids}, model.profile)
+        x, _ = diagnosis_matrix(features, {r: [alarms[r]] for r in ids}, model.tracker)
         prob, unknown = model.scores(x)
         top = [model.classes[j] for j in prob.argmax(1)]
         family = FAULT_TYPES[ftype].family
@@ -253,57 +268,57 @@ def plot_confusion(confusion: dict[str, Any], path: str | Path, title: str = "di
     return path
 
 
+#: Targets on held-out configurations, easy faults: (tier, metric, goal).
 TARGETS = (
-    ("type top-1, easy", lambda r: r["diagnoser"]["easy"].get("type_top1"), 0.90),
-    ("type top-1, hard", lambda r: r["diagnoser"]["hard"].get("type_top1"), 0.75),
-    ("family, easy", lambda r: r["diagnoser"]["easy"].get("family_accuracy"), 0.97),
-    ("family, hard", lambda r: r["diagnoser"]["hard"].get("family_accuracy"), 0.90),
-    ("leave-one-type-out (unknown or family)", lambda r: (r.get("leave_one_type_out") or {}).get("pooled"), 0.50),
+    ("a", "family_accuracy", 0.85), ("a", "type_top1", 0.70), ("c", "family_accuracy", 0.95), ("c", "type_top1", 0.85),
 )
 
 
 def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
     """Markdown tables of one evaluation result (what docs/diagnosis.md embeds)."""
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"### split `{result['split']}`", "",
+    lines = [f"### split `{result['split']}` ({len(result['folds'])} folds)", "",
              "All numbers in %. *unknown*: share of abstentions (counted wrong in top-1 / top-3 / family); "
              "*forced*: the top-ranked type even where the Diagnoser abstained.", "",
-             f"{result['train_runs']} training runs, {result['test_faulty_runs']} faulty test runs; "
-             f"alarm steps: {result['alarm_source']}.", "",
-             "| method | setting | n | type top-1 | type top-3 | family | macro-F1 | unknown | type top-1 forced | family forced |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    methods = [("Diagnoser", result["diagnoser"])] + [(k, v) for k, v in result.get("baselines", {}).items()]
-    for name, block in methods:
-        for setting in ("all", "easy", "hard"):
-            b = block[setting]
-            if not b.get("n"):
-                continue
-            lines.append(f"| {name} | {setting} | {b['n']} | {pct(b['type_top1'])} | {pct(b['type_top3'])} | "
-                         f"{pct(b['family_accuracy'])} | {pct(b['macro_f1'])} | {pct(b['unknown_rate'])} | "
-                         f"{pct(b['type_top1_forced'])} | {pct(b['family_accuracy_forced'])} |")
-    lines += ["", "Per-type recall of the Diagnoser (%):", "", "| type | family | all | easy | hard |", "|---|---|---|---|---|"]
-    d = result["diagnoser"]
+             f"{result['test_faulty_runs']} faulty test runs over the folds; alarm steps: {result['alarm_source']}.", "",
+             "| tier | method | setting | n | type top-1 | type top-3 | family | macro-F1 | unknown | type top-1 forced "
+             "| family forced |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tier, block in result["tiers"].items():
+        methods = [("Diagnoser", block["diagnoser"])] + list(block["baselines"].items())
+        for name, m in methods:
+            for setting in ("all", "easy", "hard"):
+                b = m[setting]
+                if not b.get("n"):
+                    continue
+                lines.append(f"| {tier} | {name} | {setting} | {b['n']} | {pct(b['type_top1'])} | {pct(b['type_top3'])} | "
+                             f"{pct(b['family_accuracy'])} | {pct(b['macro_f1'])} | {pct(b['unknown_rate'])} | "
+                             f"{pct(b['type_top1_forced'])} | {pct(b['family_accuracy_forced'])} |")
+    tier = next(iter(result["tiers"]))
+    d = result["tiers"][tier]["diagnoser"]
+    lines += ["", f"Per-type recall of the Diagnoser, tier {tier} (%):", "", "| type | family | all | easy | hard |",
+              "|---|---|---|---|---|"]
     for t in FAULT_TYPES:
         if t in d["all"].get("per_type_recall", {}):
             lines.append(f"| {t} | {FAULT_TYPES[t].family} | {pct(d['all']['per_type_recall'].get(t))} | "
-                         f"{pct(d['easy'].get('per_type_recall', {}).get(t))} | {pct(d['hard'].get('per_type_recall', {}).get(t))} |")
+                         f"{pct(d['easy'].get('per_type_recall', {}).get(t))} | "
+                         f"{pct(d['hard'].get('per_type_recall', {}).get(t))} |")
     loto = result.get("leave_one_type_out")
     if loto:
         lines += ["", "Leave-one-type-out (retrained without the type; %):", "",
                   "| held-out type | n | unknown | correct family | unknown or family | called as |", "|---|---|---|---|---|---|"]
         for t, v in loto["per_type"].items():
             called = ", ".join(f"{k} {n}" for k, n in sorted(v["called_as"].items(), key=lambda kv: -kv[1]) if n)
-            lines.append(f"| {t} | {v['n']} | {pct(v['unknown'])} | {pct(v['correct_family'])} | {pct(v['unknown_or_family'])} | {called} |")
+            lines.append(f"| {t} | {v['n']} | {pct(v['unknown'])} | {pct(v['correct_family'])} | "
+                         f"{pct(v['unknown_or_family'])} | {called} |")
         lines.append(f"| **pooled** | | | | **{pct(loto['pooled'])}** | mean over types {pct(loto['mean_over_types'])} |")
-    if result["split"] == "seed":
-        lines += ["", "Targets (held-out seeds):", "", "| target | measured | goal | met |", "|---|---|---|---|"]
-        for name, get, goal in TARGETS:
-            v = get(result)
-            lines.append(f"| {name} | {pct(v)} | ≥ {100 * goal:.0f} | {'yes' if v is not None and v >= goal else 'no'} |")
-    if result["split"] == "task":
-        v = result["diagnoser"]["hard"].get("family_accuracy")
-        lines += ["", f"Target held-out task group, family accuracy hard ≥ 80 %: measured {pct(v)} — "
-                  f"{'met' if v is not None and v >= 0.8 else 'not met'}."]
+    lines += ["", f"Targets (split `{result['split']}`, easy faults):", "", "| tier | target | measured | goal | met |",
+              "|---|---|---|---|---|"]
+    for tier, metric, goal in TARGETS:
+        if tier not in result["tiers"]:
+            continue
+        v = result["tiers"][tier]["diagnoser"]["easy"].get(metric)
+        lines.append(f"| {tier} | {metric.replace('_', ' ')} | {pct(v)} | ≥ {100 * goal:.0f} | "
+                     f"{'yes' if v is not None and v >= goal else 'no'} |")
     if image:
         lines += ["", f"![confusion matrix, split {result['split']}]({image})"]
     return "\n".join(lines) + "\n"

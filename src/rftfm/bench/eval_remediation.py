@@ -101,7 +101,7 @@ def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
-    from rftfm.engine.run import build_trainer
+    from rftfm.bench.runner import build_trainer
     from rftfm.fm.remediate import Remediator
     from rftfm.integrations.trl_callback import RFTFMCallback
 
@@ -166,7 +166,7 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
 
 def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[str, Any]:
     info, arm, det, diag = payload
-    from rftfm.engine.run import quiet
+    from rftfm.bench.runner import quiet
 
     quiet()
     result, _ = run_arm(RunInfo.model_validate(info), arm, det, diag)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rftfm.engine.run import train_run
+from rftfm.bench.runner import train_run
 from rftfm.faults.taxonomy import FAULT_TYPES, Strength, fault_type
 from rftfm.fm.features import FEATURES, step_features
 from rftfm.records import RunInfo, StepRecord, TrajectoryRecord

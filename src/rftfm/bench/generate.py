@@ -31,7 +31,7 @@ class RunSummary:
 def _single_thread() -> None:
     import torch
 
-    from rftfm.engine.run import quiet
+    from rftfm.bench.runner import quiet
 
     quiet()
     torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def _single_thread() -> None:
 
 def execute_run(root: str, info_json: str) -> RunSummary:
     """Train one run and publish it under ``root`` (atomic); safe to call in any worker."""
-    from rftfm.engine.run import train_run
+    from rftfm.bench.runner import train_run
 
     _single_thread()
     info = RunInfo.model_validate_json(info_json)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rftfm.engine.model import MODEL_SIZES
-from rftfm.engine.run import with_defaults
+from rftfm.bench.runner import with_defaults
 from rftfm.engine.tasks import TASK_GROUPS
 from rftfm.faults.taxonomy import FAULT_TYPES, NORMAL_GROUP, STRENGTHS, group_dir
 from rftfm.records import RunInfo

@@ -40,3 +40,9 @@ def hash_str(text: str) -> int:
     import zlib
 
     return zlib.crc32(text.encode())
+
+
+def split_folds(runs: pl.DataFrame, split: str = "seed") -> list[tuple[str, pl.DataFrame, pl.DataFrame]]:
+    """(fold name, train, test) folds of ``split``: one fold for the single held-out splits."""
+    train, test = split_runs(runs, split)
+    return [(split, train, test)]

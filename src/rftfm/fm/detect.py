@@ -1,456 +1,386 @@
-"""RFT-FM anomaly detection: streaming, step-conditional, calibrated on normal runs.
+"""RFT-FM anomaly detection on a run it has never seen: no normal runs of the user's configuration needed.
 
-How it decides, per step of a run:
+How it decides, record by record:
 
-1. the step's signals — the shared features (:mod:`rftfm.fm.features`: train-step metrics
-   and trajectory aggregates; never labels, learning rate or step time) plus three derived
-   ones (:data:`DERIVED`; one is the one-sided stall signal, :class:`FlatStreak`) — are
-   standardised against the normal profile of that step
-   (:mod:`rftfm.fm.profile`): ``z = (x - center) / scale``; missing signals are skipped
-   (their state is carried over), never imputed as anomalies;
-2. a two-sided CUSUM of ``z`` per signal accumulates evidence, so a large jump alarms at
-   once and a subtle persistent drift alarms after a few steps (``|z|`` and an EWMA of ``z``
-   are available as extra statistics, ``DetectorConfig.channels``; on our benchmark they
-   only added false alarms on normal runs, so they are off by default);
-3. each statistic of each signal is divided by its own normaliser (its extrapolated 1 %
-   tail of run maxima on out-of-sample normal runs) so noisy signals do not dominate; the
-   step's score is the maximum over signals;
-4. an alarm is raised at every step whose score exceeds the threshold: the run-maximum
-   score exceeded by ``false_alarm_target`` of out-of-sample normal runs (cross-fitted over
-   the normal training runs, tail extrapolated). Faulty runs are never used to fit or
-   calibrate anything.
+1. :class:`~rftfm.fm.dynamics.DynamicsTracker` turns the record's signals (the shared features of
+   :mod:`rftfm.fm.features` plus the derived ones of :mod:`rftfm.fm.cube`) into scale-free
+   features: each signal against the run's own baseline, in units of the run's own noise (with a
+   prior noise learned across configurations while the run is young), its CUSUM, its drift from
+   the run's warm-up, and the level of the signals whose level means the same everywhere
+   (fractions);
+2. a gradient-boosted classifier (LightGBM) maps them to the probability that a fault is acting.
+   It is the prior of what healthy RFT dynamics look like: fitted on many configurations of the
+   benchmark (faulty runs after onset against normal runs, control runs and pre-onset steps),
+   with whole signals masked at random so that a log lacking some metric is judged like one
+   that has it. One model per input *tier*: (a) step metrics as frameworks log them, (b) plus
+   per-trajectory aggregates, (c) plus a held-out accuracy, (bc) both; a live run uses the
+   richest tier its log has shown;
+3. the threshold is the score that a fraction ``false_alarm_target`` of normal and control runs
+   exceed at any record, on out-of-fold scores (folds hold out whole configurations), with an
+   extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`).
 
-Configurations: a profile per (task group, model size) when at least ``min_config_runs``
-normal runs of it exist, else the global profile (all configurations pooled), whose
-normalisers and threshold are calibrated by leaving one task group out and one model size
-out, i.e. as for a configuration never seen. Batch size: trajectory aggregates are means
-and rates, which do not depend on the number of trajectories per step (their noise does;
-the global profile's wider scale absorbs it).
+:meth:`Detector.observe` returns an :class:`Alarm` at every record whose score exceeds the
+threshold (the watcher groups them into episodes). A step number that goes back (a rollback, a
+resume) restores the tracker's state from before that step. The per-configuration detector of
+:mod:`rftfm.fm.profile_detect` is the option for a user with normal runs of their own setup;
+:class:`CombinedDetector` alarms when either does.
 
-Streaming (:meth:`Detector.observe`) costs O(signals) per step plus one pass over the
-step's trajectories; :meth:`Detector.score_run` runs the same update offline and gives the
-same result; :meth:`Detector.score_cube` is the vectorised form used for evaluation.
+Saved as JSON (configuration, prior noise, LightGBM models as text): no pickle.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from rftfm.fm.cube import CUBE_SIGNALS, EVAL_INDEX, FLAT_INDEX, FlatStreak, runs_cube, tail_threshold, with_derived
+from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
 from rftfm.fm.features import FEATURES, step_features
-from rftfm.fm.profile import GLOBAL_KEY, StepProfile, Transform, config_key, fit_step_profile, scale_floor
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
+from rftfm.signals import SIGNALS, label
 
-ARTIFACT_VERSION = 1
+FORMAT = "rftfm-zero-shot-detector"
+VERSION = 1
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "detector.json"
-CHANNELS: tuple[str, ...] = ("z", "ewma", "cusum")
-#: Lower bounds of the per-feature normalisers (a feature that never moves in normal runs
-#: must still move by this much, in robust standard deviations, to count).
-CHANNEL_FLOORS = np.array([4.0, 2.0, 4.0])
 NORMAL_KINDS = ("normal", "control")
-EVIDENCE_FRACTION = 0.5  # evidence: signals whose statistic reaches half the threshold
+
+_STEP_ONLY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "step" and s != "eval_accuracy")
+_TRAJECTORY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "trajectory")
+_EVAL = ("eval_accuracy", "reward_minus_eval", "eval_unchanged_steps")
+#: Signals each input tier sees (the rest of the cube is masked).
+TIERS: dict[str, tuple[str, ...]] = {
+    "a": _STEP_ONLY,
+    "b": _STEP_ONLY + _TRAJECTORY,
+    "c": _STEP_ONLY + _EVAL,
+    "bc": _STEP_ONLY + _TRAJECTORY + _EVAL,
+}
 MAX_EVIDENCE = 5
+SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
+
+LGB_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.6,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "num_threads": 1,  # OpenMP threads spin on a busy 2-core machine: one thread is faster there
+    "seed": 11,
+    "deterministic": True,
+}
 
 
 @dataclass
 class DetectorConfig:
-    window: int = 1  # steps pooled on each side when profiling a step
-    min_config_runs: int = 8  # normal runs needed for a per-configuration profile
-    cusum_k: float = 0.5  # CUSUM allowance, in robust standard deviations
-    ewma_lambda: float = 0.3
-    z_clip: float = 50.0
-    false_alarm_target: float = 0.005  # fraction of normal runs allowed to alarm (out of sample)
-    threshold_margin: float = 1.0
-    normaliser_quantile: float = 0.9
-    tail_fraction: float = 0.2  # top fraction of normal run maxima used to fit the tail
-    normaliser_tail: float | None = 0.01  # per-statistic tail quantile (None: plain normaliser_quantile)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    false_alarm_target: float = 0.01  # fraction of normal / control runs allowed to alarm (out of fold)
+    tail_fraction: float = 0.2
+    num_rounds: int = 250
+    mask_probability: float = 0.2  # each signal of a training copy is hidden with this probability
+    masked_copies: int = 1
     folds: int = 5
-    channels: tuple[str, ...] = ("cusum",)  # statistics used (subset of CHANNELS; z and EWMA added false alarms)
     seed: int = 0
 
 
+def tier_of(has_trajectories: bool, has_eval: bool) -> str:
+    return "bc" if has_trajectories and has_eval else "b" if has_trajectories else "c" if has_eval else "a"
+
+
+def _signal_columns(names: Sequence[str], signals: Sequence[str]) -> np.ndarray:
+    """Indices of the tracker features (``names``) that belong to ``signals`` (plus the global ones)."""
+    keep = set(signals)
+    return np.array([i for i, n in enumerate(names) if n in GLOBAL or n.split(":")[0] in keep])
+
+
 @dataclass
-class Calibration:
-    """Normalisers (channels x features) and threshold for one profile level."""
-
-    norm: np.ndarray  # (C, F)
-    threshold: float
-    normal_runs: int  # out-of-sample normal runs it was calibrated on
-
-
-@dataclass
-class RunState:
-    """Streaming state of one run (arrays over features)."""
+class _Live:
+    """Streaming state of one run."""
 
     run_id: str
-    key: str
-    ewma: np.ndarray
-    cplus: np.ndarray
-    cminus: np.ndarray
-    plus_since: np.ndarray
-    minus_since: np.ndarray
+    state: TrackerState
+    flat: FlatStreak
     last_step: int = 0
-    in_alarm: bool = False
-    last_score: float = 0.0
-    flat: FlatStreak = field(default_factory=lambda: FlatStreak.new(1))
-
-    @classmethod
-    def new(cls, run_id: str, key: str, n_runs: int = 1) -> "RunState":
-        zeros = np.zeros((n_runs, len(SIGNALS)))
-        return cls(run_id, key, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), flat=FlatStreak.new(n_runs))
-
-
-@dataclass
-class FlatStreak:
-    """Steps in a row whose eval accuracy equals the previous step's, per run (the stall signal).
-
-    Greedy eval accuracy on a fixed prompt set changes at almost every step of a run that learns
-    (each update flips a few answers); a policy that stopped moving (a learning rate far too
-    low) repeats it exactly. Stateful, so it is computed here rather
-    than in :func:`with_derived`; a missing accuracy leaves the streak as it was.
-    """
-
-    previous: np.ndarray  # (R,) last finite eval accuracy (NaN: none yet)
-    streak: np.ndarray  # (R,)
-
-    @classmethod
-    def new(cls, n_runs: int) -> "FlatStreak":
-        return cls(np.full(n_runs, np.nan), np.zeros(n_runs))
-
-    def advance(self, accuracy: np.ndarray) -> np.ndarray:
-        """(R,) this step's streak (NaN where the accuracy is missing)."""
-        seen = np.isfinite(accuracy)
-        same = seen & np.isfinite(self.previous) & (np.abs(accuracy - self.previous) < 1e-9)
-        self.streak = np.where(seen, np.where(same, self.streak + 1, 0.0), self.streak)
-        self.previous = np.where(seen, accuracy, self.previous)
-        return np.where(seen, self.streak, np.nan)
-
-
-#: Signals the detector derives from the shared features (same value live and offline):
-#: train reward running ahead of held-out accuracy (reward hacking, inversion), and reward
-#: variance beyond what its mean allows for rewards in [0, 1] (Bhatia-Davis: var <= m (1 - m)),
-#: which is zero for a 0/1 verifier and positive when rewards leave that range (noise, scaling).
-#: The last one is the stall signal (:class:`FlatStreak`), filled in by the callers of ``with_derived``.
-DERIVED: tuple[str, ...] = ("reward_minus_eval", "reward_var_excess", "eval_unchanged_steps")
-SIGNALS: tuple[str, ...] = FEATURES + DERIVED
-_FLAT = SIGNALS.index("eval_unchanged_steps")
-#: One-sided signals: only a deviation upwards is evidence (fewer repeats than normal is no stall,
-#: e.g. right after a rollback, when the streak starts again from 0 on a saturated task).
-UP_ONLY = np.array([s == "eval_unchanged_steps" for s in SIGNALS])
-_REWARD, _EVAL = FEATURES.index("reward_mean"), FEATURES.index("eval_accuracy")
-_TRAJ_MEAN, _TRAJ_STD = FEATURES.index("traj_reward_mean"), FEATURES.index("traj_reward_std")
-
-
-def with_derived(x: np.ndarray) -> np.ndarray:
-    """(..., len(FEATURES)) -> (..., len(SIGNALS)); NaN propagates (a missing input skips the signal).
-    The stateful stall signal is left NaN here (see :class:`FlatStreak`)."""
-    m = x[..., _TRAJ_MEAN]
-    excess = x[..., _TRAJ_STD] ** 2 - m * (1.0 - m)
-    flat = np.full(x.shape[:-1] + (1,), np.nan)
-    return np.concatenate([x, (x[..., _REWARD] - x[..., _EVAL])[..., None], excess[..., None], flat], axis=-1)
-
-
-def _features_matrix(frame: pl.DataFrame) -> np.ndarray:
-    """(rows, len(FEATURES)) raw features of a frame (NaN where missing)."""
-    cols = [pl.col(f).cast(pl.Float64).fill_nan(None) if f in frame.columns else pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES]
-    return frame.select(cols).to_numpy().astype(float)
-
-
-def runs_cube(features: pl.DataFrame, run_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(runs, S, F) raw feature cube (NaN padded) and (runs, S) step numbers (0 = absent), S = max step."""
-    sub = features.filter(pl.col("run_id").is_in(list(run_ids)))
-    n_steps = int(sub["step"].max() or 1) if sub.height else 1
-    cube = np.full((len(run_ids), n_steps, len(SIGNALS)), np.nan)
-    steps = np.zeros((len(run_ids), n_steps), dtype=int)
-    index = {r: i for i, r in enumerate(run_ids)}
-    idx = np.array([index[r] for r in sub["run_id"].to_list()], dtype=int)
-    step = sub["step"].to_numpy().astype(int)
-    ok = step >= 1
-    x = with_derived(_features_matrix(sub))
-    cube[idx[ok], step[ok] - 1] = x[ok]
-    steps[idx[ok], step[ok] - 1] = step[ok]
-    flat = FlatStreak.new(len(run_ids))
-    for s in range(n_steps):
-        cube[:, s, _FLAT] = flat.advance(cube[:, s, _EVAL])
-    return cube, steps
+    has_trajectories: bool = False
+    has_eval: bool = False
+    snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
+    records: int = 0
 
 
 class Detector:
-    """Step-conditional robust profile + EWMA / CUSUM statistics, calibrated on normal runs."""
+    """Configuration-free detector: scale-free dynamics -> learned prior of faults -> calibrated threshold."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        self.transform: Transform | None = None
-        self.profiles: dict[str, StepProfile] = {}
-        self.calibration: dict[str, Calibration] = {}  # "config" and "global" levels
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, None, self.config.tracker)
+        self.models: dict[str, lgb.Booster] = {}
+        self.thresholds: dict[str, float] = {}
         self.fit_info: dict[str, Any] = {}
-        self._state: RunState | None = None
+        self._live: _Live | None = None
         self.skipped_steps = 0
+        self.resumes = 0
+        self.last_score: float | None = None  # score of the latest observed record
+        self._tier_columns: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, runs: pl.DataFrame, features: pl.DataFrame) -> "Detector":
-        """Fit profiles and calibrate thresholds on the normal (and control) runs of ``runs``."""
-        normal = runs
-        if "control_or_fault" in runs.columns:
-            normal = runs.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS) | pl.col("control_or_fault").is_null())
-        normal = normal.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
-        if normal.height < 3:
-            raise ValueError(f"need at least 3 normal runs to fit a detector, got {normal.height}")
-        run_ids = normal["run_id"].to_list()
-        keys = [config_key(t, s) for t, s in zip(_col(normal, "task_group"), _col(normal, "model_size"))]
-        raw, _ = runs_cube(features, run_ids)
-        self.transform = Transform.fit(raw.reshape(-1, raw.shape[-1]), SIGNALS)
-        cube = self.transform.apply(raw)
-        self.floor = scale_floor(cube.reshape(-1, cube.shape[-1]), SIGNALS)
-
-        self.profiles = self._fit_profiles(cube, keys)
-        config_stats, global_stats = self._cross_fit(cube, keys)
-        self.calibration = {"config": self._calibrate(config_stats), "global": self._calibrate(global_stats)}
+    def fit(self, runs: pl.DataFrame, features: pl.DataFrame, groups: Sequence[str] | None = None,
+            tiers: Sequence[str] = tuple(TIERS)) -> "Detector":
+        """Fit the models of ``tiers`` on the runs of ``runs`` (normal, control and faulty) with their
+        offline ``features``. ``groups`` (one per run of ``runs``, default: task group x model size) are
+        the configurations the out-of-fold calibration holds out together.
+        """
+        has_features = runs["run_id"].is_in(features["run_id"].unique().to_list()).to_list()
+        if groups is not None:
+            if len(groups) != runs.height:
+                raise ValueError(f"{len(groups)} groups for {runs.height} runs")
+            groups = [g for g, keep in zip(groups, has_features) if keep]
+        runs = runs.filter(pl.Series(has_features))
+        run_ids = runs["run_id"].to_list()
+        if runs.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS)).height < 3:
+            raise ValueError("need at least 3 normal or control runs to calibrate a detector")
+        raw, steps = runs_cube(features, run_ids)
+        normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
+        prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
+        x = self.tracker.run_cube(raw)
+        y = _labels(runs, steps)
+        if groups is None:
+            groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
+        fold = _group_folds(list(groups), self.config.folds, self.config.seed)
+        self.models, self.thresholds, oof_rates = {}, {}, {}
+        for tier in tiers:
+            signals = TIERS[tier]
+            cols = _signal_columns(self.tracker.names, signals)
+            oof = np.full(steps.shape, np.nan)
+            for f in range(self.config.folds):
+                test = fold == f
+                if test.any() and (~test).any():
+                    model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
+                    oof[test] = self._predict(model, x[test][..., cols], steps[test])
+            run_max = np.nanmax(np.where(steps > 0, oof, -np.inf), axis=1)
+            self.thresholds[tier] = tail_threshold(run_max[normal], self.config.false_alarm_target,
+                                                   self.config.tail_fraction)
+            oof_rates[tier] = float(np.mean(run_max[normal] > self.thresholds[tier]))
+            self.models[tier] = self._train(x[..., cols], y, steps, signals)
         self.fit_info = {
-            "normal_runs": len(run_ids),
-            "configs": {k: keys.count(k) for k in sorted(set(keys))},
-            "steps": int(cube.shape[1]),
+            "runs": len(run_ids), "normal_runs": int(normal.sum()), "configurations": len(set(groups)),
+            "records": int((steps > 0).sum()), "oof_normal_alarm_rate": oof_rates,
         }
         return self
 
-    def _fit_profiles(self, cube: np.ndarray, keys: list[str], config_keys: set[str] | None = None) -> dict[str, StepProfile]:
-        """Global profile plus one per configuration in ``config_keys`` (default: those with enough runs)."""
-        profiles = {GLOBAL_KEY: fit_step_profile(cube, self.floor, self.config.window)}
-        if config_keys is None:
-            config_keys = {k for k in set(keys) if keys.count(k) >= self.config.min_config_runs}
-        for key in sorted(config_keys):
-            members = [i for i, k in enumerate(keys) if k == key]
-            if len(members) >= 2:
-                profiles[key] = fit_step_profile(cube[members], self.floor, self.config.window)
-        return profiles
-
-    def _cross_fit(self, cube: np.ndarray, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Out-of-sample run-maximum channel values (runs, C, F): K-fold (configuration level) and
-        leave-one-task-group-out / leave-one-model-size-out (global level)."""
-        n = cube.shape[0]
+    def _train(self, x: np.ndarray, y: np.ndarray, steps: np.ndarray, signals: Sequence[str]) -> lgb.Booster:
+        """One booster on the present records of (R, S, D) features; signals masked at random in copies."""
         rng = np.random.default_rng(self.config.seed)
-        fold = np.empty(n, dtype=int)
-        for key in sorted(set(keys)):  # stratified by configuration
-            members = np.array([i for i, k in enumerate(keys) if k == key])
-            fold[members[rng.permutation(len(members))]] = (np.arange(len(members)) + rng.integers(self.config.folds)) % self.config.folds
-        config_stats = np.zeros((n, len(CHANNELS), len(SIGNALS)))
-        for f in range(self.config.folds):
-            test = np.flatnonzero(fold == f)
-            train = np.flatnonzero(fold != f)
-            if not len(test) or len(train) < 2:
-                continue
-            # same configuration set as deployment, each fitted on this fold's runs
-            profiles = self._fit_profiles(cube[train], [keys[i] for i in train], set(self.profiles) - {GLOBAL_KEY})
-            for i in test:
-                profile = profiles.get(keys[i], profiles[GLOBAL_KEY])
-                config_stats[i] = self._run_max_channels(cube[i : i + 1], profile)[0]
-        # global level = what an unseen configuration meets: leave one task group out, and
-        # leave one model size out (pooled); with a single value on both axes, leave a config out
-        global_parts = []
-        for axis in (0, 1):
-            values = [k.split("|")[axis] for k in keys]
-            if len(set(values)) < 2:
-                continue
-            stats = np.zeros_like(config_stats)
-            for value in sorted(set(values)):
-                test = np.array([i for i, v in enumerate(values) if v == value])
-                train = np.array([i for i, v in enumerate(values) if v != value])
-                profile = fit_step_profile(cube[train], self.floor, self.config.window)
-                stats[test] = self._run_max_channels(cube[test], profile)
-            global_parts.append(stats)
-        if not global_parts:
-            global_parts.append(config_stats)
-        global_stats = np.concatenate(global_parts)
-        return config_stats, global_stats
+        present = steps > 0
+        per_run = present.sum(axis=1, keepdims=True).clip(min=1)
+        weight = np.broadcast_to(1.0 / per_run, steps.shape)[present]
+        rows, labels, weights = [x[present]], [y[present]], [weight]
+        names = [n for n in self.tracker.names if n in GLOBAL or n.split(":")[0] in set(signals)]
+        owners = np.array([n.split(":")[0] for n in names])
+        for _ in range(self.config.masked_copies):
+            hidden = rng.random((x.shape[0], len(signals))) < self.config.mask_probability
+            masked = x.copy()
+            for j, s in enumerate(signals):
+                runs_hidden = np.flatnonzero(hidden[:, j])
+                masked[np.ix_(runs_hidden, np.arange(x.shape[1]), np.flatnonzero(owners == s))] = np.nan
+            rows.append(masked[present])
+            labels.append(y[present])
+            weights.append(weight)
+        data, target, w = np.concatenate(rows), np.concatenate(labels), np.concatenate(weights)
+        pos = w[target == 1].sum()
+        neg = w[target == 0].sum()
+        if pos > 0 and neg > 0:  # both classes weigh the same in total
+            w = np.where(target == 1, w * (neg / pos), w)
+        dataset = lgb.Dataset(data, label=target, weight=w, feature_name=[n.replace(":", "__") for n in names],
+                              free_raw_data=True)
+        return lgb.train({**LGB_PARAMS, "seed": self.config.seed + 11}, dataset, num_boost_round=self.config.num_rounds)
 
-    def _run_max_channels(self, cube: np.ndarray, profile: StepProfile) -> np.ndarray:
-        channels = self._channels_cube(cube, profile)  # (R, S, C, F)
-        return np.nanmax(np.where(np.isfinite(channels), channels, 0.0), axis=1)
-
-    def _calibrate(self, stats: np.ndarray) -> Calibration:
-        """Per-statistic normalisers and the threshold, both from out-of-sample normal run maxima.
-
-        Each statistic is divided by its own extrapolated 1 % tail (``normaliser_tail``), so
-        signals of different noise compete fairly in the maximum. The threshold extrapolates the out-of-sample run-maximum scores of normal runs to the
-        false-alarm target with a peaks-over-threshold exponential tail (the maximum of many
-        statistics is in the Gumbel domain), never below the largest observed normal score.
-        """
-        cfg = self.config
-        if cfg.normaliser_tail is None:
-            norm = np.quantile(stats, cfg.normaliser_quantile, axis=0)  # (C, F)
-        else:  # each statistic's own extrapolated tail quantile (equalises heavy-tailed signals)
-            norm = np.array([[tail_threshold(stats[:, c, f], cfg.normaliser_tail, cfg.tail_fraction, cap=False)
-                              for f in range(stats.shape[2])] for c in range(stats.shape[1])])
-        norm = np.maximum(norm, CHANNEL_FLOORS[:, None])
-        norm[[c not in cfg.channels for c in CHANNELS]] = np.inf  # statistics switched off
-        run_scores = (stats / norm).reshape(stats.shape[0], -1).max(axis=1)
-        return Calibration(norm, tail_threshold(run_scores, cfg.false_alarm_target, cfg.tail_fraction) * cfg.threshold_margin,
-                           int(stats.shape[0]))
-
-    # ------------------------------------------------------------------ scoring core
-    def _z(self, y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        z = (y - center) / scale
-        z = np.where(UP_ONLY & (z < 0), 0.0, z)  # (NaN stays NaN: a missing signal is skipped)
-        return np.clip(z, -self.config.z_clip, self.config.z_clip)
-
-    def _advance(self, state: RunState, z: np.ndarray, step: int) -> np.ndarray:
-        """One step for (R, F) z-scores (NaN = missing); returns channels (R, C, F)."""
-        cfg = self.config
-        present = np.isfinite(z)
-        zz = np.where(present, z, 0.0)
-        ewma = np.where(present, (1 - cfg.ewma_lambda) * state.ewma + cfg.ewma_lambda * zz, state.ewma)
-        cplus = np.where(present, np.maximum(0.0, state.cplus + zz - cfg.cusum_k), state.cplus)
-        cminus = np.where(present, np.maximum(0.0, state.cminus - zz - cfg.cusum_k), state.cminus)
-        state.plus_since = np.where((state.cplus == 0) & (cplus > 0), step, state.plus_since)
-        state.minus_since = np.where((state.cminus == 0) & (cminus > 0), step, state.minus_since)
-        state.ewma, state.cplus, state.cminus = ewma, cplus, cminus
-        return np.stack([np.abs(zz), np.abs(ewma), np.maximum(cplus, cminus)], axis=1)
-
-    def _channels_cube(self, cube: np.ndarray, profile: StepProfile) -> np.ndarray:
-        """Channels (R, S, C, F) for a transformed cube (R, S, F)."""
-        state = RunState.new("", "", cube.shape[0])
-        out = np.zeros((cube.shape[0], cube.shape[1], len(CHANNELS), len(SIGNALS)))
-        for s in range(cube.shape[1]):
-            center, scale = profile.at(s + 1)
-            out[:, s] = self._advance(state, self._z(cube[:, s], center, scale), s + 1)
+    @staticmethod
+    def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        out = np.full(steps.shape, np.nan)
+        present = steps > 0
+        if present.any():
+            out[present] = model.predict(x[present])
         return out
 
-    def _lookup(self, task_group: str | None, model_size: str | None) -> tuple[str, StepProfile, Calibration]:
-        key = config_key(task_group, model_size)
-        if key in self.profiles and key != GLOBAL_KEY:
-            return key, self.profiles[key], self.calibration["config"]
-        return GLOBAL_KEY, self.profiles[GLOBAL_KEY], self.calibration["global"]
-
+    # ------------------------------------------------------------------ offline scoring
     def _require_fitted(self) -> None:
-        if self.transform is None or not self.profiles:
+        if not self.models:
             raise RuntimeError("detector is not fitted: call fit() or load()")
 
-    def score_cube(self, raw: np.ndarray, steps: np.ndarray, task_group: str | None, model_size: str | None) -> tuple[np.ndarray, float]:
-        """Scores (R, S) of a raw feature cube (R, S, F) with step numbers (R, S) (0 = absent), and the threshold.
+    def score_cube(self, raw: np.ndarray, steps: np.ndarray, tier: str | None = None) -> tuple[np.ndarray, float]:
+        """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold.
 
-        Steps must be consecutive from 1 in every run (as :func:`runs_cube` builds them).
+        ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         """
         self._require_fitted()
-        _, profile, cal = self._lookup(task_group, model_size)
-        channels = self._channels_cube(self.transform.apply(raw), profile)
-        scores = (channels / cal.norm).reshape(*channels.shape[:2], -1).max(axis=2)
-        return np.where(steps > 0, scores, np.nan), cal.threshold
+        if tier is None:
+            has_traj = bool(np.isfinite(raw[..., [CUBE_SIGNALS.index(s) for s in _TRAJECTORY]]).any())
+            tier = tier_of(has_traj, bool(np.isfinite(raw[..., EVAL_INDEX]).any()))
+        masked = raw.copy()
+        hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier]]
+        masked[..., hidden] = np.nan
+        x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
+        cols = _signal_columns(self.tracker.names, TIERS[tier])
+        return self._predict(self.models[tier], x[..., cols], steps), self.thresholds[tier]
+
+    def score_run(self, run_features: pl.DataFrame, task_group: str | None = None,
+                  model_size: str | None = None) -> list[Alarm]:
+        """Alarms of one run's feature frame (``step`` + feature columns), exactly as streaming gives them
+        (the configuration arguments are accepted for the callers' convenience and ignored)."""
+        saved, skipped, resumes = self._live, self.skipped_steps, self.resumes
+        run_id = str(run_features["run_id"][0]) if "run_id" in run_features.columns and run_features.height else "run"
+        self.reset(run_id)
+        alarms = []
+        frame = run_features.sort("step")
+        for row in frame.iter_rows(named=True):
+            alarm = self.observe_features(run_id, int(row["step"]), {f: row.get(f) for f in FEATURES})
+            if alarm is not None:
+                alarms.append(alarm)
+        self._live, self.skipped_steps, self.resumes = saved, skipped, resumes
+        return alarms
 
     # ------------------------------------------------------------------ streaming
     def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None:
-        """Start streaming run ``run_id`` (selects its configuration's profile)."""
+        """Start streaming run ``run_id`` (no configuration is needed: the arguments are ignored)."""
         self._require_fitted()
-        key, _, _ = self._lookup(task_group, model_size)
-        self._state = RunState.new(run_id, key)
-
-    @property
-    def state(self) -> RunState | None:
-        return self._state
+        self._live = _Live(run_id, self.tracker.new_state(1), FlatStreak.new(1))
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
-        """Update with one train step; an :class:`Alarm` while the score exceeds the threshold."""
+        """Update with one logged step; an :class:`Alarm` while the score exceeds the threshold."""
         return self.observe_features(step.run_id, step.step, step_features(step, trajectories))
 
     def observe_features(self, run_id: str, step: int, features: dict[str, float | None]) -> Alarm | None:
-        """:meth:`observe` for a precomputed feature dict (as :func:`step_features` returns)."""
+        """:meth:`observe` for a precomputed feature dict (as :func:`~rftfm.fm.features.step_features` returns)."""
         self._require_fitted()
-        if self._state is None or self._state.run_id != run_id:
+        if self._live is None or self._live.run_id != run_id:
             self.reset(run_id)
-        state = self._state
-        if step <= state.last_step:  # a repeated or rolled-back step: count it, keep the state
+        live = self._live
+        if step <= live.last_step and not self._rewind(live, step):
             self.skipped_steps += 1
             return None
         raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
-        raw[:, _FLAT] = state.flat.advance(raw[:, _EVAL])
-        profile = self.profiles.get(state.key, self.profiles[GLOBAL_KEY])
-        cal = self.calibration["config" if state.key != GLOBAL_KEY else "global"]
-        center, scale = profile.at(step)
-        z = self._z(self.transform.apply(raw), center, scale)
-        channels = self._advance(state, z, step)[0]  # (C, F)
-        state.last_step = step
-        ratios = channels / cal.norm
-        score = float(ratios.max())
-        state.last_score = score
-        state.in_alarm = score > cal.threshold
-        if not state.in_alarm:
+        before = live.state.copy()  # kept for a rollback to this step, and the baseline evidence is read from
+        live.snapshots.append((step, before, FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
+                               live.has_trajectories, live.has_eval))
+        raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
+        live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY)
+        live.has_eval |= features.get("eval_accuracy") is not None
+        tier = tier_of(live.has_trajectories, live.has_eval)
+        hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
+        x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
+        live.last_step, live.records = step, live.records + 1
+        cols = self._columns(tier)
+        row = x[:, cols]
+        score = float(self.models[tier].predict(row, num_threads=1)[0])
+        self.last_score = score
+        threshold = self.thresholds[tier]
+        if not score > threshold:
             return None
-        return Alarm(run_id=run_id, step=step, score=score, threshold=cal.threshold,
-                     evidence=self._evidence(state, ratios, raw[0], z[0], center, cal.threshold))
+        return Alarm(run_id=run_id, step=step, score=score, threshold=threshold,
+                     evidence=self._evidence(tier, row, raw[0], before, live, cols))
 
-    def _evidence(self, state: RunState, ratios: np.ndarray, raw: np.ndarray, z: np.ndarray,
-                  center: np.ndarray, threshold: float) -> list[SignalEvidence]:
-        per_feature = ratios.max(axis=0)
-        expected = self.transform.invert(center)
-        order = [i for i in np.argsort(-per_feature) if per_feature[i] >= EVIDENCE_FRACTION * threshold][:MAX_EVIDENCE]
+    def _columns(self, tier: str) -> np.ndarray:
+        if tier not in self._tier_columns:
+            self._tier_columns[tier] = _signal_columns(self.tracker.names, TIERS[tier])
+        return self._tier_columns[tier]
+
+    def _rewind(self, live: _Live, step: int) -> bool:
+        """Restore the state from before the first kept record at or after ``step`` (a rollback / resume)."""
+        while live.snapshots and live.snapshots[-1][0] > step:
+            live.snapshots.pop()
+        if not live.snapshots or live.snapshots[-1][0] != step:
+            return False
+        _, state, flat, has_traj, has_eval = live.snapshots.pop()
+        live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
+        live.last_step = step - 1
+        self.resumes += 1
+        return True
+
+    def _evidence(self, tier: str, row: np.ndarray, raw: np.ndarray, before: TrackerState, live: _Live,
+                  cols: np.ndarray) -> list[SignalEvidence]:
+        """Signals that pushed the score up most, each against the run's own baseline before this record."""
+        contrib = self.models[tier].predict(row, pred_contrib=True)[0][:-1]  # last column: the bias
+        names = [self.tracker.names[c] for c in cols]
+        per_signal: dict[str, float] = {}
+        for name, value in zip(names, contrib):
+            owner = name.split(":")[0]
+            if name not in GLOBAL:
+                per_signal[owner] = per_signal.get(owner, 0.0) + float(value)
+        ranked = sorted((s for s, v in per_signal.items() if v > 0), key=lambda s: -per_signal[s])
         out = []
-        for i in order:
-            channel = int(np.argmax(ratios[:, i]))
-            if channel == 2:
-                up = state.cplus[0, i] >= state.cminus[0, i]
-            elif channel == 1:
-                up = state.ewma[0, i] >= 0
-            else:
-                up = (z[i] if math.isfinite(z[i]) else state.ewma[0, i]) >= 0
-            since = state.plus_since[0, i] if up else state.minus_since[0, i]
+        for signal in ranked[:MAX_EVIDENCE]:
+            i = CUBE_SIGNALS.index(signal)
             value = raw[i] if math.isfinite(raw[i]) else None
-            exp = float(expected[i]) if math.isfinite(expected[i]) else None
+            expected = self._raw_level(before, i)
+            z_name = f"{signal}:z"
+            z = row[0, names.index(z_name)] if z_name in names else math.nan
+            up = (value is not None and expected is not None and value >= expected) if not math.isfinite(z) else z >= 0
+            since = live.state.cplus_since[0, i] if up else live.state.cminus_since[0, i]
+            since_step = self._step_of_record(live, int(since)) if since > 0 else None
             out.append(SignalEvidence(
-                signal=SIGNALS[i], direction="up" if up else "down", value=value, expected=exp,
-                z=float(z[i]) if math.isfinite(z[i]) else None,
-                ratio=(value / exp) if value is not None and exp is not None and abs(exp) > 1e-6 else None,
-                since_step=int(since) if since > 0 else None,
+                signal=signal, direction="up" if up else "down", value=value, expected=expected,
+                z=float(z) if math.isfinite(z) else None,
+                ratio=(value / expected) if value is not None and expected is not None and abs(expected) > 1e-12 else None,
+                since_step=since_step,
             ))
         return out
 
-    # ------------------------------------------------------------------ offline
-    def score_run(self, run_features: pl.DataFrame, task_group: str | None = None, model_size: str | None = None) -> list[Alarm]:
-        """Alarms of one run's feature frame (``step`` + feature columns), exactly as streaming gives them."""
-        saved, skipped = self._state, self.skipped_steps
-        run_id = str(run_features["run_id"][0]) if "run_id" in run_features.columns and run_features.height else "run"
-        self.reset(run_id, task_group, model_size)
-        alarms = []
-        frame = run_features.sort("step")
-        x = _features_matrix(frame)
-        for step, row in zip(frame["step"].to_list(), x):
-            alarm = self.observe_features(run_id, int(step), {f: (None if math.isnan(v) else float(v)) for f, v in zip(FEATURES, row)})
-            if alarm is not None:
-                alarms.append(alarm)
-        self._state, self.skipped_steps = saved, skipped
-        return alarms
+    def _raw_level(self, state: TrackerState, i: int) -> float | None:
+        """The baseline's level of signal ``i`` in the signal's own units (None before it has one)."""
+        level = state.level[0, i]
+        if not math.isfinite(level):
+            return None
+        if self.tracker.is_log[i]:
+            magnitude = state.magnitude[0, i]
+            return float(np.sinh(level) * magnitude) if math.isfinite(magnitude) else None
+        return float(level)
+
+    @staticmethod
+    def _step_of_record(live: _Live, record: int) -> int | None:
+        """The step number of the run's ``record``-th record (1-based), from the kept snapshots."""
+        offset = live.records - record
+        if offset < 0 or offset >= len(live.snapshots):
+            return None
+        return int(live.snapshots[-1 - offset][0])
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         self._require_fitted()
         return {
-            "format": "rftfm-detector", "version": ARTIFACT_VERSION, "features": list(SIGNALS),
-            "channels": list(CHANNELS), "config": asdict(self.config), "fit_info": self.fit_info,
-            "transform": {"log_scale": self.transform.log_scale.tolist(), "magnitude": _floats(self.transform.magnitude)},
-            "floor": _floats(self.floor),
-            "profiles": {k: {"center": _floats(p.center), "scale": _floats(p.scale), "runs": p.runs} for k, p in self.profiles.items()},
-            "calibration": {k: {"norm": _floats(c.norm), "threshold": c.threshold, "normal_runs": c.normal_runs} for k, c in self.calibration.items()},
+            "format": FORMAT, "version": VERSION, "signals": list(CUBE_SIGNALS), "features": list(PER_SIGNAL + GLOBAL),
+            "config": {**asdict(self.config), "tracker": asdict(self.config.tracker)},
+            "prior_noise": [None if not math.isfinite(v) else float(f"{v:.6g}") for v in self.tracker.prior],
+            "thresholds": self.thresholds, "fit_info": self.fit_info,
+            "models": {tier: model.model_to_string() for tier, model in self.models.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Detector":
-        if data.get("format") != "rftfm-detector":
-            raise ValueError("not an rftfm detector artifact")
-        if data.get("version") != ARTIFACT_VERSION:
-            raise ValueError(f"detector artifact version {data.get('version')} is not supported (expected {ARTIFACT_VERSION})")
-        if list(data["features"]) != list(SIGNALS):
-            raise ValueError("detector artifact was trained on a different feature list; re-fit it")
-        det = cls(DetectorConfig(**{**data["config"], "channels": tuple(data["config"].get("channels", CHANNELS))}))
-        det.transform = Transform(np.array(data["transform"]["log_scale"], dtype=bool), _array(data["transform"]["magnitude"]))
-        det.floor = _array(data["floor"])
-        det.profiles = {k: StepProfile(_array(p["center"]), _array(p["scale"]), int(p["runs"])) for k, p in data["profiles"].items()}
-        det.calibration = {k: Calibration(np.nan_to_num(_array(c["norm"]), nan=np.inf), float(c["threshold"]), int(c["normal_runs"]))
-                           for k, c in data["calibration"].items()}  # null normaliser = statistic switched off
+        if data.get("format") != FORMAT:
+            raise ValueError("not an rftfm configuration-free detector artifact")
+        if data.get("version") != VERSION:
+            raise ValueError(f"detector artifact version {data.get('version')} is not supported (expected {VERSION})")
+        if list(data["signals"]) != list(CUBE_SIGNALS) or list(data["features"]) != list(PER_SIGNAL + GLOBAL):
+            raise ValueError("detector artifact was trained on a different signal list; re-fit it")
+        config = dict(data["config"])
+        config["tracker"] = TrackerConfig(**config["tracker"])
+        det = cls(DetectorConfig(**config))
+        prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
+        det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
+        det.thresholds = {k: float(v) for k, v in data["thresholds"].items()}
+        det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
         det.fit_info = data.get("fit_info", {})
         return det
 
@@ -465,24 +395,42 @@ class Detector:
 
     @classmethod
     def load_default(cls) -> "Detector":
-        """The artifact shipped with the package (trained on the full preset's train split)."""
+        """The artifact shipped with the package (fitted on the benchmark's training configurations)."""
         if not DEFAULT_ARTIFACT.exists():
             raise FileNotFoundError(f"no default detector artifact at {DEFAULT_ARTIFACT}; run `rftfm fit detector`")
         return cls.load(DEFAULT_ARTIFACT)
 
 
-def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2, cap: bool = True) -> float:
-    """Score exceeded by a fraction ``target`` of normal runs: exponential tail above the (1 - tail_fraction) quantile."""
-    scores = np.sort(np.asarray(scores, dtype=float))
-    if scores.size == 0:
-        return math.inf
-    u = float(np.quantile(scores, 1.0 - tail_fraction))
-    excess = scores[scores > u] - u
-    if excess.size < 2 or target >= tail_fraction:
-        return float(max(np.quantile(scores, 1.0 - target), scores[-1]))
-    beta = float(excess.mean())
-    value = u + beta * math.log(tail_fraction / target)
-    return float(max(value, scores[-1]) if cap else value)
+def describe(e: SignalEvidence) -> str:
+    """One evidence item in the run's own terms, e.g. ``KL 0.48 vs 0.012 before (x40) since step 37``."""
+    name = label(e.signal)
+    if e.value is None:
+        return f"{name} {'up' if e.direction == 'up' else 'down'}"
+    text = f"{name} {e.value:.3g}"
+    if e.expected is not None:
+        text += f" vs {e.expected:.3g} before"
+        if e.ratio is not None and e.ratio > 0 and (e.ratio >= 1.5 or e.ratio <= 1 / 1.5):
+            text += f" (x{e.ratio:.3g})"
+    if e.since_step is not None:
+        text += f" since step {e.since_step}"
+    return text
+
+
+def _labels(runs: pl.DataFrame, steps: np.ndarray) -> np.ndarray:
+    """(R, S) 1 where the run's fault acts at that step (steps >= onset of an injected run)."""
+    faulty = (runs["control_or_fault"] == "fault").to_numpy()
+    onset = np.array([o if o is not None else 1 for o in _col(runs, "onset_step")], dtype=float)
+    return ((steps >= onset[:, None]) & faulty[:, None] & (steps > 0)).astype(float)
+
+
+def _group_folds(groups: list[str], folds: int, seed: int) -> np.ndarray:
+    """Fold of each run: whole groups (configurations) go to one fold (runs, when there are fewer groups than folds)."""
+    if len(set(groups)) < folds:
+        groups = [f"{g}#{i}" for i, g in enumerate(groups)]
+    unique = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {g: int(order[i]) % folds for i, g in enumerate(unique)}
+    return np.array([fold_of[g] for g in groups])
 
 
 def _col(frame: pl.DataFrame, name: str) -> list[Any]:
@@ -497,10 +445,20 @@ def _finite(value: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
-def _floats(a: np.ndarray) -> Any:
-    """Nested lists with None for NaN (JSON has no NaN), 6 significant digits."""
-    return np.vectorize(lambda v: None if not math.isfinite(v) else float(f"{v:.6g}"), otypes=[object])(np.asarray(a, dtype=float)).tolist()
+class CombinedDetector:
+    """The configuration-free detector and a per-configuration one fitted on the user's own normal runs:
+    an alarm when either alarms (the per-configuration one knows the user's setup, the other knows faults)."""
 
+    def __init__(self, zero_shot: Detector, profile: Any) -> None:
+        self.zero_shot, self.profile = zero_shot, profile
 
-def _array(data: Any) -> np.ndarray:
-    return np.array(data, dtype=float)  # None -> nan
+    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None:
+        self.zero_shot.reset(run_id)
+        self.profile.reset(run_id, task_group, model_size)
+
+    def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
+        a = self.zero_shot.observe(step, trajectories)
+        b = self.profile.observe(step, trajectories)
+        if a is None or b is None:
+            return a or b
+        return a if a.score / a.threshold >= b.score / b.threshold else b

@@ -1,29 +1,31 @@
-"""Failure diagnosis at alarm time: fault family and type, with evidence, or "unknown".
+"""Failure diagnosis at alarm time: fault family and type, with evidence, or "unknown" -- zero-shot.
 
 Model (documented in docs/diagnosis.md):
 
-1. A :class:`~rftfm.fm.diagnosis_features.NormalProfile` learned from normal and control runs
-   turns a run's history into z-scores per step; :func:`diagnosis_vector` summarises the
-   history up to the diagnosis step (recent / last / whole-history z, slope, change vs the
-   run's own first steps, raw level).
-2. A LightGBM multiclass model over the 16 fault types (trained on several diagnosis steps
-   per faulty run, so it does not depend on one alarm delay); family probability is the
-   sum of its types' probabilities.
+1. The history up to the diagnosis step is tracked like the detector tracks it
+   (:mod:`rftfm.fm.dynamics`): every signal against the run's own baseline, in the run's own
+   noise units; :mod:`rftfm.fm.diagnosis_features` summarises it (recent and peak innovation,
+   accumulated shift, drift since the run's warm-up, levels of fractions). No normal run of the
+   user's configuration is needed.
+2. A LightGBM multiclass model over the fault types (trained on several diagnosis steps per
+   faulty run, so it does not depend on one alarm delay, and on copies of each row with the
+   signals of each input tier hidden, so one model serves logs with and without trajectories and
+   held-out accuracy); family probability is the sum of its types' probabilities.
 3. Abstention: "unknown" when the best family is not probable enough, or when the history is
-   far (k-nearest-neighbour distance) from every training run — both thresholds are set on
-   out-of-fold predictions of the training runs, so known faults rarely abstain.
-4. Evidence: signals whose recent z-score is large, with direction, observed vs expected
-   value, and the first step of the current deviation; the signals the taxonomy expects for
-   the diagnosed type come first.
+   far (k-nearest-neighbour distance) from every training run of the best type -- both
+   thresholds are set on out-of-fold predictions (folds hold out whole configurations).
+4. Evidence in the run's own terms: the signals whose recent innovation is large, each with its
+   value now, its level before the deviation began and the step it began; the signals the
+   taxonomy expects for the diagnosed type come first.
 
-Saved as one JSON file (metadata, profile, kNN reference, LightGBM text model as a string);
-loads without pickle.
+Saved as one JSON file (metadata, prior noise, kNN reference, LightGBM text model): no pickle.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,30 +35,26 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm.diagnosis_features import (
-    KINDS,
-    NormalProfile,
-    nanmean_columns,
-    RunZ,
-    diagnosis_feature_names,
-    diagnosis_matrix,
-    run_z,
-    vector_from_z,
-)
+from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
+from rftfm.fm.detect import TIERS
+from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
+from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, fit_prior_noise
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
+from rftfm.signals import SIGNALS, label
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "diagnoser.json"
 #: diagnosis steps (relative to onset) used to train, so the model sees several alarm delays
 TRAIN_OFFSETS = (0, 1, 2, 3, 4, 6, 9)
 #: kinds of features that span the kNN novelty space
-NOVELTY_KINDS = ("z_recent", "excess")
+NOVELTY_KINDS = ("z_recent", "change0")
 NOVELTY_K = 3
 NOVELTY_MAX_REFERENCE = 1500  # keeps the artifact < 2 MB
 #: fraction of known-fault training diagnoses allowed to abstain (per threshold)
 ABSTAIN_FAMILY_QUANTILE = 0.01
 ABSTAIN_NOVELTY_QUANTILE = 0.99
 EVIDENCE_Z = 2.0
+CUSUM_PER_Z = 2.0  # an accumulated shift of 2 noise units weighs like one innovation of 1
 SINCE_Z = 1.5
 LGB_PARAMS: dict[str, Any] = {
     "objective": "multiclass",
@@ -74,40 +72,6 @@ LGB_PARAMS: dict[str, Any] = {
 }
 NUM_ROUNDS = 80
 
-#: human names of per-step features, for evidence sentences
-SIGNAL_NAMES: dict[str, str] = {
-    "reward_mean": "train reward",
-    "reward_std": "reward sd",
-    "eval_accuracy": "eval accuracy",
-    "kl": "KL",
-    "entropy": "entropy",
-    "policy_loss": "policy loss",
-    "grad_norm": "grad norm",
-    "clip_ratio_region": "clip ratio",
-    "completion_length_mean": "response length",
-    "completion_length_max": "max response length",
-    "truncated_ratio": "truncated ratio",
-    "frac_zero_std_groups": "zero-variance groups",
-    "traj_reward_mean": "trajectory reward",
-    "traj_reward_std": "trajectory reward sd",
-    "traj_length_mean": "trajectory length",
-    "traj_length_std": "trajectory length sd",
-    "traj_advantage_std": "advantage sd",
-    "traj_advantage_absmax": "max |advantage|",
-    "traj_repetition_mean": "repetition",
-    "traj_unique_mean": "unique-token ratio",
-    "traj_tool_call_rate": "tool calls",
-    "traj_tool_error_rate": "tool errors",
-    "traj_empty_rate": "empty responses",
-    "traj_short_rate": "short responses",
-    "traj_long_rate": "long responses",
-    "traj_truncated_rate": "truncated responses",
-}
-#: features that duplicate a train-step metric; evidence shows only one of each pair
-_DUPLICATES = {"traj_reward_mean": "reward_mean", "traj_length_mean": "completion_length_mean",
-               "traj_truncated_rate": "truncated_ratio", "traj_reward_std": "reward_std"}
-
-
 @dataclass
 class _Scores:
     type_prob: np.ndarray  # (n, classes)
@@ -118,7 +82,7 @@ class Diagnoser:
     """Ranks fault types for a run's history up to an alarm; abstains on unfamiliar patterns."""
 
     def __init__(self) -> None:
-        self.profile: NormalProfile | None = None
+        self.tracker: DynamicsTracker | None = None
         self.classes: list[str] = []
         self.feature_names: list[str] = []
         self.booster: lgb.Booster | None = None
@@ -130,21 +94,48 @@ class Diagnoser:
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ training
-    def fit(self, runs: pl.DataFrame, features: pl.DataFrame, alarm_steps: dict[str, int] | None = None) -> "Diagnoser":
-        """Learn the normal profile from normal / control runs and the classifier from faulty runs.
+    def fit(self, runs: pl.DataFrame, features: pl.DataFrame, alarm_steps: dict[str, int] | None = None,
+            groups: list[str] | None = None) -> "Diagnoser":
+        """Learn the prior noise from normal / control runs and the classifier from faulty runs.
 
         ``runs`` carries the labels (training only); ``features`` is a ``features_frame``.
         ``alarm_steps`` (run_id -> step) trains at those steps (and neighbours); without it,
-        at :data:`TRAIN_OFFSETS` after each run's onset.
+        at :data:`TRAIN_OFFSETS` after each run's onset. ``groups`` (one per run of ``runs``: its
+        configuration) are held out together for the out-of-fold calibration.
         """
         features = features.drop([c for c in ("fault_active",) if c in features.columns])
+        group_of = dict(zip(runs["run_id"].to_list(), groups or runs["run_id"].to_list()))
         normal = runs.filter(pl.col("control_or_fault").is_in(["normal", "control"]))
         faulty = runs.filter((pl.col("control_or_fault") == "fault") & pl.col("fault_type").is_not_null())
         if faulty.height == 0:
             raise ValueError("no faulty runs to learn fault types from")
-        self.profile = NormalProfile.fit(features, normal if normal.height else runs)
-        self.feature_names = diagnosis_feature_names(self.profile.features)
+        reference = normal if normal.height else runs
+        raw, _ = runs_cube(features, reference["run_id"].to_list())
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, fit_prior_noise(CUBE_SIGNALS, raw), TrackerConfig())
+        self.feature_names = diagnosis_feature_names()
         self.classes = [t for t in FAULT_TYPES if t in set(faulty["fault_type"].to_list())]
+        x, keys = diagnosis_matrix(features, self._training_steps(faulty, features, alarm_steps), self.tracker)
+        label = dict(faulty.select("run_id", "fault_type").iter_rows())
+        y = np.array([self.classes.index(label[rid]) for rid, _ in keys])
+        run_of = np.array([rid for rid, _ in keys])
+        x, y, run_of = self._tier_copies(x, y, run_of)
+        config = np.array([str(group_of.get(r, r)) for r in run_of])
+        self._fit_novelty(x, y, run_of)
+        oof = self._out_of_fold(x, y, config, run_of)
+        self.booster = self._train(x, y)
+        self._calibrate(oof, y)
+        self.info = {
+            "train_runs": int(len(set(run_of))),
+            "train_rows": int(len(y)),
+            "normal_runs": int(normal.height),
+            "configurations": int(len(set(config))),
+            "oof_type_accuracy": float(np.mean(oof.type_prob.argmax(1) == y)),
+        }
+        return self
+
+    @staticmethod
+    def _training_steps(faulty: pl.DataFrame, features: pl.DataFrame,
+                        alarm_steps: dict[str, int] | None) -> dict[str, list[int]]:
         last = dict(features.group_by("run_id").agg(pl.col("step").max()).iter_rows())
         at_steps: dict[str, list[int]] = {}
         for row in faulty.iter_rows(named=True):
@@ -156,21 +147,12 @@ class Diagnoser:
             else:
                 base, offsets = int(row["onset_step"] or 1), TRAIN_OFFSETS
             at_steps[rid] = sorted({min(max(base + o, 1), end) for o in offsets})
-        x, keys = diagnosis_matrix(features, faulty, at_steps, self.profile)
-        label = dict(faulty.select("run_id", "fault_type").iter_rows())
-        y = np.array([self.classes.index(label[rid]) for rid, _ in keys])
-        groups = np.array([rid for rid, _ in keys])
-        self._fit_novelty(x, y, groups)
-        oof = self._out_of_fold(x, y, groups)
-        self.booster = self._train(x, y)
-        self._calibrate(oof, y)
-        self.info = {
-            "train_runs": int(len(set(groups))),
-            "train_rows": int(len(y)),
-            "normal_runs": int(normal.height),
-            "oof_type_accuracy": float(np.mean(oof.type_prob.argmax(1) == y)),
-        }
-        return self
+        return at_steps
+
+    def _tier_copies(self, x: np.ndarray, y: np.ndarray, run_of: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Each row once per input tier, with the signals that tier lacks hidden."""
+        copies = [mask_signals(x, self.feature_names, TIERS[t]) for t in TIERS]
+        return np.vstack(copies), np.tile(y, len(copies)), np.tile(run_of, len(copies))
 
     def _train(self, x: np.ndarray, y: np.ndarray) -> lgb.Booster:
         params = dict(LGB_PARAMS, num_class=len(self.classes))
@@ -179,23 +161,28 @@ class Diagnoser:
         data = lgb.Dataset(x, label=y, feature_name=[n.replace(".", "__") for n in self.feature_names], free_raw_data=True)
         return lgb.train(params, data, num_boost_round=NUM_ROUNDS)
 
-    def _out_of_fold(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4) -> _Scores:
-        """Out-of-fold type probabilities and novelty of the training rows (for calibration)."""
+    def _out_of_fold(self, x: np.ndarray, y: np.ndarray, config: np.ndarray, run_of: np.ndarray,
+                     folds: int = 4) -> _Scores:
+        """Out-of-fold type probabilities and novelty of the training rows (for calibration): whole
+        configurations held out when there are enough of them, else whole runs."""
         from sklearn.model_selection import GroupKFold
 
+        groups = config if len(set(config)) >= folds else run_of
         prob = np.zeros((len(y), len(self.classes)))
         splitter = GroupKFold(n_splits=min(folds, len(set(groups))))
         for train_idx, test_idx in splitter.split(x, y, groups):
             booster = self._train(x[train_idx], y[train_idx])
             prob[test_idx] = self._predict(booster, x[test_idx])
-        return _Scores(prob, self._novelty(x, y, exclude=groups))
+        return _Scores(prob, self._novelty(x, y, exclude=run_of))
 
     def _predict(self, booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
         prob = np.asarray(booster.predict(x))
         return prob.reshape(len(x), -1)
 
     def _novelty_space(self, x: np.ndarray) -> np.ndarray:
-        idx = [i for i, n in enumerate(self.feature_names) if n.split(".")[0] in NOVELTY_KINDS]
+        idx = [i for i, n in enumerate(self.feature_names)
+               if n.split(".")[0] in NOVELTY_KINDS and SIGNALS.get(n.split(".", 1)[1]) is not None
+               and SIGNALS[n.split(".", 1)[1]].source == "step"]  # present in every tier
         sub = np.nan_to_num(x[:, idx], nan=0.0)
         return np.clip(sub, -10.0, 10.0)
 
@@ -245,7 +232,7 @@ class Diagnoser:
 
     # ------------------------------------------------------------------ inference
     def _check(self) -> None:
-        if self.booster is None or self.profile is None:
+        if self.booster is None or self.tracker is None:
             raise RuntimeError("Diagnoser is not fitted; call fit() or load()")
 
     def diagnose(
@@ -256,23 +243,26 @@ class Diagnoser:
         task_group: str | None = None,
         model_size: str | None = None,
     ) -> Diagnosis:
-        """Diagnose ``run_id`` from its ``features_frame`` rows with ``step <= step``."""
+        """Diagnose ``run_id`` from its ``features_frame`` rows with ``step <= step`` (no configuration needed:
+        ``task_group`` and ``model_size`` are accepted for the caller's convenience and ignored)."""
         self._check()
-        assert self.profile is not None and self.booster is not None
+        assert self.tracker is not None and self.booster is not None
         if "run_id" in history.columns:
             history = history.filter(pl.col("run_id") == run_id)
-        history = history.filter(pl.col("step") <= step)
+        history = history.filter(pl.col("step") <= step).with_columns(pl.lit(run_id).alias("run_id"))
         if history.height == 0:
             return Diagnosis(run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown fault: no history to diagnose")
-        rz = run_z(history, self.profile, task_group, model_size)
-        x = vector_from_z(rz)[None, :]
+        cube, steps = runs_cube(history, [run_id])
+        tracked = self.tracker.run_cube(cube)[0]
+        x = vectors(tracked, steps[0], [step], self.tracker)
         prob = self._predict(self.booster, x)[0]
         order = np.argsort(-prob)
         novelty = float(self._novelty(x, order[:1])[0])
         _, fam = self._family_prob(prob[None, :])
-        ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i], probability=round(float(prob[i]), 4)) for i in order]
+        ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i],
+                             probability=round(float(prob[i]), 4)) for i in order]
         unknown = bool(fam.max() < self.family_threshold or novelty > self.novelty_thresholds[order[0]])
-        evidence = self.evidence(rz, None if unknown else ranked[0].fault_type)
+        evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         return Diagnosis(
             run_id=run_id, step=int(step), ranked=ranked, unknown=unknown, evidence=evidence,
             summary=summary_sentence(None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type),
@@ -288,40 +278,50 @@ class Diagnoser:
         unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x, best) > self.novelty_thresholds[best])
         return prob, unknown
 
-    def evidence(self, rz: RunZ, fault_type: str | None, limit: int = 6) -> list[SignalEvidence]:
-        """Signals that moved vs the normal profile over the last steps, expected ones first."""
-        z = rz.z
-        recent = slice(max(0, len(z) - 3), len(z))
-        zr, value, expected = nanmean_columns(z[recent]), nanmean_columns(rz.values[recent]), nanmean_columns(rz.mean[recent])
+    def evidence(self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None,
+                 limit: int = 6) -> list[SignalEvidence]:
+        """Signals that deviate now (a large recent innovation or an accumulated shift), each in the run's
+        own terms: value over the last steps, level before the deviation began, the step it began."""
+        assert self.tracker is not None
+        present = np.flatnonzero(steps > 0)
+        names = self.tracker.names
+        cols = {k: [names.index(f"{s}:{k}") for s in CUBE_SIGNALS] for k in ("z", "cusum_up", "cusum_down")}
+        z, up, down = (tracked[present][:, cols[k]] for k in ("z", "cusum_up", "cusum_down"))
+        values = raw[present]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            recent = np.nanmean(z[-3:], axis=0)
+        shift = np.fmax(np.nan_to_num(up[-1]), np.nan_to_num(down[-1]))
+        strength = np.fmax(np.abs(np.nan_to_num(recent)), shift / CUSUM_PER_Z)
         expected_signals = [s for s, _ in FAULT_TYPES[fault_type].signals] if fault_type in FAULT_TYPES else []
         items = []
-        for j, name in enumerate(self.profile.features if self.profile else []):
-            if not np.isfinite(zr[j]) or abs(zr[j]) < EVIDENCE_Z:
+        for j, name in enumerate(CUBE_SIGNALS):
+            sig = SIGNALS.get(name)
+            if sig is None or strength[j] < EVIDENCE_Z:
                 continue
-            if _DUPLICATES.get(name) in self.profile.features and abs(zr[self.profile.features.index(_DUPLICATES[name])]) >= EVIDENCE_Z:
-                continue
-            sign = 1 if zr[j] > 0 else -1
-            since = int(rz.steps[-1])
-            gap = 0
-            for i in range(len(z) - 1, -1, -1):
-                if np.isfinite(z[i, j]) and sign * z[i, j] >= SINCE_Z:
-                    since, gap = int(rz.steps[i]), 0
-                else:
-                    gap += 1
-                    if gap > 1:
-                        break
-            ratio = float(value[j] / expected[j]) if np.isfinite(expected[j]) and abs(expected[j]) > 1e-9 else None
+            dup = sig.duplicates
+            if dup is not None and strength[CUBE_SIGNALS.index(dup)] >= EVIDENCE_Z:
+                continue  # shown once, under the step metric it repeats
+            rising = up[-1, j] > down[-1, j] if shift[j] > 0 else recent[j] > 0
+            start = _deviation_start(up[:, j] if rising else down[:, j], z[:, j], 1.0 if rising else -1.0)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                before = float(np.nanmedian(values[max(0, start - 5):start, j])) if start > 0 else math.nan
+                now = float(np.nanmean(values[-3:, j]))
+            ratio = now / before if math.isfinite(before) and abs(before) > 1e-12 and math.isfinite(now) else None
             items.append(SignalEvidence(
-                signal=name, direction="up" if sign > 0 else "down", value=_round(value[j]), expected=_round(expected[j]),
-                z=_round(zr[j]), ratio=_round(ratio), since_step=since,
+                signal=name, direction="up" if rising else "down", value=_round(now), expected=_round(before),
+                z=_round(float(recent[j])) if np.isfinite(recent[j]) else None, ratio=_round(ratio),
+                since_step=int(steps[present[start]]),
             ))
-        items.sort(key=lambda e: (e.signal not in expected_signals, -abs(e.z or 0.0)))
+        order = {e.signal: strength[CUBE_SIGNALS.index(e.signal)] for e in items}
+        items.sort(key=lambda e: (e.signal not in expected_signals, -order[e.signal]))
         return items[:limit]
 
     # ------------------------------------------------------------------ persistence
     def to_json(self) -> dict[str, Any]:
         self._check()
-        assert self.booster is not None and self.profile is not None
+        assert self.booster is not None and self.tracker is not None
         return {
             "format": "rftfm-diagnoser",
             "format_version": FORMAT_VERSION,
@@ -334,7 +334,8 @@ class Diagnoser:
             "novelty_reference": self.novelty_reference.tolist(),
             "novelty_groups": _group_codes(self._reference_groups),
             "info": self.info,
-            "profile": self.profile.to_json(),
+            "signals": list(CUBE_SIGNALS),
+            "prior_noise": [None if not math.isfinite(v) else float(f"{v:.6g}") for v in self.tracker.prior],
             "lightgbm_model": self.booster.model_to_string(),
         }
 
@@ -349,6 +350,8 @@ class Diagnoser:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("format") != "rftfm-diagnoser":
             raise ValueError(f"{path} is not an rftfm diagnoser file")
+        if data.get("format_version") != FORMAT_VERSION or data.get("signals") != list(CUBE_SIGNALS):
+            raise ValueError(f"{path} was written by another diagnoser version; re-fit it (`rftfm fit diagnoser`)")
         self = cls()
         self.classes = list(data["classes"])
         self.feature_names = list(data["feature_names"])
@@ -359,7 +362,8 @@ class Diagnoser:
         self.novelty_reference = np.array(data["novelty_reference"], dtype=float)
         self._reference_groups = np.array(data.get("novelty_groups", []))
         self.info = dict(data.get("info", {}))
-        self.profile = NormalProfile.from_json(data["profile"])
+        prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig())
         self.booster = lgb.Booster(model_str=data["lightgbm_model"])
         return self
 
@@ -368,6 +372,26 @@ class Diagnoser:
         if not DEFAULT_ARTIFACT.exists():
             raise FileNotFoundError(f"no default diagnoser at {DEFAULT_ARTIFACT}; train one with `rftfm fit diagnoser`")
         return cls.load(DEFAULT_ARTIFACT)
+
+
+def _deviation_start(cusum: np.ndarray, z: np.ndarray, sign: float) -> int:
+    """Index of the record where the current deviation began: the start of the accumulated shift, else of
+    the current run of large innovations (one quiet record allowed)."""
+    last = len(cusum) - 1
+    if cusum[last] > 0:
+        start = last
+        while start > 0 and cusum[start - 1] > 0:
+            start -= 1
+        return start
+    start, gap = last, 0
+    for i in range(last, -1, -1):
+        if np.isfinite(z[i]) and sign * z[i] >= SINCE_Z:
+            start, gap = i, 0
+        else:
+            gap += 1
+            if gap > 1:
+                break
+    return start
 
 
 def _group_codes(groups: np.ndarray) -> list[int]:
@@ -383,20 +407,24 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 
 def describe(e: SignalEvidence) -> str:
-    """'train reward +0.30' or 'grad norm x4.2' for one piece of evidence."""
-    name = SIGNAL_NAMES.get(e.signal, e.signal)
-    if e.value is None or e.expected is None:
+    """One piece of evidence in the run's own terms, e.g. ``KL 0.48 (x40 vs 0.012 before step 37)``."""
+    name = label(e.signal)
+    if e.value is None:
         return f"{name} {e.direction}"
-    if e.ratio is not None and e.expected > 0 and e.value > 0 and (e.ratio >= 2.0 or e.ratio <= 0.5):
-        return f"{name} x{e.ratio:.2g}"
-    return f"{name} {e.value - e.expected:+.2f}"
+    if e.expected is None:
+        return f"{name} {e.value:.3g} ({e.direction} since step {e.since_step})"
+    if e.ratio is not None and e.ratio > 0 and (e.ratio >= 1.5 or e.ratio <= 1 / 1.5):
+        change = f"x{e.ratio:.2g}"
+    else:
+        change = f"{e.value - e.expected:+.3g}"
+    return f"{name} {e.value:.3g} ({change} vs {e.expected:.3g} before step {e.since_step})"
 
 
 def summary_sentence(fault_type: str | None, evidence: list[SignalEvidence], closest: str | None = None) -> str:
     """One actionable sentence, e.g. 'reward_hacking since step 11: train reward +0.30 while eval accuracy -0.20'."""
     head = fault_type or "unknown fault"
     if not evidence:
-        tail = "no signal far from the normal profile"
+        tail = "no signal far from the run's own baseline"
         return f"{head}: {tail}" + (f" (closest known: {closest})" if fault_type is None and closest else "")
     top = evidence[:3]
     since = min(e.since_step for e in top if e.since_step is not None) if any(e.since_step is not None for e in top) else None
@@ -408,4 +436,4 @@ def summary_sentence(fault_type: str | None, evidence: list[SignalEvidence], clo
     return sentence
 
 
-__all__ = ["Diagnoser", "DEFAULT_ARTIFACT", "summary_sentence", "describe", "KINDS"]
+__all__ = ["Diagnoser", "DEFAULT_ARTIFACT", "summary_sentence", "describe", "KINDS", "TRAIN_OFFSETS"]

@@ -18,32 +18,15 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
+from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
+from rftfm.signals import names
 
-#: Step metrics that are not training dynamics: a knob (the LR), wall time, and the one-sided clip
-#: ratios (the region ratio covers both).
-NOT_FEATURES = frozenset({"learning_rate", "clip_ratio_low", "clip_ratio_high", "step_time_s"})
-
-#: Train-step metrics used as features (the schema's ``STEP_METRICS``, in its order, less the above).
-STEP_FEATURES: tuple[str, ...] = tuple(m for m in STEP_METRICS if m not in NOT_FEATURES)
+#: Train-step metrics used as features (the registry's step signals, in the schema's order, less the knob --
+#: the learning rate --, wall time and the one-sided clip ratios, which the region ratio covers).
+STEP_FEATURES: tuple[str, ...] = names(source="step", feature=True)
 
 #: Aggregates of the step's trajectories used as features.
-TRAJECTORY_FEATURES: tuple[str, ...] = (
-    "traj_reward_mean",
-    "traj_reward_std",
-    "traj_length_mean",
-    "traj_length_std",
-    "traj_advantage_std",
-    "traj_advantage_absmax",
-    "traj_repetition_mean",
-    "traj_unique_mean",
-    "traj_tool_call_rate",
-    "traj_tool_error_rate",
-    "traj_empty_rate",
-    "traj_short_rate",
-    "traj_long_rate",
-    "traj_truncated_rate",
-)
+TRAJECTORY_FEATURES: tuple[str, ...] = names(source="trajectory")
 
 FEATURES: tuple[str, ...] = STEP_FEATURES + TRAJECTORY_FEATURES
 

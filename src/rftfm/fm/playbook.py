@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from rftfm.engine.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.signals import names
 
 ActionKind = Literal["rollback", "set_knob", "halt", "backup_verifier", "backup_tool"]
 KnobOp = Literal["restore", "scale", "set"]
@@ -198,10 +199,8 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     ),
 }
 
-_SAMPLE_LEVEL = ("entropy", "completion_length_mean", "completion_length_max", "truncated_ratio", "traj_length_mean",
-                 "traj_length_std", "traj_repetition_mean", "traj_unique_mean", "traj_tool_call_rate", "traj_tool_error_rate",
-                 "traj_empty_rate", "traj_short_rate", "traj_long_rate", "traj_truncated_rate")
-_REWARD_LEVEL = ("reward_mean", "reward_std", "traj_reward_mean", "traj_reward_std", "reward_var_excess", "reward_minus_eval")
+_SAMPLE_LEVEL = names(group=("entropy", "length", "sampling", "tool"), feature=True)  # what a sample looks like
+_REWARD_LEVEL = names(group="reward")
 
 #: Signals a successful knob repair cannot bring back because the fault's source sits upstream
 #: of the trainer (the reward function, the tool sandbox, the grouping, the rollout engine) and

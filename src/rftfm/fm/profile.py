@@ -22,21 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rftfm.signals import names
+
 
 GLOBAL_KEY = "*"
 
-#: Features compared on an asinh scale (heavy-tailed magnitudes).
-LOG_SCALE_FEATURES: frozenset[str] = frozenset({
-    "kl", "grad_norm", "policy_loss", "completion_length_mean", "completion_length_max",
-    "traj_length_mean", "traj_length_std", "traj_advantage_std", "traj_advantage_absmax",
-})
-
-#: Features that are fractions in [0, 1] (or small counts per trajectory): absolute scale floor.
-RATE_FEATURES: frozenset[str] = frozenset({
-    "eval_accuracy", "clip_ratio_region", "truncated_ratio", "frac_zero_std_groups",
-    "traj_repetition_mean", "traj_unique_mean", "traj_tool_call_rate", "traj_tool_error_rate",
-    "traj_empty_rate", "traj_short_rate", "traj_long_rate", "traj_truncated_rate",
-})
+#: Features compared on an asinh scale (heavy-tailed magnitudes) and fractions in [0, 1] (absolute
+#: scale floor), from the signal registry.
+LOG_SCALE_FEATURES: frozenset[str] = frozenset(names(scale="log"))
+RATE_FEATURES: frozenset[str] = frozenset(names(scale="rate"))
 
 RATE_SCALE_FLOOR = 0.05
 RELATIVE_SCALE_FLOOR = 0.1  # of the feature's global normal scale

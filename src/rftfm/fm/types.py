@@ -64,3 +64,16 @@ class Outcome(BaseModel):
     action: Action
     result: Literal["kept", "escalated", "reverted", "halted", "failed"]
     detail: str = ""
+
+
+class Episode(BaseModel):
+    """An alarm episode: from its first alarmed step until a few steps pass without an alarm."""
+
+    run_id: str
+    start_step: int
+    end_step: int  # the last alarmed step so far
+    alarmed_steps: int = 1
+    peak_score: float = 0.0
+    open: bool = True  # not cleared yet (or still alarming when the log ended)
+    evidence: list[SignalEvidence] = Field(default_factory=list)  # the strongest alarm's
+    diagnosis: Diagnosis | None = None  # the latest diagnosis within the episode

@@ -5,15 +5,15 @@ follow the run from another process (or machine with a shared file system)::
 
     trainer = GRPOTrainer(..., callbacks=[JsonlLogCallback("runs/my-run.jsonl")])
 
-Each line is flushed as it is written, so a follower never waits on a buffer. NaN / inf
-values become ``null`` (JSON has no NaN); a write error is reported once and never stops
-training.
+Each line is flushed as it is written, so a follower never waits on a buffer. NaN and inf
+are written as ``NaN`` / ``Infinity`` (as Python's json module and TRL's own ``trainer_state.json``
+write them), so a NaN stays distinguishable from a metric that was not logged; a write error is
+reported once and never stops training.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,6 @@ from transformers import TrainerCallback
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     try:
@@ -63,18 +61,28 @@ class JsonlLogCallback(TrainerCallback):
 class WatchCallback(TrainerCallback):
     """Alert-only monitoring inside the training process: ``rftfm watch`` without a log file.
 
-    Each ``on_log`` dict goes through the TRL adapter to the detector; alarms are printed and,
-    with ``incidents=``, recorded (plus diagnoses). It never changes the trainer (the closed
-    loop does that) and never raises into it: any monitor failure is recorded and skipped::
+    Each ``on_log`` dict goes through the TRL adapter to the shared :class:`~rftfm.fm.monitor.RunMonitor`;
+    alarm episodes are printed when they start, change diagnosis and clear and, with ``incidents=``,
+    every alarm and diagnosis is recorded. It never changes the trainer (the closed loop does
+    that) and never raises into it: any monitor failure is recorded and skipped::
 
         trainer = GRPOTrainer(..., callbacks=[WatchCallback("my-run", incidents="incidents.db")])
     """
 
-    def __init__(self, run_id: str, incidents: str | Path | None = None, detector: Any = None, diagnoser: Any = None,
-                 task_group: str | None = None, model_size: str | None = None, quiet: bool = False):
-        from rftfm.cli_watch import RunMonitor, load_detector, load_diagnoser, print_alarm
+    def __init__(
+        self,
+        run_id: str,
+        incidents: str | Path | None = None,
+        detector: Any = None,
+        diagnoser: Any = None,
+        task_group: str | None = None,
+        model_size: str | None = None,
+        quiet: bool = False,
+    ):
         from rftfm.fm.incidents import IncidentStore
+        from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
         from rftfm.io.adapters import StepParser
+        from rftfm.report.console import print_episode
 
         if detector is None:
             detector, why = load_detector()
@@ -84,8 +92,9 @@ class WatchCallback(TrainerCallback):
             diagnoser, _ = load_diagnoser()
         self.store = IncidentStore(incidents) if incidents is not None else None
         self.parser = StepParser("trl", run_id=run_id)
-        on_alarm = None if quiet else print_alarm
-        self.monitor = RunMonitor(run_id, detector, diagnoser, self.store, on_alarm, task_group, model_size)
+        self.monitor = RunMonitor(
+            run_id, detector, diagnoser, self.store, None if quiet else print_episode, task_group, model_size
+        )
 
     @property
     def alarms(self):
@@ -101,7 +110,12 @@ class WatchCallback(TrainerCallback):
         except Exception as exc:  # the monitor must never break the training it watches
             self.monitor.note_error(f"on_log: {exc}")
 
+    @property
+    def episodes(self):
+        return self.monitor.result.episodes
+
     def on_train_end(self, args, state, control, **kwargs):
+        self.monitor.finish()
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -14,7 +14,7 @@ import importlib.util
 import os
 from typing import Any
 
-from rftfm.fm.types import Alarm, Diagnosis
+from rftfm.fm.types import Episode
 
 
 def wandb_available() -> bool:
@@ -26,7 +26,7 @@ def _configured() -> bool:
 
 
 class WandbAlerter:
-    """Sends one ``wandb.alert`` per alarm episode / new diagnosis. Build it with :meth:`create`."""
+    """Sends one ``wandb.alert`` per alarm episode and per change of its diagnosis. Build it with :meth:`create`."""
 
     def __init__(self, wandb_module: Any, owns_run: bool = False):
         self.wandb = wandb_module
@@ -46,9 +46,14 @@ class WandbAlerter:
         if getattr(wandb, "run", None) is not None:
             return cls(wandb), "forwarding alerts to the active wandb run"
         if not _configured():
-            return None, "wandb is installed but not configured (no WANDB_API_KEY, no active run): alerts are not forwarded"
+            return (
+                None,
+                "wandb is installed but not configured (no WANDB_API_KEY, no active run): alerts are not forwarded",
+            )
         try:
-            wandb.init(project=os.environ.get("WANDB_PROJECT", "rftfm"), name=f"rftfm-watch-{run_id}", job_type="rftfm-watch")
+            wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "rftfm"), name=f"rftfm-watch-{run_id}", job_type="rftfm-watch"
+            )
         except Exception as exc:
             return None, f"wandb.init failed ({exc}): alerts are not forwarded"
         return cls(wandb, owns_run=True), "forwarding alerts to wandb"
@@ -57,17 +62,18 @@ class WandbAlerter:
         levels = getattr(self.wandb, "AlertLevel", None)
         return getattr(levels, name, name) if levels is not None else name
 
-    def alert(self, alarm: Alarm, diagnosis: Diagnosis | None = None) -> bool:
-        """Send one alert; returns whether it was delivered."""
+    def alert(self, episode: Episode, change: str = "start") -> bool:
+        """Send one alert for an episode that started or changed diagnosis; returns whether it was delivered."""
         if self.failed:
             return False
-        title = f"rftfm alarm: {alarm.run_id} at step {alarm.step}"
-        lines = [f"anomaly score {alarm.score:.3g} >= threshold {alarm.threshold:.3g}"]
-        for ev in alarm.evidence[:5]:
-            lines.append(f"- {ev.signal} {ev.direction}" + (f" (z={ev.z:.2f})" if ev.z is not None else ""))
+        from rftfm.report.console import diagnosis_text, evidence_line
+
+        what = "diagnosis changed" if change == "diagnosis" else "alarm"
+        title = f"rftfm {what}: {episode.run_id} from step {episode.start_step}"
+        lines = [f"anomaly score {episode.peak_score:.3g}; {evidence_line(episode.evidence, 5)}"]
+        diagnosis = episode.diagnosis
         if diagnosis is not None:
-            top = diagnosis.top
-            lines.append(diagnosis.summary or (f"diagnosis: {top.fault_type} ({top.family}) p={top.probability:.2f}" if top else "diagnosis: unknown"))
+            lines.append(diagnosis.summary or f"diagnosis: {diagnosis_text(diagnosis)}")
         try:
             self.wandb.alert(title=title[:64], text="\n".join(lines), level=self._level("WARN"))
         except Exception as exc:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from rftfm.records import RunInfo, StepRecord, TrajectoryRecord
+from rftfm.records import RunInfo, StepRecord, TrajectoryRecord, finite_or_none
 
 STEP_FILE = "openrlhf_train_train_step.jsonl"
 TRAJ_FILE = "openrlhf_train_trajectory.jsonl"
@@ -33,7 +33,14 @@ REGISTRY_DIR = Path("metadata") / "registries"
 REGISTRY_COLUMNS = ["experiment_id", "control_or_fault", "fault_family", "fault_type", "task_group"]
 TMP_PREFIX = ".tmp-"
 
-_TRAJ_METRICS = ("reward", "response_length", "repetition_ratio", "unique_token_ratio", "tool_call_count", "tool_error_count")
+_TRAJ_METRICS = (
+    "reward",
+    "response_length",
+    "repetition_ratio",
+    "unique_token_ratio",
+    "tool_call_count",
+    "tool_error_count",
+)
 
 
 def step_to_published(record: StepRecord) -> dict[str, Any]:
@@ -43,7 +50,10 @@ def step_to_published(record: StepRecord) -> dict[str, Any]:
         "step": record.step,
         "run_id": record.run_id,
         "metrics": metrics,
-        "metadata": {"fault_injection": _fault_metadata(record.fault_injection), "schema_version": record.schema_version},
+        "metadata": {
+            "fault_injection": _fault_metadata(record.fault_injection),
+            "schema_version": record.schema_version,
+        },
     }
 
 
@@ -79,7 +89,7 @@ def _json_line(obj: dict[str, Any]) -> str:
 
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return finite_or_none(obj)
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -187,7 +197,13 @@ def write_registries(root: Path, runs: Iterable[RunInfo]) -> list[Path]:
             writer.writerow(REGISTRY_COLUMNS + extra_cols)
             for info in sorted(infos, key=lambda i: i.run_id):
                 writer.writerow(
-                    [info.run_id, info.control_or_fault, info.fault_family or "", info.fault_type or "", info.task_group]
+                    [
+                        info.run_id,
+                        info.control_or_fault,
+                        info.fault_family or "",
+                        info.fault_type or "",
+                        info.task_group,
+                    ]
                     + ["" if getattr(info, c) is None else getattr(info, c) for c in extra_cols]
                 )
         os.replace(tmp, path)

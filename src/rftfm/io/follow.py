@@ -28,8 +28,13 @@ MAX_PARTIAL_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
 
-def poll_loop(poll: Callable[[], list], interval: float, idle_timeout: float | None = None,
-              should_stop: Callable[[], bool] | None = None, sleep: Callable[[float], None] = time.sleep) -> Iterator[list]:
+def poll_loop(
+    poll: Callable[[], list],
+    interval: float,
+    idle_timeout: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[list]:
     """Yield ``poll()`` batches (empty ones on idle polls), sleeping ``interval`` s after an empty one.
 
     Stops after a batch when ``should_stop()`` is true or nothing arrived for ``idle_timeout`` s.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +17,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from rftfm.io.faultbench import REGISTRY_DIR, RUN_INFO_FILE, STEP_FILE, TMP_PREFIX, TRAJ_FILE
-from rftfm.records import RunInfo
+from rftfm.records import RunInfo, finite_or_none
 
 #: Published / OpenRLHF step metric names -> our StepRecord field names.
 STEP_ALIASES: dict[str, str] = {
@@ -88,8 +87,8 @@ def _flatten(obj: dict[str, Any], aliases: dict[str, str], known: set[str]) -> d
             for k, v in value.items():
                 out[f"extra.{k}"] = v
             return
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
+        if isinstance(value, float):
+            value = finite_or_none(value)
         column = name if (name in known or not prefix) else f"{prefix}{key}"
         if column in out and prefix:  # keep both rather than overwrite
             column = f"{prefix}{key}"
@@ -120,26 +119,60 @@ def _read_jsonl(path: Path, report: LoadReport) -> list[dict[str, Any]]:
     return rows
 
 
-_STEP_KNOWN = set(STEP_ALIASES.values()) | {"step", "run_id", "fault_injection_type", "fault_injection_strength", "active"}
+_STEP_KNOWN = set(STEP_ALIASES.values()) | {
+    "step",
+    "run_id",
+    "fault_injection_type",
+    "fault_injection_strength",
+    "active",
+}
 _TRAJ_KNOWN = {
-    "reward", "response_length", "advantage", "advantage_std", "ret", "repetition_ratio", "unique_token_ratio",
-    "tool_call_count", "tool_error_count", "empty_response", "short_response", "long_response", "truncated",
-    "rollout_step", "prompt_id", "group_id", "run_id", "fault_injection_type", "fault_injection_strength", "active",
+    "reward",
+    "response_length",
+    "advantage",
+    "advantage_std",
+    "ret",
+    "repetition_ratio",
+    "unique_token_ratio",
+    "tool_call_count",
+    "tool_error_count",
+    "empty_response",
+    "short_response",
+    "long_response",
+    "truncated",
+    "rollout_step",
+    "prompt_id",
+    "group_id",
+    "run_id",
+    "fault_injection_type",
+    "fault_injection_strength",
+    "active",
     "completion",
 }
 
 
 #: Numeric fields of the schema: a value of another type there is loaded as missing (counted).
 _NUMERIC = set(STEP_ALIASES.values()) | {
-    "reward", "response_length", "advantage", "advantage_std", "ret", "repetition_ratio", "unique_token_ratio",
-    "tool_call_count", "tool_error_count", "rollout_step", "group_id",
+    "reward",
+    "response_length",
+    "advantage",
+    "advantage_std",
+    "ret",
+    "repetition_ratio",
+    "unique_token_ratio",
+    "tool_call_count",
+    "tool_error_count",
+    "rollout_step",
+    "group_id",
 }
 #: Index fields: an invalid value makes the whole line malformed (it cannot be placed).
 _INDEX = {"step", "rollout_step", "group_id"}
 _INT64_MAX = 2**63 - 1
 
 
-def _clean_row(obj: dict[str, Any], aliases: dict[str, str], known: set[str], report: LoadReport) -> dict[str, Any] | None:
+def _clean_row(
+    obj: dict[str, Any], aliases: dict[str, str], known: set[str], report: LoadReport
+) -> dict[str, Any] | None:
     """Flatten one JSONL record into loadable values, or None (counted malformed) if it has a bad index.
 
     Wrong-typed or out-of-range schema values become missing (``report.bad_values``); lists in
@@ -171,7 +204,9 @@ def _clean_row(obj: dict[str, Any], aliases: dict[str, str], known: set[str], re
             row[key] = None
             report.bad_values += 1
             if len(report.problems) < 50:
-                report.problems.append(f"{key}: {type(value).__name__} {str(value)[:40]!r} is not a number: loaded as missing")
+                report.problems.append(
+                    f"{key}: {type(value).__name__} {str(value)[:40]!r} is not a number: loaded as missing"
+                )
         elif isinstance(value, (list, tuple)):
             row[key] = json.dumps(value, default=str)
         elif is_int and abs(value) > _INT64_MAX:
@@ -246,17 +281,30 @@ def load_runs(root: Path) -> pl.DataFrame:
         kind = meta.get("control_or_fault") or ("normal" if "fault" not in group else "fault")
         family = meta.get("fault_family") or (group.split("_")[0] if group.endswith("_fault") else None)
         strength = group.split("_")[1] if group.endswith("_fault") else None
-        rows.append({
-            "run_id": run_id, "group": group, "task_group": meta.get("task_group"),
-            "control_or_fault": kind, "fault_family": family, "fault_type": meta.get("fault_type"),
-            "fault_strength": strength if kind == "fault" else None, "onset_step": 1,
-            **{f"registry.{k}": v for k, v in meta.items() if k not in ("experiment_id", "control_or_fault", "fault_family", "fault_type", "task_group")},
-        })
+        rows.append(
+            {
+                "run_id": run_id,
+                "group": group,
+                "task_group": meta.get("task_group"),
+                "control_or_fault": kind,
+                "fault_family": family,
+                "fault_type": meta.get("fault_type"),
+                "fault_strength": strength if kind == "fault" else None,
+                "onset_step": 1,
+                **{
+                    f"registry.{k}": v
+                    for k, v in meta.items()
+                    if k not in ("experiment_id", "control_or_fault", "fault_family", "fault_type", "task_group")
+                },
+            }
+        )
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def _parquet_paths(root: Path, name: str) -> list[Path]:
-    return [p for p in sorted(root.glob(f"*/*/{name}")) if not p.parent.name.startswith(TMP_PREFIX) and _within(root, p)]
+    return [
+        p for p in sorted(root.glob(f"*/*/{name}")) if not p.parent.name.startswith(TMP_PREFIX) and _within(root, p)
+    ]
 
 
 def _concat_parquet(paths: list[Path]) -> pl.DataFrame:

@@ -1,113 +1,149 @@
-"""One self-contained HTML post-mortem of a run: plotly figures (plotly.js inlined, no CDN) + tables.
+"""One HTML post-mortem of a run: alarm episodes, the signals that carry their evidence, the rest folded.
 
-Sections: summary; metric curves with markers for alarms (red), diagnoses (orange) and actions
-(green); per-step trajectory distributions (reward, length, repetition) as box plots from
-precomputed quartiles (the file stays small for long runs); the latest diagnosis with its
-evidence; sample completions at the first alarm; the incident timeline; other logged metrics.
+Sections: summary (with what the log lacked); alarm episodes (each with its diagnosis, named
+once); the signals the alarms rest on, episodes shaded; per-step trajectory distributions;
+the latest diagnosis with its evidence; sample completions; then, folded, the other training
+signals, the incident timeline and the other logged metrics (drawn when opened).
 
-Every string that comes from a log or the incident store is escaped: HTML text through
+plotly.js is inlined once per page, or written once beside the page and shared by every report
+in that directory (``inline_js=False``: the page itself stays small). Nothing is fetched from
+the network. Every string from a log or the incident store is escaped: HTML text through
 :func:`html.escape`, figure data through JSON with ``<``, ``>`` and ``&`` written as ``\\uXXXX``
 escapes, and trace names HTML-escaped again because plotly.js renders them as pseudo-HTML.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import math
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
-from plotly.subplots import make_subplots
+import polars as pl
 
-from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord
+from rftfm.fm.monitor import episodes_of
+from rftfm.fm.types import Diagnosis, Episode, SignalEvidence
+from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
+from rftfm.report.figures import box_panel, episode_labels, episode_shapes, esc, panel
+from rftfm.report.sections import (
+    completions_html,
+    diagnosis_html,
+    episodes_html,
+    fmt_time,
+    summary_html,
+    timeline_html,
+)
 
 Event = tuple[StepRecord, list[TrajectoryRecord]]
 
+#: Signals shown first when no alarm points elsewhere (what a person checks first in an RL run).
+HEADLINE = (
+    "reward_mean",
+    "kl",
+    "entropy",
+    "completion_length_mean",
+    "truncated_ratio",
+    "frac_zero_std_groups",
+    "grad_norm",
+)
+#: At most this many evidence panels are shown unfolded.
+MAX_SHOWN = 6
 #: At most this many steps get a box per trajectory signal (evenly subsampled beyond).
 MAX_BOX_STEPS = 80
 #: At most this many extra (framework-specific) metrics are plotted; all are listed.
 MAX_EXTRA_PLOTS = 12
-MARKER_COLORS = {"alarm": "#d62728", "diagnosis": "#ff7f0e", "action": "#2ca02c", "outcome": "#17becf"}
-
-
-def esc(value: Any) -> str:
-    """HTML-escape any value for text or attribute context."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _script_json(obj: Any) -> str:
     """JSON safe to embed inside a <script> element (no '<', '>' or '&' characters left)."""
-    text = obj if isinstance(obj, str) else json.dumps(obj)
+    text = json.dumps(obj, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _finite(values: Iterable[Any]) -> list[float | None]:
+def _int_step(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: str) -> tuple[list[Episode], list[str]]:
+    """The episodes of the recorded alarms (the monitor's rule), each with its strongest alarm's evidence
+    and the latest diagnosis made within it; and a label per episode (its diagnosis, named once)."""
+
+    def by_step(kind: str) -> list[dict[str, Any]]:
+        found = [
+            e
+            for e in incidents
+            if e.get("kind") == kind and _int_step(e.get("step")) is not None and isinstance(e.get("payload"), dict)
+        ]
+        return sorted(found, key=lambda e: e["step"])
+
+    alarms, diagnoses = by_step("alarm"), by_step("diagnosis")
+    alarm_steps, diagnosis_steps = [e["step"] for e in alarms], [e["step"] for e in diagnoses]
+    episodes = episodes_of(steps, set(alarm_steps), run_id)
+    labels = []
+    for episode in episodes:
+        lo, hi = bisect_left(alarm_steps, episode.start_step), bisect_right(alarm_steps, episode.end_step)
+        strongest = max(alarms[lo:hi], key=lambda e: _score(e["payload"]), default=None)
+        if strongest is not None:
+            episode.peak_score, episode.evidence = _score(strongest["payload"]), _evidence(strongest["payload"])
+        within = diagnoses[
+            bisect_left(diagnosis_steps, episode.start_step) : bisect_right(diagnosis_steps, episode.end_step)
+        ]
+        label = ""
+        if within:
+            try:
+                episode.diagnosis = Diagnosis.model_validate(within[-1]["payload"])
+                top = episode.diagnosis.top
+                label = top.fault_type if top is not None else "unknown"
+            except ValueError:  # an odd payload: the episode stays undiagnosed
+                pass
+        labels.append(label)
+    return episodes, labels
+
+
+def _score(payload: dict[str, Any]) -> float:
+    return finite_or_none(payload.get("score")) or 0.0
+
+
+def _evidence(payload: dict[str, Any]) -> list[SignalEvidence]:
     out = []
-    for v in values:
+    for ev in payload.get("evidence") or []:
         try:
-            f = float(v)
-        except (TypeError, ValueError):
-            out.append(None)
+            out.append(SignalEvidence.model_validate(ev))
+        except ValueError:
             continue
-        out.append(f if math.isfinite(f) else None)
     return out
 
 
-# --- figures ----------------------------------------------------------------------------------
-
-
-def _marker_steps(incidents: Sequence[dict[str, Any]], kind: str) -> list[int]:
-    steps = set()
+def evidence_order(incidents: Sequence[dict[str, Any]], present: Sequence[str]) -> list[str]:
+    """Logged signals ordered by how often alarms cite them; uncited ones after, headline signals first."""
+    cited: Counter[str] = Counter()
     for e in incidents:
-        if e.get("kind") == kind and isinstance(e.get("step"), (int, float)) and not isinstance(e.get("step"), bool):
-            steps.add(int(e["step"]))
-    return sorted(steps)
+        payload = e.get("payload")
+        if e.get("kind") in ("alarm", "diagnosis") and isinstance(payload, dict):
+            for rank, ev in enumerate(payload.get("evidence") or []):
+                if isinstance(ev, dict) and ev.get("signal") in present:
+                    cited[ev["signal"]] += 1.0 / (1 + rank)
+    rest = [s for s in HEADLINE if s in present and s not in cited] + [
+        s for s in present if s not in cited and s not in HEADLINE
+    ]
+    return [s for s, _ in cited.most_common()] + rest
 
 
-def metric_figure(records: Sequence[StepRecord], incidents: Sequence[dict[str, Any]], names: Sequence[str], title: str,
-                  extra: bool = False, onset_step: int | None = None) -> go.Figure | None:
-    """Small multiples of the given metrics over steps, alarm markers on each curve."""
-    steps = [r.step for r in records]
-    series = {}
-    for name in names:
-        values = _finite((r.extra.get(name) if extra else getattr(r, name)) for r in records)
-        if any(v is not None for v in values):
-            series[name] = values
-    if not series:
-        return None
-    cols = 3
-    rows = math.ceil(len(series) / cols)
-    height = 240 * rows + 110
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[esc(n) for n in series], vertical_spacing=min(0.3, 75 / height) if rows > 1 else 0.1)
-    alarm_steps = set(_marker_steps(incidents, "alarm"))
-    lines = {kind: _marker_steps(incidents, kind) for kind in ("diagnosis", "action")}
-    for i, (name, values) in enumerate(series.items()):
-        row, col = i // cols + 1, i % cols + 1
-        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=esc(name), marker={"size": 4}, showlegend=False), row=row, col=col)
-        hits = [(s, v) for s, v in zip(steps, values) if s in alarm_steps and v is not None]
-        if hits:
-            fig.add_trace(
-                go.Scatter(x=[s for s, _ in hits], y=[v for _, v in hits], mode="markers", name="alarm",
-                           marker={"color": MARKER_COLORS["alarm"], "size": 9, "symbol": "x"}, showlegend=i == 0, legendgroup="alarm"),
-                row=row, col=col,
-            )
-        if onset_step is not None:
-            fig.add_vline(x=onset_step, line={"color": "#7f7f7f", "dash": "longdash", "width": 1}, row=row, col=col)
-        for kind, marks in lines.items():
-            for step in marks:
-                fig.add_vline(x=step, line={"color": MARKER_COLORS[kind], "dash": "dot" if kind == "diagnosis" else "dash", "width": 1.5}, row=row, col=col)
-    if onset_step is not None:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="fault onset (label)", line={"color": "#7f7f7f", "dash": "longdash"}))
-    for kind, marks in lines.items():  # legend entries for the vertical lines
-        if marks:
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=kind, line={"color": MARKER_COLORS[kind], "dash": "dot" if kind == "diagnosis" else "dash"}))
-    fig.update_layout(title=esc(title), height=max(height, 340), template="plotly_white", margin={"t": 90, "l": 50, "r": 20, "b": 40})
-    return fig
+def _columns(records: Sequence[StepRecord], names: Sequence[str], extra: bool = False) -> dict[str, np.ndarray]:
+    """name -> float array over the run (NaN where missing), read in one pass."""
+    if not names or not records:
+        return {name: np.full(len(records), np.nan) for name in names}
+    if extra:
+        rows = [tuple(r.extra.get(n) for n in names) for r in records]
+    else:
+        get = attrgetter(*names)
+        rows = [get(r) if len(names) > 1 else (get(r),) for r in records]
+    frame = pl.DataFrame(rows, schema={n: pl.Float64 for n in names}, orient="row", strict=False)
+    return {name: frame[name].to_numpy().astype(float) for name in names}
 
 
 def _box_stats(values: np.ndarray) -> dict[str, float] | None:
@@ -117,179 +153,77 @@ def _box_stats(values: np.ndarray) -> dict[str, float] | None:
     q1, med, q3 = np.percentile(values, [25, 50, 75])
     iqr = q3 - q1
     inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
-    return {"q1": float(q1), "median": float(med), "q3": float(q3), "mean": float(values.mean()),
-            "lowerfence": float(inside.min()), "upperfence": float(inside.max())}
+    return {
+        "q1": float(q1),
+        "median": float(med),
+        "q3": float(q3),
+        "mean": float(values.mean()),
+        "lowerfence": float(inside.min()),
+        "upperfence": float(inside.max()),
+    }
 
 
-def trajectory_figure(events: Sequence[Event], incidents: Sequence[dict[str, Any]], onset_step: int | None = None) -> go.Figure | None:
-    """Per-step distributions of reward, response length and repetition ratio."""
+def trajectory_panels(events: Sequence[Event], shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-step distributions of reward, response length and repetition ratio (quartiles precomputed)."""
     with_trajs = [(s, t) for s, t in events if t]
     if not with_trajs:
-        return None
+        return []
     if len(with_trajs) > MAX_BOX_STEPS:
         idx = np.unique(np.linspace(0, len(with_trajs) - 1, MAX_BOX_STEPS).round().astype(int))
         with_trajs = [with_trajs[i] for i in idx]
-    signals = (("reward", "reward"), ("response_length", "response length"), ("repetition_ratio", "repetition ratio"))
-    fig = make_subplots(rows=len(signals), cols=1, shared_xaxes=True, subplot_titles=[t for _, t in signals], vertical_spacing=0.07)
-    alarm_steps = set(_marker_steps(incidents, "alarm"))
-    for row, (attr, label) in enumerate(signals, start=1):
-        # two traces so that alarmed steps' boxes stand out in red
-        groups = {flag: {k: [] for k in ("x", "q1", "median", "q3", "mean", "lowerfence", "upperfence")} for flag in (False, True)}
+    figures = []
+    for attr, label in (
+        ("reward", "reward per trajectory"),
+        ("response_length", "response length"),
+        ("repetition_ratio", "repetition ratio"),
+    ):
+        boxes: dict[str, list[float]] = {k: [] for k in ("x", "q1", "median", "q3", "mean", "lowerfence", "upperfence")}
         for step, trajs in with_trajs:
-            box = _box_stats(np.array([np.nan if getattr(t, attr) is None else float(getattr(t, attr)) for t in trajs], dtype=float))
+            box = _box_stats(
+                np.array([np.nan if getattr(t, attr) is None else float(getattr(t, attr)) for t in trajs], dtype=float)
+            )
             if box is None:
                 continue
-            stats = groups[step.step in alarm_steps]
-            stats["x"].append(step.step)
+            boxes["x"].append(step.step)
             for key, value in box.items():
-                stats[key].append(value)
-        for alarmed, stats in groups.items():
-            if stats["x"]:
-                color = MARKER_COLORS["alarm"] if alarmed else "#1f77b4"
-                name = f"{label} (alarm)" if alarmed else label
-                fig.add_trace(go.Box(name=name, showlegend=False, marker={"color": color}, boxmean=True, **stats), row=row, col=1)
-    fig.update_layout(title="trajectory distributions per step (box: quartiles, whiskers: 1.5 IQR, dashed: mean)",
-                      height=720, template="plotly_white", margin={"t": 70, "l": 50, "r": 20, "b": 40})
-    fig.update_xaxes(title_text="step", row=len(signals), col=1)
-    for step in _marker_steps(incidents, "alarm")[:1]:
-        fig.add_vline(x=step, line={"color": MARKER_COLORS["alarm"], "dash": "dash"}, annotation_text="first alarm")
-    if onset_step is not None:
-        fig.add_vline(x=onset_step, line={"color": "#7f7f7f", "dash": "longdash"}, annotation_text="fault onset (label)")
-    return fig
+                boxes[key].append(value)
+        if boxes["x"]:
+            figures.append(box_panel(label, boxes, shapes))
+    return figures
 
 
-# --- HTML sections ----------------------------------------------------------------------------
+class _Figures:
+    """Figures of a page: id -> figure dict, and which are drawn only when their fold is opened."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def grid(self, prefix: str, figures: list[dict[str, Any]], lazy: bool = False) -> str:
+        divs = []
+        for i, fig in enumerate(figures):
+            div = f"{prefix}-{i}"
+            self.items.append({"div": div, "fig": fig, "lazy": lazy})
+            divs.append(f"<div class='panel' id='{div}'></div>")
+        return f"<div class='grid' id='{prefix}'>" + "".join(divs) + "</div>"
 
 
-def _fmt_time(t: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return ""
+def _signal_panels(
+    steps: np.ndarray,
+    columns: dict[str, np.ndarray],
+    names: Sequence[str],
+    shapes: list[dict[str, Any]],
+    labels: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    out = []
+    for name in names:
+        values = columns[name]
+        if np.isfinite(values).any():
+            out.append(panel(name, steps, values, shapes, labels if not out else None))
+    return out
 
 
-def _fmt_num(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return esc(value)
-    if isinstance(value, (int, float)):
-        return esc(f"{value:.4g}")
-    return esc(value)
-
-
-def _describe(event: dict[str, Any]) -> str:
-    p = event.get("payload") or {}
-    kind = event["kind"]
-    if kind == "alarm":
-        signals = ", ".join(f"{e.get('signal')} {e.get('direction')}" for e in p.get("evidence", [])[:4])
-        return f"score {_fmt_num(p.get('score'))} ≥ {_fmt_num(p.get('threshold'))}: {esc(signals)}"
-    if kind == "diagnosis":
-        ranked = p.get("ranked") or []
-        top = "unknown (abstained)" if p.get("unknown") or not ranked else f"{ranked[0].get('fault_type')} ({ranked[0].get('family')}) p={float(ranked[0].get('probability') or 0):.2f}"
-        return esc(p.get("summary") or top)
-    if kind == "action":
-        return esc(f"{p.get('kind')} {p.get('knob') or ''} {p.get('previous')!r} → {p.get('value')!r} {p.get('reason') or ''}".strip())
-    if kind == "outcome":
-        action = p.get("action") or {}
-        return esc(f"{p.get('result')}: {action.get('kind')} {action.get('knob') or ''} {p.get('detail') or ''}")
-    if kind == "error":
-        return esc(p.get("error") or p)
-    return esc(", ".join(f"{k}={v}" for k, v in p.items()))
-
-
-def timeline_html(incidents: Sequence[dict[str, Any]], limit: int = 500) -> str:
-    if not incidents:
-        return "<p class='muted'>No incidents recorded for this run.</p>"
-    rows = []
-    shown = list(incidents)[:limit]
-    for e in shown:
-        color = MARKER_COLORS.get(e["kind"], "#555")
-        rows.append(
-            f"<tr><td>{esc(_fmt_time(e.get('time')))}</td><td>{esc(e.get('step'))}</td>"
-            f"<td><span class='tag' style='background:{color}'>{esc(e['kind'])}</span></td><td>{_describe(e)}</td></tr>"
-        )
-    more = f"<p class='muted'>{len(incidents) - limit} more events not shown.</p>" if len(incidents) > limit else ""
-    return "<table><thead><tr><th>time</th><th>step</th><th>kind</th><th>what</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>" + more
-
-
-def diagnosis_html(incidents: Sequence[dict[str, Any]]) -> str:
-    diagnoses = [e for e in incidents if e["kind"] == "diagnosis"]
-    if not diagnoses:
-        return "<p class='muted'>No diagnosis for this run.</p>"
-    d = diagnoses[-1]["payload"]
-    parts = [f"<p><b>step {esc(d.get('step'))}</b>: {esc(d.get('summary') or '')}</p>"]
-    if d.get("unknown"):
-        parts.append("<p>The diagnoser abstained: no known fault fingerprint fits.</p>")
-    ranked = d.get("ranked") or []
-    if ranked:
-        parts.append("<table><thead><tr><th>rank</th><th>fault type</th><th>family</th><th>probability</th></tr></thead><tbody>")
-        for i, h in enumerate(ranked[:5], start=1):
-            parts.append(f"<tr><td>{i}</td><td>{esc(h.get('fault_type'))}</td><td>{esc(h.get('family'))}</td><td>{_fmt_num(h.get('probability'))}</td></tr>")
-        parts.append("</tbody></table>")
-    evidence = d.get("evidence") or []
-    if not evidence:
-        alarms = [e for e in incidents if e["kind"] == "alarm"]
-        evidence = (alarms[-1]["payload"].get("evidence") or []) if alarms else []
-    if evidence:
-        parts.append("<h3>evidence</h3><table><thead><tr><th>signal</th><th>direction</th><th>value</th><th>expected</th><th>z</th><th>since step</th></tr></thead><tbody>")
-        for ev in evidence[:20]:
-            parts.append(
-                f"<tr><td>{esc(ev.get('signal'))}</td><td>{esc(ev.get('direction'))}</td><td>{_fmt_num(ev.get('value'))}</td>"
-                f"<td>{_fmt_num(ev.get('expected'))}</td><td>{_fmt_num(ev.get('z'))}</td><td>{esc(ev.get('since_step'))}</td></tr>"
-            )
-        parts.append("</tbody></table>")
-    return "".join(parts)
-
-
-def completions_html(events: Sequence[Event], incidents: Sequence[dict[str, Any]], limit: int = 8) -> str:
-    alarms = _marker_steps(incidents, "alarm")
-    with_text = [(s, t) for s, t in events if any(x.completion is not None for x in t)]
-    if not with_text:
-        return "<p class='muted'>The log has no completions (only the OpenRLHF / RFT-FaultBench layout records them).</p>"
-    chosen = next(((s, t) for s, t in with_text if alarms and s.step >= alarms[0]), with_text[-1])
-    step, trajs = chosen
-    rows = [f"<p>step {esc(step.step)}{' (first alarm)' if alarms and step.step == alarms[0] else ''}:</p><table><thead><tr><th>prompt</th><th>reward</th><th>length</th><th>completion</th></tr></thead><tbody>"]
-    for t in [t for t in trajs if t.completion is not None][:limit]:
-        rows.append(f"<tr><td>{esc(t.prompt_id)}</td><td>{_fmt_num(t.reward)}</td><td>{esc(t.response_length)}</td><td><pre>{esc(t.completion)}</pre></td></tr>")
-    return "".join(rows) + "</tbody></table>"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{font-size:1.5em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px} .muted{color:#777}
-table{border-collapse:collapse;font-size:0.9em;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f5f5f5} pre{margin:0;white-space:pre-wrap;word-break:break-all;max-width:700px}
-.tag{color:#fff;border-radius:3px;padding:1px 6px;font-size:0.85em} .kv td:first-child{font-weight:600}
-"""
-
-# Records script errors into the page so a headless browser test can find them in the DOM.
-_ERROR_HOOK = """
-window.__rftfmErrors=[];
-window.addEventListener('error',function(e){window.__rftfmErrors.push(String(e.message));});
-window.addEventListener('unhandledrejection',function(e){window.__rftfmErrors.push(String(e.reason));});
-"""
-
-_RENDER = """
-(function(){
-  var figs = JSON.parse(document.getElementById('rftfm-figures').textContent);
-  var done = 0;
-  figs.forEach(function(f){
-    try { Plotly.newPlot(f.div, f.fig.data, f.fig.layout, {responsive:true, displaylogo:false}); done++; }
-    catch(err){ window.__rftfmErrors.push(String(err)); }
-  });
-  var status = document.getElementById('rftfm-status');
-  status.setAttribute('data-rendered', String(done));
-  status.setAttribute('data-errors', String(window.__rftfmErrors.length));
-  status.textContent = window.__rftfmErrors.length ? 'RFTFM-JS-ERRORS: ' + window.__rftfmErrors.join(' | ') : 'RFTFM-RENDERED ' + done;
-})();
-"""
-
-
-def _section(build: Any, *args: Any) -> str:
-    """One section's HTML; an unexpected payload shape costs that section, never the report."""
-    try:
-        return build(*args)
-    except Exception as exc:
-        return f"<p class='muted'>This section could not be built ({esc(type(exc).__name__)}: {esc(exc)}).</p>"
+def _fold(title: str, body: str, fold_id: str) -> str:
+    return f"<details id='{fold_id}'><summary>{esc(title)}</summary>{body}</details>"
 
 
 def build_report(
@@ -300,80 +234,167 @@ def build_report(
     stats: Any = None,
     note: str | None = None,
     ground_truth: dict[str, Any] | None = None,
+    plotly_src: str | None = None,
 ) -> str:
-    """The report as one HTML string. ``ground_truth``: a benchmark run's RunInfo dict (labels, shown as such)."""
+    """The report as one HTML string. ``plotly_src``: a relative URL of plotly.js (None: inline it).
+
+    ``ground_truth``: a benchmark run's RunInfo dict (labels, shown as such).
+    """
     records = [s for s, _ in events]
     incidents = sorted(incidents, key=lambda e: (e.get("time") or 0, e.get("step") or 0))
-    figures: list[tuple[str, go.Figure]] = []
-    onset = None
-    if ground_truth and ground_truth.get("control_or_fault") == "fault":
-        onset = ground_truth.get("onset_step") or 1
-    main = metric_figure(records, incidents, STEP_METRICS, "training signals", onset_step=onset)
-    if main is not None:
-        figures.append(("fig-metrics", main))
-    trajs = trajectory_figure(events, incidents, onset)
-    if trajs is not None:
-        figures.append(("fig-trajectories", trajs))
+    steps = [r.step for r in records]
+    onset = (
+        (ground_truth.get("onset_step") or 1)
+        if ground_truth and ground_truth.get("control_or_fault") == "fault"
+        else None
+    )
+    episodes, labels = run_episodes(steps, incidents, run_id)
+    shapes = episode_shapes(episodes, np.array(steps, dtype=float), onset)
+    step_axis = np.array(steps, dtype=float)
+    columns = _columns(records, STEP_METRICS)
+    present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
+    order = evidence_order(incidents, present)
+    figures = _Figures()
+    shown = figures.grid(
+        "fig-metrics", _signal_panels(step_axis, columns, order[:MAX_SHOWN], shapes, episode_labels(episodes, labels))
+    )
+    folded = _signal_panels(step_axis, columns, order[MAX_SHOWN:], shapes)
+    trajectory = trajectory_panels(events, shapes)
     extra_names = sorted({k for r in records for k in r.extra})
-    extra = metric_figure(records, incidents, extra_names[:MAX_EXTRA_PLOTS], "other logged metrics", extra=True)
-    if extra is not None:
-        figures.append(("fig-extra", extra))
-
-    alarms = [e for e in incidents if e["kind"] == "alarm"]
-    kinds = {k: sum(e["kind"] == k for e in incidents) for k in ("alarm", "diagnosis", "action", "outcome", "error")}
-    summary_rows = [
-        ("run", run_id),
-        ("source", source or ""),
-        ("format", getattr(stats, "format", None) or ""),
-        ("steps", f"{len(records)} ({records[0].step}–{records[-1].step})" if records else "0"),
-        ("trajectories", sum(len(t) for _, t in events)),
-        ("first alarm", alarms[0]["step"] if alarms else "none"),
-        ("incident events", ", ".join(f"{v} {k}" for k, v in kinds.items() if v) or "none"),
-    ]
-    if ground_truth:
-        kind = ground_truth.get("control_or_fault")
-        label = (f"fault {ground_truth.get('fault_type')} ({ground_truth.get('fault_family')}, {ground_truth.get('fault_strength')}) from step {onset}"
-                 if kind == "fault" else f"{kind} run (no fault injected)")
-        summary_rows.append(("benchmark label (evaluation only)", label))
-    if stats is not None and getattr(stats, "malformed_lines", 0):
-        summary_rows.append(("malformed lines skipped", stats.malformed_lines))
-    present = [m for m in STEP_METRICS if any(getattr(r, m) is not None for r in records)]
-    missing = [m for m in STEP_METRICS if m not in present]
-    if missing:
-        summary_rows.append(("signals not in this log", ", ".join(missing)))
-    summary = "<table class='kv'>" + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in summary_rows) + "</table>"
-    if note:
-        summary += f"<p class='muted'>{esc(note)}</p>"
-
-    fig_payload = [{"div": div, "fig": json.loads(fig.to_json())} for div, fig in figures]
-    divs = {div: f"<div id='{div}'></div>" for div, _ in figures}
-    extras_list = ", ".join(esc(n) for n in extra_names) if extra_names else "none"
+    plotted = extra_names[:MAX_EXTRA_PLOTS]
+    extra = _signal_panels(step_axis, _columns(records, plotted, extra=True), plotted, shapes)
     body = [
         f"<h1>rftfm report: {esc(run_id)}</h1>",
-        f"<p class='muted'>generated {esc(_fmt_time(datetime.now(tz=timezone.utc).timestamp()))}</p>",
-        "<div id='rftfm-status' class='muted' data-rendered='0'>rendering…</div>",
-        "<h2>summary</h2>", summary,
-        "<h2>training signals</h2>", divs.get("fig-metrics", "<p class='muted'>No step metrics.</p>"),
-        "<h2>trajectory distributions</h2>", divs.get("fig-trajectories", "<p class='muted'>This log has no per-trajectory records.</p>"),
-        "<h2>diagnosis</h2>", _section(diagnosis_html, incidents),
-        "<h2>sample completions</h2>", _section(completions_html, events, incidents),
-        "<h2>incident timeline</h2>", _section(timeline_html, incidents),
-        "<h2>other logged metrics</h2>", f"<p class='muted'>{extras_list}</p>", divs.get("fig-extra", ""),
+        f"<p class='muted'>generated {esc(fmt_time(datetime.now(tz=timezone.utc).timestamp()))}</p>",
+        "<div id='rftfm-status' hidden data-rendered='0' data-errors='0'>rendering</div>",
+        "<h2>summary</h2>",
+        summary_html(run_id, events, incidents, episodes, source, stats, note, ground_truth, onset, present),
+        "<h2>alarm episodes</h2>",
+        episodes_html(episodes, labels),
+        "<h2>training signals</h2>",
+        "<p class='muted'>The signals the alarms cite most come first; shaded: alarm episodes.</p>" if episodes else "",
+        shown if records else "<p class='muted'>No step metrics.</p>",
+        _fold(f"other training signals ({len(folded)})", figures.grid("fig-more", folded, lazy=True), "fold-more")
+        if folded
+        else "",
+        "<h2>trajectory distributions</h2>",
+        figures.grid("fig-trajectories", trajectory)
+        if trajectory
+        else "<p class='muted'>This log has no per-trajectory records.</p>",
+        "<h2>diagnosis</h2>",
+        _section(diagnosis_html, incidents),
+        "<h2>sample completions</h2>",
+        _section(completions_html, events, incidents),
+        "<h2>incident timeline</h2>",
+        _section(timeline_html, incidents),
+        "<h2>other logged metrics</h2>",
+        f"<p class='muted'>{', '.join(esc(n) for n in extra_names) if extra_names else 'none'}</p>",
+        _fold(f"plots of the first {len(extra)}", figures.grid("fig-extra", extra, lazy=True), "fold-extra")
+        if extra
+        else "",
     ]
+    script = f"<script src='{esc(plotly_src)}'></script>" if plotly_src else f"<script>{_plotly_js()}</script>"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>rftfm report: {esc(run_id)}</title><style>{_CSS}</style>"
-        f"<script>{_ERROR_HOOK}</script>"
-        f"<script>{get_plotlyjs()}</script></head><body>"
+        f"<script>{_ERROR_HOOK}</script>{script}</head><body>"
         + "".join(body)
-        + f"<script type='application/json' id='rftfm-figures'>{_script_json(fig_payload)}</script>"
+        + f"<script type='application/json' id='rftfm-figures'>{_script_json(figures.items)}</script>"
         + f"<script>{_RENDER}</script></body></html>"
     )
 
 
-def write_report(path: str | Path, run_id: str, events: Sequence[Event], incidents: Sequence[dict[str, Any]] = (), **kwargs: Any) -> Path:
-    """Write :func:`build_report` to ``path`` (parents created); returns the path."""
+def _section(build: Any, *args: Any) -> str:
+    """One section's HTML; an unexpected payload shape costs that section, never the report."""
+    try:
+        return build(*args)
+    except Exception as exc:
+        return f"<p class='muted'>This section could not be built ({esc(type(exc).__name__)}: {esc(exc)}).</p>"
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def plotly_bundle(directory: Path) -> Path:
+    """plotly.js written once into ``directory`` (named by its version) for the reports there to share."""
+    from plotly.offline import get_plotlyjs_version
+
+    bundle = directory / f"plotly-{get_plotlyjs_version()}.min.js"
+    text = _plotly_js()
+    if not bundle.exists() or bundle.stat().st_size != len(text.encode("utf-8")):
+        bundle.write_text(text, encoding="utf-8")
+    return bundle
+
+
+def write_report(
+    path: str | Path,
+    run_id: str,
+    events: Sequence[Event],
+    incidents: Sequence[dict[str, Any]] = (),
+    inline_js: bool = True,
+    **kwargs: Any,
+) -> Path:
+    """Write :func:`build_report` to ``path`` (parents created); returns the path.
+
+    ``inline_js=False`` writes plotly.js beside the page once (see :func:`plotly_bundle`) instead of into it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(run_id, events, incidents, **kwargs), encoding="utf-8", errors="replace")  # lone surrogates in log text
+    src = None if inline_js else plotly_bundle(path.parent).name
+    page = build_report(run_id, events, incidents, plotly_src=src, **kwargs)
+    path.write_text(page, encoding="utf-8", errors="replace")  # lone surrogates in log text
     return path
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px} .muted{color:#777}
+table{border-collapse:collapse;font-size:0.9em;margin:8px 0}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f5f5f5} pre{margin:0;white-space:pre-wrap;word-break:break-all;max-width:700px}
+.tag{color:#fff;border-radius:3px;padding:1px 6px;font-size:0.85em} .kv td:first-child{font-weight:600}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:8px}
+details{margin:10px 0} summary{cursor:pointer;color:#1f5fa8;font-weight:600}
+.episode{background:rgba(214,39,40,0.13)}
+"""
+
+# Records script errors into the page so a headless browser test can find them in the DOM.
+_ERROR_HOOK = """
+window.__rftfmErrors=[];
+window.addEventListener('error',function(e){window.__rftfmErrors.push(String(e.message));});
+window.addEventListener('unhandledrejection',function(e){window.__rftfmErrors.push(String(e.reason));});
+"""
+
+# Draws the unfolded figures at load and a fold's figures when it is first opened ("#open-all"
+# opens every fold, for the browser test).
+_RENDER = """
+(function(){
+  var figs = JSON.parse(document.getElementById('rftfm-figures').textContent);
+  var status = document.getElementById('rftfm-status'), done = 0;
+  function draw(f){
+    if (f.drawn) return;
+    f.drawn = true;
+    try { Plotly.newPlot(f.div, f.fig.data, f.fig.layout, {responsive:true, displaylogo:false}); done++; }
+    catch(err){ window.__rftfmErrors.push(String(err)); }
+    status.setAttribute('data-rendered', String(done));
+    status.setAttribute('data-errors', String(window.__rftfmErrors.length));
+    status.textContent = window.__rftfmErrors.length
+      ? 'RFTFM-JS-ERRORS: ' + window.__rftfmErrors.join(' | ') : 'RFTFM-RENDERED ' + done;
+  }
+  function inside(fold, f){ return fold.contains(document.getElementById(f.div)); }
+  document.querySelectorAll('details').forEach(function(fold){
+    fold.addEventListener('toggle', function(){
+      if (fold.open) figs.filter(function(f){ return inside(fold, f); }).forEach(draw);
+    });
+  });
+  figs.filter(function(f){ return !f.lazy; }).forEach(draw);
+  if (location.hash === '#open-all') {
+    document.querySelectorAll('details').forEach(function(d){ d.open = true; });
+    figs.forEach(draw);
+  }
+  status.setAttribute('data-lazy', String(figs.filter(function(f){ return !f.drawn; }).length));
+})();
+"""

@@ -10,11 +10,13 @@ def make_baselines(seed: int = 0, names: list[str] | None = None) -> list[Baseli
     from rftfm.bench.baselines.anomaly_transformer import AnomalyTransformerBaseline
     from rftfm.bench.baselines.classical import IsolationForestBaseline, LOFBaseline
     from rftfm.bench.baselines.rules import FlagEverythingBaseline, StaticRulesBaseline
+    from rftfm.bench.baselines.streaming import ADWINBaseline, PageHinkleyBaseline
     from rftfm.bench.baselines.tranad import TranADBaseline
 
     every = [
         IsolationForestBaseline(seed), LOFBaseline(), AnomalyTransformerBaseline(seed=seed),
-        TranADBaseline(seed=seed), StaticRulesBaseline(), FlagEverythingBaseline(),
+        TranADBaseline(seed=seed), StaticRulesBaseline(), FlagEverythingBaseline(), PageHinkleyBaseline(),
+        ADWINBaseline(),
     ]
     if names is None:
         return every

@@ -5,7 +5,7 @@ step whose score exceeds the method's threshold. A baseline's threshold is calib
 RFT-FM's, on normal runs only: the model is fitted on two thirds of the normal training runs
 and the threshold is the score exceeded by a fraction ``target`` of the run-maximum scores
 of the other third (out-of-sample), extrapolated with the same exponential tail as RFT-FM's
-(:func:`rftfm.fm.detect.tail_threshold`). Faulty runs are never used.
+(:func:`rftfm.fm.cube.tail_threshold`). Faulty runs are never used.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from rftfm.fm.detect import SIGNALS, runs_cube, tail_threshold
+from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
+from rftfm.fm.cube import runs_cube, tail_threshold
 from rftfm.fm.profile import Transform
 
 NORMAL_KINDS = ("normal", "control")

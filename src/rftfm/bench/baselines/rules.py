@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from rftfm.bench.baselines.base import Baseline, RunCubes
-from rftfm.fm.detect import SIGNALS
+from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
 
 _I = {name: i for i, name in enumerate(SIGNALS)}
 UPPER_RULES = ("kl", "grad_norm", "policy_loss", "truncated_ratio")

@@ -1,4 +1,4 @@
-"""Run one RFT training run of the embedded engine (TRL GRPO on the CPU) from a ``RunInfo``."""
+"""Run one RFT training run of the embedded engine (TRL GRPO on the CPU) from a ``RunInfo``, with its fault injected."""
 
 from __future__ import annotations
 

@@ -11,18 +11,26 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rftfm.cli_groups import evaluate_app
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
 console = Console()
 SPARK = "▁▂▃▄▅▆▇█"
-STYLE = {"alarm": "red", "diagnosis": "yellow", "plan": "blue", "action": "green", "outcome": "cyan", "error": "magenta"}
+STYLE = {
+    "alarm": "red",
+    "diagnosis": "yellow",
+    "plan": "blue",
+    "action": "green",
+    "outcome": "cyan",
+    "error": "magenta",
+}
 
 
 def _spark(values: list[float | None]) -> str:
@@ -33,23 +41,40 @@ def _fallback_detector(info: Any, runs: int, progress: Progress) -> Any:
     """No shipped detector artifact: fit one on a few clean runs of the demo's configuration."""
     import polars as pl
 
-    from rftfm.engine.run import train_run
+    from rftfm.bench.runner import train_run
     from rftfm.fm.detect import Detector
     from rftfm.fm.features import step_features
 
     rows, infos = [], []
     task = progress.add_task("fitting a detector on clean runs", total=runs)
     for i in range(runs):
-        clean = info.model_copy(update={"run_id": f"demo-normal-{i}", "seed": 1000 + i, "control_or_fault": "normal",
-                                        "fault_type": None, "fault_strength": None, "fault_family": None})
-        infos.append({"run_id": clean.run_id, "control_or_fault": "normal", "task_group": clean.task_group, "model_size": clean.model_size})
+        clean = info.model_copy(
+            update={
+                "run_id": f"demo-normal-{i}",
+                "seed": 1000 + i,
+                "control_or_fault": "normal",
+                "fault_type": None,
+                "fault_strength": None,
+                "fault_family": None,
+            }
+        )
+        infos.append(
+            {
+                "run_id": clean.run_id,
+                "control_or_fault": "normal",
+                "task_group": clean.task_group,
+                "model_size": clean.model_size,
+            }
+        )
         train_run(clean, [lambda r, t: rows.append({"run_id": r.run_id, "step": r.step, **step_features(r, t)})])
         progress.advance(task)
     return Detector().fit(pl.DataFrame(infos), pl.DataFrame(rows))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+def register(apps: "Apps") -> None:
+    """``rftfm demo``, ``rftfm bench evaluate remediation``."""
+    apps.root.command("demo")(demo)
+    apps.evaluate.command("remediation")(evaluate_remediation_cmd)
 
 
 def demo(
@@ -61,14 +86,18 @@ def demo(
     size: str = typer.Option("xs", help="model size: xs or s"),
     seed: int = typer.Option(7, help="seed shared by the three runs"),
     out: Path = typer.Option(Path("rftfm-demo"), help="directory for the incident store and the HTML report"),
-    detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: the shipped one)"),
-    diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: the shipped one)"),
+    detector_path: Optional[Path] = typer.Option(
+        None, "--detector", help="detector artifact (default: the shipped one)"
+    ),
+    diagnoser_path: Optional[Path] = typer.Option(
+        None, "--diagnoser", help="diagnoser artifact (default: the shipped one)"
+    ),
 ) -> None:
-    """Train a tiny model with TRL on the CPU, inject a mid-run fault, and watch RFT-FM detect, diagnose and repair it."""
+    """Train a tiny model with TRL on the CPU, inject a mid-run fault, watch RFT-FM detect, diagnose and repair it."""
     import torch
 
     from rftfm.bench import eval_remediation as ev
-    from rftfm.engine.run import quiet
+    from rftfm.bench.runner import quiet
     from rftfm.faults.taxonomy import FAULT_TYPES
     from rftfm.fm.incidents import IncidentStore
     from rftfm.records import RunInfo
@@ -80,18 +109,36 @@ def demo(
     ftype = FAULT_TYPES[fault]
     if ftype.task_groups and task_group not in ftype.task_groups:
         task_group = ftype.task_groups[0]
-    info = RunInfo(run_id=f"demo-{fault}-{strength}", group=f"{ftype.family}_{strength}_fault", task_group=task_group,
-                   model_size=size, seed=seed, control_or_fault="fault", fault_family=ftype.family, fault_type=fault,
-                   fault_strength=strength, onset_step=onset, num_steps=steps)
+    info = RunInfo(
+        run_id=f"demo-{fault}-{strength}",
+        group=f"{ftype.family}_{strength}_fault",
+        task_group=task_group,
+        model_size=size,
+        seed=seed,
+        control_or_fault="fault",
+        fault_family=ftype.family,
+        fault_type=fault,
+        fault_strength=strength,
+        onset_step=onset,
+        num_steps=steps,
+    )
     out.mkdir(parents=True, exist_ok=True)
     db = out / "incidents.db"
     if db.exists():
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
-    console.print(f"[bold]rftfm demo[/]: GRPO ({task_group}, model {size}, {steps} steps, seed {seed}); "
-                  f"fault [bold red]{fault}[/] ({strength}: {ftype.injected_as}) from step {onset}")
+    console.print(
+        f"[bold]rftfm demo[/]: GRPO ({task_group}, model {size}, {steps} steps, seed {seed}); "
+        f"fault [bold red]{fault}[/] ({strength}: {ftype.injected_as}) from step {onset}"
+    )
     start = time.perf_counter()
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     curves: dict[str, list[float | None]] = {}
     results: dict[str, Any] = {}
     with Progress(*columns, console=console) as progress:
@@ -116,7 +163,11 @@ def demo(
         key = f"{detector_path}|{diagnoser_path}"
         store = IncidentStore(db)
         events: list[Any] = []
-        for arm, label in (("clean", "clean run"), ("none", "faulty run, no loop"), ("loop", "faulty run + RFT-FM loop")):
+        for arm, label in (
+            ("clean", "clean run"),
+            ("none", "faulty run, no loop"),
+            ("loop", "faulty run + RFT-FM loop"),
+        ):
             task = progress.add_task(label, total=steps)
             curve: list[float | None] = []
 
@@ -128,8 +179,12 @@ def demo(
             if arm == "loop":
                 result, callback = _run_loop_arm(ev, info, key, on_step, store, events)
             else:
-                target = info.model_copy(update={"run_id": f"{info.run_id}~{arm}"})  # same seed and fault, own incident log
-                result, callback = ev.run_arm(target, arm, *_paths(key), on_step=on_step, incidents=store if arm == "none" else None)
+                target = info.model_copy(
+                    update={"run_id": f"{info.run_id}~{arm}"}
+                )  # same seed and fault, own incident log
+                result, callback = ev.run_arm(
+                    target, arm, *_paths(key), on_step=on_step, incidents=store if arm == "none" else None
+                )
             progress.update(task, completed=max(steps, len(curve)), total=max(steps, len(curve)))
             curves[arm], results[arm] = curve, (result, callback)
     elapsed = time.perf_counter() - start
@@ -140,7 +195,9 @@ def demo(
     store.close()
     console.print(f"incident store: {db}" + (f" · report: {report}" if report else ""))
     console.print(f"total {elapsed:.0f} s")
-    (out / "demo.json").write_text(json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8")
+    (out / "demo.json").write_text(
+        json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8"
+    )
 
 
 def _paths(key: str) -> tuple[str | None, str | None]:
@@ -155,7 +212,7 @@ def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
-    from rftfm.engine.run import build_trainer
+    from rftfm.bench.runner import build_trainer
     from rftfm.integrations.trl_callback import RFTFMCallback
 
     torch.set_num_threads(1)
@@ -168,12 +225,15 @@ def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events
             on_step(record)
 
         trainer = build_trainer(info, [sink], output_dir=tmp)
-        callback = RFTFMCallback.attach(trainer, detector=detector, diagnoser=diagnoser, incidents=store,
-                                        checkpoint_dir=Path(tmp) / "ckpt")
+        callback = RFTFMCallback.attach(
+            trainer, detector=detector, diagnoser=diagnoser, incidents=store, checkpoint_dir=Path(tmp) / "ckpt"
+        )
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(ev.FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
-    result = ev.ArmResult(run_id=info.run_id, arm="loop", final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    result = ev.ArmResult(
+        run_id=info.run_id, arm="loop", final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
+    )
     if callback.controller is not None:
         ev._fill_from_controller(result, callback.controller)
     return result, callback
@@ -204,12 +264,23 @@ def _print_comparison(results: dict[str, Any], curves: dict[str, list], info: An
     for arm in ("none", "loop", "clean"):
         r = results[arm][0]
         ratio = r.final_accuracy / clean_acc if clean_acc else float("nan")
-        table.add_row(names[arm], f"{r.final_accuracy:.3f}", f"{ratio:.0%}", str(r.interventions) if arm == "loop" else "-",
-                      f"{r.wall_s:.1f}s", _spark(curves.get(arm, [])))
+        table.add_row(
+            names[arm],
+            f"{r.final_accuracy:.3f}",
+            f"{ratio:.0%}",
+            str(r.interventions) if arm == "loop" else "-",
+            f"{r.wall_s:.1f}s",
+            _spark(curves.get(arm, [])),
+        )
     console.print(table)
     loop = results["loop"][0]
-    verdict = ("repaired" if loop.cleared and loop.final_accuracy >= 0.9 * clean_acc else
-               "contained (halted on healthy weights)" if loop.halted else "not repaired")
+    verdict = (
+        "repaired"
+        if loop.cleared and loop.final_accuracy >= 0.9 * clean_acc
+        else "contained (halted on healthy weights)"
+        if loop.halted
+        else "not repaired"
+    )
     console.print(f"verdict: [bold]{verdict}[/] · monitor time {loop.monitor_s:.2f} s of {loop.wall_s:.1f} s")
 
 
@@ -219,35 +290,53 @@ def _write_report(out: Path, info: Any, events: list, store: Any) -> Path | None
     except ImportError:
         return None
     try:
-        return write_report(out / "report.html", info.run_id, events, store.events(run_id=info.run_id), source="rftfm demo")
+        return write_report(
+            out / "report.html", info.run_id, events, store.events(run_id=info.run_id), source="rftfm demo"
+        )
     except Exception as exc:  # the demo's result does not depend on the report
         console.print(f"[yellow]report not written: {exc}[/]")
         return None
 
 
-@evaluate_app.command("remediation")
 def evaluate_remediation_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="benchmark directory whose runs are re-trained"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="instead of --data: the runs of this preset (mini|full); "
-                                         "the evaluation re-trains every arm, so no generated data is needed"),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        help="instead of --data: the runs of this preset (mini|full); "
+        "the evaluation re-trains every arm, so no generated data is needed",
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write rows and tables as JSON"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     limit: Optional[int] = typer.Option(None, help="at most this many faulty runs"),
-    per_type: Optional[int] = typer.Option(None, "--per-type", help="faulty runs per type x setting (alternating onsets)"),
+    per_type: Optional[int] = typer.Option(
+        None, "--per-type", help="faulty runs per type x setting (alternating onsets)"
+    ),
     healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
     types: Optional[str] = typer.Option(None, help="only these fault types (comma-separated)"),
     split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size) or 'all'"),
-    side: str = typer.Option("test", help="'test': the held-out side; 'train': the side the artifacts were fitted on "
-                                          "(a development set for playbook changes, keeping the held-out side for the final number)"),
+    side: str = typer.Option(
+        "test",
+        help="'test': the held-out side; 'train': the side the artifacts were fitted on "
+        "(a development set for playbook changes, keeping the held-out side for the final number)",
+    ),
     workers: int = typer.Option(1, help="worker processes"),
     detector_path: Optional[Path] = typer.Option(None, "--detector", help="detector artifact (default: shipped)"),
     diagnoser_path: Optional[Path] = typer.Option(None, "--diagnoser", help="diagnoser artifact (default: shipped)"),
-    note: Optional[str] = typer.Option(None, help="a note placed under the results heading of the Markdown (provenance)"),
-    rows: Optional[Path] = typer.Option(None, "--rows", help="append each finished training here as a JSON line; "
-                                        "trainings already in it are not re-run (resume)"),
-    from_json: Optional[Path] = typer.Option(None, "--from-json", help="do not train: re-render the tables of an earlier --json"),
+    note: Optional[str] = typer.Option(
+        None, help="a note placed under the results heading of the Markdown (provenance)"
+    ),
+    rows: Optional[Path] = typer.Option(
+        None,
+        "--rows",
+        help="append each finished training here as a JSON line; trainings already in it are not re-run (resume)",
+    ),
+    from_json: Optional[Path] = typer.Option(
+        None, "--from-json", help="do not train: re-render the tables of an earlier --json"
+    ),
 ) -> None:
-    """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline and the clean run."""
+    """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline
+    and the clean run."""
     import sys
 
     from rftfm.bench import eval_remediation as ev
@@ -255,7 +344,9 @@ def evaluate_remediation_cmd(
 
     if from_json is not None:
         summary = json.loads(from_json.read_text(encoding="utf-8"))
-        _report_remediation(summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation"))
+        _report_remediation(
+            summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation")
+        )
         return
     if (data is None) == (preset is None):
         raise typer.BadParameter("give exactly one of --data and --preset", param_hint="--data / --preset")
@@ -272,37 +363,69 @@ def evaluate_remediation_cmd(
 
         if side not in ("test", "train"):
             raise typer.BadParameter("side must be 'test' or 'train'", param_hint="--side")
-        runs = split_runs(runs, split)[1 if side == "test" else 0]  # the detector and diagnoser were fitted on the train side
+        runs = split_runs(runs, split)[
+            1 if side == "test" else 0
+        ]  # the detector and diagnoser were fitted on the train side
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     try:
         faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit, type_list)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--types") from exc
     total = ev.training_count(faulty, healthy_runs)
-    console.print(f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms (clean arms shared per configuration and seed), "
-                  f"{len(healthy_runs)} healthy runs x {len(ev.HEALTHY_ARMS)} arms = {total} trainings")
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    console.print(
+        f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms (clean arms shared per configuration and seed), "
+        f"{len(healthy_runs)} healthy runs x {len(ev.HEALTHY_ARMS)} arms = {total} trainings"
+    )
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         already = len(ev.read_rows(rows)) if rows is not None else 0  # resumed: these are not re-run
         task = progress.add_task("training", total=total, completed=min(already, total))
-        summary = ev.evaluate(faulty, healthy_runs, str(detector_path) if detector_path else None,
-                              str(diagnoser_path) if diagnoser_path else None, workers=workers,
-                              on_done=lambda row: progress.advance(task), rows_path=rows)
-    command = "rftfm bench evaluate remediation " + " ".join(sys.argv[4:]) if len(sys.argv) > 4 else "rftfm bench evaluate remediation"
+        summary = ev.evaluate(
+            faulty,
+            healthy_runs,
+            str(detector_path) if detector_path else None,
+            str(diagnoser_path) if diagnoser_path else None,
+            workers=workers,
+            on_done=lambda row: progress.advance(task),
+            rows_path=rows,
+        )
+    command = (
+        "rftfm bench evaluate remediation " + " ".join(sys.argv[4:])
+        if len(sys.argv) > 4
+        else "rftfm bench evaluate remediation"
+    )
     summary["command"] = command
     _report_remediation(summary, json_out, markdown_out, note, command)
 
 
-def _report_remediation(summary: dict[str, Any], json_out: Path | None, markdown_out: Path | None, note: str | None, command: str) -> None:
+def _report_remediation(
+    summary: dict[str, Any], json_out: Path | None, markdown_out: Path | None, note: str | None, command: str
+) -> None:
     from rftfm.bench import eval_remediation as ev
 
     t = summary["tables"]
-    for title, key, keys in (("by class and setting", "by_class_setting", ["class", "setting"]),
-                             ("by family and setting", "by_family_setting", ["fault_family", "setting"]),
-                             ("by type and setting", "by_type_setting", ["fault_type", "setting"])):
+    for title, key, keys in (
+        ("by class and setting", "by_class_setting", ["class", "setting"]),
+        ("by family and setting", "by_family_setting", ["fault_family", "setting"]),
+        ("by type and setting", "by_type_setting", ["fault_type", "setting"]),
+    ):
         rows = t.get(key, [])
         table = Table(title=title)
-        cols = keys + ["runs", "detected_%", "loop_repair_%", "generic_repair_%", "none_acc_ok_%", "loop_acc_ok_%", "loop_halted_%"]
+        cols = keys + [
+            "runs",
+            "detected_%",
+            "loop_repair_%",
+            "generic_repair_%",
+            "none_acc_ok_%",
+            "loop_acc_ok_%",
+            "loop_halted_%",
+        ]
         for c in cols:
             table.add_column(c, justify="left" if c in keys else "right")
         for r in rows:

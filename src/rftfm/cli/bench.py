@@ -1,34 +1,23 @@
-"""The rftfm command line: ``rftfm bench generate|stats``, and more as the tool grows."""
+"""``rftfm bench generate|stats|taxonomy|learning``: build and inspect RFT-FaultBench."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="rftfm: failure management for reinforcement fine-tuning.", no_args_is_help=True)
-bench_app = typer.Typer(help="RFT-FaultBench: generate, inspect and evaluate.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
-from rftfm.cli_groups import evaluate_app, fit_app  # noqa: E402  (shared sub-apps)
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
 
-app.add_typer(fit_app, name="fit")
-bench_app.add_typer(evaluate_app, name="evaluate")
-from rftfm.cli_diagnose import diagnose_command  # noqa: E402  (registers fit diagnoser, bench evaluate diagnosis)
-
-app.command("diagnose")(diagnose_command)
-from rftfm.cli_watch import register as register_watch  # noqa: E402  (rftfm watch, rftfm report)
-
-register_watch(app)
 console = Console()
 
 
-@bench_app.command("generate")
 def bench_generate(
     out: Path = typer.Option(..., "--out", help="benchmark directory (created; re-running resumes)"),
     preset: str = typer.Option("mini", help="preset: mini or full"),
@@ -45,18 +34,31 @@ def bench_generate(
     todo = pending_runs(out, runs)
     if limit is not None:
         todo = todo[:limit]
-    console.print(f"[bold]{preset}[/] preset: {len(runs)} runs, {len(runs) - len(pending_runs(out, runs))} already finished, {len(todo)} to do")
+    console.print(
+        f"[bold]{preset}[/] preset: {len(runs)} runs, {len(runs) - len(pending_runs(out, runs))} already finished, "
+        f"{len(todo)} to do"
+    )
     start = time.perf_counter()
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("training runs", total=len(todo))
-        summaries = generate(out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task))
+        summaries = generate(
+            out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task)
+        )
     elapsed = time.perf_counter() - start
     steps = sum(s.steps for s in summaries)
-    console.print(f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories in {elapsed:.1f} s")
+    console.print(
+        f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories "
+        f"in {elapsed:.1f} s"
+    )
 
 
-@bench_app.command("stats")
 def bench_stats(
     root: Path = typer.Argument(..., help="benchmark directory"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the statistics as JSON"),
@@ -67,7 +69,10 @@ def bench_stats(
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
-    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records")
+    console.print(
+        f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, "
+        f"{totals['trajectories']} trajectory records"
+    )
     for title, key, cols in (
         ("by kind", "by_kind", ["control_or_fault"]),
         ("by family and setting", "by_family_setting", ["control_or_fault", "fault_family", "fault_strength"]),
@@ -82,7 +87,9 @@ def bench_stats(
         for col in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]:
             table.add_column(col, justify="right" if col in ("runs", "steps", "trajectories") else "left")
         for row in rows:
-            table.add_row(*[str(row.get(c)) for c in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]])
+            table.add_row(
+                *[str(row.get(c)) for c in [c for c in cols if c in rows[0]] + ["runs", "steps", "trajectories"]]
+            )
         console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +101,6 @@ def bench_stats(
         console.print(f"wrote {markdown}")
 
 
-@bench_app.command("taxonomy")
 def bench_taxonomy(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the table to this file"),
 ) -> None:
@@ -110,7 +116,6 @@ def bench_taxonomy(
         console.print(text)
 
 
-@bench_app.command("learning")
 def bench_learning(
     root: Path = typer.Argument(..., help="benchmark directory"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write a markdown page (docs)"),
@@ -125,10 +130,9 @@ def bench_learning(
         markdown.write_text(text, encoding="utf-8")
 
 
-import rftfm.cli_detect  # noqa: E402,F401  (registers fit detector, bench evaluate detection)
-from rftfm.cli_demo import register as register_demo  # noqa: E402  (rftfm demo, bench evaluate remediation)
-
-register_demo(app)
-
-if __name__ == "__main__":
-    app()
+def register(apps: "Apps") -> None:
+    """``rftfm bench generate|stats|taxonomy|learning``."""
+    apps.bench.command("generate")(bench_generate)
+    apps.bench.command("stats")(bench_stats)
+    apps.bench.command("taxonomy")(bench_taxonomy)
+    apps.bench.command("learning")(bench_learning)

@@ -1,0 +1,219 @@
+"""``rftfm watch``: follow a run's log, detect, diagnose, alert once per alarm episode.
+
+Exit codes (documented in ``docs/integrations/jsonl.md``):
+
+* 0 — the log was read and no alarm was raised;
+* 1 — at least one alarm was raised;
+* 2 — bad input or usage (path missing, unknown or contradicted format, no RL training step found);
+* 3 — the log was read but detection is unavailable (no detector installed or it failed to load).
+
+The watcher never raises into the caller because of a log line: malformed lines are counted,
+detector / diagnoser errors are recorded in the incident store as ``error`` events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from rftfm.cli.common import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, check_format, fail, open_store
+from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, WatchResult, load_detector, load_diagnoser
+from rftfm.report.console import console, print_episode, print_step
+from rftfm.report.summary import input_problems, watch_summary
+
+if TYPE_CHECKING:
+    from rftfm.cli.main import Apps
+
+__all__ = ["EXIT_ALARM", "EXIT_BAD_INPUT", "EXIT_NO_DETECTION", "EXIT_OK", "exit_code", "watch"]
+
+
+def exit_code(result: WatchResult) -> int:
+    """The watch's exit code (see the module docstring)."""
+    if result.alarm_count:
+        return EXIT_ALARM
+    if result.steps == 0:
+        return EXIT_BAD_INPUT
+    return EXIT_OK if result.detection else EXIT_NO_DETECTION
+
+
+def _open_source(
+    path: Path, fmt: str, run_id: str | None, follow: bool, interval: float, idle_timeout: float | None, quiet: bool
+) -> Any:
+    """The run's LogSource; when following, wait for a directory's log to appear (a run just starting)."""
+    from rftfm.io.adapters import LogSource
+
+    start, told = time.monotonic(), False
+    while True:
+        try:
+            if follow and not path.exists() and path.suffix == "":  # maybe a run directory still to be created
+                raise ValueError(f"{path} does not exist")
+            return LogSource(path, fmt, run_id)
+        except (ValueError, OSError) as exc:
+            if not follow or (idle_timeout is not None and time.monotonic() - start >= idle_timeout):
+                fail(str(exc))
+            if not told and not quiet:
+                console.print(f"[dim]waiting for a log at {escape(str(path))}…[/]")
+                told = True
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                fail(f"interrupted while waiting for {path}")
+
+
+def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
+    alarms = f"{result.alarm_count} alarmed step(s) in {result.episode_count} episode(s)"
+    if result.first_alarm_step is not None:
+        alarms += f", first at step {result.first_alarm_step}"
+    summary = f"{result.steps} step(s) [{stats.described}], {alarms}"
+    if result.error_count:
+        summary += f", {result.error_count} monitor error(s) recorded"
+    console.print(f"[bold]summary[/]: {escape(summary)}")
+    for line in input_problems(stats):
+        console.print(f"[yellow]input[/]: {escape(line)}")
+    if result.steps == 0:
+        console.print(f"[bold red]error:[/] {escape(stats.no_steps_reason(path))}")
+
+
+def watch(
+    path: Path = typer.Argument(
+        ..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) or run directory"
+    ),
+    fmt: str = typer.Option("auto", "--format", "-f", help="auto | openrlhf | verl | trl | jsonl"),
+    incidents: Optional[Path] = typer.Option(
+        None, "--incidents", help="SQLite incident store to record alarms and diagnoses in"
+    ),
+    follow: bool = typer.Option(
+        False, "--follow/--no-follow", help="keep following the file as it grows (like tail -F)"
+    ),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="run id (default: run_info.json, else the run directory or file name)"
+    ),
+    task_group: Optional[str] = typer.Option(None, "--task-group", help="task group, if known (helps calibration)"),
+    model_size: Optional[str] = typer.Option(None, "--model-size", help="model size, if known"),
+    interval: float = typer.Option(0.5, "--interval", min=0.01, help="seconds between polls when following"),
+    idle_timeout: Optional[float] = typer.Option(
+        None, "--idle-timeout", help="stop following after this many seconds without new lines"
+    ),
+    detector_path: Optional[Path] = typer.Option(
+        None, "--detector", help="detector artifact (default: the packaged one)"
+    ),
+    diagnoser_path: Optional[Path] = typer.Option(
+        None, "--diagnoser", help="diagnoser artifact (default: the packaged one)"
+    ),
+    use_wandb: bool = typer.Option(
+        False, "--wandb", help="forward alerts with wandb.alert when wandb is installed and configured"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
+) -> None:
+    """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
+
+    Exit code: 0 no alarm, 1 alarm raised, 2 bad input or usage, 3 detection unavailable.
+    """
+    check_format(fmt)
+    if not path.exists() and not follow:
+        fail(f"{path} does not exist")
+    source = _open_source(path, fmt, run_id, follow, interval, idle_timeout, quiet)
+    detector, why_no_detector = load_detector(detector_path)
+    if why_no_detector:
+        console.print(f"[yellow]{escape(why_no_detector)}[/]")
+    # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,
+    # it is loaded only if an alarm needs it (loading takes seconds).
+    diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
+    if diagnoser is not None and follow:
+        diagnoser.load()
+    store = open_store(incidents) if incidents is not None else None
+    alerter = None
+    if use_wandb:
+        from rftfm.integrations.wandb_alerts import WandbAlerter
+
+        alerter, status = WandbAlerter.create(source.run_id)
+        console.print(f"[dim]{escape(status)}[/]")
+
+    def on_episode(change: str, episode: Any) -> None:
+        print_episode(change, episode)
+        if alerter is not None and change in ("start", "diagnosis"):
+            alerter.alert(episode, change)
+
+    monitor = RunMonitor(
+        source.run_id,
+        detector,
+        diagnoser,
+        store,
+        on_episode,
+        task_group,
+        model_size,
+        on_step=print_step if verbose else None,
+    )
+    if store is not None:
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()},
+        )
+    if not quiet:
+        console.print(
+            f"[bold]rftfm watch[/]: {'following' if follow else 'reading'} {escape(str(path))} as run "
+            f"[bold]{escape(source.run_id)}[/]"
+        )
+    stats, told_format = source.stats, False
+    try:
+        batches = source.follow(interval, idle_timeout) if follow else iter([source.read_all()])
+        for batch in batches:
+            if stats.mismatch:
+                break
+            if not told_format and not quiet and stats.steps:
+                console.print(f"[dim]read as {escape(stats.described)}[/]")
+                told_format = True
+            for step, trajectories in batch:
+                monitor.observe(step, trajectories)
+                if follow and not quiet and not verbose and step.step % 10 == 0:
+                    console.print(f"[dim]step {step.step}[/]")
+        monitor.finish()
+    except KeyboardInterrupt:
+        console.print("[dim]interrupted[/]")
+    finally:
+        source.close()
+        if alerter is not None:
+            alerter.close()
+    if stats.mismatch:
+        if store is not None:
+            store.close()
+        fail(f"{path}: {stats.mismatch}")
+    result = monitor.result
+    if store is not None:
+        store.record(
+            "run",
+            source.run_id,
+            None,
+            {
+                "finished": time.time(),
+                "steps": result.steps,
+                "alarms": result.alarm_count,
+                "episodes": result.episode_count,
+                "format": stats.format,
+                "malformed_lines": stats.malformed_lines,
+            },
+        )
+        store.close()
+    if diagnoser is not None and diagnoser.why:
+        console.print(f"[yellow]{escape(diagnoser.why)}[/]")
+    _print_summary(result, stats, path)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(
+            json.dumps(watch_summary(result, stats, str(path), exit_code(result)), indent=1), encoding="utf-8"
+        )
+    raise typer.Exit(exit_code(result))
+
+
+def register(apps: "Apps") -> None:
+    """``rftfm watch``."""
+    apps.root.command("watch")(watch)

@@ -1,0 +1,257 @@
+"""Scale-free training dynamics: every signal judged against the run's own history.
+
+:class:`DynamicsTracker` follows many runs (or one, live) record by record and turns each
+record's raw metrics into features that mean the same thing in every configuration:
+
+* each signal is put on a comparable scale (:mod:`rftfm.signals`): positive magnitudes on
+  ``asinh(x / c)`` with ``c`` the run's own first non-zero magnitude (a log-ratio for large
+  values), fractions as they are, signed levels (reward, loss) as they are;
+* a robust local-linear baseline (Holt smoothing whose innovations are clipped at
+  ``huber`` noise units, so one outlier barely moves it) predicts the next value; the
+  innovation in units of the run's own step-to-step noise is ``z``. Healthy trends -- a KL
+  that grows as the policy leaves the reference, an entropy that declines, lengths that drift
+  -- are followed by the baseline's trend and do not accumulate;
+* the noise scale is learned from the run itself (mean absolute innovation over inliers),
+  shrunk towards a prior (``prior_noise``: the typical noise of that signal across many
+  configurations) while the run is young, so a jump at step 3 is judged before the run has
+  taught its own noise;
+* a shift that persists ``adapt_after`` records is accepted as the run's new level (a change
+  point): the fast baseline jumps to it and relearns its noise, so an alarm is an episode with
+  an end, while the slow baseline and the CUSUM (capped) still show it for a while;
+* a two-sided CUSUM of ``z`` accumulates a persistent shift; the deviation from a slow
+  baseline and from the run's own first records (warm-up) measure a drift the fast baseline
+  followed; for fractions, the level itself (a truncated ratio of 0.95 means the same
+  everywhere).
+
+Rollbacks and resumes: :meth:`snapshot` / :meth:`restore` copy the state, so a live monitor
+can return to the state it had before a rolled-back step.
+
+Written by hand: river's drift detectors (ADWIN, Page-Hinkley, KSWIN) follow one raw stream with
+absolute thresholds; here every signal needs its own unit, a prior noise shared across
+configurations and a trend-following baseline, vectorised over runs for evaluation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from rftfm.signals import SIGNALS, Scale
+
+#: Features per signal (a NaN where a signal has no value of that kind).
+PER_SIGNAL: tuple[str, ...] = ("z", "cusum_up", "cusum_down", "dev_slow", "trend", "change0", "level")
+GLOBAL: tuple[str, ...] = ("log_records",)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    alpha: float = 0.3  # level smoothing of the fast baseline
+    beta: float = 0.2  # trend smoothing
+    slow_alpha: float = 0.05  # the slow baseline (half-life ~14 records)
+    huber: float = 3.0  # innovations clipped here (noise units) before they move the baseline
+    noise_gamma: float = 0.1  # weight of a new inlier innovation in the noise estimate
+    prior_weight: float = 4.0  # pseudo-records of the prior noise
+    cusum_k: float = 0.5
+    z_clip: float = 20.0
+    warmup: int = 5  # records whose median is the run's reference level
+    adapt_after: int = 4  # records in a row beyond ``huber`` on one side: the baseline accepts the new level
+    cusum_cap: float = 25.0  # so an accepted change stops counting after ~2 cap / (1 + k) records
+
+
+def feature_names(signals: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{s}:{k}" for s in signals for k in PER_SIGNAL) + GLOBAL
+
+
+def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
+    """Scale of each signal; an unregistered one (a reward component) is a signed level."""
+    return tuple(SIGNALS[s].scale if s in SIGNALS else "linear" for s in signals)
+
+
+#: Noise floor per scale (transformed units): a signal that never moves still needs a finite z.
+NOISE_FLOOR = {"log": 0.02, "rate": 0.02, "linear": 1e-6}
+
+
+@dataclass
+class TrackerState:
+    """State of R runs x F signals (arrays), copied by :meth:`DynamicsTracker.snapshot`."""
+
+    magnitude: np.ndarray  # (R, F) c of the asinh transform (NaN: not set yet)
+    level: np.ndarray
+    trend: np.ndarray
+    slow: np.ndarray
+    noise: np.ndarray  # mean absolute inlier innovation x 1.2533 (NaN: none yet)
+    noise_n: np.ndarray  # inlier innovations seen
+    n: np.ndarray  # values seen
+    cplus: np.ndarray
+    cminus: np.ndarray
+    cplus_since: np.ndarray  # record count at which the current CUSUM excursion started
+    cminus_since: np.ndarray
+    outside: np.ndarray  # signed count of records in a row beyond ``huber`` (+ above, - below)
+    warm: np.ndarray  # (R, F, warmup) first values
+    reference: np.ndarray  # median of the warm-up values (NaN until complete)
+    records: np.ndarray  # (R,) records seen
+
+    @classmethod
+    def new(cls, runs: int, signals: int, warmup: int) -> "TrackerState":
+        nan = np.full((runs, signals), np.nan)
+        zero = np.zeros((runs, signals))
+        return cls(nan.copy(), nan.copy(), zero.copy(), nan.copy(), nan.copy(), zero.copy(), zero.copy(),
+                   zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy(), np.full((runs, signals, warmup), np.nan),
+                   nan.copy(), np.zeros(runs))
+
+    def copy(self) -> "TrackerState":
+        return TrackerState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+
+@dataclass
+class DynamicsTracker:
+    """Streaming scale-free features for runs x signals; see the module docstring."""
+
+    signals: tuple[str, ...]
+    prior_noise: np.ndarray | None = None  # (F,) transformed units; NaN / None: no prior
+    config: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def __post_init__(self) -> None:
+        self.scale = scales(self.signals)
+        self.is_log = np.array([s == "log" for s in self.scale])
+        self.is_rate = np.array([s == "rate" for s in self.scale])
+        self.floor = np.array([NOISE_FLOOR[s] for s in self.scale])
+        prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
+        self.prior = np.where(np.isfinite(prior), np.maximum(prior, self.floor), np.nan)
+        self.names = feature_names(self.signals)
+
+    def new_state(self, runs: int = 1) -> TrackerState:
+        return TrackerState.new(runs, len(self.signals), self.config.warmup)
+
+    def transform(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
+        """(R, F) raw -> comparable scale; sets each log signal's magnitude at its first non-zero value."""
+        first = self.is_log & np.isnan(state.magnitude) & np.isfinite(x) & (np.abs(x) > 0)
+        state.magnitude = np.where(first, np.abs(x), state.magnitude)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logged = np.arcsinh(x / state.magnitude)
+        # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable
+        return np.where(self.is_log, np.where(np.isfinite(state.magnitude), logged, np.nan), x)
+
+    def noise_scale(self, state: TrackerState) -> np.ndarray:
+        """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown)."""
+        w = self.config.prior_weight
+        own = state.noise
+        n = state.noise_n
+        with np.errstate(invalid="ignore"):
+            blended = np.sqrt((w * self.prior**2 + n * np.nan_to_num(own) ** 2) / (w + n))
+        scale = np.where(np.isfinite(self.prior), blended, np.where(n >= 3, own, np.nan))
+        return np.maximum(scale, self.floor)
+
+    def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
+        """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D)."""
+        cfg = self.config
+        y = self.transform(state, np.asarray(x, dtype=float))
+        seen = np.isfinite(y)
+        started = np.isfinite(state.level)
+        sigma = self.noise_scale(state)
+        pred = state.level + state.trend
+        e = y - pred
+        judged = seen & started & np.isfinite(sigma)
+        z = np.where(judged, np.clip(e / np.where(judged, sigma, 1.0), -cfg.z_clip, cfg.z_clip), np.nan)
+        dev_slow = np.where(judged, (y - state.slow) / np.where(judged, sigma, 1.0), np.nan)
+
+        # a shift that persists is the run's new level (accepted below); while one is building up, the
+        # noise estimate stands still, so a fault does not teach the run that it is normal
+        zz = np.nan_to_num(z)
+        side = np.where(judged & (np.abs(zz) > cfg.huber), np.sign(zz), 0.0)
+        excursion = (side != 0) & (np.sign(state.outside) == side)
+        outside = np.where(judged, np.where(excursion, state.outside + side, side), state.outside)
+
+        # noise: mean absolute innovation, each clipped at ``huber`` noise units (an underestimated
+        # noise still grows back: a clipped innovation is larger than the estimate)
+        learn = seen & started & ~excursion
+        a = np.abs(e) * 1.2533
+        a = np.where(np.isfinite(sigma), np.minimum(a, cfg.huber * 1.2533 * np.where(np.isfinite(sigma), sigma, 0.0)), a)
+        state.noise = np.where(learn, np.where(np.isfinite(state.noise),
+                                               (1 - cfg.noise_gamma) * state.noise + cfg.noise_gamma * a, a), state.noise)
+        state.noise_n = state.noise_n + learn
+
+        # baseline: Holt with clipped innovations
+        clip = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
+        ec = np.clip(e, -clip, clip)
+        level = np.where(started, pred + cfg.alpha * ec, y)
+        trend = np.where(started, state.trend + cfg.alpha * cfg.beta * ec, 0.0)
+        # a shift that persists is the run's new level: jump there and relearn the noise
+        accept = np.abs(outside) >= cfg.adapt_after
+        level = np.where(accept, y, level)
+        trend = np.where(accept, 0.0, trend)
+        state.outside = np.where(accept, 0.0, outside)
+        state.noise_n = np.where(accept, np.minimum(state.noise_n, 2.0), state.noise_n)
+        state.level = np.where(seen, level, state.level)
+        state.trend = np.where(seen, trend, state.trend)
+        state.slow = np.where(seen, np.where(np.isfinite(state.slow), state.slow + cfg.slow_alpha * ec, y), state.slow)
+
+        # CUSUM (carried over while a signal is missing)
+        cap = cfg.cusum_cap
+        cplus = np.where(judged, np.clip(state.cplus + zz - cfg.cusum_k, 0.0, cap), state.cplus)
+        cminus = np.where(judged, np.clip(state.cminus - zz - cfg.cusum_k, 0.0, cap), state.cminus)
+        records = state.records[:, None] + 1
+        state.cplus_since = np.where((state.cplus == 0) & (cplus > 0), records, state.cplus_since)
+        state.cminus_since = np.where((state.cminus == 0) & (cminus > 0), records, state.cminus_since)
+        state.cplus, state.cminus = cplus, cminus
+
+        # the run's own reference: median of its first ``warmup`` values of each signal
+        slot = np.minimum(state.n, cfg.warmup - 1).astype(int)
+        filling = seen & (state.n < cfg.warmup)
+        r_idx, f_idx = np.nonzero(filling)
+        state.warm[r_idx, f_idx, slot[r_idx, f_idx]] = y[r_idx, f_idx]
+        state.n = state.n + seen
+        done = filling & (state.n >= cfg.warmup)
+        if done.any():
+            state.reference = np.where(done, np.nanmedian(np.where(done[..., None], state.warm, 0.0), axis=-1),
+                                       state.reference)
+        state.records = state.records + 1
+
+        change0 = np.where(self.is_rate | self.is_log, y - state.reference,
+                           (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan))
+        trend_z = np.where(judged, state.trend / np.where(judged, sigma, 1.0), np.nan)
+        level_f = np.where(self.is_rate & seen, y, np.nan)
+        per = np.stack([z, np.where(started, cplus, np.nan), np.where(started, cminus, np.nan), dev_slow,
+                        trend_z, np.where(seen, change0, np.nan), level_f], axis=-1)  # (R, F, K)
+        glob = np.log1p(state.records)[:, None]
+        return np.concatenate([per.reshape(per.shape[0], -1), glob], axis=1)
+
+    def run_cube(self, cube: np.ndarray) -> np.ndarray:
+        """Features (R, S, D) of a raw cube (R, S, F) of records in order (NaN rows past a run's end)."""
+        state = self.new_state(cube.shape[0])
+        out = np.full((cube.shape[0], cube.shape[1], len(self.names)), np.nan)
+        for s in range(cube.shape[1]):
+            present = np.isfinite(cube[:, s]).any(axis=1)
+            before = state.copy() if not present.all() else None
+            out[:, s] = self.update(state, cube[:, s])
+            if before is not None:  # a run already ended: its state (and record count) stays as it was
+                for f in fields(state):
+                    arr = getattr(state, f.name)
+                    arr[~present] = getattr(before, f.name)[~present]
+        return out
+
+    @staticmethod
+    def snapshot(state: TrackerState) -> TrackerState:
+        return state.copy()
+
+    def noise_of(self, cube: np.ndarray) -> np.ndarray:
+        """(R, F) each run's own final noise estimate (transformed units), for fitting :attr:`prior_noise`."""
+        state = self.new_state(cube.shape[0])
+        for s in range(cube.shape[1]):
+            self.update(state, cube[:, s])
+        return np.where(state.noise_n >= 5, state.noise, np.nan)
+
+
+def fit_prior_noise(signals: tuple[str, ...], normal_cube: np.ndarray, config: TrackerConfig | None = None) -> np.ndarray:
+    """(F,) prior noise: the median over normal runs of each signal's own noise (transformed units).
+
+    Signed levels (reward, loss) are in the user's units: no prior carries across configurations (NaN).
+    """
+    tracker = DynamicsTracker(signals, None, config or TrackerConfig())
+    own = tracker.noise_of(normal_cube)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        prior = np.nanmedian(own, axis=0) if len(own) else np.full(len(signals), np.nan)
+    return np.where([s == "linear" for s in tracker.scale], np.nan, prior)

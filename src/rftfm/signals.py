@@ -1,0 +1,126 @@
+"""The one registry of training signals: every metric a detector, diagnoser, playbook or baseline
+treats specially is declared here once, with how it is compared.
+
+``scale`` says how a signal is compared with itself over time, so that no comparison depends on a
+configuration's units:
+
+* ``log`` -- a positive magnitude (KL, grad norm, lengths, reward spread): compared as a ratio,
+  on an ``asinh(x / c)`` scale with ``c`` the run's own typical magnitude (log-like for large
+  values, linear near 0, so a KL that starts at exactly 0 is still defined);
+* ``rate`` -- a fraction in [0, 1] (clip ratio, truncated ratio, zero-variance groups, accuracy):
+  compared in absolute units, and its level alone is meaningful across configurations;
+* ``linear`` -- a signed level whose unit is the user's (reward, loss): compared only in units of
+  the run's own step-to-step noise.
+
+``group`` ties signals that measure one thing (the playbook asks "did only reward-level signals
+move?"); ``duplicates`` names the train-step metric a trajectory aggregate repeats (evidence shows
+one of each pair). Reward components that TRL logs per reward function (``rewards/<name>/mean``)
+are matched by :data:`REWARD_COMPONENT`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Scale = Literal["log", "rate", "linear"]
+Source = Literal["step", "trajectory", "derived"]
+Group = Literal["reward", "accuracy", "kl", "entropy", "optimiser", "advantage", "clip", "length", "sampling", "tool",
+                "config"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    label: str  # what a user reads in evidence, e.g. "KL"
+    source: Source
+    scale: Scale
+    group: Group
+    feature: bool = True  # False: a knob or hardware echo (learning rate, step time), never evidence of a fault
+    duplicates: str | None = None
+
+
+def _step(name: str, label: str, scale: Scale, group: Group, feature: bool = True) -> Signal:
+    return Signal(name, label, "step", scale, group, feature)
+
+
+def _traj(name: str, label: str, scale: Scale, group: Group, duplicates: str | None = None) -> Signal:
+    return Signal(name, label, "trajectory", scale, group, True, duplicates)
+
+
+SIGNALS: dict[str, Signal] = {
+    s.name: s
+    for s in (
+        # --- what a framework logs per train step (``records.STEP_METRICS``, same order)
+        _step("reward_mean", "train reward", "linear", "reward"),
+        _step("reward_std", "reward sd", "log", "reward"),
+        _step("eval_accuracy", "eval accuracy", "rate", "accuracy"),
+        _step("kl", "KL", "log", "kl"),
+        _step("entropy", "entropy", "log", "entropy"),
+        _step("policy_loss", "policy loss", "linear", "optimiser"),
+        _step("grad_norm", "grad norm", "log", "optimiser"),
+        _step("learning_rate", "learning rate", "log", "config", feature=False),
+        _step("clip_ratio_low", "low clip ratio", "rate", "clip", feature=False),  # the region ratio covers both
+        _step("clip_ratio_high", "high clip ratio", "rate", "clip", feature=False),
+        _step("clip_ratio_region", "clip ratio", "rate", "clip"),
+        _step("completion_length_mean", "response length", "log", "length"),
+        _step("completion_length_max", "max response length", "log", "length"),
+        _step("truncated_ratio", "truncated ratio", "rate", "length"),
+        _step("frac_zero_std_groups", "zero-variance groups", "rate", "advantage"),
+        _step("step_time_s", "step time", "log", "config", feature=False),
+        # --- aggregates of one step's trajectories (per-completion records)
+        _traj("traj_reward_mean", "trajectory reward", "linear", "reward", duplicates="reward_mean"),
+        _traj("traj_reward_std", "trajectory reward sd", "log", "reward", duplicates="reward_std"),
+        _traj("traj_length_mean", "trajectory length", "log", "length", duplicates="completion_length_mean"),
+        _traj("traj_length_std", "trajectory length sd", "log", "length"),
+        _traj("traj_advantage_std", "advantage sd", "log", "advantage"),
+        _traj("traj_advantage_absmax", "max |advantage|", "log", "advantage"),
+        _traj("traj_repetition_mean", "repetition", "rate", "sampling"),
+        _traj("traj_unique_mean", "unique-token ratio", "rate", "sampling"),
+        _traj("traj_tool_call_rate", "tool calls", "rate", "tool"),
+        _traj("traj_tool_error_rate", "tool errors", "rate", "tool"),
+        _traj("traj_empty_rate", "empty responses", "rate", "length"),
+        _traj("traj_short_rate", "short responses", "rate", "length"),
+        _traj("traj_long_rate", "long responses", "rate", "length"),
+        _traj("traj_truncated_rate", "truncated responses", "rate", "length", duplicates="truncated_ratio"),
+        # --- derived by the detectors from the above
+        Signal("reward_minus_eval", "train reward minus eval accuracy", "derived", "linear", "reward"),
+        Signal("reward_var_excess", "reward variance beyond a 0/1 verifier's", "derived", "linear", "reward"),
+        Signal("eval_unchanged_steps", "steps with unchanged eval accuracy", "derived", "linear", "accuracy"),
+    )
+}
+
+#: ``rewards/<function name>/mean`` (TRL >= 0.15) or ``rewards/<function name>`` (older TRL): one reward function.
+REWARD_COMPONENT = re.compile(r"^rewards/(?P<name>[^/]+?)(?:/mean)?$")
+
+
+def signal(name: str) -> Signal:
+    """The registered signal ``name`` (``KeyError`` naming the known ones otherwise)."""
+    try:
+        return SIGNALS[name]
+    except KeyError:
+        raise KeyError(f"unknown signal {name!r}; register it in rftfm.signals") from None
+
+
+def names(*, source: Source | None = None, scale: Scale | None = None, group: Group | tuple[Group, ...] | None = None,
+          feature: bool | None = None) -> tuple[str, ...]:
+    """Registered signal names with the given attributes (``group``: one or several), in registry order."""
+    groups = (group,) if isinstance(group, str) else group
+    return tuple(
+        s.name for s in SIGNALS.values()
+        if (source is None or s.source == source) and (scale is None or s.scale == scale)
+        and (groups is None or s.group in groups) and (feature is None or s.feature == feature)
+    )
+
+
+def label(name: str) -> str:
+    """What a user reads for ``name``: the registered label, a reward component's function, or the name."""
+    if name in SIGNALS:
+        return SIGNALS[name].label
+    match = REWARD_COMPONENT.match(name)
+    return f"reward '{match.group('name')}'" if match else name
+
+
+def is_reward_component(name: str) -> bool:
+    return REWARD_COMPONENT.match(name) is not None and not name.endswith("/std")
