@@ -498,7 +498,8 @@ def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it
 
 def test_after_a_pushed_knob_is_undone_its_lingering_deviations_are_lag_not_new_symptoms():
     det = EvidenceDetector({8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",), 15: ("kl",), 17: ("entropy",), 18: ("entropy",)})
-    ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_low"))
+    # (lr_high, so that the new incident's rung changes a knob: an lr_low rung finds the LR back at its ceiling)
+    ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"))
     for s in range(1, 16):
         if s == 3:
             ctl.handle.set("learning_rate", 1e-5)
@@ -515,7 +516,7 @@ def test_lag_is_not_an_excuse_once_eval_accuracy_falls():
     from rftfm.records import StepRecord
 
     det = EvidenceDetector({8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",)})
-    ctl, _ = _controller(det, diagnoser=FixedDiagnoser("lr_low"))
+    ctl, _ = _controller(det, diagnoser=FixedDiagnoser("lr_high"))  # a rung that changes a knob (see above)
     for s in range(1, 16):
         if s == 3:
             ctl.handle.set("learning_rate", 1e-5)

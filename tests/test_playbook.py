@@ -172,7 +172,8 @@ def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():
     low = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 1e-4}, {"learning_rate": 1e-4}, ceilings=ceilings)
     assert low.actions[-1].value == pytest.approx(3e-4)  # x30 asked, the configured LR is the most it gets
     already = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 5e-4}, {"learning_rate": 5e-4}, ceilings=ceilings)
-    assert already.actions[-1].value == pytest.approx(5e-4)  # above the ceiling already: never lowered by a "raise"
+    # above the ceiling already: never lowered by a "raise" (the change would leave it as it is: no action)
+    assert already.unchanged == ["learning_rate"] and all(a.kind != "set_knob" for a in already.actions)
     high = Remediator().plan(diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings)
     assert high.actions[-1].value == pytest.approx(9e-4)
 
@@ -189,3 +190,10 @@ def test_escalation_keeps_the_type_being_repaired_unless_the_new_diagnosis_is_co
             assert again.rung_index == 1 and again.actions[-1].value == 16  # the next rung of its own ladder
         else:
             assert again.rung.halt  # a confident code-fault diagnosis: halt
+
+
+def test_a_knob_change_to_the_value_the_knob_has_is_set_aside_not_planned():
+    rem = Remediator()
+    knobs = {"temperature": 1.0, "learning_rate": 1e-3}
+    plan = rem.plan(diagnosis("sampling_temperature"), ALL, knobs, knobs)  # restore finds 1.0 already set
+    assert plan.unchanged == ["temperature"] and [a.kind for a in plan.actions] == ["rollback"]

@@ -62,6 +62,18 @@ def test_an_alarm_nobody_can_explain_waits_until_it_persists_then_gets_one_blind
     assert policy.hold_back(incident(), CFG) is None  # a diagnosed alarm goes ahead
 
 
+def test_without_eval_accuracy_only_a_confident_diagnosis_or_a_knob_push_is_acted_on():
+    unsure = policy.hold_back(incident(has_eval=False, probability=0.3), CFG)
+    assert unsure is not None and unsure.reason.startswith("diagnosis at p=0.30") and not unsure.alert_only
+    assert policy.hold_back(incident(has_eval=False, probability=0.7), CFG) is None
+    assert policy.hold_back(incident(has_eval=False, probability=0.3, drifted=True), CFG) is None
+    assert policy.hold_back(incident(has_eval=False, probability=None, generic=True), CFG) is None
+    assert policy.hold_back(incident(has_eval=True, probability=0.3), CFG) is None  # eval accuracy checks the repair
+    # the next rung of an incident: the same confidence rule, none of the new-incident ones
+    assert policy.hold_back(incident(has_eval=False, probability=0.3, escalating=True), CFG) is not None
+    assert policy.hold_back(incident(explained_by_diagnosis=False, escalating=True, step=29, max_steps=30), CFG) is None
+
+
 def test_no_repair_starts_when_fewer_steps_remain_than_its_revalidation_needs():
     late = policy.hold_back(incident(step=28, max_steps=30), CFG)
     assert late is not None and "too close to the end" in late.reason
@@ -218,3 +230,11 @@ def test_revalidation_escalates_on_an_alarm_or_a_clear_accuracy_drop_and_keeps_a
 def test_the_replay_budget_is_a_fraction_of_the_planned_steps():
     assert policy.replay_budget(40, 5, CFG) == 15
     assert policy.replay_budget(None, 0, CFG) == 0
+
+
+def test_a_knob_rung_that_would_change_nothing_is_not_acted_on():
+    held = policy.changes_nothing(True, 0, ["temperature"])
+    assert held is not None and "temperature" in held.reason and not held.alert_only
+    assert policy.changes_nothing(True, 1, ["temperature"]) is None  # another knob does change
+    assert policy.changes_nothing(False, 0, []) is None  # a rollback-only or halt rung
+    assert policy.changes_nothing(True, 0, []) is None  # no knob this trainer can set (a rung reduced by capabilities)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+
 from rftfm.engine.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.remediate import Capabilities
@@ -92,16 +94,16 @@ class TrainerHandle:
             if name == "beta" and getattr(self.trainer, "ref_model", None) is None:
                 continue  # beta > 0 needs a reference model this trainer does not have
             try:
-                values[name] = get_knob(self.trainer, name)
+                values[name] = self.get(name)
             except Exception:
                 continue
         return values
 
     def get(self, name: str) -> Any:
+        if name == "learning_rate" and self.optimizer is not None:  # the schedule's peak, not the LR of this step
+            return configured_lr(self.optimizer, getattr(self.scheduler, "scheduler", self.scheduler))
         if self.trainer is not None:
             return get_knob(self.trainer, name)
-        if name == "learning_rate" and self._optimizer is not None:
-            return configured_lr(self._optimizer, self._scheduler)
         raise KeyError(f"knob {name!r} is not available on this trainer")
 
     def set(self, name: str, value: Any) -> None:
@@ -113,15 +115,22 @@ class TrainerHandle:
             raise KeyError(f"knob {name!r} is not available on this trainer")
 
     def _set_learning_rate(self, value: float) -> None:
-        """Set the configured (peak) LR: the scheduler's base LR, and the LR in use scaled alike, so that a
-        warm-up or decay schedule goes on from where it stands (a constant schedule just takes ``value``)."""
+        """Set the configured (peak) LR: the scheduler's base LR, and the LR in use where the schedule stands
+        now, so that a warm-up or decay goes on from there (a constant schedule just takes ``value``). For a
+        ``LambdaLR`` (every transformers schedule) the LR in use is computed as the scheduler computes it."""
         optimizer, scheduler = self.optimizer, self.scheduler
-        base = configured_lr(optimizer, scheduler)
-        for group in optimizer.param_groups:
-            scaled = base is not None and base > 0 and group["lr"] != base
-            group["lr"] = group["lr"] * value / base if scaled else value  # type: ignore[operator]
-        if scheduler is not None and hasattr(scheduler, "base_lrs"):
-            scheduler.base_lrs = [value for _ in scheduler.base_lrs]
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
+        base = configured_lr(optimizer, inner)
+        if isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+            inner.base_lrs = [value for _ in inner.base_lrs]
+            for group, lmbda in zip(optimizer.param_groups, inner.lr_lambdas):
+                group["lr"] = value * lmbda(inner.last_epoch)
+        else:
+            for group in optimizer.param_groups:
+                scaled = base is not None and base > 0 and group["lr"] != base
+                group["lr"] = group["lr"] * value / base if scaled else value  # type: ignore[operator]
+            if inner is not None and hasattr(inner, "base_lrs"):
+                inner.base_lrs = [value for _ in inner.base_lrs]
         if self.trainer is not None and hasattr(getattr(self.trainer, "args", None), "learning_rate"):
             self.trainer.args.learning_rate = value
 
@@ -145,6 +154,10 @@ class TrainerHandle:
     def save(self, checkpointer: Checkpointer, step: int) -> CheckpointInfo:
         """Checkpoint the trainer's model, optimiser, scheduler, RNG and knob values as step ``step``."""
         return checkpointer.save(step, self.model, self.optimizer, self.scheduler, self.knobs())
+
+    def pin(self, checkpointer: Checkpointer, step: int | None) -> None:
+        """Keep the checkpoint of ``step`` through pruning (a rollback may want it long after)."""
+        checkpointer.pin(step)
 
     def restore(self, checkpointer: Checkpointer, before_step: int) -> tuple[CheckpointInfo, list[str]]:
         """Load the newest valid checkpoint at or before ``before_step`` into the trainer (the oldest one

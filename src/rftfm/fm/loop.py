@@ -113,8 +113,9 @@ class Controller:
             self._guard("checkpoint", lambda: self._checkpoint(step))
         self.monitor_seconds += time.perf_counter() - t0
 
-    def finish(self) -> dict[str, Any]:
-        summary = self.summary()
+    def finish(self, **extra: Any) -> dict[str, Any]:
+        """Record the run's end (with ``extra`` facts, e.g. its wall time) and return the summary."""
+        summary = {**self.summary(), **extra}
         self.journal.record("run", self.last_step, {"event": "end", **summary})
         return summary
 
@@ -188,7 +189,7 @@ class Controller:
             since = [e.since_step for e in alarm.evidence if e.since_step is not None]
             before = policy.rollback_before(step, self.alarm_steps, since, self.knob_log.pushes, self.config)
             self.incident = Incident(start_step=step, rollback_before=before)
-        hold = None if escalate else policy.hold_back(self._new_incident(step, diagnosis), self.config)
+        hold = policy.hold_back(self._new_incident(step, diagnosis, escalate), self.config)
         plan = None
         if hold is None:
             ok, plan = self._guard_ok("remediate", lambda: self.remediator.plan(
@@ -196,29 +197,31 @@ class Controller:
                 ceilings=self.knob_log.ceilings, pushed_from=self.knob_log.pushed_from()))
             if not ok:
                 return
-            hold = policy.NO_RUNG_LEFT if plan is None else self._halt_refused(plan, diagnosis)
+            hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis)
         if hold is not None:
             self._stand_down(step, hold)
         elif plan is not None:
             self._apply(step, plan)
 
-    def _new_incident(self, step: int, diagnosis: Diagnosis | None) -> policy.NewIncident:
-        unknown_window = [s for s in self.alarm_steps if s > step - self.config.unknown_confirm_window]
-        diagnosed = self.remediator.generic or self.remediator.diagnosed_type(diagnosis) is not None
+    def _new_incident(self, step: int, diagnosis: Diagnosis | None, escalate: bool) -> policy.NewIncident:
+        rem, top = self.remediator, diagnosis.top if diagnosis is not None else None
+        recent = sum(s > step - self.config.unknown_confirm_window for s in self.alarm_steps)
         return policy.NewIncident(
-            step=step, explained_by_diagnosis=diagnosed,
-            drifted=policy.drifted(self.handle.knobs(), self._healthy_knobs()), unexplained_alarms=len(unknown_window),
-            blind_budget_used=self.remediator.blind_budget_used(diagnosis), max_steps=self.length.max_steps)
+            step, rem.generic or rem.diagnosed_type(diagnosis) is not None, policy.drifted(self.handle.knobs(),
+            self._healthy_knobs()), recent, rem.blind_budget_used(diagnosis), self.length.max_steps,
+            top.probability if top else None, self.heldout.seen > 0, rem.generic, escalate)
 
-    def _halt_refused(self, plan: Plan, diagnosis: Diagnosis | None) -> Hold | None:
-        if not plan.rung.halt:
-            return None
-        info, now = self._rollback_point(), self._accuracy_now()
-        then = self.heldout.at_or_before(info.step) if info is not None else None
-        code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
-        p = policy.probability_of(diagnosis, plan.fault_type)
-        case = policy.HaltCase(plan.fault_type, code_fault, p, then, now, self.heldout.seen > 0)
-        hold = policy.halt_refused(case, self.config)
+    def _refused(self, plan: Plan, diagnosis: Diagnosis | None) -> Hold | None:
+        """A plan the policy turns down: a knob rung that would change nothing, or a halt without the evidence."""
+        knob_actions = sum(a.kind == "set_knob" for a in plan.actions)
+        hold = policy.changes_nothing(bool(plan.rung.knobs) and not plan.rung.halt, knob_actions, plan.unchanged)
+        if hold is None and plan.rung.halt:
+            info, now = self._rollback_point(), self._accuracy_now()
+            then = self.heldout.at_or_before(info.step) if info is not None else None
+            code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
+            case = policy.HaltCase(plan.fault_type, code_fault, policy.probability_of(diagnosis, plan.fault_type),
+                                   then, now, self.heldout.seen > 0)
+            hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken
         return hold
@@ -247,7 +250,7 @@ class Controller:
                 self._revert(step, incident, f"{action.kind} failed: {exc}")
                 return
             self.journal.action(step, action, detail, plan)
-        self._refresh_seen_knobs()
+        self.knob_log.seen = self._guard("knobs", self.handle.knobs) or self.knob_log.seen  # ours: no push
         self._note_repair(plan, incident)
         if any(a.kind == "halt" for a in plan.actions):
             self.journal.outcome(step, plan, "halted", "training stopped on the last healthy weights")
@@ -316,7 +319,7 @@ class Controller:
         for action in reversed(incident.changed):
             self._guard("apply", lambda a=action: self.handle.set(a.knob, a.previous))
             self.knob_log.by_loop.pop(action.knob, None)
-        self._refresh_seen_knobs()
+        self.knob_log.seen = self._guard("knobs", self.handle.knobs) or self.knob_log.seen  # ours: no push
         if incident.plan is not None:
             self.journal.outcome(step, incident.plan, "reverted", why)
         incident.changed = []
@@ -367,12 +370,7 @@ class Controller:
         for _ in self.knob_log.track(self.handle.knobs(), step, self.config):
             # the last checkpoint before the push is the one a rollback will want: keep it
             info, _ = self.checkpointer.latest_valid(before_step=step - 1)
-            self.checkpointer.pin(info.step if info is not None else None)
-
-    def _refresh_seen_knobs(self) -> None:
-        """After the loop itself turned knobs: their new values are not somebody else's change."""
-        if self.handle is not None:
-            self.knob_log.seen = self._guard("knobs", self.handle.knobs) or self.knob_log.seen
+            self.handle.pin(self.checkpointer, info.step if info is not None else None)
 
     def _healthy_knobs(self) -> dict[str, Any]:
         assert self.incident is not None

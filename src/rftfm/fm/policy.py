@@ -49,6 +49,7 @@ class ControllerConfig:
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     halt_confidence_without_eval: float = 0.8  # a code fault halts a run without eval accuracy only at this probability
+    act_confidence_without_eval: float = 0.5  # ... and any rung acts (but undoing a knob push) only at this one
     eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
@@ -111,6 +112,10 @@ class NewIncident:
     unexplained_alarms: int  # alarms within ``unknown_confirm_window`` steps, this one included
     blind_budget_used: bool  # the run's one intervention on an alarm nobody could explain is spent
     max_steps: int | None  # the run's length, when the trainer says it
+    probability: float | None = None  # the diagnosis' probability for its top type
+    has_eval: bool = True  # the run has eval accuracy (its records carry it, or an eval callable measures it)
+    generic: bool = False  # the generic baseline acts on every alarm, whatever the diagnosis
+    escalating: bool = False  # the alarm came back after a rung: the next rung, not a new incident
 
 
 @dataclass(frozen=True)
@@ -127,16 +132,24 @@ class Hold:
 def hold_back(case: NewIncident, cfg: ControllerConfig) -> Hold | None:
     """Why a confirmed alarm opens no repair, or ``None`` (go ahead and plan one).
 
-    An alarm nobody can explain (no diagnosis, no knob drift) waits until it persists, and gets one
-    blind intervention per run; and no repair starts when fewer steps remain than its revalidation needs.
+    An alarm nobody can explain (no diagnosis, no knob drift) waits until it persists, then is reported
+    (unless the remediator allows blind interventions); without any eval accuracy to check a repair against,
+    a diagnosis must be confident (``act_confidence_without_eval``) unless a knob push explains the alarm
+    (this one holds for the next rung of an incident too); and no repair starts when fewer steps remain
+    than its revalidation needs.
     """
-    unexplained = not case.explained_by_diagnosis and not case.drifted
+    unexplained = not case.explained_by_diagnosis and not case.drifted and not case.escalating
     if unexplained and case.unexplained_alarms < cfg.unknown_confirm_alarms:
         return Hold("unexplained alarm, no knob changed: alert only until it persists")
-    if case.blind_budget_used and not case.drifted:
+    if case.blind_budget_used and not case.drifted and not case.escalating:
         return Hold("unexplained alarm again: reported, not acted on (one blind intervention per run)",
                     "unexplained alarm; the run's one blind intervention is spent")
-    if case.max_steps is not None and case.max_steps - case.step < cfg.revalidate_steps:
+    unsure = (case.probability or 0.0) < cfg.act_confidence_without_eval
+    if unsure and not (case.has_eval or case.drifted or case.generic):
+        p = case.probability or 0.0
+        return Hold(f"diagnosis at p={p:.2f} and no held-out evaluation: reported, not acted on",
+                    f"diagnosis at p={p:.2f} < {cfg.act_confidence_without_eval}, no eval accuracy to check a repair")
+    if case.max_steps is not None and case.max_steps - case.step < cfg.revalidate_steps and not case.escalating:
         return Hold(f"{case.max_steps - case.step} step(s) left: too late to act and revalidate; reported",
                     "too close to the end of training to act and revalidate")
     return None
@@ -196,6 +209,16 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
         return refuse("rungs used up, no eval accuracy to show the run getting worse",
                       "knob rungs used up; no halt without a measured fall in eval accuracy")
     return None
+
+
+def changes_nothing(rung_sets_knobs: bool, knob_actions: int, unchanged: Sequence[str]) -> Hold | None:
+    """A knob rung whose every change would leave the knob as it is (the restore finds the healthy value
+    already set) does not match the trainer: the diagnosed cause is not in its settings. Reported, not acted
+    on (a rollback alone would only replay the same steps)."""
+    if not rung_sets_knobs or knob_actions or not unchanged:
+        return None
+    return Hold(f"{', '.join(unchanged)} already at the value the repair would set: reported, not acted on",
+                f"the diagnosed cause is not in the trainer's settings ({', '.join(unchanged)} unchanged)")
 
 
 # --- knobs -----------------------------------------------------------------------------------

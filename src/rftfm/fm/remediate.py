@@ -32,6 +32,13 @@ class Plan:
     rung: Rung
     actions: list[Action] = field(default_factory=list)
     diagnosed_type: str | None = None  # the diagnosis' top type (for the drift rung, fault_type is "knob_drift")
+    unchanged: list[str] = field(default_factory=list)  # knobs the rung would set to the value they already have
+
+    def __post_init__(self) -> None:
+        """A knob change to the value the knob already has is no action: set aside in ``unchanged``."""
+        noop = [a for a in self.actions if a.kind == "set_knob" and a.value == a.previous]
+        self.unchanged += [a.knob for a in noop if a.knob is not None]
+        self.actions = [a for a in self.actions if a not in noop]
 
 
 def _undoes(change: KnobChange, earlier: Any, current: Any) -> bool:
