@@ -8,7 +8,8 @@ Llama, a counting task) with ``RFTFMCallback.attach``; ``--spike N`` multiplies 
 at step N on every rank (a process change). Each rank writes ``rank-<k>.json`` to ``--out``: the changes
 it made with the step they were made at, its final step count and planned length, a checksum of its final
 weights, and (rank 0) the loop's summary and the narrative of its incident log. The loop uses the shipped
-detector and diagnoser, which know nothing of this task or model.
+detector and diagnoser, which know nothing of this task or model; ``--detector after-spike`` a stand-in
+that alarms once after the spike (the plumbing, whatever the detector).
 """
 
 from __future__ import annotations
@@ -35,16 +36,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--spike", type=int, default=None, help="step at which the LR is multiplied by 30")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detector", choices=("default", "after-spike"), default="default")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from rftfm.integrations.trl_callback import RFTFMCallback
+    from rftfm.testing import AfterSpike
     from rftfm.testing import user_run as ur
 
     args.out.mkdir(parents=True, exist_ok=True)
     spike = ur.LRSpike(onset=args.spike, factor=30.0) if args.spike else None
     trainer = ur.user_trainer(args.out / "trainer", steps=args.steps, seed=args.seed, spike=spike, ddp_backend="gloo")
-    callback = RFTFMCallback.attach(trainer, run_id="ddp-user-run", report=False)
+    stand_in = args.detector == "after-spike"
+    detector = AfterSpike(args.spike or args.steps) if stand_in else None
+    callback = RFTFMCallback.attach(trainer, detector=detector, run_id="ddp-user-run", report=False)
     trainer.train()
     rank = callback.rank
     result = {"rank": rank, "world": callback.world, "changes": callback.synced, "global_step": trainer.state.global_step,

@@ -11,30 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.integrations.trl_callback import RFTFMCallback
 from rftfm.integrations.trl_eval import RewardEval
+from rftfm.testing import AfterSpike
 from rftfm.testing import user_run as ur
 
 torch.set_num_threads(1)
 SPIKE = 8
-
-
-class AfterSpike:
-    """One strong alarm at the first logged step after the spike, dating the deviation to it."""
-
-    def __init__(self, onset: int = SPIKE):
-        self.onset, self.fired = onset, False
-
-    def reset(self, run_id, task_group=None, model_size=None):
-        pass
-
-    def observe(self, record, trajectories):
-        if self.fired or record.step <= self.onset:
-            return None
-        self.fired = True
-        return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0,
-                     evidence=[SignalEvidence(signal="grad_norm", direction="up", z=10.0, since_step=self.onset)])
 
 
 def weights(trainer):
@@ -43,7 +26,7 @@ def weights(trainer):
 
 def train(tmp_path, name, loop=False, spike=False, **config):
     trainer = ur.user_trainer(tmp_path / name, seed=3, spike=ur.LRSpike(SPIKE) if spike else None, **config)
-    callback = RFTFMCallback.attach(trainer, detector=AfterSpike(), diagnoser=None, report=False) if loop else None
+    callback = RFTFMCallback.attach(trainer, detector=AfterSpike(SPIKE), diagnoser=None, report=False) if loop else None
     trainer.train()
     return trainer, callback
 

@@ -54,3 +54,20 @@ class RollbackOnly(Remediator):
             return None
         self.interventions += 1
         return Plan(fault_type=None, rung_index=0, rung=self.RUNG, actions=[Action(kind="rollback", reason=self.RUNG.reason)])
+
+
+class AfterSpike:
+    """A detector with one strong alarm at the first logged step after ``onset``, whose evidence dates
+    the deviation to ``onset`` (a stand-in that makes the loop's plumbing testable whatever the detector)."""
+
+    def __init__(self, onset: int):
+        self.onset, self.fired = onset, False
+
+    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None: ...
+
+    def observe(self, record: Any, trajectories: list[Any]) -> Alarm | None:
+        if self.fired or record.step <= self.onset:
+            return None
+        self.fired = True
+        return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0,
+                     evidence=[SignalEvidence(signal="grad_norm", direction="up", z=10.0, since_step=self.onset)])
