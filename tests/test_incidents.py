@@ -214,7 +214,7 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
     abstained (``explained_by`` is then None): the evaluation must not count them as a relapse."""
     from types import SimpleNamespace
 
-    from rftfm.bench.eval_remediation import ArmResult, _fill_from_controller
+    from rftfm.bench.eval_remediation import ArmResult, fill_from_controller
     from rftfm.fm.incidents import MemoryIncidentStore
     from rftfm.fm.policy import ControllerConfig
 
@@ -229,7 +229,7 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
         ctl = SimpleNamespace(store=store, run_id="r", monitor_seconds=0.0, mode="watching", outcomes=[], config=ControllerConfig(),
                               counts={"interventions": 1, "rollbacks": 0, "errors": 0})
         result = ArmResult(run_id="r", arm="loop", final_accuracy=0.5, wall_s=1.0, steps=28)
-        _fill_from_controller(result, ctl)
+        fill_from_controller(result, ctl)
         assert result.cleared is cleared and result.alarms_after == 9 and not result.cleared_strict
 
 

@@ -70,8 +70,8 @@ class ArmResult:
     actions: list[str] = field(default_factory=list)
 
 
-def _components(detector_path: str | None, diagnoser_path: str | None) -> tuple[Any, Any]:
-    """Detector and diagnoser, loaded once per process."""
+def load_components(detector_path: str | None, diagnoser_path: str | None) -> tuple[Any, Any]:
+    """Detector and diagnoser (the shipped ones for ``None``), loaded once per process."""
     key = f"{detector_path}|{diagnoser_path}"
     if key not in _MODELS:
         from rftfm.fm.detect import Detector
@@ -96,8 +96,12 @@ def clean_twin(info: RunInfo) -> RunInfo:
 
 
 def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser_path: str | None = None,
-            on_step: Callable[[Any], None] | None = None, incidents: Any = None) -> tuple[ArmResult, Any]:
-    """Train one arm of one run; returns its result and the callback (``None`` without the loop)."""
+            on_step: Callable[[Any], None] | None = None, incidents: Any = None, *,
+            components: tuple[Any, Any] | None = None,
+            sink: Callable[[Any, list[Any]], None] | None = None) -> tuple[ArmResult, Any]:
+    """Train one arm of one run on the embedded engine; returns its result and the callback (``None``
+    without the loop). ``components``: a (detector, diagnoser) pair to use instead of loading them;
+    ``on_step(record)`` / ``sink(record, trajectories)``: called after every step."""
     import torch
 
     from rftfm.engine.policy_eval import eval_accuracy
@@ -109,27 +113,81 @@ def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser
     watch = arm in ("none", "loop", "generic", "on")
     target = clean_twin(info) if arm == "clean" else info
     sinks = [lambda record, trajectories: on_step(record)] if on_step else []
+    sinks += [sink] if sink is not None else []
     with tempfile.TemporaryDirectory(prefix="rftfm-rem-") as tmp:
         start = time.perf_counter()
         trainer = build_trainer(target, sinks, output_dir=tmp)
         callback = None
         if watch:
-            detector, diagnoser = _components(detector_path, diagnoser_path)
+            detector, diagnoser = components or load_components(detector_path, diagnoser_path)
             callback = RFTFMCallback.attach(
                 trainer, detector=detector, diagnoser=diagnoser, remediate=arm != "none",
                 remediator=Remediator(generic=arm == "generic"), checkpoint_dir=os.path.join(tmp, "ckpt"),
-                incidents=incidents,
+                incidents=incidents, report=False,
             )
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
     result = ArmResult(run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
     if callback is not None and callback.controller is not None:
-        _fill_from_controller(result, callback.controller)
+        fill_from_controller(result, callback.controller)
     return result, callback
 
 
-def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
+#: Arms of a run through a plain TRL GRPOTrainer subclass (the user-run harness): without the loop, alert-only,
+#: the loop deciding from train-side metrics, the loop with an eval callable (RewardEval on held-out prompts).
+PLAIN_ARMS = ("clean", "none", "loop", "loop+eval")
+
+
+@dataclass(frozen=True)
+class PlainRun:
+    """A run of :mod:`rftfm.testing.user_run` (a plain ``GRPOTrainer`` subclass, a model and task outside the
+    benchmark); ``spike_onset``: the LR is multiplied by ``spike_factor`` there (every arm but ``clean``)."""
+
+    run_id: str
+    seed: int = 0
+    steps: int = 80
+    spike_onset: int | None = None
+    spike_factor: float = 30.0
+    eval_every: int = 10
+    eval_prompts: int = 64
+
+
+def run_plain_arm(run: PlainRun, arm: str, components: tuple[Any, Any] | None = None,
+                  detector_path: str | None = None, diagnoser_path: str | None = None) -> tuple[ArmResult, Any]:
+    """Train one arm of ``run`` through the plain trainer and ``RFTFMCallback``; the final accuracy is the
+    greedy accuracy on ``FINAL_EVAL_PROMPTS`` held-out prompts (never the ones the eval callable sees)."""
+    import torch
+
+    from rftfm.integrations.trl_callback import RFTFMCallback
+    from rftfm.integrations.trl_eval import RewardEval
+    from rftfm.testing import user_run as ur
+
+    if arm not in PLAIN_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {PLAIN_ARMS}")
+    torch.set_num_threads(1)
+    spike = ur.LRSpike(run.spike_onset, run.spike_factor) if run.spike_onset and arm != "clean" else None
+    with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
+        start = time.perf_counter()
+        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=spike, eval_prompts=run.eval_prompts)
+        callback = None
+        if arm != "clean":
+            detector, diagnoser = components or load_components(detector_path, diagnoser_path)
+            eval_fn = RewardEval.from_trainer(trainer, threshold=1.0) if arm == "loop+eval" else None
+            callback = RFTFMCallback.attach(trainer, detector=detector, diagnoser=diagnoser, remediate=arm != "none",
+                                            checkpoint_dir=os.path.join(tmp, "ckpt"), run_id=run.run_id, eval_fn=eval_fn,
+                                            eval_every=run.eval_every, report=False)
+        trainer.train()
+        wall = time.perf_counter() - start
+        accuracy = ur.accuracy(trainer.model, n=FINAL_EVAL_PROMPTS, offset=run.eval_prompts)
+    result = ArmResult(run_id=run.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    if callback is not None and callback.controller is not None:
+        fill_from_controller(result, callback.controller)
+    return result, callback
+
+
+def fill_from_controller(result: ArmResult, ctl: Any) -> None:
+    """``result``'s loop fields from a finished controller (its incident events, counts and mode)."""
     events = ctl.store.events(run_id=ctl.run_id)
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
     actions = [e for e in events if e["kind"] == "action"]
@@ -246,7 +304,8 @@ def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str |
             on_done(row)
 
     try:
-        for row in run_in_pool(_task, [(t,) for t in tasks], workers, init=lambda: _components(detector_path, diagnoser_path)):
+        for row in run_in_pool(_task, [(t,) for t in tasks], workers,
+                               init=lambda: load_components(detector_path, diagnoser_path)):
             finished(row)
     finally:
         if sink is not None:

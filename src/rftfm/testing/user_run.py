@@ -94,15 +94,17 @@ def train_dataset(n: int = 4096, seed: int = TRAIN_SEED) -> Dataset:
 
 
 def eval_dataset(n: int = 64) -> Dataset:
-    """Held-out prompts in TRL's format (a ``prompt`` column, the reward function's ``answer`` column)."""
+    """Held-out prompts in TRL's format (a ``prompt`` column, the reward function's ``answer`` column): the
+    first ``n`` of the evaluation stream."""
     return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems(n, EVAL_SEED)])
 
 
 @torch.no_grad()
-def accuracy(model: Any, n: int = 256, batch: int = 128) -> float:
-    """Greedy exact-match accuracy on ``n`` held-out prompts (the same prompts every call)."""
+def accuracy(model: Any, n: int = 256, batch: int = 128, offset: int = 0) -> float:
+    """Greedy exact-match accuracy on ``n`` held-out prompts (the same prompts every call), from position
+    ``offset`` of the evaluation stream (past the ones an eval callable sees, for a final score)."""
     tok = build_tokenizer()
-    items = problems(n, EVAL_SEED)
+    items = problems(offset + n, EVAL_SEED)[offset:]
     was_training = model.training
     model.eval()
     correct = 0
