@@ -49,7 +49,7 @@ def one_log(name: str, detector, diagnoser, out: Path) -> dict:
     parsed = time.perf_counter()
     row = {"log": name, "read as": stats.described, "steps": len(events), "shows (README)": README[name]}
     if not events:
-        row.update({"note": stats.no_steps_reason(name).split(": ", 1)[0], "parse s": parsed - start})
+        row.update({"note": stats.no_steps_reason(Path(name).name), "parse s": parsed - start})
         return row
     with IncidentStore(":memory:") as store:
         monitor = RunMonitor("real", detector, diagnoser, store)
@@ -116,7 +116,7 @@ def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
     ]
     for row in rows:
         lines.append("| " + " | ".join(cell(row, c) for c in cols) + " |")
-    notes = [f"- `{r['log']}`: {r['note']}." for r in rows if r.get("note")]
+    notes = [f"- {r['note']}." for r in rows if r.get("note")]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

@@ -162,3 +162,14 @@ def test_targets_table_from_saved_results(bench, tmp_path):
     text = out_md.read_text()
     assert "tier a: avg F1 easy ≥ 90" in text and "tier c: avg F1 hard ≥ 88" in text
     assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 12
+
+
+def test_an_interrupted_evaluation_resumes_from_its_cache(bench, tmp_path):
+    cache = tmp_path / "cache"
+    first = evaluate_detection(bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache)
+    files = sorted(p.name for p in cache.glob("*.parquet"))
+    assert files == sorted(["seed__a__RFT-FM.parquet", "seed__a__RFT-FM_profile.parquet", "seed__a__StaticRules.parquet"])
+    (cache / "seed__a__StaticRules.parquet").unlink()  # as if interrupted before the last method
+    again = evaluate_detection(bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache)
+    for name in first["methods"]["a"]:
+        assert again["methods"]["a"][name]["mid_run"] == first["methods"]["a"][name]["mid_run"]

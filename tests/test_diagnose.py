@@ -17,7 +17,7 @@ import pytest
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_diagnosis import evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
-from rftfm.faults.taxonomy import FAULT_TYPES, group_dir
+from rftfm.faults.taxonomy import FAULT_TYPES, PUBLISHED_TYPES, group_dir
 from rftfm.fm.diagnose import Diagnoser, summary_sentence
 from rftfm.fm.diagnosis_features import diagnosis_matrix
 from rftfm.fm.features import features_frame

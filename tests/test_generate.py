@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from rftfm.bench.generate import generate, pending_runs
-from rftfm.bench.presets import PRESETS, preset_runs
+from rftfm.bench.presets import preset_runs
 from rftfm.bench.stats import benchmark_stats
-from rftfm.faults.taxonomy import FAULT_TYPES, STRENGTHS
+from rftfm.engine.model import MODEL_FAMILIES, SIZES
+from rftfm.engine.tasks import TASK_GROUPS
+from rftfm.faults.taxonomy import FAULT_TYPES, PUBLISHED_TYPES, STRENGTHS, WILD_TYPES
 from rftfm.io.faultbench import STEP_FILE, SUB_DIR, TRAJ_FILE
 from rftfm.io.loader import load_runs, runs_table
 from rftfm.records import RunInfo
@@ -25,25 +29,60 @@ def tiny_run(run_id: str, fault: str | None = None, group: str = "normal", seed:
     )
 
 
-def test_mini_preset_covers_every_type_strength_controls_and_normal_runs() -> None:
+def _balanced_labels(runs: list[RunInfo]) -> None:
+    faulty = [r for r in runs if r.control_or_fault == "fault"]
+    controls = [r for r in runs if r.control_or_fault == "control"]
+    assert len(controls) == len([r for r in faulty if r.fault_strength == "hard"])
+    assert all(c.group.endswith("_hard_fault") for c in controls)
+    hard = {(r.config_id, r.onset_step, r.group) for r in faulty if r.fault_strength == "hard"}
+    assert {(c.config_id, c.onset_step, c.group) for c in controls} <= hard  # a control beside its hard fault
+    assert {r.config_id for r in runs if r.control_or_fault == "normal"} >= {r.config_id for r in faulty}
+    assert len({r.seed for r in runs}) == len(runs)  # every run has its own seed
+    for r in faulty:
+        assert FAULT_TYPES[r.fault_type].applies_to(r.task_group, r.beta), r.run_id
+
+
+def test_mini_preset_covers_every_task_model_regime_type_strength_with_controls_and_normal_runs() -> None:
     runs = preset_runs("mini")
     faulty = {(r.fault_type, r.fault_strength) for r in runs if r.control_or_fault == "fault"}
-    assert faulty == {(t, s) for t in FAULT_TYPES for s in STRENGTHS}
-    controls = [r for r in runs if r.control_or_fault == "control"]
-    assert len(controls) == len([r for r in runs if r.control_or_fault == "fault" and r.fault_strength == "hard"])
-    assert all(c.group.endswith("_hard_fault") for c in controls)
-    assert {(r.task_group, r.model_size) for r in runs if r.control_or_fault == "normal"} >= {
-        (r.task_group, r.model_size) for r in runs if r.control_or_fault == "fault"}
-    assert len({r.seed for r in runs}) == len(runs)  # every run has its own seed
-    assert {r.onset_step for r in runs if r.control_or_fault == "fault"} == {1, PRESETS["mini"].mid_onset}
+    assert faulty == {(t, s) for t in FAULT_TYPES for s in STRENGTHS} and set(WILD_TYPES) <= {t for t, _ in faulty}
+    assert {r.task_group for r in runs} == set(TASK_GROUPS) and len(TASK_GROUPS) >= 8
+    assert {r.model_family for r in runs} == set(MODEL_FAMILIES) and {r.model_size for r in runs} == set(SIZES)
+    assert {r.beta == 0 for r in runs} == {True, False}
+    onsets = {r.onset_step for r in runs if r.control_or_fault == "fault"}
+    assert 1 in onsets and len(onsets) > 1
+    _balanced_labels(runs)
+    assert len(runs) <= 80 and max(r.num_steps for r in runs) <= 10  # small: tests and a quick look
 
 
-def test_full_preset_reaches_published_scale() -> None:
+def test_full_preset_spans_the_configuration_space_at_scale() -> None:
     runs = preset_runs("full")
-    steps = sum(r.num_steps for r in runs)
-    trajectories = sum(r.num_steps * r.prompts_per_step * r.num_generations for r in runs)
-    assert len(runs) >= 779 and steps >= 22_549 and trajectories >= 1_457_288
-    assert sum(r.control_or_fault == "normal" for r in runs) >= 30
+    assert len(runs) >= 1_200 and len({r.config_id for r in runs}) >= 40
+    assert sum(r.control_or_fault == "normal" for r in runs) >= 150
+    assert sum(r.num_steps // r.logging_steps for r in runs) >= 40_000  # step records (one per logging step)
+    assert sum(r.num_steps * r.prompts_per_step * r.num_generations for r in runs) >= 1_500_000
+    assert min(r.num_steps for r in runs) <= 20 and max(r.num_steps for r in runs) >= 200
+    lrs = [r.learning_rate for r in runs]
+    assert math.log10(max(lrs) / min(lrs)) >= 1.4
+    assert {r.lr_scheduler for r in runs} == {"constant", "linear", "cosine"}
+    assert {r.loss_type for r in runs} == {"grpo", "dr_grpo", "dapo", "bnpo"}
+    assert {r.logging_steps for r in runs} >= {1, 2} and {r.num_generations for r in runs} >= {4, 16}
+    mid = [(r.onset_step - 1) / r.num_steps for r in runs if r.control_or_fault == "fault" and r.onset_step > 1]
+    assert min(mid) < 0.3 and max(mid) > 0.6  # mid-run onsets spread over the run
+    _balanced_labels(runs)
+    assert len(preset_runs("wide")) >= 10_000
+
+
+def test_classic_presets_are_the_published_configuration_unchanged() -> None:
+    """The remediation evaluation and the demo were measured on these runs: they must not move."""
+    for name, digest, count in (("classic-mini", "5691769419f1132d", 54), ("classic", "1fb90182d8fab8e5", 1200)):
+        runs = preset_runs(name)
+        rows = [(r.run_id, r.seed, r.task_group, r.model_size, r.onset_step, r.num_steps, r.control_or_fault,
+                 r.fault_type, r.fault_strength, r.group) for r in runs]
+        assert len(runs) == count and hashlib.sha256(repr(rows).encode()).hexdigest()[:16] == digest, name
+        assert {(r.learning_rate, r.beta, r.prompts_per_step, r.num_generations, r.model_family, r.logging_steps)
+                for r in runs} == {(3e-4, 0.04, 8, 8, "gpt2", 1)}
+        assert all(t in PUBLISHED_TYPES for t in {r.fault_type for r in runs} - {None})
 
 
 def test_generation_writes_layout_and_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:

@@ -275,7 +275,12 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
     if artifact is not None:
         cmd += ["--detector", str(artifact)]
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.0)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not any("rftfm watch:" in line for line in lines) and time.time() < deadline:
+        time.sleep(0.1)  # the watcher is ready (detector and diagnoser loaded) before training starts
     from rftfm.bench.runner import build_trainer
 
     info = RunInfo(
@@ -294,7 +299,9 @@ def test_watch_raises_the_alarm_while_a_faulty_trl_run_is_training(tmp_path):
     trainer = build_trainer(info, callbacks=[JsonlLogCallback(log)], output_dir=str(tmp_path / "out"))
     trainer.train()
     training_done = time.time()
-    out, _ = watcher.communicate(timeout=180)
+    watcher.wait(timeout=180)
+    reader.join(timeout=10)
+    out = "".join(lines)
     print(out)  # shown with pytest -s: the live alerts
     assert watcher.returncode == EXIT_ALARM, out
     with IncidentStore(db) as store:

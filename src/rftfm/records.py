@@ -68,11 +68,20 @@ class RunInfo(_Record):
     num_steps: int | None = None
     prompts_per_step: int | None = None
     num_generations: int | None = None
-    learning_rate: float | None = None
+    learning_rate: float | None = Field(None, description="peak learning rate (after warm-up, before decay)")
     beta: float | None = None
     temperature: float | None = None
     max_completion_length: int | None = None
-    eval_every: int | None = None
+    eval_every: int | None = Field(None, description="held-out accuracy every this many train steps")
+    model_family: str | None = Field(None, description="decoder family, e.g. 'gpt2' or 'qwen2'")
+    lr_scheduler: str | None = Field(None, description="learning-rate schedule: 'constant', 'linear' or 'cosine'")
+    warmup_ratio: float | None = Field(None, description="share of the steps spent warming the learning rate up")
+    loss_type: str | None = Field(None, description="TRL GRPO loss aggregation, e.g. 'grpo', 'dr_grpo', 'dapo', 'bnpo'")
+    scale_rewards: str | None = Field(None, description="advantage scaling: 'group', 'batch' or 'none'")
+    epsilon: float | None = Field(None, description="lower clip range of the importance ratio")
+    epsilon_high: float | None = Field(None, description="upper clip range of the importance ratio")
+    logging_steps: int | None = Field(None, description="one step record per this many train steps")
+    config_id: str | None = Field(None, description="name of the run's configuration (every axis but seed and fault)")
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property

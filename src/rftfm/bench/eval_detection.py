@@ -7,7 +7,7 @@ fault's onset; a first alarm before onset is a false alarm (and the run is not d
 Splits (:mod:`rftfm.bench.splits`): ``seed`` holds out seeds of seen configurations (one fold);
 ``config`` (the headline) holds out whole configurations -- task groups, model families and
 sizes, hyper-parameter regimes -- fold by fold, so every test run is a configuration no method
-was fitted on. Every test run is scored once; the tables pool the folds.
+was fitted on.
 
 Input tiers (the signals every method sees): ``a`` the step metrics a framework logs, ``b`` plus
 per-trajectory aggregates, ``c`` plus a held-out accuracy, ``bc`` both.
@@ -18,6 +18,9 @@ For each family x setting the evaluated runs are the runs of that group director
 * protocol A (published labels): every run of the fault directory is positive, including
   its un-injected control runs;
 * protocol B (honest labels): only injected runs are positive; controls are negatives.
+
+Folds of the ``config`` split overlap (a run of task ``t``, family ``f``, size ``s`` is held out once per
+axis), so the pooled tables count such a run once per fold it is tested in; ``by_fold`` lists each fold.
 
 Faults with onset at step 1 and mid-run onsets are tabulated apart (with every negative run in
 both): at step 1 a run has no healthy history of its own to be compared with.
@@ -35,6 +38,7 @@ and every baseline are fitted on the train side's normal and control runs only.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +47,7 @@ import polars as pl
 
 from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
-from rftfm.bench.splits import split_folds
+from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
@@ -263,58 +267,143 @@ def _col(frame: pl.DataFrame, name: str) -> list[Any]:
     return frame[name].to_list() if name in frame.columns else [None] * frame.height
 
 
+@dataclass
+class _FoldJob:
+    """What one fold's evaluation needs (picklable, so folds can run in worker processes)."""
+
+    root: str
+    fold: str
+    train_ids: list[str]
+    test_ids: list[str]
+    tiers: tuple[str, ...]
+    baselines: list[str] | None
+    with_baselines: bool
+    detector_config: DetectorConfig | None
+    detector: Detector | None
+    seed: int
+    cache: str | None
+
+
+_LOADED: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+
+
+def _load(root: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(runs, features) of a benchmark, loaded once per process."""
+    if root not in _LOADED:
+        bench = load_benchmark(root)
+        features = features_frame(bench.steps, bench.trajectories)
+        _LOADED[root] = (bench.runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list())), features)
+    return _LOADED[root]
+
+
+def _cache_path(job: _FoldJob, tier: str, method: str) -> Path | None:
+    if job.cache is None:
+        return None
+    safe = "".join(c if c.isalnum() or c in "=._-" else "_" for c in f"{job.fold}__{tier}__{method}")
+    return Path(job.cache) / f"{safe}.parquet"
+
+
+def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> list[tuple[str, str, pl.DataFrame]]:
+    """(tier, method, outcomes with a ``seconds`` column) of every method on one fold; cached per file."""
+    runs, features = _load(job.root)
+    train = runs.filter(pl.col("run_id").is_in(job.train_ids))
+    test = runs.filter(pl.col("run_id").is_in(job.test_ids))
+    normal_train = train.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS))
+    all_test = RunCubes.build(features, test["run_id"].to_list())
+    all_normal = RunCubes.build(features, normal_train["run_id"].to_list())
+    target = (job.detector_config or DetectorConfig()).false_alarm_target
+    out = []
+    for tier in job.tiers:
+        test_cubes, normal_cubes = mask_tier(all_test, tier), mask_tier(all_normal, tier)
+        for method in _methods(tier, job.detector, job.detector_config, job.baselines, job.with_baselines, job.seed):
+            path = _cache_path(job, tier, method.name)
+            if path is not None and path.exists():
+                out.append((tier, method.name, pl.read_parquet(path)))
+                continue
+            if on_method:
+                on_method(f"{job.fold} / tier {tier} / {method.name}")
+            start = time.perf_counter()
+            alarms = _fit_and_alarm(method, train, test, features, normal_cubes, test_cubes, target, job.seed)
+            outcomes = run_outcomes(test, test_cubes, alarms).with_columns(
+                fold=pl.lit(job.fold), seconds=pl.lit(time.perf_counter() - start))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                outcomes.write_parquet(path)
+            out.append((tier, method.name, outcomes))
+    return out
+
+
 def evaluate_detection(
     root: str | Path, split: str = "config", tiers: tuple[str, ...] = ("a", "b", "c", "bc"),
     baselines: list[str] | None = None, with_baselines: bool = True,
     detector_config: DetectorConfig | None = None, detector: Detector | None = None,
-    seed: int = 0, on_method: Callable[[str], None] | None = None,
+    seed: int = 0, on_method: Callable[[str], None] | None = None, workers: int = 1, cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate RFT-FM (fitted per fold, or ``detector`` as given) and the baselines, per tier."""
-    bench = load_benchmark(root)
-    features = features_frame(bench.steps, bench.trajectories)
-    runs = bench.runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
+    """Evaluate RFT-FM (fitted per fold, or ``detector`` as given) and the baselines, per tier.
+
+    ``workers`` > 1 evaluates folds in that many processes; ``cache`` keeps each fold x tier x method's
+    outcomes in a directory, so an interrupted evaluation resumes (delete it when the code changes)."""
+    runs, _ = _load(str(root))
     if split == "all":  # score every run with a fitted detector (an external test set); no baselines
         if detector is None:
             raise ValueError("split 'all' evaluates a fitted detector on every run: pass detector=")
         folds, with_baselines = [("all", runs.clear(), runs)], False
     else:
         folds = split_folds(runs, split)
-    target = (detector_config or DetectorConfig()).false_alarm_target
-    outcomes: dict[str, dict[str, list[pl.DataFrame]]] = {t: {} for t in tiers}
-    seconds: dict[str, dict[str, float]] = {t: {} for t in tiers}
-    fold_info = []
-    for fold_name, train, test in folds:
-        if test.height == 0 or (train.height == 0 and detector is None):
-            continue
-        fold_info.append({"fold": fold_name, "train_runs": train.height, "test_runs": test.height})
-        normal_train = train.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS))
-        all_test = RunCubes.build(features, test["run_id"].to_list())
-        all_normal = RunCubes.build(features, normal_train["run_id"].to_list())
-        for tier in tiers:
-            test_cubes, normal_cubes = mask_tier(all_test, tier), mask_tier(all_normal, tier)
-            for method in _methods(tier, detector, detector_config, baselines, with_baselines, seed):
+    folds = [f for f in folds if f[2].height and (f[1].height or detector is not None)]
+    jobs = [_FoldJob(str(root), name, train["run_id"].to_list(), test["run_id"].to_list(), tiers, baselines,
+                     with_baselines, detector_config, detector, seed, None if cache is None else str(cache))
+            for name, train, test in folds]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = []
+            for job, result in zip(jobs, pool.map(_run_fold, jobs)):
                 if on_method:
-                    on_method(f"{fold_name} / tier {tier} / {method.name}")
-                start = time.perf_counter()
-                alarms = _fit_and_alarm(method, train, test, features, normal_cubes, test_cubes, target, seed)
-                outcomes[tier].setdefault(method.name, []).append(run_outcomes(test, test_cubes, alarms))
-                seconds[tier][method.name] = seconds[tier].get(method.name, 0.0) + time.perf_counter() - start
+                    on_method(f"fold {job.fold} done")
+                parts.append(result)
+    else:
+        parts = [_run_fold(job, on_method) for job in jobs]
+    outcomes: dict[str, dict[str, list[pl.DataFrame]]] = {t: {} for t in tiers}
+    for part in parts:
+        for tier, name, frame in part:
+            outcomes[tier].setdefault(name, []).append(frame)
     results: dict[str, Any] = {}
     for tier in tiers:
         results[tier] = {}
-        for name, parts in outcomes[tier].items():
-            out = pl.concat(parts, how="diagonal_relaxed")
-            results[tier][name] = {**_summaries(out), "seconds": round(seconds[tier][name], 1)}
+        for name, frames in outcomes[tier].items():
+            out = pl.concat(frames, how="diagonal_relaxed")
+            results[tier][name] = {**_summaries(out), "seconds": round(float(out.group_by("fold").agg(
+                pl.col("seconds").first())["seconds"].sum()), 1)}
             if name == RFTFM:
+                results[tier][name]["by_fold"] = _by_fold(out)
                 results[tier][name]["runs"] = out.select(
-                    "run_id", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
+                    "fold", "run_id", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
                     "pre_onset_alarm", "delay").to_dicts()
     kinds = runs.group_by("control_or_fault").len().to_dicts()
     return {
-        "data": str(root), "split": split, "folds": fold_info, "false_alarm_target_pct": 100 * target,
+        "data": str(root), "split": split, "false_alarm_target_pct": 100 * target_of(detector_config),
+        "folds": [{"fold": name, "train_runs": train.height, "test_runs": test.height} for name, train, test in folds],
         "runs_loaded": runs.height, "runs_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
         "tiers": list(tiers), "methods": results,
     }
+
+
+def target_of(config: DetectorConfig | None) -> float:
+    return (config or DetectorConfig()).false_alarm_target
+
+
+def _by_fold(out: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per fold: mid-run F1 easy / hard (protocol B), normal runs alarmed, median delay."""
+    rows = []
+    for (fold,), part in out.group_by("fold", maintain_order=True):
+        s = _summaries(part)
+        f1 = s["mid_run"]["B"]["avg_f1"]
+        rows.append({"fold": fold, "runs": part.height, "f1_easy_mid": f1["easy"], "f1_hard_mid": f1["hard"],
+                     "pct_normal_alarmed": s["false_alarms"]["pct_normal_runs_alarmed"],
+                     "median_delay": s["delay"]["all"]["median"]})
+    return rows
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -367,6 +456,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             others = " | ".join(_fmt(rows[n].get(k, {}).get("f1")) for n in names[1:])
             lines.append(f"| {r['family']} | {r['setting']} | {r['positives']} | {_fmt(r['precision'])} | "
                          f"{_fmt(r['recall'])} | {_fmt(r['f1'])} | {others} |")
+    by_fold = result["methods"][tier][RFTFM].get("by_fold", [])
+    if len(by_fold) > 1:
+        lines += ["", f"#### {RFTFM}, tier {tier}, per held-out fold (mid-run onsets, protocol B)", "",
+                  "| fold | test runs | F1 easy | F1 hard | normal runs alarmed % | median delay |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['fold']} | {r['runs']} | {_fmt(r['f1_easy_mid'])} | {_fmt(r['f1_hard_mid'])} | "
+                  f"{_fmt(r['pct_normal_alarmed'])} | {_fmt(r['median_delay'])} |" for r in by_fold]
     for tier in result["tiers"]:
         first = result["methods"][tier][RFTFM]
         lines += ["", f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay", "",

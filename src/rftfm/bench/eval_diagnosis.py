@@ -25,7 +25,7 @@ import polars as pl
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
-from rftfm.bench.splits import split_folds
+from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES
 from rftfm.fm.cube import runs_cube
 from rftfm.fm.detect import TIERS

@@ -20,7 +20,8 @@ from rftfm.engine.trainer import RecordingGRPOTrainer, StepSink
 from rftfm.faults.injectors import make_injector
 from rftfm.records import RunInfo
 
-#: Clean training configuration of the embedded engine (what a careful user would set).
+#: Clean training configuration of the embedded engine (what a careful user would set): the published
+#: benchmark's configuration, which every run not drawn from the configuration space keeps.
 DEFAULTS: dict[str, Any] = {
     "num_steps": 28,
     "prompts_per_step": 8,
@@ -30,6 +31,14 @@ DEFAULTS: dict[str, Any] = {
     "temperature": 1.0,
     "max_completion_length": 10,
     "eval_every": 1,
+    "model_family": "gpt2",
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "loss_type": "dapo",  # TRL's default
+    "scale_rewards": "group",
+    "epsilon": 0.2,
+    "epsilon_high": 0.2,
+    "logging_steps": 1,
 }
 #: Spare prompts beyond the planned run, as a fraction of its steps (room to replay rolled-back steps).
 SPARE_STEPS_FRACTION = 1.0
@@ -75,8 +84,9 @@ def build_trainer(
     # the queue); a run that is never extended does not touch them
     problems = task.problems(planned + int(SPARE_STEPS_FRACTION * info.num_steps) * info.prompts_per_step, seed=seed)
     dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "prompt_id": p.prompt_id} for p in problems])
-    load_warm_start(info.task_group, info.model_size or "xs")  # make sure the cache exists
-    model_path = str(warm_start_path(info.task_group, info.model_size or "xs"))
+    size, family = info.model_size or "xs", info.model_family or "gpt2"
+    load_warm_start(info.task_group, size, family)  # make sure the cache exists
+    model_path = str(warm_start_path(info.task_group, size, family))
     config = GRPOConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="rftfm-run-"),
         per_device_train_batch_size=info.prompts_per_step * info.num_generations,
@@ -84,11 +94,20 @@ def build_trainer(
         num_generations=info.num_generations,
         max_steps=info.num_steps,
         learning_rate=info.learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=info.lr_scheduler,
+        warmup_steps=info.warmup_ratio,  # a float in [0, 1) is a ratio of the run's steps
         beta=info.beta,
+        loss_type=info.loss_type,
+        scale_rewards=info.scale_rewards,
+        epsilon=info.epsilon,
+        epsilon_high=info.epsilon_high,
+        reward_weights=list(task.reward_weights) if task.reward_weights else None,
         temperature=info.temperature,
         max_completion_length=info.max_completion_length,
-        logging_steps=1,
+        # rollouts survive non-finite logits (a numerical blow-up) the way a serving engine does, instead
+        # of crashing the run; with finite logits this changes nothing
+        generation_kwargs={"remove_invalid_values": True},
+        logging_steps=info.logging_steps,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -102,9 +121,10 @@ def build_trainer(
         max_grad_norm=1.0,
         model_init_kwargs={"dtype": torch.float32},
     )
-    injector = make_injector(info.fault_type, info.fault_strength, onset_step=info.onset_step or 1, seed=seed)
-    if info.control_or_fault != "fault":
-        injector = make_injector(None, None, seed=seed)
+    if info.control_or_fault == "fault":
+        injector = make_injector(info.fault_type, info.fault_strength, onset_step=info.onset_step or 1, seed=seed)
+    else:
+        injector = make_injector(None, None)
     trainer = RecordingGRPOTrainer(
         model=model_path,
         args=config,
@@ -122,7 +142,8 @@ def build_trainer(
     return trainer
 
 
-def train_run(info: RunInfo, sinks: list[StepSink] | None = None, callbacks: list[TrainerCallback] | None = None) -> RecordingGRPOTrainer:
+def train_run(info: RunInfo, sinks: list[StepSink] | None = None,
+              callbacks: list[TrainerCallback] | None = None) -> RecordingGRPOTrainer:
     """Train ``info`` to completion, streaming records to ``sinks``; returns the trainer."""
     with tempfile.TemporaryDirectory(prefix="rftfm-run-") as tmp:
         trainer = build_trainer(info, sinks, callbacks, output_dir=tmp)

@@ -1,4 +1,5 @@
-"""Counts of runs, step records and trajectory records, by family, type, setting and kind."""
+"""Counts of runs, step records and trajectory records, by family, type, setting and kind, and the
+configuration coverage (runs per task group, model family, size, schedule, KL regime, run length)."""
 
 from __future__ import annotations
 
@@ -33,17 +34,57 @@ def benchmark_stats(root: str | Path) -> dict[str, Any]:
         )
 
     onset_col = "onset_step" if "onset_step" in table.columns else None
+    table = table.with_columns(*_coverage_columns(table))
     return {
         "root": str(root),
         "totals": {"runs": table.height, "steps": int(table["steps"].sum()), "trajectories": int(table["trajectories"].sum())},
         "by_kind": grouped(["control_or_fault"]),
         "by_family_setting": grouped(["control_or_fault", "fault_family", "fault_strength"]),
         "by_type_setting": grouped(["control_or_fault", "fault_type", "fault_strength"]),
-        "by_task_size": grouped([c for c in ("task_group", "model_size") if c in table.columns]),
-        "by_onset": grouped(["control_or_fault", onset_col]) if onset_col else [],
+        "by_task_size": grouped([c for c in ("task_group", "model_family", "model_size") if c in table.columns]),
+        "by_onset": grouped(["control_or_fault", "onset"]) if onset_col else [],
+        "by_origin": grouped(["origin", "fault_strength"]),
+        "coverage": {axis: grouped([axis]) for axis in COVERAGE_AXES},
+        "configurations": table["config_id"].n_unique() if "config_id" in table.columns else None,
         "loader": {"malformed_lines": bench.report.malformed_lines, "files_read": bench.report.files_read},
         "commit_span_s": _commit_span(Path(root)),
     }
+
+
+#: configuration axes the coverage counts runs by (derived columns: beta regime, run-length bucket)
+COVERAGE_AXES = ("task_group", "model_family", "model_size", "lr_scheduler", "beta_regime", "length_bucket",
+                 "logging_steps", "loss_type")
+LENGTH_BUCKETS = ((30, "<=30"), (60, "31-60"), (120, "61-120"))
+
+
+def _coverage_columns(table: pl.DataFrame) -> list[pl.Expr]:
+    """Derived coverage columns; axes a table lacks (published data, older runs) count as missing."""
+    def col(name: str) -> pl.Expr:
+        return pl.col(name) if name in table.columns else pl.lit(None)
+
+    bucket = pl.when(col("num_steps").is_null()).then(pl.lit(None, dtype=pl.String))
+    for limit, label in LENGTH_BUCKETS:
+        bucket = bucket.when(col("num_steps") <= limit).then(pl.lit(label))
+    from rftfm.faults.taxonomy import WILD_TYPES
+
+    return [
+        pl.when(col("beta").is_null()).then(pl.lit(None, dtype=pl.String))
+        .when(col("beta") == 0).then(pl.lit("beta=0")).otherwise(pl.lit("beta>0")).alias("beta_regime"),
+        bucket.otherwise(pl.lit(">120")).alias("length_bucket"),
+        pl.when(pl.col("fault_type").is_in(list(WILD_TYPES))).then(pl.lit("wild"))
+        .when(pl.col("fault_type") == "-").then(pl.lit("-")).otherwise(pl.lit("published")).alias("origin"),
+        _onset_bucket(col("onset_step"), col("num_steps")).alias("onset"),
+        *[col(c).alias(c) for c in COVERAGE_AXES
+          if c not in ("beta_regime", "length_bucket") and c not in table.columns],
+    ]
+
+
+def _onset_bucket(onset: pl.Expr, steps: pl.Expr) -> pl.Expr:
+    """``step 1``, or the mid-run onset's position in its run, in tenths (``mid 30-40 %``)."""
+    tenth = (10 * (onset - 1) / steps).floor().cast(pl.Int64) * 10
+    mid = pl.concat_str(pl.lit("mid "), tenth.cast(pl.String), pl.lit("-"), (tenth + 10).cast(pl.String), pl.lit(" %"))
+    return (pl.when(onset.is_null()).then(pl.lit(None, dtype=pl.String))
+            .when(onset <= 1).then(pl.lit("step 1")).otherwise(mid))
 
 
 def _commit_span(root: Path) -> float | None:
@@ -80,12 +121,15 @@ def stats_markdown(stats: dict[str, Any], generation_log: list[dict[str, Any]] |
             f"which covers every invocation, including interrupted ones): **{span / 60:.1f} min**.",
             "",
         ]
-    for title, key in (
-        ("By kind", "by_kind"), ("By family and setting", "by_family_setting"),
-        ("By type and setting", "by_type_setting"), ("By task group and model size", "by_task_size"),
-        ("By onset step", "by_onset"),
-    ):
-        rows = stats[key]
+    if stats.get("configurations"):
+        lines += [f"**{stats['configurations']} distinct training configurations.**", ""]
+    sections = [("By kind", stats["by_kind"]), ("By family and setting", stats["by_family_setting"]),
+                ("By type and setting", stats["by_type_setting"]),
+                ("Published and wild fault types", stats["by_origin"]),
+                ("By task group and model size", stats["by_task_size"])]
+    sections += [(f"Coverage: {axis.replace('_', ' ')}", rows) for axis, rows in stats["coverage"].items()]
+    sections += [("By onset step", stats["by_onset"])]
+    for title, rows in sections:
         if not rows:
             continue
         cols = list(rows[0])

@@ -20,7 +20,7 @@ console = Console()
 
 def bench_generate(
     out: Path = typer.Option(..., "--out", help="benchmark directory (created; re-running resumes)"),
-    preset: str = typer.Option("mini", help="preset: mini or full"),
+    preset: str = typer.Option("mini", help="preset: mini, full, wide, classic or classic-mini"),
     executor: str = typer.Option("local", help="local (process pool) or ray"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     workers: Optional[int] = typer.Option(None, help="local worker processes (default: one per core)"),
@@ -69,18 +69,18 @@ def bench_stats(
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
-    console.print(
-        f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, "
-        f"{totals['trajectories']} trajectory records"
-    )
+    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records"
+                  + (f", {stats['configurations']} configurations" if stats.get("configurations") else ""))
     for title, key, cols in (
         ("by kind", "by_kind", ["control_or_fault"]),
         ("by family and setting", "by_family_setting", ["control_or_fault", "fault_family", "fault_strength"]),
         ("by type and setting", "by_type_setting", ["control_or_fault", "fault_type", "fault_strength"]),
-        ("by task group and model size", "by_task_size", ["task_group", "model_size"]),
-        ("by onset step", "by_onset", ["control_or_fault", "onset_step"]),
+        ("published and wild fault types", "by_origin", ["origin", "fault_strength"]),
+        ("by task group and model", "by_task_size", ["task_group", "model_family", "model_size"]),
+        *[(f"coverage: {axis}", ("coverage", axis), [axis]) for axis in stats["coverage"]],
+        ("by onset", "by_onset", ["control_or_fault", "onset"]),
     ):
-        rows = stats[key]
+        rows = stats[key[0]][key[1]] if isinstance(key, tuple) else stats[key]
         if not rows:
             continue
         table = Table(title=title)

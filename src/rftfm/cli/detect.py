@@ -49,8 +49,8 @@ def fit_detector(
         zero_shot.save(out)
         info = zero_shot.fit_info
         console.print(f"fitted on {info['runs']} runs ({info['normal_runs']} normal or control) of "
-                      f"{info['configurations']} configurations; thresholds: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in zero_shot.thresholds.items()))
+                      f"{info['configurations']} configurations; thresholds (learned / surprise): "
+                      + ", ".join(f"{k} {v['learned']:.3f} / {v['surprise']:.1f}" for k, v in zero_shot.thresholds.items()))
     console.print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -64,6 +64,9 @@ def evaluate_detection_cmd(
     baselines: Optional[str] = typer.Option(None, help="comma-separated subset of baselines (default: all)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="evaluate RFT-FM only"),
     detector: Optional[Path] = typer.Option(None, help="evaluate this fitted artifact instead of fitting per fold"),
+    workers: int = typer.Option(1, help="folds evaluated in parallel processes"),
+    cache: Optional[Path] = typer.Option(None, help="keep each fold's outcomes here; a re-run resumes from them "
+                                         "(delete it when the code changes)"),
 ) -> None:
     """Run-level P/R/F1 (protocol B), false alarms and delay for RFT-FM and the baselines, per input tier."""
     from rftfm.bench.eval_detection import RFTFM, evaluate_detection, to_markdown
@@ -74,7 +77,7 @@ def evaluate_detection_cmd(
             data, split, tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()),
             baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
             detector=Detector.load(detector) if detector else None,
-            on_method=lambda name: status.update(f"fitting and scoring: {name}"),
+            on_method=lambda name: status.update(f"fitting and scoring: {name}"), workers=workers, cache=cache,
         )
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for tier in result["tiers"]:

@@ -20,6 +20,7 @@ KNOBS = (
     "mask_truncated_completions",
     "loss_type",
     "off_policy_mask_threshold",
+    "entropy_coef",
     # knobs of the rollout environment / loss that stock TRL does not name; RecordingGRPOTrainer has
     # them, and a user's trainer declares them by carrying the attribute (see ``rftfm.fm.loop``)
     "tool_retries",
@@ -94,6 +95,10 @@ def set_knob(trainer: Any, name: str, value: Any) -> None:
         trainer.loss_type = str(value)
     elif name == "off_policy_mask_threshold":  # DeepSeek-V3.2 off-policy sequence masking (TRL GRPOConfig)
         trainer.off_policy_mask_threshold = None if value is None else float(value)
+    elif name == "entropy_coef":  # TRL's entropy regularisation: loss - entropy_coef x mean token entropy
+        trainer.entropy_coef = float(value)
+        # TRL decides once, at construction, whether the entropy term is computed at all
+        trainer._entropy_bonus_enabled = trainer.entropy_coef != 0.0 or trainer.use_adaptive_entropy
     elif name in ("tool_retries", "reward_samples", "dynamic_sampling_rounds"):
         value, least = int(value), (1 if name == "reward_samples" else 0)
         if value < least:

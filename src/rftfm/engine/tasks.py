@@ -1,10 +1,18 @@
-"""Task groups of the embedded engine: prompts, strict verifiers and the calculator tool.
+"""Task groups of the embedded engine: prompts, verifiers, reward shapes and the calculator tool.
 
-* ``arith_a`` -- two-digit addition, answered directly (``37+45=`` -> ``82``).
-* ``arith_b`` -- two-digit by one-digit multiplication, harder for a tiny model.
-* ``tool`` -- two-digit multiplication with a calculator: the policy may answer
-  directly or emit a tool call ``[37*24]``; the environment executes the call and the
-  tool's result is the policy's answer. Tool calls and tool errors are real events.
+| task group | prompt      | answer          | reward (TRL reward functions, verifier first)                           |
+|------------|-------------|-----------------|-------------------------------------------------------------------------|
+| arith_a    | 37+45=      | 82              | exact match, binary                                                     |
+| arith_b    | 23*7=       | 161             | exact match, binary (harder for a tiny model)                           |
+| tool       | @37*24=     | [37*24] or 888  | exact match; the policy may call the calculator, its result is the answer |
+| digits     | 123+456=    | 579             | partial credit: share of digit positions right                          |
+| fmt_sub    | 83-27=      | #56#            | two functions: the number's correctness (weight 1) + format #n# (0.5)   |
+| overlong   | 23*7=       | 161             | two functions: leading number correct + DAPO's soft overlong penalty    |
+| repeat     | 7?4=        | 7777            | length-shaped: 1 - abs(length - 4) / 4 when only the digit 7 is written |
+| tool_sub   | @812-347=   | [812-347] or 465| exact match with the calculator (three-digit subtraction)               |
+
+Every task's *eval accuracy* is strict: the completion is exactly the answer (or one tool
+call that yields it). Tool calls and tool errors are real events of the environment.
 """
 
 from __future__ import annotations
@@ -12,10 +20,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 TOOL_CALL = re.compile(r"^\[(\d{1,4})([+\-*])(\d{1,4})\]$")
-_OPS: dict[str, Callable[[int, int], int]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_OPS: dict[str, Callable[[int, int], int]] = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "?": lambda a, b: int(str(a) * b),  # write the digit a, b times
+}
+LEADING_NUMBER = re.compile(r"\d+")
+FORMATTED = re.compile(r"^#(\d+)#$")
 
 
 @dataclass(frozen=True)
@@ -63,12 +76,20 @@ def with_retries(tool: Tool, retries: int) -> Tool:
 
 @dataclass
 class Outcome:
-    """What the verifier saw in one completion."""
+    """What the verifier saw in one completion: strict correctness and the verifier's reward."""
 
     correct: bool
     tool_calls: int = 0
     tool_errors: int = 0
     tool_value: int | None = None
+    score: float | None = None  # the verifier's reward when it is not ``correct`` (partial credit)
+
+    @property
+    def reward(self) -> float:
+        return float(self.correct) if self.score is None else self.score
+
+
+Credit = Literal["exact", "digits", "length"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,14 @@ class TaskGroup:
     prefix: str = ""
     uses_tool: bool = False
     tool_call_share_in_sft: float = 0.0
+    #: how the verifier scores a direct answer: exact match, share of digit positions, or length match
+    credit: Credit = "exact"
+    answer_format: str = "{}"  # how the answer is written, e.g. "#{}#"
+    lenient: bool = False  # the verifier reads the leading number and ignores what follows
+    #: extra TRL reward functions after the verifier (names of :data:`SHAPING_REWARDS`)
+    shaping: tuple[str, ...] = ()
+    #: TRL ``reward_weights`` (verifier first); None: every function weighs 1
+    reward_weights: tuple[float, ...] | None = None
 
     def sample(self, rng: random.Random) -> Problem:
         a, b = rng.randint(*self.a_range), rng.randint(*self.b_range)
@@ -94,13 +123,29 @@ class TaskGroup:
         """The fixed held-out prompt set (same for every run of this task group)."""
         return self.problems(n, seed=10_000 + sum(map(ord, self.name)))
 
+    def target(self, problem: Problem) -> str:
+        """The answer as the task wants it written."""
+        return self.answer_format.format(problem.answer)
+
+    def tool_call(self, problem: Problem) -> str:
+        return "[" + problem.prompt.removeprefix(self.prefix).removesuffix("=") + "]"
+
     def sft_completion(self, problem: Problem, rng: random.Random) -> str:
         if self.uses_tool and rng.random() < self.tool_call_share_in_sft:
-            return "[" + problem.prompt.removeprefix(self.prefix).removesuffix("=") + "]"
-        return str(problem.answer)
+            return self.tool_call(problem)
+        return self.target(problem)
+
+    @property
+    def min_completion_length(self) -> int:
+        """Tokens (characters + EOS) the longest answer of this task needs."""
+        corners = [Problem(f"{self.prefix}{a}{self.op}{b}=", _OPS[self.op](a, b), "")
+                   for a in self.a_range for b in self.b_range]
+        texts = [self.target(p) for p in corners] + ([self.tool_call(p) for p in corners] if self.uses_tool else [])
+        return max(map(len, texts)) + 1
 
     def verify(self, completion: str, problem: Problem, tool: Tool = calculator) -> Outcome:
-        """Strict verifier: the completion is exactly the answer, or (tool task) one valid tool call."""
+        """Strict correctness (the completion is exactly the answer, or one tool call that yields it) and
+        the verifier's reward (partial credit, lenient reading or format-blind reading where the task says)."""
         text = completion.strip()
         if self.uses_tool and text.startswith("["):
             match = TOOL_CALL.match(text)
@@ -114,8 +159,42 @@ class TaskGroup:
             if result.error is not None or result.value is None:
                 return Outcome(False, tool_calls=1, tool_errors=1)
             return Outcome(result.value == problem.answer, tool_calls=1, tool_value=result.value)
-        return Outcome(text.isdigit() and int(text) == problem.answer)
+        if self.credit == "exact" and self.answer_format == "{}" and not self.lenient:
+            return Outcome(text.isdigit() and int(text) == problem.answer)
+        return Outcome(text == self.target(problem), score=self._score(text, problem))
 
+    def _score(self, text: str, problem: Problem) -> float:
+        target = self.target(problem)
+        if self.credit == "digits":
+            return sum(a == b for a, b in zip(text, target)) / max(len(text), len(target))
+        if self.credit == "length":
+            digit, count = target[0], len(target)
+            return max(0.0, 1.0 - abs(len(text) - count) / count) if text and set(text) == {digit} else 0.0
+        if self.lenient:
+            number = LEADING_NUMBER.match(text)
+            return float(number is not None and int(number.group()) == problem.answer)
+        inner = FORMATTED.match(text)  # the correctness reward reads the number whatever its format
+        number = inner.group(1) if inner else text
+        return float(number.isdigit() and int(number) == problem.answer)
+
+
+def format_reward(completion: str, problem: Problem, max_length: int) -> float:
+    """1 when the completion is written ``#<digits>#``."""
+    return float(FORMATTED.match(completion.strip()) is not None)
+
+
+def overlong_penalty(completion: str, problem: Problem, max_length: int) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_length - cache``, then linearly down to -1 at the
+    limit, with a cache of half the limit (Yu et al. 2025)."""
+    cache = max(max_length // 2, 1)
+    return max(-1.0, min(0.0, (max_length - cache - len(completion)) / cache))
+
+
+#: shaping reward functions a task adds after its verifier: name (as TRL logs it) -> function
+SHAPING_REWARDS: dict[str, Callable[[str, Problem, int], float]] = {
+    "format_reward": format_reward,
+    "overlong_penalty": overlong_penalty,
+}
 
 TASK_GROUPS: dict[str, TaskGroup] = {
     t.name: t
@@ -123,8 +202,16 @@ TASK_GROUPS: dict[str, TaskGroup] = {
         TaskGroup("arith_a", "+", (10, 59), (10, 59)),
         TaskGroup("arith_b", "*", (10, 39), (2, 9)),
         TaskGroup("tool", "*", (10, 99), (10, 99), prefix="@", uses_tool=True, tool_call_share_in_sft=0.35),
+        TaskGroup("digits", "+", (100, 499), (100, 499), credit="digits"),
+        TaskGroup("fmt_sub", "-", (50, 99), (10, 49), answer_format="#{}#", shaping=("format_reward",),
+                  reward_weights=(1.0, 0.5)),
+        TaskGroup("overlong", "*", (10, 99), (2, 9), lenient=True, shaping=("overlong_penalty",)),
+        TaskGroup("repeat", "?", (1, 9), (2, 6), credit="length"),
+        TaskGroup("tool_sub", "-", (500, 999), (100, 499), prefix="@", uses_tool=True, tool_call_share_in_sft=0.35),
     )
 }
+#: the published benchmark's task groups (the classic presets use only these)
+CLASSIC_TASKS: tuple[str, ...] = ("arith_a", "arith_b", "tool")
 
 
 def task_group(name: str) -> TaskGroup:

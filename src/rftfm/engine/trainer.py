@@ -5,12 +5,14 @@ The subclass adds three things to TRL's loop and nothing else:
 * it asks the run's injector to act where the fault lives (configuration at onset, the
   reward / tool sandbox through the reward function, the rollout policy, the advantages);
 * it records one :class:`~rftfm.records.TrajectoryRecord` per completion and one
-  :class:`~rftfm.records.StepRecord` per optimiser step, from what the trainer logged;
+  :class:`~rftfm.records.StepRecord` per logging step, from what the trainer logged (with
+  ``logging_steps > 1`` the metrics are TRL's averages over the window, as a user's log has them);
 * it hands every record to its sinks (files, a live monitor) as soon as the step ends.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterator
 
@@ -19,9 +21,9 @@ import torch
 from torch.utils.data import Sampler
 from trl import GRPOTrainer
 
+from rftfm.engine.hooks import Injector
 from rftfm.engine.policy_eval import eval_accuracy
-from rftfm.engine.tasks import Problem, TaskGroup, calculator, with_retries
-from rftfm.faults.injectors import Injector
+from rftfm.engine.tasks import SHAPING_REWARDS, Problem, TaskGroup, calculator, with_retries
 from rftfm.integrations.batch_replay import BatchReplay
 from rftfm.io.adapters import TRL_STEP_KEYS as ADAPTER_TRL_KEYS
 from rftfm.records import FaultInjection, RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
@@ -83,16 +85,20 @@ class RecordingGRPOTrainer(GRPOTrainer):
         self.sinks = sinks
         self.eval_problems = eval_problems
         self.planned_prompts = planned_prompts  # the dataset's first prompts are the planned run, the rest spare
-        self._pending: list[TrajectoryRecord] = []
-        self._outcomes: list[tuple[float, int, int]] = []
-        self._frac_zero_adv = float("nan")
+        self._pending: list[TrajectoryRecord] = []  # trajectories since the last logged step
+        self._outcomes: list[tuple[float, int, int]] = []  # (reward as TRL combines it, tool calls, tool errors)
+        self._shaping_outputs: dict[str, list[float]] = {}
+        self._frac_zero_adv: list[float] = []  # one per step since the last logged step
         self._last_log_time = time.perf_counter()
+        self._last_log_step = 0
+        self._logs_written = 0
         self._eval_time = 0.0
         self.tool_retries = 0  # knob: retries of a tool call that raised
         self.reward_samples = 1  # knob: verifier calls averaged per completion (for a stochastic verifier)
         self.dynamic_sampling_rounds = 0  # knob: extra generation rounds that refill all-zero-advantage groups (DAPO)
         self.batch_replay = BatchReplay()  # what a rollback trains again (see replay_last_batches)
-        super().__init__(*args, reward_funcs=[self.verifier_reward], **kwargs)
+        # the verifier first (a backup verifier replaces reward_funcs[0]), then the task's shaping rewards
+        super().__init__(*args, reward_funcs=[self.verifier_reward, *map(self._shaping_reward, task.shaping)], **kwargs)
 
     def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
         """TRL's sampler over the planned prompts, then over the spare ones (see :class:`PlannedThenSpare`)."""
@@ -103,18 +109,50 @@ class RecordingGRPOTrainer(GRPOTrainer):
         return PlannedThenSpare(super()._get_train_sampler(range(planned)),
                                 super()._get_train_sampler(range(len(dataset) - planned)), offset=planned)
 
-    # --- the reward function TRL calls ----------------------------------------------
-    def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str], **_: Any) -> list[float]:
+    # --- the reward functions TRL calls ----------------------------------------------
+    def verifier_reward(self, prompts: list[str], completions: list[str], answer: list[int], prompt_id: list[str],
+                        **_: Any) -> list[float | None]:
         step = self.state.global_step + 1
         tool = with_retries(self.injector.tool(calculator, step), self.tool_retries)
         problems = [Problem(p, int(a), pid) for p, a, pid in zip(prompts, answer, prompt_id)]
         outcomes = [self.task.verify(c, q, tool) for c, q in zip(completions, problems)]
-        verified = np.array([float(o.correct) for o in outcomes])
-        # each of the ``reward_samples`` verifier calls goes through the (possibly faulty) reward path
-        samples = [self.injector.rewards(verified.copy(), list(completions), problems, step) for _ in range(max(self.reward_samples, 1))]
-        rewards = np.mean(samples, axis=0)
+        verified = np.array([o.reward for o in outcomes])
+        # each of the ``reward_samples`` verifier calls goes through the (possibly faulty) reward path;
+        # a call that returned None (NaN) does not count, as a retried verifier call would not
+        samples = np.array([self.injector.rewards(verified.copy(), list(completions), problems, step)
+                            for _ in range(max(self.reward_samples, 1))])
+        rewards = _mean_of_answered(samples)
         self._outcomes = [(float(r), o.tool_calls, o.tool_errors) for r, o in zip(rewards, outcomes)]
-        return rewards.tolist()
+        return [None if math.isnan(r) else float(r) for r in rewards]
+
+    def _shaping_reward(self, name: str) -> Callable[..., list[float]]:
+        """The task's shaping reward ``name`` as a TRL reward function (TRL logs it as ``rewards/<name>/mean``)."""
+        score = SHAPING_REWARDS[name]
+
+        def reward(prompts: list[str], completions: list[str], answer: list[int], **_: Any) -> list[float]:
+            values = [score(c, Problem(p, int(a), ""), self.max_completion_length)
+                      for p, c, a in zip(prompts, completions, answer)]
+            self._shaping_outputs[name] = values
+            return values
+
+        reward.__name__ = name
+        return reward
+
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
+        """TRL's per-function rewards; the recorded reward of a completion is their weighted sum, as TRL forms
+        it (nansum; NaN when every function returned None)."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.task.shaping:
+            weights = self.reward_weights.tolist()
+            columns = [[r for r, _, _ in self._outcomes]] + [self._shaping_outputs[n] for n in self.task.shaping]
+            per_completion = np.array(columns, dtype=float).T * np.array(weights)
+            combined = np.where(np.isnan(per_completion).all(axis=1), np.nan, np.nansum(per_completion, axis=1))
+            self._outcomes = [(float(r), calls, errors) for r, (_, calls, errors) in zip(combined, self._outcomes)]
+        return rewards_per_func
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        with self.injector.loss_scope(self, self.state.global_step + 1):
+            return super()._compute_loss(model, inputs)
 
     # --- rollout ----------------------------------------------------------------------
     def _generate_single_turn(self, *args: Any, **kwargs: Any):
@@ -150,7 +188,8 @@ class RecordingGRPOTrainer(GRPOTrainer):
     def _scored_batch(self, inputs: list[dict[str, Any]], step: int) -> dict[str, Any]:
         """One TRL generation + scoring round, with the (possibly faulty) advantage computation applied."""
         out = super()._generate_and_score_completions(inputs)
-        out["advantages"] = self.injector.advantages(out["advantages"], out["completion_mask"].sum(dim=1), self.num_generations, step)
+        lengths = out["completion_mask"].sum(dim=1)
+        out["advantages"] = self.injector.advantages(out["advantages"], lengths, self.num_generations, step)
         return out
 
     def _refill_zero_advantage_groups(self, out: dict[str, Any], inputs: list[dict[str, Any]], step: int) -> bool:
@@ -168,7 +207,8 @@ class RecordingGRPOTrainer(GRPOTrainer):
             rows = swap.repeat_interleave(g)
             for key, value in out.items():
                 other = new.get(key)
-                if not (torch.is_tensor(value) and torch.is_tensor(other)) or value.dim() == 0 or value.size(0) != rows.numel():
+                both = torch.is_tensor(value) and torch.is_tensor(other)
+                if not both or value.dim() == 0 or value.size(0) != rows.numel():
                     continue
                 if value.dim() >= 2 and value.size(1) != other.size(1):  # completions are padded per round
                     width = max(value.size(1), other.size(1))
@@ -190,7 +230,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
         texts = self.processing_class.batch_decode(ids, skip_special_tokens=True)
         adv = advantages.detach().float()
         groups = adv.view(-1, self.num_generations)
-        self._frac_zero_adv = float((groups.abs().amax(dim=1) < 1e-6).float().mean())
+        self._frac_zero_adv.append(float((groups.abs().amax(dim=1) < 1e-6).float().mean()))
         label = self._label(step)
         records = []
         for i, (example, text) in enumerate(zip(inputs, texts)):
@@ -223,7 +263,7 @@ class RecordingGRPOTrainer(GRPOTrainer):
                     fault_injection=label,
                 )
             )
-        self._pending = records
+        self._pending.extend(records)
 
     def _label(self, step: int) -> FaultInjection | None:
         if self.run.control_or_fault != "fault":
@@ -236,32 +276,46 @@ class RecordingGRPOTrainer(GRPOTrainer):
 
     # --- step records -------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """One StepRecord per logging step: TRL's metrics (averaged over the window when
+        ``logging_steps > 1``), with every trajectory sampled since the last logged step."""
         super().log(logs, start_time)  # merges TRL's averaged metrics into ``logs``
         if "loss" not in logs or not self.model.training:
             return
         step = self.state.global_step
+        steps_in_window = max(step - self._last_log_step, 1)
         now = time.perf_counter()
-        step_time = now - self._last_log_time - self._eval_time
-        eval_every = self.run.eval_every or 1
+        step_time = (now - self._last_log_time - self._eval_time) / steps_in_window
         accuracy = None
         t0 = time.perf_counter()
-        if step % eval_every == 0 or step == 1:
+        if step % (self.run.eval_every or 1) == 0 or self._logs_written == 0:  # eval_every: in train steps
             accuracy = eval_accuracy(self.model, self.task, self.eval_problems)
         self._eval_time = time.perf_counter() - t0
         fields = {field: logs.get(key) for key, field in TRL_STEP_KEYS.items()}
         known = set(TRL_STEP_KEYS) | {"epoch", "step"}
         extra = {k: float(v) for k, v in logs.items() if k not in known and isinstance(v, (int, float))}
+        frac_zero = float(np.mean(self._frac_zero_adv)) if self._frac_zero_adv else float("nan")
         record = StepRecord(
             run_id=self.run.run_id,
             step=step,
             eval_accuracy=accuracy,
-            frac_zero_std_groups=self._frac_zero_adv,
+            frac_zero_std_groups=frac_zero,
             step_time_s=step_time,
             extra=extra,
             fault_injection=self._label(step),
             **fields,
         )
-        self._last_log_time = now
-        trajectories, self._pending = self._pending, []
+        self._last_log_time, self._last_log_step = now, step
+        self._logs_written += 1
+        trajectories, self._pending, self._frac_zero_adv = self._pending, [], []
         for sink in self.sinks:
             sink(record, trajectories)
+
+
+def _mean_of_answered(samples: np.ndarray) -> np.ndarray:
+    """Per completion, the mean over the verifier calls that returned a reward (NaN when none did)."""
+    if not np.isnan(samples).any():
+        return np.mean(samples, axis=0)
+    answered = ~np.isnan(samples)
+    total = np.where(answered, samples, 0.0).sum(axis=0)
+    count = answered.sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

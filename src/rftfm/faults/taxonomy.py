@@ -1,7 +1,9 @@
 """The fault taxonomy: the one registry of fault families, types and strengths.
 
 Every other module (injectors, benchmark presets, detector evaluation, diagnoser labels,
-remediation playbook) reads fault names from here; no second list exists.
+remediation playbook) reads fault names from here; no second list exists. The published
+benchmark's 16 types are :data:`PUBLISHED_TYPES`; the failures users report most in framework
+issue trackers are the extension (``extension=True``, :data:`WILD_TYPES`).
 
 ``params`` are interpreted by the injector of the family (``rftfm.faults.injectors``);
 ``easy`` is the strong setting, ``hard`` the subtle one.
@@ -36,10 +38,18 @@ class FaultType:
     #: expected fingerprint: (feature name from rftfm.fm.features, "up" | "down") vs a matched clean run,
     #: most characteristic first; read by the fingerprint tests and the expert-rule baseline
     signals: tuple[tuple[str, Direction], ...] = field(default_factory=tuple)
+    #: beyond the published 16: a failure users report in framework issue trackers (the "wild" extension)
+    extension: bool = False
+    #: the fault needs a KL term (``beta > 0``, so a reference model) to act on
+    needs_kl: bool = False
 
     @property
     def signal_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.signals)
+
+    def applies_to(self, task_group: str, beta: float) -> bool:
+        """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
+        return (self.task_groups is None or task_group in self.task_groups) and (beta > 0 or not self.needs_kl)
 
 
 FAMILIES: dict[str, FaultFamily] = {
@@ -53,7 +63,8 @@ FAMILIES: dict[str, FaultFamily] = {
     )
 }
 
-_TOOL_ONLY = ("tool",)
+#: the task groups whose policy calls a tool (the TE family needs one)
+_TOOL_ONLY = ("tool", "tool_sub")
 
 FAULT_TYPES: dict[str, FaultType] = {
     t.name: t
@@ -115,7 +126,8 @@ FAULT_TYPES: dict[str, FaultType] = {
             "degeneration", "pg",
             "repetition penalty below 1 and EOS logit pushed down at sampling time",
             "repetition up, unique tokens down, long outputs",
-            {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0}, "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
+            {"easy": {"repetition_penalty": 0.5, "eos_bias": -4.0},
+             "hard": {"repetition_penalty": 0.8, "eos_bias": -1.5}},
             signals=(("traj_repetition_mean", "up"), ("traj_unique_mean", "down"), ("completion_length_mean", "up")),
         ),
         # --- OD: optimisation ----------------------------------------------------------
@@ -139,6 +151,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "KL pinned near 0 with no learning",
             {"easy": {"beta": 5.0}, "hard": {"beta": 1.0}},
             signals=(("kl", "down"), ("grad_norm", "up")),
+            needs_kl=True,
         ),
         # --- CA: credit assignment -----------------------------------------------------
         FaultType(
@@ -184,6 +197,51 @@ FAULT_TYPES: dict[str, FaultType] = {
             knob_repairable=False,
             signals=(("reward_mean", "down"), ("traj_tool_call_rate", "down")),
         ),
+        # --- extension: failures reported in the wild (TRL / verl / OpenRLHF issue trackers) ----------
+        FaultType(
+            "reward_none", "rf",
+            "the verifier returns None (NaN) for a random fraction of completions (a time-out it swallows)",
+            "fewer completions carry signal (TRL zeroes their advantage; beside a format reward, nansum scores them 0)",
+            {"easy": {"none_fraction": 0.6}, "hard": {"none_fraction": 0.25}},
+            signals=(("traj_advantage_std", "down"), ("grad_norm", "down")),
+            extension=True,
+        ),
+        FaultType(
+            "length_clip_all", "pg",
+            "length limit that clips every completion (hard: every completion masked as truncated)",
+            "truncated ratio pinned at 1, zero gradient, no learning",
+            {"easy": {"max_completion_length": 1},
+             "hard": {"max_completion_length": 2, "mask_truncated_completions": True}},
+            signals=(("truncated_ratio", "up"), ("grad_norm", "down")),
+            extension=True,
+        ),
+        FaultType(
+            "numerical_blowup", "od",
+            "policy weights and Adam moments switched to float16 without loss scaling (easy: and the LR pushed up)",
+            "loss / KL / grad norm non-finite, the policy emits one repeated character, then noise; reward to 0",
+            {"easy": {"dtype": "float16", "lr_multiplier": 30.0}, "hard": {"dtype": "float16", "lr_multiplier": 1.0}},
+            knob_repairable=False,
+            signals=(("reward_mean", "down"), ("eval_accuracy", "down")),
+            extension=True,
+        ),
+        FaultType(
+            "kl_dropped", "od",
+            "the configured KL coefficient never reaches the loss (the loss sees beta x beta_factor)",
+            "KL grows unchecked while the configured beta looks right",
+            {"easy": {"beta_factor": 0.01}, "hard": {"beta_factor": 0.2}},
+            knob_repairable=False,
+            signals=(("kl", "up"),),
+            extension=True,
+            needs_kl=True,
+        ),
+        FaultType(
+            "entropy_collapse", "od",
+            "entropy regularisation with the wrong sign: a penalty where a bonus was meant (TRL entropy_coef < 0)",
+            "entropy falls while KL and grad norm rise (the penalty's gradient), held-out accuracy drifts down",
+            {"easy": {"entropy_coef": -3.0}, "hard": {"entropy_coef": -0.5}},
+            signals=(("entropy", "down"), ("kl", "up"), ("grad_norm", "up")),
+            extension=True,
+        ),
     )
 }
 
@@ -193,6 +251,11 @@ def fault_type(name: str) -> FaultType:
         return FAULT_TYPES[name]
     except KeyError:
         raise KeyError(f"unknown fault type {name!r}; known: {sorted(FAULT_TYPES)}") from None
+
+
+#: the published benchmark's 16 types (5 families); :data:`WILD_TYPES` are the extension
+PUBLISHED_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if not t.extension}
+WILD_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if t.extension}
 
 
 def types_of_family(code: str) -> list[str]:
@@ -216,14 +279,18 @@ def taxonomy_markdown() -> str:
     lines = [
         "# Fault taxonomy (generated from `rftfm.faults.taxonomy` by `rftfm bench taxonomy --markdown <this file>`)",
         "",
+        "Types marked *wild* are the extension beyond the published 16 (failures users report in framework issue",
+        "trackers); `needs KL` types are injected only into runs with `beta > 0`.",
+        "",
         "| family | type | injected as | easy | hard | task groups | expected fingerprint vs matched clean run | knob-repairable |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in FAULT_TYPES.values():
         signals = ", ".join(f"{name} {direction}" for name, direction in t.signals)
         lines.append(
-            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}` | {t.injected_as} | {fmt(t.params['easy'])} "
-            f"| {fmt(t.params['hard'])} | {', '.join(t.task_groups) if t.task_groups else 'all'} | {signals} "
+            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}`{' (wild)' if t.extension else ''} | {t.injected_as} "
+            f"| {fmt(t.params['easy'])} | {fmt(t.params['hard'])} "
+            f"| {', '.join(t.task_groups) if t.task_groups else 'all'}{' (needs KL)' if t.needs_kl else ''} | {signals} "
             f"| {'yes' if t.knob_repairable else 'no: halt + rollback'} |"
         )
     return "\n".join(lines) + "\n"

@@ -15,12 +15,16 @@ How it decides, record by record:
    that has it. One model per input *tier*: (a) step metrics as frameworks log them, (b) plus
    per-trajectory aggregates, (c) plus a held-out accuracy, (bc) both; a live run uses the
    richest tier its log has shown;
-3. the threshold is the score that a fraction ``false_alarm_target`` of normal and control runs
-   exceed at any record, on out-of-fold scores (folds hold out whole configurations), with an
-   extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`).
+3. beside it, a *surprise* channel that needs no fault to have been seen before: the mean of the
+   :data:`SURPRISE_TOP` largest innovations of the record (a collapse moves several signals at
+   once; an isolated spike of the k3 KL estimator moves one);
+4. each channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+   runs exceed at any record -- the learned one on out-of-fold scores (folds hold out whole
+   configurations) -- with an extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`). A record's
+   score is the larger of the two channels' scores over their thresholds: an alarm above 1.
 
-:meth:`Detector.observe` returns an :class:`Alarm` at every record whose score exceeds the
-threshold (the watcher groups them into episodes). A step number that goes back (a rollback, a
+:meth:`Detector.observe` returns an :class:`Alarm` at every record whose score exceeds 1 (the
+watcher groups them into episodes). A step number that goes back (a rollback, a
 resume) restores the tracker's state from before that step. The per-configuration detector of
 :mod:`rftfm.fm.profile_detect` is the option for a user with normal runs of their own setup;
 :class:`CombinedDetector` alarms when either does.
@@ -64,6 +68,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "bc": _STEP_ONLY + _TRAJECTORY + _EVAL,
 }
 MAX_EVIDENCE = 5
+SURPRISE_TOP = 3
 SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
 
 LGB_PARAMS: dict[str, Any] = {
@@ -125,7 +130,7 @@ class Detector:
         self.config = config or DetectorConfig()
         self.tracker = DynamicsTracker(CUBE_SIGNALS, None, self.config.tracker)
         self.models: dict[str, lgb.Booster] = {}
-        self.thresholds: dict[str, float] = {}
+        self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise") -> threshold
         self.fit_info: dict[str, Any] = {}
         self._live: _Live | None = None
         self.skipped_steps = 0
@@ -168,10 +173,15 @@ class Detector:
                 if test.any() and (~test).any():
                     model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
                     oof[test] = self._predict(model, x[test][..., cols], steps[test])
-            run_max = np.nanmax(np.where(steps > 0, oof, -np.inf), axis=1)
-            self.thresholds[tier] = tail_threshold(run_max[normal], self.config.false_alarm_target,
-                                                   self.config.tail_fraction)
-            oof_rates[tier] = float(np.mean(run_max[normal] > self.thresholds[tier]))
+            budget = self.config.false_alarm_target / 2  # shared by the two channels
+            learned_max = _run_max(oof, steps)
+            surprise_max = _run_max(self._surprise(x, tier), steps)
+            self.thresholds[tier] = {
+                "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
+                "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
+            }
+            oof_rates[tier] = float(np.mean((learned_max[normal] > self.thresholds[tier]["learned"])
+                                            | (surprise_max[normal] > self.thresholds[tier]["surprise"])))
             self.models[tier] = self._train(x[..., cols], y, steps, signals)
         self.fit_info = {
             "runs": len(run_ids), "normal_runs": int(normal.sum()), "configurations": len(set(groups)),
@@ -206,6 +216,18 @@ class Detector:
                               free_raw_data=True)
         return lgb.train({**LGB_PARAMS, "seed": self.config.seed + 11}, dataset, num_boost_round=self.config.num_rounds)
 
+    def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
+        """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
+        z_cols = [self.tracker.names.index(f"{s}:z") for s in TIERS[tier]]
+        z = np.abs(np.nan_to_num(x[..., z_cols]))
+        top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
+        return top.mean(axis=-1)
+
+    def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray) -> np.ndarray:
+        """The record's score: the larger channel score over its threshold (an alarm above 1)."""
+        t = self.thresholds[tier]
+        return np.fmax(learned / t["learned"], surprise / t["surprise"])
+
     @staticmethod
     def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
         out = np.full(steps.shape, np.nan)
@@ -220,7 +242,7 @@ class Detector:
             raise RuntimeError("detector is not fitted: call fit() or load()")
 
     def score_cube(self, raw: np.ndarray, steps: np.ndarray, tier: str | None = None) -> tuple[np.ndarray, float]:
-        """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold.
+        """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         """
@@ -232,8 +254,9 @@ class Detector:
         hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier]]
         masked[..., hidden] = np.nan
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
-        cols = _signal_columns(self.tracker.names, TIERS[tier])
-        return self._predict(self.models[tier], x[..., cols], steps), self.thresholds[tier]
+        learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
+        combined = self._combine(tier, learned, self._surprise(x, tier))
+        return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(self, run_features: pl.DataFrame, task_group: str | None = None,
                   model_size: str | None = None) -> list[Alarm]:
@@ -283,12 +306,13 @@ class Detector:
         live.last_step, live.records = step, live.records + 1
         cols = self._columns(tier)
         row = x[:, cols]
-        score = float(self.models[tier].predict(row, num_threads=1)[0])
+        learned = float(self.models[tier].predict(row, num_threads=1)[0])
+        surprise = float(self._surprise(x[0], tier))
+        score = float(self._combine(tier, np.array(learned), np.array(surprise)))
         self.last_score = score
-        threshold = self.thresholds[tier]
-        if not score > threshold:
+        if not score > 1.0:
             return None
-        return Alarm(run_id=run_id, step=step, score=score, threshold=threshold,
+        return Alarm(run_id=run_id, step=step, score=score, threshold=1.0,
                      evidence=self._evidence(tier, row, raw[0], before, live, cols))
 
     def _columns(self, tier: str) -> np.ndarray:
@@ -318,7 +342,11 @@ class Detector:
             owner = name.split(":")[0]
             if name not in GLOBAL:
                 per_signal[owner] = per_signal.get(owner, 0.0) + float(value)
-        ranked = sorted((s for s, v in per_signal.items() if v > 0), key=lambda s: -per_signal[s])
+        z = {name.split(":")[0]: abs(v) for name, v in zip(names, row[0]) if name.endswith(":z") and math.isfinite(v)}
+        # a signal this record does not carry is never evidence (its missing value still moves the model)
+        present = [s for s in per_signal if math.isfinite(raw[CUBE_SIGNALS.index(s)])]
+        ranked = sorted((s for s in present if per_signal[s] > 0 or z.get(s, 0.0) >= 3.0),
+                        key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)))
         out = []
         for signal in ranked[:MAX_EVIDENCE]:
             i = CUBE_SIGNALS.index(signal)
@@ -361,7 +389,7 @@ class Detector:
         return {
             "format": FORMAT, "version": VERSION, "signals": list(CUBE_SIGNALS), "features": list(PER_SIGNAL + GLOBAL),
             "config": {**asdict(self.config), "tracker": asdict(self.config.tracker)},
-            "prior_noise": [None if not math.isfinite(v) else float(f"{v:.6g}") for v in self.tracker.prior],
+            "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
             "thresholds": self.thresholds, "fit_info": self.fit_info,
             "models": {tier: model.model_to_string() for tier, model in self.models.items()},
         }
@@ -379,7 +407,7 @@ class Detector:
         det = cls(DetectorConfig(**config))
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
         det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
-        det.thresholds = {k: float(v) for k, v in data["thresholds"].items()}
+        det.thresholds = {tier: {k: float(v) for k, v in channels.items()} for tier, channels in data["thresholds"].items()}
         det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
         det.fit_info = data.get("fit_info", {})
         return det
@@ -414,6 +442,11 @@ def describe(e: SignalEvidence) -> str:
     if e.since_step is not None:
         text += f" since step {e.since_step}"
     return text
+
+
+def _run_max(scores: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(R,) each run's largest score over its present records."""
+    return np.nanmax(np.where(steps > 0, np.nan_to_num(scores, nan=-np.inf), -np.inf), axis=1)
 
 
 def _labels(runs: pl.DataFrame, steps: np.ndarray) -> np.ndarray:

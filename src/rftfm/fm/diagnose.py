@@ -335,7 +335,7 @@ class Diagnoser:
             "novelty_groups": _group_codes(self._reference_groups),
             "info": self.info,
             "signals": list(CUBE_SIGNALS),
-            "prior_noise": [None if not math.isfinite(v) else float(f"{v:.6g}") for v in self.tracker.prior],
+            "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
             "lightgbm_model": self.booster.model_to_string(),
         }
 

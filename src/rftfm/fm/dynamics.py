@@ -69,6 +69,8 @@ def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
     return tuple(SIGNALS[s].scale if s in SIGNALS else "linear" for s in signals)
 
 
+MAD_TO_SD_MEAN = 1.2533  # mean absolute deviation -> standard deviation (Gaussian)
+
 #: Noise floor per scale (transformed units): a signal that never moves still needs a finite z.
 NOISE_FLOOR = {"log": 0.02, "rate": 0.02, "linear": 1e-6}
 
@@ -154,69 +156,75 @@ class DynamicsTracker:
         pred = state.level + state.trend
         e = y - pred
         judged = seen & started & np.isfinite(sigma)
-        z = np.where(judged, np.clip(e / np.where(judged, sigma, 1.0), -cfg.z_clip, cfg.z_clip), np.nan)
-        dev_slow = np.where(judged, (y - state.slow) / np.where(judged, sigma, 1.0), np.nan)
-
-        # a shift that persists is the run's new level (accepted below); while one is building up, the
-        # noise estimate stands still, so a fault does not teach the run that it is normal
+        safe_sigma = np.where(judged, sigma, 1.0)
+        z = np.where(judged, np.clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
+        dev_slow = np.where(judged, (y - state.slow) / safe_sigma, np.nan)
         zz = np.nan_to_num(z)
+        # a shift that persists is the run's new level; while one builds up, the noise estimate stands
+        # still, so a fault does not teach the run that it is normal
         side = np.where(judged & (np.abs(zz) > cfg.huber), np.sign(zz), 0.0)
         excursion = (side != 0) & (np.sign(state.outside) == side)
         outside = np.where(judged, np.where(excursion, state.outside + side, side), state.outside)
+        self._learn_noise(state, e, sigma, seen & started & ~excursion)
+        self._move_baseline(state, y, e, pred, sigma, seen, started, outside)
+        self._accumulate(state, zz, judged)
+        self._warm_up(state, y, seen)
+        state.records = state.records + 1
+        change0 = np.where(self.is_rate | self.is_log, y - state.reference,
+                           (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan))
+        per = np.stack([z, np.where(started, state.cplus, np.nan), np.where(started, state.cminus, np.nan), dev_slow,
+                        np.where(judged, state.trend / safe_sigma, np.nan), np.where(seen, change0, np.nan),
+                        np.where(self.is_rate & seen, y, np.nan)], axis=-1)  # (R, F, len(PER_SIGNAL))
+        return np.concatenate([per.reshape(per.shape[0], -1), np.log1p(state.records)[:, None]], axis=1)
 
-        # noise: mean absolute innovation, each clipped at ``huber`` noise units (an underestimated
-        # noise still grows back: a clipped innovation is larger than the estimate)
-        learn = seen & started & ~excursion
-        a = np.abs(e) * 1.2533
-        a = np.where(np.isfinite(sigma), np.minimum(a, cfg.huber * 1.2533 * np.where(np.isfinite(sigma), sigma, 0.0)), a)
-        state.noise = np.where(learn, np.where(np.isfinite(state.noise),
-                                               (1 - cfg.noise_gamma) * state.noise + cfg.noise_gamma * a, a), state.noise)
+    def _learn_noise(self, state: TrackerState, e: np.ndarray, sigma: np.ndarray, learn: np.ndarray) -> None:
+        """Mean absolute innovation, each clipped at ``huber`` noise units (an underestimated noise still
+        grows back: a clipped innovation is larger than the estimate)."""
+        cfg = self.config
+        a = np.abs(e) * MAD_TO_SD_MEAN
+        a = np.where(np.isfinite(sigma), np.minimum(a, cfg.huber * MAD_TO_SD_MEAN * np.nan_to_num(sigma)), a)
+        updated = np.where(np.isfinite(state.noise), (1 - cfg.noise_gamma) * state.noise + cfg.noise_gamma * a, a)
+        state.noise = np.where(learn, updated, state.noise)
         state.noise_n = state.noise_n + learn
 
-        # baseline: Holt with clipped innovations
+    def _move_baseline(self, state: TrackerState, y: np.ndarray, e: np.ndarray, pred: np.ndarray, sigma: np.ndarray,
+                       seen: np.ndarray, started: np.ndarray, outside: np.ndarray) -> None:
+        """Holt with clipped innovations; a shift that persists ``adapt_after`` records is accepted as the
+        new level (the noise is then relearnt)."""
+        cfg = self.config
         clip = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
         ec = np.clip(e, -clip, clip)
-        level = np.where(started, pred + cfg.alpha * ec, y)
-        trend = np.where(started, state.trend + cfg.alpha * cfg.beta * ec, 0.0)
-        # a shift that persists is the run's new level: jump there and relearn the noise
         accept = np.abs(outside) >= cfg.adapt_after
-        level = np.where(accept, y, level)
-        trend = np.where(accept, 0.0, trend)
+        level = np.where(accept, y, np.where(started, pred + cfg.alpha * ec, y))
+        trend = np.where(accept | ~started, 0.0, state.trend + cfg.alpha * cfg.beta * ec)
         state.outside = np.where(accept, 0.0, outside)
         state.noise_n = np.where(accept, np.minimum(state.noise_n, 2.0), state.noise_n)
         state.level = np.where(seen, level, state.level)
         state.trend = np.where(seen, trend, state.trend)
         state.slow = np.where(seen, np.where(np.isfinite(state.slow), state.slow + cfg.slow_alpha * ec, y), state.slow)
 
-        # CUSUM (carried over while a signal is missing)
-        cap = cfg.cusum_cap
-        cplus = np.where(judged, np.clip(state.cplus + zz - cfg.cusum_k, 0.0, cap), state.cplus)
-        cminus = np.where(judged, np.clip(state.cminus - zz - cfg.cusum_k, 0.0, cap), state.cminus)
+    def _accumulate(self, state: TrackerState, zz: np.ndarray, judged: np.ndarray) -> None:
+        """Two-sided CUSUM of the innovations (carried over while a signal is missing), capped."""
+        cfg = self.config
+        cplus = np.where(judged, np.clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
+        cminus = np.where(judged, np.clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
         records = state.records[:, None] + 1
         state.cplus_since = np.where((state.cplus == 0) & (cplus > 0), records, state.cplus_since)
         state.cminus_since = np.where((state.cminus == 0) & (cminus > 0), records, state.cminus_since)
         state.cplus, state.cminus = cplus, cminus
 
-        # the run's own reference: median of its first ``warmup`` values of each signal
-        slot = np.minimum(state.n, cfg.warmup - 1).astype(int)
-        filling = seen & (state.n < cfg.warmup)
+    def _warm_up(self, state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
+        """The run's own reference: the median of its first ``warmup`` values of each signal."""
+        warmup = self.config.warmup
+        slot = np.minimum(state.n, warmup - 1).astype(int)
+        filling = seen & (state.n < warmup)
         r_idx, f_idx = np.nonzero(filling)
         state.warm[r_idx, f_idx, slot[r_idx, f_idx]] = y[r_idx, f_idx]
         state.n = state.n + seen
-        done = filling & (state.n >= cfg.warmup)
+        done = filling & (state.n >= warmup)
         if done.any():
             state.reference = np.where(done, np.nanmedian(np.where(done[..., None], state.warm, 0.0), axis=-1),
                                        state.reference)
-        state.records = state.records + 1
-
-        change0 = np.where(self.is_rate | self.is_log, y - state.reference,
-                           (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan))
-        trend_z = np.where(judged, state.trend / np.where(judged, sigma, 1.0), np.nan)
-        level_f = np.where(self.is_rate & seen, y, np.nan)
-        per = np.stack([z, np.where(started, cplus, np.nan), np.where(started, cminus, np.nan), dev_slow,
-                        trend_z, np.where(seen, change0, np.nan), level_f], axis=-1)  # (R, F, K)
-        glob = np.log1p(state.records)[:, None]
-        return np.concatenate([per.reshape(per.shape[0], -1), glob], axis=1)
 
     def run_cube(self, cube: np.ndarray) -> np.ndarray:
         """Features (R, S, D) of a raw cube (R, S, F) of records in order (NaN rows past a run's end)."""

@@ -35,6 +35,8 @@ Sources for the rungs (published RFT / RLHF practice):
   [ens]   averaging several reward evaluations against a noisy reward (reward-model ensembles,
           Coste et al. 2024; Eisenstein et al. 2024).
   [retry] retrying transient sandbox / tool failures (the retry setting of agent-RL tool sandboxes).
+  [ent]   entropy regularisation keeps the policy from collapsing (Williams & Peng 1991; Mnih et al. 2016;
+          Skywork-OR1's adaptive entropy, He et al. 2025; TRL's ``entropy_coef``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from rftfm.engine.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.signals import names
 
-ActionKind = Literal["rollback", "set_knob", "halt", "backup_verifier", "backup_tool"]
 KnobOp = Literal["restore", "scale", "set"]
 
 
@@ -195,6 +196,32 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     ),
     "tool_corruption": (
         Rung("tool returns wrong results: switch to the registered backup tool", "[ckpt]", rollback=True, backup="tool"),
+        HALT,
+    ),
+    # --- extension: failures reported in the wild ------------------------------------------
+    "reward_none": (
+        # no rollback: completions without a reward only taught nothing
+        Rung("verifier returns None for some completions: call it again and average the calls that answer",
+             "[retry] [ens]", knobs=(_restore("reward_samples", fallback_value=4, abs_bounds=(1, 16), direction="up"),)),
+        Rung("still unanswered: twice the verifier calls", "[retry] [ens]",
+             knobs=(_scale("reward_samples", 2.0, abs_bounds=(1, 16)),)),
+        HALT,
+    ),
+    "length_clip_all": (
+        # no rollback: clipped steps carried no gradient, so they did no harm
+        Rung("every completion clipped: restore the length limit", "[dapo]",
+             knobs=(_restore("max_completion_length", fallback_factor=4.0, abs_bounds=(4, 32), direction="up"),)),
+        Rung("still clipped: double the length limit", "[dapo]",
+             knobs=(_scale("max_completion_length", 2.0, abs_bounds=(4, 32)),)),
+        HALT,
+    ),
+    "numerical_blowup": (HALT,),
+    "kl_dropped": (HALT,),
+    "entropy_collapse": (
+        Rung("entropy collapsing under an entropy penalty: roll back and restore the entropy coefficient", "[ent] [ckpt]",
+             rollback=True, knobs=(_restore("entropy_coef", fallback_value=0.0, abs_bounds=(0.0, 0.1), direction="up"),)),
+        Rung("entropy still collapsing: a small entropy bonus", "[ent] [ckpt]", rollback=True,
+             knobs=(_set("entropy_coef", 0.01),)),
         HALT,
     ),
 }

@@ -116,6 +116,7 @@ class WatchCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.monitor.finish()
+        self.parser.close()  # the per-field source and gap counts: self.parser.stats
         if self.store is not None:
             self.store.close()
             self.store = None

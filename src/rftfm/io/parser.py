@@ -123,9 +123,11 @@ class StepParser:
             return True
         if self.expected is not None:
             if sniffed.strong and sniffed.framework != self.expected:
+                name = FORMAT_NAMES[sniffed.framework]
+                looks = container if name in container else f"{container} with {name} keys"
                 self.stats.mismatch = (
-                    f"this log looks like a {container} with {FORMAT_NAMES[sniffed.framework]} keys (--format "
-                    f"{sniffed.framework}), not --format {self.expected}: run with --format {sniffed.framework} or auto"
+                    f"this log looks like a {looks} (--format {sniffed.framework}), not --format {self.expected}: "
+                    f"run with --format {sniffed.framework} or auto"
                 )
                 return False
             if sniffed.strong:

@@ -1,31 +1,24 @@
-"""Fault injectors, one module per family; :func:`make_injector` picks the right one."""
+"""Fault injectors, one module per family; :func:`make_injector` dispatches through the registry."""
 
 from __future__ import annotations
 
-from rftfm.faults.injectors.base import Injector
-from rftfm.faults.injectors.ca import CreditInjector
-from rftfm.faults.injectors.od import OptimisationInjector
-from rftfm.faults.injectors.pg import GenerationInjector
-from rftfm.faults.injectors.rf import RewardInjector
-from rftfm.faults.injectors.te import ToolInjector
-from rftfm.faults.taxonomy import FAMILIES, Strength, fault_type
+from rftfm.engine.hooks import Injector
+from rftfm.faults.injectors import ca, od, pg, rf, te  # noqa: F401  (each module registers its injectors)
+from rftfm.faults.injectors.base import INJECTORS, FaultInjector
+from rftfm.faults.taxonomy import FAULT_TYPES, Strength, fault_type
 
-INJECTORS: dict[str, type[Injector]] = {
-    "rf": RewardInjector,
-    "pg": GenerationInjector,
-    "od": OptimisationInjector,
-    "ca": CreditInjector,
-    "te": ToolInjector,
-}
-assert set(INJECTORS) == set(FAMILIES), "every family needs an injector"
+_missing = sorted(set(FAULT_TYPES) - set(INJECTORS))
+assert not _missing, f"fault types without an injector: {_missing}"
 
 
 def make_injector(fault: str | None, strength: Strength | None, onset_step: int = 1, seed: int = 0) -> Injector:
-    """The injector for ``fault`` at ``strength`` (``None``: a no-op for clean runs)."""
+    """The injector for ``fault`` at ``strength`` (``None``: the engine's no-op, for clean runs)."""
     if fault is None:
-        return Injector(seed=seed)
+        return Injector()
+    if strength is None:
+        raise ValueError(f"fault {fault!r} needs a strength")
     ftype = fault_type(fault)
-    return INJECTORS[ftype.family](ftype, strength, onset_step=onset_step, seed=seed)
+    return INJECTORS[ftype.name](ftype, strength, onset_step=onset_step, seed=seed)
 
 
-__all__ = ["INJECTORS", "Injector", "make_injector"]
+__all__ = ["INJECTORS", "FaultInjector", "Injector", "make_injector"]

@@ -1,64 +1,69 @@
-"""Base fault injector: a no-op whose hooks the family injectors override.
+"""Fault injectors: one fault type of the registry at one strength, acting from its onset step.
 
-Hooks are called by the engine's trainer at the points where the fault lives in a real
-pipeline (configuration, reward, tool sandbox, rollout policy, advantage computation).
-No hook ever sees or edits a record after it was logged.
+Each concrete injector overrides the hooks of :class:`rftfm.engine.hooks.Injector` where its
+fault lives, and registers itself for the fault type names it injects with :func:`injects`;
+:func:`rftfm.faults.injectors.make_injector` looks the type up there (no second list of names).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, TypeVar
 
 import numpy as np
-import torch
 
-from rftfm.engine.tasks import Problem, Tool
+from rftfm.engine.hooks import Injector
+from rftfm.engine.knobs import set_knob
 from rftfm.faults.taxonomy import FaultType, Strength
 
+#: fault type name -> injector class (filled by :func:`injects`)
+INJECTORS: dict[str, type[FaultInjector]] = {}
 
-class Injector:
-    """No fault. Subclasses override only the hooks their family needs."""
+T = TypeVar("T", bound=type["FaultInjector"])
 
-    def __init__(self, fault: FaultType | None = None, strength: Strength | None = None, onset_step: int = 1, seed: int = 0):
+
+def injects(*names: str) -> Callable[[T], T]:
+    """Class decorator: register the injector for the fault types ``names``."""
+
+    def register(cls: T) -> T:
+        for name in names:
+            if name in INJECTORS:
+                raise ValueError(f"two injectors for {name!r}: {INJECTORS[name].__name__} and {cls.__name__}")
+            INJECTORS[name] = cls
+        return cls
+
+    return register
+
+
+class FaultInjector(Injector):
+    """A registered fault at one strength; a configuration push (:meth:`configure`) happens once, at onset."""
+
+    def __init__(self, fault: FaultType, strength: Strength, onset_step: int = 1, seed: int = 0):
         self.fault = fault
         self.strength = strength
-        self.params: dict[str, Any] = dict(fault.params[strength]) if fault and strength else {}
+        self.params: dict[str, Any] = dict(fault.params[strength])
         self.onset_step = onset_step
         self.rng = np.random.default_rng(seed + 7919)
         self._configured = False
 
     @property
-    def name(self) -> str | None:
-        return self.fault.name if self.fault else None
+    def name(self) -> str:  # type: ignore[override]
+        return self.fault.name
 
     def is_active(self, step: int) -> bool:
-        """Whether the fault acts on (1-based) train step ``step``."""
-        return self.fault is not None and step >= self.onset_step
+        return step >= self.onset_step
 
     def before_rollout(self, trainer: Any, step: int) -> None:
-        """Called before each rollout; applies a configuration fault once, at onset."""
         if self.is_active(step) and not self._configured:
             self._configured = True
             self.configure(trainer)
 
-    # --- hooks -----------------------------------------------------------------------
     def configure(self, trainer: Any) -> None:
-        """Change the trainer's configuration (a bad config push); default: nothing."""
+        """Change the trainer's configuration at onset (a bad configuration push); default: nothing."""
 
-    def rewards(self, rewards: np.ndarray, completions: list[str], problems: list[Problem], step: int) -> np.ndarray:
-        return rewards
 
-    def tool(self, tool: Tool, step: int) -> Tool:
-        return tool
+class KnobPush(FaultInjector):
+    """A bad configuration push: at onset every parameter of the fault is set as the trainer knob it names."""
 
-    def advantages(self, advantages: torch.Tensor, lengths: torch.Tensor, num_generations: int, step: int) -> torch.Tensor:
-        return advantages
-
-    def uses_rollout_policy(self, step: int) -> bool:
-        return False
-
-    @contextlib.contextmanager
-    def rollout_policy(self, model: torch.nn.Module, step: int) -> Iterator[None]:
-        """Context in which ``model`` carries the weights rollouts are sampled from."""
-        yield
+    def configure(self, trainer: Any) -> None:
+        for knob, value in self.params.items():
+            set_knob(trainer, knob, value)

@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-from rftfm.engine.knobs import set_knob
-from rftfm.faults.injectors.base import Injector
+from rftfm.faults.injectors.base import FaultInjector, KnobPush, injects
+
+injects("sampling_temperature", "length_truncation", "degeneration", "length_clip_all")(KnobPush)
 
 
-class GenerationInjector(Injector):
-    def __init__(self, *args, **kwargs):
+@injects("rollout_mismatch")
+class RolloutMismatch(FaultInjector):
+    """Rollouts come from a stale, perturbed copy of the policy: the rollout engine missed weight syncs."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._behaviour: dict[str, torch.Tensor] | None = None
         self._synced_at = -1
 
-    def configure(self, trainer) -> None:
-        p = self.params
-        if self.name == "sampling_temperature":
-            set_knob(trainer, "temperature", p["temperature"])
-        elif self.name == "length_truncation":
-            set_knob(trainer, "max_completion_length", p["max_completion_length"])
-        elif self.name == "degeneration":
-            set_knob(trainer, "repetition_penalty", p["repetition_penalty"])
-            set_knob(trainer, "eos_bias", p["eos_bias"])
-        elif self.name != "rollout_mismatch":
-            raise ValueError(f"PG injector cannot inject {self.name!r}")
-
     def uses_rollout_policy(self, step: int) -> bool:
-        return self.name == "rollout_mismatch" and self.is_active(step)
+        return self.is_active(step)
 
     @contextlib.contextmanager
     def rollout_policy(self, model: torch.nn.Module, step: int) -> Iterator[None]:
-        """Swap in stale, perturbed weights: the rollout engine missed weight syncs."""
         if not self.uses_rollout_policy(step):
             yield
             return

@@ -1,0 +1,40 @@
+"""Leave-configuration-out folds and the seed / task / size splits."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from rftfm.bench.presets import preset_runs_table
+from rftfm.bench.splits import config_folds, folds, split_runs
+
+
+def test_config_folds_hold_out_whole_configurations_without_sharing_seeds() -> None:
+    runs = preset_runs_table("full")
+    result = {name: (train, test) for name, train, test in config_folds(runs)}
+    for name in ("task=fmt_sub", "task=tool_sub", "family=qwen2", "family=gpt2", "size=l", "size=xs", "beta=0",
+                 "schedule=cosine", "logging_steps>1", "num_steps>=100"):
+        assert name in result, name
+    for name, (train, test) in result.items():
+        assert train.height + test.height == runs.height, name
+        assert not set(train["seed"]) & set(test["seed"]), name
+        assert set(test["control_or_fault"]) >= {"normal", "fault"}, name  # normal and faulty runs held out alike
+    train, test = result["family=qwen2"]
+    assert set(test["model_family"]) == {"qwen2"} and "qwen2" not in set(train["model_family"])
+    train, test = result["beta=0"]
+    assert (test["beta"] == 0).all() and (train["beta"] > 0).all()
+    shapes = [(name, train.height, test.height) for name, (train, test) in result.items()]
+    assert [(name, train.height, test.height) for name, train, test in folds(runs, "config")] == shapes
+    assert len(folds(runs, "seed")) == 1
+
+
+def test_split_runs_keeps_the_seed_task_and_size_splits() -> None:
+    runs = preset_runs_table("classic")
+    for split in ("seed", "task", "size"):
+        train, test = split_runs(runs, split)
+        assert train.height + test.height == runs.height and test.height and train.height
+    assert set(split_runs(runs, "task")[1]["task_group"]) == {"arith_b"}
+    with pytest.raises(ValueError):
+        split_runs(runs, "config")
+    published = pl.DataFrame({"run_id": ["a", "b", "c"], "task_group": ["arith_a"] * 3})
+    assert [name for name, _, _ in config_folds(published)] == []  # no axis varies: no fold
