@@ -197,3 +197,12 @@ def test_a_knob_change_to_the_value_the_knob_has_is_set_aside_not_planned():
     knobs = {"temperature": 1.0, "learning_rate": 1e-3}
     plan = rem.plan(diagnosis("sampling_temperature"), ALL, knobs, knobs)  # restore finds 1.0 already set
     assert plan.unchanged == ["temperature"] and [a.kind for a in plan.actions] == ["rollback"]
+
+
+def test_a_withdrawn_plan_leaves_no_trace():
+    rem = Remediator()
+    knobs = {"learning_rate": 1e-3}
+    first = rem.plan(diagnosis("lr_high"), ALL, knobs, knobs)
+    rem.withdraw()
+    again = rem.plan(diagnosis("lr_high"), ALL, knobs, knobs)  # the same rung again, not the next one
+    assert again.rung_index == first.rung_index == 0 and rem.interventions == 1

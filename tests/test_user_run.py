@@ -99,3 +99,15 @@ def test_a_user_runs_lr_spike_is_rolled_back_and_ends_as_good_as_its_clean_twin(
     rollbacks = [e for e in callback.controller.store.events(kind="action") if e["payload"]["kind"] == "rollback"]
     assert rollbacks and spiked.state.global_step == 80 + callback.controller.length.replayed
     assert ur.accuracy(spiked.model) >= 0.9 * ur.accuracy(clean.model)
+
+
+@pytest.mark.slow
+def test_the_remediation_evaluation_runs_an_arm_through_the_plain_trainer_with_an_eval_callable():
+    from rftfm.bench.eval_remediation import PlainRun, run_plain_arm
+
+    run = PlainRun(run_id="plain-spike", seed=3, steps=16, spike_onset=SPIKE, eval_every=4, eval_prompts=32)
+    result, callback = run_plain_arm(run, "loop+eval", components=(AfterSpike(SPIKE), None))
+    assert result.rollbacks == 1 and result.steps == 16 + callback.controller.length.replayed
+    assert callback.summary["evaluations"] >= 16 // 4 and 0.0 <= result.final_accuracy <= 1.0
+    start = callback.controller.store.events(kind="run")[0]["payload"]
+    assert start["eval_every"] == 4

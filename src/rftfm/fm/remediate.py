@@ -118,12 +118,13 @@ class Remediator:
         self._type: str | None = None
         self._rung = -1
         self._blind_acted = 0
+        self._before_plan: tuple[int, str | None, int, int] = (0, None, -1, 0)
         self._ceilings: dict[str, float] = {}
         self._pushed_from: dict[str, Any] = {}
 
     def withdraw(self) -> None:
-        """The last plan was not carried out: it does not count against the intervention budget."""
-        self.interventions -= 1
+        """The last plan was not carried out: it leaves no trace (budget, rung reached, blind interventions)."""
+        self.interventions, self._type, self._rung, self._blind_acted = self._before_plan
 
     @property
     def exhausted(self) -> bool:
@@ -170,6 +171,7 @@ class Remediator:
         """
         self._ceilings = ceilings or {}
         self._pushed_from = pushed_from or {}
+        self._before_plan = (self.interventions, self._type, self._rung, self._blind_acted)
         if self.exhausted:
             return None
         if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
