@@ -586,7 +586,7 @@ def test_a_used_up_knob_ladder_halts_only_when_eval_accuracy_fell():
             assert any("no halt while eval accuracy holds" in e["payload"]["action"]["reason"] for e in ctl.store.events(kind="outcome"))
 
 
-def test_a_code_fault_still_halts_while_accuracy_holds():
+def test_a_code_fault_diagnosed_with_confidence_halts_while_accuracy_holds():  # (FixedDiagnoser: p = 0.9)
     ctl, rec = _controller(ScriptedDetector({4: 1.5, 5: 1.5}), diagnoser=FixedDiagnoser("advantage_sign"))
     for s in range(1, 8):
         ctl.observe(rec(s), [])

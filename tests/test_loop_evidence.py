@@ -64,10 +64,10 @@ def test_without_eval_accuracy_a_used_up_knob_ladder_reports_instead_of_halting(
     refusal = [e["payload"] for e in ctl.store.events(kind="outcome") if e["payload"]["result"] == "failed"][-1]
     assert "no halt without a measured fall in eval accuracy" in refusal["action"]["reason"]
     end = ctl.finish()
-    assert end["eval_steps"] == 0 and end["evaluations"] == 0
+    assert end["accuracy_steps"] == 0 and end["evaluations"] == 0
 
 
-def test_a_code_fault_halts_a_run_without_eval_only_on_a_confident_diagnosis():
+def test_a_code_fault_halts_on_a_confident_diagnosis_not_on_a_weak_one():
     for p, halted in ((0.9, True), (0.5, False)):
         ctl = controller([4, 5], "advantage_sign", p=p)
         run(ctl, 8)

@@ -22,7 +22,7 @@ def lr_push_run() -> MemoryIncidentStore:
     store.record("outcome", "r", 42, Outcome(action=Action(kind="rung", reason="knob_drift"), result="kept",
                                              detail="no alarm for 3 steps"))
     store.record("run", "r", 91, {"event": "end", "mode": "watching", "replayed": 11, "monitor_seconds": 2.9,
-                                  "wall_seconds": 30.0, "eval_steps": 0, "evaluations": 0})
+                                  "wall_seconds": 30.0, "accuracy_steps": 0, "evaluations": 0})
     return store
 
 
@@ -39,7 +39,7 @@ def test_a_repaired_push_is_told_with_its_cost_and_what_to_look_at():
 def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     store = MemoryIncidentStore()
     store.record("run", "q", 0, {"event": "start", "mode": "watching", "eval_every": 10})
-    store.record("run", "q", 80, {"event": "end", "mode": "watching", "eval_steps": 9, "evaluations": 9,
+    store.record("run", "q", 80, {"event": "end", "mode": "watching", "accuracy_steps": 9, "evaluations": 9,
                                   "eval_seconds": 1.5, "monitor_seconds": 0.4})
     quiet = narrate(store.events())
     assert "no alarm" in quiet and "Done: nothing." in quiet and "9 held-out evaluation(s) taking 1.5 s" in quiet

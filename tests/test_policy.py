@@ -83,7 +83,7 @@ def test_no_repair_starts_when_fewer_steps_remain_than_its_revalidation_needs():
 
 def halt(**kw) -> HaltCase:
     facts = {"fault_type": "lr_high", "code_fault": False, "probability": 0.9, "accuracy_then": 0.5,
-             "accuracy_now": 0.3, "has_eval": True}
+             "accuracy_now": 0.3}
     return HaltCase(**{**facts, **kw})
 
 
@@ -98,13 +98,13 @@ def test_a_halt_needs_a_diagnosis_and_measured_evidence():
     assert policy.halt_refused(halt(accuracy_now=0.5), ControllerConfig(halt_needs_regression=False)) is None
 
 
-def test_a_code_fault_halts_on_its_diagnosis_and_without_eval_only_on_a_confident_one():
+def test_a_code_fault_halts_on_a_confident_diagnosis_or_a_measured_fall():
     code = {"fault_type": "advantage_sign", "code_fault": True, "accuracy_then": 0.5, "accuracy_now": 0.5}
-    assert policy.halt_refused(halt(**code), CFG) is None  # eval accuracy holds: a code fault halts anyway
-    assert policy.halt_refused(halt(**code, has_eval=False, probability=0.85), CFG) is None
-    unsure = policy.halt_refused(halt(**code, has_eval=False, probability=0.6), CFG)
+    assert policy.halt_refused(halt(**code, probability=0.85), CFG) is None  # accuracy holds, but a sure diagnosis
+    unsure = policy.halt_refused(halt(**code, probability=0.6), CFG)
     assert unsure is not None and unsure.alert_only and "p=0.60" in unsure.note
-    assert policy.halt_refused(halt(**code, has_eval=False, probability=None), CFG) is not None
+    assert policy.halt_refused(halt(**{**code, "accuracy_now": 0.3}, probability=0.6), CFG) is None  # it fell: halt
+    assert policy.halt_refused(halt(**{**code, "accuracy_then": None}, probability=None), CFG) is not None
 
 
 def test_the_probability_of_a_diagnosed_type():

@@ -122,7 +122,7 @@ class Controller:
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, **self.counts, "monitor_seconds": round(self.monitor_seconds, 4),
                 "outcomes": [o.result for o in self.outcomes], "replayed": self.length.replayed,
-                "eval_steps": self.heldout.seen, "evaluations": self.heldout.evaluations,
+                "accuracy_steps": self.heldout.seen, "evaluations": self.heldout.evaluations,
                 "eval_seconds": round(self.heldout.seconds, 4)}
 
     # --- one step ------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class Controller:
             then = self.heldout.at_or_before(info.step) if info is not None else None
             code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
             case = policy.HaltCase(plan.fault_type, code_fault, policy.probability_of(diagnosis, plan.fault_type),
-                                   then, now, self.heldout.seen > 0)
+                                   then, now)
             hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken

@@ -124,9 +124,9 @@ def _look_at(actions: list[dict[str, Any]], diagnoses: list[dict[str, Any]], end
 
 
 def _evidence(end: dict[str, Any], start: dict[str, Any]) -> str:
-    if end.get("eval_steps") or start.get("eval_every"):
+    if end.get("accuracy_steps") or start.get("eval_every"):
         every = f", every {start['eval_every']} steps" if start.get("eval_every") else ""
-        return f"Decisions used held-out eval accuracy ({end.get('eval_steps', 0)} step(s) with one{every})."
+        return f"Decisions used held-out eval accuracy ({end.get('accuracy_steps', 0)} step(s) with one{every})."
     return ("Decisions came from train-side metrics alone (no held-out eval accuracy): the loop rolled back only "
             "on a diagnosed or pushed-knob incident and never halted a knob-repairable run; pass eval_fn= to let it "
             "check accuracy before it acts.")

@@ -48,7 +48,7 @@ class ControllerConfig:
     # checkpoint)
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
-    halt_confidence_without_eval: float = 0.8  # a code fault halts a run without eval accuracy only at this probability
+    halt_confidence: float = 0.8  # a code fault halts on a diagnosis this sure (or on a measured fall in eval accuracy)
     act_confidence_without_eval: float = 0.5  # ... and any rung acts (but undoing a knob push) only at this one
     eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
@@ -168,7 +168,6 @@ class HaltCase:
     probability: float | None  # the diagnosis' probability for ``fault_type``
     accuracy_then: float | None  # eval accuracy at the rollback checkpoint (the latest at or before it)
     accuracy_now: float | None  # ... and now (the last two steps' mean)
-    has_eval: bool  # the run has eval accuracy at all (its records carry it, or an eval callable measures it)
 
 
 def probability_of(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
@@ -182,8 +181,8 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
     loop reports the incident and goes alert-only (``None``: halt).
 
     * an alarm nobody could explain never halts a run;
-    * a code fault (a wrong verifier, an advantage bug: no knob repairs it) halts on its diagnosis; in a
-      run without any eval accuracy, only on a diagnosis at probability >= ``halt_confidence_without_eval``;
+    * a code fault (a wrong verifier, an advantage bug: no knob repairs it) halts on a diagnosis at
+      probability >= ``halt_confidence``, or on a weaker one when eval accuracy fell since the checkpoint;
     * a knob-repairable fault whose knob rungs are used up (or unavailable) halts only when eval accuracy
       fell since the checkpoint (``halt_needs_regression``): stopping a run that is not getting worse, or
       that nobody can show to be, only loses the steps still to come.
@@ -194,14 +193,15 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
 
     if case.fault_type is None:
         return refuse("no diagnosis", "a halt needs a diagnosed fault")
+    held = accuracy_holds(case.accuracy_then, case.accuracy_now, cfg)
+    fell = held is None and case.accuracy_then is not None and case.accuracy_now is not None
     if case.code_fault:
-        if case.has_eval or (case.probability or 0.0) >= cfg.halt_confidence_without_eval:
+        if (case.probability or 0.0) >= cfg.halt_confidence or fell:
             return None
-        return refuse(f"diagnosis at p={case.probability or 0.0:.2f} and no held-out evaluation",
-                      f"without eval accuracy a halt needs a diagnosis at p >= {cfg.halt_confidence_without_eval}")
+        return refuse(f"diagnosis at p={case.probability or 0.0:.2f} and no measured fall in eval accuracy",
+                      f"a halt needs a diagnosis at p >= {cfg.halt_confidence} or eval accuracy that fell")
     if not cfg.halt_needs_regression:
         return None
-    held = accuracy_holds(case.accuracy_then, case.accuracy_now, cfg)
     if held is not None:
         return refuse(f"rungs used up, eval accuracy holds ({held:.3f})", "knob rungs used up; no halt while eval "
                       "accuracy holds", detail=f"alert-only from here (eval accuracy {held:.3f})")

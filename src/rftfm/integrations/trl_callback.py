@@ -46,9 +46,10 @@ from rftfm.records import StepRecord
 __all__ = ["BatchReplayMixin", "RFTFMCallback", "step_record_from_logs"]
 
 
-def step_record_from_logs(run_id: str, step: int, logs: dict[str, Any]) -> StepRecord | None:
-    """A StepRecord from one TRL ``on_log`` dict (``None`` for a log that is not a training step)."""
-    return step_record("trl", logs, max(0, int(step)), run_id)
+def step_record_from_logs(run_id: str, step: int, logs: dict[str, Any]) -> StepRecord:
+    """A StepRecord from one TRL ``on_log`` dict (an empty one for a log that is not a training step)."""
+    step = max(0, int(step))
+    return step_record("trl", logs, step, run_id) or StepRecord(run_id=run_id, step=step)
 
 
 def default_detector() -> Any:
