@@ -22,15 +22,26 @@ from rftfm.records import RunInfo
 def engine_runs(args: argparse.Namespace) -> None:
     off = on = monitor = 0.0
     for i in range(args.runs):
-        info = RunInfo(run_id=f"overhead-{i}", group="normal", task_group=("arith_a", "arith_b", "tool")[i % 3],
-                       model_size="xs", seed=500 + i, control_or_fault="normal", num_steps=args.steps)
+        info = RunInfo(
+            run_id=f"overhead-{i}",
+            group="normal",
+            task_group=("arith_a", "arith_b", "tool")[i % 3],
+            model_size="xs",
+            seed=500 + i,
+            control_or_fault="normal",
+            num_steps=args.steps,
+        )
         a, _ = run_arm(info, "off", args.detector, args.diagnoser)
         b, _ = run_arm(info, "on", args.detector, args.diagnoser)
         off, on, monitor = off + a.wall_s, on + b.wall_s, monitor + b.monitor_s
-        print(f"{info.run_id} {info.task_group}: off {a.wall_s:.2f} s, on {b.wall_s:.2f} s (loop {b.monitor_s:.2f} s, "
-              f"{b.interventions} interventions)")
-    print(f"total: off {off:.1f} s, on {on:.1f} s -> overhead {100 * (on / off - 1):.1f} % "
-          f"(loop's own time {100 * monitor / off:.1f} % of the clean wall time)")
+        print(
+            f"{info.run_id} {info.task_group}: off {a.wall_s:.2f} s, on {b.wall_s:.2f} s (loop {b.monitor_s:.2f} s, "
+            f"{b.interventions} interventions)"
+        )
+    print(
+        f"total: off {off:.1f} s, on {on:.1f} s -> overhead {100 * (on / off - 1):.1f} % "
+        f"(loop's own time {100 * monitor / off:.1f} % of the clean wall time)"
+    )
 
 
 def user_runs(args: argparse.Namespace) -> None:
@@ -38,13 +49,20 @@ def user_runs(args: argparse.Namespace) -> None:
     monitor = {"loop": 0.0, "loop+eval": 0.0}
     evals = seconds = 0.0
     for i in range(args.runs):
-        run = PlainRun(run_id=f"user-overhead-{i}", seed=i, steps=args.steps, eval_every=args.eval_every,
-                       eval_prompts=args.eval_prompts)
+        run = PlainRun(
+            run_id=f"user-overhead-{i}",
+            seed=i,
+            steps=args.steps,
+            eval_every=args.eval_every,
+            eval_prompts=args.eval_prompts,
+        )
         line = [run.run_id]
         for arm in totals:
             result, callback = run_plain_arm(run, arm, detector_path=args.detector, diagnoser_path=args.diagnoser)
             totals[arm] += result.wall_s
-            line.append(f"{arm} {result.wall_s:.1f} s (acc {result.final_accuracy:.3f}, {result.interventions} interv.)")
+            line.append(
+                f"{arm} {result.wall_s:.1f} s (acc {result.final_accuracy:.3f}, {result.interventions} interv.)"
+            )
             if arm in monitor:
                 monitor[arm] += result.monitor_s
             if arm == "loop+eval" and callback is not None and callback.summary:
@@ -53,10 +71,14 @@ def user_runs(args: argparse.Namespace) -> None:
         print("; ".join(line), flush=True)
     base = totals["clean"]
     for arm in ("loop", "loop+eval"):
-        print(f"{arm}: {totals[arm]:.1f} s vs {base:.1f} s off -> overhead {100 * (totals[arm] / base - 1):.1f} % "
-              f"(loop's own time {100 * monitor[arm] / base:.1f} % of the off wall time)")
-    print(f"eval callable: {evals:.0f} calls of {args.eval_prompts} prompts, {seconds:.1f} s in all, "
-          f"{seconds / max(evals, 1):.3f} s per call ({100 * seconds / base:.1f} % of the off wall time)")
+        print(
+            f"{arm}: {totals[arm]:.1f} s vs {base:.1f} s off -> overhead {100 * (totals[arm] / base - 1):.1f} % "
+            f"(loop's own time {100 * monitor[arm] / base:.1f} % of the off wall time)"
+        )
+    print(
+        f"eval callable: {evals:.0f} calls of {args.eval_prompts} prompts, {seconds:.1f} s in all, "
+        f"{seconds / max(evals, 1):.3f} s per call ({100 * seconds / base:.1f} % of the off wall time)"
+    )
 
 
 def main() -> None:

@@ -52,8 +52,15 @@ def main() -> None:
     callback = RFTFMCallback.attach(trainer, detector=detector, run_id="ddp-user-run", report=False)
     trainer.train()
     rank = callback.rank
-    result = {"rank": rank, "world": callback.world, "changes": callback.synced, "global_step": trainer.state.global_step,
-              "max_steps": trainer.state.max_steps, "weights": checksum(trainer.model), "setup_error": callback.setup_error}
+    result = {
+        "rank": rank,
+        "world": callback.world,
+        "changes": callback.synced,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "weights": checksum(trainer.model),
+        "setup_error": callback.setup_error,
+    }
     if rank == 0:
         result["accuracy"] = ur.accuracy(trainer.model)
         result["summary"] = callback.summary

@@ -22,9 +22,21 @@ from rftfm.bench import eval_remediation as ev
 from rftfm.bench.presets import preset_runs_table
 
 #: summary field (without the arm prefix) -> ArmResult field
-PAIR_FIELDS = {"accuracy": "final_accuracy", "interventions": "interventions", "halted": "halted", "cleared": "cleared",
-               "alarms_after": "alarms_after", "steps": "steps", "actions": "actions"}
-HEALTHY_FIELDS = {"accuracy_on": "final_accuracy", "alarms": "alarms", "interventions": "interventions", "halted": "halted"}
+PAIR_FIELDS = {
+    "accuracy": "final_accuracy",
+    "interventions": "interventions",
+    "halted": "halted",
+    "cleared": "cleared",
+    "alarms_after": "alarms_after",
+    "steps": "steps",
+    "actions": "actions",
+}
+HEALTHY_FIELDS = {
+    "accuracy_on": "final_accuracy",
+    "alarms": "alarms",
+    "interventions": "interventions",
+    "halted": "halted",
+}
 
 
 def expected_fields(summary: dict[str, Any], run_id: str, arm: str) -> dict[str, tuple[Any, str]]:
@@ -45,14 +57,18 @@ def main() -> None:
     parser.add_argument("--from", dest="source", required=True, type=Path, help="an earlier `--json` summary")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, generic or on)")
-    parser.add_argument("--digest", type=Path, help="also write each arm's full result (timings left out) here, "
-                                                    "one JSON line per arm, to compare two code versions exactly")
+    parser.add_argument(
+        "--digest",
+        type=Path,
+        help="also write each arm's full result (timings left out) here, "
+        "one JSON line per arm, to compare two code versions exactly",
+    )
     args = parser.parse_args()
     summary = json.loads(args.source.read_text(encoding="utf-8"))
     faulty, healthy = ev.select_runs(preset_runs_table(args.preset), None, None, None)
     infos = {r.run_id: r for r in [*faulty, *healthy]}
     differ = 0
-    digest = open(args.digest, "w", encoding="utf-8") if args.digest else None  # noqa: SIM115
+    digest = open(args.digest, "w", encoding="utf-8") if args.digest else None
     for spec in args.arm:
         run_id, arm = spec.rsplit(":", 1)
         result, _ = ev.run_arm(infos[run_id], arm)
@@ -66,9 +82,12 @@ def main() -> None:
             if value != want:
                 diffs.append(f"{name}: {want!r} -> {value!r}")
         differ += bool(diffs)
-        print(f"{spec}: {'same' if not diffs else 'DIFFERS ' + '; '.join(diffs)} "
-              f"(accuracy {result.final_accuracy:.4f}, {result.steps} steps, actions {result.actions}, outcomes {result.outcomes})",
-              flush=True)
+        print(
+            f"{spec}: {'same' if not diffs else 'DIFFERS ' + '; '.join(diffs)} "
+            f"(accuracy {result.final_accuracy:.4f}, {result.steps} steps, actions {result.actions}, outcomes "
+            f"{result.outcomes})",
+            flush=True,
+        )
     sys.exit(1 if differ else 0)
 
 

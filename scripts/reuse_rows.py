@@ -26,8 +26,11 @@ def main() -> None:
     parser.add_argument("--split", default="seed")
     parser.add_argument("--side", default="test", choices=("test", "train"))
     parser.add_argument("--arms", default=",".join(ev.REUSABLE_ARMS))
-    parser.add_argument("--retime-healthy", action="store_true",
-                        help="leave out the healthy runs' loop-off arms: trained again, the overhead is timed within one pass")
+    parser.add_argument(
+        "--retime-healthy",
+        action="store_true",
+        help="leave out the healthy runs' loop-off arms: trained again, the overhead is timed within one pass",
+    )
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     runs = split_runs(preset_runs_table(args.preset), args.split)[1 if args.side == "test" else 0]

@@ -31,8 +31,12 @@ def handles(tmp_path):
         model = torch.nn.Linear(3, 2)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         cls = distributed.RecordingHandle if rank == 0 else TrainerHandle
-        out.append((cls(model=model, optimizer=opt, control=TrainerControl(), state=TrainerState(max_steps=10)),
-                    Checkpointer(tmp_path / f"rank-{rank}")))
+        out.append(
+            (
+                cls(model=model, optimizer=opt, control=TrainerControl(), state=TrainerState(max_steps=10)),
+                Checkpointer(tmp_path / f"rank-{rank}"),
+            )
+        )
     return out
 
 
@@ -50,8 +54,14 @@ def test_the_main_processs_changes_are_recorded_once_and_made_alike_on_another_r
     lead.pin(lead_ckpt, 2)
     lead.halt()
     ops = lead.take_ops()
-    assert ops == [("set", "learning_rate", 9e-3), ("restore", 2), ("set", "learning_rate", 3e-4), ("extend", 3),
-                   ("pin", 2), ("halt",)]  # the restore's own LR re-set is not an op of its own
+    assert ops == [
+        ("set", "learning_rate", 9e-3),
+        ("restore", 2),
+        ("set", "learning_rate", 3e-4),
+        ("extend", 3),
+        ("pin", 2),
+        ("halt",),
+    ]  # the restore's own LR re-set is not an op of its own
     distributed.replay(ops, follower, follower_ckpt)
     assert torch.equal(lead.model.weight, follower.model.weight) and follower.state.max_steps == 13
     assert follower.get("learning_rate") == pytest.approx(3e-4) and follower.control.should_training_stop
@@ -68,14 +78,27 @@ def test_deepspeed_and_fsdp_are_refused_with_the_reason_and_ddp_is_not():
     Args.fsdp = ["full_shard"]
     assert "FSDP shards" in distributed.unsupported_parallelism(Args())
     Args.fsdp, Args.deepspeed = [], "ds_config.json"
-    assert "DeepSpeed" in distributed.unsupported_parallelism(Args()) and "alert-only" in distributed.unsupported_parallelism(Args())
+    assert "DeepSpeed" in distributed.unsupported_parallelism(
+        Args()
+    ) and "alert-only" in distributed.unsupported_parallelism(Args())
 
 
 def torchrun(out: Path, *extra: str) -> list[dict]:
     torchrun_bin = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun_bin, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           str(ROOT / "scripts" / "ddp_user_run.py"), "--out", str(out), "--steps", "30", *extra]
+    cmd = [
+        torchrun_bin,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        str(ROOT / "scripts" / "ddp_user_run.py"),
+        "--out",
+        str(out),
+        "--steps",
+        "30",
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]

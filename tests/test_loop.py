@@ -42,10 +42,24 @@ class WarmupZDetector:
             if len(hist) >= 3:
                 z = (value - np.mean(hist)) / max(float(np.std(hist)), floor)
                 if abs(z) > 4:
-                    evidence.append(SignalEvidence(signal=name, direction="up" if z > 0 else "down", value=value, z=float(z), since_step=rec.step))
+                    evidence.append(
+                        SignalEvidence(
+                            signal=name,
+                            direction="up" if z > 0 else "down",
+                            value=value,
+                            z=float(z),
+                            since_step=rec.step,
+                        )
+                    )
             hist.append(value)
         if evidence:
-            return Alarm(run_id=rec.run_id, step=rec.step, score=max(abs(e.z) for e in evidence), threshold=4.0, evidence=evidence)
+            return Alarm(
+                run_id=rec.run_id,
+                step=rec.step,
+                score=max(abs(e.z) for e in evidence),
+                threshold=4.0,
+                evidence=evidence,
+            )
         return None
 
 
@@ -58,15 +72,28 @@ class KlRuleDiagnoser:
         acc_drop = (early["eval_accuracy"].mean() or 0) - (last["eval_accuracy"].item() or 0)
         kl_jump = (last["kl"].item() or 0) > 5 * max(early["kl"].mean() or 0, 0.02)
         if acc_drop > 0.2 or kl_jump:
-            return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
-                             summary=f"lr_high at step {step}")
+            return Diagnosis(
+                run_id=run_id,
+                step=step,
+                ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+                summary=f"lr_high at step {step}",
+            )
         return Diagnosis(run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown")
 
 
 def run_info(kind="fault", fault="lr_high"):
-    return RunInfo(run_id=f"t-{kind}", group="x", task_group="arith_a", model_size="xs", seed=3, control_or_fault=kind,
-                   fault_type=fault if kind == "fault" else None, fault_strength="easy" if kind == "fault" else None,
-                   onset_step=ONSET, num_steps=STEPS)
+    return RunInfo(
+        run_id=f"t-{kind}",
+        group="x",
+        task_group="arith_a",
+        model_size="xs",
+        seed=3,
+        control_or_fault=kind,
+        fault_type=fault if kind == "fault" else None,
+        fault_strength="easy" if kind == "fault" else None,
+        onset_step=ONSET,
+        num_steps=STEPS,
+    )
 
 
 def restored_step(detail: str) -> int:
@@ -92,8 +119,10 @@ def no_loop():
 
 def test_loop_detects_diagnoses_rolls_back_and_repairs_lr_high(tmp_path, no_loop):
     store = IncidentStore(tmp_path / "incidents.db")
-    trainer, cb, records = train(run_info(), lambda t: RFTFMCallback.attach(
-        t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(), incidents=store))
+    trainer, cb, records = train(
+        run_info(),
+        lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(), incidents=store),
+    )
     _, _, faulty = no_loop
     # the steps the rollback discarded were trained again (the run was extended by them)
     assert cb.controller.length.replayed > 0 and trainer.state.global_step == STEPS + cb.controller.length.replayed
@@ -118,7 +147,9 @@ def test_an_undone_configuration_push_resumes_into_exactly_the_clean_run():
     from rftfm.bench.eval_remediation import clean_twin
 
     clean, _, _ = train(clean_twin(run_info()))
-    trainer, cb, _ = train(run_info(), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser()))
+    trainer, cb, _ = train(
+        run_info(), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser())
+    )
     actions = [e["payload"] for e in cb.controller.store.events(kind="action")]
     assert [a["kind"] for a in actions] == ["rollback", "set_knob"] and restored_step(actions[0]["detail"]) < ONSET
     assert "discarded batch(es) come again" in actions[0]["detail"]
@@ -128,7 +159,9 @@ def test_an_undone_configuration_push_resumes_into_exactly_the_clean_run():
 
 
 def test_healthy_run_gets_no_intervention():
-    trainer, cb, _ = train(run_info("normal"), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser()))
+    trainer, cb, _ = train(
+        run_info("normal"), lambda t: RFTFMCallback.attach(t, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser())
+    )
     assert cb.controller.counts["interventions"] == 0 and cb.controller.counts["checkpoints"] >= STEPS // 2
 
 
@@ -200,8 +233,12 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one_in_a_live_run():
             return info
 
     def attach(trainer):
-        cb = RFTFMCallback.attach(trainer, detector=WarmupZDetector(), diagnoser=KlRuleDiagnoser(),
-                                  config=ControllerConfig(checkpoint_every=1))
+        cb = RFTFMCallback.attach(
+            trainer,
+            detector=WarmupZDetector(),
+            diagnoser=KlRuleDiagnoser(),
+            config=ControllerConfig(checkpoint_every=1),
+        )
         cb.checkpointer = CorruptingCheckpointer(keep=8)
         return cb
 
@@ -223,12 +260,16 @@ def test_plain_callback_on_trl_logs_can_roll_back_and_restore_the_lr():
     actions = ctl.store.events(kind="action")
     # no diagnoser: the unknown ladder undoes the LR change since the healthy checkpoint
     assert actions[1]["payload"]["knob"] == "learning_rate"
-    assert actions[1]["payload"]["previous"] == pytest.approx(9e-3) and actions[1]["payload"]["value"] == pytest.approx(3e-4)
+    assert actions[1]["payload"]["previous"] == pytest.approx(9e-3) and actions[1]["payload"]["value"] == pytest.approx(
+        3e-4
+    )
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
 
 
 def test_step_record_from_trl_logs():
-    rec = step_record_from_logs("r", 4, {"loss": 0.1, "reward": 0.5, "kl": float("nan"), "completions/clipped_ratio": 0.25, "custom": 2})
+    rec = step_record_from_logs(
+        "r", 4, {"loss": 0.1, "reward": 0.5, "kl": float("nan"), "completions/clipped_ratio": 0.25, "custom": 2}
+    )
     assert rec.policy_loss == 0.1 and rec.reward_mean == 0.5 and rec.kl is None and rec.truncated_ratio == 0.25
     assert rec.extra == {"custom": 2.0}
 
@@ -262,7 +303,7 @@ def _controller(detector, state=None, diagnoser=None, max_steps=None, **config):
     control = TrainerControl()
     max_steps = max_steps if max_steps is not None else state.max_steps if state is not None else None
     ctl.start(TrainerHandle(model=model, optimizer=opt, control=control, state=state), max_steps=max_steps)
-    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)
     return ctl, rec
 
 
@@ -294,8 +335,14 @@ class FixedDiagnoser:
     def diagnose(self, history, run_id, step, task_group=None, model_size=None):
         from rftfm.faults.taxonomy import FAULT_TYPES
 
-        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(
-            family=FAULT_TYPES[self.fault_type].family, fault_type=self.fault_type, probability=0.9)], summary=self.fault_type)
+        return Diagnosis(
+            run_id=run_id,
+            step=step,
+            ranked=[
+                Hypothesis(family=FAULT_TYPES[self.fault_type].family, fault_type=self.fault_type, probability=0.9)
+            ],
+            summary=self.fault_type,
+        )
 
 
 class EvidenceDetector(ScriptedDetector):
@@ -318,7 +365,17 @@ def test_after_a_repair_alarms_explained_by_the_upstream_cause_are_not_acted_on(
     from rftfm.fm.playbook import HALT, PLAYBOOK, Rung, _scale
 
     upstream = ("frac_zero_std_groups", "grad_norm")
-    det = EvidenceDetector({4: upstream, 5: upstream, 9: upstream, 10: upstream, 11: upstream, 14: ("eval_accuracy",), 15: ("eval_accuracy",)})
+    det = EvidenceDetector(
+        {
+            4: upstream,
+            5: upstream,
+            9: upstream,
+            10: upstream,
+            11: upstream,
+            14: ("eval_accuracy",),
+            15: ("eval_accuracy",),
+        }
+    )
     ctl, rec = _controller(det, diagnoser=FixedDiagnoser("zero_variance"))
     # this LR-only trainer has no resampling knob: a zero_variance ladder it can follow
     lr_rung = Rung("test: smaller steps", "[test]", knobs=(_scale("learning_rate", 0.5),))
@@ -383,11 +440,15 @@ def test_a_knob_rung_rolls_back_only_when_eval_accuracy_fell_since_the_checkpoin
     from rftfm.records import StepRecord
 
     for accuracy_after, rolled_back in ((0.5, False), (0.3, True)):
-        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high"))
+        ctl, _ = _controller(
+            ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high")
+        )
         for s in range(1, 10):
             ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5 if s < 5 else accuracy_after, kl=0.01), [])
         assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == int(rolled_back)
-        detail = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        detail = [
+            e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"
+        ][0]
         assert detail.startswith("to step") == rolled_back
 
 
@@ -396,10 +457,17 @@ def test_rollback_skips_the_checkpoint_that_generated_the_first_deviating_rollou
     means the checkpoint of step f - 1 is already suspect; and an onset at step 1 restores step 0."""
     for since, expected in ((6, 4), (1, 0)):
         det = ScriptedDetector({})
-        det.observe = lambda rec, t, since=since: (  # noqa: E731
-            Alarm(run_id="u", step=rec.step, score=5.0, threshold=1.0,
-                  evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=since)])
-            if rec.step == max(since, 2) + 1 else None)
+        det.observe = lambda rec, t, since=since: (
+            Alarm(
+                run_id="u",
+                step=rec.step,
+                score=5.0,
+                threshold=1.0,
+                evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=since)],
+            )
+            if rec.step == max(since, 2) + 1
+            else None
+        )
         ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"))
         for s in range(1, 10):
             ctl.observe(rec(s), [])
@@ -413,10 +481,17 @@ def test_a_rollback_extends_the_run_by_the_steps_it_discarded_within_the_replay_
 
     for fraction, added in ((0.5, 5), (0.1, 2), (0.0, 0)):
         state = TrainerState(max_steps=20)
-        ctl, rec = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), state=state, max_replay_fraction=fraction, diagnoser=FixedDiagnoser("lr_high"))
+        ctl, rec = _controller(
+            ScriptedDetector({6: 1.5, 7: 1.5}),
+            state=state,
+            max_replay_fraction=fraction,
+            diagnoser=FixedDiagnoser("lr_high"),
+        )
         for s in range(1, 12):
             ctl.observe(rec(s), [])
-        rollback = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        rollback = [
+            e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"
+        ][0]
         assert rollback.startswith("to step 2")  # at step 7, so 5 effective steps were discarded
         assert state.max_steps == ctl.length.max_steps == 20 + added and ctl.length.replayed == added
         assert rollback.endswith(f"{added} step(s) added to train again") == bool(added)
@@ -430,7 +505,12 @@ def test_at_its_ceiling_eval_accuracy_is_no_reason_to_skip_a_rollback_that_can_b
     # (accuracy that holds, planned steps or None when the trainer's state is out of reach, rolled back?)
     for accuracy, max_steps, rolled_back in ((1.0, 20, True), (1.0, None, False), (0.5, 20, False)):
         state = TrainerState(max_steps=max_steps) if max_steps else None
-        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), state=state, rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high"))
+        ctl, _ = _controller(
+            ScriptedDetector({6: 1.5, 7: 1.5}),
+            state=state,
+            rollback_needs_regression=True,
+            diagnoser=FixedDiagnoser("lr_high"),
+        )
         for s in range(1, 10):
             ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=accuracy, kl=0.01), [])
         assert ctl.counts["rollbacks"] == int(rolled_back), (accuracy, max_steps)
@@ -443,12 +523,16 @@ def test_eval_accuracy_well_below_its_best_since_the_checkpoint_is_a_regression_
 
     # the alarm at step 7 rolls back to checkpoint 2 (accuracy 0.3); the run climbed to 0.8 by step 5
     for dip, rolled_back in ((0.5, True), (0.75, False)):
-        ctl, _ = _controller(ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high"))
+        ctl, _ = _controller(
+            ScriptedDetector({6: 1.5, 7: 1.5}), rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high")
+        )
         curve = {1: 0.2, 2: 0.3, 3: 0.5, 4: 0.7, 5: 0.8, 6: dip, 7: dip}
         for s in range(1, 10):
             ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=curve.get(s, dip), kl=0.01), [])
         assert ctl.counts["interventions"] == 1 and ctl.counts["rollbacks"] == int(rolled_back), dip
-        detail = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        detail = [
+            e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"
+        ][0]
         assert detail.startswith("to step 2") if rolled_back else detail.startswith("skipped")
 
 
@@ -459,14 +543,23 @@ def test_a_rung_undoing_a_push_the_checkpoint_predates_rolls_back_even_while_acc
 
     for max_steps, rolled_back in ((20, True), (None, False)):
         state = TrainerState(max_steps=max_steps) if max_steps else None
-        ctl, rec = _controller(ScriptedDetector({7: 1.5, 8: 1.5}), state=state, rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_low"))
+        ctl, rec = _controller(
+            ScriptedDetector({7: 1.5, 8: 1.5}),
+            state=state,
+            rollback_needs_regression=True,
+            diagnoser=FixedDiagnoser("lr_low"),
+        )
         for s in range(1, 11):
             if s == 4:  # a configuration push: the LR drops 100x; eval accuracy stays flat
                 ctl.handle.set("learning_rate", 1e-5)
             ctl.observe(rec(s), [])
-        rollback = [e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"][0]
+        rollback = [
+            e["payload"]["detail"] for e in ctl.store.events(kind="action") if e["payload"]["kind"] == "rollback"
+        ][0]
         assert ctl.counts["rollbacks"] == int(rolled_back), max_steps
-        assert rollback.startswith("to step 3" if rolled_back else "skipped"), rollback  # checkpoint 3 predates the push
+        assert rollback.startswith("to step 3" if rolled_back else "skipped"), (
+            rollback
+        )  # checkpoint 3 predates the push
         assert ctl.handle.get("learning_rate") == pytest.approx(1e-3)
 
 
@@ -497,7 +590,9 @@ def test_a_knob_pushed_mid_run_is_undone_even_when_every_checkpoint_postdates_it
 
 
 def test_after_a_pushed_knob_is_undone_its_lingering_deviations_are_lag_not_new_symptoms():
-    det = EvidenceDetector({8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",), 15: ("kl",), 17: ("entropy",), 18: ("entropy",)})
+    det = EvidenceDetector(
+        {8: ("kl",), 9: ("kl",), 13: ("kl",), 14: ("kl",), 15: ("kl",), 17: ("entropy",), 18: ("entropy",)}
+    )
     # (lr_high, so that the new incident's rung changes a knob: an lr_low rung finds the LR back at its ceiling)
     ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"))
     for s in range(1, 16):
@@ -537,7 +632,7 @@ def test_an_lr_schedule_is_not_a_knob_push_but_a_new_peak_lr_is():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))  # decays every step
     ctl = Controller(ScriptedDetector({}), None, run_id="u", config=ControllerConfig(checkpoint_every=1))
     ctl.start(TrainerHandle(model=model, optimizer=opt, scheduler=sched, control=TrainerControl()))
-    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)
     for s in range(1, 6):
         opt.step()
         sched.step()
@@ -560,9 +655,17 @@ def test_after_a_knob_push_one_alarm_is_enough_to_act():
 
 def test_a_rollback_target_already_pruned_falls_back_to_the_oldest_checkpoint_kept():
     det = ScriptedDetector({})
-    det.observe = lambda rec, t: (  # noqa: E731
-        Alarm(run_id="u", step=rec.step, score=5.0, threshold=1.0,
-              evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=5)]) if rec.step == 9 else None)
+    det.observe = lambda rec, t: (
+        Alarm(
+            run_id="u",
+            step=rec.step,
+            score=5.0,
+            threshold=1.0,
+            evidence=[SignalEvidence(signal="kl", direction="up", z=5.0, since_step=5)],
+        )
+        if rec.step == 9
+        else None
+    )
     ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"))
     ctl.checkpointer.keep = 2
     for s in range(1, 11):
@@ -576,14 +679,21 @@ def test_a_used_up_knob_ladder_halts_only_when_eval_accuracy_fell():
     from rftfm.records import StepRecord
 
     for falling, halted in ((False, False), (True, True)):
-        ctl, _ = _controller(ScriptedDetector({s: 1.5 for s in range(4, 30)}), rollback_needs_regression=True, diagnoser=FixedDiagnoser("lr_high"))
+        ctl, _ = _controller(
+            ScriptedDetector({s: 1.5 for s in range(4, 30)}),
+            rollback_needs_regression=True,
+            diagnoser=FixedDiagnoser("lr_high"),
+        )
         for s in range(1, 30):
             accuracy = 0.2 if falling and s >= 4 else 0.5
             ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=accuracy, kl=0.01), [])
         assert (ctl.mode == "halted") == halted
         if not halted:
             assert ctl.mode == "alert_only"
-            assert any("no halt while eval accuracy holds" in e["payload"]["action"]["reason"] for e in ctl.store.events(kind="outcome"))
+            assert any(
+                "no halt while eval accuracy holds" in e["payload"]["action"]["reason"]
+                for e in ctl.store.events(kind="outcome")
+            )
 
 
 def test_a_code_fault_diagnosed_with_confidence_halts_while_accuracy_holds():  # (FixedDiagnoser: p = 0.9)
@@ -616,12 +726,31 @@ def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tm
         return [float(c.strip() == str(a)) for c, a in zip(completions, answer)]
 
     def run(name, callbacks=()):
-        config = GRPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=8, num_generations=4, max_steps=8,
-                            learning_rate=3e-4, lr_scheduler_type="constant", max_completion_length=8, logging_steps=1,
-                            save_strategy="no", report_to="none", use_cpu=True, seed=5, data_seed=5, disable_tqdm=True,
-                            dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32})
-        trainer = UserTrainer(model=str(warm_start_path("arith_a", "xs")), args=config, reward_funcs=[exact_answer],
-                              train_dataset=dataset, processing_class=build_tokenizer())
+        config = GRPOConfig(
+            output_dir=str(tmp_path / name),
+            per_device_train_batch_size=8,
+            num_generations=4,
+            max_steps=8,
+            learning_rate=3e-4,
+            lr_scheduler_type="constant",
+            max_completion_length=8,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=5,
+            data_seed=5,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            model_init_kwargs={"dtype": torch.float32},
+        )
+        trainer = UserTrainer(
+            model=str(warm_start_path("arith_a", "xs")),
+            args=config,
+            reward_funcs=[exact_answer],
+            train_dataset=dataset,
+            processing_class=build_tokenizer(),
+        )
         for cb in callbacks:
             cb.bind(trainer)
             trainer.add_callback(cb)
@@ -629,8 +758,12 @@ def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tm
         return trainer
 
     plain = run("plain")
-    callback = RFTFMCallback(detector=OnsetAlarm(2), diagnoser=None, remediator=RollbackOnly(),
-                             config=ControllerConfig(rollback_needs_regression=False))
+    callback = RFTFMCallback(
+        detector=OnsetAlarm(2),
+        diagnoser=None,
+        remediator=RollbackOnly(),
+        config=ControllerConfig(rollback_needs_regression=False),
+    )
     resumed = run("resumed", [callback])
     assert callback.setup_error is None, callback.setup_error
     rollback = [e["payload"] for e in callback.controller.store.events(kind="action")][0]

@@ -38,8 +38,11 @@ class Fixed:
 
     def diagnose(self, history, run_id, step, task_group=None, model_size=None):
         ftype = FAULT_TYPES[self.fault_type]
-        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family=ftype.family, fault_type=self.fault_type,
-                                                                      probability=self.p)])
+        return Diagnosis(
+            run_id=run_id,
+            step=step,
+            ranked=[Hypothesis(family=ftype.family, fault_type=self.fault_type, probability=self.p)],
+        )
 
 
 def controller(alarms, fault_type, p=0.9, eval_fn=None, scheduler=None, **config):
@@ -47,8 +50,12 @@ def controller(alarms, fault_type, p=0.9, eval_fn=None, scheduler=None, **config
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     cfg = ControllerConfig(**{"checkpoint_every": 1, **config})
     ctl = Controller(Alarms(alarms), Fixed(fault_type, p), run_id="u", config=cfg, eval_fn=eval_fn)
-    ctl.start(TrainerHandle(model=model, optimizer=opt, scheduler=scheduler, control=TrainerControl(),
-                            state=TrainerState(max_steps=40)), max_steps=40)
+    ctl.start(
+        TrainerHandle(
+            model=model, optimizer=opt, scheduler=scheduler, control=TrainerControl(), state=TrainerState(max_steps=40)
+        ),
+        max_steps=40,
+    )
     return ctl
 
 
@@ -116,7 +123,7 @@ def test_checkpoints_follow_the_logged_steps_when_the_trainer_logs_every_few_ste
     ctl = controller([], "lr_high", checkpoint_every=2)
     for s in (5, 10, 15, 20):  # logging_steps = 5
         ctl.observe(StepRecord(run_id="u", step=s, kl=0.01), [])
-    assert ctl.checkpointer.steps() == [0, 5, 10, 15, 20][-ctl.checkpointer.keep:]
+    assert ctl.checkpointer.steps() == [0, 5, 10, 15, 20][-ctl.checkpointer.keep :]
 
 
 def test_setting_the_lr_during_warm_up_scales_the_lr_in_use_and_sets_the_peak():

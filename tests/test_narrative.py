@@ -10,19 +10,69 @@ from rftfm.fm.types import Action, Alarm, Diagnosis, Hypothesis, Outcome, Signal
 def lr_push_run() -> MemoryIncidentStore:
     store = MemoryIncidentStore()
     store.record("run", "r", 0, {"event": "start", "mode": "watching", "eval_every": None})
-    store.record("alarm", "r", 39, Alarm(run_id="r", step=39, score=3.0, threshold=1.0,
-                                         evidence=[SignalEvidence(signal="kl", direction="up", z=6.0)]))
-    store.record("diagnosis", "r", 39, Diagnosis(run_id="r", step=39, summary="lr_high since step 31: KL x40",
-                                                 ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)]))
-    store.record("action", "r", 39, {**Action(kind="rollback", reason="a trainer knob changed since the last healthy "
-                                              "checkpoint").model_dump(), "detail": "to step 28; 11 step(s) added"})
-    store.record("action", "r", 39, {**Action(kind="set_knob", knob="learning_rate", value=3e-4, previous=9e-3,
-                                              reason="restore learning_rate: changed since the last healthy checkpoint")
-                                     .model_dump(), "detail": "0.009 -> 0.0003"})
-    store.record("outcome", "r", 42, Outcome(action=Action(kind="rung", reason="knob_drift"), result="kept",
-                                             detail="no alarm for 3 steps"))
-    store.record("run", "r", 91, {"event": "end", "mode": "watching", "replayed": 11, "monitor_seconds": 2.9,
-                                  "wall_seconds": 30.0, "accuracy_steps": 0, "evaluations": 0})
+    store.record(
+        "alarm",
+        "r",
+        39,
+        Alarm(
+            run_id="r", step=39, score=3.0, threshold=1.0, evidence=[SignalEvidence(signal="kl", direction="up", z=6.0)]
+        ),
+    )
+    store.record(
+        "diagnosis",
+        "r",
+        39,
+        Diagnosis(
+            run_id="r",
+            step=39,
+            summary="lr_high since step 31: KL x40",
+            ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+        ),
+    )
+    store.record(
+        "action",
+        "r",
+        39,
+        {
+            **Action(kind="rollback", reason="a trainer knob changed since the last healthy checkpoint").model_dump(),
+            "detail": "to step 28; 11 step(s) added",
+        },
+    )
+    store.record(
+        "action",
+        "r",
+        39,
+        {
+            **Action(
+                kind="set_knob",
+                knob="learning_rate",
+                value=3e-4,
+                previous=9e-3,
+                reason="restore learning_rate: changed since the last healthy checkpoint",
+            ).model_dump(),
+            "detail": "0.009 -> 0.0003",
+        },
+    )
+    store.record(
+        "outcome",
+        "r",
+        42,
+        Outcome(action=Action(kind="rung", reason="knob_drift"), result="kept", detail="no alarm for 3 steps"),
+    )
+    store.record(
+        "run",
+        "r",
+        91,
+        {
+            "event": "end",
+            "mode": "watching",
+            "replayed": 11,
+            "monitor_seconds": 2.9,
+            "wall_seconds": 30.0,
+            "accuracy_steps": 0,
+            "evaluations": 0,
+        },
+    )
     return store
 
 
@@ -39,8 +89,19 @@ def test_a_repaired_push_is_told_with_its_cost_and_what_to_look_at():
 def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     store = MemoryIncidentStore()
     store.record("run", "q", 0, {"event": "start", "mode": "watching", "eval_every": 10})
-    store.record("run", "q", 80, {"event": "end", "mode": "watching", "accuracy_steps": 9, "evaluations": 9,
-                                  "eval_seconds": 1.5, "monitor_seconds": 0.4})
+    store.record(
+        "run",
+        "q",
+        80,
+        {
+            "event": "end",
+            "mode": "watching",
+            "accuracy_steps": 9,
+            "evaluations": 9,
+            "eval_seconds": 1.5,
+            "monitor_seconds": 0.4,
+        },
+    )
     quiet = narrate(store.events())
     assert "no alarm" in quiet and "Done: nothing." in quiet and "9 held-out evaluation(s) taking 1.5 s" in quiet
     assert "every 10 steps" in quiet
@@ -50,8 +111,12 @@ def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     assert "alert-only: the loop does not act" in narrate(store.events())
     store = MemoryIncidentStore()
     store.record("run", "h", 0, {"event": "start", "mode": "watching"})
-    store.record("diagnosis", "h", 3, Diagnosis(run_id="h", step=3, ranked=[Hypothesis(
-        family="ca", fault_type="advantage_sign", probability=0.95)]))
+    store.record(
+        "diagnosis",
+        "h",
+        3,
+        Diagnosis(run_id="h", step=3, ranked=[Hypothesis(family="ca", fault_type="advantage_sign", probability=0.95)]),
+    )
     store.record("action", "h", 3, {"kind": "halt", "detail": "stop requested"})
     store.record("run", "h", 3, {"event": "end", "mode": "halted"})
     halted = narrate(store.events())

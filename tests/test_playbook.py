@@ -17,7 +17,9 @@ def diagnosis(fault_type: str | None, p: float = 0.9) -> Diagnosis:
     if fault_type is None:
         return Diagnosis(run_id="r", step=5, ranked=[], unknown=True)
     fam = FAULT_TYPES[fault_type].family
-    return Diagnosis(run_id="r", step=5, ranked=[Hypothesis(family=fam, fault_type=fault_type, probability=p)], summary="s")
+    return Diagnosis(
+        run_id="r", step=5, ranked=[Hypothesis(family=fam, fault_type=fault_type, probability=p)], summary="s"
+    )
 
 
 def test_every_registry_type_has_a_consistent_ladder():
@@ -90,14 +92,25 @@ def test_capabilities_filter_rungs():
 
 
 def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_diagnosis():
-    assert Remediator(min_confidence=0.5).plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3},
-                                               {"learning_rate": 1e-3}) is None  # no blind intervention by default
+    assert (
+        Remediator(min_confidence=0.5).plan(
+            diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3}
+        )
+        is None
+    )  # no blind intervention by default
     rem = Remediator(min_confidence=0.5, blind_interventions=1)
     plan = rem.plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3})
     assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)  # nothing drifted: halve
-    drifted = Remediator().plan(diagnosis(None), ALL, {"learning_rate": 1e-3, "temperature": 2.2, "beta": 0.04},
-                                {"learning_rate": 1e-3, "temperature": 1.0, "beta": 0.04})
-    assert [(a.kind, a.knob, a.value) for a in drifted.actions] == [("rollback", None, None), ("set_knob", "temperature", 1.0)]
+    drifted = Remediator().plan(
+        diagnosis(None),
+        ALL,
+        {"learning_rate": 1e-3, "temperature": 2.2, "beta": 0.04},
+        {"learning_rate": 1e-3, "temperature": 1.0, "beta": 0.04},
+    )
+    assert [(a.kind, a.knob, a.value) for a in drifted.actions] == [
+        ("rollback", None, None),
+        ("set_knob", "temperature", 1.0),
+    ]
     generic = Remediator(generic=True, max_interventions=3)
     for _ in range(3):
         plan = generic.plan(diagnosis("sampling_temperature"), ALL, {"learning_rate": 1e-3, "temperature": 2.2}, {})
@@ -155,7 +168,10 @@ def test_new_knob_rungs_resolve_to_concrete_values():
     rem = Remediator()
     knobs = {"tool_retries": 0, "learning_rate": 1e-3}
     first = rem.plan(diagnosis("tool_failure"), ALL, knobs, knobs)
-    assert [(a.kind, a.knob, a.value) for a in first.actions] == [("rollback", None, None), ("set_knob", "tool_retries", 3)]
+    assert [(a.kind, a.knob, a.value) for a in first.actions] == [
+        ("rollback", None, None),
+        ("set_knob", "tool_retries", 3),
+    ]
     second = rem.plan(diagnosis("tool_failure"), ALL, {**knobs, "tool_retries": 3}, {**knobs, "tool_retries": 3})
     assert second.actions[-1].value == 9
     noisy = Remediator().plan(diagnosis("reward_noise"), ALL, {"reward_samples": 1}, {"reward_samples": 1})
@@ -163,18 +179,26 @@ def test_new_knob_rungs_resolve_to_concrete_values():
     rem = Remediator()
     zero = rem.plan(diagnosis("zero_variance"), ALL, {"dynamic_sampling_rounds": 0}, {"dynamic_sampling_rounds": 0})
     assert {(a.knob, a.value) for a in zero.actions if a.knob} == {("dynamic_sampling_rounds", 16)}
-    more = rem.plan(diagnosis("zero_variance"), ALL, {"dynamic_sampling_rounds": 16}, {"dynamic_sampling_rounds": 0}, escalate=True)
+    more = rem.plan(
+        diagnosis("zero_variance"), ALL, {"dynamic_sampling_rounds": 16}, {"dynamic_sampling_rounds": 0}, escalate=True
+    )
     assert more.actions[-1].knob == "dynamic_sampling_rounds" and more.actions[-1].value == 32
 
 
 def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():
     ceilings = {"learning_rate": 3e-4}
-    low = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 1e-4}, {"learning_rate": 1e-4}, ceilings=ceilings)
+    low = Remediator().plan(
+        diagnosis("lr_low"), ALL, {"learning_rate": 1e-4}, {"learning_rate": 1e-4}, ceilings=ceilings
+    )
     assert low.actions[-1].value == pytest.approx(3e-4)  # x30 asked, the configured LR is the most it gets
-    already = Remediator().plan(diagnosis("lr_low"), ALL, {"learning_rate": 5e-4}, {"learning_rate": 5e-4}, ceilings=ceilings)
+    already = Remediator().plan(
+        diagnosis("lr_low"), ALL, {"learning_rate": 5e-4}, {"learning_rate": 5e-4}, ceilings=ceilings
+    )
     # above the ceiling already: never lowered by a "raise" (the change would leave it as it is: no action)
     assert already.unchanged == ["learning_rate"] and all(a.kind != "set_knob" for a in already.actions)
-    high = Remediator().plan(diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings)
+    high = Remediator().plan(
+        diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings
+    )
     assert high.actions[-1].value == pytest.approx(9e-4)
 
 

@@ -46,8 +46,14 @@ def test_the_rollback_checkpoint_predates_the_rollouts_of_the_first_deviating_st
 
 
 def incident(**kw) -> NewIncident:
-    facts = {"step": 10, "explained_by_diagnosis": True, "drifted": False, "unexplained_alarms": 1,
-             "blind_budget_used": False, "max_steps": 30}
+    facts = {
+        "step": 10,
+        "explained_by_diagnosis": True,
+        "drifted": False,
+        "unexplained_alarms": 1,
+        "blind_budget_used": False,
+        "max_steps": 30,
+    }
     return NewIncident(**{**facts, **kw})
 
 
@@ -82,8 +88,13 @@ def test_no_repair_starts_when_fewer_steps_remain_than_its_revalidation_needs():
 
 
 def halt(**kw) -> HaltCase:
-    facts = {"fault_type": "lr_high", "code_fault": False, "probability": 0.9, "accuracy_then": 0.5,
-             "accuracy_now": 0.3}
+    facts = {
+        "fault_type": "lr_high",
+        "code_fault": False,
+        "probability": 0.9,
+        "accuracy_then": 0.5,
+        "accuracy_now": 0.3,
+    }
     return HaltCase(**{**facts, **kw})
 
 
@@ -110,8 +121,14 @@ def test_a_code_fault_halts_on_a_confident_diagnosis_or_a_measured_fall():
 def test_the_probability_of_a_diagnosed_type():
     from rftfm.fm.types import Diagnosis, Hypothesis
 
-    d = Diagnosis(run_id="r", step=3, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.7),
-                                             Hypothesis(family="ca", fault_type="advantage_sign", probability=0.2)])
+    d = Diagnosis(
+        run_id="r",
+        step=3,
+        ranked=[
+            Hypothesis(family="od", fault_type="lr_high", probability=0.7),
+            Hypothesis(family="ca", fault_type="advantage_sign", probability=0.2),
+        ],
+    )
     assert policy.probability_of(d, "advantage_sign") == 0.2
     assert policy.probability_of(d, "tool_failure") is None and policy.probability_of(None, "lr_high") is None
 
@@ -131,12 +148,18 @@ def test_the_accuracy_of_a_checkpoint_between_evaluations_is_the_one_before_it()
 
 def test_knob_changes_the_loop_did_not_make_are_pushes_and_its_own_are_not():
     seen = {"learning_rate": 1e-3, "beta": 0.04}
-    assert policy.new_pushes({"learning_rate": 1e-5, "beta": 0.04}, seen, {}, {}, 7, CFG) == {"learning_rate": (7, 1e-3)}
+    assert policy.new_pushes({"learning_rate": 1e-5, "beta": 0.04}, seen, {}, {}, 7, CFG) == {
+        "learning_rate": (7, 1e-3)
+    }
     assert policy.new_pushes({"learning_rate": 5e-4, "beta": 0.04}, seen, {"learning_rate": 5e-4}, {}, 7, CFG) == {}
     # pushed again within the drift window: the first push (and the value before it) stands
-    assert policy.new_pushes({"learning_rate": 1e-6}, {"learning_rate": 1e-5}, {}, {"learning_rate": (7, 1e-3)}, 9, CFG) == {}
-    assert policy.new_pushes({"learning_rate": 1e-6}, {"learning_rate": 1e-5}, {}, {"learning_rate": (7, 1e-3)}, 19, CFG) \
-        == {"learning_rate": (19, 1e-5)}
+    assert (
+        policy.new_pushes({"learning_rate": 1e-6}, {"learning_rate": 1e-5}, {}, {"learning_rate": (7, 1e-3)}, 9, CFG)
+        == {}
+    )
+    assert policy.new_pushes(
+        {"learning_rate": 1e-6}, {"learning_rate": 1e-5}, {}, {"learning_rate": (7, 1e-3)}, 19, CFG
+    ) == {"learning_rate": (19, 1e-5)}
 
 
 def test_healthy_knob_values_undo_recent_pushes_and_keep_the_loops_own_repairs():
@@ -150,7 +173,9 @@ def test_healthy_knob_values_undo_recent_pushes_and_keep_the_loops_own_repairs()
 
 def test_after_a_repair_upstream_evidence_and_the_lag_of_an_undone_push_are_explained():
     up = policy.explained
-    assert up([ev("grad_norm", 3.8), ev("entropy", -0.3)], "zero_variance", Lag(), None, CFG) == "the known upstream cause"
+    assert (
+        up([ev("grad_norm", 3.8), ev("entropy", -0.3)], "zero_variance", Lag(), None, CFG) == "the known upstream cause"
+    )
     assert up([ev("grad_norm", 3.8), ev("entropy", -2.5)], "zero_variance", Lag(), None, CFG) is None
     assert up([ev("entropy", 0.5)], "zero_variance", Lag(), None, CFG) is None
     assert up([ev("grad_norm", 1.5)], "zero_variance", Lag(), None, CFG) is not None  # only weak evidence: all of it
@@ -165,7 +190,9 @@ def test_after_a_repair_upstream_evidence_and_the_lag_of_an_undone_push_are_expl
 def test_the_lag_to_expect_is_set_only_by_a_rung_that_undid_a_pushed_knob():
     actions = [Action(kind="rollback"), Action(kind="set_knob", knob="learning_rate", value=1e-3)]
     evidence = [(5, frozenset({("kl", "up")})), (9, frozenset({("entropy", "down")})), (10, frozenset({("kl", "up")}))]
-    lag = policy.lag_after(actions, True, {"learning_rate": (4, 1e-3)}, evidence, incident_start=10, accuracy=0.4, cfg=CFG)
+    lag = policy.lag_after(
+        actions, True, {"learning_rate": (4, 1e-3)}, evidence, incident_start=10, accuracy=0.4, cfg=CFG
+    )
     assert lag == Lag(frozenset({("kl", "up"), ("entropy", "down")}), 0.4)
     assert policy.lag_after(actions, False, {"learning_rate": (4, 1e-3)}, evidence, 10, 0.4, CFG) is None
     assert policy.lag_after(actions, True, {}, evidence, 10, 0.4, CFG) is None
@@ -191,8 +218,14 @@ def test_a_rung_undoing_a_push_the_checkpoint_predates_resumes_before_it():
 
 
 def case(**kw) -> RollbackCase:
-    facts = {"halt_rung": False, "accuracy_then": 0.5, "accuracy_now": 0.5, "peak": 0.5, "replayable": True,
-             "undoes_earlier_push": False}
+    facts = {
+        "halt_rung": False,
+        "accuracy_then": 0.5,
+        "accuracy_now": 0.5,
+        "peak": 0.5,
+        "replayable": True,
+        "undoes_earlier_push": False,
+    }
     return RollbackCase(**{**facts, **kw})
 
 

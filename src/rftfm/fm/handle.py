@@ -7,7 +7,8 @@ and switches to a backup verifier or tool the user registered. It never reaches 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,9 +26,18 @@ class TrainerHandle:
     (then only the learning rate, rollback and halt are available).
     """
 
-    def __init__(self, trainer: Any = None, *, model: Any = None, optimizer: Any = None, scheduler: Any = None,
-                 control: Any = None, state: Any = None, backup_verifier: Callable[..., list[float]] | None = None,
-                 backup_tool: Callable[..., Any] | None = None):
+    def __init__(
+        self,
+        trainer: Any = None,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        control: Any = None,
+        state: Any = None,
+        backup_verifier: Callable[..., list[float]] | None = None,
+        backup_tool: Callable[..., Any] | None = None,
+    ):
         self.trainer = trainer
         self._model, self._optimizer, self._scheduler, self.control = model, optimizer, scheduler, control
         self._state = state
@@ -49,8 +59,9 @@ class TrainerHandle:
     def state(self) -> Any:
         return getattr(self.trainer, "state", None) if self.trainer is not None else self._state
 
-    def update(self, model: Any = None, optimizer: Any = None, scheduler: Any = None, control: Any = None,
-               state: Any = None) -> None:
+    def update(
+        self, model: Any = None, optimizer: Any = None, scheduler: Any = None, control: Any = None, state: Any = None
+    ) -> None:
         self._model = model if model is not None else self._model
         self._optimizer = optimizer if optimizer is not None else self._optimizer
         self._scheduler = scheduler if scheduler is not None else self._scheduler
@@ -82,8 +93,12 @@ class TrainerHandle:
         backups = {k for k, v in (("verifier", self.backup_verifier), ("tool", self.backup_tool)) if v is not None}
         if "tool" in backups and not hasattr(self.trainer, "tool"):
             backups.discard("tool")  # the trainer exposes no tool slot to switch
-        return Capabilities(knobs=frozenset(self.knob_names()), rollback=self.model is not None,
-                            halt=self.control is not None or self.trainer is not None, backups=frozenset(backups))
+        return Capabilities(
+            knobs=frozenset(self.knob_names()),
+            rollback=self.model is not None,
+            halt=self.control is not None or self.trainer is not None,
+            backups=frozenset(backups),
+        )
 
     def knobs(self) -> dict[str, Any]:
         """Every knob this trainer can read and set, with its value (one pass: the loop reads them each step)."""

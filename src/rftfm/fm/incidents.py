@@ -80,8 +80,14 @@ def _checked_kind(kind: str) -> str:
 class IncidentLog(Protocol):
     """What the loop, the watcher and the report need of an incident store."""
 
-    def record(self, kind: str, run_id: str, step: int | None, payload: BaseModel | dict[str, Any] | None,
-               time_s: float | None = None) -> int: ...
+    def record(
+        self,
+        kind: str,
+        run_id: str,
+        step: int | None,
+        payload: BaseModel | dict[str, Any] | None,
+        time_s: float | None = None,
+    ) -> int: ...
 
     def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]: ...
 
@@ -126,8 +132,13 @@ class IncidentStore:
     ) -> int:
         """Store one event; returns its row id (unique within its kind's table)."""
         table = _checked_kind(kind)
-        row = (str(run_id), None if step is None else int(step), time.time() if time_s is None else float(time_s), kind,
-               _payload_json(payload))
+        row = (
+            str(run_id),
+            None if step is None else int(step),
+            time.time() if time_s is None else float(time_s),
+            kind,
+            _payload_json(payload),
+        )
         with self._lock:
             cursor = self._conn.execute(
                 f"INSERT INTO {table} (run_id, step, time, kind, payload) VALUES (?, ?, ?, ?, ?)", row
@@ -151,14 +162,27 @@ class IncidentStore:
                 parsed = json.loads(payload)
             except json.JSONDecodeError:  # pragma: no cover - only if someone wrote the file by hand
                 parsed = {"raw": payload}
-            out.append({"id": row_id, "kind": row_kind or _TABLE_KIND[table], "run_id": rid, "step": step, "time": t, "payload": parsed})
+            out.append(
+                {
+                    "id": row_id,
+                    "kind": row_kind or _TABLE_KIND[table],
+                    "run_id": rid,
+                    "step": step,
+                    "time": t,
+                    "payload": parsed,
+                }
+            )
         return out
 
     def run_ids(self) -> list[str]:
         """Every run id that has at least one event, in first-seen order."""
-        query = " UNION ALL ".join(f"SELECT run_id, MIN(time) AS t FROM {t} GROUP BY run_id" for t in KIND_TABLES.values())
+        query = " UNION ALL ".join(
+            f"SELECT run_id, MIN(time) AS t FROM {t} GROUP BY run_id" for t in KIND_TABLES.values()
+        )
         with self._lock:
-            rows = self._conn.execute(f"SELECT run_id, MIN(t) FROM ({query}) GROUP BY run_id ORDER BY MIN(t)").fetchall()
+            rows = self._conn.execute(
+                f"SELECT run_id, MIN(t) FROM ({query}) GROUP BY run_id ORDER BY MIN(t)"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def close(self) -> None:
@@ -179,20 +203,36 @@ class MemoryIncidentStore:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def record(self, kind: str, run_id: str, step: int | None, payload: BaseModel | dict[str, Any] | None,
-               time_s: float | None = None) -> int:
+    def record(
+        self,
+        kind: str,
+        run_id: str,
+        step: int | None,
+        payload: BaseModel | dict[str, Any] | None,
+        time_s: float | None = None,
+    ) -> int:
         _checked_kind(kind)
-        self.rows.append({"id": len(self.rows) + 1, "kind": kind, "run_id": str(run_id),
-                          "step": None if step is None else int(step),
-                          "time": time.time() if time_s is None else float(time_s),
-                          "payload": json.loads(_payload_json(payload))})
+        self.rows.append(
+            {
+                "id": len(self.rows) + 1,
+                "kind": kind,
+                "run_id": str(run_id),
+                "step": None if step is None else int(step),
+                "time": time.time() if time_s is None else float(time_s),
+                "payload": json.loads(_payload_json(payload)),
+            }
+        )
         return len(self.rows)
 
     def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored events, in the order they were recorded."""
         if kind is not None:
             _checked_kind(kind)
-        return [dict(r) for r in self.rows if (run_id is None or r["run_id"] == run_id) and (kind is None or r["kind"] == kind)]
+        return [
+            dict(r)
+            for r in self.rows
+            if (run_id is None or r["run_id"] == run_id) and (kind is None or r["kind"] == kind)
+        ]
 
     def run_ids(self) -> list[str]:
         return list(dict.fromkeys(r["run_id"] for r in self.rows))

@@ -14,8 +14,9 @@ import math
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from rftfm.fm import policy
 from rftfm.fm.incidents import IncidentLog
@@ -38,8 +39,16 @@ class Journal:
 
     def __init__(self, store: IncidentLog, run_id: str, max_history: int):
         self.store, self.run_id = store, run_id
-        self.counts = {"alarms": 0, "explained_alarms": 0, "diagnoses": 0, "actions": 0, "interventions": 0,
-                       "rollbacks": 0, "errors": 0, "checkpoints": 0}
+        self.counts = {
+            "alarms": 0,
+            "explained_alarms": 0,
+            "diagnoses": 0,
+            "actions": 0,
+            "interventions": 0,
+            "rollbacks": 0,
+            "errors": 0,
+            "checkpoints": 0,
+        }
         self.outcomes: deque[Outcome] = deque(maxlen=max_history)
         self.timeline: deque[tuple[int, str, str]] = deque(maxlen=max_history)  # (step, kind, text)
 
@@ -61,20 +70,32 @@ class Journal:
             self.note(step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: {signals}")
             return
         self.counts["explained_alarms"] += 1
-        self.record("alarm", step, {**alarm.model_dump(mode="json"), "explained_by": explained_by,
-                                    "explanation": explanation})
+        self.record(
+            "alarm", step, {**alarm.model_dump(mode="json"), "explained_by": explained_by, "explanation": explanation}
+        )
         self.note(step, "alarm", f"{signals}: {explanation} ({explained_by}), not acted on")
 
     def action(self, step: int, action: Action, detail: str, plan: Plan) -> None:
-        self.record("action", step, {**action.model_dump(mode="json"), "detail": detail, "rung": plan.rung_index,
-                                     "fault_type": plan.fault_type})
+        self.record(
+            "action",
+            step,
+            {
+                **action.model_dump(mode="json"),
+                "detail": detail,
+                "rung": plan.rung_index,
+                "fault_type": plan.fault_type,
+            },
+        )
         self.note(step, "action", " ".join(p for p in (action.kind, action.knob, detail) if p))
 
     def held(self, step: int, hold: policy.Hold) -> None:
         """An alarm reported, not acted on."""
         if hold.reason:
-            self.record("outcome", step, Outcome(action=Action(kind="none", reason=hold.reason), result="failed",
-                                                 detail=hold.detail))
+            self.record(
+                "outcome",
+                step,
+                Outcome(action=Action(kind="none", reason=hold.reason), result="failed", detail=hold.detail),
+            )
         self.note(step, hold.timeline_kind, hold.note)
 
     def outcome(self, step: int, plan: Plan, result: str, detail: str) -> None:
@@ -88,8 +109,16 @@ class Journal:
     def error(self, stage: str, step: int, exc: BaseException, **extra: Any) -> None:
         self.counts["errors"] += 1
         if self.counts["errors"] <= MAX_ERROR_RECORDS:
-            self.record("error", step, {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
-                                        "traceback": traceback.format_exc(limit=6), **extra})
+            self.record(
+                "error",
+                step,
+                {
+                    "stage": stage,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=6),
+                    **extra,
+                },
+            )
         self.note(step, "error", f"{stage}: {type(exc).__name__}: {exc}")
 
 
@@ -114,8 +143,9 @@ class KnobLedger:
         self.seen = current
         return new
 
-    def healthy(self, checkpoint_knobs: dict[str, Any], incident_start: int,
-                cfg: policy.ControllerConfig) -> dict[str, Any]:
+    def healthy(
+        self, checkpoint_knobs: dict[str, Any], incident_start: int, cfg: policy.ControllerConfig
+    ) -> dict[str, Any]:
         return policy.healthy_knobs(checkpoint_knobs, self.pushes, self.by_loop, incident_start, cfg)
 
     def pushed_from(self) -> dict[str, Any]:
@@ -152,8 +182,12 @@ class RunLength:
 
     def can_extend(self, cfg: policy.ControllerConfig, trainer_state: Any) -> bool:
         """Replays are on, the planned length is known and the trainer's state (which holds it) is in reach."""
-        return (cfg.replay_rollbacks and trainer_state is not None and self.max_steps is not None
-                and bool(self.planned_steps))
+        return (
+            cfg.replay_rollbacks
+            and trainer_state is not None
+            and self.max_steps is not None
+            and bool(self.planned_steps)
+        )
 
     def budget(self, cfg: policy.ControllerConfig) -> int:
         return policy.replay_budget(self.planned_steps, self.replayed, cfg)
@@ -170,8 +204,13 @@ class HeldOut:
     the start, every ``every`` steps and whenever a decision needs the current accuracy (timed).
     ``model()`` gives the model to evaluate (the trainer's, once the loop is bound to one)."""
 
-    def __init__(self, max_history: int, eval_fn: Callable[[Any], float] | None = None, every: int = 10,
-                 model: Callable[[], Any] = lambda: None):
+    def __init__(
+        self,
+        max_history: int,
+        eval_fn: Callable[[Any], float] | None = None,
+        every: int = 10,
+        model: Callable[[], Any] = lambda: None,
+    ):
         self.at: dict[int, float | None] = {}
         self.max_history, self.eval_fn, self.every, self.model = max_history, eval_fn, max(1, every), model
         self.evaluations, self.seconds, self.seen = 0, 0.0, 0  # eval_fn calls, their time, steps with an accuracy

@@ -9,8 +9,9 @@ evaluation reads its confirmation rule from here too.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from rftfm.fm.playbook import UPSTREAM_SIGNALS
 from rftfm.fm.types import Action, Diagnosis, SignalEvidence
@@ -81,12 +82,14 @@ def confirmed(alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConf
 def pushed_recently(pushes: Pushes, knobs_now: Mapping[str, Any], step: int, cfg: ControllerConfig) -> bool:
     """A knob the loop did not turn changed within ``drift_window`` steps and still has the pushed value:
     a suspect for any alarm, so one alarm is enough to act on (healthy runs get no pushes)."""
-    return any(at > step - cfg.drift_window and knobs_now.get(name, before) != before
-               for name, (at, before) in pushes.items())
+    return any(
+        at > step - cfg.drift_window and knobs_now.get(name, before) != before for name, (at, before) in pushes.items()
+    )
 
 
-def rollback_before(step: int, alarm_steps: Iterable[int], since_steps: Sequence[int], pushes: Pushes,
-                    cfg: ControllerConfig) -> int:
+def rollback_before(
+    step: int, alarm_steps: Iterable[int], since_steps: Sequence[int], pushes: Pushes, cfg: ControllerConfig
+) -> int:
     """The newest step a new incident's rollback checkpoint may have.
 
     The first deviating step is the evidence's onset (``since_steps``), else ``default_lookback`` steps
@@ -142,21 +145,32 @@ def hold_back(case: NewIncident, cfg: ControllerConfig) -> Hold | None:
     if unexplained and case.unexplained_alarms < cfg.unknown_confirm_alarms:
         return Hold("unexplained alarm, no knob changed: alert only until it persists")
     if case.blind_budget_used and not case.drifted and not case.escalating:
-        return Hold("unexplained alarm again: reported, not acted on (one blind intervention per run)",
-                    "unexplained alarm; the run's one blind intervention is spent")
+        return Hold(
+            "unexplained alarm again: reported, not acted on (one blind intervention per run)",
+            "unexplained alarm; the run's one blind intervention is spent",
+        )
     unsure = (case.probability or 0.0) < cfg.act_confidence_without_eval
     if unsure and not (case.has_eval or case.drifted or case.generic):
         p = case.probability or 0.0
-        return Hold(f"diagnosis at p={p:.2f} and no held-out evaluation: reported, not acted on",
-                    f"diagnosis at p={p:.2f} < {cfg.act_confidence_without_eval}, no eval accuracy to check a repair")
+        return Hold(
+            f"diagnosis at p={p:.2f} and no held-out evaluation: reported, not acted on",
+            f"diagnosis at p={p:.2f} < {cfg.act_confidence_without_eval}, no eval accuracy to check a repair",
+        )
     if case.max_steps is not None and case.max_steps - case.step < cfg.revalidate_steps and not case.escalating:
-        return Hold(f"{case.max_steps - case.step} step(s) left: too late to act and revalidate; reported",
-                    "too close to the end of training to act and revalidate")
+        return Hold(
+            f"{case.max_steps - case.step} step(s) left: too late to act and revalidate; reported",
+            "too close to the end of training to act and revalidate",
+        )
     return None
 
 
-NO_RUNG_LEFT = Hold("no further action available: alert-only", "no rung left or intervention budget used up",
-                    detail="alert-only from here", timeline_kind="outcome", alert_only=True)
+NO_RUNG_LEFT = Hold(
+    "no further action available: alert-only",
+    "no rung left or intervention budget used up",
+    detail="alert-only from here",
+    timeline_kind="outcome",
+    alert_only=True,
+)
 
 
 @dataclass(frozen=True)
@@ -187,9 +201,15 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
       fell since the checkpoint (``halt_needs_regression``): stopping a run that is not getting worse, or
       that nobody can show to be, only loses the steps still to come.
     """
+
     def refuse(note: str, why: str, detail: str = "alert-only from here") -> Hold:
-        return Hold(f"{note}: not halted, alert-only", f"{case.fault_type or 'unexplained'}: {why}", detail=detail,
-                    timeline_kind="outcome", alert_only=True)
+        return Hold(
+            f"{note}: not halted, alert-only",
+            f"{case.fault_type or 'unexplained'}: {why}",
+            detail=detail,
+            timeline_kind="outcome",
+            alert_only=True,
+        )
 
     if case.fault_type is None:
         return refuse("no diagnosis", "a halt needs a diagnosed fault")
@@ -198,16 +218,23 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
     if case.code_fault:
         if (case.probability or 0.0) >= cfg.halt_confidence or fell:
             return None
-        return refuse(f"diagnosis at p={case.probability or 0.0:.2f} and no measured fall in eval accuracy",
-                      f"a halt needs a diagnosis at p >= {cfg.halt_confidence} or eval accuracy that fell")
+        return refuse(
+            f"diagnosis at p={case.probability or 0.0:.2f} and no measured fall in eval accuracy",
+            f"a halt needs a diagnosis at p >= {cfg.halt_confidence} or eval accuracy that fell",
+        )
     if not cfg.halt_needs_regression:
         return None
     if held is not None:
-        return refuse(f"rungs used up, eval accuracy holds ({held:.3f})", "knob rungs used up; no halt while eval "
-                      "accuracy holds", detail=f"alert-only from here (eval accuracy {held:.3f})")
+        return refuse(
+            f"rungs used up, eval accuracy holds ({held:.3f})",
+            "knob rungs used up; no halt while eval accuracy holds",
+            detail=f"alert-only from here (eval accuracy {held:.3f})",
+        )
     if case.accuracy_then is None or case.accuracy_now is None:
-        return refuse("rungs used up, no eval accuracy to show the run getting worse",
-                      "knob rungs used up; no halt without a measured fall in eval accuracy")
+        return refuse(
+            "rungs used up, no eval accuracy to show the run getting worse",
+            "knob rungs used up; no halt without a measured fall in eval accuracy",
+        )
     return None
 
 
@@ -217,13 +244,21 @@ def changes_nothing(rung_sets_knobs: bool, knob_actions: int, unchanged: Sequenc
     on (a rollback alone would only replay the same steps)."""
     if not rung_sets_knobs or knob_actions or not unchanged:
         return None
-    return Hold(f"{', '.join(unchanged)} already at the value the repair would set: reported, not acted on",
-                f"the diagnosed cause is not in the trainer's settings ({', '.join(unchanged)} unchanged)")
+    return Hold(
+        f"{', '.join(unchanged)} already at the value the repair would set: reported, not acted on",
+        f"the diagnosed cause is not in the trainer's settings ({', '.join(unchanged)} unchanged)",
+    )
 
 
 # --- knobs -----------------------------------------------------------------------------------
-def new_pushes(current: Mapping[str, Any], seen: Mapping[str, Any], loop_knobs: Mapping[str, Any], pushes: Pushes,
-               step: int, cfg: ControllerConfig) -> dict[str, tuple[int, Any]]:
+def new_pushes(
+    current: Mapping[str, Any],
+    seen: Mapping[str, Any],
+    loop_knobs: Mapping[str, Any],
+    pushes: Pushes,
+    step: int,
+    cfg: ControllerConfig,
+) -> dict[str, tuple[int, Any]]:
     """Knob changes since the last step that the loop did not make: knob -> (step, value before). A knob
     pushed again within ``drift_window`` steps keeps its first push (the value before that is the healthy one)."""
     out = {}
@@ -236,8 +271,13 @@ def new_pushes(current: Mapping[str, Any], seen: Mapping[str, Any], loop_knobs: 
     return out
 
 
-def healthy_knobs(checkpoint_knobs: Mapping[str, Any], pushes: Pushes, loop_knobs: Mapping[str, Any],
-                  incident_start: int, cfg: ControllerConfig) -> dict[str, Any]:
+def healthy_knobs(
+    checkpoint_knobs: Mapping[str, Any],
+    pushes: Pushes,
+    loop_knobs: Mapping[str, Any],
+    incident_start: int,
+    cfg: ControllerConfig,
+) -> dict[str, Any]:
     """Knob values of the rollback checkpoint; for a knob something else changed within ``drift_window``
     steps of the incident, its value before that change (the checkpoint may postdate it); the loop's own
     later settings on top (a change the loop made is a repair, never drift to undo)."""
@@ -260,9 +300,15 @@ class Lag:
     accuracy: float | None = None
 
 
-def lag_after(actions: Sequence[Action], restores_drift: bool, pushes: Pushes,
-              recent_evidence: Iterable[tuple[int, frozenset[tuple[str, str]]]], incident_start: int,
-              accuracy: float | None, cfg: ControllerConfig) -> Lag | None:
+def lag_after(
+    actions: Sequence[Action],
+    restores_drift: bool,
+    pushes: Pushes,
+    recent_evidence: Iterable[tuple[int, frozenset[tuple[str, str]]]],
+    incident_start: int,
+    accuracy: float | None,
+    cfg: ControllerConfig,
+) -> Lag | None:
     """The lag to expect after a rung that undid a pushed knob: the evidence (signal, direction) of the
     alarms in the incident's confirmation window, and the eval accuracy at the time; ``None`` otherwise."""
     if not (restores_drift and any(a.kind == "set_knob" and a.knob in pushes for a in actions)):
@@ -271,8 +317,13 @@ def lag_after(actions: Sequence[Action], restores_drift: bool, pushes: Pushes,
     return Lag(frozenset().union(*window), accuracy)
 
 
-def explained(evidence: Sequence[SignalEvidence], repaired_type: str | None, lag: Lag, accuracy_now: float | None,
-              cfg: ControllerConfig) -> str | None:
+def explained(
+    evidence: Sequence[SignalEvidence],
+    repaired_type: str | None,
+    lag: Lag,
+    accuracy_now: float | None,
+    cfg: ControllerConfig,
+) -> str | None:
     """Why an alarm after a repair is not a new symptom (``None``: it is one).
 
     * upstream: its strong evidence lies only in the repaired type's upstream signals (a signal listed
@@ -366,14 +417,26 @@ class RollbackCase:
     undoes_earlier_push: bool  # see resumes_before_push
 
 
-def rollback_case(actions: Sequence[Action], halt_rung: bool, checkpoint_step: int | None,
-                  accuracy_at: Mapping[int, float | None], step: int, pushes: Pushes, replayable: bool) -> RollbackCase:
+def rollback_case(
+    actions: Sequence[Action],
+    halt_rung: bool,
+    checkpoint_step: int | None,
+    accuracy_at: Mapping[int, float | None],
+    step: int,
+    pushes: Pushes,
+    replayable: bool,
+) -> RollbackCase:
     """The facts of a rollback at ``step`` to the checkpoint of ``checkpoint_step`` (``None``: none left)."""
     if checkpoint_step is None:
         return RollbackCase(halt_rung, None, recent_accuracy(accuracy_at, step), None, False, False)
-    return RollbackCase(halt_rung, accuracy_at_or_before(accuracy_at, checkpoint_step),
-                        recent_accuracy(accuracy_at, step), best_two_step_mean(accuracy_at, checkpoint_step, step - 1),
-                        replayable, resumes_before_push(actions, pushes, checkpoint_step))
+    return RollbackCase(
+        halt_rung,
+        accuracy_at_or_before(accuracy_at, checkpoint_step),
+        recent_accuracy(accuracy_at, step),
+        best_two_step_mean(accuracy_at, checkpoint_step, step - 1),
+        replayable,
+        resumes_before_push(actions, pushes, checkpoint_step),
+    )
 
 
 def skip_rollback(case: RollbackCase, cfg: ControllerConfig) -> float | None:
@@ -404,8 +467,13 @@ class Verdict:
     detail: str
 
 
-def revalidation_verdict(alarmed: bool, steps_since_action: int, accuracies: Sequence[float | None],
-                         reference: float | None, cfg: ControllerConfig) -> Verdict | None:
+def revalidation_verdict(
+    alarmed: bool,
+    steps_since_action: int,
+    accuracies: Sequence[float | None],
+    reference: float | None,
+    cfg: ControllerConfig,
+) -> Verdict | None:
     """After a rung: escalate on an alarm, or when the window's mean eval accuracy lies ``revert_drop``
     below the checkpoint's (the rung was not enough); keep it after ``revalidate_steps`` quiet steps;
     ``None`` while the window is still open. ``accuracies``: one per step of the window so far."""

@@ -9,7 +9,8 @@ come back at the real step. A failing stage is reported through ``guard`` and ne
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -28,15 +29,30 @@ class DetectorLike(Protocol):
 
 
 class DiagnoserLike(Protocol):
-    def diagnose(self, history: pl.DataFrame, run_id: str, step: int, task_group: str | None = None,
-                 model_size: str | None = None) -> Diagnosis: ...
+    def diagnose(
+        self,
+        history: pl.DataFrame,
+        run_id: str,
+        step: int,
+        task_group: str | None = None,
+        model_size: str | None = None,
+    ) -> Diagnosis: ...
 
 
 class Sensing:
     """Detector, diagnoser and the features history of one run."""
 
-    def __init__(self, detector: DetectorLike, diagnoser: DiagnoserLike | None, journal: Journal, guard: Guard, *,
-                 task_group: str | None, model_size: str | None, max_history: int):
+    def __init__(
+        self,
+        detector: DetectorLike,
+        diagnoser: DiagnoserLike | None,
+        journal: Journal,
+        guard: Guard,
+        *,
+        task_group: str | None,
+        model_size: str | None,
+        max_history: int,
+    ):
         self.detector, self.diagnoser, self.journal, self.guard = detector, diagnoser, journal, guard
         self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
@@ -44,8 +60,9 @@ class Sensing:
     def reset_detector(self) -> None:
         self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
 
-    def detect(self, record: StepRecord, trajectories: list[TrajectoryRecord],
-               offset: int) -> tuple[bool, Alarm | None]:
+    def detect(
+        self, record: StepRecord, trajectories: list[TrajectoryRecord], offset: int
+    ) -> tuple[bool, Alarm | None]:
         """The detector's verdict on the step ``record.step`` (real), which is ``record.step - offset`` effective."""
         step = record.step
         effective = step - offset
@@ -55,9 +72,15 @@ class Sensing:
         seen = record if effective == step else record.model_copy(update={"step": effective})
         ok, alarm = self.guard("detect", lambda: self.detector.observe(seen, trajectories))
         if ok and alarm is not None and offset:
-            alarm = alarm.model_copy(update={"step": step, "evidence": [
-                e.model_copy(update={"since_step": None if e.since_step is None else e.since_step + offset})
-                for e in alarm.evidence]})
+            alarm = alarm.model_copy(
+                update={
+                    "step": step,
+                    "evidence": [
+                        e.model_copy(update={"since_step": None if e.since_step is None else e.since_step + offset})
+                        for e in alarm.evidence
+                    ],
+                }
+            )
         return ok, alarm
 
     def diagnose(self, step: int, offset: int) -> Diagnosis | None:
@@ -66,14 +89,21 @@ class Sensing:
             return None
         schema = {"run_id": pl.Utf8, "step": pl.Int64, **{f: pl.Float64 for f in FEATURES}}
         history = pl.DataFrame(self.history, schema=schema)
-        ok, diagnosis = self.guard("diagnose", lambda: self.diagnoser.diagnose(
-            history, self.run_id, step - offset, task_group=self.task_group, model_size=self.model_size))
+        ok, diagnosis = self.guard(
+            "diagnose",
+            lambda: self.diagnoser.diagnose(
+                history, self.run_id, step - offset, task_group=self.task_group, model_size=self.model_size
+            ),
+        )
         if ok and diagnosis is not None:
             self.journal.counts["diagnoses"] += 1
             self.journal.record("diagnosis", step, diagnosis)
             top = diagnosis.top
-            self.journal.note(step, "diagnosis", diagnosis.summary or (
-                f"{top.fault_type} (p={top.probability:.2f})" if top else "unknown"))
+            self.journal.note(
+                step,
+                "diagnosis",
+                diagnosis.summary or (f"{top.fault_type} (p={top.probability:.2f})" if top else "unknown"),
+            )
         return diagnosis if ok else None
 
     def rewind(self, effective: int) -> None:

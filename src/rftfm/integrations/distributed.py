@@ -17,7 +17,8 @@ the loop cannot checkpoint and restore through ``state_dict`` on one rank.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.handle import TrainerHandle
@@ -36,16 +37,24 @@ def process_rank(args: Any = None) -> tuple[int, int]:
 
 def unsupported_parallelism(args: Any = None, trainer: Any = None) -> str | None:
     """Why the loop cannot roll this run back (``None``: it can): DeepSpeed or FSDP shard the state."""
-    deepspeed = (getattr(trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None)
-                 or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true")
-    fsdp = (getattr(trainer, "is_fsdp_enabled", False) or getattr(args, "fsdp", None)
-            or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+    deepspeed = (
+        getattr(trainer, "is_deepspeed_enabled", False)
+        or getattr(args, "deepspeed", None)
+        or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    )
+    fsdp = (
+        getattr(trainer, "is_fsdp_enabled", False)
+        or getattr(args, "fsdp", None)
+        or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    )
     name = "DeepSpeed" if deepspeed else "FSDP" if fsdp else None
     if name is None:
         return None
-    return (f"{name} shards parameters / optimiser state across processes, which the loop cannot checkpoint and "
-            f"restore on its own: it runs alert-only (it detects, diagnoses and records, but never acts). "
-            f"Rollback is supported for single-process and DDP runs.")
+    return (
+        f"{name} shards parameters / optimiser state across processes, which the loop cannot checkpoint and "
+        f"restore on its own: it runs alert-only (it detects, diagnoses and records, but never acts). "
+        f"Rollback is supported for single-process and DDP runs."
+    )
 
 
 class RecordingHandle(TrainerHandle):
@@ -89,8 +98,10 @@ class RecordingHandle(TrainerHandle):
         return self._recorded(lambda: super(RecordingHandle, self).save(checkpointer, step), lambda _: ("save", step))
 
     def restore(self, checkpointer: Checkpointer, before_step: int) -> tuple[CheckpointInfo, list[str]]:
-        return self._recorded(lambda: super(RecordingHandle, self).restore(checkpointer, before_step),
-                              lambda out: ("restore", out[0].step))
+        return self._recorded(
+            lambda: super(RecordingHandle, self).restore(checkpointer, before_step),
+            lambda out: ("restore", out[0].step),
+        )
 
     def pin(self, checkpointer: Checkpointer, step: int | None) -> None:
         self._recorded(lambda: super(RecordingHandle, self).pin(checkpointer, step), lambda _: ("pin", step))

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -172,9 +173,18 @@ class RFTFMCallback(TrainerCallback):
                 diagnoser = default_diagnoser()
             except Exception as exc:  # no diagnoser: alarms stay unexplained (reported, not acted on)
                 errors.append(f"diagnoser: {type(exc).__name__}: {exc}")
-        controller = Controller(detector, diagnoser, self.remediator, store, self.checkpointer, run_id=run_id,
-                                task_group=self.task_group, model_size=self.model_size, config=self.config,
-                                eval_fn=self.eval_fn)
+        controller = Controller(
+            detector,
+            diagnoser,
+            self.remediator,
+            store,
+            self.checkpointer,
+            run_id=run_id,
+            task_group=self.task_group,
+            model_size=self.model_size,
+            config=self.config,
+            eval_fn=self.eval_fn,
+        )
         for message in errors:
             controller.journal.record("error", 0, {"stage": "setup", "error": message})
         self.setup_error = "; ".join(errors) or None
@@ -190,8 +200,9 @@ class RFTFMCallback(TrainerCallback):
             if self.rank == 0:
                 print(f"rftfm: {self._refused}", file=sys.stderr)
         if self.world > 1 and self._checkpoint_dir is not None:  # every rank keeps its own checkpoints
-            self.checkpointer = Checkpointer(Path(self._checkpoint_dir) / f"rank-{self.rank}",
-                                             keep=self.config.keep_checkpoints)
+            self.checkpointer = Checkpointer(
+                Path(self._checkpoint_dir) / f"rank-{self.rank}", keep=self.config.keep_checkpoints
+            )
 
     # --- TrainerCallback -----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -199,18 +210,28 @@ class RFTFMCallback(TrainerCallback):
         try:
             self._prepare_processes(args)
             handle_cls = distributed.RecordingHandle if self.world > 1 else TrainerHandle
-            self.handle = handle_cls(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler,
-                                     control=control, state=state, backup_verifier=self.backup_verifier,
-                                     backup_tool=self.backup_tool)
+            self.handle = handle_cls(
+                self.trainer,
+                model=model,
+                optimizer=optimizer,
+                scheduler=lr_scheduler,
+                control=control,
+                state=state,
+                backup_verifier=self.backup_verifier,
+                backup_tool=self.backup_tool,
+            )
             if self.rank == 0:
                 self.controller = self._build(args)
                 if self._refused is not None:
-                    self.controller.journal.record("error", state.global_step, {"stage": "setup", "error": self._refused})
+                    self.controller.journal.record(
+                        "error", state.global_step, {"stage": "setup", "error": self._refused}
+                    )
                     self.setup_error = "; ".join(e for e in (self.setup_error, self._refused) if e)
                 # the initial checkpoint waits for the first step: the data loader has drawn its order by
                 # then, so its RNG state is the one right before the first rollouts, like every later one's
-                self.controller.start(self.handle, step=state.global_step, checkpoint=False,
-                                      max_steps=state.max_steps or None)
+                self.controller.start(
+                    self.handle, step=state.global_step, checkpoint=False, max_steps=state.max_steps or None
+                )
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
@@ -271,9 +292,14 @@ class RFTFMCallback(TrainerCallback):
         if not distributed.all_ranks_ok(ok):
             control.should_training_stop = True
             if self.controller is not None:
-                self.controller._error("distributed", self.controller.last_step,
-                                       RuntimeError("a rank could not make the main process's changes: training "
-                                                    "stopped on every rank (replicas must not differ)"))
+                self.controller._error(
+                    "distributed",
+                    self.controller.last_step,
+                    RuntimeError(
+                        "a rank could not make the main process's changes: training "
+                        "stopped on every rank (replicas must not differ)"
+                    ),
+                )
 
     def _sink(self, record: StepRecord, trajectories: list) -> None:
         if self.controller is not None:

@@ -13,7 +13,8 @@ from the main process alone, without touching the training RNG.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -21,20 +22,36 @@ import torch
 class RewardEval:
     """Mean (weighted) reward of greedy completions on fixed held-out prompts."""
 
-    def __init__(self, prompts: Sequence[Any], columns: dict[str, list[Any]], reward_funcs: Sequence[Callable[..., Any]],
-                 tokenizer: Any, max_new_tokens: int, weights: Sequence[float] | None = None,
-                 threshold: float | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        prompts: Sequence[Any],
+        columns: dict[str, list[Any]],
+        reward_funcs: Sequence[Callable[..., Any]],
+        tokenizer: Any,
+        max_new_tokens: int,
+        weights: Sequence[float] | None = None,
+        threshold: float | None = None,
+        batch_size: int = 32,
+    ):
         for func in reward_funcs:
             if isinstance(func, torch.nn.Module) or not callable(func):
-                raise TypeError("RewardEval scores with reward functions only; for a reward model pass your own eval_fn")
+                raise TypeError(
+                    "RewardEval scores with reward functions only; for a reward model pass your own eval_fn"
+                )
         self.prompts, self.columns, self.reward_funcs = list(prompts), columns, list(reward_funcs)
         self.tokenizer, self.max_new_tokens, self.batch_size = tokenizer, max_new_tokens, batch_size
         self.weights = list(weights) if weights is not None else [1.0] * len(self.reward_funcs)
         self.threshold = threshold
 
     @classmethod
-    def from_trainer(cls, trainer: Any, eval_dataset: Any = None, num_prompts: int = 64, threshold: float | None = None,
-                     batch_size: int = 32) -> "RewardEval":
+    def from_trainer(
+        cls,
+        trainer: Any,
+        eval_dataset: Any = None,
+        num_prompts: int = 64,
+        threshold: float | None = None,
+        batch_size: int = 32,
+    ) -> "RewardEval":
         """From a ``GRPOTrainer``: its ``eval_dataset`` (or ``eval_dataset``), reward functions and weights,
         tokenizer and completion length; the first ``num_prompts`` prompts."""
         dataset = eval_dataset if eval_dataset is not None else getattr(trainer, "eval_dataset", None)
@@ -44,8 +61,16 @@ class RewardEval:
         columns = {name: list(rows[name]) for name in rows.column_names if name != "prompt"}
         weights = getattr(trainer, "reward_weights", None)
         weights = [float(w) for w in weights] if weights is not None else None
-        return cls(list(rows["prompt"]), columns, trainer.reward_funcs, trainer.processing_class,
-                   trainer.max_completion_length, weights, threshold, batch_size)
+        return cls(
+            list(rows["prompt"]),
+            columns,
+            trainer.reward_funcs,
+            trainer.processing_class,
+            trainer.max_completion_length,
+            weights,
+            threshold,
+            batch_size,
+        )
 
     def __call__(self, model: Any) -> float:
         scores: list[float] = []
@@ -64,13 +89,20 @@ class RewardEval:
     def _score(self, model: Any, rows: slice) -> list[float]:
         prompts = self.prompts[rows]
         conversational = bool(prompts) and isinstance(prompts[0], list)
-        texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if conversational
-                 else p for p in prompts]
+        texts = [
+            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if conversational else p
+            for p in prompts
+        ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-        ids = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        ids = out[:, enc["input_ids"].shape[1] :]
         completions = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         if conversational:
             completions = [[{"role": "assistant", "content": c}] for c in completions]  # type: ignore[misc]

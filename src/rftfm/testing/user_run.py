@@ -1,8 +1,8 @@
 """A user's own TRL run, outside the benchmark: what the loop meets in the wild.
 
 A plain TRL ``GRPOTrainer`` subclass (with :class:`~rftfm.integrations.batch_replay.BatchReplayMixin`)
-trains a tiny Llama-style model -- a family and a task the benchmark does not contain -- to reverse
-short strings of letters, from a short supervised warm start cached on disk. Nothing comes from the
+trains a tiny Llama-style model -- a family and a task the benchmark does not contain -- to count
+the a's in short strings of letters, from a short supervised warm start cached on disk. Nothing comes from the
 benchmark engine: model, character tokenizer, task and reward are built here, locally (no hub download).
 It learns in about 80 steps on the CPU. A fault is a process change, never a log change: an
 :class:`LRSpike` callback multiplies the learning rate mid-run, as a configuration push would.
@@ -19,10 +19,11 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -61,10 +62,19 @@ def build_model(seed: int = 0) -> LlamaForCausalLM:
     """A two-layer Llama (RoPE, RMSNorm, SwiGLU) of about 70k parameters."""
     torch.manual_seed(seed)
     tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -110,11 +120,12 @@ def accuracy(model: Any, n: int = 256, batch: int = 128, offset: int = 0) -> flo
     correct = 0
     try:
         for i in range(0, n, batch):
-            chunk = items[i:i + batch]
+            chunk = items[i : i + batch]
             enc = tok([p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+            )
+            texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             correct += sum(t.strip() == p.answer for t, p in zip(texts, chunk))
     finally:
         model.train(was_training)
@@ -125,16 +136,21 @@ def accuracy(model: Any, n: int = 256, batch: int = 128, offset: int = 0) -> flo
 def _sft_batch(rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     tok = build_tokenizer()
     items = problems(size, rng.randrange(1 << 30))
-    seqs = [(tok(p.prompt, add_special_tokens=False)["input_ids"], tok(p.answer, add_special_tokens=False)["input_ids"]
-             + [tok.eos_token_id]) for p in items]
+    seqs = [
+        (
+            tok(p.prompt, add_special_tokens=False)["input_ids"],
+            tok(p.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+        )
+        for p in items
+    ]
     length = max(len(a) + len(b) for a, b in seqs)
     ids = torch.full((size, length), tok.pad_token_id)
     labels = torch.full((size, length), -100)
     mask = torch.zeros((size, length), dtype=torch.long)
     for i, (prompt, target) in enumerate(seqs):
         seq = prompt + target
-        ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
-        labels[i, len(prompt):len(seq)] = torch.tensor(target)
+        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
+        labels[i, len(prompt) : len(seq)] = torch.tensor(target)
     return ids, mask, labels
 
 
@@ -191,19 +207,43 @@ class LRSpike(TrainerCallback):
             lr_scheduler.base_lrs = [lr * self.factor for lr in lr_scheduler.base_lrs]
 
 
-def user_config(out_dir: str | Path, *, steps: int | None = 80, epochs: float | None = None, seed: int = 0,
-                learning_rate: float = 3e-4, logging_steps: int = 1, gradient_accumulation_steps: int = 1,
-                warmup_steps: int = 0, beta: float = 0.0, **overrides: Any) -> GRPOConfig:
+def user_config(
+    out_dir: str | Path,
+    *,
+    steps: int | None = 80,
+    epochs: float | None = None,
+    seed: int = 0,
+    learning_rate: float = 3e-4,
+    logging_steps: int = 1,
+    gradient_accumulation_steps: int = 1,
+    warmup_steps: int = 0,
+    beta: float = 0.0,
+    **overrides: Any,
+) -> GRPOConfig:
     """The run's TRL configuration: ``steps`` optimiser steps, or ``epochs`` passes over the data
     (``steps=None``); 4 prompts x 8 completions per step."""
     batch = 32 // max(gradient_accumulation_steps, 1)
     kwargs: dict[str, Any] = dict(
-        output_dir=str(out_dir), per_device_train_batch_size=batch, num_generations=8,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-        lr_scheduler_type="constant_with_warmup" if warmup_steps else "constant", warmup_steps=warmup_steps,
-        max_completion_length=3, temperature=1.0, beta=beta, logging_steps=logging_steps,
-        save_strategy="no", report_to="none", use_cpu=True, seed=seed, data_seed=seed, disable_tqdm=True,
-        dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32})
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch,
+        num_generations=8,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant_with_warmup" if warmup_steps else "constant",
+        warmup_steps=warmup_steps,
+        max_completion_length=3,
+        temperature=1.0,
+        beta=beta,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        model_init_kwargs={"dtype": torch.float32},
+    )
     if steps is not None:
         kwargs["max_steps"] = steps
     else:
@@ -212,15 +252,26 @@ def user_config(out_dir: str | Path, *, steps: int | None = 80, epochs: float | 
     return GRPOConfig(**kwargs)
 
 
-def user_trainer(out_dir: str | Path, *, steps: int | None = 80, seed: int = 0, spike: LRSpike | None = None,
-                 callbacks: Iterable[TrainerCallback] = (), prompts: int | None = None, eval_prompts: int = 0,
-                 log_path: str | Path | None = None, trainer_cls: type = UserTrainer, **config: Any) -> GRPOTrainer:
-    """A plain TRL GRPO run of the reversal task from the cached warm start.
+def user_trainer(
+    out_dir: str | Path,
+    *,
+    steps: int | None = 80,
+    seed: int = 0,
+    spike: LRSpike | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+    prompts: int | None = None,
+    eval_prompts: int = 0,
+    log_path: str | Path | None = None,
+    trainer_cls: type = UserTrainer,
+    **config: Any,
+) -> GRPOTrainer:
+    """A plain TRL GRPO run of the counting task from the cached warm start.
 
     ``prompts``: size of the training set (default: room for the planned steps and half as many again,
     so rollbacks can replay); ``eval_prompts``: held-out prompts as TRL's ``eval_dataset`` (the trainer
-    never evaluates by itself; :class:`~rftfm.integrations.trl_eval.RewardEval` can); ``log_path``: also log every step as JSON lines
-    (:class:`~rftfm.integrations.trl_log.JsonlLogCallback`), as a user would for ``rftfm watch``.
+    never evaluates by itself; :class:`~rftfm.integrations.trl_eval.RewardEval` can); ``log_path``: also log
+    every step as JSON lines (:class:`~rftfm.integrations.trl_log.JsonlLogCallback`), as a user would for
+    ``rftfm watch``.
     """
     from rftfm.integrations.trl_log import JsonlLogCallback
 
@@ -228,7 +279,12 @@ def user_trainer(out_dir: str | Path, *, steps: int | None = 80, seed: int = 0, 
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     n = prompts if prompts is not None else per_step * int(1.5 * (steps or 64)) + per_step
     extra = [cb for cb in (spike, JsonlLogCallback(log_path) if log_path else None) if cb is not None]
-    return trainer_cls(model=str(warm_start()), args=args, reward_funcs=[count_reward],
-                       train_dataset=train_dataset(n), eval_dataset=eval_dataset(eval_prompts) if eval_prompts else None,
-                       processing_class=build_tokenizer(),
-                       callbacks=[*extra, *callbacks])
+    return trainer_cls(
+        model=str(warm_start()),
+        args=args,
+        reward_funcs=[count_reward],
+        train_dataset=train_dataset(n),
+        eval_dataset=eval_dataset(eval_prompts) if eval_prompts else None,
+        processing_class=build_tokenizer(),
+        callbacks=[*extra, *callbacks],
+    )
