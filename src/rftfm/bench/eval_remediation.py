@@ -188,6 +188,8 @@ def run_plain_arm(
     greedy accuracy on ``FINAL_EVAL_PROMPTS`` held-out prompts (never the ones the eval callable sees)."""
     import torch
 
+    from transformers import PrinterCallback
+
     from rftfm.integrations.trl_callback import RFTFMCallback
     from rftfm.integrations.trl_eval import RewardEval
     from rftfm.testing import user_run as ur
@@ -199,6 +201,7 @@ def run_plain_arm(
     with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
         start = time.perf_counter()
         trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=spike, eval_prompts=run.eval_prompts)
+        trainer.remove_callback(PrinterCallback)  # the evaluation prints its own rows, not every log dict
         callback = None
         if arm != "clean":
             detector, diagnoser = components or load_components(detector_path, diagnoser_path)
