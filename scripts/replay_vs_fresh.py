@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--strength", default="easy", choices=("easy", "hard"))
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    train_side = split_runs(preset_runs_table("full"), "seed")[0]
+    train_side = split_runs(preset_runs_table("classic"), "seed")[0]
     _, healthy = ev.select_runs(train_side, None, None, None)
     healthy = [h for h in healthy if h.task_group != "tool"][: args.runs]
     faulty = [
