@@ -38,8 +38,8 @@ def probe(payload: dict[str, Any]) -> dict[str, Any]:
     """Train the clean twin of one faulty run, parted from it at the onset; returns its accuracy."""
     import torch
 
-    from rftfm.engine.policy_eval import eval_accuracy
     from rftfm.bench.runner import build_trainer, quiet
+    from rftfm.engine.policy_eval import eval_accuracy
     from rftfm.fm.loop import ControllerConfig
     from rftfm.integrations.trl_callback import RFTFMCallback
 
@@ -49,9 +49,14 @@ def probe(payload: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rftfm-ceiling-") as tmp:
         trainer = build_trainer(ev.clean_twin(info), [], output_dir=tmp)
         trainer.replay_last_batches = lambda steps: 0  # continue on fresh batches: randomness parts at the onset
-        callback = RFTFMCallback.attach(trainer, detector=OnsetAlarm(info.onset_step or 1), diagnoser=None,
-                                        remediator=RollbackOnly(), checkpoint_dir=os.path.join(tmp, "ckpt"),
-                                        config=ControllerConfig(rollback_needs_regression=False))
+        callback = RFTFMCallback.attach(
+            trainer,
+            detector=OnsetAlarm(info.onset_step or 1),
+            diagnoser=None,
+            remediator=RollbackOnly(),
+            checkpoint_dir=os.path.join(tmp, "ckpt"),
+            config=ControllerConfig(rollback_needs_regression=False),
+        )
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(ev.FINAL_EVAL_PROMPTS))
     rollbacks = callback.controller.counts["rollbacks"] if callback.controller is not None else 0
@@ -60,8 +65,11 @@ def probe(payload: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, help="an earlier `bench evaluate remediation --json` (clean accuracies)")
-    parser.add_argument("--preset", default="full")
+    parser.add_argument(
+        "--from", dest="source", required=True, help="an earlier `bench evaluate remediation --json` (clean accuracies)"
+    )
+    parser.add_argument("--preset", default="classic",
+                        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", dest="json_out", type=Path)
@@ -74,9 +82,17 @@ def main() -> None:
     rows = []
     for row in run_in_pool(probe, [(r.model_dump(mode="json"),) for r in chosen], args.workers):
         pair = pairs[row["run_id"]]
-        rows.append({**row, "setting": pair["setting"], "onset_step": pair["onset_step"], "clean_accuracy": pair["clean_accuracy"],
-                     "ratio": row["accuracy"] / pair["clean_accuracy"] if pair["clean_accuracy"] else None,
-                     "passes": row["accuracy"] >= ev.TOLERANCE * pair["clean_accuracy"], "loop_success": pair["loop_success"]})
+        rows.append(
+            {
+                **row,
+                "setting": pair["setting"],
+                "onset_step": pair["onset_step"],
+                "clean_accuracy": pair["clean_accuracy"],
+                "ratio": row["accuracy"] / pair["clean_accuracy"] if pair["clean_accuracy"] else None,
+                "passes": row["accuracy"] >= ev.TOLERANCE * pair["clean_accuracy"],
+                "loop_success": pair["loop_success"],
+            }
+        )
     text = report(rows, args.source)
     print(text)
     if args.markdown:
@@ -86,13 +102,18 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]], source: str) -> str:
-    lines = ["# The noise floor of the repair criterion", "",
-             f"Written by `python scripts/repair_ceiling.py --from {source} ...` (see the script's docstring): for every "
-             "knob-repairable faulty run of that evaluation, its clean twin with one rollback one step after the onset, "
-             "continued on fresh batches (as good as the clean run in expectation; its randomness parts at the onset), "
-             f"scored against the clean twin's own run by the repair criterion (accuracy >= {ev.TOLERANCE:.0%} of clean).", "",
-             "| setting | onset | runs | parted-at-onset clean run passes_% | 95 % CI | ratio sd | loop_repair_% (that evaluation) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The noise floor of the repair criterion",
+        "",
+        f"Written by `python scripts/repair_ceiling.py --from {source} ...` (see the script's docstring): for every "
+        "knob-repairable faulty run of that evaluation, its clean twin with one rollback one step after the onset, "
+        "continued on fresh batches (as good as the clean run in expectation; its randomness parts at the onset), "
+        f"scored against the clean twin's own run by the repair criterion (accuracy >= {ev.TOLERANCE:.0%} of clean).",
+        "",
+        "| setting | onset | runs | parted-at-onset clean run passes_% | 95 % CI | ratio sd | loop_repair_% (that "
+        "evaluation) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for setting in ("easy", "hard"):
         for onset in ("all", 1, 10):
             group = [r for r in rows if r["setting"] == setting and (onset == "all" or r["onset_step"] == onset)]
@@ -104,8 +125,10 @@ def report(rows: list[dict[str, Any]], source: str) -> str:
             mean = sum(ratios) / len(ratios)
             sd = (sum((x - mean) ** 2 for x in ratios) / max(len(ratios) - 1, 1)) ** 0.5
             loop = 100 * sum(r["loop_success"] for r in group) / len(group)
-            lines.append(f"| {setting} | {onset} | {len(group)} | {100 * passes / len(group):.1f} | {lo:.1f}-{hi:.1f} "
-                         f"| {sd:.3f} | {loop:.1f} |")
+            lines.append(
+                f"| {setting} | {onset} | {len(group)} | {100 * passes / len(group):.1f} | {lo:.1f}-{hi:.1f} "
+                f"| {sd:.3f} | {loop:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -51,17 +51,31 @@ def main() -> None:
     parser.add_argument("--strength", default="easy", choices=("easy", "hard"))
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    train_side = split_runs(preset_runs_table("full"), "seed")[0]
+    train_side = split_runs(preset_runs_table("classic"), "seed")[0]
     _, healthy = ev.select_runs(train_side, None, None, None)
     healthy = [h for h in healthy if h.task_group != "tool"][: args.runs]
-    faulty = [h.model_copy(update={"run_id": f"reward_noise-{args.strength}-{h.run_id}", "control_or_fault": "fault",
-                                   "fault_type": "reward_noise", "fault_family": "rf", "fault_strength": args.strength,
-                                   "onset_step": 1, "group": group_dir("rf", args.strength)}) for h in healthy]
+    faulty = [
+        h.model_copy(
+            update={
+                "run_id": f"reward_noise-{args.strength}-{h.run_id}",
+                "control_or_fault": "fault",
+                "fault_type": "reward_noise",
+                "fault_family": "rf",
+                "fault_strength": args.strength,
+                "onset_step": 1,
+                "group": group_dir("rf", args.strength),
+            }
+        )
+        for h in healthy
+    ]
     by_run: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in run_in_pool(train, [(r.model_dump(mode="json"), m) for r in faulty for m in MODES], args.workers):
         by_run[row["run_id"]][row["mode"]] = row
-    print(f"reward_noise ({args.strength}) from step 1 on {len(faulty)} train-side healthy configurations of the seed split "
-          f"(arithmetic task groups); repair criterion: cleared and accuracy >= {ev.TOLERANCE:.0%} of the clean run's")
+    print(
+        f"reward_noise ({args.strength}) from step 1 on {len(faulty)} train-side healthy configurations of the seed "
+        "split "
+        f"(arithmetic task groups); repair criterion: cleared and accuracy >= {ev.TOLERANCE:.0%} of the clean run's"
+    )
     print("rollbacks continue on | repaired | mean accuracy / clean")
     for mode in MODES[1:]:
         rows = [(runs[mode], runs["clean"]["accuracy"]) for runs in by_run.values()]

@@ -1,9 +1,9 @@
 """Seed a remediation evaluation's ``--rows`` file with the arms an earlier pass already trained
 that a change to the loop cannot alter (clean and no-remediation; see ``REUSABLE_ARMS``).
 
-    python scripts/reuse_rows.py --from docs/results/remediation-seed.json --preset full --split seed --side test \\
+    python scripts/reuse_rows.py --from docs/results/remediation-seed.json --preset classic --split seed --side test \\
         --out /work/data/rem-eval/pass.rows.jsonl
-    rftfm bench evaluate remediation --preset full --rows /work/data/rem-eval/pass.rows.jsonl ...
+    rftfm bench evaluate remediation --preset classic --rows /work/data/rem-eval/pass.rows.jsonl ...
 
 Those arms are deterministic (same seed, same code path): re-training one reproduces its row.
 """
@@ -22,12 +22,16 @@ from rftfm.bench.splits import split_runs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, help="an earlier `--json` summary")
-    parser.add_argument("--preset", default="full")
+    parser.add_argument("--preset", default="classic",
+                        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)")
     parser.add_argument("--split", default="seed")
     parser.add_argument("--side", default="test", choices=("test", "train"))
     parser.add_argument("--arms", default=",".join(ev.REUSABLE_ARMS))
-    parser.add_argument("--retime-healthy", action="store_true",
-                        help="leave out the healthy runs' loop-off arms: trained again, the overhead is timed within one pass")
+    parser.add_argument(
+        "--retime-healthy",
+        action="store_true",
+        help="leave out the healthy runs' loop-off arms: trained again, the overhead is timed within one pass",
+    )
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     runs = split_runs(preset_runs_table(args.preset), args.split)[1 if args.side == "test" else 0]

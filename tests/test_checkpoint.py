@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rftfm.fm.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, CheckpointError, Checkpointer
+from rftfm.fm.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, Checkpointer, CheckpointError
 
 
 class Tied(torch.nn.Module):
@@ -44,8 +44,12 @@ def train_step(model, opt, sched) -> None:
 
 
 def snapshot(model, opt, sched):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict()["state"][0]["exp_avg"].clone(),
-            sched.state_dict()["last_epoch"], opt.param_groups[0]["lr"])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        opt.state_dict()["state"][0]["exp_avg"].clone(),
+        sched.state_dict()["last_epoch"],
+        opt.param_groups[0]["lr"],
+    )
 
 
 def test_restore_is_exact_including_rng(tmp_path):

@@ -15,8 +15,19 @@ from rftfm.fm.types import Action, Alarm, Diagnosis, Hypothesis, Outcome, Signal
 
 
 def sample_messages():
-    alarm = Alarm(run_id="r1", step=7, score=5.2, threshold=2.5, evidence=[SignalEvidence(signal="kl", direction="up", value=3.0, expected=0.1, z=9.0)])
-    diagnosis = Diagnosis(run_id="r1", step=7, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.8)], summary="lr_high since step 5")
+    alarm = Alarm(
+        run_id="r1",
+        step=7,
+        score=5.2,
+        threshold=2.5,
+        evidence=[SignalEvidence(signal="kl", direction="up", value=3.0, expected=0.1, z=9.0)],
+    )
+    diagnosis = Diagnosis(
+        run_id="r1",
+        step=7,
+        ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.8)],
+        summary="lr_high since step 5",
+    )
     action = Action(kind="set_knob", knob="learning_rate", value=3e-5, previous=3e-4, reason="lr_high")
     outcome = Outcome(action=action, result="kept", detail="anomaly cleared")
     return alarm, diagnosis, action, outcome
@@ -118,9 +129,18 @@ def test_faulty_runs_with_the_same_configuration_and_seed_share_one_clean_arm():
     from rftfm.bench.eval_remediation import clean_twin
     from rftfm.records import RunInfo
 
-    base = dict(group="x_easy_fault", task_group="arith_a", model_size="xs", seed=7, control_or_fault="fault", fault_strength="easy")
+    base = dict(
+        group="x_easy_fault",
+        task_group="arith_a",
+        model_size="xs",
+        seed=7,
+        control_or_fault="fault",
+        fault_strength="easy",
+    )
     a = RunInfo(run_id="a", fault_type="lr_high", fault_family="od", onset_step=1, **base)
-    b = RunInfo(run_id="b", fault_type="reward_noise", fault_family="rf", onset_step=10, **{**base, "group": "rf_easy_fault"})
+    b = RunInfo(
+        run_id="b", fault_type="reward_noise", fault_family="rf", onset_step=10, **{**base, "group": "rf_easy_fault"}
+    )
     c = RunInfo(run_id="c", fault_type="lr_high", fault_family="od", onset_step=1, **{**base, "seed": 8})
     assert clean_twin(a).run_id == clean_twin(b).run_id != clean_twin(c).run_id
     assert clean_twin(a).fault_type is None and clean_twin(a).control_or_fault == "normal"
@@ -135,9 +155,21 @@ def test_remediation_rows_resume_and_a_torn_last_line_is_dropped(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"run_id": "a", "arm": "loop"}) + "\n" + '{"run_id": "b", "ar', encoding="utf-8")
     assert read_rows(rows) == [{"run_id": "a", "arm": "loop"}] and read_rows(tmp_path / "none.jsonl") == []
-    control = RunInfo(run_id="c", group="rf_hard_control", task_group="arith_a", model_size="xs", seed=3, control_or_fault="control")
-    hard = RunInfo(run_id="h", group="rf_hard_fault", task_group="arith_a", model_size="xs", seed=3, control_or_fault="fault",
-                   fault_type="reward_noise", fault_family="rf", fault_strength="hard", onset_step=1)
+    control = RunInfo(
+        run_id="c", group="rf_hard_control", task_group="arith_a", model_size="xs", seed=3, control_or_fault="control"
+    )
+    hard = RunInfo(
+        run_id="h",
+        group="rf_hard_fault",
+        task_group="arith_a",
+        model_size="xs",
+        seed=3,
+        control_or_fault="fault",
+        fault_type="reward_noise",
+        fault_family="rf",
+        fault_strength="hard",
+        onset_step=1,
+    )
     arms = sorted(arm for _, arm in _tasks([hard], [control]))
     # the control's loop-off arm and the hard fault's clean arm are one training
     assert arms == ["clean", "generic", "loop", "none", "on"]
@@ -148,10 +180,36 @@ def test_select_runs_filters_types_and_rejects_unknown_ones():
 
     from rftfm.bench.eval_remediation import select_runs
 
-    rows = [dict(run_id=f"{t}-{i}", group="g", task_group="arith_a", model_size="xs", seed=i, control_or_fault="fault",
-                 fault_type=t, fault_family="od", fault_strength="easy", onset_step=1 + 9 * (i % 2)) for t in ("lr_high", "lr_low") for i in range(3)]
-    rows += [dict(run_id="n", group="normal", task_group="arith_a", model_size="xs", seed=9, control_or_fault="normal",
-                  fault_type=None, fault_family=None, fault_strength=None, onset_step=None)]
+    rows = [
+        dict(
+            run_id=f"{t}-{i}",
+            group="g",
+            task_group="arith_a",
+            model_size="xs",
+            seed=i,
+            control_or_fault="fault",
+            fault_type=t,
+            fault_family="od",
+            fault_strength="easy",
+            onset_step=1 + 9 * (i % 2),
+        )
+        for t in ("lr_high", "lr_low")
+        for i in range(3)
+    ]
+    rows += [
+        dict(
+            run_id="n",
+            group="normal",
+            task_group="arith_a",
+            model_size="xs",
+            seed=9,
+            control_or_fault="normal",
+            fault_type=None,
+            fault_family=None,
+            fault_strength=None,
+            onset_step=None,
+        )
+    ]
     faulty, healthy = select_runs(pl.DataFrame(rows), per_type=2, healthy=None, limit=None, types=["lr_low"])
     assert [r.fault_type for r in faulty] == ["lr_low", "lr_low"] and {r.onset_step for r in faulty} == {1, 10}
     assert [r.run_id for r in healthy] == ["n"]
@@ -163,18 +221,54 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     from rftfm.bench.eval_remediation import ArmResult, clean_twin, summarise, target_status
     from rftfm.records import RunInfo
 
-    faulty = [RunInfo(run_id=f"f{i}", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=i, control_or_fault="fault",
-                      fault_type="lr_high", fault_family="od", fault_strength="easy", onset_step=1) for i in range(4)]
+    faulty = [
+        RunInfo(
+            run_id=f"f{i}",
+            group="od_easy_fault",
+            task_group="arith_a",
+            model_size="xs",
+            seed=i,
+            control_or_fault="fault",
+            fault_type="lr_high",
+            fault_family="od",
+            fault_strength="easy",
+            onset_step=1,
+        )
+        for i in range(4)
+    ]
 
     def row(run_id, arm, accuracy, steps=28, cleared=False, actions=()):
-        return vars(ArmResult(run_id=run_id, arm=arm, final_accuracy=accuracy, wall_s=1.0, steps=steps, cleared=cleared,
-                              actions=list(actions), alarms=1))
+        return vars(
+            ArmResult(
+                run_id=run_id,
+                arm=arm,
+                final_accuracy=accuracy,
+                wall_s=1.0,
+                steps=steps,
+                cleared=cleared,
+                actions=list(actions),
+                alarms=1,
+            )
+        )
 
     rows = []
     for i, info in enumerate(faulty):
-        rows += [row(clean_twin(info).run_id, "clean", 0.5), row(info.run_id, "none", 0.1), row(info.run_id, "generic", 0.2)]
+        rows += [
+            row(clean_twin(info).run_id, "clean", 0.5),
+            row(info.run_id, "none", 0.1),
+            row(info.run_id, "generic", 0.2),
+        ]
         # runs 0-2 repaired (run 0 after a replayed rollback); run 3 cleared but short of 90 % of the clean accuracy
-        rows.append(row(info.run_id, "loop", 0.5 if i < 3 else 0.4, steps=34 if i == 0 else 28, cleared=True, actions=["3:rollback"]))
+        rows.append(
+            row(
+                info.run_id,
+                "loop",
+                0.5 if i < 3 else 0.4,
+                steps=34 if i == 0 else 28,
+                cleared=True,
+                actions=["3:rollback"],
+            )
+        )
     summary = summarise(rows, faulty, [])
     assert [p["loop_success"] for p in summary["pairs"]] == [True, True, True, False]
     cost = summary["tables"]["overhead_faulty"]
@@ -187,19 +281,45 @@ def test_earlier_clean_and_no_remediation_arms_are_rebuilt_from_a_summary_and_lo
     from rftfm.bench.eval_remediation import ArmResult, clean_twin, rows_from_summary, summarise
     from rftfm.records import RunInfo
 
-    fault = RunInfo(run_id="f", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=1, control_or_fault="fault",
-                    fault_type="lr_high", fault_family="od", fault_strength="easy", onset_step=1, num_steps=28)
-    normal = RunInfo(run_id="n", group="normal", task_group="arith_a", model_size="xs", seed=2, control_or_fault="normal", num_steps=28)
-    rows = [vars(ArmResult(run_id=clean_twin(fault).run_id, arm="clean", final_accuracy=0.5, wall_s=2.0, steps=28)),
-            vars(ArmResult(run_id="f", arm="none", final_accuracy=0.1, wall_s=3.0, steps=28, alarms=4, monitor_s=0.2)),
-            vars(ArmResult(run_id="f", arm="loop", final_accuracy=0.5, wall_s=4.0, steps=31, cleared=True, actions=["3:rollback"])),
-            vars(ArmResult(run_id="f", arm="generic", final_accuracy=0.3, wall_s=4.0, steps=30)),
-            vars(ArmResult(run_id=clean_twin(normal).run_id, arm="clean", final_accuracy=0.6, wall_s=2.0, steps=28)),
-            vars(ArmResult(run_id="n", arm="on", final_accuracy=0.6, wall_s=2.2, steps=28))]
+    fault = RunInfo(
+        run_id="f",
+        group="od_easy_fault",
+        task_group="arith_a",
+        model_size="xs",
+        seed=1,
+        control_or_fault="fault",
+        fault_type="lr_high",
+        fault_family="od",
+        fault_strength="easy",
+        onset_step=1,
+        num_steps=28,
+    )
+    normal = RunInfo(
+        run_id="n",
+        group="normal",
+        task_group="arith_a",
+        model_size="xs",
+        seed=2,
+        control_or_fault="normal",
+        num_steps=28,
+    )
+    rows = [
+        vars(ArmResult(run_id=clean_twin(fault).run_id, arm="clean", final_accuracy=0.5, wall_s=2.0, steps=28)),
+        vars(ArmResult(run_id="f", arm="none", final_accuracy=0.1, wall_s=3.0, steps=28, alarms=4, monitor_s=0.2)),
+        vars(
+            ArmResult(
+                run_id="f", arm="loop", final_accuracy=0.5, wall_s=4.0, steps=31, cleared=True, actions=["3:rollback"]
+            )
+        ),
+        vars(ArmResult(run_id="f", arm="generic", final_accuracy=0.3, wall_s=4.0, steps=30)),
+        vars(ArmResult(run_id=clean_twin(normal).run_id, arm="clean", final_accuracy=0.6, wall_s=2.0, steps=28)),
+        vars(ArmResult(run_id="n", arm="on", final_accuracy=0.6, wall_s=2.2, steps=28)),
+    ]
     before = summarise(rows, [fault], [normal])
     rebuilt = rows_from_summary(before, [fault, normal])
     assert sorted((r["run_id"], r["arm"]) for r in rebuilt) == sorted(
-        [(clean_twin(fault).run_id, "clean"), ("f", "none"), (clean_twin(normal).run_id, "clean")])
+        [(clean_twin(fault).run_id, "clean"), ("f", "none"), (clean_twin(normal).run_id, "clean")]
+    )
     fresh = [r for r in rows if r["arm"] in ("loop", "generic", "on")]
     after = summarise(rebuilt + fresh, [fault], [normal])
     assert after["pairs"] == before["pairs"] and after["healthy"] == before["healthy"]
@@ -214,8 +334,9 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
     abstained (``explained_by`` is then None): the evaluation must not count them as a relapse."""
     from types import SimpleNamespace
 
-    from rftfm.bench.eval_remediation import ArmResult, _fill_from_controller
-    from rftfm.fm.loop import ControllerConfig, MemoryIncidentStore
+    from rftfm.bench.eval_remediation import ArmResult, fill_from_controller
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.policy import ControllerConfig
 
     for explanation, cleared in (("the lag of an undone knob change", True), (None, False)):
         store = MemoryIncidentStore()
@@ -225,10 +346,17 @@ def test_an_alarm_explained_without_a_diagnosis_does_not_keep_a_repair_from_clea
             if explanation:
                 payload |= {"explained_by": None, "explanation": explanation}
             store.record("alarm", "r", step, payload)
-        ctl = SimpleNamespace(store=store, run_id="r", monitor_seconds=0.0, mode="watching", outcomes=[], config=ControllerConfig(),
-                              counts={"interventions": 1, "rollbacks": 0, "errors": 0})
+        ctl = SimpleNamespace(
+            store=store,
+            run_id="r",
+            monitor_seconds=0.0,
+            mode="watching",
+            outcomes=[],
+            config=ControllerConfig(),
+            counts={"interventions": 1, "rollbacks": 0, "errors": 0},
+        )
         result = ArmResult(run_id="r", arm="loop", final_accuracy=0.5, wall_s=1.0, steps=28)
-        _fill_from_controller(result, ctl)
+        fill_from_controller(result, ctl)
         assert result.cleared is cleared and result.alarms_after == 9 and not result.cleared_strict
 
 
@@ -237,11 +365,59 @@ def test_evaluate_remediation_takes_exactly_one_of_data_and_preset(tmp_path):
 
     from rftfm.cli import app
 
-    for args, message in ((["--preset", "nope"], "unknown preset"), ([], "exactly one of --data and --preset"),
-                          (["--preset", "mini", "--data", str(tmp_path)], "exactly one of --data and --preset")):
+    for args, message in (
+        (["--preset", "nope"], "unknown preset"),
+        ([], "exactly one of --data and --preset"),
+        (["--preset", "mini", "--data", str(tmp_path)], "exactly one of --data and --preset"),
+    ):
         out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", *args])
         assert out.exit_code == 2 and message in " ".join(out.output.split()), out.output
     # a preset needs no generated data: the selection alone is printed before any training
-    out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", "--preset", "mini", "--types", "lr_high", "--limit", "0",
-                                   "--healthy", "0", "--split", "all"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "evaluate",
+            "remediation",
+            "--preset",
+            "mini",
+            "--types",
+            "lr_high",
+            "--limit",
+            "0",
+            "--healthy",
+            "0",
+            "--split",
+            "all",
+        ],
+    )
     assert out.exit_code == 0 and "0 faulty runs" in out.output, out.output
+
+
+def test_both_stores_give_back_the_same_events(tmp_path):
+    """The in-memory store follows the SQLite one: same kinds refused, same JSON payloads (NaN -> null)."""
+    from rftfm.fm.incidents import IncidentLog, MemoryIncidentStore
+
+    alarm, diagnosis, action, outcome = sample_messages()
+    memory, sqlite = MemoryIncidentStore(), IncidentStore(tmp_path / "inc.db")
+    for store in (memory, sqlite):
+        assert isinstance(store, IncidentLog)
+        for i, (kind, step, payload) in enumerate(
+            (
+                ("run", None, {"event": "start"}),
+                ("alarm", 7, alarm),
+                ("diagnosis", 7, diagnosis),
+                ("action", 7, action),
+                ("outcome", 10, outcome),
+                ("error", 8, {"value": float("nan")}),
+            )
+        ):
+            store.record(kind, "r1", step, payload, time_s=float(i))
+        with pytest.raises(ValueError, match="unknown incident kind"):
+            store.record("alarms!", "r1", 1, {})
+    strip = lambda events: [{k: v for k, v in e.items() if k != "id"} for e in events]
+    assert strip(memory.events()) == strip(sqlite.events())
+    assert strip(memory.events(kind="alarm")) == strip(sqlite.events(kind="alarm"))
+    assert memory.run_ids() == sqlite.run_ids() == ["r1"]
+    assert memory.events(run_id="r1", kind="error")[0]["payload"] == {"value": None}
+    sqlite.close()

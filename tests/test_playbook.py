@@ -92,7 +92,13 @@ def test_capabilities_filter_rungs():
 
 
 def test_low_confidence_and_unknown_use_the_unknown_ladder_and_generic_ignores_diagnosis():
-    rem = Remediator(min_confidence=0.5)
+    assert (
+        Remediator(min_confidence=0.5).plan(
+            diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3}
+        )
+        is None
+    )  # no blind intervention by default
+    rem = Remediator(min_confidence=0.5, blind_interventions=1)
     plan = rem.plan(diagnosis("lr_high", p=0.2), ALL, {"learning_rate": 1e-3}, {"learning_rate": 1e-3})
     assert plan.fault_type is None and plan.actions[-1].value == pytest.approx(5e-4)  # nothing drifted: halve
     drifted = Remediator().plan(
@@ -141,8 +147,15 @@ def test_a_knob_change_since_the_healthy_checkpoint_is_undone_first_whatever_the
     assert Remediator(generic=True).plan(diagnosis(None), ALL, current, healthy).actions[1].value == pytest.approx(3e-3)
 
 
-def test_one_blind_intervention_per_run_then_a_diagnosed_fault_still_gets_its_ladder():
+def test_no_blind_intervention_by_default_but_a_diagnosed_fault_gets_its_ladder():
     rem = Remediator()
+    knobs = {"learning_rate": 1e-3}
+    assert rem.blind_budget_used(diagnosis(None)) and rem.plan(diagnosis(None), ALL, knobs, knobs) is None
+    assert rem.plan(diagnosis("lr_high"), ALL, knobs, knobs).fault_type == "lr_high"
+
+
+def test_one_blind_intervention_per_run_then_a_diagnosed_fault_still_gets_its_ladder():
+    rem = Remediator(blind_interventions=1)
     knobs = {"learning_rate": 1e-3}
     assert rem.plan(diagnosis(None), ALL, knobs, knobs).fault_type is None
     assert rem.blind_budget_used(diagnosis(None)) and rem.plan(diagnosis(None), ALL, knobs, knobs) is None
@@ -181,7 +194,8 @@ def test_raising_a_knob_stops_at_its_ceiling_and_lowering_is_untouched():
     already = Remediator().plan(
         diagnosis("lr_low"), ALL, {"learning_rate": 5e-4}, {"learning_rate": 5e-4}, ceilings=ceilings
     )
-    assert already.actions[-1].value == pytest.approx(5e-4)  # above the ceiling already: never lowered by a "raise"
+    # above the ceiling already: never lowered by a "raise" (the change would leave it as it is: no action)
+    assert already.unchanged == ["learning_rate"] and all(a.kind != "set_knob" for a in already.actions)
     high = Remediator().plan(
         diagnosis("lr_high"), ALL, {"learning_rate": 9e-3}, {"learning_rate": 9e-3}, ceilings=ceilings
     )
@@ -200,3 +214,19 @@ def test_escalation_keeps_the_type_being_repaired_unless_the_new_diagnosis_is_co
             assert again.rung_index == 1 and again.actions[-1].value == 16  # the next rung of its own ladder
         else:
             assert again.rung.halt  # a confident code-fault diagnosis: halt
+
+
+def test_a_knob_change_to_the_value_the_knob_has_is_set_aside_not_planned():
+    rem = Remediator()
+    knobs = {"temperature": 1.0, "learning_rate": 1e-3}
+    plan = rem.plan(diagnosis("sampling_temperature"), ALL, knobs, knobs)  # restore finds 1.0 already set
+    assert plan.unchanged == ["temperature"] and [a.kind for a in plan.actions] == ["rollback"]
+
+
+def test_a_withdrawn_plan_leaves_no_trace():
+    rem = Remediator()
+    knobs = {"learning_rate": 1e-3}
+    first = rem.plan(diagnosis("lr_high"), ALL, knobs, knobs)
+    rem.withdraw()
+    again = rem.plan(diagnosis("lr_high"), ALL, knobs, knobs)  # the same rung again, not the next one
+    assert again.rung_index == first.rung_index == 0 and rem.interventions == 1

@@ -25,14 +25,16 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import polars as pl
 
 from rftfm.bench.pool import run_in_pool
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm import policy
 from rftfm.fm.playbook import ends_in_halt_only
 from rftfm.records import RunInfo
 
@@ -69,8 +71,8 @@ class ArmResult:
     actions: list[str] = field(default_factory=list)
 
 
-def _components(detector_path: str | None, diagnoser_path: str | None) -> tuple[Any, Any]:
-    """Detector and diagnoser, loaded once per process."""
+def load_components(detector_path: str | None, diagnoser_path: str | None) -> tuple[Any, Any]:
+    """Detector and diagnoser (the shipped ones for ``None``), loaded once per process."""
     key = f"{detector_path}|{diagnoser_path}"
     if key not in _MODELS:
         from rftfm.fm.detect import Detector
@@ -88,19 +90,39 @@ def clean_twin(info: RunInfo) -> RunInfo:
     Its run id names only the configuration and seed, so faulty runs that share them share one
     clean arm (trained once).
     """
-    twin = info.model_copy(update={"group": "normal", "control_or_fault": "normal", "fault_type": None, "fault_strength": None,
-                                   "fault_family": None, "onset_step": None, "run_id": ""})
+    twin = info.model_copy(
+        update={
+            "group": "normal",
+            "control_or_fault": "normal",
+            "fault_type": None,
+            "fault_strength": None,
+            "fault_family": None,
+            "onset_step": None,
+            "run_id": "",
+        }
+    )
     digest = hashlib.sha256(twin.model_dump_json().encode()).hexdigest()[:10]
     return twin.model_copy(update={"run_id": f"clean-{info.task_group}-{info.model_size}-s{info.seed}-{digest}"})
 
 
-def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser_path: str | None = None,
-            on_step: Callable[[Any], None] | None = None, incidents: Any = None) -> tuple[ArmResult, Any]:
-    """Train one arm of one run; returns its result and the callback (``None`` without the loop)."""
+def run_arm(
+    info: RunInfo,
+    arm: str,
+    detector_path: str | None = None,
+    diagnoser_path: str | None = None,
+    on_step: Callable[[Any], None] | None = None,
+    incidents: Any = None,
+    *,
+    components: tuple[Any, Any] | None = None,
+    sink: Callable[[Any, list[Any]], None] | None = None,
+) -> tuple[ArmResult, Any]:
+    """Train one arm of one run on the embedded engine; returns its result and the callback (``None``
+    without the loop). ``components``: a (detector, diagnoser) pair to use instead of loading them;
+    ``on_step(record)`` / ``sink(record, trajectories)``: called after every step."""
     import torch
 
-    from rftfm.engine.policy_eval import eval_accuracy
     from rftfm.bench.runner import build_trainer
+    from rftfm.engine.policy_eval import eval_accuracy
     from rftfm.fm.remediate import Remediator
     from rftfm.integrations.trl_callback import RFTFMCallback
 
@@ -108,27 +130,106 @@ def run_arm(info: RunInfo, arm: str, detector_path: str | None = None, diagnoser
     watch = arm in ("none", "loop", "generic", "on")
     target = clean_twin(info) if arm == "clean" else info
     sinks = [lambda record, trajectories: on_step(record)] if on_step else []
+    sinks += [sink] if sink is not None else []
     with tempfile.TemporaryDirectory(prefix="rftfm-rem-") as tmp:
         start = time.perf_counter()
         trainer = build_trainer(target, sinks, output_dir=tmp)
         callback = None
         if watch:
-            detector, diagnoser = _components(detector_path, diagnoser_path)
+            detector, diagnoser = components or load_components(detector_path, diagnoser_path)
             callback = RFTFMCallback.attach(
-                trainer, detector=detector, diagnoser=diagnoser, remediate=arm != "none",
-                remediator=Remediator(generic=arm == "generic"), checkpoint_dir=os.path.join(tmp, "ckpt"),
+                trainer,
+                detector=detector,
+                diagnoser=diagnoser,
+                remediate=arm != "none",
+                remediator=Remediator(generic=arm == "generic"),
+                checkpoint_dir=os.path.join(tmp, "ckpt"),
                 incidents=incidents,
+                report=False,
             )
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
-    result = ArmResult(run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step)
+    result = ArmResult(
+        run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
+    )
     if callback is not None and callback.controller is not None:
-        _fill_from_controller(result, callback.controller)
+        fill_from_controller(result, callback.controller)
     return result, callback
 
 
-def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
+#: Arms of a run through a plain TRL GRPOTrainer subclass (the user-run harness): without the loop, alert-only,
+#: the loop deciding from train-side metrics, the loop with an eval callable (RewardEval on held-out prompts).
+PLAIN_ARMS = ("clean", "none", "loop", "loop+eval")
+
+
+@dataclass(frozen=True)
+class PlainRun:
+    """A run of :mod:`rftfm.testing.user_run` (a plain ``GRPOTrainer`` subclass, a model and task outside the
+    benchmark); ``spike_onset``: the LR is multiplied by ``spike_factor`` there (every arm but ``clean``)."""
+
+    run_id: str
+    seed: int = 0
+    steps: int = 80
+    spike_onset: int | None = None
+    spike_factor: float = 30.0
+    eval_every: int = 10
+    eval_prompts: int = 64
+
+
+def run_plain_arm(
+    run: PlainRun,
+    arm: str,
+    components: tuple[Any, Any] | None = None,
+    detector_path: str | None = None,
+    diagnoser_path: str | None = None,
+) -> tuple[ArmResult, Any]:
+    """Train one arm of ``run`` through the plain trainer and ``RFTFMCallback``; the final accuracy is the
+    greedy accuracy on ``FINAL_EVAL_PROMPTS`` held-out prompts (never the ones the eval callable sees)."""
+    import torch
+
+    from transformers import PrinterCallback
+
+    from rftfm.integrations.trl_callback import RFTFMCallback
+    from rftfm.integrations.trl_eval import RewardEval
+    from rftfm.testing import user_run as ur
+
+    if arm not in PLAIN_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {PLAIN_ARMS}")
+    torch.set_num_threads(1)
+    spike = ur.LRSpike(run.spike_onset, run.spike_factor) if run.spike_onset and arm != "clean" else None
+    with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
+        start = time.perf_counter()
+        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=spike, eval_prompts=run.eval_prompts)
+        trainer.remove_callback(PrinterCallback)  # the evaluation prints its own rows, not every log dict
+        callback = None
+        if arm != "clean":
+            detector, diagnoser = components or load_components(detector_path, diagnoser_path)
+            eval_fn = RewardEval.from_trainer(trainer, threshold=1.0) if arm == "loop+eval" else None
+            callback = RFTFMCallback.attach(
+                trainer,
+                detector=detector,
+                diagnoser=diagnoser,
+                remediate=arm != "none",
+                checkpoint_dir=os.path.join(tmp, "ckpt"),
+                run_id=run.run_id,
+                eval_fn=eval_fn,
+                eval_every=run.eval_every,
+                report=False,
+            )
+        trainer.train()
+        wall = time.perf_counter() - start
+        accuracy = ur.accuracy(trainer.model, n=FINAL_EVAL_PROMPTS, offset=run.eval_prompts)
+    result = ArmResult(
+        run_id=run.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
+    )
+    if callback is not None and callback.controller is not None:
+        fill_from_controller(result, callback.controller)
+    return result, callback
+
+
+def fill_from_controller(result: ArmResult, ctl: Any) -> None:
+    """``result``'s loop fields from a finished controller (its incident events, counts and mode)."""
     events = ctl.store.events(run_id=ctl.run_id)
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
     actions = [e for e in events if e["kind"] == "action"]
@@ -144,8 +245,12 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
     result.halted = ctl.mode == "halted"
     result.errors = ctl.counts["errors"]
     result.outcomes = [o.result for o in ctl.outcomes]
-    result.actions = [f"{e['step']}:{e['payload']['kind']}" + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
-                      + (":skipped" if str(e["payload"].get("detail", "")).startswith("skipped") else "") for e in actions]
+    result.actions = [
+        f"{e['step']}:{e['payload']['kind']}"
+        + (f":{e['payload']['knob']}={e['payload']['value']}" if e["payload"].get("knob") else "")
+        + (":skipped" if str(e["payload"].get("detail", "")).startswith("skipped") else "")
+        for e in actions
+    ]
     if actions and not result.halted:
         # cleared: the run went on for a full revalidation window after the last action, and no
         # confirmed alarm followed (the loop's own rule: two alarms within the confirmation
@@ -154,11 +259,11 @@ def _fill_from_controller(result: ArmResult, ctl: Any) -> None:
         last_action = max(e["step"] for e in actions)
         every = [(e["step"], e["payload"]) for e in events if e["kind"] == "alarm" and e["step"] > last_action]
         result.alarms_after = len(every)
-        after = [(s, p) for s, p in every if not p.get("explanation")]  # explained (explained_by may be None: no diagnosis)
+        # explained alarms do not count (explained_by may be None: no diagnosis); the others by the loop's own rule
+        after = [(s, p) for s, p in every if not p.get("explanation")]
         steps_after = [s for s, _ in after]
         confirmed = any(
-            (p.get("threshold") or 0) > 0 and p.get("score", 0) >= cfg.strong_alarm * p["threshold"]
-            or sum(1 for t in steps_after if s - cfg.confirm_window < t <= s) >= cfg.confirm_alarms
+            policy.confirmed(policy.AlarmFacts(s, p.get("score", 0), p.get("threshold") or 0), steps_after, cfg)
             for s, p in after
         )
         result.cleared_strict = result.steps - last_action >= cfg.revalidate_steps and not every
@@ -174,12 +279,15 @@ def _task(payload: tuple[dict[str, Any], str, str | None, str | None]) -> dict[s
     return asdict(result)
 
 
-def select_runs(runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None,
-                types: list[str] | None = None) -> tuple[list[RunInfo], list[RunInfo]]:
+def select_runs(
+    runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None, types: list[str] | None = None
+) -> tuple[list[RunInfo], list[RunInfo]]:
     """Faulty runs (``per_type`` per type x strength, alternating onsets; only ``types`` if given) and healthy runs."""
     cols = set(RunInfo.model_fields)
-    to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})  # noqa: E731
-    faulty = runs.filter(pl.col("control_or_fault") == "fault").sort("fault_type", "fault_strength", "onset_step", "seed")
+    to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})
+    faulty = runs.filter(pl.col("control_or_fault") == "fault").sort(
+        "fault_type", "fault_strength", "onset_step", "seed"
+    )
     if types:
         unknown = sorted(set(types) - set(FAULT_TYPES))
         if unknown:
@@ -224,9 +332,15 @@ def _key(info: RunInfo, arm: str) -> tuple[str, str]:
     return (clean_twin(info).run_id if arm == "clean" else info.run_id, arm)
 
 
-def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str | None = None, diagnoser_path: str | None = None,
-             workers: int = 1, on_done: Callable[[dict[str, Any]], None] | None = None,
-             rows_path: Path | None = None) -> dict[str, Any]:
+def evaluate(
+    faulty: list[RunInfo],
+    healthy: list[RunInfo],
+    detector_path: str | None = None,
+    diagnoser_path: str | None = None,
+    workers: int = 1,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+    rows_path: Path | None = None,
+) -> dict[str, Any]:
     """Run every arm of every selected run; returns raw rows and the summary tables.
 
     With ``rows_path`` every finished training is appended there as one JSON line, and the
@@ -236,7 +350,7 @@ def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str |
     done = {(r["run_id"], r["arm"]) for r in results}
     todo = [(r, arm) for r, arm in _tasks(faulty, healthy) if _key(r, arm) not in done]
     tasks = [(r.model_dump(mode="json"), arm, detector_path, diagnoser_path) for r, arm in todo]
-    sink = open(rows_path, "a", encoding="utf-8") if rows_path is not None else None  # noqa: SIM115
+    sink = open(rows_path, "a", encoding="utf-8") if rows_path is not None else None
 
     def finished(row: dict[str, Any]) -> None:
         results.append(row)
@@ -247,7 +361,9 @@ def evaluate(faulty: list[RunInfo], healthy: list[RunInfo], detector_path: str |
             on_done(row)
 
     try:
-        for row in run_in_pool(_task, [(t,) for t in tasks], workers, init=lambda: _components(detector_path, diagnoser_path)):
+        for row in run_in_pool(
+            _task, [(t,) for t in tasks], workers, init=lambda: load_components(detector_path, diagnoser_path)
+        ):
             finished(row)
     finally:
         if sink is not None:
@@ -273,8 +389,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 REUSABLE_ARMS = ("clean", "none")
 
 
-def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: Iterable[str] = REUSABLE_ARMS,
-                      healthy_off: bool = True) -> list[dict[str, Any]]:
+def rows_from_summary(
+    summary: dict[str, Any], runs: Iterable[RunInfo], arms: Iterable[str] = REUSABLE_ARMS, healthy_off: bool = True
+) -> list[dict[str, Any]]:
     """Rows (as :func:`evaluate` writes them) of ``arms`` of ``runs``, rebuilt from an earlier ``--json`` summary.
 
     Only :data:`REUSABLE_ARMS`: the clean arm (no loop) and the no-remediation arm (alert-only,
@@ -284,7 +401,9 @@ def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: It
     """
     arms = set(arms)
     if arms - set(REUSABLE_ARMS):
-        raise ValueError(f"arms {sorted(arms - set(REUSABLE_ARMS))} depend on the loop's code; reusable: {list(REUSABLE_ARMS)}")
+        raise ValueError(
+            f"arms {sorted(arms - set(REUSABLE_ARMS))} depend on the loop's code; reusable: {list(REUSABLE_ARMS)}"
+        )
     by_id = {r.run_id: r for r in runs}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for pair in summary.get("pairs", []):
@@ -292,10 +411,10 @@ def rows_from_summary(summary: dict[str, Any], runs: Iterable[RunInfo], arms: It
         if info is None:
             continue
         if "none" in arms:
-            rows[(info.run_id, "none")] = asdict(ArmResult(
-                run_id=info.run_id, arm="none", final_accuracy=pair["none_accuracy"], wall_s=pair["none_wall_s"],
-                monitor_s=pair["none_monitor_s"], steps=pair["none_steps"], interventions=pair["none_interventions"],
-                halted=pair["none_halted"], alarms_after=pair["none_alarms_after"], actions=list(pair["none_actions"])))
+            keys = ("accuracy", "wall_s", "monitor_s", "steps", "interventions", "halted", "alarms_after", "actions")
+            none = {k: pair[f"none_{k}"] for k in keys}
+            none["final_accuracy"], none["actions"] = none.pop("accuracy"), list(none["actions"])
+            rows[(info.run_id, "none")] = asdict(ArmResult(run_id=info.run_id, arm="none", **none))
         if "clean" in arms:
             twin = clean_twin(info).run_id
             rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=pair["clean_accuracy"],
@@ -313,7 +432,9 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 1)
 
 
-def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: list[RunInfo], tolerance: float = TOLERANCE) -> dict[str, Any]:
+def summarise(
+    results: list[dict[str, Any]], faulty: list[RunInfo], healthy: list[RunInfo], tolerance: float = TOLERANCE
+) -> dict[str, Any]:
     by = {(r["run_id"], r["arm"]): r for r in results}
     pairs = []
     for info in faulty:
@@ -322,11 +443,17 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
             continue
         clean_acc = arms["clean"]["final_accuracy"]
         row: dict[str, Any] = {
-            "run_id": info.run_id, "fault_family": info.fault_family or FAULT_TYPES[info.fault_type].family,
-            "fault_type": info.fault_type, "setting": info.fault_strength, "onset_step": info.onset_step,
-            "knob_repairable": FAULT_TYPES[info.fault_type].knob_repairable, "halt_only": ends_in_halt_only(info.fault_type),
-            "clean_accuracy": clean_acc, "detected": arms["loop"]["alarms"] > 0,
-            "diagnosed": arms["loop"]["diagnosed"], "diagnosis_correct": arms["loop"]["diagnosed"] == info.fault_type,
+            "run_id": info.run_id,
+            "fault_family": info.fault_family or FAULT_TYPES[info.fault_type].family,
+            "fault_type": info.fault_type,
+            "setting": info.fault_strength,
+            "onset_step": info.onset_step,
+            "knob_repairable": FAULT_TYPES[info.fault_type].knob_repairable,
+            "halt_only": ends_in_halt_only(info.fault_type),
+            "clean_accuracy": clean_acc,
+            "detected": arms["loop"]["alarms"] > 0,
+            "diagnosed": arms["loop"]["diagnosed"],
+            "diagnosis_correct": arms["loop"]["diagnosed"] == info.fault_type,
         }
         for arm in ("none", "loop", "generic"):
             a = arms[arm]
@@ -350,35 +477,48 @@ def summarise(results: list[dict[str, Any]], faulty: list[RunInfo], healthy: lis
         off, on = by.get((clean_twin(info).run_id, "clean")), by.get((info.run_id, "on"))
         if off is None or on is None:
             continue
-        healthy_rows.append({
-            "run_id": info.run_id, "kind": info.control_or_fault, "alarms": on["alarms"], "interventions": on["interventions"],
-            "halted": on["halted"], "accuracy_off": off["final_accuracy"], "accuracy_on": on["final_accuracy"],
-            "wall_off_s": off["wall_s"], "wall_on_s": on["wall_s"], "monitor_s": on["monitor_s"],
-        })
+        healthy_rows.append(
+            {
+                "run_id": info.run_id,
+                "kind": info.control_or_fault,
+                "alarms": on["alarms"],
+                "interventions": on["interventions"],
+                "halted": on["halted"],
+                "accuracy_off": off["final_accuracy"],
+                "accuracy_on": on["final_accuracy"],
+                "wall_off_s": off["wall_s"],
+                "wall_on_s": on["wall_s"],
+                "monitor_s": on["monitor_s"],
+            }
+        )
     return {"tolerance": tolerance, "pairs": pairs, "healthy": healthy_rows, "tables": tables(pairs, healthy_rows)}
 
 
 def _group(pairs: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
     if pairs.height == 0:
         return []
-    out = pairs.group_by(keys, maintain_order=True).agg(
-        pl.len().alias("runs"),
-        (pl.col("detected").mean() * 100).round(1).alias("detected_%"),
-        (pl.col("diagnosis_correct").mean() * 100).round(1).alias("diagnosis_correct_%"),
-        (pl.col("loop_success").mean() * 100).round(1).alias("loop_repair_%"),
-        (pl.col("generic_success").mean() * 100).round(1).alias("generic_repair_%"),
-        (pl.col("loop_success_strict").mean() * 100).round(1).alias("loop_repair_strict_%"),
-        (pl.col("none_accuracy_ok").mean() * 100).round(1).alias("none_acc_ok_%"),
-        (pl.col("loop_accuracy_ok").mean() * 100).round(1).alias("loop_acc_ok_%"),
-        (pl.col("generic_accuracy_ok").mean() * 100).round(1).alias("generic_acc_ok_%"),
-        (pl.col("loop_cleared").mean() * 100).round(1).alias("loop_cleared_%"),
-        (pl.col("loop_halted").mean() * 100).round(1).alias("loop_halted_%"),
-        pl.col("clean_accuracy").mean().round(3).alias("clean_acc"),
-        pl.col("none_accuracy").mean().round(3).alias("none_acc"),
-        pl.col("loop_accuracy").mean().round(3).alias("loop_acc"),
-        pl.col("generic_accuracy").mean().round(3).alias("generic_acc"),
-        pl.col("loop_interventions").mean().round(2).alias("loop_interventions"),
-    ).sort(keys)
+    out = (
+        pairs.group_by(keys, maintain_order=True)
+        .agg(
+            pl.len().alias("runs"),
+            (pl.col("detected").mean() * 100).round(1).alias("detected_%"),
+            (pl.col("diagnosis_correct").mean() * 100).round(1).alias("diagnosis_correct_%"),
+            (pl.col("loop_success").mean() * 100).round(1).alias("loop_repair_%"),
+            (pl.col("generic_success").mean() * 100).round(1).alias("generic_repair_%"),
+            (pl.col("loop_success_strict").mean() * 100).round(1).alias("loop_repair_strict_%"),
+            (pl.col("none_accuracy_ok").mean() * 100).round(1).alias("none_acc_ok_%"),
+            (pl.col("loop_accuracy_ok").mean() * 100).round(1).alias("loop_acc_ok_%"),
+            (pl.col("generic_accuracy_ok").mean() * 100).round(1).alias("generic_acc_ok_%"),
+            (pl.col("loop_cleared").mean() * 100).round(1).alias("loop_cleared_%"),
+            (pl.col("loop_halted").mean() * 100).round(1).alias("loop_halted_%"),
+            pl.col("clean_accuracy").mean().round(3).alias("clean_acc"),
+            pl.col("none_accuracy").mean().round(3).alias("none_acc"),
+            pl.col("loop_accuracy").mean().round(3).alias("loop_acc"),
+            pl.col("generic_accuracy").mean().round(3).alias("generic_acc"),
+            pl.col("loop_interventions").mean().round(2).alias("loop_interventions"),
+        )
+        .sort(keys)
+    )
     return out.to_dicts()
 
 
@@ -386,8 +526,12 @@ def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[s
     frame = pl.DataFrame(pairs) if pairs else pl.DataFrame()
     out: dict[str, Any] = {}
     if frame.height:
-        frame = frame.with_columns(pl.when(pl.col("knob_repairable")).then(pl.lit("knob-repairable"))
-                                   .otherwise(pl.lit("halt (code fault)")).alias("class"))
+        frame = frame.with_columns(
+            pl.when(pl.col("knob_repairable"))
+            .then(pl.lit("knob-repairable"))
+            .otherwise(pl.lit("halt (code fault)"))
+            .alias("class")
+        )
         out["by_class_setting"] = _group(frame, ["class", "setting"])
         out["by_setting_all_types"] = _group(frame, ["setting"])
         out["by_family_setting"] = _group(frame, ["fault_family", "setting"])
@@ -398,8 +542,12 @@ def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[s
             "wall_vs_clean_%": _pct(frame["loop_wall_s"].sum() / max(frame["clean_wall_s"].sum(), 1e-9) - 1),
         }
         if "loop_steps" in frame.columns:  # (JSON written before replays were recorded has no step counts)
-            out["overhead_faulty"]["steps_vs_clean_%"] = _pct(frame["loop_steps"].sum() / max(frame["clean_steps"].sum(), 1) - 1)
-            out["overhead_faulty"]["runs_replaying_%"] = _pct(float((frame["loop_steps"] > frame["clean_steps"]).mean()))
+            out["overhead_faulty"]["steps_vs_clean_%"] = _pct(
+                frame["loop_steps"].sum() / max(frame["clean_steps"].sum(), 1) - 1
+            )
+            out["overhead_faulty"]["runs_replaying_%"] = _pct(
+                float((frame["loop_steps"] > frame["clean_steps"]).mean())
+            )
     if healthy:
         h = pl.DataFrame(healthy)
         out["healthy"] = {
@@ -427,9 +575,24 @@ def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GROUP_COLUMNS = ["runs", "detected_%", "diagnosis_correct_%", "loop_repair_%", "generic_repair_%", "loop_repair_strict_%", "none_acc_ok_%", "loop_acc_ok_%",
-                 "generic_acc_ok_%", "loop_cleared_%", "loop_halted_%", "clean_acc", "none_acc", "loop_acc", "generic_acc",
-                 "loop_interventions"]
+GROUP_COLUMNS = [
+    "runs",
+    "detected_%",
+    "diagnosis_correct_%",
+    "loop_repair_%",
+    "generic_repair_%",
+    "loop_repair_strict_%",
+    "none_acc_ok_%",
+    "loop_acc_ok_%",
+    "generic_acc_ok_%",
+    "loop_cleared_%",
+    "loop_halted_%",
+    "clean_acc",
+    "none_acc",
+    "loop_acc",
+    "generic_acc",
+    "loop_interventions",
+]
 
 
 def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
@@ -451,68 +614,87 @@ def target_status(summary: dict[str, Any]) -> list[str]:
             continue
         met = r["loop_repair_%"] >= goal and r["loop_repair_%"] > r["generic_repair_%"]
         low, high = wilson_interval(round(r["loop_repair_%"] * r["runs"] / 100), r["runs"])
-        lines.append(f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % of {r['runs']} (95 % CI {low:.1f}-{high:.1f}; "
-                     f"target >= {goal:.0f} %; generic baseline {r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**")
+        lines.append(
+            f"- repair success, knob-repairable, {setting}: {r['loop_repair_%']} % of {r['runs']} (95 % CI "
+            f"{low:.1f}-{high:.1f}; "
+            f"target >= {goal:.0f} %; generic baseline {r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**"
+        )
     every = {r["setting"]: r for r in t.get("by_setting_all_types", [])}
     if "hard" in every:
         r = every["hard"]
-        lines.append(f"- for comparison, all {r['runs']} hard runs of every type (code faults included, which end in halt and never count): "
-                     f"{r['loop_repair_%']} % repaired (published RFT-FM: 46.25 % on hard faults, judged only by a lower anomaly score)")
+        lines.append(
+            f"- for comparison, all {r['runs']} hard runs of every type (code faults included, which end in halt and "
+            "never count): "
+            f"{r['loop_repair_%']} % repaired (published RFT-FM: 46.25 % on hard faults, judged only by a lower "
+            "anomaly score)"
+        )
     h = t.get("healthy")
     if h:
         ok = h["no_intervention_%"] >= 98.0
-        lines.append(f"- healthy runs without an intervention: {h['no_intervention_%']} % of {h['runs']} (target >= 98 %) -> **{'met' if ok else 'not met'}**")
+        lines.append(
+            f"- healthy runs without an intervention: {h['no_intervention_%']} % of {h['runs']} (target >= 98 %) -> "
+            f"**{'met' if ok else 'not met'}**"
+        )
         ok = h["accuracy_on"] >= h["accuracy_off"] - 1e-9
-        lines.append(f"- healthy accuracy with / without the loop: {h['accuracy_on']} / {h['accuracy_off']} "
-                     f"({h['accuracy_loss_runs']} runs lost accuracy) -> **{'met' if ok else 'not met'}**")
+        lines.append(
+            f"- healthy accuracy with / without the loop: {h['accuracy_on']} / {h['accuracy_off']} "
+            f"({h['accuracy_loss_runs']} runs lost accuracy) -> **{'met' if ok else 'not met'}**"
+        )
         ok = h["overhead_%"] is not None and h["overhead_%"] <= 20.0
-        lines.append(f"- compute overhead on healthy runs (wall time, loop on vs off): {h['overhead_%']} % "
-                     f"(monitor's own share {h['monitor_share_%']} %; target <= 20 %) -> **{'met' if ok else 'not met'}**")
+        lines.append(
+            f"- compute overhead on healthy runs (wall time, loop on vs off): {h['overhead_%']} % "
+            f"(monitor's own share {h['monitor_share_%']} %; target <= 20 %) -> **{'met' if ok else 'not met'}**"
+        )
     return lines
 
 
 INTRO = """# Remediation: the RFT-FM closed loop
 
-*This file is written by `rftfm bench evaluate remediation ... --markdown docs/remediation.md` (or re-rendered from the raw
-rows with `--from-json docs/results/remediation-seed.json`); do not edit the tables by hand.*
+*This file is written by `rftfm bench evaluate remediation ... --markdown docs/remediation.md` (or re-rendered from
+the raw rows with `--from-json docs/results/remediation-seed.json`); do not edit the tables by hand.*
 
-The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) watches
-every step: detector -> diagnoser (on a confirmed alarm: two alarms within three steps, or one with
-score >= 2x threshold; an alarm nobody can explain -- diagnoser abstains and no knob changed -- needs three
-alarms within four steps, and a run gets at most one such blind intervention) -> remediator (`rftfm.fm.remediate`)
--> revalidation over 3 steps (no alarm: *kept*; alarm or eval accuracy far below the checkpoint's: *escalated*
-to the next rung). The loop reads the trainer's knobs every step and notes every change it did not make itself.
-A new incident that follows such a change (a configuration push) within 12 steps first gets "roll back to before
-the change and undo it" (`DRIFT_RUNG`); while a push is in effect one alarm is enough to act, and the last
-checkpoint before the push is pinned against pruning. No new rung starts when fewer steps remain than the
-revalidation needs (the alarm is reported). When an escalation brings a different diagnosis, it replaces the type
-being repaired only at probability >= 0.8. A knob ladder's final halt happens only when eval accuracy has fallen
-since the checkpoint; otherwise the loop goes alert-only (stopping a run that is not getting worse only loses its
-remaining steps); code faults, whose ladders have no knob rung, always halt. After a knob repair of type T, an alarm is recorded as explained, not acted on, when its
-strong evidence (|z| >= 2) lies only in T's upstream signals (`UPSTREAM_SIGNALS`: the fault's source keeps
-acting, e.g. reward sd under a noisy verifier), or, after a pushed knob was undone, when it only repeats the
-incident's own deviations (same signal, same direction: the run is catching up) while eval accuracy has not fallen.
-Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checked, written atomically) are taken
-every 2 healthy steps; a rollback restores the newest valid one from before the weights that generated the first
-deviating rollout (a step's rollouts come from the previous update: checkpoint <= first deviating step - 2; the
-first deviating step is at most 4 steps before the first alarm, or the step of a knob push), or the oldest one
-kept. A rollback is a resume, as `Trainer.resume_from_checkpoint` does it: weights, optimiser, scheduler and RNG
-come from the checkpoint, the discarded steps' prompt batches come again before any new one (the planned order,
-delayed), and the run is extended by the steps it discarded (the trainer's `max_steps`; up to half the planned
-steps per run in all), so a repaired run still gets its planned number of updates. A configuration push undone
-this way resumes into exactly the clean run (a test checks the weights bit for bit). A knob rung rolls back only
-when eval accuracy fell since that checkpoint, or fell 0.1 below its best 2-step mean since it (a run still
-learning fast can fall and stay above an old checkpoint), or when it sits at its ceiling (>= 0.98, where it cannot
-fall and so cannot show damage the weights carry) and the discarded steps can all be replayed. After a rollback, detector and
-diagnoser see the run's *effective* step (checkpoint step + 1, ...), since their normal profiles are indexed by
-step. A restore of a knob that has not drifted since the checkpoint undoes the last change the loop did not make
-to it, however long ago, before any fallback (an LR cut 14 steps before the alarm is undone, not multiplied by
-30). Actions go only through trainer knobs (`rftfm.engine.knobs`: the GRPOConfig knobs, plus three a sandbox /
-sampler has -- tool-call retries, verifier calls averaged per completion, DAPO's dynamic sampling that resamples
-the prompts of all-zero-advantage groups), rollback, halt, or a backup verifier / tool the user registered --
-never through the fault injector, which keeps acting.
-At most 3 interventions per run. Any exception in the loop is recorded as an `error` incident and the loop
-degrades to alert-only; the trainer never sees it.
+The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) is a state
+machine that follows the rules of `rftfm.fm.policy` (each a pure function, unit-tested without a trainer). Every
+step: detector -> on a confirmed alarm (two alarms within three steps, or one with score >= 2x threshold, or one
+while a knob push is in effect) the diagnoser -> the remediator's next rung (`rftfm.fm.remediate`) -> revalidation
+over 3 steps (no alarm: *kept*; alarm, or eval accuracy 0.2 below the checkpoint's: *escalated* to the next rung).
+
+**What it will not do on its own.** An alarm nobody can explain (the diagnoser abstains and no knob changed) is
+reported, not acted on (`Remediator(blind_interventions=1)` restores the earlier single blind rollback + LR halving
+per run). A rung whose knob changes would leave every knob as it is (the healthy value is already set: the diagnosed
+cause is not in the trainer's settings) is reported, not acted on. In a run without any eval accuracy, a rung acts
+only on a diagnosis at p >= 0.5 or to undo a knob push. A halt needs a diagnosis: a code fault (no knob rung) halts
+at p >= 0.8 or when eval accuracy fell since the checkpoint; a knob ladder's final halt only on a measured fall in
+eval accuracy; otherwise the loop reports the incident and goes alert-only. No new rung starts when fewer steps
+remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is alert-only from the start.
+
+**What the user has.** With `eval_fn(model) -> float` (e.g. `rftfm.integrations.trl_eval.RewardEval`, built from
+TRL's `eval_dataset` and the trainer's reward functions) the loop measures held-out accuracy at the start, every
+`eval_every` steps, and whenever a rollback, halt or revalidation decision needs the current value; without it, and
+without `eval_accuracy` in the logs, it decides from train-side metrics alone and its incident log says so.
+
+**Knob pushes.** The loop reads the trainer's knobs every step and notes every change it did not make itself. A new
+incident that follows such a change within 12 steps first gets "roll back to before the change and undo it"
+(`DRIFT_RUNG`); the last checkpoint before the push is pinned against pruning. When an escalation brings a different
+diagnosis, it replaces the type being repaired only at p >= 0.8. After a knob repair of type T, an alarm is recorded
+as explained, not acted on, when its strong evidence (|z| >= 2) lies only in T's upstream signals
+(`UPSTREAM_SIGNALS`), or, after a pushed knob was undone, when it only repeats the incident's own deviations while
+eval accuracy has not fallen (the run is catching up).
+
+**Rollback as a resume.** Checkpoints (model safetensors, optimiser / scheduler / RNG state, sha256-checked, written
+atomically) are taken every 2 healthy steps (at the first logged step past each multiple when the trainer logs every
+few steps); a rollback restores the newest valid one from before the weights that generated the first deviating
+rollout (checkpoint <= first deviating step - 2; the first deviating step is at most 4 steps before the first alarm,
+or the step of a knob push), or the oldest one kept. Weights, optimiser, scheduler and RNG come from the checkpoint,
+the discarded steps' prompt batches come again before any new one (`BatchReplayMixin`), and the run is extended by
+the steps it discarded (up to half the planned steps per run in all): an undone push resumes into exactly the clean
+run (tests check the weights bit for bit, also with a warm-up, gradient accumulation and logging_steps > 1). A knob
+rung rolls back only when eval accuracy fell since that checkpoint, or 0.1 below its best 2-step mean since it, or
+when it sits at its ceiling (>= 0.98) and the discarded steps can all be replayed, or when the rung undoes a push the
+checkpoint predates. Detector and diagnoser see the run's *effective* step after a rollback. Actions go only through
+trainer knobs (`rftfm.engine.knobs`), rollback, halt, or a backup verifier / tool the user registered -- never
+through the fault injector, which keeps acting. At most 3 interventions per run. Any exception in the loop is
+recorded as an `error` incident and the loop degrades to alert-only; the trainer never sees it.
 
 ## Playbook (from `rftfm.fm.playbook.PLAYBOOK`)
 
@@ -523,13 +705,15 @@ SOURCES = """
 Sources: [ckpt] rollback to the last good checkpoint and lower the LR after loss spikes (OPT-175B logbook,
 Zhang et al. 2022; BLOOM, Le Scao et al. 2022; PaLM, Chowdhery et al. 2022). [kl] KL penalty to the reference
 (Ouyang et al. 2022; Gao et al. 2023). [temp] GRPO rollouts at temperature 1.0 (DeepSeekMath, Shao et al. 2024;
-DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions, token-level loss, dynamic sampling (DAPO).
+DAPO, Yu et al. 2025). [dapo] overlong filtering / masking truncated completions, token-level loss, dynamic sampling
+(DAPO).
 [drgrpo] no std scaling (Dr. GRPO, Liu et al. 2025). [clip] tighter clip range against off-policy rollouts
 (PPO, Schulman et al. 2017; Yao et al. 2025 on truncated importance sampling). [rep] repetition penalty and EOS
 against degenerate loops (Keskar et al. 2019; Holtzman et al. 2020). [norm] reward normalisation (Huang et al. 2022,
 "The 37 implementation details of PPO").
-[opsm] off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's `off_policy_mask_threshold`). [ens] averaging several reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024;
-Eisenstein et al. 2024). [retry] retrying transient tool / sandbox failures (the retry setting of agent-RL sandboxes).
+[opsm] off-policy sequence masking (DeepSeek-V3.2, 2025; TRL's `off_policy_mask_threshold`). [ens] averaging several
+reward evaluations against a noisy reward (reward-model ensembles, Coste et al. 2024; Eisenstein et al. 2024). [retry]
+retrying transient tool / sandbox failures (the retry setting of agent-RL sandboxes).
 """
 
 
@@ -539,33 +723,58 @@ def playbook_markdown() -> str:
     rows = []
     for name, rungs in PLAYBOOK.items():
         ftype = FAULT_TYPES[name]
-        rows.append({"type": name, "family": ftype.family,
-                     "class": "knob-repairable" if ftype.knob_repairable else "halt (code fault)",
-                     "ladder": " -> ".join(f"({i + 1}) {describe_rung(r)}" for i, r in enumerate(rungs)),
-                     "sources": " ".join(sorted({src for r in rungs for src in r.source.split()}))})
+        rows.append(
+            {
+                "type": name,
+                "family": ftype.family,
+                "class": "knob-repairable" if ftype.knob_repairable else "halt (code fault)",
+                "ladder": " -> ".join(f"({i + 1}) {describe_rung(r)}" for i, r in enumerate(rungs)),
+                "sources": " ".join(sorted({src for r in rungs for src in r.source.split()})),
+            }
+        )
     return _md_table(rows, ["type", "family", "class", "ladder", "sources"])
 
 
 def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> str:
     t = summary["tables"]
-    out = [INTRO, playbook_markdown(), SOURCES, "\nBackup rungs apply only when the user registered a backup verifier / tool "
-           "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n", f"Produced by `{command}`.\n",
-           f"\n{note}\n\n" if note else "",
-           f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed alarm -- two alarms "
-           f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the upstream signals of the "
-           f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) or only repeat the deviations of an incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final eval accuracy "
-           f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
-           "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy within tolerance. "
-           "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the last action.\n",
-           "\n### Targets\n", "\n".join(target_status(summary)) + "\n",
-           "\n### All fault types by setting\n", _md_table(t.get("by_setting_all_types", []), ["setting"] + GROUP_COLUMNS),
-           "\n### By class (knob-repairable vs code faults that end in halt) and setting\n",
-           _md_table(t.get("by_class_setting", []), ["class", "setting"] + GROUP_COLUMNS),
-           "\n### By family and setting\n", _md_table(t.get("by_family_setting", []), ["fault_family", "setting"] + GROUP_COLUMNS),
-           "\n### By type and setting\n", _md_table(t.get("by_type_setting", []), ["fault_type", "setting"] + GROUP_COLUMNS),
-           "\n### By onset step\n", _md_table(t.get("by_onset", []), ["class", "onset_step"] + GROUP_COLUMNS)]
+    out = [
+        INTRO,
+        playbook_markdown(),
+        SOURCES,
+        "\nBackup rungs apply only when the user registered a backup verifier / tool "
+        "(none in this evaluation, so those rungs are skipped).\n\n## Results\n\n",
+        f"Produced by `{command}`.\n",
+        f"\n{note}\n\n" if note else "",
+        f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed "
+        "alarm -- two alarms "
+        f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the "
+        "upstream signals of the "
+        f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) or only repeat the deviations of an "
+        "incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final "
+        "eval accuracy "
+        f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
+        "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy "
+        "within tolerance. "
+        "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the "
+        "last action.\n",
+        "\n### Targets\n",
+        "\n".join(target_status(summary)) + "\n",
+        "\n### All fault types by setting\n",
+        _md_table(t.get("by_setting_all_types", []), ["setting"] + GROUP_COLUMNS),
+        "\n### By class (knob-repairable vs code faults that end in halt) and setting\n",
+        _md_table(t.get("by_class_setting", []), ["class", "setting"] + GROUP_COLUMNS),
+        "\n### By family and setting\n",
+        _md_table(t.get("by_family_setting", []), ["fault_family", "setting"] + GROUP_COLUMNS),
+        "\n### By type and setting\n",
+        _md_table(t.get("by_type_setting", []), ["fault_type", "setting"] + GROUP_COLUMNS),
+        "\n### By onset step\n",
+        _md_table(t.get("by_onset", []), ["class", "onset_step"] + GROUP_COLUMNS),
+    ]
     if "healthy" in t:
-        out += ["\n### Healthy runs (normal + control) with the loop on vs off\n", _md_table([t["healthy"]], list(t["healthy"]))]
+        out += [
+            "\n### Healthy runs (normal + control) with the loop on vs off\n",
+            _md_table([t["healthy"]], list(t["healthy"])),
+        ]
     if "overhead_faulty" in t:
         out += ["\n### Faulty runs: loop cost\n", _md_table([t["overhead_faulty"]], list(t["overhead_faulty"]))]
     return "".join(out)

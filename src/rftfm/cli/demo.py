@@ -159,8 +159,6 @@ def demo(
         except FileNotFoundError as exc:
             diagnoser = None
             console.print(f"[yellow]{exc}: alarms get the 'unknown' ladder (rollback + halve the LR)[/]")
-        ev._MODELS[f"{detector_path}|{diagnoser_path}"] = (detector, diagnoser)
-        key = f"{detector_path}|{diagnoser_path}"
         store = IncidentStore(db)
         events: list[Any] = []
         for arm, label in (
@@ -176,14 +174,18 @@ def demo(
                 # a rollback extends the run by the steps it discarded: the bar grows with it
                 progress.update(task, advance=1, total=max(steps, len(curve)))
 
-            if arm == "loop":
-                result, callback = _run_loop_arm(ev, info, key, on_step, store, events)
+            if arm == "loop":  # (step, trajectories) events also go to the report
+                result, callback = ev.run_arm(
+                    info, arm, on_step=on_step, incidents=store, components=(detector, diagnoser),
+                    sink=lambda record, trajectories: events.append((record, trajectories)),
+                )
             else:
                 target = info.model_copy(
                     update={"run_id": f"{info.run_id}~{arm}"}
                 )  # same seed and fault, own incident log
                 result, callback = ev.run_arm(
-                    target, arm, *_paths(key), on_step=on_step, incidents=store if arm == "none" else None
+                    target, arm, on_step=on_step, incidents=store if arm == "none" else None,
+                    components=(detector, diagnoser),
                 )
             progress.update(task, completed=max(steps, len(curve)), total=max(steps, len(curve)))
             curves[arm], results[arm] = curve, (result, callback)
@@ -198,45 +200,6 @@ def demo(
     (out / "demo.json").write_text(
         json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8"
     )
-
-
-def _paths(key: str) -> tuple[str | None, str | None]:
-    det, diag = key.split("|")
-    return (None if det == "None" else det), (None if diag == "None" else diag)
-
-
-def _run_loop_arm(ev: Any, info: Any, key: str, on_step: Any, store: Any, events: list) -> tuple[Any, Any]:
-    """The loop arm, also collecting (step, trajectories) events for the report."""
-    import tempfile
-
-    import torch
-
-    from rftfm.engine.policy_eval import eval_accuracy
-    from rftfm.bench.runner import build_trainer
-    from rftfm.integrations.trl_callback import RFTFMCallback
-
-    torch.set_num_threads(1)
-    detector, diagnoser = ev._components(*_paths(key))
-    with tempfile.TemporaryDirectory(prefix="rftfm-demo-") as tmp:
-        start = time.perf_counter()
-
-        def sink(record: Any, trajectories: list) -> None:
-            events.append((record, trajectories))
-            on_step(record)
-
-        trainer = build_trainer(info, [sink], output_dir=tmp)
-        callback = RFTFMCallback.attach(
-            trainer, detector=detector, diagnoser=diagnoser, incidents=store, checkpoint_dir=Path(tmp) / "ckpt"
-        )
-        trainer.train()
-        accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(ev.FINAL_EVAL_PROMPTS))
-        wall = time.perf_counter() - start
-    result = ev.ArmResult(
-        run_id=info.run_id, arm="loop", final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
-    )
-    if callback.controller is not None:
-        ev._fill_from_controller(result, callback.controller)
-    return result, callback
 
 
 def _print_timeline(callback: Any) -> None:

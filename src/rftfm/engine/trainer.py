@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -25,6 +24,7 @@ from trl import GRPOTrainer
 from rftfm.engine.hooks import Injector
 from rftfm.engine.policy_eval import eval_accuracy
 from rftfm.engine.tasks import SHAPING_REWARDS, Problem, TaskGroup, calculator, with_retries
+from rftfm.integrations.batch_replay import BatchReplay
 from rftfm.io.adapters import TRL_STEP_KEYS as ADAPTER_TRL_KEYS
 from rftfm.records import FaultInjection, RunInfo, StepRecord, TrajectoryFlags, TrajectoryRecord
 
@@ -63,39 +63,6 @@ class PlannedThenSpare(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.first) + len(self.second)  # type: ignore[arg-type]
-
-
-#: Prompt batches of this many recent steps are remembered, so a rollback can train them again.
-REPLAY_MEMORY = 256
-
-
-class BatchReplay:
-    """The effective run's recent prompt batches, and the ones a rollback queued to train again.
-
-    :meth:`rewind` after a rollback of ``k`` steps queues the last ``k`` batches; :meth:`next` then
-    hands them out, oldest first, each fresh batch of the data loader waiting behind them: the
-    batches come in the planned order, delayed by ``k`` -- what resuming from a checkpoint does
-    (the data loader is fast-forwarded to it). TRL cannot rewind a live data loader, so the swap
-    happens at generation time; written here.
-    """
-
-    def __init__(self, memory: int = REPLAY_MEMORY):
-        self.recent: deque[Any] = deque(maxlen=memory)
-        self.queue: deque[Any] = deque()
-
-    def next(self, batch: Any) -> Any:
-        """The batch to train now, given the data loader's next one."""
-        if self.queue:
-            self.queue.append(batch)
-            batch = self.queue.popleft()
-        self.recent.append(batch)
-        return batch
-
-    def rewind(self, steps: int) -> int:
-        """Queue the last ``steps`` batches to come again (those still remembered); returns how many."""
-        steps = max(0, min(steps, len(self.recent)))
-        self.queue.extendleft([self.recent.pop() for _ in range(steps)])  # newest popped first; extendleft reverses
-        return steps
 
 
 class RecordingGRPOTrainer(GRPOTrainer):

@@ -60,8 +60,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
 
@@ -85,8 +90,14 @@ class Checkpointer:
         self.pinned: int | None = None
 
     # --- writing ----------------------------------------------------------------------------
-    def save(self, step: int, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
-             knobs: dict[str, Any] | None = None) -> CheckpointInfo:
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        knobs: dict[str, Any] | None = None,
+    ) -> CheckpointInfo:
         final = self.root / f"{PREFIX}{step:07d}"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
@@ -157,8 +168,9 @@ class Checkpointer:
             return CheckpointInfo(step, path, meta.get("knobs", {})), skipped
         return None, skipped
 
-    def restore(self, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
-                before_step: int | None = None) -> tuple[CheckpointInfo, list[str]]:
+    def restore(
+        self, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None, before_step: int | None = None
+    ) -> tuple[CheckpointInfo, list[str]]:
         """Load the newest valid checkpoint (step <= ``before_step``) into the live objects in place.
 
         Returns the checkpoint used and messages about damaged checkpoints that were skipped.
@@ -180,6 +192,23 @@ class Checkpointer:
             set_rng_state(state["rng"])
             return info, skipped
         raise CheckpointError(f"no valid checkpoint at or before step {before_step} in {self.root}; skipped: {skipped}")
+
+    def restore_or_oldest(
+        self, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None, before_step: int = 0
+    ) -> tuple[CheckpointInfo, list[str]]:
+        """:meth:`restore`; when the checkpoints that old were already pruned, the oldest one kept (the
+        closest to the healthy state there is), with a message saying so among the skipped ones."""
+        try:
+            return self.restore(model, optimizer, scheduler, before_step=before_step)
+        except CheckpointError:
+            kept = self.steps()
+            if not kept or kept[0] <= before_step:
+                raise
+            info, skipped = self.restore(model, optimizer, scheduler, before_step=kept[0])
+            return info, [
+                *skipped,
+                f"no checkpoint kept at or before step {before_step}: restored the oldest, step {info.step}",
+            ]
 
     def cleanup(self) -> None:
         """Remove the checkpoint directory if this object created it."""

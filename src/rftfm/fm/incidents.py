@@ -1,6 +1,8 @@
-"""The incident store: every run, alarm, diagnosis, action, outcome and error, in one SQLite file.
+"""The incident store: every run, alarm, diagnosis, action, outcome and error.
 
-Shared by ``rftfm watch`` and the closed loop. SQLite in WAL mode, so readers (``rftfm report``,
+Two stores behind one protocol (:class:`IncidentLog`): :class:`IncidentStore`, one SQLite file shared
+by ``rftfm watch``, the closed loop and ``rftfm report``; and :class:`MemoryIncidentStore`, the same
+rows in memory (evaluation runs, a callback without a file). SQLite in WAL mode, so readers (``rftfm report``,
 a dashboard) never block the writer and see only committed rows. Every row carries
 ``run_id``, ``step``, ``time`` (Unix seconds), ``kind`` and a JSON ``payload`` (the pydantic
 message of :mod:`rftfm.fm.types` dumped as JSON, or a plain dict).
@@ -23,7 +25,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -66,6 +68,34 @@ def _payload_json(payload: BaseModel | dict[str, Any] | None) -> str:
     return json.dumps(_finite(payload), default=str)
 
 
+def _checked_kind(kind: str) -> str:
+    """The table of ``kind``; a kind the store does not know is refused."""
+    table = KIND_TABLES.get(kind)
+    if table is None:
+        raise ValueError(f"unknown incident kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return table
+
+
+@runtime_checkable
+class IncidentLog(Protocol):
+    """What the loop, the watcher and the report need of an incident store."""
+
+    def record(
+        self,
+        kind: str,
+        run_id: str,
+        step: int | None,
+        payload: BaseModel | dict[str, Any] | None,
+        time_s: float | None = None,
+    ) -> int: ...
+
+    def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]: ...
+
+    def run_ids(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
 def _finite(obj: Any) -> Any:
     """NaN / inf are not JSON: stored as null."""
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
@@ -101,10 +131,14 @@ class IncidentStore:
         time_s: float | None = None,
     ) -> int:
         """Store one event; returns its row id (unique within its kind's table)."""
-        table = KIND_TABLES.get(kind)
-        if table is None:
-            raise ValueError(f"unknown incident kind {kind!r}; expected one of {', '.join(KINDS)}")
-        row = (str(run_id), None if step is None else int(step), time.time() if time_s is None else float(time_s), kind, _payload_json(payload))
+        table = _checked_kind(kind)
+        row = (
+            str(run_id),
+            None if step is None else int(step),
+            time.time() if time_s is None else float(time_s),
+            kind,
+            _payload_json(payload),
+        )
         with self._lock:
             cursor = self._conn.execute(
                 f"INSERT INTO {table} (run_id, step, time, kind, payload) VALUES (?, ?, ?, ?, ?)", row
@@ -113,8 +147,8 @@ class IncidentStore:
 
     def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored events, oldest first: dicts with id, kind, run_id, step, time, payload (parsed JSON)."""
-        if kind is not None and kind not in KIND_TABLES:
-            raise ValueError(f"unknown incident kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if kind is not None:
+            _checked_kind(kind)
         tables = [KIND_TABLES[kind]] if kind else list(KIND_TABLES.values())
         where, args = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
         query = " UNION ALL ".join(
@@ -128,14 +162,27 @@ class IncidentStore:
                 parsed = json.loads(payload)
             except json.JSONDecodeError:  # pragma: no cover - only if someone wrote the file by hand
                 parsed = {"raw": payload}
-            out.append({"id": row_id, "kind": row_kind or _TABLE_KIND[table], "run_id": rid, "step": step, "time": t, "payload": parsed})
+            out.append(
+                {
+                    "id": row_id,
+                    "kind": row_kind or _TABLE_KIND[table],
+                    "run_id": rid,
+                    "step": step,
+                    "time": t,
+                    "payload": parsed,
+                }
+            )
         return out
 
     def run_ids(self) -> list[str]:
         """Every run id that has at least one event, in first-seen order."""
-        query = " UNION ALL ".join(f"SELECT run_id, MIN(time) AS t FROM {t} GROUP BY run_id" for t in KIND_TABLES.values())
+        query = " UNION ALL ".join(
+            f"SELECT run_id, MIN(time) AS t FROM {t} GROUP BY run_id" for t in KIND_TABLES.values()
+        )
         with self._lock:
-            rows = self._conn.execute(f"SELECT run_id, MIN(t) FROM ({query}) GROUP BY run_id ORDER BY MIN(t)").fetchall()
+            rows = self._conn.execute(
+                f"SELECT run_id, MIN(t) FROM ({query}) GROUP BY run_id ORDER BY MIN(t)"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def close(self) -> None:
@@ -147,3 +194,48 @@ class IncidentStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MemoryIncidentStore:
+    """The :class:`IncidentStore` rows, kept in memory (nothing persists): payloads go through the same
+    JSON encoding, so both stores give back the same events."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def record(
+        self,
+        kind: str,
+        run_id: str,
+        step: int | None,
+        payload: BaseModel | dict[str, Any] | None,
+        time_s: float | None = None,
+    ) -> int:
+        _checked_kind(kind)
+        self.rows.append(
+            {
+                "id": len(self.rows) + 1,
+                "kind": kind,
+                "run_id": str(run_id),
+                "step": None if step is None else int(step),
+                "time": time.time() if time_s is None else float(time_s),
+                "payload": json.loads(_payload_json(payload)),
+            }
+        )
+        return len(self.rows)
+
+    def events(self, run_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """Stored events, in the order they were recorded."""
+        if kind is not None:
+            _checked_kind(kind)
+        return [
+            dict(r)
+            for r in self.rows
+            if (run_id is None or r["run_id"] == run_id) and (kind is None or r["kind"] == kind)
+        ]
+
+    def run_ids(self) -> list[str]:
+        return list(dict.fromkeys(r["run_id"] for r in self.rows))
+
+    def close(self) -> None:
+        pass

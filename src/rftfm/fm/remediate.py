@@ -32,6 +32,13 @@ class Plan:
     rung: Rung
     actions: list[Action] = field(default_factory=list)
     diagnosed_type: str | None = None  # the diagnosis' top type (for the drift rung, fault_type is "knob_drift")
+    unchanged: list[str] = field(default_factory=list)  # knobs the rung would set to the value they already have
+
+    def __post_init__(self) -> None:
+        """A knob change to the value the knob already has is no action: set aside in ``unchanged``."""
+        noop = [a for a in self.actions if a.kind == "set_knob" and a.value == a.previous]
+        self.unchanged += [a.knob for a in noop if a.knob is not None]
+        self.actions = [a for a in self.actions if a not in noop]
 
 
 def _undoes(change: KnobChange, earlier: Any, current: Any) -> bool:
@@ -87,12 +94,21 @@ class Remediator:
     """Chooses the next rung for an incident.
 
     ``generic=True`` is the baseline that ignores the diagnosis: every alarm gets
-    "roll back and halve the learning rate".
+    "roll back and halve the learning rate". ``blind_interventions``: how many incidents per run that
+    nobody can explain (no diagnosis, no knob change to undo) get the unknown ladder; by default none
+    (such an alarm is reported, not acted on: a blind LR cut on a healthy run does harm).
     """
 
-    def __init__(self, max_interventions: int = 3, min_confidence: float = 0.0, generic: bool = False,
-                 playbook: dict[str, tuple[Rung, ...]] | None = None, drift_first: bool = True,
-                 switch_confidence: float = 0.8):
+    def __init__(
+        self,
+        max_interventions: int = 3,
+        min_confidence: float = 0.0,
+        generic: bool = False,
+        playbook: dict[str, tuple[Rung, ...]] | None = None,
+        drift_first: bool = True,
+        switch_confidence: float = 0.8,
+        blind_interventions: int = 0,
+    ):
         self.drift_first = drift_first and not generic
         # escalating an incident already being repaired as type T: a different diagnosis replaces T
         # only at this probability (a repair changes the signals the diagnoser reads)
@@ -100,6 +116,7 @@ class Remediator:
         self.max_interventions = max_interventions
         self.min_confidence = min_confidence
         self.generic = generic
+        self.blind_interventions = blind_interventions
         self.playbook = playbook if playbook is not None else PLAYBOOK
         self.reset()
 
@@ -107,9 +124,14 @@ class Remediator:
         self.interventions = 0
         self._type: str | None = None
         self._rung = -1
-        self._unknown_acted = False
+        self._blind_acted = 0
+        self._before_plan: tuple[int, str | None, int, int] = (0, None, -1, 0)
         self._ceilings: dict[str, float] = {}
         self._pushed_from: dict[str, Any] = {}
+
+    def withdraw(self) -> None:
+        """The last plan was not carried out: it leaves no trace (budget, rung reached, blind interventions)."""
+        self.interventions, self._type, self._rung, self._blind_acted = self._before_plan
 
     @property
     def exhausted(self) -> bool:
@@ -122,9 +144,13 @@ class Remediator:
         return top.fault_type
 
     def blind_budget_used(self, diagnosis: Diagnosis | None) -> bool:
-        """True when ``diagnosis`` explains nothing and the one blind (unknown-ladder) intervention
-        of this run was spent: repeated LR cuts on a signal nobody can explain do more harm than good."""
-        return not self.generic and self._unknown_acted and self.diagnosed_type(diagnosis) is None
+        """True when ``diagnosis`` explains nothing and the run's blind (unknown-ladder) interventions are
+        spent: LR cuts on a signal nobody can explain do more harm than good."""
+        return (
+            not self.generic
+            and self._blind_acted >= self.blind_interventions
+            and self.diagnosed_type(diagnosis) is None
+        )
 
     def _ladder(self, fault_type: str | None) -> tuple[Rung, ...]:
         if self.generic:
@@ -143,9 +169,16 @@ class Remediator:
             return None  # a knob rung with none of its knobs is no repair
         return replace(rung, knobs=knobs, rollback=rung.rollback and caps.rollback)
 
-    def plan(self, diagnosis: Diagnosis | None, caps: Capabilities, current: dict[str, Any],
-             healthy: dict[str, Any], escalate: bool = False, ceilings: dict[str, float] | None = None,
-             pushed_from: dict[str, Any] | None = None) -> Plan | None:
+    def plan(
+        self,
+        diagnosis: Diagnosis | None,
+        caps: Capabilities,
+        current: dict[str, Any],
+        healthy: dict[str, Any],
+        escalate: bool = False,
+        ceilings: dict[str, float] | None = None,
+        pushed_from: dict[str, Any] | None = None,
+    ) -> Plan | None:
         """The next rung's actions, or ``None`` when the budget or the ladder is used up.
 
         ``ceilings``: a knob change that *raises* a knob never takes it above its ceiling (the
@@ -155,6 +188,7 @@ class Remediator:
         """
         self._ceilings = ceilings or {}
         self._pushed_from = pushed_from or {}
+        self._before_plan = (self.interventions, self._type, self._rung, self._blind_acted)
         if self.exhausted:
             return None
         if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
@@ -162,36 +196,48 @@ class Remediator:
             if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
                 self._type, self._rung = None, -1
                 self.interventions += 1
-                return Plan("knob_drift", -1, DRIFT_RUNG, self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings, self._pushed_from),
-                            diagnosed_type=self.diagnosed_type(diagnosis))
-        fault_type = None if self.generic else self.diagnosed_type(diagnosis)
-        if (escalate and self._type is not None and fault_type not in (None, self._type) and diagnosis is not None
-                and diagnosis.top is not None and diagnosis.top.probability < self.switch_confidence):
-            fault_type = self._type  # an unsure new hypothesis does not replace the one being repaired
-        if fault_type is not None and fault_type == self._type:
-            start = self._rung + 1  # the same fault again: the last rung was not enough
-        elif escalate and fault_type is None and self._rung >= 0:
-            fault_type, start = self._type, self._rung + 1
-        else:
-            start = 0
+                actions = self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings, self._pushed_from)
+                return Plan("knob_drift", -1, DRIFT_RUNG, actions, diagnosed_type=self.diagnosed_type(diagnosis))
+        fault_type, start = self._next_rung(diagnosis, escalate)
         if not escalate and self.blind_budget_used(diagnosis):
             return None
         ladder = self._ladder(fault_type)
-        if self.generic:
-            start = 0
         for index in range(start, len(ladder)):
             rung = self.feasible(ladder[index], caps)
             if rung is None:
                 continue
             self._type, self._rung = fault_type, index
-            self._unknown_acted |= fault_type is None and not self.generic
+            self._blind_acted += int(fault_type is None and not self.generic)
             self.interventions += 1
-            return Plan(fault_type, index, rung, self._actions(rung, diagnosis, current, healthy, self._ceilings, self._pushed_from), diagnosed_type=fault_type)
+            actions = self._actions(rung, diagnosis, current, healthy, self._ceilings, self._pushed_from)
+            return Plan(fault_type, index, rung, actions, diagnosed_type=fault_type)
         return None
 
+    def _next_rung(self, diagnosis: Diagnosis | None, escalate: bool) -> tuple[str | None, int]:
+        """(type, first rung index) of the ladder to climb: the same fault again goes on from the last rung;
+        an escalation keeps the type being repaired unless the new diagnosis is sure (``switch_confidence``)."""
+        fault_type = None if self.generic else self.diagnosed_type(diagnosis)
+        top = diagnosis.top if diagnosis is not None else None
+        unsure = top is not None and top.probability < self.switch_confidence
+        if escalate and self._type is not None and fault_type not in (None, self._type) and unsure:
+            fault_type = self._type  # an unsure new hypothesis does not replace the one being repaired
+        if self.generic:
+            return fault_type, 0
+        if fault_type is not None and fault_type == self._type:
+            return fault_type, self._rung + 1  # the same fault again: the last rung was not enough
+        if escalate and fault_type is None and self._rung >= 0:
+            return self._type, self._rung + 1
+        return fault_type, 0
+
     @staticmethod
-    def _actions(rung: Rung, diagnosis: Diagnosis | None, current: dict[str, Any], healthy: dict[str, Any],
-                 ceilings: dict[str, float] | None = None, pushed_from: dict[str, Any] | None = None) -> list[Action]:
+    def _actions(
+        rung: Rung,
+        diagnosis: Diagnosis | None,
+        current: dict[str, Any],
+        healthy: dict[str, Any],
+        ceilings: dict[str, float] | None = None,
+        pushed_from: dict[str, Any] | None = None,
+    ) -> list[Action]:
         why = rung.reason + (f" ({diagnosis.summary})" if diagnosis is not None and diagnosis.summary else "")
         actions: list[Action] = []
         if rung.backup:
@@ -201,16 +247,32 @@ class Remediator:
         drifted = {k: v for k, v in healthy.items() if k in current and current[k] != v} if rung.restore_drifted else {}
         # (knobs the trainer cannot set never appear in ``current``: it holds only readable, settable knobs)
         for knob, value in drifted.items():
-            actions.append(Action(kind="set_knob", knob=knob, value=value, previous=current[knob],
-                                  reason=f"restore {knob}: changed since the last healthy checkpoint; {rung.reason}"))
-        for change in ([] if drifted else rung.knobs):
+            actions.append(
+                Action(
+                    kind="set_knob",
+                    knob=knob,
+                    value=value,
+                    previous=current[knob],
+                    reason=f"restore {knob}: changed since the last healthy checkpoint; {rung.reason}",
+                )
+            )
+        for change in [] if drifted else rung.knobs:
             try:
-                value = resolve_knob(change, current.get(change.knob), healthy.get(change.knob), (pushed_from or {}).get(change.knob))
+                value = resolve_knob(
+                    change, current.get(change.knob), healthy.get(change.knob), (pushed_from or {}).get(change.knob)
+                )
             except TypeError:  # the knob cannot be read on this trainer: nothing to scale
                 continue
             value = _below_ceiling(change.knob, value, current.get(change.knob), ceilings or {})
-            actions.append(Action(kind="set_knob", knob=change.knob, value=value, previous=current.get(change.knob),
-                                  reason=f"{change.op} {change.knob}: {rung.reason} {rung.source}"))
+            actions.append(
+                Action(
+                    kind="set_knob",
+                    knob=change.knob,
+                    value=value,
+                    previous=current.get(change.knob),
+                    reason=f"{change.op} {change.knob}: {rung.reason} {rung.source}",
+                )
+            )
         if rung.halt:
             actions.append(Action(kind="halt", reason=why))
         return actions

@@ -3,38 +3,54 @@
     trainer = GRPOTrainer(..., callbacks=[RFTFMCallback(incidents="incidents.db")])
     # or, which also lets the loop turn every GRPO knob (temperature, beta, length limit, ...):
     RFTFMCallback.attach(trainer, incidents="incidents.db")
+    # alert-only: detect, diagnose and record, never act on the trainer
+    RFTFMCallback.attach(trainer, remediate=False)
+    # with a held-out evaluation for the loop's rollback and halt decisions (every 10 steps):
+    RFTFMCallback.attach(trainer, eval_fn=RewardEval.from_trainer(trainer, threshold=1.0), eval_every=10)
 
-Each ``on_log`` dict becomes a :class:`~rftfm.records.StepRecord` (TRL key mapping
-:data:`rftfm.engine.trainer.TRL_STEP_KEYS`) and goes through the :class:`~rftfm.fm.loop.Controller`
+Each ``on_log`` dict becomes a :class:`~rftfm.records.StepRecord` (one TRL parser per run,
+:class:`rftfm.io.adapters.StepParser`) and goes through the :class:`~rftfm.fm.loop.Controller`
 (detect -> diagnose -> remediate -> revalidate). When the trainer is the embedded
 :class:`~rftfm.engine.trainer.RecordingGRPOTrainer`, the callback instead listens on the
 trainer's sinks, which also carry the step's trajectories and eval accuracy.
 
 Added with ``callbacks=[...]`` the callback only sees what TRL hands to callbacks (model,
 optimiser, scheduler, control): it can roll back, change the learning rate and halt.
-Through :meth:`RFTFMCallback.attach` it gets the trainer and all of its knobs.
+Through :meth:`RFTFMCallback.attach` it gets the trainer and all of its knobs. Under
+``torchrun`` / ``accelerate launch`` (DDP) the main process decides and every rank acts
+(:mod:`rftfm.integrations.distributed`). At the end of training the main process prints what
+happened, in words (:func:`rftfm.fm.narrative.narrate`).
 """
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.engine.trainer import TRL_STEP_KEYS, BatchReplay
 from rftfm.fm.checkpoint import Checkpointer
-from rftfm.fm.loop import Controller, ControllerConfig, MemoryIncidentStore, TrainerHandle
+from rftfm.fm.handle import TrainerHandle
+from rftfm.fm.incidents import MemoryIncidentStore
+from rftfm.fm.loop import Controller
+from rftfm.fm.narrative import narrate
+from rftfm.fm.policy import ControllerConfig
 from rftfm.fm.remediate import Remediator
-from rftfm.records import StepRecord, finite_or_none
+from rftfm.integrations import distributed
+from rftfm.integrations.batch_replay import BatchReplayMixin
+from rftfm.io.adapters import StepParser, step_record
+from rftfm.records import StepRecord
+
+__all__ = ["BatchReplayMixin", "RFTFMCallback", "step_record_from_logs"]
 
 
 def step_record_from_logs(run_id: str, step: int, logs: dict[str, Any]) -> StepRecord:
-    """A StepRecord from one TRL ``on_log`` dict (unknown numeric keys go to ``extra``)."""
-    fields = {field: finite_or_none(logs.get(key)) for key, field in TRL_STEP_KEYS.items()}
-    known = set(TRL_STEP_KEYS) | {"epoch", "step"}
-    extra = {str(k): finite_or_none(v) for k, v in logs.items() if k not in known and isinstance(v, (int, float))}
-    return StepRecord(run_id=run_id, step=max(0, int(step)), extra=extra, **fields)
+    """A StepRecord from one TRL ``on_log`` dict (an empty one for a log that is not a training step)."""
+    step = max(0, int(step))
+    return step_record("trl", logs, step, run_id) or StepRecord(run_id=run_id, step=step)
 
 
 def default_detector() -> Any:
@@ -50,7 +66,14 @@ def default_diagnoser() -> Any:
 
 
 class RFTFMCallback(TrainerCallback):
-    """Runs the RFT-FM loop live in a Hugging Face / TRL trainer."""
+    """Runs the RFT-FM loop live in a Hugging Face / TRL trainer.
+
+    ``remediate=False``: alert-only (no checkpoint, rollback, knob change or halt). ``eval_fn(model)
+    -> float`` in [0, 1]: a held-out evaluation the loop runs at the start, every ``eval_every`` steps and
+    when a decision needs the current accuracy (:class:`rftfm.integrations.trl_eval.RewardEval` builds
+    one from TRL's ``eval_dataset``); without it, the loop decides from train-side metrics alone.
+    ``report``: print the narrative of the incident log at the end of training.
+    """
 
     def __init__(
         self,
@@ -66,22 +89,37 @@ class RFTFMCallback(TrainerCallback):
         config: ControllerConfig | None = None,
         backup_verifier: Callable[..., list[float]] | None = None,
         backup_tool: Callable[..., Any] | None = None,
+        eval_fn: Callable[[Any], float] | None = None,
+        eval_every: int | None = None,
+        report: bool = True,
     ):
         self._detector, self._diagnoser = detector, diagnoser
         self._store_arg = incidents
         self._own_store = False
         self.remediator = remediator or Remediator()
-        self.checkpointer = Checkpointer(checkpoint_dir, keep=(config or ControllerConfig()).keep_checkpoints)
-        self.run_id, self.task_group, self.model_size = run_id, task_group, model_size
         self.config = config or ControllerConfig(remediate=remediate)
         if config is not None and not remediate:
             self.config.remediate = False
+        if eval_every is not None:
+            self.config.eval_every = eval_every
+        self._checkpoint_dir = checkpoint_dir
+        self.checkpointer = Checkpointer(checkpoint_dir, keep=self.config.keep_checkpoints)
+        self.run_id, self.task_group, self.model_size = run_id, task_group, model_size
         self.backup_verifier, self.backup_tool = backup_verifier, backup_tool
+        self.eval_fn, self.report = eval_fn, report
         self.trainer: Any = None
         self.controller: Controller | None = None
-        self._uses_sink = False
-        self._initial_checkpoint_due = False
+        self.handle: TrainerHandle | None = None  # this rank's (the controller's on the main process)
+        self.rank, self.world = 0, 1
+        self.synced: list[tuple[int, list[Any]]] = []  # (step, changes every rank made) in a multi-process run
+        self.summary: dict[str, Any] | None = None
+        self.narrative: str | None = None
         self.setup_error: str | None = None
+        self._parser: StepParser | None = None
+        self._uses_sink = False
+        self._refused: str | None = None
+        self._initial_checkpoint_due = False
+        self._t0 = time.perf_counter()
 
     # --- wiring ------------------------------------------------------------------------------
     @classmethod
@@ -133,90 +171,155 @@ class RFTFMCallback(TrainerCallback):
         if diagnoser is None:
             try:
                 diagnoser = default_diagnoser()
-            except Exception as exc:  # no diagnoser: alarms get the unknown ladder
+            except Exception as exc:  # no diagnoser: alarms stay unexplained (reported, not acted on)
                 errors.append(f"diagnoser: {type(exc).__name__}: {exc}")
-        controller = Controller(detector, diagnoser, self.remediator, store, self.checkpointer, run_id=run_id,
-                                task_group=self.task_group, model_size=self.model_size, config=self.config)
+        controller = Controller(
+            detector,
+            diagnoser,
+            self.remediator,
+            store,
+            self.checkpointer,
+            run_id=run_id,
+            task_group=self.task_group,
+            model_size=self.model_size,
+            config=self.config,
+            eval_fn=self.eval_fn,
+        )
         for message in errors:
-            controller._record("error", 0, {"stage": "setup", "error": message})
+            controller.journal.record("error", 0, {"stage": "setup", "error": message})
         self.setup_error = "; ".join(errors) or None
+        self._parser = StepParser("trl", run_id)
         return controller
+
+    def _prepare_processes(self, args: Any) -> None:
+        """Rank and world size; a DeepSpeed / FSDP run is watched alert-only (its state is sharded)."""
+        self.rank, self.world = distributed.process_rank(args)
+        self._refused = distributed.unsupported_parallelism(args, self.trainer)
+        if self._refused is not None:
+            self.config.remediate = False
+            if self.rank == 0:
+                print(f"rftfm: {self._refused}", file=sys.stderr)
+        if self.world > 1 and self._checkpoint_dir is not None:  # every rank keeps its own checkpoints
+            self.checkpointer = Checkpointer(
+                Path(self._checkpoint_dir) / f"rank-{self.rank}", keep=self.config.keep_checkpoints
+            )
 
     # --- TrainerCallback -----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self._t0 = time.perf_counter()
         try:
-            self.controller = self._build(args)
-            handle = TrainerHandle(self.trainer, model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control,
-                                   state=state, backup_verifier=self.backup_verifier, backup_tool=self.backup_tool)
-            self.controller.max_steps = state.max_steps or None
-            # the initial checkpoint waits for the first step: the data loader has drawn its order by
-            # then, so its RNG state is the one right before the first rollouts, like every later one's
-            self.controller.start(handle, step=state.global_step, checkpoint=False)
+            self._prepare_processes(args)
+            handle_cls = distributed.RecordingHandle if self.world > 1 else TrainerHandle
+            self.handle = handle_cls(
+                self.trainer,
+                model=model,
+                optimizer=optimizer,
+                scheduler=lr_scheduler,
+                control=control,
+                state=state,
+                backup_verifier=self.backup_verifier,
+                backup_tool=self.backup_tool,
+            )
+            if self.rank == 0:
+                self.controller = self._build(args)
+                if self._refused is not None:
+                    self.controller.journal.record(
+                        "error", state.global_step, {"stage": "setup", "error": self._refused}
+                    )
+                    self.setup_error = "; ".join(e for e in (self.setup_error, self._refused) if e)
+                # the initial checkpoint waits for the first step: the data loader has drawn its order by
+                # then, so its RNG state is the one right before the first rollouts, like every later one's
+                self.controller.start(
+                    self.handle, step=state.global_step, checkpoint=False, max_steps=state.max_steps or None
+                )
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
             self.controller = None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.controller is not None and self._initial_checkpoint_due:
-            self._initial_checkpoint_due = False
+        if not self._initial_checkpoint_due:
+            return
+        self._initial_checkpoint_due = False
+        if self.controller is not None:
             self.controller.initial_checkpoint(state.global_step)
+            if isinstance(self.handle, distributed.RecordingHandle):
+                self.handle.take_ops()  # every rank takes its own initial checkpoint, just below
+        elif self.handle is not None and self.config.remediate:
+            try:
+                self.handle.save(self.checkpointer, state.global_step)
+            except Exception as exc:  # a follower without its checkpoint will refuse the rollback later
+                print(f"rftfm (rank {self.rank}): initial checkpoint failed: {exc}", file=sys.stderr)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if self.controller is not None and self.controller.handle is not None:
-            self.controller.handle.update(model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control, state=state)
+        if self.handle is not None:
+            self.handle.update(model=model, optimizer=optimizer, scheduler=lr_scheduler, control=control, state=state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._uses_sink or self.controller is None or not logs or "loss" not in logs:
+        if self._uses_sink or not logs or "loss" not in logs:
             return
+        if self.controller is not None:
+            self._observe(state, logs)
+        if self.world > 1 and self.handle is not None:
+            self._sync(state.global_step, control)
+
+    def _observe(self, state: Any, logs: dict[str, Any]) -> None:
+        assert self.controller is not None
         try:
-            record = step_record_from_logs(self.controller.run_id, state.global_step, logs)
+            assert self._parser is not None
+            record = self._parser.parse_obj({**logs, "step": state.global_step})
         except Exception as exc:
             self.controller._error("records", state.global_step, exc)
             return
-        self.controller.observe(record, [])
+        if record is not None:
+            self.controller.observe(record, [])
+
+    def _sync(self, step: int, control: Any) -> None:
+        """Every rank makes the changes the main process just made (same step); if one rank cannot,
+        every rank stops."""
+        ops = self.handle.take_ops() if self.rank == 0 else None  # type: ignore[union-attr]
+        ops = distributed.broadcast(ops)
+        if not ops:
+            return
+        self.synced.append((step, ops))
+        ok = True
+        if self.rank != 0:
+            try:
+                distributed.replay(ops, self.handle, self.checkpointer)  # type: ignore[arg-type]
+            except Exception as exc:
+                ok = False
+                print(f"rftfm (rank {self.rank}): could not follow {ops}: {exc}", file=sys.stderr)
+        if not distributed.all_ranks_ok(ok):
+            control.should_training_stop = True
+            if self.controller is not None:
+                self.controller._error(
+                    "distributed",
+                    self.controller.last_step,
+                    RuntimeError(
+                        "a rank could not make the main process's changes: training "
+                        "stopped on every rank (replicas must not differ)"
+                    ),
+                )
 
     def _sink(self, record: StepRecord, trajectories: list) -> None:
         if self.controller is not None:
             self.controller.observe(record, trajectories)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.controller is None:
-            return
-        try:
-            self.summary = self.controller.finish()
-        except Exception:
-            pass
-        self.checkpointer.cleanup()
-        if self._own_store:
+        if self.controller is not None:
             try:
-                self.controller.store.close()
+                self.summary = self.controller.finish(wall_seconds=round(time.perf_counter() - self._t0, 3))
+                self.narrative = narrate(self.controller.store.events(run_id=self.controller.run_id))
+                if self.report:
+                    print(self.narrative, file=sys.stderr)
             except Exception:
                 pass
-
-
-class BatchReplayMixin:
-    """Mix into your ``GRPOTrainer`` subclass so the loop's rollbacks resume exactly::
-
-        class MyTrainer(BatchReplayMixin, GRPOTrainer): ...
-
-    After a rollback the discarded steps' prompt batches come again before any new one, as with
-    ``resume_from_checkpoint`` (see :class:`rftfm.engine.trainer.BatchReplay`); without it a plain
-    ``GRPOTrainer`` goes on with its next batches. Hooks TRL's ``_generate_and_score_completions``,
-    the one place a GRPO step receives its batch.
-    """
-
-    def replay_last_batches(self, steps: int) -> int:
-        return self._rftfm_batches().rewind(steps)
-
-    def _generate_and_score_completions(self, inputs: Any) -> Any:
-        return super()._generate_and_score_completions(self._rftfm_batches().next(inputs))  # type: ignore[misc]
-
-    def _rftfm_batches(self) -> BatchReplay:
-        replay = self.__dict__.get("_rftfm_batch_replay")
-        if replay is None:
-            replay = self.__dict__["_rftfm_batch_replay"] = BatchReplay()
-        return replay
+            if self._own_store:
+                try:
+                    self.controller.store.close()
+                except Exception:
+                    pass
+        self.checkpointer.cleanup()
 
 
 class _NullDetector:

@@ -17,10 +17,19 @@ from rftfm.fm.types import Action, Alarm, SignalEvidence
 def synthetic_detector(runs: int = 8, steps: int = 12, seed: int = 0) -> Detector:
     """A detector fitted on synthetic normal runs, independent of the shipped artifact."""
     rng = np.random.default_rng(seed)
-    rows = [{"run_id": f"n{r}", "step": s, **{f: float(rng.normal(1.0 + 0.01 * s, 0.1)) for f in FEATURES}}
-            for r in range(runs) for s in range(1, steps + 1)]
-    info = pl.DataFrame({"run_id": [f"n{r}" for r in range(runs)], "task_group": ["arith_a"] * runs,
-                         "model_size": ["xs"] * runs, "control_or_fault": ["normal"] * runs})
+    rows = [
+        {"run_id": f"n{r}", "step": s, **{f: float(rng.normal(1.0 + 0.01 * s, 0.1)) for f in FEATURES}}
+        for r in range(runs)
+        for s in range(1, steps + 1)
+    ]
+    info = pl.DataFrame(
+        {
+            "run_id": [f"n{r}" for r in range(runs)],
+            "task_group": ["arith_a"] * runs,
+            "model_size": ["xs"] * runs,
+            "control_or_fault": ["normal"] * runs,
+        }
+    )
     return Detector().fit(info, pl.DataFrame(rows))
 
 
@@ -37,8 +46,13 @@ class OnsetAlarm:
         if self.fired or record.step != self.onset + 1:
             return None
         self.fired = True
-        return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0,
-                     evidence=[SignalEvidence(signal="eval_accuracy", direction="down", z=10.0, since_step=self.onset)])
+        return Alarm(
+            run_id=record.run_id,
+            step=record.step,
+            score=10.0,
+            threshold=1.0,
+            evidence=[SignalEvidence(signal="eval_accuracy", direction="down", z=10.0, since_step=self.onset)],
+        )
 
 
 class RollbackOnly(Remediator):
@@ -53,4 +67,28 @@ class RollbackOnly(Remediator):
         if self.interventions:
             return None
         self.interventions += 1
-        return Plan(fault_type=None, rung_index=0, rung=self.RUNG, actions=[Action(kind="rollback", reason=self.RUNG.reason)])
+        return Plan(
+            fault_type=None, rung_index=0, rung=self.RUNG, actions=[Action(kind="rollback", reason=self.RUNG.reason)]
+        )
+
+
+class AfterSpike:
+    """A detector with one strong alarm at the first logged step after ``onset``, whose evidence dates
+    the deviation to ``onset`` (a stand-in that makes the loop's plumbing testable whatever the detector)."""
+
+    def __init__(self, onset: int):
+        self.onset, self.fired = onset, False
+
+    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None: ...
+
+    def observe(self, record: Any, trajectories: list[Any]) -> Alarm | None:
+        if self.fired or record.step <= self.onset:
+            return None
+        self.fired = True
+        return Alarm(
+            run_id=record.run_id,
+            step=record.step,
+            score=10.0,
+            threshold=1.0,
+            evidence=[SignalEvidence(signal="grad_norm", direction="up", z=10.0, since_step=self.onset)],
+        )

@@ -1,0 +1,113 @@
+"""What the closed loop sees of a run: detector and diagnoser at the run's *effective* step.
+
+Each step's features go into a bounded history (what the diagnoser reads) and the step record goes
+through the detector, both at the effective step: after a rollback to a checkpoint of effective step
+c the next step is c + 1 again, since detector and diagnoser profiles are indexed by step. Alarms
+come back at the real step. A failing stage is reported through ``guard`` and never raises.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import polars as pl
+
+from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.ledger import Journal
+from rftfm.fm.types import Alarm, Diagnosis
+from rftfm.records import StepRecord, TrajectoryRecord
+
+#: (stage, fn) -> (ok, fn's result): runs ``fn``, turning an exception into a recorded error
+Guard = Callable[[str, Callable[[], Any]], tuple[bool, Any]]
+
+
+class DetectorLike(Protocol):
+    def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None: ...
+    def observe(self, step_record: StepRecord, trajectories: list[TrajectoryRecord]) -> Alarm | None: ...
+
+
+class DiagnoserLike(Protocol):
+    def diagnose(
+        self,
+        history: pl.DataFrame,
+        run_id: str,
+        step: int,
+        task_group: str | None = None,
+        model_size: str | None = None,
+    ) -> Diagnosis: ...
+
+
+class Sensing:
+    """Detector, diagnoser and the features history of one run."""
+
+    def __init__(
+        self,
+        detector: DetectorLike,
+        diagnoser: DiagnoserLike | None,
+        journal: Journal,
+        guard: Guard,
+        *,
+        task_group: str | None,
+        model_size: str | None,
+        max_history: int,
+    ):
+        self.detector, self.diagnoser, self.journal, self.guard = detector, diagnoser, journal, guard
+        self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
+        self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
+
+    def reset_detector(self) -> None:
+        self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
+
+    def detect(
+        self, record: StepRecord, trajectories: list[TrajectoryRecord], offset: int
+    ) -> tuple[bool, Alarm | None]:
+        """The detector's verdict on the step ``record.step`` (real), which is ``record.step - offset`` effective."""
+        step = record.step
+        effective = step - offset
+        ok, feats = self.guard("features", lambda: step_features(record, trajectories))
+        if feats is not None:
+            self.history.append({"run_id": self.run_id, "step": effective, **feats})
+        seen = record if effective == step else record.model_copy(update={"step": effective})
+        ok, alarm = self.guard("detect", lambda: self.detector.observe(seen, trajectories))
+        if ok and alarm is not None and offset:
+            alarm = alarm.model_copy(
+                update={
+                    "step": step,
+                    "evidence": [
+                        e.model_copy(update={"since_step": None if e.since_step is None else e.since_step + offset})
+                        for e in alarm.evidence
+                    ],
+                }
+            )
+        return ok, alarm
+
+    def diagnose(self, step: int, offset: int) -> Diagnosis | None:
+        """The diagnoser's reading of the history at real step ``step`` (recorded), or ``None``."""
+        if self.diagnoser is None:
+            return None
+        schema = {"run_id": pl.Utf8, "step": pl.Int64, **{f: pl.Float64 for f in FEATURES}}
+        history = pl.DataFrame(self.history, schema=schema)
+        ok, diagnosis = self.guard(
+            "diagnose",
+            lambda: self.diagnoser.diagnose(
+                history, self.run_id, step - offset, task_group=self.task_group, model_size=self.model_size
+            ),
+        )
+        if ok and diagnosis is not None:
+            self.journal.counts["diagnoses"] += 1
+            self.journal.record("diagnosis", step, diagnosis)
+            top = diagnosis.top
+            self.journal.note(
+                step,
+                "diagnosis",
+                diagnosis.summary or (f"{top.fault_type} (p={top.probability:.2f})" if top else "unknown"),
+            )
+        return diagnosis if ok else None
+
+    def rewind(self, effective: int) -> None:
+        """After a rollback to effective step ``effective``: the steps after it never happened."""
+        kept = [h for h in self.history if h["step"] <= effective]
+        self.history.clear()
+        self.history.extend(kept)

@@ -1,0 +1,123 @@
+"""The incident log told in words: what was seen, done, what it cost, what to look at."""
+
+from __future__ import annotations
+
+from rftfm.fm.incidents import MemoryIncidentStore
+from rftfm.fm.narrative import narrate
+from rftfm.fm.types import Action, Alarm, Diagnosis, Hypothesis, Outcome, SignalEvidence
+
+
+def lr_push_run() -> MemoryIncidentStore:
+    store = MemoryIncidentStore()
+    store.record("run", "r", 0, {"event": "start", "mode": "watching", "eval_every": None})
+    store.record(
+        "alarm",
+        "r",
+        39,
+        Alarm(
+            run_id="r", step=39, score=3.0, threshold=1.0, evidence=[SignalEvidence(signal="kl", direction="up", z=6.0)]
+        ),
+    )
+    store.record(
+        "diagnosis",
+        "r",
+        39,
+        Diagnosis(
+            run_id="r",
+            step=39,
+            summary="lr_high since step 31: KL x40",
+            ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+        ),
+    )
+    store.record(
+        "action",
+        "r",
+        39,
+        {
+            **Action(kind="rollback", reason="a trainer knob changed since the last healthy checkpoint").model_dump(),
+            "detail": "to step 28; 11 step(s) added",
+        },
+    )
+    store.record(
+        "action",
+        "r",
+        39,
+        {
+            **Action(
+                kind="set_knob",
+                knob="learning_rate",
+                value=3e-4,
+                previous=9e-3,
+                reason="restore learning_rate: changed since the last healthy checkpoint",
+            ).model_dump(),
+            "detail": "0.009 -> 0.0003",
+        },
+    )
+    store.record(
+        "outcome",
+        "r",
+        42,
+        Outcome(action=Action(kind="rung", reason="knob_drift"), result="kept", detail="no alarm for 3 steps"),
+    )
+    store.record(
+        "run",
+        "r",
+        91,
+        {
+            "event": "end",
+            "mode": "watching",
+            "replayed": 11,
+            "monitor_seconds": 2.9,
+            "wall_seconds": 30.0,
+            "accuracy_steps": 0,
+            "evaluations": 0,
+        },
+    )
+    return store
+
+
+def test_a_repaired_push_is_told_with_its_cost_and_what_to_look_at():
+    text = narrate(lr_push_run().events(), run_id="r")
+    assert "Seen: 1 alarm(s) from step 39 to 39 (kl up)" in text and "lr_high (p=0.90)" in text
+    assert "at step 39: rolled back to step 28; 11 step(s) added, set learning_rate 0.009 -> 0.0003" in text
+    assert "kept at step 42" in text
+    assert "11 step(s) trained again after rollbacks" in text and "2.9 s (9.7 % of 30 s)" in text
+    assert "learning_rate was changed to 0.009 by something other than the loop" in text
+    assert "train-side metrics alone" in text  # no held-out evaluation in this run
+
+
+def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
+    store = MemoryIncidentStore()
+    store.record("run", "q", 0, {"event": "start", "mode": "watching", "eval_every": 10})
+    store.record(
+        "run",
+        "q",
+        80,
+        {
+            "event": "end",
+            "mode": "watching",
+            "accuracy_steps": 9,
+            "evaluations": 9,
+            "eval_seconds": 1.5,
+            "monitor_seconds": 0.4,
+        },
+    )
+    quiet = narrate(store.events())
+    assert "no alarm" in quiet and "Done: nothing." in quiet and "9 held-out evaluation(s) taking 1.5 s" in quiet
+    assert "every 10 steps" in quiet
+    store = MemoryIncidentStore()
+    store.record("run", "a", 0, {"event": "start", "mode": "alert_only"})
+    store.record("alarm", "a", 5, Alarm(run_id="a", step=5, score=2.0, threshold=1.0))
+    assert "alert-only: the loop does not act" in narrate(store.events())
+    store = MemoryIncidentStore()
+    store.record("run", "h", 0, {"event": "start", "mode": "watching"})
+    store.record(
+        "diagnosis",
+        "h",
+        3,
+        Diagnosis(run_id="h", step=3, ranked=[Hypothesis(family="ca", fault_type="advantage_sign", probability=0.95)]),
+    )
+    store.record("action", "h", 3, {"kind": "halt", "detail": "stop requested"})
+    store.record("run", "h", 3, {"event": "end", "mode": "halted"})
+    halted = narrate(store.events())
+    assert "stopped training" in halted and "advantage computation" in halted and "fix the cause" in halted
