@@ -167,3 +167,22 @@ def test_artifact_is_json_and_round_trips(fitted, tmp_path):
 def test_unfitted_detector_raises_a_clear_error():
     with pytest.raises(RuntimeError, match="not fitted"):
         Detector().reset("r")
+
+
+def test_a_per_configuration_artifact_combines_with_the_default(tmp_path):
+    from test_profile_detect import _frames
+    from test_detect_data import synth_run
+
+    from rftfm.fm.detect import CombinedDetector, load_artifact
+    from rftfm.fm.profile_detect import ProfileDetector
+
+    runs = {f"n{i}": synth_run(f"n{i}", i) for i in range(12)}
+    table = pl.DataFrame({"run_id": list(runs), "task_group": ["mine"] * 12, "model_size": ["m"] * 12,
+                          "control_or_fault": ["normal"] * 12})
+    path = tmp_path / "profile.json"
+    ProfileDetector().fit(table, _frames(runs)).save(path)
+    combined = load_artifact(path)
+    assert isinstance(combined, CombinedDetector)
+    combined.reset("shifted", "mine", "m")
+    alarms = [combined.observe(s, t) for s, t in synth_run("shifted", 99, onset=6, shift={"kl": 30.0})]
+    assert any(a is not None and a.step >= 6 for a in alarms)

@@ -556,3 +556,14 @@ class CombinedDetector:
         if a is None or b is None:
             return a or b
         return a if a.score / a.threshold >= b.score / b.threshold else b
+
+
+def load_artifact(path: str | Path) -> Detector | CombinedDetector:
+    """A detector artifact of either kind: the configuration-free one as it is, or a per-configuration one
+    (``rftfm fit detector --profile`` on the user's own normal runs) combined with the packaged default."""
+    from rftfm.fm.profile_detect import ProfileDetector
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("format") == FORMAT:
+        return Detector.from_dict(data)
+    return CombinedDetector(Detector.load_default(), ProfileDetector.from_dict(data))

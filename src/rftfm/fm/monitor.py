@@ -35,13 +35,14 @@ EpisodeChange = Literal["start", "diagnosis", "clear", "end"]
 
 
 def load_detector(path: Path | None = None) -> tuple[Any | None, str | None]:
-    """(``Detector.load(path)`` or ``Detector.load_default()``, or None and why not)."""
+    """(the artifact at ``path`` -- a per-configuration one combined with the default -- or the packaged
+    default detector, or None and why not)."""
     try:
-        from rftfm.fm.detect import Detector
+        from rftfm.fm.detect import Detector, load_artifact
     except ImportError as exc:
         return None, f"detection disabled: rftfm.fm.detect is not available ({exc})"
     try:
-        return (Detector.load(path) if path is not None else Detector.load_default()), None
+        return (load_artifact(path) if path is not None else Detector.load_default()), None
     except Exception as exc:  # missing artifact, bad file: say so, keep reading the log
         return None, f"detection disabled: the default detector failed to load ({type(exc).__name__}: {exc})"
 
