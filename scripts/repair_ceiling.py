@@ -68,8 +68,11 @@ def main() -> None:
     parser.add_argument(
         "--from", dest="source", required=True, help="an earlier `bench evaluate remediation --json` (clean accuracies)"
     )
-    parser.add_argument("--preset", default="classic",
-                        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)")
+    parser.add_argument(
+        "--preset",
+        default="classic",
+        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", dest="json_out", type=Path)

@@ -55,8 +55,11 @@ def expected_fields(summary: dict[str, Any], run_id: str, arm: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, type=Path, help="an earlier `--json` summary")
-    parser.add_argument("--preset", default="classic",
-                        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)")
+    parser.add_argument(
+        "--preset",
+        default="classic",
+        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)",
+    )
     parser.add_argument("--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, generic or on)")
     parser.add_argument(
         "--digest",

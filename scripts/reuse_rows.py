@@ -22,8 +22,11 @@ from rftfm.bench.splits import split_runs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, help="an earlier `--json` summary")
-    parser.add_argument("--preset", default="classic",
-                        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)")
+    parser.add_argument(
+        "--preset",
+        default="classic",
+        help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)",
+    )
     parser.add_argument("--split", default="seed")
     parser.add_argument("--side", default="test", choices=("test", "train"))
     parser.add_argument("--arms", default=",".join(ev.REUSABLE_ARMS))

@@ -415,7 +415,7 @@ def test_both_stores_give_back_the_same_events(tmp_path):
             store.record(kind, "r1", step, payload, time_s=float(i))
         with pytest.raises(ValueError, match="unknown incident kind"):
             store.record("alarms!", "r1", 1, {})
-    strip = lambda events: [{k: v for k, v in e.items() if k != "id"} for e in events]
+    strip = lambda events: [{k: v for k, v in e.items() if k != "id"} for e in events]  # noqa: E731
     assert strip(memory.events()) == strip(sqlite.events())
     assert strip(memory.events(kind="alarm")) == strip(sqlite.events(kind="alarm"))
     assert memory.run_ids() == sqlite.run_ids() == ["r1"]

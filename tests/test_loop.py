@@ -303,7 +303,7 @@ def _controller(detector, state=None, diagnoser=None, max_steps=None, **config):
     control = TrainerControl()
     max_steps = max_steps if max_steps is not None else state.max_steps if state is not None else None
     ctl.start(TrainerHandle(model=model, optimizer=opt, control=control, state=state), max_steps=max_steps)
-    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
     return ctl, rec
 
 
@@ -632,7 +632,7 @@ def test_an_lr_schedule_is_not_a_knob_push_but_a_new_peak_lr_is():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))  # decays every step
     ctl = Controller(ScriptedDetector({}), None, run_id="u", config=ControllerConfig(checkpoint_every=1))
     ctl.start(TrainerHandle(model=model, optimizer=opt, scheduler=sched, control=TrainerControl()))
-    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)
+    rec = lambda s: StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01)  # noqa: E731
     for s in range(1, 6):
         opt.step()
         sched.step()

@@ -187,7 +187,6 @@ def run_plain_arm(
     """Train one arm of ``run`` through the plain trainer and ``RFTFMCallback``; the final accuracy is the
     greedy accuracy on ``FINAL_EVAL_PROMPTS`` held-out prompts (never the ones the eval callable sees)."""
     import torch
-
     from transformers import PrinterCallback
 
     from rftfm.integrations.trl_callback import RFTFMCallback
@@ -284,7 +283,7 @@ def select_runs(
 ) -> tuple[list[RunInfo], list[RunInfo]]:
     """Faulty runs (``per_type`` per type x strength, alternating onsets; only ``types`` if given) and healthy runs."""
     cols = set(RunInfo.model_fields)
-    to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})
+    to_info = lambda row: RunInfo.model_validate({k: v for k, v in row.items() if k in cols and v is not None})  # noqa: E731
     faulty = runs.filter(pl.col("control_or_fault") == "fault").sort(
         "fault_type", "fault_strength", "onset_step", "seed"
     )
@@ -417,14 +416,28 @@ def rows_from_summary(
             rows[(info.run_id, "none")] = asdict(ArmResult(run_id=info.run_id, arm="none", **none))
         if "clean" in arms:
             twin = clean_twin(info).run_id
-            rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=pair["clean_accuracy"],
-                                                     wall_s=pair["clean_wall_s"], steps=pair["clean_steps"]))
+            rows[(twin, "clean")] = asdict(
+                ArmResult(
+                    run_id=twin,
+                    arm="clean",
+                    final_accuracy=pair["clean_accuracy"],
+                    wall_s=pair["clean_wall_s"],
+                    steps=pair["clean_steps"],
+                )
+            )
     for row in summary.get("healthy", []) if "clean" in arms and healthy_off else []:
         info = by_id.get(row["run_id"])
         if info is not None:
             twin = clean_twin(info).run_id
-            rows[(twin, "clean")] = asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=row["accuracy_off"],
-                                                     wall_s=row["wall_off_s"], steps=info.num_steps))
+            rows[(twin, "clean")] = asdict(
+                ArmResult(
+                    run_id=twin,
+                    arm="clean",
+                    final_accuracy=row["accuracy_off"],
+                    wall_s=row["wall_off_s"],
+                    steps=info.num_steps,
+                )
+            )
     return list(rows.values())
 
 
