@@ -7,7 +7,7 @@ import sys
 
 
 def test_engine_trainer_imports_no_fault_module() -> None:
-    code = ("import sys, rftfm.engine.trainer, rftfm.engine.knobs, rftfm.engine.sft; "
+    code = ("import sys, rftfm.engine.trainer, rftfm.knobs, rftfm.engine.sft; "
             "print(sorted(m for m in sys.modules if m.startswith(('rftfm.faults', 'rftfm.bench'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out

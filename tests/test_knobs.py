@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rftfm.engine.knobs import KNOBS, get_knob, set_knob
+from rftfm.knobs import KNOBS, get_knob, set_knob
 from rftfm.engine.tasks import ToolResult, with_retries
 from rftfm.engine.trainer import RecordingGRPOTrainer
 

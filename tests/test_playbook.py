@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rftfm.engine.knobs import KNOBS
+from rftfm.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import GENERIC_LADDER, PLAYBOOK, KnobChange, check_playbook, ends_in_halt_only, ladder
 from rftfm.fm.remediate import Capabilities, Remediator, resolve_knob

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rftfm.engine.knobs import get_knob, set_knob
+from rftfm.knobs import get_knob, set_knob
 from rftfm.engine.model import build_model
 from rftfm.engine.tasks import Problem
 from rftfm.engine.trainer import _mean_of_answered

@@ -705,7 +705,7 @@ run (tests check the weights bit for bit, also with a warm-up, gradient accumula
 rung rolls back only when eval accuracy fell since that checkpoint, or 0.1 below its best 2-step mean since it, or
 when it sits at its ceiling (>= 0.98) and the discarded steps can all be replayed, or when the rung undoes a push the
 checkpoint predates. Detector and diagnoser see the run's *effective* step after a rollback. Actions go only through
-trainer knobs (`rftfm.engine.knobs`), rollback, halt, or a backup verifier / tool the user registered -- never
+trainer knobs (`rftfm.knobs`), rollback, halt, or a backup verifier / tool the user registered -- never
 through the fault injector, which keeps acting. At most 3 interventions per run. Any exception in the loop is
 recorded as an `error` incident and the loop degrades to alert-only; the trainer never sees it.
 

@@ -1,6 +1,6 @@
 """``TrainerHandle``: everything the closed loop may do to a live trainer, and nothing else.
 
-The loop reads and turns the trainer's knobs (:mod:`rftfm.engine.knobs`), restores checkpoints into
+The loop reads and turns the trainer's knobs (:mod:`rftfm.knobs`), restores checkpoints into
 its model / optimiser / scheduler, extends its planned length, replays discarded batches, stops it,
 and switches to a backup verifier or tool the user registered. It never reaches anything else.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rftfm.engine.knobs import KNOBS, configured_lr, get_knob, set_knob
+from rftfm.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.remediate import Capabilities
 from rftfm.fm.types import Action
@@ -21,7 +21,7 @@ from rftfm.fm.types import Action
 class TrainerHandle:
     """Everything the loop may do to a live trainer, and nothing else.
 
-    Built from a full trainer object (all :data:`~rftfm.engine.knobs.KNOBS` it supports), or
+    Built from a full trainer object (all :data:`~rftfm.knobs.KNOBS` it supports), or
     from the ``model`` / ``optimizer`` / ``lr_scheduler`` / ``control`` a TRL callback receives
     (then only the learning rate, rollback and halt are available).
     """

@@ -2,7 +2,7 @@
 
 A rung is a set of actions applied together and then revalidated over K steps; when the
 anomaly persists the controller climbs to the next rung. Every action goes through what a
-real GRPO user has: checkpoint rollback, the trainer knobs of :mod:`rftfm.engine.knobs`,
+real GRPO user has: checkpoint rollback, the trainer knobs of :mod:`rftfm.knobs`,
 halting, or a backup verifier / tool the user registered. Types whose fault is code (a
 wrong verifier, a broken advantage sign) are not ``knob_repairable`` in the taxonomy; their
 ladders end in rollback + halt with the diagnosis as the incident's message.
@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rftfm.engine.knobs import KNOBS
+from rftfm.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.signals import names
 

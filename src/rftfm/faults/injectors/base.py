@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from rftfm.engine.hooks import Injector
-from rftfm.engine.knobs import set_knob
+from rftfm.knobs import set_knob
 from rftfm.faults.taxonomy import FaultType, Strength
 
 #: fault type name -> injector class (filled by :func:`injects`)

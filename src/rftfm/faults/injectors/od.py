@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rftfm.engine.knobs import get_knob, set_knob
+from rftfm.knobs import get_knob, set_knob
 from rftfm.faults.injectors.base import FaultInjector, KnobPush, injects
 
 injects("kl_misconfig", "entropy_collapse")(KnobPush)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rftfm.engine.knobs import set_knob
+from rftfm.knobs import set_knob
 from rftfm.engine.tasks import Problem
 from rftfm.faults.injectors.base import FaultInjector, injects
 
