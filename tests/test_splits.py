@@ -38,3 +38,19 @@ def test_split_runs_keeps_the_seed_task_and_size_splits() -> None:
         split_runs(runs, "config")
     published = pl.DataFrame({"run_id": ["a", "b", "c"], "task_group": ["arith_a"] * 3})
     assert [name for name, _, _ in config_folds(published)] == []  # no axis varies: no fold
+
+
+def test_held_out_config_folds_for_artifacts_and_a_later_evaluation() -> None:
+    from rftfm.bench.splits import held_out
+
+    runs = preset_runs_table("mini")
+    names = [name for name, _, _ in config_folds(runs)]
+    train, test = held_out(runs, "config", f"{names[0]},{names[-1]}")
+    assert train.height + test.height == runs.height
+    assert not set(train["run_id"].to_list()) & set(test["run_id"].to_list())
+    for name, _, fold_test in config_folds(runs):
+        if name in (names[0], names[-1]):
+            assert set(fold_test["run_id"].to_list()) <= set(test["run_id"].to_list())
+    with pytest.raises(ValueError, match="needs --fold"):
+        held_out(runs, "config", "task=nonexistent")
+    assert held_out(runs, "seed")[1].height == split_runs(runs, "seed")[1].height

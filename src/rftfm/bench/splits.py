@@ -102,3 +102,20 @@ def folds(runs: pl.DataFrame, split: str = "seed") -> list[Fold]:
 
 def hash_str(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def held_out(runs: pl.DataFrame, split: str = "seed", fold: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(train, test) of one held-out side: ``seed`` / ``task`` / ``size``, or for ``config`` the folds named
+    in ``fold`` (comma-separated, e.g. ``"task=digits,size=l"``): their test sides together, and every other run
+    as the train side -- what artifacts fitted for a later evaluation on those configurations are fitted on."""
+    if split != "config":
+        return split_runs(runs, split)
+    available = {name: test for name, _, test in config_folds(runs)}
+    names = [f.strip() for f in (fold or "").split(",") if f.strip()]
+    unknown = [n for n in names if n not in available]
+    if not names or unknown:
+        raise ValueError(f"the config split needs --fold with some of: {', '.join(available)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    test_ids = set().union(*(set(available[n]["run_id"].to_list()) for n in names))
+    mask = pl.col("run_id").is_in(sorted(test_ids))
+    return runs.filter(~mask), runs.filter(mask)

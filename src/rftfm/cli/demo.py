@@ -277,7 +277,10 @@ def evaluate_remediation_cmd(
     ),
     healthy: Optional[int] = typer.Option(None, help="at most this many healthy (normal + control) runs"),
     types: Optional[str] = typer.Option(None, help="only these fault types (comma-separated)"),
-    split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size) or 'all'"),
+    split: str = typer.Option("seed", help="evaluate the held-out side of this split (seed|task|size|config) or "
+                              "'all'"),
+    fold: Optional[str] = typer.Option(None, help="with --split config: the held-out folds (comma-separated, "
+                                       "e.g. task=digits); fit --detector / --diagnoser with the same --fold"),
     side: str = typer.Option(
         "test",
         help="'test': the held-out side; 'train': the side the artifacts were fitted on "
@@ -322,13 +325,14 @@ def evaluate_remediation_cmd(
     else:
         runs = load_runs(data)
     if split != "all":
-        from rftfm.bench.splits import split_runs
+        from rftfm.bench.splits import held_out
 
         if side not in ("test", "train"):
             raise typer.BadParameter("side must be 'test' or 'train'", param_hint="--side")
-        runs = split_runs(runs, split)[
-            1 if side == "test" else 0
-        ]  # the detector and diagnoser were fitted on the train side
+        try:  # the detector and diagnoser were fitted on the train side
+            runs = held_out(runs, split, fold)[1 if side == "test" else 0]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--fold") from exc
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     try:
         faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit, type_list)

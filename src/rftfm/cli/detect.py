@@ -19,7 +19,8 @@ console = Console()
 def fit_detector(
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
     out: Path = typer.Option(..., "--out", help="artifact to write (JSON, loads without pickle)"),
-    split: str = typer.Option("all", help="fit on the train side of this split (seed|task|size), or 'all'"),
+    split: str = typer.Option("all", help="fit on the train side of this split (seed|task|size|config), or 'all'"),
+    fold: Optional[str] = typer.Option(None, help="with --split config: the held-out folds (comma-separated)"),
     profile: bool = typer.Option(False, "--profile", help="fit the per-configuration detector on your own normal "
                                  "runs instead of the configuration-free one"),
     rounds: int = typer.Option(250, help="boosting rounds of each tier's model (configuration-free detector)"),
@@ -29,7 +30,7 @@ def fit_detector(
     import polars as pl
 
     from rftfm.bench.eval_detection import config_groups
-    from rftfm.bench.splits import split_runs
+    from rftfm.bench.splits import held_out
     from rftfm.fm.detect import Detector, DetectorConfig
     from rftfm.fm.features import features_frame
     from rftfm.fm.profile_detect import ProfileDetector
@@ -37,7 +38,7 @@ def fit_detector(
 
     bench = load_benchmark(data)
     features = features_frame(bench.steps, bench.trajectories)
-    runs = bench.runs if split == "all" else split_runs(bench.runs, split)[0]
+    runs = bench.runs if split == "all" else held_out(bench.runs, split, fold)[0]
     if profile:
         detector = ProfileDetector().fit(runs.filter(pl.col("control_or_fault").is_in(("normal", "control"))), features)
         detector.save(out)

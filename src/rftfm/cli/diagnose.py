@@ -31,15 +31,16 @@ def _load_features(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def fit_diagnoser(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     out: Path = typer.Option(..., "--out", help="output JSON file (LightGBM model embedded as text)"),
-    split: str = typer.Option("all", help="train on the train side of this split (seed|task|size), or 'all' runs"),
+    split: str = typer.Option("all", help="train on the train side of this split (seed|task|size|config), or 'all' runs"),
+    fold: Optional[str] = typer.Option(None, help="with --split config: the held-out folds (comma-separated)"),
 ) -> None:
     """Train the Diagnoser (fault-type classifier over scale-free dynamics + abstention thresholds)."""
     from rftfm.bench.eval_detection import config_groups
-    from rftfm.bench.splits import split_runs
+    from rftfm.bench.splits import held_out
     from rftfm.fm.diagnose import Diagnoser
 
     runs, features = _load_features(data)
-    train = runs if split == "all" else split_runs(runs, split)[0]
+    train = runs if split == "all" else held_out(runs, split, fold)[0]
     with console.status(f"fitting on {train.height} runs"):
         diagnoser = Diagnoser().fit(train, features, groups=config_groups(train))
     path = diagnoser.save(out)
