@@ -388,11 +388,13 @@ def evaluate_detection(
     on_method: Callable[[str], None] | None = None,
     workers: int = 1,
     cache: str | Path | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate RFT-FM (fitted per fold, or ``detector`` as given) and the baselines, per tier.
 
     ``workers`` > 1 evaluates folds in that many processes; ``cache`` keeps each fold x tier x method's
-    outcomes in a directory, so an interrupted evaluation resumes (delete it when the code changes)."""
+    outcomes in a directory, so an interrupted evaluation resumes (delete it when the code changes); ``only``:
+    evaluate these folds only."""
     runs, _ = _load(str(root))
     if split == "all":  # score every run with a fitted detector (an external test set); no baselines
         if detector is None:
@@ -400,7 +402,7 @@ def evaluate_detection(
         folds, with_baselines = [("all", runs.clear(), runs)], False
     else:
         folds = split_folds(runs, split)
-    folds = [f for f in folds if f[2].height and (f[1].height or detector is not None)]
+    folds = [f for f in folds if f[2].height and (f[1].height or detector is not None) and (not only or f[0] in only)]
     jobs = [
         _FoldJob(
             str(root),

@@ -66,6 +66,7 @@ def evaluate_detection_cmd(
     no_baselines: bool = typer.Option(False, "--no-baselines", help="evaluate RFT-FM only"),
     detector: Optional[Path] = typer.Option(None, help="evaluate this fitted artifact instead of fitting per fold"),
     workers: int = typer.Option(1, help="folds evaluated in parallel processes"),
+    fold: Optional[str] = typer.Option(None, help="evaluate only these folds (comma-separated, e.g. task=digits)"),
     cache: Optional[Path] = typer.Option(None, help="keep each fold's outcomes here; a re-run resumes from them "
                                          "(delete it when the code changes)"),
 ) -> None:
@@ -79,6 +80,7 @@ def evaluate_detection_cmd(
             baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
             detector=Detector.load(detector) if detector else None,
             on_method=lambda name: status.update(f"fitting and scoring: {name}"), workers=workers, cache=cache,
+            only=[f.strip() for f in fold.split(",") if f.strip()] if fold else None,
         )
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for tier in result["tiers"]:

@@ -53,6 +53,10 @@ class TrackerConfig:
     huber: float = 3.0  # innovations clipped here (noise units) before they move the baseline
     noise_gamma: float = 0.1  # weight of a new inlier innovation in the noise estimate
     prior_weight: float = 4.0  # pseudo-records of the prior noise
+    prior_floor: float = 0.5  # a run's noise is never taken below this fraction of the prior (a quiet stretch
+    # of a quantised signal -- a max length stuck at 3 tokens -- is not a run without noise)
+    floor_log: float = 0.1  # noise floors: a 10 % change of a magnitude, 5 points of a fraction
+    floor_rate: float = 0.05
     cusum_k: float = 0.5
     z_clip: float = 20.0
     warmup: int = 5  # records whose median is the run's reference level
@@ -71,8 +75,8 @@ def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
 
 MAD_TO_SD_MEAN = 1.2533  # mean absolute deviation -> standard deviation (Gaussian)
 
-#: Noise floor per scale (transformed units): a signal that never moves still needs a finite z.
-NOISE_FLOOR = {"log": 0.02, "rate": 0.02, "linear": 1e-6}
+#: Noise floor of signed levels (their unit is the user's): a signal that never moves still needs a finite z.
+NOISE_FLOOR = {"linear": 1e-6}
 
 
 @dataclass
@@ -133,7 +137,8 @@ class DynamicsTracker:
         self.scale = scales(self.signals)
         self.is_log = np.array([s == "log" for s in self.scale])
         self.is_rate = np.array([s == "rate" for s in self.scale])
-        self.floor = np.array([NOISE_FLOOR[s] for s in self.scale])
+        floors = {"log": self.config.floor_log, "rate": self.config.floor_rate, "linear": NOISE_FLOOR["linear"]}
+        self.floor = np.array([floors[s] for s in self.scale])
         prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
         self.prior = np.where(np.isfinite(prior), np.maximum(prior, self.floor), np.nan)
         self.names = feature_names(self.signals)
@@ -158,7 +163,8 @@ class DynamicsTracker:
         with np.errstate(invalid="ignore"):
             blended = np.sqrt((w * self.prior**2 + n * np.nan_to_num(own) ** 2) / (w + n))
         scale = np.where(np.isfinite(self.prior), blended, np.where(n >= 3, own, np.nan))
-        return np.maximum(scale, self.floor)
+        floor = np.where(np.isfinite(self.prior), np.fmax(self.floor, self.config.prior_floor * self.prior), self.floor)
+        return np.maximum(scale, floor)
 
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
         """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D)."""
