@@ -6,12 +6,15 @@ import json
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from watch_fixtures import train_real_run, write_jsonl
 
 from rftfm.engine.trainer import TRL_STEP_KEYS as ENGINE_TRL_KEYS
 from rftfm.io.adapters import (
     OPENRLHF_STEP_KEYS,
-    FormatMismatch,
     TRL_STEP_KEYS,
+    FormatMismatch,
     LogSource,
     StepParser,
     coverage,
@@ -21,7 +24,6 @@ from rftfm.io.adapters import (
 from rftfm.io.faultbench import STEP_FILE, TRAJ_FILE
 from rftfm.io.loader import STEP_ALIASES
 from rftfm.records import STEP_METRICS
-from watch_fixtures import train_real_run, write_jsonl
 
 SHARED = (
     "reward_mean",
@@ -289,7 +291,8 @@ def test_trainer_state_rewritten_during_training(real_run, tmp_path):
     source = LogSource(state)
     assert [s.step for s, _ in source.poll()] == [1, 2, 3]
     assert source.poll() == []
-    import os, time as _time
+    import os
+    import time as _time
 
     state.write_text(json.dumps({**doc, "log_history": history}))
     os.utime(state, (_time.time() + 5, _time.time() + 5))  # a later save
@@ -317,9 +320,6 @@ def test_openrlhf_wandb_style_keys(tmp_path):
     assert (step.step, step.kl, step.reward_mean, step.entropy, step.learning_rate) == (2, 0.02, 0.5, 0.7, 1e-6)
     assert step.completion_length_mean == 200.0 and step.extra == {"train/total_length": 300.0}
 
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 _json_values = st.recursive(
     st.none()

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rftfm.knobs import KNOBS, get_knob, set_knob
 from rftfm.engine.tasks import ToolResult, with_retries
 from rftfm.engine.trainer import RecordingGRPOTrainer
+from rftfm.knobs import KNOBS, get_knob, set_knob
 
 
 def _flaky(failures: int):

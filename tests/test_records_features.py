@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
@@ -13,8 +14,6 @@ from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES, PUBLISHED_TYPES, STRENG
 from rftfm.fm.features import FEATURES, features_frame, step_features
 from rftfm.io.faultbench import flatten_step, flatten_trajectory
 from rftfm.records import LABEL_FIELDS, RunInfo, StepRecord, TrajectoryRecord, finite_or_none
-
-import polars as pl
 
 
 def test_records_validate_and_reject_bad_input() -> None:
