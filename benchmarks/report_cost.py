@@ -79,12 +79,13 @@ def main() -> None:
         print(f"  old ({args.baseline}), {args.old_steps:,} steps: did not finish in {args.old_timeout:.0f} s")
     else:
         print(
-            f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, page {old_small[1] / 1e6:.2f} MB "
-            f"(plotly.js inlined)"
+            f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, "
+            f"page {old_small[1] / 1e6:.2f} MB (plotly.js inlined)"
         )
         print(
             f"  ratio old / new at {args.old_steps:,} steps: time x{old_small[0] / new_small[0]:.1f}, "
-            f"page size x{old_small[1] / new_small[1]:.0f} (x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)"
+            f"page size x{old_small[1] / new_small[1]:.0f} "
+            f"(x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)"
         )
     print(f"  (the old code was not run on {args.steps:,} steps: it grows faster than the log)")
 

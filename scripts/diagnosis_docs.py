@@ -34,7 +34,8 @@ def status_lines(seed: dict, task: dict) -> list[str]:
         lines.append(f"- {name}: {100 * value:.1f} % (goal ≥ {100 * goal:.0f} %) — **{'met' if met else 'not met'}**")
     hard = task["diagnoser"]["hard"]["family_accuracy"]
     lines.append(
-        f"- held-out task group, family accuracy hard: {100 * hard:.1f} % (goal ≥ 80 %) — **{'met' if hard >= 0.8 else 'not met'}**"
+        f"- held-out task group, family accuracy hard: {100 * hard:.1f} % (goal ≥ 80 %) "
+        f"— **{'met' if hard >= 0.8 else 'not met'}**"
     )
     return lines
 

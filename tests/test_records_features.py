@@ -25,7 +25,9 @@ def test_records_validate_and_reject_bad_input() -> None:
         StepRecord(run_id="r", step=1, not_a_field=1.0)
     with pytest.raises(ValidationError):
         StepRecord(run_id="r", step=1, reward_mean="high")
-    traj = TrajectoryRecord.model_validate({"run_id": "r", "rollout_step": 1, "prompt_id": "p", "group_id": 0, "return": 1.0})
+    traj = TrajectoryRecord.model_validate(
+        {"run_id": "r", "rollout_step": 1, "prompt_id": "p", "group_id": 0, "return": 1.0}
+    )
     assert traj.ret == 1.0
     assert finite_or_none(float("nan")) is None and finite_or_none("inf") is None and finite_or_none("2.5") == 2.5
     assert finite_or_none(True) is None

@@ -69,7 +69,8 @@ def bench_stats(
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
-    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records"
+    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, "
+                  f"{totals['trajectories']} trajectory records"
                   + (f", {stats['configurations']} configurations" if stats.get("configurations") else ""))
     for title, key, cols in (
         ("by kind", "by_kind", ["control_or_fault"]),

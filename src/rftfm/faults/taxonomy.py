@@ -282,15 +282,18 @@ def taxonomy_markdown() -> str:
         "Types marked *wild* are the extension beyond the published 16 (failures users report in framework issue",
         "trackers); `needs KL` types are injected only into runs with `beta > 0`.",
         "",
-        "| family | type | injected as | easy | hard | task groups | expected fingerprint vs matched clean run | knob-repairable |",
+        "| family | type | injected as | easy | hard | task groups "
+        "| expected fingerprint vs matched clean run | knob-repairable |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in FAULT_TYPES.values():
         signals = ", ".join(f"{name} {direction}" for name, direction in t.signals)
         lines.append(
-            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}`{' (wild)' if t.extension else ''} | {t.injected_as} "
+            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}`{' (wild)' if t.extension else ''} "
+            f"| {t.injected_as} "
             f"| {fmt(t.params['easy'])} | {fmt(t.params['hard'])} "
-            f"| {', '.join(t.task_groups) if t.task_groups else 'all'}{' (needs KL)' if t.needs_kl else ''} | {signals} "
+            f"| {', '.join(t.task_groups) if t.task_groups else 'all'}{' (needs KL)' if t.needs_kl else ''} "
+            f"| {signals} "
             f"| {'yes' if t.knob_repairable else 'no: halt + rollback'} |"
         )
     return "\n".join(lines) + "\n"
