@@ -43,10 +43,6 @@ class FaultType:
     #: the fault needs a KL term (``beta > 0``, so a reference model) to act on
     needs_kl: bool = False
 
-    @property
-    def signal_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.signals)
-
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
         return (self.task_groups is None or task_group in self.task_groups) and (beta > 0 or not self.needs_kl)
@@ -256,10 +252,6 @@ def fault_type(name: str) -> FaultType:
 #: the published benchmark's 16 types (5 families); :data:`WILD_TYPES` are the extension
 PUBLISHED_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if not t.extension}
 WILD_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if t.extension}
-
-
-def types_of_family(code: str) -> list[str]:
-    return [t.name for t in FAULT_TYPES.values() if t.family == code]
 
 
 def group_dir(family: str, strength: Strength) -> str:
