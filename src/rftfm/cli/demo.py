@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
+
+from rftfm.cli.common import progress_columns
 
 if TYPE_CHECKING:
     import polars as pl
@@ -122,7 +124,7 @@ def demo(
     start = time.perf_counter()
     curves: dict[str, list[float | None]] = {}
     results: dict[str, Any] = {}
-    with Progress(*_progress_columns(), console=console) as progress:
+    with Progress(*progress_columns(), console=console) as progress:
         _warm_start(info, progress)
         components = _load_components(info, detector_path, diagnoser_path, progress)
         store = IncidentStore(db)
@@ -138,16 +140,6 @@ def demo(
     console.print(f"total {elapsed:.0f} s")
     (out / "demo.json").write_text(
         json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8"
-    )
-
-
-def _progress_columns() -> tuple[Any, ...]:
-    return (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
     )
 
 
@@ -431,7 +423,7 @@ def _train_remediation_arms(
     """Train every arm under one progress bar (trainings already in ``rows`` count as done); the summary."""
     from rftfm.bench import eval_remediation as ev
 
-    with Progress(*_progress_columns(), console=console) as progress:
+    with Progress(*progress_columns(), console=console) as progress:
         already = len(ev.read_rows(rows)) if rows is not None else 0  # resumed: these are not re-run
         task = progress.add_task("training", total=total, completed=min(already, total))
         return ev.evaluate(
