@@ -1,4 +1,4 @@
-"""The trainer knobs added for remediation: tool retries, repeated verifier calls, DAPO dynamic sampling."""
+"""Trainer knobs the remediation turns: tool retries, repeated verifier calls, DAPO dynamic sampling."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ runner = CliRunner()
 
 
 class KlDetector:
-    """A stand-in detector: alarms while KL exceeds a level (the real one is tested in its own issue)."""
+    """A stand-in detector: alarms while KL exceeds a level (the real detector has its own tests, test_detect.py)."""
 
     def __init__(self, level: float) -> None:
         self.level, self.resets = level, []

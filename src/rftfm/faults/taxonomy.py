@@ -172,7 +172,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"scale": 12.0, "length_power": 2.0}, "hard": {"scale": 3.0, "length_power": 1.0}},
             signals=(("traj_advantage_std", "up"), ("grad_norm", "up")),
             # a bug in the advantage code after TRL's own normalisation (like advantage_sign): no knob
-            # undoes a length-dependent rescaling; until session 2 this was (wrongly) a knob type
+            # undoes a length-dependent rescaling, so the remedy is halt + rollback, not a knob ladder
             knob_repairable=False,
         ),
         # --- TE: tool environment ------------------------------------------------------
