@@ -43,7 +43,10 @@ def main() -> None:
     print(f"runs {bench.runs.height}  steps {bench.steps.height}  trajectories {n}")
     print(f"rftfm loader (parquet copy, polars): {ours_s:.2f} s  -> {ours_rate:,.0f} trajectory records/s")
     print(f"baseline json.loads per JSONL line ({len(files)} runs, {m} records): {base_rate:,.0f} records/s")
-    print(f"ratio ours / baseline: {ours_rate / base_rate:.1f}x   target >= 500,000/s: {'met' if ours_rate >= 5e5 else 'MISSED'}")
+    print(
+        f"ratio ours / baseline: {ours_rate / base_rate:.1f}x   "
+        f"target >= 500,000/s: {'met' if ours_rate >= 5e5 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ LOGS = (
 #: What the README says the run's own metrics show (not a published label).
 README = {
     "trl/IITD_AAIPL_outputs": "length cap starves the run (~90 % clipped) from the first entry",
-    "trl/trl_DAPO_20251022_120531_run_terminal.md": "collapse from the 2nd entry (step 20): length 53 -> 2.6, zero-std groups -> 1",
+    "trl/trl_DAPO_20251022_120531_run_terminal.md": (
+        "collapse from the 2nd entry (step 20): length 53 -> 2.6, zero-std groups -> 1"
+    ),
     "verl/aopd_i80f2v90.output.log": "collapse over steps 3-12, stays collapsed",
     "verl/aopd_ry3hgbx5.output.log": "healthy",
     "verl/dstack_verl_demo.log": "healthy, converged",
@@ -105,7 +107,8 @@ def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
     lines = [
         "# Real logs: parsed, watched and reported",
         "",
-        "Written by `python benchmarks/real_logs.py --markdown docs/integrations/real-logs.md` (from `benchmarks/`), on",
+        "Written by `python benchmarks/real_logs.py --markdown docs/integrations/real-logs.md` "
+        "(from `benchmarks/`), on",
         f"every log in `../shared/real-logs/` (their README says where each comes from). Detector: {detector_name};",
         f"detector and diagnoser loaded once beforehand in {load_s:.1f} s. Times are wall seconds on a 2-core machine",
         'shared with other jobs. "shows (README)" is what the log\'s own curves show, a judgement, not a label.',

@@ -1,13 +1,13 @@
-"""Cost of ``rftfm report`` on a long real log, and the ratio against the code before the report rewrite.
+"""Cost of ``rftfm report`` on a long real log, and the ratio against a baseline commit of the report.
 
     python benchmarks/report_cost.py [--steps 10000] [--old-steps 50] [--baseline 1a9f63e]
 
 Every figure is one end-to-end ``rftfm report LOG`` in a fresh process (read the log, run the
-packaged detector and diagnoser offline, write the page): wall time, page size and, for the new
+packaged detector and diagnoser offline, write the page): wall time, page size and, for the current
 code, the size of the shared plotly.js beside it. The long log is a real verl console log's
-step lines repeated (``long_log.py``). The old code (``--baseline``, extracted with ``git
-archive``) takes minutes beyond a few hundred steps (one plotly ``add_vline`` per diagnosis per
-panel), so the ratio is measured on ``--old-steps`` steps, where both run; it says so.
+step lines repeated (``long_log.py``). The baseline (``--baseline``, extracted with ``git
+archive``) draws one plotly ``add_vline`` per diagnosis per panel and takes minutes beyond a few
+hundred steps, so the ratio is measured on ``--old-steps`` steps, where both run; it says so.
 """
 
 from __future__ import annotations
@@ -79,12 +79,13 @@ def main() -> None:
         print(f"  old ({args.baseline}), {args.old_steps:,} steps: did not finish in {args.old_timeout:.0f} s")
     else:
         print(
-            f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, page {old_small[1] / 1e6:.2f} MB "
-            f"(plotly.js inlined)"
+            f"  old ({args.baseline}), {args.old_steps:,} steps: {old_small[0]:.1f} s, "
+            f"page {old_small[1] / 1e6:.2f} MB (plotly.js inlined)"
         )
         print(
             f"  ratio old / new at {args.old_steps:,} steps: time x{old_small[0] / new_small[0]:.1f}, "
-            f"page size x{old_small[1] / new_small[1]:.0f} (x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)"
+            f"page size x{old_small[1] / new_small[1]:.0f} "
+            f"(x{old_small[1] / (new_small[1] + bundle):.1f} counting the shared bundle)"
         )
     print(f"  (the old code was not run on {args.steps:,} steps: it grows faster than the log)")
 

@@ -167,7 +167,8 @@ def monitor_cost(steps: int) -> str:
     latencies.sort()
     return (
         f"monitor replay of {steps:,} steps (features + packaged detector, no trajectories): "
-        f"median {1e6 * statistics.median(latencies):.0f} us/step, p99 {1e6 * latencies[int(0.99 * len(latencies))]:.0f} us/step, "
+        f"median {1e6 * statistics.median(latencies):.0f} us/step, "
+        f"p99 {1e6 * latencies[int(0.99 * len(latencies))]:.0f} us/step, "
         f"peak RSS growth {(rss_end - rss_start) / 1024:.1f} MB, {monitor.result.alarm_count:,} alarms "
         "(random signals: nearly every step alarms, the monitor's worst case)"
     )
@@ -189,7 +190,8 @@ def watch_cost(tmp: Path, steps: int) -> str:
     doc = json.loads(summary.read_text())
     return (
         f"rftfm watch on {steps:,} real verl steps (aopd_i80f2v90 repeated), end to end: {elapsed:.1f} s "
-        f"(exit {done.returncode}; {doc['steps']:,} steps, {doc['alarms']:,} alarmed, {doc['episode_count']} episode(s), "
+        f"(exit {done.returncode}; {doc['steps']:,} steps, {doc['alarms']:,} alarmed, "
+        f"{doc['episode_count']} episode(s), "
         f"{len(doc['monitor_error_messages'])} monitor error(s))"
     )
 

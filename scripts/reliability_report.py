@@ -285,29 +285,40 @@ def markdown(r: dict[str, Any], command: str) -> str:
         f"| crashes (an exception other than a typed `ValidationError`) | {fz['crashes']} |",
         f"| good records lost without a counted skip | {fz['records_lost']} of {fz['good_records']:,} |",
         f"| monitor internal errors on bad input (closed loop, alert-only) | {fz['loop_internal_errors']} |",
-        f"| property tests (hypothesis) passed | {r['tests']['input']['passed']} of {len(r['tests']['input']['cases'])} |",
+        f"| property tests (hypothesis) passed "
+        f"| {r['tests']['input']['passed']} of {len(r['tests']['input']['cases'])} |",
         f"| security tests passed | {r['tests']['security']['passed']} of {len(r['tests']['security']['cases'])} |",
         f"| kill / crash-safety tests passed | {kill['passed']} of {len(kill['cases'])} |",
-        f"| `Detector.observe` over {det['steps']:,} steps: p50 / p99 / max latency (wall) | {det['p50_us']:,} / {det['p99_us']:,} / {det['max_us']:,} µs |",
+        f"| `Detector.observe` over {det['steps']:,} steps: p50 / p99 / max latency (wall) "
+        f"| {det['p50_us']:,} / {det['p99_us']:,} / {det['max_us']:,} µs |",
         f"| `Detector.observe`: p50 / p99 CPU time per step | {det['cpu_p50_us']:,} / {det['cpu_p99_us']:,} µs |",
-        f"| `Detector.observe` memory: RSS max, growth after the first {det['samples'][1]['step'] if len(det['samples']) > 1 else 0:,} steps | {det['rss_max_mb']:,} MB, {det['rss_growth_mb']:+} MB |",
-        f"| closed loop per step over {loop['steps']:,} steps: p50 / p99 latency | {loop['p50_us']:,} / {loop['p99_us']:,} µs |",
-        f"| closed loop memory growth (tracemalloc, last half of the replay) | {loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step |",
+        f"| `Detector.observe` memory: RSS max, growth after the first "
+        f"{det['samples'][1]['step'] if len(det['samples']) > 1 else 0:,} steps "
+        f"| {det['rss_max_mb']:,} MB, {det['rss_growth_mb']:+} MB |",
+        f"| closed loop per step over {loop['steps']:,} steps: p50 / p99 latency "
+        f"| {loop['p50_us']:,} / {loop['p99_us']:,} µs |",
+        f"| closed loop memory growth (tracemalloc, last half of the replay) "
+        f"| {loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step |",
         "",
         "## 1. Bad input",
         "",
         f"`scripts/fuzz_inputs.py --files {fz['files']} --seed {fz['seed']}` (run by this command, {fz['seconds']} s): "
-        f"{fz['files']:,} log files over five readers (the loader's JSONL path and the OpenRLHF, TRL, verl and JSONL adapters), "
-        f"{fz['log_lines']:,} lines of which {fz['mutated_lines']:,} mutated; {fz['model_validations']:,} record-model validations; "
-        f"{fz['monitor_steps']:,} steps fed to `Detector.observe` and to the closed loop (every record the adapters produced, "
+        f"{fz['files']:,} log files over five readers "
+        "(the loader's JSONL path and the OpenRLHF, TRL, verl and JSONL adapters), "
+        f"{fz['log_lines']:,} lines of which {fz['mutated_lines']:,} mutated; "
+        f"{fz['model_validations']:,} record-model validations; "
+        f"{fz['monitor_steps']:,} steps fed to `Detector.observe` and to the closed loop "
+        "(every record the adapters produced, "
         "plus records with NaN, ±inf, 1e308, 10^400, steps out of order and repeated, 0-64 odd trajectories).",
         "",
-        "| reader | good records | recovered | skipped, counted | lost | malformed lines counted | bad values counted | crashes |",
+        "| reader | good records | recovered | skipped, counted | lost | malformed lines counted "
+        "| bad values counted | crashes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for target, c in fz["by_target"].items():
         lines.append(
-            f"| {target} | {c.get('good', 0):,} | {c.get('matched', 0):,} | {c.get('skipped_counted', 0):,} | {c.get('lost', 0)} | "
+            f"| {target} | {c.get('good', 0):,} | {c.get('matched', 0):,} | {c.get('skipped_counted', 0):,} "
+            f"| {c.get('lost', 0)} | "
             f"{c.get('malformed_counted', 0):,} | {c.get('bad_values_counted', 0):,} | {c.get('crashes', 0)} |"
         )
     lines += [
@@ -347,7 +358,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
     lines += [f"| {c['name']} | {c['status']} | {c['seconds']:.1f} |" for c in kill["cases"]]
     lines += [
         "",
-        "- generation: the generator and its worker processes are SIGKILLed right after the first run is committed; the",
+        "- generation: the generator and its worker processes are SIGKILLed right after the first run is committed; "
+        "the",
         "  resumed generation leaves every run exactly once, complete (3 steps, 24 trajectories), the committed run",
         "  byte-identical, no `.tmp-` directory, a registry with each run once and Parquet that agrees with the JSONL.",
         "- remediation: the watched training process SIGKILLs itself before the diagnosis is stored, inside the",
@@ -361,20 +373,24 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "",
         "## 3. Load",
         "",
-        f"Records: {load['source']}; {load['source_steps']} distinct steps, {load['trajectories_per_step']} trajectories per",
+        f"Records: {load['source']}; {load['source_steps']} distinct steps, "
+        f"{load['trajectories_per_step']} trajectories per",
         "step on average, replayed in a cycle as one continuous run (two of the three runs are faulty, so the alarm",
-        f"path, with its evidence, runs too). Detector: {load['detector']}. The loop records to a SQLite incident store.",
+        f"path, with its evidence, runs too). Detector: {load['detector']}. "
+        "The loop records to a SQLite incident store.",
         "",
         "Latency is wall time per call (on a 2-core machine shared with other jobs, so the tail includes waiting for",
         "a core) and CPU time of the calling thread (the monitor's own cost).",
         "",
-        "| path | steps | wall s | steps/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU p50 µs | CPU p99 µs | alarms | RSS max MB | RSS growth MB |",
+        "| path | steps | wall s | steps/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU p50 µs | CPU p99 µs | alarms "
+        "| RSS max MB | RSS growth MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in (("`Detector.observe`", det), ("`Controller.observe` (alert-only loop)", loop)):
         lines.append(
             f"| {name} | {m['steps']:,} | {m['seconds']} | {m['steps_per_s']:,} | {m['p50_us']:,} | {m['p99_us']:,} | "
-            f"{m['p999_us']:,} | {m['max_us']:,} | {m['cpu_p50_us']:,} | {m['cpu_p99_us']:,} | {m['alarms']:,} | {m['rss_max_mb']:,} | {m['rss_growth_mb']:+} |"
+            f"{m['p999_us']:,} | {m['max_us']:,} | {m['cpu_p50_us']:,} | {m['cpu_p99_us']:,} | {m['alarms']:,} "
+            f"| {m['rss_max_mb']:,} | {m['rss_growth_mb']:+} |"
         )
     lines += [
         "",
@@ -394,8 +410,10 @@ def markdown(r: dict[str, Any], command: str) -> str:
     ]
     lines += [
         "The detector's streaming state is a fixed set of arrays per run, so its memory stays flat. Every per-step",
-        f"table of the closed loop is bounded: the diagnoser's feature rows (`Controller.history`: {loop['history_rows']:,} rows after",
-        f"{loop['steps']:,} steps), eval accuracies and step maps (`max_history`), the timeline and outcomes (`max_history`",
+        "table of the closed loop is bounded: the diagnoser's feature rows "
+        f"(`Controller.history`: {loop['history_rows']:,} rows after",
+        f"{loop['steps']:,} steps), eval accuracies and step maps (`max_history`), "
+        "the timeline and outcomes (`max_history`",
         "entries) and the recent alarm steps (64); the incident store on disk keeps everything. Traced growth over",
         f"the last half of the replay: {loop.get('traced_growth_bytes_per_step', 'n/a')} bytes per step (the first",
         f"{loop['history_rows']:,} steps fill the bounded tables).",
@@ -457,7 +475,8 @@ def main() -> None:
     print(
         f"wrote {args.out}: inputs {fuzz['inputs_tried']}, crashes {fuzz['crashes']}, lost {fuzz['records_lost']}, "
         f"kill tests {tests['crash_safety']['passed']}/{len(tests['crash_safety']['cases'])}, "
-        f"observe p50 {det['p50_us']} us p99 {det['p99_us']} us RSS max {det['rss_max_mb']} MB (growth {det['rss_growth_mb']} MB), "
+        f"observe p50 {det['p50_us']} us p99 {det['p99_us']} us "
+        f"RSS max {det['rss_max_mb']} MB (growth {det['rss_growth_mb']} MB), "
         f"loop p50 {loop['p50_us']} us, {loop.get('traced_growth_bytes_per_step')} B/step"
     )
     bad = (

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         f"detector: {source}; diagnoser: {diagnoser_source}. "
         "Diagnosis: top-1 at the first alarm after onset, over detected faulty runs.",
         "",
-        "| log format | faulty runs detected (%) | median / mean delay (steps) | un-injected runs with a false alarm (%) | "
+        "| log format | faulty runs detected (%) | median / mean delay (steps) | "
+        "un-injected runs with a false alarm (%) | "
         "diagnosis top-1 type (%) | diagnosis top-1 family (%) | "
         + " | ".join(f"{f} detected (%)" for f in families)
         + " |",

@@ -6,12 +6,15 @@ import json
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from watch_fixtures import train_real_run, write_jsonl
 
 from rftfm.engine.trainer import TRL_STEP_KEYS as ENGINE_TRL_KEYS
 from rftfm.io.adapters import (
     OPENRLHF_STEP_KEYS,
-    FormatMismatch,
     TRL_STEP_KEYS,
+    FormatMismatch,
     LogSource,
     StepParser,
     coverage,
@@ -21,7 +24,6 @@ from rftfm.io.adapters import (
 from rftfm.io.faultbench import STEP_FILE, TRAJ_FILE
 from rftfm.io.loader import STEP_ALIASES
 from rftfm.records import STEP_METRICS
-from watch_fixtures import train_real_run, write_jsonl
 
 SHARED = (
     "reward_mean",
@@ -175,7 +177,8 @@ def test_verl_flat_dicts_and_fallbacks(tmp_path):
 def test_verl_console_log(tmp_path):
     lines = [
         "(TaskRunner pid=123) Training Progress:   0%|          | 0/3",
-        "step:1 - actor/entropy:0.8 - critic/score/mean:0.25 - response_length/mean:100.0 - actor/pg_loss:np.float64(-0.01)",
+        "step:1 - actor/entropy:0.8 - critic/score/mean:0.25 - response_length/mean:100.0 "
+        "- actor/pg_loss:np.float64(-0.01)",
         "(TaskRunner pid=123) step:2 - actor/entropy:0.7 - critic/score/mean:0.35 - response_length/mean:120.0",
         "some unrelated, comma, separated text",
     ]
@@ -289,7 +292,8 @@ def test_trainer_state_rewritten_during_training(real_run, tmp_path):
     source = LogSource(state)
     assert [s.step for s, _ in source.poll()] == [1, 2, 3]
     assert source.poll() == []
-    import os, time as _time
+    import os
+    import time as _time
 
     state.write_text(json.dumps({**doc, "log_history": history}))
     os.utime(state, (_time.time() + 5, _time.time() + 5))  # a later save
@@ -317,9 +321,6 @@ def test_openrlhf_wandb_style_keys(tmp_path):
     assert (step.step, step.kl, step.reward_mean, step.entropy, step.learning_rate) == (2, 0.02, 0.5, 0.7, 1e-6)
     assert step.completion_length_mean == 200.0 and step.extra == {"train/total_length": 300.0}
 
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 _json_values = st.recursive(
     st.none()
@@ -451,11 +452,17 @@ def test_older_trl_keys_and_one_reward_function(tmp_path):
 def test_trl_console_output_with_progress_bars(tmp_path):
     text = (
         "Loading checkpoint shards: 100%|##| 2/2 [00:00<00:00,  8.66it/s]\n"
-        "  0%|          | 0/30 [00:00<?, ?it/s]\r  3%|3         | 1/30 [00:02<01:00,  2.0s/it]\r  7%|6         | 2/30 [00:04<01:00,  2.0s/it]\n"
-        "{'loss': 0.01, 'grad_norm': nan, 'reward': np.float64(0.5), 'reward_std': 0.2, 'kl': inf, 'completions/mean_length': 40.0,"
+        "  0%|          | 0/30 [00:00<?, ?it/s]"
+        "\r  3%|3         | 1/30 [00:02<01:00,  2.0s/it]"
+        "\r  7%|6         | 2/30 [00:04<01:00,  2.0s/it]\n"
+        "{'loss': 0.01, 'grad_norm': nan, 'reward': np.float64(0.5), 'reward_std': 0.2, 'kl': inf,"
+        " 'completions/mean_length': 40.0,"
         " 'entropy': tensor(0.7), 'epoch': 0.1}\n"
-        "  7%|6         | 2/30 [00:04<01:00,  2.0s/it]\r 10%|#         | 3/30 [00:06<01:00,  2.0s/it]\r{'eval_loss': 0.3, 'epoch': 0.1}\n"
-        " 13%|#3        | 4/30 [00:08<01:00,  2.0s/it]{'loss': 0.02, 'reward': 0.6, 'reward_std': 0.1, 'kl': 0.01, 'epoch': 0.2}\n"
+        "  7%|6         | 2/30 [00:04<01:00,  2.0s/it]"
+        "\r 10%|#         | 3/30 [00:06<01:00,  2.0s/it]"
+        "\r{'eval_loss': 0.3, 'epoch': 0.1}\n"
+        " 13%|#3        | 4/30 [00:08<01:00,  2.0s/it]"
+        "{'loss': 0.02, 'reward': 0.6, 'reward_std': 0.1, 'kl': 0.01, 'epoch': 0.2}\n"
         "{'train_runtime': 10.0, 'train_loss': 0.015, 'epoch': 0.2}\n"
     )
     path = tmp_path / "console.txt"
@@ -473,7 +480,8 @@ def test_verl_console_as_printed_through_ray(tmp_path):
     lines = [
         esc + "{'actor_rollout_ref': {'actor': {'checkpoint': {'contents': ['model',",
         esc
-        + "step:1 - actor/entropy:np.float64(0.8) - critic/score/mean:0.25 - actor/reward_kl_penalty:0.5 - actor/lr(1e-4):0.01",
+        + "step:1 - actor/entropy:np.float64(0.8) - critic/score/mean:0.25 - actor/reward_kl_penalty:0.5 "
+        "- actor/lr(1e-4):0.01",
         esc + "[response] Let's break it down step by step:",
         "[2025-05-22 07:03:43] INFO worker.py: connected",
         esc + "step:2 - actor/entropy:0.7 - critic/score/mean:0.35 - actor/reward_kl_penalty:0.6 - actor/ppo_kl:0.001",
@@ -489,7 +497,10 @@ def test_verl_console_as_printed_through_ray(tmp_path):
 
 def test_openrlhf_console_progress_postfix(tmp_path):
     """OpenRLHF's PPO trainer shows its status dict as the episode bar's postfix (written from its source)."""
-    bar = "Episode [1/1]:  {p}%|##  | {n}/20 [00:{n}0<01:00, 10.0s/it, policy_loss=0.0{n}, kl=0.00{n}, reward=0.{n}, response_length=1{n}0, actor_lr=5e-07]"
+    bar = (
+        "Episode [1/1]:  {p}%|##  | {n}/20 [00:{n}0<01:00, 10.0s/it, "
+        "policy_loss=0.0{n}, kl=0.00{n}, reward=0.{n}, response_length=1{n}0, actor_lr=5e-07]"
+    )
     lines = [bar.format(p=5 * n, n=n) for n in (1, 2, 3)] + [bar.format(p=15, n=3)]  # a redraw of step 3
     path = tmp_path / "openrlhf.log"
     path.write_text("\r".join(lines[:2]) + "\n" + "\n".join(lines[2:]) + "\n")

@@ -80,12 +80,13 @@ def remediation_worker(workdir: Path, kill_at: str) -> None:
             if record.step != ALARM_STEP or self.fired:
                 return None
             self.fired = True
-            return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0,
-                         evidence=[SignalEvidence(signal="kl", direction="up", value=3.0, z=10.0, since_step=ALARM_STEP - 1)])
+            evidence = SignalEvidence(signal="kl", direction="up", value=3.0, z=10.0, since_step=ALARM_STEP - 1)
+            return Alarm(run_id=record.run_id, step=record.step, score=10.0, threshold=1.0, evidence=[evidence])
 
     class LrHighDiagnoser:
         def diagnose(self, history, run_id, step, task_group=None, model_size=None):
-            return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
+            return Diagnosis(run_id=run_id, step=step,
+                             ranked=[Hypothesis(family="od", fault_type="lr_high", probability=0.9)],
                              summary="lr_high")
 
     class KillingStore(IncidentStore):
@@ -119,7 +120,9 @@ def remediation_worker(workdir: Path, kill_at: str) -> None:
         ckpt_module.load_model, ckpt_module.save_model = real_load, real_save
 
 
-def _train_watched(workdir: Path, store_cls: Any, detector_cls: Any, diagnoser_cls: Any, progress: dict[str, Any]) -> None:
+def _train_watched(
+    workdir: Path, store_cls: Any, detector_cls: Any, diagnoser_cls: Any, progress: dict[str, Any]
+) -> None:
     import torch
 
     from rftfm.fm.checkpoint import Checkpointer
@@ -142,11 +145,13 @@ def _train_watched(workdir: Path, store_cls: Any, detector_cls: Any, diagnoser_c
         info, skipped = checkpointer.restore(model, optimizer)
         start = info.step
         for message in skipped:
-            store.record("error", "crash-run", start, {"stage": "resume", "error": message, "fallback": "previous checkpoint"})
+            store.record("error", "crash-run", start,
+                         {"stage": "resume", "error": message, "fallback": "previous checkpoint"})
         note(event="resume", step=start, weights=weights_digest(model), skipped=len(skipped))
     controller = Controller(detector_cls(), diagnoser_cls(), store=store, checkpointer=checkpointer, run_id="crash-run",
                             config=ControllerConfig(checkpoint_every=2, keep_checkpoints=4, revalidate_steps=3))
-    controller.start(TrainerHandle(model=model, optimizer=optimizer, control=SimpleNamespace(should_training_stop=False)), step=start)
+    handle = TrainerHandle(model=model, optimizer=optimizer, control=SimpleNamespace(should_training_stop=False))
+    controller.start(handle, step=start)
     generator = torch.Generator().manual_seed(1)
     for step in range(start + 1, STEPS + 1):
         progress["step"] = step
@@ -236,7 +241,8 @@ def kill_and_resume(tmp_path: Path, kill_at: str, reference: list[tuple]) -> Non
     load_model(model, str(latest.path / "model.safetensors"))
     assert after[0]["weights"] == weights_digest(model)
     steps = [e["step"] for e in after if e["event"] == "step"]
-    assert steps == list(range(latest.step + 1, STEPS + 1)) and after[-1] == {"event": "done", "step": STEPS, "errors": 0}
+    assert steps == list(range(latest.step + 1, STEPS + 1))
+    assert after[-1] == {"event": "done", "step": STEPS, "errors": 0}
     # the first session's events are still there exactly once; the second session appended its own
     final = comparable_events(tmp_path / "incidents.db")
     assert final[: len(events)] == events and sum(k == "run" for k, _, _ in final) >= 2
@@ -264,7 +270,9 @@ class _Evil:
 
 
 @pytest.mark.parametrize("damage", ["truncate_model", "flip_state", "truncate_meta", "pickle_payload"])
-def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_path: Path, damage: str, monkeypatch) -> None:
+def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(
+    tmp_path: Path, damage: str, monkeypatch
+) -> None:
     import torch
 
     from rftfm.fm.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, Checkpointer
@@ -319,7 +327,9 @@ def test_kill_during_generation_then_resume_loses_and_duplicates_nothing(tmp_pat
     root = tmp_path / "bench"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-c", GENERATE_SCRIPT, str(root)]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     first = root / "normal" / "k0" / RUN_INFO_FILE
     deadline = time.monotonic() + 240
     try:

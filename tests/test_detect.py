@@ -170,8 +170,8 @@ def test_unfitted_detector_raises_a_clear_error():
 
 
 def test_a_per_configuration_artifact_combines_with_the_default(tmp_path):
-    from test_profile_detect import _frames
     from test_detect_data import synth_run
+    from test_profile_detect import _frames
 
     from rftfm.fm.detect import CombinedDetector, load_artifact
     from rftfm.fm.profile_detect import ProfileDetector

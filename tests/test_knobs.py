@@ -1,4 +1,4 @@
-"""The trainer knobs added for remediation: tool retries, repeated verifier calls, DAPO dynamic sampling."""
+"""Trainer knobs the remediation turns: tool retries, repeated verifier calls, DAPO dynamic sampling."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rftfm.knobs import KNOBS, get_knob, set_knob
 from rftfm.engine.tasks import ToolResult, with_retries
 from rftfm.engine.trainer import RecordingGRPOTrainer
+from rftfm.knobs import KNOBS, get_knob, set_knob
 
 
 def _flaky(failures: int):

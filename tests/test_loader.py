@@ -43,11 +43,12 @@ def _records(run_id: str, n_steps: int) -> list[tuple[StepRecord, list[Trajector
     label = FaultInjection(fault_injection_type="lr_high", fault_injection_strength="easy", active=True)
     out = []
     for step in range(1, n_steps + 1):
-        rec = StepRecord(run_id=run_id, step=step, reward_mean=0.1 * step, kl=float("nan"), extra={"probe": 1.0}, fault_injection=label)
+        rec = StepRecord(run_id=run_id, step=step, reward_mean=0.1 * step, kl=float("nan"), extra={"probe": 1.0},
+                         fault_injection=label)
         trajs = [
-            TrajectoryRecord(run_id=run_id, rollout_step=step, prompt_id=f"p{i}", group_id=i // 2, reward=float(i % 2),
-                             response_length=3, advantage=0.5, ret=float(i % 2), flags=TrajectoryFlags(truncated=i == 0),
-                             completion="<b>x</b>", fault_injection=label)
+            TrajectoryRecord(run_id=run_id, rollout_step=step, prompt_id=f"p{i}", group_id=i // 2,
+                             reward=float(i % 2), response_length=3, advantage=0.5, ret=float(i % 2),
+                             flags=TrajectoryFlags(truncated=i == 0), completion="<b>x</b>", fault_injection=label)
             for i in range(4)
         ]
         out.append((rec, trajs))
@@ -56,7 +57,8 @@ def _records(run_id: str, n_steps: int) -> list[tuple[StepRecord, list[Trajector
 
 def test_our_layout_round_trips_through_writer_and_loader(tmp_path: Path) -> None:
     info = RunInfo(run_id="r1", group="od_easy_fault", task_group="arith_a", model_size="xs", seed=1,
-                   control_or_fault="fault", fault_family="od", fault_type="lr_high", fault_strength="easy", onset_step=1)
+                   control_or_fault="fault", fault_family="od", fault_type="lr_high", fault_strength="easy",
+                   onset_step=1)
     writer = RunWriter(tmp_path, info)
     for rec, trajs in _records("r1", 3):
         writer(rec, trajs)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rftfm.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import GENERIC_LADDER, PLAYBOOK, KnobChange, check_playbook, ends_in_halt_only, ladder
 from rftfm.fm.remediate import Capabilities, Remediator, resolve_knob
 from rftfm.fm.types import Diagnosis, Hypothesis
+from rftfm.knobs import KNOBS
 
 ALL = Capabilities(knobs=frozenset(KNOBS), rollback=True, halt=True)
 

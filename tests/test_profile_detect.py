@@ -117,7 +117,7 @@ def test_the_stall_signal_counts_repeats_of_eval_accuracy_and_skips_missing_ones
 
 def test_a_policy_that_stops_moving_alarms_on_unchanged_eval_accuracy(fitted):
     """A learning rate far too low freezes greedy eval accuracy exactly, while every other signal
-    stays within its normal range; live, offline and vectorised scoring agree on the new signal."""
+    stays within its normal range; live, offline and vectorised scoring agree on the stall signal."""
     records = synth_run("stall", 21, steps=12)
     frozen = records[4][0].eval_accuracy
     records = [(s.model_copy(update={"eval_accuracy": frozen}) if s.step >= 5 else s, t) for s, t in records]

@@ -114,7 +114,8 @@ def test_real_log_steps_and_mapping(name: str):
 
 
 def test_the_collapse_in_aopd_i80f2v90_is_in_the_mapped_signals():
-    """README: score -0.68 -> -1.0, length 1759 -> 1 token, entropy 0.21 -> 0.007, KL penalty 0.83 -> 16.9 over steps 3-12."""
+    """README: score -0.68 -> -1.0, length 1759 -> 1 token, entropy 0.21 -> 0.007, KL penalty 0.83 -> 16.9
+    over steps 3-12."""
     events, stats = read_log(REAL_LOGS / "verl/aopd_i80f2v90.output.log")
     by_step = {s.step: s for s, _ in events}
     assert by_step[1].reward_mean == pytest.approx(-0.676, abs=1e-3) and by_step[

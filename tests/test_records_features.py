@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
@@ -13,8 +14,6 @@ from rftfm.faults.taxonomy import FAMILIES, FAULT_TYPES, PUBLISHED_TYPES, STRENG
 from rftfm.fm.features import FEATURES, features_frame, step_features
 from rftfm.io.faultbench import flatten_step, flatten_trajectory
 from rftfm.records import LABEL_FIELDS, RunInfo, StepRecord, TrajectoryRecord, finite_or_none
-
-import polars as pl
 
 
 def test_records_validate_and_reject_bad_input() -> None:
@@ -26,7 +25,9 @@ def test_records_validate_and_reject_bad_input() -> None:
         StepRecord(run_id="r", step=1, not_a_field=1.0)
     with pytest.raises(ValidationError):
         StepRecord(run_id="r", step=1, reward_mean="high")
-    traj = TrajectoryRecord.model_validate({"run_id": "r", "rollout_step": 1, "prompt_id": "p", "group_id": 0, "return": 1.0})
+    traj = TrajectoryRecord.model_validate(
+        {"run_id": "r", "rollout_step": 1, "prompt_id": "p", "group_id": 0, "return": 1.0}
+    )
     assert traj.ret == 1.0
     assert finite_or_none(float("nan")) is None and finite_or_none("inf") is None and finite_or_none("2.5") == 2.5
     assert finite_or_none(True) is None

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from watch_fixtures import train_real_run
 
 from rftfm.cli import app
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.types import Action, Alarm, Diagnosis, Hypothesis, Outcome, SignalEvidence
 from rftfm.io.adapters import read_log
 from rftfm.report.html import build_report, write_report
-from watch_fixtures import train_real_run
 
 EVIL = "<script>alert('x')</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -54,7 +54,9 @@ def unsafe_uses(tree: ast.AST) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+            found += [
+                f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
             found.append(f"{node.lineno}: from {node.module} import")
         elif isinstance(node, ast.Call):
@@ -150,7 +152,10 @@ def test_generate_refuses_a_traversing_run_before_training_anything(tmp_path: Pa
 def _write_run(root: Path, group: str, run_id: str, steps: int = 3) -> Path:
     sub = root / group / run_id / SUB_DIR
     sub.mkdir(parents=True)
-    lines = [json.dumps(step_to_published(StepRecord(run_id=run_id, step=s, reward_mean=0.1 * s))) for s in range(1, steps + 1)]
+    lines = [
+        json.dumps(step_to_published(StepRecord(run_id=run_id, step=s, reward_mean=0.1 * s)))
+        for s in range(1, steps + 1)
+    ]
     (sub / STEP_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return sub.parent
 
@@ -192,7 +197,9 @@ def test_html_report_escapes_a_script_tag_in_a_metric_name_and_a_completion(tmp_
         trajs = [TrajectoryRecord(run_id="r", rollout_step=step, prompt_id=EVIL, group_id=0, reward=1.0,
                                   response_length=5, completion=EVIL + "</pre></td></table>\ud800")]
         events.append((record, trajs))
-    page = build_report(EVIL, events, [{"kind": "error", "run_id": "r", "step": 2, "time": 0.0, "payload": {"error": EVIL}}])
+    page = build_report(
+        EVIL, events, [{"kind": "error", "run_id": "r", "step": 2, "time": 0.0, "payload": {"error": EVIL}}]
+    )
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # shown as text
     assert "</pre></td></table>" not in page

@@ -13,22 +13,22 @@ import polars as pl
 import pytest
 import torch
 from typer.testing import CliRunner
+from watch_fixtures import train_real_run
 
 from rftfm.cli import app
 from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK
-from rftfm.fm.monitor import RunMonitor
 from rftfm.fm.features import FEATURES
 from rftfm.fm.incidents import IncidentStore
+from rftfm.fm.monitor import RunMonitor
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
 from rftfm.integrations.trl_log import JsonlLogCallback, WatchCallback
 from rftfm.records import RunInfo, StepRecord
-from watch_fixtures import train_real_run
 
 runner = CliRunner()
 
 
 class KlDetector:
-    """A stand-in detector: alarms while KL exceeds a level (the real one is tested in its own issue)."""
+    """A stand-in detector: alarms while KL exceeds a level (the real detector has its own tests, test_detect.py)."""
 
     def __init__(self, level: float) -> None:
         self.level, self.resets = level, []

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from rftfm.knobs import get_knob, set_knob
 from rftfm.engine.model import build_model
 from rftfm.engine.tasks import Problem
 from rftfm.engine.trainer import _mean_of_answered
 from rftfm.faults.injectors import make_injector
 from rftfm.faults.taxonomy import FAULT_TYPES, WILD_TYPES
+from rftfm.knobs import get_knob, set_knob
 
 
 def test_wild_types_are_marked_as_the_extension_with_both_strengths() -> None:

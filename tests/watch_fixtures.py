@@ -53,7 +53,9 @@ def train_real_run(root: Path, run_id: str = "trl-run", num_steps: int = 6, seed
     writer = RunWriter(root / "bench", info)
     collect = _Collect()
     jsonl = root / f"{run_id}.jsonl"
-    trainer = build_trainer(info, sinks=[writer], callbacks=[JsonlLogCallback(jsonl), collect], output_dir=str(root / "trl_out"))
+    trainer = build_trainer(
+        info, sinks=[writer], callbacks=[JsonlLogCallback(jsonl), collect], output_dir=str(root / "trl_out")
+    )
     trainer.train()
     run_dir = writer.commit()
     state = root / "trainer_state.json"

@@ -416,29 +416,18 @@ def rows_from_summary(
             rows[(info.run_id, "none")] = asdict(ArmResult(run_id=info.run_id, arm="none", **none))
         if "clean" in arms:
             twin = clean_twin(info).run_id
-            rows[(twin, "clean")] = asdict(
-                ArmResult(
-                    run_id=twin,
-                    arm="clean",
-                    final_accuracy=pair["clean_accuracy"],
-                    wall_s=pair["clean_wall_s"],
-                    steps=pair["clean_steps"],
-                )
-            )
+            rows[(twin, "clean")] = _clean_row(twin, pair["clean_accuracy"], pair["clean_wall_s"], pair["clean_steps"])
     for row in summary.get("healthy", []) if "clean" in arms and healthy_off else []:
         info = by_id.get(row["run_id"])
         if info is not None:
             twin = clean_twin(info).run_id
-            rows[(twin, "clean")] = asdict(
-                ArmResult(
-                    run_id=twin,
-                    arm="clean",
-                    final_accuracy=row["accuracy_off"],
-                    wall_s=row["wall_off_s"],
-                    steps=info.num_steps,
-                )
-            )
+            rows[(twin, "clean")] = _clean_row(twin, row["accuracy_off"], row["wall_off_s"], info.num_steps)
     return list(rows.values())
+
+
+def _clean_row(twin: str, final_accuracy: float, wall_s: float, steps: int) -> dict[str, Any]:
+    """The row of a clean arm (no loop: nothing but its accuracy, time and length)."""
+    return asdict(ArmResult(run_id=twin, arm="clean", final_accuracy=final_accuracy, wall_s=wall_s, steps=steps))
 
 
 def _pct(x: float | None) -> float | None:

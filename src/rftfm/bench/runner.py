@@ -13,8 +13,9 @@ from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import GRPOConfig
 
+from rftfm.engine.hooks import Injector
 from rftfm.engine.sft import load_warm_start, warm_start_path
-from rftfm.engine.tasks import task_group
+from rftfm.engine.tasks import TaskGroup, task_group
 from rftfm.engine.tokenizer import build_tokenizer
 from rftfm.engine.trainer import RecordingGRPOTrainer, StepSink
 from rftfm.faults.injectors import make_injector
@@ -66,28 +67,27 @@ def with_defaults(info: RunInfo) -> RunInfo:
     return info.model_copy(update=update)
 
 
-def build_trainer(
-    info: RunInfo,
-    sinks: list[StepSink] | None = None,
-    callbacks: list[TrainerCallback] | None = None,
-    output_dir: str | None = None,
-) -> RecordingGRPOTrainer:
-    """A ready-to-train ``RecordingGRPOTrainer`` for ``info`` (fault injected as the run says)."""
-    quiet()
-    info = with_defaults(info)
-    seed = info.seed or 0
-    set_seed(seed)
-    task = task_group(info.task_group)
+def _prompt_dataset(info: RunInfo, task: TaskGroup, seed: int) -> tuple[Dataset, int]:
+    """The run's prompts as a dataset, and how many of them the planned steps use."""
     planned = info.num_steps * info.prompts_per_step
     # spare prompts after the planned ones, for the data loader of a run extended after a rollback
     # (its discarded batches come again first, see BatchReplay, so the spares wait at the end of
     # the queue); a run that is never extended does not touch them
     problems = task.problems(planned + int(SPARE_STEPS_FRACTION * info.num_steps) * info.prompts_per_step, seed=seed)
     dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer, "prompt_id": p.prompt_id} for p in problems])
+    return dataset, planned
+
+
+def _warm_start_model_path(info: RunInfo) -> str:
+    """Where the run's SFT starting policy is cached (trained first if it is not)."""
     size, family = info.model_size or "xs", info.model_family or "gpt2"
     load_warm_start(info.task_group, size, family)  # make sure the cache exists
-    model_path = str(warm_start_path(info.task_group, size, family))
-    config = GRPOConfig(
+    return str(warm_start_path(info.task_group, size, family))
+
+
+def _grpo_config(info: RunInfo, task: TaskGroup, seed: int, output_dir: str | None) -> GRPOConfig:
+    """TRL's GRPO arguments for the run: its configuration, deterministic and on the CPU."""
+    return GRPOConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="rftfm-run-"),
         per_device_train_batch_size=info.prompts_per_step * info.num_generations,
         gradient_accumulation_steps=1,
@@ -121,10 +121,31 @@ def build_trainer(
         max_grad_norm=1.0,
         model_init_kwargs={"dtype": torch.float32},
     )
+
+
+def _injector_for(info: RunInfo, seed: int) -> Injector:
+    """The run's fault injector; a no-op one for a normal or control run."""
     if info.control_or_fault == "fault":
-        injector = make_injector(info.fault_type, info.fault_strength, onset_step=info.onset_step or 1, seed=seed)
-    else:
-        injector = make_injector(None, None)
+        return make_injector(info.fault_type, info.fault_strength, onset_step=info.onset_step or 1, seed=seed)
+    return make_injector(None, None)
+
+
+def build_trainer(
+    info: RunInfo,
+    sinks: list[StepSink] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    output_dir: str | None = None,
+) -> RecordingGRPOTrainer:
+    """A ready-to-train ``RecordingGRPOTrainer`` for ``info`` (fault injected as the run says)."""
+    quiet()
+    info = with_defaults(info)
+    seed = info.seed or 0
+    set_seed(seed)
+    task = task_group(info.task_group)
+    dataset, planned = _prompt_dataset(info, task, seed)
+    model_path = _warm_start_model_path(info)
+    config = _grpo_config(info, task, seed, output_dir)
+    injector = _injector_for(info, seed)
     trainer = RecordingGRPOTrainer(
         model=model_path,
         args=config,

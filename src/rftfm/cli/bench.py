@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
+
+from rftfm.cli.common import progress_columns
 
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
@@ -39,14 +41,7 @@ def bench_generate(
         f"{len(todo)} to do"
     )
     start = time.perf_counter()
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*progress_columns(), console=console) as progress:
         task = progress.add_task("training runs", total=len(todo))
         summaries = generate(
             out, todo, executor=executor, workers=workers, address=address, on_done=lambda s: progress.advance(task)
@@ -69,7 +64,8 @@ def bench_stats(
 
     stats = benchmark_stats(root)
     totals = stats["totals"]
-    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, {totals['trajectories']} trajectory records"
+    console.print(f"[bold]{root}[/]: {totals['runs']} runs, {totals['steps']} step records, "
+                  f"{totals['trajectories']} trajectory records"
                   + (f", {stats['configurations']} configurations" if stats.get("configurations") else ""))
     for title, key, cols in (
         ("by kind", "by_kind", ["control_or_fault"]),

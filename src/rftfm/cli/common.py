@@ -1,4 +1,4 @@
-"""What the log-reading commands share: failing with one line, opening stores and logs."""
+"""What the commands share: failing with one line, opening stores and logs, the training progress bar."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rftfm.report.console import console
 
@@ -52,6 +53,17 @@ def read_run(path: Path, fmt: str, run_id: str | None) -> tuple[list, Any]:
     if not events:
         fail(stats.no_steps_reason(path))
     return events, stats
+
+
+def progress_columns() -> tuple[Any, ...]:
+    """The columns of a training progress bar: what it trains, the bar, done / total, elapsed, remaining."""
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 def safe_file_name(run_id: str, suffix: str) -> Path:

@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from rftfm.cli.common import progress_columns
+
 if TYPE_CHECKING:
+    import polars as pl
+
     from rftfm.cli.main import Apps
+    from rftfm.records import RunInfo
 
 console = Console()
 SPARK = "▁▂▃▄▅▆▇█"
@@ -77,6 +82,14 @@ def register(apps: "Apps") -> None:
     apps.evaluate.command("remediation")(evaluate_remediation_cmd)
 
 
+#: the demo's three trainings, in order: (arm, progress-bar label)
+DEMO_ARMS = (
+    ("clean", "clean run"),
+    ("none", "faulty run, no loop"),
+    ("loop", "faulty run + RFT-FM loop"),
+)
+
+
 def demo(
     fault: str = typer.Option("lr_high", help="fault type to inject (a knob-repairable type shows the repair)"),
     strength: str = typer.Option("easy", help="easy or hard"),
@@ -96,20 +109,53 @@ def demo(
     """Train a tiny model with TRL on the CPU, inject a mid-run fault, watch RFT-FM detect, diagnose and repair it."""
     import torch
 
-    from rftfm.bench import eval_remediation as ev
     from rftfm.bench.runner import quiet
     from rftfm.faults.taxonomy import FAULT_TYPES
     from rftfm.fm.incidents import IncidentStore
-    from rftfm.records import RunInfo
 
     quiet()
     torch.set_num_threads(1)
+    info = _demo_run_info(fault, strength, onset, steps, task_group, size, seed)
+    db = _fresh_incident_db(out)
+    console.print(
+        f"[bold]rftfm demo[/]: GRPO ({info.task_group}, model {size}, {steps} steps, seed {seed}); "
+        f"fault [bold red]{fault}[/] ({strength}: {FAULT_TYPES[fault].injected_as}) from step {onset}"
+    )
+    start = time.perf_counter()
+    curves: dict[str, list[float | None]] = {}
+    results: dict[str, Any] = {}
+    with Progress(*progress_columns(), console=console) as progress:
+        _warm_start(info, progress)
+        components = _load_components(info, detector_path, diagnoser_path, progress)
+        store = IncidentStore(db)
+        events: list[Any] = []
+        for arm, label in DEMO_ARMS:
+            curves[arm], results[arm] = _train_demo_arm(info, arm, label, components, store, events, progress)
+    elapsed = time.perf_counter() - start
+    _print_timeline(results["loop"][1])
+    _print_comparison(results, curves, info)
+    report = _write_report(out, info, events, store)
+    store.close()
+    console.print(f"incident store: {db}" + (f" · report: {report}" if report else ""))
+    console.print(f"total {elapsed:.0f} s")
+    (out / "demo.json").write_text(
+        json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8"
+    )
+
+
+def _demo_run_info(
+    fault: str, strength: str, onset: int, steps: int, task_group: str, size: str, seed: int
+) -> RunInfo:
+    """The demo's faulty run; a fault restricted to some task groups moves the run to the first of them."""
+    from rftfm.faults.taxonomy import FAULT_TYPES
+    from rftfm.records import RunInfo
+
     if fault not in FAULT_TYPES:
         raise typer.BadParameter(f"unknown fault {fault!r}; known: {', '.join(FAULT_TYPES)}")
     ftype = FAULT_TYPES[fault]
     if ftype.task_groups and task_group not in ftype.task_groups:
         task_group = ftype.task_groups[0]
-    info = RunInfo(
+    return RunInfo(
         run_id=f"demo-{fault}-{strength}",
         group=f"{ftype.family}_{strength}_fault",
         task_group=task_group,
@@ -122,84 +168,84 @@ def demo(
         onset_step=onset,
         num_steps=steps,
     )
+
+
+def _fresh_incident_db(out: Path) -> Path:
+    """The incident store's path under ``out``, with the store (and its WAL files) of an earlier demo removed."""
     out.mkdir(parents=True, exist_ok=True)
     db = out / "incidents.db"
     if db.exists():
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
-    console.print(
-        f"[bold]rftfm demo[/]: GRPO ({task_group}, model {size}, {steps} steps, seed {seed}); "
-        f"fault [bold red]{fault}[/] ({strength}: {ftype.injected_as}) from step {onset}"
-    )
-    start = time.perf_counter()
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    curves: dict[str, list[float | None]] = {}
-    results: dict[str, Any] = {}
-    with Progress(*columns, console=console) as progress:
-        from rftfm.engine.sft import load_warm_start
-        from rftfm.fm.detect import Detector
-        from rftfm.fm.diagnose import Diagnoser
+    return db
 
-        warm = progress.add_task("supervised warm start (cached after the first demo)", total=1)
-        load_warm_start(task_group, size)
-        progress.update(warm, completed=1)
-        try:
-            detector = Detector.load(detector_path) if detector_path else Detector.load_default()
-        except FileNotFoundError as exc:
-            console.print(f"[yellow]{exc}: fitting a detector on 4 clean runs instead[/]")
-            detector = _fallback_detector(info, 4, progress)
-        try:
-            diagnoser = Diagnoser.load(diagnoser_path) if diagnoser_path else Diagnoser.load_default()
-        except FileNotFoundError as exc:
-            diagnoser = None
-            console.print(f"[yellow]{exc}: alarms get the 'unknown' ladder (rollback + halve the LR)[/]")
-        store = IncidentStore(db)
-        events: list[Any] = []
-        for arm, label in (
-            ("clean", "clean run"),
-            ("none", "faulty run, no loop"),
-            ("loop", "faulty run + RFT-FM loop"),
-        ):
-            task = progress.add_task(label, total=steps)
-            curve: list[float | None] = []
 
-            def on_step(record: Any, task: Any = task, curve: list = curve) -> None:
-                curve.append(record.eval_accuracy)
-                # a rollback extends the run by the steps it discarded: the bar grows with it
-                progress.update(task, advance=1, total=max(steps, len(curve)))
+def _warm_start(info: RunInfo, progress: Progress) -> None:
+    """The supervised starting policy the three arms share: trained on the first demo, cached after."""
+    from rftfm.engine.sft import load_warm_start
 
-            if arm == "loop":  # (step, trajectories) events also go to the report
-                result, callback = ev.run_arm(
-                    info, arm, on_step=on_step, incidents=store, components=(detector, diagnoser),
-                    sink=lambda record, trajectories: events.append((record, trajectories)),
-                )
-            else:
-                target = info.model_copy(
-                    update={"run_id": f"{info.run_id}~{arm}"}
-                )  # same seed and fault, own incident log
-                result, callback = ev.run_arm(
-                    target, arm, on_step=on_step, incidents=store if arm == "none" else None,
-                    components=(detector, diagnoser),
-                )
-            progress.update(task, completed=max(steps, len(curve)), total=max(steps, len(curve)))
-            curves[arm], results[arm] = curve, (result, callback)
-    elapsed = time.perf_counter() - start
-    loop_result, loop_cb = results["loop"]
-    _print_timeline(loop_cb)
-    _print_comparison(results, curves, info)
-    report = _write_report(out, info, events, store)
-    store.close()
-    console.print(f"incident store: {db}" + (f" · report: {report}" if report else ""))
-    console.print(f"total {elapsed:.0f} s")
-    (out / "demo.json").write_text(
-        json.dumps({arm: r[0].__dict__ for arm, r in results.items()}, indent=1, default=str), encoding="utf-8"
-    )
+    warm = progress.add_task("supervised warm start (cached after the first demo)", total=1)
+    load_warm_start(info.task_group, info.model_size)
+    progress.update(warm, completed=1)
+
+
+def _load_components(
+    info: RunInfo, detector_path: Path | None, diagnoser_path: Path | None, progress: Progress
+) -> tuple[Any, Any]:
+    """(detector, diagnoser): the given or shipped artifacts. Without a detector artifact one is fitted on
+    clean runs; without a diagnoser every alarm gets the 'unknown' ladder (``None``)."""
+    from rftfm.fm.detect import Detector
+    from rftfm.fm.diagnose import Diagnoser
+
+    try:
+        detector = Detector.load(detector_path) if detector_path else Detector.load_default()
+    except FileNotFoundError as exc:
+        console.print(f"[yellow]{exc}: fitting a detector on 4 clean runs instead[/]")
+        detector = _fallback_detector(info, 4, progress)
+    try:
+        diagnoser = Diagnoser.load(diagnoser_path) if diagnoser_path else Diagnoser.load_default()
+    except FileNotFoundError as exc:
+        diagnoser = None
+        console.print(f"[yellow]{exc}: alarms get the 'unknown' ladder (rollback + halve the LR)[/]")
+    return detector, diagnoser
+
+
+def _train_demo_arm(
+    info: RunInfo,
+    arm: str,
+    label: str,
+    components: tuple[Any, Any],
+    store: Any,
+    events: list[Any],
+    progress: Progress,
+) -> tuple[list[float | None], tuple[Any, Any]]:
+    """Train one arm under its own progress bar: its eval accuracy by step and (result, callback).
+
+    The loop arm records to the demo's run id and sends its (step, trajectories) events to the report;
+    the others train under their own run ids, with the same seed and fault."""
+    from rftfm.bench import eval_remediation as ev
+
+    steps = info.num_steps
+    task = progress.add_task(label, total=steps)
+    curve: list[float | None] = []
+
+    def on_step(record: Any) -> None:
+        curve.append(record.eval_accuracy)
+        # a rollback extends the run by the steps it discarded: the bar grows with it
+        progress.update(task, advance=1, total=max(steps, len(curve)))
+
+    if arm == "loop":
+        result, callback = ev.run_arm(
+            info, arm, on_step=on_step, incidents=store, components=components,
+            sink=lambda record, trajectories: events.append((record, trajectories)),
+        )
+    else:
+        target = info.model_copy(update={"run_id": f"{info.run_id}~{arm}"})
+        result, callback = ev.run_arm(
+            target, arm, on_step=on_step, incidents=store if arm == "none" else None, components=components,
+        )
+    progress.update(task, completed=max(steps, len(curve)), total=max(steps, len(curve)))
+    return curve, (result, callback)
 
 
 def _print_timeline(callback: Any) -> None:
@@ -303,17 +349,27 @@ def evaluate_remediation_cmd(
 ) -> None:
     """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline
     and the clean run."""
-    import sys
-
-    from rftfm.bench import eval_remediation as ev
-    from rftfm.io.loader import load_runs
-
     if from_json is not None:
         summary = json.loads(from_json.read_text(encoding="utf-8"))
         _report_remediation(
             summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation")
         )
         return
+    runs = _remediation_runs(data, preset, split, fold, side)
+    faulty, healthy_runs, total = _select_remediation_runs(runs, per_type, healthy, limit, types)
+    summary = _train_remediation_arms(faulty, healthy_runs, total, detector_path, diagnoser_path, workers, rows)
+    command = _command_line()
+    summary["command"] = command
+    _report_remediation(summary, json_out, markdown_out, note, command)
+
+
+def _remediation_runs(
+    data: Path | None, preset: str | None, split: str, fold: str | None, side: str
+) -> pl.DataFrame:
+    """The runs table of ``--data`` or ``--preset``, cut to one side of the split: the held-out side by
+    default, since the detector and diagnoser were fitted on the train side."""
+    from rftfm.io.loader import load_runs
+
     if (data is None) == (preset is None):
         raise typer.BadParameter("give exactly one of --data and --preset", param_hint="--data / --preset")
     if preset is not None:
@@ -329,10 +385,19 @@ def evaluate_remediation_cmd(
 
         if side not in ("test", "train"):
             raise typer.BadParameter("side must be 'test' or 'train'", param_hint="--side")
-        try:  # the detector and diagnoser were fitted on the train side
+        try:
             runs = held_out(runs, split, fold)[1 if side == "test" else 0]
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--fold") from exc
+    return runs
+
+
+def _select_remediation_runs(
+    runs: pl.DataFrame, per_type: int | None, healthy: int | None, limit: int | None, types: str | None
+) -> tuple[list[RunInfo], list[RunInfo], int]:
+    """(faulty runs, healthy runs, trainings) to re-train, the count printed."""
+    from rftfm.bench import eval_remediation as ev
+
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     try:
         faulty, healthy_runs = ev.select_runs(runs, per_type, healthy, limit, type_list)
@@ -343,17 +408,25 @@ def evaluate_remediation_cmd(
         f"{len(faulty)} faulty runs x {len(ev.FAULT_ARMS)} arms (clean arms shared per configuration and seed), "
         f"{len(healthy_runs)} healthy runs x {len(ev.HEALTHY_ARMS)} arms = {total} trainings"
     )
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    return faulty, healthy_runs, total
+
+
+def _train_remediation_arms(
+    faulty: list[RunInfo],
+    healthy_runs: list[RunInfo],
+    total: int,
+    detector_path: Path | None,
+    diagnoser_path: Path | None,
+    workers: int,
+    rows: Path | None,
+) -> dict[str, Any]:
+    """Train every arm under one progress bar (trainings already in ``rows`` count as done); the summary."""
+    from rftfm.bench import eval_remediation as ev
+
+    with Progress(*progress_columns(), console=console) as progress:
         already = len(ev.read_rows(rows)) if rows is not None else 0  # resumed: these are not re-run
         task = progress.add_task("training", total=total, completed=min(already, total))
-        summary = ev.evaluate(
+        return ev.evaluate(
             faulty,
             healthy_runs,
             str(detector_path) if detector_path else None,
@@ -362,13 +435,17 @@ def evaluate_remediation_cmd(
             on_done=lambda row: progress.advance(task),
             rows_path=rows,
         )
-    command = (
+
+
+def _command_line() -> str:
+    """The command as typed, for the provenance line of the report."""
+    import sys
+
+    return (
         "rftfm bench evaluate remediation " + " ".join(sys.argv[4:])
         if len(sys.argv) > 4
         else "rftfm bench evaluate remediation"
     )
-    summary["command"] = command
-    _report_remediation(summary, json_out, markdown_out, note, command)
 
 
 def _report_remediation(

@@ -51,7 +51,8 @@ def fit_detector(
         info = zero_shot.fit_info
         console.print(f"fitted on {info['runs']} runs ({info['normal_runs']} normal or control) of "
                       f"{info['configurations']} configurations; thresholds (learned / surprise): "
-                      + ", ".join(f"{k} {v['learned']:.3f} / {v['surprise']:.1f}" for k, v in zero_shot.thresholds.items()))
+                      + ", ".join(f"{k} {v['learned']:.3f} / {v['surprise']:.1f}"
+                                  for k, v in zero_shot.thresholds.items()))
     console.print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 

@@ -31,7 +31,9 @@ def _load_features(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def fit_diagnoser(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     out: Path = typer.Option(..., "--out", help="output JSON file (LightGBM model embedded as text)"),
-    split: str = typer.Option("all", help="train on the train side of this split (seed|task|size|config), or 'all' runs"),
+    split: str = typer.Option(
+        "all", help="train on the train side of this split (seed|task|size|config), or 'all' runs"
+    ),
     fold: Optional[str] = typer.Option(None, help="with --split config: the held-out folds (comma-separated)"),
 ) -> None:
     """Train the Diagnoser (fault-type classifier over scale-free dynamics + abstention thresholds)."""
@@ -51,7 +53,9 @@ def evaluate_diagnosis(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     split: str = typer.Option("config", help="config (held-out configurations, in folds) | seed | task | size"),
     tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (incl. confusion matrix) as JSON"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="write the full result (incl. confusion matrix) as JSON"
+    ),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     image: Optional[Path] = typer.Option(
         None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"
@@ -70,7 +74,11 @@ def evaluate_diagnosis(
     )
 
     runs, features = _load_features(data)
-    alarm_fn = detector_alarm_steps if alarms == "detector" else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
+    alarm_fn = (
+        detector_alarm_steps
+        if alarms == "detector"
+        else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
+    )
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
                                tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
     if image is None and (markdown or json_out):
@@ -78,7 +86,9 @@ def evaluate_diagnosis(
     rel = None
     if image:
         tier = next(iter(result["tiers"]))
-        plot_confusion(result["tiers"][tier]["confusion"], image, title=f"Diagnoser at alarm time, split {split}, tier {tier}")
+        plot_confusion(
+            result["tiers"][tier]["confusion"], image, title=f"Diagnoser at alarm time, split {split}, tier {tier}"
+        )
         rel = os.path.relpath(image, markdown.parent) if markdown else str(image)
         result["confusion_image"] = str(image)
     text = markdown_report(result, rel)

@@ -21,7 +21,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "m": (128, 4, 4),
     "l": (192, 4, 6),
 }
-#: GPT-2 config overrides per size (kept for callers that read the published sizes)
+#: GPT-2 config overrides per size (the published sizes, as GPT2Config arguments)
 MODEL_SIZES: dict[str, dict[str, int]] = {k: {"n_embd": w, "n_layer": n, "n_head": h} for k, (w, n, h) in SIZES.items()}
 MAX_POSITIONS = 40
 

@@ -115,8 +115,3 @@ def load_warm_start(task_name: str, size: str, family: str = DEFAULT_FAMILY) -> 
         except OSError:  # another process won the race; use its copy
             shutil.rmtree(tmp, ignore_errors=True)
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
-
-
-def warm_start_accuracy(task_name: str, size: str, family: str = DEFAULT_FAMILY) -> float:
-    task = task_group(task_name)
-    return eval_accuracy(load_warm_start(task_name, size, family), task, task.eval_problems())

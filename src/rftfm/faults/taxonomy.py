@@ -43,10 +43,6 @@ class FaultType:
     #: the fault needs a KL term (``beta > 0``, so a reference model) to act on
     needs_kl: bool = False
 
-    @property
-    def signal_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.signals)
-
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
         return (self.task_groups is None or task_group in self.task_groups) and (beta > 0 or not self.needs_kl)
@@ -176,7 +172,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"scale": 12.0, "length_power": 2.0}, "hard": {"scale": 3.0, "length_power": 1.0}},
             signals=(("traj_advantage_std", "up"), ("grad_norm", "up")),
             # a bug in the advantage code after TRL's own normalisation (like advantage_sign): no knob
-            # undoes a length-dependent rescaling; until session 2 this was (wrongly) a knob type
+            # undoes a length-dependent rescaling, so the remedy is halt + rollback, not a knob ladder
             knob_repairable=False,
         ),
         # --- TE: tool environment ------------------------------------------------------
@@ -258,10 +254,6 @@ PUBLISHED_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if
 WILD_TYPES: dict[str, FaultType] = {n: t for n, t in FAULT_TYPES.items() if t.extension}
 
 
-def types_of_family(code: str) -> list[str]:
-    return [t.name for t in FAULT_TYPES.values() if t.family == code]
-
-
 def group_dir(family: str, strength: Strength) -> str:
     """Published group directory name, e.g. ``rf_easy_fault``."""
     return f"{family}_{strength}_fault"
@@ -282,15 +274,18 @@ def taxonomy_markdown() -> str:
         "Types marked *wild* are the extension beyond the published 16 (failures users report in framework issue",
         "trackers); `needs KL` types are injected only into runs with `beta > 0`.",
         "",
-        "| family | type | injected as | easy | hard | task groups | expected fingerprint vs matched clean run | knob-repairable |",
+        "| family | type | injected as | easy | hard | task groups "
+        "| expected fingerprint vs matched clean run | knob-repairable |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in FAULT_TYPES.values():
         signals = ", ".join(f"{name} {direction}" for name, direction in t.signals)
         lines.append(
-            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}`{' (wild)' if t.extension else ''} | {t.injected_as} "
+            f"| {t.family} ({FAMILIES[t.family].name}) | `{t.name}`{' (wild)' if t.extension else ''} "
+            f"| {t.injected_as} "
             f"| {fmt(t.params['easy'])} | {fmt(t.params['hard'])} "
-            f"| {', '.join(t.task_groups) if t.task_groups else 'all'}{' (needs KL)' if t.needs_kl else ''} | {signals} "
+            f"| {', '.join(t.task_groups) if t.task_groups else 'all'}{' (needs KL)' if t.needs_kl else ''} "
+            f"| {signals} "
             f"| {'yes' if t.knob_repairable else 'no: halt + rollback'} |"
         )
     return "\n".join(lines) + "\n"

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from rftfm.knobs import KNOBS, configured_lr, get_knob, set_knob
 from rftfm.fm.checkpoint import Checkpointer, CheckpointInfo
 from rftfm.fm.remediate import Capabilities
 from rftfm.fm.types import Action
+from rftfm.knobs import KNOBS, configured_lr, get_knob, set_knob
 
 
 class TrainerHandle:

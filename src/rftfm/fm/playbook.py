@@ -45,8 +45,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rftfm.knobs import KNOBS
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.knobs import KNOBS
 from rftfm.signals import names
 
 KnobOp = Literal["restore", "scale", "set"]

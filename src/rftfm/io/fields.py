@@ -17,8 +17,8 @@ from typing import Any
 
 from rftfm.io.mapping import (
     GENERIC_KEYS,
-    MISSING_HINTS,
     IGNORED_KEYS,
+    MISSING_HINTS,
     NOT_RL_EVIDENCE,
     Candidate,
     Pattern,

@@ -289,7 +289,8 @@ def build_report(
 
 
 def _signals_html(figures: "_Figures", step_axis: np.ndarray, columns: dict[str, np.ndarray], present: list[str],
-                  incidents: Sequence[dict[str, Any]], shapes: Any, episodes: Any, labels: Any, any_records: bool) -> str:
+                  incidents: Sequence[dict[str, Any]], shapes: Any, episodes: Any, labels: Any,
+                  any_records: bool) -> str:
     """The training-signal panels: those the alarms cite first, the rest folded away."""
     order = evidence_order(incidents, present)
     shown = figures.grid(

@@ -12,8 +12,8 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from rftfm.engine.hooks import Injector
-from rftfm.knobs import set_knob
 from rftfm.faults.taxonomy import FaultType, Strength
+from rftfm.knobs import set_knob
 
 #: fault type name -> injector class (filled by :func:`injects`)
 INJECTORS: dict[str, type[FaultInjector]] = {}

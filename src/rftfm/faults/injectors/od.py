@@ -7,8 +7,8 @@ from typing import Any, Iterator
 
 import torch
 
-from rftfm.knobs import get_knob, set_knob
 from rftfm.faults.injectors.base import FaultInjector, KnobPush, injects
+from rftfm.knobs import get_knob, set_knob
 
 injects("kl_misconfig", "entropy_collapse")(KnobPush)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from rftfm.knobs import set_knob
 from rftfm.engine.tasks import Problem
 from rftfm.faults.injectors.base import FaultInjector, injects
+from rftfm.knobs import set_knob
 
 
 class _RewardFault(FaultInjector):
