@@ -12,6 +12,12 @@ configuration's units:
 * ``linear`` -- a signed level whose unit is the user's (reward, loss): compared only in units of
   the run's own step-to-step noise.
 
+A signal's *absolute level* is read only where it means the same in every configuration
+(:func:`has_absolute_level`): fractions. A length, a grad norm, a reward or even a KL is judged
+only against the run itself (1,000 tokens is normal for a reasoning model and a blow-up for an
+8-token answer; a distillation run sits at a KL of 0.5 where a GRPO run on a small model stays
+below 0.05).
+
 ``group`` ties signals that measure one thing (the playbook asks "did only reward-level signals
 move?"); ``duplicates`` names the train-step metric a trajectory aggregate repeats (evidence shows
 one of each pair). Reward components that TRL logs per reward function (``rewards/<name>/mean``)
@@ -133,3 +139,8 @@ def label(name: str) -> str:
 
 def is_reward_component(name: str) -> bool:
     return REWARD_COMPONENT.match(name) is not None and not name.endswith("/std")
+
+
+def has_absolute_level(name: str) -> bool:
+    """Whether ``name``'s value, not only its change, is comparable across configurations."""
+    return name in SIGNALS and SIGNALS[name].scale == "rate"

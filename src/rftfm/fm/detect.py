@@ -19,7 +19,8 @@ How it decides, record by record:
    :data:`SURPRISE_TOP` largest innovations of the record (a collapse moves several signals at
    once; an isolated spike of the k3 KL estimator moves one);
 4. each channel's threshold is the score that half of ``false_alarm_target`` of normal and control
-   runs exceed at any record -- the learned one on out-of-fold scores (folds hold out whole
+   runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
+   weighted over the run's records, since a fault persists where a healthy run's odd record does not) -- the learned one on out-of-fold scores (folds hold out whole
    configurations) -- with an extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`). A record's
    score is the larger of the two channels' scores over their thresholds: an alarm above 1.
 
@@ -53,7 +54,7 @@ from rftfm.records import StepRecord, TrajectoryRecord
 from rftfm.signals import SIGNALS, label
 
 FORMAT = "rftfm-zero-shot-detector"
-VERSION = 1
+VERSION = 2
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "detector.json"
 NORMAL_KINDS = ("normal", "control")
 
@@ -69,6 +70,9 @@ TIERS: dict[str, tuple[str, ...]] = {
 }
 MAX_EVIDENCE = 5
 SURPRISE_TOP = 3
+#: Signals left out of the surprise channel: noisy by nature in healthy runs (GRPO's loss hovers around
+#: zero with either sign; the longest completion of a batch jumps with one sample; the stall streak counts).
+UNSURPRISING = ("policy_loss", "completion_length_max", "eval_unchanged_steps")
 SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
 
 LGB_PARAMS: dict[str, Any] = {
@@ -93,6 +97,8 @@ class DetectorConfig:
     false_alarm_target: float = 0.01  # fraction of normal / control runs allowed to alarm (out of fold)
     tail_fraction: float = 0.2
     num_rounds: int = 250
+    persistence: float = 0.5  # weight of the newest record in the learned channel's running log-odds (1: none):
+    # a fault persists after its onset, a healthy run's odd record does not
     mask_probability: float = 0.2  # each signal of a training copy is hidden with this probability
     masked_copies: int = 1
     folds: int = 5
@@ -121,6 +127,7 @@ class _Live:
     has_eval: bool = False
     snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
     steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
+    log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
 
 
 @dataclass
@@ -193,7 +200,7 @@ class Detector:
                     model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
                     oof[test] = self._predict(model, x[test][..., cols], steps[test])
             budget = self.config.false_alarm_target / 2  # shared by the two channels
-            learned_max = _run_max(oof, steps)
+            learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
             surprise_max = _run_max(self._surprise(x, tier), steps)
             self.thresholds[tier] = {
                 "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
@@ -245,15 +252,17 @@ class Detector:
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
-        z_cols = [self.tracker.names.index(f"{s}:z") for s in TIERS[tier]]
+        z_cols = [self.tracker.names.index(f"{s}:z") for s in TIERS[tier] if s not in UNSURPRISING]
         z = np.abs(np.nan_to_num(x[..., z_cols]))
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 
     def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray) -> np.ndarray:
-        """The record's score: the larger channel score over its threshold (an alarm above 1)."""
+        """The record's score from the learned channel's running log-odds and the surprise: the larger
+        channel score against its threshold (an alarm above 1; log-odds compare by difference)."""
         t = self.thresholds[tier]
-        return np.fmax(learned / t["learned"], surprise / t["surprise"])
+        with np.errstate(over="ignore"):
+            return np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
 
     @staticmethod
     def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -282,6 +291,7 @@ class Detector:
         masked[..., hidden] = np.nan
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
+        learned = _persistent(learned, steps, self.config.persistence)
         combined = self._combine(tier, learned, self._surprise(x, tier))
         return np.where(steps > 0, combined, np.nan), 1.0
 
@@ -322,6 +332,9 @@ class Detector:
         self._require_fitted()
         if self._live is None or self._live.run_id != run_id:
             self.reset(run_id)
+        steps = [self._live.last_step] + [step for step, _ in records]
+        if len(records) > 1 and any(b <= a for a, b in zip(steps, steps[1:])):  # a rewind: one record at a time
+            return [self.observe_many(run_id, [record])[0] for record in records]
         pending = [self._advance(self._live, step, features) for step, features in records]
         learned: dict[int, float] = {}
         for tier in {p.tier for p in pending if p is not None}:
@@ -366,8 +379,12 @@ class Detector:
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
+        live = self._live
+        previous = live.log_odds[-1] if live.log_odds else None
+        log_odds = _running_log_odds(previous, learned, self.config.persistence)
+        live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        score = float(self._combine(p.tier, np.array(learned), np.array(surprise)))
+        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise)))
         self.last_score = score
         if not score > 1.0:
             return None
@@ -388,6 +405,7 @@ class Detector:
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.last_step = step - 1
         del live.steps[int(state.records[0]) :]
+        del live.log_odds[int(state.records[0]) :]
         self.resumes += 1
         return True
 
@@ -503,6 +521,29 @@ def describe(e: SignalEvidence) -> str:
     if e.since_step is not None:
         text += f" since step {e.since_step}"
     return text
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
+def _running_log_odds(previous: float | None, p: float, weight: float) -> float:
+    """Exponentially weighted log-odds of the learned channel after one more record of probability ``p``."""
+    new = float(_logit(p))
+    return new if previous is None else weight * new + (1 - weight) * previous
+
+
+def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
+    """(R, S) :func:`_running_log_odds` over each run's present records (NaN where absent)."""
+    out = np.full(p.shape, np.nan)
+    state = np.full(p.shape[0], np.nan)
+    for j in range(p.shape[1]):
+        present = (steps[:, j] > 0) & np.isfinite(p[:, j])
+        new = _logit(np.where(present, p[:, j], 0.5))
+        state = np.where(present, np.where(np.isfinite(state), weight * new + (1 - weight) * state, new), state)
+        out[:, j] = np.where(present, state, np.nan)
+    return out
 
 
 def _run_max(scores: np.ndarray, steps: np.ndarray) -> np.ndarray:

@@ -4,8 +4,10 @@
 record's raw metrics into features that mean the same thing in every configuration:
 
 * each signal is put on a comparable scale (:mod:`rftfm.signals`): positive magnitudes on
-  ``asinh(x / c)`` with ``c`` the run's own first non-zero magnitude (a log-ratio for large
-  values), fractions as they are, signed levels (reward, loss) as they are;
+  ``asinh(x / c)`` with ``c`` a small fraction of the run's own first non-zero magnitude (a
+  log-ratio from there on, so a length that collapses 1,000-fold moves as far as one that grows
+  1,000-fold; linear near zero, so a KL of exactly 0 is defined), fractions as they are, signed
+  levels (reward, loss) as they are;
 * a robust local-linear baseline (Holt smoothing whose innovations are clipped at
   ``huber`` noise units, so one outlier barely moves it) predicts the next value; the
   innovation in units of the run's own step-to-step noise is ``z``. Healthy trends -- a KL
@@ -20,8 +22,8 @@ record's raw metrics into features that mean the same thing in every configurati
   an end, while the slow baseline and the CUSUM (capped) still show it for a while;
 * a two-sided CUSUM of ``z`` accumulates a persistent shift; the deviation from a slow
   baseline and from the run's own first records (warm-up) measure a drift the fast baseline
-  followed; for fractions, the level itself (a truncated ratio of 0.95 means the same
-  everywhere).
+  followed; where a level means the same everywhere (fractions), the level itself (a truncated
+  ratio of 0.95).
 
 Rollbacks and resumes: :meth:`snapshot` / :meth:`restore` copy the state, so a live monitor
 can return to the state it had before a rolled-back step.
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from rftfm.signals import SIGNALS, Scale
+from rftfm.signals import SIGNALS, Scale, has_absolute_level
 
 #: Features per signal (a NaN where a signal has no value of that kind).
 PER_SIGNAL: tuple[str, ...] = ("z", "cusum_up", "cusum_down", "dev_slow", "trend", "change0", "level")
@@ -53,6 +55,7 @@ class TrackerConfig:
     huber: float = 3.0  # innovations clipped here (noise units) before they move the baseline
     noise_gamma: float = 0.1  # weight of a new inlier innovation in the noise estimate
     prior_weight: float = 4.0  # pseudo-records of the prior noise
+    magnitude_fraction: float = 0.01  # c of a log signal's asinh scale, as a fraction of its first magnitude
     prior_floor: float = 0.5  # a run's noise is never taken below this fraction of the prior (a quiet stretch
     # of a quantised signal -- a max length stuck at 3 tokens -- is not a run without noise)
     floor_log: float = 0.1  # noise floors: a 10 % change of a magnitude, 5 points of a fraction
@@ -137,6 +140,7 @@ class DynamicsTracker:
         self.scale = scales(self.signals)
         self.is_log = np.array([s == "log" for s in self.scale])
         self.is_rate = np.array([s == "rate" for s in self.scale])
+        self.is_absolute = np.array([has_absolute_level(s) for s in self.signals])
         floors = {"log": self.config.floor_log, "rate": self.config.floor_rate, "linear": NOISE_FLOOR["linear"]}
         self.floor = np.array([floors[s] for s in self.scale])
         prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
@@ -147,13 +151,16 @@ class DynamicsTracker:
         return TrackerState.new(runs, len(self.signals), self.config.warmup)
 
     def transform(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
-        """(R, F) raw -> comparable scale; sets each log signal's magnitude at its first non-zero value."""
+        """(R, F) raw -> comparable scale; sets each log signal's ``c`` at its first non-zero value."""
         first = self.is_log & np.isnan(state.magnitude) & np.isfinite(x) & (np.abs(x) > 0)
-        state.magnitude = np.where(first, np.abs(x), state.magnitude)
+        state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
         with np.errstate(invalid="ignore", divide="ignore"):
             logged = np.arcsinh(x / state.magnitude)
-        # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable
-        return np.where(self.is_log, np.where(np.isfinite(state.magnitude), logged, np.nan), x)
+        # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable;
+        # an exact 0 is no magnitude at all (a reward sd or grad norm of a batch whose groups all tied: the
+        # fraction of zero-variance groups says so) and is left out rather than read as a 100-fold fall
+        usable = np.isfinite(state.magnitude) & (x != 0)
+        return np.where(self.is_log, np.where(usable, logged, np.nan), x)
 
     def noise_scale(self, state: TrackerState) -> np.ndarray:
         """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown)."""
@@ -203,7 +210,7 @@ class DynamicsTracker:
                 dev_slow,
                 np.where(judged, state.trend / safe_sigma, np.nan),
                 np.where(seen, change0, np.nan),
-                np.where(self.is_rate & seen, y, np.nan),
+                np.where(seen & self.is_absolute, y, np.nan),
             ],
             axis=-1,
         )  # (R, F, len(PER_SIGNAL))
