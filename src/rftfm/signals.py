@@ -13,7 +13,8 @@ configuration's units:
   the run's own step-to-step noise.
 
 A signal's *absolute level* is read only where it means the same in every configuration
-(:func:`has_absolute_level`): fractions. A length, a grad norm, a reward or even a KL is judged
+(:func:`has_absolute_level`): fractions, except the clip ratio (zero when each batch gets one
+optimiser step, as in TRL's default; a few percent with verl's PPO mini-batches). A length, a grad norm, a reward or even a KL is judged
 only against the run itself (1,000 tokens is normal for a reasoning model and a blow-up for an
 8-token answer; a distillation run sits at a KL of 0.5 where a GRPO run on a small model stays
 below 0.05).
@@ -143,4 +144,4 @@ def is_reward_component(name: str) -> bool:
 
 def has_absolute_level(name: str) -> bool:
     """Whether ``name``'s value, not only its change, is comparable across configurations."""
-    return name in SIGNALS and SIGNALS[name].scale == "rate"
+    return name in SIGNALS and SIGNALS[name].scale == "rate" and SIGNALS[name].group != "clip"

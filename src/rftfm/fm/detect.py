@@ -20,8 +20,9 @@ How it decides, record by record:
    once; an isolated spike of the k3 KL estimator moves one);
 4. each channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
-   weighted over the run's records, since a fault persists where a healthy run's odd record does not) -- the learned one on out-of-fold scores (folds hold out whole
-   configurations) -- with an extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`). A record's
+   weighted over the run's records, since a fault persists where a healthy run's odd record does
+   not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
+   extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`). A record's
    score is the larger of the two channels' scores over their thresholds: an alarm above 1.
 
 :meth:`Detector.observe` returns an :class:`Alarm` at every record whose score exceeds 1 (the
@@ -94,11 +95,12 @@ LGB_PARAMS: dict[str, Any] = {
 @dataclass
 class DetectorConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    false_alarm_target: float = 0.01  # fraction of normal / control runs allowed to alarm (out of fold)
+    false_alarm_target: float = 0.02  # fraction of normal / control runs allowed to alarm (out of fold)
     tail_fraction: float = 0.2
     num_rounds: int = 250
     persistence: float = 0.5  # weight of the newest record in the learned channel's running log-odds (1: none):
     # a fault persists after its onset, a healthy run's odd record does not
+    step1_onsets: bool = True  # train on faults present from step 1 (else only on mid-run onsets)
     mask_probability: float = 0.2  # each signal of a training copy is hidden with this probability
     masked_copies: int = 1
     folds: int = 5
@@ -189,6 +191,8 @@ class Detector:
         if groups is None:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
+        onset = np.array([o or 1 for o in _col(runs, "onset_step")])
+        trainable = normal | (onset > 1) if not self.config.step1_onsets else np.ones(len(run_ids), bool)
         self.models, self.thresholds, oof_rates = {}, {}, {}
         for tier in tiers:
             signals = TIERS[tier]
@@ -197,7 +201,8 @@ class Detector:
             for f in range(self.config.folds):
                 test = fold == f
                 if test.any() and (~test).any():
-                    model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
+                    fit_on = ~test & trainable
+                    model = self._train(x[fit_on][..., cols], y[fit_on], steps[fit_on], signals)
                     oof[test] = self._predict(model, x[test][..., cols], steps[test])
             budget = self.config.false_alarm_target / 2  # shared by the two channels
             learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
@@ -212,7 +217,7 @@ class Detector:
                     | (surprise_max[normal] > self.thresholds[tier]["surprise"])
                 )
             )
-            self.models[tier] = self._train(x[..., cols], y, steps, signals)
+            self.models[tier] = self._train(x[trainable][..., cols], y[trainable], steps[trainable], signals)
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
