@@ -14,10 +14,10 @@ configuration's units:
 
 A signal's *absolute level* is read only where it means the same in every configuration
 (:func:`has_absolute_level`): fractions, except the clip ratio (zero when each batch gets one
-optimiser step, as in TRL's default; a few percent with verl's PPO mini-batches). A length, a grad norm, a reward or even a KL is judged
-only against the run itself (1,000 tokens is normal for a reasoning model and a blow-up for an
-8-token answer; a distillation run sits at a KL of 0.5 where a GRPO run on a small model stays
-below 0.05).
+optimiser step, as in TRL's default; a few percent with verl's PPO mini-batches). A length, a
+grad norm, a reward or even a KL is judged only against the run itself (1,000 tokens is normal
+for a reasoning model and a blow-up for an 8-token answer; a distillation run sits at a KL of
+0.5 where a GRPO run on a small model stays below 0.05).
 
 ``group`` ties signals that measure one thing (the playbook asks "did only reward-level signals
 move?"); ``duplicates`` names the train-step metric a trajectory aggregate repeats (evidence shows
