@@ -16,7 +16,8 @@ How it decides, record by record:
    per-trajectory aggregates, (c) plus a held-out accuracy, (bc) both; a live run uses the
    richest tier its log has shown;
 3. beside it, a *surprise* channel that needs no fault to have been seen before: the mean of the
-   :data:`SURPRISE_TOP` largest innovations of the record (a collapse moves several signals at
+   :data:`SURPRISE_TOP` largest innovations of the record, each in units of the innovation that
+   healthy records of that signal exceed once in a hundred (a collapse moves several signals at
    once; an isolated spike of the k3 KL estimator moves one);
 4. each channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
@@ -154,6 +155,7 @@ class Detector:
         self.tracker = DynamicsTracker(CUBE_SIGNALS, None, self.config.tracker)
         self.models: dict[str, lgb.Booster] = {}
         self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise") -> threshold
+        self.surprise_scale: dict[str, float] = {}  # signal -> |z| that healthy runs reach (1 in 100 records)
         self.fit_info: dict[str, Any] = {}
         self._live: _Live | None = None
         self.skipped_steps = 0
@@ -187,6 +189,7 @@ class Detector:
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
         x = self.tracker.run_cube(raw)
+        self.surprise_scale = _surprise_scale(x[normal], steps[normal], self.tracker.names)
         y = _labels(runs, steps)
         if groups is None:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
@@ -257,8 +260,10 @@ class Detector:
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
-        z_cols = [self.tracker.names.index(f"{s}:z") for s in TIERS[tier] if s not in UNSURPRISING]
-        z = np.abs(np.nan_to_num(x[..., z_cols]))
+        kept = [s for s in TIERS[tier] if s not in UNSURPRISING]
+        z_cols = [self.tracker.names.index(f"{s}:z") for s in kept]
+        scale = np.array([self.surprise_scale.get(s, 1.0) for s in kept])
+        z = np.abs(np.nan_to_num(x[..., z_cols])) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 
@@ -472,6 +477,7 @@ class Detector:
             "config": {**asdict(self.config), "tracker": asdict(self.config.tracker)},
             "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
             "thresholds": self.thresholds,
+            "surprise_scale": self.surprise_scale,
             "fit_info": self.fit_info,
             "models": {tier: model.model_to_string() for tier, model in self.models.items()},
         }
@@ -494,6 +500,7 @@ class Detector:
         }
         det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
         det.fit_info = data.get("fit_info", {})
+        det.surprise_scale = {k: float(v) for k, v in data.get("surprise_scale", {}).items()}
         return det
 
     def save(self, path: str | Path) -> None:
@@ -548,6 +555,19 @@ def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
         new = _logit(np.where(present, p[:, j], 0.5))
         state = np.where(present, np.where(np.isfinite(state), weight * new + (1 - weight) * state, new), state)
         out[:, j] = np.where(present, state, np.nan)
+    return out
+
+
+def _surprise_scale(x: np.ndarray, steps: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Per signal, the |z| that healthy records exceed 1 time in 100 (at least 1): a signal that is noisy by
+    nature in healthy runs (the spread of lengths in a batch of eight) surprises only beyond its own tail."""
+    present = steps > 0
+    out = {}
+    for i, name in enumerate(names):
+        if name.endswith(":z"):
+            z = np.abs(x[..., i][present])
+            z = z[np.isfinite(z)]
+            out[name.split(":")[0]] = float(max(np.quantile(z, 0.99), 1.0)) if z.size >= 20 else 1.0
     return out
 
 
