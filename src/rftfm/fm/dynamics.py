@@ -55,6 +55,8 @@ class TrackerConfig:
     huber: float = 3.0  # innovations clipped here (noise units) before they move the baseline
     noise_gamma: float = 0.1  # weight of a new inlier innovation in the noise estimate
     prior_weight: float = 4.0  # pseudo-records of the prior noise
+    all_time_floor: float = 0.5  # the recent noise is never taken below this fraction of the run's all-time
+    # noise (a reward that saturated at 1.0 for 20 steps has not become noiseless)
     magnitude_fraction: float = 0.01  # c of a log signal's asinh scale, as a fraction of its first magnitude
     prior_floor: float = 0.5  # a run's noise is never taken below this fraction of the prior (a quiet stretch
     # of a quantised signal -- a max length stuck at 3 tokens -- is not a run without noise)
@@ -92,6 +94,7 @@ class TrackerState:
     slow: np.ndarray
     noise: np.ndarray  # mean absolute inlier innovation x 1.2533 (NaN: none yet)
     noise_n: np.ndarray  # inlier innovations seen
+    noise_sum: np.ndarray  # their sum (the run's all-time noise, a floor under the recent one)
     n: np.ndarray  # values seen
     cplus: np.ndarray
     cminus: np.ndarray
@@ -112,6 +115,7 @@ class TrackerState:
             zero.copy(),
             nan.copy(),
             nan.copy(),
+            zero.copy(),
             zero.copy(),
             zero.copy(),
             zero.copy(),
@@ -165,8 +169,10 @@ class DynamicsTracker:
     def noise_scale(self, state: TrackerState) -> np.ndarray:
         """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown)."""
         w = self.config.prior_weight
-        own = state.noise
         n = state.noise_n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            all_time = np.where(n > 0, state.noise_sum / np.maximum(n, 1), np.nan)
+        own = np.fmax(state.noise, self.config.all_time_floor * all_time)  # NaN only where both are
         with np.errstate(invalid="ignore"):
             blended = np.sqrt((w * self.prior**2 + n * np.nan_to_num(own) ** 2) / (w + n))
         scale = np.where(np.isfinite(self.prior), blended, np.where(n >= 3, own, np.nan))
@@ -224,6 +230,7 @@ class DynamicsTracker:
         a = np.where(np.isfinite(sigma), np.minimum(a, cfg.huber * MAD_TO_SD_MEAN * np.nan_to_num(sigma)), a)
         updated = np.where(np.isfinite(state.noise), (1 - cfg.noise_gamma) * state.noise + cfg.noise_gamma * a, a)
         state.noise = np.where(learn, updated, state.noise)
+        state.noise_sum = state.noise_sum + np.where(learn, np.nan_to_num(a), 0.0)
         state.noise_n = state.noise_n + learn
 
     def _move_baseline(
