@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -27,12 +28,17 @@ def bench_generate(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     workers: Optional[int] = typer.Option(None, help="local worker processes (default: one per core)"),
     limit: Optional[int] = typer.Option(None, help="generate at most this many pending runs"),
+    shuffle: Optional[int] = typer.Option(
+        None, help="train the runs in an order shuffled with this seed: any prefix (--limit) is a stratified sample"
+    ),
 ) -> None:
     """Train every run of a preset (skipping finished ones) and write the published layout."""
     from rftfm.bench.generate import generate, pending_runs
     from rftfm.bench.presets import preset_runs
 
     runs = preset_runs(preset)
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(runs)
     todo = pending_runs(out, runs)
     if limit is not None:
         todo = todo[:limit]
