@@ -45,7 +45,9 @@ class NearestFingerprint:
 
 
 class ExpertRules:
-    """Hand-written rule table from the taxonomy fingerprints (no training)."""
+    """Hand-written rule table from the taxonomy fingerprints (no training): a type scores the mean of its
+    fingerprint signals' strongest recent innovation (``z_peak``) in the fingerprint's direction -- the peak,
+    not the latest value, since a shift the run's baseline has accepted by diagnosis time is still the evidence."""
 
     #: a run counts as using the tool when it makes at least this many calls per trajectory
     TOOL_USE = 0.05
@@ -65,9 +67,9 @@ class ExpertRules:
         for j, name in enumerate(self.classes):
             ftype = FAULT_TYPES[name]
             cols = [
-                (self.index[f"z_recent.{s}"], 1.0 if d == "up" else -1.0)
+                (self.index[f"z_peak.{s}"], 1.0 if d == "up" else -1.0)
                 for s, d in ftype.signals
-                if f"z_recent.{s}" in self.index
+                if f"z_peak.{s}" in self.index
             ]
             if not cols:
                 continue
