@@ -75,6 +75,10 @@ SURPRISE_TOP = 3
 #: Signals left out of the surprise channel: noisy by nature in healthy runs (GRPO's loss hovers around
 #: zero with either sign; the longest completion of a batch jumps with one sample; the stall streak counts).
 UNSURPRISING = ("policy_loss", "completion_length_max", "eval_unchanged_steps")
+#: Signals the learned channel does not read because the benchmark's healthy runs never vary them: each batch
+#: gets one optimiser step (TRL's default), so the clip ratio is exactly 0 and a model would learn "any clip ratio
+#: is a fault" -- false for verl's PPO mini-batches or ``num_iterations > 1``. The surprise channel still reads it.
+UNLEARNED = ("clip_ratio_region",)
 SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
 
 LGB_PARAMS: dict[str, Any] = {
@@ -106,6 +110,11 @@ class DetectorConfig:
     masked_copies: int = 1
     folds: int = 5
     seed: int = 0
+
+
+def learned_signals(tier: str) -> tuple[str, ...]:
+    """The tier's signals the learned channel reads (the surprise channel reads them all)."""
+    return tuple(s for s in TIERS[tier] if s not in UNLEARNED)
 
 
 def tier_of(has_trajectories: bool, has_eval: bool) -> str:
@@ -198,7 +207,7 @@ class Detector:
         trainable = normal | (onset > 1) if not self.config.step1_onsets else np.ones(len(run_ids), bool)
         self.models, self.thresholds, oof_rates = {}, {}, {}
         for tier in tiers:
-            signals = TIERS[tier]
+            signals = learned_signals(tier)
             cols = _signal_columns(self.tracker.names, signals)
             oof = np.full(steps.shape, np.nan)
             for f in range(self.config.folds):
@@ -402,7 +411,7 @@ class Detector:
 
     def _columns(self, tier: str) -> np.ndarray:
         if tier not in self._tier_columns:
-            self._tier_columns[tier] = _signal_columns(self.tracker.names, TIERS[tier])
+            self._tier_columns[tier] = _signal_columns(self.tracker.names, learned_signals(tier))
         return self._tier_columns[tier]
 
     def _rewind(self, live: _Live, step: int) -> bool:
