@@ -421,8 +421,10 @@ def evaluate_detection(
     ]
     if workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: polars' thread pool, already started in this process, deadlocks a forked child
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             parts = []
             for job, result in zip(jobs, pool.map(_run_fold, jobs)):
                 if on_method:
