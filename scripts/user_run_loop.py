@@ -16,7 +16,14 @@ import argparse
 import statistics
 from pathlib import Path
 
-from rftfm.bench.eval_remediation import TOLERANCE, PlainRun, load_components, run_plain_arm, wilson_interval
+from rftfm.bench.eval_remediation import (
+    TOLERANCE,
+    PlainRun,
+    load_components,
+    repaired,
+    run_plain_arm,
+    wilson_interval,
+)
 from rftfm.bench.runner import quiet
 
 
@@ -38,22 +45,24 @@ def _healthy(seeds: range, steps: int, components) -> tuple[list[str], list[floa
 
 
 def _spike(seeds: range, steps: int, onset: int, components) -> tuple[list[str], dict[str, list[bool]]]:
-    rows, repaired = [], {"none": [], "loop": [], "loop+eval": []}
+    rows, outcomes = [], {"none": [], "loop": [], "loop+eval": []}
     for seed in seeds:
         run = PlainRun(run_id=f"spike-{seed}", seed=seed, steps=steps, spike_onset=onset)
         clean, _ = run_plain_arm(run, "clean", components)
         for arm in ("none", "loop", "loop+eval"):
             r, _ = run_plain_arm(run, arm, components)
-            cleared = arm != "none" and r.interventions > 0 and not r.halted and r.cleared
-            ok = r.final_accuracy >= TOLERANCE * clean.final_accuracy and (arm == "none" or cleared)
-            repaired[arm].append(ok)
+            if arm == "none":  # nothing to clear: only the accuracy
+                ok = r.final_accuracy >= TOLERANCE * clean.final_accuracy
+            else:
+                ok = repaired(r.cleared, r.final_accuracy, clean.final_accuracy)
+            outcomes[arm].append(ok)
             rows.append(
                 f"| {run.run_id} | {arm} | {r.first_alarm_step if r.first_alarm_step is not None else '-'} | "
                 f"{', '.join(r.actions) or '-'} | {'yes' if r.halted else 'no'} | {clean.final_accuracy:.3f} | "
                 f"{r.final_accuracy:.3f} | {'yes' if ok else 'no'} |"
             )
             print(rows[-1], flush=True)
-    return rows, repaired
+    return rows, outcomes
 
 
 def main() -> None:
@@ -67,7 +76,7 @@ def main() -> None:
     quiet()
     components = load_components(None, None)
     healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components)
-    spike_rows, repaired = _spike(range(100, 100 + args.spike), args.steps, args.onset, components)
+    spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components)
     n_healthy = len(deltas)
     lines = [
         f"Written by `python scripts/user_run_loop.py --healthy {args.healthy} --spike {args.spike} "
@@ -82,7 +91,7 @@ def main() -> None:
         *healthy_rows,
         "",
         f"**Learning-rate spike (x30 from step {args.onset})**: repaired "
-        + ", ".join(f"{arm} {sum(v)}/{len(v)}" for arm, v in repaired.items())
+        + ", ".join(f"{arm} {sum(v)}/{len(v)}" for arm, v in outcomes.items())
         + f" (rule: anomaly cleared without a halt, final accuracy >= {TOLERANCE} x clean; `none` needs only the "
         "accuracy).",
         "",

@@ -47,10 +47,11 @@ class Signal:
     group: Group
     feature: bool = True  # False: a knob or hardware echo (learning rate, step time), never evidence of a fault
     duplicates: str | None = None
+    noisy: bool = False  # jumpy by nature in healthy runs: a jump is no surprise on its own
 
 
-def _step(name: str, label: str, scale: Scale, group: Group, feature: bool = True) -> Signal:
-    return Signal(name, label, "step", scale, group, feature)
+def _step(name: str, label: str, scale: Scale, group: Group, feature: bool = True, noisy: bool = False) -> Signal:
+    return Signal(name, label, "step", scale, group, feature, noisy=noisy)
 
 
 def _traj(name: str, label: str, scale: Scale, group: Group, duplicates: str | None = None) -> Signal:
@@ -66,14 +67,14 @@ SIGNALS: dict[str, Signal] = {
         _step("eval_accuracy", "eval accuracy", "rate", "accuracy"),
         _step("kl", "KL", "log", "kl"),
         _step("entropy", "entropy", "log", "entropy"),
-        _step("policy_loss", "policy loss", "linear", "optimiser"),
+        _step("policy_loss", "policy loss", "linear", "optimiser", noisy=True),  # GRPO's hovers around 0, either sign
         _step("grad_norm", "grad norm", "log", "optimiser"),
         _step("learning_rate", "learning rate", "log", "config", feature=False),
         _step("clip_ratio_low", "low clip ratio", "rate", "clip", feature=False),  # the region ratio covers both
         _step("clip_ratio_high", "high clip ratio", "rate", "clip", feature=False),
         _step("clip_ratio_region", "clip ratio", "rate", "clip"),
         _step("completion_length_mean", "response length", "log", "length"),
-        _step("completion_length_max", "max response length", "log", "length"),
+        _step("completion_length_max", "max response length", "log", "length", noisy=True),  # one sample moves it
         _step("truncated_ratio", "truncated ratio", "rate", "length"),
         _step("frac_zero_std_groups", "zero-variance groups", "rate", "advantage"),
         _step("step_time_s", "step time", "log", "config", feature=False),
@@ -95,7 +96,9 @@ SIGNALS: dict[str, Signal] = {
         # --- derived by the detectors from the above
         Signal("reward_minus_eval", "train reward minus eval accuracy", "derived", "linear", "reward"),
         Signal("reward_var_excess", "reward variance beyond a 0/1 verifier's", "derived", "linear", "reward"),
-        Signal("eval_unchanged_steps", "steps with unchanged eval accuracy", "derived", "linear", "accuracy"),
+        Signal(
+            "eval_unchanged_steps", "steps with unchanged eval accuracy", "derived", "linear", "accuracy", noisy=True
+        ),
     )
 }
 
@@ -142,6 +145,16 @@ def is_reward_component(name: str) -> bool:
     return REWARD_COMPONENT.match(name) is not None and not name.endswith("/std")
 
 
+#: The group whose healthy value depends on how many optimiser steps a batch gets: exactly 0 with one (TRL's
+#: default, and every run of the benchmark), a few percent with verl's PPO mini-batches or ``num_iterations > 1``.
+_PER_BATCH_STEPS_GROUP: Group = "clip"
+
+
 def has_absolute_level(name: str) -> bool:
     """Whether ``name``'s value, not only its change, is comparable across configurations."""
-    return name in SIGNALS and SIGNALS[name].scale == "rate" and SIGNALS[name].group != "clip"
+    return name in SIGNALS and SIGNALS[name].scale == "rate" and not depends_on_steps_per_batch(name)
+
+
+def depends_on_steps_per_batch(name: str) -> bool:
+    """Whether ``name``'s healthy behaviour depends on optimiser steps per batch (see ``_PER_BATCH_STEPS_GROUP``)."""
+    return name in SIGNALS and SIGNALS[name].group == _PER_BATCH_STEPS_GROUP

@@ -434,6 +434,12 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 1)
 
 
+def repaired(cleared: bool, final_accuracy: float, clean_accuracy: float, tolerance: float = TOLERANCE) -> bool:
+    """The repair rule: the anomaly cleared after an intervention (``cleared``: no halt, no confirmed alarm for a
+    revalidation window after the last action) and final accuracy >= ``tolerance`` x the matched clean run's."""
+    return bool(cleared and final_accuracy >= tolerance * clean_accuracy)
+
+
 def summarise(
     results: list[dict[str, Any]], faulty: list[RunInfo], healthy: list[RunInfo], tolerance: float = TOLERANCE
 ) -> dict[str, Any]:
@@ -466,8 +472,8 @@ def summarise(
             row[f"{arm}_halted"] = a["halted"]
             row[f"{arm}_cleared"] = a["cleared"]
             row[f"{arm}_alarms_after"] = a["alarms_after"]
-            row[f"{arm}_success_strict"] = bool(a["cleared_strict"] and ok_acc)
-            row[f"{arm}_success"] = bool(a["cleared"] and ok_acc)
+            row[f"{arm}_success_strict"] = repaired(a["cleared_strict"], a["final_accuracy"], clean_acc, tolerance)
+            row[f"{arm}_success"] = repaired(a["cleared"], a["final_accuracy"], clean_acc, tolerance)
             row[f"{arm}_wall_s"] = a["wall_s"]
             row[f"{arm}_steps"] = a["steps"]  # more than planned after a rollback replayed what it discarded
             row[f"{arm}_monitor_s"] = a["monitor_s"]

@@ -53,7 +53,7 @@ from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig
 from rftfm.fm.features import FEATURES, step_features
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
-from rftfm.signals import SIGNALS, label
+from rftfm.signals import SIGNALS, depends_on_steps_per_batch, label
 
 FORMAT = "rftfm-zero-shot-detector"
 VERSION = 2
@@ -72,13 +72,12 @@ TIERS: dict[str, tuple[str, ...]] = {
 }
 MAX_EVIDENCE = 5
 SURPRISE_TOP = 3
-#: Signals left out of the surprise channel: noisy by nature in healthy runs (GRPO's loss hovers around
-#: zero with either sign; the longest completion of a batch jumps with one sample; the stall streak counts).
-UNSURPRISING = ("policy_loss", "completion_length_max", "eval_unchanged_steps")
-#: Signals the learned channel does not read because the benchmark's healthy runs never vary them: each batch
-#: gets one optimiser step (TRL's default), so the clip ratio is exactly 0 and a model would learn "any clip ratio
-#: is a fault" -- false for verl's PPO mini-batches or ``num_iterations > 1``. The surprise channel still reads it.
-UNLEARNED = ("clip_ratio_region",)
+#: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``).
+UNSURPRISING = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].noisy)
+#: Signals the learned channel does not read: the benchmark's healthy runs get one optimiser step per batch, so
+#: their clip ratio is exactly 0 and a model would learn "any clip ratio is a fault" -- false for verl's PPO
+#: mini-batches or ``num_iterations > 1``. The surprise channel still reads them.
+UNLEARNED = tuple(s for s in CUBE_SIGNALS if depends_on_steps_per_batch(s))
 SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
 
 LGB_PARAMS: dict[str, Any] = {
@@ -105,7 +104,6 @@ class DetectorConfig:
     num_rounds: int = 250
     persistence: float = 0.5  # weight of the newest record in the learned channel's running log-odds (1: none):
     # a fault persists after its onset, a healthy run's odd record does not
-    step1_onsets: bool = True  # train on faults present from step 1 (else only on mid-run onsets)
     mask_probability: float = 0.2  # each signal of a training copy is hidden with this probability
     masked_copies: int = 1
     folds: int = 5
@@ -171,6 +169,7 @@ class Detector:
         self.resumes = 0
         self.last_score: float | None = None  # score of the latest observed record
         self._tier_columns: dict[str, np.ndarray] = {}
+        self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -199,12 +198,11 @@ class Detector:
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
         x = self.tracker.run_cube(raw)
         self.surprise_scale = _surprise_scale(x[normal], steps[normal], self.tracker.names)
+        self._surprise_columns = {}
         y = _labels(runs, steps)
         if groups is None:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
-        onset = np.array([o or 1 for o in _col(runs, "onset_step")])
-        trainable = normal | (onset > 1) if not self.config.step1_onsets else np.ones(len(run_ids), bool)
         self.models, self.thresholds, oof_rates = {}, {}, {}
         for tier in tiers:
             signals = learned_signals(tier)
@@ -213,8 +211,7 @@ class Detector:
             for f in range(self.config.folds):
                 test = fold == f
                 if test.any() and (~test).any():
-                    fit_on = ~test & trainable
-                    model = self._train(x[fit_on][..., cols], y[fit_on], steps[fit_on], signals)
+                    model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
                     oof[test] = self._predict(model, x[test][..., cols], steps[test])
             budget = self.config.false_alarm_target / 2  # shared by the two channels
             learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
@@ -229,7 +226,7 @@ class Detector:
                     | (surprise_max[normal] > self.thresholds[tier]["surprise"])
                 )
             )
-            self.models[tier] = self._train(x[trainable][..., cols], y[trainable], steps[trainable], signals)
+            self.models[tier] = self._train(x[..., cols], y, steps, signals)
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
@@ -269,9 +266,13 @@ class Detector:
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
-        kept = [s for s in TIERS[tier] if s not in UNSURPRISING]
-        z_cols = [self.tracker.names.index(f"{s}:z") for s in kept]
-        scale = np.array([self.surprise_scale.get(s, 1.0) for s in kept])
+        if tier not in self._surprise_columns:  # looked up once per tier: this runs at every live record
+            kept = [s for s in TIERS[tier] if s not in UNSURPRISING]
+            self._surprise_columns[tier] = (
+                np.array([self.tracker.names.index(f"{s}:z") for s in kept]),
+                np.array([self.surprise_scale.get(s, 1.0) for s in kept]),
+            )
+        z_cols, scale = self._surprise_columns[tier]
         z = np.abs(np.nan_to_num(x[..., z_cols])) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
@@ -399,8 +400,8 @@ class Detector:
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
         live = self._live
-        previous = live.log_odds[-1] if live.log_odds else None
-        log_odds = _running_log_odds(previous, learned, self.config.persistence)
+        previous = live.log_odds[-1] if live.log_odds else math.nan
+        log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise)))
@@ -549,10 +550,11 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(q / (1 - q))
 
 
-def _running_log_odds(previous: float | None, p: float, weight: float) -> float:
-    """Exponentially weighted log-odds of the learned channel after one more record of probability ``p``."""
-    new = float(_logit(p))
-    return new if previous is None else weight * new + (1 - weight) * previous
+def _running_log_odds(previous: np.ndarray, p: np.ndarray | float, weight: float) -> np.ndarray:
+    """Exponentially weighted log-odds of the learned channel after one more record of probability ``p``
+    (``previous`` NaN: the run's first record)."""
+    new = _logit(p)
+    return np.where(np.isfinite(previous), weight * new + (1 - weight) * previous, new)
 
 
 def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
@@ -561,8 +563,7 @@ def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
     state = np.full(p.shape[0], np.nan)
     for j in range(p.shape[1]):
         present = (steps[:, j] > 0) & np.isfinite(p[:, j])
-        new = _logit(np.where(present, p[:, j], 0.5))
-        state = np.where(present, np.where(np.isfinite(state), weight * new + (1 - weight) * state, new), state)
+        state = np.where(present, _running_log_odds(state, np.where(present, p[:, j], 0.5), weight), state)
         out[:, j] = np.where(present, state, np.nan)
     return out
 
