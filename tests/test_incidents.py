@@ -369,6 +369,7 @@ def test_evaluate_remediation_takes_exactly_one_of_data_and_preset(tmp_path):
         (["--preset", "nope"], "unknown preset"),
         ([], "exactly one of --data and --preset"),
         (["--preset", "mini", "--data", str(tmp_path)], "exactly one of --data and --preset"),
+        (["--from-json", str(tmp_path / "missing.json")], "cannot read --from-json"),
     ):
         out = CliRunner().invoke(app, ["bench", "evaluate", "remediation", *args])
         assert out.exit_code == 2 and message in " ".join(out.output.split()), out.output

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from rftfm.cli.common import progress_columns
+from rftfm.cli.common import fail, progress_columns
 
 if TYPE_CHECKING:
     import polars as pl
@@ -350,7 +350,10 @@ def evaluate_remediation_cmd(
     """Re-train faulty runs with the loop on (matched seed and fault) against no remediation, a generic baseline
     and the clean run."""
     if from_json is not None:
-        summary = json.loads(from_json.read_text(encoding="utf-8"))
+        try:
+            summary = json.loads(from_json.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            fail(f"cannot read --from-json {from_json}: {exc}")
         _report_remediation(
             summary, json_out, markdown_out, note, summary.get("command", "rftfm bench evaluate remediation")
         )
