@@ -164,7 +164,7 @@ def test_cli_fit_and_evaluate(bench, tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     assert set(data["methods"]["a"]) == {"RFT-FM", "RFT-FM profile", "StaticRules"}
-    assert "Split: seed" in out_md.read_text()
+    assert "Split: seed" in out_md.read_text() and "Written by `rftfm bench evaluate detection" in out_md.read_text()
 
 
 def test_published_layout_without_parquet_or_seeds(bench, tmp_path):
@@ -255,3 +255,17 @@ def test_an_interrupted_evaluation_resumes_from_its_cache(bench, tmp_path):
     )
     for name in first["methods"]["a"]:
         assert again["methods"]["a"][name]["mid_run"] == first["methods"]["a"][name]["mid_run"]
+
+
+def test_a_cache_written_for_other_runs_is_refused(bench, tmp_path):
+    from rftfm.bench.eval_detection import StaleCache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "runs.sha256").write_text("0123456789abcdef\n")  # another benchmark's fingerprint
+    with pytest.raises(StaleCache, match="delete it"):
+        evaluate_detection(bench, "seed", tiers=("a",), baselines=["StaticRules"], detector_config=FAST, cache=cache)
+    res = CliRunner().invoke(
+        app, ["bench", "evaluate", "detection", "--data", str(bench), "--split", "seed", "--cache", str(cache)]
+    )
+    assert res.exit_code == 2 and "other runs" in res.output, res.output

@@ -345,6 +345,25 @@ def _cache_path(job: _FoldJob, tier: str, method: str) -> Path | None:
     return Path(job.cache) / f"{safe}.parquet"
 
 
+class StaleCache(ValueError):
+    """A ``cache`` directory written for other runs than the benchmark's."""
+
+
+def _claim_cache(cache: Path, runs: pl.DataFrame) -> None:
+    """Tie a cache directory to the benchmark's run ids: outcomes cached for other data are never reused."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(runs["run_id"].to_list())).encode()).hexdigest()[:16]
+    stamp = cache / "runs.sha256"
+    if stamp.exists() and stamp.read_text(encoding="utf-8").strip() != digest:
+        raise StaleCache(
+            f"cache {cache} holds outcomes of other runs (fingerprint {stamp.read_text().strip()}, this data "
+            f"{digest}): delete it or give another --cache"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n", encoding="utf-8")
+
+
 def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> list[tuple[str, str, pl.DataFrame]]:
     """(tier, method, outcomes with a ``seconds`` column) of every method on one fold; cached per file."""
     runs, features = _load(job.root)
@@ -396,6 +415,8 @@ def evaluate_detection(
     outcomes in a directory, so an interrupted evaluation resumes (delete it when the code changes); ``only``:
     evaluate these folds only."""
     runs, _ = _load(str(root))
+    if cache is not None:
+        _claim_cache(Path(cache), runs)
     if split == "all":  # score every run with a fitted detector (an external test set); no baselines
         if detector is None:
             raise ValueError("split 'all' evaluates a fitted detector on every run: pass detector=")
@@ -522,6 +543,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### Split: {result['split']}",
         "",
+        *([f"Written by `{result['command']}`.", ""] if result.get("command") else []),
         f"Data `{result['data']}` ({result['runs_loaded']} runs: {result['runs_by_kind']}); folds: {folds}. "
         f"False-alarm target {result['false_alarm_target_pct']:.1f} % of normal runs. Protocol B (controls are "
         "normal). F1 is the average over families; mid-run and step-1 onsets apart (every negative run in both). "

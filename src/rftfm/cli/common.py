@@ -69,3 +69,20 @@ def progress_columns() -> tuple[Any, ...]:
 def safe_file_name(run_id: str, suffix: str) -> Path:
     """A file name from a run id that may come from a log line: never a path out of this directory."""
     return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).lstrip(".") + suffix)
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command with every option that differs from its default (``rftfm bench evaluate ...``),
+    for the provenance line of a results file: the same command re-runs it."""
+    import shlex
+
+    parts = ["rftfm", *ctx.command_path.split()[1:]]  # the program name differs under a test runner
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name != "option" or value is None or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            parts.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from rftfm.cli.common import fail, progress_columns
+from rftfm.cli.common import command_line, fail, progress_columns
 
 if TYPE_CHECKING:
     import polars as pl
@@ -308,6 +308,7 @@ def _write_report(out: Path, info: Any, events: list, store: Any) -> Path | None
 
 
 def evaluate_remediation_cmd(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="benchmark directory whose runs are re-trained"),
     preset: Optional[str] = typer.Option(
         None,
@@ -361,7 +362,7 @@ def evaluate_remediation_cmd(
     runs = _remediation_runs(data, preset, split, fold, side)
     faulty, healthy_runs, total = _select_remediation_runs(runs, per_type, healthy, limit, types)
     summary = _train_remediation_arms(faulty, healthy_runs, total, detector_path, diagnoser_path, workers, rows)
-    command = _command_line()
+    command = command_line(ctx)
     summary["command"] = command
     _report_remediation(summary, json_out, markdown_out, note, command)
 
@@ -439,16 +440,6 @@ def _train_remediation_arms(
             rows_path=rows,
         )
 
-
-def _command_line() -> str:
-    """The command as typed, for the provenance line of the report."""
-    import sys
-
-    return (
-        "rftfm bench evaluate remediation " + " ".join(sys.argv[4:])
-        if len(sys.argv) > 4
-        else "rftfm bench evaluate remediation"
-    )
 
 
 def _report_remediation(

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rftfm.cli.common import command_line, fail
+
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
 
@@ -57,6 +59,7 @@ def fit_detector(
 
 
 def evaluate_detection_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
     split: str = typer.Option("config", help="config (held-out configurations, in folds), seed, task, size, "
                               "or all (every run, with --detector)"),
@@ -72,17 +75,21 @@ def evaluate_detection_cmd(
                                          "(delete it when the code changes)"),
 ) -> None:
     """Run-level P/R/F1 (protocol B), false alarms and delay for RFT-FM and the baselines, per input tier."""
-    from rftfm.bench.eval_detection import RFTFM, evaluate_detection, to_markdown
+    from rftfm.bench.eval_detection import RFTFM, StaleCache, evaluate_detection, to_markdown
     from rftfm.fm.detect import Detector
 
     with console.status("evaluating") as status:
-        result = evaluate_detection(
-            data, split, tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()),
-            baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
-            detector=Detector.load(detector) if detector else None,
-            on_method=lambda name: status.update(f"fitting and scoring: {name}"), workers=workers, cache=cache,
-            only=[f.strip() for f in fold.split(",") if f.strip()] if fold else None,
-        )
+        try:
+            result = evaluate_detection(
+                data, split, tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()),
+                baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
+                detector=Detector.load(detector) if detector else None,
+                on_method=lambda name: status.update(f"fitting and scoring: {name}"), workers=workers, cache=cache,
+                only=[f.strip() for f in fold.split(",") if f.strip()] if fold else None,
+            )
+        except StaleCache as exc:
+            fail(str(exc))
+    result["command"] = command_line(ctx)
     fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for tier in result["tiers"]:
         table = Table(title=f"detection, split {split}, tier {tier} ({result['runs_by_kind']})")
