@@ -250,7 +250,7 @@ def test_baselines_rank_the_obvious_type(fitted: Diagnoser, bench, fresh) -> Non
 
 def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
     _, runs, features = bench
-    alarm = lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
+    alarm = lambda r, f, _fold: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
     result, _ = evaluate_split(runs, features, "seed", alarm_fn=alarm, leave_one_type_out=True, tiers=("a", "bc"))
     d = result["tiers"]["bc"]["diagnoser"]
     assert result["test_faulty_runs"] > 0 and d["all"]["n"] == result["test_faulty_runs"]
@@ -317,3 +317,26 @@ def test_packaged_default_artifact_loads_without_pickle(fresh) -> None:
     assert len(d.ranked) == len(diagnoser.classes) and abs(sum(h.probability for h in d.ranked) - 1) < 1e-3
     assert all(h.family == FAULT_TYPES[h.fault_type].family for h in d.ranked)
     assert d.summary
+
+
+def test_fold_detector_alarms_take_each_folds_own_first_alarm(bench) -> None:
+    from rftfm.bench.eval_diagnosis import FoldDetectorAlarms
+
+    _, runs, features = bench
+    faulty = runs.filter(pl.col("control_or_fault") == "fault").head(3)
+    a, b, c = faulty["run_id"].to_list()
+    rows = [
+        {"fold": "f1", "run_id": a, "first_alarm": 7, "detected": True},
+        {"fold": "f2", "run_id": a, "first_alarm": 9, "detected": True},
+        {"fold": "f1", "run_id": b, "first_alarm": 1, "detected": False},  # alarmed before onset: not a detection
+    ]
+    alarms = FoldDetectorAlarms({"methods": {"a": {"RFT-FM": {"runs": rows}}}})
+    fallback = fallback_alarm_steps(faulty, features)
+    steps, counts = alarms(faulty, features, "f1")
+    assert steps == {a: 7, b: fallback[b], c: fallback[c]}
+    assert counts == {"detector_tier_a": 1, "fallback_no_alarm": 2}
+    assert alarms(faulty, features, "f2")[0][a] == 9
+    with pytest.raises(ValueError, match="not in the detection result"):
+        alarms(faulty, features, "f3")
+    with pytest.raises(ValueError, match="no RFT-FM runs of tier 'bc'"):
+        FoldDetectorAlarms({"methods": {"a": {}}}, "bc")

@@ -45,8 +45,11 @@ def fallback_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> dict[str
     return out
 
 
-def detector_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> tuple[dict[str, int], dict[str, int]]:
-    """First default-detector alarm at or after onset per run; fall-back where there is none.
+def detector_alarm_steps(
+    runs: pl.DataFrame, features: pl.DataFrame, fold: str | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """First alarm of the shipped detector at or after onset per run (the same for every ``fold``; the shipped
+    detector was fitted on every run, so its alarm times leak the test runs); fall-back where there is none.
 
     Returns (alarm steps, counts by source: detector / fallback_no_alarm / fallback_no_detector).
     """
@@ -73,6 +76,38 @@ def detector_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> tuple[di
             out[run_id] = fallback[run_id]
             counts["fallback_no_alarm"] += 1
     return out, counts
+
+
+class FoldDetectorAlarms:
+    """Alarm steps from a detection evaluation of the same split (``rftfm bench evaluate detection --json``): the
+    first alarm at or after onset of the detector fitted on each fold's train side, so the diagnoser is judged
+    where a detector that never saw the test configuration alarmed; fall-back where it did not alarm."""
+
+    def __init__(self, detection: dict[str, Any], tier: str = "a") -> None:
+        try:
+            rows = detection["methods"][tier]["RFT-FM"]["runs"]
+        except KeyError:
+            raise ValueError(f"the detection result has no RFT-FM runs of tier {tier!r}") from None
+        self.tier = tier
+        self.first: dict[tuple[str, str], int] = {
+            (r["fold"], r["run_id"]): int(r["first_alarm"]) for r in rows if r["detected"]
+        }
+        self.folds = {r["fold"] for r in rows}
+
+    def __call__(
+        self, runs: pl.DataFrame, features: pl.DataFrame, fold: str | None = None
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        if fold not in self.folds:
+            raise ValueError(f"fold {fold!r} is not in the detection result (its folds: {sorted(self.folds)})")
+        out = fallback_alarm_steps(runs, features)
+        counts = {f"detector_tier_{self.tier}": 0, "fallback_no_alarm": 0}
+        for run_id in out:
+            if (fold, run_id) in self.first:
+                out[run_id] = self.first[(fold, run_id)]
+                counts[f"detector_tier_{self.tier}"] += 1
+            else:
+                counts["fallback_no_alarm"] += 1
+        return out, counts
 
 
 def _metrics(true: list[str], ranked: list[list[str]], unknown: np.ndarray, strength: list[str]) -> dict[str, Any]:
@@ -129,6 +164,7 @@ def _faulty(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _fold(
+    name: str,
     train: pl.DataFrame,
     test: pl.DataFrame,
     features: pl.DataFrame,
@@ -138,7 +174,7 @@ def _fold(
 ) -> dict[str, Any]:
     """One fold: fit on ``train``, diagnose ``test``'s faulty runs at alarm time in every tier (and baselines)."""
     faulty_test = _faulty(test)
-    alarms, source = alarm_fn(faulty_test, features)
+    alarms, source = alarm_fn(faulty_test, features, name)
     diagnoser = Diagnoser().fit(train, features, groups=config_groups(train))
     ids = [r for r in faulty_test["run_id"].to_list() if r in alarms]
     x, keys = diagnosis_matrix(features, {r: [alarms[r]] for r in ids}, diagnoser.tracker)
@@ -177,7 +213,7 @@ def evaluate_split(
     runs: pl.DataFrame,
     features: pl.DataFrame,
     split: str = "config",
-    alarm_fn: Callable[[pl.DataFrame, pl.DataFrame], tuple[dict[str, int], dict[str, int]]] | None = None,
+    alarm_fn: Callable[[pl.DataFrame, pl.DataFrame, str], tuple[dict[str, int], dict[str, int]]] | None = None,
     leave_one_type_out: bool = False,
     progress: Callable[[str], None] | None = None,
     tiers: tuple[str, ...] = ("a", "c", "bc"),
@@ -189,7 +225,9 @@ def evaluate_split(
     features = features.drop([c for c in ("fault_active",) if c in features.columns])
     runs = runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
     folds = [f for f in split_folds(runs, split) if _faulty(f[2]).height and f[1].height]
-    parts = [_fold(train, test, features, alarm_fn or detector_alarm_steps, tiers, say) for _, train, test in folds]
+    parts = [
+        _fold(name, train, test, features, alarm_fn or detector_alarm_steps, tiers, say) for name, train, test in folds
+    ]
     true = [t for p in parts for t in p["true"]]
     strength = [t for p in parts for t in p["strength"]]
     source: dict[str, int] = {}
@@ -224,7 +262,7 @@ def evaluate_split(
     diagnoser = Diagnoser().fit(last_train, features, groups=config_groups(last_train)) if leave_one_type_out else None
     if leave_one_type_out:
         faulty_test = _faulty(folds[-1][2])
-        alarms, _ = (alarm_fn or detector_alarm_steps)(faulty_test, features)
+        alarms, _ = (alarm_fn or detector_alarm_steps)(faulty_test, features, folds[-1][0])
         result["leave_one_type_out"] = _leave_one_type_out(last_train, faulty_test, features, alarms, say)
     return result, diagnoser
 

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rftfm.cli.common import fail
+
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
 
@@ -60,12 +62,19 @@ def evaluate_diagnosis(
     image: Optional[Path] = typer.Option(
         None, "--image", help="confusion-matrix PNG (default: next to --markdown or --json)"
     ),
-    alarms: str = typer.Option("detector", help="detector (first alarm at/after onset, fall-back onset+2) or fallback"),
+    alarms: str = typer.Option(
+        "detector",
+        help="where each faulty run is diagnosed: detector (the shipped detector's first alarm at/after onset, "
+        "fall-back onset+2), fallback (onset+2), or a detection result JSON of the same data and split (the "
+        "fold-fitted detector's first alarm)",
+    ),
+    alarm_tier: str = typer.Option("a", help="with a detection JSON: the tier whose alarms are used"),
     loto: bool = typer.Option(False, "--loto/--no-loto", help="run the leave-one-type-out test on the last fold "
                               "(one retraining per type)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
     from rftfm.bench.eval_diagnosis import (
+        FoldDetectorAlarms,
         detector_alarm_steps,
         evaluate_split,
         fallback_alarm_steps,
@@ -74,11 +83,20 @@ def evaluate_diagnosis(
     )
 
     runs, features = _load_features(data)
-    alarm_fn = (
-        detector_alarm_steps
-        if alarms == "detector"
-        else (lambda r, f: (fallback_alarm_steps(r, f), {"fallback": r.height}))
-    )
+    if alarms == "detector":
+        alarm_fn = detector_alarm_steps
+    elif alarms == "fallback":
+        alarm_fn = lambda r, f, _fold: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
+    else:
+        try:
+            alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier)
+        except (OSError, ValueError) as exc:
+            fail(f"--alarms {alarms}: {exc}")
+        from rftfm.bench.splits import folds as split_folds
+
+        missing = sorted({name for name, _, _ in split_folds(runs, split)} - alarm_fn.folds)
+        if missing:
+            fail(f"--alarms {alarms} has no outcomes for folds {missing} of split {split!r}: same data and split?")
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
                                tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
     if image is None and (markdown or json_out):
@@ -114,7 +132,7 @@ def diagnose_command(
     as_json: bool = typer.Option(False, "--json", help="print the Diagnosis as JSON"),
 ) -> None:
     """Diagnose a run from its log: ranked fault types with probabilities, evidence and a one-line summary."""
-    from rftfm.cli.common import fail, read_run
+    from rftfm.cli.common import read_run
     from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
     from rftfm.io.adapters import run_info_for
 
