@@ -54,3 +54,18 @@ def test_held_out_config_folds_for_artifacts_and_a_later_evaluation() -> None:
     with pytest.raises(ValueError, match="needs --fold"):
         held_out(runs, "config", "task=nonexistent")
     assert held_out(runs, "seed")[1].height == split_runs(runs, "seed")[1].height
+
+
+def test_listed_split_holds_out_exactly_the_listed_runs(tmp_path) -> None:
+    runs = preset_runs_table("mini")
+    listed = runs["run_id"].to_list()[::3]
+    path = tmp_path / "later.txt"
+    path.write_text("\n".join(listed) + "\n")
+    train, test = split_runs(runs, f"listed:{path}")
+    assert sorted(test["run_id"]) == sorted(listed) and train.height + test.height == runs.height
+    assert not set(train["run_id"]) & set(listed)
+    path.write_text("no-such-run\n")
+    with pytest.raises(ValueError, match="not in the data"):
+        split_runs(runs, f"listed:{path}")
+    with pytest.raises(ValueError, match="cannot read"):
+        split_runs(runs, f"listed:{tmp_path / 'missing.txt'}")

@@ -7,6 +7,8 @@
   family, model size and hyper-parameter regime (no KL term, cosine / linear / constant
   schedule, logging cadence > 1, long runs) is the test side of one fold; the folds' union
   is the headline protocol for configurations a detector has never seen.
+* ``listed:<file>``: the runs whose ids the file lists (one per line) are the test side, every other run
+  trains: for an external test set, e.g. runs generated after a method was developed on the others.
 
 No fold shares a seed between its sides (every run has its own seed).
 """
@@ -14,11 +16,13 @@ No fold shares a seed between its sides (every run has its own seed).
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Callable
 
 import polars as pl
 
-SPLITS = ("seed", "task", "size", "config")
+SPLITS = ("seed", "task", "size", "config", "listed:<file>")
+LISTED = "listed:"
 HELD_OUT_TASK = "arith_b"
 HELD_OUT_SIZE = "s"
 TEST_SEED_FRACTION = 0.3
@@ -45,6 +49,16 @@ def split_runs(runs: pl.DataFrame, split: str = "seed") -> tuple[pl.DataFrame, p
         test = runs["task_group"] == HELD_OUT_TASK
     elif split == "size":
         test = runs["model_size"] == HELD_OUT_SIZE
+    elif split.startswith(LISTED):
+        path = Path(split[len(LISTED):])
+        try:
+            listed = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        except OSError as exc:
+            raise ValueError(f"split {split!r}: cannot read the run list ({exc})") from None
+        unknown = listed - set(runs["run_id"].to_list())
+        if unknown:
+            raise ValueError(f"split {split!r}: {len(unknown)} listed runs are not in the data, e.g. {min(unknown)}")
+        test = runs["run_id"].is_in(sorted(listed))
     elif split == "config":
         raise ValueError("the config split has several folds: use config_folds(runs) or folds(runs, 'config')")
     else:

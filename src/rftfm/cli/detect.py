@@ -62,7 +62,8 @@ def evaluate_detection_cmd(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="benchmark directory (ours or the published layout)"),
     split: str = typer.Option("config", help="config (held-out configurations, in folds), seed, task, size, "
-                              "or all (every run, with --detector)"),
+                              "listed:FILE (the runs FILE lists are the test side), or all (every run, "
+                              "with --detector)"),
     tiers: str = typer.Option("a,b,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the tables as Markdown"),

@@ -53,7 +53,11 @@ def fit_diagnoser(
 
 def evaluate_diagnosis(
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
-    split: str = typer.Option("config", help="config (held-out configurations, in folds) | seed | task | size"),
+    split: str = typer.Option(
+        "config",
+        help="config (held-out configurations, in folds) | seed | task | size | listed:FILE (the runs FILE "
+        "lists are the test side)",
+    ),
     tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
     json_out: Optional[Path] = typer.Option(
         None, "--json", help="write the full result (incl. confusion matrix) as JSON"
