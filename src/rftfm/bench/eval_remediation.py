@@ -611,11 +611,23 @@ def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
     return 100 * ci.low, 100 * ci.high
 
 
+def paired_interval(diffs: list[float]) -> tuple[float, float]:
+    """95 % t interval of the mean of paired differences (0, 0 when there are none or all are equal)."""
+    import numpy as np
+    from scipy.stats import t
+
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2 or np.all(d == d[0]):
+        return (float(d[0]), float(d[0])) if d.size else (0.0, 0.0)
+    half = t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return float(d.mean() - half), float(d.mean() + half)
+
+
 def target_status(summary: dict[str, Any]) -> list[str]:
     t = summary["tables"]
     lines = []
     cls = {(r["class"], r["setting"]): r for r in t.get("by_class_setting", [])}
-    for setting, goal in (("easy", 90.0), ("hard", 70.0)):
+    for setting, goal in (("easy", 85.0), ("hard", 70.0)):
         r = cls.get(("knob-repairable", setting))
         if r is None:
             lines.append(f"- knob-repairable {setting}: no runs evaluated")
@@ -636,22 +648,38 @@ def target_status(summary: dict[str, Any]) -> list[str]:
             f"{r['loop_repair_%']} % repaired (published RFT-FM: 46.25 % on hard faults, judged only by a lower "
             "anomaly score)"
         )
+    code = [p for p in summary.get("pairs", []) if p.get("halt_only")]
+    if code:
+        caught = sum(
+            bool(p["loop_halted"])
+            or (bool(p["detected"]) and p["diagnosed"] in FAULT_TYPES and FAULT_TYPES[p["diagnosed"]].family
+                == p["fault_family"])
+            for p in code
+        )
+        low, high = wilson_interval(caught, len(code))
+        lines.append(
+            f"- code faults halted, or alerted with the right family: {_pct(caught / len(code))} % of {len(code)} "
+            f"(95 % CI {low:.1f}-{high:.1f}; target >= 90 %) -> **{'met' if caught / len(code) >= 0.9 else 'not met'}**"
+        )
     h = t.get("healthy")
     if h:
-        ok = h["no_intervention_%"] >= 98.0
+        ok = h["no_intervention_%"] >= 99.0 and h["halted"] == 0
         lines.append(
-            f"- healthy runs without an intervention: {h['no_intervention_%']} % of {h['runs']} (target >= 98 %) -> "
-            f"**{'met' if ok else 'not met'}**"
+            f"- healthy runs without an intervention: {h['no_intervention_%']} % of {h['runs']}, {h['halted']} "
+            f"halted (target >= 99 %, never a halt) -> **{'met' if ok else 'not met'}**"
         )
-        ok = h["accuracy_on"] >= h["accuracy_off"] - 1e-9
+        diffs = [r["accuracy_on"] - r["accuracy_off"] for r in summary.get("healthy", []) if isinstance(r, dict)]
+        low, high = paired_interval(diffs)
+        ok = low <= 0.0 <= high or low > 0.0  # no loss the noise cannot explain
         lines.append(
-            f"- healthy accuracy with / without the loop: {h['accuracy_on']} / {h['accuracy_off']} "
-            f"({h['accuracy_loss_runs']} runs lost accuracy) -> **{'met' if ok else 'not met'}**"
+            f"- healthy accuracy with / without the loop: {h['accuracy_on']} / {h['accuracy_off']}, difference "
+            f"{h['accuracy_on'] - h['accuracy_off']:+.4f} (95 % CI {low:+.4f} to {high:+.4f}; "
+            f"{h['accuracy_loss_runs']} runs lost accuracy) -> **{'met' if ok else 'not met'}**"
         )
-        ok = h["overhead_%"] is not None and h["overhead_%"] <= 20.0
+        ok = h["overhead_%"] is not None and h["overhead_%"] <= 10.0
         lines.append(
             f"- compute overhead on healthy runs (wall time, loop on vs off): {h['overhead_%']} % "
-            f"(monitor's own share {h['monitor_share_%']} %; target <= 20 %) -> **{'met' if ok else 'not met'}**"
+            f"(monitor's own share {h['monitor_share_%']} %; target <= 10 %) -> **{'met' if ok else 'not met'}**"
         )
     return lines
 
