@@ -356,6 +356,7 @@ def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
     lines = [
         f"### split `{result['split']}` ({len(result['folds'])} folds)",
         "",
+        *([f"Written by `{result['command']}`.", ""] if result.get("command") else []),
         "All numbers in %. *unknown*: share of abstentions (counted wrong in top-1 / top-3 / family); "
         "*forced*: the top-ranked type even where the Diagnoser abstained.",
         "",

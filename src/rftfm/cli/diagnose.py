@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rftfm.cli.common import fail
+from rftfm.cli.common import command_line, fail
 
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
@@ -52,6 +52,7 @@ def fit_diagnoser(
 
 
 def evaluate_diagnosis(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="benchmark directory"),
     split: str = typer.Option(
         "config",
@@ -103,6 +104,7 @@ def evaluate_diagnosis(
             fail(f"--alarms {alarms} has no outcomes for folds {missing} of split {split!r}: same data and split?")
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
                                tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
+    result["command"] = command_line(ctx)
     if image is None and (markdown or json_out):
         image = (markdown or json_out).with_name(f"diagnosis_confusion_{split}.png")
     rel = None
