@@ -157,3 +157,20 @@ def test_batch_replay_hands_out_the_planned_order_delayed_by_each_rollback() -> 
     # the effective run is the planned order; the batches the data loader gave meanwhile wait their turn
     assert list(replay.recent) == [1, 2, 3, 4, 5, 6, 7] and list(replay.queue) == [8, 9, 10, 11, 12]
     assert BatchReplay(memory=2).rewind(5) == 0  # nothing remembered yet
+
+
+def test_bench_list_prints_the_generation_order():
+    import random
+
+    from typer.testing import CliRunner
+
+    from rftfm.bench.presets import preset_runs
+    from rftfm.cli import app
+
+    ids = [r.run_id for r in preset_runs("mini")]
+    out = CliRunner().invoke(app, ["bench", "list", "--preset", "mini"])
+    assert out.exit_code == 0 and out.output.split() == ids
+    random.Random(3).shuffle(ids)
+    args = ["bench", "list", "--preset", "mini", "--shuffle", "3", "--skip", "10", "--limit", "5"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and out.output.split() == ids[10:15]

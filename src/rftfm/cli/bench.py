@@ -34,11 +34,8 @@ def bench_generate(
 ) -> None:
     """Train every run of a preset (skipping finished ones) and write the published layout."""
     from rftfm.bench.generate import generate, pending_runs
-    from rftfm.bench.presets import preset_runs
 
-    runs = preset_runs(preset)
-    if shuffle is not None:
-        random.Random(shuffle).shuffle(runs)
+    runs = _ordered_runs(preset, shuffle)
     todo = pending_runs(out, runs)
     if limit is not None:
         todo = todo[:limit]
@@ -58,6 +55,29 @@ def bench_generate(
         f"generated {len(summaries)} runs, {steps} steps, {sum(s.trajectories for s in summaries)} trajectories "
         f"in {elapsed:.1f} s"
     )
+
+
+def _ordered_runs(preset: str, shuffle: int | None) -> list:
+    """The preset's runs in generation order: as listed, or shuffled with the seed ``shuffle``."""
+    from rftfm.bench.presets import preset_runs
+
+    runs = preset_runs(preset)
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(runs)
+    return runs
+
+
+def bench_list(
+    preset: str = typer.Option("mini", help="preset: mini, full, wide, classic or classic-mini"),
+    shuffle: Optional[int] = typer.Option(None, help="the order of `generate --shuffle` with this seed"),
+    skip: int = typer.Option(0, help="leave out the first this many runs of that order"),
+    limit: Optional[int] = typer.Option(None, help="at most this many runs"),
+) -> None:
+    """Print the run ids of a preset in generation order, one per line: e.g. the runs a `generate --limit N` left
+    for later (`--skip N`), as the test side of `--split listed:FILE`."""
+    runs = _ordered_runs(preset, shuffle)[skip:]
+    for run in runs[:limit] if limit is not None else runs:
+        typer.echo(run.run_id)
 
 
 def bench_stats(
@@ -135,6 +155,7 @@ def bench_learning(
 def register(apps: "Apps") -> None:
     """``rftfm bench generate|stats|taxonomy|learning``."""
     apps.bench.command("generate")(bench_generate)
+    apps.bench.command("list")(bench_list)
     apps.bench.command("stats")(bench_stats)
     apps.bench.command("taxonomy")(bench_taxonomy)
     apps.bench.command("learning")(bench_learning)
