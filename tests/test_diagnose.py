@@ -16,7 +16,13 @@ import polars as pl
 import pytest
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
-from rftfm.bench.eval_diagnosis import evaluate_split, fallback_alarm_steps, markdown_report, plot_confusion
+from rftfm.bench.eval_diagnosis import (
+    evaluate_split,
+    fallback_alarm_steps,
+    fallback_alarms,
+    markdown_report,
+    plot_confusion,
+)
 from rftfm.faults.taxonomy import FAULT_TYPES, group_dir
 from rftfm.fm.diagnose import Diagnoser, summary_sentence
 from rftfm.fm.diagnosis_features import diagnosis_matrix
@@ -250,8 +256,9 @@ def test_baselines_rank_the_obvious_type(fitted: Diagnoser, bench, fresh) -> Non
 
 def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
     _, runs, features = bench
-    alarm = lambda r, f, _fold: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
-    result, _ = evaluate_split(runs, features, "seed", alarm_fn=alarm, leave_one_type_out=True, tiers=("a", "bc"))
+    result, _ = evaluate_split(
+        runs, features, "seed", alarm_fn=fallback_alarms, leave_one_type_out=True, tiers=("a", "bc")
+    )
     d = result["tiers"]["bc"]["diagnoser"]
     assert result["test_faulty_runs"] > 0 and d["all"]["n"] == result["test_faulty_runs"]
     mid = [r for r in runs.filter(pl.col("onset_step") > 1)["run_id"].to_list()]
@@ -263,6 +270,16 @@ def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
     assert "| a | Diagnoser | all |" in text and "Leave-one-type-out" in text and "![confusion" in text
     png = plot_confusion(result["tiers"]["a"]["confusion"], tmp_path / "conf.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert result["tiers"]["a"]["diagnoser"]["detected easy"] == {"n": 0}  # no run was diagnosed at an alarm
+
+    def at_an_alarm(r, f, fold):  # as if a detector had alarmed at onset + 2 on every run
+        steps, _ = fallback_alarms(r, f, fold)
+        return steps, dict.fromkeys(steps, "detector")
+
+    result, _ = evaluate_split(runs, features, "seed", alarm_fn=at_an_alarm, tiers=("a",))
+    d = result["tiers"]["a"]["diagnoser"]
+    assert d["detected easy"] == d["easy"] and result["alarm_source"] == {"detector": result["test_faulty_runs"]}
+    assert "| a | Diagnoser | detected easy |" in markdown_report(result)
 
 
 def test_cli_diagnose_run_dir_without_run_info(fitted: Diagnoser, fresh, tmp_path: Path) -> None:
@@ -332,9 +349,9 @@ def test_fold_detector_alarms_take_each_folds_own_first_alarm(bench) -> None:
     ]
     alarms = FoldDetectorAlarms({"methods": {"a": {"RFT-FM": {"runs": rows}}}})
     fallback = fallback_alarm_steps(faulty, features)
-    steps, counts = alarms(faulty, features, "f1")
+    steps, sources = alarms(faulty, features, "f1")
     assert steps == {a: 7, b: fallback[b], c: fallback[c]}
-    assert counts == {"detector_tier_a": 1, "fallback_no_alarm": 2}
+    assert sources == {a: "detector_tier_a", b: "fallback_no_alarm", c: "fallback_no_alarm"}
     assert alarms(faulty, features, "f2")[0][a] == 9
     with pytest.raises(ValueError, match="not in the detection result"):
         alarms(faulty, features, "f3")

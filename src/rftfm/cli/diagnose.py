@@ -82,7 +82,7 @@ def evaluate_diagnosis(
         FoldDetectorAlarms,
         detector_alarm_steps,
         evaluate_split,
-        fallback_alarm_steps,
+        fallback_alarms,
         markdown_report,
         plot_confusion,
     )
@@ -91,7 +91,7 @@ def evaluate_diagnosis(
     if alarms == "detector":
         alarm_fn = detector_alarm_steps
     elif alarms == "fallback":
-        alarm_fn = lambda r, f, _fold: (fallback_alarm_steps(r, f), {"fallback": r.height})  # noqa: E731
+        alarm_fn = fallback_alarms
     else:
         try:
             alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier)
