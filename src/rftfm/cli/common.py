@@ -79,6 +79,8 @@ def command_line(ctx: typer.Context) -> str:
     parts = ["rftfm", *ctx.command_path.split()[1:]]  # the program name differs under a test runner
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        if param.param_type_name == "argument" and value is not None:
+            parts.append(shlex.quote(str(value)))
         if param.param_type_name != "option" or value is None or value == param.default:
             continue
         if getattr(param, "is_flag", False):
