@@ -226,7 +226,7 @@ def evaluate_split(
     runs: pl.DataFrame,
     features: pl.DataFrame,
     split: str = "config",
-    alarm_fn: Callable[[pl.DataFrame, pl.DataFrame, str], tuple[dict[str, int], dict[str, int]]] | None = None,
+    alarm_fn: Callable[[pl.DataFrame, pl.DataFrame, str], tuple[dict[str, int], dict[str, str]]] | None = None,
     leave_one_type_out: bool = False,
     progress: Callable[[str], None] | None = None,
     tiers: tuple[str, ...] = ("a", "c", "bc"),
