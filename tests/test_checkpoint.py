@@ -135,3 +135,16 @@ def test_a_pinned_checkpoint_survives_pruning(tmp_path):
     ck.pin(None)
     ck.save(8, model)
     assert ck.steps() == [7, 8]
+
+
+def test_files_reach_the_disk_only_when_durable(tmp_path, monkeypatch):
+    import rftfm.fm.checkpoint as checkpoint
+
+    flushed = []
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: flushed.append(fd))
+    model, opt, sched = make()
+    Checkpointer(tmp_path / "fast").save(1, model, opt, sched)
+    assert flushed == []
+    durable = Checkpointer(tmp_path / "durable", durable=True)
+    durable.save(1, model, opt, sched)
+    assert len(flushed) == 3 and durable.latest_valid()[0].step == 1

@@ -9,7 +9,10 @@ Layout of one checkpoint (a directory ``ckpt-<step>``):
 
 A checkpoint is written into a temporary directory and moved into place with
 ``os.replace`` (atomic on one filesystem); a checkpoint whose files are missing, truncated
-or do not match their checksum is skipped and the previous one is used. Only the last
+or do not match their checksum is skipped and the previous one is used. Files are not flushed to
+the disk (``fsync``) unless ``durable=True``: the checkpoints serve rollbacks within the live
+process, which a machine crash ends too, and a checkpoint damaged anyway fails its checksum; the
+flush doubled the cost of a small model's checkpoint. Only the last
 ``keep`` checkpoints are kept, plus one the caller pinned (:meth:`Checkpointer.pin`: e.g. the last
 checkpoint before a configuration change, which a rollback may need long after it).
 """
@@ -82,7 +85,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpointer:
     """Writes and restores checkpoints under ``root``; keeps the newest ``keep``."""
 
-    def __init__(self, root: str | Path | None = None, keep: int = 4):
+    def __init__(self, root: str | Path | None = None, keep: int = 4, durable: bool = False):
+        self.durable = durable
         self._owned_tmp = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="rftfm-ckpt-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,9 +118,10 @@ class Checkpointer:
                 "sha256": {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)},
             }
             (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-            for name in (MODEL_FILE, STATE_FILE, META_FILE):
-                with open(tmp / name, "rb") as fh:
-                    os.fsync(fh.fileno())
+            if self.durable:
+                for name in (MODEL_FILE, STATE_FILE, META_FILE):
+                    with open(tmp / name, "rb") as fh:
+                        os.fsync(fh.fileno())
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
