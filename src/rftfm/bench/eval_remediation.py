@@ -612,15 +612,15 @@ def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
 
 
 def paired_interval(diffs: list[float]) -> tuple[float, float]:
-    """95 % t interval of the mean of paired differences (0, 0 when there are none or all are equal)."""
+    """95 % t interval of the mean of paired differences (scipy); the value itself when they all agree."""
     import numpy as np
-    from scipy.stats import t
+    from scipy.stats import ttest_1samp
 
     d = np.asarray(diffs, dtype=float)
-    if d.size < 2 or np.all(d == d[0]):
+    if d.size < 2 or np.all(d == d[0]):  # no spread: the t interval is undefined
         return (float(d[0]), float(d[0])) if d.size else (0.0, 0.0)
-    half = t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
-    return float(d.mean() - half), float(d.mean() + half)
+    ci = ttest_1samp(d, 0.0).confidence_interval(0.95)
+    return float(ci.low), float(ci.high)
 
 
 def target_status(summary: dict[str, Any]) -> list[str]:

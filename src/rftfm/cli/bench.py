@@ -17,6 +17,7 @@ from rftfm.cli.common import progress_columns
 
 if TYPE_CHECKING:
     from rftfm.cli.main import Apps
+    from rftfm.records import RunInfo
 
 console = Console()
 
@@ -57,7 +58,7 @@ def bench_generate(
     )
 
 
-def _ordered_runs(preset: str, shuffle: int | None) -> list:
+def _ordered_runs(preset: str, shuffle: int | None) -> list[RunInfo]:
     """The preset's runs in generation order: as listed, or shuffled with the seed ``shuffle``."""
     from rftfm.bench.presets import preset_runs
 

@@ -12,7 +12,7 @@ A checkpoint is written into a temporary directory and moved into place with
 or do not match their checksum is skipped and the previous one is used. Files are not flushed to
 the disk (``fsync``) unless ``durable=True``: the checkpoints serve rollbacks within the live
 process, which a machine crash ends too, and a checkpoint damaged anyway fails its checksum; the
-flush doubled the cost of a small model's checkpoint. Only the last
+flush makes a small model's checkpoint 1.6-1.7 times as costly (``benchmarks/checkpoint_cost.py``). Only the last
 ``keep`` checkpoints are kept, plus one the caller pinned (:meth:`Checkpointer.pin`: e.g. the last
 checkpoint before a configuration change, which a rollback may need long after it).
 """
