@@ -85,6 +85,10 @@ SIGNALS: dict[str, Signal] = {
         _traj("traj_length_std", "trajectory length sd", "log", "length"),
         _traj("traj_advantage_std", "advantage sd", "log", "advantage"),
         _traj("traj_advantage_absmax", "max |advantage|", "log", "advantage"),
+        # group-relative estimators (GRPO, Dr. GRPO, DAPO, BNPO, RLOO) make each group's advantages a positive
+        # multiple of its rewards' deviations from the group mean: 0 in every healthy run of any configuration
+        _traj("traj_advantage_residual", "advantage not explained by reward", "rate", "advantage"),
+        _traj("traj_advantage_zeroed", "groups with zero advantages despite a reward spread", "rate", "advantage"),
         _traj("traj_repetition_mean", "repetition", "rate", "sampling"),
         _traj("traj_unique_mean", "unique-token ratio", "rate", "sampling"),
         _traj("traj_tool_call_rate", "tool calls", "rate", "tool"),

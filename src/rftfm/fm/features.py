@@ -38,6 +38,59 @@ def _num(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: A group's rewards "spread" when some reward is this far from the group mean (relative to the largest |reward|,
+#: at least 1): below it float rounding, not the verifier, separates them. An advantage below ``ADVANTAGE_ZERO`` is 0.
+SPREAD_TOLERANCE = 1e-6
+ADVANTAGE_ZERO = 1e-8
+
+
+def _group_consistency(sad: np.ndarray, sdd: np.ndarray, saa: np.ndarray) -> np.ndarray:
+    """Per group, the share of its advantages' energy that no positive multiple of the reward deviations explains
+    (1 - corr^2 when they agree in sign, 1 when they disagree), from the sums of a*d, d*d and a*a."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.maximum(sad / sdd, 0.0)
+        residual = (saa - 2 * c * sad + c * c * sdd) / saa
+    return np.clip(residual, 0.0, 1.0)
+
+
+def advantage_consistency(
+    group: np.ndarray, reward: np.ndarray, advantage: np.ndarray
+) -> tuple[float | None, float | None]:
+    """(residual, zeroed) of one step's trajectories: over the groups whose rewards spread (every member scored),
+    the mean share of advantage not explained by the rewards, and the fraction whose advantages are all zero.
+
+    A group-relative estimator gives ``a_i = k (r_i - mean(r))`` with ``k > 0`` in every group (TRL's loss types,
+    ``scale_rewards`` group / batch / none, RLOO), so both are 0 in a healthy run of any configuration; a flipped
+    sign, a length-dependent rescaling or a group whose advantages were dropped is not. Written by hand: this
+    invariant is specific to GRPO-style estimators. ``(None, None)`` where no group spreads.
+    """
+    keep = np.isfinite(group)
+    if not keep.any():
+        return None, None
+    _, inv = np.unique(group[keep], return_inverse=True)
+    r, a = reward[keep], advantage[keep]
+    scored = np.isfinite(r) & np.isfinite(a)
+    r, a = np.where(scored, r, 0.0), np.where(scored, a, 0.0)
+    size = np.bincount(inv)
+    # a member with no reward: the framework filled in something we cannot see, so its group is not judged
+    complete = (np.bincount(inv, weights=scored) == size) & (size >= 2)
+    d = r - (np.bincount(inv, weights=r) / size)[inv]
+    d_max, r_max, a_max = (np.zeros(size.size) for _ in range(3))
+    np.maximum.at(d_max, inv, np.abs(d))
+    np.maximum.at(r_max, inv, np.abs(r))
+    np.maximum.at(a_max, inv, np.abs(a))
+    spread = complete & (d_max > SPREAD_TOLERANCE * np.maximum(1.0, r_max))
+    zeroed = spread & (a_max <= ADVANTAGE_ZERO)
+    if not spread.any():
+        return None, None
+    judged = spread & ~zeroed
+    residual = _group_consistency(
+        np.bincount(inv, weights=a * d)[judged], np.bincount(inv, weights=d * d)[judged],
+        np.bincount(inv, weights=a * a)[judged],
+    )
+    return (float(residual.mean()) if residual.size else None), float(zeroed.sum() / spread.sum())
+
+
 def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:
     """Aggregates of one step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
@@ -52,6 +105,7 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
 
     reward, length, adv = arr("reward"), arr("response_length"), arr("advantage")
     flags = [t.flags for t in trajectories]
+    residual, zeroed = advantage_consistency(arr("group_id"), reward, adv)
 
     def nan_stat(fn, x: np.ndarray) -> float | None:
         x = x[np.isfinite(x)]
@@ -64,6 +118,8 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
         "traj_length_std": nan_stat(np.std, length),
         "traj_advantage_std": nan_stat(np.std, adv),
         "traj_advantage_absmax": nan_stat(lambda x: np.max(np.abs(x)), adv),
+        "traj_advantage_residual": residual,
+        "traj_advantage_zeroed": zeroed,
         "traj_repetition_mean": nan_stat(np.mean, arr("repetition_ratio")),
         "traj_unique_mean": nan_stat(np.mean, arr("unique_token_ratio")),
         "traj_tool_call_rate": nan_stat(np.mean, arr("tool_call_count")),
@@ -114,6 +170,48 @@ def _trajectory_frame_aggregates(trajectories: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
+    """:func:`advantage_consistency` of every (run_id, step) of a trajectories frame, with the same rules."""
+    keys = ["run_id", "rollout_step", "group_id"]
+    r = pl.col("reward").cast(pl.Float64).fill_nan(None)
+    a = pl.col("advantage").cast(pl.Float64).fill_nan(None)
+    groups = (
+        trajectories.select(*keys, r.alias("r"), a.alias("a"))
+        .with_columns((pl.col("r") - pl.col("r").mean().over(keys)).alias("d"))
+        .group_by(keys)
+        .agg(
+            pl.len().alias("n"),
+            (pl.col("r").is_not_null() & pl.col("a").is_not_null()).all().alias("complete"),
+            (pl.col("a") * pl.col("d")).sum().alias("sad"),
+            (pl.col("d") * pl.col("d")).sum().alias("sdd"),
+            (pl.col("a") * pl.col("a")).sum().alias("saa"),
+            pl.col("d").abs().max().alias("dmax"),
+            pl.col("r").abs().max().alias("rmax"),
+            pl.col("a").abs().max().alias("amax"),
+        )
+        .filter(
+            pl.col("complete")
+            & (pl.col("n") >= 2)
+            & (pl.col("dmax") > SPREAD_TOLERANCE * pl.max_horizontal(pl.lit(1.0), pl.col("rmax")))
+        )
+    )
+    zeroed = groups["amax"].to_numpy() <= ADVANTAGE_ZERO
+    residual = _group_consistency(*(groups[c].to_numpy().astype(float) for c in ("sad", "sdd", "saa")))
+    return (
+        groups.select("run_id", "rollout_step")
+        .with_columns(
+            pl.Series("residual", np.where(zeroed, np.nan, residual)).fill_nan(None),
+            pl.Series("zeroed", zeroed.astype(float)),
+        )
+        .group_by("run_id", "rollout_step")
+        .agg(
+            pl.col("residual").mean().alias("traj_advantage_residual"),
+            pl.col("zeroed").mean().alias("traj_advantage_zeroed"),
+        )
+        .rename({"rollout_step": "step"})
+    )
+
+
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """Offline features: one row per (run_id, step) with :data:`FEATURES` columns (nulls where missing).
 
@@ -127,6 +225,12 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
     frame = steps.select(*keep, *step_cols)
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")
+        if {"group_id", "reward", "advantage"} <= set(trajectories.columns):
+            frame = frame.join(_advantage_consistency_frame(trajectories), on=["run_id", "step"], how="left")
+        else:
+            frame = frame.with_columns(
+                pl.lit(None, dtype=pl.Float64).alias(c) for c in ("traj_advantage_residual", "traj_advantage_zeroed")
+            )
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
     return frame.select(*keep, *FEATURES).sort("run_id", "step")

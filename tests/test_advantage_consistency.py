@@ -1,0 +1,89 @@
+"""The advantage-consistency signals: 0 for every group-relative estimator, positive for advantage bugs."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rftfm.fm.features import _advantage_consistency_frame, advantage_consistency
+
+GROUPS, SIZE = 6, 8
+
+
+def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(GROUPS), SIZE).astype(float)
+    reward = rng.integers(0, 2, GROUPS * SIZE).astype(float) + 0.3 * rng.random(GROUPS * SIZE)
+    return group, reward
+
+
+def _grpo(group: np.ndarray, reward: np.ndarray, scale: str) -> np.ndarray:
+    """TRL's advantages: reward minus its group mean, over the group's / the batch's sd or not at all."""
+    r = reward.reshape(GROUPS, SIZE)
+    d = r - r.mean(axis=1, keepdims=True)
+    if scale == "group":
+        d = d / (r.std(axis=1, ddof=1, keepdims=True) + 1e-4)
+    elif scale == "batch":
+        d = d / (reward.std(ddof=1) + 1e-4)
+    return d.ravel()
+
+
+def _rloo(reward: np.ndarray) -> np.ndarray:
+    r = reward.reshape(GROUPS, SIZE)
+    return (r - (r.sum(axis=1, keepdims=True) - r) / (SIZE - 1)).ravel()
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_relative_estimators_are_consistent(scale: str) -> None:
+    group, reward = _batch()
+    residual, zeroed = advantage_consistency(group, reward, _grpo(group, reward, scale))
+    assert residual == pytest.approx(0.0, abs=1e-9) and zeroed == 0.0
+    residual, zeroed = advantage_consistency(group, reward, _rloo(reward))
+    assert residual == pytest.approx(0.0, abs=1e-9) and zeroed == 0.0
+
+
+def test_advantage_bugs_are_not() -> None:
+    group, reward = _batch()
+    adv = _grpo(group, reward, "group")
+    rng = np.random.default_rng(1)
+    flipped = np.where(rng.random(adv.size) < 0.45, -adv, adv)
+    assert advantage_consistency(group, reward, flipped)[0] > 0.3
+    assert advantage_consistency(group, reward, -adv)[0] == pytest.approx(1.0)
+    lengths = rng.integers(2, 40, adv.size).astype(float)
+    biased = adv * 3.0 * (lengths / lengths.mean())
+    assert advantage_consistency(group, reward, biased)[0] > 0.05
+    dropped = np.where(group < 3, 0.0, adv)
+    residual, zeroed = advantage_consistency(group, reward, dropped)
+    assert zeroed == pytest.approx(0.5) and residual == pytest.approx(0.0, abs=1e-9)
+
+
+def test_groups_without_spread_or_with_an_unscored_member_are_left_out() -> None:
+    group, reward = _batch()
+    reward.reshape(GROUPS, SIZE)[0] = 1.0  # a solved group: no spread, advantages 0 by right
+    adv = _grpo(group, reward, "none")
+    reward[SIZE] = np.nan  # group 1 has a completion no reward function scored
+    adv[SIZE + 1 : 2 * SIZE] *= -1  # whatever its advantages are, they are not judged
+    residual, zeroed = advantage_consistency(group, reward, adv)
+    assert residual == pytest.approx(0.0, abs=1e-9) and zeroed == 0.0
+    assert advantage_consistency(group[:SIZE], reward[:SIZE], adv[:SIZE]) == (None, None)
+
+
+def test_the_offline_frame_gives_the_streaming_numbers() -> None:
+    rows, expected = [], []
+    for step in (1, 2, 3):
+        group, reward = _batch(step)
+        adv = _grpo(group, reward, "group")
+        if step == 2:
+            adv = np.where(np.random.default_rng(step).random(adv.size) < 0.5, -adv, adv)
+        if step == 3:
+            adv = np.where(group < 2, 0.0, adv)
+        expected.append(advantage_consistency(group, reward, adv))
+        rows += [
+            {"run_id": "r", "rollout_step": step, "group_id": int(g), "reward": float(r), "advantage": float(a)}
+            for g, r, a in zip(group, reward, adv)
+        ]
+    frame = _advantage_consistency_frame(pl.DataFrame(rows)).sort("step")
+    for (residual, zeroed), row in zip(expected, frame.iter_rows(named=True)):
+        assert row["traj_advantage_residual"] == pytest.approx(residual, abs=1e-9)
+        assert row["traj_advantage_zeroed"] == pytest.approx(zeroed)
