@@ -156,21 +156,21 @@ FAULT_TYPES: dict[str, FaultType] = {
             "reward falls steadily",
             {"easy": {"flip_fraction": 0.85}, "hard": {"flip_fraction": 0.45}},
             knob_repairable=False,
-            signals=(("reward_mean", "down"), ("eval_accuracy", "down")),
+            signals=(("traj_advantage_residual", "up"), ("reward_mean", "down"), ("eval_accuracy", "down")),
         ),
         FaultType(
             "zero_variance", "ca",
             "a fraction of groups get all-zero advantages (degenerate grouping)",
             "fraction of zero-std groups up, grad-norm down, stall",
             {"easy": {"zero_fraction": 0.9}, "hard": {"zero_fraction": 0.5}},
-            signals=(("frac_zero_std_groups", "up"), ("grad_norm", "down")),
+            signals=(("traj_advantage_zeroed", "up"), ("frac_zero_std_groups", "up"), ("grad_norm", "down")),
         ),
         FaultType(
             "advantage_normalization", "ca",
             "broken normalisation: advantages scaled up and biased by completion length",
             "advantage sd explodes, grad spikes, length drift",
             {"easy": {"scale": 12.0, "length_power": 2.0}, "hard": {"scale": 3.0, "length_power": 1.0}},
-            signals=(("traj_advantage_std", "up"), ("grad_norm", "up")),
+            signals=(("traj_advantage_residual", "up"), ("traj_advantage_std", "up"), ("grad_norm", "up")),
             # a bug in the advantage code after TRL's own normalisation (like advantage_sign): no knob
             # undoes a length-dependent rescaling, so the remedy is halt + rollback, not a knob ladder
             knob_repairable=False,

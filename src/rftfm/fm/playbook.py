@@ -358,7 +358,9 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "rollout_mismatch": _REWARD_LEVEL
     + _SAMPLE_LEVEL
     + ("clip_ratio_region", "frac_zero_std_groups", "traj_advantage_std"),
-    "zero_variance": ("frac_zero_std_groups", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"),
+    "zero_variance": (
+        "frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"
+    ),
     "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
 }
 
