@@ -6,7 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rftfm.fm.detect import INVARIANT_LIMITS, Detector
 from rftfm.fm.features import _advantage_consistency_frame, advantage_consistency
+from rftfm.records import StepRecord, TrajectoryRecord
 
 GROUPS, SIZE = 6, 8
 
@@ -87,3 +89,32 @@ def test_the_offline_frame_gives_the_streaming_numbers() -> None:
     for (residual, zeroed), row in zip(expected, frame.iter_rows(named=True)):
         assert row["traj_advantage_residual"] == pytest.approx(residual, abs=1e-9)
         assert row["traj_advantage_zeroed"] == pytest.approx(zeroed)
+
+
+def _step_with_trajectories(step: int, flip: bool, seed: int) -> tuple[StepRecord, list[TrajectoryRecord]]:
+    group, reward = _batch(seed)
+    adv = _grpo(group, reward, "group") * (-1.0 if flip else 1.0)
+    rng = np.random.default_rng(seed)
+    trajectories = [
+        TrajectoryRecord(
+            run_id="user", rollout_step=step, prompt_id=f"p{int(g)}", group_id=int(g), reward=float(r),
+            response_length=int(rng.integers(20, 40)), advantage=float(a),
+        )
+        for g, r, a in zip(group, reward, adv)
+    ]
+    record = StepRecord(
+        run_id="user", step=step, reward_mean=float(reward.mean()), reward_std=float(reward.std()),
+        kl=0.01 * step, entropy=1.0, grad_norm=1.0 + 0.1 * rng.random(), completion_length_mean=30.0,
+    )
+    return record, trajectories
+
+
+def test_a_broken_invariant_alarms_on_its_own_and_leads_the_evidence() -> None:
+    detector = Detector.load_default()
+    detector.reset("user")
+    healthy = [detector.observe(*_step_with_trajectories(step, flip=False, seed=step)) for step in range(1, 21)]
+    invariants = set(INVARIANT_LIMITS)
+    assert not any(invariants & {e.signal for e in alarm.evidence} for alarm in healthy if alarm is not None)
+    alarm = detector.observe(*_step_with_trajectories(21, flip=True, seed=21))
+    assert alarm is not None and alarm.score >= 0.5 / INVARIANT_LIMITS["traj_advantage_residual"]
+    assert alarm.evidence[0].signal == "traj_advantage_residual" and alarm.evidence[0].value == pytest.approx(1.0)

@@ -19,7 +19,10 @@ How it decides, record by record:
    :data:`SURPRISE_TOP` largest innovations of the record, each in units of the innovation that
    healthy records of that signal exceed once in a hundred (a collapse moves several signals at
    once; an isolated spike of the k3 KL estimator moves one);
-4. each channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
+   (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
+   rounding, so a record past :data:`INVARIANT_LIMITS` alarms whatever the other two channels say;
+5. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -74,6 +77,10 @@ MAX_EVIDENCE = 5
 SURPRISE_TOP = 3
 #: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``).
 UNSURPRISING = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].noisy)
+#: Invariant signals and the level past which a record alarms on its own. Far above float rounding (1 - corr^2 of
+#: advantages rounded to bf16 is ~1e-5; healthy benchmark records stay below 1e-12) and below what an advantage bug
+#: gives (a flipped group: 1; one zeroed group among 64: 0.016).
+INVARIANT_LIMITS: dict[str, float] = {"traj_advantage_residual": 1e-3, "traj_advantage_zeroed": 1e-3}
 #: Signals the learned channel does not read: the benchmark's healthy runs get one optimiser step per batch, so
 #: their clip ratio is exactly 0 and a model would learn "any clip ratio is a fault" -- false for verl's PPO
 #: mini-batches or ``num_iterations > 1``. The surprise channel still reads them.
@@ -224,6 +231,7 @@ class Detector:
                 np.mean(
                     (learned_max[normal] > self.thresholds[tier]["learned"])
                     | (surprise_max[normal] > self.thresholds[tier]["surprise"])
+                    | (_run_max(self._invariant(raw, tier), steps)[normal] > 1.0)
                 )
             )
             self.models[tier] = self._train(x[..., cols], y, steps, signals)
@@ -277,12 +285,21 @@ class Detector:
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 
-    def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray) -> np.ndarray:
-        """The record's score from the learned channel's running log-odds and the surprise: the larger
-        channel score against its threshold (an alarm above 1; log-odds compare by difference)."""
+    @staticmethod
+    def _invariant(raw: np.ndarray, tier: str) -> np.ndarray:
+        """(..., ) the tier's invariant signals in units of their limits, the largest (missing: 0)."""
+        kept = [s for s in INVARIANT_LIMITS if s in TIERS[tier]]
+        if not kept:
+            return np.zeros(raw.shape[:-1])
+        values = raw[..., [CUBE_SIGNALS.index(s) for s in kept]] / np.array([INVARIANT_LIMITS[s] for s in kept])
+        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).max(axis=-1)
+
+    def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray) -> np.ndarray:
+        """The record's score from the learned channel's running log-odds, the surprise and the invariants: the
+        largest channel score against its threshold (an alarm above 1; log-odds compare by difference)."""
         t = self.thresholds[tier]
         with np.errstate(over="ignore"):
-            return np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
+            return np.fmax(np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"]), invariant)
 
     @staticmethod
     def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -312,7 +329,7 @@ class Detector:
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
-        combined = self._combine(tier, learned, self._surprise(x, tier))
+        combined = self._combine(tier, learned, self._surprise(x, tier), self._invariant(masked, tier))
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -404,7 +421,8 @@ class Detector:
         log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise)))
+        invariant = float(self._invariant(p.raw, p.tier))
+        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant)))
         self.last_score = score
         if not score > 1.0:
             return None
@@ -440,8 +458,11 @@ class Detector:
         z = {name.split(":")[0]: abs(v) for name, v in zip(names, p.row[0]) if name.endswith(":z") and math.isfinite(v)}
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
-        ranked = sorted(
-            (s for s in present if per_signal[s] > 0 or z.get(s, 0.0) >= 3.0),
+        broken = [
+            s for s in INVARIANT_LIMITS if s in TIERS[p.tier] and p.raw[CUBE_SIGNALS.index(s)] > INVARIANT_LIMITS[s]
+        ]
+        ranked = broken + sorted(  # a broken invariant leads: it alone is enough for the alarm
+            (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
         out = []
