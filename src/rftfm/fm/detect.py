@@ -21,7 +21,8 @@ How it decides, record by record:
    once; an isolated spike of the k3 KL estimator moves one);
 4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
    (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
-   rounding, so a record past :data:`INVARIANT_LIMITS` alarms whatever the other two channels say;
+   rounding, so a record past :data:`INVARIANT_LIMITS` alarms whatever the other two channels say (in any tier:
+   a trainer can hand the invariants over without trajectory records, :mod:`rftfm.integrations.trl_advantages`);
 5. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
@@ -53,7 +54,7 @@ import polars as pl
 
 from rftfm.fm.cube import CUBE_SIGNALS, EVAL_INDEX, FLAT_INDEX, FlatStreak, runs_cube, tail_threshold, with_derived
 from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
-from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, step_features
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
 from rftfm.signals import SIGNALS, depends_on_steps_per_batch, label
@@ -65,6 +66,9 @@ NORMAL_KINDS = ("normal", "control")
 
 _STEP_ONLY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "step" and s != "eval_accuracy")
 _TRAJECTORY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "trajectory")
+#: A record has trajectories when it carries one of these: the invariants alone can come from a trainer's own log
+#: (``StepRecord.extra``) in a run without trajectory records, which stays in tier a with the invariant channel on.
+_TRAJECTORY_RECORDS = tuple(s for s in _TRAJECTORY if s not in INVARIANT_FEATURES)
 _EVAL = ("eval_accuracy", "reward_minus_eval", "eval_unchanged_steps")
 #: Signals each input tier sees (the rest of the cube is masked).
 TIERS: dict[str, tuple[str, ...]] = {
@@ -221,6 +225,7 @@ class Detector:
                     model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
                     oof[test] = self._predict(model, x[test][..., cols], steps[test])
             budget = self.config.false_alarm_target / 2  # shared by the two channels
+            in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
             learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
             surprise_max = _run_max(self._surprise(x, tier), steps)
             self.thresholds[tier] = {
@@ -231,7 +236,7 @@ class Detector:
                 np.mean(
                     (learned_max[normal] > self.thresholds[tier]["learned"])
                     | (surprise_max[normal] > self.thresholds[tier]["surprise"])
-                    | (_run_max(self._invariant(raw, tier), steps)[normal] > 1.0)
+                    | (_run_max(self._invariant(np.where(in_tier, raw, np.nan)), steps)[normal] > 1.0)
                 )
             )
             self.models[tier] = self._train(x[..., cols], y, steps, signals)
@@ -286,12 +291,10 @@ class Detector:
         return top.mean(axis=-1)
 
     @staticmethod
-    def _invariant(raw: np.ndarray, tier: str) -> np.ndarray:
-        """(..., ) the tier's invariant signals in units of their limits, the largest (missing: 0)."""
-        kept = [s for s in INVARIANT_LIMITS if s in TIERS[tier]]
-        if not kept:
-            return np.zeros(raw.shape[:-1])
-        values = raw[..., [CUBE_SIGNALS.index(s) for s in kept]] / np.array([INVARIANT_LIMITS[s] for s in kept])
+    def _invariant(raw: np.ndarray) -> np.ndarray:
+        """(..., ) the invariant signals present in ``raw`` in units of their limits, the largest (missing: 0)."""
+        columns = [CUBE_SIGNALS.index(s) for s in INVARIANT_LIMITS]
+        values = raw[..., columns] / np.array(list(INVARIANT_LIMITS.values()))
         return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).max(axis=-1)
 
     def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray) -> np.ndarray:
@@ -329,7 +332,7 @@ class Detector:
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
-        combined = self._combine(tier, learned, self._surprise(x, tier), self._invariant(masked, tier))
+        combined = self._combine(tier, learned, self._surprise(x, tier), self._invariant(masked))
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -397,7 +400,7 @@ class Detector:
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
-        live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY)
+        live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY_RECORDS)
         live.has_eval |= features.get("eval_accuracy") is not None
         tier = tier_of(live.has_trajectories, live.has_eval)
         hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
@@ -421,7 +424,7 @@ class Detector:
         log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = float(self._invariant(p.raw, p.tier))
+        invariant = float(self._invariant(p.raw))  # whatever the tier: no fit
         score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant)))
         self.last_score = score
         if not score > 1.0:
@@ -459,7 +462,7 @@ class Detector:
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
         broken = [
-            s for s in INVARIANT_LIMITS if s in TIERS[p.tier] and p.raw[CUBE_SIGNALS.index(s)] > INVARIANT_LIMITS[s]
+            s for s in INVARIANT_LIMITS if p.raw[CUBE_SIGNALS.index(s)] > INVARIANT_LIMITS[s]
         ]
         ranked = broken + sorted(  # a broken invariant leads: it alone is enough for the alarm
             (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),

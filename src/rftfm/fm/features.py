@@ -30,6 +30,10 @@ TRAJECTORY_FEATURES: tuple[str, ...] = names(source="trajectory")
 
 FEATURES: tuple[str, ...] = STEP_FEATURES + TRAJECTORY_FEATURES
 
+#: Trajectory features a trainer can compute itself from its own per-completion log and hand over in
+#: ``StepRecord.extra`` when there are no trajectory records (:mod:`rftfm.integrations.trl_advantages`).
+INVARIANT_FEATURES: tuple[str, ...] = ("traj_advantage_residual", "traj_advantage_zeroed")
+
 
 def _num(value: float | None) -> float | None:
     if value is None:
@@ -135,6 +139,8 @@ def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) ->
     """The feature vector of one step, computed live."""
     features = {name: _num(getattr(step, name)) for name in STEP_FEATURES}
     features.update(trajectory_aggregates(trajectories))
+    if not trajectories:
+        features.update({name: _num(step.extra.get(name)) for name in INVARIANT_FEATURES})
     return features
 
 

@@ -157,6 +157,15 @@ def _evidence(end: dict[str, Any], start: dict[str, Any]) -> str:
     )
 
 
+def _invariants(runs: list[dict[str, Any]]) -> str:
+    read = next((r["payload"] for r in runs if r["payload"].get("event") == "advantage invariants"), None)
+    if read is None:
+        return ""
+    if read.get("read"):
+        return "The trainer's per-completion rewards and advantages were checked at every logged step."
+    return f"The trainer's advantages were not checked: {read.get('reason')}."
+
+
 def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
     """What happened in one run, in words (the events of ``run_id``, or of the only run in ``events``)."""
     rows = [e for e in events if run_id is None or e.get("run_id") == run_id]
@@ -175,5 +184,6 @@ def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
         _cost(end),
         _look_at(by_kind.get("action", []), by_kind.get("diagnosis", []), end, by_kind.get("error", [])),
         _evidence(end, start),
+        _invariants(runs),
     ]
     return "\n".join(p for p in paragraphs if p)

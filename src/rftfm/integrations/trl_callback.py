@@ -39,7 +39,7 @@ from rftfm.fm.loop import Controller
 from rftfm.fm.narrative import narrate
 from rftfm.fm.policy import ControllerConfig
 from rftfm.fm.remediate import Remediator
-from rftfm.integrations import distributed
+from rftfm.integrations import distributed, trl_advantages
 from rftfm.integrations.batch_replay import BatchReplayMixin
 from rftfm.io.adapters import StepParser, step_record
 from rftfm.records import StepRecord
@@ -117,6 +117,7 @@ class RFTFMCallback(TrainerCallback):
         self.setup_error: str | None = None
         self._parser: StepParser | None = None
         self._uses_sink = False
+        self._invariants: str | None = None  # "on" / "off" once the trainer has been looked at
         self._refused: str | None = None
         self._initial_checkpoint_due = False
         self._t0 = time.perf_counter()
@@ -272,7 +273,30 @@ class RFTFMCallback(TrainerCallback):
             self.controller._error("records", state.global_step, exc)
             return
         if record is not None:
+            self._add_invariants(record, state.global_step)
             self.controller.observe(record, [])
+
+    def _add_invariants(self, record: StepRecord, step: int) -> None:
+        """The advantage invariants of the trainer's latest generation batch, into ``record.extra`` (attached
+        trainers only; whether they can be read is recorded once in the incident log, a failure as an error)."""
+        assert self.controller is not None
+        if self.trainer is None or self._invariants == "off":
+            return
+        try:
+            if self._invariants is None:
+                reason = trl_advantages.unsupported(self.trainer)
+                self._invariants = "off" if reason else "on"
+                self.controller.journal.record(
+                    "run", step, {"event": "advantage invariants", "read": reason is None, "reason": reason}
+                )
+                if reason:
+                    return
+            values = trl_advantages.advantage_invariants(self.trainer)
+            record.extra.update({k: v for k, v in values.items() if v is not None})
+        except Exception as exc:  # counted, never raised; the step is still observed without them
+            self.controller.journal.record(
+                "error", step, {"stage": "advantage invariants", "error": f"{type(exc).__name__}: {exc}"}
+            )
 
     def _sync(self, step: int, control: Any) -> None:
         """Every rank makes the changes the main process just made (same step); if one rank cannot,

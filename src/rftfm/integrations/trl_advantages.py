@@ -1,0 +1,64 @@
+"""The advantage invariants of a plain TRL ``GRPOTrainer``, from the per-completion rewards and advantages it keeps.
+
+``GRPOTrainer`` keeps the latest generation batch's rewards (per reward function) and advantages in ``trainer._logs``
+for its completion tables. From them :func:`advantage_invariants` computes the two invariants of group-relative
+estimators (:func:`rftfm.fm.features.advantage_consistency`): 0 in a healthy run, broken by an advantage bug. A
+log of step metrics gets them without per-trajectory records, so the detector's invariant channel works on a user's
+run in tier a.
+
+They are computed only where TRL's own estimator makes them hold: ``multi_objective_aggregation`` is
+``"sum_then_normalize"`` (the default), groups are ``num_generations`` consecutive completions, and the rows kept
+cannot be an evaluation batch of another group size. Everything else returns ``None`` with the reason, never a
+substitute value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rftfm.fm.features import advantage_consistency
+
+RESIDUAL, ZEROED = "traj_advantage_residual", "traj_advantage_zeroed"
+
+
+def unsupported(trainer: Any) -> str | None:
+    """Why the invariants cannot be read from this trainer (None: they can)."""
+    logs = getattr(trainer, "_logs", None)
+    if not isinstance(logs, dict) or "advantages" not in logs or "rewards" not in logs:
+        return "the trainer keeps no per-completion rewards and advantages (not a TRL GRPOTrainer)"
+    aggregation = getattr(trainer, "multi_objective_aggregation", "sum_then_normalize")
+    if aggregation != "sum_then_normalize":
+        return f"multi_objective_aggregation={aggregation!r} normalises each reward function apart"
+    size = getattr(trainer, "num_generations", None)
+    if not isinstance(size, int) or size < 2:
+        return "num_generations is unknown or below 2"
+    eval_size = getattr(trainer, "num_generations_eval", None)
+    evaluates = str(getattr(getattr(trainer, "args", None), "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO")
+    if evaluates and eval_size not in (None, size):
+        return f"evaluation batches (groups of {eval_size}) share the trainer's completion log with training ({size})"
+    return None
+
+
+def advantage_invariants(trainer: Any) -> dict[str, float | None]:
+    """``{traj_advantage_residual, traj_advantage_zeroed}`` of the trainer's latest generation batch (None: not
+    judged -- no group whose rewards spread, or :func:`unsupported`)."""
+    if unsupported(trainer) is not None:
+        return {RESIDUAL: None, ZEROED: None}
+    logs, size = trainer._logs, trainer.num_generations
+    advantage = np.asarray(list(logs["advantages"]), dtype=float)
+    per_function = [np.asarray(list(values), dtype=float) for values in logs["rewards"].values()]
+    n = advantage.size
+    if n == 0 or n % size or not per_function or any(r.size != n for r in per_function):
+        return {RESIDUAL: None, ZEROED: None}
+    rewards = np.stack(per_function, axis=1)
+    weights = getattr(trainer, "reward_weights", None)
+    weights = np.ones(rewards.shape[1]) if weights is None else weights
+    weights = np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=float).reshape(-1)
+    if weights.size != rewards.shape[1]:
+        return {RESIDUAL: None, ZEROED: None}
+    # TRL's reward: the weighted nansum of the functions; a completion no function scored has none
+    reward = np.where(np.isnan(rewards).all(axis=1), np.nan, np.nansum(rewards * weights, axis=1))
+    residual, zeroed = advantage_consistency(np.arange(n) // size, reward, advantage)
+    return {RESIDUAL: residual, ZEROED: zeroed}

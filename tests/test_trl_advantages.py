@@ -1,0 +1,100 @@
+"""The advantage invariants read from a plain TRL GRPOTrainer's own completion log: 0 in a healthy user run, an
+alarm led by them when the trainer's advantage computation goes wrong mid-run; refused with a reason where TRL's
+estimator does not make them hold."""
+
+from __future__ import annotations
+
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rftfm.integrations import trl_advantages
+from rftfm.integrations.trl_callback import RFTFMCallback
+from rftfm.testing import user_run as ur
+
+torch.set_num_threads(1)
+SIZE = 4
+
+
+def _trainer(rewards: dict[str, list[float]], advantages: list[float], **attrs) -> SimpleNamespace:
+    logs = {"rewards": {k: deque(v) for k, v in rewards.items()}, "advantages": deque(advantages)}
+    base = dict(_logs=logs, num_generations=SIZE, reward_weights=torch.ones(len(rewards)), args=SimpleNamespace())
+    return SimpleNamespace(**{**base, **attrs})
+
+
+def _group_advantages(reward: np.ndarray) -> list[float]:
+    r = reward.reshape(-1, SIZE)
+    return ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-4)).ravel().tolist()
+
+
+def test_weighted_reward_functions_and_unscored_completions_are_read_the_trl_way() -> None:
+    fmt = np.array([1, 0, 1, 0, 1, 1, 0, 0], dtype=float)
+    correct = np.array([1, 1, 0, 0, np.nan, 1, 0, 1], dtype=float)
+    weights = torch.tensor([0.5, 2.0])
+    total = np.nansum(np.stack([fmt, correct], 1) * weights.numpy(), axis=1)
+    values = trl_advantages.advantage_invariants(
+        _trainer({"fmt": fmt.tolist(), "correct": correct.tolist()}, _group_advantages(total), reward_weights=weights)
+    )
+    assert values["traj_advantage_residual"] == pytest.approx(0.0, abs=1e-9) and values["traj_advantage_zeroed"] == 0
+    flipped = trl_advantages.advantage_invariants(
+        _trainer({"fmt": fmt.tolist(), "correct": correct.tolist()}, [-a for a in _group_advantages(total)],
+                 reward_weights=weights)
+    )
+    assert flipped["traj_advantage_residual"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "reason"),
+    [
+        ({"multi_objective_aggregation": "normalize_then_sum"}, "normalises each reward function apart"),
+        ({"num_generations": 1}, "below 2"),
+        ({"num_generations_eval": 2, "args": SimpleNamespace(eval_strategy="steps")}, "evaluation batches"),
+        ({"_logs": None}, "not a TRL GRPOTrainer"),
+    ],
+)
+def test_where_trl_does_not_make_them_hold_they_are_not_read(attrs, reason) -> None:
+    trainer = _trainer({"r": [1.0, 0.0, 1.0, 0.0]}, [1.0, -1.0, 1.0, -1.0], **attrs)
+    assert reason in trl_advantages.unsupported(trainer)
+    assert trl_advantages.advantage_invariants(trainer) == {
+        "traj_advantage_residual": None, "traj_advantage_zeroed": None
+    }
+
+
+class _SignBug(TrainerCallback):
+    """From step ``onset`` on, TRL's standard-deviation helper returns minus the sd: a sign bug in the
+    advantage normalisation of the training process (the logged advantages are the ones it trains on)."""
+
+    def __init__(self, onset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        import trl.trainer.grpo_trainer as grpo
+
+        self.onset, self.on = onset, False
+        honest = grpo.nanstd
+        monkeypatch.setattr(grpo, "nanstd", lambda *a, **k: -honest(*a, **k) if self.on else honest(*a, **k))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.on = state.global_step + 1 >= self.onset
+
+
+def _alarms(callback: RFTFMCallback) -> list[dict]:
+    return [e["payload"] for e in callback.controller.store.events(kind="alarm")]
+
+
+def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_invariant(tmp_path, monkeypatch):
+    healthy = ur.user_trainer(tmp_path / "healthy", steps=10, seed=0)
+    watch = RFTFMCallback.attach(healthy, remediate=False, report=False)
+    healthy.train()
+    start = [e["payload"] for e in watch.controller.store.events(kind="run")]
+    assert {"event": "advantage invariants", "read": True, "reason": None} in start
+    assert not [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"].startswith("traj_adv")]
+    assert "were checked at every logged step" in watch.narrative
+
+    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[_SignBug(6, monkeypatch)])
+    watch = RFTFMCallback.attach(buggy, remediate=False, report=False)
+    buggy.train()
+    led = [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"] == "traj_advantage_residual"]
+    assert led and min(a["step"] for a in led) == 6
+    assert buggy.state.global_step == 10  # alert-only: the run goes on
