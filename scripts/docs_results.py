@@ -14,6 +14,7 @@ in docs/*.md (and README.md) is replaced by the current contents of the file it 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,10 +23,26 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- results: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
-def render(text: str) -> str:
+LINK = re.compile(r"\]\((?!https?:|/|#)(?P<target>[^)\s]+)\)")
+
+
+def rebase_links(content: str, source: Path, doc: Path) -> str:
+    """Relative links and images of ``source`` made relative to ``doc``, which embeds it."""
+
+    def rebase(match: re.Match) -> str:
+        target = (source.parent / match.group("target")).resolve()
+        return f"]({os.path.relpath(target, doc.parent.resolve())})"
+
+    return LINK.sub(rebase, content)
+
+
+def render(text: str, doc: Path) -> str:
     def body(match: re.Match) -> str:
         source = ROOT / match.group("path")
-        content = source.read_text(encoding="utf-8") if source.exists() else f"(missing: {match.group('path')})\n"
+        if source.exists():
+            content = rebase_links(source.read_text(encoding="utf-8"), source, doc)
+        else:
+            content = f"(missing: {match.group('path')})\n"
         return match.group(1) + content.rstrip("\n") + "\n" + match.group(4)
 
     return BLOCK.sub(body, text)
@@ -38,7 +55,7 @@ def main() -> int:
     stale = []
     for doc in [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]:
         text = doc.read_text(encoding="utf-8")
-        new = render(text)
+        new = render(text, doc)
         if new != text:
             stale.append(doc.relative_to(ROOT))
             if not args.check:

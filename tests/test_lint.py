@@ -23,3 +23,14 @@ def test_ruff_check_is_clean() -> None:
         text=True,
     )
     assert done.returncode == 0, f"ruff check {' '.join(LINTED)} found:\n{done.stdout}{done.stderr}"
+
+
+def test_no_function_of_the_package_is_over_60_lines() -> None:
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src" / "rftfm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, "functions over 60 lines:\n" + "\n".join(long)

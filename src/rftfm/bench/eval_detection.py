@@ -440,19 +440,45 @@ def evaluate_detection(
         )
         for name, train, test in folds
     ]
-    if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
+    results = _collect(_run_jobs(jobs, workers, on_method), tiers)
+    kinds = runs.group_by("control_or_fault").len().to_dicts()
+    return {
+        "data": str(root),
+        "split": split,
+        "false_alarm_target_pct": 100 * target_of(detector_config),
+        "folds": [{"fold": name, "train_runs": train.height, "test_runs": test.height} for name, train, test in folds],
+        "runs_loaded": runs.height,
+        "runs_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
+        "tiers": list(tiers),
+        "methods": results,
+    }
 
-        # spawn, not fork: polars' thread pool, already started in this process, deadlocks a forked child
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            parts = []
-            for job, result in zip(jobs, pool.map(_run_fold, jobs)):
-                if on_method:
-                    on_method(f"fold {job.fold} done")
-                parts.append(result)
-    else:
-        parts = [_run_fold(job, on_method) for job in jobs]
+
+def _run_jobs(jobs: list[_FoldJob], workers: int, on_method: Callable[[str], None] | None) -> list[Any]:
+    """Each fold's outcomes, in ``workers`` processes when there are several folds."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_run_fold(job, on_method) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # spawn, not fork: polars' thread pool, already started in this process, deadlocks a forked child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        parts = []
+        for job, result in zip(jobs, pool.map(_run_fold, jobs)):
+            if on_method:
+                on_method(f"fold {job.fold} done")
+            parts.append(result)
+    return parts
+
+
+_RUN_COLUMNS = (
+    "fold", "run_id", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
+    "pre_onset_alarm", "delay",
+)
+
+
+def _collect(parts: list[Any], tiers: tuple[str, ...]) -> dict[str, Any]:
+    """Per tier and method: the summaries over every fold (and, for RFT-FM, per fold and per run)."""
     outcomes: dict[str, dict[str, list[pl.DataFrame]]] = {t: {} for t in tiers}
     for part in parts:
         for tier, name, frame in part:
@@ -468,29 +494,8 @@ def evaluate_detection(
             }
             if name == RFTFM:
                 results[tier][name]["by_fold"] = _by_fold(out)
-                results[tier][name]["runs"] = out.select(
-                    "fold",
-                    "run_id",
-                    "kind",
-                    "fault_type",
-                    "fault_strength",
-                    "onset_step",
-                    "first_alarm",
-                    "detected",
-                    "pre_onset_alarm",
-                    "delay",
-                ).to_dicts()
-    kinds = runs.group_by("control_or_fault").len().to_dicts()
-    return {
-        "data": str(root),
-        "split": split,
-        "false_alarm_target_pct": 100 * target_of(detector_config),
-        "folds": [{"fold": name, "train_runs": train.height, "test_runs": test.height} for name, train, test in folds],
-        "runs_loaded": runs.height,
-        "runs_by_kind": {k["control_or_fault"]: k["len"] for k in kinds},
-        "tiers": list(tiers),
-        "methods": results,
-    }
+                results[tier][name]["runs"] = out.select(*_RUN_COLUMNS).to_dicts()
+    return results
 
 
 def target_of(config: DetectorConfig | None) -> float:
@@ -561,8 +566,16 @@ def to_markdown(result: dict[str, Any]) -> str:
         ]
         lines += [_headline_row(n, m) for n, m in methods.items()]
     tier = result["tiers"][0]
-    methods = result["methods"][tier]
-    names = list(methods)
+    lines += _family_lines(result["methods"][tier], tier)
+    lines += _fold_lines(result["methods"][tier][RFTFM].get("by_fold", []), tier)
+    for tier in result["tiers"]:
+        lines += _type_lines(result["methods"][tier][RFTFM], tier)
+    return "\n".join(lines) + "\n"
+
+
+def _family_lines(methods: dict[str, Any], tier: str) -> list[str]:
+    """Per family and setting, RFT-FM's P / R / F1 beside every method's F1, for both onset kinds."""
+    names, lines = list(methods), []
     for key, title in (("mid_run", "mid-run onsets"), ("step1", "onset at step 1")):
         lines += ["", f"#### Tier {tier}, per family and setting, {title}, protocol B", ""]
         head = (
@@ -579,35 +592,39 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"| {r['family']} | {r['setting']} | {r['positives']} | {_fmt(r['precision'])} | "
                 f"{_fmt(r['recall'])} | {_fmt(r['f1'])} | {others} |"
             )
-    by_fold = result["methods"][tier][RFTFM].get("by_fold", [])
-    if len(by_fold) > 1:
-        lines += [
-            "",
-            f"#### {RFTFM}, tier {tier}, per held-out fold (mid-run onsets, protocol B)",
-            "",
-            "| fold | test runs | F1 easy | F1 hard | normal runs alarmed % | median delay |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['fold']} | {r['runs']} | {_fmt(r['f1_easy_mid'])} | {_fmt(r['f1_hard_mid'])} | "
-            f"{_fmt(r['pct_normal_alarmed'])} | {_fmt(r['median_delay'])} |"
-            for r in by_fold
-        ]
-    for tier in result["tiers"]:
-        first = result["methods"][tier][RFTFM]
-        lines += [
-            "",
-            f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay",
-            "",
-            "| family | type | setting | runs | recall | pre-onset alarms | median delay |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in first["per_type"]:
-            lines.append(
-                f"| {r['fault_family']} | {r['fault_type']} | {r['fault_strength']} | {r['runs']} | "
-                f"{_fmt(r['recall'])} | {r['pre_onset']} | {_fmt(r['median_delay'])} |"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _fold_lines(by_fold: list[dict[str, Any]], tier: str) -> list[str]:
+    """RFT-FM per held-out fold (nothing for a single fold)."""
+    if len(by_fold) <= 1:
+        return []
+    return [
+        "",
+        f"#### {RFTFM}, tier {tier}, per held-out fold (mid-run onsets, protocol B)",
+        "",
+        "| fold | test runs | F1 easy | F1 hard | normal runs alarmed % | median delay |",
+        "|---|---|---|---|---|---|",
+    ] + [
+        f"| {r['fold']} | {r['runs']} | {_fmt(r['f1_easy_mid'])} | {_fmt(r['f1_hard_mid'])} | "
+        f"{_fmt(r['pct_normal_alarmed'])} | {_fmt(r['median_delay'])} |"
+        for r in by_fold
+    ]
+
+
+def _type_lines(rftfm: dict[str, Any], tier: str) -> list[str]:
+    """RFT-FM's recall, pre-onset alarms and delay per fault type and strength."""
+    return [
+        "",
+        f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay",
+        "",
+        "| family | type | setting | runs | recall | pre-onset alarms | median delay |",
+        "|---|---|---|---|---|---|---|",
+    ] + [
+        f"| {r['fault_family']} | {r['fault_type']} | {r['fault_strength']} | {r['runs']} | "
+        f"{_fmt(r['recall'])} | {r['pre_onset']} | {_fmt(r['median_delay'])} |"
+        for r in rftfm["per_type"]
+    ]
 
 
 # ---------------------------------------------------------------------------- targets

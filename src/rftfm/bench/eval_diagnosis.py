@@ -366,9 +366,12 @@ TARGETS = (
 )
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
 def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
     """Markdown tables of one evaluation result (what docs/diagnosis.md embeds)."""
-    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [
         f"### split `{result['split']}` ({len(result['folds'])} folds)",
         "",
@@ -390,45 +393,56 @@ def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
                 if not b.get("n"):
                     continue
                 lines.append(
-                    f"| {tier} | {name} | {setting} | {b['n']} | {pct(b['type_top1'])} | {pct(b['type_top3'])} | "
-                    f"{pct(b['family_accuracy'])} | {pct(b['macro_f1'])} | {pct(b['unknown_rate'])} | "
-                    f"{pct(b['type_top1_forced'])} | {pct(b['family_accuracy_forced'])} |"
+                    f"| {tier} | {name} | {setting} | {b['n']} | {_pct(b['type_top1'])} | {_pct(b['type_top3'])} | "
+                    f"{_pct(b['family_accuracy'])} | {_pct(b['macro_f1'])} | {_pct(b['unknown_rate'])} | "
+                    f"{_pct(b['type_top1_forced'])} | {_pct(b['family_accuracy_forced'])} |"
                 )
     tier = next(iter(result["tiers"]))
-    d = result["tiers"][tier]["diagnoser"]
-    lines += [
-        "",
-        f"Per-type recall of the Diagnoser, tier {tier} (%):",
-        "",
-        "| type | family | all | easy | hard |",
-        "|---|---|---|---|---|",
-    ]
+    lines += _per_type_lines(result["tiers"][tier]["diagnoser"], tier)
+    lines += _leave_one_type_out_lines(result.get("leave_one_type_out"))
+    lines += _target_lines(result)
+    if image:
+        lines += ["", f"![confusion matrix, split {result['split']}]({image})"]
+    return "\n".join(lines) + "\n"
+
+
+def _per_type_lines(d: dict[str, Any], tier: str) -> list[str]:
+    lines = ["", f"Per-type recall of the Diagnoser, tier {tier} (%):", "", "| type | family | all | easy | hard |",
+             "|---|---|---|---|---|"]
     for t in FAULT_TYPES:
         if t in d["all"].get("per_type_recall", {}):
             lines.append(
-                f"| {t} | {FAULT_TYPES[t].family} | {pct(d['all']['per_type_recall'].get(t))} | "
-                f"{pct(d['easy'].get('per_type_recall', {}).get(t))} | "
-                f"{pct(d['hard'].get('per_type_recall', {}).get(t))} |"
+                f"| {t} | {FAULT_TYPES[t].family} | {_pct(d['all']['per_type_recall'].get(t))} | "
+                f"{_pct(d['easy'].get('per_type_recall', {}).get(t))} | "
+                f"{_pct(d['hard'].get('per_type_recall', {}).get(t))} |"
             )
-    loto = result.get("leave_one_type_out")
-    if loto:
-        lines += [
-            "",
-            "Leave-one-type-out (retrained without the type; %):",
-            "",
-            "| held-out type | n | unknown | correct family | unknown or family | called as |",
-            "|---|---|---|---|---|---|",
-        ]
-        for t, v in loto["per_type"].items():
-            called = ", ".join(f"{k} {n}" for k, n in sorted(v["called_as"].items(), key=lambda kv: -kv[1]) if n)
-            lines.append(
-                f"| {t} | {v['n']} | {pct(v['unknown'])} | {pct(v['correct_family'])} | "
-                f"{pct(v['unknown_or_family'])} | {called} |"
-            )
+    return lines
+
+
+def _leave_one_type_out_lines(loto: dict[str, Any] | None) -> list[str]:
+    if not loto:
+        return []
+    lines = [
+        "",
+        "Leave-one-type-out (retrained without the type; %):",
+        "",
+        "| held-out type | n | unknown | correct family | unknown or family | called as |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, v in loto["per_type"].items():
+        called = ", ".join(f"{k} {n}" for k, n in sorted(v["called_as"].items(), key=lambda kv: -kv[1]) if n)
         lines.append(
-            f"| **pooled** | | | | **{pct(loto['pooled'])}** | mean over types {pct(loto['mean_over_types'])} |"
+            f"| {t} | {v['n']} | {_pct(v['unknown'])} | {_pct(v['correct_family'])} | "
+            f"{_pct(v['unknown_or_family'])} | {called} |"
         )
-    lines += [
+    lines.append(
+        f"| **pooled** | | | | **{_pct(loto['pooled'])}** | mean over types {_pct(loto['mean_over_types'])} |"
+    )
+    return lines
+
+
+def _target_lines(result: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         f"Targets (split `{result['split']}`, easy faults diagnosed at a detector's alarm; the easy faults it "
         "missed, diagnosed at onset + 2, are in the easy rows above):",
@@ -441,9 +455,7 @@ def markdown_report(result: dict[str, Any], image: str | None = None) -> str:
             continue
         v = result["tiers"][tier]["diagnoser"].get("detected easy", {}).get(metric)
         lines.append(
-            f"| {tier} | {metric.replace('_', ' ')} | {pct(v)} | ≥ {100 * goal:.0f} | "
+            f"| {tier} | {metric.replace('_', ' ')} | {_pct(v)} | ≥ {100 * goal:.0f} | "
             f"{'yes' if v is not None and v >= goal else 'no'} |"
         )
-    if image:
-        lines += ["", f"![confusion matrix, split {result['split']}]({image})"]
-    return "\n".join(lines) + "\n"
+    return lines

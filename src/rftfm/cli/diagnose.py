@@ -78,35 +78,45 @@ def evaluate_diagnosis(
                               "(one retraining per type)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
-    from rftfm.bench.eval_diagnosis import (
-        FoldDetectorAlarms,
-        detector_alarm_steps,
-        evaluate_split,
-        fallback_alarms,
-        markdown_report,
-        plot_confusion,
-    )
+    from rftfm.bench.eval_diagnosis import evaluate_split
 
     runs, features = _load_features(data)
-    if alarms == "detector":
-        alarm_fn = detector_alarm_steps
-    elif alarms == "fallback":
-        alarm_fn = fallback_alarms
-    else:
-        try:
-            alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier)
-        except (OSError, ValueError) as exc:
-            fail(f"--alarms {alarms}: {exc}")
-        from rftfm.bench.splits import folds as split_folds
-
-        missing = sorted({name for name, _, _ in split_folds(runs, split)} - alarm_fn.folds)
-        if missing:
-            fail(f"--alarms {alarms} has no outcomes for folds {missing} of split {split!r}: same data and split?")
+    alarm_fn = _alarm_function(alarms, alarm_tier, runs, split)
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
                                tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
     result["command"] = command_line(ctx)
+    _write_diagnosis_result(result, split, markdown, json_out, image)
+
+
+def _alarm_function(alarms: str, alarm_tier: str, runs: Any, split: str) -> Any:
+    """Where each faulty run is diagnosed (see ``--alarms``); a detection JSON must cover the split's folds."""
+    from rftfm.bench.eval_diagnosis import FoldDetectorAlarms, detector_alarm_steps, fallback_alarms
+    from rftfm.bench.splits import folds as split_folds
+
+    if alarms == "detector":
+        return detector_alarm_steps
+    if alarms == "fallback":
+        return fallback_alarms
+    try:
+        alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier)
+    except (OSError, ValueError) as exc:
+        fail(f"--alarms {alarms}: {exc}")
+    missing = sorted({name for name, _, _ in split_folds(runs, split)} - alarm_fn.folds)
+    if missing:
+        fail(f"--alarms {alarms} has no outcomes for folds {missing} of split {split!r}: same data and split?")
+    return alarm_fn
+
+
+def _write_diagnosis_result(
+    result: dict[str, Any], split: str, markdown: Path | None, json_out: Path | None, image: Path | None
+) -> None:
+    """Print the tables; write them, the JSON and the confusion matrix (default: ``<markdown or json
+    stem>-confusion.png`` beside it, so two evaluations of one split keep their own image)."""
+    from rftfm.bench.eval_diagnosis import markdown_report, plot_confusion
+
     if image is None and (markdown or json_out):
-        image = (markdown or json_out).with_name(f"diagnosis_confusion_{split}.png")
+        written = markdown or json_out
+        image = written.with_name(f"{written.stem}-confusion.png")
     rel = None
     if image:
         tier = next(iter(result["tiers"]))
