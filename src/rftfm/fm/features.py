@@ -13,6 +13,7 @@ Missing signals stay ``None`` / null; consumers decide how to degrade.
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Sequence
 
 import numpy as np
@@ -95,43 +96,58 @@ def advantage_consistency(
     return (float(residual.mean()) if residual.size else None), float(zeroed.sum() / spread.sum())
 
 
+_NUMERIC = (
+    "group_id", "reward", "response_length", "advantage", "repetition_ratio", "unique_token_ratio",
+    "tool_call_count", "tool_error_count",
+)
+_FLAGS = ("empty_response", "short_response", "long_response", "truncated")
+_numeric_fields, _flag_fields = attrgetter(*_NUMERIC), attrgetter(*_FLAGS)
+
+
+def _numeric_columns(trajectories: Sequence[TrajectoryRecord]) -> np.ndarray:
+    """(len(_NUMERIC), n) the trajectories' numeric fields, missing as NaN, in one pass over the records."""
+    rows = [_numeric_fields(t) for t in trajectories]
+    try:
+        return np.array(rows, dtype=float).T  # None becomes NaN
+    except (TypeError, OverflowError):  # an int too large for a float (or a stray object) counts as missing
+        return np.array([[np.nan if (f := finite_or_none(v)) is None else f for v in row] for row in rows]).T
+
+
 def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:
     """Aggregates of one step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
-
-    def arr(name: str) -> np.ndarray:
-        values = [getattr(t, name) for t in trajectories]
-        try:
-            return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-        except OverflowError:  # an int too large for a float counts as missing
-            return np.array([np.nan if (f := finite_or_none(v)) is None else f for v in values], dtype=float)
-
-    reward, length, adv = arr("reward"), arr("response_length"), arr("advantage")
-    flags = [t.flags for t in trajectories]
-    residual, zeroed = advantage_consistency(arr("group_id"), reward, adv)
-
-    def nan_stat(fn, x: np.ndarray) -> float | None:
-        x = x[np.isfinite(x)]
-        return _num(fn(x)) if x.size else None
-
+    columns = _numeric_columns(trajectories)
+    group, reward, _, adv = columns[:4]
+    flags = np.array([_flag_fields(t.flags) for t in trajectories], dtype=float)
+    residual, zeroed = advantage_consistency(group, reward, adv)
+    # every column's mean and sd over its finite values at once (one numpy call each, not one per column)
+    finite = np.isfinite(columns)
+    count = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, columns, 0.0).sum(axis=1) / count
+        sd = np.sqrt(np.where(finite, (columns - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+    stat = {name: (None if not count[i] else _num(mean[i]), None if not count[i] else _num(sd[i]))
+            for i, name in enumerate(_NUMERIC)}
+    absmax = np.abs(adv[finite[3]]).max() if count[3] else None
+    empty, short, long, truncated = flags.mean(axis=0).tolist()
     return {
-        "traj_reward_mean": nan_stat(np.mean, reward),
-        "traj_reward_std": nan_stat(np.std, reward),
-        "traj_length_mean": nan_stat(np.mean, length),
-        "traj_length_std": nan_stat(np.std, length),
-        "traj_advantage_std": nan_stat(np.std, adv),
-        "traj_advantage_absmax": nan_stat(lambda x: np.max(np.abs(x)), adv),
+        "traj_reward_mean": stat["reward"][0],
+        "traj_reward_std": stat["reward"][1],
+        "traj_length_mean": stat["response_length"][0],
+        "traj_length_std": stat["response_length"][1],
+        "traj_advantage_std": stat["advantage"][1],
+        "traj_advantage_absmax": _num(absmax),
         "traj_advantage_residual": residual,
         "traj_advantage_zeroed": zeroed,
-        "traj_repetition_mean": nan_stat(np.mean, arr("repetition_ratio")),
-        "traj_unique_mean": nan_stat(np.mean, arr("unique_token_ratio")),
-        "traj_tool_call_rate": nan_stat(np.mean, arr("tool_call_count")),
-        "traj_tool_error_rate": nan_stat(np.mean, arr("tool_error_count")),
-        "traj_empty_rate": float(np.mean([f.empty_response for f in flags])),
-        "traj_short_rate": float(np.mean([f.short_response for f in flags])),
-        "traj_long_rate": float(np.mean([f.long_response for f in flags])),
-        "traj_truncated_rate": float(np.mean([f.truncated for f in flags])),
+        "traj_repetition_mean": stat["repetition_ratio"][0],
+        "traj_unique_mean": stat["unique_token_ratio"][0],
+        "traj_tool_call_rate": stat["tool_call_count"][0],
+        "traj_tool_error_rate": stat["tool_error_count"][0],
+        "traj_empty_rate": empty,
+        "traj_short_rate": short,
+        "traj_long_rate": long,
+        "traj_truncated_rate": truncated,
     }
 
 
