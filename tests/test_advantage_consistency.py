@@ -6,8 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rftfm.fm.detect import INVARIANT_LIMITS, Detector
+from rftfm.fm.detect import Detector
 from rftfm.fm.features import _advantage_consistency_frame, advantage_consistency
+from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.records import StepRecord, TrajectoryRecord
 
 GROUPS, SIZE = 6, 8
@@ -118,3 +119,54 @@ def test_a_broken_invariant_alarms_on_its_own_and_leads_the_evidence() -> None:
     alarm = detector.observe(*_step_with_trajectories(21, flip=True, seed=21))
     assert alarm is not None and alarm.score >= 0.5 / INVARIANT_LIMITS["traj_advantage_residual"]
     assert alarm.evidence[0].signal == "traj_advantage_residual" and alarm.evidence[0].value == pytest.approx(1.0)
+
+
+def _batch_baseline(group: np.ndarray, reward: np.ndarray) -> np.ndarray:
+    """REINFORCE++-style advantages: reward minus the batch mean (not group-relative)."""
+    return reward - reward.mean()
+
+
+def test_an_estimator_that_never_holds_the_invariant_never_arms_it_and_offline_equals_streaming() -> None:
+    from rftfm.fm.cube import runs_cube
+    from rftfm.fm.features import step_features
+
+    detector = Detector.load_default()
+    detector.reset("ppo")
+    rows, scores = [], []
+    for step in range(1, 16):
+        record, trajectories = _step_with_trajectories(step, flip=False, seed=step)
+        group, reward = _batch(step)
+        for t, a in zip(trajectories, _batch_baseline(group, reward)):
+            t.advantage = float(a)
+            t.run_id = record.run_id = "ppo"
+        alarm = detector.observe(record, trajectories)
+        assert alarm is None or not set(INVARIANT_LIMITS) & {e.signal for e in alarm.evidence}
+        scores.append(detector.last_score)
+        rows.append({"run_id": "ppo", "step": step, **step_features(record, trajectories)})
+    assert rows[-1]["traj_advantage_residual"] > INVARIANT_LIMITS["traj_advantage_residual"]  # broken throughout
+    cube, steps = runs_cube(pl.DataFrame(rows), ["ppo"])
+    offline, _ = detector.score_cube(cube, steps, "b")
+    np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
+
+
+def test_a_broken_armed_invariant_diagnoses_credit_assignment_and_an_unarmed_one_nothing() -> None:
+    from rftfm.fm import invariants
+    from rftfm.fm.cube import runs_cube
+    from rftfm.fm.diagnose import Diagnoser
+    from rftfm.fm.features import step_features
+
+    rows, never = [], []
+    for step in range(1, 14):
+        record, trajectories = _step_with_trajectories(step, flip=step >= 12, seed=step)
+        rows.append({"run_id": "user", "step": step, **step_features(record, trajectories)})
+        group, reward = _batch(step)
+        for t, a in zip(trajectories, _batch_baseline(group, reward)):
+            t.advantage = float(a)
+        never.append({"run_id": "user", "step": step, **step_features(record, trajectories)})
+    history = pl.DataFrame(rows)
+    assert invariants.broken(*(a[0] for a in runs_cube(history, ["user"]))) == ["traj_advantage_residual"]
+    assert invariants.broken(*(a[0] for a in runs_cube(pl.DataFrame(never), ["user"]))) == []
+    diagnosis = Diagnoser.load_default().diagnose(history, "user", 13)
+    assert not diagnosis.unknown and diagnosis.top.family == "ca"
+    assert diagnosis.top.fault_type in ("advantage_sign", "advantage_normalization")
+    assert sum(h.probability for h in diagnosis.ranked if h.family != "ca") == 0.0

@@ -29,10 +29,12 @@ from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm import invariants
 from rftfm.fm.cube import runs_cube
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
+from rftfm.fm.features import INVARIANT_FEATURES
 
 UNKNOWN = "unknown"
 
@@ -204,9 +206,12 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
+    broken = _broken_invariants(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         prob, unknown = diagnoser.scores(xx)
+        if set(INVARIANT_FEATURES) <= set(TIERS[tier]):  # they come with the trajectories
+            prob, unknown = diagnoser.apply_invariants(prob, unknown, broken)
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
         )
@@ -219,6 +224,16 @@ def _fold(
         }
     say(f"fold: {train.height} train runs, {len(ids)} faulty test runs; alarms {out['alarm_source']}")
     out["info"] = diagnoser.info | {"family_threshold": diagnoser.family_threshold}
+    return out
+
+
+def _broken_invariants(features: pl.DataFrame, alarms: dict[str, int], ids: list[str]) -> list[list[str]]:
+    """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks."""
+    out = []
+    for run_id in ids:
+        history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
+        cube, steps = runs_cube(history, [run_id])
+        out.append(invariants.broken(cube[0], steps[0]))
     return out
 
 

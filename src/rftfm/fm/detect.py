@@ -21,7 +21,8 @@ How it decides, record by record:
    once; an isolated spike of the k3 KL estimator moves one);
 4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
    (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
-   rounding, so a record past :data:`INVARIANT_LIMITS` alarms whatever the other two channels say (in any tier:
+   rounding, so once the run has held one :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, a record past its
+   :data:`~rftfm.fm.invariants.INVARIANT_LIMITS` alarms whatever the other two channels say (in any tier:
    a trainer can hand the invariants over without trajectory records, :mod:`rftfm.integrations.trl_advantages`);
 5. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
@@ -52,9 +53,11 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from rftfm.fm import invariants
 from rftfm.fm.cube import CUBE_SIGNALS, EVAL_INDEX, FLAT_INDEX, FlatStreak, runs_cube, tail_threshold, with_derived
 from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
 from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, step_features
+from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
 from rftfm.signals import SIGNALS, depends_on_steps_per_batch, label
@@ -79,16 +82,15 @@ TIERS: dict[str, tuple[str, ...]] = {
 }
 MAX_EVIDENCE = 5
 SURPRISE_TOP = 3
-#: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``).
-UNSURPRISING = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].noisy)
-#: Invariant signals and the level past which a record alarms on its own. Far above float rounding (1 - corr^2 of
-#: advantages rounded to bf16 is ~1e-5; healthy benchmark records stay below 1e-12) and below what an advantage bug
-#: gives (a flipped group: 1; one zeroed group among 64: 0.016).
-INVARIANT_LIMITS: dict[str, float] = {"traj_advantage_residual": 1e-3, "traj_advantage_zeroed": 1e-3}
+#: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``), and the
+#: advantage invariants, which only the invariant channel reads (below).
+UNSURPRISING = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].noisy) + tuple(INVARIANT_FEATURES)
 #: Signals the learned channel does not read: the benchmark's healthy runs get one optimiser step per batch, so
 #: their clip ratio is exactly 0 and a model would learn "any clip ratio is a fault" -- false for verl's PPO
-#: mini-batches or ``num_iterations > 1``. The surprise channel still reads them.
-UNLEARNED = tuple(s for s in CUBE_SIGNALS if depends_on_steps_per_batch(s))
+#: mini-batches or ``num_iterations > 1``. The surprise channel still reads them. Nor the advantage invariants:
+#: every benchmark run uses a group-relative estimator, so a model would learn "any residual is a fault" -- false
+#: for PPO's or REINFORCE++'s advantages; the invariant channel reads them once the run has held them.
+UNLEARNED = tuple(s for s in CUBE_SIGNALS if depends_on_steps_per_batch(s)) + tuple(INVARIANT_FEATURES)
 SNAPSHOTS = 64  # tracker states kept for rollbacks (steps back)
 
 LGB_PARAMS: dict[str, Any] = {
@@ -149,6 +151,7 @@ class _Live:
     snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
     steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
     log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
+    invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
 
 
 @dataclass
@@ -163,6 +166,7 @@ class _Pending:
     before: TrackerState  # the tracker before this record (the evidence's baseline)
     since_plus: np.ndarray  # (F,) record at which each upward / downward CUSUM excursion began
     since_minus: np.ndarray
+    invariant: np.ndarray  # (len(INVARIANT_LIMITS),) each armed invariant in units of its limit (0: not armed)
 
 
 class Detector:
@@ -214,32 +218,8 @@ class Detector:
         if groups is None:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
-        self.models, self.thresholds, oof_rates = {}, {}, {}
-        for tier in tiers:
-            signals = learned_signals(tier)
-            cols = _signal_columns(self.tracker.names, signals)
-            oof = np.full(steps.shape, np.nan)
-            for f in range(self.config.folds):
-                test = fold == f
-                if test.any() and (~test).any():
-                    model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
-                    oof[test] = self._predict(model, x[test][..., cols], steps[test])
-            budget = self.config.false_alarm_target / 2  # shared by the two channels
-            in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
-            learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
-            surprise_max = _run_max(self._surprise(x, tier), steps)
-            self.thresholds[tier] = {
-                "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
-                "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
-            }
-            oof_rates[tier] = float(
-                np.mean(
-                    (learned_max[normal] > self.thresholds[tier]["learned"])
-                    | (surprise_max[normal] > self.thresholds[tier]["surprise"])
-                    | (_run_max(self._invariant(np.where(in_tier, raw, np.nan)), steps)[normal] > 1.0)
-                )
-            )
-            self.models[tier] = self._train(x[..., cols], y, steps, signals)
+        self.models, self.thresholds = {}, {}
+        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold) for tier in tiers}
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
@@ -248,6 +228,37 @@ class Detector:
             "oof_normal_alarm_rate": oof_rates,
         }
         return self
+
+    def _fit_tier(
+        self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
+        fold: np.ndarray,
+    ) -> float:
+        """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm."""
+        signals = learned_signals(tier)
+        cols = _signal_columns(self.tracker.names, signals)
+        oof = np.full(steps.shape, np.nan)
+        for f in range(self.config.folds):
+            test = fold == f
+            if test.any() and (~test).any():
+                model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
+                oof[test] = self._predict(model, x[test][..., cols], steps[test])
+        budget = self.config.false_alarm_target / 2  # shared by the two fitted channels
+        learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
+        surprise_max = _run_max(self._surprise(x, tier), steps)
+        in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
+        invariant_max = _run_max(invariants.armed_units(np.where(in_tier, raw, np.nan), steps).max(axis=-1), steps)
+        self.thresholds[tier] = {
+            "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
+            "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
+        }
+        self.models[tier] = self._train(x[..., cols], y, steps, signals)
+        return float(
+            np.mean(
+                (learned_max[normal] > self.thresholds[tier]["learned"])
+                | (surprise_max[normal] > self.thresholds[tier]["surprise"])
+                | (invariant_max[normal] > 1.0)
+            )
+        )
 
     def _train(self, x: np.ndarray, y: np.ndarray, steps: np.ndarray, signals: Sequence[str]) -> lgb.Booster:
         """One booster on the present records of (R, S, D) features; signals masked at random in copies."""
@@ -290,13 +301,6 @@ class Detector:
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 
-    @staticmethod
-    def _invariant(raw: np.ndarray) -> np.ndarray:
-        """(..., ) the invariant signals present in ``raw`` in units of their limits, the largest (missing: 0)."""
-        columns = [CUBE_SIGNALS.index(s) for s in INVARIANT_LIMITS]
-        values = raw[..., columns] / np.array(list(INVARIANT_LIMITS.values()))
-        return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).max(axis=-1)
-
     def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray) -> np.ndarray:
         """The record's score from the learned channel's running log-odds, the surprise and the invariants: the
         largest channel score against its threshold (an alarm above 1; log-odds compare by difference)."""
@@ -332,7 +336,8 @@ class Detector:
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
-        combined = self._combine(tier, learned, self._surprise(x, tier), self._invariant(masked))
+        invariant = invariants.armed_units(masked, steps).max(axis=-1)
+        combined = self._combine(tier, learned, self._surprise(x, tier), invariant)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -397,6 +402,7 @@ class Detector:
                 FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
                 live.has_trajectories,
                 live.has_eval,
+                live.invariant_held.copy(),
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -405,6 +411,9 @@ class Detector:
         tier = tier_of(live.has_trajectories, live.has_eval)
         hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
         x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
+        values = raw[0, invariants.COLUMNS]  # read whatever the tier: nothing of it is fitted
+        invariant = invariants.units(values, live.invariant_held)
+        live.invariant_held = live.invariant_held + invariants.holds(values)
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -416,6 +425,7 @@ class Detector:
             before,
             live.state.cplus_since[0].copy(),
             live.state.cminus_since[0].copy(),
+            invariant,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -424,7 +434,7 @@ class Detector:
         log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = float(self._invariant(p.raw))  # whatever the tier: no fit
+        invariant = float(p.invariant.max())
         score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant)))
         self.last_score = score
         if not score > 1.0:
@@ -442,8 +452,9 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
+        live.invariant_held = held
         live.last_step = step - 1
         del live.steps[int(state.records[0]) :]
         del live.log_odds[int(state.records[0]) :]
@@ -461,9 +472,7 @@ class Detector:
         z = {name.split(":")[0]: abs(v) for name, v in zip(names, p.row[0]) if name.endswith(":z") and math.isfinite(v)}
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
-        broken = [
-            s for s in INVARIANT_LIMITS if p.raw[CUBE_SIGNALS.index(s)] > INVARIANT_LIMITS[s]
-        ]
+        broken = [s for s, units in zip(INVARIANT_LIMITS, p.invariant) if units > 1.0]
         ranked = broken + sorted(  # a broken invariant leads: it alone is enough for the alarm
             (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
@@ -533,6 +542,9 @@ class Detector:
             tier: {k: float(v) for k, v in channels.items()} for tier, channels in data["thresholds"].items()
         }
         det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
+        for tier, model in det.models.items():
+            if model.num_feature() != len(det._columns(tier)):
+                raise ValueError(f"detector artifact's tier {tier} model reads other signals; re-fit it")
         det.fit_info = data.get("fit_info", {})
         det.surprise_scale = {k: float(v) for k, v in data.get("surprise_scale", {}).items()}
         return det

@@ -35,10 +35,12 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
+from rftfm.fm import invariants
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
 from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, fit_prior_noise
+from rftfm.fm.features import INVARIANT_FEATURES
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
 from rftfm.signals import SIGNALS, label
 
@@ -71,6 +73,10 @@ LGB_PARAMS: dict[str, Any] = {
     "deterministic": True,
 }
 NUM_ROUNDS = 80
+#: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
+#: a model would take any residual for a fault, false for PPO's advantages); they act as a rule instead
+#: (:meth:`Diagnoser.apply_invariants`).
+READ_SIGNALS = tuple(s for s in CUBE_SIGNALS if s not in INVARIANT_FEATURES)
 
 
 @dataclass
@@ -158,7 +164,7 @@ class Diagnoser:
 
     def _tier_copies(self, x: np.ndarray, y: np.ndarray, run_of: np.ndarray) -> tuple[np.ndarray, ...]:
         """Each row once per input tier, with the signals that tier lacks hidden."""
-        copies = [mask_signals(x, self.feature_names, TIERS[t]) for t in TIERS]
+        copies = [mask_signals(x, self.feature_names, [s for s in TIERS[t] if s in READ_SIGNALS]) for t in TIERS]
         return np.vstack(copies), np.tile(y, len(copies)), np.tile(run_of, len(copies))
 
     def _train(self, x: np.ndarray, y: np.ndarray) -> lgb.Booster:
@@ -274,10 +280,9 @@ class Diagnoser:
         cube, steps = runs_cube(history, [run_id])
         tracked = self.tracker.run_cube(cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
-        prob = self._predict(self.booster, x)[0]
+        probs, unknowns = self.apply_invariants(*self.scores(x), [invariants.broken(cube[0], steps[0])])
+        prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
-        novelty = float(self._novelty(x, order[:1])[0])
-        _, fam = self._family_prob(prob[None, :])
         ranked = [
             Hypothesis(
                 family=FAULT_TYPES[self.classes[i]].family,
@@ -286,7 +291,6 @@ class Diagnoser:
             )
             for i in order
         ]
-        unknown = bool(fam.max() < self.family_threshold or novelty > self.novelty_thresholds[order[0]])
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         return Diagnosis(
             run_id=run_id,
@@ -301,10 +305,27 @@ class Diagnoser:
         """(type probabilities, abstain flags) for a matrix of diagnosis vectors (for evaluation)."""
         self._check()
         assert self.booster is not None
+        x = mask_signals(x, self.feature_names, READ_SIGNALS)
         prob = self._predict(self.booster, x)
         _, fam = self._family_prob(prob)
         best = prob.argmax(1)
         unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x, best) > self.novelty_thresholds[best])
+        return prob, unknown
+
+    def apply_invariants(
+        self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run broke an armed advantage invariant (:func:`rftfm.fm.invariants.broken`), only the types
+        whose fingerprint leads with it remain, in the model's proportions (equal where it gave them nothing), and
+        the diagnosis does not abstain: a broken invariant is a bug in the advantage computation, seen, not guessed."""
+        prob, unknown = prob.copy(), unknown.copy()
+        for i, names in enumerate(broken):
+            allowed = np.array([FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
+            if not names or not allowed.any():
+                continue
+            kept = np.where(allowed, prob[i], 0.0)
+            prob[i] = kept / kept.sum() if kept.sum() > 0 else allowed / allowed.sum()
+            unknown[i] = False
         return prob, unknown
 
     def evidence(
