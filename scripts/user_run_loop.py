@@ -5,9 +5,11 @@ a tiny Llama counting letters -- a model, size and task the benchmark does not c
   (``RewardEval`` on held-out prompts every ``eval_every`` steps); interventions, halts, final accuracy against the
   run without the loop (the same seed trains the same run), wall time;
 * learning-rate spike runs (``--spike`` seeds, the LR x30 from ``--onset``): clean, no loop, loop, loop + eval;
-  repaired = anomaly cleared without a halt and final accuracy >= 0.9 x the clean run's (the benchmark's rule).
+  repaired = anomaly cleared without a halt and final accuracy >= 0.9 x the clean run's (the benchmark's rule);
+* advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): alert-only and the loop;
+  caught = a diagnosis of the credit-assignment family at or after the onset (halted or alerted, the target's rule).
 
-Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--steps 80] [--markdown PATH]``.
+Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--markdown PATH]``.
 """
 
 from __future__ import annotations
@@ -65,10 +67,39 @@ def _spike(seeds: range, steps: int, onset: int, components) -> tuple[list[str],
     return rows, outcomes
 
 
+def _sign_bug(seeds: range, steps: int, onset: int, components) -> tuple[list[str], list[bool]]:
+    rows, caught = [], []
+    for seed in seeds:
+        run = PlainRun(run_id=f"sign-bug-{seed}", seed=seed, steps=steps, sign_bug_onset=onset)
+        for arm in ("none", "loop"):
+            r, callback = run_plain_arm(run, arm, components)
+            events = callback.controller.store.events(run_id=run.run_id)
+            alarms = [e for e in events if e["kind"] == "alarm" and e["step"] >= onset]
+            led = bool(alarms) and (alarms[0]["payload"].get("evidence") or [{}])[0].get("signal", "").startswith(
+                "traj_advantage"
+            )
+            found = [
+                e["payload"]["ranked"][0] for e in events
+                if e["kind"] == "diagnosis" and e["step"] >= onset and e["payload"].get("ranked")
+                and not e["payload"].get("unknown")
+            ]
+            ok = any(h["family"] == "ca" for h in found)
+            caught.append(ok)
+            top = found[0] if found else None
+            first = f"{top['fault_type']} ({top['family']}, p {top['probability']:.2f})" if top else "-"
+            rows.append(
+                f"| {run.run_id} | {arm} | {alarms[0]['step'] if alarms else '-'} | {'yes' if led else 'no'} | "
+                f"{first} | {', '.join(r.actions) or '-'} | {'yes' if r.halted else 'no'} | {'yes' if ok else 'no'} |"
+            )
+            print(rows[-1], flush=True)
+    return rows, caught
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--healthy", type=int, default=4)
     parser.add_argument("--spike", type=int, default=4)
+    parser.add_argument("--sign-bug", type=int, default=0)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--onset", type=int, default=40)
     parser.add_argument("--markdown", type=Path)
@@ -77,10 +108,12 @@ def main() -> None:
     components = load_components(None, None)
     healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components)
     spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components)
+    bug_rows, caught = _sign_bug(range(200, 200 + args.sign_bug), args.steps, args.onset, components)
     n_healthy = len(deltas)
     lines = [
         f"Written by `python scripts/user_run_loop.py --healthy {args.healthy} --spike {args.spike} "
-        f"--steps {args.steps} --onset {args.onset}` with the shipped detector and diagnoser.",
+        + (f"--sign-bug {args.sign_bug} " if args.sign_bug else "")
+        + f"--steps {args.steps} --onset {args.onset}` with the shipped detector and diagnoser.",
         "",
         f"**Healthy runs**: {calm} of {n_healthy} loop arms made no intervention and none halted "
         f"(interval {_interval(calm, n_healthy)}); final accuracy, loop on minus off: mean "
@@ -99,6 +132,18 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
         *spike_rows,
     ]
+    if bug_rows:
+        lines += [
+            "",
+            f"**Advantage sign bug (TRL's advantages flipped from step {args.onset})**: caught (a diagnosis of the "
+            f"credit-assignment family at or after the onset) in {sum(caught)} of {len(caught)} arms "
+            f"(interval {_interval(sum(caught), len(caught))}).",
+            "",
+            "| run | arm | first alarm from onset | led by an advantage invariant | first diagnosis from onset | "
+            "actions | halted | caught |",
+            "|---|---|---|---|---|---|---|---|",
+            *bug_rows,
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

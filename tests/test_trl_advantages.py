@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from rftfm.integrations import trl_advantages
 from rftfm.integrations.trl_callback import RFTFMCallback
@@ -64,26 +63,11 @@ def test_where_trl_does_not_make_them_hold_they_are_not_read(attrs, reason) -> N
     }
 
 
-class _SignBug(TrainerCallback):
-    """From step ``onset`` on, TRL's standard-deviation helper returns minus the sd: a sign bug in the
-    advantage normalisation of the training process (the logged advantages are the ones it trains on)."""
-
-    def __init__(self, onset: int, monkeypatch: pytest.MonkeyPatch) -> None:
-        import trl.trainer.grpo_trainer as grpo
-
-        self.onset, self.on = onset, False
-        honest = grpo.nanstd
-        monkeypatch.setattr(grpo, "nanstd", lambda *a, **k: -honest(*a, **k) if self.on else honest(*a, **k))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.on = state.global_step + 1 >= self.onset
-
-
 def _alarms(callback: RFTFMCallback) -> list[dict]:
     return [e["payload"] for e in callback.controller.store.events(kind="alarm")]
 
 
-def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_invariant(tmp_path, monkeypatch):
+def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_invariant(tmp_path):
     healthy = ur.user_trainer(tmp_path / "healthy", steps=10, seed=0)
     watch = RFTFMCallback.attach(healthy, remediate=False, report=False)
     healthy.train()
@@ -92,7 +76,7 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     assert not [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"].startswith("traj_adv")]
     assert "were checked at every logged step" in watch.narrative
 
-    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[_SignBug(6, monkeypatch)])
+    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[ur.AdvantageSignBug(6)])
     watch = RFTFMCallback.attach(buggy, remediate=False, report=False)
     buggy.train()
     led = [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"] == "traj_advantage_residual"]

@@ -166,13 +166,16 @@ PLAIN_ARMS = ("clean", "none", "loop", "loop+eval")
 @dataclass(frozen=True)
 class PlainRun:
     """A run of :mod:`rftfm.testing.user_run` (a plain ``GRPOTrainer`` subclass, a model and task outside the
-    benchmark); ``spike_onset``: the LR is multiplied by ``spike_factor`` there (every arm but ``clean``)."""
+    benchmark); ``spike_onset``: the LR is multiplied by ``spike_factor`` there; ``sign_bug_onset``: TRL's
+    advantages flip sign from there (:class:`~rftfm.testing.user_run.AdvantageSignBug`); both in every arm but
+    ``clean``."""
 
     run_id: str
     seed: int = 0
     steps: int = 80
     spike_onset: int | None = None
     spike_factor: float = 30.0
+    sign_bug_onset: int | None = None
     eval_every: int = 10
     eval_prompts: int = 64
 
@@ -196,10 +199,14 @@ def run_plain_arm(
     if arm not in PLAIN_ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {PLAIN_ARMS}")
     torch.set_num_threads(1)
-    spike = ur.LRSpike(run.spike_onset, run.spike_factor) if run.spike_onset and arm != "clean" else None
+    fault = None
+    if arm != "clean" and run.spike_onset:
+        fault = ur.LRSpike(run.spike_onset, run.spike_factor)
+    elif arm != "clean" and run.sign_bug_onset:
+        fault = ur.AdvantageSignBug(run.sign_bug_onset)
     with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
         start = time.perf_counter()
-        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=spike, eval_prompts=run.eval_prompts)
+        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=fault, eval_prompts=run.eval_prompts)
         trainer.remove_callback(PrinterCallback)  # the evaluation prints its own rows, not every log dict
         callback = None
         if arm != "clean":

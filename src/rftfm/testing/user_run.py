@@ -207,6 +207,35 @@ class LRSpike(TrainerCallback):
             lr_scheduler.base_lrs = [lr * self.factor for lr in lr_scheduler.base_lrs]
 
 
+class AdvantageSignBug(TrainerCallback):
+    """A sign bug in TRL's advantage normalisation from step ``onset`` on: the standard deviation it divides by
+    comes out negated, so every group's advantages flip (those TRL logs are the ones it trains on). It changes the
+    training process, not its logs; ``on_train_end`` puts TRL's helper back."""
+
+    def __init__(self, onset: int):
+        self.onset, self.active = onset, False
+        self._honest: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import trl.trainer.grpo_trainer as grpo
+
+        self._honest = honest = grpo.nanstd
+
+        def nanstd(*a: Any, **k: Any) -> Any:
+            return -honest(*a, **k) if self.active else honest(*a, **k)
+
+        grpo.nanstd = nanstd
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step + 1 >= self.onset
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import trl.trainer.grpo_trainer as grpo
+
+        if self._honest is not None:
+            grpo.nanstd = self._honest
+
+
 def user_config(
     out_dir: str | Path,
     *,
@@ -257,7 +286,7 @@ def user_trainer(
     *,
     steps: int | None = 80,
     seed: int = 0,
-    spike: LRSpike | None = None,
+    spike: TrainerCallback | None = None,
     callbacks: Iterable[TrainerCallback] = (),
     prompts: int | None = None,
     eval_prompts: int = 0,
