@@ -81,4 +81,5 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     buggy.train()
     led = [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"] == "traj_advantage_residual"]
     assert led and min(a["step"] for a in led) == 6
+    assert all(a["evidence"][0]["direction"] == "up" for a in led)  # broken upwards, though tier a tracks it not
     assert buggy.state.global_step == 10  # alert-only: the run goes on

@@ -484,6 +484,7 @@ class Detector:
             expected = self._raw_level(p.before, i)
             zi = p.row[0, names.index(f"{signal}:z")] if f"{signal}:z" in names else math.nan
             up = (expected is not None and value >= expected) if not math.isfinite(zi) else zi >= 0
+            up = up or signal in broken  # broken invariants rise, tracked in this tier or not
             since = int(p.since_plus[i] if up else p.since_minus[i])
             steps = self._live.steps if self._live is not None else []
             out.append(
