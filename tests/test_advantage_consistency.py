@@ -170,3 +170,15 @@ def test_a_broken_armed_invariant_diagnoses_credit_assignment_and_an_unarmed_one
     assert not diagnosis.unknown and diagnosis.top.family == "ca"
     assert diagnosis.top.fault_type in ("advantage_sign", "advantage_normalization")
     assert sum(h.probability for h in diagnosis.ranked if h.family != "ca") == 0.0
+
+
+def test_advantages_rounded_to_bf16_stay_far_below_the_limit() -> None:
+    """The limit's margin over float rounding (docs/detection.md, rftfm.fm.invariants): bf16 advantages."""
+    import torch
+
+    worst = 0.0
+    for seed in range(20):
+        group, reward = _batch(seed)
+        adv = torch.tensor(_grpo(group, reward, "group")).to(torch.bfloat16).double().numpy()
+        worst = max(worst, advantage_consistency(group, reward, adv)[0])
+    assert worst < INVARIANT_LIMITS["traj_advantage_residual"] / 10, worst

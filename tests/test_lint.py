@@ -34,3 +34,11 @@ def test_no_function_of_the_package_is_over_60_lines() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
     assert not long, "functions over 60 lines:\n" + "\n".join(long)
+
+
+def test_the_loop_controller_stays_under_350_lines() -> None:
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "rftfm" / "fm" / "loop.py").read_text(encoding="utf-8"))
+    (controller,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Controller"]
+    assert controller.end_lineno - controller.lineno + 1 < 350

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from transformers.trainer_utils import IntervalStrategy
 
 from rftfm.integrations import trl_advantages
 from rftfm.integrations.trl_callback import RFTFMCallback
@@ -52,6 +53,7 @@ def test_weighted_reward_functions_and_unscored_completions_are_read_the_trl_way
         ({"multi_objective_aggregation": "normalize_then_sum"}, "normalises each reward function apart"),
         ({"num_generations": 1}, "below 2"),
         ({"num_generations_eval": 2, "args": SimpleNamespace(eval_strategy="steps")}, "evaluation batches"),
+        ({"num_generations_eval": 2, "args": SimpleNamespace(eval_strategy=IntervalStrategy.EPOCH)}, "evaluation"),
         ({"_logs": None}, "not a TRL GRPOTrainer"),
     ],
 )
@@ -83,3 +85,11 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     assert led and min(a["step"] for a in led) == 6
     assert all(a["evidence"][0]["direction"] == "up" for a in led)  # broken upwards, though tier a tracks it not
     assert buggy.state.global_step == 10  # alert-only: the run goes on
+
+
+def test_no_evaluation_or_one_of_the_same_group_size_leaves_them_read() -> None:
+    cases = [(IntervalStrategy.NO, 2), ("no", 2), ("steps", SIZE), (IntervalStrategy.STEPS, None)]
+    for strategy, eval_size in cases:
+        args = SimpleNamespace(eval_strategy=strategy)
+        trainer = _trainer({"r": [1.0, 0.0]}, [1.0, -1.0], args=args, num_generations_eval=eval_size)
+        assert trl_advantages.unsupported(trainer) is None, strategy

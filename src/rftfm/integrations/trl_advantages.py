@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from rftfm.fm.features import advantage_consistency
+from rftfm.fm.features import INVARIANT_FEATURES, advantage_consistency
 
-RESIDUAL, ZEROED = "traj_advantage_residual", "traj_advantage_zeroed"
+RESIDUAL, ZEROED = INVARIANT_FEATURES
 
 
 def unsupported(trainer: Any) -> str | None:
@@ -35,7 +35,8 @@ def unsupported(trainer: Any) -> str | None:
     if not isinstance(size, int) or size < 2:
         return "num_generations is unknown or below 2"
     eval_size = getattr(trainer, "num_generations_eval", None)
-    evaluates = str(getattr(getattr(trainer, "args", None), "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO")
+    strategy = getattr(getattr(trainer, "args", None), "eval_strategy", "no")
+    evaluates = getattr(strategy, "value", strategy) != "no"  # transformers' IntervalStrategy or its string
     if evaluates and eval_size not in (None, size):
         return f"evaluation batches (groups of {eval_size}) share the trainer's completion log with training ({size})"
     return None
