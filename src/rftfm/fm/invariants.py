@@ -3,10 +3,10 @@
 The invariants (:func:`rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of a group-relative
 estimator up to float rounding. A record breaks one when its value exceeds :data:`INVARIANT_LIMITS`, far above
 float rounding (1 - corr^2 of advantages rounded to bf16 reaches 3e-6 in the tests; healthy benchmark records stay
-below 1e-12) and below what an advantage bug gives (a flipped group: 1; one zeroed group among 64: 0.016). It is trusted only once
-the run's own records held it :data:`INVARIANT_WARMUP` times: an estimator that does not make it hold (PPO's GAE,
-REINFORCE++'s batch baseline) never arms it, and a run that breaks it from its first step is left to the other
-evidence. Written by hand: a rule over two numbers, no library does it.
+below 1e-12) and below what an advantage bug gives (a flipped group: 1; one zeroed group among 64: 0.016). It is
+trusted only once the run's own records held it :data:`INVARIANT_WARMUP` times: an estimator that does not make it
+hold (PPO's GAE, REINFORCE++'s batch baseline) never arms it, and a run that breaks it from its first step is left
+to the other evidence. Written by hand: a rule over two numbers, no library does it.
 """
 
 from __future__ import annotations
