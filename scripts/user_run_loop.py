@@ -6,7 +6,7 @@ a tiny Llama counting letters -- a model, size and task the benchmark does not c
   run without the loop (the same seed trains the same run), wall time;
 * learning-rate spike runs (``--spike`` seeds, the LR x30 from ``--onset``): clean, no loop, loop, loop + eval;
   repaired = anomaly cleared without a halt and final accuracy >= 0.9 x the clean run's (the benchmark's rule);
-* advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): alert-only and the loop;
+* advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): clean, alert-only, the loop;
   caught = a diagnosis of the credit-assignment family at or after the onset (halted or alerted, the target's rule).
 
 Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--markdown PATH]``.
@@ -71,6 +71,7 @@ def _sign_bug(seeds: range, steps: int, onset: int, components) -> tuple[list[st
     rows, caught = [], []
     for seed in seeds:
         run = PlainRun(run_id=f"sign-bug-{seed}", seed=seed, steps=steps, sign_bug_onset=onset)
+        clean, _ = run_plain_arm(run, "clean", components)
         for arm in ("none", "loop"):
             r, callback = run_plain_arm(run, arm, components)
             events = callback.controller.store.events(run_id=run.run_id)
@@ -89,7 +90,8 @@ def _sign_bug(seeds: range, steps: int, onset: int, components) -> tuple[list[st
             first = f"{top['fault_type']} ({top['family']}, p {top['probability']:.2f})" if top else "-"
             rows.append(
                 f"| {run.run_id} | {arm} | {alarms[0]['step'] if alarms else '-'} | {'yes' if led else 'no'} | "
-                f"{first} | {', '.join(r.actions) or '-'} | {'yes' if r.halted else 'no'} | {'yes' if ok else 'no'} |"
+                f"{first} | {', '.join(r.actions) or '-'} | {'yes' if r.halted else 'no'} | {r.steps} | "
+                f"{clean.final_accuracy:.3f} | {r.final_accuracy:.3f} | {'yes' if ok else 'no'} |"
             )
             print(rows[-1], flush=True)
     return rows, caught
@@ -109,45 +111,63 @@ def main() -> None:
     healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components)
     spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components)
     bug_rows, caught = _sign_bug(range(200, 200 + args.sign_bug), args.steps, args.onset, components)
-    n_healthy = len(deltas)
     lines = [
         f"Written by `python scripts/user_run_loop.py --healthy {args.healthy} --spike {args.spike} "
         + (f"--sign-bug {args.sign_bug} " if args.sign_bug else "")
         + f"--steps {args.steps} --onset {args.onset}` with the shipped detector and diagnoser.",
+    ]
+    if deltas:
+        lines += _healthy_section(healthy_rows, deltas, calm)
+    if spike_rows:
+        lines += _spike_section(spike_rows, outcomes, args.onset)
+    if bug_rows:
+        lines += _sign_bug_section(bug_rows, caught, args.onset)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text, encoding="utf-8")
+
+
+def _healthy_section(rows: list[str], deltas: list[float], calm: int) -> list[str]:
+    return [
         "",
-        f"**Healthy runs**: {calm} of {n_healthy} loop arms made no intervention and none halted "
-        f"(interval {_interval(calm, n_healthy)}); final accuracy, loop on minus off: mean "
+        f"**Healthy runs**: {calm} of {len(deltas)} loop arms made no intervention and none halted "
+        f"(interval {_interval(calm, len(deltas))}); final accuracy, loop on minus off: mean "
         f"{statistics.mean(deltas):+.3f} (min {min(deltas):+.3f}, max {max(deltas):+.3f}).",
         "",
         "| run | arm | alarms (alert-only) | interventions | halted | accuracy, loop off | accuracy, loop on | wall |",
         "|---|---|---|---|---|---|---|---|",
-        *healthy_rows,
+        *rows,
+    ]
+
+
+def _spike_section(rows: list[str], outcomes: dict[str, list[bool]], onset: int) -> list[str]:
+    return [
         "",
-        f"**Learning-rate spike (x30 from step {args.onset})**: repaired "
+        f"**Learning-rate spike (x30 from step {onset})**: repaired "
         + ", ".join(f"{arm} {sum(v)}/{len(v)}" for arm, v in outcomes.items())
         + f" (rule: anomaly cleared without a halt, final accuracy >= {TOLERANCE} x clean; `none` needs only the "
         "accuracy).",
         "",
         "| run | arm | first alarm | actions | halted | accuracy, clean | accuracy | repaired |",
         "|---|---|---|---|---|---|---|---|",
-        *spike_rows,
+        *rows,
     ]
-    if bug_rows:
-        lines += [
-            "",
-            f"**Advantage sign bug (TRL's advantages flipped from step {args.onset})**: caught (a diagnosis of the "
-            f"credit-assignment family at or after the onset) in {sum(caught)} of {len(caught)} arms "
-            f"(interval {_interval(sum(caught), len(caught))}).",
-            "",
-            "| run | arm | first alarm from onset | led by an advantage invariant | first diagnosis from onset | "
-            "actions | halted | caught |",
-            "|---|---|---|---|---|---|---|---|",
-            *bug_rows,
-        ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text, encoding="utf-8")
+
+
+def _sign_bug_section(rows: list[str], caught: list[bool], onset: int) -> list[str]:
+    return [
+        "",
+        f"**Advantage sign bug (TRL's advantages flipped from step {onset})**: caught (a diagnosis of the "
+        f"credit-assignment family at or after the onset) in {sum(caught)} of {len(caught)} arms "
+        f"(interval {_interval(sum(caught), len(caught))}). `none` is alert-only; a halted run keeps the weights "
+        "of the checkpoint it rolled back to.",
+        "",
+        "| run | arm | first alarm from onset | led by an advantage invariant | first diagnosis from onset | "
+        "actions | halted | steps | accuracy, clean | accuracy | caught |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _interval(successes: int, trials: int) -> str:

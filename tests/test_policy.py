@@ -118,19 +118,24 @@ def test_a_code_fault_halts_on_a_confident_diagnosis_or_a_measured_fall():
     assert policy.halt_refused(halt(**{**code, "accuracy_then": None}, probability=None), CFG) is not None
 
 
-def test_the_probability_of_a_diagnosed_type():
+def test_a_halt_rests_on_the_mass_of_the_family_types_that_end_the_same_way():
     from rftfm.fm.types import Diagnosis, Hypothesis
 
     d = Diagnosis(
         run_id="r",
         step=3,
         ranked=[
-            Hypothesis(family="od", fault_type="lr_high", probability=0.7),
-            Hypothesis(family="ca", fault_type="advantage_sign", probability=0.2),
+            Hypothesis(family="ca", fault_type="advantage_normalization", probability=0.55),
+            Hypothesis(family="ca", fault_type="advantage_sign", probability=0.3),
+            Hypothesis(family="ca", fault_type="zero_variance", probability=0.1),  # a knob ladder: not summed
+            Hypothesis(family="od", fault_type="kl_dropped", probability=0.05),  # "rollback + halt", other family
         ],
     )
-    assert policy.probability_of(d, "advantage_sign") == 0.2
-    assert policy.probability_of(d, "tool_failure") is None and policy.probability_of(None, "lr_high") is None
+    # sign bug or broken normalisation: the loop rolls back and halts either way, so their mass adds up
+    assert policy.halt_probability(d, "advantage_sign") == pytest.approx(0.85)
+    assert policy.halt_probability(d, "zero_variance") == pytest.approx(0.1)
+    assert policy.halt_probability(d, "kl_dropped") == pytest.approx(0.05)
+    assert policy.halt_probability(d, "tool_failure") is None and policy.halt_probability(None, "lr_high") is None
 
 
 def test_periodic_tasks_are_due_at_the_first_logged_step_past_each_multiple():

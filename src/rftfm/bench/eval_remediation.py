@@ -707,8 +707,9 @@ reported, not acted on (`Remediator(blind_interventions=1)` restores the earlier
 per run). A rung whose knob changes would leave every knob as it is (the healthy value is already set: the diagnosed
 cause is not in the trainer's settings) is reported, not acted on. In a run without any eval accuracy, a rung acts
 only on a diagnosis at p >= 0.5 or to undo a knob push. A halt needs a diagnosis: a code fault (no knob rung) halts
-at p >= 0.8 or when eval accuracy fell since the checkpoint; a knob ladder's final halt only on a measured fall in
-eval accuracy; otherwise the loop reports the incident and goes alert-only. No new rung starts when fewer steps
+when the diagnosis puts p >= 0.8 on the types of its family that end the same way (an advantage sign bug or a
+broken normalisation: rollback + halt either way), or when eval accuracy fell since the checkpoint; a knob ladder's
+final halt only on a measured fall in eval accuracy; otherwise the loop reports the incident and goes alert-only. No new rung starts when fewer steps
 remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is alert-only from the start.
 
 **What the user has.** With `eval_fn(model) -> float` (e.g. `rftfm.integrations.trl_eval.RewardEval`, built from

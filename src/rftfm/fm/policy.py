@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rftfm.fm.playbook import UPSTREAM_SIGNALS
+from rftfm.fm.playbook import UPSTREAM_SIGNALS, ladder
 from rftfm.fm.types import Action, Diagnosis, SignalEvidence
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
@@ -179,15 +179,21 @@ class HaltCase:
 
     fault_type: str | None  # the planned ladder's type (``None``: nobody could explain the alarm)
     code_fault: bool  # the ladder has no knob rung: no knob can repair the fault
-    probability: float | None  # the diagnosis' probability for ``fault_type``
+    probability: float | None  # the diagnosis' probability for ``fault_type`` (:func:`halt_probability`)
     accuracy_then: float | None  # eval accuracy at the rollback checkpoint (the latest at or before it)
     accuracy_now: float | None  # ... and now (the last two steps' mean)
 
 
-def probability_of(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
-    """The diagnosis' probability for ``fault_type`` (``None`` when it does not rank it)."""
+def halt_probability(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
+    """The probability a halt for ``fault_type`` rests on: the diagnosis' mass on the types of its family whose
+    ladder is the same (the loop does the same thing whichever of them it is, e.g. an advantage sign bug or a
+    broken advantage normalisation, both "rollback + halt"); ``None`` when it does not rank ``fault_type``."""
     ranked = diagnosis.ranked if diagnosis is not None else []
-    return next((h.probability for h in ranked if h.fault_type == fault_type), None)
+    own = next((h for h in ranked if h.fault_type == fault_type), None)
+    if own is None:
+        return None
+    same = ladder(fault_type)
+    return sum(h.probability for h in ranked if h.family == own.family and ladder(h.fault_type) == same)
 
 
 def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
@@ -196,7 +202,8 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
 
     * an alarm nobody could explain never halts a run;
     * a code fault (a wrong verifier, an advantage bug: no knob repairs it) halts on a diagnosis at
-      probability >= ``halt_confidence``, or on a weaker one when eval accuracy fell since the checkpoint;
+      probability >= ``halt_confidence`` (:func:`halt_probability`: summed over the types of its family that
+      end the same way), or on a weaker one when eval accuracy fell since the checkpoint;
     * a knob-repairable fault whose knob rungs are used up (or unavailable) halts only when eval accuracy
       fell since the checkpoint (``halt_needs_regression``): stopping a run that is not getting worse, or
       that nobody can show to be, only loses the steps still to come.
