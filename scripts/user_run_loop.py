@@ -6,7 +6,8 @@ a tiny Llama counting letters -- a model, size and task the benchmark does not c
   run without the loop (the same seed trains the same run), wall time;
 * learning-rate spike runs (``--spike`` seeds, the LR x30 from ``--onset``): clean, no loop, loop, loop + eval;
   repaired = anomaly cleared without a halt and final accuracy >= 0.9 x the clean run's (the benchmark's rule);
-* advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): clean, alert-only, the loop;
+* advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): clean, alert-only and
+  the loop;
   caught = a diagnosis of the credit-assignment family at or after the onset (halted or alerted, the target's rule).
 
 Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--markdown PATH]``.

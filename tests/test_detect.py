@@ -121,6 +121,22 @@ def test_streaming_gives_the_offline_scores_and_alarms_with_evidence(fitted):
     assert "KL" in describe(kl) and "before" in describe(kl)
 
 
+def test_a_lowered_alarm_threshold_alarms_at_every_record_scoring_above_it(fitted):
+    rows = _run("low", 902, 1.0)
+    scores, alarmed = [], []
+    for threshold in (1.0, 0.5):
+        fitted.reset("low")
+        fitted.alarm_threshold = threshold
+        for record in _records(rows):
+            alarm = fitted.observe(record)
+            scores.append((threshold, fitted.last_score))
+            alarmed.append(alarm is not None and alarm.threshold == threshold)
+    fitted.alarm_threshold = 1.0
+    assert alarmed == [score > threshold for threshold, score in scores]
+    assert any(0.5 < s <= 1.0 for _, s in scores)  # some record alarms only at the lowered threshold
+    assert [s for t, s in scores if t == 1.0] == [s for t, s in scores if t == 0.5]  # the scores do not change
+
+
 def test_a_rolled_back_step_restores_the_state_from_before_it(fitted):
     rows = _run("rb", 901, 1.0)
     records = _records(rows)

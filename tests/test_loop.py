@@ -653,6 +653,32 @@ def test_after_a_knob_push_one_alarm_is_enough_to_act():
         assert ctl.counts["interventions"] == interventions
 
 
+class ThresholdDetector(ScriptedDetector):
+    """Scores every step (0.7 at the scripted steps, 0.1 elsewhere) and alarms above its ``alarm_threshold``."""
+
+    alarm_threshold = 1.0
+
+    def observe(self, rec, trajectories):
+        self.seen.append((rec.step, self.alarm_threshold))
+        score = 0.7 if rec.step in self.alarms else 0.1
+        if score <= self.alarm_threshold:
+            return None
+        return Alarm(run_id=rec.run_id, step=rec.step, score=score, threshold=self.alarm_threshold)
+
+
+def test_while_a_knob_push_is_in_effect_the_detector_alarms_at_a_lower_score():
+    for push, interventions in ((False, 0), (True, 1)):
+        det = ThresholdDetector({8: 0.7})
+        ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"))
+        for s in range(1, 10):
+            if push and s == 5:
+                ctl.handle.set("learning_rate", 1e-1)
+            ctl.observe(rec(s), [])
+        assert ctl.counts["interventions"] == interventions  # a score of 0.7 alarms only after the push
+        lowered = [step for step, threshold in det.seen if threshold < 1.0]
+        assert lowered == ([5, 6, 7, 8] if push else [])  # from the push until the loop acted on it
+
+
 def test_a_rollback_target_already_pruned_falls_back_to_the_oldest_checkpoint_kept():
     det = ScriptedDetector({})
     det.observe = lambda rec, t: (

@@ -276,3 +276,8 @@ def test_a_knob_rung_that_would_change_nothing_is_not_acted_on():
     assert policy.changes_nothing(True, 1, ["temperature"]) is None  # another knob does change
     assert policy.changes_nothing(False, 0, []) is None  # a rollback-only or halt rung
     assert policy.changes_nothing(True, 0, []) is None  # no knob this trainer can set (a rung reduced by capabilities)
+
+
+def test_the_alarm_threshold_is_lowered_only_while_a_knob_push_is_in_effect():
+    assert policy.alarm_threshold(False, CFG) == 1.0  # healthy runs get no pushes: their false-alarm budget holds
+    assert policy.alarm_threshold(True, CFG) == CFG.push_alarm_threshold < 1.0

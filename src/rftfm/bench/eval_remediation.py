@@ -699,7 +699,8 @@ the raw rows with `--from-json docs/results/remediation-seed.json`); do not edit
 The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) is a state
 machine that follows the rules of `rftfm.fm.policy` (each a pure function, unit-tested without a trainer). Every
 step: detector -> on a confirmed alarm (two alarms within three steps, or one with score >= 2x threshold, or one
-while a knob push is in effect) the diagnoser -> the remediator's next rung (`rftfm.fm.remediate`) -> revalidation
+while a knob push is in effect, when the detector's threshold is also halved: a change nobody explained doubles
+the odds of a fault) the diagnoser -> the remediator's next rung (`rftfm.fm.remediate`) -> revalidation
 over 3 steps (no alarm: *kept*; alarm, or eval accuracy 0.2 below the checkpoint's: *escalated* to the next rung).
 
 **What it will not do on its own.** An alarm nobody can explain (the diagnoser abstains and no knob changed) is
@@ -709,8 +710,9 @@ cause is not in the trainer's settings) is reported, not acted on. In a run with
 only on a diagnosis at p >= 0.5 or to undo a knob push. A halt needs a diagnosis: a code fault (no knob rung) halts
 when the diagnosis puts p >= 0.8 on the types of its family that end the same way (an advantage sign bug or a
 broken normalisation: rollback + halt either way), or when eval accuracy fell since the checkpoint; a knob ladder's
-final halt only on a measured fall in eval accuracy; otherwise the loop reports the incident and goes alert-only. No new rung starts when fewer steps
-remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is alert-only from the start.
+final halt only on a measured fall in eval accuracy; otherwise the loop reports the incident and goes alert-only.
+No new rung starts when fewer steps remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is
+alert-only from the start.
 
 **What the user has.** With `eval_fn(model) -> float` (e.g. `rftfm.integrations.trl_eval.RewardEval`, built from
 TRL's `eval_dataset` and the trainer's reward functions) the loop measures held-out accuracy at the start, every

@@ -183,6 +183,9 @@ class Detector:
         self.skipped_steps = 0
         self.resumes = 0
         self.last_score: float | None = None  # score of the latest observed record
+        # a record alarms when its score exceeds this (1: the calibrated false-alarm budget); the loop lowers it
+        # while a knob change it did not make is in effect, as the change raises the odds of a fault
+        self.alarm_threshold = 1.0
         self._tier_columns: dict[str, np.ndarray] = {}
         self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
 
@@ -437,9 +440,10 @@ class Detector:
         invariant = float(p.invariant.max())
         score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant)))
         self.last_score = score
-        if not score > 1.0:
+        if not score > self.alarm_threshold:
             return None
-        return Alarm(run_id=run_id, step=p.step, score=score, threshold=1.0, evidence=self._evidence(p))
+        evidence = self._evidence(p)
+        return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
 
     def _columns(self, tier: str) -> np.ndarray:
         if tier not in self._tier_columns:
@@ -658,6 +662,15 @@ class CombinedDetector:
 
     def __init__(self, zero_shot: Detector, profile: Any) -> None:
         self.zero_shot, self.profile = zero_shot, profile
+
+    @property
+    def alarm_threshold(self) -> float:
+        """The configuration-free detector's (the per-configuration one keeps its calibrated threshold)."""
+        return self.zero_shot.alarm_threshold
+
+    @alarm_threshold.setter
+    def alarm_threshold(self, value: float) -> None:
+        self.zero_shot.alarm_threshold = value
 
     def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None:
         self.zero_shot.reset(run_id)

@@ -144,7 +144,9 @@ class Controller:
         record = self._guard("eval", lambda: self.heldout.take(record, previous)) or record
         if self.mode in ("watching", "revalidating"):
             self._guard("knobs", lambda: self._track_knobs(step))
-        ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history))
+        after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
+        ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history),
+                                        policy.alarm_threshold(after_push and self.mode != "alert_only", self.config))
         if not ok:
             return
         alarm = self._triage(step, alarm)

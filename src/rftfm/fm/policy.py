@@ -53,6 +53,8 @@ class ControllerConfig:
     act_confidence_without_eval: float = 0.5  # ... and any rung acts (but undoing a knob push) only at this one
     eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
+    push_alarm_threshold: float = 0.5  # ... and while one is in effect, the detector alarms at this score (its
+    # calibrated threshold is 1): a change nobody explained doubles the odds that what follows is a fault
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
     max_replay_fraction: float = 0.5  # ... up to this fraction of the planned steps in all
 
@@ -85,6 +87,12 @@ def pushed_recently(pushes: Pushes, knobs_now: Mapping[str, Any], step: int, cfg
     return any(
         at > step - cfg.drift_window and knobs_now.get(name, before) != before for name, (at, before) in pushes.items()
     )
+
+
+def alarm_threshold(after_push: bool, cfg: ControllerConfig) -> float:
+    """The detector's alarm threshold for this step: lowered while a knob push is in effect (healthy runs get none,
+    so their false-alarm budget is unchanged)."""
+    return cfg.push_alarm_threshold if after_push else 1.0
 
 
 def rollback_before(

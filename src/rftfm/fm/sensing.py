@@ -61,10 +61,13 @@ class Sensing:
         self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
 
     def detect(
-        self, record: StepRecord, trajectories: list[TrajectoryRecord], offset: int
+        self, record: StepRecord, trajectories: list[TrajectoryRecord], offset: int, threshold: float = 1.0
     ) -> tuple[bool, Alarm | None]:
-        """The detector's verdict on the step ``record.step`` (real), which is ``record.step - offset`` effective."""
+        """The detector's verdict on the step ``record.step`` (real), which is ``record.step - offset`` effective;
+        ``threshold``: the alarm threshold in the detector's score units, for a detector that has one to set."""
         step = record.step
+        if hasattr(self.detector, "alarm_threshold"):
+            self.detector.alarm_threshold = threshold
         effective = step - offset
         ok, feats = self.guard("features", lambda: step_features(record, trajectories))
         if feats is not None:
