@@ -79,9 +79,6 @@ def test_a_reward_eval_scores_greedy_completions_with_the_trainers_reward_and_le
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False, reason="the shipped detector and diagnoser meet this model and task for the first time"
-)
 def test_a_healthy_user_run_completes_every_step_with_no_action(tmp_path):
     trainer = ur.user_trainer(tmp_path / "healthy", steps=80, seed=0)
     callback = RFTFMCallback.attach(trainer, report=False)
@@ -91,9 +88,6 @@ def test_a_healthy_user_run_completes_every_step_with_no_action(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False, reason="the shipped detector and diagnoser meet this model and task for the first time"
-)
 def test_a_user_runs_lr_spike_is_rolled_back_and_ends_as_good_as_its_clean_twin(tmp_path):
     clean = ur.user_trainer(tmp_path / "clean", steps=80, seed=0)
     clean.train()
