@@ -87,6 +87,17 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     assert buggy.state.global_step == 10  # alert-only: the run goes on
 
 
+def test_with_the_loop_on_a_sign_bug_is_rolled_back_to_before_it_and_the_run_halted(tmp_path):
+    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[ur.AdvantageSignBug(6)])
+    loop = RFTFMCallback.attach(buggy, report=False)
+    buggy.train()
+    actions = [e for e in loop.controller.store.events(kind="action")]
+    kinds = [(e["step"], e["payload"]["kind"]) for e in actions]
+    assert kinds == [(6, "rollback"), (6, "halt")]  # the invariant leaves only advantage bugs: each ends in a halt
+    assert int(actions[0]["payload"]["detail"].split()[-1]) < 6  # to a checkpoint from before the bug
+    assert loop.controller.mode == "halted" and buggy.state.global_step < 10
+
+
 def test_no_evaluation_or_one_of_the_same_group_size_leaves_them_read() -> None:
     cases = [(IntervalStrategy.NO, 2), ("no", 2), ("steps", SIZE), (IntervalStrategy.STEPS, None)]
     for strategy, eval_size in cases:
