@@ -275,6 +275,17 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     assert cost["steps_vs_clean_%"] == round(100 * 6 / 112, 1) and cost["runs_replaying_%"] == 25.0
     easy = target_status(summary)[0]
     assert "75.0 % of 4 (95 % CI 30.1-95.4" in easy and easy.endswith("**not met**")
+    # an evaluation without the optional train-side arm keeps its pairs; with it, the arm is scored alike
+    assert "trainside_repair_%" not in summary["tables"]["by_class_setting"][0]
+    assert "without an eval callable" not in "\n".join(target_status(summary))
+    trainside = [row(info.run_id, "trainside", 0.5 if i < 2 else 0.1, cleared=i < 2, actions=["3:rollback"])
+                 for i, info in enumerate(faulty)]
+    summary = summarise(rows + trainside, faulty, [])
+    assert [p["trainside_success"] for p in summary["pairs"]] == [True, True, False, False]
+    assert summary["tables"]["by_class_setting"][0]["trainside_repair_%"] == 50.0
+    assert "without an eval callable (`trainside`: the loop never sees eval accuracy): 50.0 %" in target_status(
+        summary
+    )[1]
 
 
 def test_earlier_clean_and_no_remediation_arms_are_rebuilt_from_a_summary_and_loop_arms_are_not():

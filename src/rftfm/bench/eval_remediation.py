@@ -5,7 +5,9 @@ For every selected faulty run of a benchmark (same configuration, seed and fault
 * ``clean``   -- the same run without the fault (the reference accuracy);
 * ``none``    -- the faulty run, loop in alert-only mode (no remediation baseline);
 * ``loop``    -- the faulty run with RFT-FM (playbook remediator);
-* ``generic`` -- the faulty run with the generic baseline: rollback + halve the LR on every alarm.
+* ``generic`` -- the faulty run with the generic baseline: rollback + halve the LR on every alarm;
+* ``trainside`` -- the faulty run with RFT-FM, which never sees the run's eval accuracy (a user without an eval
+  callable: the loop decides from train-side metrics alone).
 
 Repair success = at least one intervention, the anomaly cleared after it (a full revalidation
 window after the last action without a confirmed alarm -- the loop's own acting rule -- and the
@@ -38,7 +40,9 @@ from rftfm.fm import policy
 from rftfm.fm.playbook import ends_in_halt_only
 from rftfm.records import RunInfo
 
-FAULT_ARMS = ("clean", "none", "loop", "generic")
+FAULT_ARMS = ("clean", "none", "loop", "generic", "trainside")
+#: Arms an earlier evaluation may lack: its pairs are kept, without these arms' columns.
+OPTIONAL_ARMS = ("trainside",)
 HEALTHY_ARMS = ("off", "on")  # "off" is trained as the run's clean twin (the same training)
 TOLERANCE = 0.9
 #: Final accuracy is measured on this many held-out prompts (the training-time eval uses 128): at
@@ -127,7 +131,7 @@ def run_arm(
     from rftfm.integrations.trl_callback import RFTFMCallback
 
     torch.set_num_threads(1)
-    watch = arm in ("none", "loop", "generic", "on")
+    watch = arm in ("none", "loop", "generic", "trainside", "on")
     target = clean_twin(info) if arm == "clean" else info
     sinks = [lambda record, trajectories: on_step(record)] if on_step else []
     sinks += [sink] if sink is not None else []
@@ -147,6 +151,9 @@ def run_arm(
                 incidents=incidents,
                 report=False,
             )
+            if arm == "trainside":  # the loop never sees the eval accuracy the engine logs
+                sinks = trainer.sinks
+                sinks[sinks.index(callback._sink)] = _without_eval_accuracy(callback._sink)
         trainer.train()
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
@@ -156,6 +163,11 @@ def run_arm(
     if callback is not None and callback.controller is not None:
         fill_from_controller(result, callback.controller)
     return result, callback
+
+
+def _without_eval_accuracy(sink: Callable[[Any, list[Any]], None]) -> Callable[[Any, list[Any]], None]:
+    """``sink`` fed step records whose eval accuracy is removed."""
+    return lambda record, trajectories: sink(record.model_copy(update={"eval_accuracy": None}), trajectories)
 
 
 #: Arms of a run through a plain TRL GRPOTrainer subclass (the user-run harness): without the loop, alert-only,
@@ -454,7 +466,7 @@ def summarise(
     pairs = []
     for info in faulty:
         arms = {arm: by.get((clean_twin(info).run_id if arm == "clean" else info.run_id, arm)) for arm in FAULT_ARMS}
-        if any(v is None for v in arms.values()):
+        if any(v is None for arm, v in arms.items() if arm not in OPTIONAL_ARMS):
             continue
         clean_acc = arms["clean"]["final_accuracy"]
         row: dict[str, Any] = {
@@ -470,7 +482,7 @@ def summarise(
             "diagnosed": arms["loop"]["diagnosed"],
             "diagnosis_correct": arms["loop"]["diagnosed"] == info.fault_type,
         }
-        for arm in ("none", "loop", "generic"):
+        for arm in [a for a in FAULT_ARMS if a != "clean" and arms[a] is not None]:
             a = arms[arm]
             ok_acc = a["final_accuracy"] >= tolerance * clean_acc
             row[f"{arm}_accuracy"] = a["final_accuracy"]
@@ -520,6 +532,7 @@ def _group(pairs: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
             (pl.col("diagnosis_correct").mean() * 100).round(1).alias("diagnosis_correct_%"),
             (pl.col("loop_success").mean() * 100).round(1).alias("loop_repair_%"),
             (pl.col("generic_success").mean() * 100).round(1).alias("generic_repair_%"),
+            *_optional(pairs, "trainside_success", lambda c: (c.mean() * 100).round(1), "trainside_repair_%"),
             (pl.col("loop_success_strict").mean() * 100).round(1).alias("loop_repair_strict_%"),
             (pl.col("none_accuracy_ok").mean() * 100).round(1).alias("none_acc_ok_%"),
             (pl.col("loop_accuracy_ok").mean() * 100).round(1).alias("loop_acc_ok_%"),
@@ -530,11 +543,17 @@ def _group(pairs: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
             pl.col("none_accuracy").mean().round(3).alias("none_acc"),
             pl.col("loop_accuracy").mean().round(3).alias("loop_acc"),
             pl.col("generic_accuracy").mean().round(3).alias("generic_acc"),
+            *_optional(pairs, "trainside_accuracy", lambda c: c.mean().round(3), "trainside_acc"),
             pl.col("loop_interventions").mean().round(2).alias("loop_interventions"),
         )
         .sort(keys)
     )
     return out.to_dicts()
+
+
+def _optional(frame: pl.DataFrame, column: str, agg: Callable[[pl.Expr], pl.Expr], alias: str) -> list[pl.Expr]:
+    """``agg`` of ``column`` as ``alias`` when the frame has it (an optional arm's), else nothing."""
+    return [agg(pl.col(column)).alias(alias)] if column in frame.columns else []
 
 
 def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[str, Any]:
@@ -582,8 +601,10 @@ def tables(pairs: list[dict[str, Any]], healthy: list[dict[str, Any]]) -> dict[s
 
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A Markdown table of ``columns`` (those no row has, an optional arm's an evaluation lacks, are left out)."""
     if not rows:
         return "_no rows_\n"
+    columns = [c for c in columns if any(c in row for row in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |")
@@ -596,6 +617,7 @@ GROUP_COLUMNS = [
     "diagnosis_correct_%",
     "loop_repair_%",
     "generic_repair_%",
+    "trainside_repair_%",
     "loop_repair_strict_%",
     "none_acc_ok_%",
     "loop_acc_ok_%",
@@ -606,6 +628,7 @@ GROUP_COLUMNS = [
     "none_acc",
     "loop_acc",
     "generic_acc",
+    "trainside_acc",
     "loop_interventions",
 ]
 
@@ -646,6 +669,11 @@ def target_status(summary: dict[str, Any]) -> list[str]:
             f"{low:.1f}-{high:.1f}; "
             f"target >= {goal:.0f} %; generic baseline {r['generic_repair_%']} %) -> **{'met' if met else 'not met'}**"
         )
+        if r.get("trainside_repair_%") is not None:
+            lines.append(
+                f"  - the same runs without an eval callable (`trainside`: the loop never sees eval accuracy): "
+                f"{r['trainside_repair_%']} %"
+            )
     every = {r["setting"]: r for r in t.get("by_setting_all_types", [])}
     if "hard" in every:
         r = every["hard"]
@@ -799,7 +827,8 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
         "incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final "
         "eval accuracy "
         f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
-        "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook. `*_acc_ok_%` = final accuracy "
+        "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook, `trainside` = the same loop "
+        "without the run's eval accuracy (a user without an eval callable). `*_acc_ok_%` = final accuracy "
         "within tolerance. "
         "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the "
         "last action.\n",
