@@ -172,6 +172,35 @@ def test_a_broken_armed_invariant_diagnoses_credit_assignment_and_an_unarmed_one
     assert sum(h.probability for h in diagnosis.ranked if h.family != "ca") == 0.0
 
 
+def test_a_known_estimator_arms_the_invariants_from_the_first_record() -> None:
+    from rftfm.fm import invariants
+    from rftfm.fm.cube import runs_cube
+    from rftfm.fm.diagnose import Diagnoser
+    from rftfm.fm.features import step_features
+
+    detector, diagnoser = Detector.load_default(), Diagnoser.load_default()
+    rows = []
+    for known in (False, True):  # a bug from the first step: unarmed, it is left to other evidence; known, it alarms
+        detector.know_invariants(known)
+        detector.reset("user")
+        alarm = detector.observe(*_step_with_trajectories(1, flip=True, seed=1))
+        led = alarm is not None and alarm.evidence[0].signal == "traj_advantage_residual"
+        assert led == known
+    assert detector.invariants_known  # kept for the next run's reset
+    detector.reset("next")
+    assert detector.observe(*_step_with_trajectories(1, flip=True, seed=2)) is not None
+    for step in (1, 2):
+        rows.append({"run_id": "user", "step": step, **step_features(*_step_with_trajectories(step, True, step))})
+    cube, steps = runs_cube(pl.DataFrame(rows), ["user"])
+    assert invariants.broken(cube[0], steps[0]) == [] and invariants.broken(cube[0], steps[0], known=True)
+    diagnoser.know_invariants(True)
+    diagnosis = diagnoser.diagnose(pl.DataFrame(rows), "user", 2)
+    assert diagnosis.top is not None and diagnosis.top.family == "ca"
+    lead = diagnosis.evidence[0]  # the broken invariant, though the tracker may not follow it
+    assert (lead.signal, lead.direction, lead.since_step) == ("traj_advantage_residual", "up", 1)
+    assert lead.value == pytest.approx(1.0) and "advantage" in diagnosis.summary
+
+
 def test_advantages_rounded_to_bf16_stay_far_below_the_limit() -> None:
     """The limit's margin over float rounding (docs/detection.md, rftfm.fm.invariants): bf16 advantages."""
     import torch

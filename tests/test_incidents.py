@@ -172,7 +172,7 @@ def test_remediation_rows_resume_and_a_torn_last_line_is_dropped(tmp_path):
     )
     arms = sorted(arm for _, arm in _tasks([hard], [control]))
     # the control's loop-off arm and the hard fault's clean arm are one training
-    assert arms == ["clean", "generic", "loop", "none", "on"]
+    assert arms == ["clean", "generic", "loop", "none", "on", "trainside"]
 
 
 def test_select_runs_filters_types_and_rejects_unknown_ones():

@@ -87,15 +87,20 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     assert buggy.state.global_step == 10  # alert-only: the run goes on
 
 
-def test_with_the_loop_on_a_sign_bug_is_rolled_back_to_before_it_and_the_run_halted(tmp_path):
-    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[ur.AdvantageSignBug(6)])
+@pytest.mark.parametrize("onset", [6, 1])
+def test_with_the_loop_on_a_sign_bug_is_rolled_back_to_before_it_and_the_run_halted(tmp_path, onset):
+    buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[ur.AdvantageSignBug(onset)])
     loop = RFTFMCallback.attach(buggy, report=False)
     buggy.train()
     actions = [e for e in loop.controller.store.events(kind="action")]
     kinds = [(e["step"], e["payload"]["kind"]) for e in actions]
-    assert kinds == [(6, "rollback"), (6, "halt")]  # the invariant leaves only advantage bugs: each ends in a halt
-    assert int(actions[0]["payload"]["detail"].split()[-1]) < 6  # to a checkpoint from before the bug
+    # TRL's GRPO estimator arms the invariants from the first step; a broken one leaves only advantage bugs, and
+    # each of them ends in a halt
+    assert kinds == [(onset, "rollback"), (onset, "halt")]
+    assert int(actions[0]["payload"]["detail"].split()[-1]) < onset  # to a checkpoint from before the bug
     assert loop.controller.mode == "halted" and buggy.state.global_step < 10
+    diagnosis = loop.controller.store.events(kind="diagnosis")[0]["payload"]
+    assert diagnosis["evidence"][0]["signal"] == "traj_advantage_residual"
 
 
 def test_no_evaluation_or_one_of_the_same_group_size_leaves_them_read() -> None:

@@ -186,6 +186,7 @@ class Detector:
         # a record alarms when its score exceeds this (1: the calibrated false-alarm budget); the loop lowers it
         # while a knob change it did not make is in effect, as the change raises the odds of a fault
         self.alarm_threshold = 1.0
+        self.invariants_known = False  # see :meth:`know_invariants`
         self._tier_columns: dict[str, np.ndarray] = {}
         self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
 
@@ -365,6 +366,14 @@ class Detector:
         """Start streaming run ``run_id`` (no configuration is needed: the arguments are ignored)."""
         self._require_fitted()
         self._live = _Live(run_id, self.tracker.new_state(1), FlatStreak.new(1))
+        self.know_invariants(self.invariants_known)
+
+    def know_invariants(self, known: bool) -> None:
+        """``known``: the run's estimator is known to make the advantage invariants hold (a TRL GRPOTrainer whose
+        configuration was checked), so they are armed from the first record, this run's and the next ones'."""
+        self.invariants_known = known
+        if known and self._live is not None:
+            self._live.invariant_held = np.maximum(self._live.invariant_held, invariants.INVARIANT_WARMUP)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         """Update with one logged step; an :class:`Alarm` while the score exceeds the threshold."""
@@ -675,6 +684,9 @@ class CombinedDetector:
     def reset(self, run_id: str, task_group: str | None = None, model_size: str | None = None) -> None:
         self.zero_shot.reset(run_id)
         self.profile.reset(run_id, task_group, model_size)
+
+    def know_invariants(self, known: bool) -> None:
+        self.zero_shot.know_invariants(known)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

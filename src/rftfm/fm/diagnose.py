@@ -99,6 +99,7 @@ class Diagnoser:
         self.novelty_thresholds: np.ndarray = np.zeros(0)  # per class
         self.novelty_labels: np.ndarray = np.zeros(0, dtype=int)  # class of each reference row
         self.info: dict[str, Any] = {}
+        self.invariants_known = False  # see :meth:`know_invariants`
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -258,6 +259,11 @@ class Diagnoser:
         if self.booster is None or self.tracker is None:
             raise RuntimeError("Diagnoser is not fitted; call fit() or load()")
 
+    def know_invariants(self, known: bool) -> None:
+        """``known``: the runs' estimator makes the advantage invariants hold, so they count from the first record
+        (:meth:`rftfm.fm.detect.Detector.know_invariants`)."""
+        self.invariants_known = known
+
     def diagnose(
         self,
         history: pl.DataFrame,
@@ -280,7 +286,8 @@ class Diagnoser:
         cube, steps = runs_cube(history, [run_id])
         tracked = self.tracker.run_cube(cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
-        probs, unknowns = self.apply_invariants(*self.scores(x), [invariants.broken(cube[0], steps[0])])
+        broken = invariants.broken(cube[0], steps[0], self.invariants_known)
+        probs, unknowns = self.apply_invariants(*self.scores(x), [broken])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [
@@ -292,6 +299,7 @@ class Diagnoser:
             for i in order
         ]
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
+        evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -431,6 +439,21 @@ class Diagnoser:
         if not DEFAULT_ARTIFACT.exists():
             raise FileNotFoundError(f"no default diagnoser at {DEFAULT_ARTIFACT}; train one with `rftfm fit diagnoser`")
         return cls.load(DEFAULT_ARTIFACT)
+
+
+def invariant_evidence(raw: np.ndarray, steps: np.ndarray, broken: list[str]) -> list[SignalEvidence]:
+    """Each broken invariant as evidence, whether this tier tracks it or not: its last value against the 0 a healthy
+    run holds, since the first step of the records breaking it now."""
+    present = np.flatnonzero(steps > 0)
+    items = []
+    for name in broken:
+        values = raw[present, CUBE_SIGNALS.index(name)]
+        with np.errstate(invalid="ignore"):
+            held = values <= invariants.INVARIANT_LIMITS[name]  # a record with nothing to judge (NaN) did not hold it
+        start = int(np.flatnonzero(held)[-1]) + 1 if held.any() else 0
+        items.append(SignalEvidence(signal=name, direction="up", value=_round(float(values[-1])), expected=0.0,
+                                    since_step=int(steps[present[start]])))
+    return items
 
 
 def _deviation_start(cusum: np.ndarray, z: np.ndarray, sign: float) -> int:

@@ -6,7 +6,9 @@ float rounding (1 - corr^2 of advantages rounded to bf16 reaches 3e-6 in the tes
 below 1e-12) and below what an advantage bug gives (a flipped group: 1; one zeroed group among 64: 0.016). It is
 trusted only once the run's own records held it :data:`INVARIANT_WARMUP` times: an estimator that does not make it
 hold (PPO's GAE, REINFORCE++'s batch baseline) never arms it, and a run that breaks it from its first step is left
-to the other evidence. Written by hand: a rule over two numbers, no library does it.
+to the other evidence -- unless the caller knows the estimator (``known``: a TRL GRPOTrainer whose configuration
+the callback checked), which arms it from the first record. Written by hand: a rule over two numbers, no library
+does it.
 """
 
 from __future__ import annotations
@@ -35,18 +37,18 @@ def units(values: np.ndarray, held_before: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def armed_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def armed_units(raw: np.ndarray, steps: np.ndarray, known: bool = False) -> np.ndarray:
     """(..., S, len(INVARIANT_LIMITS)) :func:`units` of raw cube records (..., S, len(CUBE_SIGNALS)), each run's
-    records in order (``steps`` 0: absent)."""
+    records in order (``steps`` 0: absent); ``known``: armed from the first record."""
     values = np.where(steps[..., None] > 0, raw[..., COLUMNS], np.nan)
     held = holds(values)
-    return units(values, np.cumsum(held, axis=-2) - held)
+    return units(values, np.cumsum(held, axis=-2) - held + (INVARIANT_WARMUP if known else 0))
 
 
-def broken(raw: np.ndarray, steps: np.ndarray) -> list[str]:
+def broken(raw: np.ndarray, steps: np.ndarray, known: bool = False) -> list[str]:
     """The invariants one run's last present record breaks, armed (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,))."""
     present = np.flatnonzero(steps > 0)
     if not present.size:
         return []
-    last = armed_units(raw, steps)[present[-1]]
+    last = armed_units(raw, steps, known)[present[-1]]
     return [s for s, u in zip(INVARIANT_LIMITS, last) if u > 1.0]

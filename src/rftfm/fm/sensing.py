@@ -56,6 +56,15 @@ class Sensing:
         self.detector, self.diagnoser, self.journal, self.guard = detector, diagnoser, journal, guard
         self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
+        self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
+
+    def know_invariants(self, known: bool) -> None:
+        """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
+        invariants hold, which arms them from the first record."""
+        for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
+            tell = getattr(part, "know_invariants", None)
+            if tell is not None:
+                self.guard(stage, lambda tell=tell: tell(known))
 
     def reset_detector(self) -> None:
         self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))

@@ -276,6 +276,20 @@ class RFTFMCallback(TrainerCallback):
             self._add_invariants(record, state.global_step)
             self.controller.observe(record, [])
 
+    def _estimator_checked(self, step: int) -> bool:
+        """Whether the trainer's estimator makes the advantage invariants hold, decided once (recorded in the
+        incident log); when it does, they are armed from the first record."""
+        assert self.controller is not None
+        if self._invariants is None:
+            reason = trl_advantages.unsupported(self.trainer)
+            self._invariants = "off" if reason else "on"
+            self.controller.journal.record(
+                "run", step, {"event": "advantage invariants", "read": reason is None, "reason": reason}
+            )
+            if reason is None:
+                self.controller.know_invariants(step)
+        return self._invariants == "on"
+
     def _add_invariants(self, record: StepRecord, step: int) -> None:
         """The advantage invariants of the trainer's latest generation batch, into ``record.extra`` (attached
         trainers only; whether they can be read is recorded once in the incident log, a failure as an error)."""
@@ -283,14 +297,8 @@ class RFTFMCallback(TrainerCallback):
         if self.trainer is None or self._invariants == "off":
             return
         try:
-            if self._invariants is None:
-                reason = trl_advantages.unsupported(self.trainer)
-                self._invariants = "off" if reason else "on"
-                self.controller.journal.record(
-                    "run", step, {"event": "advantage invariants", "read": reason is None, "reason": reason}
-                )
-                if reason:
-                    return
+            if not self._estimator_checked(step):
+                return
             values = trl_advantages.advantage_invariants(self.trainer)
             record.extra.update({k: v for k, v in values.items() if v is not None})
         except Exception as exc:  # counted, never raised; the step is still observed without them
@@ -326,8 +334,18 @@ class RFTFMCallback(TrainerCallback):
                 )
 
     def _sink(self, record: StepRecord, trajectories: list) -> None:
-        if self.controller is not None:
-            self.controller.observe(record, trajectories)
+        """A recording trainer's step with its trajectories (their advantages are the invariants' input)."""
+        if self.controller is None:
+            return
+        if self.trainer is not None and self._invariants is None:
+            try:
+                self._estimator_checked(record.step)
+            except Exception as exc:  # counted, never raised: the step is still observed
+                self._invariants = "off"
+                self.controller.journal.record(
+                    "error", record.step, {"stage": "advantage invariants", "error": f"{type(exc).__name__}: {exc}"}
+                )
+        self.controller.observe(record, trajectories)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None:
