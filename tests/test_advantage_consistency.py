@@ -92,6 +92,25 @@ def test_the_offline_frame_gives_the_streaming_numbers() -> None:
         assert row["traj_advantage_zeroed"] == pytest.approx(zeroed)
 
 
+def test_a_record_pooling_several_rollout_steps_keeps_their_groups_apart() -> None:
+    from rftfm.fm.features import trajectory_aggregates
+
+    pooled, shuffled = [], []
+    for step in (1, 2):  # logging_steps = 2: one record holds two generation batches with the same group ids
+        group, reward = _batch(step)
+        adv = _grpo(group, reward, "batch")
+        pooled += [
+            TrajectoryRecord(run_id="r", rollout_step=step, prompt_id=f"p{step}-{int(g)}", group_id=int(g),
+                             reward=float(r), response_length=5, advantage=float(a))
+            for g, r, a in zip(group, reward, adv)
+        ]
+    aggregates = trajectory_aggregates(pooled)
+    assert aggregates["traj_advantage_residual"] == pytest.approx(0.0, abs=1e-9)
+    for t in pooled:  # the same trajectories stamped with one step would merge the two batches' groups
+        shuffled.append(t.model_copy(update={"rollout_step": 2}))
+    assert trajectory_aggregates(shuffled)["traj_advantage_residual"] > INVARIANT_LIMITS["traj_advantage_residual"]
+
+
 def _step_with_trajectories(step: int, flip: bool, seed: int) -> tuple[StepRecord, list[TrajectoryRecord]]:
     group, reward = _batch(seed)
     adv = _grpo(group, reward, "group") * (-1.0 if flip else 1.0)

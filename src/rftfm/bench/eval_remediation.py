@@ -653,8 +653,8 @@ def paired_interval(diffs: list[float]) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def target_status(summary: dict[str, Any]) -> list[str]:
-    t = summary["tables"]
+def _repair_lines(t: dict[str, Any]) -> list[str]:
+    """The knob-repairable repair targets, easy and hard, with and (when measured) without an eval callable."""
     lines = []
     cls = {(r["class"], r["setting"]): r for r in t.get("by_class_setting", [])}
     for setting, goal in (("easy", 85.0), ("hard", 70.0)):
@@ -674,6 +674,12 @@ def target_status(summary: dict[str, Any]) -> list[str]:
                 f"  - the same runs without an eval callable (`trainside`: the loop never sees eval accuracy): "
                 f"{r['trainside_repair_%']} %"
             )
+    return lines
+
+
+def target_status(summary: dict[str, Any]) -> list[str]:
+    t = summary["tables"]
+    lines = _repair_lines(t)
     every = {r["setting"]: r for r in t.get("by_setting_all_types", [])}
     if "hard" in every:
         r = every["hard"]

@@ -113,14 +113,25 @@ def _numeric_columns(trajectories: Sequence[TrajectoryRecord]) -> np.ndarray:
         return np.array([[np.nan if (f := finite_or_none(v)) is None else f for v in row] for row in rows]).T
 
 
+def groups_per_rollout_step(step: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Group keys that differ across rollout steps: a record that pools several steps' trajectories (a trainer
+    logging every few steps) holds groups that reuse one another's ids. NaN where the group id is missing."""
+    known = np.isfinite(group)
+    if not known.any():
+        return group
+    low = group[known].min()
+    return np.where(known, step * (group[known].max() - low + 1) + (group - low), np.nan)
+
+
 def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:
-    """Aggregates of one step's trajectories (all ``None`` for an empty list)."""
+    """Aggregates of one logged step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
     columns = _numeric_columns(trajectories)
     group, reward, _, adv = columns[:4]
     flags = np.array([_flag_fields(t.flags) for t in trajectories], dtype=float)
-    residual, zeroed = advantage_consistency(group, reward, adv)
+    step = np.fromiter((t.rollout_step for t in trajectories), dtype=float, count=len(trajectories))
+    residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
     # every column's mean and sd over its finite values at once (one numpy call each, not one per column)
     finite = np.isfinite(columns)
     count = finite.sum(axis=1)

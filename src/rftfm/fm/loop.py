@@ -104,12 +104,6 @@ class Controller:
         if checkpoint:
             self.initial_checkpoint(step)
 
-    def know_invariants(self, step: int) -> None:
-        """The trainer's estimator makes the advantage invariants hold (checked by the caller): they count from the
-        first record."""
-        self.sensing.know_invariants(True)
-        self.journal.note(step, "run", "advantage invariants armed from the first step: the estimator makes them hold")
-
     def initial_checkpoint(self, step: int) -> None:
         """The checkpoint a rollback to the start of the run restores, and the eval accuracy it starts from
         when there is an eval callable (never raises)."""

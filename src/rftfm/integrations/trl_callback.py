@@ -286,8 +286,8 @@ class RFTFMCallback(TrainerCallback):
             self.controller.journal.record(
                 "run", step, {"event": "advantage invariants", "read": reason is None, "reason": reason}
             )
-            if reason is None:
-                self.controller.know_invariants(step)
+            if reason is None:  # the estimator makes them hold: armed from the first record
+                self.controller.sensing.know_invariants(True)
         return self._invariants == "on"
 
     def _add_invariants(self, record: StepRecord, step: int) -> None:
