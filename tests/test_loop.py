@@ -677,6 +677,13 @@ def test_while_a_knob_push_is_in_effect_the_detector_alarms_at_a_lower_score():
         assert ctl.counts["interventions"] == interventions  # a score of 0.7 alarms only after the push
         lowered = [step for step, threshold in det.seen if threshold < 1.0]
         assert lowered == ([5, 6, 7, 8] if push else [])  # from the push until the loop acted on it
+    det = ThresholdDetector({8: 0.7})  # alert-only: nothing is done, but the push still lowers the threshold
+    ctl, rec = _controller(det, diagnoser=FixedDiagnoser("lr_high"), remediate=False)
+    for s in range(1, 10):
+        if s == 5:
+            ctl.handle.set("learning_rate", 1e-1)
+        ctl.observe(rec(s), [])
+    assert ctl.counts["alarms"] == 1 and ctl.counts["interventions"] == 0
 
 
 def test_a_rollback_target_already_pruned_falls_back_to_the_oldest_checkpoint_kept():

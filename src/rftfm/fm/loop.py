@@ -142,11 +142,10 @@ class Controller:
         if self.mode == "halted":
             return
         record = self._guard("eval", lambda: self.heldout.take(record, previous)) or record
-        if self.mode in ("watching", "revalidating"):
-            self._guard("knobs", lambda: self._track_knobs(step))
+        self._guard("knobs", lambda: self._track_knobs(step))  # alert-only too: a push lowers the alarm threshold
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history),
-                                        policy.alarm_threshold(after_push and self.mode != "alert_only", self.config))
+                                        policy.alarm_threshold(after_push, self.config))
         if not ok:
             return
         alarm = self._triage(step, alarm)
