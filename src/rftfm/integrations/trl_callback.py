@@ -281,7 +281,11 @@ class RFTFMCallback(TrainerCallback):
         incident log); when it does, they are armed from the first record."""
         assert self.controller is not None
         if self._invariants is None:
-            reason = trl_advantages.unsupported(self.trainer)
+            try:
+                reason = trl_advantages.unsupported(self.trainer)
+            except Exception as exc:  # counted, never raised: the steps are still observed, without them
+                self._invariant_error(step, exc)
+                reason = f"the trainer could not be checked ({type(exc).__name__})"
             self._invariants = "off" if reason else "on"
             self.controller.journal.record(
                 "run", step, {"event": "advantage invariants", "read": reason is None, "reason": reason}
@@ -289,6 +293,13 @@ class RFTFMCallback(TrainerCallback):
             if reason is None:  # the estimator makes them hold: armed from the first record
                 self.controller.sensing.know_invariants(True)
         return self._invariants == "on"
+
+    def _invariant_error(self, step: int, exc: Exception) -> None:
+        """A failure reading the advantage invariants, recorded in the incident log (never raised)."""
+        assert self.controller is not None
+        self.controller.journal.record(
+            "error", step, {"stage": "advantage invariants", "error": f"{type(exc).__name__}: {exc}"}
+        )
 
     def _add_invariants(self, record: StepRecord, step: int) -> None:
         """The advantage invariants of the trainer's latest generation batch, into ``record.extra`` (attached
@@ -302,9 +313,7 @@ class RFTFMCallback(TrainerCallback):
             values = trl_advantages.advantage_invariants(self.trainer)
             record.extra.update({k: v for k, v in values.items() if v is not None})
         except Exception as exc:  # counted, never raised; the step is still observed without them
-            self.controller.journal.record(
-                "error", step, {"stage": "advantage invariants", "error": f"{type(exc).__name__}: {exc}"}
-            )
+            self._invariant_error(step, exc)
 
     def _sync(self, step: int, control: Any) -> None:
         """Every rank makes the changes the main process just made (same step); if one rank cannot,
@@ -337,14 +346,8 @@ class RFTFMCallback(TrainerCallback):
         """A recording trainer's step with its trajectories (their advantages are the invariants' input)."""
         if self.controller is None:
             return
-        if self.trainer is not None and self._invariants is None:
-            try:
-                self._estimator_checked(record.step)
-            except Exception as exc:  # counted, never raised: the step is still observed
-                self._invariants = "off"
-                self.controller.journal.record(
-                    "error", record.step, {"stage": "advantage invariants", "error": f"{type(exc).__name__}: {exc}"}
-                )
+        if self.trainer is not None:
+            self._estimator_checked(record.step)  # decided at the first step (never raises)
         self.controller.observe(record, trajectories)
 
     def on_train_end(self, args, state, control, **kwargs):
