@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rftfm.fm.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, Checkpointer, CheckpointError
+from rftfm.fm.checkpoint import CHECKSUM, META_FILE, MODEL_FILE, STATE_FILE, Checkpointer, CheckpointError
 
 
 class Tied(torch.nn.Module):
@@ -84,7 +84,7 @@ def test_state_file_loads_with_weights_only(tmp_path):
     state = torch.load(info.path / STATE_FILE, weights_only=True)
     assert set(state) == {"optimizer", "scheduler", "rng"}
     meta = json.loads((info.path / META_FILE).read_text())
-    assert set(meta["sha256"]) == {MODEL_FILE, STATE_FILE}
+    assert set(meta[CHECKSUM]) == {MODEL_FILE, STATE_FILE}
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete_meta"])

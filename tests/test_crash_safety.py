@@ -275,7 +275,7 @@ def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(
 ) -> None:
     import torch
 
-    from rftfm.fm.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, Checkpointer
+    from rftfm.fm.checkpoint import CHECKSUM, META_FILE, MODEL_FILE, STATE_FILE, Checkpointer, file_checksum
 
     pwned = tmp_path / "pwned"
     monkeypatch.setenv("RFTFM_PWNED", str(pwned))
@@ -298,7 +298,7 @@ def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(
     else:  # a tampered state file whose checksum was updated too: only weights_only loading stops it
         torch.save({"optimizer": None, "scheduler": None, "rng": _Evil()}, newest / STATE_FILE)
         meta = json.loads((newest / META_FILE).read_text())
-        meta["sha256"][STATE_FILE] = hashlib.sha256((newest / STATE_FILE).read_bytes()).hexdigest()
+        meta[CHECKSUM][STATE_FILE] = file_checksum(newest / STATE_FILE)
         (newest / META_FILE).write_text(json.dumps(meta))
     fresh, fresh_opt = make_model()
     info, skipped = ck.restore(fresh, fresh_opt)

@@ -301,7 +301,8 @@ class Detector:
                 np.array([self.surprise_scale.get(s, 1.0) for s in kept]),
             )
         z_cols, scale = self._surprise_columns[tier]
-        z = np.abs(np.nan_to_num(x[..., z_cols])) / scale
+        z = x[..., z_cols]
+        z = np.abs(np.where(np.isnan(z), 0.0, z)) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 

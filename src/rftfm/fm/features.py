@@ -101,12 +101,15 @@ _NUMERIC = (
     "tool_call_count", "tool_error_count",
 )
 _FLAGS = ("empty_response", "short_response", "long_response", "truncated")
-_numeric_fields, _flag_fields = attrgetter(*_NUMERIC), attrgetter(*_FLAGS)
+#: every field an aggregate reads, flags and rollout step included: one attribute pass over the records
+_COLUMNS = (*_NUMERIC, *(f"flags.{flag}" for flag in _FLAGS), "rollout_step")
+_fields = attrgetter(*_COLUMNS)
 
 
 def _numeric_columns(trajectories: Sequence[TrajectoryRecord]) -> np.ndarray:
-    """(len(_NUMERIC), n) the trajectories' numeric fields, missing as NaN, in one pass over the records."""
-    rows = [_numeric_fields(t) for t in trajectories]
+    """(len(_COLUMNS), n) the trajectories' fields (:data:`_NUMERIC`, then the flags as 0 / 1, then the rollout
+    step), missing as NaN, in one pass over the records."""
+    rows = [_fields(t) for t in trajectories]
     try:
         return np.array(rows, dtype=float).T  # None becomes NaN
     except (TypeError, OverflowError):  # an int too large for a float (or a stray object) counts as missing
@@ -127,10 +130,9 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     """Aggregates of one logged step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
-    columns = _numeric_columns(trajectories)
+    every = _numeric_columns(trajectories)
+    columns, flags, step = every[: len(_NUMERIC)], every[len(_NUMERIC) : -1].T, every[-1]
     group, reward, _, adv = columns[:4]
-    flags = np.array([_flag_fields(t.flags) for t in trajectories], dtype=float)
-    step = np.fromiter((t.rollout_step for t in trajectories), dtype=float, count=len(trajectories))
     residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
     # every column's mean and sd over its finite values at once (one numpy call each, not one per column)
     finite = np.isfinite(columns)

@@ -34,7 +34,7 @@ def units(values: np.ndarray, held_before: np.ndarray) -> np.ndarray:
     """Each invariant in units of its limit where the run had held it :data:`INVARIANT_WARMUP` times (else 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(held_before >= INVARIANT_WARMUP, values / _LIMITS, 0.0)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 def armed_units(raw: np.ndarray, steps: np.ndarray, known: bool = False) -> np.ndarray:
