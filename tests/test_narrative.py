@@ -121,3 +121,17 @@ def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     store.record("run", "h", 3, {"event": "end", "mode": "halted"})
     halted = narrate(store.events())
     assert "stopped training" in halted and "advantage computation" in halted and "fix the cause" in halted
+
+
+def test_checkpoints_that_cost_more_than_the_budget_are_told_with_the_interval_that_fits_it():
+    store = MemoryIncidentStore()
+    store.record("run", "c", 0, {"event": "start", "mode": "watching"})
+    end = {"event": "end", "mode": "watching", "monitor_seconds": 4.0, "wall_seconds": 20.0}
+    store.record("run", "c", 40, {**end, "checkpoints": 21, "checkpoint_seconds": 3.0, "checkpoint_every": 2})
+    text = narrate(store.events())
+    assert "of it 21 checkpoint(s) 3.0 s" in text
+    # 15 % of the wall time at every 2 steps: every 6 keeps them at 5 %
+    assert "checkpoints took 15 % of the run's wall time: ControllerConfig(checkpoint_every=6)" in text
+    store = MemoryIncidentStore()
+    store.record("run", "d", 40, {**end, "checkpoints": 21, "checkpoint_seconds": 0.5, "checkpoint_every": 2})
+    assert "checkpoint_every=" not in narrate(store.events())  # 2.5 %: within the budget

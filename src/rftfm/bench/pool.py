@@ -9,25 +9,27 @@ from typing import Any, Callable, Iterator, Sequence
 
 def run_in_pool(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int, *,
                 warmup: tuple[Callable[..., Any], Sequence[tuple]] | None = None,
-                init: Callable[[], Any] | None = None) -> Iterator[Any]:
+                init: tuple[Callable[..., Any], tuple] | None = None) -> Iterator[Any]:
     """Yield ``fn(*task)`` for every task, in completion order.
 
     ``workers > 1`` runs them in that many spawned processes (torch is not fork-safe);
     ``warmup = (g, args)`` first runs ``g(*a)`` for every ``a`` in the pool (e.g. build caches
-    each worker needs), and ``init`` runs once in this process when ``workers <= 1``.
+    each worker needs); ``init = (h, args)`` runs ``h(*args)`` once in every worker process before its
+    first task (once in this process when ``workers <= 1``): a module-level function, as spawn pickles it.
     """
     if not tasks:
         return
     if workers <= 1:
         if init is not None:
-            init()
+            init[0](*init[1])
         if warmup is not None:
             for args in warmup[1]:
                 warmup[0](*args)
         for task in tasks:
             yield fn(*task)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    per_worker = {"initializer": init[0], "initargs": init[1]} if init is not None else {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), **per_worker) as pool:
         if warmup is not None and warmup[1]:
             list(pool.map(warmup[0], *zip(*warmup[1])))
         pending = {pool.submit(fn, *task) for task in tasks}

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ class Checkpointer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
         self.pinned: int | None = None
+        self.save_seconds = 0.0  # wall time spent writing checkpoints (what the end-of-run cost reports)
 
     # --- writing ----------------------------------------------------------------------------
     def save(
@@ -106,6 +108,7 @@ class Checkpointer:
         scheduler: Any = None,
         knobs: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
+        start = time.perf_counter()
         final = self.root / f"{PREFIX}{step:07d}"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
@@ -133,6 +136,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._prune()
+        self.save_seconds += time.perf_counter() - start
         return CheckpointInfo(step, final, meta["knobs"])
 
     def pin(self, step: int | None) -> None:

@@ -121,6 +121,8 @@ class Controller:
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, **self.counts, "monitor_seconds": round(self.monitor_seconds, 4),
+                "checkpoint_seconds": round(self.checkpointer.save_seconds, 4),
+                "checkpoint_every": self.config.checkpoint_every,
                 "outcomes": [o.result for o in self.outcomes], "replayed": self.length.replayed,
                 "accuracy_steps": self.heldout.seen, "evaluations": self.heldout.evaluations,
                 "eval_seconds": round(self.heldout.seconds, 4)}

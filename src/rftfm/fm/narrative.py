@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from rftfm.fm.policy import CHECKPOINT_BUDGET, checkpoint_every_within
+
 #: Where a diagnosed family's cause usually lives in a user's setup.
 LOOK_AT: dict[str, str] = {
     "rf": "the reward function or verifier (what it accepts, its scale and sign, how noisy it is)",
@@ -103,6 +105,8 @@ def _cost(end: dict[str, Any]) -> str:
             percent = 100 * end["monitor_seconds"] / max(end["wall_seconds"], 1e-9)
             share = f" ({percent:.1f} % of {end['wall_seconds']:.0f} s)"
         parts.append(f"the loop's own time {end['monitor_seconds']:.1f} s{share}")
+        if end.get("checkpoints") and end.get("checkpoint_seconds") is not None:
+            parts[-1] += f", of it {end['checkpoints']} checkpoint(s) {end['checkpoint_seconds']:.1f} s"
     if end.get("evaluations"):
         parts.append(f"{end['evaluations']} held-out evaluation(s) taking {end.get('eval_seconds', 0.0):.1f} s")
     return "Cost: " + "; ".join(parts) + "." if parts else ""
@@ -138,12 +142,25 @@ def _look_at(
         hints.append("the signals listed above: the diagnoser knows no fault that fits them")
     if end.get("mode") == "halted":
         hints.append("training was stopped on the restored weights: fix the cause before resuming")
+    hints += _checkpoint_hint(end)
     if errors:
         hints.append(
             f"{len(errors)} internal error(s) in the loop (first: {errors[0]['payload'].get('error')}); "
             "it stopped acting after the first"
         )
     return "Look at: " + "; ".join(hints) + "." if hints else ""
+
+
+def _checkpoint_hint(end: dict[str, Any]) -> list[str]:
+    every = end.get("checkpoint_every")
+    wider = checkpoint_every_within(end.get("checkpoint_seconds"), end.get("wall_seconds"), every or 0)
+    if not every or wider is None:
+        return []
+    share = 100 * end["checkpoint_seconds"] / end["wall_seconds"]
+    return [
+        f"checkpoints took {share:.0f} % of the run's wall time: ControllerConfig(checkpoint_every={wider}) "
+        f"would keep them near {100 * CHECKPOINT_BUDGET:.0f} % (a rollback may then reach back up to {wider} steps)"
+    ]
 
 
 def _evidence(end: dict[str, Any], start: dict[str, Any]) -> str:

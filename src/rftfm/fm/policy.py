@@ -379,6 +379,22 @@ def accuracy_at_or_before(accuracy_at: Mapping[int, float | None], step: int) ->
     return None
 
 
+#: The share of a run's wall time its checkpoints may take before the end-of-run report suggests spacing them out.
+CHECKPOINT_BUDGET = 0.05
+
+
+def checkpoint_every_within(
+    checkpoint_seconds: float | None, wall_seconds: float | None, every: int, budget: float = CHECKPOINT_BUDGET
+) -> int | None:
+    """The checkpoint interval that would have kept a run's checkpoints within ``budget`` of its wall time, when
+    at ``every`` they took more (``None``: within it, or unknown). A large model's checkpoint can cost more than
+    a step; the interval stays the user's choice (a rollback then reaches further back), since one that followed
+    measured times would make the loop's decisions depend on the machine's load."""
+    if not checkpoint_seconds or not wall_seconds or checkpoint_seconds <= budget * wall_seconds:
+        return None
+    return math.ceil(every * checkpoint_seconds / (budget * wall_seconds))
+
+
 def due(previous_step: int, step: int, every: int) -> bool:
     """A multiple of ``every`` lies in (previous_step, step]: a periodic task (checkpoint, evaluation) is
     due at this logged step even when the trainer logs only every few steps."""
