@@ -7,6 +7,7 @@ end (writer -> loader -> features -> Diagnoser) in a few seconds.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -357,3 +358,26 @@ def test_fold_detector_alarms_take_each_folds_own_first_alarm(bench) -> None:
         alarms(faulty, features, "f3")
     with pytest.raises(ValueError, match="no RFT-FM runs of tier 'bc'"):
         FoldDetectorAlarms({"methods": {"a": {}}}, "bc")
+
+
+def test_a_live_run_diagnosed_at_every_step_gets_the_same_answers_as_from_scratch(
+    fitted: Diagnoser, fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diagnoser continues its tracker over a growing history (and starts again after a rewind): the same
+    diagnoses as one that tracks each history from its first record, at a fraction of the tracking."""
+    _, runs, features = fresh
+    run_id = runs.filter(pl.col("fault_type") == "reward_hacking")["run_id"][0]
+    history = features.filter(pl.col("run_id") == run_id)
+    scratch = copy.deepcopy(fitted)
+    tracked_records: list[int] = []
+    extend = fitted.tracker.extend
+    monkeypatch.setattr(fitted.tracker, "extend", lambda state, cube: tracked_records.append(cube.shape[1]) or
+                        extend(state, cube))
+    fitted._tracked.clear()
+    steps = [*range(1, STEPS + 1), 4, 5, STEPS]  # a rollback to step 4, then forward again
+    for step in steps:
+        scratch._tracked.clear()
+        seen = history.filter(pl.col("step") <= step)
+        assert fitted.diagnose(seen, run_id, step).model_dump() == scratch.diagnose(seen, run_id, step).model_dump()
+    # every step once, then the rewind from scratch (4 records), one more, and the rest again
+    assert tracked_records == [1] * STEPS + [4, 1, STEPS - 5]

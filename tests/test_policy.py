@@ -286,4 +286,5 @@ def test_the_alarm_threshold_is_lowered_only_while_a_knob_push_is_in_effect():
 def test_checkpoint_interval_that_fits_the_budget():
     assert policy.checkpoint_every_within(1.0, 100.0, 2) is None  # 1 %: within 5 %
     assert policy.checkpoint_every_within(20.0, 100.0, 2) == 8  # 20 % at every 2 -> 5 % at every 8
-    assert policy.checkpoint_every_within(None, 100.0, 2) is None and policy.checkpoint_every_within(3.0, 0.0, 2) is None
+    assert policy.checkpoint_every_within(None, 100.0, 2) is None
+    assert policy.checkpoint_every_within(3.0, 0.0, 2) is None

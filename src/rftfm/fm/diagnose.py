@@ -39,7 +39,7 @@ from rftfm.fm import invariants
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
-from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, fit_prior_noise
+from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
 from rftfm.fm.features import INVARIANT_FEATURES
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
 from rftfm.signals import SIGNALS, label
@@ -100,6 +100,7 @@ class Diagnoser:
         self.novelty_labels: np.ndarray = np.zeros(0, dtype=int)  # class of each reference row
         self.info: dict[str, Any] = {}
         self.invariants_known = False  # see :meth:`know_invariants`
+        self._tracked: dict[str, tuple[np.ndarray, TrackerState, np.ndarray]] = {}  # see :meth:`_track`
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -284,7 +285,7 @@ class Diagnoser:
                 run_id=run_id, step=step, ranked=[], unknown=True, summary="unknown fault: no history to diagnose"
             )
         cube, steps = runs_cube(history, [run_id])
-        tracked = self.tracker.run_cube(cube)[0]
+        tracked = self._track(run_id, cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
         broken = invariants.broken(cube[0], steps[0], self.invariants_known)
         probs, unknowns = self.apply_invariants(*self.scores(x), [broken])
@@ -308,6 +309,25 @@ class Diagnoser:
             evidence=evidence,
             summary=summary_sentence(None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type),
         )
+
+    def _track(self, run_id: str, cube: np.ndarray) -> np.ndarray:
+        """``tracker.run_cube(cube)`` of one run, continued from the previous call's records when they are this
+        cube's first ones (a live run's history only grows between alarms): a run with an alarm at every step
+        would otherwise track its whole history again at each, quadratic in its length. The same numbers."""
+        assert self.tracker is not None
+        done = self._tracked.get(run_id)
+        if done is not None:
+            seen, state, tracked = done
+            k = seen.shape[1]
+            if k <= cube.shape[1] and np.array_equal(seen, cube[:, :k], equal_nan=True):
+                state = state.copy()
+                tracked = np.concatenate([tracked, self.tracker.extend(state, cube[:, k:])], axis=1)
+                self._tracked = {run_id: (cube.copy(), state, tracked)}
+                return tracked
+        state = self.tracker.new_state(cube.shape[0])
+        tracked = self.tracker.extend(state, cube)
+        self._tracked = {run_id: (cube.copy(), state, tracked)}  # one run at a time: bounded memory
+        return tracked
 
     def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(type probabilities, abstain flags) for a matrix of diagnosis vectors (for evaluation)."""

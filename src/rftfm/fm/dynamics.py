@@ -290,7 +290,11 @@ class DynamicsTracker:
 
     def run_cube(self, cube: np.ndarray) -> np.ndarray:
         """Features (R, S, D) of a raw cube (R, S, F) of records in order (NaN rows past a run's end)."""
-        state = self.new_state(cube.shape[0])
+        return self.extend(self.new_state(cube.shape[0]), cube)
+
+    def extend(self, state: TrackerState, cube: np.ndarray) -> np.ndarray:
+        """:meth:`run_cube` from ``state`` (advanced in place): the features of records that follow those
+        ``state`` has seen."""
         out = np.full((cube.shape[0], cube.shape[1], len(self.names)), np.nan)
         for s in range(cube.shape[1]):
             present = np.isfinite(cube[:, s]).any(axis=1)
