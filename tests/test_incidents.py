@@ -173,6 +173,11 @@ def test_remediation_rows_resume_and_a_torn_last_line_is_dropped(tmp_path):
     arms = sorted(arm for _, arm in _tasks([hard], [control]))
     # the control's loop-off arm and the hard fault's clean arm are one training
     assert arms == ["clean", "generic", "loop", "none", "on", "trainside"]
+    other = control.model_copy(update={"run_id": "n", "seed": 4, "group": "normal", "control_or_fault": "normal"})
+    # a healthy run's two arms side by side (they train at the same time), its twin's clean arm not again
+    assert [(r.run_id, arm) for r, arm in _tasks([hard], [control, other])][-4:] == [
+        ("c", "on"), ("c", "clean"), ("n", "on"), ("n", "clean")
+    ]
 
 
 def test_select_runs_filters_types_and_rejects_unknown_ones():

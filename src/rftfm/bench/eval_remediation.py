@@ -365,10 +365,13 @@ def _zip_longest(lists: list[list[dict]]) -> Iterable[list[dict]]:
 
 def _tasks(faulty: list[RunInfo], healthy: list[RunInfo]) -> list[tuple[RunInfo, str]]:
     """(run, arm) trainings. A healthy run's loop-off arm *is* its clean twin, and faulty runs'
-    clean arms are keyed by configuration and seed, so each clean training runs once."""
+    clean arms are keyed by configuration and seed, so each clean training runs once. A healthy run's two
+    arms are queued side by side (with two workers they train at the same time): the machine's speed drifts
+    by tens of percent over a pass, and the overhead compares the two."""
     tasks = [(r, arm) for r in faulty for arm in FAULT_ARMS if arm != "clean"]
-    tasks += [(r, "on") for r in healthy]
     twins = {clean_twin(r).run_id: r for r in [*faulty, *healthy]}
+    for r in healthy:
+        tasks += [(r, "on")] + ([(r, "clean")] if twins.pop(clean_twin(r).run_id, None) is not None else [])
     return tasks + [(r, "clean") for r in twins.values()]
 
 
