@@ -6,6 +6,8 @@ interventions, halts and the cleared verdict.
 
     python scripts/rerun_loop_arms.py --from docs/results/remediation-seed.json \\
         --arm lr_high-easy-arith_a-xs-o10-s301:loop --arm normal-arith_a-xs-s1154:on
+    python scripts/rerun_loop_arms.py --from docs/results/remediation-config-tool.json --data DIR \
+        --detector det-tool.json --diagnoser diag-tool.json --arm RUN_ID:loop   # a held-out-fold evaluation
 
 Prints one line per arm (``same`` or the fields that differ) and exits 1 when any differs.
 """
@@ -60,6 +62,9 @@ def main() -> None:
         default="classic",
         help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)",
     )
+    parser.add_argument("--data", type=Path, help="a benchmark directory whose runs the summary holds (not a preset)")
+    parser.add_argument("--detector", help="the detector artifact the summary used (default: the shipped one)")
+    parser.add_argument("--diagnoser", help="the diagnoser artifact the summary used (default: the shipped one)")
     parser.add_argument("--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, generic or on)")
     parser.add_argument(
         "--digest",
@@ -69,16 +74,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     summary = json.loads(args.source.read_text(encoding="utf-8"))
-    faulty, healthy = ev.select_runs(preset_runs_table(args.preset), None, None, None)
+    runs = ev.load_runs(args.data) if args.data else preset_runs_table(args.preset)
+    faulty, healthy = ev.select_runs(runs, None, None, None)
     infos = {r.run_id: r for r in [*faulty, *healthy]}
     differ = 0
     digest = open(args.digest, "w", encoding="utf-8") if args.digest else None
     for spec in args.arm:
         run_id, arm = spec.rsplit(":", 1)
-        result, _ = ev.run_arm(infos[run_id], arm)
+        result, _ = ev.run_arm(infos[run_id], arm, args.detector, args.diagnoser)
         got = vars(result)
         if digest is not None:
-            digest.write(json.dumps({k: v for k, v in got.items() if k not in ("wall_s", "monitor_s")}) + "\n")
+            timings = ("wall_s", "monitor_s", "load_s")
+            digest.write(json.dumps({k: v for k, v in got.items() if k not in timings}) + "\n")
             digest.flush()
         diffs = []
         for name, (want, field) in expected_fields(summary, run_id, arm).items():

@@ -105,6 +105,8 @@ def test_an_eval_callable_is_run_at_the_start_every_k_steps_and_for_a_decision()
     assert rollback["detail"].startswith("skipped: eval accuracy 0.500")  # it had not fallen: nothing to undo
     summary = ctl.finish()
     assert summary["evaluations"] == len(calls) == 3 and summary["eval_seconds"] >= 0
+    # what the end-of-run cost tells about checkpoints: how many, their time, the interval in use
+    assert summary["checkpoints"] >= 3 and summary["checkpoint_seconds"] > 0 and summary["checkpoint_every"] == 2
     start = ctl.store.events(kind="run")[0]["payload"]
     assert start["eval_every"] == 4 and all(m is ctl.handle.model for m in calls)
 
