@@ -4,9 +4,11 @@
     python benchmarks/loop_overhead.py --user-run [--runs 3] [--steps 80]  # a plain TRL GRPOTrainer subclass
 
 Prints wall time per arm, the overhead in percent, and the loop's own share (time inside the controller:
-detection, diagnosis, checkpoints). With ``--user-run`` each run is trained three times (loop off; on,
-deciding from train-side metrics; on with ``RewardEval`` on ``--eval-prompts`` held-out prompts every
-``--eval-every`` steps) and the eval callable's calls and seconds are printed too. Wall times on a shared
+detection, diagnosis, checkpoints). Each run is trained with the loop off and on, each arm twice, in the order off,
+on, on, off (so a drift of the machine's speed that is linear over them cancels); with ``--user-run`` in three arms
+(loop off; on, deciding from train-side metrics; on with ``RewardEval`` on ``--eval-prompts`` held-out prompts every
+``--eval-every`` steps: off, on, on+eval, on+eval, on, off), and the eval callable's calls and seconds are printed
+too. Wall times on a shared
 machine are noisy: compare arms of one invocation only. A short untimed run with the loop on comes first, so
 that the process's one-time costs (imports, first kernels, loading detector and diagnoser) fall on no arm.
 """
@@ -50,10 +52,12 @@ def engine_runs(args: argparse.Namespace) -> None:
         )
         a, _ = run_arm(info, "off", args.detector, args.diagnoser)
         b, _ = run_arm(info, "on", args.detector, args.diagnoser)
-        off, on, monitor = off + a.wall_s, on + b.wall_s, monitor + b.monitor_s
+        b2, _ = run_arm(info, "on", args.detector, args.diagnoser)
+        a2, _ = run_arm(info, "off", args.detector, args.diagnoser)
+        off, on, monitor = off + a.wall_s + a2.wall_s, on + b.wall_s + b2.wall_s, monitor + b.monitor_s + b2.monitor_s
         print(
-            f"{info.run_id} {info.task_group}: off {a.wall_s:.2f} s, on {b.wall_s:.2f} s (loop {b.monitor_s:.2f} s, "
-            f"{b.interventions} interventions)"
+            f"{info.run_id} {info.task_group}: off {a.wall_s:.2f} + {a2.wall_s:.2f} s, on {b.wall_s:.2f} + "
+            f"{b2.wall_s:.2f} s (loop {b.monitor_s + b2.monitor_s:.2f} s, {b.interventions} interventions)"
         )
     print(
         f"total: off {off:.1f} s, on {on:.1f} s -> overhead {100 * (on / off - 1):.1f} % "
@@ -75,7 +79,7 @@ def user_runs(args: argparse.Namespace) -> None:
             eval_prompts=args.eval_prompts,
         )
         line = [run.run_id]
-        for arm in totals:
+        for arm in [*totals, *reversed(totals)]:  # ABC-CBA: a drift of the machine's speed linear over the six cancels
             result, callback = run_plain_arm(run, arm, detector_path=args.detector, diagnoser_path=args.diagnoser)
             totals[arm] += result.wall_s
             line.append(
