@@ -79,7 +79,7 @@ def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
 
 
 def _nan_to_zero(values: np.ndarray) -> np.ndarray:
-    """NaN -> 0 (the values here are finite or NaN); a tenth of ``np.nan_to_num``'s cost on a record's few
+    """NaN -> 0 (the values here are finite or NaN); about a seventh of ``np.nan_to_num``'s cost on a record's few
     dozen values, where that call was the tracker's largest single cost."""
     return np.where(np.isnan(values), 0.0, values)
 

@@ -159,7 +159,8 @@ def _checkpoint_hint(end: dict[str, Any]) -> list[str]:
     share = 100 * end["checkpoint_seconds"] / end["wall_seconds"]
     return [
         f"checkpoints took {share:.0f} % of the run's wall time: ControllerConfig(checkpoint_every={wider}) "
-        f"would keep them near {100 * CHECKPOINT_BUDGET:.0f} % (a rollback may then reach back up to {wider} steps)"
+        f"would keep them near {100 * CHECKPOINT_BUDGET:.0f} % "
+        f"(a rollback may then go back up to {wider} steps further)"
     ]
 
 
