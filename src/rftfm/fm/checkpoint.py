@@ -12,7 +12,7 @@ A checkpoint is written into a temporary directory and moved into place with
 or do not match their checksum is skipped and the previous one is used. Files are not flushed to
 the disk (``fsync``) unless ``durable=True``: the checkpoints serve rollbacks within the live
 process, which a machine crash ends too, and a checkpoint damaged anyway fails its checksum; the
-flush makes a small model's checkpoint 1.6-1.7 times as costly (``benchmarks/checkpoint_cost.py``). The checksum
+flush makes a small model's checkpoint 1.3-1.6 times as costly (``benchmarks/checkpoint_cost.py``). The checksum
 guards against accidental damage (a truncated or altered file), not against an attacker (loading with
 ``weights_only`` does that), so it is XXH3-128 (``xxhash``), about four times as fast as SHA-256. Only the last
 ``keep`` checkpoints are kept, plus one the caller pinned (:meth:`Checkpointer.pin`: e.g. the last
