@@ -260,7 +260,7 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     for i, info in enumerate(faulty):
         rows += [
             row(clean_twin(info).run_id, "clean", 0.5),
-            row(info.run_id, "none", 0.1),
+            row(info.run_id, "none", 0.1 if i < 3 else 0.48),  # run 3: the fault did not hurt it
             row(info.run_id, "generic", 0.2),
         ]
         # runs 0-2 repaired (run 0 after a replayed rollback); run 3 cleared but short of 90 % of the clean accuracy
@@ -280,6 +280,9 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     assert cost["steps_vs_clean_%"] == round(100 * 6 / 112, 1) and cost["runs_replaying_%"] == 25.0
     easy = target_status(summary)[0]
     assert "75.0 % of 4 (95 % CI 30.1-95.4" in easy and easy.endswith("**not met**")
+    # beside the targets, the runs the fault hurt (the no-remediation arm below 90 % of the clean accuracy)
+    assert any("on the 3 of 4 faulty runs the fault hurt" in line and line.endswith("knob-repairable repaired 3 of 3")
+               for line in target_status(summary))
     # an evaluation without the optional train-side arm keeps its pairs; with it, the arm is scored alike
     assert "trainside_repair_%" not in summary["tables"]["by_class_setting"][0]
     assert "without an eval callable" not in "\n".join(target_status(summary))

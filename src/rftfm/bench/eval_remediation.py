@@ -713,6 +713,33 @@ def _repair_lines(t: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _caught(pair: dict[str, Any]) -> bool:
+    """A code-fault run the loop halted, or alerted on with the right family."""
+    diagnosed = pair["diagnosed"]
+    right_family = diagnosed in FAULT_TYPES and FAULT_TYPES[diagnosed].family == pair["fault_family"]
+    return bool(pair["loop_halted"]) or (bool(pair["detected"]) and right_family)
+
+
+def _hurt_lines(pairs: list[dict[str, Any]]) -> list[str]:
+    """The same counts on the faulty runs the fault hurt (no-remediation final accuracy below the tolerance of the
+    clean twin's). Reported beside the targets, not instead: a fault that leaves a run as good as its clean twin
+    may leave no trace to see, and a repair of it cannot be told from none."""
+    hurt = [p for p in pairs if not p["none_accuracy_ok"]]
+    knob = [p for p in hurt if p["knob_repairable"]]
+    code = [p for p in hurt if p["halt_only"]]
+    parts = []
+    if knob:
+        parts.append(f"knob-repairable repaired {sum(bool(p['loop_success']) for p in knob)} of {len(knob)}")
+    if code:
+        parts.append(f"code faults halted or alerted with the right family {sum(map(_caught, code))} of {len(code)}")
+    if not parts:
+        return []
+    return [
+        f"- on the {len(hurt)} of {len(pairs)} faulty runs the fault hurt (without the loop, final accuracy below "
+        "the tolerance of the clean twin's): " + "; ".join(parts)
+    ]
+
+
 def target_status(summary: dict[str, Any]) -> list[str]:
     t = summary["tables"]
     lines = _repair_lines(t)
@@ -727,17 +754,13 @@ def target_status(summary: dict[str, Any]) -> list[str]:
         )
     code = [p for p in summary.get("pairs", []) if p.get("halt_only")]
     if code:
-        caught = sum(
-            bool(p["loop_halted"])
-            or (bool(p["detected"]) and p["diagnosed"] in FAULT_TYPES and FAULT_TYPES[p["diagnosed"]].family
-                == p["fault_family"])
-            for p in code
-        )
+        caught = sum(map(_caught, code))
         low, high = wilson_interval(caught, len(code))
         lines.append(
             f"- code faults halted, or alerted with the right family: {_pct(caught / len(code))} % of {len(code)} "
             f"(95 % CI {low:.1f}-{high:.1f}; target >= 90 %) -> **{'met' if caught / len(code) >= 0.9 else 'not met'}**"
         )
+    lines += _hurt_lines(summary.get("pairs", []))
     h = t.get("healthy")
     if h:
         ok = h["no_intervention_%"] >= 99.0 and h["halted"] == 0
