@@ -132,6 +132,7 @@ def test_checkpoints_that_cost_more_than_the_budget_are_told_with_the_interval_t
     assert "of it 21 checkpoint(s) 3.0 s" in text
     # 15 % of the wall time at every 2 steps: every 6 keeps them at 5 %
     assert "checkpoints took 15 % of the run's wall time: ControllerConfig(checkpoint_every=6)" in text
+    assert "a rollback may then discard up to 4 more step(s)" in text
     store = MemoryIncidentStore()
     store.record("run", "d", 40, {**end, "checkpoints": 21, "checkpoint_seconds": 0.5, "checkpoint_every": 2})
     assert "checkpoint_every=" not in narrate(store.events())  # 2.5 %: within the budget

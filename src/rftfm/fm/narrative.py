@@ -160,7 +160,7 @@ def _checkpoint_hint(end: dict[str, Any]) -> list[str]:
     return [
         f"checkpoints took {share:.0f} % of the run's wall time: ControllerConfig(checkpoint_every={wider}) "
         f"would keep them near {100 * CHECKPOINT_BUDGET:.0f} % "
-        f"(a rollback may then go back up to {wider} steps further)"
+        f"(a rollback may then discard up to {wider - every} more step(s))"
     ]
 
 
