@@ -457,6 +457,8 @@ def _leave_one_type_out_lines(loto: dict[str, Any] | None) -> list[str]:
 
 
 def _target_lines(result: dict[str, Any]) -> list[str]:
+    if not any(tier in result["tiers"] for tier, _, _ in TARGETS):
+        return []  # only tiers without a target (e.g. bc) were evaluated
     lines = [
         "",
         f"Targets (split `{result['split']}`, easy faults diagnosed at a detector's alarm; the easy faults it "
