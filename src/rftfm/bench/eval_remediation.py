@@ -60,7 +60,6 @@ class ArmResult:
     final_accuracy: float
     wall_s: float
     monitor_s: float = 0.0
-    load_s: float = 0.0  # loading detector and diagnoser, once per process (import included): not in wall_s
     steps: int = 0
     alarms: int = 0
     first_alarm_step: int | None = None
@@ -87,20 +86,6 @@ def load_components(detector_path: str | None, diagnoser_path: str | None) -> tu
         diagnoser = Diagnoser.load(diagnoser_path) if diagnoser_path else Diagnoser.load_default()
         _MODELS[key] = (detector, diagnoser)
     return _MODELS[key]
-
-
-def _timed_load(
-    components: tuple[Any, Any] | None, detector_path: str | None, diagnoser_path: str | None
-) -> tuple[tuple[Any, Any], float]:
-    """(detector, diagnoser) and the seconds loading them took (0 when given or already loaded in this process).
-
-    Timed apart from an arm's wall time: the first arm of a worker would otherwise carry the whole process's
-    one-time import of LightGBM and scikit-learn (about 2 s, as long as half of a benchmark run)."""
-    if components is not None:
-        return components, 0.0
-    start = time.perf_counter()
-    loaded = load_components(detector_path, diagnoser_path)
-    return loaded, time.perf_counter() - start
 
 
 def clean_twin(info: RunInfo) -> RunInfo:
@@ -150,13 +135,14 @@ def run_arm(
     target = clean_twin(info) if arm == "clean" else info
     sinks = [lambda record, trajectories: on_step(record)] if on_step else []
     sinks += [sink] if sink is not None else []
-    loaded = _timed_load(components, detector_path, diagnoser_path) if watch else None
+    # loaded before the clock starts: a process's first load (importing LightGBM) is no cost of this arm
+    loaded = (components or load_components(detector_path, diagnoser_path)) if watch else None
     with tempfile.TemporaryDirectory(prefix="rftfm-rem-") as tmp:
         start = time.perf_counter()
         trainer = build_trainer(target, sinks, output_dir=tmp)
         callback = None
         if loaded is not None:
-            (detector, diagnoser), _ = loaded
+            detector, diagnoser = loaded
             callback = RFTFMCallback.attach(
                 trainer,
                 detector=detector,
@@ -174,8 +160,7 @@ def run_arm(
         accuracy = eval_accuracy(trainer.model, trainer.task, trainer.task.eval_problems(FINAL_EVAL_PROMPTS))
         wall = time.perf_counter() - start
     result = ArmResult(
-        run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step,
-        load_s=loaded[1] if loaded else 0.0,
+        run_id=target.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
     )
     if callback is not None and callback.controller is not None:
         fill_from_controller(result, callback.controller)
@@ -233,14 +218,15 @@ def run_plain_arm(
         fault = ur.LRSpike(run.spike_onset, run.spike_factor)
     elif arm != "clean" and run.sign_bug_onset:
         fault = ur.AdvantageSignBug(run.sign_bug_onset)
-    loaded = _timed_load(components, detector_path, diagnoser_path) if arm != "clean" else None
+    # loaded before the clock starts: a process's first load (importing LightGBM) is no cost of this arm
+    loaded = (components or load_components(detector_path, diagnoser_path)) if arm != "clean" else None
     with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
         start = time.perf_counter()
         trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=fault, eval_prompts=run.eval_prompts)
         trainer.remove_callback(PrinterCallback)  # the evaluation prints its own rows, not every log dict
         callback = None
         if loaded is not None:
-            (detector, diagnoser), _ = loaded
+            detector, diagnoser = loaded
             eval_fn = RewardEval.from_trainer(trainer, threshold=1.0) if arm == "loop+eval" else None
             callback = RFTFMCallback.attach(
                 trainer,
@@ -257,8 +243,7 @@ def run_plain_arm(
         wall = time.perf_counter() - start
         accuracy = ur.accuracy(trainer.model, n=FINAL_EVAL_PROMPTS, offset=run.eval_prompts)
     result = ArmResult(
-        run_id=run.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step,
-        load_s=loaded[1] if loaded else 0.0,
+        run_id=run.run_id, arm=arm, final_accuracy=accuracy, wall_s=wall, steps=trainer.state.global_step
     )
     if callback is not None and callback.controller is not None:
         fill_from_controller(result, callback.controller)
@@ -309,8 +294,7 @@ def fill_from_controller(result: ArmResult, ctl: Any) -> None:
 
 def warm_worker(detector_path: str | None, diagnoser_path: str | None) -> None:
     """Ready a worker before its first timed arm: load detector and diagnoser and train a 2-step run with the loop
-    on, untimed, so that no arm carries the process's one-time costs (imports, first kernels, caches). Without it
-    the first arm of each worker took about 2.4 s longer, and the healthy runs' loop-on arms came first."""
+    on, untimed, so that no arm carries the process's one-time costs (imports, first kernels, caches)."""
     from rftfm.bench.runner import quiet
 
     quiet()
