@@ -101,3 +101,25 @@ def test_a_prior_noise_judges_a_young_run():
     z = _col("kl:z")
     assert np.isnan(without[2, z])  # two values teach no noise
     assert with_prior[2, z] > 5.0
+
+
+def test_a_sparse_reward_is_judged_at_its_resolution_not_at_zero_noise():
+    # a mean of 32 verifier rewards: 0 for the first steps, then one or two completions right now and then
+    rng = np.random.default_rng(8)
+    reward = rng.binomial(32, 0.03, 60) / 32.0
+    reward[:6] = 0.0
+    x = np.stack([np.full(60, 0.01), reward, np.full(60, 0.02)], axis=1)
+    f = _features(x)
+    z = f[:, _col("reward_mean:z")]
+    first_move = int(np.flatnonzero(reward)[0])
+    assert np.all(np.isnan(z[: first_move + 1]))  # a signal that never moved has no known noise yet
+    assert np.nanmax(np.abs(z)) < 5.0  # one completion more or less is a quantum, not twenty sigmas
+
+
+def test_a_real_move_of_a_quantised_reward_still_stands_out():
+    rng = np.random.default_rng(9)
+    reward = rng.binomial(32, 0.5, 60) / 32.0
+    reward[40:] = rng.binomial(32, 0.05, 20) / 32.0  # the verifier broke: most completions now fail
+    x = np.stack([np.full(60, 0.01), reward, np.full(60, 0.02)], axis=1)
+    z = _features(x)[:, _col("reward_mean:z")]
+    assert z[40] < -3.0 and z[40] == np.nanmin(z)  # 0.45 against a binomial noise of 0.09 per step

@@ -17,6 +17,10 @@ record's raw metrics into features that mean the same thing in every configurati
   shrunk towards a prior (``prior_noise``: the typical noise of that signal across many
   configurations) while the run is young, so a jump at step 3 is judged before the run has
   taught its own noise;
+* a signal in the user's units (reward, loss: no prior carries across configurations) is judged
+  only once it has moved, and its noise is never taken below its resolution -- the smallest
+  change it has made so far: a mean of 32 verifier rewards stuck at 0 has not become noiseless,
+  and its first move of one completion (1/32) is one quantum, not twenty sigmas;
 * a shift that persists ``adapt_after`` records is accepted as the run's new level (a change
   point): the fast baseline jumps to it and relearns its noise, so an alarm is an episode with
   an end, while the slow baseline and the CUSUM (capped) still show it for a while;
@@ -101,6 +105,8 @@ class TrackerState:
     noise: np.ndarray  # mean absolute inlier innovation x 1.2533 (NaN: none yet)
     noise_n: np.ndarray  # inlier innovations seen
     noise_sum: np.ndarray  # their sum (the run's all-time noise, a floor under the recent one)
+    previous: np.ndarray  # the last value seen (transformed)
+    resolution: np.ndarray  # the smallest non-zero change between consecutive values so far (NaN: none yet)
     n: np.ndarray  # values seen
     cplus: np.ndarray
     cminus: np.ndarray
@@ -123,6 +129,8 @@ class TrackerState:
             nan.copy(),
             zero.copy(),
             zero.copy(),
+            nan.copy(),
+            nan.copy(),
             zero.copy(),
             zero.copy(),
             zero.copy(),
@@ -181,8 +189,14 @@ class DynamicsTracker:
         own = np.fmax(state.noise, self.config.all_time_floor * all_time)  # NaN only where both are
         with np.errstate(invalid="ignore"):
             blended = np.sqrt((w * self.prior**2 + n * _nan_to_zero(own) ** 2) / (w + n))
-        scale = np.where(np.isfinite(self.prior), blended, np.where(n >= 3, own, np.nan))
-        floor = np.where(np.isfinite(self.prior), np.fmax(self.floor, self.config.prior_floor * self.prior), self.floor)
+        # no prior (the user's units): unknown until the signal has moved, and never below its resolution
+        unpriored = np.where((n >= 3) & np.isfinite(state.resolution), own, np.nan)
+        scale = np.where(np.isfinite(self.prior), blended, unpriored)
+        floor = np.where(
+            np.isfinite(self.prior),
+            np.fmax(self.floor, self.config.prior_floor * self.prior),
+            np.fmax(self.floor, state.resolution),
+        )
         return np.maximum(scale, floor)
 
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
@@ -208,6 +222,7 @@ class DynamicsTracker:
         self._move_baseline(state, y, e, pred, sigma, seen, started, outside)
         self._accumulate(state, zz, judged)
         self._warm_up(state, y, seen)
+        self._learn_resolution(state, y, seen)
         state.records = state.records + 1
         change0 = np.where(
             self.is_rate | self.is_log,
@@ -238,6 +253,15 @@ class DynamicsTracker:
         state.noise = np.where(learn, updated, state.noise)
         state.noise_sum = state.noise_sum + np.where(learn, _nan_to_zero(a), 0.0)
         state.noise_n = state.noise_n + learn
+
+    @staticmethod
+    def _learn_resolution(state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
+        """The smallest non-zero change between consecutive values (after this record is judged)."""
+        with np.errstate(invalid="ignore"):
+            step = np.abs(y - state.previous)
+        moved = seen & (step > 0)  # False where either value is NaN
+        state.resolution = np.where(moved, np.fmin(state.resolution, step), state.resolution)
+        state.previous = np.where(seen, y, state.previous)
 
     def _move_baseline(
         self,
