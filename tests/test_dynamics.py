@@ -123,3 +123,15 @@ def test_a_real_move_of_a_quantised_reward_still_stands_out():
     x = np.stack([np.full(60, 0.01), reward, np.full(60, 0.02)], axis=1)
     z = _features(x)[:, _col("reward_mean:z")]
     assert z[40] < -3.0 and z[40] == np.nanmin(z)  # 0.45 against a binomial noise of 0.09 per step
+
+
+def test_a_fraction_set_by_the_task_has_no_absolute_level_but_its_changes_count():
+    # 90 % zero-variance groups is a healthy hard task; a truncated ratio of 0.9 is a run in trouble anywhere
+    signals = ("frac_zero_std_groups", "truncated_ratio")
+    x = np.column_stack([np.full(30, 0.9), np.full(30, 0.9)])
+    x[20:, 0] = 0.3
+    f = DynamicsTracker(signals).run_cube(x[None])[0]
+    names = feature_names(signals)
+    assert np.all(np.isnan(f[:, names.index("frac_zero_std_groups:level")]))
+    assert np.allclose(f[:, names.index("truncated_ratio:level")], 0.9)
+    assert f[25, names.index("frac_zero_std_groups:change0")] < -0.5

@@ -14,7 +14,10 @@ configuration's units:
 
 A signal's *absolute level* is read only where it means the same in every configuration
 (:func:`has_absolute_level`): fractions, except the clip ratio (zero when each batch gets one
-optimiser step, as in TRL's default; a few percent with verl's PPO mini-batches). A length, a
+optimiser step, as in TRL's default; a few percent with verl's PPO mini-batches) and fractions
+whose healthy level is set by the task's difficulty (``level_by_task``: an accuracy, the share of
+groups whose completions all got the same reward -- 90 % of them in a healthy run on a hard task
+where nearly every completion fails, as in a sparse-reward tool task or early on hard maths). A
 grad norm, a reward or even a KL is judged only against the run itself (1,000 tokens is normal
 for a reasoning model and a blow-up for an 8-token answer; a distillation run sits at a KL of
 0.5 where a GRPO run on a small model stays below 0.05).
@@ -48,10 +51,19 @@ class Signal:
     feature: bool = True  # False: a knob or hardware echo (learning rate, step time), never evidence of a fault
     duplicates: str | None = None
     noisy: bool = False  # jumpy by nature in healthy runs: a jump is no surprise on its own
+    level_by_task: bool = False  # a fraction whose healthy level is set by the task's difficulty
 
 
-def _step(name: str, label: str, scale: Scale, group: Group, feature: bool = True, noisy: bool = False) -> Signal:
-    return Signal(name, label, "step", scale, group, feature, noisy=noisy)
+def _step(
+    name: str,
+    label: str,
+    scale: Scale,
+    group: Group,
+    feature: bool = True,
+    noisy: bool = False,
+    level_by_task: bool = False,
+) -> Signal:
+    return Signal(name, label, "step", scale, group, feature, noisy=noisy, level_by_task=level_by_task)
 
 
 def _traj(name: str, label: str, scale: Scale, group: Group, duplicates: str | None = None) -> Signal:
@@ -64,7 +76,7 @@ SIGNALS: dict[str, Signal] = {
         # --- what a framework logs per train step (``records.STEP_METRICS``, same order)
         _step("reward_mean", "train reward", "linear", "reward"),
         _step("reward_std", "reward sd", "log", "reward"),
-        _step("eval_accuracy", "eval accuracy", "rate", "accuracy"),
+        _step("eval_accuracy", "eval accuracy", "rate", "accuracy", level_by_task=True),
         _step("kl", "KL", "log", "kl"),
         _step("entropy", "entropy", "log", "entropy"),
         _step("policy_loss", "policy loss", "linear", "optimiser", noisy=True),  # GRPO's hovers around 0, either sign
@@ -76,7 +88,7 @@ SIGNALS: dict[str, Signal] = {
         _step("completion_length_mean", "response length", "log", "length"),
         _step("completion_length_max", "max response length", "log", "length", noisy=True),  # one sample moves it
         _step("truncated_ratio", "truncated ratio", "rate", "length"),
-        _step("frac_zero_std_groups", "zero-variance groups", "rate", "advantage"),
+        _step("frac_zero_std_groups", "zero-variance groups", "rate", "advantage", level_by_task=True),
         _step("step_time_s", "step time", "log", "config", feature=False),
         # --- aggregates of one step's trajectories (per-completion records)
         _traj("traj_reward_mean", "trajectory reward", "linear", "reward", duplicates="reward_mean"),
@@ -156,7 +168,12 @@ _PER_BATCH_STEPS_GROUP: Group = "clip"
 
 def has_absolute_level(name: str) -> bool:
     """Whether ``name``'s value, not only its change, is comparable across configurations."""
-    return name in SIGNALS and SIGNALS[name].scale == "rate" and not depends_on_steps_per_batch(name)
+    return (
+        name in SIGNALS
+        and SIGNALS[name].scale == "rate"
+        and not SIGNALS[name].level_by_task
+        and not depends_on_steps_per_batch(name)
+    )
 
 
 def depends_on_steps_per_batch(name: str) -> bool:
