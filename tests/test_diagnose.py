@@ -277,7 +277,9 @@ def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
         steps, _ = fallback_alarms(r, f, fold)
         return steps, dict.fromkeys(steps, "detector")
 
-    result, _ = evaluate_split(runs, features, "seed", alarm_fn=at_an_alarm, tiers=("a",))
+    folds = result["folds"]
+    result, _ = evaluate_split(runs, features, "seed", alarm_fn=at_an_alarm, tiers=("a",), only=folds)
+    assert result["folds"] == folds
     d = result["tiers"]["a"]["diagnoser"]
     assert d["detected easy"] == d["easy"] and result["alarm_source"] == {"detector": result["test_faulty_runs"]}
     assert "| a | Diagnoser | detected easy |" in markdown_report(result)

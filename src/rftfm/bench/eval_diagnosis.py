@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -245,14 +245,18 @@ def evaluate_split(
     leave_one_type_out: bool = False,
     progress: Callable[[str], None] | None = None,
     tiers: tuple[str, ...] = ("a", "c", "bc"),
+    only: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], Diagnoser]:
     """Fit per fold, diagnose each fold's faulty test runs at alarm time, per tier; baselines too.
+    ``only``: evaluate these folds only (development folds).
 
     Returns the pooled result and a diagnoser fitted on the last fold (for the leave-one-type-out test)."""
     say = progress or (lambda _msg: None)
     features = features.drop([c for c in ("fault_active",) if c in features.columns])
     runs = runs.filter(pl.col("run_id").is_in(features["run_id"].unique().to_list()))
     folds = [f for f in split_folds(runs, split) if _faulty(f[2]).height and f[1].height]
+    if only:
+        folds = [f for f in folds if f[0] in only]
     parts = [
         _fold(name, train, test, features, alarm_fn or detector_alarm_steps, tiers, say) for name, train, test in folds
     ]

@@ -76,16 +76,31 @@ def evaluate_diagnosis(
     alarm_tier: str = typer.Option("a", help="with a detection JSON: the tier whose alarms are used"),
     loto: bool = typer.Option(False, "--loto/--no-loto", help="run the leave-one-type-out test on the last fold "
                               "(one retraining per type)"),
+    fold: Optional[str] = typer.Option(None, help="evaluate only these folds (comma-separated, e.g. task=digits)"),
 ) -> None:
     """Diagnose every faulty held-out run at alarm time; Diagnoser vs kNN vs expert rules."""
     from rftfm.bench.eval_diagnosis import evaluate_split
 
     runs, features = _load_features(data)
     alarm_fn = _alarm_function(alarms, alarm_tier, runs, split)
+    only = _known_folds(fold, runs, split)
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
-                               tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()))
+                               tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), only=only)
     result["command"] = command_line(ctx)
     _write_diagnosis_result(result, split, markdown, json_out, image)
+
+
+def _known_folds(fold: str | None, runs: Any, split: str) -> list[str] | None:
+    """The folds ``--fold`` names (None: every fold); an unknown name fails clearly."""
+    from rftfm.bench.splits import folds as split_folds
+
+    if not fold:
+        return None
+    only = [f.strip() for f in fold.split(",") if f.strip()]
+    unknown = sorted(set(only) - {name for name, _, _ in split_folds(runs, split)})
+    if unknown:
+        fail(f"--fold: no fold {unknown} in split {split!r}")
+    return only
 
 
 def _alarm_function(alarms: str, alarm_tier: str, runs: Any, split: str) -> Any:
