@@ -135,3 +135,8 @@ def test_a_fraction_set_by_the_task_has_no_absolute_level_but_its_changes_count(
     assert np.all(np.isnan(f[:, names.index("frac_zero_std_groups:level")]))
     assert np.allclose(f[:, names.index("truncated_ratio:level")], 0.9)
     assert f[25, names.index("frac_zero_std_groups:change0")] < -0.5
+    # the diagnoser's tracker keeps it: which fault an alarm is, not whether there is one
+    g = DynamicsTracker(signals, config=TrackerConfig(task_levels=True)).run_cube(x[None])[0]
+    assert np.allclose(g[:, names.index("frac_zero_std_groups:level")], np.r_[np.full(20, 0.9), np.full(10, 0.3)])
+    mask = np.array([not n.startswith("frac_zero_std_groups:level") for n in names])
+    assert np.array_equal(f[:, mask], g[:, mask], equal_nan=True)

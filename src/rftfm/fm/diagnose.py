@@ -125,7 +125,8 @@ class Diagnoser:
             raise ValueError("no faulty runs to learn fault types from")
         reference = normal if normal.height else runs
         raw, _ = runs_cube(features, reference["run_id"].to_list())
-        self.tracker = DynamicsTracker(CUBE_SIGNALS, fit_prior_noise(CUBE_SIGNALS, raw), TrackerConfig())
+        prior = fit_prior_noise(CUBE_SIGNALS, raw)
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=True))
         self.feature_names = diagnosis_feature_names()
         self.classes = [t for t in FAULT_TYPES if t in set(faulty["fault_type"].to_list())]
         x, keys = diagnosis_matrix(features, self._training_steps(faulty, features, alarm_steps), self.tracker)
@@ -421,6 +422,7 @@ class Diagnoser:
             "info": self.info,
             "signals": list(CUBE_SIGNALS),
             "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
+            "task_levels": self.tracker.config.task_levels,
             "lightgbm_model": self.booster.model_to_string(),
         }
 
@@ -450,7 +452,8 @@ class Diagnoser:
         self._reference_groups = np.array(data.get("novelty_groups", []))
         self.info = dict(data.get("info", {}))
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
-        self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig())
+        # an artifact written before task levels were read was fitted without them
+        self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=bool(data.get("task_levels"))))
         self.booster = lgb.Booster(model_str=data["lightgbm_model"])
         return self
 

@@ -9,7 +9,8 @@ signal ``s`` of :data:`~rftfm.fm.cube.CUBE_SIGNALS` and the history up to the di
 * ``cusum_up.s`` / ``cusum_down.s``  the accumulated shift at the diagnosis step;
 * ``dev_slow.s``, ``trend.s``, ``change0.s``  drift from the slow baseline, trend, change since the
   run's own warm-up;
-* ``level.s``     the level of a fraction (the same everywhere), else missing.
+* ``level.s``     the level of a fraction, else missing -- with ``TrackerConfig.task_levels``, also of a
+  fraction whose healthy level the task sets (which fault an alarm is, not whether there is one).
 
 Nothing here depends on a configuration's units or on normal runs of the user's setup; label
 columns are never read. :func:`mask_tiers` hides the signals an input tier lacks.

@@ -71,6 +71,11 @@ class TrackerConfig:
     warmup: int = 5  # records whose median is the run's reference level
     adapt_after: int = 4  # records in a row beyond ``huber`` on one side: the baseline accepts the new level
     cusum_cap: float = 25.0  # so an accepted change stops counting after ~2 cap / (1 + k) records
+    # also the level of a fraction whose healthy level the task sets (``Signal.level_by_task``): no evidence of a
+    # fault by itself (a hard task's healthy run sits at 90 % zero-variance groups), but once an alarm stands, a
+    # fingerprint of which fault it is (every group tied: every reward zeroed). The diagnoser reads it, the
+    # detector does not.
+    task_levels: bool = False
 
 
 def feature_names(signals: tuple[str, ...]) -> tuple[str, ...]:
@@ -158,7 +163,10 @@ class DynamicsTracker:
         self.scale = scales(self.signals)
         self.is_log = np.array([s == "log" for s in self.scale])
         self.is_rate = np.array([s == "rate" for s in self.scale])
-        self.is_absolute = np.array([has_absolute_level(s) for s in self.signals])
+        self.is_absolute = np.array(
+            [has_absolute_level(s) or (self.config.task_levels and s in SIGNALS and SIGNALS[s].level_by_task)
+             for s in self.signals]
+        )
         floors = {"log": self.config.floor_log, "rate": self.config.floor_rate, "linear": NOISE_FLOOR["linear"]}
         self.floor = np.array([floors[s] for s in self.scale])
         prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
