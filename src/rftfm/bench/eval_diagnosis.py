@@ -237,6 +237,26 @@ def _broken_invariants(features: pl.DataFrame, alarms: dict[str, int], ids: list
     return out
 
 
+def _pooled_tier(
+    parts: list[dict[str, Any]], tier: str, true: list[str], strength: list[str], at_alarm: list[bool]
+) -> dict[str, Any]:
+    """One tier's metrics, confusion matrix and baselines over every fold's diagnoses."""
+    no_abstain = np.zeros(len(true), dtype=bool)
+    ranked = [r for p in parts for r in p["tiers"][tier]["ranked"]]
+    unknown = np.concatenate([p["tiers"][tier]["unknown"] for p in parts])
+    pred = [UNKNOWN if u else r[0] for r, u in zip(ranked, unknown)]
+    return {
+        "diagnoser": _metrics(true, ranked, unknown, strength, at_alarm),
+        "confusion": _confusion(true, pred),
+        "baselines": {
+            "knn": _metrics(true, [r for p in parts for r in p["tiers"][tier]["knn"]], no_abstain, strength, at_alarm),
+            "expert_rules": _metrics(
+                true, [r for p in parts for r in p["tiers"][tier]["rules"]], no_abstain, strength, at_alarm
+            ),
+        },
+    }
+
+
 def evaluate_split(
     runs: pl.DataFrame,
     features: pl.DataFrame,
@@ -267,24 +287,7 @@ def evaluate_split(
     for p in parts:
         for k, v in p["alarm_source"].items():
             source[k] = source.get(k, 0) + v
-    no_abstain = np.zeros(len(true), dtype=bool)
-    by_tier = {}
-    for tier in tiers:
-        ranked = [r for p in parts for r in p["tiers"][tier]["ranked"]]
-        unknown = np.concatenate([p["tiers"][tier]["unknown"] for p in parts])
-        pred = [UNKNOWN if u else r[0] for r, u in zip(ranked, unknown)]
-        by_tier[tier] = {
-            "diagnoser": _metrics(true, ranked, unknown, strength, at_alarm),
-            "confusion": _confusion(true, pred),
-            "baselines": {
-                "knn": _metrics(
-                    true, [r for p in parts for r in p["tiers"][tier]["knn"]], no_abstain, strength, at_alarm
-                ),
-                "expert_rules": _metrics(
-                    true, [r for p in parts for r in p["tiers"][tier]["rules"]], no_abstain, strength, at_alarm
-                ),
-            },
-        }
+    by_tier = {tier: _pooled_tier(parts, tier, true, strength, at_alarm) for tier in tiers}
     result: dict[str, Any] = {
         "split": split,
         "folds": [name for name, _, _ in folds],
