@@ -229,6 +229,10 @@ def test_save_load_round_trip_is_json(fitted: Diagnoser, fresh, tmp_path: Path) 
     loaded = Diagnoser.load(path)
     for run_id in runs["run_id"].to_list()[:6]:
         assert loaded.diagnose(features, run_id, 8).model_dump() == fitted.diagnose(features, run_id, 8).model_dump()
+    assert data["task_levels"] and loaded.tracker.config.task_levels
+    del data["task_levels"]  # an artifact written before the diagnoser read the task-set levels
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert not Diagnoser.load(tmp_path / "old.json").tracker.config.task_levels
 
 
 def test_vectorised_scores_match_single_diagnoses(fitted: Diagnoser, fresh) -> None:
