@@ -166,12 +166,13 @@ def is_reward_component(name: str) -> bool:
 _PER_BATCH_STEPS_GROUP: Group = "clip"
 
 
-def has_absolute_level(name: str) -> bool:
-    """Whether ``name``'s value, not only its change, is comparable across configurations."""
+def has_absolute_level(name: str, task_set: bool = False) -> bool:
+    """Whether ``name``'s value, not only its change, is comparable across configurations (``task_set``: also a
+    fraction whose healthy level the task's difficulty sets -- evidence of which fault an alarm is, not of one)."""
     return (
         name in SIGNALS
         and SIGNALS[name].scale == "rate"
-        and not SIGNALS[name].level_by_task
+        and (task_set or not SIGNALS[name].level_by_task)
         and not depends_on_steps_per_batch(name)
     )
 

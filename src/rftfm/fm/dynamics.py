@@ -163,10 +163,7 @@ class DynamicsTracker:
         self.scale = scales(self.signals)
         self.is_log = np.array([s == "log" for s in self.scale])
         self.is_rate = np.array([s == "rate" for s in self.scale])
-        self.is_absolute = np.array(
-            [has_absolute_level(s) or (self.config.task_levels and s in SIGNALS and SIGNALS[s].level_by_task)
-             for s in self.signals]
-        )
+        self.is_absolute = np.array([has_absolute_level(s, self.config.task_levels) for s in self.signals])
         floors = {"log": self.config.floor_log, "rate": self.config.floor_rate, "linear": NOISE_FLOOR["linear"]}
         self.floor = np.array([floors[s] for s in self.scale])
         prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
