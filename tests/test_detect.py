@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rftfm.fm.cube import runs_cube
+from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import Detector, DetectorConfig, describe
 from rftfm.fm.features import FEATURES
 from rftfm.records import StepRecord
@@ -150,6 +150,48 @@ def test_a_rolled_back_step_restores_the_state_from_before_it(fitted):
     assert fitted.resumes == 1 and fitted.last_score == pytest.approx(first[19])
     fitted.observe(records[5])  # further back than the kept snapshots reach is fine too
     assert fitted.last_score == pytest.approx(first[5])
+
+
+def _with_learning_rate(rows: list[dict], push_at: int | None = None, factor: float = 30.0) -> list[dict]:
+    """A cosine schedule's logged learning rate, multiplied by ``factor`` from step ``push_at`` on."""
+    for r in rows:
+        lr = 1e-5 * 0.5 * (1 + np.cos(np.pi * r["step"] / (STEPS + 1)))
+        r["learning_rate"] = lr * (factor if push_at is not None and r["step"] >= push_at else 1.0)
+    return rows
+
+
+def test_a_learning_rate_push_alarms_at_its_record_with_the_jump_as_evidence_offline_as_live(fitted):
+    rows = _with_learning_rate(_run("lr", 903, 1.0), push_at=18)
+    frame = pl.DataFrame(rows)
+    cube, steps = runs_cube(frame, ["lr"])
+    offline, _ = fitted.score_cube(cube, steps, "a", runs_schedule(frame, ["lr"], steps.shape[1]))
+    fitted.reset("lr")
+    live, alarms = [], []
+    for record in _records(rows):
+        alarm = fitted.observe(record)
+        live.append(fitted.last_score)
+        alarms += [alarm] if alarm is not None else []
+    np.testing.assert_allclose(live, offline[0], rtol=1e-9)
+    assert alarms and alarms[0].step == 18
+    jump = alarms[0].evidence[0]
+    assert jump.signal == "learning_rate" and jump.direction == "up" and jump.since_step == 17
+    assert jump.ratio == pytest.approx(30.0, rel=0.2) and "learning rate" in describe(jump)
+    without, _ = fitted.score_cube(cube, steps, "a")  # no learning rate given: the channel is silent
+    assert not (without[0] > 1).any()
+
+
+def test_the_callers_own_learning_rate_change_is_not_a_jump_and_a_rollback_restores_the_schedule(fitted):
+    rows = _with_learning_rate(_run("own", 904, 1.0), push_at=18, factor=0.1)
+    records = _records(rows)
+    fitted.reset("own")
+    for r in records[:17]:
+        fitted.observe(r)
+    fitted.expect_learning_rate_change(0.1)  # the loop cut it itself
+    assert fitted.observe(records[17]) is None
+    for r in records[18:]:
+        fitted.observe(r)
+    alarm = fitted.observe(records[17])  # rolled back to step 18: judged against step 17 again, unannounced
+    assert alarm is not None and alarm.evidence[0].signal == "learning_rate" and alarm.evidence[0].direction == "down"
 
 
 def test_a_log_without_kl_or_with_gaps_is_scored_without_error(fitted):

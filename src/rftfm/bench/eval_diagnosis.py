@@ -30,7 +30,7 @@ from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm import invariants
-from rftfm.fm.cube import runs_cube
+from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
@@ -78,7 +78,7 @@ def detector_alarm_steps(
     if not ids:
         return out, sources
     cube, steps = runs_cube(features, ids)
-    scores, threshold = detector.score_cube(cube, steps)
+    scores, threshold = detector.score_cube(cube, steps, learning_rate=runs_schedule(features, ids, steps.shape[1]))
     onset = dict(runs.select("run_id", "onset_step").iter_rows())
     for i, run_id in enumerate(ids):
         after = np.flatnonzero((scores[i] > threshold) & (steps[i] >= int(onset[run_id] or 1)))

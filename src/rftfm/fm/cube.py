@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.fm.features import FEATURES
+from rftfm.fm.features import FEATURES, SCHEDULE
 
 
 @dataclass
@@ -94,6 +94,19 @@ def runs_cube(features: pl.DataFrame, run_ids: Sequence[str]) -> tuple[np.ndarra
     for s in range(n_steps):
         cube[:, s, FLAT_INDEX] = flat.advance(cube[:, s, EVAL_INDEX])
     return cube, steps
+
+
+def runs_schedule(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
+    """(runs, n_steps) logged learning rate laid out like :func:`runs_cube` (NaN where missing, or where the frame
+    has no :data:`~rftfm.fm.features.SCHEDULE` column)."""
+    out = np.full((len(run_ids), n_steps), np.nan)
+    if SCHEDULE not in features.columns:
+        return out
+    sub = features.filter(pl.col("run_id").is_in(list(run_ids)) & pl.col("step").is_between(1, n_steps))
+    index = {r: i for i, r in enumerate(run_ids)}
+    idx = np.array([index[r] for r in sub["run_id"].to_list()], dtype=int)
+    out[idx, sub["step"].to_numpy().astype(int) - 1] = sub[SCHEDULE].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return out
 
 
 def tail_threshold(scores: np.ndarray, target: float, tail_fraction: float = 0.2, cap: bool = True) -> float:

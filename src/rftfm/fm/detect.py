@@ -24,7 +24,11 @@ How it decides, record by record:
    rounding, so once the run has held one :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, a record past its
    :data:`~rftfm.fm.invariants.INVARIANT_LIMITS` alarms whatever the other two channels say (in any tier:
    a trainer can hand the invariants over without trajectory records, :mod:`rftfm.integrations.trl_advantages`);
-5. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+5. a *schedule* channel, fitting-free too: the logged learning rate (never a feature: it is configuration) alarms
+   when it jumps in one record by more than any warm-up or decay can (:mod:`rftfm.fm.schedule`), the signature
+   of a configuration pushed mid-run; a change the caller made itself is announced
+   (:meth:`Detector.expect_learning_rate_change`) and not judged;
+6. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -53,10 +57,19 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from rftfm.fm import invariants
-from rftfm.fm.cube import CUBE_SIGNALS, EVAL_INDEX, FLAT_INDEX, FlatStreak, runs_cube, tail_threshold, with_derived
+from rftfm.fm import invariants, schedule
+from rftfm.fm.cube import (
+    CUBE_SIGNALS,
+    EVAL_INDEX,
+    FLAT_INDEX,
+    FlatStreak,
+    runs_cube,
+    runs_schedule,
+    tail_threshold,
+    with_derived,
+)
 from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
-from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, step_features
+from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, step_features
 from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -152,6 +165,7 @@ class _Live:
     steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
     log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
     invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
+    schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
 
 
 @dataclass
@@ -167,6 +181,10 @@ class _Pending:
     since_plus: np.ndarray  # (F,) record at which each upward / downward CUSUM excursion began
     since_minus: np.ndarray
     invariant: np.ndarray  # (len(INVARIANT_LIMITS),) each armed invariant in units of its limit (0: not armed)
+    jump: float  # the learning rate's signed jump units (:mod:`rftfm.fm.schedule`)
+    raw_lr: float  # the record's learning rate (NaN: none logged)
+    lr_before: float  # the learning rate of the record before (NaN: none)
+    step_before: int | None  # that record's step
 
 
 class Detector:
@@ -212,6 +230,7 @@ class Detector:
         if runs.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS)).height < 3:
             raise ValueError("need at least 3 normal or control runs to calibrate a detector")
         raw, steps = runs_cube(features, run_ids)
+        jumps = np.abs(schedule.cube_units(runs_schedule(features, run_ids, steps.shape[1]), steps))
         normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
@@ -223,7 +242,7 @@ class Detector:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
         self.models, self.thresholds = {}, {}
-        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold) for tier in tiers}
+        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps) for tier in tiers}
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
@@ -235,9 +254,10 @@ class Detector:
 
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
-        fold: np.ndarray,
+        fold: np.ndarray, jumps: np.ndarray,
     ) -> float:
-        """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm."""
+        """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
+        ``jumps``: the schedule channel's units, which need no fitting)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -261,6 +281,7 @@ class Detector:
                 (learned_max[normal] > self.thresholds[tier]["learned"])
                 | (surprise_max[normal] > self.thresholds[tier]["surprise"])
                 | (invariant_max[normal] > 1.0)
+                | (_run_max(jumps, steps)[normal] > 1.0)
             )
         )
 
@@ -306,12 +327,16 @@ class Detector:
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return top.mean(axis=-1)
 
-    def _combine(self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray) -> np.ndarray:
-        """The record's score from the learned channel's running log-odds, the surprise and the invariants: the
-        largest channel score against its threshold (an alarm above 1; log-odds compare by difference)."""
+    def _combine(
+        self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray, jump: np.ndarray
+    ) -> np.ndarray:
+        """The record's score from the learned channel's running log-odds, the surprise, the invariants and the
+        learning rate's jump: the largest channel score against its threshold (an alarm above 1; log-odds compare
+        by difference; the fitting-free channels are in units of their limits)."""
         t = self.thresholds[tier]
         with np.errstate(over="ignore"):
-            return np.fmax(np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"]), invariant)
+            fitted = np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
+            return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
     @staticmethod
     def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -326,10 +351,14 @@ class Detector:
         if not self.models:
             raise RuntimeError("detector is not fitted: call fit() or load()")
 
-    def score_cube(self, raw: np.ndarray, steps: np.ndarray, tier: str | None = None) -> tuple[np.ndarray, float]:
+    def score_cube(
+        self, raw: np.ndarray, steps: np.ndarray, tier: str | None = None, learning_rate: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
+        ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
+        channel, which is silent without it.
         """
         self._require_fitted()
         if tier is None:
@@ -342,7 +371,8 @@ class Detector:
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
         invariant = invariants.armed_units(masked, steps).max(axis=-1)
-        combined = self._combine(tier, learned, self._surprise(x, tier), invariant)
+        jump = np.zeros(steps.shape) if learning_rate is None else schedule.cube_units(learning_rate, steps)
+        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -356,7 +386,7 @@ class Detector:
         alarms = []
         frame = run_features.sort("step")
         for row in frame.iter_rows(named=True):
-            alarm = self.observe_features(run_id, int(row["step"]), {f: row.get(f) for f in FEATURES})
+            alarm = self.observe_features(run_id, int(row["step"]), {f: row.get(f) for f in (*FEATURES, SCHEDULE)})
             if alarm is not None:
                 alarms.append(alarm)
         self._live, self.skipped_steps, self.resumes = saved, skipped, resumes
@@ -375,6 +405,12 @@ class Detector:
         self.invariants_known = known
         if known and self._live is not None:
             self._live.invariant_held = np.maximum(self._live.invariant_held, invariants.INVARIANT_WARMUP)
+
+    def expect_learning_rate_change(self, factor: float) -> None:
+        """The caller itself multiplied the learning rate by ``factor`` (the closed loop's own LR change): the
+        schedule channel takes it out of the next logged learning rate's jump and judges only the rest."""
+        if self._live is not None:
+            self._live.schedule.expect(factor)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         """Update with one logged step; an :class:`Alarm` while the score exceeds the threshold."""
@@ -416,6 +452,7 @@ class Detector:
                 live.has_trajectories,
                 live.has_eval,
                 live.invariant_held.copy(),
+                live.schedule.copy(),
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -427,6 +464,8 @@ class Detector:
         values = raw[0, invariants.COLUMNS]  # read whatever the tier: nothing of it is fitted
         invariant = invariants.units(values, live.invariant_held)
         live.invariant_held = live.invariant_held + invariants.holds(values)
+        lr_before, step_before = live.schedule.lr, (live.steps[-1] if live.steps else None)
+        jump = live.schedule.advance(_finite(features.get(SCHEDULE)))
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -439,6 +478,10 @@ class Detector:
             live.state.cplus_since[0].copy(),
             live.state.cminus_since[0].copy(),
             invariant,
+            jump,
+            _finite(features.get(SCHEDULE)),
+            lr_before,
+            step_before,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -448,7 +491,8 @@ class Detector:
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = float(p.invariant.max())
-        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant)))
+        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant),
+                                    np.array(p.jump)))
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
@@ -466,9 +510,10 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held, lr_state = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
-        live.invariant_held = held
+        live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
+        live.schedule = lr_state
         live.last_step = step - 1
         del live.steps[int(state.records[0]) :]
         del live.log_odds[int(state.records[0]) :]
@@ -491,8 +536,8 @@ class Detector:
             (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
-        out = []
-        for signal in ranked[:MAX_EVIDENCE]:
+        out = [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump alone is enough for the alarm too
+        for signal in ranked[: MAX_EVIDENCE - len(out)]:
             i = CUBE_SIGNALS.index(signal)
             value = float(p.raw[i])
             expected = self._raw_level(p.before, i)
@@ -513,6 +558,19 @@ class Detector:
                 )
             )
         return out
+
+    def _jump_evidence(self, p: _Pending) -> SignalEvidence:
+        """The learning rate's jump against the record before it."""
+        before = p.lr_before if math.isfinite(p.lr_before) else None
+        return SignalEvidence(
+            signal=SCHEDULE,
+            direction="up" if p.jump > 0 else "down",
+            value=p.raw_lr,  # finite: a jump needs two logged learning rates
+            expected=before,
+            z=None,
+            ratio=(p.raw_lr / before) if before else None,
+            since_step=p.step_before,
+        )
 
     def _raw_level(self, state: TrackerState, i: int) -> float | None:
         """The baseline's level of signal ``i`` in the signal's own units (None before it has one)."""
@@ -688,6 +746,9 @@ class CombinedDetector:
 
     def know_invariants(self, known: bool) -> None:
         self.zero_shot.know_invariants(known)
+
+    def expect_learning_rate_change(self, factor: float) -> None:
+        self.zero_shot.expect_learning_rate_change(factor)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

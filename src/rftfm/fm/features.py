@@ -6,7 +6,9 @@ step); :func:`features_frame` computes the same columns offline from loaded Data
 Both paths give the same numbers (tested).
 
 Never used as features: the fault-injection label (see ``records.LABEL_FIELDS``), the
-learning rate and step time (configuration / hardware echoes, not training dynamics).
+learning rate and step time (configuration / hardware echoes, not training dynamics). The
+learning rate is carried beside the features (:data:`SCHEDULE`) for the detector's schedule
+channel, which judges only its jumps (:mod:`rftfm.fm.schedule`).
 Missing signals stay ``None`` / null; consumers decide how to degrade.
 """
 
@@ -34,6 +36,10 @@ FEATURES: tuple[str, ...] = STEP_FEATURES + TRAJECTORY_FEATURES
 #: Trajectory features a trainer can compute itself from its own per-completion log and hand over in
 #: ``StepRecord.extra`` when there are no trajectory records (:mod:`rftfm.integrations.trl_advantages`).
 INVARIANT_FEATURES: tuple[str, ...] = ("traj_advantage_residual", "traj_advantage_zeroed")
+
+#: The logged learning rate: carried beside :data:`FEATURES` (in :func:`step_features` and :func:`features_frame`),
+#: never one of them.
+SCHEDULE = "learning_rate"
 
 
 def _num(value: float | None) -> float | None:
@@ -170,6 +176,7 @@ def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) ->
     features.update(trajectory_aggregates(trajectories))
     if not trajectories:
         features.update({name: _num(step.extra.get(name)) for name in INVARIANT_FEATURES})
+    features[SCHEDULE] = _num(step.learning_rate)
     return features
 
 
@@ -248,14 +255,15 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
 
 
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
-    """Offline features: one row per (run_id, step) with :data:`FEATURES` columns (nulls where missing).
+    """Offline features: one row per (run_id, step) with :data:`FEATURES` columns and :data:`SCHEDULE` (nulls where
+    missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
     keep = ["run_id", "step"] + [c for c in ("fault_active",) if c in steps.columns]
     step_cols = [
         (pl.col(c).cast(pl.Float64).fill_nan(None) if c in steps.columns else pl.lit(None, dtype=pl.Float64)).alias(c)
-        for c in STEP_FEATURES
+        for c in (*STEP_FEATURES, SCHEDULE)
     ]
     frame = steps.select(*keep, *step_cols)
     if trajectories is not None and trajectories.height:
@@ -268,4 +276,4 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
             )
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
-    return frame.select(*keep, *FEATURES).sort("run_id", "step")
+    return frame.select(*keep, *FEATURES, SCHEDULE).sort("run_id", "step")

@@ -279,6 +279,7 @@ class Controller:
         if action.kind == "set_knob":
             incident.changed.append(action)
             self.knob_log.by_loop[action.knob] = action.value
+            self.sensing.knob_set(action.knob, action.previous, action.value)
         return detail
 
     def _roll_back(self, incident: Incident) -> str:
@@ -322,6 +323,7 @@ class Controller:
         for action in reversed(incident.changed):
             self._guard("apply", lambda a=action: self.handle.set(a.knob, a.previous))
             self.knob_log.by_loop.pop(action.knob, None)
+            self.sensing.knob_set(action.knob, action.value, action.previous)
         self.knob_log.seen = self._guard("knobs", self.handle.knobs) or self.knob_log.seen  # ours: no push
         if incident.plan is not None:
             self.journal.outcome(step, incident.plan, "reverted", why)
@@ -349,9 +351,7 @@ class Controller:
     # --- state helpers -------------------------------------------------------------------------
     def _set_mode(self, mode: Mode) -> None:
         """Every mode change goes through here; leaving the repair states closes the open incident."""
-        self.mode = mode
-        if mode in ("alert_only", "halted"):
-            self.incident = None
+        self.mode, self.incident = mode, None if mode in ("alert_only", "halted") else self.incident
 
     def _rollback_point(self) -> CheckpointInfo | None:
         """The open incident's rollback checkpoint: looked up (and verified) once per step."""

@@ -66,6 +66,14 @@ class Sensing:
             if tell is not None:
                 self.guard(stage, lambda tell=tell: tell(known))
 
+    def knob_set(self, knob: str, previous: object, value: object) -> None:
+        """The loop itself set ``knob`` from ``previous`` to ``value``: for the learning rate, a detector that judges
+        the logged learning rate's jumps (:mod:`rftfm.fm.schedule`) takes that change out of the next record."""
+        tell = getattr(self.detector, "expect_learning_rate_change", None)
+        numbers = isinstance(previous, (int, float)) and isinstance(value, (int, float))
+        if knob == "learning_rate" and tell is not None and numbers and previous > 0:
+            self.guard("detect", lambda: tell(float(value) / float(previous)))
+
     def reset_detector(self) -> None:
         self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
 

@@ -11,13 +11,13 @@ of the other third (out-of-sample), extrapolated with the same exponential tail 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
-from rftfm.fm.cube import runs_cube, tail_threshold
+from rftfm.fm.cube import runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.profile import Transform
 
 NORMAL_KINDS = ("normal", "control")
@@ -25,19 +25,27 @@ NORMAL_KINDS = ("normal", "control")
 
 @dataclass
 class RunCubes:
-    """Raw signals of some runs: cube (R, S, F) NaN padded, steps (R, S) with 0 = absent."""
+    """Raw signals of some runs: cube (R, S, F) NaN padded, steps (R, S) with 0 = absent, and the logged learning
+    rate (R, S) beside them (the signals never include it; RFT-FM's schedule channel reads it)."""
 
     run_ids: list[str]
     cube: np.ndarray
     steps: np.ndarray
+    learning_rate: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all NaN
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            self.learning_rate = np.full(self.steps.shape, np.nan)
 
     @classmethod
     def build(cls, features: pl.DataFrame, run_ids: list[str]) -> "RunCubes":
         cube, steps = runs_cube(features, run_ids)
-        return cls(list(run_ids), cube, steps)
+        return cls(list(run_ids), cube, steps, runs_schedule(features, run_ids, steps.shape[1]))
 
     def subset(self, index: np.ndarray) -> "RunCubes":
-        return RunCubes([self.run_ids[i] for i in index], self.cube[index], self.steps[index])
+        return RunCubes(
+            [self.run_ids[i] for i in index], self.cube[index], self.steps[index], self.learning_rate[index]
+        )
 
 
 class Standardiser:

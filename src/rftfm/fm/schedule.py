@@ -1,0 +1,91 @@
+"""When a run's logged learning rate jumps outside any schedule: the rule of the detector's schedule channel.
+
+A learning-rate schedule (constant, linear or cosine warm-up and decay, with any ``logging_steps``) moves the logged
+LR smoothly: it rises only while it warms up, and it falls steeply only in the tail of a decay, where the records
+before already fell steeply. A configuration pushed mid-run (an LR spike, an LR cut) is a single jump from a flat or
+gently moving LR. So a record's log-ratio to the previous record is judged against the previous log-ratio:
+
+* a rise of more than :data:`JUMP` fold after a record in which the LR did not rise (more than :data:`FLAT`);
+* a fall of more than :data:`JUMP` fold after a record in which it fell by less than :data:`GENTLE` fold.
+
+On the benchmark's normal and control runs (and the faulty runs before onset) the LR never rose after a record that
+did not rise, and fell at most 1.4 fold after a gentle one; mid-run pushes jump 30 fold up or 10 to 400 fold down
+(``python benchmarks/schedule_rule.py``, docs/results/schedule-rule.md). The rule needs two consecutive ratios, so
+it judges nothing until the third record with a learning rate (a push at step 1 is not a jump), never judges the
+warm-up (every record rises) and is blind to a push inside a steep decay. A cosine schedule with hard restarts
+jumps by design: each restart alarms. A record without a learning rate leaves the state as it was.
+
+Fitting-free, like the invariant channel (:mod:`rftfm.fm.invariants`): a rule over three numbers, no library does it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+JUMP = 4.0  # fold change of one record that a schedule cannot make from a flat or gentle stretch
+FLAT = 1.01  # the previous record "did not rise": it rose by at most this fold
+GENTLE = 1.25  # the previous record "fell gently": it fell by at most this fold
+CAP = 1e6  # units of a jump to or from a learning rate of exactly 0 (finite, so every score stays finite)
+_LOG_JUMP, _LOG_FLAT, _LOG_GENTLE = math.log(JUMP), math.log(FLAT), math.log(GENTLE)
+
+
+def log_ratio(lr: float, previous: float) -> float:
+    """log(lr / previous), +-inf to or from 0, NaN when both are 0 (or either is negative or missing)."""
+    if not (lr >= 0.0 and previous >= 0.0):
+        return math.nan
+    if previous == 0.0:
+        return math.inf if lr > 0.0 else math.nan
+    return -math.inf if lr == 0.0 else math.log(lr / previous)
+
+
+def jump_units(ratio: float, previous_ratio: float) -> float:
+    """A record's jump in units of :data:`JUMP` (above 1: out of any schedule; 0: nothing to judge), signed
+    (positive: a rise)."""
+    if math.isnan(ratio) or math.isnan(previous_ratio):
+        return 0.0
+    if ratio > 0 and previous_ratio <= _LOG_FLAT:
+        return min(ratio / _LOG_JUMP, CAP)
+    if ratio < 0 and previous_ratio >= -_LOG_GENTLE:
+        return max(ratio / _LOG_JUMP, -CAP)
+    return 0.0
+
+
+@dataclass
+class ScheduleState:
+    """One run's learning-rate history as the rule needs it: the last learning rate and the last log-ratio."""
+
+    lr: float = math.nan
+    ratio: float = math.nan
+    expected: float = 0.0  # log of a change the caller made itself, taken out of the next ratio
+
+    def copy(self) -> "ScheduleState":
+        return ScheduleState(self.lr, self.ratio, self.expected)
+
+    def expect(self, factor: float) -> None:
+        """The next logged learning rate is ``factor`` times what the schedule alone gives (a change the caller
+        made, such as the closed loop's own LR cut): only the rest of the change is judged."""
+        if factor > 0 and math.isfinite(factor):
+            self.expected += math.log(factor)
+
+    def advance(self, lr: float | None) -> float:
+        """Take in one record's learning rate (None / NaN: none logged); its signed jump units."""
+        if lr is None or not math.isfinite(lr) or lr < 0:
+            return 0.0
+        ratio = log_ratio(lr, self.lr) - self.expected if math.isfinite(self.lr) else math.nan
+        units = jump_units(ratio, self.ratio)
+        self.lr, self.ratio, self.expected = lr, ratio, 0.0
+        return units
+
+
+def cube_units(lr: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(R, S) signed jump units of each run's logged learning rates (R, S) in step order (``steps`` 0: absent),
+    exactly as :meth:`ScheduleState.advance` gives them record by record."""
+    out = np.zeros(lr.shape)
+    for r in range(lr.shape[0]):
+        state = ScheduleState()
+        for s in np.flatnonzero(steps[r] > 0):
+            out[r, s] = state.advance(float(lr[r, s]))
+    return out
