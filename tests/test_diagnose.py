@@ -387,3 +387,17 @@ def test_a_live_run_diagnosed_at_every_step_gets_the_same_answers_as_from_scratc
         assert fitted.diagnose(seen, run_id, step).model_dump() == scratch.diagnose(seen, run_id, step).model_dump()
     # every step once, then the rewind from scratch (4 records), one more, and the rest again
     assert tracked_records == [1] * STEPS + [4, 1, STEPS - 5]
+
+
+@pytest.mark.parametrize(("factor", "types"), [(30.0, {"lr_high", "numerical_blowup"}), (0.01, {"lr_low"})])
+def test_a_learning_rate_jump_in_the_log_leaves_only_the_types_that_move_it_that_way(fresh, factor, types) -> None:
+    _, _, features = fresh
+    history = features.filter(pl.col("run_id") == "novel-1").with_columns(
+        learning_rate=pl.when(pl.col("step") >= 7).then(1e-5 * factor).otherwise(1e-5)
+    )
+    d = Diagnoser.load_default().diagnose(history, "novel-1", 9)
+    assert not d.unknown and {h.fault_type for h in d.ranked if h.probability > 0} <= types
+    jump = d.evidence[0]
+    assert jump.signal == "learning_rate" and jump.since_step == 6 and jump.ratio == pytest.approx(factor)
+    without = Diagnoser.load_default().diagnose(history.drop("learning_rate"), "novel-1", 9)
+    assert all(e.signal != "learning_rate" for e in without.evidence)

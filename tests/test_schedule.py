@@ -83,3 +83,28 @@ def test_cube_units_equal_the_streaming_units():
         for s in np.flatnonzero(steps[r] > 0):
             expected[r, s] = state.advance(float(lr[r, s]))
     np.testing.assert_array_equal(cube_units(lr, steps), expected)
+
+
+def test_the_loops_own_learning_rate_change_reaches_the_detector_through_sensing():
+    from rftfm.fm.detect import Detector
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.ledger import Journal
+    from rftfm.fm.sensing import Sensing
+    from rftfm.records import StepRecord
+
+    def verdicts(cut_announced: bool) -> list[bool]:
+        journal = Journal(MemoryIncidentStore(), "own", 100)
+        sensing = Sensing(Detector.load_default(), None, journal, lambda stage, fn: (True, fn()), task_group=None,
+                          model_size=None, max_history=100)
+        sensing.reset_detector()
+        out = []
+        for step in range(1, 12):
+            if step == 8 and cut_announced:
+                sensing.knob_set("learning_rate", 1e-5, 1e-6)
+            record = StepRecord(run_id="own", step=step, reward_mean=0.5, reward_std=0.3, kl=0.01, entropy=1.0,
+                                learning_rate=1e-5 if step < 8 else 1e-6)
+            ok, alarm = sensing.detect(record, [], 0)
+            out.append(ok and alarm is not None and alarm.evidence[0].signal == "learning_rate")
+        return out
+
+    assert verdicts(cut_announced=False)[7] and not any(verdicts(cut_announced=True))

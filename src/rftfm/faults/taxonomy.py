@@ -43,6 +43,12 @@ class FaultType:
     #: the fault needs a KL term (``beta > 0``, so a reference model) to act on
     needs_kl: bool = False
 
+    @property
+    def learning_rate_push(self) -> Direction | None:
+        """Which way the fault moves the learning rate in use at some strength ("up", "down"; None: it does not)."""
+        factors = [p["lr_multiplier"] for p in self.params.values() if p.get("lr_multiplier", 1.0) != 1.0]
+        return None if not factors else "up" if factors[0] > 1.0 else "down"
+
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
         return (self.task_groups is None or task_group in self.task_groups) and (beta > 0 or not self.needs_kl)

@@ -14,7 +14,11 @@ Model (documented in docs/diagnosis.md):
 3. Abstention: "unknown" when the best family is not probable enough, or when the history is
    far (k-nearest-neighbour distance) from every training run of the best type -- both
    thresholds are set on out-of-fold predictions (folds hold out whole configurations).
-4. Evidence in the run's own terms: the signals whose recent innovation is large, each with its
+4. Two things seen in the log, not guessed, overrule the model's ranking (only the types they fit remain, and the
+   diagnosis does not abstain): a broken advantage invariant (:mod:`rftfm.fm.invariants`), and a recent jump of the
+   logged learning rate that no schedule makes (:mod:`rftfm.fm.schedule`; the types the registry says move it that
+   way).
+5. Evidence in the run's own terms: the signals whose recent innovation is large, each with its
    value now, its level before the deviation began and the step it began; the signals the
    taxonomy expects for the diagnosed type come first.
 
@@ -35,12 +39,12 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants
-from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
+from rftfm.fm import invariants, schedule
+from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
 from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
-from rftfm.fm.features import INVARIANT_FEATURES
+from rftfm.fm.features import INVARIANT_FEATURES, SCHEDULE
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
 from rftfm.signals import SIGNALS, label
 
@@ -289,7 +293,9 @@ class Diagnoser:
         tracked = self._track(run_id, cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
         broken = invariants.broken(cube[0], steps[0], self.invariants_known)
-        probs, unknowns = self.apply_invariants(*self.scores(x), [broken])
+        lr = runs_schedule(history, [run_id], steps.shape[1])[0]
+        jump, at = schedule.recent_jump(lr, steps[0])
+        probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [
@@ -302,6 +308,7 @@ class Diagnoser:
         ]
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
+        evidence = jump_evidence(lr, steps[0], at) + evidence
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -347,15 +354,19 @@ class Diagnoser:
         """Where a row's run broke an armed advantage invariant (:func:`rftfm.fm.invariants.broken`), only the types
         whose fingerprint leads with it remain, in the model's proportions (equal where it gave them nothing), and
         the diagnosis does not abstain: a broken invariant is a bug in the advantage computation, seen, not guessed."""
-        prob, unknown = prob.copy(), unknown.copy()
-        for i, names in enumerate(broken):
-            allowed = np.array([FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
-            if not names or not allowed.any():
-                continue
-            kept = np.where(allowed, prob[i], 0.0)
-            prob[i] = kept / kept.sum() if kept.sum() > 0 else allowed / allowed.sum()
-            unknown[i] = False
-        return prob, unknown
+        allowed = [np.array([bool(names) and FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
+                   for names in broken]
+        return _only(prob, unknown, allowed)
+
+    def apply_schedule(
+        self, prob: np.ndarray, unknown: np.ndarray, jumps: list[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run had its learning rate jump (:func:`rftfm.fm.schedule.recent_jump`, signed units), only
+        the types that move the learning rate that way remain (the registry's ``learning_rate_push``), as for a broken
+        invariant: a jump no schedule makes is a configuration pushed mid-run, seen in the log, not guessed."""
+        pushes = [FAULT_TYPES[t].learning_rate_push for t in self.classes]
+        allowed = [np.array([abs(j) > 1.0 and p == ("up" if j > 0 else "down") for p in pushes]) for j in jumps]
+        return _only(prob, unknown, allowed)
 
     def evidence(
         self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
@@ -462,6 +473,31 @@ class Diagnoser:
         if not DEFAULT_ARTIFACT.exists():
             raise FileNotFoundError(f"no default diagnoser at {DEFAULT_ARTIFACT}; train one with `rftfm fit diagnoser`")
         return cls.load(DEFAULT_ARTIFACT)
+
+
+def _only(prob: np.ndarray, unknown: np.ndarray, allowed: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with some type ``allowed`` keep only those, in the model's proportions (equal where it gave them
+    nothing), and do not abstain; other rows are as they were."""
+    prob, unknown = prob.copy(), unknown.copy()
+    for i, keep in enumerate(allowed):
+        if keep.any():
+            kept = np.where(keep, prob[i], 0.0)
+            prob[i] = kept / kept.sum() if kept.sum() > 0 else keep / keep.sum()
+            unknown[i] = False
+    return prob, unknown
+
+
+def jump_evidence(lr: np.ndarray, steps: np.ndarray, at: int | None) -> list[SignalEvidence]:
+    """The learning rate's jump at record ``at`` (None: no jump) against the record with a learning rate before it."""
+    if at is None:
+        return []
+    before = [i for i in range(at) if steps[i] > 0 and np.isfinite(lr[i])]
+    if not before:
+        return []
+    value, expected = float(lr[at]), float(lr[before[-1]])
+    return [SignalEvidence(signal=SCHEDULE, direction="up" if value > expected else "down", value=value,
+                           expected=expected, ratio=value / expected if expected > 0 else None,
+                           since_step=int(steps[before[-1]]))]
 
 
 def invariant_evidence(raw: np.ndarray, steps: np.ndarray, broken: list[str]) -> list[SignalEvidence]:

@@ -203,9 +203,9 @@ class RunMonitor:
         quiet_steps: int = QUIET_STEPS,
         on_step: StepCallback | None = None,
     ):
-        from rftfm.fm.features import FEATURES, step_features
+        from rftfm.fm.features import FEATURES, SCHEDULE, step_features
 
-        self._features, self._feature_names = step_features, FEATURES
+        self._features, self._feature_names = step_features, (*FEATURES, SCHEDULE)
         self.run_id, self.detector, self.diagnoser, self.store = run_id, detector, diagnoser, store
         self.on_episode, self.on_step = on_episode, on_step
         self.task_group, self.model_size = task_group, model_size

@@ -89,3 +89,16 @@ def cube_units(lr: np.ndarray, steps: np.ndarray) -> np.ndarray:
         for s in np.flatnonzero(steps[r] > 0):
             out[r, s] = state.advance(float(lr[r, s]))
     return out
+
+
+#: Records back a diagnosis looks for a jump: a push seen this recently is the incident's cause.
+RECENT = 20
+
+
+def recent_jump(lr: np.ndarray, steps: np.ndarray, recent: int = RECENT) -> tuple[float, int | None]:
+    """The latest jump (signed units above 1 in size) among one run's last ``recent`` present records (``lr``,
+    ``steps`` (S,)), and its index; (0, None) when there is none."""
+    units = cube_units(lr[None, :], steps[None, :])[0]
+    present = np.flatnonzero(steps > 0)[-recent:]
+    jumped = [i for i in present if abs(units[i]) > 1.0]
+    return (float(units[jumped[-1]]), int(jumped[-1])) if jumped else (0.0, None)
