@@ -108,3 +108,21 @@ def test_the_loops_own_learning_rate_change_reaches_the_detector_through_sensing
         return out
 
     assert verdicts(cut_announced=False)[7] and not any(verdicts(cut_announced=True))
+
+
+def test_a_scheduler_that_jumps_by_design_silences_the_channel():
+    from transformers import SchedulerType
+
+    from rftfm.fm.detect import Detector
+    from rftfm.fm.schedule import jumps_by_design
+    from rftfm.records import StepRecord
+
+    assert jumps_by_design(SchedulerType.COSINE_WITH_RESTARTS) and jumps_by_design("reduce_lr_on_plateau")
+    assert not jumps_by_design(SchedulerType.COSINE) and not jumps_by_design(None)
+    detector = Detector.load_default()
+    detector.know_schedule(True)
+    detector.reset("plateau")
+    for step in range(1, 10):
+        lr = 1e-5 if step < 6 else 1e-6  # reduce-on-plateau's 10-fold cut
+        detector.observe(StepRecord(run_id="plateau", step=step, reward_mean=0.5, kl=0.01, learning_rate=lr))
+        assert detector.last_score is not None and detector.last_score < 1.0

@@ -75,6 +75,8 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     healthy.train()
     start = [e["payload"] for e in watch.controller.store.events(kind="run")]
     assert {"event": "advantage invariants", "read": True, "reason": None} in start
+    schedule = next(p for p in start if p.get("event") == "learning-rate schedule")
+    assert schedule["jumps_judged"] is (schedule["scheduler"] not in ("cosine_with_restarts", "reduce_lr_on_plateau"))
     assert not [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"].startswith("traj_adv")]
     assert "were checked at every logged step" in watch.narrative
 

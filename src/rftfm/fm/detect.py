@@ -205,6 +205,7 @@ class Detector:
         # while a knob change it did not make is in effect, as the change raises the odds of a fault
         self.alarm_threshold = 1.0
         self.invariants_known = False  # see :meth:`know_invariants`
+        self.schedule_jumps = False  # see :meth:`know_schedule`
         self._tier_columns: dict[str, np.ndarray] = {}
         self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
 
@@ -406,6 +407,11 @@ class Detector:
         if known and self._live is not None:
             self._live.invariant_held = np.maximum(self._live.invariant_held, invariants.INVARIANT_WARMUP)
 
+    def know_schedule(self, jumps_by_design: bool) -> None:
+        """``jumps_by_design``: the run's LR scheduler jumps by itself (:data:`~rftfm.fm.schedule.JUMPING_SCHEDULERS`),
+        so the schedule channel stays silent for this run and the next ones."""
+        self.schedule_jumps = jumps_by_design
+
     def expect_learning_rate_change(self, factor: float) -> None:
         """The caller itself multiplied the learning rate by ``factor`` (the closed loop's own LR change): the
         schedule channel takes it out of the next logged learning rate's jump and judges only the rest."""
@@ -466,6 +472,7 @@ class Detector:
         live.invariant_held = live.invariant_held + invariants.holds(values)
         lr_before, step_before = live.schedule.lr, (live.steps[-1] if live.steps else None)
         jump = live.schedule.advance(_finite(features.get(SCHEDULE)))
+        jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -749,6 +756,9 @@ class CombinedDetector:
 
     def expect_learning_rate_change(self, factor: float) -> None:
         self.zero_shot.expect_learning_rate_change(factor)
+
+    def know_schedule(self, jumps_by_design: bool) -> None:
+        self.zero_shot.know_schedule(jumps_by_design)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

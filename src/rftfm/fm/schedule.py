@@ -91,6 +91,16 @@ def cube_units(lr: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
+#: transformers / TRL ``lr_scheduler_type`` values whose learning rate jumps by design (a restart back to the peak,
+#: a 10-fold cut on a plateau): with one of them the schedule channel stays silent.
+JUMPING_SCHEDULERS = ("cosine_with_restarts", "reduce_lr_on_plateau")
+
+
+def jumps_by_design(lr_scheduler_type: object) -> bool:
+    """Whether a trainer's ``lr_scheduler_type`` (a string or transformers' ``SchedulerType``) jumps by design."""
+    return str(getattr(lr_scheduler_type, "value", lr_scheduler_type)) in JUMPING_SCHEDULERS
+
+
 #: Records back a diagnosis looks for a jump: a push seen this recently is the incident's cause.
 RECENT = 20
 

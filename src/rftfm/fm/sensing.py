@@ -57,6 +57,7 @@ class Sensing:
         self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
         self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
+        self.know_schedule(False)
 
     def know_invariants(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
@@ -65,6 +66,12 @@ class Sensing:
             tell = getattr(part, "know_invariants", None)
             if tell is not None:
                 self.guard(stage, lambda tell=tell: tell(known))
+
+    def know_schedule(self, jumps_by_design: bool) -> None:
+        """Tell a detector that judges the learning rate's jumps whether the run's scheduler jumps by design."""
+        tell = getattr(self.detector, "know_schedule", None)
+        if tell is not None:
+            self.guard("detect", lambda: tell(jumps_by_design))
 
     def knob_set(self, knob: str, previous: object, value: object) -> None:
         """The loop itself set ``knob`` from ``previous`` to ``value``: for the learning rate, a detector that judges

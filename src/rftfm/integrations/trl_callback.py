@@ -32,6 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rftfm.fm import schedule
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -233,6 +234,7 @@ class RFTFMCallback(TrainerCallback):
                 self.controller.start(
                     self.handle, step=state.global_step, checkpoint=False, max_steps=state.max_steps or None
                 )
+                self._check_schedule(args, state.global_step)
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
@@ -275,6 +277,17 @@ class RFTFMCallback(TrainerCallback):
         if record is not None:
             self._add_invariants(record, state.global_step)
             self.controller.observe(record, [])
+
+    def _check_schedule(self, args: Any, step: int) -> None:
+        """A scheduler that jumps by design (restarts, reduce-on-plateau) silences the detector's schedule channel;
+        recorded in the incident log."""
+        assert self.controller is not None
+        scheduler = getattr(args, "lr_scheduler_type", None)
+        jumps = schedule.jumps_by_design(scheduler)
+        self.controller.sensing.know_schedule(jumps)
+        name = str(getattr(scheduler, "value", scheduler))
+        self.controller.journal.record("run", step, {"event": "learning-rate schedule", "scheduler": name,
+                                                     "jumps_judged": not jumps})
 
     def _estimator_checked(self, step: int) -> bool:
         """Whether the trainer's estimator makes the advantage invariants hold, decided once (recorded in the
