@@ -359,7 +359,7 @@ class Detector:
 
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
-        channel, which is silent without it.
+        channel, which is silent without it (and after :meth:`know_schedule`).
         """
         self._require_fitted()
         if tier is None:
@@ -372,7 +372,8 @@ class Detector:
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
         invariant = invariants.armed_units(masked, steps).max(axis=-1)
-        jump = np.zeros(steps.shape) if learning_rate is None else schedule.cube_units(learning_rate, steps)
+        silent = learning_rate is None or self.schedule_jumps
+        jump = np.zeros(steps.shape) if silent else schedule.cube_units(learning_rate, steps)
         combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump)
         return np.where(steps > 0, combined, np.nan), 1.0
 
