@@ -229,3 +229,19 @@ def test_every_real_log_is_watched_and_reported(name: str, monitors):
     assert all(e.start_step <= e.end_step for e in result.episodes)
     page = build_report("real", events, incidents, stats=stats, plotly_src="plotly.min.js")
     assert len(page) < 3_000_000 and page.count("<tr class='episode'>") == result.episode_count
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["trl/IITD_AAIPL_outputs", "trl/trl_DAPO_20251022_120531_run_terminal.md", "verl/aopd_i80f2v90.output.log",
+     "verl/aopd_ry3hgbx5.output.log"],
+)
+def test_the_real_runs_learning_rate_schedules_are_no_jump(name):
+    """Linear decay logged every 10 steps, a cosine, verl's constant LR: the schedule channel stays silent."""
+    from rftfm.fm.schedule import ScheduleState
+
+    events, _ = read_log(REAL_LOGS / name)
+    rates = [step.learning_rate for step, _ in events if step.learning_rate is not None]
+    assert len(rates) == len(events)  # the learning rate is read from every record
+    state = ScheduleState()
+    assert max(abs(state.advance(lr)) for lr in rates) <= 1.0
