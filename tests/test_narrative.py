@@ -136,3 +136,11 @@ def test_checkpoints_that_cost_more_than_the_budget_are_told_with_the_interval_t
     store = MemoryIncidentStore()
     store.record("run", "d", 40, {**end, "checkpoints": 21, "checkpoint_seconds": 0.5, "checkpoint_every": 2})
     assert "checkpoint_every=" not in narrate(store.events())  # 2.5 %: within the budget
+
+
+def test_it_says_whether_learning_rate_jumps_were_judged() -> None:
+    for judged, scheduler, text in ((True, "linear", "checked for a jump no schedule makes"),
+                                    (False, "cosine_with_restarts", "cosine_with_restarts scheduler jumps by design")):
+        store = MemoryIncidentStore()
+        store.record("run", "r", 0, {"event": "learning-rate schedule", "scheduler": scheduler, "jumps_judged": judged})
+        assert text in narrate(store.events())

@@ -184,6 +184,15 @@ def _invariants(runs: list[dict[str, Any]]) -> str:
     return f"The trainer's advantages were not checked: {read.get('reason')}."
 
 
+def _schedule(runs: list[dict[str, Any]]) -> str:
+    read = next((r["payload"] for r in runs if r["payload"].get("event") == "learning-rate schedule"), None)
+    if read is None:
+        return ""
+    if read.get("jumps_judged"):
+        return "Each logged learning rate was checked for a jump no schedule makes."
+    return f"Learning-rate jumps were not judged: the {read.get('scheduler')} scheduler jumps by design."
+
+
 def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
     """What happened in one run, in words (the events of ``run_id``, or of the only run in ``events``)."""
     rows = [e for e in events if run_id is None or e.get("run_id") == run_id]
@@ -203,5 +212,6 @@ def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
         _look_at(by_kind.get("action", []), by_kind.get("diagnosis", []), end, by_kind.get("error", [])),
         _evidence(end, start),
         _invariants(runs),
+        _schedule(runs),
     ]
     return "\n".join(p for p in paragraphs if p)
