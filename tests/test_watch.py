@@ -368,3 +368,16 @@ def test_follow_waits_for_a_run_directory_to_appear(real_run, tmp_path, monkeypa
         app, ["watch", str(tmp_path / "never"), "--follow", "--interval", "0.05", "--idle-timeout", "0.3"]
     )
     assert never.exit_code == EXIT_BAD_INPUT
+
+
+def test_a_learning_rate_cut_in_a_trl_log_alarms_unless_the_scheduler_jumps_by_design(tmp_path):
+    log = tmp_path / "plateau.jsonl"
+    rows = [{"step": s, "reward": 0.5, "reward_std": 0.3, "kl": 0.01, "entropy": 1.0, "completions/mean_length": 20.0,
+             "learning_rate": 1e-5 if s < 8 else 1e-6} for s in range(1, 13)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = tmp_path / "summary.json"
+    judged = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet", "--json", str(summary)])
+    assert judged.exit_code == EXIT_ALARM and json.loads(summary.read_text())["first_alarm_step"] == 8
+    plateau = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet", "--lr-scheduler",
+                                  "reduce_lr_on_plateau"])
+    assert plateau.exit_code == EXIT_OK, plateau.output

@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from rftfm.cli.common import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, check_format, fail, open_store
 from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, WatchResult, load_detector, load_diagnoser
+from rftfm.fm.schedule import jumps_by_design
 from rftfm.report.console import console, print_episode, print_step
 from rftfm.report.summary import input_problems, watch_summary
 
@@ -97,6 +98,9 @@ def watch(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="the run's lr_scheduler_type, if known: "
+                                               "cosine_with_restarts / reduce_lr_on_plateau jump by design, so "
+                                               "learning-rate jumps are not judged"),
 ) -> None:
     """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
 
@@ -109,7 +113,7 @@ def watch(
     store = open_store(incidents) if incidents is not None else None
     alerter = _wandb_alerter(source.run_id) if use_wandb else None
     monitor = _monitor(source.run_id, detector_path, diagnoser_path, store, alerter, task_group, model_size,
-                       follow, verbose)
+                       follow, verbose, lr_scheduler)
     if store is not None:
         store.record("run", source.run_id, None,
                      {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
@@ -151,11 +155,15 @@ def _wandb_alerter(run_id: str) -> Any:
 
 
 def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | None, store: Any, alerter: Any,
-             task_group: str | None, model_size: str | None, follow: bool, verbose: bool) -> RunMonitor:
+             task_group: str | None, model_size: str | None, follow: bool, verbose: bool,
+             lr_scheduler: str | None = None) -> RunMonitor:
     """The run's monitor with the packaged (or given) detector and diagnoser, printing episodes."""
     detector, why_no_detector = load_detector(detector_path)
     if why_no_detector:
         console.print(f"[yellow]{escape(why_no_detector)}[/]")
+    if detector is not None and hasattr(detector, "know_schedule") and jumps_by_design(lr_scheduler):
+        detector.know_schedule(True)
+        console.print(f"[dim]{escape(str(lr_scheduler))}: learning-rate jumps are not judged[/]")
     # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,
     # it is loaded only if an alarm needs it (loading takes seconds).
     diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
