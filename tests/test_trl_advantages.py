@@ -75,11 +75,14 @@ def test_a_user_run_is_checked_and_a_sign_bug_alarms_at_its_onset_led_by_the_inv
     healthy.train()
     start = [e["payload"] for e in watch.controller.store.events(kind="run")]
     assert {"event": "advantage invariants", "read": True, "reason": None} in start
+    assert {"event": "on-policy check", "read": True} in start  # a plain GRPOTrainer: one pass per fresh batch
     schedule = next(p for p in start if p.get("event") == "learning-rate schedule")
     assert schedule["jumps_judged"] is (schedule["scheduler"] not in ("cosine_with_restarts", "reduce_lr_on_plateau"))
     assert not [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"].startswith("traj_adv")]
     assert "were checked at every logged step" in watch.narrative
     assert "checked for a jump no schedule makes" in watch.narrative
+    assert "any clip ratio above 0 was flagged" in watch.narrative
+    assert not [a for a in _alarms(watch) if a["evidence"] and a["evidence"][0]["signal"] == "clip_ratio_region"]
 
     buggy = ur.user_trainer(tmp_path / "buggy", steps=10, seed=0, callbacks=[ur.AdvantageSignBug(6)])
     watch = RFTFMCallback.attach(buggy, remediate=False, report=False)

@@ -27,7 +27,8 @@ How it decides, record by record:
 5. a *schedule* channel, fitting-free too: the logged learning rate (never a feature: it is configuration) alarms
    when it jumps in one record by more than any warm-up or decay can (:mod:`rftfm.fm.schedule`), the signature
    of a configuration pushed mid-run; a change the caller made itself is announced
-   (:meth:`Detector.expect_learning_rate_change`) and not judged;
+   (:meth:`Detector.expect_learning_rate_change`) and not judged; and, where the caller knows the run trains
+   on-policy (:meth:`Detector.know_on_policy`), any clip ratio above 0 alarms (:mod:`rftfm.fm.on_policy`);
 6. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
@@ -57,7 +58,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from rftfm.fm import invariants, schedule
+from rftfm.fm import invariants, on_policy, schedule
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -185,6 +186,7 @@ class _Pending:
     raw_lr: float  # the record's learning rate (NaN: none logged)
     lr_before: float  # the learning rate of the record before (NaN: none)
     step_before: int | None  # that record's step
+    clipped: float  # the clip ratio in units of on_policy.LIMIT where the run is known on-policy (else 0)
 
 
 class Detector:
@@ -206,6 +208,7 @@ class Detector:
         self.alarm_threshold = 1.0
         self.invariants_known = False  # see :meth:`know_invariants`
         self.schedule_jumps = False  # see :meth:`know_schedule`
+        self.on_policy = False  # see :meth:`know_on_policy`
         self._tier_columns: dict[str, np.ndarray] = {}
         self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
 
@@ -359,7 +362,8 @@ class Detector:
 
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
-        channel, which is silent without it (and after :meth:`know_schedule`).
+        channel, which is silent without it (and after :meth:`know_schedule`); after :meth:`know_on_policy`, the
+        on-policy check too.
         """
         self._require_fitted()
         if tier is None:
@@ -373,7 +377,9 @@ class Detector:
         learned = _persistent(learned, steps, self.config.persistence)
         invariant = invariants.armed_units(masked, steps).max(axis=-1)
         silent = learning_rate is None or self.schedule_jumps
-        jump = np.zeros(steps.shape) if silent else schedule.cube_units(learning_rate, steps)
+        jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
+        if self.on_policy:
+            jump = np.fmax(jump, np.vectorize(on_policy.units)(raw[..., CUBE_SIGNALS.index(on_policy.SIGNAL)]))
         combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump)
         return np.where(steps > 0, combined, np.nan), 1.0
 
@@ -412,6 +418,11 @@ class Detector:
         """``jumps_by_design``: the run's LR scheduler jumps by itself (:data:`~rftfm.fm.schedule.JUMPING_SCHEDULERS`),
         so the schedule channel stays silent for this run and the next ones."""
         self.schedule_jumps = jumps_by_design
+
+    def know_on_policy(self, known: bool) -> None:
+        """``known``: every optimiser step of the run trains on rollouts of the current policy (checked by the
+        caller), so any clip ratio above 0 alarms (:mod:`rftfm.fm.on_policy`), this run's and the next ones'."""
+        self.on_policy = known
 
     def expect_learning_rate_change(self, factor: float) -> None:
         """The caller itself multiplied the learning rate by ``factor`` (the closed loop's own LR change): the
@@ -490,6 +501,7 @@ class Detector:
             _finite(features.get(SCHEDULE)),
             lr_before,
             step_before,
+            on_policy.units(features.get(on_policy.SIGNAL)) if self.on_policy else 0.0,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -500,7 +512,7 @@ class Detector:
         surprise = float(self._surprise(p.features, p.tier))
         invariant = float(p.invariant.max())
         score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant),
-                                    np.array(p.jump)))
+                                    np.array(max(abs(p.jump), p.clipped))))
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
@@ -545,6 +557,10 @@ class Detector:
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
         out = [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump alone is enough for the alarm too
+        if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
+            i = CUBE_SIGNALS.index(on_policy.SIGNAL)
+            out.insert(0, SignalEvidence(signal=on_policy.SIGNAL, direction="up", value=float(p.raw[i]), expected=0.0))
+            ranked = [s for s in ranked if s != on_policy.SIGNAL]
         for signal in ranked[: MAX_EVIDENCE - len(out)]:
             i = CUBE_SIGNALS.index(signal)
             value = float(p.raw[i])
@@ -760,6 +776,9 @@ class CombinedDetector:
 
     def know_schedule(self, jumps_by_design: bool) -> None:
         self.zero_shot.know_schedule(jumps_by_design)
+
+    def know_on_policy(self, known: bool) -> None:
+        self.zero_shot.know_on_policy(known)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, schedule
+from rftfm.fm import invariants, on_policy, schedule
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
@@ -104,6 +104,7 @@ class Diagnoser:
         self.novelty_labels: np.ndarray = np.zeros(0, dtype=int)  # class of each reference row
         self.info: dict[str, Any] = {}
         self.invariants_known = False  # see :meth:`know_invariants`
+        self.on_policy = False  # see :meth:`know_on_policy`
         self._tracked: dict[str, tuple[np.ndarray, TrackerState, np.ndarray]] = {}  # see :meth:`_track`
 
     # ------------------------------------------------------------------ training
@@ -265,6 +266,11 @@ class Diagnoser:
         if self.booster is None or self.tracker is None:
             raise RuntimeError("Diagnoser is not fitted; call fit() or load()")
 
+    def know_on_policy(self, known: bool) -> None:
+        """``known``: the run trains on-policy (:meth:`rftfm.fm.detect.Detector.know_on_policy`), so a recent clip
+        ratio above 0 leaves only the types whose fingerprint leads with it, like a broken invariant."""
+        self.on_policy = known
+
     def know_invariants(self, known: bool) -> None:
         """``known``: the runs' estimator makes the advantage invariants hold, so they count from the first record
         (:meth:`rftfm.fm.detect.Detector.know_invariants`)."""
@@ -293,6 +299,8 @@ class Diagnoser:
         tracked = self._track(run_id, cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker)
         broken = invariants.broken(cube[0], steps[0], self.invariants_known)
+        if self.on_policy and on_policy.recently_clipped(cube[0, :, CUBE_SIGNALS.index(on_policy.SIGNAL)], steps[0]):
+            broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
@@ -507,6 +515,11 @@ def invariant_evidence(raw: np.ndarray, steps: np.ndarray, broken: list[str]) ->
     items = []
     for name in broken:
         values = raw[present, CUBE_SIGNALS.index(name)]
+        if name == on_policy.SIGNAL:  # clipped now and then: the latest clip ratio above 0, since the first one
+            clipped = np.flatnonzero(np.nan_to_num(values) > on_policy.LIMIT)
+            items.append(SignalEvidence(signal=name, direction="up", value=_round(float(values[clipped[-1]])),
+                                        expected=0.0, since_step=int(steps[present[clipped[0]]])))
+            continue
         with np.errstate(invalid="ignore"):
             held = values <= invariants.INVARIANT_LIMITS[name]  # a record with nothing to judge (NaN) did not hold it
         start = int(np.flatnonzero(held)[-1]) + 1 if held.any() else 0

@@ -184,6 +184,13 @@ def _invariants(runs: list[dict[str, Any]]) -> str:
     return f"The trainer's advantages were not checked: {read.get('reason')}."
 
 
+def _on_policy(runs: list[dict[str, Any]]) -> str:
+    read = next((r["payload"] for r in runs if r["payload"].get("event") == "on-policy check"), None)
+    if read is None or not read.get("read"):
+        return ""
+    return "Every optimiser step trained on fresh rollouts, so any clip ratio above 0 was flagged."
+
+
 def _schedule(runs: list[dict[str, Any]]) -> str:
     read = next((r["payload"] for r in runs if r["payload"].get("event") == "learning-rate schedule"), None)
     if read is None:
@@ -213,5 +220,6 @@ def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
         _evidence(end, start),
         _invariants(runs),
         _schedule(runs),
+        _on_policy(runs),
     ]
     return "\n".join(p for p in paragraphs if p)

@@ -58,12 +58,21 @@ class Sensing:
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
         self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
         self.know_schedule(False)
+        self.know_on_policy(False)
 
     def know_invariants(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
         invariants hold, which arms them from the first record."""
         for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
             tell = getattr(part, "know_invariants", None)
+            if tell is not None:
+                self.guard(stage, lambda tell=tell: tell(known))
+
+    def know_on_policy(self, known: bool) -> None:
+        """Tell detector and diagnoser (those that take it) whether every optimiser step trains on rollouts of the
+        current policy, so that a clip ratio above 0 is seen as rollouts from another policy."""
+        for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
+            tell = getattr(part, "know_on_policy", None)
             if tell is not None:
                 self.guard(stage, lambda tell=tell: tell(known))
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.fm import schedule
+from rftfm.fm import on_policy, schedule
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -235,6 +235,7 @@ class RFTFMCallback(TrainerCallback):
                     self.handle, step=state.global_step, checkpoint=False, max_steps=state.max_steps or None
                 )
                 self._check_schedule(args, state.global_step)
+                self._check_on_policy(state.global_step)
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
@@ -288,6 +289,14 @@ class RFTFMCallback(TrainerCallback):
         name = str(getattr(scheduler, "value", scheduler))
         self.controller.journal.record("run", step, {"event": "learning-rate schedule", "scheduler": name,
                                                      "jumps_judged": not jumps})
+
+    def _check_on_policy(self, step: int) -> None:
+        """An attached GRPOTrainer that trains every optimiser step on fresh rollouts clips nothing: a clip ratio above
+        0 then alarms (:mod:`rftfm.fm.on_policy`); recorded in the incident log."""
+        assert self.controller is not None
+        known = self.trainer is not None and on_policy.trl_on_policy(self.trainer)
+        self.controller.sensing.know_on_policy(known)
+        self.controller.journal.record("run", step, {"event": "on-policy check", "read": known})
 
     def _estimator_checked(self, step: int) -> bool:
         """Whether the trainer's estimator makes the advantage invariants hold, decided once (recorded in the
