@@ -33,10 +33,12 @@ def units(clip_ratio: float | None) -> float:
 def trl_on_policy(trainer: object) -> bool:
     """Whether a TRL GRPOTrainer trains each optimiser step on rollouts of the current policy (its own test: it then
     sets the old log-probabilities to the current ones, so every importance ratio is 1)."""
-    args = getattr(trainer, "args", None)
-    accumulation = getattr(args, "gradient_accumulation_steps", None)
-    per_generation = getattr(args, "steps_per_generation", None)
-    iterations = getattr(trainer, "num_iterations", getattr(args, "num_iterations", None))
+    try:  # TRL's own configuration (attributes, not metrics)
+        args = trainer.args  # type: ignore[attr-defined]
+        accumulation, per_generation = args.gradient_accumulation_steps, args.steps_per_generation
+        iterations = trainer.num_iterations  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
     if not all(isinstance(v, int) and v > 0 for v in (accumulation, per_generation, iterations)):
         return False
     return accumulation % (per_generation * iterations) == 0
