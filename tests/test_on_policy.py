@@ -51,6 +51,7 @@ def test_a_clip_ratio_above_0_alarms_only_where_the_run_is_known_on_policy(known
     led = [a for a in alarms if a.evidence and a.evidence[0].signal == "clip_ratio_region"]
     if known:
         assert led and led[0].step == 9 and led[0].evidence[0].value == pytest.approx(0.03)
+        assert len(led[0].evidence) == 1  # raised by the check alone: the clip ratio is the whole evidence
     else:
         assert not led
     detector.know_on_policy(False)

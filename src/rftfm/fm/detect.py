@@ -517,6 +517,10 @@ class Detector:
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
+        others = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant),
+                                     np.array(abs(p.jump))))
+        if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
+            evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
 
     def _columns(self, tier: str) -> np.ndarray:
