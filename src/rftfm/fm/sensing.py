@@ -63,16 +63,16 @@ class Sensing:
     def know_invariants(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
         invariants hold, which arms them from the first record."""
-        for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
-            tell = getattr(part, "know_invariants", None)
-            if tell is not None:
-                self.guard(stage, lambda tell=tell: tell(known))
+        self._tell_both("know_invariants", known)
 
     def know_on_policy(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether every optimiser step trains on rollouts of the
         current policy, so that a clip ratio above 0 is seen as rollouts from another policy."""
+        self._tell_both("know_on_policy", known)
+
+    def _tell_both(self, method: str, known: bool) -> None:
         for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
-            tell = getattr(part, "know_on_policy", None)
+            tell = getattr(part, method, None)
             if tell is not None:
                 self.guard(stage, lambda tell=tell: tell(known))
 
