@@ -34,6 +34,8 @@ def test_the_rule_and_trls_own_test_of_on_policy_training():
     spanning = SimpleNamespace(gradient_accumulation_steps=2, steps_per_generation=4)  # a batch spans optimiser steps
     assert not trl_on_policy(SimpleNamespace(args=spanning, num_iterations=1))
     assert not trl_on_policy(object())
+    vllm = SimpleNamespace(args=args, num_iterations=1, use_vllm=True, vllm_importance_sampling_correction=True)
+    assert not trl_on_policy(vllm)  # old log-probabilities from a separate pass
 
 
 @pytest.mark.parametrize("known", [True, False])

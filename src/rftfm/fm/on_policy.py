@@ -31,13 +31,20 @@ def units(clip_ratio: float | None) -> float:
 
 
 def trl_on_policy(trainer: object) -> bool:
-    """Whether a TRL GRPOTrainer trains each optimiser step on rollouts of the current policy (its own test: it then
-    sets the old log-probabilities to the current ones, so every importance ratio is 1)."""
+    """Whether a TRL GRPOTrainer trains each optimiser step on rollouts of the current policy and takes the old
+    log-probabilities to be the current ones (its own test), so that every importance ratio is exactly 1. Not with
+    vLLM's importance-sampling correction: TRL then computes the old log-probabilities in a separate forward pass,
+    which dropout alone can set apart."""
     try:  # TRL's own configuration (attributes, not metrics)
         args = trainer.args  # type: ignore[attr-defined]
         accumulation, per_generation = args.gradient_accumulation_steps, args.steps_per_generation
         iterations = trainer.num_iterations  # type: ignore[attr-defined]
+        separate_pass = bool(getattr(trainer, "use_vllm", False)) and bool(
+            getattr(trainer, "vllm_importance_sampling_correction", False)
+        )
     except AttributeError:
+        return False
+    if separate_pass:
         return False
     if not all(isinstance(v, int) and v > 0 for v in (accumulation, per_generation, iterations)):
         return False
