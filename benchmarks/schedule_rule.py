@@ -57,11 +57,13 @@ def measure(root: str) -> dict:
             continue
         onset = int(meta.get("onset_step") or 1)
         after = frame["step"].to_numpy() >= onset
-        row = per_type.setdefault((meta.get("fault_type"), "mid-run" if onset > 1 else "step 1"), [0, 0, 0.0])
+        row = per_type.setdefault((meta.get("fault_type"), "mid-run" if onset > 1 else "step 1"), [0, 0, 0.0, None])
         row[0] += 1
         row[1] += bool((alarmed & after).any()) and not bool((alarmed & ~after).any())
         largest = units[after][np.argmax(np.abs(units[after]))] if after.any() else 0.0
         row[2] = largest if abs(largest) > abs(row[2]) else row[2]  # signed: a fall is negative
+        if (alarmed & after).any():  # the smallest jump that alarmed, in size
+            row[3] = min(abs(largest), row[3] if row[3] is not None else math.inf)
     return {
         "healthy_rise": math.exp(rise),
         "healthy_fall": math.exp(fall),
@@ -81,14 +83,17 @@ def markdown(m: dict, root: str) -> str:
         f"after a gentle one **/{m['healthy_fall']:.3g}**.",
         f"- Normal and control runs the rule alarms: **{m['healthy_alarmed']} of {m['healthy_runs']}**.",
         "",
-        "| fault type | onset | runs | alarmed at or after onset (none before) | largest jump judged after onset |",
-        "|---|---|---|---|---|",
+        "| fault type | onset | runs | alarmed at or after onset (none before) | largest jump judged after onset | "
+        "smallest largest-jump of a run that alarmed |",
+        "|---|---|---|---|---|---|",
     ]
-    judged = {f for (f, _), (_, hit, units) in m["per_type"].items() if hit or abs(units) > 0.5}
-    for (fault, onset), (n, hit, units) in sorted(m["per_type"].items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+    judged = {f for (f, _), (_, hit, units, _) in m["per_type"].items() if hit or abs(units) > 0.5}
+    rows = sorted(m["per_type"].items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
+    for (fault, onset), (n, hit, units, least) in rows:
         if fault in judged:
-            fold = JUMP ** abs(units)
-            lines.append(f"| {fault} | {onset} | {n} | {hit} | {'x' if units >= 0 else '/'}{fold:.3g} |")
+            sign = "x" if units >= 0 else "/"
+            smallest = "–" if least is None else f"{sign}{JUMP ** least:.3g}"
+            lines.append(f"| {fault} | {onset} | {n} | {hit} | {sign}{JUMP ** abs(units):.3g} | {smallest} |")
     quiet = sorted(str(f) for f in {f for f, _ in m["per_type"]} - judged)
     lines += ["", f"No alarm and no jump above half the limit in the runs of: {', '.join(quiet)}."]
     return "\n".join(lines) + "\n"

@@ -237,7 +237,7 @@ def test_every_real_log_is_watched_and_reported(name: str, monitors):
      "verl/aopd_ry3hgbx5.output.log"],
 )
 def test_the_real_runs_learning_rate_schedules_are_no_jump(name):
-    """Linear decay logged every 10 steps, a cosine, verl's constant LR: the schedule channel stays silent."""
+    """A linear decay logged every 10 steps, a slow decay, verl's constant LR: the schedule channel stays silent."""
     from rftfm.fm.schedule import ScheduleState
 
     events, _ = read_log(REAL_LOGS / name)

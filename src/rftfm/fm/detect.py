@@ -589,16 +589,7 @@ class Detector:
 
     def _jump_evidence(self, p: _Pending) -> SignalEvidence:
         """The learning rate's jump against the record before it."""
-        before = p.lr_before if math.isfinite(p.lr_before) else None
-        return SignalEvidence(
-            signal=SCHEDULE,
-            direction="up" if p.jump > 0 else "down",
-            value=p.raw_lr,  # finite: a jump needs two logged learning rates
-            expected=before,
-            z=None,
-            ratio=(p.raw_lr / before) if before else None,
-            since_step=p.step_before,
-        )
+        return schedule.jump_evidence(p.raw_lr, p.lr_before if math.isfinite(p.lr_before) else None, p.step_before)
 
     def _raw_level(self, state: TrackerState, i: int) -> float | None:
         """The baseline's level of signal ``i`` in the signal's own units (None before it has one)."""

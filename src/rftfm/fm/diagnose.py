@@ -44,7 +44,7 @@ from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
 from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
-from rftfm.fm.features import INVARIANT_FEATURES, SCHEDULE
+from rftfm.fm.features import INVARIANT_FEATURES
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
 from rftfm.signals import SIGNALS, label
 
@@ -502,10 +502,7 @@ def jump_evidence(lr: np.ndarray, steps: np.ndarray, at: int | None) -> list[Sig
     before = [i for i in range(at) if steps[i] > 0 and np.isfinite(lr[i])]
     if not before:
         return []
-    value, expected = float(lr[at]), float(lr[before[-1]])
-    return [SignalEvidence(signal=SCHEDULE, direction="up" if value > expected else "down", value=value,
-                           expected=expected, ratio=value / expected if expected > 0 else None,
-                           since_step=int(steps[before[-1]]))]
+    return [schedule.jump_evidence(float(lr[at]), float(lr[before[-1]]), int(steps[before[-1]]))]
 
 
 def invariant_evidence(raw: np.ndarray, steps: np.ndarray, broken: list[str]) -> list[SignalEvidence]:

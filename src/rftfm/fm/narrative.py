@@ -175,8 +175,13 @@ def _evidence(end: dict[str, Any], start: dict[str, Any]) -> str:
     )
 
 
+def _event(runs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The payload of the run's first ``name`` event (what the callback checked once at the start)."""
+    return next((r["payload"] for r in runs if r["payload"].get("event") == name), None)
+
+
 def _invariants(runs: list[dict[str, Any]]) -> str:
-    read = next((r["payload"] for r in runs if r["payload"].get("event") == "advantage invariants"), None)
+    read = _event(runs, "advantage invariants")
     if read is None:
         return ""
     if read.get("read"):
@@ -185,14 +190,14 @@ def _invariants(runs: list[dict[str, Any]]) -> str:
 
 
 def _on_policy(runs: list[dict[str, Any]]) -> str:
-    read = next((r["payload"] for r in runs if r["payload"].get("event") == "on-policy check"), None)
+    read = _event(runs, "on-policy check")
     if read is None or not read.get("read"):
         return ""
     return "Every optimiser step trained on fresh rollouts, so any clip ratio above 0 was flagged."
 
 
 def _schedule(runs: list[dict[str, Any]]) -> str:
-    read = next((r["payload"] for r in runs if r["payload"].get("event") == "learning-rate schedule"), None)
+    read = _event(runs, "learning-rate schedule")
     if read is None:
         return ""
     if read.get("jumps_judged"):

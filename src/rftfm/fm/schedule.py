@@ -9,7 +9,7 @@ gently moving LR. So a record's log-ratio to the previous record is judged again
 * a fall of more than :data:`JUMP` fold after a record in which it fell by less than :data:`GENTLE` fold.
 
 On the benchmark's normal and control runs (and the faulty runs before onset) the LR never rose after a record that
-did not rise, and fell at most 1.4 fold after a gentle one; mid-run pushes jump 30 fold up or 10 to 400 fold down
+did not rise, and fell at most 1.4 fold after a gentle one; mid-run pushes jump 28 to 30 fold up or 10 to 385 fold down
 (``python benchmarks/schedule_rule.py``, docs/results/schedule-rule.md). The rule needs two consecutive ratios, so
 it judges nothing until the third record with a learning rate (a push at step 1 is not a jump), never judges the
 warm-up (every record rises) and is blind to a push inside a steep decay. A cosine schedule with hard restarts
@@ -24,6 +24,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from rftfm.fm.features import SCHEDULE
+from rftfm.fm.types import SignalEvidence
 
 JUMP = 4.0  # fold change of one record that a schedule cannot make from a flat or gentle stretch
 FLAT = 1.01  # the previous record "did not rise": it rose by at most this fold
@@ -89,6 +92,12 @@ def cube_units(lr: np.ndarray, steps: np.ndarray) -> np.ndarray:
         for s in np.flatnonzero(steps[r] > 0):
             out[r, s] = state.advance(float(lr[r, s]))
     return out
+
+
+def jump_evidence(lr: float, before: float | None, since_step: int | None) -> SignalEvidence:
+    """A jump as evidence: the learning rate now against the one logged before it (at ``since_step``)."""
+    return SignalEvidence(signal=SCHEDULE, direction="up" if before is not None and lr > before else "down",
+                          value=lr, expected=before, ratio=lr / before if before else None, since_step=since_step)
 
 
 #: transformers / TRL ``lr_scheduler_type`` values whose learning rate jumps by design (a restart back to the peak,

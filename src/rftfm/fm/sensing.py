@@ -78,9 +78,7 @@ class Sensing:
 
     def know_schedule(self, jumps_by_design: bool) -> None:
         """Tell a detector that judges the learning rate's jumps whether the run's scheduler jumps by design."""
-        tell = getattr(self.detector, "know_schedule", None)
-        if tell is not None:
-            self.guard("detect", lambda: tell(jumps_by_design))
+        self._tell_both("know_schedule", jumps_by_design)
 
     def knob_set(self, knob: str, previous: object, value: object) -> None:
         """The loop itself set ``knob`` from ``previous`` to ``value``: for the learning rate, a detector that judges
