@@ -1,9 +1,11 @@
 """Cost of ``Detector.observe`` per train step at 64 and 128 trajectories, against one train step.
 
 Records come from a real embedded-engine run (TRL GRPO on the CPU, 64 trajectories per
-step; 128 = two steps' trajectories merged). The detector is the shipped default artifact
+step; 128 = two steps' trajectories merged), cycled into timed runs of ``--records`` records: the
+run's first records (warm-up: the tracker fills its reference) are reported apart from the rest.
+The detector is the shipped default artifact
 (or, if there is none yet, one fitted on this run's records). Target: <= 0.5 ms per step at
-128 trajectories. Usage: ``python benchmarks/bench_observe.py [--repeats N]``.
+128 trajectories. Usage: ``python benchmarks/bench_observe.py [--repeats N] [--records N]``.
 """
 
 from __future__ import annotations
@@ -55,21 +57,32 @@ def detector_for(records) -> Detector:
         return Detector().fit(runs, pl.DataFrame(rows))
 
 
-def time_observe(detector: Detector, steps: list, repeats: int) -> list[float]:
-    per_step = []
+def time_observe(detector: Detector, steps: list, repeats: int, records: int) -> list[list[float]]:
+    """Seconds per ``observe`` call, [repeat][record]: each repeat is a run of ``records`` records that cycles
+    through ``steps`` (renumbered 1, 2, ...), so a run's first records (its warm-up) and its long tail both count."""
+    per_run = []
     for r in range(repeats):
         detector.reset(f"bench-{r}", "arith_a", "xs")
-        for i, (step, trajectories) in enumerate(steps):
-            record = step.model_copy(update={"step": i + 1})
+        run = [steps[i % len(steps)][0].model_copy(update={"step": i + 1}) for i in range(records)]
+        times = []
+        for i, record in enumerate(run):
+            trajectories = steps[i % len(steps)][1]
             start = time.perf_counter()
             detector.observe(record, trajectories)
-            per_step.append(time.perf_counter() - start)
-    return per_step
+            times.append(time.perf_counter() - start)
+        per_run.append(times)
+    return per_run
+
+
+def _summary(times: list[float]) -> str:
+    med, p99 = statistics.median(times), sorted(times)[int(0.99 * (len(times) - 1))]
+    return f"median {1000 * med:.3f} ms, p99 {1000 * p99:.3f} ms ({len(times)} calls)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--records", type=int, default=100, help="records per timed run (cycling the captured steps)")
     parser.add_argument("--train-steps", type=int, default=6)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,15 +97,18 @@ def main() -> None:
     print(
         f"embedded engine: one train step (64 trajectories, median of {len(wall) - 1}) = {1000 * train_step_s:.1f} ms"
     )
-    for label, steps in (("64", records), ("128", doubled)):
+    warm = detector.config.tracker.warmup
+    for steps in (records, doubled):
         n = len(steps[0][1])
-        times = time_observe(detector, steps, args.repeats)
-        med, p99 = statistics.median(times), sorted(times)[int(0.99 * (len(times) - 1))]
+        runs = time_observe(detector, steps, args.repeats, args.records)
+        every = [t for run in runs for t in run]
+        med = statistics.median(every)
         print(
-            f"observe @ {n:>3} trajectories/step: median {1000 * med:.3f} ms, p99 {1000 * p99:.3f} ms "
-            f"({len(times)} calls); ratio to one train step = {med / train_step_s:.2e} "
-            f"({100 * med / train_step_s:.3f} %)"
+            f"observe @ {n:>3} trajectories/step, runs of {args.records} records: {_summary(every)}; "
+            f"ratio to one train step = {med / train_step_s:.2e} ({100 * med / train_step_s:.3f} %)"
         )
+        print(f"    its first {warm} records (the warm-up): {_summary([t for run in runs for t in run[:warm]])}")
+        print(f"    records {warm + 1}-{args.records}: {_summary([t for run in runs for t in run[warm:]])}")
 
 
 if __name__ == "__main__":

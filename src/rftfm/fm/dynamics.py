@@ -87,6 +87,12 @@ def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
     return tuple(SIGNALS[s].scale if s in SIGNALS else "linear" for s in signals)
 
 
+def _clip(x: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
+    """``np.clip`` for ``low <= high`` in two ufunc calls (the same values, NaN included; ``np.clip``'s dispatch
+    costs more than its arithmetic on one run's record)."""
+    return np.minimum(np.maximum(x, low), high)
+
+
 def _nan_to_zero(values: np.ndarray) -> np.ndarray:
     """NaN -> 0 (the values here are finite or NaN); about a seventh of ``np.nan_to_num``'s cost on a record's few
     dozen values, where that call was the tracker's largest single cost."""
@@ -148,7 +154,10 @@ class TrackerState:
         )
 
     def copy(self) -> "TrackerState":
-        return TrackerState(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
+        return TrackerState(*(getattr(self, name).copy() for name in _STATE_FIELDS))
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(TrackerState))  # looked up once: a live run copies its state per record
 
 
 @dataclass
@@ -174,11 +183,11 @@ class DynamicsTracker:
         return TrackerState.new(runs, len(self.signals), self.config.warmup)
 
     def transform(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
-        """(R, F) raw -> comparable scale; sets each log signal's ``c`` at its first non-zero value."""
+        """(R, F) raw -> comparable scale; sets each log signal's ``c`` at its first non-zero value (NaN arithmetic
+        is expected: called inside :meth:`update`'s ``errstate``)."""
         first = self.is_log & np.isnan(state.magnitude) & np.isfinite(x) & (np.abs(x) > 0)
         state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            logged = np.arcsinh(x / state.magnitude)
+        logged = np.arcsinh(x / state.magnitude)
         # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable;
         # an exact 0 is no magnitude at all (a reward sd or grad norm of a batch whose groups all tied: the
         # fraction of zero-variance groups says so) and is left out rather than read as a 100-fold fall
@@ -186,14 +195,13 @@ class DynamicsTracker:
         return np.where(self.is_log, np.where(usable, logged, np.nan), x)
 
     def noise_scale(self, state: TrackerState) -> np.ndarray:
-        """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown)."""
+        """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown; called inside
+        :meth:`update`'s ``errstate``)."""
         w = self.config.prior_weight
         n = state.noise_n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            all_time = np.where(n > 0, state.noise_sum / np.maximum(n, 1), np.nan)
+        all_time = np.where(n > 0, state.noise_sum / np.maximum(n, 1), np.nan)
         own = np.fmax(state.noise, self.config.all_time_floor * all_time)  # NaN only where both are
-        with np.errstate(invalid="ignore"):
-            blended = np.sqrt((w * self.prior**2 + n * _nan_to_zero(own) ** 2) / (w + n))
+        blended = np.sqrt((w * self.prior**2 + n * _nan_to_zero(own) ** 2) / (w + n))
         # no prior (the user's units): unknown until the signal has moved, and never below its resolution
         unpriored = np.where((n >= 3) & np.isfinite(state.resolution), own, np.nan)
         scale = np.where(np.isfinite(self.prior), blended, unpriored)
@@ -206,6 +214,10 @@ class DynamicsTracker:
 
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
         """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D)."""
+        with np.errstate(invalid="ignore", divide="ignore"):  # once per record, not per step (a live run's cost)
+            return self._update(state, x)
+
+    def _update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
         cfg = self.config
         y = self.transform(state, np.asarray(x, dtype=float))
         seen = np.isfinite(y)
@@ -215,7 +227,7 @@ class DynamicsTracker:
         e = y - pred
         judged = seen & started & np.isfinite(sigma)
         safe_sigma = np.where(judged, sigma, 1.0)
-        z = np.where(judged, np.clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
+        z = np.where(judged, _clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
         dev_slow = np.where(judged, (y - state.slow) / safe_sigma, np.nan)
         zz = _nan_to_zero(z)
         # a shift that persists is the run's new level; while one builds up, the noise estimate stands
@@ -262,8 +274,7 @@ class DynamicsTracker:
     @staticmethod
     def _learn_resolution(state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
         """The smallest non-zero change between consecutive values (after this record is judged)."""
-        with np.errstate(invalid="ignore"):
-            step = np.abs(y - state.previous)
+        step = np.abs(y - state.previous)
         moved = seen & (step > 0)  # False where either value is NaN
         state.resolution = np.where(moved, np.fmin(state.resolution, step), state.resolution)
         state.previous = np.where(seen, y, state.previous)
@@ -283,7 +294,7 @@ class DynamicsTracker:
         new level (the noise is then relearnt)."""
         cfg = self.config
         clip = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
-        ec = np.clip(e, -clip, clip)
+        ec = _clip(e, -clip, clip)
         accept = np.abs(outside) >= cfg.adapt_after
         level = np.where(accept, y, np.where(started, pred + cfg.alpha * ec, y))
         trend = np.where(accept | ~started, 0.0, state.trend + cfg.alpha * cfg.beta * ec)
@@ -296,8 +307,8 @@ class DynamicsTracker:
     def _accumulate(self, state: TrackerState, zz: np.ndarray, judged: np.ndarray) -> None:
         """Two-sided CUSUM of the innovations (carried over while a signal is missing), capped."""
         cfg = self.config
-        cplus = np.where(judged, np.clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
-        cminus = np.where(judged, np.clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
+        cplus = np.where(judged, _clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
+        cminus = np.where(judged, _clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
         records = state.records[:, None] + 1
         state.cplus_since = np.where((state.cplus == 0) & (cplus > 0), records, state.cplus_since)
         state.cminus_since = np.where((state.cminus == 0) & (cminus > 0), records, state.cminus_since)
@@ -306,8 +317,11 @@ class DynamicsTracker:
     def _warm_up(self, state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
         """The run's own reference: the median of its first ``warmup`` values of each signal."""
         warmup = self.config.warmup
-        slot = np.minimum(state.n, warmup - 1).astype(int)
         filling = seen & (state.n < warmup)
+        if not filling.any():  # past every signal's warm-up (a live run's usual record): nothing to fill
+            state.n = state.n + seen
+            return
+        slot = np.minimum(state.n, warmup - 1).astype(int)
         r_idx, f_idx = np.nonzero(filling)
         state.warm[r_idx, f_idx, slot[r_idx, f_idx]] = y[r_idx, f_idx]
         state.n = state.n + seen
