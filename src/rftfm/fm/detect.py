@@ -94,6 +94,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     "c": _STEP_ONLY + _EVAL,
     "bc": _STEP_ONLY + _TRAJECTORY + _EVAL,
 }
+#: Per tier, the cube's signals it lacks (looked up once: a live run masks every record).
+HIDDEN: dict[str, np.ndarray] = {tier: np.array([s not in kept for s in CUBE_SIGNALS]) for tier, kept in TIERS.items()}
 MAX_EVIDENCE = 5
 SURPRISE_TOP = 3
 #: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``), and the
@@ -329,7 +331,7 @@ class Detector:
         z = x[..., z_cols]
         z = np.abs(np.where(np.isnan(z), 0.0, z)) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
-        return top.mean(axis=-1)
+        return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)
 
     def _combine(
         self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray, jump: np.ndarray
@@ -474,11 +476,11 @@ class Detector:
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
-        live.has_trajectories |= any(features.get(s) is not None for s in _TRAJECTORY_RECORDS)
-        live.has_eval |= features.get("eval_accuracy") is not None
+        if not live.has_trajectories:
+            live.has_trajectories = any(features.get(s) is not None for s in _TRAJECTORY_RECORDS)
+        live.has_eval = live.has_eval or features.get("eval_accuracy") is not None
         tier = tier_of(live.has_trajectories, live.has_eval)
-        hidden = np.array([s not in TIERS[tier] for s in CUBE_SIGNALS])
-        x = self.tracker.update(live.state, np.where(hidden, np.nan, raw))
+        x = self.tracker.update(live.state, np.where(HIDDEN[tier], np.nan, raw))
         values = raw[0, invariants.COLUMNS]  # read whatever the tier: nothing of it is fitted
         invariant = invariants.units(values, live.invariant_held)
         live.invariant_held = live.invariant_held + invariants.holds(values)
