@@ -214,7 +214,7 @@ class DynamicsTracker:
 
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
         """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D)."""
-        with np.errstate(invalid="ignore", divide="ignore"):  # once per record, not per step (a live run's cost)
+        with np.errstate(invalid="ignore", divide="ignore"):  # entered once per record, not in every helper
             return self._update(state, x)
 
     def _update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
