@@ -12,8 +12,10 @@ On the benchmark's normal and control runs (and the faulty runs before onset) th
 did not rise, and fell at most 1.4 fold after a gentle one; mid-run pushes jump 28 to 30 fold up or 10 to 385 fold down
 (``python benchmarks/schedule_rule.py``, docs/results/schedule-rule.md). The rule needs two consecutive ratios, so
 it judges nothing until the third record with a learning rate (a push at step 1 is not a jump), never judges the
-warm-up (every record rises) and is blind to a push inside a steep decay. A cosine schedule with hard restarts
-jumps by design: each restart alarms. A record without a learning rate leaves the state as it was.
+warm-up (every record rises) and is blind to a push inside a steep decay. A rise back to no more than the largest
+learning rate the run has logged (:data:`RESTART`) is a restart (cosine with hard restarts), not judged: so a push
+that lands at or below the run's own peak is not seen either. A record without a learning rate leaves the state as it
+was.
 
 Fitting-free, like the invariant channel (:mod:`rftfm.fm.invariants`): a rule over three numbers, no library does it.
 """
@@ -31,6 +33,7 @@ from rftfm.fm.types import SignalEvidence
 JUMP = 4.0  # fold change of one record that a schedule cannot make from a flat or gentle stretch
 FLAT = 1.01  # the previous record "did not rise": it rose by at most this fold
 GENTLE = 1.25  # the previous record "fell gently": it fell by at most this fold
+RESTART = 1.01  # a rise to at most this fold of the run's largest logged learning rate returns to a rate it had
 CAP = 1e6  # units of a jump to or from a learning rate of exactly 0 (finite, so every score stays finite)
 _LOG_JUMP, _LOG_FLAT, _LOG_GENTLE = math.log(JUMP), math.log(FLAT), math.log(GENTLE)
 
@@ -63,15 +66,17 @@ class ScheduleState:
     lr: float = math.nan
     ratio: float = math.nan
     expected: float = 0.0  # log of a change the caller made itself, taken out of the next ratio
+    peak: float = math.nan  # the largest learning rate logged so far, times the caller's own changes since
 
     def copy(self) -> "ScheduleState":
-        return ScheduleState(self.lr, self.ratio, self.expected)
+        return ScheduleState(self.lr, self.ratio, self.expected, self.peak)
 
     def expect(self, factor: float) -> None:
         """The next logged learning rate is ``factor`` times what the schedule alone gives (a change the caller
         made, such as the closed loop's own LR cut): only the rest of the change is judged."""
         if factor > 0 and math.isfinite(factor):
             self.expected += math.log(factor)
+            self.peak *= factor  # a restart returns to the peak the caller's change left
 
     def advance(self, lr: float | None) -> float:
         """Take in one record's learning rate (None / NaN: none logged); its signed jump units."""
@@ -79,7 +84,10 @@ class ScheduleState:
             return 0.0
         ratio = log_ratio(lr, self.lr) - self.expected if math.isfinite(self.lr) else math.nan
         units = jump_units(ratio, self.ratio)
+        if units > 0 and lr <= RESTART * self.peak:  # back to a rate the run already had: a restart, not a push
+            units = 0.0
         self.lr, self.ratio, self.expected = lr, ratio, 0.0
+        self.peak = lr if not lr <= self.peak else self.peak  # NaN peak: the first learning rate
         return units
 
 
