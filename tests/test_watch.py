@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -381,3 +382,19 @@ def test_a_learning_rate_cut_in_a_trl_log_alarms_unless_the_scheduler_jumps_by_d
     plateau = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet", "--lr-scheduler",
                                   "reduce_lr_on_plateau"])
     assert plateau.exit_code == EXIT_OK, plateau.output
+
+
+def test_a_cosine_with_restarts_trl_log_stays_silent_without_its_scheduler_type(tmp_path):
+    log = tmp_path / "restarts.jsonl"
+    lr = [1e-5 * 0.5 * (1 + math.cos(math.pi * (s % 10) / 10)) for s in range(30)]  # three cycles, hard restarts
+    rows = [{"step": s + 1, "reward": 0.5, "reward_std": 0.3, "kl": 0.01, "entropy": 1.0,
+             "completions/mean_length": 20.0, "learning_rate": lr[s]} for s in range(30)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    watched = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet"])
+    assert watched.exit_code == EXIT_OK, watched.output
+    rows[24]["learning_rate"] = 30 * 1e-5  # a push past the run's own peak, mid-cycle
+    rows[25:] = [{**r, "learning_rate": 30 * r["learning_rate"]} for r in rows[25:]]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = tmp_path / "summary.json"
+    pushed = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet", "--json", str(summary)])
+    assert pushed.exit_code == EXIT_ALARM and json.loads(summary.read_text())["first_alarm_step"] == 25
