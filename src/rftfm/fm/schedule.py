@@ -17,7 +17,7 @@ learning rate the run has logged (:data:`RESTART`) is a restart (cosine with har
 that lands at or below the run's own peak is not seen either. A record without a learning rate leaves the state as it
 was.
 
-Fitting-free, like the invariant channel (:mod:`rftfm.fm.invariants`): a rule over three numbers, no library does it.
+Fitting-free, like the invariant channel (:mod:`rftfm.fm.invariants`): a rule over four numbers, no library does it.
 """
 
 from __future__ import annotations
