@@ -371,9 +371,7 @@ class Detector:
         if tier is None:
             has_traj = bool(np.isfinite(raw[..., [CUBE_SIGNALS.index(s) for s in _TRAJECTORY]]).any())
             tier = tier_of(has_traj, bool(np.isfinite(raw[..., EVAL_INDEX]).any()))
-        masked = raw.copy()
-        hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier]]
-        masked[..., hidden] = np.nan
+        masked = np.where(HIDDEN[tier], np.nan, raw)
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)

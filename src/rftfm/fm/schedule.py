@@ -87,7 +87,7 @@ class ScheduleState:
         if units > 0 and lr <= RESTART * self.peak:  # back to a rate the run already had: a restart, not a push
             units = 0.0
         self.lr, self.ratio, self.expected = lr, ratio, 0.0
-        self.peak = lr if not lr <= self.peak else self.peak  # NaN peak: the first learning rate
+        self.peak = lr if math.isnan(self.peak) else max(self.peak, lr)
         return units
 
 
