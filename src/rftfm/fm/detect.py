@@ -70,7 +70,7 @@ from rftfm.fm.cube import (
     with_derived,
 )
 from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
-from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, step_features
+from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, feature_row, step_features
 from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -460,7 +460,7 @@ class Detector:
         if step <= live.last_step and not self._rewind(live, step):
             self.skipped_steps += 1
             return None
-        raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
+        raw = with_derived(feature_row(features))
         before = live.state.copy()  # kept for a rollback to this step; the evidence's baseline is read from it
         live.snapshots.append(
             (

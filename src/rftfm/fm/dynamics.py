@@ -178,6 +178,10 @@ class DynamicsTracker:
         prior = np.full(len(self.signals), np.nan) if self.prior_noise is None else np.asarray(self.prior_noise, float)
         self.prior = np.where(np.isfinite(prior), np.maximum(prior, self.floor), np.nan)
         self.names = feature_names(self.signals)
+        # fixed per tracker, read at every record: computed once
+        self.has_prior = np.isfinite(self.prior)
+        self.prior_floor = np.fmax(self.floor, self.config.prior_floor * self.prior)
+        self.is_relative = self.is_rate | self.is_log
 
     def new_state(self, runs: int = 1) -> TrackerState:
         return TrackerState.new(runs, len(self.signals), self.config.warmup)
@@ -204,12 +208,8 @@ class DynamicsTracker:
         blended = np.sqrt((w * self.prior**2 + n * _nan_to_zero(own) ** 2) / (w + n))
         # no prior (the user's units): unknown until the signal has moved, and never below its resolution
         unpriored = np.where((n >= 3) & np.isfinite(state.resolution), own, np.nan)
-        scale = np.where(np.isfinite(self.prior), blended, unpriored)
-        floor = np.where(
-            np.isfinite(self.prior),
-            np.fmax(self.floor, self.config.prior_floor * self.prior),
-            np.fmax(self.floor, state.resolution),
-        )
+        scale = np.where(self.has_prior, blended, unpriored)
+        floor = np.where(self.has_prior, self.prior_floor, np.fmax(self.floor, state.resolution))
         return np.maximum(scale, floor)
 
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
@@ -242,23 +242,21 @@ class DynamicsTracker:
         self._learn_resolution(state, y, seen)
         state.records = state.records + 1
         change0 = np.where(
-            self.is_rate | self.is_log,
+            self.is_relative,
             y - state.reference,
             (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan),
         )
-        per = np.stack(
-            [
-                z,
-                np.where(started, state.cplus, np.nan),
-                np.where(started, state.cminus, np.nan),
-                dev_slow,
-                np.where(judged, state.trend / safe_sigma, np.nan),
-                np.where(seen, change0, np.nan),
-                np.where(seen & self.is_absolute, y, np.nan),
-            ],
-            axis=-1,
-        )  # (R, F, len(PER_SIGNAL))
-        return np.concatenate([per.reshape(per.shape[0], -1), np.log1p(state.records)[:, None]], axis=1)
+        out = np.empty((y.shape[0], y.shape[1] * len(PER_SIGNAL) + 1))
+        per = out[:, :-1].reshape(y.shape[0], y.shape[1], len(PER_SIGNAL))  # a view: filled in place (cheaper
+        per[..., 0] = z  # than stacking seven arrays and concatenating, at every live record)
+        per[..., 1] = np.where(started, state.cplus, np.nan)
+        per[..., 2] = np.where(started, state.cminus, np.nan)
+        per[..., 3] = dev_slow
+        per[..., 4] = np.where(judged, state.trend / safe_sigma, np.nan)
+        per[..., 5] = np.where(seen, change0, np.nan)
+        per[..., 6] = np.where(seen & self.is_absolute, y, np.nan)
+        out[:, -1] = np.log1p(state.records)  # GLOBAL: log_records
+        return out
 
     def _learn_noise(self, state: TrackerState, e: np.ndarray, sigma: np.ndarray, learn: np.ndarray) -> None:
         """Mean absolute innovation, each clipped at ``huber`` noise units (an underestimated noise still

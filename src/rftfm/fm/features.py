@@ -15,7 +15,8 @@ Missing signals stay ``None`` / null; consumers decide how to degrade.
 from __future__ import annotations
 
 import math
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -61,7 +62,18 @@ def _group_consistency(sad: np.ndarray, sdd: np.ndarray, saa: np.ndarray) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.maximum(sad / sdd, 0.0)
         residual = (saa - 2 * c * sad + c * c * sdd) / saa
-    return np.clip(residual, 0.0, 1.0)
+    return np.minimum(np.maximum(residual, 0.0), 1.0)  # np.clip's dispatch costs more than its work here
+
+
+def _group_index(group: np.ndarray) -> np.ndarray:
+    """Each record's group as an index 0..G-1 (some indices may name no record). Small whole-number ids -- the
+    usual case -- are offsets from the smallest; anything else goes through ``np.unique`` (about six times
+    the cost on one step's records)."""
+    low, high = group.min(), group.max()
+    offset = group - low
+    if high - low <= 4 * group.size and np.array_equal(offset, np.floor(offset)):
+        return offset.astype(np.intp)
+    return np.unique(group, return_inverse=True)[1]
 
 
 def advantage_consistency(
@@ -78,14 +90,14 @@ def advantage_consistency(
     keep = np.isfinite(group)
     if not keep.any():
         return None, None
-    _, inv = np.unique(group[keep], return_inverse=True)
+    inv = _group_index(group[keep])
     r, a = reward[keep], advantage[keep]
     scored = np.isfinite(r) & np.isfinite(a)
     r, a = np.where(scored, r, 0.0), np.where(scored, a, 0.0)
     size = np.bincount(inv)
     # a member with no reward: the framework filled in something we cannot see, so its group is not judged
     complete = (np.bincount(inv, weights=scored) == size) & (size >= 2)
-    d = r - (np.bincount(inv, weights=r) / size)[inv]
+    d = r - (np.bincount(inv, weights=r) / np.maximum(size, 1))[inv]  # (an index no record has: size 0)
     d_max, r_max, a_max = (np.zeros(size.size) for _ in range(3))
     np.maximum.at(d_max, inv, np.abs(d))
     np.maximum.at(r_max, inv, np.abs(r))
@@ -99,7 +111,8 @@ def advantage_consistency(
         np.bincount(inv, weights=a * d)[judged], np.bincount(inv, weights=d * d)[judged],
         np.bincount(inv, weights=a * a)[judged],
     )
-    return (float(residual.mean()) if residual.size else None), float(zeroed.sum() / spread.sum())
+    mean = float(np.add.reduce(residual)) / residual.size if residual.size else None
+    return mean, np.count_nonzero(zeroed) / np.count_nonzero(spread)
 
 
 _NUMERIC = (
@@ -107,19 +120,33 @@ _NUMERIC = (
     "tool_call_count", "tool_error_count",
 )
 _FLAGS = ("empty_response", "short_response", "long_response", "truncated")
-#: every field an aggregate reads, flags and rollout step included: one attribute pass over the records
-_COLUMNS = (*_NUMERIC, *(f"flags.{flag}" for flag in _FLAGS), "rollout_step")
-_fields = attrgetter(*_COLUMNS)
+_OWN = (*_NUMERIC, "rollout_step")  # a record's own fields an aggregate reads (its flags apart)
+# read from the pydantic models' ``__dict__``: about a third cheaper than attribute access on 128 records
+_own_items, _flag_items = itemgetter(*_OWN), itemgetter(*_FLAGS)
+_own_attrs, _flag_attrs = attrgetter(*_OWN), attrgetter(*(f"flags.{flag}" for flag in _FLAGS))
 
 
-def _numeric_columns(trajectories: Sequence[TrajectoryRecord]) -> np.ndarray:
-    """(len(_COLUMNS), n) the trajectories' fields (:data:`_NUMERIC`, then the flags as 0 / 1, then the rollout
-    step), missing as NaN, in one pass over the records."""
-    rows = [_fields(t) for t in trajectories]
+def _as_matrix(rows: list[tuple], width: int) -> np.ndarray:
+    """(n, width) floats of ``width``-tuples, missing (None) as NaN."""
+    try:  # every field set (the usual record): ``fromiter`` converts one flat stream faster than ``array`` rows
+        return np.fromiter(chain.from_iterable(rows), float, len(rows) * width).reshape(len(rows), width)
+    except (TypeError, ValueError, OverflowError):  # a None, or a stray object
+        pass
     try:
-        return np.array(rows, dtype=float).T  # None becomes NaN
+        return np.array(rows, dtype=float).reshape(len(rows), width)  # None becomes NaN
     except (TypeError, OverflowError):  # an int too large for a float (or a stray object) counts as missing
-        return np.array([[np.nan if (f := finite_or_none(v)) is None else f for v in row] for row in rows]).T
+        return np.array([[np.nan if (f := finite_or_none(v)) is None else f for v in row] for row in rows])
+
+
+def _trajectory_columns(trajectories: Sequence[TrajectoryRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """(len(_OWN), n) the trajectories' fields (:data:`_NUMERIC`, then the rollout step) and (n, len(_FLAGS))
+    their flags as 0 / 1, missing as NaN."""
+    try:
+        own = [t.__dict__ for t in trajectories]
+        rows, flags = list(map(_own_items, own)), [_flag_items(d["flags"].__dict__) for d in own]
+    except (AttributeError, KeyError, TypeError):  # not plain pydantic records (a duck-typed stand-in)
+        rows, flags = list(map(_own_attrs, trajectories)), list(map(_flag_attrs, trajectories))
+    return _as_matrix(rows, len(_OWN)).T, _as_matrix(flags, len(_FLAGS))
 
 
 def groups_per_rollout_step(step: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -136,8 +163,8 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     """Aggregates of one logged step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
-    every = _numeric_columns(trajectories)
-    columns, flags, step = every[: len(_NUMERIC)], every[len(_NUMERIC) : -1].T, every[-1]
+    own, flags = _trajectory_columns(trajectories)
+    columns, step = own[:-1], own[-1]
     group, reward, _, adv = columns[:4]
     residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
     # every column's mean and sd over its finite values at once (one numpy call each, not one per column)
@@ -146,8 +173,9 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(finite, columns, 0.0).sum(axis=1) / count
         sd = np.sqrt(np.where(finite, (columns - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
-    stat = {name: (None if not count[i] else _num(mean[i]), None if not count[i] else _num(sd[i]))
-            for i, name in enumerate(_NUMERIC)}
+    # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic above
+    stat = {name: (None, None) if not k else (_num(m), _num(v))
+            for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}
     absmax = np.abs(adv[finite[3]]).max() if count[3] else None
     empty, short, long, truncated = flags.mean(axis=0).tolist()
     return {
@@ -168,6 +196,15 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
         "traj_long_rate": long,
         "traj_truncated_rate": truncated,
     }
+
+
+def feature_row(features: dict[str, float | None]) -> np.ndarray:
+    """(1, len(FEATURES)) one record's feature dict as a row, missing or non-finite as NaN."""
+    try:  # plain numbers or None (the usual record): one conversion, not one call per feature
+        row = np.array([[features.get(f) for f in FEATURES]], dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        row = np.array([[np.nan if (v := finite_or_none(features.get(f))) is None else v for f in FEATURES]])
+    return np.where(np.isfinite(row), row, np.nan)
 
 
 def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:

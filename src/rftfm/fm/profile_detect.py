@@ -54,7 +54,7 @@ from rftfm.fm.cube import (
     tail_threshold,
     with_derived,
 )
-from rftfm.fm.features import FEATURES, step_features
+from rftfm.fm.features import FEATURES, feature_row, step_features
 from rftfm.fm.profile import GLOBAL_KEY, StepProfile, Transform, config_key, fit_step_profile, scale_floor
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -329,7 +329,7 @@ class ProfileDetector:
         if step <= state.last_step:  # a repeated or rolled-back step: count it, keep the state
             self.skipped_steps += 1
             return None
-        raw = with_derived(np.array([[_finite(features.get(f)) for f in FEATURES]]))
+        raw = with_derived(feature_row(features))
         raw[:, FLAT_INDEX] = state.flat.advance(raw[:, EVAL_INDEX])
         profile = self.profiles.get(state.key, self.profiles[GLOBAL_KEY])
         cal = self.calibration["config" if state.key != GLOBAL_KEY else "global"]
@@ -471,14 +471,6 @@ class ProfileDetector:
 
 def _col(frame: pl.DataFrame, name: str) -> list[Any]:
     return frame[name].to_list() if name in frame.columns else [None] * frame.height
-
-
-def _finite(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
 
 
 def _floats(a: np.ndarray) -> Any:
