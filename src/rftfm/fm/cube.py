@@ -38,7 +38,7 @@ class FlatStreak:
     def advance(self, accuracy: np.ndarray) -> np.ndarray:
         """(R,) this step's streak (NaN where the accuracy is missing)."""
         seen = np.isfinite(accuracy)
-        same = seen & np.isfinite(self.previous) & (np.abs(accuracy - self.previous) < 1e-9)
+        same = seen & (np.abs(accuracy - self.previous) < 1e-9)  # False where either is NaN
         self.streak = np.where(seen, np.where(same, self.streak + 1, 0.0), self.streak)
         self.previous = np.where(seen, accuracy, self.previous)
         return np.where(seen, self.streak, np.nan)

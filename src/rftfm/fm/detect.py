@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+from numpy.typing import ArrayLike
 
 from rftfm.fm import invariants, on_policy, schedule
 from rftfm.fm.cube import (
@@ -334,7 +335,7 @@ class Detector:
         return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)
 
     def _combine(
-        self, tier: str, learned: np.ndarray, surprise: np.ndarray, invariant: np.ndarray, jump: np.ndarray
+        self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike
     ) -> np.ndarray:
         """The record's score from the learned channel's running log-odds, the surprise, the invariants and the
         learning rate's jump: the largest channel score against its threshold (an alarm above 1; log-odds compare
@@ -451,7 +452,7 @@ class Detector:
         learned: dict[int, float] = {}
         for tier in {p.tier for p in pending if p is not None}:
             idx = [i for i, p in enumerate(pending) if p is not None and p.tier == tier]
-            rows = np.vstack([pending[i].row for i in idx])
+            rows = pending[idx[0]].row if len(idx) == 1 else np.vstack([pending[i].row for i in idx])
             learned.update(zip(idx, self.models[tier].predict(rows, num_threads=1).tolist()))
         return [None if p is None else self._alarm(run_id, p, learned[i]) for i, p in enumerate(pending)]
 
@@ -511,14 +512,12 @@ class Detector:
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = float(p.invariant.max())
-        score = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant),
-                                    np.array(max(abs(p.jump), p.clipped))))
+        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped)))
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = float(self._combine(p.tier, np.array(log_odds), np.array(surprise), np.array(invariant),
-                                     np.array(abs(p.jump))))
+        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump)))
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -674,7 +673,7 @@ def describe(e: SignalEvidence) -> str:
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
-    q = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    q = np.minimum(np.maximum(np.asarray(p, dtype=float), 1e-6), 1 - 1e-6)  # np.clip's dispatch: per live record
     return np.log(q / (1 - q))
 
 

@@ -189,8 +189,10 @@ class DynamicsTracker:
     def transform(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
         """(R, F) raw -> comparable scale; sets each log signal's ``c`` at its first non-zero value (NaN arithmetic
         is expected: called inside :meth:`update`'s ``errstate``)."""
-        first = self.is_log & np.isnan(state.magnitude) & np.isfinite(x) & (np.abs(x) > 0)
-        state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
+        unset = self.is_log & np.isnan(state.magnitude)
+        if unset.any():  # (once every log signal has its c -- a live run's usual record -- nothing to set)
+            first = unset & np.isfinite(x) & (np.abs(x) > 0)
+            state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
         logged = np.arcsinh(x / state.magnitude)
         # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable;
         # an exact 0 is no magnitude at all (a reward sd or grad norm of a batch whose groups all tied: the

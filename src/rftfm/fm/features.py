@@ -70,9 +70,11 @@ def _group_index(group: np.ndarray) -> np.ndarray:
     usual case -- are offsets from the smallest; anything else goes through ``np.unique`` (about six times
     the cost on one step's records)."""
     low, high = group.min(), group.max()
-    offset = group - low
-    if high - low <= 4 * group.size and np.array_equal(offset, np.floor(offset)):
-        return offset.astype(np.intp)
+    if high - low <= 4 * group.size:
+        offset = group - low
+        index = offset.astype(np.intp)
+        if (index == offset).all():
+            return index
     return np.unique(group, return_inverse=True)[1]
 
 
@@ -177,7 +179,7 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     stat = {name: (None, None) if not k else (_num(m), _num(v))
             for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}
     absmax = np.abs(adv[finite[3]]).max() if count[3] else None
-    empty, short, long, truncated = flags.mean(axis=0).tolist()
+    empty, short, long, truncated = (np.add.reduce(flags, axis=0) / len(flags)).tolist()  # np.mean's dispatch
     return {
         "traj_reward_mean": stat["reward"][0],
         "traj_reward_std": stat["reward"][1],
