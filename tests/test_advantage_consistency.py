@@ -72,6 +72,20 @@ def test_groups_without_spread_or_with_an_unscored_member_are_left_out() -> None
     assert advantage_consistency(group[:SIZE], reward[:SIZE], adv[:SIZE]) == (None, None)
 
 
+def test_group_ids_far_apart_or_not_whole_numbers_give_the_same_numbers() -> None:
+    """Small whole-number ids are indexed by offset, any other ids through ``np.unique``: the same result."""
+    group, reward = _batch()
+    rng = np.random.default_rng(2)
+    adv = _grpo(group, reward, "group")
+    adv = np.where(rng.random(adv.size) < 0.3, -adv, adv)  # a residual above 0 to compare
+    expected = advantage_consistency(group, reward, adv)
+    assert expected[0] > 0.05
+    for ids in (group * 1000.0 + 7, group * 0.5, group[::-1].copy(), 3.0 * group):
+        order = np.argsort(ids, kind="stable") if ids[0] > ids[-1] else np.arange(ids.size)
+        got = advantage_consistency(ids[order], reward[order], adv[order])
+        assert got[0] == pytest.approx(expected[0], abs=1e-12) and got[1] == expected[1]
+
+
 def test_the_offline_frame_gives_the_streaming_numbers() -> None:
     rows, expected = [], []
     for step in (1, 2, 3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from pydantic import ValidationError
@@ -43,6 +44,37 @@ def test_taxonomy_is_complete_and_every_type_has_an_injector() -> None:
         assert not injector.is_active(4) and injector.is_active(5)
     assert not make_injector(None, None).is_active(1)
     assert not LABEL_FIELDS & set(FEATURES)
+
+
+def test_trajectory_aggregates_read_missing_fields_and_plain_objects_alike() -> None:
+    """The fast path (the records' ``__dict__``, one ``fromiter``) and its fallbacks (a missing field, an object that
+    is not a pydantic record) give the same aggregates."""
+    from types import SimpleNamespace
+
+    from rftfm.fm.features import trajectory_aggregates
+
+    def record(i: int, reward: float | None) -> TrajectoryRecord:
+        return TrajectoryRecord(run_id="r", rollout_step=1, prompt_id=f"p{i // 4}", group_id=i // 4, reward=reward,
+                                response_length=3 + i, advantage=(reward or 0.0) - 0.5, repetition_ratio=0.1,
+                                unique_token_ratio=0.9, flags={"truncated": i % 3 == 0})
+    full = [record(i, float(i % 2)) for i in range(8)]
+    holed = [record(i, None if i == 5 else float(i % 2)) for i in range(8)]
+    plain = [SimpleNamespace(**{k: v for k, v in t.__dict__.items() if k != "flags"},
+                             flags=SimpleNamespace(**t.flags.__dict__)) for t in holed]
+    a, b, c = trajectory_aggregates(full), trajectory_aggregates(holed), trajectory_aggregates(plain)
+    assert b == c
+    assert a["traj_truncated_rate"] == b["traj_truncated_rate"] == pytest.approx(3 / 8)
+    assert b["traj_reward_mean"] == pytest.approx(3 / 7)  # the missing reward is left out, not read as 0
+    assert a["traj_reward_mean"] == pytest.approx(0.5) and a["traj_length_mean"] == pytest.approx(6.5)
+
+
+def test_feature_row_reads_non_finite_and_non_numbers_as_missing() -> None:
+    from rftfm.fm.features import feature_row
+
+    row = feature_row({FEATURES[0]: 1.5, FEATURES[1]: float("inf"), FEATURES[2]: None})
+    assert row.shape == (1, len(FEATURES)) and row[0, 0] == 1.5 and np.isnan(row[0, 1:]).all()
+    odd = feature_row({FEATURES[0]: "high", FEATURES[1]: 2})  # a string: the slow path, which drops it
+    assert np.isnan(odd[0, 0]) and odd[0, 1] == 2.0
 
 
 def test_live_features_equal_offline_features() -> None:
