@@ -244,3 +244,19 @@ def test_a_per_configuration_artifact_combines_with_the_default(tmp_path):
     combined.reset("shifted", "mine", "m")
     alarms = [combined.observe(s, t) for s, t in synth_run("shifted", 99, onset=6, shift={"kl": 30.0})]
     assert any(a is not None and a.step >= 6 for a in alarms)
+
+
+def test_a_held_out_accuracy_that_rises_is_no_surprise_but_one_that_falls_is():
+    """The surprise channel counts only the harmful direction of a signal the registry marks ``benign`` (a held-out
+    accuracy rising as a run learns: a tool format that suddenly clicks alarmed healthy runs before)."""
+    from rftfm.fm.detect import counted_range
+
+    assert counted_range("eval_accuracy") == (-np.inf, 0.0) and counted_range("kl") == (-np.inf, np.inf)
+    detector = Detector.load_default()
+    x = np.zeros(len(detector.tracker.names))
+    column = detector.tracker.names.index("eval_accuracy:z")
+    x[column] = 12.0
+    assert float(detector._surprise(x, "c")) == 0.0
+    x[column] = -12.0
+    assert float(detector._surprise(x, "c")) > 0.0
+    assert float(detector._surprise(x, "a")) == 0.0  # tier a has no held-out accuracy

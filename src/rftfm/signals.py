@@ -52,6 +52,9 @@ class Signal:
     duplicates: str | None = None
     noisy: bool = False  # jumpy by nature in healthy runs: a jump is no surprise on its own
     level_by_task: bool = False  # a fraction whose healthy level is set by the task's difficulty
+    # a move this way is the run getting better and no registered fault's symptom (a held-out accuracy rising):
+    # the detector's surprise channel does not count it
+    benign: Literal["up", "down"] | None = None
 
 
 def _step(
@@ -62,8 +65,9 @@ def _step(
     feature: bool = True,
     noisy: bool = False,
     level_by_task: bool = False,
+    benign: Literal["up", "down"] | None = None,
 ) -> Signal:
-    return Signal(name, label, "step", scale, group, feature, noisy=noisy, level_by_task=level_by_task)
+    return Signal(name, label, "step", scale, group, feature, noisy=noisy, level_by_task=level_by_task, benign=benign)
 
 
 def _traj(name: str, label: str, scale: Scale, group: Group, duplicates: str | None = None) -> Signal:
@@ -76,7 +80,7 @@ SIGNALS: dict[str, Signal] = {
         # --- what a framework logs per train step (``records.STEP_METRICS``, same order)
         _step("reward_mean", "train reward", "linear", "reward"),
         _step("reward_std", "reward sd", "log", "reward"),
-        _step("eval_accuracy", "eval accuracy", "rate", "accuracy", level_by_task=True),
+        _step("eval_accuracy", "eval accuracy", "rate", "accuracy", level_by_task=True, benign="up"),
         _step("kl", "KL", "log", "kl"),
         _step("entropy", "entropy", "log", "entropy"),
         _step("policy_loss", "policy loss", "linear", "optimiser", noisy=True),  # GRPO's hovers around 0, either sign

@@ -213,7 +213,7 @@ class Detector:
         self.schedule_jumps = False  # see :meth:`know_schedule`
         self.on_policy = False  # see :meth:`know_on_policy`
         self._tier_columns: dict[str, np.ndarray] = {}
-        self._surprise_columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tier -> (z columns, units)
+        self._surprise_columns: dict[str, tuple[np.ndarray, ...]] = {}  # tier -> (z columns, units, low, high)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -324,13 +324,16 @@ class Detector:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
         if tier not in self._surprise_columns:  # looked up once per tier: this runs at every live record
             kept = [s for s in TIERS[tier] if s not in UNSURPRISING]
+            low, high = np.array([counted_range(s) for s in kept]).T
             self._surprise_columns[tier] = (
                 np.array([self.tracker.names.index(f"{s}:z") for s in kept]),
                 np.array([self.surprise_scale.get(s, 1.0) for s in kept]),
+                low,
+                high,
             )
-        z_cols, scale = self._surprise_columns[tier]
+        z_cols, scale, low, high = self._surprise_columns[tier]
         z = x[..., z_cols]
-        z = np.abs(np.where(np.isnan(z), 0.0, z)) / scale
+        z = np.abs(np.minimum(np.maximum(np.where(np.isnan(z), 0.0, z), low), high)) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)
 
@@ -551,7 +554,12 @@ class Detector:
         for name, value in zip(names, contrib):
             if name not in GLOBAL:
                 per_signal[name.split(":")[0]] = per_signal.get(name.split(":")[0], 0.0) + float(value)
-        z = {name.split(":")[0]: abs(v) for name, v in zip(names, p.row[0]) if name.endswith(":z") and math.isfinite(v)}
+        z = {  # the counted innovation: a benign move (a held-out accuracy rising) is no surprise here either
+            name.split(":")[0]: abs(min(max(v, low), high))
+            for name, v in zip(names, p.row[0])
+            if name.endswith(":z") and math.isfinite(v)
+            for low, high in [counted_range(name.split(":")[0])]
+        }
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
         broken = [s for s, units in zip(INVARIANT_LIMITS, p.invariant) if units > 1.0]
@@ -695,14 +703,25 @@ def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
+def counted_range(signal: str) -> tuple[float, float]:
+    """The innovations of ``signal`` the surprise channel counts, as a (low, high) clip: a move in the signal's
+    benign direction (:attr:`rftfm.signals.Signal.benign`: a held-out accuracy rising as the run learns) counts as
+    none. No registered fault shows itself that way, and a run that suddenly learns -- a tool format that clicks
+    -- moved the channel in healthy runs."""
+    benign = SIGNALS[signal].benign if signal in SIGNALS else None
+    return (0.0 if benign == "down" else -math.inf, 0.0 if benign == "up" else math.inf)
+
+
 def _surprise_scale(x: np.ndarray, steps: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    """Per signal, the |z| that healthy records exceed 1 time in 100 (at least 1): a signal that is noisy by
-    nature in healthy runs (the spread of lengths in a batch of eight) surprises only beyond its own tail."""
+    """Per signal, the counted |z| (:func:`counted_range`) that healthy records exceed 1 time in 100 (at least 1):
+    a signal that is noisy by nature in healthy runs (the spread of lengths in a batch of eight) surprises only
+    beyond its own tail."""
     present = steps > 0
     out = {}
     for i, name in enumerate(names):
         if name.endswith(":z"):
-            z = np.abs(x[..., i][present])
+            low, high = counted_range(name.split(":")[0])
+            z = np.abs(np.clip(x[..., i][present], low, high))
             z = z[np.isfinite(z)]
             out[name.split(":")[0]] = float(max(np.quantile(z, 0.99), 1.0)) if z.size >= 20 else 1.0
     return out
