@@ -18,7 +18,8 @@ How it decides, record by record:
 3. beside it, a *surprise* channel that needs no fault to have been seen before: the mean of the
    :data:`SURPRISE_TOP` largest innovations of the record, each in units of the innovation that
    healthy records of that signal exceed once in a hundred (a collapse moves several signals at
-   once; an isolated spike of the k3 KL estimator moves one);
+   once; an isolated spike of the k3 KL estimator moves one); a move in a signal's benign direction
+   (a held-out accuracy rising) is not counted (:func:`counted_range`);
 4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
    (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
    rounding, so once the run has held one :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, a record past its
