@@ -71,7 +71,15 @@ from rftfm.fm.cube import (
     tail_threshold,
     with_derived,
 )
-from rftfm.fm.dynamics import GLOBAL, PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
+from rftfm.fm.dynamics import (
+    GLOBAL,
+    PER_SIGNAL,
+    DynamicsTracker,
+    TrackerConfig,
+    TrackerState,
+    clip,
+    fit_prior_noise,
+)
 from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, feature_row, step_features
 from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.types import Alarm, SignalEvidence
@@ -334,7 +342,7 @@ class Detector:
             )
         z_cols, scale, low, high = self._surprise_columns[tier]
         z = x[..., z_cols]
-        z = np.abs(np.minimum(np.maximum(np.where(np.isnan(z), 0.0, z), low), high)) / scale
+        z = np.abs(clip(np.where(np.isnan(z), 0.0, z), low, high)) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)
 
@@ -555,12 +563,11 @@ class Detector:
         for name, value in zip(names, contrib):
             if name not in GLOBAL:
                 per_signal[name.split(":")[0]] = per_signal.get(name.split(":")[0], 0.0) + float(value)
-        z = {  # the counted innovation: a benign move (a held-out accuracy rising) is no surprise here either
-            name.split(":")[0]: abs(min(max(v, low), high))
-            for name, v in zip(names, p.row[0])
-            if name.endswith(":z") and math.isfinite(v)
-            for low, high in [counted_range(name.split(":")[0])]
-        }
+        z: dict[str, float] = {}  # the counted innovations: a benign move (a held-out accuracy rising) is none here too
+        for name, v in zip(names, p.row[0]):
+            if name.endswith(":z") and math.isfinite(v):
+                signal = name.split(":")[0]
+                z[signal] = abs(float(clip(v, *counted_range(signal))))
         # a signal this record does not carry is never evidence (its missing value still moves the model)
         present = [s for s in per_signal if math.isfinite(p.raw[CUBE_SIGNALS.index(s)])]
         broken = [s for s, units in zip(INVARIANT_LIMITS, p.invariant) if units > 1.0]
@@ -682,7 +689,7 @@ def describe(e: SignalEvidence) -> str:
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
-    q = np.minimum(np.maximum(np.asarray(p, dtype=float), 1e-6), 1 - 1e-6)  # np.clip's dispatch: per live record
+    q = clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     return np.log(q / (1 - q))
 
 
@@ -721,8 +728,7 @@ def _surprise_scale(x: np.ndarray, steps: np.ndarray, names: Sequence[str]) -> d
     out = {}
     for i, name in enumerate(names):
         if name.endswith(":z"):
-            low, high = counted_range(name.split(":")[0])
-            z = np.abs(np.clip(x[..., i][present], low, high))
+            z = np.abs(clip(x[..., i][present], *counted_range(name.split(":")[0])))
             z = z[np.isfinite(z)]
             out[name.split(":")[0]] = float(max(np.quantile(z, 0.99), 1.0)) if z.size >= 20 else 1.0
     return out

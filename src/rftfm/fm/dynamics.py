@@ -87,9 +87,9 @@ def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
     return tuple(SIGNALS[s].scale if s in SIGNALS else "linear" for s in signals)
 
 
-def _clip(x: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
+def clip(x: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
     """``np.clip`` for ``low <= high`` in two ufunc calls (the same values, NaN included; ``np.clip``'s dispatch
-    costs more than its arithmetic on one run's record)."""
+    costs more than its arithmetic on one run's record: used on every per-record path)."""
     return np.minimum(np.maximum(x, low), high)
 
 
@@ -229,7 +229,7 @@ class DynamicsTracker:
         e = y - pred
         judged = seen & started & np.isfinite(sigma)
         safe_sigma = np.where(judged, sigma, 1.0)
-        z = np.where(judged, _clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
+        z = np.where(judged, clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
         dev_slow = np.where(judged, (y - state.slow) / safe_sigma, np.nan)
         zz = _nan_to_zero(z)
         # a shift that persists is the run's new level; while one builds up, the noise estimate stands
@@ -293,8 +293,8 @@ class DynamicsTracker:
         """Holt with clipped innovations; a shift that persists ``adapt_after`` records is accepted as the
         new level (the noise is then relearnt)."""
         cfg = self.config
-        clip = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
-        ec = _clip(e, -clip, clip)
+        bound = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
+        ec = clip(e, -bound, bound)
         accept = np.abs(outside) >= cfg.adapt_after
         level = np.where(accept, y, np.where(started, pred + cfg.alpha * ec, y))
         trend = np.where(accept | ~started, 0.0, state.trend + cfg.alpha * cfg.beta * ec)
@@ -307,8 +307,8 @@ class DynamicsTracker:
     def _accumulate(self, state: TrackerState, zz: np.ndarray, judged: np.ndarray) -> None:
         """Two-sided CUSUM of the innovations (carried over while a signal is missing), capped."""
         cfg = self.config
-        cplus = np.where(judged, _clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
-        cminus = np.where(judged, _clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
+        cplus = np.where(judged, clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
+        cminus = np.where(judged, clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
         records = state.records[:, None] + 1
         state.cplus_since = np.where((state.cplus == 0) & (cplus > 0), records, state.cplus_since)
         state.cminus_since = np.where((state.cminus == 0) & (cminus > 0), records, state.cminus_since)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from rftfm.fm.dynamics import clip
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
 
@@ -62,7 +63,7 @@ def _group_consistency(sad: np.ndarray, sdd: np.ndarray, saa: np.ndarray) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.maximum(sad / sdd, 0.0)
         residual = (saa - 2 * c * sad + c * c * sdd) / saa
-    return np.minimum(np.maximum(residual, 0.0), 1.0)  # np.clip's dispatch costs more than its work here
+    return clip(residual, 0.0, 1.0)
 
 
 def _group_index(group: np.ndarray) -> np.ndarray:
