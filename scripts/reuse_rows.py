@@ -4,6 +4,7 @@ that a change to the loop cannot alter (clean and no-remediation; see ``REUSABLE
     python scripts/reuse_rows.py --from docs/results/remediation-seed.json --preset classic --split seed --side test \\
         --out /work/data/rem-eval/pass.rows.jsonl
     rftfm bench evaluate remediation --preset classic --rows /work/data/rem-eval/pass.rows.jsonl ...
+    python scripts/reuse_rows.py --from docs/results/remediation-config-tool.json --data DIR --out tool.rows.jsonl
 
 Those arms are deterministic (same seed, same code path): re-training one reproduces its row.
 """
@@ -27,6 +28,7 @@ def main() -> None:
         default="classic",
         help="the preset whose runs the summary holds (classic: the earlier evaluations' full preset)",
     )
+    parser.add_argument("--data", type=Path, help="a benchmark directory whose runs the summary holds (not a preset)")
     parser.add_argument("--split", default="seed")
     parser.add_argument("--side", default="test", choices=("test", "train"))
     parser.add_argument("--arms", default=",".join(ev.REUSABLE_ARMS))
@@ -37,7 +39,10 @@ def main() -> None:
     )
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    runs = split_runs(preset_runs_table(args.preset), args.split)[1 if args.side == "test" else 0]
+    if args.data:  # the summary's rows name their runs: any split of the directory holds them
+        runs = ev.load_runs(args.data)
+    else:
+        runs = split_runs(preset_runs_table(args.preset), args.split)[1 if args.side == "test" else 0]
     faulty, healthy = ev.select_runs(runs, None, None, None)
     summary = json.loads(Path(args.source).read_text(encoding="utf-8"))
     rows = ev.rows_from_summary(summary, [*faulty, *healthy], args.arms.split(","), healthy_off=not args.retime_healthy)

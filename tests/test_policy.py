@@ -278,6 +278,24 @@ def test_a_knob_rung_that_would_change_nothing_is_not_acted_on():
     assert policy.changes_nothing(True, 0, []) is None  # no knob this trainer can set (a rung reduced by capabilities)
 
 
+def test_a_knob_rung_needs_one_of_its_types_fingerprint_signals_moving_its_way():
+    from rftfm.fm.types import SignalEvidence
+
+    def ev(*pairs):
+        return [SignalEvidence(signal=s, direction=d) for s, d in pairs]
+
+    tool_side = ev(("truncated_ratio", "down"), ("traj_tool_error_rate", "down"))
+    held = policy.fingerprint_missing("degeneration", True, tool_side)
+    assert held is not None and "repetition up" in held.note and not held.alert_only
+    assert policy.fingerprint_missing("degeneration", True, ev(("traj_unique_mean", "down"))) is None
+    assert policy.fingerprint_missing("degeneration", True, ev(("traj_unique_mean", "up"))) is not None  # wrong way
+    # a trajectory aggregate stands for the train-step metric it repeats
+    assert policy.fingerprint_missing("length_truncation", True, ev(("traj_truncated_rate", "up"))) is None
+    assert policy.fingerprint_missing("degeneration", False, tool_side) is None  # a rollback-only or halt rung
+    assert policy.fingerprint_missing(None, True, tool_side) is None  # no diagnosed type: other rules decide
+    assert policy.fingerprint_missing("degeneration", True, []) is None  # nothing to judge
+
+
 def test_the_alarm_threshold_is_lowered_only_while_a_knob_push_is_in_effect():
     assert policy.alarm_threshold(False, CFG) == 1.0  # healthy runs get no pushes: their false-alarm budget holds
     assert policy.alarm_threshold(True, CFG) == CFG.push_alarm_threshold < 1.0

@@ -200,7 +200,7 @@ class Controller:
                 ceilings=self.knob_log.ceilings, pushed_from=self.knob_log.pushed_from()))
             if not ok:
                 return
-            hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis)
+            hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis, alarm, escalate)
         if hold is not None:
             self._stand_down(step, hold)
         elif plan is not None:
@@ -214,10 +214,14 @@ class Controller:
             self._healthy_knobs()), recent, rem.blind_budget_used(diagnosis), self.length.max_steps,
             top.probability if top else None, self.heldout.seen > 0, rem.generic, escalate)
 
-    def _refused(self, plan: Plan, diagnosis: Diagnosis | None) -> Hold | None:
-        """A plan the policy turns down: a knob rung that would change nothing, or a halt without the evidence."""
+    def _refused(self, plan: Plan, diagnosis: Diagnosis | None, alarm: Alarm, escalate: bool) -> Hold | None:
+        """A plan the policy turns down: a knob rung that would change nothing or whose type the alarm does not
+        show, or a halt without the evidence."""
         knob_actions = sum(a.kind == "set_knob" for a in plan.actions)
         hold = policy.changes_nothing(bool(plan.rung.knobs) and not plan.rung.halt, knob_actions, plan.unchanged)
+        if hold is None and not escalate and not self.remediator.generic and not plan.rung.restore_drifted:
+            evidence = [*alarm.evidence, *(diagnosis.evidence if diagnosis is not None else [])]
+            hold = policy.fingerprint_missing(plan.diagnosed_type, knob_actions > 0, evidence)
         if hold is None and plan.rung.halt:
             info, now = self._rollback_point(), self._accuracy_now()
             then = self.heldout.at_or_before(info.step) if info is not None else None
