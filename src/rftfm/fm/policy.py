@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import UPSTREAM_SIGNALS, ladder
-from rftfm.signals import SIGNALS
 from rftfm.fm.types import Action, Diagnosis, SignalEvidence
+from rftfm.signals import SIGNALS
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
 Pushes = Mapping[str, tuple[int, Any]]
