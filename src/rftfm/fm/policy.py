@@ -294,7 +294,7 @@ def fingerprint_missing(fault_type: str | None, knob_rung: bool, evidence: Seque
     wanted = ", ".join(f"{SIGNALS[n].label if n in SIGNALS else n} {d}" for n, d in FAULT_TYPES[fault_type].signals)
     return Hold(
         f"{fault_type} diagnosed, but none of its signals ({wanted}) moved its way: reported, not acted on",
-        f"{fault_type}: the alarm shows none of the type's own signals",
+        f"{fault_type}: neither the alarm nor the diagnosis shows one of the type's own signals",
     )
 
 
