@@ -283,6 +283,9 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     # beside the targets, the runs the fault hurt (the no-remediation arm below 90 % of the clean accuracy)
     assert any("on the 3 of 4 faulty runs the fault hurt" in line and line.endswith("knob-repairable repaired 3 of 3")
                for line in target_status(summary))
+    # and the runs an arm left worse than no remediation did (run 3: 0.4 against 0.48 without the loop)
+    worse = next(line for line in target_status(summary) if "left worse than without remediation" in line)
+    assert "of 4: loop 1 (" in worse and "generic 1 (" in worse and "trainside" not in worse
     # an evaluation without the optional train-side arm keeps its pairs; with it, the arm is scored alike
     assert "trainside_repair_%" not in summary["tables"]["by_class_setting"][0]
     assert "without an eval callable" not in "\n".join(target_status(summary))

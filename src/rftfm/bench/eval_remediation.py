@@ -724,6 +724,27 @@ def _hurt_lines(pairs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _worse_lines(pairs: list[dict[str, Any]]) -> list[str]:
+    """Faulty runs an arm left worse than no remediation did: not halted, and final accuracy below the tolerance
+    of the no-remediation arm's (a misdiagnosed knob kept, a rollback that cost more than it saved). No target;
+    a loop that acts must not make a fault's damage larger."""
+    counts = []
+    for arm in ("loop", "trainside", "generic"):
+        if not all(f"{arm}_accuracy" in p for p in pairs):
+            continue
+        worse = [
+            p for p in pairs if not p[f"{arm}_halted"] and p[f"{arm}_accuracy"] < TOLERANCE * p["none_accuracy"]
+        ]
+        names = ", ".join(f"{p['fault_type']} {p['setting']}" for p in worse)
+        counts.append(f"{arm} {len(worse)}" + (f" ({names})" if names else ""))
+    if not pairs or not counts:
+        return []
+    return [
+        f"- faulty runs left worse than without remediation (not halted, final accuracy below {TOLERANCE:g} x the "
+        f"no-remediation arm's), of {len(pairs)}: " + "; ".join(counts)
+    ]
+
+
 def target_status(summary: dict[str, Any]) -> list[str]:
     t = summary["tables"]
     lines = _repair_lines(t)
@@ -745,6 +766,7 @@ def target_status(summary: dict[str, Any]) -> list[str]:
             f"(95 % CI {low:.1f}-{high:.1f}; target >= 90 %) -> **{'met' if caught / len(code) >= 0.9 else 'not met'}**"
         )
     lines += _hurt_lines(summary.get("pairs", []))
+    lines += _worse_lines(summary.get("pairs", []))
     h = t.get("healthy")
     if h:
         ok = h["no_intervention_%"] >= 99.0 and h["halted"] == 0
