@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import UPSTREAM_SIGNALS, ladder
-from rftfm.fm.types import Action, Diagnosis, SignalEvidence
+from rftfm.fm.types import Action, Alarm, Diagnosis, SignalEvidence
 from rftfm.signals import SIGNALS
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
@@ -283,12 +283,16 @@ def fingerprint_seen(fault_type: str, evidence: Iterable[SignalEvidence]) -> boo
     return any((_canonical(e.signal), e.direction) in expected for e in evidence)
 
 
-def fingerprint_missing(fault_type: str | None, knob_rung: bool, evidence: Sequence[SignalEvidence]) -> Hold | None:
-    """A new incident's knob rung turns a knob for the diagnosed type only when the alarm or the diagnosis shows
+def fingerprint_missing(
+    fault_type: str | None, knob_rung: bool, alarm: Alarm | None, diagnosis: Diagnosis | None
+) -> Hold | None:
+    """A new incident's knob rung (``knob_rung``: it sets a knob, and is neither an escalation, a drift undo nor the
+    generic baseline's) turns a knob for the diagnosed type only when the alarm or the diagnosis shows
     one of that type's own fingerprint signals moving its way. A type ranked first from signals it does not
     itself move (a repetition-penalty rung for "degeneration" on an alarm in tool errors and truncation) is
     reported, not acted on: the knob would treat a cause nothing in the run points to, and a revalidation
     window without an alarm would keep it. An alarm without any evidence is not judged."""
+    evidence = [*(alarm.evidence if alarm is not None else []), *(diagnosis.evidence if diagnosis is not None else [])]
     if fault_type is None or not knob_rung or not evidence or fingerprint_seen(fault_type, evidence):
         return None
     wanted = ", ".join(f"{SIGNALS[n].label if n in SIGNALS else n} {d}" for n, d in FAULT_TYPES[fault_type].signals)
