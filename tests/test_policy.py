@@ -278,29 +278,6 @@ def test_a_knob_rung_that_would_change_nothing_is_not_acted_on():
     assert policy.changes_nothing(True, 0, []) is None  # no knob this trainer can set (a rung reduced by capabilities)
 
 
-def test_a_knob_rung_needs_one_of_its_types_fingerprint_signals_moving_its_way():
-    from rftfm.fm.types import Alarm, Diagnosis, SignalEvidence
-
-    def ev(*pairs):
-        return Alarm(run_id="r", step=1, score=2.0, threshold=1.0,
-                     evidence=[SignalEvidence(signal=s, direction=d) for s, d in pairs])
-
-    tool_side = ev(("truncated_ratio", "down"), ("traj_tool_error_rate", "down"))
-    held = policy.fingerprint_missing("degeneration", True, tool_side, None)
-    assert held is not None and "repetition up" in held.note and not held.alert_only
-    assert policy.fingerprint_missing("degeneration", True, ev(("traj_unique_mean", "down")), None) is None
-    wrong_way = ev(("traj_unique_mean", "up"))
-    assert policy.fingerprint_missing("degeneration", True, wrong_way, None) is not None
-    # a trajectory aggregate stands for the train-step metric it repeats
-    assert policy.fingerprint_missing("length_truncation", True, ev(("traj_truncated_rate", "up")), None) is None
-    assert policy.fingerprint_missing("degeneration", False, tool_side, None) is None  # a rollback-only or halt rung
-    assert policy.fingerprint_missing(None, True, tool_side, None) is None  # no diagnosed type: other rules decide
-    assert policy.fingerprint_missing("degeneration", True, ev(), None) is None  # nothing to judge
-    # the diagnosis' evidence (deviations from the run's own baseline) counts as well as the alarm's
-    diagnosis = Diagnosis(run_id="r", step=1, ranked=[], evidence=ev(("completion_length_mean", "up")).evidence)
-    assert policy.fingerprint_missing("degeneration", True, ev(("truncated_ratio", "down")), diagnosis) is None
-
-
 def test_the_alarm_threshold_is_lowered_only_while_a_knob_push_is_in_effect():
     assert policy.alarm_threshold(False, CFG) == 1.0  # healthy runs get no pushes: their false-alarm budget holds
     assert policy.alarm_threshold(True, CFG) == CFG.push_alarm_threshold < 1.0

@@ -806,9 +806,7 @@ over 3 steps (no alarm: *kept*; alarm, or eval accuracy 0.2 below the checkpoint
 **What it will not do on its own.** An alarm nobody can explain (the diagnoser abstains and no knob changed) is
 reported, not acted on (`Remediator(blind_interventions=1)` restores the earlier single blind rollback + LR halving
 per run). A rung whose knob changes would leave every knob as it is (the healthy value is already set: the diagnosed
-cause is not in the trainer's settings) is reported, not acted on, and so is a new incident's knob rung when neither
-the alarm nor the diagnosis shows one of the diagnosed type's own signals (the taxonomy's fingerprint) moving its way.
-In a run without any eval accuracy, a rung acts
+cause is not in the trainer's settings) is reported, not acted on. In a run without any eval accuracy, a rung acts
 only on a diagnosis at p >= 0.5 or to undo a knob push. A halt needs a diagnosis: a code fault (no knob rung) halts
 when the diagnosis puts p >= 0.8 on the types of its family that end the same way (an advantage sign bug or a
 broken normalisation: rollback + halt either way), or when eval accuracy fell since the checkpoint; a knob ladder's

@@ -87,9 +87,10 @@ class Controller:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, handle: TrainerHandle, step: int = 0, checkpoint: bool = True,
               max_steps: int | None = None) -> None:
-        """Bind the trainer and take the initial checkpoint (never raises). ``max_steps``: the run's planned length,
-        when the trainer says it (rollbacks extend it). ``checkpoint=False``: the caller takes it with
-        :meth:`initial_checkpoint` right before the first step (where every later checkpoint's RNG state stands)."""
+        """Bind the trainer and take the initial checkpoint (never raises). ``max_steps``: the run's planned
+        length, when the trainer says it (rollbacks extend it). ``checkpoint=False`` leaves the checkpoint to
+        :meth:`initial_checkpoint`, for a caller that can take it right before the first step (where every
+        later checkpoint's RNG state also stands: before a step's rollouts)."""
         t0 = time.perf_counter()
         self.handle, self.last_step = handle, step
         self.length.max_steps = self.length.planned_steps = max_steps
@@ -199,7 +200,7 @@ class Controller:
                 ceilings=self.knob_log.ceilings, pushed_from=self.knob_log.pushed_from()))
             if not ok:
                 return
-            hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis, alarm, escalate)
+            hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis)
         if hold is not None:
             self._stand_down(step, hold)
         elif plan is not None:
@@ -213,17 +214,16 @@ class Controller:
             self._healthy_knobs()), recent, rem.blind_budget_used(diagnosis), self.length.max_steps,
             top.probability if top else None, self.heldout.seen > 0, rem.generic, escalate)
 
-    def _refused(self, plan: Plan, diagnosis: Diagnosis | None, alarm: Alarm, escalate: bool) -> Hold | None:
-        """A plan the policy turns down: a knob rung that changes nothing or lacks its type's signals, a weak halt."""
+    def _refused(self, plan: Plan, diagnosis: Diagnosis | None) -> Hold | None:
+        """A plan the policy turns down: a knob rung that would change nothing, or a halt without the evidence."""
         knob_actions = sum(a.kind == "set_knob" for a in plan.actions)
         hold = policy.changes_nothing(bool(plan.rung.knobs) and not plan.rung.halt, knob_actions, plan.unchanged)
-        own_rung = knob_actions > 0 and not (escalate or self.remediator.generic or plan.rung.restore_drifted)
-        hold = hold or policy.fingerprint_missing(plan.diagnosed_type, own_rung, alarm, diagnosis)
         if hold is None and plan.rung.halt:
             info, now = self._rollback_point(), self._accuracy_now()
             then = self.heldout.at_or_before(info.step) if info is not None else None
-            case = policy.HaltCase(plan.fault_type, plan.fault_type is not None and ends_in_halt_only(plan.fault_type),
-                                   policy.halt_probability(diagnosis, plan.fault_type), then, now)
+            code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
+            case = policy.HaltCase(plan.fault_type, code_fault, policy.halt_probability(diagnosis, plan.fault_type),
+                                   then, now)
             hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken

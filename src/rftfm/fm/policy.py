@@ -13,10 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm.playbook import UPSTREAM_SIGNALS, ladder
-from rftfm.fm.types import Action, Alarm, Diagnosis, SignalEvidence
-from rftfm.signals import SIGNALS
+from rftfm.fm.types import Action, Diagnosis, SignalEvidence
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
 Pushes = Mapping[str, tuple[int, Any]]
@@ -264,41 +262,6 @@ def changes_nothing(rung_sets_knobs: bool, knob_actions: int, unchanged: Sequenc
     return Hold(
         f"{', '.join(unchanged)} already at the value the repair would set: reported, not acted on",
         f"the diagnosed cause is not in the trainer's settings ({', '.join(unchanged)} unchanged)",
-    )
-
-
-def _canonical(signal: str) -> str:
-    """The train-step metric a trajectory aggregate repeats (``traj_length_mean`` -> ``completion_length_mean``)."""
-    known = SIGNALS.get(signal)
-    return known.duplicates if known is not None and known.duplicates else signal
-
-
-def fingerprint_seen(fault_type: str, evidence: Iterable[SignalEvidence]) -> bool:
-    """Whether ``evidence`` moves one of ``fault_type``'s fingerprint signals (the taxonomy's ``signals``) the
-    way that type moves it; ``True`` for a type without a registered fingerprint."""
-    fault = FAULT_TYPES.get(fault_type)
-    if fault is None or not fault.signals:
-        return True
-    expected = {(_canonical(name), direction) for name, direction in fault.signals}
-    return any((_canonical(e.signal), e.direction) in expected for e in evidence)
-
-
-def fingerprint_missing(
-    fault_type: str | None, knob_rung: bool, alarm: Alarm | None, diagnosis: Diagnosis | None
-) -> Hold | None:
-    """A new incident's knob rung (``knob_rung``: it sets a knob, and is neither an escalation, a drift undo nor the
-    generic baseline's) turns a knob for the diagnosed type only when the alarm or the diagnosis shows
-    one of that type's own fingerprint signals moving its way. A type ranked first from signals it does not
-    itself move (a repetition-penalty rung for "degeneration" on an alarm in tool errors and truncation) is
-    reported, not acted on: the knob would treat a cause nothing in the run points to, and a revalidation
-    window without an alarm would keep it. An alarm without any evidence is not judged."""
-    evidence = [*(alarm.evidence if alarm is not None else []), *(diagnosis.evidence if diagnosis is not None else [])]
-    if fault_type is None or not knob_rung or not evidence or fingerprint_seen(fault_type, evidence):
-        return None
-    wanted = ", ".join(f"{SIGNALS[n].label if n in SIGNALS else n} {d}" for n, d in FAULT_TYPES[fault_type].signals)
-    return Hold(
-        f"{fault_type} diagnosed, but none of its signals ({wanted}) moved its way: reported, not acted on",
-        f"{fault_type}: neither the alarm nor the diagnosis shows one of the type's own signals",
     )
 
 
