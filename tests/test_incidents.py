@@ -444,3 +444,24 @@ def test_both_stores_give_back_the_same_events(tmp_path):
     assert memory.run_ids() == sqlite.run_ids() == ["r1"]
     assert memory.events(run_id="r1", kind="error")[0]["payload"] == {"value": None}
     sqlite.close()
+
+
+def test_evidence_without_a_baseline_claims_no_direction():
+    """A run's first record has no baseline: the alarm names the signals the detector weighed, and no text
+    a user reads says which way they moved (the detector's default label would read "down")."""
+    from rftfm.fm.detect import describe as detector_text
+    from rftfm.fm.diagnose import describe as diagnosis_text
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.ledger import Journal
+    from rftfm.report.console import evidence_text
+
+    first = SignalEvidence(signal="truncated_ratio", direction="down", value=0.1875)
+    later = SignalEvidence(signal="kl", direction="up", value=0.48, expected=0.012, z=6.0, ratio=40.0, since_step=37)
+    assert not first.measured and later.measured
+    assert first.short() == "truncated_ratio 0.188 (no baseline yet)" and later.short() == "kl up"
+    for text in (detector_text(first), diagnosis_text(first), evidence_text(first)):
+        assert "down" not in text and "↓" not in text and "0.188" in text
+    assert "x40" in detector_text(later) and "↑" in evidence_text(later)
+    journal = Journal(MemoryIncidentStore(), "r", 64)
+    journal.alarm(1, Alarm(run_id="r", step=1, score=2.0, threshold=1.0, evidence=[first, later]))
+    assert journal.timeline[-1][2] == "score 2.00 > 1.00: truncated_ratio 0.188 (no baseline yet), kl up"

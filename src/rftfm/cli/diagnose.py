@@ -215,7 +215,7 @@ def _print_diagnosis(diagnosis: Any) -> None:
     for col in ("signal", "direction", "value", "baseline", "z", "since step"):
         ev.add_column(col)
     for e in diagnosis.evidence:
-        arrow = e.direction
+        arrow = e.direction if e.measured else "–"  # a run's first records: no baseline, no direction
         if e.value is not None and e.expected is not None and e.value != e.expected:
             arrow = "up" if e.value > e.expected else "down"
         ev.add_row(label(e.signal), arrow, f"{e.value:.4g}" if e.value is not None else "–",

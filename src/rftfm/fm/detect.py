@@ -677,7 +677,7 @@ def describe(e: SignalEvidence) -> str:
     """One evidence item in the run's own terms, e.g. ``KL 0.48 vs 0.012 before (x40) since step 37``."""
     name = label(e.signal)
     if e.value is None:
-        return f"{name} {'up' if e.direction == 'up' else 'down'}"
+        return f"{name} {'up' if e.direction == 'up' else 'down'}" if e.measured else name
     text = f"{name} {e.value:.3g}"
     if e.expected is not None:
         text += f" vs {e.expected:.3g} before"

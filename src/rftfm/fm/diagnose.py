@@ -561,7 +561,9 @@ def describe(e: SignalEvidence) -> str:
     """One piece of evidence in the run's own terms, e.g. ``KL 0.48 (x40 vs 0.012 before step 37)``."""
     name = label(e.signal)
     if e.value is None:
-        return f"{name} {e.direction}"
+        return f"{name} {e.direction}" if e.measured else name
+    if not e.measured:
+        return f"{name} {e.value:.3g} (no baseline yet)"
     if e.expected is None:
         return f"{name} {e.value:.3g} ({e.direction} since step {e.since_step})"
     if e.ratio is not None and e.ratio > 0 and (e.ratio >= 1.5 or e.ratio <= 1 / 1.5):

@@ -64,7 +64,7 @@ class Journal:
     def alarm(self, step: int, alarm: Alarm, explanation: str | None = None, explained_by: str | None = None) -> None:
         """An alarm; with an ``explanation`` one that a repair explains (reported, not acted on)."""
         self.counts["alarms"] += 1
-        signals = ", ".join(f"{e.signal} {e.direction}" for e in alarm.evidence[:3])
+        signals = ", ".join(e.short() for e in alarm.evidence[:3])
         if explanation is None:
             self.record("alarm", step, alarm)
             self.note(step, "alarm", f"score {alarm.score:.2f} > {alarm.threshold:.2f}: {signals}")

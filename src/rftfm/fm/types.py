@@ -24,6 +24,18 @@ class SignalEvidence(BaseModel):
     ratio: float | None = None  # value / expected, where meaningful
     since_step: int | None = None  # first step of the current deviation
 
+    @property
+    def measured(self) -> bool:
+        """Whether ``direction`` was measured against a baseline (a run's first records have none: the signal
+        is named because the detector weighed it, and its direction means nothing)."""
+        return self.expected is not None or self.z is not None
+
+    def short(self) -> str:
+        """``signal direction``, or ``signal value (no baseline yet)`` when the direction was not measured."""
+        if self.measured or self.value is None:
+            return f"{self.signal} {self.direction}" if self.measured else self.signal
+        return f"{self.signal} {self.value:.3g} (no baseline yet)"
+
 
 class Alarm(BaseModel):
     run_id: str

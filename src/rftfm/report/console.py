@@ -27,8 +27,10 @@ def evidence_text(ev: SignalEvidence) -> str:
         arrow = "↑" if value > expected else "↓"
     elif ev.z is not None and ev.z != 0:
         arrow = "↑" if ev.z > 0 else "↓"
-    else:
+    elif ev.measured:
         arrow = "↑" if ev.direction == "up" else "↓"
+    else:  # a run's first records: no baseline, no direction
+        arrow = "·"
     parts = [f"{escape(ev.signal)} {arrow}"]
     if value is not None and math.isfinite(value):
         parts.append(_num(value))

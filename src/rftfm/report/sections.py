@@ -62,6 +62,8 @@ def _direction(ev: dict[str, Any]) -> Any:
     value, expected = finite_or_none(ev.get("value")), finite_or_none(ev.get("expected"))
     if value is not None and expected is not None and value != expected:
         return "up" if value > expected else "down"
+    if expected is None and finite_or_none(ev.get("z")) is None:
+        return "–"  # a run's first records: no baseline, no direction
     return ev.get("direction")
 
 
