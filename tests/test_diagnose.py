@@ -314,6 +314,12 @@ def test_summary_sentence_for_unknown_names_the_closest_type() -> None:
     assert "closest known: lr_low" in summary_sentence(None, [], "lr_low")
 
 
+def test_summary_sentence_on_a_runs_first_records_says_there_is_no_baseline_yet() -> None:
+    first = summary_sentence("degeneration", [], records=1)
+    assert first == "degeneration: 1 logged record, no baseline of the run's own yet"
+    assert "no signal far from the run's own baseline" in summary_sentence("degeneration", [], records=12)
+
+
 def test_a_configuration_in_other_units_is_diagnosed_alike(fitted: Diagnoser, fresh) -> None:
     """No normal profile of a configuration: the same dynamics in other units give the same diagnosis."""
     _, runs, features = fresh

@@ -323,7 +323,9 @@ class Diagnoser:
             ranked=ranked,
             unknown=unknown,
             evidence=evidence,
-            summary=summary_sentence(None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type),
+            summary=summary_sentence(
+                None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type, records=history.height
+            ),
         )
 
     def _track(self, run_id: str, cube: np.ndarray) -> np.ndarray:
@@ -573,11 +575,23 @@ def describe(e: SignalEvidence) -> str:
     return f"{name} {e.value:.3g} ({change} vs {e.expected:.3g} before step {e.since_step})"
 
 
-def summary_sentence(fault_type: str | None, evidence: list[SignalEvidence], closest: str | None = None) -> str:
-    """One actionable sentence, e.g. 'reward_hacking since step 11: train reward +0.30 while eval accuracy -0.20'."""
+#: fewer logged records than this: the run has no baseline of its own to name a deviation against
+FIRST_RECORDS = 3
+
+
+def summary_sentence(
+    fault_type: str | None, evidence: list[SignalEvidence], closest: str | None = None, records: int | None = None
+) -> str:
+    """One actionable sentence, e.g. 'reward_hacking since step 11: train reward +0.30 while eval accuracy -0.20'.
+    ``records``: how many logged records the diagnosis read (a run's first ones have no baseline yet)."""
     head = fault_type or "unknown fault"
     if not evidence:
-        tail = "no signal far from the run's own baseline"
+        early = records is not None and records < FIRST_RECORDS
+        tail = (
+            f"{records} logged record{'s' if records != 1 else ''}, no baseline of the run's own yet"
+            if early
+            else "no signal far from the run's own baseline"
+        )
         return f"{head}: {tail}" + (f" (closest known: {closest})" if fault_type is None and closest else "")
     top = evidence[:3]
     since = (
