@@ -223,7 +223,7 @@ def test_select_runs_filters_types_and_rejects_unknown_ones():
 
 
 def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval():
-    from rftfm.bench.eval_remediation import ArmResult, clean_twin, summarise, target_status
+    from rftfm.bench.eval_remediation import ArmResult, _worse_lines, clean_twin, summarise, target_status
     from rftfm.records import RunInfo
 
     faulty = [
@@ -286,6 +286,10 @@ def test_remediation_summary_scores_repairs_replays_and_targets_with_an_interval
     # and the runs an arm left worse than no remediation did (run 3: 0.4 against 0.48 without the loop)
     worse = next(line for line in target_status(summary) if "left worse than without remediation" in line)
     assert "of 4: loop 1 (" in worse and "generic 1 (" in worse and "trainside" not in worse
+    # a fault that helped its run (0.40 without the loop, 0.28 clean) brought back to the clean twin is not worse
+    helped = {**summary["pairs"][0], "none_accuracy": 0.40, "clean_accuracy": 0.28, "loop_accuracy": 0.28,
+              "loop_halted": False, "generic_accuracy": 0.2, "generic_halted": False}
+    assert "loop 0; generic 1" in _worse_lines([helped])[0]
     # an evaluation without the optional train-side arm keeps its pairs; with it, the arm is scored alike
     assert "trainside_repair_%" not in summary["tables"]["by_class_setting"][0]
     assert "without an eval callable" not in "\n".join(target_status(summary))

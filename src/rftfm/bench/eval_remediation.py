@@ -726,14 +726,18 @@ def _hurt_lines(pairs: list[dict[str, Any]]) -> list[str]:
 
 def _worse_lines(pairs: list[dict[str, Any]]) -> list[str]:
     """Faulty runs an arm left worse than no remediation did: not halted, and final accuracy below the tolerance
-    of the no-remediation arm's (a misdiagnosed knob kept, a rollback that cost more than it saved). No target;
-    a loop that acts must not make a fault's damage larger."""
+    of the no-remediation arm's and of the clean twin's (a misdiagnosed knob kept, a rollback that cost more than it
+    saved; a run brought back to its clean twin's accuracy from a fault that happened to help is not worse). No
+    target; a loop that acts must not make a fault's damage larger."""
     counts = []
     for arm in ("loop", "trainside", "generic"):
         if not all(f"{arm}_accuracy" in p for p in pairs):
             continue
         worse = [
-            p for p in pairs if not p[f"{arm}_halted"] and p[f"{arm}_accuracy"] < TOLERANCE * p["none_accuracy"]
+            p
+            for p in pairs
+            if not p[f"{arm}_halted"]
+            and p[f"{arm}_accuracy"] < TOLERANCE * min(p["none_accuracy"], p["clean_accuracy"])
         ]
         names = ", ".join(f"{p['fault_type']} {p['setting']}" for p in worse)
         counts.append(f"{arm} {len(worse)}" + (f" ({names})" if names else ""))
@@ -741,7 +745,7 @@ def _worse_lines(pairs: list[dict[str, Any]]) -> list[str]:
         return []
     return [
         f"- faulty runs left worse than without remediation (not halted, final accuracy below {TOLERANCE:g} x the "
-        f"no-remediation arm's), of {len(pairs)}: " + "; ".join(counts)
+        f"no-remediation arm's and the clean twin's), of {len(pairs)}: " + "; ".join(counts)
     ]
 
 
