@@ -584,6 +584,8 @@ class Detector:
             i = CUBE_SIGNALS.index(signal)
             value = float(p.raw[i])
             expected = self._raw_level(p.before, i)
+            if expected is None and signal in broken:  # an invariant's healthy level is 0 in every run, from the start
+                expected = 0.0
             zi = p.row[0, names.index(f"{signal}:z")] if f"{signal}:z" in names else math.nan
             up = (expected is not None and value >= expected) if not math.isfinite(zi) else zi >= 0
             up = up or signal in broken  # broken invariants rise, tracked in this tier or not

@@ -32,9 +32,9 @@ class SignalEvidence(BaseModel):
 
     def short(self) -> str:
         """``signal direction``, or ``signal value (no baseline yet)`` when the direction was not measured."""
-        if self.measured or self.value is None:
-            return f"{self.signal} {self.direction}" if self.measured else self.signal
-        return f"{self.signal} {self.value:.3g} (no baseline yet)"
+        if self.measured:
+            return f"{self.signal} {self.direction}"
+        return self.signal if self.value is None else f"{self.signal} {self.value:.3g} (no baseline yet)"
 
 
 class Alarm(BaseModel):
