@@ -6,6 +6,8 @@ kernels by CPU; forcing a lower one stands in for a machine without the higher o
 trajectory record is compared field by field against the first run (the wall-clock step time left out).
 
     python scripts/kernel_reproducibility.py --steps 80 > docs/results/kernel-reproducibility.md
+    python scripts/kernel_reproducibility.py --task tool --config classic --steps 200 \
+        > docs/results/kernel-reproducibility-tool-200.md
 """
 
 from __future__ import annotations
@@ -96,8 +98,10 @@ def main() -> None:
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             results.append((label, json.loads(out.read_text(encoding="utf-8"))))
     reference = results[0][1]["records"]
-    print(f"# Generation across CPU kernels\n\n*Written by `python scripts/kernel_reproducibility.py --steps "
-          f"{args.steps}`* -- one clean run ({args.task}, seed {args.seed}, configuration `{args.config}`, "
+    command = (f"python scripts/kernel_reproducibility.py --task {args.task} --seed {args.seed} --steps {args.steps} "
+               f"--config {args.config}")
+    print(f"# Generation across CPU kernels\n\n*Written by `{command}`* -- one clean run ({args.task}, seed "
+          f"{args.seed}, configuration `{args.config}`, "
           f"{args.steps} steps, one thread), each in a fresh process, compared field by field with the first "
           "(wall-clock step time left out).\n")
     print("| run | kernels torch used | records differing, per field (first step) | largest relative difference |")
