@@ -98,12 +98,13 @@ def main() -> None:
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             results.append((label, json.loads(out.read_text(encoding="utf-8"))))
     reference = results[0][1]["records"]
+    trajectories = sum(len(r["trajectories"]) for r in reference)
     command = (f"python scripts/kernel_reproducibility.py --task {args.task} --seed {args.seed} --steps {args.steps} "
                f"--config {args.config}")
     print(f"# Generation across CPU kernels\n\n*Written by `{command}`* -- one clean run ({args.task}, seed "
-          f"{args.seed}, configuration `{args.config}`, "
-          f"{args.steps} steps, one thread), each in a fresh process, compared field by field with the first "
-          "(wall-clock step time left out).\n")
+          f"{args.seed}, configuration `{args.config}`, {args.steps} steps, one thread; {len(reference)} step "
+          f"records, {trajectories:,} trajectory records), each in a fresh process, compared field by field with the "
+          "first (wall-clock step time left out).\n")
     print("| run | kernels torch used | records differing, per field (first step) | largest relative difference |")
     print("|---|---|---|---|")
     for label, payload in results:
