@@ -209,6 +209,8 @@ def test_trl_documented_keys_sample(tmp_path):
         "clip_ratio/low_mean": 0.0,
         "clip_ratio/high_mean": 0.01,
         "clip_ratio/region_mean": 0.01,
+        "tools/call_frequency": 1.5,
+        "tools/failure_frequency": 0.2,
         "epoch": 0.1,
         "step": 10,
     }
@@ -218,6 +220,7 @@ def test_trl_documented_keys_sample(tmp_path):
     assert stats.format == "trl" and len(events) == 1 and stats.non_step_lines == 1
     assert (step.reward_mean, step.reward_std, step.frac_zero_std_groups, step.truncated_ratio) == (0.3, 0.4, 0.25, 0.1)
     assert (step.clip_ratio_high, step.completion_length_max, step.policy_loss) == (0.01, 256.0, 0.01)
+    assert (step.tool_call_frequency, step.tool_failure_frequency) == (1.5, 0.2)  # a trainer with ``tools``
     assert step.extra["rewards/accuracy_reward/mean"] == 0.3
 
 

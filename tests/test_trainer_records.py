@@ -54,3 +54,16 @@ def test_a_task_with_a_format_reward_logs_each_function_and_records_their_weight
         assert formatted
         assert all(t.reward >= 0.5 for t in formatted)  # the format reward weighs 0.5 beside correctness
         assert step.reward_mean == pytest.approx(np.mean([t.reward for t in trajectories]), abs=1e-6)
+
+
+def test_a_tool_task_logs_trls_tool_metrics_from_the_calls_its_trajectories_record() -> None:
+    """TRL's tools/call_frequency (calls per completion) and tools/failure_frequency (failed calls per call), from
+    the same calls the trajectories record; a task without tools logs neither (as TRL without ``tools``)."""
+    records = _train(task_group="tool", num_steps=3, control_or_fault="fault", group="te_easy_fault",
+                     fault_family="te", fault_type="tool_failure", fault_strength="easy", onset_step=3)
+    for record, trajectories in records:
+        calls = sum(t.tool_call_count for t in trajectories)
+        errors = sum(t.tool_error_count for t in trajectories)
+        assert record.tool_call_frequency == pytest.approx(calls / len(trajectories))
+        assert record.tool_failure_frequency == pytest.approx(errors / calls if calls else 0.0)
+    assert all(r.tool_call_frequency is None and r.tool_failure_frequency is None for r, _ in _train(num_steps=1))

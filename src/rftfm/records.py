@@ -111,6 +111,10 @@ class StepRecord(_Record):
     completion_length_max: float | None = None
     truncated_ratio: float | None = None
     frac_zero_std_groups: float | None = None
+    tool_call_frequency: float | None = Field(None, description="tool calls per completion (TRL: tools/call_frequency)")
+    tool_failure_frequency: float | None = Field(
+        None, description="failed tool calls per tool call, 0 without calls (TRL: tools/failure_frequency)"
+    )
     step_time_s: float | None = None
     extra: dict[str, float | None] = Field(default_factory=dict)
     fault_injection: FaultInjection | None = None
@@ -164,6 +168,8 @@ STEP_METRICS: tuple[str, ...] = (
     "completion_length_max",
     "truncated_ratio",
     "frac_zero_std_groups",
+    "tool_call_frequency",
+    "tool_failure_frequency",
     "step_time_s",
 )
 

@@ -93,6 +93,10 @@ SIGNALS: dict[str, Signal] = {
         _step("completion_length_max", "max response length", "log", "length", noisy=True),  # one sample moves it
         _step("truncated_ratio", "truncated ratio", "rate", "length"),
         _step("frac_zero_std_groups", "zero-variance groups", "rate", "advantage", level_by_task=True),
+        # what a tool-calling run logs (TRL's ``tools/*``); their healthy levels are set by the task and by how well
+        # the policy writes calls (a model still learning the format fails many), so only their changes are evidence
+        _step("tool_call_frequency", "tool calls per completion", "rate", "tool", level_by_task=True),
+        _step("tool_failure_frequency", "tool failure rate", "rate", "tool", level_by_task=True),
         _step("step_time_s", "step time", "log", "config", feature=False),
         # --- aggregates of one step's trajectories (per-completion records)
         _traj("traj_reward_mean", "trajectory reward", "linear", "reward", duplicates="reward_mean"),
@@ -107,7 +111,7 @@ SIGNALS: dict[str, Signal] = {
         _traj("traj_advantage_zeroed", "groups with zero advantages despite a reward spread", "rate", "advantage"),
         _traj("traj_repetition_mean", "repetition", "rate", "sampling"),
         _traj("traj_unique_mean", "unique-token ratio", "rate", "sampling"),
-        _traj("traj_tool_call_rate", "tool calls", "rate", "tool"),
+        _traj("traj_tool_call_rate", "tool calls", "rate", "tool", duplicates="tool_call_frequency"),
         _traj("traj_tool_error_rate", "tool errors", "rate", "tool"),
         _traj("traj_empty_rate", "empty responses", "rate", "length"),
         _traj("traj_short_rate", "short responses", "rate", "length"),

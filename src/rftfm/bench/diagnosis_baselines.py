@@ -51,6 +51,7 @@ class ExpertRules:
 
     #: a run counts as using the tool when it makes at least this many calls per trajectory
     TOOL_USE = 0.05
+    TOOL_CALLS = ("tool_call_frequency", "traj_tool_call_rate")
 
     def __init__(self, feature_names: list[str], classes: list[str] | None = None) -> None:
         self.classes = classes or list(FAULT_TYPES)
@@ -58,11 +59,9 @@ class ExpertRules:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         out = np.full((len(x), len(self.classes)), -np.inf)
-        tool_level = (
-            x[:, self.index["level.traj_tool_call_rate"]]
-            if "level.traj_tool_call_rate" in self.index
-            else np.zeros(len(x))
-        )
+        # the step metric TRL logs for a trainer with tools, else the trajectories' own count
+        levels = [x[:, self.index[f"level.{s}"]] for s in self.TOOL_CALLS if f"level.{s}" in self.index]
+        tool_level = np.fmax.reduce(levels) if levels else np.zeros(len(x))
         uses_tool = np.nan_to_num(tool_level) >= self.TOOL_USE
         for j, name in enumerate(self.classes):
             ftype = FAULT_TYPES[name]

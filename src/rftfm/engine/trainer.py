@@ -172,6 +172,8 @@ class RecordingGRPOTrainer(GRPOTrainer):
         for _ in range(self.dynamic_sampling_rounds):
             if not self._refill_zero_advantage_groups(out, inputs, step):
                 break
+        if self.task.uses_tool:
+            self._log_tool_metrics()
         ids, mask = out["completion_ids"], out["completion_mask"]
         lengths = mask.sum(dim=1)
         if self.injector.uses_rollout_policy(step):
@@ -184,6 +186,17 @@ class RecordingGRPOTrainer(GRPOTrainer):
                 )
         self._record_trajectories(inputs, ids, lengths, out["advantages"], step)
         return out
+
+    def _log_tool_metrics(self) -> None:
+        """TRL's ``tools/call_frequency`` (calls per completion) and ``tools/failure_frequency`` (failed calls per
+        call, 0 without calls), as its GRPOTrainer logs them for a trainer with ``tools``: this engine's calculator
+        runs inside the verifier rather than through TRL's tool loop, so it logs them itself, once per trained
+        batch (TRL averages them over a logging window)."""
+        calls = sum(c for _, c, _ in self._outcomes)
+        errors = sum(e for _, _, e in self._outcomes)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["tools/call_frequency"].append(calls / max(len(self._outcomes), 1))
+        metrics["tools/failure_frequency"].append(errors / calls if calls else 0.0)
 
     def _scored_batch(self, inputs: list[dict[str, Any]], step: int) -> dict[str, Any]:
         """One TRL generation + scoring round, with the (possibly faulty) advantage computation applied."""

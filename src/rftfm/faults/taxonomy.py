@@ -188,7 +188,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "tool errors up, reward down with no policy change",
             {"easy": {"failure_prob": 0.6}, "hard": {"failure_prob": 0.25}},
             task_groups=_TOOL_ONLY,
-            signals=(("traj_tool_error_rate", "up"), ("reward_mean", "down")),
+            signals=(("tool_failure_frequency", "up"), ("traj_tool_error_rate", "up"), ("reward_mean", "down")),
         ),
         FaultType(
             "tool_corruption", "te",
@@ -197,7 +197,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"corrupt_prob": 0.7}, "hard": {"corrupt_prob": 0.3}},
             task_groups=_TOOL_ONLY,
             knob_repairable=False,
-            signals=(("reward_mean", "down"), ("traj_tool_call_rate", "down")),
+            signals=(("reward_mean", "down"), ("tool_call_frequency", "down")),
         ),
         # --- extension: failures reported in the wild (TRL / verl / OpenRLHF issue trackers) ----------
         FaultType(

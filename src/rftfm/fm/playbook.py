@@ -361,7 +361,7 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "zero_variance": (
         "frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"
     ),
-    "tool_failure": _REWARD_LEVEL + ("traj_tool_error_rate",),
+    "tool_failure": _REWARD_LEVEL + ("tool_failure_frequency", "traj_tool_error_rate"),
 }
 
 #: What the controller does for an alarm the diagnoser cannot explain (abstention).

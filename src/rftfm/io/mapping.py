@@ -73,6 +73,8 @@ TRL_CURRENT = KeyTable(
         "completion_length_max": "completions/max_length",
         "truncated_ratio": "completions/clipped_ratio",
         "frac_zero_std_groups": "frac_reward_zero_std",
+        "tool_call_frequency": "tools/call_frequency",  # logged only when the trainer has tools
+        "tool_failure_frequency": "tools/failure_frequency",
         "step_time_s": "step_time",
     },
 )
