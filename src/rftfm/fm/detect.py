@@ -30,7 +30,11 @@ How it decides, record by record:
    of a configuration pushed mid-run; a change the caller made itself is announced
    (:meth:`Detector.expect_learning_rate_change`) and not judged; and, where the caller knows the run trains
    on-policy (:meth:`Detector.know_on_policy`), any clip ratio above 0 alarms (:mod:`rftfm.fm.on_policy`);
-6. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+6. a *rate-shift* channel: a failure rate that only a fault raises by a step (the tool failure rate TRL logs for a
+   trainer with tools) alarms when the rate pooled over the last records exceeds the rate pooled over the records
+   before by more than healthy rates step up (:mod:`rftfm.fm.rate_shift`; its threshold is calibrated as below, over
+   the healthy records that have it: normal runs' and faulty runs' before onset);
+7. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -60,7 +64,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from rftfm.fm import invariants, on_policy, schedule
+from rftfm.fm import invariants, on_policy, rate_shift, schedule
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -179,6 +183,7 @@ class _Live:
     log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
     invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
     schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
+    shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
 
 
 @dataclass
@@ -199,6 +204,8 @@ class _Pending:
     lr_before: float  # the learning rate of the record before (NaN: none)
     step_before: int | None  # that record's step
     clipped: float  # the clip ratio in units of on_policy.LIMIT where the run is known on-policy (else 0)
+    shift_now: np.ndarray  # (K,) each rate-shift signal's window mean and baseline median (:mod:`rate_shift`)
+    shift_before: np.ndarray
 
 
 class Detector:
@@ -208,7 +215,7 @@ class Detector:
         self.config = config or DetectorConfig()
         self.tracker = DynamicsTracker(CUBE_SIGNALS, None, self.config.tracker)
         self.models: dict[str, lgb.Booster] = {}
-        self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise") -> threshold
+        self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise", "rate_shift") -> it
         self.surprise_scale: dict[str, float] = {}  # signal -> |z| that healthy runs reach (1 in 100 records)
         self.fit_info: dict[str, Any] = {}
         self._live: _Live | None = None
@@ -247,6 +254,7 @@ class Detector:
             raise ValueError("need at least 3 normal or control runs to calibrate a detector")
         raw, steps = runs_cube(features, run_ids)
         jumps = np.abs(schedule.cube_units(runs_schedule(features, run_ids, steps.shape[1]), steps))
+        shifts = rate_shift.cube_shifts(raw, steps)
         normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
@@ -258,7 +266,7 @@ class Detector:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
         self.models, self.thresholds = {}, {}
-        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps) for tier in tiers}
+        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps, shifts) for tier in tiers}
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
@@ -270,10 +278,11 @@ class Detector:
 
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
-        fold: np.ndarray, jumps: np.ndarray,
+        fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray,
     ) -> float:
         """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
-        ``jumps``: the schedule channel's units, which need no fitting)."""
+        ``jumps``: the schedule channel's units, which need no fitting; ``shifts``: the rate-shift channel's
+        statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -287,9 +296,14 @@ class Detector:
         surprise_max = _run_max(self._surprise(x, tier), steps)
         in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
         invariant_max = _run_max(invariants.armed_units(np.where(in_tier, raw, np.nan), steps).max(axis=-1), steps)
+        shift_max = _run_max(shifts, steps)
+        healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
         self.thresholds[tier] = {
             "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
             "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
+            "rate_shift": tail_threshold(
+                healthy_shift_max[np.isfinite(healthy_shift_max)], budget, self.config.tail_fraction
+            ),
         }
         self.models[tier] = self._train(x[..., cols], y, steps, signals)
         return float(
@@ -298,6 +312,7 @@ class Detector:
                 | (surprise_max[normal] > self.thresholds[tier]["surprise"])
                 | (invariant_max[normal] > 1.0)
                 | (_run_max(jumps, steps)[normal] > 1.0)
+                | (shift_max[normal] > self.thresholds[tier]["rate_shift"])
             )
         )
 
@@ -347,14 +362,16 @@ class Detector:
         return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)
 
     def _combine(
-        self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike
+        self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike,
+        shift: ArrayLike = 0.0,
     ) -> np.ndarray:
-        """The record's score from the learned channel's running log-odds, the surprise, the invariants and the
-        learning rate's jump: the largest channel score against its threshold (an alarm above 1; log-odds compare
-        by difference; the fitting-free channels are in units of their limits)."""
+        """The record's score from the learned channel's running log-odds, the surprise, the invariants, the
+        learning rate's jump and the rate shift: the largest channel score against its threshold (an alarm above 1;
+        log-odds compare by difference; the fitting-free channels are in units of their limits)."""
         t = self.thresholds[tier]
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             fitted = np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
+            fitted = np.fmax(fitted, np.asarray(shift) / t.get("rate_shift", math.inf))  # NaN shift: not judged
             return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
     @staticmethod
@@ -393,7 +410,8 @@ class Detector:
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
             jump = np.fmax(jump, np.vectorize(on_policy.units)(raw[..., CUBE_SIGNALS.index(on_policy.SIGNAL)]))
-        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump)
+        shift = rate_shift.cube_shifts(masked, steps)
+        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -484,6 +502,7 @@ class Detector:
                 live.has_eval,
                 live.invariant_held.copy(),
                 live.schedule.copy(),
+                live.shift.copy(),
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -498,6 +517,7 @@ class Detector:
         lr_before, step_before = live.schedule.lr, (live.steps[-1] if live.steps else None)
         jump = live.schedule.advance(_finite(features.get(SCHEDULE)))
         jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate
+        shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -515,6 +535,8 @@ class Detector:
             lr_before,
             step_before,
             on_policy.units(features.get(on_policy.SIGNAL)) if self.on_policy else 0.0,
+            shift_now,
+            shift_before,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -524,12 +546,13 @@ class Detector:
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = float(p.invariant.max())
-        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped)))
+        shift = self._shift(p)
+        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift))
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump)))
+        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump), shift))
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -545,7 +568,7 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held, lr_state = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held, lr_state, live.shift = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -576,6 +599,10 @@ class Detector:
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
         out = [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump alone is enough for the alarm too
+        limit = self.thresholds[p.tier].get("rate_shift", math.inf)
+        shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
+        out += [self._shift_evidence(p, k) for k in shifted]  # so is a rate shift
+        ranked = [s for s in ranked if s not in {rate_shift.SIGNALS[k] for k in shifted}]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
             out.insert(0, SignalEvidence(signal=on_policy.SIGNAL, direction="up", value=float(p.raw[i]), expected=0.0))
@@ -604,6 +631,18 @@ class Detector:
             )
         return out
 
+    def _shift(self, p: _Pending) -> float:
+        """The record's largest rate shift (NaN: none judged)."""
+        d = p.shift_now - p.shift_before
+        return float(np.nanmax(d)) if np.isfinite(d).any() else math.nan
+
+    def _shift_evidence(self, p: _Pending, k: int) -> SignalEvidence:
+        """A rate shift as evidence: the window's mean against the baseline's median, since the window began."""
+        steps = self._live.steps if self._live is not None else []
+        at = steps.index(p.step) if p.step in steps else len(steps) - 1  # (records scored together: not the last)
+        since = steps[max(at - rate_shift.WINDOW + 1, 0)] if steps else None
+        return rate_shift.evidence(k, float(p.shift_now[k]), float(p.shift_before[k]), since)
+
     def _jump_evidence(self, p: _Pending) -> SignalEvidence:
         """The learning rate's jump against the record before it."""
         return schedule.jump_evidence(p.raw_lr, p.lr_before if math.isfinite(p.lr_before) else None, p.step_before)
@@ -628,7 +667,10 @@ class Detector:
             "features": list(PER_SIGNAL + GLOBAL),
             "config": {**asdict(self.config), "tracker": asdict(self.config.tracker)},
             "prior_noise": [None if not math.isfinite(v) else float(v) for v in self.tracker.prior],
-            "thresholds": self.thresholds,
+            "thresholds": {  # a channel no normal run could calibrate (no tool run) is off: null, not Infinity
+                tier: {k: (v if math.isfinite(v) else None) for k, v in channels.items()}
+                for tier, channels in self.thresholds.items()
+            },
             "surprise_scale": self.surprise_scale,
             "fit_info": self.fit_info,
             "models": {tier: model.model_to_string() for tier, model in self.models.items()},
@@ -648,7 +690,8 @@ class Detector:
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
         det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
         det.thresholds = {
-            tier: {k: float(v) for k, v in channels.items()} for tier, channels in data["thresholds"].items()
+            tier: {k: math.inf if v is None else float(v) for k, v in channels.items()}
+            for tier, channels in data["thresholds"].items()
         }
         det.models = {tier: lgb.Booster(model_str=text) for tier, text in data["models"].items()}
         for tier, model in det.models.items():
