@@ -204,8 +204,8 @@ class _Pending:
     lr_before: float  # the learning rate of the record before (NaN: none)
     step_before: int | None  # that record's step
     clipped: float  # the clip ratio in units of on_policy.LIMIT where the run is known on-policy (else 0)
-    shift_now: np.ndarray  # (K,) each rate-shift signal's window mean and baseline median (:mod:`rate_shift`)
-    shift_before: np.ndarray
+    shift_now: np.ndarray  # (K,) each rate-shift signal pooled over its window and over the records before it
+    shift_before: np.ndarray  # (:mod:`rate_shift`; NaN: not judged)
 
 
 class Detector:
@@ -637,7 +637,7 @@ class Detector:
         return float(np.nanmax(d)) if np.isfinite(d).any() else math.nan
 
     def _shift_evidence(self, p: _Pending, k: int) -> SignalEvidence:
-        """A rate shift as evidence: the window's mean against the baseline's median, since the window began."""
+        """A rate shift as evidence: the rate pooled over the window against the one before, since the window began."""
         steps = self._live.steps if self._live is not None else []
         at = steps.index(p.step) if p.step in steps else len(steps) - 1  # (records scored together: not the last)
         since = steps[max(at - rate_shift.WINDOW + 1, 0)] if steps else None
