@@ -37,6 +37,11 @@ BASELINE = 20  # records before the window pooled as "before"
 MIN_BASELINE = 3
 
 
+_UNJUDGED = (np.full(len(SIGNALS), np.nan), np.full(len(SIGNALS), np.nan))
+for _array in _UNJUDGED:
+    _array.flags.writeable = False
+
+
 @dataclass
 class ShiftState:
     """One run's last :data:`WINDOW` + :data:`BASELINE` (rate, weight) pairs of each signal."""
@@ -49,6 +54,8 @@ class ShiftState:
     def advance(self, rates: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Take in one record's rates and weights (K,); each rate pooled over the window and over the baseline
         (NaN while it has too few records, or where this record does not carry it). Their difference is the shift."""
+        if not np.isfinite(rates).any():  # a run without tools: every record, so it costs nothing
+            return _UNJUDGED
         now, before = np.full(len(SIGNALS), np.nan), np.full(len(SIGNALS), np.nan)
         for k, rate in enumerate(rates):
             if not math.isfinite(rate):
