@@ -149,3 +149,47 @@ def test_a_threshold_no_normal_run_could_calibrate_is_saved_as_null_and_keeps_th
         assert (off < fitted.score_cube(cube, steps, "a")[0]).any()
     finally:
         fitted.thresholds["a"]["rate_shift"] = saved
+
+
+def _trl_log(path, sandbox_fails_at: int | None) -> str:
+    """A TRL GRPOTrainer log with tools (its log dicts, one per line): a failure rate of 0.1, 0.7 once the sandbox
+    starts failing."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in range(1, 41):
+        failing = sandbox_fails_at is not None and s >= sandbox_fails_at
+        reward = 0.4 + 0.003 * s + rng.normal(0, 0.04) - (0.15 if failing else 0.0)
+        rows.append({
+            "loss": rng.normal(0, 0.01), "grad_norm": 0.5 * np.exp(rng.normal(0, 0.15)), "learning_rate": 1e-6,
+            "completions/mean_length": 40 + rng.normal(0, 2), "completions/max_length": 64.0,
+            "completions/clipped_ratio": float(np.clip(0.02 + rng.normal(0, 0.01), 0, 1)),
+            "reward": float(np.clip(reward, 0, 1)), "reward_std": 0.4 + rng.normal(0, 0.02),
+            "frac_reward_zero_std": float(np.clip(0.2 + rng.normal(0, 0.05), 0, 1)),
+            "kl": 0.001 * s * np.exp(rng.normal(0, 0.1)), "entropy": 0.8 - 0.002 * s + rng.normal(0, 0.02),
+            "clip_ratio/region_mean": 0.0, "tools/call_frequency": float(np.clip(0.6 + rng.normal(0, 0.05), 0, 2)),
+            "tools/failure_frequency": float(np.clip((0.7 if failing else 0.1) + rng.normal(0, 0.04), 0, 1)),
+            "epoch": s / 40, "step": s,
+        })
+    path.write_text("".join(json.dumps({k: float(v) for k, v in r.items()}) + "\n" for r in rows))
+    return str(path)
+
+
+def test_watching_a_trl_log_with_tools_the_shipped_detector_sees_the_sandbox_fail(tmp_path):
+    from typer.testing import CliRunner
+
+    from rftfm.cli import app
+    from rftfm.cli.watch import EXIT_ALARM, EXIT_OK
+
+    episodes, outputs = {}, {}
+    for fails_at in (None, 25):
+        summary = tmp_path / f"{fails_at}.json"
+        log = _trl_log(tmp_path / f"{fails_at}.jsonl", fails_at)
+        result = CliRunner().invoke(app, ["watch", log, "--format", "trl", "--json", str(summary)])
+        assert result.exit_code == (EXIT_OK if fails_at is None else EXIT_ALARM), result.output
+        episodes[fails_at] = json.loads(summary.read_text())["episodes"]
+        outputs[fails_at] = " ".join(result.output.split())
+    assert episodes[None] == []  # the same run without the fault: quiet
+    (episode,) = episodes[25]
+    start = episode["start_step"]
+    assert 25 <= start <= 25 + rate_shift.WINDOW - 1 and episode["evidence"][0] == "tool_failure_frequency"
+    assert f"diagnosis at step {start}: tool_failure" in outputs[25]  # diagnosed as the alarm starts
