@@ -37,9 +37,13 @@ BASELINE = 20  # records before the window pooled as "before"
 MIN_BASELINE = 3
 
 
-_UNJUDGED = (np.full(len(SIGNALS), np.nan), np.full(len(SIGNALS), np.nan))
-for _array in _UNJUDGED:
-    _array.flags.writeable = False
+def _read_only_nan() -> np.ndarray:
+    out = np.full(len(SIGNALS), np.nan)
+    out.flags.writeable = False
+    return out
+
+
+_UNJUDGED = (_read_only_nan(), _read_only_nan())  # (now, before) of every record of a run without tools
 
 
 @dataclass
