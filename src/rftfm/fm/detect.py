@@ -64,7 +64,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from rftfm.fm import invariants, on_policy, rate_shift, schedule
+from rftfm.fm import invariants, level_shift, on_policy, rate_shift, schedule
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -84,6 +84,7 @@ from rftfm.fm.dynamics import (
     clip,
     fit_prior_noise,
 )
+from rftfm.fm.fast_predict import SingleRowPredictor
 from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, feature_row, step_features
 from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.types import Alarm, SignalEvidence
@@ -91,7 +92,7 @@ from rftfm.records import StepRecord, TrajectoryRecord
 from rftfm.signals import SIGNALS, depends_on_steps_per_batch, label
 
 FORMAT = "rftfm-zero-shot-detector"
-VERSION = 2
+VERSION = 3  # 3: the level-shift channel's limits
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "detector.json"
 NORMAL_KINDS = ("normal", "control")
 
@@ -151,6 +152,7 @@ class DetectorConfig:
     masked_copies: int = 1
     folds: int = 5
     seed: int = 0
+    level_quantile: float = 0.99  # each level-shift signal's limit: this quantile of healthy runs' largest move
 
 
 def learned_signals(tier: str) -> tuple[str, ...]:
@@ -184,6 +186,7 @@ class _Live:
     invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
     schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
     shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
+    level: level_shift.LevelState = field(default_factory=level_shift.LevelState)
 
 
 @dataclass
@@ -206,6 +209,7 @@ class _Pending:
     clipped: float  # the clip ratio in units of on_policy.LIMIT where the run is known on-policy (else 0)
     shift_now: np.ndarray  # (K,) each rate-shift signal pooled over its window and over the records before it
     shift_before: np.ndarray  # (:mod:`rate_shift`; NaN: not judged)
+    level: tuple[np.ndarray, np.ndarray, np.ndarray]  # each level-shift signal's statistic, window mean, reference
 
 
 class Detector:
@@ -217,6 +221,8 @@ class Detector:
         self.models: dict[str, lgb.Booster] = {}
         self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise", "rate_shift") -> it
         self.surprise_scale: dict[str, float] = {}  # signal -> |z| that healthy runs reach (1 in 100 records)
+        # (len(level_shift.SIGNALS), 2) each level-shift signal's limit up and down (inf: never judged)
+        self.level_limits = np.full((len(level_shift.SIGNALS), 2), np.inf)
         self.fit_info: dict[str, Any] = {}
         self._live: _Live | None = None
         self.skipped_steps = 0
@@ -229,6 +235,7 @@ class Detector:
         self.schedule_jumps = False  # see :meth:`know_schedule`
         self.on_policy = False  # see :meth:`know_on_policy`
         self._tier_columns: dict[str, np.ndarray] = {}
+        self._single_row: dict[str, SingleRowPredictor] = {}  # tier -> its model's prepared one-row prediction
         self._surprise_columns: dict[str, tuple[np.ndarray, ...]] = {}  # tier -> (z columns, units, low, high)
 
     # ------------------------------------------------------------------ fitting
@@ -255,6 +262,7 @@ class Detector:
         raw, steps = runs_cube(features, run_ids)
         jumps = np.abs(schedule.cube_units(runs_schedule(features, run_ids, steps.shape[1]), steps))
         shifts = rate_shift.cube_shifts(raw, steps)
+        levels = level_shift.cube_stats(raw, steps)
         normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
@@ -265,8 +273,12 @@ class Detector:
         if groups is None:
             groups = [f"{t}|{m}" for t, m in zip(_col(runs, "task_group"), _col(runs, "model_size"))]
         fold = _group_folds(list(groups), self.config.folds, self.config.seed)
+        level_units, level_threshold = self._fit_level(levels, y == 0, steps, fold)
         self.models, self.thresholds = {}, {}
-        oof_rates = {tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps, shifts) for tier in tiers}
+        oof_rates = {
+            tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold))
+            for tier in tiers
+        }
         self.fit_info = {
             "runs": len(run_ids),
             "normal_runs": int(normal.sum()),
@@ -276,13 +288,36 @@ class Detector:
         }
         return self
 
+    def _fit_level(
+        self, stats: np.ndarray, healthy: np.ndarray, steps: np.ndarray, fold: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """Calibrate the level-shift channel on the ``healthy`` records (normal runs', faulty runs' before onset)
+        of its statistics (R, S, len(level_shift.SIGNALS)): each signal's limits on every run, and the channel's
+        threshold on the largest signal's units of runs whose configurations the limits were set without (the
+        folds): a configuration never seen moves its signals more than the ones the limits were set on. Returns
+        the records' units under the final limits and that threshold."""
+        healthy = healthy & (steps > 0)
+        q = self.config.level_quantile
+        held_out_max = np.full(steps.shape[0], np.nan)
+        for f in np.unique(fold):
+            test = fold == f
+            if (~test).any():
+                limits = level_shift.limits_from(stats[~test], healthy[~test], q)
+                held_out_max[test] = _run_max(np.where(healthy[test], level_shift.units(stats[test], limits), np.nan),
+                                              steps[test])
+        self.level_limits = level_shift.limits_from(stats, healthy, q)
+        finite = held_out_max[np.isfinite(held_out_max)]
+        threshold = tail_threshold(finite, self.config.false_alarm_target / 2, self.config.tail_fraction)
+        return level_shift.units(stats, self.level_limits), threshold
+
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
-        fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray,
+        fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray, level: tuple[np.ndarray, float],
     ) -> float:
         """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
         ``jumps``: the schedule channel's units, which need no fitting; ``shifts``: the rate-shift channel's
-        statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset)."""
+        statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset;
+        ``level``: the level-shift channel's units and threshold, calibrated by :meth:`_fit_level`)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -304,6 +339,7 @@ class Detector:
             "rate_shift": tail_threshold(
                 healthy_shift_max[np.isfinite(healthy_shift_max)], budget, self.config.tail_fraction
             ),
+            "level_shift": level[1],
         }
         self.models[tier] = self._train(x[..., cols], y, steps, signals)
         return float(
@@ -313,6 +349,7 @@ class Detector:
                 | (invariant_max[normal] > 1.0)
                 | (_run_max(jumps, steps)[normal] > 1.0)
                 | (shift_max[normal] > self.thresholds[tier]["rate_shift"])
+                | (_run_max(level[0], steps)[normal] > level[1])
             )
         )
 
@@ -363,15 +400,16 @@ class Detector:
 
     def _combine(
         self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike,
-        shift: ArrayLike = 0.0,
+        shift: ArrayLike = 0.0, level: ArrayLike = 0.0,
     ) -> np.ndarray:
         """The record's score from the learned channel's running log-odds, the surprise, the invariants, the
-        learning rate's jump and the rate shift: the largest channel score against its threshold (an alarm above 1;
-        log-odds compare by difference; the fitting-free channels are in units of their limits)."""
+        learning rate's jump, the rate shift and the level shift: the largest channel score against its threshold
+        (an alarm above 1; log-odds compare by difference; the fitting-free channels are in units of their limits)."""
         t = self.thresholds[tier]
         with np.errstate(over="ignore", invalid="ignore"):
             fitted = np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
             fitted = np.fmax(fitted, np.asarray(shift) / t.get("rate_shift", math.inf))  # NaN shift: not judged
+            fitted = np.fmax(fitted, np.asarray(level) / t.get("level_shift", math.inf))  # NaN: not judged
             return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
     @staticmethod
@@ -411,7 +449,8 @@ class Detector:
         if self.on_policy:
             jump = np.fmax(jump, np.vectorize(on_policy.units)(raw[..., CUBE_SIGNALS.index(on_policy.SIGNAL)]))
         shift = rate_shift.cube_shifts(masked, steps)
-        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift)
+        level = level_shift.units(level_shift.cube_stats(masked, steps), self.level_limits)
+        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift, level)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -482,8 +521,11 @@ class Detector:
         learned: dict[int, float] = {}
         for tier in {p.tier for p in pending if p is not None}:
             idx = [i for i, p in enumerate(pending) if p is not None and p.tier == tier]
-            rows = pending[idx[0]].row if len(idx) == 1 else np.vstack([pending[i].row for i in idx])
-            learned.update(zip(idx, self.models[tier].predict(rows, num_threads=1).tolist()))
+            if len(idx) == 1:  # a live record: the model's prepared one-row path
+                learned[idx[0]] = self._predict_one(tier, pending[idx[0]].row)
+            else:
+                rows = np.vstack([pending[i].row for i in idx])
+                learned.update(zip(idx, self.models[tier].predict(rows, num_threads=1).tolist()))
         return [None if p is None else self._alarm(run_id, p, learned[i]) for i, p in enumerate(pending)]
 
     def _advance(self, live: _Live, step: int, features: dict[str, float | None]) -> _Pending | None:
@@ -503,6 +545,7 @@ class Detector:
                 live.invariant_held.copy(),
                 live.schedule.copy(),
                 live.shift.copy(),
+                live.level.copy(),
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -518,6 +561,7 @@ class Detector:
         jump = live.schedule.advance(_finite(features.get(SCHEDULE)))
         jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
+        level = live.level.advance(raw[0, level_shift.COLUMNS])
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -537,6 +581,7 @@ class Detector:
             on_policy.units(features.get(on_policy.SIGNAL)) if self.on_policy else 0.0,
             shift_now,
             shift_before,
+            level,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -547,15 +592,23 @@ class Detector:
         surprise = float(self._surprise(p.features, p.tier))
         invariant = float(p.invariant.max())
         shift = self._shift(p)
-        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift))
+        level = float(level_shift.units(p.level[0], self.level_limits))
+        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level))
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump), shift))
+        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level))
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
+
+    def _predict_one(self, tier: str, row: np.ndarray) -> float:
+        """The tier's model's probability for one row (what ``predict`` gives, without its per-call set-up)."""
+        predictor = self._single_row.get(tier)
+        if predictor is None or predictor.booster is not self.models[tier]:  # (a model re-fitted or loaded since)
+            predictor = self._single_row[tier] = SingleRowPredictor(self.models[tier])
+        return predictor(row)
 
     def _columns(self, tier: str) -> np.ndarray:
         if tier not in self._tier_columns:
@@ -568,7 +621,7 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held, lr_state, live.shift = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -602,7 +655,10 @@ class Detector:
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
         out += [self._shift_evidence(p, k) for k in shifted]  # so is a rate shift
-        ranked = [s for s in ranked if s not in {rate_shift.SIGNALS[k] for k in shifted}]
+        moved = self._level_moved(p)  # and a level shift
+        out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
+        done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
+        ranked = [s for s in ranked if s not in done]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
             out.insert(0, SignalEvidence(signal=on_policy.SIGNAL, direction="up", value=float(p.raw[i]), expected=0.0))
@@ -638,10 +694,28 @@ class Detector:
 
     def _shift_evidence(self, p: _Pending, k: int) -> SignalEvidence:
         """A rate shift as evidence: the rate pooled over the window against the one before, since the window began."""
+        since = self._window_start(p, rate_shift.WINDOW)
+        return rate_shift.evidence(k, float(p.shift_now[k]), float(p.shift_before[k]), since)
+
+    def _level_moved(self, p: _Pending) -> list[int]:
+        """The level-shift signals that alone take the channel over its threshold, largest first."""
+        limit = self.thresholds[p.tier].get("level_shift", math.inf)
+        stat = p.level[0]
+        if not np.isfinite(stat).any() or not math.isfinite(limit):
+            return []
+        per_signal = np.nan_to_num(level_shift.signal_units(stat, self.level_limits), nan=-np.inf)
+        return [int(k) for k in np.argsort(-per_signal) if per_signal[k] > limit]
+
+    def _level_evidence(self, p: _Pending, k: int) -> SignalEvidence:
+        """A level shift as evidence: the signal's mean over the window against its reference median."""
+        since = self._window_start(p, level_shift.WINDOW)
+        return level_shift.evidence(k, float(p.level[0][k]), float(p.level[1][k]), float(p.level[2][k]), since)
+
+    def _window_start(self, p: _Pending, window: int) -> int | None:
+        """The step of the first of the last ``window`` records up to ``p``."""
         steps = self._live.steps if self._live is not None else []
         at = steps.index(p.step) if p.step in steps else len(steps) - 1  # (records scored together: not the last)
-        since = steps[max(at - rate_shift.WINDOW + 1, 0)] if steps else None
-        return rate_shift.evidence(k, float(p.shift_now[k]), float(p.shift_before[k]), since)
+        return steps[max(at - window + 1, 0)] if steps else None
 
     def _jump_evidence(self, p: _Pending) -> SignalEvidence:
         """The learning rate's jump against the record before it."""
@@ -672,6 +746,10 @@ class Detector:
                 for tier, channels in self.thresholds.items()
             },
             "surprise_scale": self.surprise_scale,
+            "level_limits": {  # up and down; null: never judged that way
+                s: [v if math.isfinite(v) else None for v in limits.tolist()]
+                for s, limits in zip(level_shift.SIGNALS, self.level_limits)
+            },
             "fit_info": self.fit_info,
             "models": {tier: model.model_to_string() for tier, model in self.models.items()},
         }
@@ -699,6 +777,12 @@ class Detector:
                 raise ValueError(f"detector artifact's tier {tier} model reads other signals; re-fit it")
         det.fit_info = data.get("fit_info", {})
         det.surprise_scale = {k: float(v) for k, v in data.get("surprise_scale", {}).items()}
+        limits = data["level_limits"]
+        if sorted(limits) != sorted(level_shift.SIGNALS):
+            raise ValueError("detector artifact's level-shift channel reads other signals; re-fit it")
+        det.level_limits = np.array(
+            [[math.inf if v is None else float(v) for v in limits[s]] for s in level_shift.SIGNALS], dtype=float
+        )
         return det
 
     def save(self, path: str | Path) -> None:
