@@ -121,9 +121,9 @@ def test_calibrated_limits_sit_above_healthy_moves_and_the_saved_artifact_keeps_
     limits = fitted.level_limits
     assert math.isfinite(fitted.thresholds["a"]["level_shift"])
     assert np.isfinite(limits[K("reward_std")]).all() and (limits[K("reward_std")] > 0).all()
-    assert np.isinf(limits[K("tool_failure_frequency")]).all()  # no run logs it: never judged
+    assert np.isinf(limits[K("tool_call_frequency")]).all()  # no run logs it: never judged
     data = json.loads(json.dumps(fitted.to_dict()))
-    assert data["level_limits"]["tool_failure_frequency"] == [None, None]
+    assert data["level_limits"]["tool_call_frequency"] == [None, None]
     np.testing.assert_array_equal(Detector.from_dict(data).level_limits, limits)
     del data["level_limits"]["kl"]
     with pytest.raises(ValueError, match="level-shift"):

@@ -34,7 +34,11 @@ How it decides, record by record:
    trainer with tools) alarms when the rate pooled over the last records exceeds the rate pooled over the records
    before by more than healthy rates step up (:mod:`rftfm.fm.rate_shift`; its threshold is calibrated as below, over
    the healthy records that have it: normal runs' and faulty runs' before onset);
-7. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+7. a *level-shift* channel: a step metric whose mean over its last few values leaves the mean of the values before
+   by more than its own spread and more than healthy runs' step metrics ever move (:mod:`rftfm.fm.level_shift`; each
+   signal's limits and the channel's threshold calibrated on healthy records, the threshold on configurations the
+   limits were set without);
+8. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an

@@ -15,7 +15,7 @@ Each signal and direction gets its own limit, and the channel one threshold over
 :meth:`rftfm.fm.detect.Detector.fit` calibrates both on healthy records (docs/detection.md, method 3 (g)). A
 record without a signal leaves that signal's state as it was.
 
-Written by hand: a two-window statistic over ten signals at once, with each signal's own resolution as a floor,
+Written by hand: a two-window statistic over nine signals at once, with each signal's own resolution as a floor,
 which must cost microseconds per record; ruptures works offline on a whole series, and river's drift detectors watch
 one stream each, against thresholds of their own rather than limits calibrated across configurations.
 """
@@ -28,12 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.rate_shift import SIGNALS as RATE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 from rftfm.signals import SIGNALS as REGISTRY
 from rftfm.signals import depends_on_steps_per_batch
 
-#: The step metrics a framework logs at every record, less the jumpy ones (GRPO's loss, the longest completion)
-#: and the clip ratio, whose level depends on how many optimiser steps a batch gets.
+#: The step metrics a framework logs at every record, less the jumpy ones (GRPO's loss, the longest completion),
+#: the clip ratio, whose level depends on how many optimiser steps a batch gets, the held-out accuracy (logged every
+#: few steps, and only its fall is a symptom) and the tool failure rate: the rate-shift channel's, pooled by calls
+#: (:mod:`rftfm.fm.rate_shift`), because a record of a few calls is no rate -- unpooled, a healthy tool run's
+#: failure rate moved more than any other signal of any healthy run, and set this channel's threshold.
 SIGNALS: tuple[str, ...] = tuple(
     s
     for s in CUBE_SIGNALS
@@ -42,7 +46,7 @@ SIGNALS: tuple[str, ...] = tuple(
     and REGISTRY[s].feature
     and not REGISTRY[s].noisy
     and not depends_on_steps_per_batch(s)
-    and s != "eval_accuracy"  # logged every few steps, and only its fall is a symptom: left to the other channels
+    and s not in ("eval_accuracy", *RATE_SIGNALS)
 )
 COLUMNS = np.array([CUBE_SIGNALS.index(s) for s in SIGNALS])
 IS_LOG = np.array([REGISTRY[s].scale == "log" for s in SIGNALS])
