@@ -223,7 +223,7 @@ class Detector:
         self.config = config or DetectorConfig()
         self.tracker = DynamicsTracker(CUBE_SIGNALS, None, self.config.tracker)
         self.models: dict[str, lgb.Booster] = {}
-        self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise", "rate_shift") -> it
+        self.thresholds: dict[str, dict[str, float]] = {}  # tier -> channel ("learned", "surprise", ...) -> it
         self.surprise_scale: dict[str, float] = {}  # signal -> |z| that healthy runs reach (1 in 100 records)
         # (len(level_shift.SIGNALS), 2) each level-shift signal's limit up and down (inf: never judged)
         self.level_limits = np.full((len(level_shift.SIGNALS), 2), np.inf)
