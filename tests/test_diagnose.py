@@ -25,9 +25,10 @@ from rftfm.bench.eval_diagnosis import (
     plot_confusion,
 )
 from rftfm.faults.taxonomy import FAULT_TYPES, group_dir
+from rftfm.fm import level_shift
 from rftfm.fm.diagnose import Diagnoser, summary_sentence
 from rftfm.fm.diagnosis_features import diagnosis_matrix
-from rftfm.fm.features import features_frame
+from rftfm.fm.features import FEATURES, features_frame
 from rftfm.io.faultbench import RunWriter
 from rftfm.io.loader import load_benchmark
 from rftfm.records import RunInfo, StepRecord, TrajectoryRecord
@@ -233,6 +234,33 @@ def test_save_load_round_trip_is_json(fitted: Diagnoser, fresh, tmp_path: Path) 
     del data["task_levels"]  # an artifact written before the diagnoser read the task-set levels
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert not Diagnoser.load(tmp_path / "old.json").tracker.config.task_levels
+
+
+def test_an_artifact_reading_other_features_is_refused(fitted: Diagnoser, tmp_path: Path) -> None:
+    data = json.loads(fitted.save(tmp_path / "diag.json").read_text())
+    data["feature_names"] = [n for n in data["feature_names"] if not n.startswith("shift.")]  # written before them
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="reads other features"):
+        Diagnoser.load(tmp_path / "old.json")
+
+
+def test_the_level_shift_feature_is_the_channels_statistic_at_the_diagnosis_step(fitted: Diagnoser) -> None:
+    rng = np.random.default_rng(3)
+    sd = [0.4 * float(np.exp(rng.normal(0, 0.05))) for _ in range(30)] + [1.1] * 4
+    frame = pl.DataFrame({"run_id": ["r"] * 34, "step": list(range(1, 35)), "reward_std": sd,
+                          "reward_mean": [0.3 + 0.01 * rng.normal() for _ in range(34)]})
+    features = frame.with_columns(
+        *[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES if f not in frame.columns]
+    )
+    x, _ = diagnosis_matrix(features, {"r": [30, 34]}, fitted.tracker)
+    names = fitted.feature_names
+    state = level_shift.LevelState()
+    expected = [state.advance(np.array([sd[i] if s == "reward_std" else features[s][i] for s in level_shift.SIGNALS],
+                                       dtype=float))[0] for i in range(34)]
+    k = level_shift.SIGNALS.index("reward_std")
+    assert x[1, names.index("shift.reward_std")] == pytest.approx(expected[33][k]) and expected[33][k] > 10
+    assert abs(x[0, names.index("shift.reward_std")]) < 3  # before the step: no shift
+    assert np.isnan(x[:, names.index("shift.policy_loss")]).all()  # a signal the channel does not judge
 
 
 def test_vectorised_scores_match_single_diagnoses(fitted: Diagnoser, fresh) -> None:

@@ -48,7 +48,7 @@ from rftfm.fm.features import INVARIANT_FEATURES
 from rftfm.fm.types import Diagnosis, Hypothesis, SignalEvidence
 from rftfm.signals import SIGNALS, label
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the level-shift statistic among the features
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "diagnoser.json"
 #: diagnosis steps (relative to onset) used to train, so the model sees several alarm delays
 TRAIN_OFFSETS = (0, 1, 2, 3, 4, 6, 9)
@@ -297,7 +297,7 @@ class Diagnoser:
             )
         cube, steps = runs_cube(history, [run_id])
         tracked = self._track(run_id, cube)[0]
-        x = vectors(tracked, steps[0], [step], self.tracker)
+        x = vectors(tracked, steps[0], [step], self.tracker, cube[0])
         broken = invariants.broken(cube[0], steps[0], self.invariants_known)
         if self.on_policy and on_policy.recently_clipped(cube[0, :, CUBE_SIGNALS.index(on_policy.SIGNAL)], steps[0]):
             broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
@@ -463,6 +463,8 @@ class Diagnoser:
         self = cls()
         self.classes = list(data["classes"])
         self.feature_names = list(data["feature_names"])
+        if self.feature_names != diagnosis_feature_names():
+            raise ValueError(f"{path} reads other features than this diagnoser computes; re-fit it")
         self.family_threshold = float(data["family_threshold"])
         self.novelty_thresholds = np.array(
             [math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float
