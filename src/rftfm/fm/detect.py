@@ -607,6 +607,10 @@ class Detector:
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copied or pickled without the prepared one-row predictions (C handles; rebuilt on first use)."""
+        return {**self.__dict__, "_single_row": {}}
+
     def _predict_one(self, tier: str, row: np.ndarray) -> float:
         """The tier's model's probability for one row (what ``predict`` gives, without its per-call set-up)."""
         predictor = self._single_row.get(tier)

@@ -49,5 +49,5 @@ class SingleRowPredictor:
 
     def __del__(self) -> None:
         config = getattr(self, "_config", None)
-        if config is not None and config.value is not None:
+        if config is not None and config.value is not None and _LIB is not None:  # (None at interpreter exit)
             _LIB.LGBM_FastConfigFree(config)
