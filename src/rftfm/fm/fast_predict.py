@@ -32,17 +32,21 @@ class SingleRowPredictor:
                 ctypes.byref(self._config),
             )
         )
+        # the row is copied into one buffer whose address is taken once (taking it costs more than the prediction)
+        self._row = np.zeros(self.width)
+        self._row_pointer = ctypes.c_void_p(self._row.ctypes.data)
         self._out = np.zeros(1)
         self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64(0)
+        self._out_len_pointer = ctypes.byref(self._out_len)
 
     def __call__(self, row: np.ndarray) -> float:
-        row = np.ascontiguousarray(row, dtype=np.float64).reshape(-1)
-        if row.size != self.width:
-            raise ValueError(f"row of {row.size} features for a model of {self.width}")
+        if np.size(row) != self.width:
+            raise ValueError(f"row of {np.size(row)} features for a model of {self.width}")
+        self._row[:] = np.reshape(row, -1)
         _safe_call(
             _LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                self._config, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len), self._out_pointer
+                self._config, self._row_pointer, self._out_len_pointer, self._out_pointer
             )
         )
         return float(self._out[0])
