@@ -8,11 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from detector_fixtures import fit_synthetic, stream
 
 from rftfm.fm import level_shift
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
-from rftfm.fm.detect import Detector, DetectorConfig
-from rftfm.fm.features import FEATURES
+from rftfm.fm.detect import Detector
 from rftfm.records import StepRecord
 
 STEPS = 40
@@ -93,28 +93,7 @@ def _rows(run_id: str, seed: int, onset: int | None) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fitted() -> Detector:
-    runs, rows = [], []
-    for i in range(24):
-        kind, onset = ("fault", 16 + i % 8) if i % 3 == 0 else ("normal", None)
-        run_id = f"r{i}"
-        runs.append({"run_id": run_id, "task_group": f"t{i % 4}", "model_size": "m", "control_or_fault": kind,
-                     "onset_step": onset, "fault_type": "reward_noise" if onset else None})
-        rows += _rows(run_id, i, onset)
-    frame = pl.DataFrame(rows)
-    features = frame.with_columns(
-        *[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES if f not in frame.columns]
-    ).select("run_id", "step", *FEATURES)
-    return Detector(DetectorConfig(num_rounds=30, folds=3)).fit(pl.DataFrame(runs), features, tiers=("a",))
-
-
-def _live(detector: Detector, rows: list[dict]) -> tuple[list[float], list]:
-    detector.reset(rows[0]["run_id"])
-    scores, alarms = [], []
-    for row in rows:
-        alarm = detector.observe(StepRecord(**row))
-        scores.append(detector.last_score)
-        alarms += [alarm] if alarm is not None else []
-    return scores, alarms
+    return fit_synthetic(_rows, "reward_noise", 16)
 
 
 def test_calibrated_limits_sit_above_healthy_moves_and_the_saved_artifact_keeps_them(fitted):
@@ -130,11 +109,11 @@ def test_calibrated_limits_sit_above_healthy_moves_and_the_saved_artifact_keeps_
         Detector.from_dict(data)
 
 
-def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_as_live(fitted):
+def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_asstream(fitted):
     rows = _rows("noisy", 99, onset=25)
     cube, steps = runs_cube(pl.DataFrame(rows), ["noisy"])
     offline, _ = fitted.score_cube(cube, steps, "a")
-    scores, alarms = _live(fitted, rows)
+    scores, alarms = stream(fitted, rows)
     np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
     assert alarms and 25 <= alarms[0].step < 25 + level_shift.WINDOW
     (first,) = [e for e in alarms[0].evidence if e.signal == "reward_std"][:1]
@@ -143,7 +122,7 @@ def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_
 
 def test_healthy_drift_and_a_kl_spike_are_no_shift_and_a_rollback_restores_the_windows(fitted):
     for seed in (90, 91, 92):
-        assert not _live(fitted, _rows("healthy", seed, onset=None))[1]
+        assert not stream(fitted, _rows("healthy", seed, onset=None))[1]
     records = [StepRecord(**r) for r in _rows("rb", 93, onset=None)]
     fitted.reset("rb")
     first = []

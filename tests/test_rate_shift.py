@@ -8,11 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from detector_fixtures import fit_synthetic, stream
 
 from rftfm.fm import rate_shift
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
-from rftfm.fm.detect import Detector, DetectorConfig
-from rftfm.fm.features import FEATURES
+from rftfm.fm.detect import Detector
 from rftfm.records import StepRecord
 
 STEPS = 30
@@ -81,38 +81,17 @@ def _rows(run_id: str, seed: int, onset: int | None, learning: bool) -> list[dic
 
 @pytest.fixture(scope="module")
 def fitted() -> Detector:
-    runs, rows = [], []
-    for i in range(24):
-        kind, onset = ("fault", 12 + i % 8) if i % 3 == 0 else ("normal", None)
-        run_id = f"r{i}"
-        runs.append({"run_id": run_id, "task_group": f"t{i % 4}", "model_size": "m", "control_or_fault": kind,
-                     "onset_step": onset, "fault_type": "tool_failure" if onset else None})
-        rows += _rows(run_id, i, onset, learning=i % 2 == 1)
-    frame = pl.DataFrame(rows)
-    features = frame.with_columns(
-        *[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES if f not in frame.columns]
-    ).select("run_id", "step", *FEATURES)
-    return Detector(DetectorConfig(num_rounds=30, folds=3)).fit(pl.DataFrame(runs), features, tiers=("a",))
+    return fit_synthetic(lambda run_id, i, onset: _rows(run_id, i, onset, learning=i % 2 == 1), "tool_failure", 12)
 
 
-def _live(detector: Detector, rows: list[dict]) -> tuple[list[float], list]:
-    detector.reset(rows[0]["run_id"])
-    scores, alarms = [], []
-    for row in rows:
-        alarm = detector.observe(StepRecord(**row))
-        scores.append(detector.last_score)
-        alarms += [alarm] if alarm is not None else []
-    return scores, alarms
-
-
-def test_a_sandbox_that_starts_failing_alarms_with_the_failure_rate_as_evidence_offline_as_live(fitted):
+def test_a_sandbox_that_starts_failing_alarms_with_the_failure_rate_as_evidence_offline_asstream(fitted):
     threshold = fitted.thresholds["a"]["rate_shift"]
     assert 0.0 < threshold < 0.5  # calibrated on the normal runs: above their steps, below the fault's
     rows = _rows("failing", 99, onset=15, learning=False)
     frame = pl.DataFrame(rows)
     cube, steps = runs_cube(frame, ["failing"])
     offline, _ = fitted.score_cube(cube, steps, "a")
-    scores, alarms = _live(fitted, rows)
+    scores, alarms = stream(fitted, rows)
     np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
     assert alarms and 15 <= alarms[0].step < 15 + rate_shift.WINDOW
     shifted = [e for e in alarms[0].evidence if e.signal == "tool_failure_frequency"]
@@ -120,7 +99,7 @@ def test_a_sandbox_that_starts_failing_alarms_with_the_failure_rate_as_evidence_
 
 
 def test_a_policy_learning_the_call_format_is_no_shift_and_a_rollback_restores_the_window(fitted):
-    assert not _live(fitted, _rows("learns", 98, onset=None, learning=True))[1]
+    assert not stream(fitted, _rows("learns", 98, onset=None, learning=True))[1]
     rows = _rows("rb", 97, onset=None, learning=False)
     records = [StepRecord(**r) for r in rows]
     fitted.reset("rb")
