@@ -55,6 +55,9 @@ class Signal:
     # a move this way is the run getting better and no registered fault's symptom (a held-out accuracy rising):
     # the detector's surprise channel does not count it
     benign: Literal["up", "down"] | None = None
+    # computed through the policy's weights (a loss, a gradient, a divergence or entropy of its logits): not finite
+    # once they are (:mod:`rftfm.fm.non_finite`)
+    forward_pass: bool = False
 
 
 def _step(
@@ -66,8 +69,12 @@ def _step(
     noisy: bool = False,
     level_by_task: bool = False,
     benign: Literal["up", "down"] | None = None,
+    forward_pass: bool = False,
 ) -> Signal:
-    return Signal(name, label, "step", scale, group, feature, noisy=noisy, level_by_task=level_by_task, benign=benign)
+    return Signal(
+        name, label, "step", scale, group, feature, noisy=noisy, level_by_task=level_by_task, benign=benign,
+        forward_pass=forward_pass,
+    )
 
 
 def _traj(name: str, label: str, scale: Scale, group: Group, duplicates: str | None = None) -> Signal:
@@ -81,10 +88,11 @@ SIGNALS: dict[str, Signal] = {
         _step("reward_mean", "train reward", "linear", "reward"),
         _step("reward_std", "reward sd", "log", "reward"),
         _step("eval_accuracy", "eval accuracy", "rate", "accuracy", level_by_task=True, benign="up"),
-        _step("kl", "KL", "log", "kl"),
-        _step("entropy", "entropy", "log", "entropy"),
-        _step("policy_loss", "policy loss", "linear", "optimiser", noisy=True),  # GRPO's hovers around 0, either sign
-        _step("grad_norm", "grad norm", "log", "optimiser"),
+        _step("kl", "KL", "log", "kl", forward_pass=True),
+        _step("entropy", "entropy", "log", "entropy", forward_pass=True),
+        # GRPO's loss hovers around 0, either sign
+        _step("policy_loss", "policy loss", "linear", "optimiser", noisy=True, forward_pass=True),
+        _step("grad_norm", "grad norm", "log", "optimiser", forward_pass=True),
         _step("learning_rate", "learning rate", "log", "config", feature=False),
         _step("clip_ratio_low", "low clip ratio", "rate", "clip", feature=False),  # the region ratio covers both
         _step("clip_ratio_high", "high clip ratio", "rate", "clip", feature=False),

@@ -29,7 +29,7 @@ from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, schedule
+from rftfm.fm import invariants, non_finite, schedule
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser
@@ -206,13 +206,14 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    broken, jumps = _seen_at_alarm(features, alarms, ids)
+    broken, jumps, lost = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         prob, unknown = diagnoser.scores(xx)
         if set(INVARIANT_FEATURES) <= set(TIERS[tier]):  # they come with the trajectories
             prob, unknown = diagnoser.apply_invariants(prob, unknown, broken)
         prob, unknown = diagnoser.apply_schedule(prob, unknown, jumps)  # a step metric: every tier logs it
+        prob, unknown = diagnoser.apply_non_finite(prob, unknown, lost)  # so are the losses, grad norm, ...
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
         )
@@ -230,16 +231,18 @@ def _fold(
 
 def _seen_at_alarm(
     features: pl.DataFrame, alarms: dict[str, int], ids: list[str]
-) -> tuple[list[list[str]], list[float]]:
-    """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, and the learning
-    rate's recent jump up to it (signed units; 0: none), as :meth:`Diagnoser.diagnose` reads them."""
-    broken, jumps = [], []
+) -> tuple[list[list[str]], list[float], list[list[str]]]:
+    """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, the learning rate's
+    recent jump up to it (signed units; 0: none) and the signals it has lost (:mod:`rftfm.fm.non_finite`), as
+    :meth:`Diagnoser.diagnose` reads them."""
+    broken, jumps, lost = [], [], []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         broken.append(invariants.broken(cube[0], steps[0]))
         jumps.append(schedule.recent_jump(runs_schedule(history, [run_id], steps.shape[1])[0], steps[0])[0])
-    return broken, jumps
+        lost.append(non_finite.lost_now(cube[0], steps[0]))
+    return broken, jumps, lost
 
 
 def _pooled_tier(

@@ -42,6 +42,8 @@ class FaultType:
     extension: bool = False
     #: the fault needs a KL term (``beta > 0``, so a reference model) to act on
     needs_kl: bool = False
+    #: the fault makes the policy's own numbers (loss, grad norm, KL, entropy) non-finite (:mod:`rftfm.fm.non_finite`)
+    non_finite: bool = False
 
     @property
     def learning_rate_push(self) -> Direction | None:
@@ -225,6 +227,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             knob_repairable=False,
             signals=(("reward_mean", "down"), ("eval_accuracy", "down")),
             extension=True,
+            non_finite=True,
         ),
         FaultType(
             "kl_dropped", "od",

@@ -38,7 +38,9 @@ How it decides, record by record:
    by more than its own spread and more than healthy runs' step metrics ever move (:mod:`rftfm.fm.level_shift`; each
    signal's limits and the channel's threshold calibrated on healthy records, the threshold on configurations the
    limits were set without);
-8. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+8. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
+   from a record with a reward -- what a NaN or inf becomes in a parsed log -- alarms (:mod:`rftfm.fm.non_finite`);
+9. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -68,7 +70,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from rftfm.fm import invariants, level_shift, on_policy, rate_shift, schedule
+from rftfm.fm import invariants, level_shift, non_finite, on_policy, rate_shift, schedule
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -191,6 +193,7 @@ class _Live:
     schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
     shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
     level: level_shift.LevelState = field(default_factory=level_shift.LevelState)
+    lost: non_finite.LostState = field(default_factory=non_finite.LostState)
 
 
 @dataclass
@@ -214,6 +217,7 @@ class _Pending:
     shift_now: np.ndarray  # (K,) each rate-shift signal pooled over its window and over the records before it
     shift_before: np.ndarray  # (:mod:`rate_shift`; NaN: not judged)
     level: tuple[np.ndarray, np.ndarray, np.ndarray]  # each level-shift signal's statistic, window mean, reference
+    lost: list[SignalEvidence]  # the signals the record has lost (:mod:`non_finite`), as evidence
 
 
 class Detector:
@@ -334,7 +338,13 @@ class Detector:
         learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
         surprise_max = _run_max(self._surprise(x, tier), steps)
         in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
-        invariant_max = _run_max(invariants.armed_units(np.where(in_tier, raw, np.nan), steps).max(axis=-1), steps)
+        invariant_max = _run_max(
+            np.fmax(
+                invariants.armed_units(np.where(in_tier, raw, np.nan), steps).max(axis=-1),
+                non_finite.units(non_finite.cube_lost(raw, steps)),
+            ),
+            steps,
+        )
         shift_max = _run_max(shifts, steps)
         healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
         self.thresholds[tier] = {
@@ -447,7 +457,9 @@ class Detector:
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
-        invariant = invariants.armed_units(masked, steps).max(axis=-1)
+        invariant = np.fmax(
+            invariants.armed_units(masked, steps).max(axis=-1), non_finite.units(non_finite.cube_lost(masked, steps))
+        )
         silent = learning_rate is None or self.schedule_jumps
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
@@ -550,6 +562,7 @@ class Detector:
                 live.schedule.copy(),
                 live.shift.copy(),
                 live.level.copy(),
+                live.lost.copy(),
             )
         )
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -566,6 +579,7 @@ class Detector:
         jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         level = live.level.advance(raw[0, level_shift.COLUMNS])
+        lost = live.lost.advance(raw[0], step)
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -586,6 +600,7 @@ class Detector:
             shift_now,
             shift_before,
             level,
+            live.lost.evidence(lost) if lost.any() else [],
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -594,7 +609,7 @@ class Detector:
         log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = float(p.invariant.max())
+        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0)
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
         score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level))
@@ -629,7 +644,7 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level, live.lost = live.snapshots.pop()
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -659,13 +674,15 @@ class Detector:
             (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
-        out = [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump alone is enough for the alarm too
+        out = list(p.lost)  # a lost signal alone is enough for the alarm
+        out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # so is a jump
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
         out += [self._shift_evidence(p, k) for k in shifted]  # so is a rate shift
         moved = self._level_moved(p)  # and a level shift
         out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
         done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
+        done |= {e.signal for e in p.lost}
         ranked = [s for s in ranked if s not in done]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
@@ -813,6 +830,8 @@ class Detector:
 def describe(e: SignalEvidence) -> str:
     """One evidence item in the run's own terms, e.g. ``KL 0.48 vs 0.012 before (x40) since step 37``."""
     name = label(e.signal)
+    if e.non_finite:
+        return non_finite.describe(e)
     if e.value is None:
         return f"{name} {'up' if e.direction == 'up' else 'down'}" if e.measured else name
     text = f"{name} {e.value:.3g}"

@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, on_policy, schedule
+from rftfm.fm import invariants, non_finite, on_policy, schedule
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
@@ -303,7 +303,9 @@ class Diagnoser:
             broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
+        lost = non_finite.lost_now(cube[0], steps[0])
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
+        probs, unknowns = self.apply_non_finite(probs, unknowns, [lost])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [
@@ -317,6 +319,7 @@ class Diagnoser:
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
         evidence = jump_evidence(lr, steps[0], at) + evidence
+        evidence = non_finite.run_evidence(cube[0], steps[0], lost) + [e for e in evidence if e.signal not in lost]
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -377,6 +380,15 @@ class Diagnoser:
         pushes = [FAULT_TYPES[t].learning_rate_push for t in self.classes]
         allowed = [np.array([abs(j) > 1.0 and p == ("up" if j > 0 else "down") for p in pushes]) for j in jumps]
         return _only(prob, unknown, allowed)
+
+    def apply_non_finite(
+        self, prob: np.ndarray, unknown: np.ndarray, lost: list[list[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run has lost a number its policy's weights produce (:func:`rftfm.fm.non_finite.lost_now`),
+        only the types that make them non-finite (the registry's ``non_finite``) remain, as for a broken invariant:
+        a NaN loss or gradient is seen in the log, not guessed."""
+        blowups = np.array([FAULT_TYPES[t].non_finite for t in self.classes])
+        return _only(prob, unknown, [blowups & bool(names) for names in lost])
 
     def evidence(
         self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
@@ -563,6 +575,8 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 def describe(e: SignalEvidence) -> str:
     """One piece of evidence in the run's own terms, e.g. ``KL 0.48 (x40 vs 0.012 before step 37)``."""
+    if e.non_finite:
+        return non_finite.describe(e)
     name = label(e.signal)
     if e.value is None:
         return f"{name} {e.direction}" if e.measured else name

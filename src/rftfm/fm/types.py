@@ -23,12 +23,13 @@ class SignalEvidence(BaseModel):
     z: float | None = None  # standardised deviation
     ratio: float | None = None  # value / expected, where meaningful
     since_step: int | None = None  # first step of the current deviation
+    non_finite: bool = False  # the signal stopped being finite (``expected``: its last finite value)
 
     @property
     def measured(self) -> bool:
         """Whether ``direction`` was measured against a baseline (a run's first records have none: the signal
         is named because the detector weighed it, and its direction means nothing)."""
-        return self.expected is not None or self.z is not None
+        return self.expected is not None or self.z is not None or self.non_finite
 
     def short(self) -> str:
         """``signal direction``, or ``signal value (no baseline yet)`` when the direction was not measured."""
