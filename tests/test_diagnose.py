@@ -298,6 +298,10 @@ def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
     assert mid and d["all"]["type_top3"] >= d["all"]["type_top1"] >= 0.4  # step-1 onsets have no healthy past
     assert set(result["tiers"]["a"]["baselines"]) == {"knn", "expert_rules"}
     assert sum(map(sum, result["tiers"]["a"]["confusion"]["matrix"])) == result["test_faulty_runs"]
+    rows = result["tiers"]["a"]["runs"]  # each run's diagnosis, agreeing with the metrics
+    assert len(rows) == result["test_faulty_runs"] and {r["fold"] for r in rows} == set(result["folds"])
+    top1 = np.mean([r["diagnosed"] == r["true"] for r in rows])
+    assert top1 == pytest.approx(result["tiers"]["a"]["diagnoser"]["all"]["type_top1"])
     assert result["leave_one_type_out"]["per_type"]
     text = markdown_report(result, "conf.png")
     assert "| a | Diagnoser | all |" in text and "Leave-one-type-out" in text and "![confusion" in text

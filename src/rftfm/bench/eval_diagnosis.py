@@ -199,6 +199,7 @@ def _fold(
     xt, kt = diagnosis_matrix(features, diagnoser._training_steps(faulty_train, features, None), diagnoser.tracker)
     label = dict(faulty_train.select("run_id", "fault_type").iter_rows())
     out: dict[str, Any] = {
+        "fold": name,
         "ids": ids,
         "true": [meta[r]["fault_type"] for r in ids],
         "alarm_source": dict(Counter(sources[r] for r in ids)),
@@ -248,14 +249,20 @@ def _seen_at_alarm(
 def _pooled_tier(
     parts: list[dict[str, Any]], tier: str, true: list[str], strength: list[str], at_alarm: list[bool]
 ) -> dict[str, Any]:
-    """One tier's metrics, confusion matrix and baselines over every fold's diagnoses."""
+    """One tier's metrics, confusion matrix, baselines and each run's diagnosis over every fold's diagnoses."""
     no_abstain = np.zeros(len(true), dtype=bool)
     ranked = [r for p in parts for r in p["tiers"][tier]["ranked"]]
     unknown = np.concatenate([p["tiers"][tier]["unknown"] for p in parts])
     pred = [UNKNOWN if u else r[0] for r, u in zip(ranked, unknown)]
+    folds = [p["fold"] for p in parts for _ in p["ids"]]
+    ids = [r for p in parts for r in p["ids"]]
     return {
         "diagnoser": _metrics(true, ranked, unknown, strength, at_alarm),
         "confusion": _confusion(true, pred),
+        "runs": [  # one row per diagnosed run and fold: what was diagnosed where (for a run-by-run comparison)
+            {"fold": f, "run_id": r, "true": t, "strength": s, "at_alarm": a, "diagnosed": p_, "top3": rk[:3]}
+            for f, r, t, s, a, p_, rk in zip(folds, ids, true, strength, at_alarm, pred, ranked)
+        ],
         "baselines": {
             "knn": _metrics(true, [r for p in parts for r in p["tiers"][tier]["knn"]], no_abstain, strength, at_alarm),
             "expert_rules": _metrics(
