@@ -14,6 +14,7 @@ numerical blow-ups do (docs/detection.md). Written by hand: a count per signal; 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +27,13 @@ from rftfm.signals import label
 #: The registry's step metrics computed through the policy's weights.
 SIGNALS: tuple[str, ...] = tuple(s for s in CUBE_SIGNALS if s in REGISTRY and REGISTRY[s].forward_pass)
 COLUMNS = np.array([CUBE_SIGNALS.index(s) for s in SIGNALS])
+# a record's values of them: a slice where the columns are contiguous (a view, read at every live record)
+_TAKE = slice(int(COLUMNS[0]), int(COLUMNS[-1]) + 1) if bool(np.all(np.diff(COLUMNS) == 1)) else COLUMNS
 ANCHOR = CUBE_SIGNALS.index("reward_mean")  # a record with a reward is a training record
 WARMUP = 3  # finite values of a signal before its absence means anything
 UNITS = 10.0  # a lost signal's score in units of an alarm (far above 1: nothing healthy does it)
+_NONE_LOST = np.zeros(len(SIGNALS), dtype=bool)
+_NONE_LOST.flags.writeable = False
 
 
 @dataclass
@@ -45,13 +50,18 @@ class LostState:
 
     def advance(self, raw: np.ndarray, step: int) -> np.ndarray:
         """Take in one record (its len(CUBE_SIGNALS) values) at ``step``; which signals it has lost (bool,
-        len(SIGNALS))."""
-        values = raw[COLUMNS]
+        len(SIGNALS); read-only)."""
+        values = raw[_TAKE]
         present = np.isfinite(values)
-        lost = (self.finite >= WARMUP) & ~present & bool(np.isfinite(raw[ANCHOR]))
+        lost = self.finite >= WARMUP
+        lost &= ~present
         self.finite += present
         np.copyto(self.last, values, where=present)
-        self.since = np.where(present, 0, np.where(lost & (self.since == 0), step, self.since))
+        if self.since.any():  # a signal was lost: those present again are not any more
+            self.since[present] = 0
+        if not lost.any() or not math.isfinite(raw[ANCHOR]):  # (the usual record: every armed signal finite)
+            return _NONE_LOST
+        self.since[lost & (self.since == 0)] = step
         return lost
 
     def evidence(self, lost: np.ndarray) -> list[SignalEvidence]:
