@@ -121,3 +121,27 @@ def test_watching_a_trl_log_whose_grad_norm_turns_nan_alarms_and_diagnoses_a_blo
     (episode,) = json.loads(summary.read_text())["episodes"]
     assert episode["start_step"] == 25
     assert "numerical_blowup" in " ".join(result.output.split())
+
+
+def test_the_loop_with_the_shipped_artifacts_halts_a_run_whose_numbers_turn_nan():
+    import torch
+    from transformers import TrainerControl
+
+    from rftfm.fm.handle import TrainerHandle
+    from rftfm.fm.loop import Controller
+    from rftfm.fm.policy import ControllerConfig
+    from rftfm.records import StepRecord
+
+    model = torch.nn.Linear(3, 2)
+    controller = Controller(Detector.load_default(), Diagnoser.load_default(), run_id="blowup",
+                            config=ControllerConfig(checkpoint_every=2))
+    controller.start(TrainerHandle(model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                                   control=TrainerControl()), max_steps=30)
+    for row in _trl_rows(nan_from=20):
+        controller.observe(StepRecord(**row), [])
+        if controller.mode == "halted":
+            break
+    assert controller.mode == "halted" and row["step"] == 20
+    kinds = [e["payload"]["kind"] for e in controller.store.events(kind="action")]
+    assert kinds[-2:] == ["rollback", "halt"]
+    assert "numerical_blowup" in json.dumps(controller.store.events(kind="diagnosis")[-1])
