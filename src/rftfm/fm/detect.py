@@ -426,6 +426,24 @@ class Detector:
             fitted = np.fmax(fitted, np.asarray(level) / t.get("level_shift", math.inf))  # NaN: not judged
             return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
+    def _combine_one(
+        self, tier: str, learned: float, surprise: float, invariant: float, jump: float, shift: float, level: float
+    ) -> float:
+        """:meth:`_combine` of one live record's channel scores, in Python floats (numpy's per-call set-up costs more
+        than this arithmetic at every record); the same number."""
+        t = self.thresholds[tier]
+        excess = learned - t["learned"]
+        scores = (
+            math.exp(excess) if excess < 709.0 else math.inf,  # (exp overflows past 709.78)
+            surprise / t["surprise"],
+            shift / t.get("rate_shift", math.inf),
+            level / t.get("level_shift", math.inf),
+            invariant,
+            abs(jump),
+        )
+        judged = [v for v in scores if v == v]  # NaN: a channel not judged at this record (np.fmax ignores it)
+        return max(judged) if judged else math.nan
+
     @staticmethod
     def _predict(model: lgb.Booster, x: np.ndarray, steps: np.ndarray) -> np.ndarray:
         out = np.full(steps.shape, np.nan)
@@ -606,18 +624,18 @@ class Detector:
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
         live = self._live
         previous = live.log_odds[-1] if live.log_odds else math.nan
-        log_odds = float(_running_log_odds(np.array(previous), learned, self.config.persistence))
+        log_odds = _running_log_odds_one(previous, learned, self.config.persistence)
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0)
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
-        score = float(self._combine(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level))
+        score = self._combine_one(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level)
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = float(self._combine(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level))
+        others = self._combine_one(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level)
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -854,6 +872,13 @@ def _running_log_odds(previous: np.ndarray, p: np.ndarray | float, weight: float
     (``previous`` NaN: the run's first record)."""
     new = _logit(p)
     return np.where(np.isfinite(previous), weight * new + (1 - weight) * previous, new)
+
+
+def _running_log_odds_one(previous: float, p: float, weight: float) -> float:
+    """:func:`_running_log_odds` of one live record, in Python floats; the same number."""
+    q = min(max(p, 1e-6), 1 - 1e-6)
+    new = math.log(q / (1 - q))
+    return weight * new + (1 - weight) * previous if math.isfinite(previous) else new
 
 
 def _persistent(p: np.ndarray, steps: np.ndarray, weight: float) -> np.ndarray:
