@@ -6,10 +6,12 @@ weights without loss scaling, a learning rate far too high), it is NaN or infini
 so at the next logged step (TRL writes ``"grad_norm": NaN``). The record still has its reward (a verifier scores
 whatever the broken policy samples), so the run goes on logging while its optimisation numbers are gone. Parsers
 and the benchmark layout keep a non-finite value as missing (:mod:`rftfm.io.fields` counts it), so the rule reads
-what reaches the detector: a signal the run logged finite at :data:`WARMUP` records or more that is missing from a
-training record -- one with a reward -- while it stays missing. A run that never logs a signal (no KL term, an old
-TRL without the entropy) never arms it. No healthy or other faulty run of the benchmark's 600 does this; 9 of its 13
-numerical blow-ups do (docs/detection.md). Written by hand: a count per signal; no library watches for it.
+what reaches the detector: a signal the run logged finite at :data:`WARMUP` records or more that is missing from
+:data:`PERSIST` training records in a row -- records with a reward -- while it stays missing (one missing value is no
+evidence: an fp16 loss scaler that skips a step on overflow logs one infinite grad norm in a healthy run). A run
+that never logs a signal (no KL term, an old TRL without the entropy) never arms it. No healthy or other faulty run
+of the benchmark's 600 does this; 9 of its 13 numerical blow-ups do (docs/detection.md). Written by hand: a count
+per signal; no library watches for it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ COLUMNS = np.array([CUBE_SIGNALS.index(s) for s in SIGNALS])
 _TAKE = slice(int(COLUMNS[0]), int(COLUMNS[-1]) + 1) if bool(np.all(np.diff(COLUMNS) == 1)) else COLUMNS
 ANCHOR = CUBE_SIGNALS.index("reward_mean")  # a record with a reward is a training record
 WARMUP = 3  # finite values of a signal before its absence means anything
+# training records in a row a signal must be missing from: an fp16 loss scaler's skipped step logs one inf grad norm
+# and the run goes on (a healthy run); a blow-up's numbers stay gone
+PERSIST = 2
 UNITS = 10.0  # a lost signal's score in units of an alarm (far above 1: nothing healthy does it)
 _NONE_LOST = np.zeros(len(SIGNALS), dtype=bool)
 _NONE_LOST.flags.writeable = False
@@ -38,31 +43,35 @@ _NONE_LOST.flags.writeable = False
 
 @dataclass
 class LostState:
-    """One run's count of finite values of each signal, the last one, and the step of the first record of each
-    signal's current absence (0: not absent)."""
+    """One run's count of finite values of each signal, the last one, how many training records in a row each has
+    been missing from since it was armed, and the step of the first of them (0: not missing)."""
 
     finite: np.ndarray = field(default_factory=lambda: np.zeros(len(SIGNALS), dtype=int))
     last: np.ndarray = field(default_factory=lambda: np.full(len(SIGNALS), np.nan))
+    missing: np.ndarray = field(default_factory=lambda: np.zeros(len(SIGNALS), dtype=int))
     since: np.ndarray = field(default_factory=lambda: np.zeros(len(SIGNALS), dtype=int))
 
     def copy(self) -> "LostState":
-        return LostState(self.finite.copy(), self.last.copy(), self.since.copy())
+        return LostState(self.finite.copy(), self.last.copy(), self.missing.copy(), self.since.copy())
 
     def advance(self, raw: np.ndarray, step: int) -> np.ndarray:
         """Take in one record (its len(CUBE_SIGNALS) values) at ``step``; which signals it has lost (bool,
         len(SIGNALS); read-only)."""
         values = raw[_TAKE]
         present = np.isfinite(values)
-        lost = self.finite >= WARMUP
-        lost &= ~present
+        absent = self.finite >= WARMUP
+        absent &= ~present
         self.finite += present
         np.copyto(self.last, values, where=present)
-        if self.since.any():  # a signal was lost: those present again are not any more
+        if self.missing.any():  # a signal was missing: those present again are not any more
+            self.missing[present] = 0
             self.since[present] = 0
-        if not lost.any() or not math.isfinite(raw[ANCHOR]):  # (the usual record: every armed signal finite)
+        if not absent.any() or not math.isfinite(raw[ANCHOR]):  # (the usual record: every armed signal finite)
             return _NONE_LOST
-        self.since[lost & (self.since == 0)] = step
-        return lost
+        self.since[absent & (self.missing == 0)] = step
+        self.missing += absent
+        lost = self.missing >= PERSIST
+        return lost if lost.any() else _NONE_LOST
 
     def evidence(self, lost: np.ndarray) -> list[SignalEvidence]:
         """The signals of a record's ``lost`` (from :meth:`advance`) as evidence."""
@@ -78,10 +87,17 @@ def cube_lost(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """(R, S, len(SIGNALS)) which signals each record of a raw cube (R, S, len(CUBE_SIGNALS)) in step order has lost
     (``steps`` 0: absent), exactly as :meth:`LostState.advance` gives them."""
     values = np.where(steps[..., None] > 0, raw[..., COLUMNS], np.nan)
-    present = np.isfinite(values)
-    before = np.cumsum(present, axis=1) - present  # finite values before each record
     training = (steps > 0) & np.isfinite(raw[..., ANCHOR])
-    return (before >= WARMUP) & ~present & training[..., None]
+    out = np.zeros(values.shape, dtype=bool)
+    finite = np.zeros((steps.shape[0], len(SIGNALS)), dtype=int)
+    missing = np.zeros_like(finite)
+    for s in range(steps.shape[1]):
+        present = np.isfinite(values[:, s])
+        absent = (finite >= WARMUP) & ~present & training[:, s, None]
+        finite += present
+        missing = np.where(present, 0, missing + absent)
+        out[:, s] = (missing >= PERSIST) & training[:, s, None]
+    return out
 
 
 def lost_now(raw: np.ndarray, steps: np.ndarray) -> list[str]:
