@@ -39,7 +39,8 @@ How it decides, record by record:
    signal's limits and the channel's threshold calibrated on healthy records, the threshold on configurations the
    limits were set without);
 8. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
-   from a record with a reward -- what a NaN or inf becomes in a parsed log -- alarms (:mod:`rftfm.fm.non_finite`);
+   from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
+   (:mod:`rftfm.fm.non_finite`);
 9. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does

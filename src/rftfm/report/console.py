@@ -23,7 +23,8 @@ def evidence_text(ev: SignalEvidence) -> str:
     """``reward_mean ↓ -0.98 (baseline -0.68)``: the value and what it is compared with, arrow from their sign."""
     if ev.non_finite:
         last = f" (last {_num(ev.expected)})" if ev.expected is not None else ""
-        return f"{escape(ev.signal)} not finite{last}" + (f" since step {ev.since_step}" if ev.since_step else "")
+        since = f" since step {ev.since_step}" if ev.since_step is not None else ""
+        return f"{escape(ev.signal)} not finite{last}{since}"
     value, expected = ev.value, ev.expected
     finite = value is not None and expected is not None and math.isfinite(value) and math.isfinite(expected)
     if finite and value != expected:
