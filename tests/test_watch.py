@@ -18,7 +18,7 @@ from watch_fixtures import train_real_run
 
 from rftfm.cli import app
 from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK
-from rftfm.fm.features import FEATURES, SCHEDULE
+from rftfm.fm.features import HISTORY_SCHEMA
 from rftfm.fm.incidents import IncidentStore
 from rftfm.fm.monitor import RunMonitor
 from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
@@ -92,7 +92,7 @@ def test_monitor_passes_history_features_and_records(real_run, tmp_path):
         assert len(alarms) == len(monitor.result.alarms) == 2
         assert len(store.events(kind="diagnosis")) == 2
         history = diagnoser.histories[0]
-        assert history.columns == ["run_id", "step", *FEATURES, SCHEDULE]
+        assert history.columns == list(HISTORY_SCHEMA)  # features, learning rate, reward functions' means
         assert history["step"].max() == alarms[0]["step"]  # steps <= alarm step only
         assert history["traj_reward_mean"].null_count() == 0  # trajectory features from the layout
 
@@ -340,7 +340,7 @@ def test_monitor_memory_is_bounded_on_a_long_run():
         monitor.observe(StepRecord(run_id="long", step=i, kl=1.0 if i == 3000 else 0.0), [])
     history = diagnoser.histories[-1]
     assert history.height == 100 and history["step"].to_list() == list(range(2901, 3001))
-    assert history.columns == ["run_id", "step", *FEATURES, SCHEDULE]
+    assert history.columns == list(HISTORY_SCHEMA)  # features, learning rate, reward functions' means
 
 
 def test_follow_waits_for_a_run_directory_to_appear(real_run, tmp_path, monkeypatch):

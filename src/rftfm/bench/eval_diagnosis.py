@@ -29,7 +29,7 @@ from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, non_finite, schedule
+from rftfm.fm import invariants, non_finite, reward_identity, schedule
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser
@@ -78,7 +78,9 @@ def detector_alarm_steps(
     if not ids:
         return out, sources
     cube, steps = runs_cube(features, ids)
-    scores, threshold = detector.score_cube(cube, steps, learning_rate=runs_schedule(features, ids, steps.shape[1]))
+    n_steps = steps.shape[1]
+    schedule_, identity = runs_schedule(features, ids, n_steps), reward_identity.runs_units(features, ids, n_steps)
+    scores, threshold = detector.score_cube(cube, steps, learning_rate=schedule_, identity=identity)
     onset = dict(runs.select("run_id", "onset_step").iter_rows())
     for i, run_id in enumerate(ids):
         after = np.flatnonzero((scores[i] > threshold) & (steps[i] >= int(onset[run_id] or 1)))
@@ -207,7 +209,7 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    broken, jumps, lost = _seen_at_alarm(features, alarms, ids)
+    broken, jumps, lost, identity = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         prob, unknown = diagnoser.scores(xx)
@@ -215,6 +217,7 @@ def _fold(
             prob, unknown = diagnoser.apply_invariants(prob, unknown, broken)
         prob, unknown = diagnoser.apply_schedule(prob, unknown, jumps)  # a step metric: every tier logs it
         prob, unknown = diagnoser.apply_non_finite(prob, unknown, lost)  # so are the losses, grad norm, ...
+        prob, unknown = diagnoser.apply_reward_identity(prob, unknown, identity)  # and the reward functions' means
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
         )
@@ -232,18 +235,19 @@ def _fold(
 
 def _seen_at_alarm(
     features: pl.DataFrame, alarms: dict[str, int], ids: list[str]
-) -> tuple[list[list[str]], list[float], list[list[str]]]:
+) -> tuple[list[list[str]], list[float], list[list[str]], list[bool]]:
     """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, the learning rate's
-    recent jump up to it (signed units; 0: none) and the signals it has lost (:mod:`rftfm.fm.non_finite`), as
-    :meth:`Diagnoser.diagnose` reads them."""
-    broken, jumps, lost = [], [], []
+    recent jump up to it (signed units; 0: none), the signals it has lost (:mod:`rftfm.fm.non_finite`) and whether it
+    broke its reward identity (:mod:`rftfm.fm.reward_identity`), as :meth:`Diagnoser.diagnose` reads them."""
+    broken, jumps, lost, identity = [], [], [], []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         broken.append(invariants.broken(cube[0], steps[0]))
         jumps.append(schedule.recent_jump(runs_schedule(history, [run_id], steps.shape[1])[0], steps[0])[0])
         lost.append(non_finite.lost_now(cube[0], steps[0]))
-    return broken, jumps, lost
+        identity.append(reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None)
+    return broken, jumps, lost, identity
 
 
 def _pooled_tier(

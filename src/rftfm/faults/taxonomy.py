@@ -44,6 +44,8 @@ class FaultType:
     needs_kl: bool = False
     #: the fault makes the policy's own numbers (loss, grad norm, KL, entropy) non-finite (:mod:`rftfm.fm.non_finite`)
     non_finite: bool = False
+    #: the fault makes the logged reward leave its functions' weighted means (:mod:`rftfm.fm.reward_identity`)
+    reward_identity: bool = False
 
     @property
     def learning_rate_push(self) -> Direction | None:
@@ -209,6 +211,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"none_fraction": 0.6}, "hard": {"none_fraction": 0.25}},
             signals=(("traj_advantage_std", "down"), ("grad_norm", "down")),
             extension=True,
+            reward_identity=True,
         ),
         FaultType(
             "length_clip_all", "pg",

@@ -71,7 +71,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from rftfm.fm import invariants, level_shift, non_finite, on_policy, rate_shift, schedule
+from rftfm.fm import invariants, level_shift, non_finite, on_policy, rate_shift, reward_identity, schedule
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -195,6 +195,24 @@ class _Live:
     shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
     level: level_shift.LevelState = field(default_factory=level_shift.LevelState)
     lost: non_finite.LostState = field(default_factory=non_finite.LostState)
+    identity: reward_identity.IdentityState = field(default_factory=reward_identity.IdentityState)
+
+    def snapshot(self, step: int, state: TrackerState) -> tuple:
+        """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
+        flat = FlatStreak(self.flat.previous.copy(), self.flat.streak.copy())
+        return (
+            step,
+            state,
+            flat,
+            self.has_trajectories,
+            self.has_eval,
+            self.invariant_held.copy(),
+            self.schedule.copy(),
+            self.shift.copy(),
+            self.level.copy(),
+            self.lost.copy(),
+            self.identity.copy(),
+        )
 
 
 @dataclass
@@ -219,6 +237,7 @@ class _Pending:
     shift_before: np.ndarray  # (:mod:`rate_shift`; NaN: not judged)
     level: tuple[np.ndarray, np.ndarray, np.ndarray]  # each level-shift signal's statistic, window mean, reference
     lost: list[SignalEvidence]  # the signals the record has lost (:mod:`non_finite`), as evidence
+    identity: float  # the reward identity's gap in units of its tolerance (:mod:`reward_identity`; 0: not judged)
 
 
 class Detector:
@@ -459,14 +478,20 @@ class Detector:
             raise RuntimeError("detector is not fitted: call fit() or load()")
 
     def score_cube(
-        self, raw: np.ndarray, steps: np.ndarray, tier: str | None = None, learning_rate: np.ndarray | None = None
+        self,
+        raw: np.ndarray,
+        steps: np.ndarray,
+        tier: str | None = None,
+        learning_rate: np.ndarray | None = None,
+        identity: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
         channel, which is silent without it (and after :meth:`know_schedule`); after :meth:`know_on_policy`, the
-        on-policy check too.
+        on-policy check too. ``identity`` (R, S): the reward identity's units
+        (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged).
         """
         self._require_fitted()
         if tier is None:
@@ -479,6 +504,8 @@ class Detector:
         invariant = np.fmax(
             invariants.armed_units(masked, steps).max(axis=-1), non_finite.units(non_finite.cube_lost(masked, steps))
         )
+        if identity is not None:
+            invariant = np.fmax(invariant, identity)
         silent = learning_rate is None or self.schedule_jumps
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
@@ -499,7 +526,8 @@ class Detector:
         alarms = []
         frame = run_features.sort("step")
         for row in frame.iter_rows(named=True):
-            alarm = self.observe_features(run_id, int(row["step"]), {f: row.get(f) for f in (*FEATURES, SCHEDULE)})
+            features = {f: row.get(f) for f in (*FEATURES, SCHEDULE, reward_identity.PARTS)}
+            alarm = self.observe_features(run_id, int(row["step"]), features)
             if alarm is not None:
                 alarms.append(alarm)
         self._live, self.skipped_steps, self.resumes = saved, skipped, resumes
@@ -570,20 +598,7 @@ class Detector:
             return None
         raw = with_derived(feature_row(features))
         before = live.state.copy()  # kept for a rollback to this step; the evidence's baseline is read from it
-        live.snapshots.append(
-            (
-                step,
-                before,
-                FlatStreak(live.flat.previous.copy(), live.flat.streak.copy()),
-                live.has_trajectories,
-                live.has_eval,
-                live.invariant_held.copy(),
-                live.schedule.copy(),
-                live.shift.copy(),
-                live.level.copy(),
-                live.lost.copy(),
-            )
-        )
+        live.snapshots.append(live.snapshot(step, before))
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
         if not live.has_trajectories:
             live.has_trajectories = any(features.get(s) is not None for s in _TRAJECTORY_RECORDS)
@@ -599,6 +614,8 @@ class Detector:
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         level = live.level.advance(raw[0, level_shift.COLUMNS])
         lost = live.lost.advance(raw[0], step)
+        parts = features.get(reward_identity.PARTS)
+        identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -620,6 +637,7 @@ class Detector:
             shift_before,
             level,
             live.lost.evidence(lost) if lost.any() else [],
+            identity,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -628,7 +646,7 @@ class Detector:
         log_odds = _running_log_odds_one(previous, learned, self.config.persistence)
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0)
+        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity)
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
         score = self._combine_one(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level)
@@ -663,7 +681,9 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level, live.lost = live.snapshots.pop()
+        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level, live.lost, live.identity = (
+            live.snapshots.pop()
+        )
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -694,6 +714,7 @@ class Detector:
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
         out = list(p.lost)  # a lost signal alone is enough for the alarm
+        out += [self._live.identity.evidence()] if p.identity > 1.0 and self._live is not None else []  # so is this
         out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # so is a jump
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
@@ -701,7 +722,7 @@ class Detector:
         moved = self._level_moved(p)  # and a level shift
         out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
         done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
-        done |= {e.signal for e in p.lost}
+        done |= {e.signal for e in out if e.non_finite or e.reward_identity}
         ranked = [s for s in ranked if s not in done]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
@@ -851,6 +872,8 @@ def describe(e: SignalEvidence) -> str:
     name = label(e.signal)
     if e.non_finite:
         return non_finite.describe(e)
+    if e.reward_identity:
+        return reward_identity.describe(e)
     if e.value is None:
         return f"{name} {'up' if e.direction == 'up' else 'down'}" if e.measured else name
     text = f"{name} {e.value:.3g}"

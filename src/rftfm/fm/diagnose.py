@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, non_finite, on_policy, schedule
+from rftfm.fm import invariants, non_finite, on_policy, reward_identity, schedule
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
@@ -304,8 +304,10 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         lost = non_finite.lost_now(cube[0], steps[0])
+        identity = reward_identity.run_evidence(history, run_id, step)
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         probs, unknowns = self.apply_non_finite(probs, unknowns, [lost])
+        probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [
@@ -320,6 +322,8 @@ class Diagnoser:
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
         evidence = jump_evidence(lr, steps[0], at) + evidence
         evidence = non_finite.run_evidence(cube[0], steps[0], lost) + [e for e in evidence if e.signal not in lost]
+        if identity is not None:
+            evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -389,6 +393,15 @@ class Diagnoser:
         a NaN loss or gradient is seen in the log, not guessed."""
         blowups = np.array([FAULT_TYPES[t].non_finite for t in self.classes])
         return _only(prob, unknown, [blowups & bool(names) for names in lost])
+
+    def apply_reward_identity(
+        self, prob: np.ndarray, unknown: np.ndarray, broken: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run broke its reward identity (:func:`rftfm.fm.reward_identity.run_evidence`), only the types
+        that break it (the registry's ``reward_identity``) remain: a reward function returning None is seen in the log,
+        not guessed."""
+        skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])
+        return _only(prob, unknown, [skipping & b for b in broken])
 
     def evidence(
         self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
@@ -577,6 +590,8 @@ def describe(e: SignalEvidence) -> str:
     """One piece of evidence in the run's own terms, e.g. ``KL 0.48 (x40 vs 0.012 before step 37)``."""
     if e.non_finite:
         return non_finite.describe(e)
+    if e.reward_identity:
+        return reward_identity.describe(e)
     name = label(e.signal)
     if e.value is None:
         return f"{name} {e.direction}" if e.measured else name

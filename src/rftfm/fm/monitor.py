@@ -203,9 +203,9 @@ class RunMonitor:
         quiet_steps: int = QUIET_STEPS,
         on_step: StepCallback | None = None,
     ):
-        from rftfm.fm.features import FEATURES, SCHEDULE, step_features
+        from rftfm.fm.features import HISTORY_SCHEMA, step_features
 
-        self._features, self._feature_names = step_features, (*FEATURES, SCHEDULE)
+        self._features, self._feature_names = step_features, tuple(HISTORY_SCHEMA)[2:]
         self.run_id, self.detector, self.diagnoser, self.store = run_id, detector, diagnoser, store
         self.on_episode, self.on_step = on_episode, on_step
         self.task_group, self.model_size = task_group, model_size
@@ -244,7 +244,8 @@ class RunMonitor:
         """Features of the steps seen so far (``rftfm.fm.features`` rows), as the diagnoser expects."""
         import polars as pl
 
-        schema = {"run_id": pl.Utf8, "step": pl.Int64, **{name: pl.Float64 for name in self._feature_names}}
+        from rftfm.fm.features import HISTORY_SCHEMA as schema
+
         return (
             pl.DataFrame(list(self._history), schema=schema, orient="row")
             if self._history

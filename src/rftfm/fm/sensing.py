@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from rftfm.fm.features import FEATURES, SCHEDULE, step_features
+from rftfm.fm.features import HISTORY_SCHEMA, step_features
 from rftfm.fm.ledger import Journal
 from rftfm.fm.types import Alarm, Diagnosis
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -121,8 +121,7 @@ class Sensing:
         """The diagnoser's reading of the history at real step ``step`` (recorded), or ``None``."""
         if self.diagnoser is None:
             return None
-        schema = {"run_id": pl.Utf8, "step": pl.Int64, **{f: pl.Float64 for f in (*FEATURES, SCHEDULE)}}
-        history = pl.DataFrame(self.history, schema=schema)
+        history = pl.DataFrame(self.history, schema=HISTORY_SCHEMA)
         ok, diagnosis = self.guard(
             "diagnose",
             lambda: self.diagnoser.diagnose(

@@ -24,6 +24,7 @@ class SignalEvidence(BaseModel):
     ratio: float | None = None  # value / expected, where meaningful
     since_step: int | None = None  # first step of the current deviation
     non_finite: bool = False  # the signal stopped being finite (``expected``: its last finite value)
+    reward_identity: bool = False  # the reward left the weighted sum of its functions' means (``expected``)
 
     @property
     def measured(self) -> bool:

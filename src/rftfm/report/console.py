@@ -25,6 +25,11 @@ def evidence_text(ev: SignalEvidence) -> str:
         last = f" (last {_num(ev.expected)})" if ev.expected is not None else ""
         since = f" since step {ev.since_step}" if ev.since_step is not None else ""
         return f"{escape(ev.signal)} not finite{last}{since}"
+    if ev.reward_identity and ev.value is not None and ev.expected is not None:
+        since = f" since step {ev.since_step}" if ev.since_step is not None else ""
+        arrow = "↑" if ev.value > ev.expected else "↓"
+        parts = f"its functions' weighted means {_num(ev.expected)}"
+        return f"{escape(ev.signal)} {arrow} {_num(ev.value)} ({parts}){since}"
     value, expected = ev.value, ev.expected
     finite = value is not None and expected is not None and math.isfinite(value) and math.isfinite(expected)
     if finite and value != expected:

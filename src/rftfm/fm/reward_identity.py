@@ -1,0 +1,207 @@
+"""The logged reward stops being the weighted sum of its reward functions' means: the rule of the detector's
+reward-identity channel.
+
+A TRL GRPOTrainer with several reward functions logs ``reward`` -- the mean over completions of the weighted
+``nansum`` of the functions' scores -- beside each function's ``rewards/<name>/mean``, a ``nanmean`` over the
+completions that function scored. While every function scores every completion, ``reward = sum_i w_i mean_i`` holds
+to float rounding at every logged step (averaging over ``logging_steps`` keeps it: both sides are linear), with the
+user's ``reward_weights`` ``w``. When a function starts returning ``None`` for some completions (a verifier that
+times out and swallows it, an answer it cannot parse), ``nansum`` scores them 0 in ``reward`` while its own mean
+skips them, and the identity breaks by ``w_i mean_i`` times the fraction it dropped.
+
+The weights are not in the log, so the run's own first records fit them (least squares, written by hand: no library
+watches a linear identity over a stream): the identity is trusted once :data:`WARMUP` records (and one more than the
+number of functions) determine the weights -- full rank -- and every one of them held it within :data:`TOLERANCE`.
+A run whose first records break it (functions that skip some completions by design, a fault from the first step)
+never arms it; ``know_weights`` (the callback reads ``trainer.reward_weights``) arms it from the first record. An
+armed record is judged in units of the tolerance, relative to the size of the reward and its parts. On the
+benchmark's 1,200 runs (262 with two reward functions): no healthy or other faulty record breaks it; the 4
+mid-run ``reward_none`` faults among them break it within 4 records (``python scripts/reward_identity_runs.py``).
+Real TRL logs with two and three reward functions (``../shared/real-logs``) hold it to 1e-15.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from rftfm.fm.types import SignalEvidence
+from rftfm.signals import REWARD_COMPONENT
+
+#: Feature-dict key / frame column carrying a record's per-function reward means (sorted by function name), beside
+#: the features (like the learning rate): a channel reads them, no model does.
+PARTS = "reward_parts"
+SIGNAL = "reward_mean"  # the evidence names the logged reward
+WARMUP = 4  # records that must hold the identity before it is trusted (and at least one more than the functions)
+MAX_WARMUP = 64  # records kept while the weights are not yet determined (a function constant so far)
+TOLERANCE = 1e-3  # |reward - w . parts| relative to |reward| + sum |parts|: above float32 rounding and logs that
+# print 4-5 significant digits; below what a function skipping 1 % of a 0.1-mean reward does
+RANK_TOLERANCE = 1e-6  # smallest / largest singular value of the warm-up parts below which the weights are not
+# determined (two functions that moved together so far)
+
+
+def parts_of(metrics: Mapping[str, float | None]) -> tuple[float, ...] | None:
+    """A record's per-function reward means (``rewards/<name>/mean``, older TRL ``rewards/<name>``), sorted by
+    function name; ``None`` when it logs none or any is missing / not finite."""
+    found = sorted((m.group("name"), v) for k, v in metrics.items() if (m := REWARD_COMPONENT.match(k)))
+    if not found:
+        return None
+    values = tuple(float(v) if v is not None else math.nan for _, v in found)
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+def _relative_gap(total: float, parts: np.ndarray, weights: np.ndarray) -> float:
+    scale = max(abs(total), float(np.abs(parts).sum()), 1e-12)
+    return abs(total - float(parts @ weights)) / scale
+
+
+@dataclass
+class IdentityState:
+    """One run's warm-up records (reward, parts), the fitted weights once armed, and since which step the identity
+    has been broken (0: holding)."""
+
+    totals: list[float] = field(default_factory=list)
+    rows: list[tuple[float, ...]] = field(default_factory=list)
+    weights: np.ndarray | None = None
+    disarmed: bool = False  # the run's own records broke it before it was trusted: never judged
+    since: int = 0
+    last: tuple[float, float] = (math.nan, math.nan)  # the last judged record's reward and w . parts
+
+    def copy(self) -> "IdentityState":
+        weights = None if self.weights is None else self.weights.copy()
+        return IdentityState(list(self.totals), list(self.rows), weights, self.disarmed, self.since, self.last)
+
+    def know_weights(self, weights: Sequence[float]) -> None:
+        """The run's reward weights, in the order of :func:`parts_of` (sorted function names): armed at once."""
+        self.weights, self.disarmed = np.asarray(weights, dtype=float), False
+
+    def advance(self, total: float | None, parts: Sequence[float] | None, step: int) -> float:
+        """Take in one record; the identity's gap in units of :data:`TOLERANCE` where armed (0: not judged)."""
+        if parts is None or total is None or not math.isfinite(total) or self.disarmed:
+            return 0.0
+        x = np.asarray(parts, dtype=float)
+        if self.weights is not None:
+            if x.size != self.weights.size:  # a reward function added or removed: the weights no longer apply
+                self.disarmed, self.weights = True, None
+                return 0.0
+            self.last = (float(total), float(x @ self.weights))
+            units = _relative_gap(total, x, self.weights) / TOLERANCE
+            self.since = (self.since or step) if units > 1.0 else 0
+            return units
+        if self.rows and len(self.rows[0]) != x.size:
+            self.disarmed = True
+            return 0.0
+        self.totals.append(float(total))
+        self.rows.append(tuple(x))
+        self._fit()
+        return 0.0
+
+    def _fit(self) -> None:
+        n, k = len(self.rows), len(self.rows[0])
+        if n < max(WARMUP, k + 1):
+            return
+        a, b = np.array(self.rows), np.array(self.totals)
+        singular = np.linalg.svd(a, compute_uv=False)
+        if singular[-1] <= RANK_TOLERANCE * singular[0]:
+            if n >= MAX_WARMUP:
+                self.disarmed = True
+            return
+        weights = np.linalg.lstsq(a, b, rcond=None)[0]
+        if max(_relative_gap(t, row, weights) for t, row in zip(b, a)) > TOLERANCE:
+            self.disarmed = True  # the run's own records do not hold it: its functions skip completions by design
+        else:
+            self.weights = weights
+        self.totals, self.rows = [], []
+
+    def evidence(self) -> SignalEvidence:
+        """The broken identity as evidence on the logged reward (``expected``: the weighted sum of the parts)."""
+        total, expected = self.last
+        return SignalEvidence(
+            signal=SIGNAL,
+            direction="down" if total < expected else "up",
+            value=total,
+            expected=expected,
+            since_step=self.since or None,
+            reward_identity=True,
+        )
+
+
+def describe(e: SignalEvidence) -> str:
+    """The broken identity in words: ``train reward 0.12, its functions' weighted means 0.31 since step 101 (a
+    reward function returns None for some completions)``."""
+    since = f" since step {e.since_step}" if e.since_step is not None else ""
+    return (
+        f"train reward {e.value:.3g}, its functions' weighted means {e.expected:.3g}{since} "
+        "(a reward function returns None for some completions)"
+    )
+
+
+def frame_parts(steps: pl.DataFrame) -> pl.Expr:
+    """The :data:`PARTS` column of a steps frame: its per-function reward means (``extra.`` columns of the
+    benchmark layout, or bare TRL keys), sorted by function name, as a list (null where the frame has none)."""
+    names = sorted(
+        (m.group("name"), c) for c in steps.columns if (m := REWARD_COMPONENT.match(c.removeprefix("extra.")))
+    )
+    if not names:
+        return pl.lit(None, dtype=pl.List(pl.Float64)).alias(PARTS)
+    return pl.concat_list([pl.col(c).cast(pl.Float64) for _, c in names]).alias(PARTS)
+
+
+#: records back from the diagnosis step in which a broken identity still counts (it holds again at a record where the
+#: skipping function's mean is 0: the gap is its mean times the share it skipped)
+RECENT = 3
+
+
+def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
+    """The broken identity as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` broke it
+    (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
+    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
+    if PARTS not in rows.columns or rows.height == 0:
+        return None
+    n_steps = int(rows["step"].max())
+    units = runs_units(rows, [run_id], n_steps)[0]
+    present = np.sort(rows["step"].unique().to_numpy())
+    recent = present[-RECENT:]
+    broken = [s for s in recent if units[s - 1] > 1.0]
+    if not broken:
+        return None
+    state = IdentityState()  # replayed up to the last record that broke it: its evidence
+    logged = _own_parts(rows.sort("step").select("step", SIGNAL, PARTS).rows())
+    for s, total, parts in logged:
+        if s > broken[-1]:
+            break
+        state.advance(total, parts, s)
+    return state.evidence()
+
+
+def _own_parts(rows: list[tuple]) -> list[tuple[int, float | None, list[float] | None]]:
+    """(step, reward, parts) of one run's records with only the run's own functions (those it ever logged; a frame of
+    many runs has every run's as columns), ``None`` where a value is missing."""
+    logged = [p for p in rows if p[2] is not None]
+    own = [k for k in range(len(logged[0][2])) if any(p[2][k] is not None for p in logged)] if logged else []
+    out = []
+    for step, total, parts in rows:
+        values = None if parts is None or not own else [parts[k] for k in own]
+        clean = None if values is None or any(v is None or not math.isfinite(v) for v in values) else values
+        out.append((step, None if total is None or not math.isfinite(total) else total, clean))
+    return out
+
+
+def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
+    """(runs, n_steps) the channel's units of each run's records in step order, exactly as :meth:`IdentityState.advance`
+    gives them live (0 where absent or not judged). A frame of many runs has every run's functions as columns: a run's
+    own are those it ever logged, and a record missing one of them is not judged (as live)."""
+    out = np.zeros((len(run_ids), n_steps))
+    if PARTS not in features.columns:
+        return out
+    index = {r: i for i, r in enumerate(run_ids)}
+    sub = features.filter(pl.col("run_id").is_in(list(run_ids)) & pl.col("step").is_between(1, n_steps))
+    for (run_id,), frame in sub.sort("step").group_by(["run_id"], maintain_order=True):
+        state = IdentityState()
+        for step, total, parts in _own_parts(frame.select("step", SIGNAL, PARTS).rows()):
+            out[index[run_id], step - 1] = state.advance(total, parts, step)
+    return out
