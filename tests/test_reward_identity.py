@@ -166,3 +166,47 @@ def test_the_monitor_keeps_the_reward_functions_means_for_its_diagnoses():
     diagnoses = [monitor.observe(StepRecord(**r), [])[1] for r in _trl_rows(none_from=25)]
     first = next(d for d in diagnoses if d is not None)
     assert first.step == 25 and first.ranked[0].fault_type == "reward_none"
+
+
+def test_known_reward_weights_arm_it_from_the_first_record_in_the_detector_and_the_diagnoser():
+    from rftfm.fm.diagnose import Diagnoser
+
+    class Trainer:  # what a TRL GRPOTrainer exposes
+        reward_func_names = ["format", "accuracy"]
+        reward_weights = np.array([0.5, 1.0])
+
+    weights = ri.trainer_weights(Trainer())
+    assert weights == {"format": 0.5, "accuracy": 1.0}
+    rows = _trl_rows(none_from=1)  # a verifier returning None from the first step: the fit never arms
+    detector = Detector.load_default()
+    assert not any(e.reward_identity for a in stream(detector, rows)[1] for e in a.evidence)
+    detector.know_reward_weights(weights)
+    scores, alarms = stream(detector, rows)
+    assert alarms[0].step == 1 and alarms[0].evidence[0].reward_identity
+    flat = [{k: v for k, v in r.items() if k != "extra"} | {f"extra.{k}": v for k, v in r["extra"].items()}
+            for r in rows]
+    diagnoser = Diagnoser.load_default()
+    diagnoser.know_reward_weights(weights)
+    assert diagnoser.diagnose(features_frame(pl.DataFrame(flat[:3]), None), "trl", 3).ranked[0].fault_type == (
+        "reward_none"
+    )
+    detector.know_reward_weights(None)
+
+
+def test_a_plain_trl_run_whose_verifier_starts_returning_none_is_caught_at_that_step_and_not_halted(tmp_path):
+    from rftfm.integrations.trl_callback import RFTFMCallback
+    from rftfm.testing import user_run as ur
+
+    flaky = ur.FlakyVerifier(onset=7, fraction=0.5)
+    trainer = ur.user_trainer(tmp_path / "flaky", steps=12, seed=0, callbacks=[flaky],
+                              reward_funcs=[flaky.reward, ur.format_reward], reward_weights=[1.0, 0.5])
+    loop = RFTFMCallback.attach(trainer, report=False)
+    trainer.train()
+    store = loop.controller.store
+    start = [e["payload"] for e in store.events(kind="run")]
+    assert {"event": "reward weights", "read": {"reward": 1.0, "format_reward": 0.5}} in start
+    led = [e for e in store.events(kind="alarm") if e["payload"]["evidence"][0].get("reward_identity")]
+    assert led and led[0]["step"] == 7
+    assert store.events(kind="diagnosis")[0]["payload"]["ranked"][0]["fault_type"] == "reward_none"
+    # the plain trainer has no knob that re-asks the verifier, and nothing shows the run getting worse: reported only
+    assert trainer.state.global_step == 12 and loop.controller.mode != "halted"

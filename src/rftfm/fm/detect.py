@@ -262,6 +262,7 @@ class Detector:
         self.invariants_known = False  # see :meth:`know_invariants`
         self.schedule_jumps = False  # see :meth:`know_schedule`
         self.on_policy = False  # see :meth:`know_on_policy`
+        self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         self._tier_columns: dict[str, np.ndarray] = {}
         self._single_row: dict[str, SingleRowPredictor] = {}  # tier -> its model's prepared one-row prediction
         self._surprise_columns: dict[str, tuple[np.ndarray, ...]] = {}  # tier -> (z columns, units, low, high)
@@ -539,6 +540,7 @@ class Detector:
         self._require_fitted()
         self._live = _Live(run_id, self.tracker.new_state(1), FlatStreak.new(1))
         self.know_invariants(self.invariants_known)
+        self._live.identity.know_weights(self.reward_weights)
 
     def know_invariants(self, known: bool) -> None:
         """``known``: the run's estimator is known to make the advantage invariants hold (a TRL GRPOTrainer whose
@@ -546,6 +548,14 @@ class Detector:
         self.invariants_known = known
         if known and self._live is not None:
             self._live.invariant_held = np.maximum(self._live.invariant_held, invariants.INVARIANT_WARMUP)
+
+    def know_reward_weights(self, weights: dict[str, float] | None) -> None:
+        """The run's reward weights by function name (a TRL trainer's ``reward_func_names`` and ``reward_weights``):
+        the reward identity (:mod:`rftfm.fm.reward_identity`) is judged from the first record, this run's and the next
+        ones'; ``None``: its weights are fitted on each run's first records."""
+        self.reward_weights = dict(weights) if weights else None
+        if self._live is not None:
+            self._live.identity.know_weights(self.reward_weights)
 
     def know_schedule(self, jumps_by_design: bool) -> None:
         """``jumps_by_design``: the run's LR scheduler jumps by itself (:data:`~rftfm.fm.schedule.JUMPING_SCHEDULERS`),
@@ -1004,6 +1014,9 @@ class CombinedDetector:
 
     def know_on_policy(self, known: bool) -> None:
         self.zero_shot.know_on_policy(known)
+
+    def know_reward_weights(self, weights: dict[str, float] | None) -> None:
+        self.zero_shot.know_reward_weights(weights)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

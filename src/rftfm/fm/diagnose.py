@@ -105,6 +105,7 @@ class Diagnoser:
         self.info: dict[str, Any] = {}
         self.invariants_known = False  # see :meth:`know_invariants`
         self.on_policy = False  # see :meth:`know_on_policy`
+        self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         self._tracked: dict[str, tuple[np.ndarray, TrackerState, np.ndarray]] = {}  # see :meth:`_track`
 
     # ------------------------------------------------------------------ training
@@ -271,6 +272,10 @@ class Diagnoser:
         ratio above 0 leaves only the types whose fingerprint leads with it, like a broken invariant."""
         self.on_policy = known
 
+    def know_reward_weights(self, weights: dict[str, float] | None) -> None:
+        """The run's reward weights by function name (:meth:`rftfm.fm.detect.Detector.know_reward_weights`)."""
+        self.reward_weights = dict(weights) if weights else None
+
     def know_invariants(self, known: bool) -> None:
         """``known``: the runs' estimator makes the advantage invariants hold, so they count from the first record
         (:meth:`rftfm.fm.detect.Detector.know_invariants`)."""
@@ -304,7 +309,7 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         lost = non_finite.lost_now(cube[0], steps[0])
-        identity = reward_identity.run_evidence(history, run_id, step)
+        identity = reward_identity.run_evidence(history, run_id, step, getattr(self, "reward_weights", None))
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         probs, unknowns = self.apply_non_finite(probs, unknowns, [lost])
         probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])

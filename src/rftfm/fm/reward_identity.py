@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -47,16 +48,21 @@ RANK_TOLERANCE = 1e-6  # smallest / largest singular value of the warm-up parts 
 def parts_of(metrics: Mapping[str, float | None]) -> tuple[float, ...] | None:
     """A record's per-function reward means (``rewards/<name>/mean``, older TRL ``rewards/<name>``), sorted by
     function name; ``None`` when it logs none or any is missing / not finite."""
-    found = sorted((m.group("name"), v) for k, v in metrics.items() if (m := REWARD_COMPONENT.match(k)))
+    matches = ((REWARD_COMPONENT.match(k), v) for k, v in metrics.items() if k.startswith("rewards/"))
+    found = sorted((m.group("name"), v) for m, v in matches if m)
     if not found:
         return None
     values = tuple(float(v) if v is not None else math.nan for _, v in found)
     return values if all(math.isfinite(v) for v in values) else None
 
 
-def _relative_gap(total: float, parts: np.ndarray, weights: np.ndarray) -> float:
-    scale = max(abs(total), float(np.abs(parts).sum()), 1e-12)
-    return abs(total - float(parts @ weights)) / scale
+def _weighted(parts: Sequence[float], weights: Sequence[float]) -> float:
+    return sum(p * w for p, w in zip(parts, weights))  # (plain floats: a handful of functions, one record at a time)
+
+
+def _relative_gap(total: float, parts: Sequence[float], weights: Sequence[float]) -> float:
+    scale = max(abs(total), sum(abs(p) for p in parts), 1e-12)
+    return abs(total - _weighted(parts, weights)) / scale
 
 
 @dataclass
@@ -66,37 +72,39 @@ class IdentityState:
 
     totals: list[float] = field(default_factory=list)
     rows: list[tuple[float, ...]] = field(default_factory=list)
-    weights: np.ndarray | None = None
+    weights: tuple[float, ...] | None = None
     disarmed: bool = False  # the run's own records broke it before it was trusted: never judged
     since: int = 0
     last: tuple[float, float] = (math.nan, math.nan)  # the last judged record's reward and w . parts
 
     def copy(self) -> "IdentityState":
-        weights = None if self.weights is None else self.weights.copy()
-        return IdentityState(list(self.totals), list(self.rows), weights, self.disarmed, self.since, self.last)
+        return IdentityState(list(self.totals), list(self.rows), self.weights, self.disarmed, self.since, self.last)
 
-    def know_weights(self, weights: Sequence[float]) -> None:
-        """The run's reward weights, in the order of :func:`parts_of` (sorted function names): armed at once."""
-        self.weights, self.disarmed = np.asarray(weights, dtype=float), False
+    def know_weights(self, weights: Mapping[str, float] | Sequence[float] | None) -> None:
+        """The run's reward weights (by function name, or in the order of :func:`parts_of`: sorted names): armed at
+        once; ``None``: fitted on the run's first records."""
+        if weights is None:
+            return
+        values = [weights[k] for k in sorted(weights)] if isinstance(weights, Mapping) else list(weights)
+        self.weights, self.disarmed, self.totals, self.rows = tuple(map(float, values)), False, [], []
 
     def advance(self, total: float | None, parts: Sequence[float] | None, step: int) -> float:
         """Take in one record; the identity's gap in units of :data:`TOLERANCE` where armed (0: not judged)."""
         if parts is None or total is None or not math.isfinite(total) or self.disarmed:
             return 0.0
-        x = np.asarray(parts, dtype=float)
         if self.weights is not None:
-            if x.size != self.weights.size:  # a reward function added or removed: the weights no longer apply
+            if len(parts) != len(self.weights):  # a reward function added or removed: the weights no longer apply
                 self.disarmed, self.weights = True, None
                 return 0.0
-            self.last = (float(total), float(x @ self.weights))
-            units = _relative_gap(total, x, self.weights) / TOLERANCE
+            self.last = (float(total), _weighted(parts, self.weights))
+            units = _relative_gap(total, parts, self.weights) / TOLERANCE
             self.since = (self.since or step) if units > 1.0 else 0
             return units
-        if self.rows and len(self.rows[0]) != x.size:
+        if self.rows and len(self.rows[0]) != len(parts):
             self.disarmed = True
             return 0.0
         self.totals.append(float(total))
-        self.rows.append(tuple(x))
+        self.rows.append(tuple(map(float, parts)))
         self._fit()
         return 0.0
 
@@ -110,8 +118,8 @@ class IdentityState:
             if n >= MAX_WARMUP:
                 self.disarmed = True
             return
-        weights = np.linalg.lstsq(a, b, rcond=None)[0]
-        if max(_relative_gap(t, row, weights) for t, row in zip(b, a)) > TOLERANCE:
+        weights = tuple(float(w) for w in np.linalg.lstsq(a, b, rcond=None)[0])
+        if max(_relative_gap(t, row, weights) for t, row in zip(self.totals, self.rows)) > TOLERANCE:
             self.disarmed = True  # the run's own records do not hold it: its functions skip completions by design
         else:
             self.weights = weights
@@ -128,6 +136,20 @@ class IdentityState:
             since_step=self.since or None,
             reward_identity=True,
         )
+
+
+def trainer_weights(trainer: Any) -> dict[str, float] | None:
+    """A TRL trainer's reward weights by function name (``reward_func_names``, ``reward_weights``), or ``None`` where
+    it has none, they do not pair up, or there is a single function (whose weight the log cannot tell from its mean's
+    scale: fitted, which costs nothing with one function)."""
+    names = getattr(trainer, "reward_func_names", None)
+    weights = getattr(trainer, "reward_weights", None)
+    if names is None or weights is None:
+        return None
+    values = [float(w) for w in (weights.tolist() if hasattr(weights, "tolist") else weights)]
+    if len(values) != len(names) or len(values) < 2 or len(set(names)) != len(names):
+        return None
+    return dict(zip(map(str, names), values))
 
 
 def describe(e: SignalEvidence) -> str:
@@ -156,20 +178,24 @@ def frame_parts(steps: pl.DataFrame) -> pl.Expr:
 RECENT = 3
 
 
-def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
+def run_evidence(
+    features: pl.DataFrame, run_id: str, step: int, weights: Mapping[str, float] | None = None
+) -> SignalEvidence | None:
     """The broken identity as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` broke it
-    (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
+    (``features``: :func:`~rftfm.fm.features.features_frame` rows; ``weights``: the run's reward weights by function
+    name when known), else ``None``."""
     rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
     if PARTS not in rows.columns or rows.height == 0:
         return None
     n_steps = int(rows["step"].max())
-    units = runs_units(rows, [run_id], n_steps)[0]
+    units = runs_units(rows, [run_id], n_steps, weights)[0]
     present = np.sort(rows["step"].unique().to_numpy())
     recent = present[-RECENT:]
     broken = [s for s in recent if units[s - 1] > 1.0]
     if not broken:
         return None
     state = IdentityState()  # replayed up to the last record that broke it: its evidence
+    state.know_weights(weights)
     logged = _own_parts(rows.sort("step").select("step", SIGNAL, PARTS).rows())
     for s, total, parts in logged:
         if s > broken[-1]:
@@ -191,7 +217,9 @@ def _own_parts(rows: list[tuple]) -> list[tuple[int, float | None, list[float] |
     return out
 
 
-def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
+def runs_units(
+    features: pl.DataFrame, run_ids: Sequence[str], n_steps: int, weights: Mapping[str, float] | None = None
+) -> np.ndarray:
     """(runs, n_steps) the channel's units of each run's records in step order, exactly as :meth:`IdentityState.advance`
     gives them live (0 where absent or not judged). A frame of many runs has every run's functions as columns: a run's
     own are those it ever logged, and a record missing one of them is not judged (as live)."""
@@ -202,6 +230,7 @@ def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> 
     sub = features.filter(pl.col("run_id").is_in(list(run_ids)) & pl.col("step").is_between(1, n_steps))
     for (run_id,), frame in sub.sort("step").group_by(["run_id"], maintain_order=True):
         state = IdentityState()
+        state.know_weights(weights)
         for step, total, parts in _own_parts(frame.select("step", SIGNAL, PARTS).rows()):
             out[index[run_id], step - 1] = state.advance(total, parts, step)
     return out

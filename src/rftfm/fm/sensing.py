@@ -59,6 +59,7 @@ class Sensing:
         self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
         self.know_schedule(False)
         self.know_on_policy(False)
+        self.know_reward_weights(None)
 
     def know_invariants(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
@@ -70,7 +71,12 @@ class Sensing:
         current policy, so that a clip ratio above 0 is seen as rollouts from another policy."""
         self._tell_both("know_on_policy", known)
 
-    def _tell_both(self, method: str, known: bool) -> None:
+    def know_reward_weights(self, weights: dict[str, float] | None) -> None:
+        """Tell detector and diagnoser (those that take it) the run's reward weights by function name, which arms the
+        reward identity from the first record."""
+        self._tell_both("know_reward_weights", weights)
+
+    def _tell_both(self, method: str, known: Any) -> None:
         for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
             tell = getattr(part, method, None)
             if tell is not None:

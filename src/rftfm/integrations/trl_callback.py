@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.fm import on_policy, schedule
+from rftfm.fm import on_policy, reward_identity, schedule
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -236,6 +236,7 @@ class RFTFMCallback(TrainerCallback):
                 )
                 self._check_schedule(args, state.global_step)
                 self._check_on_policy(state.global_step)
+                self._check_reward_weights(state.global_step)
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
@@ -297,6 +298,14 @@ class RFTFMCallback(TrainerCallback):
         known = self.trainer is not None and on_policy.trl_on_policy(self.trainer)
         self.controller.sensing.know_on_policy(known)
         self.controller.journal.record("run", step, {"event": "on-policy check", "read": known})
+
+    def _check_reward_weights(self, step: int) -> None:
+        """An attached trainer's reward weights by function name (TRL: ``reward_func_names``, ``reward_weights``) arm
+        the reward identity from the first record (:mod:`rftfm.fm.reward_identity`); recorded in the incident log."""
+        assert self.controller is not None
+        weights = reward_identity.trainer_weights(self.trainer)
+        self.controller.sensing.know_reward_weights(weights)
+        self.controller.journal.record("run", step, {"event": "reward weights", "read": weights})
 
     def _estimator_checked(self, step: int) -> bool:
         """Whether the trainer's estimator makes the advantage invariants hold, decided once (recorded in the

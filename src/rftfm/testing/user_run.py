@@ -99,6 +99,28 @@ def count_reward(prompts: list[str], completions: list[str], answer: list[str], 
     return [float(c.strip() == a) for c, a in zip(completions, answer)]
 
 
+def format_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+    """A shaping reward beside it: 1 for an answer of digits only."""
+    return [float(c.strip().isdigit()) for c in completions]
+
+
+class FlakyVerifier(TrainerCallback):
+    """The counting reward turned into a verifier that, from step ``onset`` on, returns None for a random ``fraction``
+    of completions (a time-out it swallows). Pass :attr:`reward` as the reward function and the object as a callback;
+    it changes what the reward function returns, never the log."""
+
+    def __init__(self, onset: int, fraction: float = 0.5, seed: int = 0):
+        self.onset, self.fraction, self.active = onset, fraction, False
+        self._rng = random.Random(seed)
+
+    def reward(self, prompts: list[str], completions: list[str], answer: list[str], **_: Any) -> list[float | None]:
+        scores = count_reward(prompts, completions, answer)
+        return [None if self.active and self._rng.random() < self.fraction else s for s in scores]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step + 1 >= self.onset
+
+
 def train_dataset(n: int = 4096, seed: int = TRAIN_SEED) -> Dataset:
     return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems(n, seed)])
 
@@ -292,6 +314,7 @@ def user_trainer(
     eval_prompts: int = 0,
     log_path: str | Path | None = None,
     trainer_cls: type = UserTrainer,
+    reward_funcs: Iterable[Any] = (count_reward,),
     **config: Any,
 ) -> GRPOTrainer:
     """A plain TRL GRPO run of the counting task from the cached warm start.
@@ -300,7 +323,7 @@ def user_trainer(
     so rollbacks can replay); ``eval_prompts``: held-out prompts as TRL's ``eval_dataset`` (the trainer
     never evaluates by itself; :class:`~rftfm.integrations.trl_eval.RewardEval` can); ``log_path``: also log
     every step as JSON lines (:class:`~rftfm.integrations.trl_log.JsonlLogCallback`), as a user would for
-    ``rftfm watch``.
+    ``rftfm watch``; ``reward_funcs``: TRL's (with ``reward_weights`` among ``config``).
     """
     from rftfm.integrations.trl_log import JsonlLogCallback
 
@@ -311,7 +334,7 @@ def user_trainer(
     return trainer_cls(
         model=str(warm_start()),
         args=args,
-        reward_funcs=[count_reward],
+        reward_funcs=list(reward_funcs),
         train_dataset=train_dataset(n),
         eval_dataset=eval_dataset(eval_prompts) if eval_prompts else None,
         processing_class=build_tokenizer(),
