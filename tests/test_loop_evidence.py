@@ -144,3 +144,50 @@ def test_setting_the_lr_during_warm_up_scales_the_lr_in_use_and_sets_the_peak():
     constant = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
     TrainerHandle(model=model, optimizer=constant).set("learning_rate", 3e-4)
     assert constant.param_groups[0]["lr"] == 3e-4  # exactly the value, no rounding through a ratio
+
+
+class Ranked:
+    """A diagnosis ranking several types (family from the registry)."""
+
+    def __init__(self, *ranked):
+        self.ranked = ranked
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        return Diagnosis(run_id=run_id, step=step, ranked=[
+            Hypothesis(family=FAULT_TYPES[t].family, fault_type=t, probability=p) for t, p in self.ranked])
+
+
+class ToolTrainer:
+    """The little a trainer with a tool sandbox exposes to the loop: a model, its optimiser, a retry setting."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.model = torch.nn.Linear(3, 2)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.lr_scheduler, self.args, self.tool_retries = None, SimpleNamespace(learning_rate=1e-3), 0
+        self.state, self.control = TrainerState(max_steps=40), TrainerControl()
+
+
+def test_a_refused_halt_tries_a_knob_repairable_type_of_the_same_family_first():
+    from rftfm.fm.policy import family_sibling
+
+    cfg = ControllerConfig()
+    unsure = Ranked(("tool_corruption", 0.55), ("tool_failure", 0.35), ("lr_low", 0.1)).diagnose(None, "u", 4)
+    sibling = family_sibling(unsure, "tool_corruption", lambda t: t == "tool_failure", cfg)
+    assert [h.fault_type for h in sibling.ranked] == ["tool_failure", "tool_corruption", "lr_low"]
+    assert family_sibling(unsure, "tool_corruption", lambda t: False, cfg) is None  # the trainer has no such knob
+    faint = Ranked(("tool_corruption", 0.95), ("tool_failure", 0.05)).diagnose(None, "u", 4)
+    assert family_sibling(faint, "tool_corruption", lambda t: True, cfg) is None
+
+    trainer = ToolTrainer()
+    ctl = Controller(Alarms([4]), Ranked(("tool_corruption", 0.55), ("tool_failure", 0.35)), run_id="u",
+                     config=ControllerConfig(checkpoint_every=1))
+    ctl.start(TrainerHandle(trainer), max_steps=40)
+    run(ctl, 5)  # no backup tool and p < 0.8: no halt; retries are the family's knob
+    first = [e["payload"] for e in ctl.store.events(kind="action")][:2]
+    assert [(a["kind"], a["knob"], a["value"]) for a in first] == [
+        ("rollback", None, None), ("set_knob", "tool_retries", 3)
+    ]
+    assert trainer.tool_retries == 3 and ctl.mode != "halted"
+    assert any("tool_failure (p=0.35) has a knob to try" in text for _, _, text in ctl.journal.timeline)

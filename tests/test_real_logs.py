@@ -245,3 +245,18 @@ def test_the_real_runs_learning_rate_schedules_are_no_jump(name):
     assert len(rates) == len(events)  # the learning rate is read from every record
     state = ScheduleState()
     assert max(abs(state.advance(lr)) for lr in rates) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "name, weights",
+    [("trl/IITD_AAIPL_outputs", (1.0, 1.0)), ("trl/trl_DAPO_20251022_120531_run_terminal.md", (4.0, 1.0, 1.0))],
+)
+def test_real_trl_runs_with_several_reward_functions_hold_the_reward_identity(name, weights):
+    """Their logged reward is the weighted sum of their functions' means at every step: the weights fitted on the
+    first records (the DAPO run weighs its index reward 4, and logs its own ``rewards/total_reward`` beside)."""
+    from rftfm.fm import reward_identity
+
+    events, _ = read_log(REAL_LOGS / name)
+    state = reward_identity.IdentityState()
+    units = [state.advance(s.reward_mean, reward_identity.parts_of(s.extra), s.step) for s, _ in events]
+    assert state.weights == pytest.approx(weights) and max(units) < 1e-6

@@ -23,7 +23,7 @@ Real TRL logs with two and three reward functions (``../shared/real-logs``) hold
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +45,19 @@ RANK_TOLERANCE = 1e-6  # smallest / largest singular value of the warm-up parts 
 # determined (two functions that moved together so far)
 
 
+def _function_keys(keys: Iterable[str], prefix: str = "") -> list[tuple[str, str]]:
+    """(function name, key) of the keys that are reward functions' means, sorted by name: ``rewards/<name>/mean``
+    (TRL >= 0.17) or, where a log has none of those, older TRL's ``rewards/<name>`` (beside ``/mean`` keys, a bare
+    ``rewards/<name>`` is something else: a run's own total, say)."""
+    found = [(m.group("name"), k) for k in keys if (m := REWARD_COMPONENT.match(k.removeprefix(prefix)))]
+    means = [(name, k) for name, k in found if k.endswith("/mean")]
+    return sorted(means or found)
+
+
 def parts_of(metrics: Mapping[str, float | None]) -> tuple[float, ...] | None:
-    """A record's per-function reward means (``rewards/<name>/mean``, older TRL ``rewards/<name>``), sorted by
-    function name; ``None`` when it logs none or any is missing / not finite."""
-    matches = ((REWARD_COMPONENT.match(k), v) for k, v in metrics.items() if k.startswith("rewards/"))
-    found = sorted((m.group("name"), v) for m, v in matches if m)
+    """A record's per-function reward means (:func:`_function_keys`), sorted by function name; ``None`` when it
+    logs none or any is missing / not finite."""
+    found = [(name, metrics[k]) for name, k in _function_keys(k for k in metrics if k.startswith("rewards/"))]
     if not found:
         return None
     values = tuple(float(v) if v is not None else math.nan for _, v in found)
@@ -165,9 +173,7 @@ def describe(e: SignalEvidence) -> str:
 def frame_parts(steps: pl.DataFrame) -> pl.Expr:
     """The :data:`PARTS` column of a steps frame: its per-function reward means (``extra.`` columns of the
     benchmark layout, or bare TRL keys), sorted by function name, as a list (null where the frame has none)."""
-    names = sorted(
-        (m.group("name"), c) for c in steps.columns if (m := REWARD_COMPONENT.match(c.removeprefix("extra.")))
-    )
+    names = _function_keys(steps.columns, prefix="extra.")
     if not names:
         return pl.lit(None, dtype=pl.List(pl.Float64)).alias(PARTS)
     return pl.concat_list([pl.col(c).cast(pl.Float64) for _, c in names]).alias(PARTS)
