@@ -210,3 +210,4 @@ def test_a_plain_trl_run_whose_verifier_starts_returning_none_is_caught_at_that_
     assert store.events(kind="diagnosis")[0]["payload"]["ranked"][0]["fault_type"] == "reward_none"
     # the plain trainer has no knob that re-asks the verifier, and nothing shows the run getting worse: reported only
     assert trainer.state.global_step == 12 and loop.controller.mode != "halted"
+    assert "against its functions' weighted means (reward x1, format_reward x0.5)" in loop.narrative

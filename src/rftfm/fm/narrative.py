@@ -205,6 +205,14 @@ def _schedule(runs: list[dict[str, Any]]) -> str:
     return f"Learning-rate jumps were not judged: the {read.get('scheduler')} scheduler jumps by design."
 
 
+def _reward_weights(runs: list[dict[str, Any]]) -> str:
+    read = _event(runs, "reward weights")
+    if read is None or not read.get("read"):
+        return ""
+    weights = ", ".join(f"{name} x{w:g}" for name, w in read["read"].items())
+    return f"The logged reward was checked at every step against its functions' weighted means ({weights})."
+
+
 def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
     """What happened in one run, in words (the events of ``run_id``, or of the only run in ``events``)."""
     rows = [e for e in events if run_id is None or e.get("run_id") == run_id]
@@ -226,5 +234,6 @@ def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
         _invariants(runs),
         _schedule(runs),
         _on_policy(runs),
+        _reward_weights(runs),
     ]
     return "\n".join(p for p in paragraphs if p)
