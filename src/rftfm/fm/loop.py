@@ -201,8 +201,6 @@ class Controller:
             if not ok:
                 return
             hold = policy.NO_RUNG_LEFT if plan is None else self._refused(plan, diagnosis)
-            if hold is not None and plan is not None and plan.rung.halt and not escalate:
-                plan, hold = self._sibling_plan(step, diagnosis, plan, hold)
         if hold is not None:
             self._stand_down(step, hold)
         elif plan is not None:
@@ -230,26 +228,6 @@ class Controller:
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken
         return hold
-
-    def _sibling_plan(
-        self, step: int, diagnosis: Diagnosis | None, halt: Plan, hold: Hold
-    ) -> tuple[Plan | None, Hold | None]:
-        """A refused halt: the plan of a knob-repairable type of the same family (:func:`policy.family_sibling`), or
-        the refusal as it was."""
-        assert self.handle is not None
-        caps = self.handle.capabilities()
-        repairable = lambda t: self.remediator.repairs_with_knobs(t, caps)  # noqa: E731
-        sibling = policy.family_sibling(diagnosis, halt.fault_type, repairable, self.config)
-        if sibling is None or sibling.top is None:
-            return halt, hold
-        plan = self._guard("remediate", lambda: self.remediator.plan(
-            sibling, caps, self.handle.knobs(), self._healthy_knobs(), ceilings=self.knob_log.ceilings,
-            pushed_from=self.knob_log.pushed_from()))
-        if plan is None or plan.rung.halt or self._refused(plan, sibling) is not None:
-            return halt, hold
-        self.journal.note(step, "plan", f"{hold.note}; its family's {sibling.top.fault_type} "
-                          f"(p={sibling.top.probability:.2f}) has a knob to try: that first")
-        return plan, None
 
     def _stand_down(self, step: int, hold: Hold) -> None:
         """The one exit for an alarm the loop reports but does not act on."""

@@ -9,7 +9,7 @@ evaluation reads its confirmation rule from here too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,7 +50,6 @@ class ControllerConfig:
     explain_min_z: float = 2.0  # evidence weaker than this |z| does not stop an alarm being "explained"
     halt_needs_regression: bool = True  # a knob ladder's final halt only when eval accuracy fell since the checkpoint
     halt_confidence: float = 0.8  # a code fault halts on a diagnosis this sure (or on a measured fall in eval accuracy)
-    sibling_probability: float = 0.1  # a refused halt tries a knob-repairable type of the same family this likely
     act_confidence_without_eval: float = 0.5  # ... and any rung acts (but undoing a knob push) only at this one
     eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
     drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
@@ -251,25 +250,6 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
             "rungs used up, no eval accuracy to show the run getting worse",
             "knob rungs used up; no halt without a measured fall in eval accuracy",
         )
-    return None
-
-
-def family_sibling(
-    diagnosis: Diagnosis | None, fault_type: str | None, repairable: Callable[[str], bool], cfg: ControllerConfig
-) -> Diagnosis | None:
-    """After a halt for ``fault_type`` was refused (a diagnosis too unsure to throw the rest of the run away): the
-    diagnosis re-ranked with the best type of the same family whose ladder turns a knob on this trainer
-    (``repairable``) first, if the diagnosis gives it at least ``sibling_probability``; else ``None``. A tool that
-    returns wrong results and one that fails are told apart by a few percent of the diagnosis' mass; without a
-    backup tool to switch to, retrying failed calls is the one thing left to try, bounded and revalidated like every
-    rung, rather than nothing."""
-    if diagnosis is None or diagnosis.top is None or fault_type is None:
-        return None
-    family = next((h.family for h in diagnosis.ranked if h.fault_type == fault_type), None)
-    for h in diagnosis.ranked:
-        if h.family == family and h.fault_type != fault_type and h.probability >= cfg.sibling_probability:
-            if repairable(h.fault_type):
-                return diagnosis.model_copy(update={"ranked": [h, *(g for g in diagnosis.ranked if g is not h)]})
     return None
 
 

@@ -213,11 +213,6 @@ class Remediator:
             return Plan(fault_type, index, rung, actions, diagnosed_type=fault_type)
         return None
 
-    def repairs_with_knobs(self, fault_type: str, caps: Capabilities) -> bool:
-        """Whether ``fault_type``'s ladder has a rung this trainer can take that turns a knob (not only a backup or
-        a halt)."""
-        return any((rung := self.feasible(r, caps)) is not None and rung.knobs for r in self._ladder(fault_type))
-
     def _next_rung(self, diagnosis: Diagnosis | None, escalate: bool) -> tuple[str | None, int]:
         """(type, first rung index) of the ladder to climb: the same fault again goes on from the last rung;
         an escalation keeps the type being repaired unless the new diagnosis is sure (``switch_confidence``)."""

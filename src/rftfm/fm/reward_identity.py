@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -54,13 +55,20 @@ def _function_keys(keys: Iterable[str], prefix: str = "") -> list[tuple[str, str
     return sorted(means or found)
 
 
+@lru_cache(maxsize=256)
+def _record_keys(candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """The function keys among a record's ``rewards/`` keys, in function-name order (a run logs the same keys at
+    every step: matched once)."""
+    return tuple(k for _, k in _function_keys(candidates))
+
+
 def parts_of(metrics: Mapping[str, float | None]) -> tuple[float, ...] | None:
     """A record's per-function reward means (:func:`_function_keys`), sorted by function name; ``None`` when it
     logs none or any is missing / not finite."""
-    found = [(name, metrics[k]) for name, k in _function_keys(k for k in metrics if k.startswith("rewards/"))]
-    if not found:
+    keys = _record_keys(tuple(k for k in metrics if k.startswith("rewards/")))
+    if not keys:
         return None
-    values = tuple(float(v) if v is not None else math.nan for _, v in found)
+    values = tuple(float(v) if (v := metrics[k]) is not None else math.nan for k in keys)
     return values if all(math.isfinite(v) for v in values) else None
 
 
