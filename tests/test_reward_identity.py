@@ -211,3 +211,24 @@ def test_a_plain_trl_run_whose_verifier_starts_returning_none_is_caught_at_that_
     # the plain trainer has no knob that re-asks the verifier, and nothing shows the run getting worse: reported only
     assert trainer.state.global_step == 12 and loop.controller.mode != "halted"
     assert "against its functions' weighted means (reward x1, format_reward x0.5)" in loop.narrative
+
+
+def test_a_log_read_at_once_gives_each_record_its_own_identity_evidence():
+    rows = _trl_rows(none_from=25)
+    detector = Detector.load_default()
+    detector.reset("trl")
+    records = [(r["step"], features) for r in rows for features in [_features(r)]]
+    alarms = [a for a in detector.observe_many("trl", records) if a is not None]
+    first = alarms[0].evidence[0]
+    state = ri.IdentityState()
+    for r in rows[:25]:
+        state.advance(r["reward_mean"], ri.parts_of(r["extra"]), r["step"])
+    assert alarms[0].step == 25 and first.value == pytest.approx(state.last[0]) and first.expected == pytest.approx(
+        state.last[1]
+    )
+
+
+def _features(row: dict) -> dict:
+    from rftfm.fm.features import step_features
+
+    return step_features(StepRecord(**row), [])

@@ -238,6 +238,7 @@ class _Pending:
     level: tuple[np.ndarray, np.ndarray, np.ndarray]  # each level-shift signal's statistic, window mean, reference
     lost: list[SignalEvidence]  # the signals the record has lost (:mod:`non_finite`), as evidence
     identity: float  # the reward identity's gap in units of its tolerance (:mod:`reward_identity`; 0: not judged)
+    identity_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence (read when the record was)
 
 
 class Detector:
@@ -648,6 +649,7 @@ class Detector:
             level,
             live.lost.evidence(lost) if lost.any() else [],
             identity,
+            [live.identity.evidence()] if identity > 1.0 else [],
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -724,7 +726,7 @@ class Detector:
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
         out = list(p.lost)  # a lost signal alone is enough for the alarm
-        out += [self._live.identity.evidence()] if p.identity > 1.0 and self._live is not None else []  # so is this
+        out += p.identity_evidence  # so is a broken reward identity
         out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # so is a jump
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)

@@ -309,7 +309,7 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         lost = non_finite.lost_now(cube[0], steps[0])
-        identity = reward_identity.run_evidence(history, run_id, step, getattr(self, "reward_weights", None))
+        identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         probs, unknowns = self.apply_non_finite(probs, unknowns, [lost])
         probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])
