@@ -201,28 +201,34 @@ def run_evidence(
     rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
     if PARTS not in rows.columns or rows.height == 0:
         return None
-    n_steps = int(rows["step"].max())
-    units = runs_units(rows, [run_id], n_steps, weights)[0]
-    present = np.sort(rows["step"].unique().to_numpy())
-    recent = present[-RECENT:]
-    broken = [s for s in recent if units[s - 1] > 1.0]
-    if not broken:
-        return None
-    state = IdentityState()  # replayed up to the last record that broke it: its evidence
+    recent = set(np.sort(rows["step"].unique().to_numpy())[-RECENT:].tolist())
+    state, found = IdentityState(), None
     state.know_weights(weights)
-    logged = _own_parts(rows.sort("step").select("step", SIGNAL, PARTS).rows())
-    for s, total, parts in logged:
-        if s > broken[-1]:
-            break
-        state.advance(total, parts, s)
-    return state.evidence()
+    for s, total, parts in _own_parts(rows.sort("step").select("step", SIGNAL, PARTS).rows()):
+        if state.advance(total, parts, s) > 1.0 and s in recent:
+            found = state.evidence()  # the last recent record that broke it
+    return found
+
+
+def _own_columns(parts: list[list[float | None] | None]) -> list[int]:
+    """The positions of one run's own functions in its records' parts: those it ever logged (a frame of many runs has
+    every run's functions as columns)."""
+    logged = [p for p in parts if p is not None]
+    return [k for k in range(len(logged[0])) if any(p[k] is not None for p in logged)] if logged else []
+
+
+def functions_per_run(features: pl.DataFrame) -> dict[str, int]:
+    """How many reward functions each run of a features frame logs (runs without any: absent)."""
+    if PARTS not in features.columns:
+        return {}
+    frames = features.select("run_id", PARTS).drop_nulls().group_by(["run_id"])
+    return {run_id: len(_own_columns(frame[PARTS].to_list())) for (run_id,), frame in frames}
 
 
 def _own_parts(rows: list[tuple]) -> list[tuple[int, float | None, list[float] | None]]:
-    """(step, reward, parts) of one run's records with only the run's own functions (those it ever logged; a frame of
-    many runs has every run's as columns), ``None`` where a value is missing."""
-    logged = [p for p in rows if p[2] is not None]
-    own = [k for k in range(len(logged[0][2])) if any(p[2][k] is not None for p in logged)] if logged else []
+    """(step, reward, parts) of one run's records with only the run's own functions (:func:`_own_columns`), ``None``
+    where a value is missing."""
+    own = _own_columns([p[2] for p in rows])
     out = []
     for step, total, parts in rows:
         values = None if parts is None or not own else [parts[k] for k in own]
