@@ -736,6 +736,50 @@ def test_a_code_fault_diagnosed_with_confidence_halts_while_accuracy_holds():  #
     assert ctl.mode == "halted"
 
 
+class StepDiagnoser:
+    """Diagnoses ``(type, p)`` by step: the last entry at or before the step (``None``: no diagnosis yet)."""
+
+    def __init__(self, by_step: dict[int, tuple[str, float]]):
+        self.by_step = by_step
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        from rftfm.faults.taxonomy import FAULT_TYPES
+
+        fault_type, p = self.by_step[max(s for s in self.by_step if s <= step)]
+        family = FAULT_TYPES[fault_type].family
+        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family=family, fault_type=fault_type,
+                                                                      probability=p)], summary=fault_type)
+
+
+def _stood_down_then_settled(remediate: bool = True, broken_store: bool = False):
+    """A code fault diagnosed at p = 0.5 (halt refused: alert-only), then at p = 1 from step 12 (a blow-up's NaNs)."""
+    diagnoser = StepDiagnoser({1: ("numerical_blowup", 0.5), 12: ("numerical_blowup", 1.0)})
+    ctl, rec = _controller(ScriptedDetector({s: 1.5 for s in (4, 5, 12, 13)}), diagnoser=diagnoser,
+                           remediate=remediate)
+    if broken_store:
+        ctl.journal.store = BrokenStore()
+    for s in range(1, 16):
+        ctl.observe(rec(s), [])
+    return ctl
+
+
+def test_after_standing_down_a_settled_code_fault_is_still_rolled_back_and_halted():
+    ctl = _stood_down_then_settled()
+    timeline = [(step, kind) for step, kind, _ in ctl.timeline]
+    assert (5, "outcome") in timeline  # p = 0.5 at steps 4-5: not halted, alert-only
+    assert ctl.mode == "halted" and ctl.counts["rollbacks"] == 1
+    actions = [e for e in ctl.store.events(kind="action")]
+    assert [(e["step"], e["payload"]["kind"]) for e in actions] == [(13, "rollback"), (13, "halt")]
+    # rolled back to before the first deviating step of the settled alarms (12 - lookback - lag), not to step 0
+    assert 0 < restored_step(actions[0]["payload"]["detail"]) < 12
+
+
+def test_a_settled_code_fault_does_not_wake_a_loop_the_user_made_alert_only_or_one_an_error_stopped():
+    assert _stood_down_then_settled(remediate=False).counts["actions"] == 0
+    errored = _stood_down_then_settled(broken_store=True)  # every record fails: the loop stops acting
+    assert errored.mode == "alert_only" and errored.counts["actions"] == 0
+
+
 def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tmp_path):
     """Not the embedded engine: a plain TRL GRPOTrainer subclass with BatchReplayMixin. A rollback
     that changes nothing (no fault, no knob) must then leave the run exactly as it was without it."""

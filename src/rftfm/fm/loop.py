@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -28,7 +29,7 @@ from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import IncidentLog, MemoryIncidentStore
 from rftfm.fm.ledger import HeldOut, Journal, KnobLedger, RunLength
 from rftfm.fm.playbook import ends_in_halt_only
-from rftfm.fm.policy import ControllerConfig, Hold
+from rftfm.fm.policy import ControllerConfig, Hold, Pushes
 from rftfm.fm.remediate import Capabilities, Plan, Remediator
 from rftfm.fm.sensing import DetectorLike, DiagnoserLike, Sensing
 from rftfm.fm.types import Action, Alarm, Diagnosis
@@ -50,6 +51,14 @@ class Incident:
     window: list[tuple[int, float | None]] = field(default_factory=list)  # (step, eval accuracy)
     reference_accuracy: float | None = None
     changed: list[Action] = field(default_factory=list)
+
+    @classmethod
+    def opened(
+        cls, step: int, alarm: Alarm, alarm_steps: Iterable[int], pushes: Pushes, cfg: ControllerConfig
+    ) -> "Incident":
+        """A new incident at ``step``, whose rollback goes to before the alarm's first deviating step."""
+        since = [e.since_step for e in alarm.evidence if e.since_step is not None]
+        return cls(start_step=step, rollback_before=policy.rollback_before(step, alarm_steps, since, pushes, cfg))
 
 
 class Controller:
@@ -144,7 +153,7 @@ class Controller:
         if self.mode == "halted":
             return
         record = self._guard("eval", lambda: self.heldout.take(record, previous)) or record
-        self._guard("knobs", lambda: self._track_knobs(step))  # alert-only too: a push lowers the alarm threshold
+        self._guard("knobs", lambda: self.knob_log.track_and_pin(self.handle, self.checkpointer, step, self.config))
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history),
                                         policy.alarm_threshold(after_push, self.config))
@@ -186,12 +195,12 @@ class Controller:
     # --- acting --------------------------------------------------------------------------------
     def _on_alarm(self, step: int, alarm: Alarm, escalate: bool) -> None:
         diagnosis = self.sensing.diagnose(step, self.length.offset)
-        if self.mode == "alert_only" or self.handle is None:
+        if self.mode == "alert_only" and self.config.remediate and not self.counts["errors"] and self.handle:
+            self._halt_if_settled(step, alarm, diagnosis)  # stood down (no error): only a settled code fault acts
+        if self.mode in ("alert_only", "halted") or self.handle is None:
             return
         if self.incident is None or not escalate:
-            since = [e.since_step for e in alarm.evidence if e.since_step is not None]
-            before = policy.rollback_before(step, self.alarm_steps, since, self.knob_log.pushes, self.config)
-            self.incident = Incident(start_step=step, rollback_before=before)
+            self.incident = Incident.opened(step, alarm, self.alarm_steps, self.knob_log.pushes, self.config)
         hold = policy.hold_back(self._new_incident(step, diagnosis, escalate), self.config)
         plan = None
         if hold is None:
@@ -205,6 +214,15 @@ class Controller:
             self._stand_down(step, hold)
         elif plan is not None:
             self._apply(step, plan)
+
+    def _halt_if_settled(self, step: int, alarm: Alarm, diagnosis: Diagnosis | None) -> None:
+        facts = policy.AlarmFacts(step, alarm.score, alarm.threshold)
+        if (settled := policy.settled_code_fault(diagnosis, facts, self.alarm_steps, self.config)) is not None:
+            caps = self.handle.capabilities()
+            plan = self._guard("remediate", lambda: self.remediator.halt_plan(settled, diagnosis, caps))
+            if plan is not None:
+                self.incident = Incident.opened(step, alarm, self.alarm_steps, self.knob_log.pushes, self.config)
+                self._apply(step, plan)
 
     def _new_incident(self, step: int, diagnosis: Diagnosis | None, escalate: bool) -> policy.NewIncident:
         rem, top = self.remediator, diagnosis.top if diagnosis is not None else None
@@ -365,15 +383,6 @@ class Controller:
         if self.handle is not None and self.handle.model is not None:
             self.handle.save(self.checkpointer, step)
             self.counts["checkpoints"] += 1
-
-    def _track_knobs(self, step: int) -> None:
-        """Note every knob change the loop did not make (a configuration push mid-run), with the value before it."""
-        if self.handle is None:
-            return
-        for _ in self.knob_log.track(self.handle.knobs(), step, self.config):
-            # the last checkpoint before the push is the one a rollback will want: keep it
-            info, _ = self.checkpointer.latest_valid(before_step=step - 1)
-            self.handle.pin(self.checkpointer, info.step if info is not None else None)
 
     def _healthy_knobs(self) -> dict[str, Any]:
         assert self.incident is not None

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rftfm.fm.playbook import UPSTREAM_SIGNALS, ladder
+from rftfm.fm.playbook import PLAYBOOK, UPSTREAM_SIGNALS, ends_in_halt_only, ladder
 from rftfm.fm.types import Action, Diagnosis, SignalEvidence
 
 #: knob -> (step of the change, value before it): a change the loop did not make (a configuration push)
@@ -202,6 +202,21 @@ def halt_probability(diagnosis: Diagnosis | None, fault_type: str | None) -> flo
         return None
     same = ladder(fault_type)
     return sum(h.probability for h in ranked if h.family == own.family and ladder(h.fault_type) == same)
+
+
+def settled_code_fault(
+    diagnosis: Diagnosis | None, alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConfig
+) -> str | None:
+    """The code fault a confirmed alarm's diagnosis settles (its top type has no knob rung and
+    :func:`halt_probability` puts p >= ``halt_confidence`` on it), else ``None``. After the loop stood down
+    (alert-only: a halt refused on a weaker diagnosis, or no rung left) this is the one alarm it still acts on, with
+    the halt it would have made had the evidence come first: a numerical blow-up diagnosed at p = 1 once its numbers
+    turned NaN, a broken advantage invariant. Standing down meant "not sure yet", not "never"."""
+    top = diagnosis.top if diagnosis is not None else None
+    if top is None or top.fault_type not in PLAYBOOK or not ends_in_halt_only(top.fault_type):
+        return None
+    sure = (halt_probability(diagnosis, top.fault_type) or 0.0) >= cfg.halt_confidence
+    return top.fault_type if sure and confirmed(alarm, alarm_steps, cfg) else None
 
 
 def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:

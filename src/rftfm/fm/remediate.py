@@ -229,6 +229,17 @@ class Remediator:
             return self._type, self._rung + 1
         return fault_type, 0
 
+    def halt_plan(self, fault_type: str, diagnosis: Diagnosis | None, caps: Capabilities) -> Plan | None:
+        """``fault_type``'s last rung when it halts and the trainer can take it (``None`` otherwise), whatever the
+        intervention budget: a halt repairs nothing, it stops the run on its last healthy weights."""
+        ladder = self._ladder(fault_type)
+        rung = self.feasible(ladder[-1], caps)
+        if rung is None or not rung.halt:
+            return None
+        self._type, self._rung = fault_type, len(ladder) - 1
+        actions = self._actions(rung, diagnosis, {}, {})
+        return Plan(fault_type, len(ladder) - 1, rung, actions, diagnosed_type=fault_type)
+
     @staticmethod
     def _actions(
         rung: Rung,
