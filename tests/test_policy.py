@@ -138,6 +138,26 @@ def test_a_halt_rests_on_the_mass_of_the_family_types_that_end_the_same_way():
     assert policy.halt_probability(d, "tool_failure") is None and policy.halt_probability(None, "lr_high") is None
 
 
+def test_after_standing_down_only_a_confirmed_alarm_that_settles_a_code_fault_acts():
+    from rftfm.fm.types import Diagnosis, Hypothesis
+
+    def d(*ranked: tuple[str, str, float]) -> Diagnosis:
+        return Diagnosis(run_id="r", step=9, ranked=[Hypothesis(family=f, fault_type=t, probability=p)
+                                                     for f, t, p in ranked])
+
+    strong, weak = AlarmFacts(9, 2.5, 1.0), AlarmFacts(9, 1.5, 1.0)
+    blowup = d(("od", "numerical_blowup", 1.0))
+    assert policy.settled_code_fault(blowup, strong, [9], CFG) == "numerical_blowup"
+    assert policy.settled_code_fault(blowup, weak, [9], CFG) is None  # one weak alarm confirms nothing
+    assert policy.settled_code_fault(blowup, weak, [8, 9], CFG) == "numerical_blowup"
+    # summed as for any halt: a sign bug or a broken normalisation, rollback + halt either way
+    advantage = d(("ca", "advantage_sign", 0.5), ("ca", "advantage_normalization", 0.4))
+    assert policy.settled_code_fault(advantage, strong, [9], CFG) == "advantage_sign"
+    assert policy.settled_code_fault(d(("ca", "advantage_sign", 0.6)), strong, [9], CFG) is None  # not sure enough
+    assert policy.settled_code_fault(d(("rf", "reward_none", 1.0)), strong, [9], CFG) is None  # a knob ladder
+    assert policy.settled_code_fault(None, strong, [9], CFG) is None
+
+
 def test_periodic_tasks_are_due_at_the_first_logged_step_past_each_multiple():
     assert [s for s in range(1, 9) if policy.due(s - 1, s, 2)] == [2, 4, 6, 8]  # every step logged
     assert [s for s in (5, 10, 15, 20) if policy.due(s - 5, s, 2)] == [5, 10, 15, 20]  # logging_steps=5

@@ -815,8 +815,11 @@ only on a diagnosis at p >= 0.5 or to undo a knob push. A halt needs a diagnosis
 when the diagnosis puts p >= 0.8 on the types of its family that end the same way (an advantage sign bug or a
 broken normalisation: rollback + halt either way), or when eval accuracy fell since the checkpoint; a knob ladder's
 final halt only on a measured fall in eval accuracy; otherwise the loop reports the incident and goes alert-only.
-No new rung starts when fewer steps remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is
-alert-only from the start.
+Alert-only after standing down means "not sure yet": a later confirmed alarm whose diagnosis settles a code fault
+(p >= 0.8 as above -- a numerical blow-up once its numbers turn NaN, a broken advantage invariant) is still rolled
+back and halted (`policy.settled_code_fault`); after an error in the loop nothing is. No new rung starts when fewer
+steps remain than the revalidation needs. `RFTFMCallback(..., remediate=False)` is alert-only from the start, for
+good.
 
 **What the user has.** With `eval_fn(model) -> float` (e.g. `rftfm.integrations.trl_eval.RewardEval`, built from
 TRL's `eval_dataset` and the trainer's reward functions) the loop measures held-out accuracy at the start, every
