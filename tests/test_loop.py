@@ -780,6 +780,33 @@ def test_a_settled_code_fault_does_not_wake_a_loop_the_user_made_alert_only_or_o
     assert errored.mode == "alert_only" and errored.counts["actions"] == 0
 
 
+class HistoryDiagnoser(FixedDiagnoser):
+    """A fixed diagnosis; keeps the history it was handed."""
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        self.history = history
+        return super().diagnose(history, run_id, step, task_group, model_size)
+
+
+def test_the_diagnoser_reads_the_users_schedule_not_the_loops_own_learning_rate_cut():
+    from rftfm.fm.schedule import recent_jump
+
+    diagnoser = HistoryDiagnoser("lr_high")
+    ctl, _ = _controller(ScriptedDetector({4: 1.5, 5: 1.5, 9: 1.5, 10: 1.5}), diagnoser=diagnoser)
+    optimizer, logged = ctl.handle.optimizer, []
+    for s in range(1, 16):
+        logged.append(optimizer.param_groups[0]["lr"])  # what a trainer logs: the learning rate in use
+        ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01, learning_rate=logged[-1]), [])
+    assert min(logged) == pytest.approx(1e-4) and logged[0] == pytest.approx(1e-3)  # the loop cut it x0.1 ...
+    history = diagnoser.history.sort("step")
+    assert history.height > 6 and history["learning_rate"].to_list() == pytest.approx([1e-3] * history.height)
+    steps = history["step"].to_numpy()
+    assert recent_jump(history["learning_rate"].to_numpy(), steps, recent=len(steps)) == (0.0, None)  # ... unseen
+    cut = min(h["step"] for h in ctl.history if h["loop_lr_scale"] != 1.0)
+    ctl.sensing.rewind(cut - 1)  # a rollback to before the cut: the checkpoint's optimiser has the user's learning rate
+    assert ctl.sensing.lr_scale == 1.0
+
+
 def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tmp_path):
     """Not the embedded engine: a plain TRL GRPOTrainer subclass with BatchReplayMixin. A rollback
     that changes nothing (no fault, no knob) must then leave the run exactly as it was without it."""

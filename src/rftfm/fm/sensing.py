@@ -4,6 +4,10 @@ Each step's features go into a bounded history (what the diagnoser reads) and th
 through the detector, both at the effective step: after a rollback to a checkpoint of effective step
 c the next step is c + 1 again, since detector and diagnoser profiles are indexed by step. Alarms
 come back at the real step. A failing stage is reported through ``guard`` and never raises.
+
+The loop's own learning-rate changes are taken out of what both read: the detector is told to expect the next
+record's change; the history carries the learning rate the user's schedule gives (the logged one over the loop's
+factors in effect), so the diagnoser never reads the loop's own LR cut as a configuration pushed down mid-run.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from rftfm.fm.features import HISTORY_SCHEMA, step_features
+from rftfm.fm.features import HISTORY_SCHEMA, SCHEDULE, step_features
 from rftfm.fm.ledger import Journal
 from rftfm.fm.types import Alarm, Diagnosis
 from rftfm.records import StepRecord, TrajectoryRecord
+
+#: a history row's key for the product of the loop's own learning-rate factors in effect at that record (read here
+#: only: not a column of :data:`HISTORY_SCHEMA`)
+LOOP_LR_SCALE = "loop_lr_scale"
 
 #: (stage, fn) -> (ok, fn's result): runs ``fn``, turning an exception into a recorded error
 Guard = Callable[[str, Callable[[], Any]], tuple[bool, Any]]
@@ -56,6 +64,7 @@ class Sensing:
         self.detector, self.diagnoser, self.journal, self.guard = detector, diagnoser, journal, guard
         self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
+        self.lr_scale = 1.0  # the loop's own learning-rate factors in effect (see the module docstring)
         self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
         self.know_schedule(False)
         self.know_on_policy(False)
@@ -88,11 +97,16 @@ class Sensing:
 
     def knob_set(self, knob: str, previous: object, value: object) -> None:
         """The loop itself set ``knob`` from ``previous`` to ``value``: for the learning rate, a detector that judges
-        the logged learning rate's jumps (:mod:`rftfm.fm.schedule`) takes that change out of the next record."""
-        tell = getattr(self.detector, "expect_learning_rate_change", None)
+        the logged learning rate's jumps (:mod:`rftfm.fm.schedule`) takes that change out of the next record, and
+        the history's learning rates from the next record on are divided by it."""
         numbers = isinstance(previous, (int, float)) and isinstance(value, (int, float))
-        if knob == "learning_rate" and tell is not None and numbers and previous > 0:
-            self.guard("detect", lambda: tell(float(value) / float(previous)))
+        if knob != "learning_rate" or not numbers or not previous > 0 or not value > 0:
+            return
+        factor = float(value) / float(previous)
+        self.lr_scale *= factor
+        tell = getattr(self.detector, "expect_learning_rate_change", None)
+        if tell is not None:
+            self.guard("detect", lambda: tell(factor))
 
     def reset_detector(self) -> None:
         self.guard("detect", lambda: self.detector.reset(self.run_id, self.task_group, self.model_size))
@@ -108,7 +122,9 @@ class Sensing:
         effective = step - offset
         ok, feats = self.guard("features", lambda: step_features(record, trajectories))
         if feats is not None:
-            self.history.append({"run_id": self.run_id, "step": effective, **feats})
+            if feats.get(SCHEDULE) is not None:
+                feats[SCHEDULE] = feats[SCHEDULE] / self.lr_scale
+            self.history.append({"run_id": self.run_id, "step": effective, **feats, LOOP_LR_SCALE: self.lr_scale})
         seen = record if effective == step else record.model_copy(update={"step": effective})
         ok, alarm = self.guard("detect", lambda: self.detector.observe(seen, trajectories))
         if ok and alarm is not None and offset:
@@ -150,3 +166,5 @@ class Sensing:
         kept = [h for h in self.history if h["step"] <= effective]
         self.history.clear()
         self.history.extend(kept)
+        # the checkpoint's optimiser carries the loop's learning-rate changes made before it, and no later one
+        self.lr_scale = kept[-1].get(LOOP_LR_SCALE, 1.0) if kept else 1.0
