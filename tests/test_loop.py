@@ -789,22 +789,39 @@ class HistoryDiagnoser(FixedDiagnoser):
 
 
 def test_the_diagnoser_reads_the_users_schedule_not_the_loops_own_learning_rate_cut():
+    from rftfm.fm.features import HISTORY_SCHEMA
     from rftfm.fm.schedule import recent_jump
 
     diagnoser = HistoryDiagnoser("lr_high")
-    ctl, _ = _controller(ScriptedDetector({4: 1.5, 5: 1.5, 9: 1.5, 10: 1.5}), diagnoser=diagnoser)
+    # one checkpoint, at the start: the second cut's rollback restores the learning rate the first cut had changed
+    ctl, _ = _controller(ScriptedDetector({4: 1.5, 5: 1.5, 6: 1.5, 7: 1.5, 8: 1.5}), diagnoser=diagnoser,
+                         checkpoint_every=100)
     optimizer, logged = ctl.handle.optimizer, []
     for s in range(1, 16):
         logged.append(optimizer.param_groups[0]["lr"])  # what a trainer logs: the learning rate in use
         ctl.observe(StepRecord(run_id="u", step=s, eval_accuracy=0.5, kl=0.01, learning_rate=logged[-1]), [])
-    assert min(logged) == pytest.approx(1e-4) and logged[0] == pytest.approx(1e-3)  # the loop cut it x0.1 ...
-    history = diagnoser.history.sort("step")
-    assert history.height > 6 and history["learning_rate"].to_list() == pytest.approx([1e-3] * history.height)
+    assert min(logged) == pytest.approx(1e-5) and logged[0] == pytest.approx(1e-3)  # the loop cut it twice ...
+    assert diagnoser.history["learning_rate"].to_list() == pytest.approx([1e-3] * diagnoser.history.height)
+    history = pl.DataFrame(ctl.history, schema=HISTORY_SCHEMA).sort("step")  # what the next diagnosis reads
+    assert history.height >= 3 and history["learning_rate"].to_list() == pytest.approx([1e-3] * history.height)
     steps = history["step"].to_numpy()
     assert recent_jump(history["learning_rate"].to_numpy(), steps, recent=len(steps)) == (0.0, None)  # ... unseen
     cut = min(h["step"] for h in ctl.history if h["loop_lr_scale"] != 1.0)
     ctl.sensing.rewind(cut - 1)  # a rollback to before the cut: the checkpoint's optimiser has the user's learning rate
     assert ctl.sensing.lr_scale == 1.0
+
+
+def test_undoing_a_pushed_learning_rate_after_a_rollback_is_no_change_of_the_loops_own():
+    """A push x30 at step 3, then the loop rolls back to step 2 (whose checkpoint has the user's learning rate) and
+    sets it back: measured from the value read before the rollback that would be a /30 cut of the loop's own."""
+    ctl, _ = _controller(ScriptedDetector({}))
+    sensing = ctl.sensing
+    for step, lr in ((1, 1e-3), (2, 1e-3), (3, 3e-2), (4, 3e-2)):
+        sensing.detect(StepRecord(run_id="u", step=step, learning_rate=lr), [], 0)
+    sensing.rewind(2, learning_rate=1e-3)
+    sensing.knob_set("learning_rate", 3e-2, 1e-3)
+    sensing.detect(StepRecord(run_id="u", step=3, learning_rate=1e-3), [], 0)
+    assert sensing.lr_scale == 1.0 and [h["learning_rate"] for h in sensing.history] == [1e-3] * 3
 
 
 def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tmp_path):

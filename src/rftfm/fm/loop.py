@@ -317,7 +317,7 @@ class Controller:
         self.counts["rollbacks"] += 1
         discarded = self.length.discarded_by(info.step, self.last_step)
         restored = self.length.rolled_back(info.step, self.last_step)
-        self.sensing.rewind(restored)
+        self.sensing.rewind(restored, info.knobs.get("learning_rate"))
         if incident.plan.rung.halt:
             return f"to step {info.step}"
         rewound = handle.rewind_data(discarded)  # the discarded steps' batches first, then the planned order

@@ -7,7 +7,9 @@ come back at the real step. A failing stage is reported through ``guard`` and ne
 
 The loop's own learning-rate changes are taken out of what both read: the detector is told to expect the next
 record's change; the history carries the learning rate the user's schedule gives (the logged one over the loop's
-factors in effect), so the diagnoser never reads the loop's own LR cut as a configuration pushed down mid-run.
+factors in effect), so the diagnoser never reads the loop's own LR cut as a configuration pushed down mid-run. A
+change is measured from the knob's value in effect: after a rollback, the restored checkpoint's (undoing a push the
+checkpoint predates changes nothing; a second cut after a rollback to before the first is a hundredfold one).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Sensing:
         self.run_id, self.task_group, self.model_size = journal.run_id, task_group, model_size
         self.history: deque[dict[str, Any]] = deque(maxlen=max_history)
         self.lr_scale = 1.0  # the loop's own learning-rate factors in effect (see the module docstring)
+        self.lr_restored: float | None = None  # the learning-rate knob a rollback restored, until the next record
         self.know_invariants(False)  # a detector or diagnoser reused from another run does not carry it over
         self.know_schedule(False)
         self.know_on_policy(False)
@@ -98,12 +101,15 @@ class Sensing:
     def knob_set(self, knob: str, previous: object, value: object) -> None:
         """The loop itself set ``knob`` from ``previous`` to ``value``: for the learning rate, a detector that judges
         the logged learning rate's jumps (:mod:`rftfm.fm.schedule`) takes that change out of the next record, and
-        the history's learning rates from the next record on are divided by it."""
+        the history's learning rates from the next record on are divided by it. The change is measured from the
+        knob's value in effect: ``previous``, read before the plan's actions, or what a rollback among them restored."""
         numbers = isinstance(previous, (int, float)) and isinstance(value, (int, float))
-        if knob != "learning_rate" or not numbers or not previous > 0 or not value > 0:
+        base = self.lr_restored if self.lr_restored is not None else previous if numbers else None
+        if knob != "learning_rate" or not numbers or base is None or not base > 0 or not value > 0:
             return
-        factor = float(value) / float(previous)
+        factor = float(value) / float(base)
         self.lr_scale *= factor
+        self.lr_restored = float(value) if self.lr_restored is not None else None
         tell = getattr(self.detector, "expect_learning_rate_change", None)
         if tell is not None:
             self.guard("detect", lambda: tell(factor))
@@ -120,6 +126,7 @@ class Sensing:
         if hasattr(self.detector, "alarm_threshold"):
             self.detector.alarm_threshold = threshold
         effective = step - offset
+        self.lr_restored = None  # from here the loop reads the knob again before it acts
         ok, feats = self.guard("features", lambda: step_features(record, trajectories))
         if feats is not None:
             if feats.get(SCHEDULE) is not None:
@@ -161,10 +168,13 @@ class Sensing:
             )
         return diagnosis if ok else None
 
-    def rewind(self, effective: int) -> None:
-        """After a rollback to effective step ``effective``: the steps after it never happened."""
+    def rewind(self, effective: int, learning_rate: object = None) -> None:
+        """After a rollback to effective step ``effective``: the steps after it never happened. ``learning_rate``:
+        the learning-rate knob the checkpoint restored (a change the loop makes next is measured from it)."""
         kept = [h for h in self.history if h["step"] <= effective]
         self.history.clear()
         self.history.extend(kept)
         # the checkpoint's optimiser carries the loop's learning-rate changes made before it, and no later one
         self.lr_scale = kept[-1].get(LOOP_LR_SCALE, 1.0) if kept else 1.0
+        restored = isinstance(learning_rate, (int, float)) and learning_rate > 0
+        self.lr_restored = float(learning_rate) if restored else None
