@@ -218,8 +218,8 @@ class Controller:
     def _halt_if_settled(self, step: int, alarm: Alarm, diagnosis: Diagnosis | None) -> None:
         facts = policy.AlarmFacts(step, alarm.score, alarm.threshold)
         if (settled := policy.settled_code_fault(diagnosis, facts, self.alarm_steps, self.config)) is not None:
-            caps = self.handle.capabilities()
-            plan = self._guard("remediate", lambda: self.remediator.halt_plan(settled, diagnosis, caps))
+            caps = self.handle.capabilities  # (called inside the guard)
+            plan = self._guard("remediate", lambda: self.remediator.halt_plan(settled, diagnosis, caps()))
             if plan is not None:
                 self.incident = Incident.opened(step, alarm, self.alarm_steps, self.knob_log.pushes, self.config)
                 self._apply(step, plan)
