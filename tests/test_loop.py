@@ -772,6 +772,11 @@ def test_after_standing_down_a_settled_code_fault_is_still_rolled_back_and_halte
     assert [(e["step"], e["payload"]["kind"]) for e in actions] == [(13, "rollback"), (13, "halt")]
     # rolled back to before the first deviating step of the settled alarms (12 - lookback - lag), not to step 0
     assert 0 < restored_step(actions[0]["payload"]["detail"]) < 12
+    from rftfm.fm.narrative import narrate
+
+    told = narrate(ctl.store.events(), "u")  # the end-of-training narrative says why it waited, then what it did
+    assert "Earlier, at step 5, an alarm was reported, not acted on (numerical_blowup: a halt needs" in told
+    assert "at step 13: rolled back to step" in told and "halted at step 13" in told
 
 
 def test_a_settled_code_fault_does_not_wake_a_loop_the_user_made_alert_only_or_one_an_error_stopped():

@@ -91,8 +91,12 @@ def _done(actions: list[dict[str, Any]], outcomes: list[dict[str, Any]], acting:
         for o in outcomes
         if o["payload"].get("result") in ("kept", "escalated", "reverted", "halted")
     ]
-    text = "Done: " + "; ".join(parts) + "."
-    return text + (" Outcome: " + "; ".join(results) + "." if results else "")
+    text = "Done: " + "; ".join(parts) + "." + (" Outcome: " + "; ".join(results) + "." if results else "")
+    held = [o for o in outcomes if o["payload"].get("result") == "failed" and o["step"] < actions[0]["step"]]
+    if held:  # the loop stood down first (and acted once the evidence settled): say why it had waited
+        why = held[0]["payload"]["action"].get("reason", "")
+        text += f" Earlier, at step {held[0]['step']}, an alarm was reported, not acted on ({why})."
+    return text
 
 
 def _cost(end: dict[str, Any]) -> str:
