@@ -329,20 +329,15 @@ def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():
 
 
 class FixedDiagnoser:
-    def __init__(self, fault_type):
-        self.fault_type = fault_type
+    def __init__(self, fault_type, probability=0.9):
+        self.fault_type, self.probability = fault_type, probability
 
     def diagnose(self, history, run_id, step, task_group=None, model_size=None):
         from rftfm.faults.taxonomy import FAULT_TYPES
 
-        return Diagnosis(
-            run_id=run_id,
-            step=step,
-            ranked=[
-                Hypothesis(family=FAULT_TYPES[self.fault_type].family, fault_type=self.fault_type, probability=0.9)
-            ],
-            summary=self.fault_type,
-        )
+        family = FAULT_TYPES[self.fault_type].family
+        hypothesis = Hypothesis(family=family, fault_type=self.fault_type, probability=self.probability)
+        return Diagnosis(run_id=run_id, step=step, ranked=[hypothesis], summary=self.fault_type)
 
 
 class EvidenceDetector(ScriptedDetector):
@@ -737,18 +732,14 @@ def test_a_code_fault_diagnosed_with_confidence_halts_while_accuracy_holds():  #
 
 
 class StepDiagnoser:
-    """Diagnoses ``(type, p)`` by step: the last entry at or before the step (``None``: no diagnosis yet)."""
+    """Diagnoses ``(type, p)`` by step: the last entry at or before the step."""
 
     def __init__(self, by_step: dict[int, tuple[str, float]]):
         self.by_step = by_step
 
     def diagnose(self, history, run_id, step, task_group=None, model_size=None):
-        from rftfm.faults.taxonomy import FAULT_TYPES
-
-        fault_type, p = self.by_step[max(s for s in self.by_step if s <= step)]
-        family = FAULT_TYPES[fault_type].family
-        return Diagnosis(run_id=run_id, step=step, ranked=[Hypothesis(family=family, fault_type=fault_type,
-                                                                      probability=p)], summary=fault_type)
+        fixed = FixedDiagnoser(*self.by_step[max(s for s in self.by_step if s <= step)])
+        return fixed.diagnose(history, run_id, step)
 
 
 def _stood_down_then_settled(remediate: bool = True, broken_store: bool = False):
