@@ -47,10 +47,25 @@ def test_a_signal_logged_finite_warmup_times_is_lost_where_training_records_miss
     steps = np.arange(1, len(grad) + 1)[None]
     np.testing.assert_array_equal(non_finite.cube_lost(cube, steps)[0, :, GRAD], lost)
     assert non_finite.lost_now(cube[0, :9], steps[0, :9]) == ["grad_norm"]
+    assert not non_finite.lost_now(cube[0, :8], steps[0, :8])
     assert not non_finite.lost_now(cube[0], steps[0])
     (e,) = non_finite.run_evidence(cube[0, :9], steps[0, :9], ["grad_norm"])
     assert e.non_finite and e.expected == pytest.approx(1.1) and e.since_step == 8
     assert describe(e) == "grad norm not finite (last 1.1) since step 8"
+
+
+def test_a_signal_missing_from_the_last_record_once_it_was_ever_finite_is_a_sign():
+    grad = [1.0, None, 0.9, None, 1.1]
+    cube = np.stack(_records(grad))
+    steps = np.arange(1, len(grad) + 1)
+    sign = (non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST)
+    assert not non_finite.lost_now(cube[:2], steps[:2])  # the detector's rule: one finite value, one record missing
+    assert non_finite.lost_now(cube[:2], steps[:2], *sign) == ["grad_norm"]
+    assert non_finite.lost_now(cube[:4], steps[:4], *sign) == ["grad_norm"]
+    assert not non_finite.lost_now(cube, steps, *sign)  # finite again at the last record: an fp16 scaler's skip
+    assert not non_finite.lost_now(cube[:1], steps[:1], *sign)
+    never = np.stack(_records([None, None, None]))
+    assert not non_finite.lost_now(never, np.arange(1, 4), *sign)  # never logged: nothing lost
 
 
 def test_a_signal_the_run_never_logs_is_never_lost():
@@ -107,6 +122,24 @@ def test_the_shipped_diagnoser_names_a_numerical_blowup_from_the_lost_signals():
     assert not diagnosis.unknown and diagnosis.ranked[0].fault_type == "numerical_blowup"
     assert diagnosis.ranked[0].probability == pytest.approx(1.0)
     assert diagnosis.evidence[0].non_finite and "not finite" in diagnosis.summary
+
+
+def test_at_the_first_nan_record_the_diagnoser_ranks_a_blowup_first_but_short_of_a_halts_certainty():
+    from rftfm.fm.policy import ControllerConfig
+
+    rows = _trl_rows(nan_from=20)
+    frame = pl.DataFrame(rows).with_columns(
+        *[pl.lit(None, dtype=pl.Float64).alias(f) for f in FEATURES if f not in rows[0]]
+    ).select("run_id", "step", *FEATURES)
+    diagnoser = Diagnoser.load_default()
+    before = diagnoser.diagnose(frame, "blowup", 19)
+    model_p = next(h.probability for h in before.ranked if h.fault_type == "numerical_blowup")
+    diagnosis = diagnoser.diagnose(frame, "blowup", 20)  # one record without its numbers: a sign, not proof
+    top = diagnosis.ranked[0]
+    assert top.fault_type == "numerical_blowup" and not diagnosis.unknown
+    assert 0.5 <= top.probability < ControllerConfig().halt_confidence
+    assert diagnosis.evidence[0].non_finite and diagnosis.evidence[0].since_step == 20
+    assert model_p < 0.5  # the model alone did not rank it first
 
 
 def test_watching_a_trl_log_whose_grad_norm_turns_nan_alarms_and_diagnoses_a_blowup(tmp_path):

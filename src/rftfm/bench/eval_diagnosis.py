@@ -209,14 +209,14 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    broken, jumps, lost, identity = _seen_at_alarm(features, alarms, ids)
+    broken, jumps, lost, missing, identity = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         prob, unknown = diagnoser.scores(xx)
         if set(INVARIANT_FEATURES) <= set(TIERS[tier]):  # they come with the trajectories
             prob, unknown = diagnoser.apply_invariants(prob, unknown, broken)
         prob, unknown = diagnoser.apply_schedule(prob, unknown, jumps)  # a step metric: every tier logs it
-        prob, unknown = diagnoser.apply_non_finite(prob, unknown, lost)  # so are the losses, grad norm, ...
+        prob, unknown = diagnoser.apply_non_finite(prob, unknown, lost, missing)  # so are the losses, grad norm
         prob, unknown = diagnoser.apply_reward_identity(prob, unknown, identity)  # and the reward functions' means
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
@@ -235,19 +235,21 @@ def _fold(
 
 def _seen_at_alarm(
     features: pl.DataFrame, alarms: dict[str, int], ids: list[str]
-) -> tuple[list[list[str]], list[float], list[list[str]], list[bool]]:
+) -> tuple[list[list[str]], list[float], list[list[str]], list[list[str]], list[bool]]:
     """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, the learning rate's
-    recent jump up to it (signed units; 0: none), the signals it has lost (:mod:`rftfm.fm.non_finite`) and whether it
-    broke its reward identity (:mod:`rftfm.fm.reward_identity`), as :meth:`Diagnoser.diagnose` reads them."""
-    broken, jumps, lost, identity = [], [], [], []
+    recent jump up to it (signed units; 0: none), the signals it has lost and the ones missing from that record
+    (:mod:`rftfm.fm.non_finite`) and whether it broke its reward identity (:mod:`rftfm.fm.reward_identity`), as
+    :meth:`Diagnoser.diagnose` reads them."""
+    broken, jumps, lost, missing, identity = [], [], [], [], []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         broken.append(invariants.broken(cube[0], steps[0]))
         jumps.append(schedule.recent_jump(runs_schedule(history, [run_id], steps.shape[1])[0], steps[0])[0])
         lost.append(non_finite.lost_now(cube[0], steps[0]))
+        missing.append(non_finite.lost_now(cube[0], steps[0], non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST))
         identity.append(reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None)
-    return broken, jumps, lost, identity
+    return broken, jumps, lost, missing, identity
 
 
 def _pooled_tier(

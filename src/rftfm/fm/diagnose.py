@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,9 +310,10 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         lost = non_finite.lost_now(cube[0], steps[0])
+        missing = non_finite.lost_now(cube[0], steps[0], non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST)
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
-        probs, unknowns = self.apply_non_finite(probs, unknowns, [lost])
+        probs, unknowns = self.apply_non_finite(probs, unknowns, [lost], [missing])
         probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -326,7 +328,8 @@ class Diagnoser:
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
         evidence = jump_evidence(lr, steps[0], at) + evidence
-        evidence = non_finite.run_evidence(cube[0], steps[0], lost) + [e for e in evidence if e.signal not in lost]
+        gone = non_finite.run_evidence(cube[0], steps[0], missing)
+        evidence = gone + [e for e in evidence if e.signal not in missing]
         if identity is not None:
             evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
         return Diagnosis(
@@ -391,13 +394,16 @@ class Diagnoser:
         return _only(prob, unknown, allowed)
 
     def apply_non_finite(
-        self, prob: np.ndarray, unknown: np.ndarray, lost: list[list[str]]
+        self, prob: np.ndarray, unknown: np.ndarray, lost: list[list[str]], missing: Sequence[list[str]] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's run has lost a number its policy's weights produce (:func:`rftfm.fm.non_finite.lost_now`),
         only the types that make them non-finite (the registry's ``non_finite``) remain, as for a broken invariant:
-        a NaN loss or gradient is seen in the log, not guessed."""
+        a NaN loss or gradient is seen in the log, not guessed. Where one is only ``missing`` from the row's record
+        (one record: what an fp16 loss scaler's skipped step logs too), those types get half the mass on top of the
+        model's half: ranked first, short of the certainty a halt may rest on (``halt_confidence``)."""
         blowups = np.array([FAULT_TYPES[t].non_finite for t in self.classes])
-        return _only(prob, unknown, [blowups & bool(names) for names in lost])
+        prob, unknown = _only(prob, unknown, [blowups & bool(names) for names in lost])
+        return _halfway(prob, unknown, [blowups & bool(names) for names in missing]) if missing else (prob, unknown)
 
     def apply_reward_identity(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[bool]
@@ -527,6 +533,14 @@ def _only(prob: np.ndarray, unknown: np.ndarray, allowed: list[np.ndarray]) -> t
             prob[i] = kept / kept.sum() if kept.sum() > 0 else keep / keep.sum()
             unknown[i] = False
     return prob, unknown
+
+
+def _halfway(prob: np.ndarray, unknown: np.ndarray, allowed: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with some type ``allowed``: halfway between the model's probabilities and :func:`_only`'s, and do not
+    abstain (a sign, not proof); other rows are as they were."""
+    only, _ = _only(prob, unknown, list(allowed))
+    rows = np.array([a.any() for a in allowed])
+    return np.where(rows[:, None], (prob + only) / 2, prob), unknown & ~rows
 
 
 def jump_evidence(lr: np.ndarray, steps: np.ndarray, at: int | None) -> list[SignalEvidence]:

@@ -37,6 +37,12 @@ WARMUP = 3  # finite values of a signal before its absence means anything
 # and the run goes on (a healthy run); a blow-up's numbers stay gone
 PERSIST = 2
 UNITS = 10.0  # a lost signal's score in units of an alarm (far above 1: nothing healthy does it)
+# A signal missing from the alarm's own record, logged finite once before: what the diagnoser weighs as a sign of a
+# blow-up, not as proof (one record is what an fp16 loss scaler's skipped step logs). A blow-up from step 1, or one
+# the detector caught at its first NaN, had been diagnosed from its truncated lengths or its LR. No healthy record of
+# the 1,200-run benchmark loses one.
+SIGN_WARMUP = 1
+SIGN_PERSIST = 1
 _NONE_LOST = np.zeros(len(SIGNALS), dtype=bool)
 _NONE_LOST.flags.writeable = False
 
@@ -83,9 +89,9 @@ def units(lost: np.ndarray) -> np.ndarray:
     return np.where(lost.any(axis=-1), UNITS, 0.0)
 
 
-def cube_lost(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def cube_lost(raw: np.ndarray, steps: np.ndarray, warmup: int = WARMUP, persist: int = PERSIST) -> np.ndarray:
     """(R, S, len(SIGNALS)) which signals each record of a raw cube (R, S, len(CUBE_SIGNALS)) in step order has lost
-    (``steps`` 0: absent), exactly as :meth:`LostState.advance` gives them."""
+    (``steps`` 0: absent), exactly as :meth:`LostState.advance` gives them (with its ``warmup`` and ``persist``)."""
     values = np.where(steps[..., None] > 0, raw[..., COLUMNS], np.nan)
     training = (steps > 0) & np.isfinite(raw[..., ANCHOR])
     out = np.zeros(values.shape, dtype=bool)
@@ -93,19 +99,20 @@ def cube_lost(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     missing = np.zeros_like(finite)
     for s in range(steps.shape[1]):
         present = np.isfinite(values[:, s])
-        absent = (finite >= WARMUP) & ~present & training[:, s, None]
+        absent = (finite >= warmup) & ~present & training[:, s, None]
         finite += present
         missing = np.where(present, 0, missing + absent)
-        out[:, s] = (missing >= PERSIST) & training[:, s, None]
+        out[:, s] = (missing >= persist) & training[:, s, None]
     return out
 
 
-def lost_now(raw: np.ndarray, steps: np.ndarray) -> list[str]:
-    """The signals one run's last present record has lost (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,))."""
+def lost_now(raw: np.ndarray, steps: np.ndarray, warmup: int = WARMUP, persist: int = PERSIST) -> list[str]:
+    """The signals one run's last present record has lost (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)); with
+    :data:`SIGN_WARMUP` and :data:`SIGN_PERSIST`: the ones merely missing from it (a sign, not proof)."""
     present = np.flatnonzero(steps > 0)
     if not present.size:
         return []
-    last = cube_lost(raw[None], steps[None])[0, present[-1]]
+    last = cube_lost(raw[None], steps[None], warmup, persist)[0, present[-1]]
     return [s for s, gone in zip(SIGNALS, last) if gone]
 
 
