@@ -776,6 +776,37 @@ def test_a_settled_code_fault_does_not_wake_a_loop_the_user_made_alert_only_or_o
     assert errored.mode == "alert_only" and errored.counts["actions"] == 0
 
 
+class MissingNumbersDiagnoser:
+    """A blow-up at p = 0.6 on a grad norm missing since ``since(step)`` up to step 9; ``lr_high`` from step 10."""
+
+    def __init__(self, since):
+        self.since = since
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        if step >= 10:
+            return FixedDiagnoser("lr_high").diagnose(history, run_id, step)
+        gone = SignalEvidence(signal="grad_norm", direction="up", non_finite=True, since_step=self.since(step))
+        hypothesis = Hypothesis(family="od", fault_type="numerical_blowup", probability=0.6)
+        return Diagnosis(run_id=run_id, step=step, ranked=[hypothesis], evidence=[gone], summary="numerical_blowup")
+
+
+def test_an_unsure_blowup_on_one_records_missing_numbers_leaves_the_loop_acting_on_later_alarms():
+    def run(since):
+        ctl, rec = _controller(ScriptedDetector({s: 1.5 for s in (4, 5, 10, 11)}),
+                               diagnoser=MissingNumbersDiagnoser(since))
+        for s in range(1, 16):
+            ctl.observe(rec(s), [])
+        return ctl
+
+    pending = run(lambda step: step)  # an fp16 loss scaler's skipped step at the alarm: reported, not halted
+    assert any("judged again at the next alarm" in e["payload"]["action"]["reason"]
+               for e in pending.store.events(kind="outcome"))
+    assert pending.mode != "alert_only" and pending.counts["interventions"] == 1  # the lr_high alarms are acted on
+    assert [e["payload"]["kind"] for e in pending.store.events(kind="action")][-1] == "set_knob"
+    settled_unsure = run(lambda step: 3)  # missing for several records at p = 0.6: not sure, stands down as before
+    assert settled_unsure.mode == "alert_only" and settled_unsure.counts["interventions"] == 0
+
+
 class HistoryDiagnoser(FixedDiagnoser):
     """A fixed diagnosis; keeps the history it was handed."""
 

@@ -118,6 +118,25 @@ def test_a_code_fault_halts_on_a_confident_diagnosis_or_a_measured_fall():
     assert policy.halt_refused(halt(**{**code, "accuracy_then": None}, probability=None), CFG) is not None
 
 
+def test_an_unsure_code_fault_resting_on_one_records_missing_numbers_is_reported_without_standing_down():
+    from rftfm.fm.types import Diagnosis, Hypothesis
+
+    def diagnosed(*since: int | None) -> Diagnosis:
+        gone = [SignalEvidence(signal="grad_norm", direction="up", non_finite=True, since_step=s) for s in since]
+        return Diagnosis(run_id="r", step=20, evidence=[*gone, SignalEvidence(signal="kl", direction="up", z=4.0)],
+                         ranked=[Hypothesis(family="od", fault_type="numerical_blowup", probability=0.6)])
+
+    assert policy.one_record_missing(diagnosed(20))  # missing from the diagnosed record alone
+    assert not policy.one_record_missing(diagnosed(19))  # two records: the detector's rule, settled
+    assert not policy.one_record_missing(diagnosed(20, 18)) and not policy.one_record_missing(diagnosed())
+    assert not policy.one_record_missing(None)
+    code = {"fault_type": "numerical_blowup", "code_fault": True, "accuracy_then": 0.5, "accuracy_now": 0.5}
+    pending = policy.halt_refused(halt(**code, probability=0.6, pending=True), CFG)
+    assert pending is not None and not pending.alert_only and "judged again at the next alarm" in pending.reason
+    assert policy.halt_refused(halt(**code, probability=0.85, pending=True), CFG) is None  # sure enough: halt
+    assert policy.halt_refused(halt(**{**code, "accuracy_now": 0.3}, probability=0.6, pending=True), CFG) is None
+
+
 def test_a_halt_rests_on_the_mass_of_the_family_types_that_end_the_same_way():
     from rftfm.fm.types import Diagnosis, Hypothesis
 

@@ -241,7 +241,7 @@ class Controller:
             then = self.heldout.at_or_before(info.step) if info is not None else None
             code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
             case = policy.HaltCase(plan.fault_type, code_fault, policy.halt_probability(diagnosis, plan.fault_type),
-                                   then, now)
+                                   then, now, policy.one_record_missing(diagnosis))
             hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken

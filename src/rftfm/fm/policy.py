@@ -190,6 +190,14 @@ class HaltCase:
     probability: float | None  # the diagnosis' probability for ``fault_type`` (:func:`halt_probability`)
     accuracy_then: float | None  # eval accuracy at the rollback checkpoint (the latest at or before it)
     accuracy_now: float | None  # ... and now (the last two steps' mean)
+    pending: bool = False  # the diagnosis rests on numbers missing from its own record (:func:`one_record_missing`)
+
+
+def one_record_missing(diagnosis: Diagnosis | None) -> bool:
+    """Whether the diagnosis' non-finite evidence (a loss, grad norm, KL or entropy gone) is its own record's alone:
+    what an fp16 loss scaler's skipped step logs too, and what the next record confirms or clears."""
+    since = [e.since_step for e in diagnosis.evidence if e.non_finite] if diagnosis is not None else []
+    return bool(since) and all(s == diagnosis.step for s in since)  # type: ignore[union-attr]
 
 
 def halt_probability(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
@@ -226,7 +234,8 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
     * an alarm nobody could explain never halts a run;
     * a code fault (a wrong verifier, an advantage bug: no knob repairs it) halts on a diagnosis at
       probability >= ``halt_confidence`` (:func:`halt_probability`: summed over the types of its family that
-      end the same way), or on a weaker one when eval accuracy fell since the checkpoint;
+      end the same way), or on a weaker one when eval accuracy fell since the checkpoint; a weaker one resting on
+      numbers missing from the alarm's record alone is reported without standing down (``pending``);
     * a knob-repairable fault whose knob rungs are used up (or unavailable) halts only when eval accuracy
       fell since the checkpoint (``halt_needs_regression``): stopping a run that is not getting worse, or
       that nobody can show to be, only loses the steps still to come.
@@ -248,6 +257,12 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
     if case.code_fault:
         if (case.probability or 0.0) >= cfg.halt_confidence or fell:
             return None
+        if case.pending:  # not "not sure": not yet -- the next alarm is judged afresh
+            return Hold(
+                f"diagnosis at p={case.probability or 0.0:.2f} on numbers missing from this record only: not halted",
+                f"{case.fault_type}: numbers missing from one record; judged again at the next alarm",
+                timeline_kind="outcome",
+            )
         return refuse(
             f"diagnosis at p={case.probability or 0.0:.2f} and no measured fall in eval accuracy",
             f"a halt needs a diagnosis at p >= {cfg.halt_confidence} or eval accuracy that fell",
