@@ -58,14 +58,13 @@ def test_a_signal_missing_from_the_last_record_once_it_was_ever_finite_is_a_sign
     grad = [1.0, None, 0.9, None, 1.1]
     cube = np.stack(_records(grad))
     steps = np.arange(1, len(grad) + 1)
-    sign = (non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST)
     assert not non_finite.lost_now(cube[:2], steps[:2])  # the detector's rule: one finite value, one record missing
-    assert non_finite.lost_now(cube[:2], steps[:2], *sign) == ["grad_norm"]
-    assert non_finite.lost_now(cube[:4], steps[:4], *sign) == ["grad_norm"]
-    assert not non_finite.lost_now(cube, steps, *sign)  # finite again at the last record: an fp16 scaler's skip
-    assert not non_finite.lost_now(cube[:1], steps[:1], *sign)
+    assert non_finite.missing_now(cube[:2], steps[:2]) == ["grad_norm"]
+    assert non_finite.missing_now(cube[:4], steps[:4]) == ["grad_norm"]
+    assert not non_finite.missing_now(cube, steps)  # finite again at the last record: an fp16 scaler's skip
+    assert not non_finite.missing_now(cube[:1], steps[:1])
     never = np.stack(_records([None, None, None]))
-    assert not non_finite.lost_now(never, np.arange(1, 4), *sign)  # never logged: nothing lost
+    assert not non_finite.missing_now(never, np.arange(1, 4))  # never logged: nothing lost
 
 
 def test_a_signal_the_run_never_logs_is_never_lost():

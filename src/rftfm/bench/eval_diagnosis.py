@@ -247,7 +247,7 @@ def _seen_at_alarm(
         broken.append(invariants.broken(cube[0], steps[0]))
         jumps.append(schedule.recent_jump(runs_schedule(history, [run_id], steps.shape[1])[0], steps[0])[0])
         lost.append(non_finite.lost_now(cube[0], steps[0]))
-        missing.append(non_finite.lost_now(cube[0], steps[0], non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST))
+        missing.append(non_finite.missing_now(cube[0], steps[0]))
         identity.append(reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None)
     return broken, jumps, lost, missing, identity
 

@@ -310,7 +310,7 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         jump, at = schedule.recent_jump(lr, steps[0])
         lost = non_finite.lost_now(cube[0], steps[0])
-        missing = non_finite.lost_now(cube[0], steps[0], non_finite.SIGN_WARMUP, non_finite.SIGN_PERSIST)
+        missing = non_finite.missing_now(cube[0], steps[0])
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         probs, unknowns = self.apply_non_finite(probs, unknowns, [lost], [missing])

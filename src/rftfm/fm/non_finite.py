@@ -107,8 +107,8 @@ def cube_lost(raw: np.ndarray, steps: np.ndarray, warmup: int = WARMUP, persist:
 
 
 def lost_now(raw: np.ndarray, steps: np.ndarray, warmup: int = WARMUP, persist: int = PERSIST) -> list[str]:
-    """The signals one run's last present record has lost (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)); with
-    :data:`SIGN_WARMUP` and :data:`SIGN_PERSIST`: the ones merely missing from it (a sign, not proof)."""
+    """The signals one run's last present record has lost (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)), by the
+    detector's rule unless ``warmup`` and ``persist`` say otherwise (:func:`missing_now`)."""
     present = np.flatnonzero(steps > 0)
     if not present.size:
         return []
@@ -126,6 +126,12 @@ def describe(e: SignalEvidence) -> str:
     """A lost signal in words: ``grad norm not finite (last 2.3) since step 130``."""
     text = f"{label(e.signal)} not finite" + (f" (last {e.expected:.3g})" if e.expected is not None else "")
     return text + (f" since step {e.since_step}" if e.since_step is not None else "")
+
+
+def missing_now(raw: np.ndarray, steps: np.ndarray) -> list[str]:
+    """The signals merely missing from one run's last present record, logged finite once before (a sign, not proof:
+    :data:`SIGN_WARMUP`, :data:`SIGN_PERSIST`); the ones :func:`lost_now` names are among them."""
+    return lost_now(raw, steps, SIGN_WARMUP, SIGN_PERSIST)
 
 
 def run_evidence(raw: np.ndarray, steps: np.ndarray, lost: list[str]) -> list[SignalEvidence]:

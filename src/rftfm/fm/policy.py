@@ -196,8 +196,10 @@ class HaltCase:
 def one_record_missing(diagnosis: Diagnosis | None) -> bool:
     """Whether the diagnosis' non-finite evidence (a loss, grad norm, KL or entropy gone) is its own record's alone:
     what an fp16 loss scaler's skipped step logs too, and what the next record confirms or clears."""
-    since = [e.since_step for e in diagnosis.evidence if e.non_finite] if diagnosis is not None else []
-    return bool(since) and all(s == diagnosis.step for s in since)  # type: ignore[union-attr]
+    if diagnosis is None:
+        return False
+    since = [e.since_step for e in diagnosis.evidence if e.non_finite]
+    return bool(since) and all(s == diagnosis.step for s in since)
 
 
 def halt_probability(diagnosis: Diagnosis | None, fault_type: str | None) -> float | None:
