@@ -152,15 +152,19 @@ def _as_matrix(rows: list[tuple], width: int) -> np.ndarray:
         return np.array([[np.nan if (f := finite_or_none(v)) is None else f for v in row] for row in rows])
 
 
-def _trajectory_columns(trajectories: Sequence[TrajectoryRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """(len(_OWN), n) the trajectories' fields (:data:`_NUMERIC`, then the rollout step) and (n, len(_FLAGS))
-    their flags as 0 / 1, missing as NaN."""
+def _trajectory_columns(trajectories: Sequence[TrajectoryRecord]) -> tuple[np.ndarray, list[float]]:
+    """(len(_OWN), n) the trajectories' fields (:data:`_NUMERIC`, then the rollout step), missing as NaN, and the
+    share of them that raise each flag of :data:`_FLAGS` (NaN where a flag is missing)."""
     try:
         own = [t.__dict__ for t in trajectories]
         rows, flags = list(map(_own_items, own)), [_flag_items(d["flags"].__dict__) for d in own]
     except (AttributeError, KeyError, TypeError):  # not plain pydantic records (a duck-typed stand-in)
         rows, flags = list(map(_own_attrs, trajectories)), list(map(_flag_attrs, trajectories))
-    return _as_matrix(rows, len(_OWN)).T, _as_matrix(flags, len(_FLAGS))
+    try:  # booleans (the usual record): Python's sum over each flag, without building a matrix
+        rates = [sum(flag) / len(flags) for flag in zip(*flags)]
+    except TypeError:  # a flag missing (None) or a stray object: as the numeric fields, missing as NaN
+        rates = (np.add.reduce(_as_matrix(flags, len(_FLAGS)), axis=0) / len(flags)).tolist()
+    return _as_matrix(rows, len(_OWN)).T, rates
 
 
 def groups_per_rollout_step(step: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -177,7 +181,7 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     """Aggregates of one logged step's trajectories (all ``None`` for an empty list)."""
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
-    own, flags = _trajectory_columns(trajectories)
+    own, (empty, short, long, truncated) = _trajectory_columns(trajectories)
     columns, step = own[:-1], own[-1]
     group, reward, _, adv = columns[:4]
     residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
@@ -191,7 +195,6 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     stat = {name: (None, None) if not k else (_num(m), _num(v))
             for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}
     absmax = np.abs(adv[finite[3]]).max() if count[3] else None
-    empty, short, long, truncated = (np.add.reduce(flags, axis=0) / len(flags)).tolist()  # np.mean's dispatch
     return {
         "traj_reward_mean": stat["reward"][0],
         "traj_reward_std": stat["reward"][1],
