@@ -66,6 +66,11 @@ def test_trajectory_aggregates_read_missing_fields_and_plain_objects_alike() -> 
     assert a["traj_truncated_rate"] == b["traj_truncated_rate"] == pytest.approx(3 / 8)
     assert b["traj_reward_mean"] == pytest.approx(3 / 7)  # the missing reward is left out, not read as 0
     assert a["traj_reward_mean"] == pytest.approx(0.5) and a["traj_length_mean"] == pytest.approx(6.5)
+    unflagged = [SimpleNamespace(**{**t.__dict__, "flags": SimpleNamespace(**{**t.flags.__dict__, "truncated": None})})
+                 if i == 2 else t for i, t in enumerate(plain)]  # one record without its truncation flag
+    d = trajectory_aggregates(unflagged)
+    assert math.isnan(d["traj_truncated_rate"])  # a missing flag is missing, not read as False
+    assert d["traj_empty_rate"] == b["traj_empty_rate"] == 0.0 and d["traj_reward_mean"] == b["traj_reward_mean"]
 
 
 def test_feature_row_reads_non_finite_and_non_numbers_as_missing() -> None:
