@@ -439,3 +439,37 @@ def test_a_learning_rate_jump_in_the_log_leaves_only_the_types_that_move_it_that
     assert jump.signal == "learning_rate" and jump.since_step == 6 and jump.ratio == pytest.approx(factor)
     without = Diagnoser.load_default().diagnose(history.drop("learning_rate"), "novel-1", 9)
     assert all(e.signal != "learning_rate" for e in without.evidence)
+
+
+def test_completions_that_end_before_the_limit_rule_out_a_length_limit(fitted: Diagnoser) -> None:
+    """A record whose truncated ratio is (about) 0: the length-limit types go, the others keep the model's
+    proportions, and the row abstains when the best family left was below the abstention threshold."""
+    from rftfm.fm.cube import CUBE_SIGNALS
+    from rftfm.fm.diagnose import UNTRUNCATED, untruncated_now
+
+    classes = fitted.classes
+    limited = [t for t in classes if FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up")]
+    assert limited, "the fitted classes have a length-limit type"
+    other = next(t for t in classes if t not in limited)
+    prob = np.full((3, len(classes)), 0.0)
+    for row in prob:
+        row[classes.index(limited[0])], row[classes.index(other)] = 0.7, 0.3
+    prob[2] = 0.0
+    prob[2, classes.index(limited[0])], prob[2, classes.index(other)] = 0.999, 0.001
+    unknown = np.zeros(3, dtype=bool)
+    out, abstain = fitted.apply_untruncated(prob, unknown, [True, False, True])
+    assert out[0, classes.index(limited[0])] == 0.0 and out[0, classes.index(other)] == pytest.approx(1.0)
+    np.testing.assert_array_equal(out[1], prob[1])  # truncated completions: as the model said
+    assert not abstain[1]
+    assert abstain[2] == (0.001 < fitted.family_threshold)  # hardly anything left: abstains, as the model would
+    assert abstain[0] == (0.3 < fitted.family_threshold)
+
+    raw = np.full((3, len(CUBE_SIGNALS)), np.nan)
+    steps = np.array([1, 2, 0])
+    truncated = CUBE_SIGNALS.index("truncated_ratio")
+    assert not untruncated_now(raw, steps)  # never logged: no reading
+    raw[1, truncated] = UNTRUNCATED
+    assert untruncated_now(raw, steps)
+    raw[1, truncated] = 0.2
+    raw[2, truncated] = 0.0  # (a row past the run's end does not count)
+    assert not untruncated_now(raw, steps)

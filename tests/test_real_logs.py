@@ -260,3 +260,25 @@ def test_real_trl_runs_with_several_reward_functions_hold_the_reward_identity(na
     state = reward_identity.IdentityState()
     units = [state.advance(s.reward_mean, reward_identity.parts_of(s.extra), s.step) for s, _ in events]
     assert state.weights == pytest.approx(weights) and max(units) < 1e-6
+
+
+def test_a_collapse_to_short_answers_that_nothing_clipped_is_no_length_limit(monitors):
+    """The TRL DAPO run's completions fall from 53 to 2.6 tokens at its second entry with a clipped ratio of 0
+    throughout: no length limit cut them, so the diagnosis names none (it had named length_clip_all)."""
+    from rftfm.fm.incidents import IncidentStore
+    from rftfm.fm.monitor import RunMonitor
+
+    detector, diagnoser = monitors
+    events, _ = read_log(REAL_LOGS / "trl/trl_DAPO_20251022_120531_run_terminal.md")
+    assert all(r.truncated_ratio == 0.0 for r, _ in events)
+    with IncidentStore(":memory:") as store:
+        monitor = RunMonitor("dapo", detector, diagnoser, store)
+        for record, trajectories in events:
+            monitor.observe(record, trajectories)
+        monitor.finish()
+    first = monitor.result.episodes[0]
+    assert first.start_step == 20
+    assert first.diagnosis is not None
+    length_limits = {"length_truncation", "length_clip_all"}
+    assert first.diagnosis.ranked[0].fault_type not in length_limits
+    assert all(h.probability == 0.0 for h in first.diagnosis.ranked if h.fault_type in length_limits)

@@ -78,6 +78,10 @@ LGB_PARAMS: dict[str, Any] = {
     "deterministic": True,
 }
 NUM_ROUNDS = 80
+#: A length limit too short is seen in the share of completions that hit it: at or below this share at the diagnosed
+#: record (logged), no length-limit type fits (the benchmark's length faults keep it at 0.09 or more after onset).
+UNTRUNCATED = 0.01
+TRUNCATED = CUBE_SIGNALS.index("truncated_ratio")
 #: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
 #: a model would take any residual for a fault, false for PPO's advantages); they act as a rule instead
 #: (:meth:`Diagnoser.apply_invariants`).
@@ -315,6 +319,7 @@ class Diagnoser:
         probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
         probs, unknowns = self.apply_non_finite(probs, unknowns, [lost], [missing])
         probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])
+        probs, unknowns = self.apply_untruncated(probs, unknowns, [untruncated_now(cube[0], steps[0])])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [
@@ -413,6 +418,23 @@ class Diagnoser:
         not guessed."""
         skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])
         return _only(prob, unknown, [skipping & b for b in broken])
+
+    def apply_untruncated(
+        self, prob: np.ndarray, unknown: np.ndarray, untruncated: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's record logs that (almost) no completion hit the length limit (:func:`untruncated_now`), the
+        types whose fingerprint leads with the truncated ratio going up are ruled out, the others keep the model's
+        proportions, and the row abstains when the best family left had less than the abstention threshold before
+        (a length limit cannot starve a run whose completions all end before it)."""
+        limited = np.array([FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up") for t in self.classes])
+        prob, unknown = prob.copy(), unknown.copy()
+        for i, seen in enumerate(untruncated):
+            if not seen or not (prob[i] * limited).any():
+                continue
+            left = np.where(limited, 0.0, prob[i])
+            unknown[i] |= float(self._family_prob(left[None])[1].max()) < self.family_threshold
+            prob[i] = left / left.sum() if left.sum() > 0 else ~limited / (~limited).sum()
+        return prob, unknown
 
     def evidence(
         self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
@@ -541,6 +563,13 @@ def _halfway(prob: np.ndarray, unknown: np.ndarray, allowed: Sequence[np.ndarray
     only, _ = _only(prob, unknown, list(allowed))
     rows = np.array([a.any() for a in allowed])
     return np.where(rows[:, None], (prob + only) / 2, prob), unknown & ~rows
+
+
+def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
+    """Whether one run's last present record (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)) logs a truncated ratio
+    at or below :data:`UNTRUNCATED` (False where it logs none)."""
+    present = np.flatnonzero(steps > 0)
+    return bool(present.size) and bool(raw[present[-1], TRUNCATED] <= UNTRUNCATED)  # (NaN compares False)
 
 
 def jump_evidence(lr: np.ndarray, steps: np.ndarray, at: int | None) -> list[SignalEvidence]:
