@@ -212,13 +212,11 @@ def _fold(
     broken, jumps, lost, missing, identity, untruncated = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
-        prob, unknown = diagnoser.scores(xx)
-        if set(INVARIANT_FEATURES) <= set(TIERS[tier]):  # they come with the trajectories
-            prob, unknown = diagnoser.apply_invariants(prob, unknown, broken)
-        prob, unknown = diagnoser.apply_schedule(prob, unknown, jumps)  # a step metric: every tier logs it
-        prob, unknown = diagnoser.apply_non_finite(prob, unknown, lost, missing)  # so are the losses, grad norm
-        prob, unknown = diagnoser.apply_reward_identity(prob, unknown, identity)  # and the reward functions' means
-        prob, unknown = diagnoser.apply_untruncated(prob, unknown, untruncated)  # and the truncated ratio
+        # the invariants come with the trajectories; the rest are step metrics every tier logs
+        with_invariants = set(INVARIANT_FEATURES) <= set(TIERS[tier])
+        prob, unknown = diagnoser.apply_seen(
+            *diagnoser.scores(xx), broken if with_invariants else None, jumps, lost, missing, identity, untruncated
+        )
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
         )

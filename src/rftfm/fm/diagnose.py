@@ -316,20 +316,14 @@ class Diagnoser:
         lost = non_finite.lost_now(cube[0], steps[0])
         missing = non_finite.missing_now(cube[0], steps[0])
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
-        probs, unknowns = self.apply_schedule(*self.apply_invariants(*self.scores(x), [broken]), [jump])
-        probs, unknowns = self.apply_non_finite(probs, unknowns, [lost], [missing])
-        probs, unknowns = self.apply_reward_identity(probs, unknowns, [identity is not None])
-        probs, unknowns = self.apply_untruncated(probs, unknowns, [untruncated_now(cube[0], steps[0])])
+        probs, unknowns = self.apply_seen(
+            *self.scores(x), [broken], [jump], [lost], [missing], [identity is not None],
+            [untruncated_now(cube[0], steps[0])],
+        )
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
-        ranked = [
-            Hypothesis(
-                family=FAULT_TYPES[self.classes[i]].family,
-                fault_type=self.classes[i],
-                probability=round(float(prob[i]), 4),
-            )
-            for i in order
-        ]
+        ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i],
+                             probability=round(float(prob[i]), 4)) for i in order]
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
         evidence = jump_evidence(lr, steps[0], at) + evidence
@@ -377,6 +371,20 @@ class Diagnoser:
         best = prob.argmax(1)
         unknown = (fam.max(1) < self.family_threshold) | (self._novelty(x, best) > self.novelty_thresholds[best])
         return prob, unknown
+
+    def apply_seen(
+        self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]] | None, jumps: list[float],
+        lost: list[list[str]], missing: list[list[str]], identity: list[bool], untruncated: list[bool],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's rows after every rule over what each row's log shows (``broken`` None: no trajectories, so no
+        advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
+        identity, completions that all ended before the length limit."""
+        if broken is not None:
+            prob, unknown = self.apply_invariants(prob, unknown, broken)
+        prob, unknown = self.apply_schedule(prob, unknown, jumps)
+        prob, unknown = self.apply_non_finite(prob, unknown, lost, missing)
+        prob, unknown = self.apply_reward_identity(prob, unknown, identity)
+        return self.apply_untruncated(prob, unknown, untruncated)
 
     def apply_invariants(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
