@@ -282,3 +282,6 @@ def test_a_collapse_to_short_answers_that_nothing_clipped_is_no_length_limit(mon
     length_limits = {"length_truncation", "length_clip_all"}
     assert first.diagnosis.ranked[0].fault_type not in length_limits
     assert all(h.probability == 0.0 for h in first.diagnosis.ranked if h.fault_type in length_limits)
+    # the evidence's value is the length since the collapse began, not a mean with the entry before it
+    (length,) = [e for e in first.diagnosis.evidence if e.signal == "completion_length_mean"]
+    assert length.since_step == 20 and length.value == pytest.approx(2.6) and length.expected == pytest.approx(53.35)

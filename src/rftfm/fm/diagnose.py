@@ -448,7 +448,8 @@ class Diagnoser:
         self, raw: np.ndarray, steps: np.ndarray, tracked: np.ndarray, fault_type: str | None, limit: int = 6
     ) -> list[SignalEvidence]:
         """Signals that deviate now (a large recent innovation or an accumulated shift), each in the run's
-        own terms: value over the last steps, level before the deviation began, the step it began."""
+        own terms: value over the last 3 records since the deviation began, level before it began, the step it
+        began."""
         assert self.tracker is not None
         present = np.flatnonzero(steps > 0)
         names = self.tracker.names
@@ -474,7 +475,7 @@ class Diagnoser:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 before = float(np.nanmedian(values[max(0, start - 5) : start, j])) if start > 0 else math.nan
-                now = float(np.nanmean(values[-3:, j]))
+                now = float(np.nanmean(values[max(start, len(values) - 3) :, j]))  # since it began, not before
             ratio = now / before if math.isfinite(before) and abs(before) > 1e-12 and math.isfinite(now) else None
             items.append(
                 SignalEvidence(
