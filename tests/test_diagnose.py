@@ -473,3 +473,27 @@ def test_completions_that_end_before_the_limit_rule_out_a_length_limit(fitted: D
     raw[1, truncated] = 0.2
     raw[2, truncated] = 0.0  # (a row past the run's end does not count)
     assert not untruncated_now(raw, steps)
+
+
+def test_a_run_without_a_kl_term_is_never_given_a_kl_coefficient_fault() -> None:
+    """TRL logs no KL with beta = 0: the types that need a KL term go (the others keep the model's proportions); a
+    run that logged a KL once keeps them."""
+    from rftfm.fm.cube import CUBE_SIGNALS
+    from rftfm.fm.diagnose import without_kl
+
+    fitted = Diagnoser.load_default()
+    classes = fitted.classes
+    kl_types = [t for t in classes if FAULT_TYPES[t].needs_kl]
+    assert kl_types, "the fitted classes have a KL-coefficient type"
+    other = next(t for t in classes if not FAULT_TYPES[t].needs_kl)
+    prob = np.zeros((2, len(classes)))
+    prob[:, classes.index(kl_types[0])], prob[:, classes.index(other)] = 0.6, 0.4
+    out, _ = fitted.apply_without_kl(prob, np.zeros(2, dtype=bool), [True, False])
+    assert out[0, classes.index(kl_types[0])] == 0.0 and out[0, classes.index(other)] == pytest.approx(1.0)
+    np.testing.assert_array_equal(out[1], prob[1])
+
+    raw = np.full((3, len(CUBE_SIGNALS)), np.nan)
+    steps = np.array([1, 2, 3])
+    assert without_kl(raw, steps) and not without_kl(raw, np.zeros(3, dtype=int))  # no record: no reading
+    raw[0, CUBE_SIGNALS.index("kl")] = 0.0  # a KL of 0 at the first step is a KL term
+    assert not without_kl(raw, steps)

@@ -32,7 +32,7 @@ from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm import invariants, non_finite, reward_identity, schedule
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
-from rftfm.fm.diagnose import Diagnoser, untruncated_now
+from rftfm.fm.diagnose import Diagnoser, untruncated_now, without_kl
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 from rftfm.fm.features import INVARIANT_FEATURES
 
@@ -209,13 +209,14 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    broken, jumps, lost, missing, identity, untruncated = _seen_at_alarm(features, alarms, ids)
+    broken, jumps, lost, missing, identity, untruncated, no_kl = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         # the invariants come with the trajectories; the rest are step metrics every tier logs
         with_invariants = set(INVARIANT_FEATURES) <= set(TIERS[tier])
         prob, unknown = diagnoser.apply_seen(
-            *diagnoser.scores(xx), broken if with_invariants else None, jumps, lost, missing, identity, untruncated
+            *diagnoser.scores(xx), broken if with_invariants else None, jumps, lost, missing, identity, untruncated,
+            no_kl,
         )
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
@@ -234,13 +235,13 @@ def _fold(
 
 def _seen_at_alarm(
     features: pl.DataFrame, alarms: dict[str, int], ids: list[str]
-) -> tuple[list[list[str]], list[float], list[list[str]], list[list[str]], list[bool], list[bool]]:
+) -> tuple[list[list[str]], list[float], list[list[str]], list[list[str]], list[bool], list[bool], list[bool]]:
     """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, the learning rate's
     recent jump up to it (signed units; 0: none), the signals it has lost and the ones missing from that record
     (:mod:`rftfm.fm.non_finite`), whether it broke its reward identity (:mod:`rftfm.fm.reward_identity`) and whether
-    that record's completions (almost) all ended before the length limit (:func:`untruncated_now`), as
-    :meth:`Diagnoser.diagnose` reads them."""
-    broken, jumps, lost, missing, identity, untruncated = [], [], [], [], [], []
+    that record's completions (almost) all ended before the length limit (:func:`untruncated_now`) and whether the
+    run logged no KL up to it (:func:`without_kl`), as :meth:`Diagnoser.diagnose` reads them."""
+    broken, jumps, lost, missing, identity, untruncated, no_kl = [], [], [], [], [], [], []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
@@ -250,7 +251,8 @@ def _seen_at_alarm(
         missing.append(non_finite.missing_now(cube[0], steps[0]))
         identity.append(reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None)
         untruncated.append(untruncated_now(cube[0], steps[0]))
-    return broken, jumps, lost, missing, identity, untruncated
+        no_kl.append(without_kl(cube[0], steps[0]))
+    return broken, jumps, lost, missing, identity, untruncated, no_kl
 
 
 def _pooled_tier(

@@ -82,6 +82,7 @@ NUM_ROUNDS = 80
 #: record (logged), no length-limit type fits (the benchmark's length faults keep it at 0.09 or more after onset).
 UNTRUNCATED = 0.01
 TRUNCATED = CUBE_SIGNALS.index("truncated_ratio")
+KL = CUBE_SIGNALS.index("kl")
 #: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
 #: a model would take any residual for a fault, false for PPO's advantages); they act as a rule instead
 #: (:meth:`Diagnoser.apply_invariants`).
@@ -318,7 +319,7 @@ class Diagnoser:
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         probs, unknowns = self.apply_seen(
             *self.scores(x), [broken], [jump], [lost], [missing], [identity is not None],
-            [untruncated_now(cube[0], steps[0])],
+            [untruncated_now(cube[0], steps[0])], [without_kl(cube[0], steps[0])],
         )
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -375,16 +376,18 @@ class Diagnoser:
     def apply_seen(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]] | None, jumps: list[float],
         lost: list[list[str]], missing: list[list[str]], identity: list[bool], untruncated: list[bool],
+        without_kl: list[bool],
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``broken`` None: no trajectories, so no
         advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
-        identity, completions that all ended before the length limit."""
+        identity, completions that all ended before the length limit, a run without a KL term."""
         if broken is not None:
             prob, unknown = self.apply_invariants(prob, unknown, broken)
         prob, unknown = self.apply_schedule(prob, unknown, jumps)
         prob, unknown = self.apply_non_finite(prob, unknown, lost, missing)
         prob, unknown = self.apply_reward_identity(prob, unknown, identity)
-        return self.apply_untruncated(prob, unknown, untruncated)
+        prob, unknown = self.apply_untruncated(prob, unknown, untruncated)
+        return self.apply_without_kl(prob, unknown, without_kl)
 
     def apply_invariants(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
@@ -435,13 +438,29 @@ class Diagnoser:
         proportions, and the row abstains when the best family left had less than the abstention threshold before
         (a length limit cannot starve a run whose completions all end before it)."""
         limited = np.array([FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up") for t in self.classes])
+        return self._rule_out(prob, unknown, [limited & seen for seen in untruncated])
+
+    def apply_without_kl(
+        self, prob: np.ndarray, unknown: np.ndarray, without_kl: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run has logged no KL up to its record (:func:`without_kl`: TRL with ``beta = 0``), the types
+        that need a KL term (the registry's ``needs_kl``: a KL coefficient too large, one that never reaches the
+        loss) are ruled out, as in :meth:`apply_untruncated`: there is no KL coefficient to misconfigure."""
+        needs_kl = np.array([FAULT_TYPES[t].needs_kl for t in self.classes])
+        return self._rule_out(prob, unknown, [needs_kl & none for none in without_kl])
+
+    def _rule_out(
+        self, prob: np.ndarray, unknown: np.ndarray, excluded: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows with types ``excluded`` lose them, the others keep the model's proportions, and the row abstains
+        when the best family left had less than the abstention threshold before; other rows are as they were."""
         prob, unknown = prob.copy(), unknown.copy()
-        for i, seen in enumerate(untruncated):
-            if not seen or not (prob[i] * limited).any():
+        for i, out in enumerate(excluded):
+            if not (prob[i] * out).any():
                 continue
-            left = np.where(limited, 0.0, prob[i])
+            left = np.where(out, 0.0, prob[i])
             unknown[i] |= float(self._family_prob(left[None])[1].max()) < self.family_threshold
-            prob[i] = left / left.sum() if left.sum() > 0 else ~limited / (~limited).sum()
+            prob[i] = left / left.sum() if left.sum() > 0 else ~out / (~out).sum()
         return prob, unknown
 
     def evidence(
@@ -579,6 +598,13 @@ def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
     at or below :data:`UNTRUNCATED` (False where it logs none)."""
     present = np.flatnonzero(steps > 0)
     return bool(present.size) and bool(raw[present[-1], TRUNCATED] <= UNTRUNCATED)  # (NaN compares False)
+
+
+def without_kl(raw: np.ndarray, steps: np.ndarray) -> bool:
+    """Whether one run (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)) has logged records and a KL at none of them
+    (no KL term: TRL logs none with ``beta = 0``)."""
+    present = np.flatnonzero(steps > 0)
+    return bool(present.size) and not bool(np.isfinite(raw[present, KL]).any())
 
 
 def jump_evidence(lr: np.ndarray, steps: np.ndarray, at: int | None) -> list[SignalEvidence]:
