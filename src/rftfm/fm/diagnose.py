@@ -376,7 +376,7 @@ class Diagnoser:
     def apply_seen(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]] | None, jumps: list[float],
         lost: list[list[str]], missing: list[list[str]], identity: list[bool], untruncated: list[bool],
-        without_kl: list[bool],
+        no_kl: list[bool],
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``broken`` None: no trajectories, so no
         advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
@@ -387,7 +387,7 @@ class Diagnoser:
         prob, unknown = self.apply_non_finite(prob, unknown, lost, missing)
         prob, unknown = self.apply_reward_identity(prob, unknown, identity)
         prob, unknown = self.apply_untruncated(prob, unknown, untruncated)
-        return self.apply_without_kl(prob, unknown, without_kl)
+        return self.apply_without_kl(prob, unknown, no_kl)
 
     def apply_invariants(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
@@ -441,13 +441,13 @@ class Diagnoser:
         return self._rule_out(prob, unknown, [limited & seen for seen in untruncated])
 
     def apply_without_kl(
-        self, prob: np.ndarray, unknown: np.ndarray, without_kl: list[bool]
+        self, prob: np.ndarray, unknown: np.ndarray, no_kl: list[bool]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's run has logged no KL up to its record (:func:`without_kl`: TRL with ``beta = 0``), the types
         that need a KL term (the registry's ``needs_kl``: a KL coefficient too large, one that never reaches the
         loss) are ruled out, as in :meth:`apply_untruncated`: there is no KL coefficient to misconfigure."""
         needs_kl = np.array([FAULT_TYPES[t].needs_kl for t in self.classes])
-        return self._rule_out(prob, unknown, [needs_kl & none for none in without_kl])
+        return self._rule_out(prob, unknown, [needs_kl & none for none in no_kl])
 
     def _rule_out(
         self, prob: np.ndarray, unknown: np.ndarray, excluded: list[np.ndarray]
