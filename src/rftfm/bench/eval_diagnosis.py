@@ -29,10 +29,10 @@ from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, non_finite, reward_identity, schedule
+from rftfm.fm import invariants, reward_identity
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
-from rftfm.fm.diagnose import Diagnoser, untruncated_now, without_kl
+from rftfm.fm.diagnose import Diagnoser, Seen
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 from rftfm.fm.features import INVARIANT_FEATURES
 
@@ -209,14 +209,12 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    broken, jumps, lost, missing, identity, untruncated, no_kl = _seen_at_alarm(features, alarms, ids)
+    seen = _seen_at_alarm(features, alarms, ids)
     for tier in tiers:
         xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
         # the invariants come with the trajectories; the rest are step metrics every tier logs
-        with_invariants = set(INVARIANT_FEATURES) <= set(TIERS[tier])
         prob, unknown = diagnoser.apply_seen(
-            *diagnoser.scores(xx), broken if with_invariants else None, jumps, lost, missing, identity, untruncated,
-            no_kl,
+            *diagnoser.scores(xx), seen, invariants=set(INVARIANT_FEATURES) <= set(TIERS[tier])
         )
         knn = NearestFingerprint().fit(
             mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
@@ -233,26 +231,17 @@ def _fold(
     return out
 
 
-def _seen_at_alarm(
-    features: pl.DataFrame, alarms: dict[str, int], ids: list[str]
-) -> tuple[list[list[str]], list[float], list[list[str]], list[list[str]], list[bool], list[bool], list[bool]]:
-    """Per run of ``ids``, the armed advantage invariants its record at the alarm step breaks, the learning rate's
-    recent jump up to it (signed units; 0: none), the signals it has lost and the ones missing from that record
-    (:mod:`rftfm.fm.non_finite`), whether it broke its reward identity (:mod:`rftfm.fm.reward_identity`) and whether
-    that record's completions (almost) all ended before the length limit (:func:`untruncated_now`) and whether the
-    run logged no KL up to it (:func:`without_kl`), as :meth:`Diagnoser.diagnose` reads them."""
-    broken, jumps, lost, missing, identity, untruncated, no_kl = [], [], [], [], [], [], []
+def _seen_at_alarm(features: pl.DataFrame, alarms: dict[str, int], ids: list[str]) -> list[Seen]:
+    """Per run of ``ids``, what its log shows at the alarm step (:class:`~rftfm.fm.diagnose.Seen`), as
+    :meth:`Diagnoser.diagnose` reads it."""
+    seen = []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
-        broken.append(invariants.broken(cube[0], steps[0]))
-        jumps.append(schedule.recent_jump(runs_schedule(history, [run_id], steps.shape[1])[0], steps[0])[0])
-        lost.append(non_finite.lost_now(cube[0], steps[0]))
-        missing.append(non_finite.missing_now(cube[0], steps[0]))
-        identity.append(reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None)
-        untruncated.append(untruncated_now(cube[0], steps[0]))
-        no_kl.append(without_kl(cube[0], steps[0]))
-    return broken, jumps, lost, missing, identity, untruncated, no_kl
+        lr = runs_schedule(history, [run_id], steps.shape[1])[0]
+        identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
+        seen.append(Seen.read(cube[0], steps[0], lr, invariants.broken(cube[0], steps[0]), identity))
+    return seen
 
 
 def _pooled_tier(

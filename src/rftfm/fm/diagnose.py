@@ -89,6 +89,33 @@ KL = CUBE_SIGNALS.index("kl")
 READ_SIGNALS = tuple(s for s in CUBE_SIGNALS if s not in INVARIANT_FEATURES)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What one run's log shows at the diagnosed record that rules read, not the model (:meth:`Diagnoser.apply_seen`):
+    the advantage invariants it breaks, the learning rate's recent jump (signed units; 0: none) and the record it came
+    at, the numbers it has lost and the ones missing from that record (:mod:`rftfm.fm.non_finite`), whether it broke
+    its reward identity, whether that record's completions (almost) all ended before the length limit
+    (:func:`untruncated_now`) and whether the run logged no KL (:func:`without_kl`)."""
+
+    broken: list[str]
+    jump: float
+    jump_at: int | None
+    lost: list[str]
+    missing: list[str]
+    identity: bool
+    untruncated: bool
+    no_kl: bool
+
+    @classmethod
+    def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
+        """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
+        ``lr`` (S,)) up to the diagnosed one; ``broken`` and ``identity`` as the caller read them (they depend on
+        what it knows of the run's estimator and reward weights)."""
+        jump, at = schedule.recent_jump(lr, steps)
+        return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
+                   untruncated_now(raw, steps), without_kl(raw, steps))
+
+
 @dataclass
 class _Scores:
     type_prob: np.ndarray  # (n, classes)
@@ -313,23 +340,18 @@ class Diagnoser:
         if self.on_policy and on_policy.recently_clipped(cube[0, :, CUBE_SIGNALS.index(on_policy.SIGNAL)], steps[0]):
             broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
-        jump, at = schedule.recent_jump(lr, steps[0])
-        lost = non_finite.lost_now(cube[0], steps[0])
-        missing = non_finite.missing_now(cube[0], steps[0])
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
-        probs, unknowns = self.apply_seen(
-            *self.scores(x), [broken], [jump], [lost], [missing], [identity is not None],
-            [untruncated_now(cube[0], steps[0])], [without_kl(cube[0], steps[0])],
-        )
+        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None)
+        probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i],
                              probability=round(float(prob[i]), 4)) for i in order]
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
         evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
-        evidence = jump_evidence(lr, steps[0], at) + evidence
-        gone = non_finite.run_evidence(cube[0], steps[0], missing)
-        evidence = gone + [e for e in evidence if e.signal not in missing]
+        evidence = jump_evidence(lr, steps[0], seen.jump_at) + evidence
+        gone = non_finite.run_evidence(cube[0], steps[0], seen.missing)
+        evidence = gone + [e for e in evidence if e.signal not in seen.missing]
         if identity is not None:
             evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
         return Diagnosis(
@@ -374,20 +396,18 @@ class Diagnoser:
         return prob, unknown
 
     def apply_seen(
-        self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]] | None, jumps: list[float],
-        lost: list[list[str]], missing: list[list[str]], identity: list[bool], untruncated: list[bool],
-        no_kl: list[bool],
+        self, prob: np.ndarray, unknown: np.ndarray, seen: Sequence[Seen], invariants: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The model's rows after every rule over what each row's log shows (``broken`` None: no trajectories, so no
-        advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
+        """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
+        no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
         identity, completions that all ended before the length limit, a run without a KL term."""
-        if broken is not None:
-            prob, unknown = self.apply_invariants(prob, unknown, broken)
-        prob, unknown = self.apply_schedule(prob, unknown, jumps)
-        prob, unknown = self.apply_non_finite(prob, unknown, lost, missing)
-        prob, unknown = self.apply_reward_identity(prob, unknown, identity)
-        prob, unknown = self.apply_untruncated(prob, unknown, untruncated)
-        return self.apply_without_kl(prob, unknown, no_kl)
+        if invariants:
+            prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
+        prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
+        prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
+        prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
+        prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
+        return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
     def apply_invariants(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
