@@ -73,6 +73,7 @@ def one_log(name: str, detector, diagnoser, out: Path) -> dict:
             "first episode's diagnosis": (top.fault_type if top else "unknown")
             if first is not None and first.diagnosis
             else "–",
+            "first episode ended": _ending(first),
             "parse s": parsed - start,
             "watch s": watched - parsed,
             "report s": done - watched,
@@ -80,6 +81,19 @@ def one_log(name: str, detector, diagnoser, out: Path) -> dict:
         }
     )
     return row
+
+
+def _ending(episode) -> str:
+    """How an episode ended, in a table cell: open, came back, or settled (with the signals that stayed away)."""
+    if episode is None:
+        return "–"
+    if episode.open:
+        return "open at the end"
+    if episode.lasting is None:
+        return "alarms stopped"
+    if not episode.lasting:
+        return "came back"
+    return "settled away: " + ", ".join(ev.signal for ev in episode.lasting[:3])
 
 
 def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
@@ -91,6 +105,7 @@ def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:
         "episodes",
         "first alarm step",
         "first episode's diagnosis",
+        "first episode ended",
         "shows (README)",
         "parse s",
         "watch s",

@@ -285,3 +285,25 @@ def test_a_collapse_to_short_answers_that_nothing_clipped_is_no_length_limit(mon
     # the evidence's value is the length since the collapse began, not a mean with the entry before it
     (length,) = [e for e in first.diagnosis.evidence if e.signal == "completion_length_mean"]
     assert length.since_step == 20 and length.value == pytest.approx(2.6) and length.expected == pytest.approx(53.35)
+
+
+@pytest.mark.parametrize(
+    "name", ["trl/trl_DAPO_20251022_120531_run_terminal.md", "verl/aopd_i80f2v90.output.log"]
+)
+def test_a_collapse_that_stays_ends_its_episode_settled_not_recovered(name: str, monitors, capsys):
+    """Both real collapses stay collapsed after their alarms stop (the detector takes the new level as the run's):
+    the episode ends saying the run did not come back, with the completion length still far below its baseline."""
+    from rftfm.fm.monitor import RunMonitor
+    from rftfm.report.console import print_episode
+
+    detector, diagnoser = monitors
+    events, _ = read_log(REAL_LOGS / name)
+    monitor = RunMonitor("real", detector, diagnoser, on_episode=print_episode)
+    for record, trajectories in events:
+        monitor.observe(record, trajectories)
+    monitor.finish()
+    first = monitor.result.episodes[0]
+    assert not first.open and first.lasting
+    (length,) = [e for e in first.lasting if e.signal == "completion_length_mean"]
+    assert length.value < 0.1 * length.expected
+    assert "did not come back" in capsys.readouterr().out

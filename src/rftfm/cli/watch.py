@@ -70,6 +70,9 @@ def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
     alarms = f"{result.alarm_count} alarmed step(s) in {result.episode_count} episode(s)"
     if result.first_alarm_step is not None:
         alarms += f", first at step {result.first_alarm_step}"
+    settled = sum(1 for e in result.episodes if e.lasting)
+    if settled:
+        alarms += f"; {settled} ended with the run settled away from its earlier level"
     summary = f"{result.steps} step(s) [{stats.described}], {alarms}"
     if result.error_count:
         summary += f", {result.error_count} monitor error(s) recorded"

@@ -14,19 +14,25 @@ clears, not at every alarmed step.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping, Sequence
 
-from rftfm.fm.types import Alarm, Diagnosis, Episode
+from rftfm.fm.types import Alarm, Diagnosis, Episode, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
+from rftfm.signals import SIGNALS
 
 #: A long run keeps only this many alarms / diagnoses / episodes / error messages in memory
 #: (the counts are exact; every alarm and diagnosis is in the incident store).
 KEEP_IN_MEMORY = 1000
 #: An episode clears after this many logged steps in a row without an alarm.
 QUIET_STEPS = 3
+#: When an episode clears, a signal of its evidence has come back when the mean of those quiet steps lies within
+#: this share of the alarm's distance from the baseline before it (on the signal's own scale: ratios for a positive
+#: magnitude, differences otherwise).
+CAME_BACK = 0.5
 
 EpisodeChange = Literal["start", "diagnosis", "clear", "end"]
 
@@ -92,6 +98,47 @@ def diagnosis_key(diagnosis: Diagnosis | None) -> tuple[str, str] | None:
     return (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
 
 
+def _distance(a: float, b: float, log: bool) -> float:
+    return abs(math.log(a / b)) if log else abs(a - b)
+
+
+def lasting_deviations(
+    evidence: Sequence[SignalEvidence], recent: Mapping[str, Sequence[float | None]]
+) -> list[SignalEvidence] | None:
+    """The evidence signals that have not come back (:data:`CAME_BACK`) in ``recent`` (each signal's values over the
+    steps after an episode's last alarm, None where not finite), with their mean there as ``value``; None when no
+    signal of the evidence could be judged.
+
+    The detector takes a change that persists as the run's new level and falls silent, so an episode ends either
+    because the run recovered or because it settled where the fault left it (a policy collapsed to one-token answers
+    stays there). Written by hand: a comparison of three numbers per signal. A signal without a measured baseline,
+    or without values in ``recent``, is not judged; one that had stopped being finite has come back once it is again.
+    """
+    out, judged = [], 0
+    for ev in evidence:
+        seen = recent.get(ev.signal, ())
+        finite = [float(v) for v in seen if v is not None and math.isfinite(v)]
+        if ev.non_finite:
+            judged += bool(seen)
+            if seen and not finite:
+                out.append(ev.model_copy())
+            continue
+        base, peak = ev.expected, ev.value
+        if not finite or not ev.measured or base is None or peak is None:
+            continue
+        judged += 1
+        now = sum(finite) / len(finite)
+        scale = SIGNALS[ev.signal].scale if ev.signal in SIGNALS else "linear"
+        log = scale == "log" and min(base, peak, now) > 0
+        away = _distance(peak, base, log)
+        if away > 0 and _distance(now, base, log) > CAME_BACK * away:
+            out.append(SignalEvidence(
+                signal=ev.signal, direction=ev.direction, value=now, expected=base,
+                ratio=now / base if base else None, since_step=ev.since_step,
+            ))
+    return out if judged else None
+
+
 class EpisodeTracker:
     """Groups per-step alarms into episodes; :meth:`step` says what changed at each step."""
 
@@ -99,20 +146,33 @@ class EpisodeTracker:
         self.run_id, self.quiet_steps = run_id, max(1, quiet_steps)
         self.current: Episode | None = None
         self._quiet = 0
+        self._recent: list[Mapping[str, float | None]] = []  # the quiet steps' values (when given)
 
-    def step(self, step: int, alarm: Alarm | None) -> list[tuple[EpisodeChange, Episode]]:
-        """Feed one logged step (its alarm or None); returns the episode changes it caused."""
+    def step(
+        self, step: int, alarm: Alarm | None, values: Mapping[str, float | None] | None = None
+    ) -> list[tuple[EpisodeChange, Episode]]:
+        """Feed one logged step (its alarm or None, and its signals' values when known: then a cleared episode
+        says which of its signals had not come back, :attr:`Episode.lasting`); returns the episode changes it
+        caused."""
         changes: list[tuple[EpisodeChange, Episode]] = []
         episode = self.current
         if alarm is None:
             if episode is not None:
                 self._quiet += 1
+                if values:
+                    self._recent.append(values)
                 if self._quiet >= self.quiet_steps:
                     episode.open = False
+                    if len(self._recent) == self._quiet:  # every quiet step's values known
+                        episode.lasting = lasting_deviations(
+                            episode.evidence, {ev.signal: [r.get(ev.signal) for r in self._recent]
+                                               for ev in episode.evidence}
+                        )
                     changes.append(("clear", episode))
                     self.current = None
             return changes
         self._quiet = 0
+        self._recent = []
         if episode is None:
             self.current = Episode(
                 run_id=self.run_id,
@@ -314,7 +374,7 @@ class RunMonitor:
         self._history.append((self.run_id, step.step, *(row.get(n) for n in self._feature_names)))
         if self.on_step is not None:
             self._safely("alert", lambda: self.on_step(step, alarm), step.step)
-        changes = self.episodes.step(step.step, alarm)
+        changes = self.episodes.step(step.step, alarm, row)
         if alarm is None:
             self._notify(changes, step.step)
             return None, None

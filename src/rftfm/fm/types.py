@@ -91,3 +91,7 @@ class Episode(BaseModel):
     open: bool = True  # not cleared yet (or still alarming when the log ended)
     evidence: list[SignalEvidence] = Field(default_factory=list)  # the strongest alarm's
     diagnosis: Diagnosis | None = None  # the latest diagnosis within the episode
+    #: once it cleared: the evidence signals that had not come back to their baseline before the episode (the
+    #: run settled at a new level: the detector stops alarming at a level that persists), their values then;
+    #: empty: every one came back; None: not judged (still open, or no values to judge by)
+    lasting: list[SignalEvidence] | None = None

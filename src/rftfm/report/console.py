@@ -91,6 +91,12 @@ def print_episode(change: EpisodeChange, episode: Episode) -> None:
             f"[yellow]diagnosis[/] {run} episode from step {episode.start_step} is now "
             f"{diagnosis_text(episode.diagnosis)} at step {episode.diagnosis.step}"
         )
+    elif change == "clear" and episode.lasting:
+        console.print(
+            f"[yellow]settled[/] {run} episode steps {episode.start_step}–{episode.end_step}: the alarms stopped but "
+            f"the run did not come back — {evidence_line(episode.lasting, 3)} "
+            f"({episode.alarmed_steps} alarmed step(s), {diagnosis_text(episode.diagnosis)})"
+        )
     elif change == "clear":
         console.print(
             f"[green]cleared[/] {run} episode steps {episode.start_step}–{episode.end_step} "

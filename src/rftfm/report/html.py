@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.fm.monitor import episodes_of
+from rftfm.fm.monitor import QUIET_STEPS, episodes_of, lasting_deviations
 from rftfm.fm.types import Diagnosis, Episode, SignalEvidence
 from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.report.figures import box_panel, episode_labels, episode_shapes, esc, panel
@@ -102,6 +102,20 @@ def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: 
                 pass
         labels.append(label)
     return episodes, labels
+
+
+def judge_endings(episodes: Sequence[Episode], steps: list[int], columns: dict[str, np.ndarray]) -> None:
+    """Each cleared episode's :attr:`~rftfm.fm.types.Episode.lasting`, from the logged values of the quiet steps
+    that cleared it (the monitor's rule, :func:`rftfm.fm.monitor.lasting_deviations`)."""
+    index = {step: i for i, step in enumerate(steps)}
+    for episode in episodes:
+        end = index.get(episode.end_step)
+        if episode.open or end is None:
+            continue
+        window = slice(end + 1, end + 1 + QUIET_STEPS)
+        recent = {ev.signal: [finite_or_none(v) for v in columns[ev.signal][window]]
+                  for ev in episode.evidence if ev.signal in columns}
+        episode.lasting = lasting_deviations(episode.evidence, recent)
 
 
 def _score(payload: dict[str, Any]) -> float:
@@ -252,6 +266,7 @@ def build_report(
     shapes = episode_shapes(episodes, np.array(steps, dtype=float), onset)
     step_axis = np.array(steps, dtype=float)
     columns = _columns(records, STEP_METRICS)
+    judge_endings(episodes, steps, columns)
     present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
     figures = _Figures()
     signals = _signals_html(figures, step_axis, columns, present, incidents, shapes, episodes, labels, bool(records))

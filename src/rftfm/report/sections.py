@@ -212,11 +212,22 @@ def episodes_html(episodes: Sequence[Episode], labels: Sequence[str], limit: int
             f"<tr class='episode'><td>{i}</td><td>{episode.start_step}–{episode.end_step}</td>"
             f"<td>{episode.alarmed_steps}</td>"
             f"<td><b>{esc(label) or 'not diagnosed'}</b>{'<br>' + esc(summary) if summary else ''}</td>"
-            f"<td>{esc(evidence_line(episode.evidence, 3))}</td></tr>"
+            f"<td>{esc(evidence_line(episode.evidence, 3))}</td><td>{esc(episode_ending(episode))}</td></tr>"
         )
     more = f"<p class='muted'>{len(episodes) - limit} more episodes not listed.</p>" if len(episodes) > limit else ""
     return (
         "<table><thead><tr><th>#</th><th>steps</th><th>alarmed steps</th><th>diagnosis</th>"
-        "<th>evidence (value vs baseline)</th>"
+        "<th>evidence (value vs baseline)</th><th>ended</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>" + more
     )
+
+
+def episode_ending(episode: Episode) -> str:
+    """How an episode ended, in words: still open, the run came back, or it settled away (and where)."""
+    if episode.open:
+        return "still alarming when the log ended"
+    if episode.lasting is None:
+        return "alarms stopped"
+    if not episode.lasting:
+        return "alarms stopped, the run came back"
+    return "alarms stopped, the run did not come back: " + evidence_line(episode.lasting, 3)

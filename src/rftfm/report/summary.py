@@ -17,6 +17,9 @@ def episode_dict(episode: Episode) -> dict[str, Any]:
         "end_step": episode.end_step,
         "alarmed_steps": episode.alarmed_steps,
         "open": episode.open,
+        # cleared with signals that had not come back (the run settled at a new level): their names; [] came back;
+        # None not judged
+        "lasting": None if episode.lasting is None else [ev.signal for ev in episode.lasting],
         "peak_score": episode.peak_score,
         "evidence": [ev.signal for ev in episode.evidence[:5]],
         "diagnosis": None

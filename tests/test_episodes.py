@@ -1,0 +1,71 @@
+"""Alarm episodes end either with the run back at its earlier level or settled away from it."""
+
+from __future__ import annotations
+
+import math
+
+from rftfm.fm.monitor import CAME_BACK, EpisodeTracker, lasting_deviations
+from rftfm.fm.types import Alarm, SignalEvidence
+from rftfm.report.sections import episode_ending
+
+
+def _length_drop(value: float = 10.0, expected: float = 100.0) -> SignalEvidence:
+    return SignalEvidence(signal="completion_length_mean", direction="down", value=value, expected=expected, z=-9.0,
+                          since_step=5)
+
+
+def test_a_positive_magnitude_is_judged_as_a_ratio():
+    ev = _length_drop()  # x0.1: halfway back on the log scale is x0.316, not 55
+    assert lasting_deviations([ev], {"completion_length_mean": [30.0, 34.0]}) == []
+    (kept,) = lasting_deviations([ev], {"completion_length_mean": [20.0, 24.0]})
+    assert kept.value == 22.0 and kept.expected == 100.0 and kept.since_step == 5
+    assert math.isclose(kept.ratio, 0.22)
+    assert abs(math.log(0.22)) > CAME_BACK * abs(math.log(0.1))
+
+
+def test_a_signed_level_is_judged_as_a_difference_and_an_overshoot_is_still_away():
+    ev = SignalEvidence(signal="reward_mean", direction="down", value=-1.0, expected=0.0, z=-8.0)
+    assert lasting_deviations([ev], {"reward_mean": [-0.4, -0.5]}) == []
+    assert len(lasting_deviations([ev], {"reward_mean": [0.8, 0.9]})) == 1  # far past the baseline the other way
+
+
+def test_signals_without_a_baseline_or_without_values_are_not_judged():
+    no_baseline = SignalEvidence(signal="kl", direction="up", value=0.5)
+    assert lasting_deviations([no_baseline], {"kl": [0.5, 0.5]}) is None
+    assert lasting_deviations([_length_drop()], {"completion_length_mean": [None, None]}) is None
+    assert lasting_deviations([_length_drop()], {}) is None
+
+
+def test_a_number_that_stopped_being_finite_is_back_once_it_is_finite_again():
+    lost = SignalEvidence(signal="grad_norm", direction="up", expected=1.3, non_finite=True, since_step=9)
+    assert lasting_deviations([lost], {"grad_norm": [None, None, None]}) == [lost]
+    assert lasting_deviations([lost], {"grad_norm": [None, 1.1, 1.2]}) == []
+
+
+def _run(tracker: EpisodeTracker, lengths: list[float], alarmed: set[int], give_values: bool = True):
+    changes = []
+    for step, length in enumerate(lengths, start=1):
+        alarm = Alarm(run_id="r", step=step, score=2.0, threshold=1.0, evidence=[_length_drop()]) if step in alarmed \
+            else None
+        values = {"completion_length_mean": length} if give_values else None
+        changes += tracker.step(step, alarm, values)
+    return changes
+
+
+def test_an_episode_says_whether_the_run_came_back_when_it_clears():
+    settled = _run(EpisodeTracker("r"), [100, 100, 10, 10, 10, 10, 10], alarmed={3, 4})
+    assert [c for c, _ in settled] == ["start", "clear"]
+    episode = settled[-1][1]
+    assert not episode.open and [e.signal for e in episode.lasting] == ["completion_length_mean"]
+    assert episode_ending(episode).startswith("alarms stopped, the run did not come back: completion_length_mean ↓ 10")
+    recovered = _run(EpisodeTracker("r"), [100, 100, 10, 95, 98, 101, 100], alarmed={3})[-1][1]
+    assert recovered.lasting == [] and episode_ending(recovered) == "alarms stopped, the run came back"
+    unjudged = _run(EpisodeTracker("r"), [100, 100, 10, 10, 10, 10], alarmed={3}, give_values=False)[-1][1]
+    assert unjudged.lasting is None and episode_ending(unjudged) == "alarms stopped"
+
+
+def test_an_alarm_during_the_quiet_steps_starts_their_count_again():
+    tracker = EpisodeTracker("r")
+    changes = _run(tracker, [100, 100, 10, 90, 10, 95, 99, 100], alarmed={3, 5})
+    (cleared,) = [e for c, e in changes if c == "clear"]
+    assert cleared.end_step == 5 and cleared.lasting == []  # judged on steps 6-8 only
