@@ -70,6 +70,8 @@ def _diagnosis_panel(diagnosis: Diagnosis) -> None:
     body = [escape(diagnosis.summary)] if diagnosis.summary else []
     if top is None:
         body.append("no known fingerprint fits (abstained)")
+        if diagnosis.ranked:  # the model's ranking, shown for what it is: no type was probable or familiar enough
+            body.append("closest known types, none of them a fit:")
     for hyp in diagnosis.ranked[:3]:
         body.append(f"{escape(hyp.fault_type)} ({escape(hyp.family)}): p={hyp.probability:.2f}")
     title = f"diagnosis at step {diagnosis.step}" + (f": [bold]{escape(top.fault_type)}[/]" if top else ": unknown")
