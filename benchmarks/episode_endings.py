@@ -1,4 +1,4 @@
-"""How alarm episodes end on benchmark runs: does "the run came back" / "settled away" tell a fault from a false alarm?
+"""How alarm episodes end on benchmark runs: does "the run came back" / "settled" tell a fault from a false alarm?
 
     python benchmarks/episode_endings.py --data DIR [--tier a|b|c|bc] [--markdown FILE]
 
@@ -18,20 +18,13 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
-from rftfm.fm.monitor import RunMonitor, load_detector
+from rftfm.fm.monitor import EpisodeEnd, RunMonitor, how_it_ended, load_detector
 from rftfm.io.adapters import read_log
 
-ENDINGS = ("open at the end", "came back", "settled away", "not judged")
+ENDINGS = get_args(EpisodeEnd)  # open, came back, settled, not judged
 SOURCES = ("fault", "healthy run", "before onset")
-
-
-def ending(episode) -> str:
-    if episode.open:
-        return ENDINGS[0]
-    if episode.lasting is None:
-        return ENDINGS[3]
-    return ENDINGS[2] if episode.lasting else ENDINGS[1]
 
 
 def tier_events(events: list, tier: str) -> list:
@@ -69,8 +62,8 @@ def markdown(counts: Counter, runs: int, data: str, tier: str, seconds: float) -
     ]
     for src in SOURCES:
         row = [counts[src, e] for e in ENDINGS]
-        judged = counts[src, ENDINGS[1]] + counts[src, ENDINGS[2]]
-        share = f"{100 * counts[src, ENDINGS[2]] / judged:.1f} % of {judged}" if judged else "–"
+        settled, judged = counts[src, "settled"], counts[src, "came back"] + counts[src, "settled"]
+        share = f"{100 * settled / judged:.1f} % of {judged}" if judged else "–"
         lines.append(f"| {src} | " + " | ".join(map(str, row)) + f" | {share} |")
     return "\n".join(lines) + "\n"
 
@@ -89,7 +82,7 @@ def main() -> None:
     for run_dir in run_dirs:
         info, episodes = watch_run(run_dir, detector, args.tier)
         for episode in episodes:
-            counts[source(info, episode.start_step), ending(episode)] += 1
+            counts[source(info, episode.start_step), how_it_ended(episode)] += 1
     table = markdown(counts, len(run_dirs), str(args.data), args.tier, time.perf_counter() - start)
     print(table)
     if args.markdown:

@@ -18,7 +18,7 @@ from pathlib import Path
 from long_log import REAL_LOGS
 
 from rftfm.fm.incidents import IncidentStore
-from rftfm.fm.monitor import RunMonitor, load_detector, load_diagnoser
+from rftfm.fm.monitor import RunMonitor, how_it_ended, load_detector, load_diagnoser
 from rftfm.io.adapters import read_log
 from rftfm.report.html import write_report
 
@@ -84,16 +84,11 @@ def one_log(name: str, detector, diagnoser, out: Path) -> dict:
 
 
 def _ending(episode) -> str:
-    """How an episode ended, in a table cell: open, came back, or settled (with the signals that stayed away)."""
+    """How an episode ended, in a table cell (with the signals that stayed away when it settled)."""
     if episode is None:
         return "–"
-    if episode.open:
-        return "open at the end"
-    if episode.lasting is None:
-        return "alarms stopped"
-    if not episode.lasting:
-        return "came back"
-    return "settled away: " + ", ".join(ev.signal for ev in episode.lasting[:3])
+    end = how_it_ended(episode)
+    return f"{end}: " + ", ".join(ev.signal for ev in episode.lasting[:3]) if end == "settled" else end
 
 
 def markdown(rows: list[dict], load_s: float, detector_name: str) -> str:

@@ -35,6 +35,9 @@ QUIET_STEPS = 3
 CAME_BACK = 0.5
 
 EpisodeChange = Literal["start", "diagnosis", "clear", "end"]
+#: How an episode ended: still alarming at the end of the log, cleared with every judged evidence signal back,
+#: cleared with some away from their baseline (:attr:`Episode.lasting`), or cleared without values to judge by.
+EpisodeEnd = Literal["open", "came back", "settled", "not judged"]
 
 
 # --- the detector and the diagnoser, when installed -----------------------------------------
@@ -137,6 +140,15 @@ def lasting_deviations(
                 ratio=now / base if base else None, since_step=ev.since_step,
             ))
     return out if judged else None
+
+
+def how_it_ended(episode: Episode) -> EpisodeEnd:
+    """:data:`EpisodeEnd` of ``episode``."""
+    if episode.open:
+        return "open"
+    if episode.lasting is None:
+        return "not judged"
+    return "settled" if episode.lasting else "came back"
 
 
 class EpisodeTracker:

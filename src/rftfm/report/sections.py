@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from rftfm.fm.monitor import how_it_ended
 from rftfm.fm.types import Episode, SignalEvidence
 from rftfm.records import STEP_METRICS, StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.report.console import evidence_line, evidence_text
@@ -222,12 +223,15 @@ def episodes_html(episodes: Sequence[Episode], labels: Sequence[str], limit: int
     )
 
 
+_ENDINGS = {
+    "open": "still alarming when the log ended",
+    "not judged": "alarms stopped",
+    "came back": "alarms stopped, the run came back",
+    "settled": "alarms stopped, the run did not come back: ",
+}
+
+
 def episode_ending(episode: Episode) -> str:
     """How an episode ended, in words: still open, the run came back, or it settled away (and where)."""
-    if episode.open:
-        return "still alarming when the log ended"
-    if episode.lasting is None:
-        return "alarms stopped"
-    if not episode.lasting:
-        return "alarms stopped, the run came back"
-    return "alarms stopped, the run did not come back: " + evidence_line(episode.lasting, 3)
+    end = how_it_ended(episode)
+    return _ENDINGS[end] + (evidence_line(episode.lasting or [], 3) if end == "settled" else "")
