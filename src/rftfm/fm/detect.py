@@ -608,7 +608,7 @@ class Detector:
             self.skipped_steps += 1
             return None
         raw = with_derived(feature_row(features))
-        before = live.state.copy()  # kept for a rollback to this step; the evidence's baseline is read from it
+        before = live.state.frozen()  # kept for a rollback to this step; the evidence's baseline is read from it
         live.snapshots.append(live.snapshot(step, before))
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
         if not live.has_trajectories:

@@ -107,7 +107,11 @@ NOISE_FLOOR = {"linear": 1e-6}
 
 @dataclass
 class TrackerState:
-    """State of R runs x F signals (arrays), copied by :meth:`DynamicsTracker.snapshot`."""
+    """State of R runs x F signals (arrays), copied by :meth:`DynamicsTracker.snapshot`.
+
+    The tracker never writes into a state's arrays: every update binds new ones, so :meth:`frozen` -- a new state
+    holding the same arrays -- keeps the values of the moment it was taken.
+    """
 
     magnitude: np.ndarray  # (R, F) c of the asinh transform (NaN: not set yet)
     level: np.ndarray
@@ -155,6 +159,10 @@ class TrackerState:
 
     def copy(self) -> "TrackerState":
         return TrackerState(*(getattr(self, name).copy() for name in _STATE_FIELDS))
+
+    def frozen(self) -> "TrackerState":
+        """This state as it is now, without copying its arrays (see the class docstring)."""
+        return TrackerState(*(getattr(self, name) for name in _STATE_FIELDS))
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(TrackerState))  # looked up once: a live run copies its state per record
@@ -323,6 +331,7 @@ class DynamicsTracker:
             return
         slot = np.minimum(state.n, warmup - 1).astype(int)
         r_idx, f_idx = np.nonzero(filling)
+        state.warm = state.warm.copy()  # a new array, never a write into one a frozen state may hold
         state.warm[r_idx, f_idx, slot[r_idx, f_idx]] = y[r_idx, f_idx]
         state.n = state.n + seen
         done = filling & (state.n >= warmup)
@@ -346,8 +355,9 @@ class DynamicsTracker:
             out[:, s] = self.update(state, cube[:, s])
             if before is not None:  # a run already ended: its state (and record count) stays as it was
                 for f in fields(state):
-                    arr = getattr(state, f.name)
-                    arr[~present] = getattr(before, f.name)[~present]
+                    kept = getattr(state, f.name).copy()  # new arrays: see TrackerState
+                    kept[~present] = getattr(before, f.name)[~present]
+                    setattr(state, f.name, kept)
         return out
 
     @staticmethod
