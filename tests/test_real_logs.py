@@ -292,18 +292,25 @@ def test_a_collapse_to_short_answers_that_nothing_clipped_is_no_length_limit(mon
 )
 def test_a_collapse_that_stays_ends_its_episode_settled_not_recovered(name: str, monitors, capsys):
     """Both real collapses stay collapsed after their alarms stop (the detector takes the new level as the run's):
-    the episode ends saying the run did not come back, with the completion length still far below its baseline."""
+    the episode ends saying the run did not come back, with the completion length still far below its baseline --
+    in the watch's line and in the report's table of episodes alike."""
+    from rftfm.fm.incidents import IncidentStore
     from rftfm.fm.monitor import RunMonitor
     from rftfm.report.console import print_episode
+    from rftfm.report.html import build_report
 
     detector, diagnoser = monitors
-    events, _ = read_log(REAL_LOGS / name)
-    monitor = RunMonitor("real", detector, diagnoser, on_episode=print_episode)
-    for record, trajectories in events:
-        monitor.observe(record, trajectories)
-    monitor.finish()
+    events, stats = read_log(REAL_LOGS / name)
+    with IncidentStore(":memory:") as store:
+        monitor = RunMonitor("real", detector, diagnoser, store, on_episode=print_episode)
+        for record, trajectories in events:
+            monitor.observe(record, trajectories)
+        monitor.finish()
+        incidents = store.events(run_id="real")
     first = monitor.result.episodes[0]
     assert not first.open and first.lasting
     (length,) = [e for e in first.lasting if e.signal == "completion_length_mean"]
     assert length.value < 0.1 * length.expected
     assert "did not come back" in capsys.readouterr().out
+    page = build_report("real", events, incidents, stats=stats, plotly_src="plotly.min.js")
+    assert "the run did not come back: " in page and "completion_length_mean" in page

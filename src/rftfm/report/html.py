@@ -68,9 +68,12 @@ def _int_step(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: str) -> tuple[list[Episode], list[str]]:
+def run_episodes(
+    steps: list[int], incidents: Sequence[dict[str, Any]], run_id: str, columns: dict[str, np.ndarray] | None = None
+) -> tuple[list[Episode], list[str]]:
     """The episodes of the recorded alarms (the monitor's rule), each with its strongest alarm's evidence
-    and the latest diagnosis made within it; and a label per episode (its diagnosis, named once)."""
+    and the latest diagnosis made within it (and, given the step metrics' ``columns``, how it ended); and a label
+    per episode (its diagnosis, named once)."""
 
     def by_step(kind: str) -> list[dict[str, Any]]:
         found = [
@@ -101,6 +104,8 @@ def run_episodes(steps: list[int], incidents: Sequence[dict[str, Any]], run_id: 
             except ValueError:  # an odd payload: the episode stays undiagnosed
                 pass
         labels.append(label)
+    if columns is not None:
+        judge_endings(episodes, steps, columns)
     return episodes, labels
 
 
@@ -262,11 +267,10 @@ def build_report(
         if ground_truth and ground_truth.get("control_or_fault") == "fault"
         else None
     )
-    episodes, labels = run_episodes(steps, incidents, run_id)
+    columns = _columns(records, STEP_METRICS)
+    episodes, labels = run_episodes(steps, incidents, run_id, columns)
     shapes = episode_shapes(episodes, np.array(steps, dtype=float), onset)
     step_axis = np.array(steps, dtype=float)
-    columns = _columns(records, STEP_METRICS)
-    judge_endings(episodes, steps, columns)
     present = [m for m in STEP_METRICS if np.isfinite(columns[m]).any()]
     figures = _Figures()
     signals = _signals_html(figures, step_axis, columns, present, incidents, shapes, episodes, labels, bool(records))
