@@ -140,3 +140,22 @@ def test_a_fraction_set_by_the_task_has_no_absolute_level_but_its_changes_count(
     assert np.allclose(g[:, names.index("frac_zero_std_groups:level")], np.r_[np.full(20, 0.9), np.full(10, 0.3)])
     mask = np.array([not n.startswith("frac_zero_std_groups:level") for n in names])
     assert np.array_equal(f[:, mask], g[:, mask], equal_nan=True)
+
+
+def test_a_frozen_state_keeps_its_values_while_the_tracker_moves_on():
+    """The tracker binds new arrays and never writes into a state's (the detector's per-record snapshot relies on
+    it): a frozen state taken at every record -- in the warm-up, past it, and across a run that ends early in a batch
+    -- still holds exactly what a deep copy taken at the same moment holds."""
+    tracker = DynamicsTracker(SIGNALS)
+    state = tracker.new_state(1)
+    taken = []
+    for row in _series(20, jump_at=12, jump=30.0):
+        taken.append((state.frozen(), state.copy()))
+        tracker.update(state, row[None])
+    batch = tracker.new_state(2)
+    cube = np.stack([_series(12), np.vstack([_series(6, seed=1), np.full((6, 3), np.nan)])])
+    taken.append((batch.frozen(), batch.copy()))
+    tracker.extend(batch, cube)  # the second run ends after 6 records: its state is kept as it was
+    for frozen, copy in taken:
+        for name in frozen.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(frozen, name), getattr(copy, name), err_msg=name)
