@@ -146,6 +146,11 @@ def signal(name: str) -> Signal:
         raise KeyError(f"unknown signal {name!r}; register it in rftfm.signals") from None
 
 
+def scale(name: str) -> Scale:
+    """How signal ``name`` is compared over time; an unregistered one (a reward component) is a signed level."""
+    return SIGNALS[name].scale if name in SIGNALS else "linear"
+
+
 def names(
     *,
     source: Source | None = None,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from rftfm.signals import SIGNALS, Scale, has_absolute_level
+from rftfm.signals import Scale, has_absolute_level, scale
 
 #: Features per signal (a NaN where a signal has no value of that kind).
 PER_SIGNAL: tuple[str, ...] = ("z", "cusum_up", "cusum_down", "dev_slow", "trend", "change0", "level")
@@ -83,8 +83,8 @@ def feature_names(signals: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def scales(signals: tuple[str, ...]) -> tuple[Scale, ...]:
-    """Scale of each signal; an unregistered one (a reward component) is a signed level."""
-    return tuple(SIGNALS[s].scale if s in SIGNALS else "linear" for s in signals)
+    """Scale of each signal (:func:`rftfm.signals.scale`)."""
+    return tuple(map(scale, signals))
 
 
 def clip(x: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from rftfm.fm.types import Alarm, Diagnosis, Episode, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
-from rftfm.signals import SIGNALS
+from rftfm.signals import scale
 
 #: A long run keeps only this many alarms / diagnoses / episodes / error messages in memory
 #: (the counts are exact; every alarm and diagnosis is in the incident store).
@@ -131,8 +131,7 @@ def lasting_deviations(
             continue
         judged += 1
         now = sum(finite) / len(finite)
-        scale = SIGNALS[ev.signal].scale if ev.signal in SIGNALS else "linear"
-        log = scale == "log" and min(base, peak, now) > 0
+        log = scale(ev.signal) == "log" and min(base, peak, now) > 0
         away = _distance(peak, base, log)
         if away > 0 and _distance(now, base, log) > CAME_BACK * away:
             out.append(SignalEvidence(
