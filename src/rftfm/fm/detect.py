@@ -38,10 +38,14 @@ How it decides, record by record:
    by more than its own spread and more than healthy runs' step metrics ever move (:mod:`rftfm.fm.level_shift`; each
    signal's limits and the channel's threshold calibrated on healthy records, the threshold on configurations the
    limits were set without);
-8. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
+8. a *loss-penalty* channel: the logged loss per nat of entropy staying above its level before at every one of the
+   last few records, by more than its own spread and more than healthy runs' losses rise -- a KL or entropy
+   coefficient pushed mid-run, a penalty the policy term cannot make (:mod:`rftfm.fm.loss_penalty`; its threshold
+   calibrated like the rate shift's);
+9. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
    (:mod:`rftfm.fm.non_finite`);
-9. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+10. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -71,7 +75,16 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from rftfm.fm import invariants, level_shift, non_finite, on_policy, rate_shift, reward_identity, schedule
+from rftfm.fm import (
+    invariants,
+    level_shift,
+    loss_penalty,
+    non_finite,
+    on_policy,
+    rate_shift,
+    reward_identity,
+    schedule,
+)
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
     EVAL_INDEX,
@@ -196,6 +209,7 @@ class _Live:
     level: level_shift.LevelState = field(default_factory=level_shift.LevelState)
     lost: non_finite.LostState = field(default_factory=non_finite.LostState)
     identity: reward_identity.IdentityState = field(default_factory=reward_identity.IdentityState)
+    penalty: loss_penalty.PenaltyState = field(default_factory=loss_penalty.PenaltyState)
 
     def snapshot(self, step: int, state: TrackerState) -> tuple:
         """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
@@ -212,6 +226,7 @@ class _Live:
             self.level.copy(),
             self.lost.copy(),
             self.identity.copy(),
+            self.penalty.copy(),
         )
 
 
@@ -239,6 +254,7 @@ class _Pending:
     lost: list[SignalEvidence]  # the signals the record has lost (:mod:`non_finite`), as evidence
     identity: float  # the reward identity's gap in units of its tolerance (:mod:`reward_identity`; 0: not judged)
     identity_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence (read when the record was)
+    penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
 
 
 class Detector:
@@ -293,6 +309,7 @@ class Detector:
         jumps = np.abs(schedule.cube_units(runs_schedule(features, run_ids, steps.shape[1]), steps))
         shifts = rate_shift.cube_shifts(raw, steps)
         levels = level_shift.cube_stats(raw, steps)
+        penalties = loss_penalty.cube_stats(raw, steps)
         normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
@@ -306,7 +323,9 @@ class Detector:
         level_units, level_threshold = self._fit_level(levels, y == 0, steps, fold)
         self.models, self.thresholds = {}, {}
         oof_rates = {
-            tier: self._fit_tier(tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold))
+            tier: self._fit_tier(
+                tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold), penalties
+            )
             for tier in tiers
         }
         self.fit_info = {
@@ -343,11 +362,13 @@ class Detector:
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
         fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray, level: tuple[np.ndarray, float],
+        penalties: np.ndarray,
     ) -> float:
         """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
         ``jumps``: the schedule channel's units, which need no fitting; ``shifts``: the rate-shift channel's
         statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset;
-        ``level``: the level-shift channel's units and threshold, calibrated by :meth:`_fit_level`)."""
+        ``level``: the level-shift channel's units and threshold, calibrated by :meth:`_fit_level`; ``penalties``: the
+        loss-penalty statistic, calibrated like the rate shift)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -369,6 +390,7 @@ class Detector:
         )
         shift_max = _run_max(shifts, steps)
         healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
+        healthy_penalty_max = _run_max(np.where(y == 0, penalties, np.nan), steps)
         self.thresholds[tier] = {
             "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
             "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
@@ -376,6 +398,9 @@ class Detector:
                 healthy_shift_max[np.isfinite(healthy_shift_max)], budget, self.config.tail_fraction
             ),
             "level_shift": level[1],
+            "loss_penalty": tail_threshold(
+                healthy_penalty_max[np.isfinite(healthy_penalty_max)], budget, self.config.tail_fraction
+            ),
         }
         self.models[tier] = self._train(x[..., cols], y, steps, signals)
         return float(
@@ -386,6 +411,7 @@ class Detector:
                 | (_run_max(jumps, steps)[normal] > 1.0)
                 | (shift_max[normal] > self.thresholds[tier]["rate_shift"])
                 | (_run_max(level[0], steps)[normal] > level[1])
+                | (_run_max(penalties, steps)[normal] > self.thresholds[tier]["loss_penalty"])
             )
         )
 
@@ -436,20 +462,23 @@ class Detector:
 
     def _combine(
         self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike,
-        shift: ArrayLike = 0.0, level: ArrayLike = 0.0,
+        shift: ArrayLike = 0.0, level: ArrayLike = 0.0, penalty: ArrayLike = 0.0,
     ) -> np.ndarray:
         """The record's score from the learned channel's running log-odds, the surprise, the invariants, the
-        learning rate's jump, the rate shift and the level shift: the largest channel score against its threshold
-        (an alarm above 1; log-odds compare by difference; the fitting-free channels are in units of their limits)."""
+        learning rate's jump, the rate shift, the level shift and the loss penalty: the largest channel score against
+        its threshold (an alarm above 1; log-odds compare by difference; the fitting-free channels are in units of
+        their limits)."""
         t = self.thresholds[tier]
         with np.errstate(over="ignore", invalid="ignore"):
             fitted = np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
             fitted = np.fmax(fitted, np.asarray(shift) / t.get("rate_shift", math.inf))  # NaN shift: not judged
             fitted = np.fmax(fitted, np.asarray(level) / t.get("level_shift", math.inf))  # NaN: not judged
+            fitted = np.fmax(fitted, np.asarray(penalty) / t.get("loss_penalty", math.inf))
             return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
     def _combine_one(
-        self, tier: str, learned: float, surprise: float, invariant: float, jump: float, shift: float, level: float
+        self, tier: str, learned: float, surprise: float, invariant: float, jump: float, shift: float, level: float,
+        penalty: float = math.nan,
     ) -> float:
         """:meth:`_combine` of one live record's channel scores, in Python floats (numpy's per-call set-up costs more
         than this arithmetic at every record); the same number."""
@@ -460,6 +489,7 @@ class Detector:
             surprise / t["surprise"],
             shift / t.get("rate_shift", math.inf),
             level / t.get("level_shift", math.inf),
+            penalty / t.get("loss_penalty", math.inf),
             invariant,
             abs(jump),
         )
@@ -514,7 +544,8 @@ class Detector:
             jump = np.fmax(jump, np.vectorize(on_policy.units)(raw[..., CUBE_SIGNALS.index(on_policy.SIGNAL)]))
         shift = rate_shift.cube_shifts(masked, steps)
         level = level_shift.units(level_shift.cube_stats(masked, steps), self.level_limits)
-        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift, level)
+        penalty = loss_penalty.cube_stats(masked, steps)
+        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift, level, penalty)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -624,6 +655,7 @@ class Detector:
         jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         level = live.level.advance(raw[0, level_shift.COLUMNS])
+        penalty = live.penalty.advance(float(raw[0, loss_penalty.LOSS]), float(raw[0, loss_penalty.ENTROPY]))
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
@@ -650,6 +682,7 @@ class Detector:
             live.lost.evidence(lost) if lost.any() else [],
             identity,
             [live.identity.evidence()] if identity > 1.0 else [],
+            penalty,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -661,12 +694,13 @@ class Detector:
         invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity)
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
-        score = self._combine_one(p.tier, log_odds, surprise, invariant, max(abs(p.jump), p.clipped), shift, level)
+        jump = max(abs(p.jump), p.clipped)
+        score = self._combine_one(p.tier, log_odds, surprise, invariant, jump, shift, level, p.penalty[0])
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = self._combine_one(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level)
+        others = self._combine_one(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, p.penalty[0])
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -693,9 +727,8 @@ class Detector:
             live.snapshots.pop()
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
-        _, state, flat, has_traj, has_eval, held, lr_state, live.shift, live.level, live.lost, live.identity = (
-            live.snapshots.pop()
-        )
+        _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
+        live.shift, live.level, live.lost, live.identity, live.penalty = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -734,6 +767,10 @@ class Detector:
         moved = self._level_moved(p)  # and a level shift
         out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
         done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
+        if p.penalty[0] > self.thresholds[p.tier].get("loss_penalty", math.inf):  # and a penalty in the loss
+            since = self._window_start(p, loss_penalty.WINDOW)
+            out.append(loss_penalty.evidence(*p.penalty, since))
+            done.add("policy_loss")
         done |= {e.signal for e in out if e.non_finite or e.reward_identity}
         ranked = [s for s in ranked if s not in done]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy

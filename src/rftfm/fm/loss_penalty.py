@@ -1,0 +1,97 @@
+"""A penalty term that takes over the loss mid-run: the rule of the detector's loss-penalty channel.
+
+The loss a GRPO trainer logs is its policy term plus the penalties: TRL's ``loss`` is
+``policy term + beta x KL - entropy_coef x entropy``. The policy term's advantages average to zero in every group,
+so a healthy run's loss hovers around a level of its own (0, or a length-advantage covariance under a token-level
+loss) and moves with it slowly. A KL coefficient pushed up, or an entropy coefficient whose sign was flipped (a
+penalty where a bonus was meant), adds a positive term at every record from the push on. Measured per nat of
+entropy (``loss / entropy``: dimensionless, and an entropy term is proportional to it), the smallest value of the
+last :data:`WINDOW` records against the median of up to :data:`BASELINE` records before them, in units of their
+spread (never below :data:`FLOOR`), is the channel's statistic; only a rise counts.
+
+Judged only once the run has a reference (:data:`MIN_BASELINE` records): a penalty present from the first step
+looks like a token-level loss whose failing completions are the longer ones, which keeps a healthy run's loss
+positive too -- that is not told apart from the loss alone. A record without a finite loss and a positive entropy
+leaves the state as it was.
+
+Written by hand: a two-window statistic of a ratio of two logged metrics, a few microseconds per record; river's
+drift detectors and ruptures watch one series against thresholds of their own, not this ratio against limits
+calibrated across configurations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.types import SignalEvidence
+
+LOSS = CUBE_SIGNALS.index("policy_loss")
+ENTROPY = CUBE_SIGNALS.index("entropy")
+WINDOW = 4  # records whose smallest loss per nat is "now": a penalty raises the loss at every record
+BASELINE = 20  # records before the window whose median and spread are "before"
+MIN_BASELINE = 8  # fewer: no reference yet
+FLOOR = 0.01  # a spread of the loss per nat of entropy is never taken below this
+UNJUDGED = (math.nan, math.nan, math.nan)
+
+
+@dataclass
+class PenaltyState:
+    """One run's last :data:`WINDOW` + :data:`BASELINE` losses per nat of entropy, and the losses themselves."""
+
+    ratios: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+    losses: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+
+    def copy(self) -> "PenaltyState":
+        size = WINDOW + BASELINE
+        return PenaltyState(deque(self.ratios, maxlen=size), deque(self.losses, maxlen=size))
+
+    def advance(self, loss: float, entropy: float) -> tuple[float, float, float]:
+        """Take in one record's loss and entropy; return the statistic (NaN: not judged), the window's mean loss and
+        the reference's (read where the statistic is finite)."""
+        if not (math.isfinite(loss) and math.isfinite(entropy) and entropy > 0.0):
+            return UNJUDGED
+        self.ratios.append(loss / entropy)
+        self.losses.append(loss)
+        n = len(self.ratios)
+        if n < WINDOW + MIN_BASELINE:
+            return UNJUDGED
+        ratios = list(self.ratios)
+        reference, window = ratios[: n - WINDOW], ratios[n - WINDOW :]
+        middle = sorted(reference)
+        k = len(middle)
+        median = middle[k // 2] if k % 2 else 0.5 * (middle[k // 2 - 1] + middle[k // 2])
+        mean = sum(reference) / k
+        spread = math.sqrt(sum((r - mean) ** 2 for r in reference) / k)
+        losses = list(self.losses)
+        now_loss = sum(losses[n - WINDOW :]) / WINDOW
+        before_loss = sum(losses[: n - WINDOW]) / (n - WINDOW)
+        return (min(window) - median) / max(spread, FLOOR), now_loss, before_loss
+
+
+def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(R, S) every record's statistic of a raw cube (R, S, len(CUBE_SIGNALS)) in step order (``steps`` 0: absent),
+    exactly as :meth:`PenaltyState.advance` gives it."""
+    out = np.full(steps.shape, np.nan)
+    for r in range(steps.shape[0]):
+        state = PenaltyState()
+        for s in np.flatnonzero(steps[r] > 0):
+            out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, ENTROPY]))[0]
+    return out
+
+
+def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
+    """The loss's rise as evidence: its mean over the window against its mean before."""
+    return SignalEvidence(
+        signal="policy_loss",
+        direction="up",
+        value=now,
+        expected=before,
+        z=stat,
+        ratio=now / before if abs(before) > 1e-12 else None,
+        since_step=since_step,
+    )
