@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -497,3 +498,34 @@ def test_a_run_without_a_kl_term_is_never_given_a_kl_coefficient_fault() -> None
     assert without_kl(raw, steps) and not without_kl(raw, np.zeros(3, dtype=int))  # no record: no reading
     raw[0, CUBE_SIGNALS.index("kl")] = 0.0  # a KL of 0 at the first step is a KL term
     assert not without_kl(raw, steps)
+
+
+def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_run_without_kl_still_loses_kl() -> None:
+    """The types that add a penalty to the loss get half the mass where the loss-penalty statistic is above the
+    diagnoser's bar; rows below it, or not judged, are as they were; the no-KL rule still removes a KL coefficient."""
+    from rftfm.fm import loss_penalty
+    from rftfm.fm.cube import CUBE_SIGNALS
+    from rftfm.fm.diagnose import Seen, penalty_now
+
+    fitted = Diagnoser.load_default()
+    classes = fitted.classes
+    fitted.penalty_bar, saved = 5.0, fitted.penalty_bar
+    try:
+        prob = np.zeros((3, len(classes)))
+        prob[:, classes.index("lr_high")], prob[:, classes.index("entropy_collapse")] = 0.8, 0.2
+        out, unknown = fitted.apply_penalty(prob, np.ones(3, dtype=bool), [9.0, 4.0, math.nan])
+        assert out[0, classes.index("entropy_collapse")] == pytest.approx(0.2 / 2 + 0.5) and not unknown[0]
+        np.testing.assert_array_equal(out[1:], prob[1:])
+        seen = Seen([], 0.0, None, [], [], False, False, True, 9.0)  # a run that logs no KL
+        ruled, _ = fitted.apply_seen(prob[:1].copy(), np.zeros(1, dtype=bool), [seen])
+        assert ruled[0, classes.index("kl_misconfig")] == 0.0 and ruled[0].argmax() == classes.index("entropy_collapse")
+    finally:
+        fitted.penalty_bar = saved
+
+    raw = np.full((16, len(CUBE_SIGNALS)), np.nan)
+    raw[:, CUBE_SIGNALS.index("entropy")] = 0.5
+    raw[:, CUBE_SIGNALS.index("policy_loss")] = [0.0, 0.001] * 6 + [0.25] * 4
+    steps = np.arange(1, 17)
+    expected = loss_penalty.cube_stats(raw[None], steps[None])[0][-loss_penalty.WINDOW :].max()
+    assert penalty_now(raw, steps) == pytest.approx(expected) and expected > 10
+    assert math.isnan(penalty_now(raw[:5], steps[:5]))  # no reference yet

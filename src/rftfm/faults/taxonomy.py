@@ -53,6 +53,12 @@ class FaultType:
         factors = [p["lr_multiplier"] for p in self.params.values() if p.get("lr_multiplier", 1.0) != 1.0]
         return None if not factors else "up" if factors[0] > 1.0 else "down"
 
+    @property
+    def loss_penalty(self) -> bool:
+        """Whether the fault adds a penalty to the loss the trainer logs (a KL coefficient pushed up, an entropy bonus
+        turned into a penalty: :mod:`rftfm.fm.loss_penalty`)."""
+        return any("beta" in p or p.get("entropy_coef", 0.0) < 0.0 for p in self.params.values())
+
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
         return (self.task_groups is None or task_group in self.task_groups) and (beta > 0 or not self.needs_kl)

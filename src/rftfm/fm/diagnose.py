@@ -40,8 +40,8 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, non_finite, on_policy, reward_identity, schedule
-from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
+from rftfm.fm import invariants, loss_penalty, non_finite, on_policy, reward_identity, schedule
+from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
 from rftfm.fm.dynamics import DynamicsTracker, TrackerConfig, TrackerState, fit_prior_noise
@@ -81,6 +81,7 @@ NUM_ROUNDS = 80
 #: A length limit too short is seen in the share of completions that hit it: at or below this share at the diagnosed
 #: record (logged), no length-limit type fits (the benchmark's length faults keep it at 0.09 or more after onset).
 UNTRUNCATED = 0.01
+PENALTY_RATE = 0.01  # the share of normal runs whose loss-penalty statistic exceeds the diagnoser's bar somewhere
 TRUNCATED = CUBE_SIGNALS.index("truncated_ratio")
 KL = CUBE_SIGNALS.index("kl")
 #: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
@@ -95,7 +96,8 @@ class Seen:
     the advantage invariants it breaks, the learning rate's recent jump (signed units; 0: none) and the record it came
     at, the numbers it has lost and the ones missing from that record (:mod:`rftfm.fm.non_finite`), whether it broke
     its reward identity, whether that record's completions (almost) all ended before the length limit
-    (:func:`untruncated_now`) and whether the run logged no KL (:func:`without_kl`)."""
+    (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`) and the loss-penalty statistic's
+    largest value over the last records (:func:`penalty_now`)."""
 
     broken: list[str]
     jump: float
@@ -105,6 +107,7 @@ class Seen:
     identity: bool
     untruncated: bool
     no_kl: bool
+    penalty: float = math.nan
 
     @classmethod
     def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
@@ -113,7 +116,7 @@ class Seen:
         what it knows of the run's estimator and reward weights)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
-                   untruncated_now(raw, steps), without_kl(raw, steps))
+                   untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps))
 
 
 @dataclass
@@ -139,6 +142,8 @@ class Diagnoser:
         self.invariants_known = False  # see :meth:`know_invariants`
         self.on_policy = False  # see :meth:`know_on_policy`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
+        # the loss-penalty statistic above which the log shows a penalty in the loss (:meth:`apply_penalty`)
+        self.penalty_bar = math.inf
         self._tracked: dict[str, tuple[np.ndarray, TrackerState, np.ndarray]] = {}  # see :meth:`_track`
 
     # ------------------------------------------------------------------ training
@@ -163,8 +168,10 @@ class Diagnoser:
         if faulty.height == 0:
             raise ValueError("no faulty runs to learn fault types from")
         reference = normal if normal.height else runs
-        raw, _ = runs_cube(features, reference["run_id"].to_list())
+        raw, steps = runs_cube(features, reference["run_id"].to_list())
         prior = fit_prior_noise(CUBE_SIGNALS, raw)
+        penalty_max = np.fmax.reduce(loss_penalty.cube_stats(raw, steps), axis=1)
+        self.penalty_bar = tail_threshold(penalty_max[np.isfinite(penalty_max)], PENALTY_RATE)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=True))
         self.feature_names = diagnosis_feature_names()
         self.classes = [t for t in FAULT_TYPES if t in set(faulty["fault_type"].to_list())]
@@ -400,12 +407,14 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
-        identity, completions that all ended before the length limit, a run without a KL term."""
+        identity, a penalty in the loss, completions that all ended before the length limit, a run without a KL
+        term (the rules that rule types out come last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
+        prob, unknown = self.apply_penalty(prob, unknown, [s.penalty for s in seen])
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
@@ -468,6 +477,16 @@ class Diagnoser:
         loss) are ruled out, as in :meth:`apply_untruncated`: there is no KL coefficient to misconfigure."""
         needs_kl = np.array([FAULT_TYPES[t].needs_kl for t in self.classes])
         return self._rule_out(prob, unknown, [needs_kl & none for none in no_kl])
+
+    def apply_penalty(
+        self, prob: np.ndarray, unknown: np.ndarray, penalties: list[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's loss has taken on a penalty (:func:`penalty_now` above :attr:`penalty_bar`, which 1 % of
+        the normal runs it was fitted on exceed), the types that add one (the registry's ``loss_penalty``: a KL
+        coefficient pushed up, an entropy bonus turned into a penalty) get half the mass on top of the model's half,
+        as for a number missing from one record: ranked first, short of the certainty a halt may rest on."""
+        adds = np.array([FAULT_TYPES[t].loss_penalty for t in self.classes])
+        return _halfway(prob, unknown, [adds & (p > self.penalty_bar) for p in penalties])
 
     def _rule_out(
         self, prob: np.ndarray, unknown: np.ndarray, excluded: list[np.ndarray]
@@ -541,6 +560,7 @@ class Diagnoser:
             "classes": self.classes,
             "feature_names": self.feature_names,
             "family_threshold": self.family_threshold,
+            "penalty_bar": self.penalty_bar if math.isfinite(self.penalty_bar) else None,
             "novelty_thresholds": [float(v) if math.isfinite(v) else None for v in self.novelty_thresholds],
             "novelty_labels": self.novelty_labels.tolist(),
             "novelty_scale": [round(float(v), 6) for v in self.novelty_scale],
@@ -572,6 +592,8 @@ class Diagnoser:
         if self.feature_names != diagnosis_feature_names():
             raise ValueError(f"{path} reads other features than this diagnoser computes; re-fit it")
         self.family_threshold = float(data["family_threshold"])
+        bar = data.get("penalty_bar")  # an artifact fitted before the rule: off
+        self.penalty_bar = math.inf if bar is None else float(bar)
         self.novelty_thresholds = np.array(
             [math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float
         )
@@ -618,6 +640,13 @@ def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
     at or below :data:`UNTRUNCATED` (False where it logs none)."""
     present = np.flatnonzero(steps > 0)
     return bool(present.size) and bool(raw[present[-1], TRUNCATED] <= UNTRUNCATED)  # (NaN compares False)
+
+
+def penalty_now(raw: np.ndarray, steps: np.ndarray) -> float:
+    """The loss-penalty statistic's largest value over one run's last :data:`~rftfm.fm.loss_penalty.WINDOW` records
+    (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,); NaN: none judged)."""
+    stats = loss_penalty.cube_stats(raw[None], steps[None])[0][steps > 0][-loss_penalty.WINDOW :]
+    return float(np.nanmax(stats)) if np.isfinite(stats).any() else math.nan
 
 
 def without_kl(raw: np.ndarray, steps: np.ndarray) -> bool:
