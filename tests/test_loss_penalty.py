@@ -30,8 +30,10 @@ def test_the_statistic_is_the_windows_smallest_loss_per_nat_over_the_median_befo
     first = loss_penalty.WINDOW + loss_penalty.MIN_BASELINE
     assert all(math.isnan(s) for s in stats[: first - 1]) and stats[first - 1] == pytest.approx(0.0)
     reference = np.array(losses[:12]) / 0.5
-    expected = (0.2 / 0.5 - np.median(reference)) / max(reference.std(), loss_penalty.FLOOR)
+    expected = (0.2 / 0.5 - max(np.median(reference), 0.0)) / max(reference.std(), loss_penalty.FLOOR)
     assert stats[-1] == pytest.approx(expected)
+    # a loss that climbs back towards 0 from below (successful completions the longer ones) is no penalty
+    assert _stats([-0.1, -0.12, -0.08] * 4 + [-0.01] * 4, entropies)[-1] <= 0.0
     # a record without a finite loss or a positive entropy leaves the state as it was
     gapped = _stats(losses[:12] + [math.nan, 0.1] + losses[12:], entropies[:12] + [0.5, 0.0] + entropies[12:])
     assert math.isnan(gapped[12]) and math.isnan(gapped[13]) and gapped[-1] == pytest.approx(stats[-1])

@@ -41,7 +41,7 @@ How it decides, record by record:
 8. a *loss-penalty* channel: the logged loss per nat of entropy staying above its level before at every one of the
    last few records, by more than its own spread and more than healthy runs' losses rise -- a KL or entropy
    coefficient pushed mid-run, a penalty the policy term cannot make (:mod:`rftfm.fm.loss_penalty`; its threshold
-   calibrated like the rate shift's);
+   calibrated like the rate shift's, never below :data:`~rftfm.fm.loss_penalty.MIN_THRESHOLD`);
 9. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
    (:mod:`rftfm.fm.non_finite`);
@@ -391,6 +391,7 @@ class Detector:
         shift_max = _run_max(shifts, steps)
         healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
         healthy_penalty_max = _run_max(np.where(y == 0, penalties, np.nan), steps)
+        finite_penalty = np.isfinite(healthy_penalty_max)
         self.thresholds[tier] = {
             "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
             "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
@@ -398,8 +399,9 @@ class Detector:
                 healthy_shift_max[np.isfinite(healthy_shift_max)], budget, self.config.tail_fraction
             ),
             "level_shift": level[1],
-            "loss_penalty": tail_threshold(
-                healthy_penalty_max[np.isfinite(healthy_penalty_max)], budget, self.config.tail_fraction
+            "loss_penalty": max(
+                tail_threshold(healthy_penalty_max[finite_penalty], budget, self.config.tail_fraction),
+                loss_penalty.MIN_THRESHOLD,
             ),
         }
         self.models[tier] = self._train(x[..., cols], y, steps, signals)

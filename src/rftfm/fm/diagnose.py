@@ -171,7 +171,8 @@ class Diagnoser:
         raw, steps = runs_cube(features, reference["run_id"].to_list())
         prior = fit_prior_noise(CUBE_SIGNALS, raw)
         penalty_max = np.fmax.reduce(loss_penalty.cube_stats(raw, steps), axis=1)
-        self.penalty_bar = tail_threshold(penalty_max[np.isfinite(penalty_max)], PENALTY_RATE)
+        bar = tail_threshold(penalty_max[np.isfinite(penalty_max)], PENALTY_RATE)
+        self.penalty_bar = max(bar, loss_penalty.MIN_THRESHOLD)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=True))
         self.feature_names = diagnosis_feature_names()
         self.classes = [t for t in FAULT_TYPES if t in set(faulty["fault_type"].to_list())]
@@ -481,10 +482,11 @@ class Diagnoser:
     def apply_penalty(
         self, prob: np.ndarray, unknown: np.ndarray, penalties: list[float]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Where a row's loss has taken on a penalty (:func:`penalty_now` above :attr:`penalty_bar`, which 1 % of
-        the normal runs it was fitted on exceed), the types that add one (the registry's ``loss_penalty``: a KL
-        coefficient pushed up, an entropy bonus turned into a penalty) get half the mass on top of the model's half,
-        as for a number missing from one record: ranked first, short of the certainty a halt may rest on."""
+        """Where a row's loss has taken on a penalty (:func:`penalty_now` above :attr:`penalty_bar`: what 1 % of the
+        normal runs it was fitted on exceed, never below the detector channel's least threshold), the types that add
+        one (the registry's ``loss_penalty``: a KL coefficient pushed up, an entropy bonus turned into a penalty) get
+        half the mass on top of the model's half, as for a number missing from one record: ranked first, short of
+        the certainty a halt may rest on."""
         adds = np.array([FAULT_TYPES[t].loss_penalty for t in self.classes])
         return _halfway(prob, unknown, [adds & (p > self.penalty_bar) for p in penalties])
 

@@ -6,8 +6,10 @@ so a healthy run's loss hovers around a level of its own (0, or a length-advanta
 loss) and moves with it slowly. A KL coefficient pushed up, or an entropy coefficient whose sign was flipped (a
 penalty where a bonus was meant), adds a positive term at every record from the push on. Measured per nat of
 entropy (``loss / entropy``: dimensionless, and an entropy term is proportional to it), the smallest value of the
-last :data:`WINDOW` records against the median of up to :data:`BASELINE` records before them, in units of their
-spread (never below :data:`FLOOR`), is the channel's statistic; only a rise counts.
+last :data:`WINDOW` records above the median of up to :data:`BASELINE` records before them -- and above 0: a penalty
+is a positive term, and a loss that climbs back towards 0 from below (a token-level loss whose successful completions
+are the longer ones sits below it) is no penalty -- in units of their spread (never below :data:`FLOOR`), is the
+channel's statistic; only a rise counts.
 
 Judged only once the run has a reference (:data:`MIN_BASELINE` records): a penalty present from the first step
 looks like a token-level loss whose failing completions are the longer ones, which keeps a healthy run's loss
@@ -35,7 +37,10 @@ ENTROPY = CUBE_SIGNALS.index("entropy")
 WINDOW = 4  # records whose smallest loss per nat is "now": a penalty raises the loss at every record
 BASELINE = 20  # records before the window whose median and spread are "before"
 MIN_BASELINE = 8  # fewer: no reference yet
-FLOOR = 0.01  # a spread of the loss per nat of entropy is never taken below this
+FLOOR = 0.03  # a spread of the loss per nat of entropy is never taken below this
+#: the channel's threshold is never below this: the window's every record two standard deviations above the records
+#: before (for independent Gaussian noise, about 3e-7 of windows) -- a bar the calibration on healthy runs may raise
+MIN_THRESHOLD = 2.0
 UNJUDGED = (math.nan, math.nan, math.nan)
 
 
@@ -70,7 +75,7 @@ class PenaltyState:
         losses = list(self.losses)
         now_loss = sum(losses[n - WINDOW :]) / WINDOW
         before_loss = sum(losses[: n - WINDOW]) / (n - WINDOW)
-        return (min(window) - median) / max(spread, FLOOR), now_loss, before_loss
+        return (min(window) - max(median, 0.0)) / max(spread, FLOOR), now_loss, before_loss
 
 
 def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
