@@ -760,20 +760,7 @@ class Detector:
             (s for s in present if s not in broken and (per_signal[s] > 0 or z.get(s, 0.0) >= 3.0)),
             key=lambda s: -(max(per_signal[s], 0.0) + 0.05 * z.get(s, 0.0)),
         )
-        out = list(p.lost)  # a lost signal alone is enough for the alarm
-        out += p.identity_evidence  # so is a broken reward identity
-        out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # so is a jump
-        limit = self.thresholds[p.tier].get("rate_shift", math.inf)
-        shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
-        out += [self._shift_evidence(p, k) for k in shifted]  # so is a rate shift
-        moved = self._level_moved(p)  # and a level shift
-        out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
-        done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
-        if p.penalty[0] > self.thresholds[p.tier].get("loss_penalty", math.inf):  # and a penalty in the loss
-            since = self._window_start(p, loss_penalty.WINDOW)
-            out.append(loss_penalty.evidence(*p.penalty, since))
-            done.add("policy_loss")
-        done |= {e.signal for e in out if e.non_finite or e.reward_identity}
+        out, done = self._channel_evidence(p)
         ranked = [s for s in ranked if s not in done]
         if p.clipped > 1.0:  # so is a clip ratio above 0 in a run known on-policy
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
@@ -802,6 +789,22 @@ class Detector:
                 )
             )
         return out
+
+    def _channel_evidence(self, p: _Pending) -> tuple[list[SignalEvidence], set[str]]:
+        """The evidence of the channels each enough for the alarm on its own, and the signals it names."""
+        out = list(p.lost)  # a lost signal
+        out += p.identity_evidence  # a broken reward identity
+        out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump
+        limit = self.thresholds[p.tier].get("rate_shift", math.inf)
+        shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
+        out += [self._shift_evidence(p, k) for k in shifted]  # a rate shift
+        moved = self._level_moved(p)  # a level shift
+        out += [self._level_evidence(p, k) for k in moved if level_shift.SIGNALS[k] not in rate_shift.SIGNALS]
+        done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
+        if p.penalty[0] > self.thresholds[p.tier].get("loss_penalty", math.inf):  # a penalty in the loss
+            out.append(loss_penalty.evidence(*p.penalty, self._window_start(p, loss_penalty.WINDOW)))
+            done.add("policy_loss")
+        return out, done | {e.signal for e in out if e.non_finite or e.reward_identity}
 
     def _shift(self, p: _Pending) -> float:
         """The record's largest rate shift (NaN: none judged)."""
