@@ -39,3 +39,16 @@ def stream(detector: Detector, rows: list[dict]) -> tuple[list[float], list]:
         scores.append(detector.last_score)
         alarms += [alarm] if alarm is not None else []
     return scores, alarms
+
+
+def replayed_score(detector: Detector, rows: list[dict], upto: int, back_to: int) -> tuple[float, float]:
+    """The score at record ``upto`` of a run observed live, and again after a rollback to step ``back_to`` (the
+    records from there on observed once more): a rollback that restores every channel's state gives the same."""
+    records = [StepRecord(**r) for r in rows]
+    detector.reset(rows[0]["run_id"])
+    for r in records[:upto]:
+        detector.observe(r)
+    first = detector.last_score
+    for r in records[back_to - 1 : upto]:
+        detector.observe(r)
+    return first, detector.last_score

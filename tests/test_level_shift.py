@@ -8,12 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from detector_fixtures import fit_synthetic, stream
+from detector_fixtures import fit_synthetic, replayed_score, stream
 
 from rftfm.fm import level_shift
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
 from rftfm.fm.detect import Detector
-from rftfm.records import StepRecord
 
 STEPS = 40
 K = level_shift.SIGNALS.index
@@ -123,12 +122,5 @@ def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_
 def test_healthy_drift_and_a_kl_spike_are_no_shift_and_a_rollback_restores_the_windows(fitted):
     for seed in (90, 91, 92):
         assert not stream(fitted, _rows("healthy", seed, onset=None))[1]
-    records = [StepRecord(**r) for r in _rows("rb", 93, onset=None)]
-    fitted.reset("rb")
-    first = []
-    for r in records[:30]:
-        fitted.observe(r)
-        first.append(fitted.last_score)
-    for r in records[17:30]:  # rolled back to step 18: the same steps again, the same windows
-        fitted.observe(r)
-    assert fitted.last_score == pytest.approx(first[29])
+    first, again = replayed_score(fitted, _rows("rb", 93, onset=None), upto=30, back_to=18)
+    assert again == pytest.approx(first)

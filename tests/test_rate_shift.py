@@ -8,12 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from detector_fixtures import fit_synthetic, stream
+from detector_fixtures import fit_synthetic, replayed_score, stream
 
 from rftfm.fm import rate_shift
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
 from rftfm.fm.detect import Detector
-from rftfm.records import StepRecord
 
 STEPS = 30
 
@@ -100,16 +99,8 @@ def test_a_sandbox_that_starts_failing_alarms_with_the_failure_rate_as_evidence_
 
 def test_a_policy_learning_the_call_format_is_no_shift_and_a_rollback_restores_the_window(fitted):
     assert not stream(fitted, _rows("learns", 98, onset=None, learning=True))[1]
-    rows = _rows("rb", 97, onset=None, learning=False)
-    records = [StepRecord(**r) for r in rows]
-    fitted.reset("rb")
-    first = []
-    for r in records[:20]:
-        fitted.observe(r)
-        first.append(fitted.last_score)
-    for r in records[12:20]:  # rolled back to step 13: the same steps again, the same window
-        fitted.observe(r)
-    assert fitted.last_score == pytest.approx(first[19])
+    first, again = replayed_score(fitted, _rows("rb", 97, onset=None, learning=False), upto=20, back_to=13)
+    assert again == pytest.approx(first)
 
 
 def test_a_threshold_no_normal_run_could_calibrate_is_saved_as_null_and_keeps_the_channel_off(fitted):
