@@ -522,6 +522,9 @@ def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_
     finally:
         fitted.penalty_bar = saved
 
+    with_term = fitted.apply_penalty(prob[:1], np.ones(1, dtype=bool), [float("inf")], ["kl"])[0][0]
+    assert with_term.argmax() == classes.index("kl_misconfig") and with_term[classes.index("entropy_collapse")] == 0.1
+
     raw = np.full((16, len(CUBE_SIGNALS)), np.nan)
     raw[:, CUBE_SIGNALS.index("entropy")] = 0.5
     raw[:, CUBE_SIGNALS.index("policy_loss")] = [0.0, 0.001] * 6 + [0.25] * 4

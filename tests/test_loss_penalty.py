@@ -101,3 +101,30 @@ def test_a_loss_following_a_growing_kl_or_positive_from_the_start_is_no_penalty_
     # (the penalty's statistic carries the score there: records taken in twice would move it)
     first, again = replayed_score(fitted, _rows("rb", 97, onset=16), upto=19, back_to=15)
     assert first > 5.0 and again == pytest.approx(first)
+
+
+def test_the_penalty_term_is_the_one_whose_added_coefficient_stays_constant() -> None:
+    """An entropy coefficient flipped to -3 adds 3 x entropy at every record while the entropy falls and the KL grows
+    (the term is the entropy, coefficient 3); a KL coefficient pushed to 5 adds 5 x KL (the KL's); a loss whose rise
+    follows neither, or a run without a reference yet, names none."""
+    rng = np.random.default_rng(0)
+    n = 24
+    entropy = np.r_[np.full(n - 4, 0.8), [0.7, 0.55, 0.4, 0.3]]
+    kl = np.r_[np.linspace(0.01, 0.02, n - 4), [0.05, 0.09, 0.15, 0.2]]
+    policy = rng.normal(0.0, 0.002, n)
+    steps = np.arange(1, n + 1)
+
+    def cube(loss: np.ndarray) -> np.ndarray:
+        raw = np.full((n, len(CUBE_SIGNALS)), np.nan)
+        raw[:, loss_penalty.LOSS], raw[:, loss_penalty.ENTROPY], raw[:, loss_penalty.KL] = loss, entropy, kl
+        return raw
+
+    onset = np.arange(n) >= n - 4
+    term, coefficient = loss_penalty.penalty_term(cube(policy + onset * 3.0 * entropy), steps)
+    assert term == "entropy" and coefficient == pytest.approx(3.0, rel=0.01)
+    term, coefficient = loss_penalty.penalty_term(cube(policy + onset * 5.0 * kl), steps)
+    assert term == "kl" and coefficient == pytest.approx(5.0, rel=0.05)
+    erratic = onset * np.r_[np.zeros(n - 4), [0.5, 0.1, 0.9, 0.3]]
+    assert loss_penalty.penalty_term(cube(policy + erratic), steps)[0] is None
+    young = loss_penalty.penalty_term(cube(policy + onset * 3.0 * entropy)[-8:], steps[-8:])  # no reference yet
+    assert young[0] is None and math.isnan(young[1])

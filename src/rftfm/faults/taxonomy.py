@@ -54,10 +54,17 @@ class FaultType:
         return None if not factors else "up" if factors[0] > 1.0 else "down"
 
     @property
+    def penalty_term(self) -> str | None:
+        """The term of the loss the trainer logs that the fault turns into a penalty (a KL coefficient pushed up:
+        ``"kl"``; an entropy bonus turned into a penalty: ``"entropy"``; :mod:`rftfm.fm.loss_penalty`), or None."""
+        if any("beta" in p for p in self.params.values()):
+            return "kl"
+        return "entropy" if any(p.get("entropy_coef", 0.0) < 0.0 for p in self.params.values()) else None
+
+    @property
     def loss_penalty(self) -> bool:
-        """Whether the fault adds a penalty to the loss the trainer logs (a KL coefficient pushed up, an entropy bonus
-        turned into a penalty: :mod:`rftfm.fm.loss_penalty`)."""
-        return any("beta" in p or p.get("entropy_coef", 0.0) < 0.0 for p in self.params.values())
+        """Whether the fault adds a penalty to the loss the trainer logs (:attr:`penalty_term`)."""
+        return self.penalty_term is not None
 
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""

@@ -96,8 +96,9 @@ class Seen:
     the advantage invariants it breaks, the learning rate's recent jump (signed units; 0: none) and the record it came
     at, the numbers it has lost and the ones missing from that record (:mod:`rftfm.fm.non_finite`), whether it broke
     its reward identity, whether that record's completions (almost) all ended before the length limit
-    (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`) and the loss-penalty statistic's
-    largest value over the last records (:func:`penalty_now`)."""
+    (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`), the loss-penalty statistic's
+    largest value over the last records (:func:`penalty_now`) and the term that penalty multiplies
+    (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told)."""
 
     broken: list[str]
     jump: float
@@ -108,6 +109,7 @@ class Seen:
     untruncated: bool
     no_kl: bool
     penalty: float = math.nan
+    penalty_term: str | None = None
 
     @classmethod
     def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
@@ -116,7 +118,8 @@ class Seen:
         what it knows of the run's estimator and reward weights)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
-                   untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps))
+                   untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
+                   loss_penalty.penalty_term(raw, steps)[0])
 
 
 @dataclass
@@ -415,7 +418,7 @@ class Diagnoser:
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
-        prob, unknown = self.apply_penalty(prob, unknown, [s.penalty for s in seen])
+        prob, unknown = self.apply_penalty(prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen])
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
@@ -480,15 +483,21 @@ class Diagnoser:
         return self._rule_out(prob, unknown, [needs_kl & none for none in no_kl])
 
     def apply_penalty(
-        self, prob: np.ndarray, unknown: np.ndarray, penalties: list[float]
+        self, prob: np.ndarray, unknown: np.ndarray, penalties: list[float], terms: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's loss has taken on a penalty (:func:`penalty_now` above :attr:`penalty_bar`: what 1 % of the
         normal runs it was fitted on exceed, never below the detector channel's least threshold), the types that add
-        one (the registry's ``loss_penalty``: a KL coefficient pushed up, an entropy bonus turned into a penalty) get
+        one (the registry's ``penalty_term``: a KL coefficient pushed up, an entropy bonus turned into a penalty) get
         half the mass on top of the model's half, as for a number missing from one record: ranked first, short of
-        the certainty a halt may rest on."""
-        adds = np.array([FAULT_TYPES[t].loss_penalty for t in self.classes])
-        return _halfway(prob, unknown, [adds & (p > self.penalty_bar) for p in penalties])
+        the certainty a halt may rest on. Where the row's ``terms`` names the term the penalty multiplies
+        (:func:`rftfm.fm.loss_penalty.penalty_term`), only the types that penalise that term."""
+        term_of = [FAULT_TYPES[t].penalty_term for t in self.classes]
+        adds = np.array([term is not None for term in term_of])
+        allowed = []
+        for p, term in zip(penalties, terms or [None] * len(penalties)):
+            which = adds if term is None else np.array([t == term for t in term_of])
+            allowed.append(which & (p > self.penalty_bar))
+        return _halfway(prob, unknown, allowed)
 
     def _rule_out(
         self, prob: np.ndarray, unknown: np.ndarray, excluded: list[np.ndarray]

@@ -34,6 +34,7 @@ from rftfm.fm.types import SignalEvidence
 
 LOSS = CUBE_SIGNALS.index("policy_loss")
 ENTROPY = CUBE_SIGNALS.index("entropy")
+KL = CUBE_SIGNALS.index("kl")
 WINDOW = 4  # records whose smallest loss per nat is "now": a penalty raises the loss at every record
 BASELINE = 20  # records before the window whose median and spread are "before"
 MIN_BASELINE = 8  # fewer: no reference yet
@@ -42,6 +43,11 @@ FLOOR = 0.03  # a spread of the loss per nat of entropy is never taken below thi
 #: before (for independent Gaussian noise, about 3e-7 of windows) -- a bar the calibration on healthy runs may raise
 MIN_THRESHOLD = 2.0
 UNJUDGED = (math.nan, math.nan, math.nan)
+#: the terms a penalty can multiply (TRL: ``beta x KL``, ``- entropy_coef x entropy``) and their columns
+TERMS = {"kl": KL, "entropy": ENTROPY}
+#: a term took over the loss when the added loss per unit of it -- the coefficient that moved -- varies over the window
+#: by at most this fraction of its mean (coefficient of variation) and by at most half the other term's
+MAX_SPREAD = 0.1
 
 
 @dataclass
@@ -87,6 +93,34 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
         for s in np.flatnonzero(steps[r] > 0):
             out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, ENTROPY]))[0]
     return out
+
+
+def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]:
+    """Which term a penalty added to one run's loss multiplies, and by how much (``raw`` (S, len(CUBE_SIGNALS)),
+    ``steps`` (S,)): over the last :data:`WINDOW` records with a loss, the loss above its median over up to
+    :data:`BASELINE` records before them, divided by each term's value record by record, is the coefficient the
+    penalty added -- constant for the term that took over the loss (an entropy coefficient flipped to -3 adds exactly
+    3 x entropy at every record while the entropy falls; a KL coefficient pushed to 5 adds 5 x KL while the KL moves),
+    not for the other. ``(None, nan)`` where no term's is constant (:data:`MAX_SPREAD`), or the window has no
+    reference yet."""
+    rows = np.flatnonzero((steps > 0) & np.isfinite(raw[:, LOSS]))[-(WINDOW + BASELINE) :]
+    if rows.size < WINDOW + MIN_BASELINE:
+        return None, math.nan
+    window = rows[-WINDOW:]
+    added = raw[window, LOSS] - float(np.median(raw[rows[:-WINDOW], LOSS]))
+    spread = {}
+    for term, column in TERMS.items():
+        values = raw[window, column]
+        if np.all(values > 0.0):  # (NaN compares False)
+            coefficient = added / values
+            mean = float(coefficient.mean())
+            if mean > 0.0:
+                spread[term] = (float(coefficient.std()) / mean, mean)
+    for term, (cv, mean) in spread.items():
+        others = [other for name, (other, _) in spread.items() if name != term]
+        if cv <= MAX_SPREAD and all(cv <= 0.5 * other for other in others):
+            return term, mean
+    return None, math.nan
 
 
 def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
