@@ -128,3 +128,23 @@ def test_the_penalty_term_is_the_one_whose_added_coefficient_stays_constant() ->
     assert loss_penalty.penalty_term(cube(policy + erratic), steps)[0] is None
     young = loss_penalty.penalty_term(cube(policy + onset * 3.0 * entropy)[-8:], steps[-8:])  # no reference yet
     assert young[0] is None and math.isnan(young[1])
+
+
+def test_a_named_penalty_is_evidence_in_words() -> None:
+    """The diagnosis's evidence for a penalty names its term and the coefficient it added, in the run's own numbers."""
+    from rftfm.fm.detect import describe
+    from rftfm.report.console import evidence_text
+
+    n = 16
+    raw = np.full((n, len(CUBE_SIGNALS)), np.nan)
+    entropy = np.r_[np.full(n - 4, 0.8), [0.7, 0.6, 0.5, 0.4]]
+    raw[:, loss_penalty.ENTROPY], raw[:, loss_penalty.KL] = entropy, 0.01
+    raw[:, loss_penalty.LOSS] = [0.0, 0.002] * 6 + list(3.0 * entropy[-4:])
+    evidence = loss_penalty.term_evidence(raw, np.arange(1, n + 1))
+    assert evidence is not None and evidence.penalty_term == "entropy"
+    assert evidence.coefficient == pytest.approx(3.0, rel=0.01) and evidence.since_step == n - 3
+    text = describe(evidence)
+    assert "3 x entropy added at every record since" in text and "moved by -3" in text
+    assert evidence_text(evidence) == f"policy_loss ↑ 1.65 (+3 x entropy) since step {n - 3}"
+    raw[:, loss_penalty.LOSS] = 0.001  # no rise: nothing named
+    assert loss_penalty.term_evidence(raw, np.arange(1, n + 1)) is None

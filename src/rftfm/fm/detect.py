@@ -928,6 +928,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.penalty_term is not None:
+        return loss_penalty.describe_term(e)
     if e.value is None:
         return f"{name} {'up' if e.direction == 'up' else 'down'}" if e.measured else name
     text = f"{name} {e.value:.3g}"

@@ -365,6 +365,9 @@ class Diagnoser:
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
         if identity is not None:
             evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
+        penalty = loss_penalty.term_evidence(cube[0], steps[0]) if seen.penalty > self.penalty_bar else None
+        if penalty is not None:
+            evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -735,6 +738,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.penalty_term is not None:
+        return loss_penalty.describe_term(e)
     name = label(e.signal)
     if e.value is None:
         return f"{name} {e.direction}" if e.measured else name

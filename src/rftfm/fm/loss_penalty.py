@@ -95,6 +95,15 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
+def _window(raw: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """One run's last :data:`WINDOW` records with a loss and their loss above its median over up to
+    :data:`BASELINE` records before them (None: fewer than :data:`MIN_BASELINE` of those)."""
+    rows = np.flatnonzero((steps > 0) & np.isfinite(raw[:, LOSS]))[-(WINDOW + BASELINE) :]
+    if rows.size < WINDOW + MIN_BASELINE:
+        return None
+    return rows[-WINDOW:], raw[rows[-WINDOW:], LOSS] - float(np.median(raw[rows[:-WINDOW], LOSS]))
+
+
 def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]:
     """Which term a penalty added to one run's loss multiplies, and by how much (``raw`` (S, len(CUBE_SIGNALS)),
     ``steps`` (S,)): over the last :data:`WINDOW` records with a loss, the loss above its median over up to
@@ -103,14 +112,13 @@ def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]
     3 x entropy at every record while the entropy falls; a KL coefficient pushed to 5 adds 5 x KL while the KL moves),
     not for the other. ``(None, nan)`` where no term's is constant (:data:`MAX_SPREAD`), or the window has no
     reference yet."""
-    rows = np.flatnonzero((steps > 0) & np.isfinite(raw[:, LOSS]))[-(WINDOW + BASELINE) :]
-    if rows.size < WINDOW + MIN_BASELINE:
+    window = _window(raw, steps)
+    if window is None:
         return None, math.nan
-    window = rows[-WINDOW:]
-    added = raw[window, LOSS] - float(np.median(raw[rows[:-WINDOW], LOSS]))
+    rows, added = window
     spread = {}
     for term, column in TERMS.items():
-        values = raw[window, column]
+        values = raw[rows, column]
         if np.all(values > 0.0):  # (NaN compares False)
             coefficient = added / values
             mean = float(coefficient.mean())
@@ -121,6 +129,38 @@ def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]
         if cv <= MAX_SPREAD and all(cv <= 0.5 * other for other in others):
             return term, mean
     return None, math.nan
+
+
+def term_evidence(raw: np.ndarray, steps: np.ndarray) -> SignalEvidence | None:
+    """The loss's rise as the penalty :func:`penalty_term` names (None: it names none): the window's mean loss
+    against the reference's median, since the window's first step, with the term and the coefficient it added."""
+    term, coefficient = penalty_term(raw, steps)
+    window = _window(raw, steps)
+    if term is None or window is None:
+        return None
+    rows, added = window
+    now = float(raw[rows, LOSS].mean())
+    before = now - float(added.mean())
+    return SignalEvidence(
+        signal="policy_loss",
+        direction="up",
+        value=now,
+        expected=before,
+        since_step=int(steps[rows[0]]),
+        penalty_term=term,
+        coefficient=coefficient,
+    )
+
+
+def describe_term(e: SignalEvidence) -> str:
+    """A penalty in words: ``policy loss 2.1 vs 0.004 before step 17: 3 x entropy added at every record since (the
+    entropy coefficient moved by -3: a penalty where a bonus was meant)``."""
+    c = e.coefficient if e.coefficient is not None else math.nan
+    head = f"policy loss {e.value:.3g} vs {e.expected:.3g} before step {e.since_step}"
+    if e.penalty_term == "entropy":
+        return (f"{head}: {c:.2g} x entropy added at every record since "
+                f"(the entropy coefficient moved by {-c:.2g}: a penalty where a bonus was meant)")
+    return f"{head}: {c:.2g} x KL added at every record since (the KL coefficient raised by {c:.2g})"
 
 
 def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:

@@ -30,6 +30,9 @@ def evidence_text(ev: SignalEvidence) -> str:
         arrow = "↑" if ev.value > ev.expected else "↓"
         parts = f"its functions' weighted means {_num(ev.expected)}"
         return f"{escape(ev.signal)} {arrow} {_num(ev.value)} ({parts}){since}"
+    if ev.penalty_term is not None and ev.coefficient is not None and ev.value is not None:
+        since = f" since step {ev.since_step}" if ev.since_step is not None else ""
+        return f"{escape(ev.signal)} ↑ {_num(ev.value)} (+{ev.coefficient:.2g} x {ev.penalty_term}){since}"
     value, expected = ev.value, ev.expected
     finite = value is not None and expected is not None and math.isfinite(value) and math.isfinite(expected)
     if finite and value != expected:
