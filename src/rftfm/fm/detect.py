@@ -42,10 +42,14 @@ How it decides, record by record:
    last few records, by more than its own spread and more than healthy runs' losses rise -- a KL or entropy
    coefficient pushed mid-run, a penalty the policy term cannot make (:mod:`rftfm.fm.loss_penalty`; its threshold
    calibrated like the rate shift's, never below :data:`~rftfm.fm.loss_penalty.MIN_THRESHOLD`);
-9. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
+9. a *loss-scale* channel: the logged loss's magnitude over its last few records against its scale before -- advantages
+   that stopped summing to 0 in their groups (a sign flipped, a normalisation that no longer centres them) or a
+   penalty pushed in (:mod:`rftfm.fm.loss_scale`; calibrated like the rate shift, never below
+   :data:`~rftfm.fm.loss_scale.MIN_THRESHOLD`);
+10. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
    (:mod:`rftfm.fm.non_finite`);
-10. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
+11. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
@@ -79,6 +83,7 @@ from rftfm.fm import (
     invariants,
     level_shift,
     loss_penalty,
+    loss_scale,
     non_finite,
     on_policy,
     rate_shift,
@@ -210,6 +215,7 @@ class _Live:
     lost: non_finite.LostState = field(default_factory=non_finite.LostState)
     identity: reward_identity.IdentityState = field(default_factory=reward_identity.IdentityState)
     penalty: loss_penalty.PenaltyState = field(default_factory=loss_penalty.PenaltyState)
+    scale: loss_scale.ScaleState = field(default_factory=loss_scale.ScaleState)
 
     def snapshot(self, step: int, state: TrackerState) -> tuple:
         """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
@@ -227,6 +233,7 @@ class _Live:
             self.lost.copy(),
             self.identity.copy(),
             self.penalty.copy(),
+            self.scale.copy(),
         )
 
 
@@ -255,6 +262,7 @@ class _Pending:
     identity: float  # the reward identity's gap in units of its tolerance (:mod:`reward_identity`; 0: not judged)
     identity_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence (read when the record was)
     penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
+    scale: tuple[float, float, float]  # the loss-scale statistic, window and reference magnitude (:mod:`loss_scale`)
 
 
 class Detector:
@@ -310,6 +318,7 @@ class Detector:
         shifts = rate_shift.cube_shifts(raw, steps)
         levels = level_shift.cube_stats(raw, steps)
         penalties = loss_penalty.cube_stats(raw, steps)
+        scales = loss_scale.cube_stats(raw, steps)
         normal = runs["control_or_fault"].is_in(NORMAL_KINDS).to_numpy()
         prior = fit_prior_noise(CUBE_SIGNALS, raw[normal], self.config.tracker)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, self.config.tracker)
@@ -324,7 +333,7 @@ class Detector:
         self.models, self.thresholds = {}, {}
         oof_rates = {
             tier: self._fit_tier(
-                tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold), penalties
+                tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold), penalties, scales
             )
             for tier in tiers
         }
@@ -362,13 +371,13 @@ class Detector:
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
         fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray, level: tuple[np.ndarray, float],
-        penalties: np.ndarray,
+        penalties: np.ndarray, scales: np.ndarray,
     ) -> float:
         """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
         ``jumps``: the schedule channel's units, which need no fitting; ``shifts``: the rate-shift channel's
         statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset;
         ``level``: the level-shift channel's units and threshold, calibrated by :meth:`_fit_level`; ``penalties``: the
-        loss-penalty statistic, calibrated like the rate shift)."""
+        loss-penalty statistic, and ``scales`` the loss-scale one, each calibrated like the rate shift)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -392,6 +401,7 @@ class Detector:
         healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
         healthy_penalty_max = _run_max(np.where(y == 0, penalties, np.nan), steps)
         finite_penalty = np.isfinite(healthy_penalty_max)
+        healthy_scale_max = _run_max(np.where(y == 0, scales, np.nan), steps)
         self.thresholds[tier] = {
             "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
             "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
@@ -402,6 +412,10 @@ class Detector:
             "loss_penalty": max(
                 tail_threshold(healthy_penalty_max[finite_penalty], budget, self.config.tail_fraction),
                 loss_penalty.MIN_THRESHOLD,
+            ),
+            "loss_scale": max(
+                tail_threshold(healthy_scale_max[np.isfinite(healthy_scale_max)], budget, self.config.tail_fraction),
+                loss_scale.MIN_THRESHOLD,
             ),
         }
         self.models[tier] = self._train(x[..., cols], y, steps, signals)
@@ -414,6 +428,7 @@ class Detector:
                 | (shift_max[normal] > self.thresholds[tier]["rate_shift"])
                 | (_run_max(level[0], steps)[normal] > level[1])
                 | (_run_max(penalties, steps)[normal] > self.thresholds[tier]["loss_penalty"])
+                | (_run_max(scales, steps)[normal] > self.thresholds[tier]["loss_scale"])
             )
         )
 
@@ -464,10 +479,11 @@ class Detector:
 
     def _combine(
         self, tier: str, learned: ArrayLike, surprise: ArrayLike, invariant: ArrayLike, jump: ArrayLike,
-        shift: ArrayLike = 0.0, level: ArrayLike = 0.0, penalty: ArrayLike = 0.0,
+        shift: ArrayLike = 0.0, level: ArrayLike = 0.0, penalty: ArrayLike = 0.0, scale: ArrayLike = 0.0,
     ) -> np.ndarray:
         """The record's score from the learned channel's running log-odds, the surprise, the invariants, the
-        learning rate's jump, the rate shift, the level shift and the loss penalty: the largest channel score against
+        learning rate's jump, the rate shift, the level shift, the loss penalty and the loss scale: the largest channel
+        score against
         its threshold (an alarm above 1; log-odds compare by difference; the fitting-free channels are in units of
         their limits)."""
         t = self.thresholds[tier]
@@ -476,11 +492,12 @@ class Detector:
             fitted = np.fmax(fitted, np.asarray(shift) / t.get("rate_shift", math.inf))  # NaN shift: not judged
             fitted = np.fmax(fitted, np.asarray(level) / t.get("level_shift", math.inf))  # NaN: not judged
             fitted = np.fmax(fitted, np.asarray(penalty) / t.get("loss_penalty", math.inf))
+            fitted = np.fmax(fitted, np.asarray(scale) / t.get("loss_scale", math.inf))
             return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
 
     def _combine_one(
         self, tier: str, learned: float, surprise: float, invariant: float, jump: float, shift: float, level: float,
-        penalty: float = math.nan,
+        penalty: float = math.nan, scale: float = math.nan,
     ) -> float:
         """:meth:`_combine` of one live record's channel scores, in Python floats (numpy's per-call set-up costs more
         than this arithmetic at every record); the same number."""
@@ -492,6 +509,7 @@ class Detector:
             shift / t.get("rate_shift", math.inf),
             level / t.get("level_shift", math.inf),
             penalty / t.get("loss_penalty", math.inf),
+            scale / t.get("loss_scale", math.inf),
             invariant,
             abs(jump),
         )
@@ -547,7 +565,10 @@ class Detector:
         shift = rate_shift.cube_shifts(masked, steps)
         level = level_shift.units(level_shift.cube_stats(masked, steps), self.level_limits)
         penalty = loss_penalty.cube_stats(masked, steps)
-        combined = self._combine(tier, learned, self._surprise(x, tier), invariant, jump, shift, level, penalty)
+        scale = loss_scale.cube_stats(masked, steps)
+        combined = self._combine(
+            tier, learned, self._surprise(x, tier), invariant, jump, shift, level, penalty, scale
+        )
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -658,6 +679,7 @@ class Detector:
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         level = live.level.advance(raw[0, level_shift.COLUMNS])
         penalty = live.penalty.advance(float(raw[0, loss_penalty.LOSS]), float(raw[0, loss_penalty.ENTROPY]))
+        scale = live.scale.advance(float(raw[0, loss_scale.LOSS]))
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
@@ -685,6 +707,7 @@ class Detector:
             identity,
             [live.identity.evidence()] if identity > 1.0 else [],
             penalty,
+            scale,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -697,12 +720,14 @@ class Detector:
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
         jump = max(abs(p.jump), p.clipped)
-        score = self._combine_one(p.tier, log_odds, surprise, invariant, jump, shift, level, p.penalty[0])
+        score = self._combine_one(p.tier, log_odds, surprise, invariant, jump, shift, level, p.penalty[0], p.scale[0])
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = self._combine_one(p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, p.penalty[0])
+        others = self._combine_one(
+            p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, p.penalty[0], p.scale[0]
+        )
         if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
             evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -730,7 +755,7 @@ class Detector:
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
         _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
-        live.shift, live.level, live.lost, live.identity, live.penalty = channels
+        live.shift, live.level, live.lost, live.identity, live.penalty, live.scale = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -803,6 +828,9 @@ class Detector:
         done = {rate_shift.SIGNALS[k] for k in shifted} | {level_shift.SIGNALS[k] for k in moved}
         if p.penalty[0] > self.thresholds[p.tier].get("loss_penalty", math.inf):  # a penalty in the loss
             out.append(loss_penalty.evidence(*p.penalty, self._window_start(p, loss_penalty.WINDOW)))
+            done.add("policy_loss")
+        elif p.scale[0] > self.thresholds[p.tier].get("loss_scale", math.inf):  # the loss left its scale
+            out.append(loss_scale.evidence(*p.scale, self._window_start(p, loss_scale.WINDOW)))
             done.add("policy_loss")
         return out, done | {e.signal for e in out if e.non_finite or e.reward_identity}
 

@@ -1,0 +1,90 @@
+"""The loss leaving the scale a healthy policy term keeps: the rule of the detector's loss-scale channel.
+
+At the importance ratio of 1 that every on-policy GRPO step starts from, the policy term of the logged loss is minus
+the advantages' weighted mean. Group-relative advantages sum to 0 in every group, so a healthy loss carries only what
+the weighting leaves (the length covariance of a token-level loss, the ratios of later optimiser steps on one batch):
+small, at a scale of its own that changes slowly. Advantages that stop summing to 0 -- a sign flipped on some
+trajectories, a normalisation that no longer centres them -- or a penalty pushed into the loss lift the loss's
+magnitude at every record, whichever its sign. The statistic: the log of the median magnitude of the last
+:data:`WINDOW` losses over the root mean square of up to :data:`BASELINE` before them (never below :data:`FLOOR`: a
+loss of exactly 0 -- every group's rewards equal -- is no scale); only a rise counts. The step-metrics analogue of the
+advantage-sum invariant the trajectory records give (:mod:`rftfm.fm.invariants`).
+
+Judged once the run has :data:`MIN_BASELINE` records of reference. A record without a finite loss leaves the state as
+it was.
+
+Written by hand: a two-window ratio of one logged metric's magnitudes, a few microseconds per record; river's drift
+detectors and ruptures track a series' mean against thresholds of their own, not a magnitude against its own earlier
+scale with limits calibrated across configurations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.types import SignalEvidence
+
+LOSS = CUBE_SIGNALS.index("policy_loss")
+WINDOW = 4  # records whose median magnitude is "now": a broken advantage sum moves the loss at every record
+BASELINE = 20  # records before the window whose root mean square is "before"
+MIN_BASELINE = 8  # fewer: no reference yet
+FLOOR = 0.01  # a reference scale is never taken below this (advantages are O(1); a loss of 1e-9 is a loss of 0)
+#: the channel's threshold is never below this: the window's median magnitude twice the reference's scale -- a bar the
+#: calibration on healthy runs may raise
+MIN_THRESHOLD = math.log(2.0)
+TINY = 1e-12  # a window of losses of exactly 0: the statistic stays finite (far below any threshold)
+UNJUDGED = (math.nan, math.nan, math.nan)
+
+
+@dataclass
+class ScaleState:
+    """One run's last :data:`WINDOW` + :data:`BASELINE` losses."""
+
+    losses: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+
+    def copy(self) -> "ScaleState":
+        return ScaleState(deque(self.losses, maxlen=WINDOW + BASELINE))
+
+    def advance(self, loss: float) -> tuple[float, float, float]:
+        """Take in one record's loss; return the statistic (NaN: not judged), the window's median magnitude and the
+        reference's root mean square (read where the statistic is finite)."""
+        if not math.isfinite(loss):
+            return UNJUDGED
+        self.losses.append(loss)
+        n = len(self.losses)
+        if n < WINDOW + MIN_BASELINE:
+            return UNJUDGED
+        losses = list(self.losses)
+        reference, window = losses[: n - WINDOW], sorted(abs(v) for v in losses[n - WINDOW :])
+        now = 0.5 * (window[WINDOW // 2 - 1] + window[WINDOW // 2])  # (WINDOW is even)
+        before = math.sqrt(sum(v * v for v in reference) / len(reference))
+        return math.log(max(now, TINY) / max(before, FLOOR)), now, before
+
+
+def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(R, S) every record's statistic of a raw cube (R, S, len(CUBE_SIGNALS)) in step order (``steps`` 0: absent),
+    exactly as :meth:`ScaleState.advance` gives it."""
+    out = np.full(steps.shape, np.nan)
+    for r in range(steps.shape[0]):
+        state = ScaleState()
+        for s in np.flatnonzero(steps[r] > 0):
+            out[r, s] = state.advance(float(raw[r, s, LOSS]))[0]
+    return out
+
+
+def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
+    """The loss's magnitude as evidence: its median over the window against its scale before."""
+    return SignalEvidence(
+        signal="policy_loss",
+        direction="up",
+        value=now,
+        expected=before,
+        z=stat,
+        ratio=now / before if before > 1e-12 else None,
+        since_step=since_step,
+    )
