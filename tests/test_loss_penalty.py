@@ -87,8 +87,13 @@ def test_an_entropy_penalty_switched_on_mid_run_alarms_with_the_loss_as_evidence
     scores, alarms = stream(fitted, rows)
     np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
     assert alarms and 16 <= alarms[0].step < 16 + loss_penalty.WINDOW
-    loss = [e for e in alarms[0].evidence if e.signal == "policy_loss"]
+    # the loss-scale channel may name the loss first (from the window's first two records under the penalty); at the
+    # first record whose penalty statistic is over its threshold, the evidence is the penalty's
+    stats = loss_penalty.cube_stats(cube, steps)[0]
+    crossed = int(steps[0][np.argmax(stats > threshold)])
+    loss = [e for a in alarms if a.step == crossed for e in a.evidence if e.signal == "policy_loss"]
     assert loss and loss[0].direction == "up" and loss[0].value > 0.2 > 0.01 > abs(loss[0].expected)
+    assert loss[0].z == pytest.approx(stats[crossed - 1])
 
 
 def test_a_loss_following_a_growing_kl_or_positive_from_the_start_is_no_penalty_and_a_rollback_restores_it(fitted):
