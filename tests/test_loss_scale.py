@@ -33,9 +33,11 @@ def test_the_statistic_is_the_log_of_the_windows_median_magnitude_over_the_scale
     zeros = _stats([0.0] * 12 + [0.05, -0.05, 0.05, -0.05])
     assert zeros[-1] == pytest.approx(math.log(0.05 / loss_scale.FLOOR))
     assert -30.0 < _stats([0.01] * 12 + [0.0] * 4)[-1] < 0.0
-    # a record without a finite loss leaves the state as it was
-    gapped = _stats(losses[:12] + [math.nan] + losses[12:])
-    assert math.isnan(gapped[12]) and gapped[-1] == pytest.approx(stats[-1])
+    # a record without a finite loss, or whose groups all had equal rewards, leaves the state as it was
+    state = loss_scale.ScaleState()
+    records = zip([*losses[:12], math.nan, 0.4, *losses[12:]], [0.5] * 13 + [1.0] + [0.5] * 4)
+    gapped = [state.advance(loss, zero_std)[0] for loss, zero_std in records]
+    assert math.isnan(gapped[12]) and math.isnan(gapped[13]) and gapped[-1] == pytest.approx(stats[-1])
 
 
 def test_cube_stats_equal_the_streaming_ones():

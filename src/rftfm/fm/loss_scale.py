@@ -10,8 +10,10 @@ magnitude at every record, whichever its sign. The statistic: the log of the med
 loss of exactly 0 -- every group's rewards equal -- is no scale); only a rise counts. The step-metrics analogue of the
 advantage-sum invariant the trajectory records give (:mod:`rftfm.fm.invariants`).
 
-Judged once the run has :data:`MIN_BASELINE` records of reference. A record without a finite loss leaves the state as
-it was.
+A record whose groups all had equal rewards (``frac_reward_zero_std`` of 1) has no policy term: its loss is the
+penalties' alone, and a sparse-reward run's first rewarded groups would otherwise look like a jump from a loss of 0;
+such a record, and one without a finite loss, leaves the state as it was. Judged once the run has :data:`MIN_BASELINE`
+records of reference.
 
 Written by hand: a two-window ratio of one logged metric's magnitudes, a few microseconds per record; river's drift
 detectors and ruptures track a series' mean against thresholds of their own, not a magnitude against its own earlier
@@ -30,6 +32,7 @@ from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 
 LOSS = CUBE_SIGNALS.index("policy_loss")
+ZERO_STD = CUBE_SIGNALS.index("frac_zero_std_groups")
 WINDOW = 4  # records whose median magnitude is "now": a broken advantage sum moves the loss at every record
 BASELINE = 20  # records before the window whose root mean square is "before"
 MIN_BASELINE = 8  # fewer: no reference yet
@@ -50,10 +53,11 @@ class ScaleState:
     def copy(self) -> "ScaleState":
         return ScaleState(deque(self.losses, maxlen=WINDOW + BASELINE))
 
-    def advance(self, loss: float) -> tuple[float, float, float]:
-        """Take in one record's loss; return the statistic (NaN: not judged), the window's median magnitude and the
-        reference's root mean square (read where the statistic is finite)."""
-        if not math.isfinite(loss):
+    def advance(self, loss: float, zero_std: float = math.nan) -> tuple[float, float, float]:
+        """Take in one record's loss and share of groups with equal rewards (NaN: not logged); return the statistic
+        (NaN: not judged), the window's median magnitude and the reference's root mean square (read where the
+        statistic is finite)."""
+        if not math.isfinite(loss) or zero_std >= 1.0:
             return UNJUDGED
         self.losses.append(loss)
         n = len(self.losses)
@@ -73,7 +77,7 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     for r in range(steps.shape[0]):
         state = ScaleState()
         for s in np.flatnonzero(steps[r] > 0):
-            out[r, s] = state.advance(float(raw[r, s, LOSS]))[0]
+            out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, ZERO_STD]))[0]
     return out
 
 
