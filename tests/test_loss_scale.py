@@ -38,6 +38,10 @@ def test_the_statistic_is_the_log_of_the_windows_median_magnitude_over_the_scale
     records = zip([*losses[:12], math.nan, 0.4, *losses[12:]], [0.5] * 13 + [1.0] + [0.5] * 4)
     gapped = [state.advance(loss, zero_std)[0] for loss, zero_std in records]
     assert math.isnan(gapped[12]) and math.isnan(gapped[13]) and gapped[-1] == pytest.approx(stats[-1])
+    # from a record that clips on (an optimiser taking several steps on one batch), nothing is judged
+    state = loss_scale.ScaleState()
+    clipping = [state.advance(loss, 0.0, 0.02 if i == 3 else 0.0)[0] for i, loss in enumerate(losses)]
+    assert all(math.isnan(s) for s in clipping) and state.copy().clipped
 
 
 def test_cube_stats_equal_the_streaming_ones():

@@ -679,7 +679,7 @@ class Detector:
         shift_now, shift_before = live.shift.advance(raw[0, rate_shift.COLUMNS], raw[0, rate_shift.WEIGHT_COLUMNS])
         level = live.level.advance(raw[0, level_shift.COLUMNS])
         penalty = live.penalty.advance(float(raw[0, loss_penalty.LOSS]), float(raw[0, loss_penalty.ENTROPY]))
-        scale = live.scale.advance(float(raw[0, loss_scale.LOSS]), float(raw[0, loss_scale.ZERO_STD]))
+        scale = live.scale.advance(*(float(raw[0, k]) for k in (loss_scale.LOSS, loss_scale.ZERO_STD, loss_scale.CLIP)))
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]

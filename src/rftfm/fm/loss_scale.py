@@ -10,7 +10,11 @@ magnitude at every record, whichever its sign. The statistic: the log of the med
 loss of exactly 0 -- every group's rewards equal -- is no scale); only a rise counts. The step-metrics analogue of the
 advantage-sum invariant the trajectory records give (:mod:`rftfm.fm.invariants`).
 
-A record whose groups all had equal rewards (``frac_reward_zero_std`` of 1) has no policy term: its loss is the
+The premise is a ratio of 1: from the first record that clips (a clip ratio above 0, :mod:`rftfm.fm.on_policy`) the
+run's optimiser takes several steps on one batch -- verl's PPO mini-batches, ``num_iterations > 1`` -- and its loss
+carries the ratios' own spread, heavier-tailed than any advantage mean (the healthy verl log of ../shared/real-logs
+moves its loss's scale 2.5-fold); the channel judges no later record of that run. A record whose groups all had equal
+rewards (``frac_reward_zero_std`` of 1) has no policy term: its loss is the
 penalties' alone, and a sparse-reward run's first rewarded groups would otherwise look like a jump from a loss of 0;
 such a record, and one without a finite loss, leaves the state as it was. Judged once the run has :data:`MIN_BASELINE`
 records of reference.
@@ -28,11 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rftfm.fm import on_policy
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 
 LOSS = CUBE_SIGNALS.index("policy_loss")
 ZERO_STD = CUBE_SIGNALS.index("frac_zero_std_groups")
+CLIP = CUBE_SIGNALS.index(on_policy.SIGNAL)
 WINDOW = 4  # records whose median magnitude is "now": a broken advantage sum moves the loss at every record
 BASELINE = 20  # records before the window whose root mean square is "before"
 MIN_BASELINE = 8  # fewer: no reference yet
@@ -46,18 +52,20 @@ UNJUDGED = (math.nan, math.nan, math.nan)
 
 @dataclass
 class ScaleState:
-    """One run's last :data:`WINDOW` + :data:`BASELINE` losses."""
+    """One run's last :data:`WINDOW` + :data:`BASELINE` losses, and whether it has clipped."""
 
     losses: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+    clipped: bool = False
 
     def copy(self) -> "ScaleState":
-        return ScaleState(deque(self.losses, maxlen=WINDOW + BASELINE))
+        return ScaleState(deque(self.losses, maxlen=WINDOW + BASELINE), self.clipped)
 
-    def advance(self, loss: float, zero_std: float = math.nan) -> tuple[float, float, float]:
-        """Take in one record's loss and share of groups with equal rewards (NaN: not logged); return the statistic
-        (NaN: not judged), the window's median magnitude and the reference's root mean square (read where the
-        statistic is finite)."""
-        if not math.isfinite(loss) or zero_std >= 1.0:
+    def advance(self, loss: float, zero_std: float = math.nan, clip: float = math.nan) -> tuple[float, float, float]:
+        """Take in one record's loss, share of groups with equal rewards and clip ratio (NaN: not logged); return the
+        statistic (NaN: not judged), the window's median magnitude and the reference's root mean square (read where
+        the statistic is finite)."""
+        self.clipped = self.clipped or on_policy.units(clip) > 1.0
+        if self.clipped or not math.isfinite(loss) or zero_std >= 1.0:
             return UNJUDGED
         self.losses.append(loss)
         n = len(self.losses)
@@ -77,7 +85,7 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     for r in range(steps.shape[0]):
         state = ScaleState()
         for s in np.flatnonzero(steps[r] > 0):
-            out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, ZERO_STD]))[0]
+            out[r, s] = state.advance(*(float(raw[r, s, k]) for k in (LOSS, ZERO_STD, CLIP)))[0]
     return out
 
 
