@@ -120,6 +120,12 @@ FORMAT = "rftfm-zero-shot-detector"
 VERSION = 3  # 3: the level-shift channel's limits
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "detector.json"
 NORMAL_KINDS = ("normal", "control")
+#: the fitting-free statistics calibrated on healthy records, and the least threshold each keeps
+LEAST_THRESHOLDS = {
+    "rate_shift": -math.inf,
+    "loss_penalty": loss_penalty.MIN_THRESHOLD,
+    "loss_scale": loss_scale.MIN_THRESHOLD,
+}
 
 _STEP_ONLY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "step" and s != "eval_accuracy")
 _TRAJECTORY = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].source == "trajectory")
@@ -333,7 +339,8 @@ class Detector:
         self.models, self.thresholds = {}, {}
         oof_rates = {
             tier: self._fit_tier(
-                tier, x, raw, y, steps, normal, fold, jumps, shifts, (level_units, level_threshold), penalties, scales
+                tier, x, raw, y, steps, normal, fold, jumps, (level_units, level_threshold),
+                {"rate_shift": shifts, "loss_penalty": penalties, "loss_scale": scales},
             )
             for tier in tiers
         }
@@ -370,14 +377,13 @@ class Detector:
 
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
-        fold: np.ndarray, jumps: np.ndarray, shifts: np.ndarray, level: tuple[np.ndarray, float],
-        penalties: np.ndarray, scales: np.ndarray,
+        fold: np.ndarray, jumps: np.ndarray, level: tuple[np.ndarray, float], rules: dict[str, np.ndarray],
     ) -> float:
         """Calibrate and fit one tier's channels; the out-of-fold share of normal runs that alarm (any channel;
-        ``jumps``: the schedule channel's units, which need no fitting; ``shifts``: the rate-shift channel's
-        statistic, calibrated on every healthy record that has one: normal runs', and faulty runs' before onset;
-        ``level``: the level-shift channel's units and threshold, calibrated by :meth:`_fit_level`; ``penalties``: the
-        loss-penalty statistic, and ``scales`` the loss-scale one, each calibrated like the rate shift)."""
+        ``jumps``: the schedule channel's units, which need no fitting; ``level``: the level-shift channel's units and
+        threshold, calibrated by :meth:`_fit_level`; ``rules``: the statistics of the channels named in
+        :data:`LEAST_THRESHOLDS` -- rate shift, loss penalty, loss scale --, each calibrated on every healthy record
+        that has one: normal runs', and faulty runs' before onset)."""
         signals = learned_signals(tier)
         cols = _signal_columns(self.tracker.names, signals)
         oof = np.full(steps.shape, np.nan)
@@ -397,40 +403,25 @@ class Detector:
             ),
             steps,
         )
-        shift_max = _run_max(shifts, steps)
-        healthy_shift_max = _run_max(np.where(y == 0, shifts, np.nan), steps)
-        healthy_penalty_max = _run_max(np.where(y == 0, penalties, np.nan), steps)
-        finite_penalty = np.isfinite(healthy_penalty_max)
-        healthy_scale_max = _run_max(np.where(y == 0, scales, np.nan), steps)
         self.thresholds[tier] = {
             "learned": tail_threshold(learned_max[normal], budget, self.config.tail_fraction),
             "surprise": tail_threshold(surprise_max[normal], budget, self.config.tail_fraction),
-            "rate_shift": tail_threshold(
-                healthy_shift_max[np.isfinite(healthy_shift_max)], budget, self.config.tail_fraction
-            ),
             "level_shift": level[1],
-            "loss_penalty": max(
-                tail_threshold(healthy_penalty_max[finite_penalty], budget, self.config.tail_fraction),
-                loss_penalty.MIN_THRESHOLD,
-            ),
-            "loss_scale": max(
-                tail_threshold(healthy_scale_max[np.isfinite(healthy_scale_max)], budget, self.config.tail_fraction),
-                loss_scale.MIN_THRESHOLD,
-            ),
         }
-        self.models[tier] = self._train(x[..., cols], y, steps, signals)
-        return float(
-            np.mean(
-                (learned_max[normal] > self.thresholds[tier]["learned"])
-                | (surprise_max[normal] > self.thresholds[tier]["surprise"])
-                | (invariant_max[normal] > 1.0)
-                | (_run_max(jumps, steps)[normal] > 1.0)
-                | (shift_max[normal] > self.thresholds[tier]["rate_shift"])
-                | (_run_max(level[0], steps)[normal] > level[1])
-                | (_run_max(penalties, steps)[normal] > self.thresholds[tier]["loss_penalty"])
-                | (_run_max(scales, steps)[normal] > self.thresholds[tier]["loss_scale"])
-            )
+        alarmed = (
+            (learned_max[normal] > self.thresholds[tier]["learned"])
+            | (surprise_max[normal] > self.thresholds[tier]["surprise"])
+            | (invariant_max[normal] > 1.0)
+            | (_run_max(jumps, steps)[normal] > 1.0)
+            | (_run_max(level[0], steps)[normal] > level[1])
         )
+        for name, stats in rules.items():
+            healthy_max = _run_max(np.where(y == 0, stats, np.nan), steps)
+            tail = tail_threshold(healthy_max[np.isfinite(healthy_max)], budget, self.config.tail_fraction)
+            self.thresholds[tier][name] = max(tail, LEAST_THRESHOLDS[name])
+            alarmed |= _run_max(stats, steps)[normal] > self.thresholds[tier][name]
+        self.models[tier] = self._train(x[..., cols], y, steps, signals)
+        return float(np.mean(alarmed))
 
     def _train(self, x: np.ndarray, y: np.ndarray, steps: np.ndarray, signals: Sequence[str]) -> lgb.Booster:
         """One booster on the present records of (R, S, D) features; signals masked at random in copies."""
