@@ -505,7 +505,7 @@ def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_
     diagnoser's bar; rows below it, or not judged, are as they were; the no-KL rule still removes a KL coefficient."""
     from rftfm.fm import loss_penalty
     from rftfm.fm.cube import CUBE_SIGNALS
-    from rftfm.fm.diagnose import Seen, penalty_now
+    from rftfm.fm.diagnose import PENALTY_WINDOW, Seen, penalty_now
 
     fitted = Diagnoser.load_default()
     classes = fitted.classes
@@ -529,6 +529,9 @@ def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_
     raw[:, CUBE_SIGNALS.index("entropy")] = 0.5
     raw[:, CUBE_SIGNALS.index("policy_loss")] = [0.0, 0.001] * 6 + [0.25] * 4
     steps = np.arange(1, 17)
-    expected = loss_penalty.cube_stats(raw[None], steps[None])[0][-loss_penalty.WINDOW :].max()
+    expected = loss_penalty.cube_stats(raw[None], steps[None], PENALTY_WINDOW)[0][-loss_penalty.WINDOW :].max()
     assert penalty_now(raw, steps) == pytest.approx(expected) and expected > 10
     assert math.isnan(penalty_now(raw[:5], steps[:5]))  # no reference yet
+    # two records into the penalty the diagnoser reads it (the detector's window of 4 does not yet)
+    detector_window = loss_penalty.cube_stats(raw[None, :14], steps[None, :14])[0, -1]
+    assert penalty_now(raw[:14], steps[:14]) > 10 and detector_window < 2

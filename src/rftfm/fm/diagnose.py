@@ -82,6 +82,10 @@ NUM_ROUNDS = 80
 #: record (logged), no length-limit type fits (the benchmark's length faults keep it at 0.09 or more after onset).
 UNTRUNCATED = 0.01
 PENALTY_RATE = 0.01  # the share of normal runs whose loss-penalty statistic exceeds the diagnoser's bar somewhere
+#: Records the diagnoser reads a penalty over (the detector's channel waits for :data:`~rftfm.fm.loss_penalty.WINDOW`):
+#: an alarm may come from the loss-scale channel two records after a push, when the window of 4 still holds two
+#: records from before it and reads no penalty yet.
+PENALTY_WINDOW = 2
 TRUNCATED = CUBE_SIGNALS.index("truncated_ratio")
 KL = CUBE_SIGNALS.index("kl")
 #: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
@@ -119,7 +123,7 @@ class Seen:
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
-                   loss_penalty.penalty_term(raw, steps)[0])
+                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0])
 
 
 @dataclass
@@ -173,7 +177,7 @@ class Diagnoser:
         reference = normal if normal.height else runs
         raw, steps = runs_cube(features, reference["run_id"].to_list())
         prior = fit_prior_noise(CUBE_SIGNALS, raw)
-        penalty_max = np.fmax.reduce(loss_penalty.cube_stats(raw, steps), axis=1)
+        penalty_max = np.fmax.reduce(loss_penalty.cube_stats(raw, steps, PENALTY_WINDOW), axis=1)
         bar = tail_threshold(penalty_max[np.isfinite(penalty_max)], PENALTY_RATE)
         self.penalty_bar = max(bar, loss_penalty.MIN_THRESHOLD)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=True))
@@ -365,7 +369,9 @@ class Diagnoser:
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
         if identity is not None:
             evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
-        penalty = loss_penalty.term_evidence(cube[0], steps[0]) if seen.penalty > self.penalty_bar else None
+        penalty = (
+            loss_penalty.term_evidence(cube[0], steps[0], PENALTY_WINDOW) if seen.penalty > self.penalty_bar else None
+        )
         if penalty is not None:
             evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
         return Diagnosis(
@@ -657,9 +663,9 @@ def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
 
 
 def penalty_now(raw: np.ndarray, steps: np.ndarray) -> float:
-    """The loss-penalty statistic's largest value over one run's last :data:`~rftfm.fm.loss_penalty.WINDOW` records
-    (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,); NaN: none judged)."""
-    stats = loss_penalty.cube_stats(raw[None], steps[None])[0][steps > 0][-loss_penalty.WINDOW :]
+    """The loss-penalty statistic over :data:`PENALTY_WINDOW` records, its largest value over one run's last
+    :data:`~rftfm.fm.loss_penalty.WINDOW` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,); NaN: none judged)."""
+    stats = loss_penalty.cube_stats(raw[None], steps[None], PENALTY_WINDOW)[0][steps > 0][-loss_penalty.WINDOW :]
     return float(np.nanmax(stats)) if np.isfinite(stats).any() else math.nan
 
 

@@ -52,14 +52,19 @@ MAX_SPREAD = 0.1
 
 @dataclass
 class PenaltyState:
-    """One run's last :data:`WINDOW` + :data:`BASELINE` losses per nat of entropy, and the losses themselves."""
+    """One run's last ``window`` + :data:`BASELINE` losses per nat of entropy, and the losses themselves (``window``:
+    the records judged as "now", :data:`WINDOW` in the detector)."""
 
-    ratios: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
-    losses: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+    window: int = WINDOW
+    ratios: deque = field(default_factory=deque)
+    losses: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        size = self.window + BASELINE
+        self.ratios, self.losses = deque(self.ratios, maxlen=size), deque(self.losses, maxlen=size)
 
     def copy(self) -> "PenaltyState":
-        size = WINDOW + BASELINE
-        return PenaltyState(deque(self.ratios, maxlen=size), deque(self.losses, maxlen=size))
+        return PenaltyState(self.window, self.ratios, self.losses)
 
     def advance(self, loss: float, entropy: float) -> tuple[float, float, float]:
         """Take in one record's loss and entropy; return the statistic (NaN: not judged), the window's mean loss and
@@ -68,54 +73,54 @@ class PenaltyState:
             return UNJUDGED
         self.ratios.append(loss / entropy)
         self.losses.append(loss)
-        n = len(self.ratios)
-        if n < WINDOW + MIN_BASELINE:
+        n, w = len(self.ratios), self.window
+        if n < w + MIN_BASELINE:
             return UNJUDGED
         ratios = list(self.ratios)
-        reference, window = ratios[: n - WINDOW], ratios[n - WINDOW :]
+        reference, window = ratios[: n - w], ratios[n - w :]
         middle = sorted(reference)
         k = len(middle)
         median = middle[k // 2] if k % 2 else 0.5 * (middle[k // 2 - 1] + middle[k // 2])
         mean = sum(reference) / k
         spread = math.sqrt(sum((r - mean) ** 2 for r in reference) / k)
         losses = list(self.losses)
-        now_loss = sum(losses[n - WINDOW :]) / WINDOW
-        before_loss = sum(losses[: n - WINDOW]) / (n - WINDOW)
+        now_loss = sum(losses[n - w :]) / w
+        before_loss = sum(losses[: n - w]) / (n - w)
         return (min(window) - max(median, 0.0)) / max(spread, FLOOR), now_loss, before_loss
 
 
-def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def cube_stats(raw: np.ndarray, steps: np.ndarray, window: int = WINDOW) -> np.ndarray:
     """(R, S) every record's statistic of a raw cube (R, S, len(CUBE_SIGNALS)) in step order (``steps`` 0: absent),
-    exactly as :meth:`PenaltyState.advance` gives it."""
+    exactly as :meth:`PenaltyState.advance` with ``window`` gives it."""
     out = np.full(steps.shape, np.nan)
     for r in range(steps.shape[0]):
-        state = PenaltyState()
+        state = PenaltyState(window)
         for s in np.flatnonzero(steps[r] > 0):
             out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, ENTROPY]))[0]
     return out
 
 
-def _window(raw: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """One run's last :data:`WINDOW` records with a loss and their loss above its median over up to
-    :data:`BASELINE` records before them (None: fewer than :data:`MIN_BASELINE` of those)."""
-    rows = np.flatnonzero((steps > 0) & np.isfinite(raw[:, LOSS]))[-(WINDOW + BASELINE) :]
-    if rows.size < WINDOW + MIN_BASELINE:
+def _window(raw: np.ndarray, steps: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """One run's last ``window`` records with a loss and their loss above its median over up to :data:`BASELINE`
+    records before them (None: fewer than :data:`MIN_BASELINE` of those)."""
+    rows = np.flatnonzero((steps > 0) & np.isfinite(raw[:, LOSS]))[-(window + BASELINE) :]
+    if rows.size < window + MIN_BASELINE:
         return None
-    return rows[-WINDOW:], raw[rows[-WINDOW:], LOSS] - float(np.median(raw[rows[:-WINDOW], LOSS]))
+    return rows[-window:], raw[rows[-window:], LOSS] - float(np.median(raw[rows[:-window], LOSS]))
 
 
-def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]:
+def penalty_term(raw: np.ndarray, steps: np.ndarray, window: int = WINDOW) -> tuple[str | None, float]:
     """Which term a penalty added to one run's loss multiplies, and by how much (``raw`` (S, len(CUBE_SIGNALS)),
-    ``steps`` (S,)): over the last :data:`WINDOW` records with a loss, the loss above its median over up to
+    ``steps`` (S,)): over the last ``window`` records with a loss, the loss above its median over up to
     :data:`BASELINE` records before them, divided by each term's value record by record, is the coefficient the
     penalty added -- constant for the term that took over the loss (an entropy coefficient flipped to -3 adds exactly
     3 x entropy at every record while the entropy falls; a KL coefficient pushed to 5 adds 5 x KL while the KL moves),
     not for the other. ``(None, nan)`` where no term's is constant (:data:`MAX_SPREAD`), or the window has no
     reference yet."""
-    window = _window(raw, steps)
-    if window is None:
+    recent = _window(raw, steps, window)
+    if recent is None:
         return None, math.nan
-    rows, added = window
+    rows, added = recent
     spread = {}
     for term, column in TERMS.items():
         values = raw[rows, column]
@@ -131,14 +136,14 @@ def penalty_term(raw: np.ndarray, steps: np.ndarray) -> tuple[str | None, float]
     return None, math.nan
 
 
-def term_evidence(raw: np.ndarray, steps: np.ndarray) -> SignalEvidence | None:
+def term_evidence(raw: np.ndarray, steps: np.ndarray, window: int = WINDOW) -> SignalEvidence | None:
     """The loss's rise as the penalty :func:`penalty_term` names (None: it names none): the window's mean loss
     against the reference's median, since the window's first step, with the term and the coefficient it added."""
-    term, coefficient = penalty_term(raw, steps)
-    window = _window(raw, steps)
-    if term is None or window is None:
+    term, coefficient = penalty_term(raw, steps, window)
+    recent = _window(raw, steps, window)
+    if term is None or recent is None:
         return None
-    rows, added = window
+    rows, added = recent
     now = float(raw[rows, LOSS].mean())
     before = now - float(added.mean())
     return SignalEvidence(
