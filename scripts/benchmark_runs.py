@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+import numpy as np
 import polars as pl
 
 from rftfm.bench.eval_detection import _load
@@ -33,3 +34,32 @@ def print_counts(kinds: list[str], hits: Counter, headline: str, aside: Counter 
     for kind in sorted(total):
         extra = f" ({aside[kind]} {note})" if aside is not None else ""
         print(f"  {kind}: {hits[kind]} of {total[kind]}{extra}")
+
+
+NEVER = 10**9  # the onset of a run without a fault: every record is healthy
+
+
+def onsets(runs: pl.DataFrame, kinds: list[str]) -> np.ndarray:
+    """Each run's onset step (:data:`NEVER` for normal and control runs)."""
+    return np.array([o if k.startswith("fault") and o is not None else NEVER
+                     for o, k in zip(runs["onset_step"].to_list(), kinds)])
+
+
+def healthy_peaks(stats: np.ndarray, steps: np.ndarray, onset: np.ndarray) -> np.ndarray:
+    """(R,) each run's largest statistic over its healthy records (every record of a normal or control run, a faulty
+    run's before onset; NaN: none judged)."""
+    healthy = (steps > 0) & (steps < onset[:, None])
+    return np.fmax.reduce(np.where(healthy, stats, np.nan), axis=1)
+
+
+def print_mid_run_crossings(
+    stats: np.ndarray, steps: np.ndarray, onset: np.ndarray, kinds: list[str], threshold: float, headline: str
+) -> np.ndarray:
+    """Print per kind the mid-run faulty runs whose statistic goes over ``threshold`` at or after onset; return
+    (R,) which runs do."""
+    after = (steps >= onset[:, None]) & (steps > 0)
+    crossed = np.fmax.reduce(np.where(after, stats, np.nan), axis=1) > threshold
+    mid_run = np.array([k.startswith("fault") for k in kinds]) & (onset > 1) & (onset < NEVER)
+    hits = Counter(k for k, hit, m in zip(kinds, crossed, mid_run) if hit and m)
+    print_counts([k for k, m in zip(kinds, mid_run) if m], hits, headline)
+    return crossed & mid_run

@@ -11,10 +11,9 @@ log ratio; it is printed as the ratio itself (the window's median loss magnitude
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
-from benchmark_runs import load_runs, print_counts
+from benchmark_runs import healthy_peaks, load_runs, onsets, print_mid_run_crossings
 
 from rftfm.fm import loss_scale
 from rftfm.fm.cube import runs_cube
@@ -26,10 +25,8 @@ def main() -> None:
     raw, steps = runs_cube(features, ids)
     stats = loss_scale.cube_stats(raw, steps)
     threshold = Detector.load_default().thresholds["a"]["loss_scale"]
-    onset = np.array([o if k.startswith("fault") and o is not None else 10**9
-                      for o, k in zip(runs["onset_step"].to_list(), kinds)])
-    healthy = (steps > 0) & (steps < onset[:, None])
-    peak = np.fmax.reduce(np.where(healthy, stats, np.nan), axis=1)
+    onset = onsets(runs, kinds)
+    peak = healthy_peaks(stats, steps, onset)
     loss_types = np.array(runs["loss_type"].to_list())
     print(f"shipped threshold (tier a): {threshold:.3f} = x{math.exp(threshold):.2f} the scale before")
     for loss_type in sorted(set(loss_types)):
@@ -39,13 +36,8 @@ def main() -> None:
                   f"median x{math.exp(np.median(peak[judged])):.2f}, largest x{math.exp(peak[judged].max()):.2f}")
     for r in np.argsort(-np.nan_to_num(peak, nan=-np.inf))[:5]:
         print(f"  {ids[r]} ({loss_types[r]}): x{math.exp(peak[r]):.2f}")
-    after = (steps >= onset[:, None]) & (steps > 0)
-    crossed = np.fmax.reduce(np.where(after, stats, np.nan), axis=1) > threshold
-    mid_run = np.array([k.startswith("fault") for k in kinds]) & (onset > 1) & (onset < 10**9)
-    hits = Counter(k for k, hit, m in zip(kinds, crossed, mid_run) if hit and m)
-    faulty = [k for k, m in zip(kinds, mid_run) if m]
-    print_counts(faulty, hits, "mid-run faulty runs whose statistic crosses the shipped threshold after onset")
-
+    print_mid_run_crossings(stats, steps, onset, kinds, threshold,
+                            "mid-run faulty runs whose statistic crosses the shipped threshold after onset")
 
 if __name__ == "__main__":
     main()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import polars as pl
 
+from rftfm.fm.cube import runs_cube
 from rftfm.fm.detect import Detector, DetectorConfig
 from rftfm.fm.features import FEATURES
 from rftfm.records import StepRecord
@@ -52,3 +54,13 @@ def replayed_score(detector: Detector, rows: list[dict], upto: int, back_to: int
     for r in records[back_to - 1 : upto]:
         detector.observe(r)
     return first, detector.last_score
+
+
+def streamed_alarms(detector: Detector, rows: list[dict]) -> list:
+    """The alarms of one run observed live, after checking that every record's live score is the offline one
+    (:meth:`Detector.score_cube` of the same rows, tier a)."""
+    cube, steps = runs_cube(pl.DataFrame(rows), [rows[0]["run_id"]])
+    offline, _ = detector.score_cube(cube, steps, "a")
+    scores, alarms = stream(detector, rows)
+    np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
+    return alarms

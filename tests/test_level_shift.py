@@ -6,12 +6,11 @@ import json
 import math
 
 import numpy as np
-import polars as pl
 import pytest
-from detector_fixtures import fit_synthetic, replayed_score, stream
+from detector_fixtures import fit_synthetic, replayed_score, stream, streamed_alarms
 
 from rftfm.fm import level_shift
-from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
+from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import Detector
 
 STEPS = 40
@@ -109,11 +108,7 @@ def test_calibrated_limits_sit_above_healthy_moves_and_the_saved_artifact_keeps_
 
 
 def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_asstream(fitted):
-    rows = _rows("noisy", 99, onset=25)
-    cube, steps = runs_cube(pl.DataFrame(rows), ["noisy"])
-    offline, _ = fitted.score_cube(cube, steps, "a")
-    scores, alarms = stream(fitted, rows)
-    np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
+    alarms = streamed_alarms(fitted, _rows("noisy", 99, onset=25))
     assert alarms and 25 <= alarms[0].step < 25 + level_shift.WINDOW
     (first,) = [e for e in alarms[0].evidence if e.signal == "reward_std"][:1]
     assert first.direction == "up" and first.value > 2 * first.expected and first.since_step <= alarms[0].step

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from detector_fixtures import fit_synthetic, replayed_score, stream
+from detector_fixtures import fit_synthetic, replayed_score, streamed_alarms
 
 from rftfm.fm import loss_scale
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
@@ -87,11 +87,7 @@ def fitted() -> Detector:
 def test_a_broken_advantage_sum_mid_run_alarms_with_the_loss_as_evidence_offline_as_streamed(fitted):
     threshold = fitted.thresholds["a"]["loss_scale"]
     assert loss_scale.MIN_THRESHOLD <= threshold < 3.0  # calibrated on the normal runs, below the flip's jump
-    rows = _rows("flipped", 99, onset=16)
-    cube, steps = runs_cube(pl.DataFrame(rows), ["flipped"])
-    offline, _ = fitted.score_cube(cube, steps, "a")
-    scores, alarms = stream(fitted, rows)
-    np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
+    alarms = streamed_alarms(fitted, _rows("flipped", 99, onset=16))
     assert alarms and 16 <= alarms[0].step < 16 + loss_scale.WINDOW
     loss = [e for e in alarms[0].evidence if e.signal == "policy_loss"]
     assert loss and loss[0].direction == "up" and loss[0].value > 0.05 > 0.01 > loss[0].expected

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from detector_fixtures import fit_synthetic, replayed_score, stream
+from detector_fixtures import fit_synthetic, replayed_score, stream, streamed_alarms
 
 from rftfm.fm import rate_shift
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube
@@ -86,12 +86,7 @@ def fitted() -> Detector:
 def test_a_sandbox_that_starts_failing_alarms_with_the_failure_rate_as_evidence_offline_asstream(fitted):
     threshold = fitted.thresholds["a"]["rate_shift"]
     assert 0.0 < threshold < 0.5  # calibrated on the normal runs: above their steps, below the fault's
-    rows = _rows("failing", 99, onset=15, learning=False)
-    frame = pl.DataFrame(rows)
-    cube, steps = runs_cube(frame, ["failing"])
-    offline, _ = fitted.score_cube(cube, steps, "a")
-    scores, alarms = stream(fitted, rows)
-    np.testing.assert_allclose(scores, offline[0], rtol=1e-9)
+    alarms = streamed_alarms(fitted, _rows("failing", 99, onset=15, learning=False))
     assert alarms and 15 <= alarms[0].step < 15 + rate_shift.WINDOW
     shifted = [e for e in alarms[0].evidence if e.signal == "tool_failure_frequency"]
     assert shifted and shifted[0].direction == "up" and shifted[0].value > shifted[0].expected + threshold

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rftfm.fm import on_policy
+from rftfm.fm import loss_penalty, on_policy
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 
@@ -90,13 +90,6 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
 
 def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
-    """The loss's magnitude as evidence: its median over the window against its scale before."""
-    return SignalEvidence(
-        signal="policy_loss",
-        direction="up",
-        value=now,
-        expected=before,
-        z=stat,
-        ratio=now / before if before > 1e-12 else None,
-        since_step=since_step,
-    )
+    """The loss's magnitude as evidence: its median over the window against its scale before (the same fields as the
+    loss penalty's, :func:`rftfm.fm.loss_penalty.evidence`)."""
+    return loss_penalty.evidence(stat, now, before, since_step)
