@@ -500,9 +500,11 @@ def test_a_run_without_a_kl_term_is_never_given_a_kl_coefficient_fault() -> None
     assert not without_kl(raw, steps)
 
 
-def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_run_without_kl_still_loses_kl() -> None:
+def test_a_loss_lifted_by_a_penalty_or_out_of_its_scale_ranks_the_types_that_lift_it_first() -> None:
     """The types that add a penalty to the loss get half the mass where the loss-penalty statistic is above the
-    diagnoser's bar; rows below it, or not judged, are as they were; the no-KL rule still removes a KL coefficient."""
+    diagnoser's bar (only the named term's, where one is named); with no term named, a loss out of its scale gives
+    it to every type that lifts the loss; rows below the bars, or not judged, are as they were; the no-KL rule still
+    removes a KL coefficient."""
     from rftfm.fm import loss_penalty
     from rftfm.fm.cube import CUBE_SIGNALS
     from rftfm.fm.diagnose import PENALTY_WINDOW, Seen, penalty_now
@@ -524,6 +526,24 @@ def test_a_loss_that_took_on_a_penalty_ranks_the_types_that_add_one_first_and_a_
 
     with_term = fitted.apply_penalty(prob[:1], np.ones(1, dtype=bool), [float("inf")], ["kl"])[0][0]
     assert with_term.argmax() == classes.index("kl_misconfig") and with_term[classes.index("entropy_collapse")] == 0.1
+
+    # a loss that left its scale with no term named: every type that lifts the loss (a penalty, or advantages that
+    # no longer sum to 0 / were scaled up) shares the half, in the model's proportions; below the bar, as it was
+    from rftfm.faults.taxonomy import FAULT_TYPES
+
+    lifts = [t for t in classes if FAULT_TYPES[t].lifts_loss]
+    assert {"advantage_sign", "advantage_normalization", "entropy_collapse"} <= set(lifts)
+    prob[:, classes.index("advantage_sign")], prob[:, classes.index("entropy_collapse")] = 0.15, 0.05
+    fitted.scale_bar, saved = 1.0, fitted.scale_bar
+    try:
+        scaled, unknown = fitted.apply_penalty(
+            prob, np.ones(3, dtype=bool), [math.nan] * 3, [None, None, "entropy"], [2.0, 0.5, math.nan]
+        )
+    finally:
+        fitted.scale_bar = saved
+    assert scaled[0, classes.index("advantage_sign")] == pytest.approx(0.15 / 2 + 0.5 * 0.15 / 0.2) and not unknown[0]
+    assert scaled[0].argmax() == classes.index("advantage_sign") and scaled[0, classes.index("lr_high")] == 0.4
+    np.testing.assert_array_equal(scaled[1:], prob[1:])  # below the bar; a term named but no penalty read
 
     raw = np.full((16, len(CUBE_SIGNALS)), np.nan)
     raw[:, CUBE_SIGNALS.index("entropy")] = 0.5

@@ -56,6 +56,19 @@ def test_cube_stats_equal_the_streaming_ones():
     np.testing.assert_allclose(out[0], _stats(losses))
 
 
+def test_the_reading_is_the_largest_statistic_of_the_last_window_with_the_loss_as_evidence():
+    losses = [0.02, -0.02, 0.01, -0.01] * 3 + [0.3, -0.2, 0.25, -0.1]
+    raw = np.full((len(losses), len(CUBE_SIGNALS)), np.nan)
+    raw[:, loss_scale.LOSS] = losses
+    steps = np.arange(1, len(losses) + 1)
+    stat, evidence = loss_scale.reading(raw, steps)
+    assert stat == pytest.approx(np.nanmax(_stats(losses)[-loss_scale.WINDOW :]))
+    assert evidence is not None and evidence.signal == "policy_loss" and evidence.direction == "up"
+    assert evidence.value > evidence.expected and evidence.since_step == len(losses) - loss_scale.WINDOW + 1
+    young = loss_scale.reading(raw[:6], steps[:6])  # no reference yet: nothing judged, no evidence
+    assert math.isnan(young[0]) and young[1] is None
+
+
 def _rows(run_id: str, seed: int, onset: int | None) -> list[dict]:
     """A GRPO run whose loss is a token-level length covariance (noise of 0.005 around 0, drifting slowly); from
     ``onset`` the advantages of some trajectories flip sign, so they no longer sum to 0: the loss's magnitude jumps

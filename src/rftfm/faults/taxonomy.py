@@ -46,6 +46,9 @@ class FaultType:
     non_finite: bool = False
     #: the fault makes the logged reward leave its functions' weighted means (:mod:`rftfm.fm.reward_identity`)
     reward_identity: bool = False
+    #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
+    #: summing to 0 in a group, or scaled up where the loss's weighting leaves a covariance (:mod:`rftfm.fm.loss_scale`)
+    lifts_policy_term: bool = False
 
     @property
     def learning_rate_push(self) -> Direction | None:
@@ -65,6 +68,12 @@ class FaultType:
     def loss_penalty(self) -> bool:
         """Whether the fault adds a penalty to the loss the trainer logs (:attr:`penalty_term`)."""
         return self.penalty_term is not None
+
+    @property
+    def lifts_loss(self) -> bool:
+        """Whether the fault lifts the loss the trainer logs out of its scale: a penalty added
+        (:attr:`loss_penalty`) or the policy term lifted (:attr:`lifts_policy_term`)."""
+        return self.loss_penalty or self.lifts_policy_term
 
     def applies_to(self, task_group: str, beta: float) -> bool:
         """Whether this fault can be injected into a run of ``task_group`` with KL coefficient ``beta``."""
@@ -110,6 +119,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "loss and grad-norm magnitude jump, KL up",
             {"easy": {"scale": 25.0, "offset": 5.0}, "hard": {"scale": 5.0, "offset": 1.0}},
             signals=(("reward_mean", "up"), ("grad_norm", "up"), ("traj_advantage_std", "up")),
+            lifts_policy_term=True,
         ),
         FaultType(
             "reward_inversion", "rf",
@@ -180,6 +190,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"flip_fraction": 0.85}, "hard": {"flip_fraction": 0.45}},
             knob_repairable=False,
             signals=(("traj_advantage_residual", "up"), ("reward_mean", "down"), ("eval_accuracy", "down")),
+            lifts_policy_term=True,
         ),
         FaultType(
             "zero_variance", "ca",
@@ -197,6 +208,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             # a bug in the advantage code after TRL's own normalisation (like advantage_sign): no knob
             # undoes a length-dependent rescaling, so the remedy is halt + rollback, not a knob ladder
             knob_repairable=False,
+            lifts_policy_term=True,
         ),
         # --- TE: tool environment ------------------------------------------------------
         FaultType(

@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, loss_penalty, non_finite, on_policy, reward_identity, schedule
+from rftfm.fm import invariants, loss_penalty, loss_scale, non_finite, on_policy, reward_identity, schedule
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
@@ -101,8 +101,9 @@ class Seen:
     at, the numbers it has lost and the ones missing from that record (:mod:`rftfm.fm.non_finite`), whether it broke
     its reward identity, whether that record's completions (almost) all ended before the length limit
     (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`), the loss-penalty statistic's
-    largest value over the last records (:func:`penalty_now`) and the term that penalty multiplies
-    (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told)."""
+    largest value over the last records (:func:`penalty_now`), the term that penalty multiplies
+    (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
+    last records (:func:`rftfm.fm.loss_scale.reading`)."""
 
     broken: list[str]
     jump: float
@@ -114,6 +115,7 @@ class Seen:
     no_kl: bool
     penalty: float = math.nan
     penalty_term: str | None = None
+    scale: float = math.nan
 
     @classmethod
     def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
@@ -123,7 +125,7 @@ class Seen:
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
-                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0])
+                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], loss_scale.reading(raw, steps)[0])
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Diagnoser:
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         # the loss-penalty statistic above which the log shows a penalty in the loss (:meth:`apply_penalty`)
         self.penalty_bar = math.inf
+        # the loss-scale statistic above which the loss has left its scale (:meth:`apply_penalty`)
+        self.scale_bar = math.inf
         self._tracked: dict[str, tuple[np.ndarray, TrackerState, np.ndarray]] = {}  # see :meth:`_track`
 
     # ------------------------------------------------------------------ training
@@ -180,6 +184,9 @@ class Diagnoser:
         penalty_max = np.fmax.reduce(loss_penalty.cube_stats(raw, steps, PENALTY_WINDOW), axis=1)
         bar = tail_threshold(penalty_max[np.isfinite(penalty_max)], PENALTY_RATE)
         self.penalty_bar = max(bar, loss_penalty.MIN_THRESHOLD)
+        scale_max = np.fmax.reduce(loss_scale.cube_stats(raw, steps), axis=1)
+        bar = tail_threshold(scale_max[np.isfinite(scale_max)], PENALTY_RATE)
+        self.scale_bar = max(bar, loss_scale.MIN_THRESHOLD)
         self.tracker = DynamicsTracker(CUBE_SIGNALS, prior, TrackerConfig(task_levels=True))
         self.feature_names = diagnosis_feature_names()
         self.classes = [t for t in FAULT_TYPES if t in set(faulty["fault_type"].to_list())]
@@ -372,6 +379,8 @@ class Diagnoser:
         penalty = (
             loss_penalty.term_evidence(cube[0], steps[0], PENALTY_WINDOW) if seen.penalty > self.penalty_bar else None
         )
+        if penalty is None and seen.scale > self.scale_bar:
+            penalty = loss_scale.reading(cube[0], steps[0])[1]
         if penalty is not None:
             evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
         return Diagnosis(
@@ -427,7 +436,9 @@ class Diagnoser:
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
-        prob, unknown = self.apply_penalty(prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen])
+        prob, unknown = self.apply_penalty(
+            prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
+        )
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
@@ -492,20 +503,31 @@ class Diagnoser:
         return self._rule_out(prob, unknown, [needs_kl & none for none in no_kl])
 
     def apply_penalty(
-        self, prob: np.ndarray, unknown: np.ndarray, penalties: list[float], terms: Sequence[str | None] | None = None
+        self,
+        prob: np.ndarray,
+        unknown: np.ndarray,
+        penalties: list[float],
+        terms: Sequence[str | None] | None = None,
+        scales: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's loss has taken on a penalty (:func:`penalty_now` above :attr:`penalty_bar`: what 1 % of the
-        normal runs it was fitted on exceed, never below the detector channel's least threshold), the types that add
-        one (the registry's ``penalty_term``: a KL coefficient pushed up, an entropy bonus turned into a penalty) get
-        half the mass on top of the model's half, as for a number missing from one record: ranked first, short of
-        the certainty a halt may rest on. Where the row's ``terms`` names the term the penalty multiplies
-        (:func:`rftfm.fm.loss_penalty.penalty_term`), only the types that penalise that term."""
+        normal runs it was fitted on exceed, never below the detector channel's least threshold) whose term the row's
+        ``terms`` names (:func:`rftfm.fm.loss_penalty.penalty_term`), the types that penalise that term (the
+        registry's ``penalty_term``: a KL coefficient pushed up, an entropy bonus turned into a penalty) get half the
+        mass on top of the model's half, as for a number missing from one record: ranked first, short of the
+        certainty a halt may rest on. Where no term is named but the loss rose like a penalty, or left its scale
+        (``scales``, :func:`rftfm.fm.loss_scale.reading`, above :attr:`scale_bar`, fitted alike), every type that
+        lifts the loss does (the registry's ``lifts_loss``: a penalty, or a policy term whose advantages no longer
+        sum to 0 or were scaled up)."""
         term_of = [FAULT_TYPES[t].penalty_term for t in self.classes]
-        adds = np.array([term is not None for term in term_of])
+        lifts = np.array([FAULT_TYPES[t].lifts_loss for t in self.classes])
+        none = np.zeros(len(self.classes), dtype=bool)
         allowed = []
-        for p, term in zip(penalties, terms or [None] * len(penalties)):
-            which = adds if term is None else np.array([t == term for t in term_of])
-            allowed.append(which & (p > self.penalty_bar))
+        for p, term, scale in zip(penalties, terms or [None] * len(penalties), scales or [math.nan] * len(penalties)):
+            if term is not None and p > self.penalty_bar:
+                allowed.append(np.array([t == term for t in term_of]))
+            else:
+                allowed.append(lifts if p > self.penalty_bar or scale > self.scale_bar else none)
         return _halfway(prob, unknown, allowed)
 
     def _rule_out(
@@ -581,6 +603,7 @@ class Diagnoser:
             "feature_names": self.feature_names,
             "family_threshold": self.family_threshold,
             "penalty_bar": self.penalty_bar if math.isfinite(self.penalty_bar) else None,
+            "scale_bar": self.scale_bar if math.isfinite(self.scale_bar) else None,
             "novelty_thresholds": [float(v) if math.isfinite(v) else None for v in self.novelty_thresholds],
             "novelty_labels": self.novelty_labels.tolist(),
             "novelty_scale": [round(float(v), 6) for v in self.novelty_scale],
@@ -614,6 +637,8 @@ class Diagnoser:
         self.family_threshold = float(data["family_threshold"])
         bar = data.get("penalty_bar")  # an artifact fitted before the rule: off
         self.penalty_bar = math.inf if bar is None else float(bar)
+        bar = data.get("scale_bar")  # an artifact fitted before the rule: off
+        self.scale_bar = math.inf if bar is None else float(bar)
         self.novelty_thresholds = np.array(
             [math.inf if v is None else v for v in data["novelty_thresholds"]], dtype=float
         )

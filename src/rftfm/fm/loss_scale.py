@@ -89,6 +89,21 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
+def reading(raw: np.ndarray, steps: np.ndarray) -> tuple[float, SignalEvidence | None]:
+    """One run's largest statistic over its last :data:`WINDOW` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps``
+    (S,); NaN: none judged) and the loss's magnitude at that record as evidence (None where none was judged)."""
+    state, judged = ScaleState(), []
+    for s in np.flatnonzero(steps > 0):
+        judged.append((state.advance(*(float(raw[s, k]) for k in (LOSS, ZERO_STD, CLIP))), s))
+    last = [(values, s) for values, s in judged[-WINDOW:] if math.isfinite(values[0])]
+    if not last:
+        return math.nan, None
+    values, at = max(last, key=lambda item: item[0][0])
+    present = np.flatnonzero(steps[: at + 1] > 0)
+    since = int(steps[present[max(0, len(present) - WINDOW)]])  # the window's first record
+    return values[0], evidence(*values, since)
+
+
 def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
     """The loss's magnitude as evidence: its median over the window against its scale before (the same fields as the
     loss penalty's, :func:`rftfm.fm.loss_penalty.evidence`)."""
