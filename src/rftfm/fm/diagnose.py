@@ -521,13 +521,13 @@ class Diagnoser:
         sum to 0 or were scaled up)."""
         term_of = [FAULT_TYPES[t].penalty_term for t in self.classes]
         lifts = np.array([FAULT_TYPES[t].lifts_loss for t in self.classes])
-        none = np.zeros(len(self.classes), dtype=bool)
+        nothing = np.zeros(len(self.classes), dtype=bool)
         allowed = []
         for p, term, scale in zip(penalties, terms or [None] * len(penalties), scales or [math.nan] * len(penalties)):
             if term is not None and p > self.penalty_bar:
                 allowed.append(np.array([t == term for t in term_of]))
             else:
-                allowed.append(lifts if p > self.penalty_bar or scale > self.scale_bar else none)
+                allowed.append(lifts if p > self.penalty_bar or scale > self.scale_bar else nothing)
         return _halfway(prob, unknown, allowed)
 
     def _rule_out(

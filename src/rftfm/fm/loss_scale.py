@@ -9,7 +9,7 @@ magnitude at every record, whichever its sign. The statistic: the log of the med
 :data:`WINDOW` losses over the largest magnitude of up to :data:`BASELINE` before them (never below :data:`FLOOR`: a
 loss of exactly 0 -- every group's rewards equal -- is no scale); only a rise counts. The largest, not a root mean
 square: a token-level loss's healthy magnitude is a ratio of random sums, heavy-tailed, and reaches well past its
-RMS by itself (BNPO runs of never-seen configurations, 165-183 records in, moved 2.5-3.4x their RMS for a record or
+RMS by itself (BNPO runs of never-seen configurations, 15-183 records in, moved 2.5-3.4x their RMS for a record or
 two; none went past twice the largest of the 20 before), while a broken advantage sum lifts every record past
 anything the healthy loss reached. The step-metrics analogue of the advantage-sum invariant the trajectory records
 give (:mod:`rftfm.fm.invariants`).
@@ -96,10 +96,10 @@ def cube_stats(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
 def reading(raw: np.ndarray, steps: np.ndarray) -> tuple[float, SignalEvidence | None]:
     """One run's largest statistic over its last :data:`WINDOW` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps``
     (S,); NaN: none judged) and the loss's magnitude at that record as evidence (None where none was judged)."""
-    state, judged = ScaleState(), []
+    state, records = ScaleState(), []
     for s in np.flatnonzero(steps > 0):
-        judged.append((state.advance(*(float(raw[s, k]) for k in (LOSS, ZERO_STD, CLIP))), s))
-    last = [(values, s) for values, s in judged[-WINDOW:] if math.isfinite(values[0])]
+        records.append((state.advance(*(float(raw[s, k]) for k in (LOSS, ZERO_STD, CLIP))), s))
+    last = [(values, s) for values, s in records[-WINDOW:] if math.isfinite(values[0])]
     if not last:
         return math.nan, None
     values, at = max(last, key=lambda item: item[0][0])
@@ -109,6 +109,6 @@ def reading(raw: np.ndarray, steps: np.ndarray) -> tuple[float, SignalEvidence |
 
 
 def evidence(stat: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
-    """The loss's magnitude as evidence: its median over the window against its scale before (the same fields as the
+    """The loss's magnitude as evidence: its median over the window against the largest before (the same fields as the
     loss penalty's, :func:`rftfm.fm.loss_penalty.evidence`)."""
     return loss_penalty.evidence(stat, now, before, since_step)
