@@ -1,0 +1,91 @@
+"""Compare two evaluation JSON files run by run: what a change gained and lost, fold x run.
+
+    python scripts/compare_runs.py detection OLD.json NEW.json --tiers a,b
+    python scripts/compare_runs.py diagnosis OLD.json NEW.json --tiers a
+
+Detection (``rftfm bench evaluate detection --json``): per tier, RFT-FM's mid-run F1 easy / hard (averaged over
+families, protocol B) of each file, its normal and control runs alarmed, and the fold x run rows both files hold:
+mid-run faulty runs detected only by NEW (gains) or only by OLD (losses), per fault type, and healthy runs alarmed
+only by one of them. Diagnosis (``rftfm bench evaluate diagnosis --json``): per tier, type and family top-1 on the
+detected easy faults and on every faulty run, over the fold x run rows both files hold, and each row whose diagnosis
+moved. The figures docs/*.md cite as "fold x run" come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+from rftfm.faults.taxonomy import FAULT_TYPES
+
+
+def _mid_run_f1(method: dict[str, Any], setting: str) -> float:
+    rows = [r for r in method["mid_run"]["B"]["rows"] if r["setting"] == setting]
+    return sum(r["f1"] for r in rows) / len(rows)
+
+
+def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> None:
+    for tier in tiers:
+        a, b = old["methods"][tier]["RFT-FM"], new["methods"][tier]["RFT-FM"]
+        alarmed = [sum(r["first_alarm"] is not None for r in m["runs"] if r["kind"] != "fault") for m in (a, b)]
+        healthy = sum(r["kind"] != "fault" for r in b["runs"])
+        print(f"tier {tier}: mid-run F1 easy {_mid_run_f1(a, 'easy'):.1f} -> {_mid_run_f1(b, 'easy'):.1f}, hard "
+              f"{_mid_run_f1(a, 'hard'):.1f} -> {_mid_run_f1(b, 'hard'):.1f}; healthy runs alarmed {alarmed[0]} -> "
+              f"{alarmed[1]} of {healthy}")
+        rows_a = {(r["fold"], r["run_id"]): r for r in a["runs"]}
+        rows_b = {(r["fold"], r["run_id"]): r for r in b["runs"]}
+        both = [k for k in rows_a if k in rows_b]
+        faulty = [k for k in both if rows_a[k]["kind"] == "fault"]
+        gains = Counter(rows_a[k]["fault_type"] for k in faulty if rows_b[k]["detected"] and not rows_a[k]["detected"])
+        losses = Counter(rows_a[k]["fault_type"] for k in faulty if rows_a[k]["detected"] and not rows_b[k]["detected"])
+        print(f"  detections gained {sum(gains.values())} {dict(gains.most_common())}")
+        print(f"  detections lost {sum(losses.values())} {dict(losses.most_common())}")
+        for label, first, second in (("newly alarmed", rows_a, rows_b), ("no longer alarmed", rows_b, rows_a)):
+            moved = [k for k in both if first[k]["kind"] != "fault"
+                     and first[k]["first_alarm"] is None and second[k]["first_alarm"] is not None]
+            print(f"  healthy runs {label}: {len(moved)} {[k[1] for k in moved]}")
+
+
+def _top1(rows: dict[Any, dict[str, Any]], keys: list[Any]) -> tuple[int, float, float]:
+    def family(t: str) -> str | None:
+        return FAULT_TYPES[t].family if t in FAULT_TYPES else None
+
+    n = max(len(keys), 1)
+    return (len(keys), 100 * sum(rows[k]["diagnosed"] == rows[k]["true"] for k in keys) / n,
+            100 * sum(family(rows[k]["diagnosed"]) == family(rows[k]["true"]) for k in keys) / n)
+
+
+def diagnosis(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> None:
+    for tier in tiers:
+        rows_a = {(r["fold"], r["run_id"]): r for r in old["tiers"][tier]["runs"]}
+        rows_b = {(r["fold"], r["run_id"]): r for r in new["tiers"][tier]["runs"]}
+        both = [k for k in rows_b if k in rows_a]
+        print(f"tier {tier}:")
+        for label, rows in (("old", rows_a), ("new", rows_b)):
+            easy = [k for k in both if rows[k]["at_alarm"] and rows[k]["strength"] == "easy"]
+            print("  %s: detected easy n %d, type %.1f %%, family %.1f %%; all n %d, type %.1f %%, family %.1f %%"
+                  % (label, *_top1(rows, easy), *_top1(rows, both)))
+        moved = [k for k in both if rows_a[k]["diagnosed"] != rows_b[k]["diagnosed"]]
+        right = sum(rows_b[k]["diagnosed"] == rows_b[k]["true"] for k in moved)
+        away = sum(rows_a[k]["diagnosed"] == rows_a[k]["true"] for k in moved)
+        print(f"  {len(moved)} diagnoses moved, {right} to the right type, {away} away from it")
+        for k in moved:
+            where = "alarm" if rows_b[k]["at_alarm"] else "fall-back"
+            print(f"    {k[0]} {k[1]}: {rows_a[k]['diagnosed']} -> {rows_b[k]['diagnosed']} ({where})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("detection", "diagnosis"))
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--tiers", default="a", help="comma-separated input tiers")
+    args = parser.parse_args()
+    old, new = (json.load(open(p)) for p in (args.old, args.new))
+    (detection if args.kind == "detection" else diagnosis)(old, new, args.tiers.split(","))
+
+
+if __name__ == "__main__":
+    main()
