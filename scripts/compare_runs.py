@@ -21,19 +21,14 @@ from typing import Any
 from rftfm.faults.taxonomy import FAULT_TYPES
 
 
-def _mid_run_f1(method: dict[str, Any], setting: str) -> float:
-    rows = [r for r in method["mid_run"]["B"]["rows"] if r["setting"] == setting]
-    return sum(r["f1"] for r in rows) / len(rows)
-
-
 def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> None:
     for tier in tiers:
         a, b = old["methods"][tier]["RFT-FM"], new["methods"][tier]["RFT-FM"]
         alarmed = [sum(r["first_alarm"] is not None for r in m["runs"] if r["kind"] != "fault") for m in (a, b)]
         healthy = sum(r["kind"] != "fault" for r in b["runs"])
-        print(f"tier {tier}: mid-run F1 easy {_mid_run_f1(a, 'easy'):.1f} -> {_mid_run_f1(b, 'easy'):.1f}, hard "
-              f"{_mid_run_f1(a, 'hard'):.1f} -> {_mid_run_f1(b, 'hard'):.1f}; healthy runs alarmed {alarmed[0]} -> "
-              f"{alarmed[1]} of {healthy}")
+        f1_a, f1_b = a["mid_run"]["B"]["avg_f1"], b["mid_run"]["B"]["avg_f1"]
+        print(f"tier {tier}: mid-run F1 easy {f1_a['easy']:.1f} -> {f1_b['easy']:.1f}, hard {f1_a['hard']:.1f} -> "
+              f"{f1_b['hard']:.1f}; healthy runs alarmed {alarmed[0]} -> {alarmed[1]} of {healthy}")
         rows_a = {(r["fold"], r["run_id"]): r for r in a["runs"]}
         rows_b = {(r["fold"], r["run_id"]): r for r in b["runs"]}
         both = [k for k in rows_a if k in rows_b]

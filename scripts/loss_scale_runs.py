@@ -5,7 +5,7 @@ faulty runs cross the shipped detector's threshold after a mid-run onset: the ch
     python scripts/loss_scale_runs.py --data /work/data/h31
 
 Healthy records: every record of normal and control runs, and faulty runs' records before onset. The statistic is a
-log ratio; it is printed as the ratio itself (the window's median loss magnitude over the scale before).
+log ratio; it is printed as the ratio itself (the window's median loss magnitude over the largest before).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     onset = onsets(runs, kinds)
     peak = healthy_peaks(stats, steps, onset)
     loss_types = np.array(runs["loss_type"].to_list())
-    print(f"shipped threshold (tier a): {threshold:.3f} = x{math.exp(threshold):.2f} the scale before")
+    print(f"shipped threshold (tier a): {threshold:.3f} = x{math.exp(threshold):.2f} the largest magnitude before")
     for loss_type in sorted(set(loss_types)):
         judged = np.isfinite(peak) & (loss_types == loss_type)
         if judged.any():
@@ -38,6 +38,7 @@ def main() -> None:
         print(f"  {ids[r]} ({loss_types[r]}): x{math.exp(peak[r]):.2f}")
     print_mid_run_crossings(stats, steps, onset, kinds, threshold,
                             "mid-run faulty runs whose statistic crosses the shipped threshold after onset")
+
 
 if __name__ == "__main__":
     main()

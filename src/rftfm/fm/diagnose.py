@@ -103,7 +103,7 @@ class Seen:
     (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`), the loss-penalty statistic's
     largest value over the last records (:func:`penalty_now`), the term that penalty multiplies
     (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
-    last records (:func:`rftfm.fm.loss_scale.reading`)."""
+    last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`)."""
 
     broken: list[str]
     jump: float
@@ -116,6 +116,7 @@ class Seen:
     penalty: float = math.nan
     penalty_term: str | None = None
     scale: float = math.nan
+    scale_evidence: SignalEvidence | None = None
 
     @classmethod
     def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
@@ -125,7 +126,7 @@ class Seen:
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
-                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], loss_scale.reading(raw, steps)[0])
+                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps))
 
 
 @dataclass
@@ -380,7 +381,7 @@ class Diagnoser:
             loss_penalty.term_evidence(cube[0], steps[0], PENALTY_WINDOW) if seen.penalty > self.penalty_bar else None
         )
         if penalty is None and seen.scale > self.scale_bar:
-            penalty = loss_scale.reading(cube[0], steps[0])[1]
+            penalty = seen.scale_evidence
         if penalty is not None:
             evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
         return Diagnosis(
