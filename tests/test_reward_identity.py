@@ -232,3 +232,12 @@ def _features(row: dict) -> dict:
     from rftfm.fm.features import step_features
 
     return step_features(StepRecord(**row), [])
+
+
+def test_a_record_missing_one_functions_mean_is_not_judged_and_does_not_crash_the_channel():
+    state = ri.IdentityState()
+    assert state.advance(0.5, (0.5, None), 1) == 0.0  # a feature dict from a frame with another run's columns
+    assert state.advance(0.5, (0.5, float("nan")), 2) == 0.0 and state.rows == []
+    known = ri.IdentityState()
+    known.know_weights([1.0, 0.5])
+    assert known.advance(0.2, (None, 1.0), 1) == 0.0 and known.since == 0

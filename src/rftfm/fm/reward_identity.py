@@ -108,6 +108,8 @@ class IdentityState:
         """Take in one record; the identity's gap in units of :data:`TOLERANCE` where armed (0: not judged)."""
         if parts is None or total is None or not math.isfinite(total) or self.disarmed:
             return 0.0
+        if any(p is None or not math.isfinite(p) for p in parts):  # a function's mean missing: not judged (as live)
+            return 0.0
         if self.weights is not None:
             if len(parts) != len(self.weights):  # a reward function added or removed: the weights no longer apply
                 self.disarmed, self.weights = True, None
