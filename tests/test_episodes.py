@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from rftfm.fm.monitor import CAME_BACK, EpisodeTracker, lasting_deviations
-from rftfm.fm.types import Alarm, SignalEvidence
+from rftfm.fm.monitor import CAME_BACK, EpisodeTracker, lasting_deviations, replaces
+from rftfm.fm.types import Alarm, Diagnosis, Hypothesis, SignalEvidence
 from rftfm.report.sections import episode_ending
 
 
@@ -69,3 +69,23 @@ def test_an_alarm_during_the_quiet_steps_starts_their_count_again():
     changes = _run(tracker, [100, 100, 10, 90, 10, 95, 99, 100], alarmed={3, 5})
     (cleared,) = [e for c, e in changes if c == "clear"]
     assert cleared.end_step == 5 and cleared.lasting == []  # judged on steps 6-8 only
+
+
+def _diagnosis(step: int, fault_type: str | None, p: float = 0.0) -> Diagnosis:
+    ranked = [Hypothesis(family="pg", fault_type=fault_type, probability=p)] if fault_type else []
+    return Diagnosis(run_id="r", step=step, ranked=ranked, unknown=fault_type is None)
+
+
+def test_a_later_diagnosis_names_another_cause_only_when_it_is_at_least_as_sure_of_it():
+    tracker = EpisodeTracker("r")
+    tracker.step(1, Alarm(run_id="r", step=1, score=2.0, threshold=1.0, evidence=[_length_drop()]))
+    assert tracker.diagnose(_diagnosis(1, "length_truncation", 0.53)) is False  # the first: no change to tell
+    # deep into the episode, a weaker diagnosis that read no deviation (the IITD log at step 410): kept out
+    assert tracker.diagnose(_diagnosis(40, "numerical_blowup", 0.25)) is False
+    assert tracker.diagnose(_diagnosis(41, None)) is False  # an abstention never replaces a named cause
+    assert tracker.current.diagnosis.top.fault_type == "length_truncation"
+    assert tracker.diagnose(_diagnosis(42, "length_truncation", 0.31)) is False  # the same cause: refreshed
+    assert tracker.current.diagnosis.step == 42
+    assert tracker.diagnose(_diagnosis(43, "length_clip_all", 0.31)) is True  # as sure: it takes the place
+    assert tracker.current.diagnosis.top.fault_type == "length_clip_all"
+    assert replaces(_diagnosis(44, "lr_high", 0.1), _diagnosis(43, None))  # a named cause replaces an abstention

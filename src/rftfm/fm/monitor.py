@@ -101,6 +101,15 @@ def diagnosis_key(diagnosis: Diagnosis | None) -> tuple[str, str] | None:
     return (top.family, top.fault_type) if top is not None else ("unknown", "unknown")
 
 
+def replaces(new: Diagnosis, current: Diagnosis) -> bool:
+    """Whether ``new`` takes the place of ``current`` as an episode's diagnosis: the same cause (refreshed), or a
+    cause it is at least as sure of as ``current`` is of its own (an abstention counts as sure of nothing, so it
+    never replaces a named cause)."""
+    if diagnosis_key(new) == diagnosis_key(current):
+        return True
+    return new.top is not None and (current.top is None or new.top.probability >= current.top.probability)
+
+
 def _distance(a: float, b: float, log: bool) -> float:
     return abs(math.log(a / b)) if log else abs(a - b)
 
@@ -199,11 +208,20 @@ class EpisodeTracker:
         return changes
 
     def diagnose(self, diagnosis: Diagnosis) -> bool:
-        """Attach a diagnosis to the open episode; True when its top hypothesis changed."""
+        """Attach a diagnosis to the open episode; True when its top hypothesis changed.
+
+        A later diagnosis of the same episode names another cause only when it is at least as sure of it as the
+        episode's diagnosis is of its own (:func:`replaces`): deep into a long episode the detector has taken the
+        fault's level as the run's own, and a diagnosis there reads less evidence than the first did."""
         episode = self.current
         if episode is None:
             return False
-        changed = episode.diagnosis is not None and diagnosis_key(diagnosis) != diagnosis_key(episode.diagnosis)
+        if episode.diagnosis is None:
+            episode.diagnosis = diagnosis
+            return False
+        if not replaces(diagnosis, episode.diagnosis):
+            return False
+        changed = diagnosis_key(diagnosis) != diagnosis_key(episode.diagnosis)
         episode.diagnosis = diagnosis
         return changed
 

@@ -92,7 +92,7 @@ class Episode(BaseModel):
     peak_score: float = 0.0
     open: bool = True  # not cleared yet (or still alarming when the log ended)
     evidence: list[SignalEvidence] = Field(default_factory=list)  # the strongest alarm's
-    diagnosis: Diagnosis | None = None  # the latest diagnosis within the episode
+    diagnosis: Diagnosis | None = None  # the first, then the latest at least as sure (monitor.replaces)
     #: once it cleared: the evidence signals that had not come back to their baseline before the episode (the
     #: run settled at a new level: the detector stops alarming at a level that persists), their values then;
     #: empty: every one came back; None: not judged (still open, or no values to judge by)
