@@ -398,3 +398,18 @@ def test_a_cosine_with_restarts_trl_log_stays_silent_without_its_scheduler_type(
     summary = tmp_path / "summary.json"
     pushed = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet", "--json", str(summary)])
     assert pushed.exit_code == EXIT_ALARM and json.loads(summary.read_text())["first_alarm_step"] == 25
+
+
+def test_a_clip_ratio_above_0_in_a_trl_log_alarms_where_the_user_says_the_run_is_on_policy(tmp_path):
+    log = tmp_path / "mismatch.jsonl"
+    rows = [{"step": s, "reward": 0.5 + 0.01 * (s % 3), "reward_std": 0.3, "kl": 0.01, "entropy": 1.0,
+             "completions/mean_length": 20.0, "learning_rate": 1e-5,
+             "clip_ratio/region_mean": 0.0 if s < 15 else 0.004} for s in range(1, 25)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = tmp_path / "summary.json"
+    off = runner.invoke(app, ["watch", str(log), "--format", "trl", "--quiet"])
+    assert off.exit_code == EXIT_OK, off.output  # clipping after 14 steps at 0: a PPO-style run may, by design
+    on = runner.invoke(app, ["watch", str(log), "--format", "trl", "--on-policy", "--json", str(summary)])
+    assert on.exit_code == EXIT_ALARM, on.output
+    assert json.loads(summary.read_text())["first_alarm_step"] == 15
+    assert "any clip ratio above 0 alarms" in on.output and "rollout_mismatch" in on.output

@@ -104,6 +104,10 @@ def watch(
     lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="the run's lr_scheduler_type, if known: "
                                                "cosine_with_restarts / reduce_lr_on_plateau jump by design, so "
                                                "learning-rate jumps are not judged"),
+    on_policy: bool = typer.Option(False, "--on-policy", help="the run trains every optimiser step on rollouts of "
+                                   "the current policy (TRL GRPOTrainer defaults: num_iterations 1, "
+                                   "steps_per_generation = gradient_accumulation_steps, no vLLM importance-sampling "
+                                   "correction), so any clip ratio above 0 alarms: rollouts from another policy"),
 ) -> None:
     """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
 
@@ -116,7 +120,7 @@ def watch(
     store = open_store(incidents) if incidents is not None else None
     alerter = _wandb_alerter(source.run_id) if use_wandb else None
     monitor = _monitor(source.run_id, detector_path, diagnoser_path, store, alerter, task_group, model_size,
-                       follow, verbose, lr_scheduler)
+                       follow, verbose, lr_scheduler, on_policy)
     if store is not None:
         store.record("run", source.run_id, None,
                      {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
@@ -159,7 +163,7 @@ def _wandb_alerter(run_id: str) -> Any:
 
 def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | None, store: Any, alerter: Any,
              task_group: str | None, model_size: str | None, follow: bool, verbose: bool,
-             lr_scheduler: str | None = None) -> RunMonitor:
+             lr_scheduler: str | None = None, on_policy: bool = False) -> RunMonitor:
     """The run's monitor with the packaged (or given) detector and diagnoser, printing episodes."""
     detector, why_no_detector = load_detector(detector_path)
     if why_no_detector:
@@ -167,9 +171,19 @@ def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | Non
     if detector is not None and hasattr(detector, "know_schedule") and jumps_by_design(lr_scheduler):
         detector.know_schedule(True)
         console.print(f"[dim]{escape(str(lr_scheduler))}: learning-rate jumps are not judged[/]")
+    if on_policy and detector is not None:
+        detector.know_on_policy(True)
+        console.print("[dim]on-policy run: any clip ratio above 0 alarms[/]")
+
+    def load() -> tuple[Any | None, str | None]:
+        loaded, why = load_diagnoser(diagnoser_path)
+        if loaded is not None and on_policy:
+            loaded.know_on_policy(True)
+        return loaded, why
+
     # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,
     # it is loaded only if an alarm needs it (loading takes seconds).
-    diagnoser = LazyDiagnoser(lambda: load_diagnoser(diagnoser_path)) if detector is not None else None
+    diagnoser = LazyDiagnoser(load) if detector is not None else None
     if diagnoser is not None and follow:
         diagnoser.load()
 
