@@ -83,6 +83,13 @@ def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
         console.print(f"[bold red]error:[/] {escape(stats.no_steps_reason(path))}")
 
 
+ON_POLICY_HELP = (
+    "the run trains every optimiser step on rollouts of the current policy (TRL GRPOTrainer defaults: num_iterations "
+    "1, steps_per_generation = gradient_accumulation_steps, no vLLM importance-sampling correction), so any clip ratio "
+    "above 0 alarms: rollouts from another policy"
+)
+
+
 def watch(
     path: Path = typer.Argument(..., help="log file (JSONL, CSV, console log, trainer_state.json, TensorBoard) "
                                 "or run directory"),
@@ -104,10 +111,7 @@ def watch(
     lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="the run's lr_scheduler_type, if known: "
                                                "cosine_with_restarts / reduce_lr_on_plateau jump by design, so "
                                                "learning-rate jumps are not judged"),
-    on_policy: bool = typer.Option(False, "--on-policy", help="the run trains every optimiser step on rollouts of "
-                                   "the current policy (TRL GRPOTrainer defaults: num_iterations 1, "
-                                   "steps_per_generation = gradient_accumulation_steps, no vLLM importance-sampling "
-                                   "correction), so any clip ratio above 0 alarms: rollouts from another policy"),
+    on_policy: bool = typer.Option(False, "--on-policy", help=ON_POLICY_HELP),
 ) -> None:
     """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
 
