@@ -78,7 +78,8 @@ def _diagnosis_panel(diagnosis: Diagnosis) -> None:
     for hyp in diagnosis.ranked[:3]:
         body.append(f"{escape(hyp.fault_type)} ({escape(hyp.family)}): p={hyp.probability:.2f}")
     title = f"diagnosis at step {diagnosis.step}" + (f": [bold]{escape(top.fault_type)}[/]" if top else ": unknown")
-    console.print(Panel("\n".join(body), title=title, border_style="yellow", expand=False))
+    # wrapped inside its box (the console's soft wrap, one line per alert, would crop the sentence at the border)
+    console.print(Panel("\n".join(body), title=title, border_style="yellow", expand=False), soft_wrap=False)
 
 
 def print_episode(change: EpisodeChange, episode: Episode) -> None:
