@@ -79,7 +79,7 @@ class RFTFMMethod(Baseline):
 
     def score(self, runs: RunCubes) -> np.ndarray:
         scores, self.threshold = self.detector.score_cube(
-            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity
+            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary
         )
         return scores
 
@@ -122,7 +122,7 @@ def mask_tier(cubes: RunCubes, tier: str) -> RunCubes:
     hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier]]
     cube = cubes.cube.copy()
     cube[..., hidden] = np.nan
-    return RunCubes(cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity)
+    return RunCubes(cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity, cubes.binary)
 
 
 def run_outcomes(test: pl.DataFrame, cubes: RunCubes, alarms: np.ndarray) -> pl.DataFrame:

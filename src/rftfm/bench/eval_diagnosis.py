@@ -29,7 +29,7 @@ from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, reward_identity
+from rftfm.fm import binary_reward, invariants, reward_identity
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen
@@ -80,7 +80,8 @@ def detector_alarm_steps(
     cube, steps = runs_cube(features, ids)
     n_steps = steps.shape[1]
     schedule_, identity = runs_schedule(features, ids, n_steps), reward_identity.runs_units(features, ids, n_steps)
-    scores, threshold = detector.score_cube(cube, steps, learning_rate=schedule_, identity=identity)
+    binary = binary_reward.runs_units(features, ids, n_steps)
+    scores, threshold = detector.score_cube(cube, steps, learning_rate=schedule_, identity=identity, binary=binary)
     onset = dict(runs.select("run_id", "onset_step").iter_rows())
     for i, run_id in enumerate(ids):
         after = np.flatnonzero((scores[i] > threshold) & (steps[i] >= int(onset[run_id] or 1)))
@@ -240,7 +241,8 @@ def _seen_at_alarm(features: pl.DataFrame, alarms: dict[str, int], ids: list[str
         cube, steps = runs_cube(history, [run_id])
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
-        seen.append(Seen.read(cube[0], steps[0], lr, invariants.broken(cube[0], steps[0]), identity))
+        binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
+        seen.append(Seen.read(cube[0], steps[0], lr, invariants.broken(cube[0], steps[0]), identity, binary))
     return seen
 
 

@@ -46,6 +46,9 @@ class FaultType:
     non_finite: bool = False
     #: the fault makes the logged reward leave its functions' weighted means (:mod:`rftfm.fm.reward_identity`)
     reward_identity: bool = False
+    #: the fault makes a reward function whose scores were 0 or 1 leave {0, 1}, or leave some completions unscored
+    #: (:mod:`rftfm.fm.binary_reward`)
+    binary_reward: bool = False
     #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
     #: summing to 0 in a group, or scaled up where the loss's weighting leaves a covariance (:mod:`rftfm.fm.loss_scale`)
     lifts_policy_term: bool = False
@@ -104,6 +107,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             "reward sd up, slower learning",
             {"easy": {"noise_sd": 1.0}, "hard": {"noise_sd": 0.35}},
             signals=(("reward_std", "up"), ("frac_zero_std_groups", "down")),
+            binary_reward=True,
         ),
         FaultType(
             "reward_hacking", "rf",
@@ -120,6 +124,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"scale": 25.0, "offset": 5.0}, "hard": {"scale": 5.0, "offset": 1.0}},
             signals=(("reward_mean", "up"), ("grad_norm", "up"), ("traj_advantage_std", "up")),
             lifts_policy_term=True,
+            binary_reward=True,
         ),
         FaultType(
             "reward_inversion", "rf",
@@ -237,6 +242,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             signals=(("traj_advantage_std", "down"), ("grad_norm", "down")),
             extension=True,
             reward_identity=True,
+            binary_reward=True,
         ),
         FaultType(
             "length_clip_all", "pg",

@@ -48,7 +48,9 @@ How it decides, record by record:
    :data:`~rftfm.fm.loss_scale.MIN_THRESHOLD`);
 10. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
-   (:mod:`rftfm.fm.non_finite`);
+   (:mod:`rftfm.fm.non_finite`); and two reward rules, fitting-free too: the logged reward leaving its functions'
+   weighted means (:mod:`rftfm.fm.reward_identity`), and a reward function whose scores were all 0 or 1 no longer
+   being so (:mod:`rftfm.fm.binary_reward`);
 11. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
@@ -80,6 +82,7 @@ import polars as pl
 from numpy.typing import ArrayLike
 
 from rftfm.fm import (
+    binary_reward,
     invariants,
     level_shift,
     loss_penalty,
@@ -220,6 +223,7 @@ class _Live:
     level: level_shift.LevelState = field(default_factory=level_shift.LevelState)
     lost: non_finite.LostState = field(default_factory=non_finite.LostState)
     identity: reward_identity.IdentityState = field(default_factory=reward_identity.IdentityState)
+    binary: binary_reward.BinaryState = field(default_factory=binary_reward.BinaryState)
     penalty: loss_penalty.PenaltyState = field(default_factory=loss_penalty.PenaltyState)
     scale: loss_scale.ScaleState = field(default_factory=loss_scale.ScaleState)
 
@@ -238,6 +242,7 @@ class _Live:
             self.level.copy(),
             self.lost.copy(),
             self.identity.copy(),
+            self.binary.copy(),
             self.penalty.copy(),
             self.scale.copy(),
         )
@@ -267,6 +272,8 @@ class _Pending:
     lost: list[SignalEvidence]  # the signals the record has lost (:mod:`non_finite`), as evidence
     identity: float  # the reward identity's gap in units of its tolerance (:mod:`reward_identity`; 0: not judged)
     identity_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence (read when the record was)
+    binary: float  # the binary-reward rule's gap in units of its tolerance (:mod:`binary_reward`; 0: not judged)
+    binary_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence
     penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
     scale: tuple[float, float, float]  # the loss-scale statistic, window and reference magnitude (:mod:`loss_scale`)
 
@@ -527,6 +534,7 @@ class Detector:
         tier: str | None = None,
         learning_rate: np.ndarray | None = None,
         identity: np.ndarray | None = None,
+        binary: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
@@ -534,7 +542,8 @@ class Detector:
         ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
         channel, which is silent without it (and after :meth:`know_schedule`); after :meth:`know_on_policy`, the
         on-policy check too. ``identity`` (R, S): the reward identity's units
-        (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged).
+        (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged); ``binary`` (R, S): the binary-reward
+        rule's (:func:`~rftfm.fm.binary_reward.runs_units`; ``None``: not judged).
         """
         self._require_fitted()
         if tier is None:
@@ -547,8 +556,9 @@ class Detector:
         invariant = np.fmax(
             invariants.armed_units(masked, steps).max(axis=-1), non_finite.units(non_finite.cube_lost(masked, steps))
         )
-        if identity is not None:
-            invariant = np.fmax(invariant, identity)
+        for units in (identity, binary):
+            if units is not None:
+                invariant = np.fmax(invariant, units)
         silent = learning_rate is None or self.schedule_jumps
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
@@ -573,7 +583,7 @@ class Detector:
         alarms = []
         frame = run_features.sort("step")
         for row in frame.iter_rows(named=True):
-            features = {f: row.get(f) for f in (*FEATURES, SCHEDULE, reward_identity.PARTS)}
+            features = {f: row.get(f) for f in (*FEATURES, SCHEDULE, reward_identity.PARTS, binary_reward.SPREADS)}
             alarm = self.observe_features(run_id, int(row["step"]), features)
             if alarm is not None:
                 alarms.append(alarm)
@@ -674,6 +684,10 @@ class Detector:
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
+        binary = live.binary.advance(
+            parts, features.get(binary_reward.SPREADS), _finite(features.get(binary_reward.MEAN)),  # type: ignore[arg-type]
+            _finite(features.get(binary_reward.SIGNAL)), step,
+        )
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -697,6 +711,8 @@ class Detector:
             live.lost.evidence(lost) if lost.any() else [],
             identity,
             [live.identity.evidence()] if identity > 1.0 else [],
+            binary,
+            [live.binary.evidence()] if binary > 1.0 else [],
             penalty,
             scale,
         )
@@ -707,7 +723,7 @@ class Detector:
         log_odds = _running_log_odds_one(previous, learned, self.config.persistence)
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity)
+        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary)
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
         jump = max(abs(p.jump), p.clipped)
@@ -746,7 +762,7 @@ class Detector:
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
         _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
-        live.shift, live.level, live.lost, live.identity, live.penalty, live.scale = channels
+        live.shift, live.level, live.lost, live.identity, live.binary, live.penalty, live.scale = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -810,6 +826,7 @@ class Detector:
         """The evidence of the channels each enough for the alarm on its own, and the signals it names."""
         out = list(p.lost)  # a lost signal
         out += p.identity_evidence  # a broken reward identity
+        out += p.binary_evidence  # scores of 0 or 1 that no longer are
         out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
@@ -823,7 +840,7 @@ class Detector:
         elif p.scale[0] > self.thresholds[p.tier].get("loss_scale", math.inf):  # the loss left its scale
             out.append(loss_scale.evidence(*p.scale, self._window_start(p, loss_scale.WINDOW)))
             done.add("policy_loss")
-        return out, done | {e.signal for e in out if e.non_finite or e.reward_identity}
+        return out, done | {e.signal for e in out if e.non_finite or e.reward_identity or e.binary_mean is not None}
 
     def _shift(self, p: _Pending) -> float:
         """The record's largest rate shift (NaN: none judged)."""
@@ -947,6 +964,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.binary_mean is not None:
+        return binary_reward.describe(e)
     if e.penalty_term is not None:
         return loss_penalty.describe_term(e)
     if e.value is None:

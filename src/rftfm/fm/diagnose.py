@@ -40,7 +40,16 @@ import numpy as np
 import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import invariants, loss_penalty, loss_scale, non_finite, on_policy, reward_identity, schedule
+from rftfm.fm import (
+    binary_reward,
+    invariants,
+    loss_penalty,
+    loss_scale,
+    non_finite,
+    on_policy,
+    reward_identity,
+    schedule,
+)
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnosis_features import KINDS, diagnosis_feature_names, diagnosis_matrix, mask_signals, vectors
@@ -103,7 +112,8 @@ class Seen:
     (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`), the loss-penalty statistic's
     largest value over the last records (:func:`penalty_now`), the term that penalty multiplies
     (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
-    last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`)."""
+    last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`), and whether a
+    reward function whose scores were 0 or 1 no longer is (:func:`rftfm.fm.binary_reward.run_evidence`)."""
 
     broken: list[str]
     jump: float
@@ -117,16 +127,20 @@ class Seen:
     penalty_term: str | None = None
     scale: float = math.nan
     scale_evidence: SignalEvidence | None = None
+    binary: bool = False
 
     @classmethod
-    def read(cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool) -> "Seen":
+    def read(
+        cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool, binary: bool = False
+    ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
-        ``lr`` (S,)) up to the diagnosed one; ``broken`` and ``identity`` as the caller read them (they depend on
-        what it knows of the run's estimator and reward weights)."""
+        ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity`` and ``binary`` as the caller read them (they
+        depend on what it knows of the run's estimator and reward weights, and on the reward functions' sds)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
-                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps))
+                   loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
+                   binary=binary)
 
 
 @dataclass
@@ -364,7 +378,8 @@ class Diagnoser:
             broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
-        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None)
+        binary = binary_reward.run_evidence(history, run_id, step)
+        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -375,8 +390,9 @@ class Diagnoser:
         evidence = jump_evidence(lr, steps[0], seen.jump_at) + evidence
         gone = non_finite.run_evidence(cube[0], steps[0], seen.missing)
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
-        if identity is not None:
-            evidence = [identity] + [e for e in evidence if e.signal != identity.signal]
+        for rule in (binary, identity):  # a reward rule broken, seen in the log: it leads
+            if rule is not None:
+                evidence = [rule] + [e for e in evidence if e.signal != rule.signal]
         penalty = (
             loss_penalty.term_evidence(cube[0], steps[0], PENALTY_WINDOW) if seen.penalty > self.penalty_bar else None
         )
@@ -437,6 +453,7 @@ class Diagnoser:
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
+        prob, unknown = self.apply_binary_reward(prob, unknown, [s.binary for s in seen])
         prob, unknown = self.apply_penalty(
             prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
         )
@@ -483,6 +500,15 @@ class Diagnoser:
         not guessed."""
         skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])
         return _only(prob, unknown, [skipping & b for b in broken])
+
+    def apply_binary_reward(
+        self, prob: np.ndarray, unknown: np.ndarray, broken: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run has a reward function whose scores were 0 or 1 and no longer are
+        (:func:`rftfm.fm.binary_reward.run_evidence`), only the types that do that (the registry's ``binary_reward``)
+        remain: noise, a scale or completions left unscored are seen in the log, not guessed."""
+        changing = np.array([FAULT_TYPES[t].binary_reward for t in self.classes])
+        return _only(prob, unknown, [changing & b for b in broken])
 
     def apply_untruncated(
         self, prob: np.ndarray, unknown: np.ndarray, untruncated: list[bool]
@@ -770,6 +796,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.binary_mean is not None:
+        return binary_reward.describe(e)
     if e.penalty_term is not None:
         return loss_penalty.describe_term(e)
     name = label(e.signal)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.dynamics import clip
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
@@ -46,12 +47,13 @@ SCHEDULE = "learning_rate"
 
 
 #: A live run's history rows as the diagnoser reads them: the features, the learning rate and the reward functions'
-#: means (:func:`step_features` gives them all), with their frame types.
+#: means and sds (:func:`step_features` gives them all), with their frame types.
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.Utf8(),
     "step": pl.Int64(),
     **{name: pl.Float64() for name in (*FEATURES, SCHEDULE)},
     PARTS: pl.List(pl.Float64()),
+    SPREADS: pl.List(pl.Float64()),
 }
 
 
@@ -232,6 +234,7 @@ def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) ->
         features.update({name: _num(step.extra.get(name)) for name in INVARIANT_FEATURES})
     features[SCHEDULE] = _num(step.learning_rate)
     features[PARTS] = parts_of(step.extra)  # type: ignore[assignment]  # (a tuple: only its channel reads it)
+    features[SPREADS] = spreads_of(step.extra)  # type: ignore[assignment]  # (the same)
     return features
 
 
@@ -311,7 +314,8 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
 
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE` and the reward
-    functions' means (:data:`~rftfm.fm.reward_identity.PARTS`) (nulls where missing).
+    functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`)
+    (nulls where missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
@@ -320,7 +324,7 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
         (pl.col(c).cast(pl.Float64).fill_nan(None) if c in steps.columns else pl.lit(None, dtype=pl.Float64)).alias(c)
         for c in (*STEP_FEATURES, SCHEDULE)
     ]
-    frame = steps.select(*keep, *step_cols, frame_parts(steps))
+    frame = steps.select(*keep, *step_cols, frame_parts(steps), frame_spreads(steps))
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")
         if {"group_id", "reward", "advantage"} <= set(trajectories.columns):
@@ -331,4 +335,4 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
             )
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
-    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS).sort("run_id", "step")
+    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS).sort("run_id", "step")

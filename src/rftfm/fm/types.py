@@ -25,6 +25,7 @@ class SignalEvidence(BaseModel):
     since_step: int | None = None  # first step of the current deviation
     non_finite: bool = False  # the signal stopped being finite (``expected``: its last finite value)
     reward_identity: bool = False  # the reward left the weighted sum of its functions' means (``expected``)
+    binary_mean: float | None = None  # scores that were 0 or 1, with this mean, no longer are (:mod:`binary_reward`)
     penalty_term: str | None = None  # the loss took on ``coefficient`` x this term (:mod:`rftfm.fm.loss_penalty`)
     coefficient: float | None = None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from rftfm.fm import reward_identity
+from rftfm.fm import binary_reward, reward_identity
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
 from rftfm.fm.cube import runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.profile import Transform
@@ -27,27 +27,31 @@ NORMAL_KINDS = ("normal", "control")
 @dataclass
 class RunCubes:
     """Raw signals of some runs: cube (R, S, F) NaN padded, steps (R, S) with 0 = absent, and beside them the logged
-    learning rate (R, S) and the reward identity's units (R, S) (the signals never include them; RFT-FM's schedule
-    and reward-identity channels read them)."""
+    learning rate (R, S), the reward identity's units (R, S) and the binary-reward rule's (R, S) (the signals never
+    include them; RFT-FM's schedule and reward channels read them)."""
 
     run_ids: list[str]
     cube: np.ndarray
     steps: np.ndarray
     learning_rate: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all NaN
     identity: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
+    binary: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
 
     def __post_init__(self) -> None:
         if self.learning_rate is None:
             self.learning_rate = np.full(self.steps.shape, np.nan)
         if self.identity is None:
             self.identity = np.zeros(self.steps.shape)
+        if self.binary is None:
+            self.binary = np.zeros(self.steps.shape)
 
     @classmethod
     def build(cls, features: pl.DataFrame, run_ids: list[str]) -> "RunCubes":
         cube, steps = runs_cube(features, run_ids)
         n_steps = steps.shape[1]
         identity = reward_identity.runs_units(features, run_ids, n_steps)
-        return cls(list(run_ids), cube, steps, runs_schedule(features, run_ids, n_steps), identity)
+        binary = binary_reward.runs_units(features, run_ids, n_steps)
+        return cls(list(run_ids), cube, steps, runs_schedule(features, run_ids, n_steps), identity, binary)
 
     def subset(self, index: np.ndarray) -> "RunCubes":
         return RunCubes(
@@ -56,6 +60,7 @@ class RunCubes:
             self.steps[index],
             self.learning_rate[index],
             self.identity[index],
+            self.binary[index],
         )
 
 
