@@ -446,8 +446,9 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
-        identity, a penalty in the loss, completions that all ended before the length limit, a run without a KL
-        term (the rules that rule types out come last: nothing brings back what they removed)."""
+        identity, a reward of 0 or 1 that no longer is, a penalty in the loss, completions that all ended before the
+        length limit, a run without a KL term (the rules that rule types out come last: nothing brings back what they
+        removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
