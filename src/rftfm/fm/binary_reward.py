@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -43,19 +44,21 @@ EDGE = 1e-9  # a mean this close to 0 or 1 is 0 or 1 (every score equal: sd 0)
 MAX_UNITS = 1e6
 
 
+@lru_cache(maxsize=256)
+def _spread_keys(candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """The sd key of each function among a record's ``rewards/`` keys, in function-name order (a run logs the same
+    keys at every step: matched once)."""
+    return tuple(f"rewards/{name}/std" for name, _ in _function_keys(candidates))
+
+
 def spreads_of(metrics: Mapping[str, float | None]) -> tuple[float, ...] | None:
     """A record's per-function reward sds (``rewards/<name>/std``) in the order of
     :func:`~rftfm.fm.reward_identity.parts_of`; ``None`` when it logs no function, or any sd is missing / not finite."""
-    names = _function_keys([k for k in metrics if k.startswith("rewards/")])
-    if not names:
+    keys = _spread_keys(tuple(k for k in metrics if k.startswith("rewards/")))
+    if not keys:
         return None
-    values = []
-    for name, _ in names:
-        value = metrics.get(f"rewards/{name}/std")
-        if value is None or not math.isfinite(float(value)):
-            return None
-        values.append(float(value))
-    return tuple(values)
+    values = tuple(float(v) if (v := metrics.get(k)) is not None else math.nan for k in keys)
+    return values if all(math.isfinite(v) for v in values) else None
 
 
 def frame_spreads(steps: pl.DataFrame) -> pl.Expr:
@@ -164,7 +167,7 @@ class BinaryState:
             self.functions = [FunctionState(disarmed=True) for _ in pairs]
             return 0.0
         units = [f.advance(m, s, step) for f, (m, s) in zip(self.functions, pairs)]
-        self.worst = int(np.argmax(units))
+        self.worst = max(range(len(units)), key=units.__getitem__)  # (a handful of plain floats: no numpy call)
         return units[self.worst]
 
     def evidence(self) -> SignalEvidence:
