@@ -13,10 +13,12 @@ import polars as pl
 from rftfm.bench.eval_detection import _load
 
 
-def load_runs(doc: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str], list[str]]:
-    """The benchmark ``--data`` names on the command line (``doc``: the script's help): its runs table, features,
-    run ids and each run's kind."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_runs(
+    doc: str, parser: argparse.ArgumentParser | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str], list[str]]:
+    """The benchmark ``--data`` names on the command line (``doc``: the script's help; ``parser``: one with the
+    script's own options, ``--data`` added here): its runs table, features, run ids and each run's kind."""
+    parser = parser or argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a benchmark directory")
     runs, features = _load(parser.parse_args().data)
     kinds = [

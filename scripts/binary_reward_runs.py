@@ -1,11 +1,15 @@
 """Which runs of a benchmark arm the binary-reward rule (:mod:`rftfm.fm.binary_reward`) and which break it, before or
-after a fault's onset, by kind and fault type: the check behind its module docstring and docs/detection.md.
+after a fault's onset, by kind and fault type, and how far from its armed value the rule's ratio strays on healthy
+records: the check behind its module docstring and docs/detection.md, method 3 (l).
 
-    python scripts/binary_reward_runs.py --data /work/data/h31
+    python scripts/binary_reward_runs.py --data /work/data/h31 [--sum]
+
+``--sum``: judge the logged reward's mean and sd, as if the log had no per-function statistics.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 
 import numpy as np
@@ -13,39 +17,42 @@ import polars as pl
 from benchmark_runs import load_runs, onsets, print_counts
 
 from rftfm.fm import binary_reward
-from rftfm.fm.cube import runs_cube
 
 
-def armed_runs(features: pl.DataFrame, ids: list[str]) -> set[str]:
-    """The runs whose every function, or logged reward, the rule trusts by their last record."""
-    out = set()
-    sub = features.filter(pl.col("run_id").is_in(ids)).sort("step")
-    for (run_id,), frame in sub.group_by(["run_id"], maintain_order=True):
-        state = binary_reward.BinaryState()
-        for step, parts, spreads, mean, sd in binary_reward._rows(frame):
-            state.advance(parts, spreads, mean, sd, step)
-        if any(f.q is not None for f in state.functions):
-            out.add(str(run_id))
-    return out
+def run_units(frame: pl.DataFrame, on_sum: bool) -> tuple[list[int], np.ndarray, bool]:
+    """One run's judged steps, the rule's units at each, and whether it armed by its last record."""
+    state, steps, units = binary_reward.BinaryState(), [], []
+    for step, parts, spreads, mean, sd in binary_reward._rows(frame):
+        if on_sum:
+            parts = spreads = None
+        steps.append(step)
+        units.append(state.advance(parts, spreads, mean, sd, step))
+    return steps, np.array(units), any(f.q is not None for f in state.functions)
 
 
 def main() -> None:
-    runs, features, ids, kinds = load_runs(__doc__)
-    _, steps = runs_cube(features, ids)
-    units = binary_reward.runs_units(features, ids, steps.shape[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sum", action="store_true", help="judge the logged reward, not each function")
+    runs, features, ids, kinds = load_runs(__doc__, parser)
+    on_sum = parser.parse_args().sum
     onset = onsets(runs, kinds)
-    armed = armed_runs(features, ids)
+    frames = dict(features.filter(pl.col("run_id").is_in(ids)).sort("step").group_by(["run_id"]).__iter__())
     arming, before, after = Counter(), Counter(), Counter()
     delays: dict[str, list[int]] = {}
+    healthy_largest = 0.0
     for r, run_id in enumerate(ids):
-        arming[kinds[r]] += run_id in armed
-        where = np.flatnonzero(units[r] > 1.0)
+        steps, units, armed = run_units(frames[(run_id,)], on_sum)
+        arming[kinds[r]] += armed
+        healthy = np.array(steps) < onset[r]
+        if healthy.any():
+            healthy_largest = max(healthy_largest, float(units[healthy].max()) * binary_reward.TOLERANCE)
+        where = np.flatnonzero(units > 1.0)
         if not where.size:
             continue
-        first = int(steps[r, where[0]])
+        first = steps[where[0]]
         if first < onset[r]:
             before[kinds[r]] += 1
-            print(f"{run_id}: breaks it at step {first}, before any fault ({units[r, where[0]]:.0f} units)")
+            print(f"{run_id}: breaks it at step {first}, before any fault ({units[where[0]]:.0f} units)")
         else:
             after[kinds[r]] += 1
             delays.setdefault(kinds[r], []).append(first - int(onset[r]))
@@ -54,6 +61,7 @@ def main() -> None:
     print_counts(kinds, after, "broken at or after a fault's onset")
     print("median records from onset to the first break: "
           + (", ".join(f"{k} {np.median(v):g}" for k, v in sorted(delays.items())) or "none broken"))
+    print(f"largest |q / q_armed - 1| at a healthy record: {healthy_largest:.2g}")
 
 
 if __name__ == "__main__":

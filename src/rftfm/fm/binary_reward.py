@@ -4,21 +4,21 @@ A verifier that scores each completion 0 or 1 (right or wrong: the usual RLVR re
 equality: ``n`` scores in {0, 1} with mean ``m`` have the (Bessel) standard deviation ``sd`` with ``sd**2 = m (1 - m)
 n / (n - 1)``. TRL logs both for every reward function (``rewards/<name>/mean``, ``rewards/<name>/std``), over the
 step's ``n`` completions, so ``q = sd**2 / (m (1 - m))`` is one number, ``n / (n - 1)``, at every record of such a run
--- whatever the task, model or mean -- to float rounding (benchmark runs: within 2e-7). Noise added to the verifier's
-scores, scores scaled or offset, or completions it stopped scoring (``None``: TRL leaves them out of the function's
-statistics, so ``n`` changes) move ``q`` off that number, or the mean out of [0, 1], at the first record they touch.
+-- whatever the task, model or mean -- to float rounding (healthy benchmark records: within 2.1e-7). Noise added to
+the verifier's scores, scores scaled or offset, or completions it stopped scoring (``None``: TRL leaves them out of
+the function's statistics, so ``n`` changes) move ``q`` off that number, or the mean out of [0, 1], at the first
+record they touch.
 
 The rule needs no fitting. A function is trusted once its first :data:`WARMUP` records with a mean strictly between
 0 and 1 agree on ``q`` within :data:`TOLERANCE` and have at least two different means (equal means give equal ``q``
 whatever the scores are); a function whose first such records disagree (scores that are not 0 / 1: partial credit, a
 length penalty) never arms. A record is judged only when it follows the previous logged one by one step: a record
 that averages several steps (``logging_steps > 1``) breaks the equality without any fault. Where the log has no
-per-function statistics (one reward, as verl or OpenRLHF log it), the logged reward's mean and sd are judged as one
+per-function statistics (a log of the total reward only), the logged reward's mean and sd are judged as one
 function. On h31 and the wide samples w39, w40, w41 (1,560 runs; ``python scripts/binary_reward_runs.py --data
 DIR`` for each): 331 of their 632 normal and control runs arm it and none breaks it, nor does any faulty run before its
 onset; the faulty runs that break it are noisy, scaled and ``None``-returning rewards (32 runs), at a median of 0
-records after onset. Written by hand: a rule over two numbers per function, no
-library watches for it.
+records after onset. Written by hand: a rule over two numbers per function, no library watches for it.
 """
 
 from __future__ import annotations
