@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
+from rftfm.fm import replay
 from rftfm.fm.reward_identity import PARTS, _function_keys, _own_columns
 from rftfm.fm.types import SignalEvidence
 
@@ -235,16 +236,9 @@ def _rows(frame: pl.DataFrame) -> list[tuple[int, list[float] | None, list[float
 def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
     """(runs, n_steps) the channel's units of each run's records in step order, exactly as :meth:`BinaryState.advance`
     gives them live (0 where absent or not judged)."""
-    out = np.zeros((len(run_ids), n_steps))
     if MEAN not in features.columns or SIGNAL not in features.columns:
-        return out
-    index = {r: i for i, r in enumerate(run_ids)}
-    sub = features.filter(pl.col("run_id").is_in(list(run_ids)) & pl.col("step").is_between(1, n_steps))
-    for (run_id,), frame in sub.sort("step").group_by(["run_id"], maintain_order=True):
-        state = BinaryState()
-        for step, parts, spreads, mean, sd in _rows(frame):
-            out[index[run_id], step - 1] = state.advance(parts, spreads, mean, sd, step)
-    return out
+        return np.zeros((len(run_ids), n_steps))
+    return replay.runs_units(features, run_ids, n_steps, _rows, BinaryState)
 
 
 #: records back from the diagnosis step in which a broken rule still counts
@@ -254,12 +248,6 @@ RECENT = 3
 def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
     """The broken rule as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` broke it
     (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
-    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
-    if rows.height == 0 or MEAN not in rows.columns or SIGNAL not in rows.columns:
+    if MEAN not in features.columns or SIGNAL not in features.columns:
         return None
-    recent = set(np.sort(rows["step"].unique().to_numpy())[-RECENT:].tolist())
-    state, found = BinaryState(), None
-    for s, parts, spreads, mean, sd in _rows(rows.sort("step")):
-        if state.advance(parts, spreads, mean, sd, s) > 1.0 and s in recent:
-            found = state.evidence()
-    return found
+    return replay.recent_evidence(features, run_id, step, _rows, BinaryState, RECENT)

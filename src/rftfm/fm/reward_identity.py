@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from rftfm.fm import replay
 from rftfm.fm.types import SignalEvidence
 from rftfm.signals import REWARD_COMPONENT
 
@@ -200,16 +201,9 @@ def run_evidence(
     """The broken identity as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` broke it
     (``features``: :func:`~rftfm.fm.features.features_frame` rows; ``weights``: the run's reward weights by function
     name when known), else ``None``."""
-    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
-    if PARTS not in rows.columns or rows.height == 0:
+    if PARTS not in features.columns:
         return None
-    recent = set(np.sort(rows["step"].unique().to_numpy())[-RECENT:].tolist())
-    state, found = IdentityState(), None
-    state.know_weights(weights)
-    for s, total, parts in _own_parts(rows.sort("step").select("step", SIGNAL, PARTS).rows()):
-        if state.advance(total, parts, s) > 1.0 and s in recent:
-            found = state.evidence()  # the last recent record that broke it
-    return found
+    return replay.recent_evidence(features, run_id, step, _rows, partial(_state, weights), RECENT)
 
 
 def _own_columns(parts: list[list[float | None] | None]) -> list[int]:
@@ -239,20 +233,23 @@ def _own_parts(rows: list[tuple]) -> list[tuple[int, float | None, list[float] |
     return out
 
 
+def _rows(frame: pl.DataFrame) -> list[tuple[int, float | None, list[float] | None]]:
+    """(step, reward, parts) of one run's records in order (:func:`_own_parts`)."""
+    return _own_parts(frame.select("step", SIGNAL, PARTS).rows())
+
+
+def _state(weights: Mapping[str, float] | None) -> IdentityState:
+    state = IdentityState()
+    state.know_weights(weights)
+    return state
+
+
 def runs_units(
     features: pl.DataFrame, run_ids: Sequence[str], n_steps: int, weights: Mapping[str, float] | None = None
 ) -> np.ndarray:
     """(runs, n_steps) the channel's units of each run's records in step order, exactly as :meth:`IdentityState.advance`
     gives them live (0 where absent or not judged). A frame of many runs has every run's functions as columns: a run's
     own are those it ever logged, and a record missing one of them is not judged (as live)."""
-    out = np.zeros((len(run_ids), n_steps))
     if PARTS not in features.columns:
-        return out
-    index = {r: i for i, r in enumerate(run_ids)}
-    sub = features.filter(pl.col("run_id").is_in(list(run_ids)) & pl.col("step").is_between(1, n_steps))
-    for (run_id,), frame in sub.sort("step").group_by(["run_id"], maintain_order=True):
-        state = IdentityState()
-        state.know_weights(weights)
-        for step, total, parts in _own_parts(frame.select("step", SIGNAL, PARTS).rows()):
-            out[index[run_id], step - 1] = state.advance(total, parts, step)
-    return out
+        return np.zeros((len(run_ids), n_steps))
+    return replay.runs_units(features, run_ids, n_steps, _rows, partial(_state, weights))
