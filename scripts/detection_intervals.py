@@ -2,6 +2,7 @@
 normal and control rows alarmed, per tier, resampling runs.
 
     python scripts/detection_intervals.py --data /work/data/h31 docs/results/detection-config.json [--tiers a,bc]
+    python scripts/detection_intervals.py --data DIR NEW.json --against OLD.json   # a change, paired by run
 
 A run appears in several folds (a task fold, a family fold, a size fold, ...); it is resampled with all its fold rows,
 so the interval is over the sample of runs, not over rows that share a run. The point estimate is recomputed from the
@@ -76,40 +77,60 @@ def headline(w: np.ndarray, cells: list[str], c: dict[str, np.ndarray]) -> tuple
     return avg, healthy
 
 
+def checked(result: dict, tier: str, groups: dict[str, str]) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+    """The tier's RFT-FM contributions (:func:`contributions`) and run ids, after checking that they give back the
+    JSON's own F1."""
+    rftfm = result["methods"][tier][RFTFM]
+    cells, c = contributions(rftfm["runs"], groups)
+    point, _ = headline(np.ones(c["healthy_rows"].size), cells, c)
+    for s, stored in rftfm["mid_run"]["B"]["avg_f1"].items():
+        if stored is not None and abs(float(point[s]) - stored) > 1e-6:
+            raise SystemExit(f"tier {tier}: recomputed F1 {s} {float(point[s]):.3f} != stored {stored:.3f}")
+    return cells, c, sorted({r["run_id"] for r in rftfm["runs"]})
+
+
+def interval(values: np.ndarray) -> str:
+    low, high = np.quantile(values, [0.025, 0.975])
+    return f"({low:.1f} to {high:.1f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", type=Path, help="an evaluation's --json")
     parser.add_argument("--data", type=Path, required=True, help="the benchmark it was run on (for run groups)")
+    parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
     parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = json.loads(args.result.read_text(encoding="utf-8"))
+    against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
     groups = run_groups(args.data)
     tiers = args.tiers.split(",") if args.tiers else list(result["methods"])
-    print(f"{args.result}: RFT-FM, mid-run onsets, protocol B; 95 % intervals over {args.reps} resamples of runs")
+    print(
+        f"{args.result}: RFT-FM, mid-run onsets, protocol B; 95 % intervals over {args.reps} resamples of runs"
+        + (f"; minus {args.against} on the same resamples" if against else "")
+    )
     for tier in tiers:
-        rftfm = result["methods"][tier][RFTFM]
-        cells, c = contributions(rftfm["runs"], groups)
-        runs = c["healthy_rows"].size
-        point, healthy = headline(np.ones(runs), cells, c)
-        stored = rftfm["mid_run"]["B"]["avg_f1"]
-        for s in STRENGTHS:
-            if stored[s] is not None and abs(float(point[s]) - stored[s]) > 1e-6:
-                raise SystemExit(f"tier {tier}: recomputed F1 {s} {float(point[s]):.3f} != stored {stored[s]:.3f}")
+        cells, c, runs = checked(result, tier, groups)
         rng = np.random.default_rng(args.seed)
-        w = rng.multinomial(runs, np.full(runs, 1.0 / runs), size=args.reps).astype(float)
+        w = rng.multinomial(len(runs), np.full(len(runs), 1.0 / len(runs)), size=args.reps).astype(float)
+        point, healthy = headline(np.ones(len(runs)), cells, c)
         boot, boot_healthy = headline(w, cells, c)
-        parts = [
-            f"F1 {s} {float(point[s]):.1f} ({np.quantile(boot[s], 0.025):.1f}-{np.quantile(boot[s], 0.975):.1f})"
-            for s in STRENGTHS
-        ]
-        low, high = np.quantile(boot_healthy, [0.025, 0.975])
-        print(
-            f"tier {tier} ({runs} runs): "
-            + ", ".join(parts)
-            + f"; healthy rows alarmed {float(healthy):.1f} % ({low:.1f}-{high:.1f})"
-        )
+        line = [f"F1 {s} {float(point[s]):.1f} {interval(boot[s])}" for s in STRENGTHS]
+        line.append(f"healthy rows alarmed {float(healthy):.1f} % {interval(boot_healthy)}")
+        if against is not None:
+            cells_0, c_0, runs_0 = checked(against, tier, groups)
+            if runs_0 != runs:
+                raise SystemExit(f"tier {tier}: the two files hold different runs")
+            point_0, healthy_0 = headline(np.ones(len(runs)), cells_0, c_0)
+            boot_0, boot_healthy_0 = headline(w, cells_0, c_0)
+            line += [
+                f"difference F1 {s} {float(point[s] - point_0[s]):+.1f} {interval(boot[s] - boot_0[s])}"
+                for s in STRENGTHS
+            ]
+            line.append(f"healthy {float(healthy - healthy_0):+.1f} {interval(boot_healthy - boot_healthy_0)}")
+        print(f"tier {tier} ({len(runs)} runs): " + ", ".join(line))
 
 
 if __name__ == "__main__":
