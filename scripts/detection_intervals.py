@@ -1,7 +1,7 @@
 """Bootstrap intervals for a detection evaluation's headline: RFT-FM's mid-run average F1 (protocol B) and its share of
 normal and control rows alarmed, per tier, resampling runs.
 
-    python scripts/detection_intervals.py --data /work/data/h31 docs/results/detection-config.json [--tiers a,bc]
+    python scripts/detection_intervals.py docs/results/detection-config.json --data /work/data/h31 [--tiers a,bc]
     python scripts/detection_intervals.py --data DIR NEW.json --against OLD.json   # a change, paired by run
 
 A run appears in several folds (a task fold, a family fold, a size fold, ...); it is resampled with all its fold rows,
@@ -23,8 +23,14 @@ from rftfm.bench.eval_detection import RFTFM
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
 
 
-def run_groups(data: Path) -> dict[str, str]:
-    """Each run's group directory (``rf_hard_fault``, ``normal``, ...), from its ``run_info.json``."""
+def run_groups(data: Path | None, result: dict) -> dict[str, str]:
+    """Each run's group directory (``rf_hard_fault``, ``normal``, ...): from the result's rows where they carry it
+    (evaluations since stop 43), else from the runs' ``run_info.json`` under ``data``."""
+    rows = [r for tier in result["methods"].values() for r in tier[RFTFM]["runs"]]
+    if all(r.get("group") for r in rows):
+        return {r["run_id"]: r["group"] for r in rows}
+    if data is None:
+        raise SystemExit("these rows do not name their run's group: give --data, the benchmark they were run on")
     return {
         info["run_id"]: info["group"]
         for info in (json.loads(p.read_text(encoding="utf-8")) for p in data.glob("*/*/run_info.json"))
@@ -97,7 +103,7 @@ def interval(values: np.ndarray) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", type=Path, help="an evaluation's --json")
-    parser.add_argument("--data", type=Path, required=True, help="the benchmark it was run on (for run groups)")
+    parser.add_argument("--data", type=Path, help="the benchmark it was run on (run groups, for older results)")
     parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
     parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
     parser.add_argument("--reps", type=int, default=2000)
@@ -105,7 +111,11 @@ def main() -> None:
     args = parser.parse_args()
     result = json.loads(args.result.read_text(encoding="utf-8"))
     against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
-    groups = run_groups(args.data)
+    groups = (
+        run_groups(args.data, result)
+        if against is None
+        else {**run_groups(args.data, against), **run_groups(args.data, result)}
+    )
     tiers = args.tiers.split(",") if args.tiers else list(result["methods"])
     print(
         f"{args.result}: RFT-FM, mid-run onsets, protocol B; 95 % intervals over {args.reps} resamples of runs"

@@ -474,7 +474,7 @@ def _run_jobs(jobs: list[_FoldJob], workers: int, on_method: Callable[[str], Non
 
 
 _RUN_COLUMNS = (
-    "fold", "run_id", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
+    "fold", "run_id", "group", "kind", "fault_type", "fault_strength", "onset_step", "first_alarm", "detected",
     "pre_onset_alarm", "delay",
 )
 
