@@ -1,0 +1,95 @@
+"""Bootstrap intervals for a diagnosis evaluation's target figures: the Diagnoser's family and type top-1 on the
+detected easy faults (and on every faulty run), per tier, resampling runs with all their fold rows.
+
+    python scripts/diagnosis_intervals.py docs/results/diagnosis-config.json [--tiers a,bc]
+    python scripts/diagnosis_intervals.py NEW.json --against OLD.json   # a change, paired by run
+
+An abstention counts wrong, as in the tables. The point estimates are recomputed from the JSON's rows and checked
+against the figures it holds. Between two generations of the benchmark (docs/diagnosis.md, stop 43) the detected
+easy set itself changes, which these intervals (over runs, for one set) do not cover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rftfm.faults.taxonomy import FAULT_TYPES
+
+SUBSETS = {"detected easy": lambda r: r["at_alarm"] and r["strength"] == "easy", "all": lambda r: True}
+
+
+def counts(rows: list[dict], runs: list[str], subset: str) -> dict[str, np.ndarray]:
+    """Per run (summed over its fold rows in ``subset``): rows, right types, right families."""
+    index = {r: i for i, r in enumerate(runs)}
+    out = {k: np.zeros(len(runs)) for k in ("rows", "type", "family")}
+    for r in rows:
+        if not SUBSETS[subset](r):
+            continue
+        i, guess = index[r["run_id"]], r["diagnosed"]
+        out["rows"][i] += 1
+        out["type"][i] += guess == r["true"]
+        out["family"][i] += guess in FAULT_TYPES and FAULT_TYPES[guess].family == FAULT_TYPES[r["true"]].family
+    return out
+
+
+def checked(result: dict, tier: str, subset: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    rows = result["tiers"][tier]["runs"]
+    runs = sorted({r["run_id"] for r in rows})
+    c = counts(rows, runs, subset)
+    stored = result["tiers"][tier]["diagnoser"][subset]
+    for key, name in (("type", "type_top1"), ("family", "family_accuracy")):
+        if abs(c[key].sum() / c["rows"].sum() - stored[name]) > 1e-9:
+            raise SystemExit(f"tier {tier} {subset}: recomputed {name} differs from the stored {stored[name]:.4f}")
+    return c, runs
+
+
+def rates(w: np.ndarray, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = w @ c["rows"]
+    return {k: 100 * (w @ c[k]) / n for k in ("family", "type")}
+
+
+def interval(values: np.ndarray) -> str:
+    low, high = np.quantile(values, [0.025, 0.975])
+    return f"({low:.1f} to {high:.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result", type=Path, help="a diagnosis evaluation's --json")
+    parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
+    parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
+    parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    result = json.loads(args.result.read_text(encoding="utf-8"))
+    against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
+    tiers = args.tiers.split(",") if args.tiers else list(result["tiers"])
+    print(
+        f"{args.result}: Diagnoser, family / type top-1 %; 95 % intervals over {args.reps} resamples of runs"
+        + (f"; minus {args.against} on the same resamples" if against else "")
+    )
+    for tier in tiers:
+        for subset in SUBSETS:
+            c, runs = checked(result, tier, subset)
+            w = np.random.default_rng(args.seed).multinomial(len(runs), np.full(len(runs), 1 / len(runs)), args.reps)
+            point, boot = rates(np.ones(len(runs)), c), rates(w.astype(float), c)
+            line = [f"{k} {float(point[k]):.1f} {interval(boot[k])}" for k in ("family", "type")]
+            if against is not None:
+                c_0, runs_0 = checked(against, tier, subset)
+                if runs_0 != runs:
+                    raise SystemExit(f"tier {tier}: the two files hold different runs")
+                point_0, boot_0 = rates(np.ones(len(runs)), c_0), rates(w.astype(float), c_0)
+                line += [
+                    f"difference {k} {float(point[k] - point_0[k]):+.1f} {interval(boot[k] - boot_0[k])}"
+                    for k in ("family", "type")
+                ]
+            rows, units = int(c["rows"].sum()), int((c["rows"] > 0).sum())
+            print(f"tier {tier}, {subset} ({rows} rows of {units} runs): " + ", ".join(line))
+
+
+if __name__ == "__main__":
+    main()
