@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -10,6 +11,7 @@ import pytest
 from test_detect_data import write_benchmark
 from typer.testing import CliRunner
 
+from rftfm.bench import intervals
 from rftfm.bench.baselines.base import RunCubes
 from rftfm.bench.eval_detection import (
     delays,
@@ -238,6 +240,21 @@ def test_targets_table_from_saved_results(bench, tmp_path):
     text = out_md.read_text()
     assert "tier a: avg F1 easy ≥ 90" in text and "tier c: avg F1 hard ≥ 88" in text
     assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 12
+    assert re.search(r"\| \d+\.\d-\d+\.\d \|", text)  # each F1's interval over resampled runs
+
+
+def test_intervals_recompute_the_tables_f1_and_bracket_it(bench):
+    result = evaluate_detection(bench, "seed", tiers=("a",), baselines=[], detector_config=FAST)
+    rftfm = result["methods"]["a"]["RFT-FM"]
+    groups = intervals.run_groups(rftfm["runs"])
+    assert groups is not None  # the rows name their runs' groups
+    got = intervals.intervals(rftfm["runs"], groups, reps=300)
+    for setting, stored in rftfm["mid_run"]["B"]["avg_f1"].items():
+        if stored is not None and setting in got:
+            point, low, high = got[setting]
+            assert point == pytest.approx(stored) and low <= point <= high
+    point, low, high = got["healthy"]
+    assert point == pytest.approx(rftfm["false_alarms"]["pct_normal_runs_alarmed"]) and low <= point <= high
 
 
 def test_an_interrupted_evaluation_resumes_from_its_cache(bench, tmp_path):

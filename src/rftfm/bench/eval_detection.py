@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
+from rftfm.bench import intervals
 from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
 from rftfm.bench.splits import folds as split_folds
@@ -641,49 +642,72 @@ TARGETS = {
 }
 
 
-def targets_markdown(config: dict[str, Any], seed: dict[str, Any] | None = None) -> str:
-    """Where each detection target stands, from the JSON results of the config (and seed) splits."""
+def _spans(m: dict[str, Any], data: Path | None) -> dict[str, str]:
+    """Each headline figure's 95 % interval over resampled runs (:mod:`rftfm.bench.intervals`) as text; empty when the
+    rows do not name their runs' groups and no ``data`` does."""
+    groups = intervals.run_groups(m["runs"], data)
+    if groups is None:
+        return {}
+    return {k: f"{low:.1f}-{high:.1f}" for k, (_, low, high) in intervals.intervals(m["runs"], groups).items()}
+
+
+def targets_markdown(config: dict[str, Any], seed: dict[str, Any] | None = None, data: Path | None = None) -> str:
+    """Where each detection target stands, from the JSON results of the config (and seed) splits, with the 95 %
+    interval of each F1 and healthy share over resampled runs (``data``: the benchmark, for results whose rows do not
+    name their runs' groups)."""
     rows = []
     for tier in ("a", "c"):
         if tier not in config["methods"]:
             continue
         m = config["methods"][tier][RFTFM]
-        f1, fa, delay = m["mid_run"]["B"]["avg_f1"], m["false_alarms"], m["delay"]["all"]
+        f1, fa, delay, span = m["mid_run"]["B"]["avg_f1"], m["false_alarms"], m["delay"]["all"], _spans(m, data)
         rows += [
-            (f"tier {tier}: avg F1 easy ≥ {TARGETS[tier]['easy']:.0f}", f1["easy"], TARGETS[tier]["easy"], True),
-            (f"tier {tier}: avg F1 hard ≥ {TARGETS[tier]['hard']:.0f}", f1["hard"], TARGETS[tier]["hard"], True),
+            (f"tier {tier}: avg F1 easy ≥ {TARGETS[tier]['easy']:.0f}", f1["easy"], TARGETS[tier]["easy"], True,
+             span.get("easy")),
+            (f"tier {tier}: avg F1 hard ≥ {TARGETS[tier]['hard']:.0f}", f1["hard"], TARGETS[tier]["hard"], True,
+             span.get("hard")),
             (
                 f"tier {tier}: normal and control runs alarmed ≤ 2 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})",
                 fa["pct_normal_runs_alarmed"],
                 TARGETS["pct_normal_runs_alarmed"],
                 False,
+                span.get("healthy"),
             ),
             (
                 f"tier {tier}: false alarms per 1,000 normal steps ≤ 1",
                 fa["per_1000_normal_steps"],
                 TARGETS["per_1000_normal_steps"],
                 False,
+                None,
             ),
             (
                 f"tier {tier}: median delay ≤ 3 steps (p90 {_fmt(delay['p90'])})",
                 delay["median"],
                 TARGETS["median_delay"],
                 False,
+                None,
             ),
         ]
     if seed is not None:
         tier = seed["tiers"][-1]
-        f1 = seed["methods"][tier][RFTFM]["mid_run"]["B"]["avg_f1"]
+        m = seed["methods"][tier][RFTFM]
+        f1, span = m["mid_run"]["B"]["avg_f1"], _spans(m, data)
         rows += [
-            (f"held-out seeds (tier {tier}): avg F1 easy ≥ 97", f1["easy"], TARGETS["seed"]["easy"], True),
-            (f"held-out seeds (tier {tier}): avg F1 hard ≥ 93", f1["hard"], TARGETS["seed"]["hard"], True),
+            (f"held-out seeds (tier {tier}): avg F1 easy ≥ 97", f1["easy"], TARGETS["seed"]["easy"], True,
+             span.get("easy")),
+            (f"held-out seeds (tier {tier}): avg F1 hard ≥ 93", f1["hard"], TARGETS["seed"]["hard"], True,
+             span.get("hard")),
         ]
-    lines = ["| target (held-out configurations, protocol B, mid-run onsets) | measured | status |", "|---|---|---|"]
-    for text, value, target, higher in rows:
+    lines = [
+        "| target (held-out configurations, protocol B, mid-run onsets) | measured | 95 % interval (runs resampled) "
+        "| status |",
+        "|---|---|---|---|",
+    ]
+    for text, value, target, higher, span_text in rows:
         if value is None:
             status = "not measured"
         else:
             ok = value >= target if higher else value <= target
             status = "met" if ok else f"missed by {abs(value - target):.1f}"
-        lines.append(f"| {text} | {_fmt(value)} | {status} |")
+        lines.append(f"| {text} | {_fmt(value)} | {span_text or '–'} | {status} |")
     return "\n".join(lines) + "\n"

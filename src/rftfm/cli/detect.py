@@ -117,12 +117,15 @@ def detection_targets_cmd(
     config_json: Path = typer.Option(..., "--config", help="JSON of `bench evaluate detection --split config`"),
     seed_json: Optional[Path] = typer.Option(None, "--seed", help="JSON of `--split seed`"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="write the table as Markdown"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="the benchmark the results were run on (run groups, for results from before stop 43)"
+    ),
 ) -> None:
-    """Where the detection targets stand, from saved evaluation results."""
+    """Where the detection targets stand, from saved evaluation results, with 95 % intervals over resampled runs."""
     from rftfm.bench.eval_detection import targets_markdown
 
     seed = json.loads(seed_json.read_text(encoding="utf-8")) if seed_json else None
-    text = targets_markdown(json.loads(config_json.read_text(encoding="utf-8")), seed)
+    text = targets_markdown(json.loads(config_json.read_text(encoding="utf-8")), seed, data)
     console.print(text)
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)

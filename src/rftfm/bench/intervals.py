@@ -1,0 +1,93 @@
+"""Bootstrap intervals for a detection evaluation's headline, over runs.
+
+A run appears in several folds of the ``config`` split (a task fold, a family fold, a size fold, ...); it is resampled
+with all its fold rows, so an interval is over the sample of runs, not over rows that share a run. The headline is the
+mid-run average F1 of protocol B (:func:`rftfm.bench.eval_detection.protocol_table`, recomputed here from per-run
+counts so that thousands of resamples cost one matrix product each) and the share of normal and control rows alarmed.
+Written by hand: a clustered bootstrap of a ratio of sums; scipy's ``bootstrap`` resamples observations, not clusters
+of them, and would recompute the table per resample.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
+
+CELLS = [group_dir(f, s) for f in FAMILIES for s in STRENGTHS]
+
+
+def run_groups(rows: list[dict[str, Any]], data: Path | None = None) -> dict[str, str] | None:
+    """Each run's group directory (``rf_hard_fault``, ``normal``, ...): from the rows where they name it (results
+    since stop 43), else from the runs' ``run_info.json`` under ``data``; ``None`` when neither has it."""
+    if rows and all(r.get("group") for r in rows):
+        return {r["run_id"]: r["group"] for r in rows}
+    if data is None:
+        return None
+    infos = (json.loads(p.read_text(encoding="utf-8")) for p in Path(data).glob("*/*/run_info.json"))
+    return {info["run_id"]: info["group"] for info in infos}
+
+
+def contributions(rows: list[dict[str, Any]], groups: dict[str, str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Run ids and, per run (summed over its fold rows), the counts protocol B's mid-run table adds up: per family x
+    setting its faults' rows, detections and pre-onset alarms and its controls' alarmed rows; the normal runs'
+    alarmed rows (false positives of every family); every normal or control row and whether it alarmed."""
+    runs = sorted({r["run_id"] for r in rows})
+    index = {r: i for i, r in enumerate(runs)}
+    col = {g: k for k, g in enumerate(CELLS)}
+    out = {name: np.zeros((len(runs), len(CELLS))) for name in ("faults", "detected", "pre_onset", "controls")}
+    out |= {name: np.zeros(len(runs)) for name in ("normal_alarmed", "healthy_rows", "healthy_alarmed")}
+    for r in rows:
+        i, alarmed, cell = index[r["run_id"]], r["first_alarm"] is not None, col.get(groups[r["run_id"]])
+        if r["kind"] != "fault":
+            out["healthy_rows"][i] += 1
+            out["healthy_alarmed"][i] += alarmed
+        if r["kind"] == "normal":
+            out["normal_alarmed"][i] += alarmed
+        elif r["kind"] == "control" and cell is not None:
+            out["controls"][i, cell] += alarmed
+        elif r["kind"] == "fault" and (r["onset_step"] or 1) > 1 and cell is not None:
+            out["faults"][i, cell] += 1
+            out["detected"][i, cell] += r["detected"]
+            out["pre_onset"][i, cell] += r["pre_onset_alarm"]
+    return runs, out
+
+
+def headline(w: np.ndarray, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mid-run average F1 per setting (over the families with a mid-run fault) and the % of healthy rows alarmed,
+    for run weights ``w`` (R,) or (B, R)."""
+    faults, tp = w @ c["faults"], w @ c["detected"]
+    fp = (w @ c["normal_alarmed"])[..., None] + w @ c["pre_onset"] + w @ c["controls"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(faults > 0, tp / faults, 0.0)
+        f1 = 100 * np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = c["faults"].sum(axis=0) > 0  # a cell without mid-run faults in the sample is not in the table
+    out = {}
+    for s in STRENGTHS:
+        keep = [k for k, g in enumerate(CELLS) if g.endswith(f"_{s}_fault") and present[k]]
+        out[s] = f1[..., keep].mean(-1) if keep else np.full(f1.shape[:-1], np.nan)
+    out["healthy"] = 100 * (w @ c["healthy_alarmed"]) / (w @ c["healthy_rows"])
+    return out
+
+
+def weights(runs: int, reps: int, seed: int = 0) -> np.ndarray:
+    """(reps, runs) how often each run is drawn in each resample."""
+    return np.random.default_rng(seed).multinomial(runs, np.full(runs, 1.0 / runs), size=reps).astype(float)
+
+
+def intervals(
+    rows: list[dict[str, Any]], groups: dict[str, str], reps: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """(point, 2.5 %, 97.5 %) of each headline figure (:func:`headline`) over ``reps`` resamples of runs."""
+    runs, c = contributions(rows, groups)
+    point, boot = headline(np.ones(len(runs)), c), headline(weights(len(runs), reps, seed), c)
+    return {  # (a figure the table leaves out -- no mid-run fault of a setting -- has none)
+        k: (float(point[k]), *map(float, np.nanquantile(boot[k], [0.025, 0.975])))
+        for k in point
+        if np.isfinite(point[k])
+    }
