@@ -4,8 +4,8 @@ A run appears in several folds of the ``config`` split (a task fold, a family fo
 with all its fold rows, so an interval is over the sample of runs, not over rows that share a run. The headline is the
 mid-run average F1 of protocol B (:func:`rftfm.bench.eval_detection.protocol_table`, recomputed here from per-run
 counts so that thousands of resamples cost one matrix product each) and the share of normal and control rows alarmed.
-Written by hand: a clustered bootstrap of a ratio of sums; scipy's ``bootstrap`` resamples observations, not clusters
-of them, and would recompute the table per resample.
+Written by hand: a clustered bootstrap of ratios of sums, as one matrix product per resample; scipy's ``bootstrap``
+over run indices would call a statistic that rebuilds the table for every resample.
 """
 
 from __future__ import annotations
