@@ -5,10 +5,10 @@
 
 Detection (``rftfm bench evaluate detection --json``): per tier, RFT-FM's mid-run F1 easy / hard (averaged over
 families, protocol B) of each file, its normal and control runs alarmed, and the fold x run rows both files hold:
-mid-run faulty runs detected only by NEW (gains) or only by OLD (losses), per fault type, and healthy runs alarmed
-only by one of them. Diagnosis (``rftfm bench evaluate diagnosis --json``): per tier, type and family top-1 on the
-detected easy faults and on every faulty run, over the fold x run rows both files hold, and each row whose diagnosis
-moved. The figures docs/*.md cite as "fold x run" come from here.
+faulty runs (any onset; how many of them mid-run, in brackets) detected only by NEW (gains) or only by OLD (losses),
+per fault type, and healthy runs alarmed only by one of them. Diagnosis (``rftfm bench evaluate diagnosis --json``):
+per tier, type and family top-1 on the detected easy faults and on every faulty run, over the fold x run rows both
+files hold, and each row whose diagnosis moved. The figures docs/*.md cite as "fold x run" come from here.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> Non
         faulty = [k for k in both if rows_a[k]["kind"] == "fault"]
         gains = Counter(rows_a[k]["fault_type"] for k in faulty if rows_b[k]["detected"] and not rows_a[k]["detected"])
         losses = Counter(rows_a[k]["fault_type"] for k in faulty if rows_a[k]["detected"] and not rows_b[k]["detected"])
-        print(f"  detections gained {sum(gains.values())} {dict(gains.most_common())}")
-        print(f"  detections lost {sum(losses.values())} {dict(losses.most_common())}")
+        mid = {k for k in faulty if (rows_a[k]["onset_step"] or 1) > 1}
+        moved = [sum(k in mid and rows_b[k]["detected"] != rows_a[k]["detected"] and rows_b[k]["detected"] == won
+                     for k in faulty) for won in (True, False)]
+        print(f"  detections gained {sum(gains.values())} (mid-run onsets {moved[0]}) {dict(gains.most_common())}")
+        print(f"  detections lost {sum(losses.values())} (mid-run onsets {moved[1]}) {dict(losses.most_common())}")
         for label, first, second in (("newly alarmed", rows_a, rows_b), ("no longer alarmed", rows_b, rows_a)):
             moved = [k for k in both if first[k]["kind"] != "fault"
                      and first[k]["first_alarm"] is None and second[k]["first_alarm"] is not None]
