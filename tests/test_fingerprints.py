@@ -67,9 +67,11 @@ def test_wild_fault_moves_its_fingerprint(fault: str, config: str) -> None:
     check_hard(fault, config)
 
 
-#: (fault, config) pairs whose registered fingerprint does not show within STEPS steps, measured, not assumed.
-#: reward_hacking on qwen2-linear: in 16 steps the lenient verifier has not yet pulled held-out accuracy down
-#: (clean 0.4395, faulty 0.4697 on the CPU build of torch 2.13.0; failing since the test was added at 7a097d5).
+#: (fault, config) pairs whose registered fingerprint may not show within STEPS steps, measured, not assumed.
+#: reward_hacking on qwen2-linear: whether the lenient verifier has pulled held-out accuracy down within 16 steps
+#: depends on the CPU's kernels: not on the machines of stops up to 42 (clean 0.4395, faulty 0.4697, failing since the
+#: test was added at 7a097d5), yes on stop 43's, whose torch ran AVX2 kernels (clean 0.6064, faulty 0.5928; reward
+#: 0.1211 -> 0.1680): an expected failure, not a strict one.
 NOT_WITHIN_STEPS = {("reward_hacking", SECOND_CONFIG)}
 
 
@@ -77,7 +79,7 @@ NOT_WITHIN_STEPS = {("reward_hacking", SECOND_CONFIG)}
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="fingerprint not shown within STEPS steps"))
+        pytest.param(f, marks=pytest.mark.xfail(strict=False, reason="not shown within STEPS steps on every CPU"))
         if (f, SECOND_CONFIG) in NOT_WITHIN_STEPS
         else f
         for f in sorted(PUBLISHED_TYPES)
