@@ -36,19 +36,10 @@ def checked(result: dict, tier: str, data: Path | None) -> tuple[list[str], dict
     return runs, c
 
 
-def interval(values: np.ndarray) -> str:
-    low, high = np.quantile(values, [0.025, 0.975])
-    return f"({low:.1f} to {high:.1f})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", type=Path, help="an evaluation's --json")
+    intervals.add_arguments(parser)
     parser.add_argument("--data", type=Path, help="the benchmark it was run on (run groups, for older results)")
-    parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
-    parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
-    parser.add_argument("--reps", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = json.loads(args.result.read_text(encoding="utf-8"))
     against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
@@ -61,18 +52,14 @@ def main() -> None:
     for tier in tiers:
         runs, c = checked(result, tier, args.data)
         w = intervals.weights(len(runs), args.reps, args.seed)
-        point, boot = intervals.headline(np.ones(len(runs)), c), intervals.headline(w, c)
-        line = [f"{names[k]} {float(point[k]):.1f} {interval(boot[k])}" for k in names]
+        before = None
         if against is not None:
             runs_0, c_0 = checked(against, tier, args.data)
             if runs_0 != runs:
                 raise SystemExit(f"tier {tier}: the two files hold different runs")
-            point_0, boot_0 = intervals.headline(np.ones(len(runs)), c_0), intervals.headline(w, c_0)
-            line += [
-                f"difference {names[k]} {float(point[k] - point_0[k]):+.1f} {interval(boot[k] - boot_0[k])}"
-                for k in names
-            ]
-        print(f"tier {tier} ({len(runs)} runs): " + ", ".join(line))
+            before = intervals.headline(np.ones(len(runs)), c_0), intervals.headline(w, c_0)
+        point, boot = intervals.headline(np.ones(len(runs)), c), intervals.headline(w, c)
+        print(f"tier {tier} ({len(runs)} runs): " + ", ".join(intervals.describe(names, point, boot, before)))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
+from rftfm.bench import intervals
 from rftfm.faults.taxonomy import FAULT_TYPES
 
 SUBSETS = {"detected easy": lambda r: r["at_alarm"] and r["strength"] == "easy", "all": lambda r: True}
@@ -52,18 +52,9 @@ def rates(w: np.ndarray, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: 100 * (w @ c[k]) / n for k in ("family", "type")}
 
 
-def interval(values: np.ndarray) -> str:
-    low, high = np.quantile(values, [0.025, 0.975])
-    return f"({low:.1f} to {high:.1f})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", type=Path, help="a diagnosis evaluation's --json")
-    parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
-    parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
-    parser.add_argument("--reps", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    intervals.add_arguments(parser)
     args = parser.parse_args()
     result = json.loads(args.result.read_text(encoding="utf-8"))
     against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
@@ -72,23 +63,23 @@ def main() -> None:
         f"{args.result}: Diagnoser, family / type top-1 %; 95 % intervals over {args.reps} resamples of runs"
         + (f"; minus {args.against} on the same resamples" if against else "")
     )
+    names = {"family": "family", "type": "type"}
     for tier in tiers:
         for subset in SUBSETS:
             c, runs = checked(result, tier, subset)
-            w = np.random.default_rng(args.seed).multinomial(len(runs), np.full(len(runs), 1 / len(runs)), args.reps)
-            point, boot = rates(np.ones(len(runs)), c), rates(w.astype(float), c)
-            line = [f"{k} {float(point[k]):.1f} {interval(boot[k])}" for k in ("family", "type")]
+            w = intervals.weights(len(runs), args.reps, args.seed)
+            before = None
             if against is not None:
                 c_0, runs_0 = checked(against, tier, subset)
                 if runs_0 != runs:
                     raise SystemExit(f"tier {tier}: the two files hold different runs")
-                point_0, boot_0 = rates(np.ones(len(runs)), c_0), rates(w.astype(float), c_0)
-                line += [
-                    f"difference {k} {float(point[k] - point_0[k]):+.1f} {interval(boot[k] - boot_0[k])}"
-                    for k in ("family", "type")
-                ]
+                before = rates(np.ones(len(runs)), c_0), rates(w, c_0)
+            point, boot = rates(np.ones(len(runs)), c), rates(w, c)
             rows, units = int(c["rows"].sum()), int((c["rows"] > 0).sum())
-            print(f"tier {tier}, {subset} ({rows} rows of {units} runs): " + ", ".join(line))
+            print(
+                f"tier {tier}, {subset} ({rows} rows of {units} runs): "
+                + ", ".join(intervals.describe(names, point, boot, before))
+            )
 
 
 if __name__ == "__main__":

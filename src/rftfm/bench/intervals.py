@@ -10,6 +10,7 @@ over run indices would call a statistic that rebuilds the table for every resamp
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,34 @@ def intervals(
         for k in point
         if np.isfinite(point[k])
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every interval script takes: a result, an earlier one to pair it with, tiers, resamples."""
+    parser.add_argument("result", type=Path, help="an evaluation's --json")
+    parser.add_argument("--against", type=Path, help="an earlier evaluation of the same runs: the paired difference")
+    parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
+    parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _span(values: np.ndarray) -> str:
+    low, high = np.nanquantile(values, [0.025, 0.975])
+    return f"({low:.1f} to {high:.1f})"
+
+
+def describe(
+    names: dict[str, str],
+    point: dict[str, np.ndarray],
+    boot: dict[str, np.ndarray],
+    before: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
+) -> list[str]:
+    """``<name> <point> (<2.5 %> to <97.5 %>)`` per figure of ``names``, then, with ``before`` (its point and its
+    values on the same resamples), the paired difference of each."""
+    out = [f"{names[k]} {float(point[k]):.1f} {_span(boot[k])}" for k in names]
+    if before is not None:
+        point_0, boot_0 = before
+        out += [
+            f"difference {names[k]} {float(point[k] - point_0[k]):+.1f} {_span(boot[k] - boot_0[k])}" for k in names
+        ]
+    return out
