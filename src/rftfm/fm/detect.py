@@ -50,7 +50,9 @@ How it decides, record by record:
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
    (:mod:`rftfm.fm.non_finite`); and two reward rules, fitting-free too: the logged reward leaving its functions'
    weighted means (:mod:`rftfm.fm.reward_identity`), and a reward function whose scores were all 0 or 1 no longer
-   being so (:mod:`rftfm.fm.binary_reward`);
+   being so (:mod:`rftfm.fm.binary_reward`); and a *KL-coefficient* rule, fitting-free: the loss per unit of KL,
+   which is the KL coefficient where a run's loss is its KL penalty, moving e-fold or more and holding its new value
+   over the last few records (:mod:`rftfm.fm.kl_coefficient`);
 11. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
@@ -84,6 +86,7 @@ from numpy.typing import ArrayLike
 from rftfm.fm import (
     binary_reward,
     invariants,
+    kl_coefficient,
     level_shift,
     loss_penalty,
     loss_scale,
@@ -226,6 +229,7 @@ class _Live:
     binary: binary_reward.BinaryState = field(default_factory=binary_reward.BinaryState)
     penalty: loss_penalty.PenaltyState = field(default_factory=loss_penalty.PenaltyState)
     scale: loss_scale.ScaleState = field(default_factory=loss_scale.ScaleState)
+    coefficient: kl_coefficient.CoefficientState = field(default_factory=kl_coefficient.CoefficientState)
 
     def snapshot(self, step: int, state: TrackerState) -> tuple:
         """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
@@ -245,6 +249,7 @@ class _Live:
             self.binary.copy(),
             self.penalty.copy(),
             self.scale.copy(),
+            self.coefficient.copy(),
         )
 
 
@@ -276,6 +281,7 @@ class _Pending:
     binary_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence
     penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
     scale: tuple[float, float, float]  # the loss-scale statistic, window and reference magnitude (:mod:`loss_scale`)
+    coefficient: tuple[float, float, float]  # the KL coefficient's signed units, now and before (:mod:`kl_coefficient`)
 
 
 class Detector:
@@ -407,6 +413,7 @@ class Detector:
             np.fmax(
                 invariants.armed_units(np.where(in_tier, raw, np.nan), steps).max(axis=-1),
                 non_finite.units(non_finite.cube_lost(raw, steps)),
+                np.abs(kl_coefficient.cube_units(raw, steps)),
             ),
             steps,
         )
@@ -559,6 +566,7 @@ class Detector:
         for units in (identity, binary):
             if units is not None:
                 invariant = np.fmax(invariant, units)
+        invariant = np.fmax(invariant, np.abs(kl_coefficient.cube_units(masked, steps)))
         silent = learning_rate is None or self.schedule_jumps
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
@@ -681,6 +689,7 @@ class Detector:
         level = live.level.advance(raw[0, level_shift.COLUMNS])
         penalty = live.penalty.advance(float(raw[0, loss_penalty.LOSS]), float(raw[0, loss_penalty.ENTROPY]))
         scale = live.scale.advance(*(float(raw[0, k]) for k in (loss_scale.LOSS, loss_scale.ZERO_STD, loss_scale.CLIP)))
+        coefficient = live.coefficient.advance(float(raw[0, kl_coefficient.LOSS]), float(raw[0, kl_coefficient.KL]))
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
@@ -715,6 +724,7 @@ class Detector:
             [live.binary.evidence()] if binary > 1.0 else [],
             penalty,
             scale,
+            coefficient,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -723,7 +733,9 @@ class Detector:
         log_odds = _running_log_odds_one(previous, learned, self.config.persistence)
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
-        invariant = max(float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary)
+        invariant = max(
+            float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary, _size(p.coefficient[0])
+        )
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
         jump = max(abs(p.jump), p.clipped)
@@ -762,7 +774,8 @@ class Detector:
         if not live.snapshots or live.snapshots[-1][0] != step:
             return False
         _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
-        live.shift, live.level, live.lost, live.identity, live.binary, live.penalty, live.scale = channels
+        (live.shift, live.level, live.lost, live.identity, live.binary, live.penalty, live.scale,
+         live.coefficient) = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -839,6 +852,9 @@ class Detector:
             done.add("policy_loss")
         elif p.scale[0] > self.thresholds[p.tier].get("loss_scale", math.inf):  # the loss left its scale
             out.append(loss_scale.evidence(*p.scale, self._window_start(p, loss_scale.WINDOW)))
+            done.add("policy_loss")
+        if _size(p.coefficient[0]) > 1.0:  # the KL coefficient the loss carries moved
+            out.append(kl_coefficient.evidence(*p.coefficient, self._window_start(p, kl_coefficient.WINDOW)))
             done.add("policy_loss")
         return out, done | {e.signal for e in out if e.non_finite or e.reward_identity or e.binary_mean is not None}
 
@@ -968,6 +984,8 @@ def describe(e: SignalEvidence) -> str:
         return binary_reward.describe(e)
     if e.penalty_term is not None:
         return loss_penalty.describe_term(e)
+    if e.per_kl:
+        return kl_coefficient.describe(e)
     if e.value is None:
         return f"{name} {'up' if e.direction == 'up' else 'down'}" if e.measured else name
     text = f"{name} {e.value:.3g}"
@@ -978,6 +996,11 @@ def describe(e: SignalEvidence) -> str:
     if e.since_step is not None:
         text += f" since step {e.since_step}"
     return text
+
+
+def _size(units: float) -> float:
+    """A signed statistic's size (NaN: not judged, 0)."""
+    return abs(units) if units == units else 0.0
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:

@@ -28,6 +28,7 @@ class SignalEvidence(BaseModel):
     binary_mean: float | None = None  # scores that were 0 or 1, with this mean, no longer are (:mod:`binary_reward`)
     penalty_term: str | None = None  # the loss took on ``coefficient`` x this term (:mod:`rftfm.fm.loss_penalty`)
     coefficient: float | None = None
+    per_kl: bool = False  # value / expected: the loss per unit of KL now / before (:mod:`rftfm.fm.kl_coefficient`)
 
     @property
     def measured(self) -> bool:

@@ -33,6 +33,10 @@ def evidence_text(ev: SignalEvidence) -> str:
     if ev.penalty_term is not None and ev.coefficient is not None and ev.value is not None:
         since = f" since step {ev.since_step}" if ev.since_step is not None else ""
         return f"{escape(ev.signal)} ↑ {_num(ev.value)} (+{ev.coefficient:.2g} x {ev.penalty_term}){since}"
+    if ev.per_kl and ev.value is not None and ev.expected is not None:
+        since = f" since step {ev.since_step}" if ev.since_step is not None else ""
+        arrow = "↑" if ev.value > ev.expected else "↓"
+        return f"{escape(ev.signal)} per unit of KL {arrow} {_num(ev.value)} (baseline {_num(ev.expected)}){since}"
     value, expected = ev.value, ev.expected
     finite = value is not None and expected is not None and math.isfinite(value) and math.isfinite(expected)
     if finite and value != expected:

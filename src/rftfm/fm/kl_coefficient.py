@@ -1,0 +1,134 @@
+"""The KL coefficient a run's loss carries, read off its loss and its KL: the rule of the detector's coefficient
+channel.
+
+A GRPO trainer logs ``loss = policy term + beta x KL`` and the KL beside it. At the importance ratio of 1 that an
+on-policy step starts from, the policy term is minus the advantages' weighted mean, and group-relative advantages
+sum to 0 in every group: 0 exactly for a sequence-level loss, a small length covariance for a token-level one whose
+completions differ in length. So where a run's loss is its KL penalty, ``loss / KL`` is the coefficient in use,
+record after record (the benchmark's TRL-style runs hold it to a few per cent; a sequence-level loss's KL, averaged
+over tokens, moves it a little). A coefficient that changes mid-run -- a stale default or a unit mix-up that keeps
+the penalty out of the loss while the configured beta is logged, or a beta pushed far up -- moves that ratio by the
+factor it changed by, at every record from then on, while the loss itself stays tiny (a coefficient of 0.03 on a KL
+of 0.01) and no other logged metric moves at once.
+
+The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` (the rest leave the state as
+it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to read): the median
+of the last :data:`WINDOW` log-ratios against the median of up to :data:`BASELINE` before them, once there are
+:data:`MIN_BASELINE` of those. It is judged only where the reference holds a coefficient (its log-ratios' robust sd at most
+:data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within :data:`WINDOW_SPREAD`, or
+twice the reference's robust sd where that is wider: a coefficient is one number, while a policy term that takes
+over the loss for a few records scatters the ratio), and counts in units of
+:data:`LIMIT` (an e-fold change) or :data:`SPREAD_UNITS` robust sds of the run's own ratio, whichever is larger.
+Either direction counts; a unit above 1 alarms. A run whose optimiser clips (several steps on one batch) or
+whose loss is a policy term alone (verl's ``pg_loss``) keeps a scattered ratio and is not judged: the collapsed
+verl run of ../shared/real-logs, whose KL rose 17-fold under a ``pg_loss`` of quantised noise, moved its ratio
+5.6 log units with a reference sd near 0.6.
+
+The limits were chosen on the development folds' runs (task groups arith_b, repeat, tool and logging every few
+steps): no healthy record there or in the other runs of /work/data/h31 reaches 1 (docs/detection.md).
+
+Written by hand: a two-window statistic of a ratio of two logged metrics; river's drift detectors and ruptures
+watch one series against limits of their own, not whether it keeps a ratio to another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.types import SignalEvidence
+
+LOSS = CUBE_SIGNALS.index("policy_loss")
+KL = CUBE_SIGNALS.index("kl")
+WINDOW = 3  # records whose median log-ratio is "now"
+BASELINE = 20  # records before the window whose median is "before"
+MIN_BASELINE = 6  # fewer: no reference yet
+KL_FLOOR = 1e-6  # a KL below this (a run's first steps, a policy still at its reference) gives no ratio
+LIMIT = 1.0  # the least change counted as a unit, in log units: the coefficient moved e-fold
+SPREAD_UNITS = 6.0  # ... or this many robust sds of the run's own log-ratio, whichever is larger
+WINDOW_SPREAD = 0.1  # a window whose log-ratios span more than this (or twice the reference's sd) is not judged
+#: a reference whose log-ratios' robust sd exceeds this has no coefficient to read (a policy term that is not small
+#: beside the penalty: verl's ``pg_loss``, a token-level loss of lengths that differ), and is not judged
+MAX_REFERENCE_SPREAD = 0.3
+_MAD_TO_SD = 1.4826  # a normal distribution's sd per median absolute deviation
+UNJUDGED = (math.nan, math.nan, math.nan)
+
+
+@dataclass
+class CoefficientState:
+    """One run's last :data:`WINDOW` + :data:`BASELINE` log-ratios of loss to KL."""
+
+    ratios: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+
+    def copy(self) -> "CoefficientState":
+        return CoefficientState(deque(self.ratios, maxlen=WINDOW + BASELINE))
+
+    def advance(self, loss: float, kl: float) -> tuple[float, float, float]:
+        """Take in one record's loss and KL; return the signed units (positive: the coefficient rose; NaN: not
+        judged; 0: a reference or window without one coefficient), the coefficient now and before (the window's and the
+        reference's median ratio, read where the units are finite)."""
+        if not (math.isfinite(loss) and math.isfinite(kl) and loss > 0.0 and kl > KL_FLOOR):
+            return UNJUDGED
+        self.ratios.append(math.log(loss / kl))
+        n = len(self.ratios)
+        if n < WINDOW + MIN_BASELINE:
+            return UNJUDGED
+        ratios = np.fromiter(self.ratios, float, n)
+        reference, window = ratios[: n - WINDOW], ratios[n - WINDOW :]
+        before = float(np.median(reference))
+        spread = _MAD_TO_SD * float(np.median(np.abs(reference - before)))
+        now = float(np.median(window))
+        if spread > MAX_REFERENCE_SPREAD or float(window.max() - window.min()) > max(WINDOW_SPREAD, 2.0 * spread):
+            return 0.0, math.exp(now), math.exp(before)
+        return (now - before) / max(LIMIT, SPREAD_UNITS * spread), math.exp(now), math.exp(before)
+
+
+def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(R, S) every record's signed units of a raw cube (R, S, len(CUBE_SIGNALS)) in step order (``steps`` 0:
+    absent), exactly as :meth:`CoefficientState.advance` gives them."""
+    out = np.full(steps.shape, np.nan)
+    for r in range(steps.shape[0]):
+        state = CoefficientState()
+        for s in np.flatnonzero(steps[r] > 0):
+            out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, KL]))[0]
+    return out
+
+
+def reading(raw: np.ndarray, steps: np.ndarray) -> float:
+    """One run's signed units at its last :data:`WINDOW` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)):
+    the one of largest size (NaN: none judged)."""
+    units = cube_units(raw[None], steps[None])[0][np.flatnonzero(steps > 0)[-WINDOW:]]
+    units = units[np.isfinite(units)]
+    return float(units[np.argmax(np.abs(units))]) if units.size else math.nan
+
+
+def evidence(units: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
+    """The coefficient's change as evidence on the loss: ``value`` and ``expected`` are the loss per unit of KL now
+    and before (``per_kl``)."""
+    return SignalEvidence(
+        signal="policy_loss",
+        direction="up" if units > 0 else "down",
+        value=now,
+        expected=before,
+        z=units,
+        ratio=now / before if before > 0.0 else None,
+        since_step=since_step,
+        per_kl=True,
+    )
+
+
+def describe(e: SignalEvidence) -> str:
+    """``loss per unit of KL 0.00034 vs 0.033 before (x0.01) since step 22: the KL coefficient the loss carries fell
+    100-fold while the KL goes on being logged``."""
+    head = f"loss per unit of KL {e.value:.2g} vs {e.expected:.2g} before"
+    if e.ratio is not None:
+        head += f" (x{e.ratio:.2g})"
+    if e.since_step is not None:
+        head += f" since step {e.since_step}"
+    factor = e.ratio if e.ratio is not None and e.ratio >= 1.0 else 1.0 / e.ratio if e.ratio else math.nan
+    moved = "rose" if e.direction == "up" else "fell"
+    return f"{head}: the KL coefficient the loss carries {moved} {factor:.2g}-fold while the KL goes on being logged"
