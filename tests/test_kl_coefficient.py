@@ -1,6 +1,7 @@
 """The KL-coefficient rule: a loss that is its KL penalty keeps loss / KL at the coefficient in use; a coefficient
 that drops out of the loss (or is pushed far up) mid-run alarms with the loss per unit of KL as evidence, offline as
-streamed; a policy term that scatters the ratio, a KL that is still 0, or a loss that is a policy term alone does not."""
+streamed; a policy term that scatters the ratio, a KL that is still 0, or a loss that is a policy term alone does
+not."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ of 0.01) and no other logged metric moves at once.
 The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` (the rest leave the state as
 it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to read): the median
 of the last :data:`WINDOW` log-ratios against the median of up to :data:`BASELINE` before them, once there are
-:data:`MIN_BASELINE` of those. It is judged only where the reference holds a coefficient (its log-ratios' robust sd at most
-:data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within :data:`WINDOW_SPREAD`, or
+:data:`MIN_BASELINE` of those. It is judged only where the reference holds a coefficient (its log-ratios' robust sd
+at most :data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within :data:`WINDOW_SPREAD`, or
 twice the reference's robust sd where that is wider: a coefficient is one number, while a policy term that takes
 over the loss for a few records scatters the ratio), and counts in units of
 :data:`LIMIT` (an e-fold change) or :data:`SPREAD_UNITS` robust sds of the run's own ratio, whichever is larger.
