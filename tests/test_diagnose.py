@@ -555,3 +555,34 @@ def test_a_loss_lifted_by_a_penalty_or_out_of_its_scale_ranks_the_types_that_lif
     # two records into the penalty the diagnoser reads it (the detector's window of 4 does not yet)
     detector_window = loss_penalty.cube_stats(raw[None, :14], steps[None, :14])[0, -1]
     assert penalty_now(raw[:14], steps[:14]) > 10 and detector_window < 2
+
+
+def test_a_kl_coefficient_that_moved_ranks_the_types_that_move_it_that_way_first() -> None:
+    """Beyond one unit down (the loss no longer carries the configured beta), the KL coefficient dropping out of the
+    loss gets half the mass; up, a KL coefficient pushed up; within a unit, or not judged, the row is as it was. The
+    rule reads the run's last records as the detector's channel does."""
+    from rftfm.faults.taxonomy import FAULT_TYPES
+    from rftfm.fm import kl_coefficient
+    from rftfm.fm.cube import CUBE_SIGNALS
+    from rftfm.fm.diagnose import Seen
+
+    assert FAULT_TYPES["kl_dropped"].kl_coefficient_move == "down"
+    assert FAULT_TYPES["kl_misconfig"].kl_coefficient_move == "up"
+    assert FAULT_TYPES["lr_high"].kl_coefficient_move is None
+    fitted = Diagnoser.load_default()
+    classes = fitted.classes
+    prob = np.zeros((4, len(classes)))
+    prob[:, classes.index("lr_high")], prob[:, classes.index("kl_misconfig")] = 0.9, 0.1
+    out, unknown = fitted.apply_kl_coefficient(prob, np.ones(4, dtype=bool), [-4.6, 2.0, 0.5, math.nan])
+    assert out[0, classes.index("kl_dropped")] == pytest.approx(0.5) and out[0].argmax() == classes.index("kl_dropped")
+    assert out[1, classes.index("kl_misconfig")] == pytest.approx(0.05 + 0.5) and not unknown[:2].any()
+    np.testing.assert_array_equal(out[2:], prob[2:])
+    assert unknown[2:].all()
+
+    raw = np.full((20, len(CUBE_SIGNALS)), np.nan)
+    kl = np.geomspace(0.001, 0.02, 20)
+    raw[:, CUBE_SIGNALS.index("kl")] = kl
+    raw[:, CUBE_SIGNALS.index("policy_loss")] = 0.04 * kl * np.where(np.arange(20) >= 14, 0.01, 1.0)
+    steps = np.arange(1, 21)
+    seen = Seen.read(raw, steps, np.full(20, np.nan), [], False)
+    assert seen.coefficient == pytest.approx(math.log(0.01)) == kl_coefficient.reading(raw, steps)

@@ -68,6 +68,14 @@ class FaultType:
         return "entropy" if any(p.get("entropy_coef", 0.0) < 0.0 for p in self.params.values()) else None
 
     @property
+    def kl_coefficient_move(self) -> Direction | None:
+        """Which way the fault moves the KL coefficient the logged loss carries (:mod:`rftfm.fm.kl_coefficient`): a beta
+        pushed up (``"up"``), one that stops reaching the loss (``"down"``), or None."""
+        if any("beta" in p for p in self.params.values()):
+            return "up"
+        return "down" if any(p.get("beta_factor", 1.0) < 1.0 for p in self.params.values()) else None
+
+    @property
     def loss_penalty(self) -> bool:
         """Whether the fault adds a penalty to the loss the trainer logs (:attr:`penalty_term`)."""
         return self.penalty_term is not None

@@ -43,6 +43,7 @@ from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm import (
     binary_reward,
     invariants,
+    kl_coefficient,
     loss_penalty,
     loss_scale,
     non_finite,
@@ -113,7 +114,8 @@ class Seen:
     largest value over the last records (:func:`penalty_now`), the term that penalty multiplies
     (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
     last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`), and whether a
-    reward function whose scores were 0 or 1 no longer is (:func:`rftfm.fm.binary_reward.run_evidence`)."""
+    reward function whose scores were 0 or 1 no longer is (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL
+    coefficient rule's signed units over the last records (:func:`rftfm.fm.kl_coefficient.reading`)."""
 
     broken: list[str]
     jump: float
@@ -128,6 +130,7 @@ class Seen:
     scale: float = math.nan
     scale_evidence: SignalEvidence | None = None
     binary: bool = False
+    coefficient: float = math.nan
 
     @classmethod
     def read(
@@ -140,7 +143,7 @@ class Seen:
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary=binary)
+                   binary=binary, coefficient=kl_coefficient.reading(raw, steps))
 
 
 @dataclass
@@ -446,9 +449,9 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
-        identity, a reward of 0 or 1 that no longer is, a penalty in the loss, completions that all ended before the
-        length limit, a run without a KL term (the rules that rule types out come last: nothing brings back what they
-        removed)."""
+        identity, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL coefficient that moved,
+        completions that all ended before the length limit, a run without a KL term (the rules that rule types out come
+        last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
@@ -458,6 +461,7 @@ class Diagnoser:
         prob, unknown = self.apply_penalty(
             prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
         )
+        prob, unknown = self.apply_kl_coefficient(prob, unknown, [s.coefficient for s in seen])
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
@@ -556,6 +560,17 @@ class Diagnoser:
                 allowed.append(np.array([t == term for t in term_of]))
             else:
                 allowed.append(lifts if p > self.penalty_bar or scale > self.scale_bar else nothing)
+        return _halfway(prob, unknown, allowed)
+
+    def apply_kl_coefficient(
+        self, prob: np.ndarray, unknown: np.ndarray, units: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where the KL coefficient a row's loss carries moved (:func:`rftfm.fm.kl_coefficient.reading` beyond 1 unit
+        either way), the types that move it that way (the registry's ``kl_coefficient_move``: a beta pushed up, one
+        that no longer reaches the loss) get half the mass on top of the model's half, as for a penalty in the loss:
+        ranked first, short of the certainty a halt may rest on (a coefficient scheduled by design moves it too)."""
+        moves = [FAULT_TYPES[t].kl_coefficient_move for t in self.classes]
+        allowed = [np.array([abs(u) > 1.0 and m == ("up" if u > 0 else "down") for m in moves]) for u in units]
         return _halfway(prob, unknown, allowed)
 
     def _rule_out(

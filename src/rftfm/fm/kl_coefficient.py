@@ -98,10 +98,11 @@ def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
-def reading(raw: np.ndarray, steps: np.ndarray) -> float:
-    """One run's signed units at its last :data:`WINDOW` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)):
-    the one of largest size (NaN: none judged)."""
-    units = cube_units(raw[None], steps[None])[0][np.flatnonzero(steps > 0)[-WINDOW:]]
+def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> float:
+    """One run's signed units at its ``last`` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)): the one of
+    largest size (NaN: none judged). A moved coefficient becomes the reference a few records later, so the diagnoser
+    reads as far back as the reference reaches."""
+    units = cube_units(raw[None], steps[None])[0][np.flatnonzero(steps > 0)[-last:]]
     units = units[np.isfinite(units)]
     return float(units[np.argmax(np.abs(units))]) if units.size else math.nan
 
