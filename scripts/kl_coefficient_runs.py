@@ -1,0 +1,52 @@
+"""How far the KL-coefficient rule (:mod:`rftfm.fm.kl_coefficient`) goes on healthy records, per loss type, and which
+faulty runs it alarms after a mid-run onset: the check behind its limits, docs/detection.md, method 3 (m).
+
+    python scripts/kl_coefficient_runs.py --data /work/data/h31 [--development]
+
+``--development``: only the runs of the development folds (task groups arith_b, repeat and tool, and runs that log
+every few steps), on which the limits were chosen. Healthy records: every record of normal and control runs, and
+faulty runs' records before onset. The rule's units are signed (positive: the coefficient rose); their size is
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import polars as pl
+from benchmark_runs import healthy_peaks, load_runs, onsets, print_mid_run_crossings
+
+from rftfm.fm import kl_coefficient
+from rftfm.fm.cube import runs_cube
+
+DEVELOPMENT_TASKS = ("arith_b", "repeat", "tool")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--development", action="store_true", help="only the development folds' runs")
+    runs, features, ids, kinds = load_runs(__doc__, parser)
+    if parser.parse_args().development:
+        keep = (runs["task_group"].is_in(DEVELOPMENT_TASKS) | (runs["logging_steps"] > 1)).to_numpy()
+        runs = runs.filter(pl.Series(keep))
+        ids, kinds = [i for i, k in zip(ids, keep) if k], [k for k, m in zip(kinds, keep) if m]
+    raw, steps = runs_cube(features, ids)
+    units = np.abs(kl_coefficient.cube_units(raw, steps))
+    onset = onsets(runs, kinds)
+    peak = healthy_peaks(units, steps, onset)
+    loss_types = np.array(runs["loss_type"].to_list())
+    print(f"{len(ids)} runs; an alarm above 1 unit")
+    for loss_type in sorted(set(loss_types)):
+        judged = np.isfinite(peak) & (loss_types == loss_type)
+        if judged.any():
+            print(f"healthy records, loss type {loss_type}: {int(judged.sum())} runs judged, "
+                  f"{int((peak[judged] > 1.0).sum())} alarmed; largest units per run: median "
+                  f"{np.median(peak[judged]):.3f}, largest {peak[judged].max():.3f}")
+    for r in np.argsort(-np.nan_to_num(peak, nan=-np.inf))[:5]:
+        print(f"  {ids[r]} ({loss_types[r]}): {peak[r]:.3f}")
+    print_mid_run_crossings(units, steps, onset, kinds, 1.0, "mid-run faulty runs it alarms at or after onset")
+
+
+if __name__ == "__main__":
+    main()
