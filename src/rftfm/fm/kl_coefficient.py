@@ -78,14 +78,20 @@ class CoefficientState:
         n = len(self.ratios)
         if n < WINDOW + MIN_BASELINE:
             return UNJUDGED
-        ratios = np.fromiter(self.ratios, float, n)
-        reference, window = ratios[: n - WINDOW], ratios[n - WINDOW :]
-        before = float(np.median(reference))
-        spread = _MAD_TO_SD * float(np.median(np.abs(reference - before)))
-        now = float(np.median(window))
-        if spread > MAX_REFERENCE_SPREAD or float(window.max() - window.min()) > max(WINDOW_SPREAD, 2.0 * spread):
+        ratios = list(self.ratios)  # (Python floats: numpy's per-call set-up costs more than this at every record)
+        reference, window = ratios[: n - WINDOW], sorted(ratios[n - WINDOW :])
+        before = _median(reference)
+        spread = _MAD_TO_SD * _median([abs(r - before) for r in reference])
+        now = window[WINDOW // 2]  # (WINDOW is odd)
+        if spread > MAX_REFERENCE_SPREAD or window[-1] - window[0] > max(WINDOW_SPREAD, 2.0 * spread):
             return 0.0, math.exp(now), math.exp(before)
         return (now - before) / max(LIMIT, SPREAD_UNITS * spread), math.exp(now), math.exp(before)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    k = len(ordered)
+    return ordered[k // 2] if k % 2 else 0.5 * (ordered[k // 2 - 1] + ordered[k // 2])
 
 
 def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
