@@ -564,7 +564,7 @@ def test_a_kl_coefficient_that_moved_ranks_the_types_that_move_it_that_way_first
     from rftfm.faults.taxonomy import FAULT_TYPES
     from rftfm.fm import kl_coefficient
     from rftfm.fm.cube import CUBE_SIGNALS
-    from rftfm.fm.diagnose import Seen
+    from rftfm.fm.diagnose import Seen, describe
 
     assert FAULT_TYPES["kl_dropped"].kl_coefficient_move == "down"
     assert FAULT_TYPES["kl_misconfig"].kl_coefficient_move == "up"
@@ -585,4 +585,10 @@ def test_a_kl_coefficient_that_moved_ranks_the_types_that_move_it_that_way_first
     raw[:, CUBE_SIGNALS.index("policy_loss")] = 0.04 * kl * np.where(np.arange(20) >= 14, 0.01, 1.0)
     steps = np.arange(1, 21)
     seen = Seen.read(raw, steps, np.full(20, np.nan), [], False)
-    assert seen.coefficient == pytest.approx(math.log(0.01)) == kl_coefficient.reading(raw, steps)
+    assert seen.coefficient == pytest.approx(math.log(0.01)) == kl_coefficient.reading(raw, steps)[0]
+    e = seen.coefficient_evidence
+    assert e is not None and e.per_kl and e.direction == "down" and e.since_step == 15  # the onset: the window began
+    assert e.value == pytest.approx(0.0004) and e.expected == pytest.approx(0.04)
+    assert "fell 1e+02-fold" in describe(e)
+    assert math.isnan(kl_coefficient.reading(raw[:5], steps[:5])[0])  # no reference yet: nothing judged
+    assert kl_coefficient.reading(raw[:14], steps[:14])[1] is None  # judged, no change: no evidence

@@ -78,10 +78,11 @@ def test_cube_units_equal_the_streaming_ones_and_the_reading_is_the_largest_of_t
     present = steps[0] > 0
     losses = [v if p else math.nan for v, p in zip(raw[0, :, kl_coefficient.LOSS], present)]
     np.testing.assert_allclose(out[0], _units(losses, list(kls[0])))
-    reading = kl_coefficient.reading(raw[1], steps[1])
-    last = out[1][-kl_coefficient.WINDOW :]
-    assert reading == pytest.approx(last[np.argmax(np.abs(last))]) and reading < -1.0
-    assert math.isnan(kl_coefficient.reading(raw[1, :5], steps[1, :5]))  # no reference yet
+    reading, evidence = kl_coefficient.reading(raw[1], steps[1])
+    last = out[1][-kl_coefficient.BASELINE :]
+    assert reading == pytest.approx(last[np.nanargmax(np.abs(last))]) and reading < -1.0
+    assert evidence is not None and evidence.z == reading and evidence.direction == "down"
+    assert math.isnan(kl_coefficient.reading(raw[1, :5], steps[1, :5])[0])  # no reference yet
 
 
 def _rows(run_id: str, seed: int, onset: int | None) -> list[dict]:

@@ -115,7 +115,8 @@ class Seen:
     (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
     last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`), and whether a
     reward function whose scores were 0 or 1 no longer is (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL
-    coefficient rule's signed units over the last records (:func:`rftfm.fm.kl_coefficient.reading`)."""
+    coefficient rule's signed units over the last records with the change as evidence
+    (:func:`rftfm.fm.kl_coefficient.reading`)."""
 
     broken: list[str]
     jump: float
@@ -131,6 +132,7 @@ class Seen:
     scale_evidence: SignalEvidence | None = None
     binary: bool = False
     coefficient: float = math.nan
+    coefficient_evidence: SignalEvidence | None = None
 
     @classmethod
     def read(
@@ -143,7 +145,7 @@ class Seen:
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary=binary, coefficient=kl_coefficient.reading(raw, steps))
+                   binary, *kl_coefficient.reading(raw, steps))
 
 
 @dataclass
@@ -401,6 +403,8 @@ class Diagnoser:
         )
         if penalty is None and seen.scale > self.scale_bar:
             penalty = seen.scale_evidence
+        if penalty is None:
+            penalty = seen.coefficient_evidence  # the KL coefficient the loss carries moved
         if penalty is not None:
             evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
         return Diagnosis(
@@ -816,6 +820,8 @@ def describe(e: SignalEvidence) -> str:
         return binary_reward.describe(e)
     if e.penalty_term is not None:
         return loss_penalty.describe_term(e)
+    if e.per_kl:
+        return kl_coefficient.describe(e)
     name = label(e.signal)
     if e.value is None:
         return f"{name} {e.direction}" if e.measured else name

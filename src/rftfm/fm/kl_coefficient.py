@@ -105,13 +105,23 @@ def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
-def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> float:
+def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> tuple[float, SignalEvidence | None]:
     """One run's signed units at its ``last`` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)): the one of
-    largest size (NaN: none judged). A moved coefficient becomes the reference a few records later, so the diagnoser
-    reads as far back as the reference reaches."""
-    units = cube_units(raw[None], steps[None])[0][np.flatnonzero(steps > 0)[-last:]]
-    units = units[np.isfinite(units)]
-    return float(units[np.argmax(np.abs(units))]) if units.size else math.nan
+    largest size (NaN: none judged), and the coefficient's change there as evidence where it passes a unit (else
+    None). A moved coefficient becomes the reference a few records later, so the diagnoser reads as far back as the
+    reference reaches."""
+    state, records = CoefficientState(), []
+    present = np.flatnonzero(steps > 0)
+    for i, s in enumerate(present):
+        values = state.advance(float(raw[s, LOSS]), float(raw[s, KL]))
+        if i >= len(present) - last and math.isfinite(values[0]):
+            records.append((values, i))
+    if not records:
+        return math.nan, None
+    values, at = max(records, key=lambda item: abs(item[0][0]))
+    if abs(values[0]) <= 1.0:
+        return values[0], None
+    return values[0], evidence(*values, int(steps[present[max(0, at - WINDOW + 1)]]))  # since the window's first
 
 
 def evidence(units: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
