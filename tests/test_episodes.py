@@ -29,6 +29,15 @@ def test_a_signed_level_is_judged_as_a_difference_and_an_overshoot_is_still_away
     assert len(lasting_deviations([ev], {"reward_mean": [0.8, 0.9]})) == 1  # far past the baseline the other way
 
 
+def test_a_kl_coefficient_is_judged_on_the_loss_per_unit_of_kl_as_a_ratio():
+    ev = SignalEvidence(signal="policy_loss", direction="down", value=0.0004, expected=0.04, z=-4.6, since_step=20,
+                        per_kl=True)
+    (kept,) = lasting_deviations([ev], {"policy_loss": [0.0002, 0.0004], "kl": [0.5, 1.0]})  # still 0.0004 per KL
+    assert kept.per_kl and math.isclose(kept.value, 0.0004) and kept.expected == 0.04
+    assert lasting_deviations([ev], {"policy_loss": [0.004, 0.008], "kl": [0.2, 0.2]}) == []  # 0.03: back (log)
+    assert lasting_deviations([ev], {"policy_loss": [0.01, None], "kl": [None, 0.2]}) is None  # no ratio to judge
+
+
 def test_signals_without_a_baseline_or_without_values_are_not_judged():
     no_baseline = SignalEvidence(signal="kl", direction="up", value=0.5)
     assert lasting_deviations([no_baseline], {"kl": [0.5, 0.5]}) is None

@@ -43,8 +43,8 @@ import numpy as np
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 
-LOSS = CUBE_SIGNALS.index("policy_loss")
-KL = CUBE_SIGNALS.index("kl")
+SIGNALS = ("policy_loss", "kl")  # the ratio's numerator and denominator
+LOSS, KL = (CUBE_SIGNALS.index(s) for s in SIGNALS)
 WINDOW = 3  # records whose median log-ratio is "now"
 BASELINE = 20  # records before the window whose median is "before"
 MIN_BASELINE = 6  # fewer: no reference yet

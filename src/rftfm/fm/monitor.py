@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from rftfm.fm import kl_coefficient
 from rftfm.fm.types import Alarm, Diagnosis, Episode, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
 from rftfm.signals import scale
@@ -129,6 +130,9 @@ def lasting_deviations(
     out, judged = [], 0
     for ev in evidence:
         seen = recent.get(ev.signal, ())
+        if ev.per_kl:  # its values are the loss per unit of KL: judged on that ratio
+            seen = [loss / kl if loss is not None and kl else None
+                    for loss, kl in zip(seen, recent.get(kl_coefficient.SIGNALS[1], ()))]
         finite = [float(v) for v in seen if v is not None and math.isfinite(v)]
         if ev.non_finite:
             judged += bool(seen)
@@ -140,12 +144,12 @@ def lasting_deviations(
             continue
         judged += 1
         now = sum(finite) / len(finite)
-        log = scale(ev.signal) == "log" and min(base, peak, now) > 0
+        log = (ev.per_kl or scale(ev.signal) == "log") and min(base, peak, now) > 0
         away = _distance(peak, base, log)
         if away > 0 and _distance(now, base, log) > CAME_BACK * away:
             out.append(SignalEvidence(
                 signal=ev.signal, direction=ev.direction, value=now, expected=base,
-                ratio=now / base if base else None, since_step=ev.since_step,
+                ratio=now / base if base else None, since_step=ev.since_step, per_kl=ev.per_kl,
             ))
     return out if judged else None
 
@@ -184,9 +188,11 @@ class EpisodeTracker:
                 if self._quiet >= self.quiet_steps:
                     episode.open = False
                     if len(self._recent) == self._quiet:  # every quiet step's values known
+                        signals = {ev.signal for ev in episode.evidence}
+                        if any(ev.per_kl for ev in episode.evidence):
+                            signals.update(kl_coefficient.SIGNALS)
                         episode.lasting = lasting_deviations(
-                            episode.evidence, {ev.signal: [r.get(ev.signal) for r in self._recent]
-                                               for ev in episode.evidence}
+                            episode.evidence, {s: [r.get(s) for r in self._recent] for s in signals}
                         )
                     changes.append(("clear", episode))
                     self.current = None
