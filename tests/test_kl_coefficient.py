@@ -57,6 +57,11 @@ def test_a_record_without_a_ratio_leaves_the_state_and_a_scattered_window_or_ref
     gapped = _units([0.0, *losses[:10], -0.01, math.nan, *losses[10:]], [0.0, *kls[:10], 0.01, 0.01, *kls[10:]])
     assert math.isnan(gapped[0]) and math.isnan(gapped[11]) and math.isnan(gapped[12])
     assert gapped[-1] == pytest.approx(base[-1])
+    # a record that clips (importance ratios other than 1: its policy term is not 0) leaves the state as it was too
+    state = kl_coefficient.CoefficientState()
+    clipped = [state.advance(loss, kl, 0.02 if i == 12 else 0.0)[0] for i, (loss, kl) in enumerate(zip(losses, kls))]
+    without = _units(losses[:12] + losses[13:], kls[:12] + kls[13:])
+    assert math.isnan(clipped[12]) and clipped[-1] == pytest.approx(without[-1])
     # a policy term that takes over the loss for a few records scatters the window: 0, whatever its level
     scattered = _units(losses[:12] + [50 * BETA * kls[12], 5 * BETA * kls[13], 20 * BETA * kls[14]], kls[:15])
     assert scattered[-1] == 0.0

@@ -689,7 +689,7 @@ class Detector:
         level = live.level.advance(raw[0, level_shift.COLUMNS])
         penalty = live.penalty.advance(float(raw[0, loss_penalty.LOSS]), float(raw[0, loss_penalty.ENTROPY]))
         scale = live.scale.advance(*(float(raw[0, k]) for k in (loss_scale.LOSS, loss_scale.ZERO_STD, loss_scale.CLIP)))
-        coefficient = live.coefficient.advance(float(raw[0, kl_coefficient.LOSS]), float(raw[0, kl_coefficient.KL]))
+        coefficient = live.coefficient.advance(*(float(raw[0, k]) for k in kl_coefficient.COLUMNS))
         lost = live.lost.advance(raw[0], step)
         parts = features.get(reward_identity.PARTS)
         identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]

@@ -11,8 +11,11 @@ the penalty out of the loss while the configured beta is logged, or a beta pushe
 factor it changed by, at every record from then on, while the loss itself stays tiny (a coefficient of 0.03 on a KL
 of 0.01) and no other logged metric moves at once.
 
-The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` (the rest leave the state as
-it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to read): the median
+The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` that do not clip (the rest
+leave the state as it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to
+read, and a record whose clip ratio is above 0 trained at importance ratios other than 1 -- rollouts of a stale
+policy, several optimiser steps on one batch -- so its policy term is not 0: such a record moved the ratio of a
+stale-rollout fault, which the diagnoser then named a KL push, docs/diagnosis.md): the median
 of the last :data:`WINDOW` log-ratios against the median of up to :data:`BASELINE` before them, once there are
 :data:`MIN_BASELINE` of those. It is judged only where the reference holds a coefficient (its log-ratios' robust sd
 at most :data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within :data:`WINDOW_SPREAD`, or
@@ -40,11 +43,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rftfm.fm import on_policy
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 
 SIGNALS = ("policy_loss", "kl")  # the ratio's numerator and denominator
 LOSS, KL = (CUBE_SIGNALS.index(s) for s in SIGNALS)
+CLIP = CUBE_SIGNALS.index(on_policy.SIGNAL)
+COLUMNS = (LOSS, KL, CLIP)  # what a record hands :meth:`CoefficientState.advance`
 WINDOW = 3  # records whose median log-ratio is "now"
 BASELINE = 20  # records before the window whose median is "before"
 MIN_BASELINE = 6  # fewer: no reference yet
@@ -68,11 +74,12 @@ class CoefficientState:
     def copy(self) -> "CoefficientState":
         return CoefficientState(deque(self.ratios, maxlen=WINDOW + BASELINE))
 
-    def advance(self, loss: float, kl: float) -> tuple[float, float, float]:
-        """Take in one record's loss and KL; return the signed units (positive: the coefficient rose; NaN: not
-        judged; 0: a reference or window without one coefficient), the coefficient now and before (the window's and the
-        reference's median ratio, read where the units are finite)."""
-        if not (math.isfinite(loss) and math.isfinite(kl) and loss > 0.0 and kl > KL_FLOOR):
+    def advance(self, loss: float, kl: float, clip: float = math.nan) -> tuple[float, float, float]:
+        """Take in one record's loss, KL and clip ratio (NaN: not logged); return the signed units (positive: the
+        coefficient rose; NaN: not judged; 0: a reference or window without one coefficient), the coefficient now and
+        before (the window's and the reference's median ratio, read where the units are finite)."""
+        has_ratio = math.isfinite(loss) and math.isfinite(kl) and loss > 0.0 and kl > KL_FLOOR
+        if not has_ratio or on_policy.units(clip) > 1.0:
             return UNJUDGED
         self.ratios.append(math.log(loss / kl))
         n = len(self.ratios)
@@ -101,7 +108,7 @@ def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
     for r in range(steps.shape[0]):
         state = CoefficientState()
         for s in np.flatnonzero(steps[r] > 0):
-            out[r, s] = state.advance(float(raw[r, s, LOSS]), float(raw[r, s, KL]))[0]
+            out[r, s] = state.advance(*(float(raw[r, s, k]) for k in COLUMNS))[0]
     return out
 
 
@@ -113,7 +120,7 @@ def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> tuple[f
     state, records = CoefficientState(), []
     present = np.flatnonzero(steps > 0)
     for i, s in enumerate(present):
-        values = state.advance(float(raw[s, LOSS]), float(raw[s, KL]))
+        values = state.advance(*(float(raw[s, k]) for k in COLUMNS))
         if i >= len(present) - last and math.isfinite(values[0]):
             records.append((values, i))
     if not records:
