@@ -722,9 +722,7 @@ class Detector:
             [live.identity.evidence()] if identity > 1.0 else [],
             binary,
             [live.binary.evidence()] if binary > 1.0 else [],
-            penalty,
-            scale,
-            coefficient,
+            penalty, scale, coefficient,
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:

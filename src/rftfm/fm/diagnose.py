@@ -398,15 +398,9 @@ class Diagnoser:
         for rule in (binary, identity):  # a reward rule broken, seen in the log: it leads
             if rule is not None:
                 evidence = [rule] + [e for e in evidence if e.signal != rule.signal]
-        penalty = (
-            loss_penalty.term_evidence(cube[0], steps[0], PENALTY_WINDOW) if seen.penalty > self.penalty_bar else None
-        )
-        if penalty is None and seen.scale > self.scale_bar:
-            penalty = seen.scale_evidence
-        if penalty is None:
-            penalty = seen.coefficient_evidence  # the KL coefficient the loss carries moved
-        if penalty is not None:
-            evidence = [penalty] + [e for e in evidence if e.signal != penalty.signal]
+        loss = self._loss_evidence(cube[0], steps[0], seen)
+        if loss is not None:
+            evidence = [loss] + [e for e in evidence if e.signal != loss.signal]
         return Diagnosis(
             run_id=run_id,
             step=int(step),
@@ -417,6 +411,17 @@ class Diagnoser:
                 None if unknown else ranked[0].fault_type, evidence, ranked[0].fault_type, records=history.height
             ),
         )
+
+    def _loss_evidence(self, raw: np.ndarray, steps: np.ndarray, seen: Seen) -> SignalEvidence | None:
+        """What the rules read in the loss, first of: a penalty it took on, its scale left, the KL coefficient it
+        carries moved (None: none of them)."""
+        if seen.penalty > self.penalty_bar:
+            penalty = loss_penalty.term_evidence(raw, steps, PENALTY_WINDOW)
+            if penalty is not None:
+                return penalty
+        if seen.scale > self.scale_bar and seen.scale_evidence is not None:
+            return seen.scale_evidence
+        return seen.coefficient_evidence
 
     def _track(self, run_id: str, cube: np.ndarray) -> np.ndarray:
         """``tracker.run_cube(cube)`` of one run, continued from the previous call's records when they are this
