@@ -14,18 +14,17 @@ of 0.01) and no other logged metric moves at once.
 The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` that do not clip (the rest
 leave the state as it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to
 read, and a record whose clip ratio is above 0 trained at importance ratios other than 1 -- rollouts of a stale
-policy, several optimiser steps on one batch -- so its policy term is not 0: such a record moved the ratio of a
-stale-rollout fault, which the diagnoser then named a KL push, docs/diagnosis.md): the median
-of the last :data:`WINDOW` log-ratios against the median of up to :data:`BASELINE` before them, once there are
+policy, several optimiser steps on one batch -- so its policy term is not 0: such records had moved the ratio of a
+stale-rollout fault, which the diagnoser then named a KL push, docs/diagnosis.md): the median of the last
+:data:`WINDOW` log-ratios against the median of up to :data:`BASELINE` before them, once there are
 :data:`MIN_BASELINE` of those. It is judged only where the reference holds a coefficient (its log-ratios' robust sd
-at most :data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within :data:`WINDOW_SPREAD`, or
-twice the reference's robust sd where that is wider: a coefficient is one number, while a policy term that takes
-over the loss for a few records scatters the ratio), and counts in units of
-:data:`LIMIT` (an e-fold change) or :data:`SPREAD_UNITS` robust sds of the run's own ratio, whichever is larger.
-Either direction counts; a unit above 1 alarms. A loss that is a policy term alone (verl's ``pg_loss``) holds no
-coefficient and is not judged: the collapsed
-verl run of ../shared/real-logs, whose KL rose 17-fold under a ``pg_loss`` of quantised noise, moved its ratio
-5.6 log units with a reference sd near 0.6.
+at most :data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log-ratios within
+:data:`WINDOW_SPREAD`, or twice the reference's robust sd where that is wider: a coefficient is one number, while a
+policy term that takes over the loss for a few records scatters the ratio), and counts in units of :data:`LIMIT` (an
+e-fold change) or :data:`SPREAD_UNITS` robust sds of the run's own ratio, whichever is larger. Either direction
+counts; a unit above 1 alarms. A loss that is a policy term alone (verl's ``pg_loss``) holds no coefficient and is
+not judged: the collapsed verl run of ../shared/real-logs, whose KL rose 17-fold under a ``pg_loss`` of quantised
+noise, moved its ratio 5.6 log units with a reference sd near 0.6.
 
 The limits were chosen on the development folds' runs (task groups arith_b, repeat, tool and logging every few
 steps); ``python scripts/kl_coefficient_runs.py --data DIR [--development]`` prints how far healthy records go (on
