@@ -5,11 +5,11 @@ A GRPO trainer logs ``loss = policy term + beta x KL`` and the KL beside it. At 
 on-policy step starts from, the policy term is minus the advantages' weighted mean, and group-relative advantages
 sum to 0 in every group: 0 exactly for a sequence-level loss, a small length covariance for a token-level one whose
 completions differ in length. So where a run's loss is its KL penalty, ``loss / KL`` is the coefficient in use,
-record after record (the benchmark's TRL-style runs hold it to a few per cent; a sequence-level loss's KL, averaged
-over tokens, moves it a little). A coefficient that changes mid-run -- a stale default or a unit mix-up that keeps
-the penalty out of the loss while the configured beta is logged, or a beta pushed far up -- moves that ratio by the
-factor it changed by, at every record from then on, while the loss itself stays tiny (a coefficient of 0.03 on a KL
-of 0.01) and no other logged metric moves at once.
+record after record (a sequence-level loss's KL, averaged over tokens, moves it a little; how far healthy records
+move it, per loss type, ``scripts/kl_coefficient_runs.py`` prints). A coefficient that changes mid-run -- a stale
+default or a unit mix-up that keeps the penalty out of the loss while the configured beta is logged, or a beta pushed
+far up -- moves that ratio by the factor it changed by, at every record from then on, while the loss itself stays
+tiny (a coefficient of 0.03 on a KL of 0.01) and no other logged metric moves at once.
 
 The statistic, over the records with a positive loss and a KL above :data:`KL_FLOOR` that do not clip (the rest
 leave the state as it was: a policy term that dominates a loss, or a run without a KL term, has no coefficient to
@@ -23,8 +23,8 @@ at most :data:`MAX_REFERENCE_SPREAD`) and the window agrees with itself (its log
 policy term that takes over the loss for a few records scatters the ratio), and counts in units of :data:`LIMIT` (an
 e-fold change) or :data:`SPREAD_UNITS` robust sds of the run's own ratio, whichever is larger. Either direction
 counts; a unit above 1 alarms. A loss that is a policy term alone (verl's ``pg_loss``) holds no coefficient and is
-not judged: the collapsed verl run of ../shared/real-logs, whose KL rose 17-fold under a ``pg_loss`` of quantised
-noise, moved its ratio 5.6 log units with a reference sd near 0.6.
+not judged: the collapsed verl run of ../shared/real-logs, whose KL sat near 17 under a ``pg_loss`` of quantised
+noise, moved its ratio 5.6 log units at step 31 with a reference robust sd of 0.86 (a window spanning 1.1).
 
 The limits were chosen on the development folds' runs (task groups arith_b, repeat, tool and logging every few
 steps); ``python scripts/kl_coefficient_runs.py --data DIR [--development]`` prints how far healthy records go (on
