@@ -12,7 +12,6 @@ generations of the benchmark (docs/detection.md, stop 43) differ by about what t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,25 +40,17 @@ def main() -> None:
     intervals.add_arguments(parser)
     parser.add_argument("--data", type=Path, help="the benchmark it was run on (run groups, for older results)")
     args = parser.parse_args()
-    result = json.loads(args.result.read_text(encoding="utf-8"))
-    against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
-    tiers = args.tiers.split(",") if args.tiers else list(result["methods"])
-    print(
-        f"{args.result}: RFT-FM, mid-run onsets, protocol B; 95 % intervals over {args.reps} resamples of runs"
-        + (f"; minus {args.against} on the same resamples" if against else "")
-    )
+    result, against, tiers = intervals.read_results(args, "methods", "RFT-FM, mid-run onsets, protocol B")
     names = {**{s: f"F1 {s}" for s in STRENGTHS}, "healthy": "healthy rows alarmed %"}
     for tier in tiers:
         runs, c = checked(result, tier, args.data)
-        w = intervals.weights(len(runs), args.reps, args.seed)
-        before = None
+        c_0 = None
         if against is not None:
             runs_0, c_0 = checked(against, tier, args.data)
             if runs_0 != runs:
                 raise SystemExit(f"tier {tier}: the two files hold different runs")
-            before = intervals.headline(np.ones(len(runs)), c_0), intervals.headline(w, c_0)
-        point, boot = intervals.headline(np.ones(len(runs)), c), intervals.headline(w, c)
-        print(f"tier {tier} ({len(runs)} runs): " + ", ".join(intervals.describe(names, point, boot, before)))
+        estimates = intervals.paired(intervals.headline, intervals.weights(len(runs), args.reps, args.seed), c, c_0)
+        print(f"tier {tier} ({len(runs)} runs): " + ", ".join(intervals.describe(names, *estimates)))
 
 
 if __name__ == "__main__":

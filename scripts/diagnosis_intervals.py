@@ -12,7 +12,6 @@ easy set itself changes, which these intervals (over runs, for one set) do not c
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -56,30 +55,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     intervals.add_arguments(parser)
     args = parser.parse_args()
-    result = json.loads(args.result.read_text(encoding="utf-8"))
-    against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
-    tiers = args.tiers.split(",") if args.tiers else list(result["tiers"])
-    print(
-        f"{args.result}: Diagnoser, family / type top-1 %; 95 % intervals over {args.reps} resamples of runs"
-        + (f"; minus {args.against} on the same resamples" if against else "")
-    )
+    result, against, tiers = intervals.read_results(args, "tiers", "Diagnoser, family / type top-1 %")
     names = {"family": "family", "type": "type"}
     for tier in tiers:
         for subset in SUBSETS:
             c, runs = checked(result, tier, subset)
-            w = intervals.weights(len(runs), args.reps, args.seed)
-            before = None
+            c_0 = None
             if against is not None:
                 c_0, runs_0 = checked(against, tier, subset)
                 if runs_0 != runs:
                     raise SystemExit(f"tier {tier}: the two files hold different runs")
-                before = rates(np.ones(len(runs)), c_0), rates(w, c_0)
-            point, boot = rates(np.ones(len(runs)), c), rates(w, c)
+            estimates = intervals.paired(rates, intervals.weights(len(runs), args.reps, args.seed), c, c_0)
             rows, units = int(c["rows"].sum()), int((c["rows"] > 0).sum())
-            print(
-                f"tier {tier}, {subset} ({rows} rows of {units} runs): "
-                + ", ".join(intervals.describe(names, point, boot, before))
-            )
+            described = ", ".join(intervals.describe(names, *estimates))
+            print(f"tier {tier}, {subset} ({rows} rows of {units} runs): {described}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,6 +101,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiers", default=None, help="comma-separated (default: every tier in the file)")
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def read_results(args: argparse.Namespace, tiers_key: str, what: str) -> tuple[dict, dict | None, list[str]]:
+    """The result and the ``--against`` one of :func:`add_arguments`' ``args``, the tiers asked for (default: the
+    result's ``tiers_key``), after printing what the lines that follow measure (``what``)."""
+    result = json.loads(args.result.read_text(encoding="utf-8"))
+    against = json.loads(args.against.read_text(encoding="utf-8")) if args.against else None
+    print(
+        f"{args.result}: {what}; 95 % intervals over {args.reps} resamples of runs"
+        + (f"; minus {args.against} on the same resamples" if against else "")
+    )
+    return result, against, args.tiers.split(",") if args.tiers else list(result[tiers_key])
+
+
+def paired(
+    stat: Callable[[np.ndarray, Any], dict[str, np.ndarray]], w: np.ndarray, c: Any, c_before: Any = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None]:
+    """``stat`` of the runs' contributions ``c`` at the point (every run once) and over the resamples ``w``, and, with
+    ``c_before`` (an earlier result's contributions of the same runs), its own: :func:`describe`'s arguments."""
+    ones = np.ones(w.shape[1])
+    before = None if c_before is None else (stat(ones, c_before), stat(w, c_before))
+    return stat(ones, c), stat(w, c), before
 
 
 def _span(values: np.ndarray) -> str:
