@@ -1,11 +1,13 @@
-"""What the run-counting scripts share (scripts/non_finite_runs.py, scripts/reward_identity_runs.py): a benchmark
-loaded from ``--data``, each run's kind (``normal``, ``control``, ``fault <type>``), and the per-kind count they print.
+"""What the run-counting scripts share (scripts/non_finite_runs.py, scripts/reward_identity_runs.py, the loss
+rules' scripts): a benchmark loaded from ``--data``, each run's kind (``normal``, ``control``, ``fault <type>``), and
+what they print per kind and per loss type.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -52,6 +54,23 @@ def healthy_peaks(stats: np.ndarray, steps: np.ndarray, onset: np.ndarray) -> np
     run's before onset; NaN: none judged)."""
     healthy = (steps > 0) & (steps < onset[:, None])
     return np.fmax.reduce(np.where(healthy, stats, np.nan), axis=1)
+
+
+def print_healthy_peaks(
+    peak: np.ndarray, ids: list[str], loss_types: np.ndarray, what: str, show: Callable[[float], str],
+    limit: float | None = None,
+) -> None:
+    """Per loss type, the runs whose healthy records were judged (``peak`` of :func:`healthy_peaks`), how many pass
+    ``limit`` if given, the median and largest of their peaks (``what``, each as ``show`` writes it), then the five
+    runs with the largest."""
+    for loss_type in sorted(set(loss_types)):
+        judged = np.isfinite(peak) & (loss_types == loss_type)
+        if judged.any():
+            alarmed = f", {int((peak[judged] > limit).sum())} alarmed" if limit is not None else ""
+            print(f"healthy records, loss type {loss_type}: {int(judged.sum())} runs judged{alarmed}; largest {what} "
+                  f"per run: median {show(float(np.median(peak[judged])))}, largest {show(float(peak[judged].max()))}")
+    for r in np.argsort(-np.nan_to_num(peak, nan=-np.inf))[:5]:
+        print(f"  {ids[r]} ({loss_types[r]}): {show(float(peak[r]))}")
 
 
 def print_mid_run_crossings(

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 import polars as pl
-from benchmark_runs import healthy_peaks, load_runs, onsets, print_mid_run_crossings
+from benchmark_runs import healthy_peaks, load_runs, onsets, print_healthy_peaks, print_mid_run_crossings
 
 from rftfm.fm import kl_coefficient
 from rftfm.fm.cube import runs_cube
@@ -37,14 +37,7 @@ def main() -> None:
     peak = healthy_peaks(units, steps, onset)
     loss_types = np.array(runs["loss_type"].to_list())
     print(f"{len(ids)} runs; an alarm above 1 unit")
-    for loss_type in sorted(set(loss_types)):
-        judged = np.isfinite(peak) & (loss_types == loss_type)
-        if judged.any():
-            print(f"healthy records, loss type {loss_type}: {int(judged.sum())} runs judged, "
-                  f"{int((peak[judged] > 1.0).sum())} alarmed; largest units per run: median "
-                  f"{np.median(peak[judged]):.3f}, largest {peak[judged].max():.3f}")
-    for r in np.argsort(-np.nan_to_num(peak, nan=-np.inf))[:5]:
-        print(f"  {ids[r]} ({loss_types[r]}): {peak[r]:.3f}")
+    print_healthy_peaks(peak, ids, loss_types, "units", lambda v: f"{v:.3f}", limit=1.0)
     print_mid_run_crossings(units, steps, onset, kinds, 1.0, "mid-run faulty runs it alarms at or after onset")
 
 

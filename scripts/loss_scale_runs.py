@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from benchmark_runs import healthy_peaks, load_runs, onsets, print_mid_run_crossings
+from benchmark_runs import healthy_peaks, load_runs, onsets, print_healthy_peaks, print_mid_run_crossings
 
 from rftfm.fm import loss_scale
 from rftfm.fm.cube import runs_cube
@@ -29,13 +29,7 @@ def main() -> None:
     peak = healthy_peaks(stats, steps, onset)
     loss_types = np.array(runs["loss_type"].to_list())
     print(f"shipped threshold (tier a): {threshold:.3f} = x{math.exp(threshold):.2f} the largest magnitude before")
-    for loss_type in sorted(set(loss_types)):
-        judged = np.isfinite(peak) & (loss_types == loss_type)
-        if judged.any():
-            print(f"healthy records, loss type {loss_type}: {int(judged.sum())} runs judged; largest ratio per run: "
-                  f"median x{math.exp(np.median(peak[judged])):.2f}, largest x{math.exp(peak[judged].max()):.2f}")
-    for r in np.argsort(-np.nan_to_num(peak, nan=-np.inf))[:5]:
-        print(f"  {ids[r]} ({loss_types[r]}): x{math.exp(peak[r]):.2f}")
+    print_healthy_peaks(peak, ids, loss_types, "ratio", lambda v: f"x{math.exp(v):.2f}")
     print_mid_run_crossings(stats, steps, onset, kinds, threshold,
                             "mid-run faulty runs whose statistic crosses the shipped threshold after onset")
 
