@@ -65,7 +65,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a benchmark directory whose runs the summary holds (not a preset)")
     parser.add_argument("--detector", help="the detector artifact the summary used (default: the shipped one)")
     parser.add_argument("--diagnoser", help="the diagnoser artifact the summary used (default: the shipped one)")
-    parser.add_argument("--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, generic or on)")
+    parser.add_argument(
+        "--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, trainside, generic or on)"
+    )
     parser.add_argument(
         "--digest",
         type=Path,

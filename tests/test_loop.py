@@ -731,6 +731,46 @@ def test_a_code_fault_diagnosed_with_confidence_halts_while_accuracy_holds():  #
     assert ctl.mode == "halted"
 
 
+class AlarmsFromCall(ScriptedDetector):
+    """Alarms at every record from its ``first``-th on, whatever the step (a fault a rollback does not undo)."""
+
+    def __init__(self, first: int):
+        super().__init__({})
+        self.first = first
+
+    def observe(self, rec, trajectories):
+        self.seen.append(rec.step)
+        if len(self.seen) < self.first:
+            return None
+        return Alarm(run_id=rec.run_id, step=rec.step, score=1.5, threshold=1.0)
+
+
+class SequenceDiagnoser:
+    """Diagnoses ``(type, p)`` in call order; the last one repeats."""
+
+    def __init__(self, *answers: tuple[str, float]):
+        self.answers, self.calls = list(answers), 0
+
+    def diagnose(self, history, run_id, step, task_group=None, model_size=None):
+        self.calls += 1
+        return FixedDiagnoser(*self.answers[min(self.calls, len(self.answers)) - 1]).diagnose(history, run_id, step)
+
+
+def test_a_code_fault_behind_a_knob_push_halts_when_undoing_the_push_does_not_clear_it():
+    # an fp16 blow-up whose injection also pushed the LR: the push is undone first (rollback + restore); the
+    # anomaly persists, and the diagnoser, reading the repair's aftermath, is unsure of a knob fault instead
+    diagnoser = SequenceDiagnoser(("numerical_blowup", 0.95), ("sampling_temperature", 0.6))
+    ctl, rec = _controller(AlarmsFromCall(8), diagnoser=diagnoser)
+    for s in range(1, 20):
+        if s == 3:
+            ctl.handle.set("learning_rate", 3e-2)
+        ctl.observe(rec(s), [])
+    actions = [e["payload"] for e in ctl.store.events(kind="action")]
+    assert "changed since" in actions[0]["reason"] and actions[1]["knob"] == "learning_rate"  # the push undone
+    assert ctl.mode == "halted" and actions[-1]["kind"] == "halt"  # then the blow-up's own ladder, on p = 0.95
+    assert "numerical_blowup" in [e["payload"].get("fault_type") for e in ctl.store.events(kind="action")][-1]
+
+
 class StepDiagnoser:
     """Diagnoses ``(type, p)`` by step: the last entry at or before the step."""
 

@@ -216,6 +216,27 @@ def test_escalation_keeps_the_type_being_repaired_unless_the_new_diagnosis_is_co
             assert again.rung.halt  # a confident code-fault diagnosis: halt
 
 
+def test_after_an_undone_knob_change_fails_the_diagnosed_type_stays_the_one_being_repaired():
+    # a fp16 blow-up with the LR pushed: the push is undone first; the anomaly persists and the diagnoser,
+    # reading the repair's aftermath, is unsure of something else -- the blow-up's own ladder comes next
+    current, healthy = {"learning_rate": 6e-4, "temperature": 1.0}, {"learning_rate": 2e-5, "temperature": 1.0}
+    named = diagnosis("numerical_blowup", 0.97)
+    for later in (diagnosis("sampling_temperature", 0.6), diagnosis(None)):
+        rem = Remediator()
+        assert rem.plan(named, ALL, current, healthy).fault_type == "knob_drift"
+        assert rem.diagnosis_behind("numerical_blowup") is named
+        again = rem.plan(later, ALL, healthy, healthy, escalate=True)
+        assert again.fault_type == "numerical_blowup" and again.rung_index == 0 and again.rung.halt
+        assert rem.diagnosis_behind("numerical_blowup") is named  # the halt rests on the diagnosis that named it
+        rem.withdraw()
+        assert rem.diagnosis_behind("numerical_blowup") is named and rem.interventions == 1
+    # a confident new diagnosis still replaces it
+    rem = Remediator()
+    rem.plan(named, ALL, current, healthy)
+    sure = rem.plan(diagnosis("sampling_temperature", 0.9), ALL, healthy, healthy, escalate=True)
+    assert sure.fault_type == "sampling_temperature" and rem.diagnosis_behind("numerical_blowup") is None
+
+
 def test_a_knob_change_to_the_value_the_knob_has_is_set_aside_not_planned():
     rem = Remediator()
     knobs = {"temperature": 1.0, "learning_rate": 1e-3}

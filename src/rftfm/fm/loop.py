@@ -240,8 +240,11 @@ class Controller:
             info, now = self._rollback_point(), self._accuracy_now()
             then = self.heldout.at_or_before(info.step) if info is not None else None
             code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
-            case = policy.HaltCase(plan.fault_type, code_fault, policy.halt_probability(diagnosis, plan.fault_type),
-                                   then, now, policy.one_record_missing(diagnosis))
+            # an escalation that kept the type on an unsure new diagnosis rests on the one that named it
+            behind = self.remediator.diagnosis_behind(plan.fault_type)
+            probability = max((policy.halt_probability(d, plan.fault_type) or 0.0 for d in (diagnosis, behind)))
+            case = policy.HaltCase(plan.fault_type, code_fault, probability, then, now,
+                                   policy.one_record_missing(diagnosis))
             hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken

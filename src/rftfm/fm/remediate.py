@@ -124,14 +124,20 @@ class Remediator:
         self.interventions = 0
         self._type: str | None = None
         self._rung = -1
+        self._chosen: Diagnosis | None = None  # the diagnosis that made ``_type`` the type being repaired
         self._blind_acted = 0
-        self._before_plan: tuple[int, str | None, int, int] = (0, None, -1, 0)
+        self._before_plan: tuple[int, str | None, int, Diagnosis | None, int] = (0, None, -1, None, 0)
         self._ceilings: dict[str, float] = {}
         self._pushed_from: dict[str, Any] = {}
 
     def withdraw(self) -> None:
         """The last plan was not carried out: it leaves no trace (budget, rung reached, blind interventions)."""
-        self.interventions, self._type, self._rung, self._blind_acted = self._before_plan
+        self.interventions, self._type, self._rung, self._chosen, self._blind_acted = self._before_plan
+
+    def diagnosis_behind(self, fault_type: str | None) -> Diagnosis | None:
+        """The diagnosis that made ``fault_type`` the type being repaired (``None`` when it is not): an escalation
+        that keeps the type on an unsure new diagnosis still rests on it."""
+        return self._chosen if fault_type is not None and fault_type == self._type else None
 
     @property
     def exhausted(self) -> bool:
@@ -188,13 +194,16 @@ class Remediator:
         """
         self._ceilings = ceilings or {}
         self._pushed_from = pushed_from or {}
-        self._before_plan = (self.interventions, self._type, self._rung, self._blind_acted)
+        self._before_plan = (self.interventions, self._type, self._rung, self._chosen, self._blind_acted)
         if self.exhausted:
             return None
         if self.drift_first and not escalate and self.feasible(DRIFT_RUNG, caps) is not None:
             drifted = {k for k, v in healthy.items() if k in current and k in caps.knobs and current[k] != v}
             if drifted:  # a new incident right after a knob change: undo the change first, then the ladder
-                self._type, self._rung = None, -1
+                # the diagnosis stays the type being repaired (before its first rung): if undoing the change does
+                # not clear the anomaly, an unsure new diagnosis does not replace it (:meth:`_next_rung`)
+                self._type, self._rung = self.diagnosed_type(diagnosis), -1
+                self._chosen = diagnosis if self._type is not None else None
                 self.interventions += 1
                 actions = self._actions(DRIFT_RUNG, diagnosis, current, healthy, self._ceilings, self._pushed_from)
                 return Plan("knob_drift", -1, DRIFT_RUNG, actions, diagnosed_type=self.diagnosed_type(diagnosis))
@@ -206,6 +215,8 @@ class Remediator:
             rung = self.feasible(ladder[index], caps)
             if rung is None:
                 continue
+            if fault_type != self._type or self._chosen is None:
+                self._chosen = diagnosis if fault_type is not None else None
             self._type, self._rung = fault_type, index
             self._blind_acted += int(fault_type is None and not self.generic)
             self.interventions += 1
@@ -225,8 +236,8 @@ class Remediator:
             return fault_type, 0
         if fault_type is not None and fault_type == self._type:
             return fault_type, self._rung + 1  # the same fault again: the last rung was not enough
-        if escalate and fault_type is None and self._rung >= 0:
-            return self._type, self._rung + 1
+        if escalate and fault_type is None and (self._rung >= 0 or self._type is not None):
+            return self._type, self._rung + 1  # (after an undone knob change: the diagnosed type's first rung)
         return fault_type, 0
 
     def halt_plan(self, fault_type: str, diagnosis: Diagnosis | None, caps: Capabilities) -> Plan | None:
@@ -236,7 +247,7 @@ class Remediator:
         rung = self.feasible(ladder[-1], caps)
         if rung is None or not rung.halt:
             return None
-        self._type, self._rung = fault_type, len(ladder) - 1
+        self._type, self._rung, self._chosen = fault_type, len(ladder) - 1, diagnosis
         actions = self._actions(rung, diagnosis, {}, {})
         return Plan(fault_type, len(ladder) - 1, rung, actions, diagnosed_type=fault_type)
 
