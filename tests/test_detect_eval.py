@@ -287,3 +287,41 @@ def test_a_cache_written_for_other_runs_is_refused(bench, tmp_path):
         app, ["bench", "evaluate", "detection", "--data", str(bench), "--split", "seed", "--cache", str(cache)]
     )
     assert res.exit_code == 2 and "other runs" in res.output, res.output
+
+
+def _trainer_rows(run_id: str, clip_from: int = 99, flip_from: int = 99) -> list[dict]:
+    rng = np.random.default_rng(3)
+    return [
+        {"run_id": run_id, "step": s, "reward_mean": 0.4 + 0.01 * s + rng.normal(0, 0.02), "reward_std": 0.3,
+         "kl": 0.01 * (1 + 0.05 * s), "entropy": 1.0 - 0.01 * s, "grad_norm": 1.0 + rng.normal(0, 0.1),
+         "completion_length_mean": 20.0 + rng.normal(0, 0.5), "clip_ratio_region": 0.03 if s >= clip_from else 0.0,
+         "traj_advantage_residual": 1.0 if s >= flip_from else 0.0, "traj_advantage_zeroed": 0.0}
+        for s in range(1, 15)
+    ]
+
+
+def test_in_the_trainer_the_clip_ratio_and_the_handed_over_invariants_alarm_where_a_log_alone_cannot():
+    from rftfm.bench.eval_detection import InTrainerMethod, RFTFMMethod, mask_tier
+    from rftfm.fm.cube import runs_cube
+
+    ids = ["stale_sampler", "flipped_advantages", "healthy"]
+    rows = _trainer_rows(ids[0], clip_from=9) + _trainer_rows(ids[1], flip_from=9) + _trainer_rows(ids[2])
+    frame = pl.DataFrame(rows)
+    cube, steps = runs_cube(frame, ids)
+    cubes = RunCubes(ids, cube, steps)
+    detector = Detector.load_default()
+    log_alone = RFTFMMethod("a", detector=detector).score(mask_tier(cubes, "a"))
+    in_trainer = InTrainerMethod("a", detector=detector).score(mask_tier(cubes, "a", InTrainerMethod.handed_over))
+    assert (log_alone < 1).all()  # a tier-a log has no invariants, and its clip ratio says nothing on its own
+    assert (in_trainer[:2, 8:] > 1).all() and (in_trainer[:2, :8] < 1).all()  # both from step 9, not before
+    np.testing.assert_array_equal(in_trainer[2], log_alone[2])  # a healthy run scores the same
+    assert not detector.on_policy and not detector.invariants_known  # a shared detector is left as it was
+
+
+def test_the_in_trainer_row_comes_beside_rft_fm_on_the_same_fit(bench):
+    result = evaluate_detection(bench, "seed", tiers=("a",), detector_config=FAST, with_baselines=False,
+                                in_trainer=True)
+    methods = result["methods"]["a"]
+    assert list(methods) == ["RFT-FM", "RFT-FM in the trainer"]
+    assert len(methods["RFT-FM in the trainer"]["runs"]) == len(methods["RFT-FM"]["runs"])
+    assert "#### RFT-FM in the trainer, tier a: recall by fault type" in to_markdown(result)

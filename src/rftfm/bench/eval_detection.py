@@ -52,11 +52,12 @@ from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
-from rftfm.fm.features import features_frame
+from rftfm.fm.features import INVARIANT_FEATURES, features_frame
 from rftfm.fm.profile_detect import ProfileDetector
 from rftfm.io.loader import load_benchmark
 
 RFTFM = "RFT-FM"
+IN_TRAINER = "RFT-FM in the trainer"
 PROFILE = "RFT-FM profile"
 
 
@@ -83,6 +84,29 @@ class RFTFMMethod(Baseline):
             runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary
         )
         return scores
+
+
+class InTrainerMethod(RFTFMMethod):
+    """RFT-FM as :class:`~rftfm.integrations.trl_callback.RFTFMCallback` runs it inside a TRL GRPOTrainer, which tells
+    the detector what a log read alone does not say: the trainer's configuration trains on-policy (TRL's own test,
+    :func:`~rftfm.fm.on_policy.trl_on_policy`, holds for every benchmark run: one optimiser step per fresh batch), so
+    any clip ratio above 0 alarms; and the trainer hands over its batch's advantage invariants
+    (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals. The
+    same fit as :class:`RFTFMMethod`; only the scoring knows more."""
+
+    name = IN_TRAINER
+    #: signals the trainer hands over beside the tier's own (read by the fitting-free invariant channel only)
+    handed_over = INVARIANT_FEATURES
+
+    def score(self, runs: RunCubes) -> np.ndarray:
+        known = self.detector.on_policy, self.detector.invariants_known  # (a detector passed in may be shared)
+        self.detector.know_on_policy(True)
+        self.detector.know_invariants(True)
+        try:
+            return super().score(runs)
+        finally:
+            self.detector.know_on_policy(known[0])
+            self.detector.know_invariants(known[1])
 
 
 class ProfileMethod(Baseline):
@@ -118,9 +142,9 @@ class ProfileMethod(Baseline):
         return np.where(np.isfinite(scores), scores > self.thresholds[:, None], False) & (runs.steps > 0)
 
 
-def mask_tier(cubes: RunCubes, tier: str) -> RunCubes:
-    """The cubes as a log of ``tier`` has them: signals outside the tier are missing."""
-    hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier]]
+def mask_tier(cubes: RunCubes, tier: str, keep: tuple[str, ...] = ()) -> RunCubes:
+    """The cubes as a log of ``tier`` has them: signals outside the tier (and ``keep``) are missing."""
+    hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier] and s not in keep]
     cube = cubes.cube.copy()
     cube[..., hidden] = np.nan
     return RunCubes(cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity, cubes.binary)
@@ -273,8 +297,11 @@ def _methods(
     baselines: list[str] | None,
     with_baselines: bool,
     seed: int,
+    in_trainer: bool = False,
 ) -> list[Baseline]:
     rftfm: list[Baseline] = [RFTFMMethod(tier, detector_config, detector)]
+    if in_trainer:
+        rftfm.append(InTrainerMethod(tier, detector_config, detector))
     if not with_baselines:
         return rftfm
     return rftfm + [ProfileMethod()] + make_baselines(seed, baselines)
@@ -327,6 +354,7 @@ class _FoldJob:
     detector: Detector | None
     seed: int
     cache: str | None
+    in_trainer: bool = False
 
 
 _LOADED: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
@@ -379,7 +407,10 @@ def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> 
     out = []
     for tier in job.tiers:
         test_cubes, normal_cubes = mask_tier(all_test, tier), mask_tier(all_normal, tier)
-        for method in _methods(tier, job.detector, job.detector_config, job.baselines, job.with_baselines, job.seed):
+        methods = _methods(
+            tier, job.detector, job.detector_config, job.baselines, job.with_baselines, job.seed, job.in_trainer
+        )
+        for method in methods:
             path = _cache_path(job, tier, method.name)
             if path is not None and path.exists():
                 out.append((tier, method.name, pl.read_parquet(path)))
@@ -387,8 +418,10 @@ def _run_fold(job: _FoldJob, on_method: Callable[[str], None] | None = None) -> 
             if on_method:
                 on_method(f"{job.fold} / tier {tier} / {method.name}")
             start = time.perf_counter()
-            alarms = _fit_and_alarm(method, train, test, features, normal_cubes, test_cubes, target, job.seed)
-            outcomes = run_outcomes(test, test_cubes, alarms).with_columns(
+            handed_over = getattr(method, "handed_over", ())
+            cubes = mask_tier(all_test, tier, handed_over) if handed_over else test_cubes
+            alarms = _fit_and_alarm(method, train, test, features, normal_cubes, cubes, target, job.seed)
+            outcomes = run_outcomes(test, cubes, alarms).with_columns(
                 fold=pl.lit(job.fold), seconds=pl.lit(time.perf_counter() - start)
             )
             if path is not None:
@@ -411,12 +444,13 @@ def evaluate_detection(
     workers: int = 1,
     cache: str | Path | None = None,
     only: list[str] | None = None,
+    in_trainer: bool = False,
 ) -> dict[str, Any]:
     """Evaluate RFT-FM (fitted per fold, or ``detector`` as given) and the baselines, per tier.
 
     ``workers`` > 1 evaluates folds in that many processes; ``cache`` keeps each fold x tier x method's
     outcomes in a directory, so an interrupted evaluation resumes (delete it when the code changes); ``only``:
-    evaluate these folds only."""
+    evaluate these folds only; ``in_trainer``: also RFT-FM as the TRL callback runs it (:class:`InTrainerMethod`)."""
     runs, _ = _load(str(root))
     if cache is not None:
         _claim_cache(Path(cache), runs)
@@ -440,6 +474,7 @@ def evaluate_detection(
             detector,
             seed,
             None if cache is None else str(cache),
+            in_trainer,
         )
         for name, train, test in folds
     ]
@@ -495,7 +530,7 @@ def _collect(parts: list[Any], tiers: tuple[str, ...]) -> dict[str, Any]:
                 **_summaries(out),
                 "seconds": round(float(out.group_by("fold").agg(pl.col("seconds").first())["seconds"].sum()), 1),
             }
-            if name == RFTFM:
+            if name in (RFTFM, IN_TRAINER):
                 results[tier][name]["by_fold"] = _by_fold(out)
                 results[tier][name]["runs"] = out.select(*_RUN_COLUMNS).to_dicts()
     return results
@@ -573,6 +608,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += _fold_lines(result["methods"][tier][RFTFM].get("by_fold", []), tier)
     for tier in result["tiers"]:
         lines += _type_lines(result["methods"][tier][RFTFM], tier)
+        if IN_TRAINER in result["methods"][tier]:
+            lines += _type_lines(result["methods"][tier][IN_TRAINER], tier, IN_TRAINER)
     return "\n".join(lines) + "\n"
 
 
@@ -615,11 +652,11 @@ def _fold_lines(by_fold: list[dict[str, Any]], tier: str) -> list[str]:
     ]
 
 
-def _type_lines(rftfm: dict[str, Any], tier: str) -> list[str]:
-    """RFT-FM's recall, pre-onset alarms and delay per fault type and strength."""
+def _type_lines(rftfm: dict[str, Any], tier: str, name: str = RFTFM) -> list[str]:
+    """RFT-FM's (or the method ``name``'s) recall, pre-onset alarms and delay per fault type and strength."""
     return [
         "",
-        f"#### {RFTFM}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay",
+        f"#### {name}, tier {tier}: recall by fault type (protocol B), pre-onset alarms, median delay",
         "",
         "| family | type | setting | runs | recall | pre-onset alarms | median delay |",
         "|---|---|---|---|---|---|---|",

@@ -74,6 +74,8 @@ def evaluate_detection_cmd(
     fold: Optional[str] = typer.Option(None, help="evaluate only these folds (comma-separated, e.g. task=digits)"),
     cache: Optional[Path] = typer.Option(None, help="keep each fold's outcomes here; a re-run resumes from them "
                                          "(delete it when the code changes)"),
+    in_trainer: bool = typer.Option(False, "--in-trainer", help="also RFT-FM as the TRL callback runs it: the "
+                                    "trainer's on-policy configuration and advantage invariants known"),
 ) -> None:
     """Run-level P/R/F1 (protocol B), false alarms and delay for RFT-FM and the baselines, per input tier."""
     from rftfm.bench.eval_detection import RFTFM, StaleCache, evaluate_detection, to_markdown
@@ -86,7 +88,7 @@ def evaluate_detection_cmd(
                 baselines=baselines.split(",") if baselines else None, with_baselines=not no_baselines,
                 detector=Detector.load(detector) if detector else None,
                 on_method=lambda name: status.update(f"fitting and scoring: {name}"), workers=workers, cache=cache,
-                only=[f.strip() for f in fold.split(",") if f.strip()] if fold else None,
+                only=[f.strip() for f in fold.split(",") if f.strip()] if fold else None, in_trainer=in_trainer,
             )
         except StaleCache as exc:
             fail(str(exc))

@@ -548,7 +548,9 @@ class Detector:
         ``tier`` defaults to the richest one the cube has (any trajectory aggregate / accuracy present).
         ``learning_rate`` (R, S): the logged learning rate (:func:`~rftfm.fm.cube.runs_schedule`) for the schedule
         channel, which is silent without it (and after :meth:`know_schedule`); after :meth:`know_on_policy`, the
-        on-policy check too. ``identity`` (R, S): the reward identity's units
+        on-policy check too. The advantage invariants are read whatever the tier, as :meth:`observe` reads them (a
+        trainer hands them over; armed from the first record after :meth:`know_invariants`). ``identity`` (R, S): the
+        reward identity's units
         (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged); ``binary`` (R, S): the binary-reward
         rule's (:func:`~rftfm.fm.binary_reward.runs_units`; ``None``: not judged).
         """
@@ -560,8 +562,9 @@ class Detector:
         x = self.tracker.run_cube(np.where(steps[..., None] > 0, masked, np.nan))
         learned = self._predict(self.models[tier], x[..., self._columns(tier)], steps)
         learned = _persistent(learned, steps, self.config.persistence)
-        invariant = np.fmax(
-            invariants.armed_units(masked, steps).max(axis=-1), non_finite.units(non_finite.cube_lost(masked, steps))
+        invariant = np.fmax(  # the invariants whatever the tier, as :meth:`observe` reads them
+            invariants.armed_units(raw, steps, self.invariants_known).max(axis=-1),
+            non_finite.units(non_finite.cube_lost(masked, steps)),
         )
         for units in (identity, binary):
             if units is not None:
