@@ -315,8 +315,9 @@ def test_evaluation_reports_every_metric(bench, tmp_path: Path) -> None:
         return steps, dict.fromkeys(steps, "detector")
 
     folds = result["folds"]
-    result, _ = evaluate_split(runs, features, "seed", alarm_fn=at_an_alarm, tiers=("a",), only=folds)
+    result, _ = evaluate_split(runs, features, "seed", alarm_fn=at_an_alarm, tiers=("a", "a-trainer"), only=folds)
     assert result["folds"] == folds
+    assert result["tiers"]["a-trainer"]["diagnoser"]["all"]["n"] == result["test_faulty_runs"]
     d = result["tiers"]["a"]["diagnoser"]
     assert d["detected easy"] == d["easy"] and result["alarm_source"] == {"detector": result["test_faulty_runs"]}
     assert "| a | Diagnoser | detected easy |" in markdown_report(result)
@@ -592,3 +593,29 @@ def test_a_kl_coefficient_that_moved_ranks_the_types_that_move_it_that_way_first
     assert "fell 1e+02-fold" in describe(e)
     assert math.isnan(kl_coefficient.reading(raw[:5], steps[:5])[0])  # no reference yet: nothing judged
     assert kl_coefficient.reading(raw[:14], steps[:14])[1] is None  # judged, no change: no evidence
+
+
+def test_in_the_trainer_the_diagnosis_reads_the_handed_over_invariants_and_the_clip_ratio(bench) -> None:
+    from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
+    from rftfm.bench.eval_diagnosis import IN_TRAINER, FoldDetectorAlarms, _seen_at_alarm, tier_signals
+
+    rows = [
+        {"run_id": r, "step": s, "reward_mean": 0.4, "reward_std": 0.3, "kl": 0.01, "entropy": 1.0, "grad_norm": 1.0,
+         "clip_ratio_region": 0.03 if r == "stale" and s >= 9 else 0.0,
+         "traj_advantage_residual": 1.0 if r == "flipped" and s >= 2 else 0.0, "traj_advantage_zeroed": 0.0}
+        for r in ("stale", "flipped") for s in range(1, 12)
+    ]
+    history, alarms = pl.DataFrame(rows), {"stale": 11, "flipped": 11}
+    log_alone = _seen_at_alarm(history, alarms, ["stale", "flipped"])
+    trainer = _seen_at_alarm(history, alarms, ["stale", "flipped"], in_trainer=True)
+    assert [s.broken for s in log_alone] == [[], []]  # not on-policy as far as a log says; never held: not armed
+    assert [s.broken for s in trainer] == [["clip_ratio_region"], ["traj_advantage_residual"]]
+    handed_over = {"traj_advantage_residual", "traj_advantage_zeroed"}
+    assert set(tier_signals(IN_TRAINER)) == set(tier_signals("a")) | handed_over
+    _, runs, features = bench
+    run_id = runs.filter(pl.col("control_or_fault") == "fault")["run_id"][0]
+    detection = {"methods": {"a": {IN_TRAINER_METHOD: {"runs": [
+        {"fold": "f1", "run_id": run_id, "first_alarm": 7, "detected": True}]}}}}
+    steps, sources = FoldDetectorAlarms(detection, "a", IN_TRAINER_METHOD)(runs.filter(pl.col("run_id") == run_id),
+                                                                           features, "f1")
+    assert steps == {run_id: 7} and sources == {run_id: "detector_tier_a_trainer"}

@@ -7,7 +7,9 @@ the shipped one, else the documented fall-back ``onset_step + 2`` (capped at the
 A run the detector never flags after onset is diagnosed at the fall-back step and counted in
 ``alarm_source``; the targets read the easy faults diagnosed at an alarm (``detected easy``). Each
 input tier (``a`` step metrics, ``b`` + trajectories, ``c`` + held-out accuracy, ``bc``) diagnoses
-the same runs with the signals that tier lacks hidden.
+the same runs with the signals that tier lacks hidden; :data:`IN_TRAINER` is tier a as the TRL callback sees it (the
+advantage invariants the trainer hands over, armed from the first record, and its on-policy configuration known),
+best read at the alarms of the detector run the same way (``FoldDetectorAlarms(..., method=IN_TRAINER)``).
 
 Reports type top-1 / top-3, family accuracy, macro-F1 and per-type recall (all, easy, hard),
 the confusion matrix, the leave-one-type-out test (retrain without a type; share of its test
@@ -26,17 +28,25 @@ import numpy as np
 import polars as pl
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
-from rftfm.bench.eval_detection import config_groups
+from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
+from rftfm.bench.eval_detection import RFTFM, config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import binary_reward, invariants, reward_identity
-from rftfm.fm.cube import runs_cube, runs_schedule
+from rftfm.fm import binary_reward, invariants, on_policy, reward_identity
+from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 from rftfm.fm.features import INVARIANT_FEATURES
 
 UNKNOWN = "unknown"
+#: The pseudo-tier of a run diagnosed inside its TRL trainer: tier a's signals plus the advantage invariants.
+IN_TRAINER = "a-trainer"
+
+
+def tier_signals(tier: str) -> tuple[str, ...]:
+    """The signals a tier (or :data:`IN_TRAINER`) shows the diagnoser."""
+    return (*TIERS["a"], *INVARIANT_FEATURES) if tier == IN_TRAINER else TIERS[tier]
 
 
 def fallback_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> dict[str, int]:
@@ -97,12 +107,12 @@ class FoldDetectorAlarms:
     first alarm at or after onset of the detector fitted on each fold's train side, so the diagnoser is judged
     where a detector that never saw the test configuration alarmed; fall-back where it did not alarm."""
 
-    def __init__(self, detection: dict[str, Any], tier: str = "a") -> None:
+    def __init__(self, detection: dict[str, Any], tier: str = "a", method: str = RFTFM) -> None:
         try:
-            rows = detection["methods"][tier]["RFT-FM"]["runs"]
+            rows = detection["methods"][tier][method]["runs"]
         except KeyError:
-            raise ValueError(f"the detection result has no RFT-FM runs of tier {tier!r}") from None
-        self.tier = tier
+            raise ValueError(f"the detection result has no {method} runs of tier {tier!r}") from None
+        self.tier = tier if method == RFTFM else f"{tier}_{'trainer' if method == IN_TRAINER_METHOD else method}"
         self.first: dict[tuple[str, str], int] = {
             (r["fold"], r["run_id"]): int(r["first_alarm"]) for r in rows if r["detected"]
         }
@@ -210,16 +220,15 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    seen = _seen_at_alarm(features, alarms, ids)
+    seen = {known: _seen_at_alarm(features, alarms, ids, known) for known in {t == IN_TRAINER for t in tiers}}
     for tier in tiers:
-        xx = mask_signals(x, diagnoser.feature_names, TIERS[tier])
-        # the invariants come with the trajectories; the rest are step metrics every tier logs
+        signals = tier_signals(tier)
+        xx = mask_signals(x, diagnoser.feature_names, signals)
+        # the invariants come with the trajectories (or from the trainer); the rest are step metrics every tier logs
         prob, unknown = diagnoser.apply_seen(
-            *diagnoser.scores(xx), seen, invariants=set(INVARIANT_FEATURES) <= set(TIERS[tier])
+            *diagnoser.scores(xx), seen[tier == IN_TRAINER], invariants=set(INVARIANT_FEATURES) <= set(signals)
         )
-        knn = NearestFingerprint().fit(
-            mask_signals(xt, diagnoser.feature_names, TIERS[tier]), [label[r] for r, _ in kt]
-        )
+        knn = NearestFingerprint().fit(mask_signals(xt, diagnoser.feature_names, signals), [label[r] for r, _ in kt])
         rules = ExpertRules(diagnoser.feature_names)
         out["tiers"][tier] = {
             "ranked": _ranked(prob, diagnoser.classes),
@@ -232,17 +241,24 @@ def _fold(
     return out
 
 
-def _seen_at_alarm(features: pl.DataFrame, alarms: dict[str, int], ids: list[str]) -> list[Seen]:
+def _seen_at_alarm(
+    features: pl.DataFrame, alarms: dict[str, int], ids: list[str], in_trainer: bool = False
+) -> list[Seen]:
     """Per run of ``ids``, what its log shows at the alarm step (:class:`~rftfm.fm.diagnose.Seen`), as
-    :meth:`Diagnoser.diagnose` reads it."""
+    :meth:`Diagnoser.diagnose` reads it (``in_trainer``: after ``know_invariants(True)`` and
+    ``know_on_policy(True)``, as the TRL callback tells it)."""
     seen = []
+    clip = CUBE_SIGNALS.index(on_policy.SIGNAL)
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
-        seen.append(Seen.read(cube[0], steps[0], lr, invariants.broken(cube[0], steps[0]), identity, binary))
+        broken = invariants.broken(cube[0], steps[0], in_trainer)
+        if in_trainer and on_policy.recently_clipped(cube[0, :, clip], steps[0]):
+            broken = [*broken, on_policy.SIGNAL]
+        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary))
     return seen
 
 

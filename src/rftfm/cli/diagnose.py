@@ -59,7 +59,8 @@ def evaluate_diagnosis(
         help="config (held-out configurations, in folds) | seed | task | size | listed:FILE (the runs FILE "
         "lists are the test side)",
     ),
-    tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy"),
+    tiers: str = typer.Option("a,c,bc", help="input tiers: a step metrics, b + trajectories, c + accuracy; "
+                              "a-trainer: tier a as the TRL callback sees it (advantage invariants, on-policy known)"),
     json_out: Optional[Path] = typer.Option(
         None, "--json", help="write the full result (incl. confusion matrix) as JSON"
     ),
@@ -74,6 +75,8 @@ def evaluate_diagnosis(
         "fold-fitted detector's first alarm)",
     ),
     alarm_tier: str = typer.Option("a", help="with a detection JSON: the tier whose alarms are used"),
+    alarm_method: str = typer.Option("RFT-FM", help="with a detection JSON: the method whose alarms are used "
+                                     "(\"RFT-FM in the trainer\": from `bench evaluate detection --in-trainer`)"),
     loto: bool = typer.Option(False, "--loto/--no-loto", help="run the leave-one-type-out test on the last fold "
                               "(one retraining per type)"),
     fold: Optional[str] = typer.Option(None, help="evaluate only these folds (comma-separated, e.g. task=digits)"),
@@ -82,7 +85,7 @@ def evaluate_diagnosis(
     from rftfm.bench.eval_diagnosis import evaluate_split
 
     runs, features = _load_features(data)
-    alarm_fn = _alarm_function(alarms, alarm_tier, runs, split)
+    alarm_fn = _alarm_function(alarms, alarm_tier, runs, split, alarm_method)
     only = _known_folds(fold, runs, split)
     result, _ = evaluate_split(runs, features, split, alarm_fn=alarm_fn, leave_one_type_out=loto, progress=console.log,
                                tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), only=only)
@@ -103,7 +106,7 @@ def _known_folds(fold: str | None, runs: Any, split: str) -> list[str] | None:
     return only
 
 
-def _alarm_function(alarms: str, alarm_tier: str, runs: Any, split: str) -> Any:
+def _alarm_function(alarms: str, alarm_tier: str, runs: Any, split: str, method: str = "RFT-FM") -> Any:
     """Where each faulty run is diagnosed (see ``--alarms``); a detection JSON must cover the split's folds."""
     from rftfm.bench.eval_diagnosis import FoldDetectorAlarms, detector_alarm_steps, fallback_alarms
     from rftfm.bench.splits import folds as split_folds
@@ -113,7 +116,7 @@ def _alarm_function(alarms: str, alarm_tier: str, runs: Any, split: str) -> Any:
     if alarms == "fallback":
         return fallback_alarms
     try:
-        alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier)
+        alarm_fn = FoldDetectorAlarms(json.loads(Path(alarms).read_text(encoding="utf-8")), alarm_tier, method)
     except (OSError, ValueError) as exc:
         fail(f"--alarms {alarms}: {exc}")
     missing = sorted({name for name, _, _ in split_folds(runs, split)} - alarm_fn.folds)
