@@ -1,6 +1,7 @@
 """Compare two evaluation JSON files run by run: what a change gained and lost, fold x run.
 
     python scripts/compare_runs.py detection OLD.json NEW.json --tiers a,b
+    python scripts/compare_runs.py detection R.json R.json --new-method "RFT-FM in the trainer"   # one file
     python scripts/compare_runs.py diagnosis OLD.json NEW.json --tiers a
 
 Detection (``rftfm bench evaluate detection --json``): per tier, RFT-FM's mid-run F1 easy / hard (averaged over
@@ -21,9 +22,9 @@ from typing import Any
 from rftfm.faults.taxonomy import FAULT_TYPES
 
 
-def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> None:
+def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str], new_method: str = "RFT-FM") -> None:
     for tier in tiers:
-        a, b = old["methods"][tier]["RFT-FM"], new["methods"][tier]["RFT-FM"]
+        a, b = old["methods"][tier]["RFT-FM"], new["methods"][tier][new_method]
         alarmed = [sum(r["first_alarm"] is not None for r in m["runs"] if r["kind"] != "fault") for m in (a, b)]
         healthy = sum(r["kind"] != "fault" for r in b["runs"])
         f1_a, f1_b = a["mid_run"]["B"]["avg_f1"], b["mid_run"]["B"]["avg_f1"]
@@ -80,9 +81,13 @@ def main() -> None:
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--tiers", default="a", help="comma-separated input tiers")
+    parser.add_argument("--new-method", default="RFT-FM", help="detection: NEW's method (OLD's is RFT-FM)")
     args = parser.parse_args()
     old, new = (json.load(open(p)) for p in (args.old, args.new))
-    (detection if args.kind == "detection" else diagnosis)(old, new, args.tiers.split(","))
+    if args.kind == "detection":
+        detection(old, new, args.tiers.split(","), args.new_method)
+    else:
+        diagnosis(old, new, args.tiers.split(","))
 
 
 if __name__ == "__main__":
