@@ -237,14 +237,11 @@ class Controller:
         knob_actions = sum(a.kind == "set_knob" for a in plan.actions)
         hold = policy.changes_nothing(bool(plan.rung.knobs) and not plan.rung.halt, knob_actions, plan.unchanged)
         if hold is None and plan.rung.halt:
-            info, now = self._rollback_point(), self._accuracy_now()
+            info, now, rem = self._rollback_point(), self._accuracy_now(), self.remediator
             then = self.heldout.at_or_before(info.step) if info is not None else None
             code_fault = plan.fault_type is not None and ends_in_halt_only(plan.fault_type)
-            # an escalation that kept the type on an unsure new diagnosis rests on the one that named it
-            behind = self.remediator.diagnosis_behind(plan.fault_type)
-            probability = max((policy.halt_probability(d, plan.fault_type) or 0.0 for d in (diagnosis, behind)))
-            case = policy.HaltCase(plan.fault_type, code_fault, probability, then, now,
-                                   policy.one_record_missing(diagnosis))
+            p = policy.strongest_halt_probability(plan.fault_type, diagnosis, rem.diagnosis_behind(plan.fault_type))
+            case = policy.HaltCase(plan.fault_type, code_fault, p, then, now, policy.one_record_missing(diagnosis))
             hold = policy.halt_refused(case, self.config)
         if hold is not None:
             self.remediator.withdraw()  # planned, not taken

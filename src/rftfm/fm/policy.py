@@ -214,6 +214,13 @@ def halt_probability(diagnosis: Diagnosis | None, fault_type: str | None) -> flo
     return sum(h.probability for h in ranked if h.family == own.family and ladder(h.fault_type) == same)
 
 
+def strongest_halt_probability(fault_type: str | None, *diagnoses: Diagnosis | None) -> float:
+    """The largest :func:`halt_probability` of ``fault_type`` over ``diagnoses`` (0 where none ranks it): the current
+    diagnosis and the one that made it the type being repaired -- an escalation that kept the type on an unsure new
+    diagnosis still rests on the diagnosis that named it (:meth:`rftfm.fm.remediate.Remediator.diagnosis_behind`)."""
+    return max((halt_probability(d, fault_type) or 0.0 for d in diagnoses), default=0.0)
+
+
 def settled_code_fault(
     diagnosis: Diagnosis | None, alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConfig
 ) -> str | None:
