@@ -29,24 +29,24 @@ import polars as pl
 
 from rftfm.bench.diagnosis_baselines import ExpertRules, NearestFingerprint
 from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
-from rftfm.bench.eval_detection import RFTFM, config_groups
+from rftfm.bench.eval_detection import RFTFM, InTrainerMethod, config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import binary_reward, invariants, on_policy, reward_identity
-from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule
+from rftfm.fm import binary_reward, reward_identity
+from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
-from rftfm.fm.diagnose import Diagnoser, Seen
+from rftfm.fm.diagnose import Diagnoser, Seen, seen_broken
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 from rftfm.fm.features import INVARIANT_FEATURES
 
 UNKNOWN = "unknown"
-#: The pseudo-tier of a run diagnosed inside its TRL trainer: tier a's signals plus the advantage invariants.
+#: The pseudo-tier of a run diagnosed inside its TRL trainer: tier a's signals plus what the trainer hands over.
 IN_TRAINER = "a-trainer"
 
 
 def tier_signals(tier: str) -> tuple[str, ...]:
     """The signals a tier (or :data:`IN_TRAINER`) shows the diagnoser."""
-    return (*TIERS["a"], *INVARIANT_FEATURES) if tier == IN_TRAINER else TIERS[tier]
+    return (*TIERS["a"], *InTrainerMethod.handed_over) if tier == IN_TRAINER else TIERS[tier]
 
 
 def fallback_alarm_steps(runs: pl.DataFrame, features: pl.DataFrame) -> dict[str, int]:
@@ -248,16 +248,13 @@ def _seen_at_alarm(
     :meth:`Diagnoser.diagnose` reads it (``in_trainer``: after ``know_invariants(True)`` and
     ``know_on_policy(True)``, as the TRL callback tells it)."""
     seen = []
-    clip = CUBE_SIGNALS.index(on_policy.SIGNAL)
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
-        broken = invariants.broken(cube[0], steps[0], in_trainer)
-        if in_trainer and on_policy.recently_clipped(cube[0, :, clip], steps[0]):
-            broken = [*broken, on_policy.SIGNAL]
+        broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
         seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary))
     return seen
 

@@ -378,9 +378,7 @@ class Diagnoser:
         cube, steps = runs_cube(history, [run_id])
         tracked = self._track(run_id, cube)[0]
         x = vectors(tracked, steps[0], [step], self.tracker, cube[0])
-        broken = invariants.broken(cube[0], steps[0], self.invariants_known)
-        if self.on_policy and on_policy.recently_clipped(cube[0, :, CUBE_SIGNALS.index(on_policy.SIGNAL)], steps[0]):
-            broken = [*broken, on_policy.SIGNAL]  # a clip ratio above 0 in a run known on-policy: seen, like them
+        broken = seen_broken(cube[0], steps[0], self.invariants_known, self.on_policy)
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
@@ -730,6 +728,16 @@ def _halfway(prob: np.ndarray, unknown: np.ndarray, allowed: Sequence[np.ndarray
     only, _ = _only(prob, unknown, list(allowed))
     rows = np.array([a.any() for a in allowed])
     return np.where(rows[:, None], (prob + only) / 2, prob), unknown & ~rows
+
+
+def seen_broken(raw: np.ndarray, steps: np.ndarray, invariants_known: bool, on_policy_known: bool) -> list[str]:
+    """What one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)) show broken, seen rather than guessed:
+    the armed advantage invariants its last record breaks (:func:`rftfm.fm.invariants.broken`) and, in a run known
+    on-policy, a recent clip ratio above 0 (:func:`rftfm.fm.on_policy.recently_clipped`), like them."""
+    broken = invariants.broken(raw, steps, invariants_known)
+    if on_policy_known and on_policy.recently_clipped(raw[:, CUBE_SIGNALS.index(on_policy.SIGNAL)], steps):
+        broken = [*broken, on_policy.SIGNAL]
+    return broken
 
 
 def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
