@@ -241,3 +241,37 @@ def test_a_record_missing_one_functions_mean_is_not_judged_and_does_not_crash_th
     known = ri.IdentityState()
     known.know_weights([1.0, 0.5])
     assert known.advance(0.2, (None, 1.0), 1) == 0.0 and known.since == 0
+
+
+def _history(rows: list[dict]) -> pl.DataFrame:
+    flat = [{k: v for k, v in r.items() if k != "extra"} | {f"extra.{k}": v for k, v in r["extra"].items()}
+            for r in rows]
+    return features_frame(pl.DataFrame(flat), None)
+
+
+def test_an_identity_held_over_several_functions_is_read_as_holding_and_a_single_function_never_is():
+    healthy = _history(_trl_rows(none_from=None))
+    assert ri.run_holds(healthy, "trl", 30)
+    assert not ri.run_holds(healthy, "trl", 3)  # not armed yet (4 records fit the weights)
+    broken = _history(_trl_rows(none_from=25))
+    assert ri.run_holds(broken, "trl", 24) and not ri.run_holds(broken, "trl", 26)
+    single = [r | {"extra": {"rewards/accuracy/mean": r["extra"]["rewards/accuracy/mean"]},
+                   "reward_mean": r["extra"]["rewards/accuracy/mean"]} for r in _trl_rows(none_from=None)]
+    assert not ri.run_holds(_history(single), "trl", 30)  # TRL leaves an unscored completion out of both sides
+
+
+def test_the_diagnoser_rules_out_a_verifier_returning_none_where_the_identity_holds_over_several_functions():
+    from rftfm.fm.diagnose import Diagnoser
+
+    diagnoser = Diagnoser.load_default()
+    classes = diagnoser.classes
+    prob = np.full((2, len(classes)), 0.02)
+    prob[:, classes.index("reward_none")] = 0.6
+    prob /= prob.sum(axis=1, keepdims=True)
+    out, unknown = diagnoser.apply_identity_holds(prob, np.zeros(2, dtype=bool), [True, False])
+    assert out[0, classes.index("reward_none")] == 0.0 and out[0].sum() == pytest.approx(1.0)
+    assert unknown[0]  # what is left is no family the model was sure of: it abstains
+    np.testing.assert_array_equal(out[1], prob[1])  # a run where it does not hold keeps the model's ranking
+    history = _history(_trl_rows(none_from=None))
+    diagnosis = diagnoser.diagnose(history, "trl", 30)
+    assert all(h.fault_type != "reward_none" or h.probability == 0.0 for h in diagnosis.ranked)

@@ -254,8 +254,9 @@ def _seen_at_alarm(
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
+        holds = reward_identity.run_holds(history, run_id, alarms[run_id])
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
-        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary))
+        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary, holds))
     return seen
 
 

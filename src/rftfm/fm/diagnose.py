@@ -109,14 +109,14 @@ class Seen:
     """What one run's log shows at the diagnosed record that rules read, not the model (:meth:`Diagnoser.apply_seen`):
     the advantage invariants it breaks, the learning rate's recent jump (signed units; 0: none) and the record it came
     at, the numbers it has lost and the ones missing from that record (:mod:`rftfm.fm.non_finite`), whether it broke
-    its reward identity, whether that record's completions (almost) all ended before the length limit
-    (:func:`untruncated_now`), whether the run logged no KL (:func:`without_kl`), the loss-penalty statistic's
-    largest value over the last records (:func:`penalty_now`), the term that penalty multiplies
-    (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale statistic's largest value over the
-    last records with the loss's magnitude there as evidence (:func:`rftfm.fm.loss_scale.reading`), and whether a
-    reward function whose scores were 0 or 1 no longer is (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL
-    coefficient rule's signed units over the last records with the change as evidence
-    (:func:`rftfm.fm.kl_coefficient.reading`)."""
+    its reward identity (and whether it holds it over several functions: ``identity_holds``), whether that record's
+    completions (almost) all ended before the length limit (:func:`untruncated_now`), whether the run logged no KL
+    (:func:`without_kl`), the loss-penalty statistic's largest value over the last records (:func:`penalty_now`), the
+    term that penalty multiplies (:func:`rftfm.fm.loss_penalty.penalty_term`; None: not told) and the loss-scale
+    statistic's largest value over the last records with the loss's magnitude there as evidence
+    (:func:`rftfm.fm.loss_scale.reading`), and whether a reward function whose scores were 0 or 1 no longer is
+    (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL coefficient rule's signed units over the last records
+    with the change as evidence (:func:`rftfm.fm.kl_coefficient.reading`)."""
 
     broken: list[str]
     jump: float
@@ -133,19 +133,28 @@ class Seen:
     binary: bool = False
     coefficient: float = math.nan
     coefficient_evidence: SignalEvidence | None = None
+    identity_holds: bool = False
 
     @classmethod
     def read(
-        cls, raw: np.ndarray, steps: np.ndarray, lr: np.ndarray, broken: list[str], identity: bool, binary: bool = False
+        cls,
+        raw: np.ndarray,
+        steps: np.ndarray,
+        lr: np.ndarray,
+        broken: list[str],
+        identity: bool,
+        binary: bool = False,
+        identity_holds: bool = False,
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
-        ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity`` and ``binary`` as the caller read them (they
-        depend on what it knows of the run's estimator and reward weights, and on the reward functions' sds)."""
+        ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary`` and ``identity_holds`` as the caller
+        read them (they depend on what it knows of the run's estimator and reward weights, and on the reward
+        functions' sds)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary, *kl_coefficient.reading(raw, steps))
+                   binary, *kl_coefficient.reading(raw, steps), identity_holds)
 
 
 @dataclass
@@ -382,7 +391,8 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
-        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None)
+        holds = reward_identity.run_holds(history, run_id, step, self.reward_weights)
+        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -457,8 +467,8 @@ class Diagnoser:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
         identity, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL coefficient that moved,
-        completions that all ended before the length limit, a run without a KL term (the rules that rule types out come
-        last: nothing brings back what they removed)."""
+        completions that all ended before the length limit, a reward identity that holds over several functions, a run
+        without a KL term (the rules that rule types out come last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
@@ -470,6 +480,7 @@ class Diagnoser:
         )
         prob, unknown = self.apply_kl_coefficient(prob, unknown, [s.coefficient for s in seen])
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
+        prob, unknown = self.apply_identity_holds(prob, unknown, [s.identity_holds for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
     def apply_invariants(
@@ -531,6 +542,16 @@ class Diagnoser:
         (a length limit cannot starve a run whose completions all end before it)."""
         limited = np.array([FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up") for t in self.classes])
         return self._rule_out(prob, unknown, [limited & seen for seen in untruncated])
+
+    def apply_identity_holds(
+        self, prob: np.ndarray, unknown: np.ndarray, holds: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run holds its reward identity over two or more reward functions
+        (:func:`rftfm.fm.reward_identity.run_holds`), the types that break it (the registry's ``reward_identity``: a
+        reward function returning None for some completions) are ruled out, as in :meth:`apply_untruncated`: a function
+        that skipped completions another one scored would have broken it at these very records."""
+        skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])
+        return self._rule_out(prob, unknown, [skipping & held for held in holds])
 
     def apply_without_kl(
         self, prob: np.ndarray, unknown: np.ndarray, no_kl: list[bool]

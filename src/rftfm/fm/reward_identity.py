@@ -206,6 +206,25 @@ def run_evidence(
     return replay.recent_evidence(features, run_id, step, _rows, partial(_state, weights), RECENT)
 
 
+def run_holds(
+    features: pl.DataFrame, run_id: str, step: int, weights: Mapping[str, float] | None = None
+) -> bool:
+    """Whether ``run_id``'s identity is armed over two or more reward functions and held at every one of its last
+    :data:`RECENT` judged records up to ``step`` (at least one judged): a record whose reward function returned None
+    for some completions while another scored them would have broken it (the module's docstring). With one function
+    TRL (>= 1.16) leaves an unscored completion out of both sides, so holding says nothing there."""
+    if PARTS not in features.columns:
+        return False
+    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
+    state, judged = _state(weights), []
+    for s, total, parts in _rows(rows.sort("step")):
+        units = state.advance(total, parts, s)
+        if state.weights is not None and parts is not None and total is not None:
+            judged.append(units)
+    armed = state.weights is not None and not state.disarmed and len(state.weights) >= 2
+    return armed and bool(judged) and max(judged[-RECENT:]) <= 1.0
+
+
 def _own_columns(parts: list[list[float | None] | None]) -> list[int]:
     """The positions of one run's own functions in its records' parts: those it ever logged (a frame of many runs has
     every run's functions as columns)."""
