@@ -251,3 +251,14 @@ def test_a_withdrawn_plan_leaves_no_trace():
     rem.withdraw()
     again = rem.plan(diagnosis("lr_high"), ALL, knobs, knobs)  # the same rung again, not the next one
     assert again.rung_index == first.rung_index == 0 and rem.interventions == 1
+
+
+def test_the_playbook_table_in_the_docs_is_the_playbook():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "playbook_table.py"
+    spec = importlib.util.spec_from_file_location("playbook_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DEFAULT.read_text(encoding="utf-8") == module.table(), "run python scripts/playbook_table.py"
