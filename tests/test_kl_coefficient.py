@@ -135,3 +135,102 @@ def test_healthy_runs_never_reach_a_unit_and_a_rollback_restores_the_ratios(fitt
         assert np.isfinite(units).sum() > 15 and not (np.abs(units[np.isfinite(units)]) > 1.0).any()
     first, again = replayed_score(fitted, _rows("rb", 97, onset=16), upto=20, back_to=15)
     assert first > 1.0 and again == pytest.approx(first)
+
+
+def test_against_the_configured_coefficient_a_loss_carrying_less_alarms_from_the_first_window():
+    conf = kl_coefficient.Configured.of(BETA, "bnpo")
+    assert conf == kl_coefficient.Configured(BETA) and conf.expected(7.0) == BETA
+    assert kl_coefficient.Configured.of(0.0, "grpo") is None and kl_coefficient.Configured.of(None) is None
+    dr = kl_coefficient.Configured.of(BETA, "dr_grpo", 20)  # the KL term summed over tokens / (batch x 20)
+    assert dr.expected(5.0) == pytest.approx(BETA / 4) and dr.expected(math.nan) is None
+    assert kl_coefficient.Configured.of(BETA, "dr_grpo", None) is None
+
+    class Trainer:  # what a TRL GRPOTrainer exposes
+        beta, loss_type, max_completion_length = BETA, "dr_grpo", 20
+
+    assert kl_coefficient.Configured.of_trainer(Trainer()) == dr
+    kls = _kl(12, 5)
+    rng = np.random.default_rng(6)
+    for factor, below in ((0.01, True), (0.2, True), (1.0, False), (3.0, False)):
+        state = kl_coefficient.CoefficientState(configured=conf)
+        out = [state.advance(factor * BETA * k * np.exp(rng.normal(0, 0.05)), k) for k in kls]
+        assert all(math.isnan(v[0]) for v in out[: kl_coefficient.WINDOW - 1])  # a window to fill first
+        judged = [v for v in out[kl_coefficient.WINDOW - 1 :]]
+        if below:  # from the first window: units of e-folds below, the configured coefficient as "before"
+            assert all(v[0] == pytest.approx(math.log(factor), abs=0.1) and v[3] for v in judged)
+            assert judged[0][2] == BETA and judged[0][1] == pytest.approx(factor * BETA, rel=0.1)
+        else:  # at or above it (a policy term adds to the loss): nothing either way
+            assert all(abs(v[0]) < 1.0 for v in judged)
+    # a window that scatters (a policy term comparable to the penalty) is not judged against it
+    state = kl_coefficient.CoefficientState(configured=conf)
+    scattered = [state.advance(f * BETA * k, k)[0] for f, k in zip([0.01, 0.3, 0.02, 0.5, 0.01], kls)]
+    assert all(math.isnan(u) for u in scattered)
+    e = kl_coefficient.evidence(-4.6, 0.01 * BETA, BETA, True, 3)
+    assert "vs 0.04 configured" in describe(e) and "1e+02-fold less KL penalty than the trainer" in describe(e)
+
+
+def test_a_trainer_that_keeps_its_configured_coefficient_out_of_the_loss_is_caught_live_and_diagnosed():
+    from rftfm.fm.diagnose import Diagnoser
+    from rftfm.fm.features import features_frame
+
+    detector = Detector.load_default()
+    detector.know_kl_coefficient(kl_coefficient.Configured(BETA))
+    try:
+        alarms = streamed_configured(detector, _rows("dropped", 98, onset=1))
+        assert alarms and alarms[0].step == kl_coefficient.WINDOW
+        per_kl = [e for e in alarms[0].evidence if e.per_kl]
+        assert per_kl and per_kl[0].configured and per_kl[0].expected == BETA
+        for seed in range(90, 94):  # healthy runs of the same trainer: no record reaches a unit
+            assert not any(e.per_kl for a in streamed_configured(detector, _rows("h", seed, None)) for e in a.evidence)
+    finally:
+        detector.know_kl_coefficient(None)
+    diagnoser = Diagnoser.load_default()
+    history = features_frame(pl.DataFrame(_rows("dropped", 98, onset=1)[:6]), None)
+    diagnoser.know_kl_coefficient(kl_coefficient.Configured(BETA))
+    told = diagnoser.diagnose(history, "dropped", 6)
+    assert not told.unknown and told.ranked[0].fault_type == "kl_dropped"
+    assert told.ranked[0].probability == pytest.approx(1.0)
+    diagnoser.know_kl_coefficient(None)
+    assert diagnoser.diagnose(history, "dropped", 6).ranked[0].probability < 1.0  # from the log alone: not seen
+
+
+def streamed_configured(detector: Detector, rows: list[dict]) -> list:
+    """The alarms of one run observed live, each record's live score checked against the offline one with the same
+    configured coefficient (as the evaluation's in-trainer method scores it)."""
+    from detector_fixtures import stream
+
+    cube, steps = runs_cube(pl.DataFrame(rows), [rows[0]["run_id"]])
+    offline, _ = detector.score_cube(cube, steps, "a")
+    units = np.abs(kl_coefficient.cube_units(cube, steps, [detector.kl_configured]))
+    scores, alarms = stream(detector, rows)
+    np.testing.assert_allclose(scores, np.fmax(offline, units)[0], rtol=1e-9)
+    return alarms
+
+
+def test_the_loop_follows_the_coefficient_its_trainers_knobs_say_so_its_own_beta_change_is_no_evidence():
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.ledger import Journal
+    from rftfm.fm.sensing import Sensing
+    from rftfm.records import StepRecord
+
+    journal = Journal(MemoryIncidentStore(), "own", 100)
+    sensing = Sensing(Detector.load_default(), None, journal, lambda stage, fn: (True, fn()), task_group=None,
+                      model_size=None, max_history=100)
+    sensing.reset_detector()
+    sensing.follow_kl_coefficient(None)  # no trainer bound: nothing told
+    assert sensing.detector.kl_configured is None
+    kls = _kl(16, 7)
+    per_kl = []
+    for step, kl in enumerate(kls, start=1):
+        beta = BETA if step < 9 else BETA / 10  # the loop itself cut beta 10-fold at step 9 (a kl_misconfig rung)
+        sensing.follow_kl_coefficient({"beta": beta, "loss_type": "bnpo", "max_completion_length": 16})
+        record = StepRecord(run_id="own", step=step, reward_mean=0.5, reward_std=0.3, kl=float(kl), entropy=1.0,
+                            policy_loss=float(beta * kl), completion_length_mean=8.0)
+        ok, alarm = sensing.detect(record, [], 0)
+        per_kl += [e for e in (alarm.evidence if alarm else []) if e.per_kl and e.configured]
+    assert sensing.detector.kl_configured == kl_coefficient.Configured(BETA / 10) and not per_kl
+    state = kl_coefficient.CoefficientState(configured=kl_coefficient.Configured(BETA))
+    for kl in kls[:3]:
+        state.advance(0.01 * BETA * kl, kl)
+    state.know(kl_coefficient.Configured(BETA / 100))  # a changed coefficient starts a new window
+    assert not state.below and math.isnan(state.advance(0.01 * BETA * kls[3], kls[3])[0])

@@ -50,6 +50,7 @@ from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
+from rftfm.fm import kl_coefficient
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
 from rftfm.fm.features import INVARIANT_FEATURES, features_frame
@@ -91,22 +92,41 @@ class InTrainerMethod(RFTFMMethod):
     the detector what a log read alone does not say: the trainer's configuration trains on-policy (TRL's own test,
     :func:`~rftfm.fm.on_policy.trl_on_policy`, holds for every benchmark run: one optimiser step per fresh batch), so
     any clip ratio above 0 alarms; and the trainer hands over its batch's advantage invariants
-    (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals. The
-    same fit as :class:`RFTFMMethod`; only the scoring knows more."""
+    (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals; and
+    the KL coefficient it is configured with (``beta``, loss type, length limit), against which the loss per unit of
+    KL is judged (:mod:`rftfm.fm.kl_coefficient`). The same fit as :class:`RFTFMMethod`; only the scoring knows
+    more."""
 
     name = IN_TRAINER
     #: signals the trainer hands over beside the tier's own (read by the fitting-free invariant channel only)
     handed_over = INVARIANT_FEATURES
+
+    def __init__(self, tier: str, config: DetectorConfig | None = None, detector: Detector | None = None) -> None:
+        super().__init__(tier, config, detector)
+        self.configured: dict[str, kl_coefficient.Configured | None] = {}
+
+    def set_trainers(self, test: pl.DataFrame) -> None:
+        """What each test run's trainer says of its KL coefficient (``beta``, loss type, length limit), which the
+        callback reads off the trainer (:meth:`~rftfm.fm.detect.Detector.know_kl_coefficient`)."""
+        cols = {c: _col(test, c) for c in ("run_id", "beta", "loss_type", "max_completion_length")}
+        self.configured = {
+            r: kl_coefficient.Configured.of(b, t, m)
+            for r, b, t, m in zip(cols["run_id"], cols["beta"], cols["loss_type"], cols["max_completion_length"])
+        }
 
     def score(self, runs: RunCubes) -> np.ndarray:
         known = self.detector.on_policy, self.detector.invariants_known  # (a detector passed in may be shared)
         self.detector.know_on_policy(True)
         self.detector.know_invariants(True)
         try:
-            return super().score(runs)
+            scores = super().score(runs)
         finally:
             self.detector.know_on_policy(known[0])
             self.detector.know_invariants(known[1])
+        # the loss per unit of KL against the configured coefficient: a fitting-free channel, threshold 1 (as live)
+        configured = [self.configured.get(r) for r in runs.run_ids]
+        units = np.abs(kl_coefficient.cube_units(runs.cube, runs.steps, configured))
+        return np.where(runs.steps > 0, np.fmax(scores, units), np.nan)
 
 
 class ProfileMethod(Baseline):
@@ -319,6 +339,8 @@ def _fit_and_alarm(
 ) -> np.ndarray:
     if isinstance(method, RFTFMMethod):
         method.fit_frames(train, features, config_groups(train))
+        if isinstance(method, InTrainerMethod):
+            method.set_trainers(test)
     elif isinstance(method, ProfileMethod):
         method.fit_frames(train.filter(pl.col("control_or_fault").is_in(NORMAL_KINDS)), features)
         method.set_configs(list(zip(_col(test, "task_group"), _col(test, "model_size"))))

@@ -32,7 +32,7 @@ from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
 from rftfm.bench.eval_detection import RFTFM, InTrainerMethod, config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import binary_reward, reward_identity
+from rftfm.fm import binary_reward, kl_coefficient, reward_identity
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen, seen_broken
@@ -220,7 +220,10 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    seen = {known: _seen_at_alarm(features, alarms, ids, known) for known in {t == IN_TRAINER for t in tiers}}
+    configured = {r: kl_coefficient.Configured.of(m.get("beta"), m.get("loss_type"), m.get("max_completion_length"))
+                  for r, m in meta.items()}
+    seen = {known: _seen_at_alarm(features, alarms, ids, known, configured if known else None)
+            for known in {t == IN_TRAINER for t in tiers}}
     for tier in tiers:
         signals = tier_signals(tier)
         xx = mask_signals(x, diagnoser.feature_names, signals)
@@ -242,11 +245,15 @@ def _fold(
 
 
 def _seen_at_alarm(
-    features: pl.DataFrame, alarms: dict[str, int], ids: list[str], in_trainer: bool = False
+    features: pl.DataFrame,
+    alarms: dict[str, int],
+    ids: list[str],
+    in_trainer: bool = False,
+    configured: dict[str, kl_coefficient.Configured | None] | None = None,
 ) -> list[Seen]:
     """Per run of ``ids``, what its log shows at the alarm step (:class:`~rftfm.fm.diagnose.Seen`), as
     :meth:`Diagnoser.diagnose` reads it (``in_trainer``: after ``know_invariants(True)`` and
-    ``know_on_policy(True)``, as the TRL callback tells it)."""
+    ``know_on_policy(True)``, and with each run's ``configured`` KL coefficient, as the TRL callback tells it)."""
     seen = []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
@@ -256,7 +263,8 @@ def _seen_at_alarm(
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
         holds = reward_identity.run_holds(history, run_id, alarms[run_id])
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
-        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary, holds))
+        told = configured.get(run_id) if configured else None
+        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary, holds, told))
     return seen
 
 

@@ -281,7 +281,7 @@ class _Pending:
     binary_evidence: list[SignalEvidence]  # ... and, where it is broken, as evidence
     penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
     scale: tuple[float, float, float]  # the loss-scale statistic, window and reference magnitude (:mod:`loss_scale`)
-    coefficient: tuple[float, float, float]  # the KL coefficient's signed units, now and before (:mod:`kl_coefficient`)
+    coefficient: tuple[float, float, float, bool]  # the KL coefficient's signed units, now, before, configured?
 
 
 class Detector:
@@ -307,6 +307,7 @@ class Detector:
         self.schedule_jumps = False  # see :meth:`know_schedule`
         self.on_policy = False  # see :meth:`know_on_policy`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
+        self.kl_configured: kl_coefficient.Configured | None = None  # see :meth:`know_kl_coefficient`
         self._tier_columns: dict[str, np.ndarray] = {}
         self._single_row: dict[str, SingleRowPredictor] = {}  # tier -> its model's prepared one-row prediction
         self._surprise_columns: dict[str, tuple[np.ndarray, ...]] = {}  # tier -> (z columns, units, low, high)
@@ -608,6 +609,7 @@ class Detector:
         self._live = _Live(run_id, self.tracker.new_state(1), FlatStreak.new(1))
         self.know_invariants(self.invariants_known)
         self._live.identity.know_weights(self.reward_weights)
+        self._live.coefficient.know(self.kl_configured)
 
     def know_invariants(self, known: bool) -> None:
         """``known``: the run's estimator is known to make the advantage invariants hold (a TRL GRPOTrainer whose
@@ -623,6 +625,15 @@ class Detector:
         self.reward_weights = dict(weights) if weights else None
         if self._live is not None:
             self._live.identity.know_weights(self.reward_weights)
+
+    def know_kl_coefficient(self, configured: kl_coefficient.Configured | None) -> None:
+        """The KL coefficient the run's trainer is configured with (:class:`~rftfm.fm.kl_coefficient.Configured`: a
+        TRL GRPOTrainer's ``beta``, loss type and length limit): a loss that carries e-fold less of it over a few
+        records that agree alarms (:mod:`rftfm.fm.kl_coefficient`), this run's and the next ones'; ``None``: not
+        known."""
+        self.kl_configured = configured
+        if self._live is not None:
+            self._live.coefficient.know(configured)
 
     def know_schedule(self, jumps_by_design: bool) -> None:
         """``jumps_by_design``: the run's LR scheduler jumps by itself (:data:`~rftfm.fm.schedule.JUMPING_SCHEDULERS`),
@@ -1125,6 +1136,9 @@ class CombinedDetector:
 
     def know_reward_weights(self, weights: dict[str, float] | None) -> None:
         self.zero_shot.know_reward_weights(weights)
+
+    def know_kl_coefficient(self, configured: kl_coefficient.Configured | None) -> None:
+        self.zero_shot.know_kl_coefficient(configured)
 
     def observe(self, step: StepRecord, trajectories: Sequence[TrajectoryRecord] = ()) -> Alarm | None:
         a = self.zero_shot.observe(step, trajectories)

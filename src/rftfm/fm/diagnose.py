@@ -145,16 +145,17 @@ class Seen:
         identity: bool,
         binary: bool = False,
         identity_holds: bool = False,
+        kl_configured: kl_coefficient.Configured | None = None,
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
         ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary`` and ``identity_holds`` as the caller
         read them (they depend on what it knows of the run's estimator and reward weights, and on the reward
-        functions' sds)."""
+        functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when known)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary, *kl_coefficient.reading(raw, steps), identity_holds)
+                   binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds)
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Diagnoser:
         self.invariants_known = False  # see :meth:`know_invariants`
         self.on_policy = False  # see :meth:`know_on_policy`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
+        self.kl_configured: kl_coefficient.Configured | None = None  # see :meth:`know_kl_coefficient`
         # the loss-penalty statistic above which the log shows a penalty in the loss (:meth:`apply_penalty`)
         self.penalty_bar = math.inf
         # the loss-scale statistic above which the loss has left its scale (:meth:`apply_penalty`)
@@ -360,6 +362,12 @@ class Diagnoser:
         """The run's reward weights by function name (:meth:`rftfm.fm.detect.Detector.know_reward_weights`)."""
         self.reward_weights = dict(weights) if weights else None
 
+    def know_kl_coefficient(self, configured: kl_coefficient.Configured | None) -> None:
+        """The KL coefficient the run's trainer is configured with
+        (:meth:`rftfm.fm.detect.Detector.know_kl_coefficient`): a loss seen to carry e-fold less leaves only the types
+        that keep the penalty out of the loss."""
+        self.kl_configured = configured
+
     def know_invariants(self, known: bool) -> None:
         """``known``: the runs' estimator makes the advantage invariants hold, so they count from the first record
         (:meth:`rftfm.fm.detect.Detector.know_invariants`)."""
@@ -392,7 +400,8 @@ class Diagnoser:
         identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
         holds = reward_identity.run_holds(history, run_id, step, self.reward_weights)
-        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds)
+        seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
+                         self.kl_configured)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -478,7 +487,10 @@ class Diagnoser:
         prob, unknown = self.apply_penalty(
             prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
         )
-        prob, unknown = self.apply_kl_coefficient(prob, unknown, [s.coefficient for s in seen])
+        prob, unknown = self.apply_kl_coefficient(
+            prob, unknown, [s.coefficient for s in seen],
+            [s.coefficient_evidence is not None and s.coefficient_evidence.configured for s in seen],
+        )
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         prob, unknown = self.apply_identity_holds(prob, unknown, [s.identity_holds for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
@@ -591,15 +603,20 @@ class Diagnoser:
         return _halfway(prob, unknown, allowed)
 
     def apply_kl_coefficient(
-        self, prob: np.ndarray, unknown: np.ndarray, units: Sequence[float]
+        self, prob: np.ndarray, unknown: np.ndarray, units: Sequence[float], configured: Sequence[bool] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where the KL coefficient a row's loss carries moved (:func:`rftfm.fm.kl_coefficient.reading` beyond 1 unit
         either way), the types that move it that way (the registry's ``kl_coefficient_move``: a beta pushed up, one
         that no longer reaches the loss) get half the mass on top of the model's half, as for a penalty in the loss:
-        ranked first, short of the certainty a halt may rest on (a coefficient scheduled by design moves it too)."""
+        ranked first, short of the certainty a halt may rest on (a coefficient scheduled by design moves it too).
+        Where the row's coefficient was read against the one its trainer is ``configured`` with, only those types
+        remain (as for a broken invariant): a loss carrying e-fold less KL penalty than the trainer says is seen, not
+        guessed."""
         moves = [FAULT_TYPES[t].kl_coefficient_move for t in self.classes]
         allowed = [np.array([abs(u) > 1.0 and m == ("up" if u > 0 else "down") for m in moves]) for u in units]
-        return _halfway(prob, unknown, allowed)
+        told = list(configured) + [False] * (len(allowed) - len(configured))
+        prob, unknown = _only(prob, unknown, [a & seen for a, seen in zip(allowed, told)])
+        return _halfway(prob, unknown, [a & (not seen) for a, seen in zip(allowed, told)])
 
     def _rule_out(
         self, prob: np.ndarray, unknown: np.ndarray, excluded: list[np.ndarray]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +50,8 @@ from rftfm.fm.types import SignalEvidence
 SIGNALS = ("policy_loss", "kl")  # the ratio's numerator and denominator
 LOSS, KL = (CUBE_SIGNALS.index(s) for s in SIGNALS)
 CLIP = CUBE_SIGNALS.index(on_policy.SIGNAL)
-COLUMNS = (LOSS, KL, CLIP)  # what a record hands :meth:`CoefficientState.advance`
+LENGTH = CUBE_SIGNALS.index("completion_length_mean")
+COLUMNS = (LOSS, KL, CLIP, LENGTH)  # what a record hands :meth:`CoefficientState.advance`
 WINDOW = 3  # records whose median log-ratio is "now"
 BASELINE = 20  # records before the window whose median is "before"
 MIN_BASELINE = 6  # fewer: no reference yet
@@ -61,7 +63,50 @@ WINDOW_SPREAD = 0.1  # a window whose log-ratios span more than this (or twice t
 #: beside the penalty: verl's ``pg_loss``, a token-level loss of lengths that differ), and is not judged
 MAX_REFERENCE_SPREAD = 0.3
 _MAD_TO_SD = 1.4826  # a normal distribution's sd per median absolute deviation
-UNJUDGED = (math.nan, math.nan, math.nan)
+UNJUDGED = (math.nan, math.nan, math.nan, False)
+#: Inside the trainer (:class:`Configured`): the window's median log-ratio to the configured coefficient counts in
+#: units of this many e-folds below it (above 1 unit: the loss carries less than 1 / e of it) ...
+CONFIGURED_LIMIT = 1.0
+#: ... where the window's log-ratios span at most this (a coefficient is one number; a policy term comparable to the
+#: penalty scatters them). On the development folds' runs of /work/data/h31 (``scripts/kl_coefficient_runs.py
+#: --configured``), no healthy record's window sits more than 0.67 below (an uncorrected ``dr_grpo`` run), a
+#: ``kl_dropped`` fault's at 1.6 (beta x 0.2) and 4.6 (beta x 0.01).
+CONFIGURED_SPREAD = 0.5
+
+
+@dataclass(frozen=True)
+class Configured:
+    """The KL coefficient a trainer says its loss carries: ``beta``, times the mean completion length over
+    ``max_completion_length`` where the loss is normalised by the longest completion allowed (TRL's ``dr_grpo``:
+    the KL term is summed over tokens and divided by batch x that length)."""
+
+    beta: float
+    max_completion_length: float | None = None
+
+    def expected(self, length: float) -> float | None:
+        """The coefficient at a record whose mean completion length is ``length`` (None: not known there)."""
+        if self.max_completion_length is None:
+            return self.beta
+        if not (math.isfinite(length) and length > 0 and self.max_completion_length > 0):
+            return None
+        return self.beta * length / self.max_completion_length
+
+    @classmethod
+    def of(cls, beta: object, loss_type: object = None, max_completion_length: object = None) -> "Configured | None":
+        """The coefficient of a GRPO configuration (``None``: no KL term, or a length-normalised loss without its
+        length limit)."""
+        if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+            return None
+        if loss_type == "dr_grpo":
+            longest = max_completion_length
+            return cls(float(beta), float(longest)) if isinstance(longest, (int, float)) and longest > 0 else None
+        return cls(float(beta))
+
+    @classmethod
+    def of_trainer(cls, trainer: object) -> "Configured | None":
+        """A TRL GRPOTrainer's configured coefficient (``None``: no KL term, or not a trainer that says)."""
+        return cls.of(getattr(trainer, "beta", None), getattr(trainer, "loss_type", None),
+                      getattr(trainer, "max_completion_length", None))
 
 
 @dataclass
@@ -69,29 +114,63 @@ class CoefficientState:
     """One run's last :data:`WINDOW` + :data:`BASELINE` log-ratios of loss to KL."""
 
     ratios: deque = field(default_factory=lambda: deque(maxlen=WINDOW + BASELINE))
+    configured: Configured | None = None  # what the trainer says the coefficient is (inside it), else None
+    below: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # log-ratios to it, the last WINDOW records
 
     def copy(self) -> "CoefficientState":
-        return CoefficientState(deque(self.ratios, maxlen=WINDOW + BASELINE))
+        return CoefficientState(deque(self.ratios, maxlen=WINDOW + BASELINE), self.configured,
+                                deque(self.below, maxlen=WINDOW))
 
-    def advance(self, loss: float, kl: float, clip: float = math.nan) -> tuple[float, float, float]:
-        """Take in one record's loss, KL and clip ratio (NaN: not logged); return the signed units (positive: the
-        coefficient rose; NaN: not judged; 0: a reference or window without one coefficient), the coefficient now and
-        before (the window's and the reference's median ratio, read where the units are finite)."""
+    def know(self, configured: Configured | None) -> None:
+        """The coefficient the trainer is configured with from the next record on (a changed one starts a new
+        window: the records before were judged against the old one)."""
+        if configured != self.configured:
+            self.configured = configured
+            self.below.clear()
+
+    def advance(
+        self, loss: float, kl: float, clip: float = math.nan, length: float = math.nan
+    ) -> tuple[float, float, float, bool]:
+        """Take in one record's loss, KL, clip ratio and mean completion length (NaN: not logged); return the signed
+        units (positive: the coefficient rose; NaN: not judged; 0: a reference or window without one coefficient),
+        the coefficient now and before (the window's and the reference's median ratio, read where the units are
+        finite) and whether "before" is the :class:`Configured` coefficient (:meth:`_below_configured`: where its
+        units are the larger)."""
         has_ratio = math.isfinite(loss) and math.isfinite(kl) and loss > 0.0 and kl > KL_FLOOR
         if not has_ratio or on_policy.units(clip) > 1.0:
             return UNJUDGED
         self.ratios.append(math.log(loss / kl))
+        configured = self._below_configured(length)
         n = len(self.ratios)
         if n < WINDOW + MIN_BASELINE:
-            return UNJUDGED
+            return configured
         ratios = list(self.ratios)  # (Python floats: numpy's per-call set-up costs more than this at every record)
         reference, window = ratios[: n - WINDOW], sorted(ratios[n - WINDOW :])
         before = _median(reference)
         spread = _MAD_TO_SD * _median([abs(r - before) for r in reference])
         now = window[WINDOW // 2]  # (WINDOW is odd)
         if spread > MAX_REFERENCE_SPREAD or window[-1] - window[0] > max(WINDOW_SPREAD, 2.0 * spread):
-            return 0.0, math.exp(now), math.exp(before)
-        return (now - before) / max(LIMIT, SPREAD_UNITS * spread), math.exp(now), math.exp(before)
+            changed = (0.0, math.exp(now), math.exp(before), False)
+        else:
+            changed = ((now - before) / max(LIMIT, SPREAD_UNITS * spread), math.exp(now), math.exp(before), False)
+        return configured if abs(configured[0]) > abs(changed[0]) else changed
+
+    def _below_configured(self, length: float) -> tuple[float, float, float, bool]:
+        """The newest ratio against the configured coefficient: over the last :data:`WINDOW` records that agree with
+        one another (within :data:`CONFIGURED_SPREAD`), their median log-ratio to it below 0, in units of
+        :data:`CONFIGURED_LIMIT` (negative: the loss carries less than the trainer says), with the coefficient now
+        and the configured one; NaN units where not judged (nothing configured, a window not filled or scattered),
+        0 where the window sits at or above it (a policy term adds to the loss: no evidence either way)."""
+        expected = self.configured.expected(length) if self.configured is not None else None
+        if expected is None:
+            self.below.clear()  # a record without the configured coefficient breaks the window
+            return UNJUDGED
+        self.below.append(self.ratios[-1] - math.log(expected))
+        window = sorted(self.below)
+        if len(window) < WINDOW or window[-1] - window[0] > CONFIGURED_SPREAD:
+            return UNJUDGED
+        now = window[WINDOW // 2]
+        return min(now, 0.0) / CONFIGURED_LIMIT, math.exp(now) * expected, expected, True
 
 
 def _median(values: list[float]) -> float:
@@ -100,23 +179,26 @@ def _median(values: list[float]) -> float:
     return ordered[k // 2] if k % 2 else 0.5 * (ordered[k // 2 - 1] + ordered[k // 2])
 
 
-def cube_units(raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def cube_units(raw: np.ndarray, steps: np.ndarray, configured: Sequence[Configured | None] | None = None) -> np.ndarray:
     """(R, S) every record's signed units of a raw cube (R, S, len(CUBE_SIGNALS)) in step order (``steps`` 0:
-    absent), exactly as :meth:`CoefficientState.advance` gives them."""
+    absent), exactly as :meth:`CoefficientState.advance` gives them (``configured``: each run's, as the trainer said
+    it; default none)."""
     out = np.full(steps.shape, np.nan)
     for r in range(steps.shape[0]):
-        state = CoefficientState()
+        state = CoefficientState(configured=configured[r] if configured is not None else None)
         for s in np.flatnonzero(steps[r] > 0):
             out[r, s] = state.advance(*(float(raw[r, s, k]) for k in COLUMNS))[0]
     return out
 
 
-def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> tuple[float, SignalEvidence | None]:
+def reading(
+    raw: np.ndarray, steps: np.ndarray, last: int = BASELINE, configured: Configured | None = None
+) -> tuple[float, SignalEvidence | None]:
     """One run's signed units at its ``last`` records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)): the one of
     largest size (NaN: none judged), and the coefficient's change there as evidence where it passes a unit (else
     None). A moved coefficient becomes the reference a few records later, so the diagnoser reads as far back as the
-    reference reaches."""
-    state, records = CoefficientState(), []
+    reference reaches. ``configured``: the coefficient the trainer says it uses (:class:`Configured`)."""
+    state, records = CoefficientState(configured=configured), []
     present = np.flatnonzero(steps > 0)
     for i, s in enumerate(present):
         values = state.advance(*(float(raw[s, k]) for k in COLUMNS))
@@ -130,9 +212,11 @@ def reading(raw: np.ndarray, steps: np.ndarray, last: int = BASELINE) -> tuple[f
     return values[0], evidence(*values, int(steps[present[max(0, at - WINDOW + 1)]]))  # since the window's first
 
 
-def evidence(units: float, now: float, before: float, since_step: int | None) -> SignalEvidence:
+def evidence(
+    units: float, now: float, before: float, configured: bool = False, since_step: int | None = None
+) -> SignalEvidence:
     """The coefficient's change as evidence on the loss: ``value`` and ``expected`` are the loss per unit of KL now
-    and before (``per_kl``)."""
+    and before (``per_kl``), or the coefficient the trainer is configured with (``configured``)."""
     return SignalEvidence(
         signal="policy_loss",
         direction="up" if units > 0 else "down",
@@ -142,17 +226,22 @@ def evidence(units: float, now: float, before: float, since_step: int | None) ->
         ratio=now / before if before > 0.0 else None,
         since_step=since_step,
         per_kl=True,
+        configured=configured,
     )
 
 
 def describe(e: SignalEvidence) -> str:
     """``loss per unit of KL 0.00034 vs 0.033 before (x0.01) since step 22: the KL coefficient the loss carries fell
-    100-fold while the KL goes on being logged``."""
-    head = f"loss per unit of KL {e.value:.2g} vs {e.expected:.2g} before"
+    100-fold while the KL goes on being logged``; against the configured one: ``loss per unit of KL 0.00034 vs beta
+    0.034 configured (x0.01) since step 1: the loss carries 100-fold less KL penalty than the trainer is configured
+    with``."""
+    head = f"loss per unit of KL {e.value:.2g} vs {e.expected:.2g} " + ("configured" if e.configured else "before")
     if e.ratio is not None:
         head += f" (x{e.ratio:.2g})"
     if e.since_step is not None:
         head += f" since step {e.since_step}"
     factor = e.ratio if e.ratio is not None and e.ratio >= 1.0 else 1.0 / e.ratio if e.ratio else math.nan
+    if e.configured:
+        return f"{head}: the loss carries {factor:.2g}-fold less KL penalty than the trainer is configured with"
     moved = "rose" if e.direction == "up" else "fell"
     return f"{head}: the KL coefficient the loss carries {moved} {factor:.2g}-fold while the KL goes on being logged"

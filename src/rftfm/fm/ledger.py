@@ -143,15 +143,18 @@ class KnobLedger:
         self.seen = current
         return new
 
-    def track_and_pin(self, handle: Any, checkpointer: Any, step: int, cfg: policy.ControllerConfig) -> None:
+    def track_and_pin(
+        self, handle: Any, checkpointer: Any, step: int, cfg: policy.ControllerConfig
+    ) -> dict[str, Any] | None:
         """Note every knob change the loop did not make (a configuration push mid-run), with the value before it, and
         pin the last checkpoint before it: the one a rollback will want. Called in alert-only mode too: a push lowers
-        the alarm threshold."""
+        the alarm threshold. Returns the knobs read (``None``: no trainer bound)."""
         if handle is None:
-            return
+            return None
         for _ in self.track(handle.knobs(), step, cfg):
             info, _ = checkpointer.latest_valid(before_step=step - 1)
             handle.pin(checkpointer, info.step if info is not None else None)
+        return self.seen
 
     def healthy(
         self, checkpoint_knobs: dict[str, Any], incident_start: int, cfg: policy.ControllerConfig

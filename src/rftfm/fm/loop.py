@@ -148,12 +148,12 @@ class Controller:
             self.monitor_seconds += time.perf_counter() - t0
 
     def _observe(self, record: StepRecord, trajectories: list[TrajectoryRecord]) -> None:
-        previous, step = self.last_step, record.step
-        self.last_step = step
+        previous, step, self.last_step = self.last_step, record.step, record.step
         if self.mode == "halted":
             return
         record = self._guard("eval", lambda: self.heldout.take(record, previous)) or record
-        self._guard("knobs", lambda: self.knob_log.track_and_pin(self.handle, self.checkpointer, step, self.config))
+        self._guard("knobs", lambda: self.sensing.follow_kl_coefficient(  # (the KL coefficient the knobs say now)
+            self.knob_log.track_and_pin(self.handle, self.checkpointer, step, self.config)))
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history),
                                         policy.alarm_threshold(after_push, self.config))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from rftfm.fm import kl_coefficient
 from rftfm.fm.features import HISTORY_SCHEMA, SCHEDULE, step_features
 from rftfm.fm.ledger import Journal
 from rftfm.fm.types import Alarm, Diagnosis
@@ -72,6 +73,7 @@ class Sensing:
         self.know_schedule(False)
         self.know_on_policy(False)
         self.know_reward_weights(None)
+        self.know_kl_coefficient(None)
 
     def know_invariants(self, known: bool) -> None:
         """Tell detector and diagnoser (those that take it) whether the run's estimator makes the advantage
@@ -87,6 +89,22 @@ class Sensing:
         """Tell detector and diagnoser (those that take it) the run's reward weights by function name, which arms the
         reward identity from the first record."""
         self._tell_both("know_reward_weights", weights)
+
+    def know_kl_coefficient(self, configured: Any) -> None:
+        """Tell detector and diagnoser (those that take it) the KL coefficient the trainer is configured with
+        (:class:`~rftfm.fm.kl_coefficient.Configured`), against which the loss per unit of KL is judged."""
+        self._tell_both("know_kl_coefficient", configured)
+
+    def follow_kl_coefficient(self, knobs: dict[str, Any] | None) -> None:
+        """The KL coefficient the trainer's knobs say at this record (``beta``, ``loss_type``,
+        ``max_completion_length``; read every record, so a push of them, or the loop's own change, is followed;
+        ``None``: no trainer bound, nothing told)."""
+        if knobs is None:
+            return
+        configured = kl_coefficient.Configured.of(
+            knobs.get("beta"), knobs.get("loss_type"), knobs.get("max_completion_length")
+        )
+        self.know_kl_coefficient(configured)
 
     def _tell_both(self, method: str, known: Any) -> None:
         for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):

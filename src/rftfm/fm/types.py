@@ -29,6 +29,7 @@ class SignalEvidence(BaseModel):
     penalty_term: str | None = None  # the loss took on ``coefficient`` x this term (:mod:`rftfm.fm.loss_penalty`)
     coefficient: float | None = None
     per_kl: bool = False  # value / expected: the loss per unit of KL now / before (:mod:`rftfm.fm.kl_coefficient`)
+    configured: bool = False  # (with ``per_kl``) ``expected`` is the KL coefficient the trainer is configured with
 
     @property
     def measured(self) -> bool:

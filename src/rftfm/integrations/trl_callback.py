@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.fm import on_policy, reward_identity, schedule
+from rftfm.fm import kl_coefficient, on_policy, reward_identity, schedule
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -237,6 +237,7 @@ class RFTFMCallback(TrainerCallback):
                 self._check_schedule(args, state.global_step)
                 self._check_on_policy(state.global_step)
                 self._check_reward_weights(state.global_step)
+                self._check_kl_coefficient(state.global_step)
             self._initial_checkpoint_due = True
         except Exception as exc:  # never break the trainer
             self.setup_error = f"{type(exc).__name__}: {exc}"
@@ -306,6 +307,16 @@ class RFTFMCallback(TrainerCallback):
         weights = reward_identity.trainer_weights(self.trainer)
         self.controller.sensing.know_reward_weights(weights)
         self.controller.journal.record("run", step, {"event": "reward weights", "read": weights})
+
+    def _check_kl_coefficient(self, step: int) -> None:
+        """An attached trainer's KL coefficient (TRL: ``beta``, with ``loss_type`` and ``max_completion_length``): a
+        loss that carries much less of it than configured alarms (:mod:`rftfm.fm.kl_coefficient`); recorded in the
+        incident log."""
+        assert self.controller is not None
+        configured = kl_coefficient.Configured.of_trainer(self.trainer) if self.trainer is not None else None
+        self.controller.sensing.know_kl_coefficient(configured)
+        read = None if configured is None else {"beta": configured.beta, "length": configured.max_completion_length}
+        self.controller.journal.record("run", step, {"event": "KL coefficient", "read": read})
 
     def _estimator_checked(self, step: int) -> bool:
         """Whether the trainer's estimator makes the advantage invariants hold, decided once (recorded in the
