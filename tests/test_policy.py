@@ -327,3 +327,21 @@ def test_checkpoint_interval_that_fits_the_budget():
     assert policy.checkpoint_every_within(20.0, 100.0, 2) == 8  # 20 % at every 2 -> 5 % at every 8
     assert policy.checkpoint_every_within(None, 100.0, 2) is None
     assert policy.checkpoint_every_within(3.0, 0.0, 2) is None
+
+
+def test_the_confirmation_windows_count_logged_records_when_a_trainer_logs_every_few_steps():
+    from rftfm.fm.ledger import RunLength
+
+    weak = AlarmFacts(20, 1.2, 1.0)
+    assert not policy.confirmed(weak, [15, 20], CFG)  # two alarms 5 steps apart: a window of 3 steps holds one
+    every5 = policy.per_record(CFG, 5)
+    assert every5.record_steps == 5 and every5.confirm_steps == 15 and every5.unknown_confirm_steps == 20
+    assert policy.confirmed(weak, [15, 20], every5)  # ... two records in a row for a trainer logging every 5 steps
+    assert not policy.confirmed(weak, [5, 20], every5)
+    assert policy.per_record(CFG, 1) is CFG
+    assert policy.rollback_before(20, [15, 20], [], {}, every5) < policy.rollback_before(20, [15, 20], [], {}, CFG)
+    length = RunLength()
+    for real in (5, 10, 15, 30):  # a record missing between 15 and 30: the logging interval is the fewest steps
+        length.step(real, 100)
+    assert length.record_steps == 5
+    assert RunLength().record_steps is None

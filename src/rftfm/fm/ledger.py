@@ -175,9 +175,16 @@ class RunLength:
     replayed: int = 0  # steps added to the run to train again what rollbacks discarded
     offset: int = 0  # real step - effective step (grows with every rollback)
     effective_at: dict[int, int] = field(default_factory=lambda: {0: 0})
+    last_real: int = 0  # the last record's real step
+    record_steps: int | None = None  # the fewest steps seen between two records (a trainer's logging_steps)
 
     def step(self, real: int, max_history: int) -> int:
-        """The effective step of real step ``real`` (remembered for later rollbacks)."""
+        """The effective step of real step ``real`` (remembered for later rollbacks); notes the steps since the last
+        record."""
+        if real > self.last_real > 0:
+            gap = real - self.last_real
+            self.record_steps = gap if self.record_steps is None else min(self.record_steps, gap)
+        self.last_real = max(self.last_real, real)
         effective = real - self.offset
         self.effective_at[real] = effective
         trim_oldest(self.effective_at, max_history)

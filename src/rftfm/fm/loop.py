@@ -157,6 +157,7 @@ class Controller:
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         ok, alarm = self.sensing.detect(record, trajectories, step - self.length.step(step, self.config.max_history),
                                         policy.alarm_threshold(after_push, self.config))
+        self.config = policy.per_record(self.config, self.length.record_steps or 1)  # windows count records
         if not ok:
             return
         alarm = self._triage(step, alarm)
@@ -226,7 +227,7 @@ class Controller:
 
     def _new_incident(self, step: int, diagnosis: Diagnosis | None, escalate: bool) -> policy.NewIncident:
         rem, top = self.remediator, diagnosis.top if diagnosis is not None else None
-        recent = sum(s > step - self.config.unknown_confirm_window for s in self.alarm_steps)
+        recent = sum(s > step - self.config.unknown_confirm_steps for s in self.alarm_steps)
         return policy.NewIncident(
             step, rem.generic or rem.diagnosed_type(diagnosis) is not None, policy.drifted(self.handle.knobs(),
             self._healthy_knobs()), recent, rem.blind_budget_used(diagnosis), self.length.max_steps,
@@ -301,8 +302,7 @@ class Controller:
         return detail
 
     def _roll_back(self, incident: Incident) -> str:
-        """Restore the incident's checkpoint, as a resume does: the discarded steps' batches come again
-        first and the run is extended by them; or keep the weights when the run has not regressed."""
+        """Restore the incident's checkpoint as a resume does (its batches come again); keep weights not regressed."""
         handle = self.handle
         assert handle is not None and incident.plan is not None
         kept = policy.skip_rollback(self._rollback_case(incident.plan), self.config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from rftfm.fm.playbook import PLAYBOOK, UPSTREAM_SIGNALS, ends_in_halt_only, ladder
@@ -39,6 +39,8 @@ class ControllerConfig:
     strong_alarm: float = 2.0  # ... or at once when score >= strong_alarm x threshold
     unknown_confirm_alarms: int = 3  # an alarm nobody can explain (no diagnosis, no knob drift) needs
     unknown_confirm_window: int = 4  # this many alarms within this many steps before the loop acts
+    record_steps: int = 1  # steps between two logged records (the loop measures it: a trainer's logging_steps); the
+    # confirmation windows above count logged records, so each spans this many times its steps
     max_history: int = 4096  # per-step state kept (diagnoser history, accuracies): bounded memory on long runs
     rollback_needs_regression: bool = True  # a knob rung rolls back only when eval accuracy fell since the checkpoint
     regression_margin: float = 0.03  # ... by more than this (absolute); unknown accuracy: roll back
@@ -57,6 +59,22 @@ class ControllerConfig:
     # calibrated threshold is 1): a change nobody explained doubles the odds that what follows is a fault
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
     max_replay_fraction: float = 0.5  # ... up to this fraction of the planned steps in all
+
+    @property
+    def confirm_steps(self) -> int:
+        """``confirm_window`` logged records, in steps."""
+        return self.confirm_window * max(self.record_steps, 1)
+
+    @property
+    def unknown_confirm_steps(self) -> int:
+        """``unknown_confirm_window`` logged records, in steps."""
+        return self.unknown_confirm_window * max(self.record_steps, 1)
+
+
+def per_record(cfg: ControllerConfig, record_steps: int) -> ControllerConfig:
+    """``cfg`` with the run's measured steps between logged records (itself where they are already so): a trainer that
+    logs every 10 steps has one record where the confirmation rule expects three steps."""
+    return cfg if record_steps == cfg.record_steps else replace(cfg, record_steps=record_steps)
 
 
 # --- acting on an alarm ------------------------------------------------------------------------
@@ -77,7 +95,7 @@ def is_strong(alarm: AlarmFacts, cfg: ControllerConfig) -> bool:
 def confirmed(alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConfig, after_push: bool = False) -> bool:
     """A single weak alarm is only reported; acting needs a strong one, ``confirm_alarms`` alarms
     (``alarm_steps``, this one included) within ``confirm_window`` steps, or a recent knob push."""
-    recent = [s for s in alarm_steps if alarm.step - cfg.confirm_window < s <= alarm.step]
+    recent = [s for s in alarm_steps if alarm.step - cfg.confirm_steps < s <= alarm.step]
     return is_strong(alarm, cfg) or len(recent) >= cfg.confirm_alarms or after_push
 
 
@@ -105,7 +123,7 @@ def rollback_before(
     (slow drifts would roll back everything); the checkpoint lies ``rollout_lag`` steps further back (that
     step's weights generated the deviating rollouts), and before any recent knob push (the prime suspect).
     """
-    window = [s for s in alarm_steps if s > step - cfg.confirm_window] or [step]
+    window = [s for s in alarm_steps if s > step - cfg.confirm_steps] or [step]
     first = min(since_steps) if since_steps else min(window) - cfg.default_lookback
     first = min(max(first, min(window) - cfg.max_lookback, 1), step)
     before = first - 1 - cfg.rollout_lag
@@ -367,7 +385,7 @@ def lag_after(
     alarms in the incident's confirmation window, and the eval accuracy at the time; ``None`` otherwise."""
     if not (restores_drift and any(a.kind == "set_knob" and a.knob in pushes for a in actions)):
         return None
-    window = [ev for s, ev in recent_evidence if s > incident_start - cfg.confirm_window]
+    window = [ev for s, ev in recent_evidence if s > incident_start - cfg.confirm_steps]
     return Lag(frozenset().union(*window), accuracy)
 
 
