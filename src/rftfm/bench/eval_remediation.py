@@ -802,8 +802,8 @@ the raw rows with `--from-json docs/results/remediation-seed.json`); do not edit
 
 The loop (`rftfm.fm.loop.Controller`, inside TRL as `rftfm.integrations.trl_callback.RFTFMCallback`) is a state
 machine that follows the rules of `rftfm.fm.policy` (each a pure function, unit-tested without a trainer). Every
-step: detector -> on a confirmed alarm (two alarms within three steps, or one with score >= 2x threshold, or one
-while a knob push is in effect, when the detector's threshold is also halved: a change nobody explained doubles
+step: detector -> on a confirmed alarm (two alarms within three logged records, or one with score >= 2x threshold,
+or one while a knob push is in effect, when the detector's threshold is also halved: a change nobody explained doubles
 the odds of a fault) the diagnoser -> the remediator's next rung (`rftfm.fm.remediate`) -> revalidation
 over 3 steps (no alarm: *kept*; alarm, or eval accuracy 0.2 below the checkpoint's: *escalated* to the next rung).
 
@@ -899,8 +899,8 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
         f"Produced by `{command}`.\n",
         f"\n{note}\n\n" if note else "",
         f"Repair success = intervention, anomaly cleared after it (>= 3 steps after the last action with no confirmed "
-        "alarm -- two alarms "
-        f"within 3 steps or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the "
+        "alarm -- two alarms within 3 logged records "
+        "or one >= 2x threshold, the loop's own acting rule; alarms whose evidence lies only in the "
         "upstream signals of the "
         f"repaired cause (`UPSTREAM_SIGNALS`, e.g. reward sd under reward noise) or only repeat the deviations of an "
         "incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final "
