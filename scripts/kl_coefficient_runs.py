@@ -6,9 +6,9 @@ faulty runs it alarms after a mid-run onset: the check behind its limits, docs/d
 ``--development``: only the runs of the development folds (task groups arith_b, repeat and tool, and runs that log
 every few steps), on which the limits were chosen. ``--configured``: judged as inside the trainer, against each run's
 configured coefficient (its ``beta``, loss type and length limit: :class:`rftfm.fm.kl_coefficient.Configured`), and
-the faulty runs it alarms at or after an onset at step 1 too. Healthy records: every record of normal and control runs, and
-faulty runs' records before onset. The rule's units are signed (positive: the coefficient rose); their size is
-printed.
+the faulty runs it alarms at or after an onset at step 1 too. Healthy records: every record of normal and control
+runs, and faulty runs' records before onset. The rule's units are signed (positive: the coefficient rose); their size
+is printed.
 """
 
 from __future__ import annotations
