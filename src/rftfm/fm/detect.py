@@ -52,7 +52,8 @@ How it decides, record by record:
    weighted means (:mod:`rftfm.fm.reward_identity`), and a reward function whose scores were all 0 or 1 no longer
    being so (:mod:`rftfm.fm.binary_reward`); and a *KL-coefficient* rule, fitting-free: the loss per unit of KL,
    which is the KL coefficient where a run's loss is its KL penalty, moving e-fold or more and holding its new value
-   over the last few records (:mod:`rftfm.fm.kl_coefficient`);
+   over the last few records, or, where the trainer's configured coefficient is known
+   (:meth:`Detector.know_kl_coefficient`), sitting e-fold below it (:mod:`rftfm.fm.kl_coefficient`);
 11. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does

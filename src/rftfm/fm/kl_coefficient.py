@@ -30,6 +30,13 @@ The limits were chosen on the development folds' runs (task groups arith_b, repe
 steps); ``python scripts/kl_coefficient_runs.py --data DIR [--development]`` prints how far healthy records go (on
 /work/data/h31: 125 healthy runs judged, the largest at 0.39 units; docs/detection.md, method 3 (m)).
 
+Inside the trainer the coefficient it is configured with is known (:class:`Configured`, read off its knobs by the
+loop): there the window is also judged against it, from the first window on, where a change needs a reference (a
+coefficient kept out of the loss from the first step shows no change). Only "less than configured" counts
+(:data:`CONFIGURED_LIMIT`, :data:`CONFIGURED_SPREAD`): a policy term adds to a loss as often as it takes away, and
+healthy runs whose policy term outweighs the penalty sit far above the configured coefficient, and on the
+benchmark's runs never steadily below it.
+
 Written by hand: a two-window statistic of a ratio of two logged metrics; river's drift detectors and ruptures
 watch one series against limits of their own, not whether it keeps a ratio to another.
 """
