@@ -219,6 +219,9 @@ def test_the_loop_follows_the_coefficient_its_trainers_knobs_say_so_its_own_beta
     sensing.reset_detector()
     sensing.follow_kl_coefficient(None)  # no trainer bound: nothing told
     assert sensing.detector.kl_configured is None
+    sensing.know_kl_coefficient(kl_coefficient.Configured(BETA))  # what the callback read off the trainer ...
+    sensing.follow_kl_coefficient({"learning_rate": 1e-5})  # ... stands where the knobs carry no beta (PEFT's TRL)
+    assert sensing.detector.kl_configured == kl_coefficient.Configured(BETA)
     kls = _kl(16, 7)
     per_kl = []
     for step, kl in enumerate(kls, start=1):

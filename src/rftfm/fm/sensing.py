@@ -98,8 +98,9 @@ class Sensing:
     def follow_kl_coefficient(self, knobs: dict[str, Any] | None) -> None:
         """The KL coefficient the trainer's knobs say at this record (``beta``, ``loss_type``,
         ``max_completion_length``; read every record, so a push of them, or the loop's own change, is followed;
-        ``None``: no trainer bound, nothing told)."""
-        if knobs is None:
+        ``None``, or knobs without a beta -- a trainer whose beta cannot be set, such as TRL's without a separate
+        reference model: nothing told, what the caller told stands)."""
+        if knobs is None or "beta" not in knobs:
             return
         configured = kl_coefficient.Configured.of(
             knobs.get("beta"), knobs.get("loss_type"), knobs.get("max_completion_length")
