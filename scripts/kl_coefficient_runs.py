@@ -5,10 +5,10 @@ faulty runs it alarms after a mid-run onset: the check behind its limits, docs/d
 
 ``--development``: only the runs of the development folds (task groups arith_b, repeat and tool, and runs that log
 every few steps), on which the limits were chosen. ``--configured``: judged as inside the trainer, against each run's
-configured coefficient (its ``beta``, loss type and length limit: :class:`rftfm.fm.kl_coefficient.Configured`), and
-the faulty runs it alarms at or after an onset at step 1 too. Healthy records: every record of normal and control
-runs, and faulty runs' records before onset. The rule's units are signed (positive: the coefficient rose); their size
-is printed.
+configured coefficient (its ``beta``, loss type and length limit: :class:`rftfm.fm.kl_coefficient.Configured`).
+The faulty runs it alarms at or after an onset at step 1 are printed too. Healthy records: every record of normal and
+control runs, and faulty runs' records before onset. The rule's units are signed (positive: the coefficient rose);
+their size is printed.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ def main() -> None:
     raw, steps = runs_cube(features, ids)
     configured = None
     if args.configured:
-        configured = [kl_coefficient.Configured.of(b, t, m) for b, t, m in
-                      zip(runs["beta"].to_list(), runs["loss_type"].to_list(), runs["max_completion_length"].to_list())]
+        configured = [kl_coefficient.Configured.of_config(r) for r in runs.iter_rows(named=True)]
     units = np.abs(kl_coefficient.cube_units(raw, steps, configured))
     onset = onsets(runs, kinds)
     peak = healthy_peaks(units, steps, onset)
@@ -48,11 +47,10 @@ def main() -> None:
     print(f"{len(ids)} runs; an alarm above 1 unit")
     print_healthy_peaks(peak, ids, loss_types, "units", lambda v: f"{v:.3f}", limit=1.0)
     print_mid_run_crossings(units, steps, onset, kinds, 1.0, "mid-run faulty runs it alarms at or after onset")
-    if args.configured:
-        after = (steps >= onset[:, None]) & (steps > 0)
-        crossed = np.fmax.reduce(np.where(after, units, np.nan), axis=1) > 1.0
-        at_start = Counter(k for k, hit, o in zip(kinds, crossed, onset) if hit and o == 1)
-        print("faulty runs with an onset at step 1 it alarms:", dict(sorted(at_start.items())))
+    after = (steps >= onset[:, None]) & (steps > 0)
+    crossed = np.fmax.reduce(np.where(after, units, np.nan), axis=1) > 1.0
+    at_start = Counter(k for k, hit, o in zip(kinds, crossed, onset) if hit and o == 1)
+    print("faulty runs with an onset at step 1 it alarms:", dict(sorted(at_start.items())))
 
 
 if __name__ == "__main__":

@@ -251,13 +251,15 @@ def _history(rows: list[dict]) -> pl.DataFrame:
 
 def test_an_identity_held_over_several_functions_is_read_as_holding_and_a_single_function_never_is():
     healthy = _history(_trl_rows(none_from=None))
-    assert ri.run_holds(healthy, "trl", 30)
-    assert not ri.run_holds(healthy, "trl", 3)  # not armed yet (4 records fit the weights)
+    assert ri.reading(healthy, "trl", 30)[1]
+    assert not ri.reading(healthy, "trl", 3)[1]  # not armed yet (4 records fit the weights)
     broken = _history(_trl_rows(none_from=25))
-    assert ri.run_holds(broken, "trl", 24) and not ri.run_holds(broken, "trl", 26)
+    assert ri.reading(broken, "trl", 24) == (None, True)
+    evidence, holds = ri.reading(broken, "trl", 26)  # one replay: the broken identity's evidence, and not holding
+    assert not holds and evidence is not None and evidence.since_step == 25
     single = [r | {"extra": {"rewards/accuracy/mean": r["extra"]["rewards/accuracy/mean"]},
                    "reward_mean": r["extra"]["rewards/accuracy/mean"]} for r in _trl_rows(none_from=None)]
-    assert not ri.run_holds(_history(single), "trl", 30)  # TRL leaves an unscored completion out of both sides
+    assert not ri.reading(_history(single), "trl", 30)[1]  # TRL leaves an unscored completion out of both sides
 
 
 def test_the_diagnoser_rules_out_a_verifier_returning_none_where_the_identity_holds_over_several_functions():

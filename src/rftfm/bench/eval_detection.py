@@ -108,11 +108,7 @@ class InTrainerMethod(RFTFMMethod):
     def set_trainers(self, test: pl.DataFrame) -> None:
         """What each test run's trainer says of its KL coefficient (``beta``, loss type, length limit), which the
         callback reads off the trainer (:meth:`~rftfm.fm.detect.Detector.know_kl_coefficient`)."""
-        cols = {c: _col(test, c) for c in ("run_id", "beta", "loss_type", "max_completion_length")}
-        self.configured = {
-            r: kl_coefficient.Configured.of(b, t, m)
-            for r, b, t, m in zip(cols["run_id"], cols["beta"], cols["loss_type"], cols["max_completion_length"])
-        }
+        self.configured = {r["run_id"]: kl_coefficient.Configured.of_config(r) for r in test.iter_rows(named=True)}
 
     def score(self, runs: RunCubes) -> np.ndarray:
         known = self.detector.on_policy, self.detector.invariants_known  # (a detector passed in may be shared)

@@ -220,8 +220,7 @@ def _fold(
         "strength": [meta[r]["fault_strength"] for r in ids],
         "tiers": {},
     }
-    configured = {r: kl_coefficient.Configured.of(m.get("beta"), m.get("loss_type"), m.get("max_completion_length"))
-                  for r, m in meta.items()}
+    configured = {r: kl_coefficient.Configured.of_config(m) for r, m in meta.items()}
     seen = {known: _seen_at_alarm(features, alarms, ids, known, configured if known else None)
             for known in {t == IN_TRAINER for t in tiers}}
     for tier in tiers:
@@ -259,12 +258,11 @@ def _seen_at_alarm(
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
         cube, steps = runs_cube(history, [run_id])
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
-        identity = reward_identity.run_evidence(history, run_id, alarms[run_id]) is not None
+        evidence, holds = reward_identity.reading(history, run_id, alarms[run_id])
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
-        holds = reward_identity.run_holds(history, run_id, alarms[run_id])
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
         told = configured.get(run_id) if configured else None
-        seen.append(Seen.read(cube[0], steps[0], lr, broken, identity, binary, holds, told))
+        seen.append(Seen.read(cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told))
     return seen
 
 

@@ -397,9 +397,8 @@ class Diagnoser:
         x = vectors(tracked, steps[0], [step], self.tracker, cube[0])
         broken = seen_broken(cube[0], steps[0], self.invariants_known, self.on_policy)
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
-        identity = reward_identity.run_evidence(history, run_id, step, self.reward_weights)
+        identity, holds = reward_identity.reading(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
-        holds = reward_identity.run_holds(history, run_id, step, self.reward_weights)
         seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
                          self.kl_configured)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
@@ -559,7 +558,7 @@ class Diagnoser:
         self, prob: np.ndarray, unknown: np.ndarray, holds: list[bool]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's run holds its reward identity over two or more reward functions
-        (:func:`rftfm.fm.reward_identity.run_holds`), the types that break it (the registry's ``reward_identity``: a
+        (:func:`rftfm.fm.reward_identity.reading`), the types that break it (the registry's ``reward_identity``: a
         reward function returning None for some completions) are ruled out, as in :meth:`apply_untruncated`: a function
         that skipped completions another one scored would have broken it at these very records."""
         skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])

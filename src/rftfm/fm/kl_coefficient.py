@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +109,12 @@ class Configured:
             longest = max_completion_length
             return cls(float(beta), float(longest)) if isinstance(longest, (int, float)) and longest > 0 else None
         return cls(float(beta))
+
+    @classmethod
+    def of_config(cls, config: Mapping[str, object]) -> "Configured | None":
+        """:meth:`of` a configuration's ``beta``, ``loss_type`` and ``max_completion_length`` (a trainer's knobs, a
+        run's ``run_info``)."""
+        return cls.of(config.get("beta"), config.get("loss_type"), config.get("max_completion_length"))
 
     @classmethod
     def of_trainer(cls, trainer: object) -> "Configured | None":

@@ -201,28 +201,30 @@ def run_evidence(
     """The broken identity as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` broke it
     (``features``: :func:`~rftfm.fm.features.features_frame` rows; ``weights``: the run's reward weights by function
     name when known), else ``None``."""
-    if PARTS not in features.columns:
-        return None
-    return replay.recent_evidence(features, run_id, step, _rows, partial(_state, weights), RECENT)
+    return reading(features, run_id, step, weights)[0]
 
 
-def run_holds(
+def reading(
     features: pl.DataFrame, run_id: str, step: int, weights: Mapping[str, float] | None = None
-) -> bool:
-    """Whether ``run_id``'s identity is armed over two or more reward functions and held at every one of its last
-    :data:`RECENT` judged records up to ``step`` (at least one judged): a record whose reward function returned None
-    for some completions while another scored them would have broken it (the module's docstring). With one function
-    TRL (>= 1.16) leaves an unscored completion out of both sides, so holding says nothing there."""
+) -> tuple[SignalEvidence | None, bool]:
+    """One replay of ``run_id``'s records up to ``step``: :func:`run_evidence`'s evidence, and whether the identity
+    is armed over two or more reward functions and held at every one of its last :data:`RECENT` judged records (at
+    least one judged) -- a record whose reward function returned None for some completions while another scored them
+    would have broken it (the module's docstring); with one function TRL (>= 1.16) leaves an unscored completion out
+    of both sides, so holding says nothing there."""
     if PARTS not in features.columns:
-        return False
-    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step))
-    state, judged = _state(weights), []
-    for s, total, parts in _rows(rows.sort("step")):
+        return None, False
+    rows = features.filter((pl.col("run_id") == run_id) & pl.col("step").is_between(1, step)).sort("step")
+    last = set(rows["step"].unique().sort()[-RECENT:].to_list())
+    state, found, judged = _state(weights), None, []
+    for s, total, parts in _rows(rows):
         units = state.advance(total, parts, s)
+        if units > 1.0 and s in last:
+            found = state.evidence()
         if state.weights is not None and parts is not None and total is not None:
             judged.append(units)
     armed = state.weights is not None and not state.disarmed and len(state.weights) >= 2
-    return armed and bool(judged) and max(judged[-RECENT:]) <= 1.0
+    return found, armed and bool(judged) and max(judged[-RECENT:]) <= 1.0
 
 
 def _own_columns(parts: list[list[float | None] | None]) -> list[int]:

@@ -102,10 +102,7 @@ class Sensing:
         reference model: nothing told, what the caller told stands)."""
         if knobs is None or "beta" not in knobs:
             return
-        configured = kl_coefficient.Configured.of(
-            knobs.get("beta"), knobs.get("loss_type"), knobs.get("max_completion_length")
-        )
-        self.know_kl_coefficient(configured)
+        self.know_kl_coefficient(kl_coefficient.Configured.of_config(knobs))
 
     def _tell_both(self, method: str, known: Any) -> None:
         for stage, part in (("detect", self.detector), ("diagnose", self.diagnoser)):
