@@ -34,7 +34,8 @@ can return to the state it had before a rolled-back step.
 
 Written by hand: river's drift detectors (ADWIN, Page-Hinkley, KSWIN) follow one raw stream with
 absolute thresholds; here every signal needs its own unit, a prior noise shared across
-configurations and a trend-following baseline, vectorised over runs for evaluation.
+configurations and a trend-following baseline, over many runs at once for evaluation. The per-record update is
+compiled (:mod:`rftfm.fm.dynamics_kernel`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from rftfm.fm.dynamics_kernel import advance
 from rftfm.signals import Scale, has_absolute_level, scale
 
 #: Features per signal (a NaN where a signal has no value of that kind).
@@ -92,14 +94,6 @@ def clip(x: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | floa
     costs more than its arithmetic on one run's record: used on every per-record path)."""
     return np.minimum(np.maximum(x, low), high)
 
-
-def _nan_to_zero(values: np.ndarray) -> np.ndarray:
-    """NaN -> 0 (the values here are finite or NaN); about a seventh of ``np.nan_to_num``'s cost on a record's few
-    dozen values, where that call was the tracker's largest single cost."""
-    return np.where(np.isnan(values), 0.0, values)
-
-
-MAD_TO_SD_MEAN = 1.2533  # mean absolute deviation -> standard deviation (Gaussian)
 
 #: Noise floor of signed levels (their unit is the user's): a signal that never moves still needs a finite z.
 NOISE_FLOOR = {"linear": 1e-6}
@@ -194,152 +188,28 @@ class DynamicsTracker:
     def new_state(self, runs: int = 1) -> TrackerState:
         return TrackerState.new(runs, len(self.signals), self.config.warmup)
 
-    def transform(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
-        """(R, F) raw -> comparable scale; sets each log signal's ``c`` at its first non-zero value (NaN arithmetic
-        is expected: called inside :meth:`update`'s ``errstate``)."""
-        unset = self.is_log & np.isnan(state.magnitude)
-        if unset.any():  # (once every log signal has its c -- a live run's usual record -- nothing to set)
-            first = unset & np.isfinite(x) & (np.abs(x) > 0)
-            state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
-        logged = np.arcsinh(x / state.magnitude)
-        # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable;
-        # an exact 0 is no magnitude at all (a reward sd or grad norm of a batch whose groups all tied: the
-        # fraction of zero-variance groups says so) and is left out rather than read as a 100-fold fall
-        usable = np.isfinite(state.magnitude) & (x != 0)
-        return np.where(self.is_log, np.where(usable, logged, np.nan), x)
-
-    def noise_scale(self, state: TrackerState) -> np.ndarray:
-        """(R, F) the noise scale in use: own estimate shrunk towards the prior (NaN: unknown; called inside
-        :meth:`update`'s ``errstate``)."""
-        w = self.config.prior_weight
-        n = state.noise_n
-        all_time = np.where(n > 0, state.noise_sum / np.maximum(n, 1), np.nan)
-        own = np.fmax(state.noise, self.config.all_time_floor * all_time)  # NaN only where both are
-        blended = np.sqrt((w * self.prior**2 + n * _nan_to_zero(own) ** 2) / (w + n))
-        # no prior (the user's units): unknown until the signal has moved, and never below its resolution
-        unpriored = np.where((n >= 3) & np.isfinite(state.resolution), own, np.nan)
-        scale = np.where(self.has_prior, blended, unpriored)
-        floor = np.where(self.has_prior, self.prior_floor, np.fmax(self.floor, state.resolution))
-        return np.maximum(scale, floor)
-
     def update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
-        """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D)."""
-        with np.errstate(invalid="ignore", divide="ignore"):  # entered once per record, not in every helper
-            return self._update(state, x)
+        """Advance ``state`` by one record of raw values ``x`` (R, F) (NaN = missing); features (R, D).
 
-    def _update(self, state: TrackerState, x: np.ndarray) -> np.ndarray:
+        Per signal: the comparable scale (a log signal's ``c`` set at its first non-zero value; an exact 0 of a
+        magnitude -- a reward sd of a batch whose groups all tied -- left out rather than read as a 100-fold fall);
+        the noise scale in use (the run's own estimate shrunk towards the prior; a signal without a prior unknown
+        until it has moved, never below its resolution); the innovation ``z``; the noise learnt from inliers only,
+        and not while a shift builds up (a fault does not teach the run that it is normal); the Holt baseline moved
+        by the clipped innovation, a shift that persists ``adapt_after`` records accepted as the new level; the
+        capped CUSUM; the warm-up reference; the resolution. Compiled: :func:`rftfm.fm.dynamics_kernel.advance`.
+        """
         cfg = self.config
-        y = self.transform(state, np.asarray(x, dtype=float))
-        seen = np.isfinite(y)
-        started = np.isfinite(state.level)
-        sigma = self.noise_scale(state)
-        pred = state.level + state.trend
-        e = y - pred
-        judged = seen & started & np.isfinite(sigma)
-        safe_sigma = np.where(judged, sigma, 1.0)
-        z = np.where(judged, clip(e / safe_sigma, -cfg.z_clip, cfg.z_clip), np.nan)
-        dev_slow = np.where(judged, (y - state.slow) / safe_sigma, np.nan)
-        zz = _nan_to_zero(z)
-        # a shift that persists is the run's new level; while one builds up, the noise estimate stands
-        # still, so a fault does not teach the run that it is normal
-        side = np.where(judged & (np.abs(zz) > cfg.huber), np.sign(zz), 0.0)
-        excursion = (side != 0) & (np.sign(state.outside) == side)
-        outside = np.where(judged, np.where(excursion, state.outside + side, side), state.outside)
-        self._learn_noise(state, e, sigma, seen & started & ~excursion)
-        self._move_baseline(state, y, e, pred, sigma, seen, started, outside)
-        self._accumulate(state, zz, judged)
-        self._warm_up(state, y, seen)
-        self._learn_resolution(state, y, seen)
-        state.records = state.records + 1
-        change0 = np.where(
-            self.is_relative,
-            y - state.reference,
-            (y - state.reference) / np.where(np.isfinite(sigma), sigma, np.nan),
+        values, out = advance(
+            np.ascontiguousarray(x, dtype=float), *(getattr(state, name) for name in _STATE_FIELDS),
+            self.is_log, self.is_relative, self.is_absolute, self.has_prior, self.prior, self.prior_floor,
+            self.floor, cfg.alpha, cfg.beta, cfg.slow_alpha, cfg.huber, cfg.noise_gamma, cfg.prior_weight,
+            cfg.all_time_floor, cfg.magnitude_fraction, cfg.cusum_k, cfg.z_clip, cfg.cusum_cap, cfg.warmup,
+            float(cfg.adapt_after),
         )
-        out = np.empty((y.shape[0], y.shape[1] * len(PER_SIGNAL) + 1))
-        per = out[:, :-1].reshape(y.shape[0], y.shape[1], len(PER_SIGNAL))  # a view: filled in place (cheaper
-        per[..., 0] = z  # than stacking seven arrays and concatenating, at every live record)
-        per[..., 1] = np.where(started, state.cplus, np.nan)
-        per[..., 2] = np.where(started, state.cminus, np.nan)
-        per[..., 3] = dev_slow
-        per[..., 4] = np.where(judged, state.trend / safe_sigma, np.nan)
-        per[..., 5] = np.where(seen, change0, np.nan)
-        per[..., 6] = np.where(seen & self.is_absolute, y, np.nan)
-        out[:, -1] = np.log1p(state.records)  # GLOBAL: log_records
+        for name, value in zip(_STATE_FIELDS, values):
+            setattr(state, name, value)
         return out
-
-    def _learn_noise(self, state: TrackerState, e: np.ndarray, sigma: np.ndarray, learn: np.ndarray) -> None:
-        """Mean absolute innovation, each clipped at ``huber`` noise units (an underestimated noise still
-        grows back: a clipped innovation is larger than the estimate)."""
-        cfg = self.config
-        a = np.abs(e) * MAD_TO_SD_MEAN
-        a = np.where(np.isfinite(sigma), np.minimum(a, cfg.huber * MAD_TO_SD_MEAN * _nan_to_zero(sigma)), a)
-        updated = np.where(np.isfinite(state.noise), (1 - cfg.noise_gamma) * state.noise + cfg.noise_gamma * a, a)
-        state.noise = np.where(learn, updated, state.noise)
-        state.noise_sum = state.noise_sum + np.where(learn, _nan_to_zero(a), 0.0)
-        state.noise_n = state.noise_n + learn
-
-    @staticmethod
-    def _learn_resolution(state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
-        """The smallest non-zero change between consecutive values (after this record is judged)."""
-        step = np.abs(y - state.previous)
-        moved = seen & (step > 0)  # False where either value is NaN
-        state.resolution = np.where(moved, np.fmin(state.resolution, step), state.resolution)
-        state.previous = np.where(seen, y, state.previous)
-
-    def _move_baseline(
-        self,
-        state: TrackerState,
-        y: np.ndarray,
-        e: np.ndarray,
-        pred: np.ndarray,
-        sigma: np.ndarray,
-        seen: np.ndarray,
-        started: np.ndarray,
-        outside: np.ndarray,
-    ) -> None:
-        """Holt with clipped innovations; a shift that persists ``adapt_after`` records is accepted as the
-        new level (the noise is then relearnt)."""
-        cfg = self.config
-        bound = cfg.huber * np.where(np.isfinite(sigma), sigma, np.inf)
-        ec = clip(e, -bound, bound)
-        accept = np.abs(outside) >= cfg.adapt_after
-        level = np.where(accept, y, np.where(started, pred + cfg.alpha * ec, y))
-        trend = np.where(accept | ~started, 0.0, state.trend + cfg.alpha * cfg.beta * ec)
-        state.outside = np.where(accept, 0.0, outside)
-        state.noise_n = np.where(accept, np.minimum(state.noise_n, 2.0), state.noise_n)
-        state.level = np.where(seen, level, state.level)
-        state.trend = np.where(seen, trend, state.trend)
-        state.slow = np.where(seen, np.where(np.isfinite(state.slow), state.slow + cfg.slow_alpha * ec, y), state.slow)
-
-    def _accumulate(self, state: TrackerState, zz: np.ndarray, judged: np.ndarray) -> None:
-        """Two-sided CUSUM of the innovations (carried over while a signal is missing), capped."""
-        cfg = self.config
-        cplus = np.where(judged, clip(state.cplus + zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cplus)
-        cminus = np.where(judged, clip(state.cminus - zz - cfg.cusum_k, 0.0, cfg.cusum_cap), state.cminus)
-        records = state.records[:, None] + 1
-        state.cplus_since = np.where((state.cplus == 0) & (cplus > 0), records, state.cplus_since)
-        state.cminus_since = np.where((state.cminus == 0) & (cminus > 0), records, state.cminus_since)
-        state.cplus, state.cminus = cplus, cminus
-
-    def _warm_up(self, state: TrackerState, y: np.ndarray, seen: np.ndarray) -> None:
-        """The run's own reference: the median of its first ``warmup`` values of each signal."""
-        warmup = self.config.warmup
-        filling = seen & (state.n < warmup)
-        if not filling.any():  # past every signal's warm-up (a live run's usual record): nothing to fill
-            state.n = state.n + seen
-            return
-        slot = np.minimum(state.n, warmup - 1).astype(int)
-        r_idx, f_idx = np.nonzero(filling)
-        state.warm = state.warm.copy()  # a new array, never a write into one a frozen state may hold
-        state.warm[r_idx, f_idx, slot[r_idx, f_idx]] = y[r_idx, f_idx]
-        state.n = state.n + seen
-        done = filling & (state.n >= warmup)
-        if done.any():  # a finished warm-up holds ``warmup`` finite values: np.median (nanmedian's masked-array
-            # path cost about ten times as much, at one record of every run)
-            state.reference = np.where(
-                done, np.median(np.where(done[..., None], state.warm, 0.0), axis=-1), state.reference
-            )
 
     def run_cube(self, cube: np.ndarray) -> np.ndarray:
         """Features (R, S, D) of a raw cube (R, S, F) of records in order (NaN rows past a run's end)."""

@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
-from rftfm.fm.dynamics import clip
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
+from rftfm.fm.trajectory_kernel import column_stats, group_consistency, group_residuals
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
 
@@ -70,15 +70,6 @@ SPREAD_TOLERANCE = 1e-6
 ADVANTAGE_ZERO = 1e-8
 
 
-def _group_consistency(sad: np.ndarray, sdd: np.ndarray, saa: np.ndarray) -> np.ndarray:
-    """Per group, the share of its advantages' energy that no positive multiple of the reward deviations explains
-    (1 - corr^2 when they agree in sign, 1 when they disagree), from the sums of a*d, d*d and a*a."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.maximum(sad / sdd, 0.0)
-        residual = (saa - 2 * c * sad + c * c * sdd) / saa
-    return clip(residual, 0.0, 1.0)
-
-
 def _group_index(group: np.ndarray) -> np.ndarray:
     """Each record's group as an index 0..G-1 (some indices may name no record). Small whole-number ids -- the
     usual case -- are offsets from the smallest; anything else goes through ``np.unique`` (about six times
@@ -106,29 +97,15 @@ def advantage_consistency(
     keep = np.isfinite(group)
     if not keep.any():
         return None, None
-    inv = _group_index(group[keep])
-    r, a = reward[keep], advantage[keep]
-    scored = np.isfinite(r) & np.isfinite(a)
-    r, a = np.where(scored, r, 0.0), np.where(scored, a, 0.0)
-    size = np.bincount(inv)
-    # a member with no reward: the framework filled in something we cannot see, so its group is not judged
-    complete = (np.bincount(inv, weights=scored) == size) & (size >= 2)
-    d = r - (np.bincount(inv, weights=r) / np.maximum(size, 1))[inv]  # (an index no record has: size 0)
-    d_max, r_max, a_max = (np.zeros(size.size) for _ in range(3))
-    np.maximum.at(d_max, inv, np.abs(d))
-    np.maximum.at(r_max, inv, np.abs(r))
-    np.maximum.at(a_max, inv, np.abs(a))
-    spread = complete & (d_max > SPREAD_TOLERANCE * np.maximum(1.0, r_max))
-    zeroed = spread & (a_max <= ADVANTAGE_ZERO)
-    if not spread.any():
-        return None, None
-    judged = spread & ~zeroed
-    residual = _group_consistency(
-        np.bincount(inv, weights=a * d)[judged], np.bincount(inv, weights=d * d)[judged],
-        np.bincount(inv, weights=a * a)[judged],
+    index = _group_index(group[keep])
+    residual, zeroed, spread = group_residuals(
+        index, int(index.max()) + 1, np.asarray(reward[keep], dtype=float), np.asarray(advantage[keep], dtype=float),
+        SPREAD_TOLERANCE, ADVANTAGE_ZERO,
     )
+    if not spread:
+        return None, None
     mean = float(np.add.reduce(residual)) / residual.size if residual.size else None
-    return mean, np.count_nonzero(zeroed) / np.count_nonzero(spread)
+    return mean, zeroed / spread
 
 
 _NUMERIC = (
@@ -187,16 +164,11 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     columns, step = own[:-1], own[-1]
     group, reward, _, adv = columns[:4]
     residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
-    # every column's mean and sd over its finite values at once (one numpy call each, not one per column)
-    finite = np.isfinite(columns)
-    count = finite.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(finite, columns, 0.0).sum(axis=1) / count
-        sd = np.sqrt(np.where(finite, (columns - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
-    # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic above
+    count, mean, sd, largest = column_stats(np.ascontiguousarray(columns))
+    # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic
     stat = {name: (None, None) if not k else (_num(m), _num(v))
             for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}
-    absmax = np.abs(adv[finite[3]]).max() if count[3] else None
+    absmax = float(largest[3]) if count[3] else None
     return {
         "traj_reward_mean": stat["reward"][0],
         "traj_reward_std": stat["reward"][1],
@@ -296,7 +268,7 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
         )
     )
     zeroed = groups["amax"].to_numpy() <= ADVANTAGE_ZERO
-    residual = _group_consistency(*(groups[c].to_numpy().astype(float) for c in ("sad", "sdd", "saa")))
+    residual = group_consistency(*(groups[c].to_numpy().astype(float) for c in ("sad", "sdd", "saa")))
     return (
         groups.select("run_id", "rollout_step")
         .with_columns(
