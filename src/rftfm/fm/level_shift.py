@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.level_shift_kernel import advance
 from rftfm.fm.rate_shift import SIGNALS as RATE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 from rftfm.signals import SIGNALS as REGISTRY
@@ -94,46 +95,11 @@ class LevelState:
         window's mean minus the reference's, in units of the reference's standard deviation), the window's mean and
         the reference's (both on the compared scale; read only where the statistic is not NaN: where the signal
         is judged at this record)."""
-        x = transform(raw)
-        present = np.isfinite(x)
-        if not present.any():
-            return _UNJUDGED
-        step = np.abs(x - self.last)
-        step[~(step > 0)] = np.inf  # a repeated value, or one of the two missing, is no step
-        np.minimum(self.quantum, step, out=self.quantum)
-        floor = np.maximum(LOG_FLOORS, self.quantum)
-        np.copyto(self.last, x, where=present)
-        if (present | (self.count == 0)).all():  # no gathering: the usual record (a signal never logged stays NaN)
-            self.values[:, :-1] = self.values[:, 1:]
-            self.values[:, -1] = x
-        else:
-            shifted = self.values[present]
-            self.values[present, :-1] = shifted[:, 1:]
-            self.values[present, -1] = x[present]
-        self.count += present
-        judged = present & (self.count >= WINDOW + MIN_BASELINE)
-        if not judged.any():
-            return _UNJUDGED
-        # every row at once (a row not judged is masked below): cheaper than gathering the judged ones
-        reference = self.values[:, :-WINDOW]  # left-padded with NaN while the run is young
-        full = ((self.count == 0) | (self.count >= WINDOW + BASELINE)).all()  # no padding: every later record
-        mean, spread = _mean_spread(reference, full)
-        now = np.add.reduce(self.values[:, -WINDOW:], axis=1) / WINDOW
-        stat = (now - mean) / np.maximum(spread, floor)
-        stat[~judged] = np.nan
-        return stat, now, mean
-
-
-def _mean_spread(reference: np.ndarray, full: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row means and standard deviations of a reference; ``full``: no row is padded with NaN (the cheap path)."""
-    if full:
-        mean = np.add.reduce(reference, axis=1) / BASELINE
-        centred = reference - mean[:, None]
-        return mean, np.sqrt(np.add.reduce(centred * centred, axis=1) / BASELINE)
-    n = np.maximum(np.isfinite(reference).sum(axis=1), 1)  # (a row never logged: NaN throughout)
-    mean = np.nansum(reference, axis=1) / n
-    centred = reference - mean[:, None]
-    return mean, np.sqrt(np.nansum(centred * centred, axis=1) / n)
+        judged, stat, now, mean = advance(
+            self.values, self.count, self.quantum, self.last, transform(raw), LOG_FLOORS, WINDOW, BASELINE,
+            MIN_BASELINE,
+        )  # compiled: a few dozen numpy calls on one record cost more than their arithmetic
+        return (stat, now, mean) if judged else _UNJUDGED
 
 
 def signal_units(stat: np.ndarray, limits: np.ndarray) -> np.ndarray:
