@@ -160,6 +160,7 @@ class TrackerState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(TrackerState))  # looked up once: a live run copies its state per record
+_BLOCK_FIELDS = _STATE_FIELDS[:-3]  # the (R, F) ones: the compiled update writes them as one (15, R, F) block
 
 
 @dataclass
@@ -200,15 +201,20 @@ class DynamicsTracker:
         capped CUSUM; the warm-up reference; the resolution. Compiled: :func:`rftfm.fm.dynamics_kernel.advance`.
         """
         cfg = self.config
-        values, out = advance(
-            np.ascontiguousarray(x, dtype=float), *(getattr(state, name) for name in _STATE_FIELDS),
+        x = np.ascontiguousarray(x, dtype=float)
+        new = np.empty((len(_BLOCK_FIELDS), *x.shape))
+        warm, reference, records = state.warm.copy(), state.reference.copy(), state.records + 1.0
+        out = np.empty((x.shape[0], x.shape[1] * len(PER_SIGNAL) + len(GLOBAL)))
+        advance(
+            x, *(getattr(state, name) for name in _STATE_FIELDS), new, warm, reference, records, out,
             self.is_log, self.is_relative, self.is_absolute, self.has_prior, self.prior, self.prior_floor,
             self.floor, cfg.alpha, cfg.beta, cfg.slow_alpha, cfg.huber, cfg.noise_gamma, cfg.prior_weight,
             cfg.all_time_floor, cfg.magnitude_fraction, cfg.cusum_k, cfg.z_clip, cfg.cusum_cap, cfg.warmup,
             float(cfg.adapt_after),
         )
-        for name, value in zip(_STATE_FIELDS, values):
+        for name, value in zip(_BLOCK_FIELDS, new):  # a new array per field (see TrackerState)
             setattr(state, name, value)
+        state.warm, state.reference, state.records = warm, reference, records
         return out
 
     def run_cube(self, cube: np.ndarray) -> np.ndarray:

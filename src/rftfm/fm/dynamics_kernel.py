@@ -157,19 +157,20 @@ def _write_features(
 def advance(
     x, magnitude, level, trend, slow, noise, noise_n, noise_sum, previous, resolution, n, cplus, cminus,
     cplus_since, cminus_since, outside, warm, reference, records,
+    new, warm_o, reference_o, records_o, out,
     is_log, is_relative, is_absolute, has_prior, prior, prior_floor, floor,
     alpha, beta, slow_alpha, huber, noise_gamma, prior_weight, all_time_floor, magnitude_fraction,
     cusum_k, z_clip, cusum_cap, warmup, adapt_after,
 ):  # pragma: no cover  (compiled: coverage cannot see inside)
-    """One record ``x`` (R, F) of raw values (NaN = missing) against the state's arrays (never written: new ones
-    are returned, in :class:`~rftfm.fm.dynamics.TrackerState`'s field order) and the features (R, F x 7 + 1)."""
+    """One record ``x`` (R, F) of raw values (NaN = missing) against the state's arrays, which it never writes: the
+    new state goes to ``new`` (15, R, F: the state's (R, F) fields in :class:`~rftfm.fm.dynamics.TrackerState`'s
+    order), ``warm_o`` and ``reference_o`` (copies of the old ones) and ``records_o`` (the old count + 1), the
+    features to ``out`` (R, F x 7 + 1). (Arrays handed in rather than returned: boxing 19 new arrays cost more than
+    this record's arithmetic.)"""
     runs, signals = x.shape
-    new = np.empty((15, runs, signals))  # one block, one view per field
     mag_o, level_o, trend_o, slow_o, noise_o = new[0], new[1], new[2], new[3], new[4]
     noise_n_o, noise_sum_o, previous_o, resolution_o, n_o = new[5], new[6], new[7], new[8], new[9]
     cplus_o, cminus_o, cplus_since_o, cminus_since_o, outside_o = new[10], new[11], new[12], new[13], new[14]
-    warm_o, reference_o, records_o = warm.copy(), reference.copy(), records + 1.0
-    out = np.empty((runs, signals * 7 + 1))
     for r in range(runs):
         for f in range(signals):
             y, mag_o[r, f] = _comparable(x[r, f], magnitude[r, f], is_log[f], magnitude_fraction)
@@ -212,5 +213,3 @@ def advance(
             values = (z, cplus_o[r, f], cminus_o[r, f], (y - sl) / safe, trend_o[r, f] / safe, change0, y)
             _write_features(out, r, f * 7, values, seen, started, judged, is_absolute[f])
         out[r, signals * 7] = math.log1p(records_o[r])
-    return (mag_o, level_o, trend_o, slow_o, noise_o, noise_n_o, noise_sum_o, previous_o, resolution_o, n_o,
-            cplus_o, cminus_o, cplus_since_o, cminus_since_o, outside_o, warm_o, reference_o, records_o), out

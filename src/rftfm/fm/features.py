@@ -164,7 +164,9 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     columns, step = own[:-1], own[-1]
     group, reward, _, adv = columns[:4]
     residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
-    count, mean, sd, largest = column_stats(np.ascontiguousarray(columns))
+    stats = np.empty((4, len(columns)))
+    column_stats(np.ascontiguousarray(columns), stats)
+    count, mean, sd, largest = stats
     # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic
     stat = {name: (None, None) if not k else (_num(m), _num(v))
             for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}

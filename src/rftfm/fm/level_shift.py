@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rftfm.fm.cube import CUBE_SIGNALS
-from rftfm.fm.level_shift_kernel import advance
+from rftfm.fm.level_shift_kernel import advance, units_one
 from rftfm.fm.rate_shift import SIGNALS as RATE_SIGNALS
 from rftfm.fm.types import SignalEvidence
 from rftfm.signals import SIGNALS as REGISTRY
@@ -95,10 +95,12 @@ class LevelState:
         window's mean minus the reference's, in units of the reference's standard deviation), the window's mean and
         the reference's (both on the compared scale; read only where the statistic is not NaN: where the signal
         is judged at this record)."""
-        judged, stat, now, mean = advance(
+        result = np.empty((3, len(SIGNALS)))
+        judged = advance(
             self.values, self.count, self.quantum, self.last, transform(raw), LOG_FLOORS, WINDOW, BASELINE,
-            MIN_BASELINE,
+            MIN_BASELINE, result,
         )  # compiled: a few dozen numpy calls on one record cost more than their arithmetic
+        stat, now, mean = result
         return (stat, now, mean) if judged else _UNJUDGED
 
 
@@ -110,8 +112,8 @@ def signal_units(stat: np.ndarray, limits: np.ndarray) -> np.ndarray:
 
 def units(stat: np.ndarray, limits: np.ndarray) -> np.ndarray:
     """(..., ) the largest of :func:`signal_units`; NaN where nothing is judged."""
-    if stat.ndim == 1 and not np.isfinite(stat).any():  # a live record with nothing judged: costs nothing more
-        return np.float64(np.nan)
+    if stat.ndim == 1:  # a live record: compiled (numpy's set-up costs more than these few divisions)
+        return np.float64(units_one(stat, limits))
     return np.fmax.reduce(signal_units(stat, limits), axis=-1)  # (fmax: NaN only where all are)
 
 

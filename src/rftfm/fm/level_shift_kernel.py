@@ -60,16 +60,18 @@ def _mean_spread(reference, full: bool, baseline: int) -> tuple[float, float]:
 
 
 @njit(cache=True, error_model="numpy")
-def advance(values, count, quantum, last, x, log_floors, window: int, baseline: int, min_baseline: int):
+def advance(values, count, quantum, last, x, log_floors, window: int, baseline: int, min_baseline: int, result):
     """Take in one record's transformed values ``x`` (S,), updating ``values`` (S, window + baseline), ``count``,
-    ``quantum`` and ``last`` in place; (anything judged, statistic, window mean, reference mean)."""
+    ``quantum`` and ``last`` in place; whether any signal is judged. ``result`` (3, S) receives the statistic (NaN:
+    not judged), the window's mean and the reference's (handed in: boxing new arrays costs more than the rest)."""
     signals, width = values.shape
     present = np.empty(signals, dtype=np.bool_)
     for s in range(signals):
         present[s] = math.isfinite(x[s])
-    stat, now, mean = np.full(signals, np.nan), np.empty(signals), np.empty(signals)
+    stat, now, mean = result[0], result[1], result[2]
+    stat[:] = np.nan
     if not present.any():
-        return False, stat, now, mean
+        return False
     floor = np.empty(signals)
     every = True  # no gathering: every row shifts (a signal never logged stays NaN)
     for s in range(signals):
@@ -88,10 +90,21 @@ def advance(values, count, quantum, last, x, log_floors, window: int, baseline: 
         judged = judged or (present[s] and count[s] >= window + min_baseline)
         full = full and (count[s] == 0 or count[s] >= window + baseline)
     if not judged:
-        return False, stat, now, mean
+        return False
     for s in range(signals):
         mean[s], spread = _mean_spread(values[s, : width - window], full, baseline)
         now[s] = pairwise_sum(values[s, width - window :]) / window
         if present[s] and count[s] >= window + min_baseline:
             stat[s] = (now[s] - mean[s]) / _maximum(spread, floor[s])
-    return True, stat, now, mean
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def units_one(stat, limits) -> float:  # pragma: no cover  (compiled)
+    """:func:`rftfm.fm.level_shift.units` of one record's statistics (S,): the largest in units of its limit in the
+    direction it moved (``limits`` (S, 2): up, down); NaN where nothing is judged."""
+    best = np.nan
+    for k in range(stat.size):
+        v = stat[k] / limits[k, 0] if stat[k] >= 0 else -stat[k] / limits[k, 1]
+        best = best if (best >= v or v != v) else v  # np.fmax: NaN only where all are
+    return best

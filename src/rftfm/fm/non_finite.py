@@ -16,12 +16,12 @@ per signal; no library watches for it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rftfm.fm.cube import CUBE_SIGNALS
+from rftfm.fm.live_kernels import lost_advance
 from rftfm.fm.types import SignalEvidence
 from rftfm.signals import SIGNALS as REGISTRY
 from rftfm.signals import label
@@ -63,21 +63,10 @@ class LostState:
     def advance(self, raw: np.ndarray, step: int) -> np.ndarray:
         """Take in one record (its len(CUBE_SIGNALS) values) at ``step``; which signals it has lost (bool,
         len(SIGNALS); read-only)."""
-        values = raw[_TAKE]
-        present = np.isfinite(values)
-        absent = self.finite >= WARMUP
-        absent &= ~present
-        self.finite += present
-        np.copyto(self.last, values, where=present)
-        if self.missing.any():  # a signal was missing: those present again are not any more
-            self.missing[present] = 0
-            self.since[present] = 0
-        if not absent.any() or not math.isfinite(raw[ANCHOR]):  # (the usual record: every armed signal finite)
-            return _NONE_LOST
-        self.since[absent & (self.missing == 0)] = step
-        self.missing += absent
-        lost = self.missing >= PERSIST
-        return lost if lost.any() else _NONE_LOST
+        lost = lost_advance(
+            self.finite, self.last, self.missing, self.since, raw[_TAKE], float(raw[ANCHOR]), step, WARMUP, PERSIST
+        )  # compiled: a dozen numpy calls on a few values cost more than their arithmetic
+        return self.missing >= PERSIST if lost else _NONE_LOST
 
     def evidence(self, lost: np.ndarray) -> list[SignalEvidence]:
         """The signals of a record's ``lost`` (from :meth:`advance`) as evidence."""

@@ -74,11 +74,13 @@ def group_residuals(index, groups, reward, advantage, spread_tolerance, advantag
 
 
 @njit(cache=True, error_model="numpy")
-def column_stats(columns):  # pragma: no cover  (compiled)
-    """(count, mean, sd, largest |value|) of each row of ``columns`` (C, n) over its finite values (NaN where
-    none)."""
+def column_stats(columns, result) -> None:  # pragma: no cover  (compiled)
+    """Into ``result`` (4, C): the count, mean, sd and largest |value| of each row of ``columns`` (C, n) over its
+    finite values (NaN where none; handed in: boxing new arrays costs more than the arithmetic)."""
     rows, n = columns.shape
-    count, mean, sd, largest = np.zeros(rows), np.full(rows, np.nan), np.full(rows, np.nan), np.full(rows, np.nan)
+    count, mean, sd, largest = result[0], result[1], result[2], result[3]
+    count[:] = 0.0
+    mean[:], sd[:], largest[:] = np.nan, np.nan, np.nan
     for c in range(rows):
         k, total, top = 0, 0.0, 0.0
         for i in range(n):
@@ -96,4 +98,3 @@ def column_stats(columns):  # pragma: no cover  (compiled)
             if math.isfinite(v):
                 spread += (v - m) * (v - m)
         count[c], mean[c], sd[c], largest[c] = k, m, math.sqrt(spread / k), top
-    return count, mean, sd, largest
