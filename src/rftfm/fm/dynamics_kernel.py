@@ -23,25 +23,25 @@ MAD_TO_SD_MEAN = 1.2533  # mean absolute deviation -> standard deviation (Gaussi
 
 
 @njit(cache=True, inline="always")
-def _maximum(a: float, b: float) -> float:
+def np_maximum(a: float, b: float) -> float:
     """``np.maximum``: NaN if either is NaN."""
     return a if (a >= b or a != a) else b
 
 
 @njit(cache=True, inline="always")
-def _minimum(a: float, b: float) -> float:
+def np_minimum(a: float, b: float) -> float:
     """``np.minimum``: NaN if either is NaN."""
     return a if (a <= b or a != a) else b
 
 
 @njit(cache=True, inline="always")
-def _fmax(a: float, b: float) -> float:
+def np_fmax(a: float, b: float) -> float:
     """``np.fmax``: the other value where one is NaN."""
     return a if (a >= b or b != b) else b
 
 
 @njit(cache=True, inline="always")
-def _fmin(a: float, b: float) -> float:
+def np_fmin(a: float, b: float) -> float:
     """``np.fmin``: the other value where one is NaN."""
     return a if (a <= b or b != b) else b
 
@@ -70,13 +70,13 @@ def _noise_scale(
     """The noise scale in use: the run's own estimate shrunk towards the prior; without a prior (the user's units)
     unknown until the signal has moved, and never below its resolution (NaN: unknown)."""
     all_time = total / max(count, 1.0) if count > 0 else np.nan
-    own = _fmax(noise, all_time_floor * all_time)
+    own = np_fmax(noise, all_time_floor * all_time)
     if has_prior:
         own0 = 0.0 if own != own else own
         scale = math.sqrt((prior_weight * (prior * prior) + count * (own0 * own0)) / (prior_weight + count))
-        return _maximum(scale, prior_floor)
+        return np_maximum(scale, prior_floor)
     scale = own if (count >= 3 and math.isfinite(resolution)) else np.nan
-    return _maximum(scale, _fmax(floor, resolution))
+    return np_maximum(scale, np_fmax(floor, resolution))
 
 
 @njit(cache=True, inline="always")
@@ -87,7 +87,7 @@ def _learn_noise(
     at ``huber`` noise units); unchanged where it does not ``learn``."""
     a = abs(e) * MAD_TO_SD_MEAN
     if math.isfinite(sigma):
-        a = _minimum(a, huber * MAD_TO_SD_MEAN * sigma)
+        a = np_minimum(a, huber * MAD_TO_SD_MEAN * sigma)
     if not learn:
         return noise, total + 0.0, count
     return ((1 - gamma) * noise + gamma * a if math.isfinite(noise) else a), total + (0.0 if a != a else a), count + 1
@@ -98,7 +98,7 @@ def _cusum(cplus: float, cminus: float, zz: float, judged: bool, k: float, cap: 
     """The two-sided CUSUM after innovation ``zz`` (carried over where not ``judged``), capped."""
     if not judged:
         return cplus, cminus
-    return _minimum(_maximum(cplus + zz - k, 0.0), cap), _minimum(_maximum(cminus - zz - k, 0.0), cap)
+    return np_minimum(np_maximum(cplus + zz - k, 0.0), cap), np_minimum(np_maximum(cminus - zz - k, 0.0), cap)
 
 
 @njit(cache=True, inline="always")
@@ -108,7 +108,7 @@ def _baseline(
 ) -> tuple[float, float, float]:
     """(level, trend, slow level) of a seen value: Holt with the innovation clipped at ``bound``; an accepted shift
     is the new level."""
-    ec = _minimum(_maximum(e, -bound), bound)
+    ec = np_minimum(np_maximum(e, -bound), bound)
     moving = started and not accept
     new_slow = (slow + slow_alpha * ec) if math.isfinite(slow) else y
     return (pred + alpha * ec if moving else y), (trend + alpha * beta * ec if moving else 0.0), new_slow
@@ -131,7 +131,7 @@ def _innovation(
     """(z, z with NaN as 0, the sigma divided by, whether this record extends an excursion beyond ``huber``, the
     signed count of records in a row beyond it) of innovation ``e``."""
     safe = sigma if judged else 1.0
-    z = _minimum(_maximum(e / safe, -z_clip), z_clip) if judged else np.nan
+    z = np_minimum(np_maximum(e / safe, -z_clip), z_clip) if judged else np.nan
     zz = 0.0 if z != z else z
     side = _sign(zz) if (judged and abs(zz) > huber) else 0.0
     excursion = side != 0 and _sign(was) == side
@@ -205,7 +205,7 @@ def advance(
             cminus_since_o[r, f] = records_o[r] if (cm == 0 and cminus_o[r, f] > 0) else cminus_since[r, f]
             n_o[r, f] = _warm_up(warm_o, reference_o, r, f, y, n[r, f], warmup) if seen else n[r, f]
             step = abs(y - previous[r, f])
-            resolution_o[r, f] = _fmin(res, step) if (seen and step > 0) else res  # the smallest change so far
+            resolution_o[r, f] = np_fmin(res, step) if (seen and step > 0) else res  # the smallest change so far
             previous_o[r, f] = y if seen else previous[r, f]
             change0 = y - reference_o[r, f]
             if not is_relative[f]:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from rftfm.fm.dynamics_kernel import _maximum, _minimum
+from rftfm.fm.dynamics_kernel import np_maximum, np_minimum
 
 
 @njit(cache=True, inline="always")
@@ -76,8 +76,8 @@ def advance(values, count, quantum, last, x, log_floors, window: int, baseline: 
     every = True  # no gathering: every row shifts (a signal never logged stays NaN)
     for s in range(signals):
         step = abs(x[s] - last[s])
-        quantum[s] = _minimum(quantum[s], step if step > 0 else np.inf)  # a repeated or missing value is no step
-        floor[s] = _maximum(log_floors[s], quantum[s])
+        quantum[s] = np_minimum(quantum[s], step if step > 0 else np.inf)  # a repeated or missing value is no step
+        floor[s] = np_maximum(log_floors[s], quantum[s])
         if present[s]:
             last[s] = x[s]
         every = every and (present[s] or count[s] == 0)
@@ -95,7 +95,7 @@ def advance(values, count, quantum, last, x, log_floors, window: int, baseline: 
         mean[s], spread = _mean_spread(values[s, : width - window], full, baseline)
         now[s] = pairwise_sum(values[s, width - window :]) / window
         if present[s] and count[s] >= window + min_baseline:
-            stat[s] = (now[s] - mean[s]) / _maximum(spread, floor[s])
+            stat[s] = (now[s] - mean[s]) / np_maximum(spread, floor[s])
     return True
 
 

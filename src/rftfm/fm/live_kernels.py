@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-from rftfm.fm.dynamics_kernel import _maximum, _minimum
+from rftfm.fm.dynamics_kernel import np_maximum, np_minimum
 
 
 @njit(cache=True, error_model="numpy")
@@ -23,7 +23,7 @@ def surprise_one(row, columns, low, high, scale, top: int) -> float:  # pragma: 
     z = np.empty(columns.size)
     for i in range(columns.size):
         v = row[columns[i]]
-        z[i] = abs(_minimum(_maximum(0.0 if v != v else v, low[i]), high[i])) / scale[i]
+        z[i] = abs(np_minimum(np_maximum(0.0 if v != v else v, low[i]), high[i])) / scale[i]
     z.sort()
     total = 0.0
     for i in range(max(z.size - top, 0), z.size):
