@@ -17,41 +17,42 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from rftfm.fm.compiled import compiled
 
 MAD_TO_SD_MEAN = 1.2533  # mean absolute deviation -> standard deviation (Gaussian)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def np_maximum(a: float, b: float) -> float:
     """``np.maximum``: NaN if either is NaN."""
     return a if (a >= b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def np_minimum(a: float, b: float) -> float:
     """``np.minimum``: NaN if either is NaN."""
     return a if (a <= b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def np_fmax(a: float, b: float) -> float:
     """``np.fmax``: the other value where one is NaN."""
     return a if (a >= b or b != b) else b
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def np_fmin(a: float, b: float) -> float:
     """``np.fmin``: the other value where one is NaN."""
     return a if (a <= b or b != b) else b
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _sign(a: float) -> float:
     return 1.0 if a > 0 else (-1.0 if a < 0 else a)  # (0 stays 0; NaN stays NaN)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _comparable(xv: float, magnitude: float, is_log: bool, magnitude_fraction: float) -> tuple[float, float]:
     """(value on the comparable scale, the signal's c): asinh(x / c) for a log signal, c set at its first non-zero
     value; an exact 0 of a magnitude is left out (NaN)."""
@@ -62,7 +63,7 @@ def _comparable(xv: float, magnitude: float, is_log: bool, magnitude_fraction: f
     return (math.asinh(xv / magnitude) if (math.isfinite(magnitude) and xv != 0) else np.nan), magnitude
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _noise_scale(
     count: float, total: float, noise: float, resolution: float, has_prior: bool, prior: float, prior_floor: float,
     floor: float, prior_weight: float, all_time_floor: float,
@@ -79,7 +80,7 @@ def _noise_scale(
     return np_maximum(scale, np_fmax(floor, resolution))
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _learn_noise(
     e: float, sigma: float, noise: float, total: float, count: float, learn: bool, huber: float, gamma: float
 ) -> tuple[float, float, float]:
@@ -93,7 +94,7 @@ def _learn_noise(
     return ((1 - gamma) * noise + gamma * a if math.isfinite(noise) else a), total + (0.0 if a != a else a), count + 1
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _cusum(cplus: float, cminus: float, zz: float, judged: bool, k: float, cap: float) -> tuple[float, float]:
     """The two-sided CUSUM after innovation ``zz`` (carried over where not ``judged``), capped."""
     if not judged:
@@ -101,7 +102,7 @@ def _cusum(cplus: float, cminus: float, zz: float, judged: bool, k: float, cap: 
     return np_minimum(np_maximum(cplus + zz - k, 0.0), cap), np_minimum(np_maximum(cminus - zz - k, 0.0), cap)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _baseline(
     y: float, e: float, pred: float, level: float, trend: float, slow: float, bound: float, started: bool,
     accept: bool, alpha: float, beta: float, slow_alpha: float,
@@ -114,7 +115,7 @@ def _baseline(
     return (pred + alpha * ec if moving else y), (trend + alpha * beta * ec if moving else 0.0), new_slow
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _warm_up(warm, reference, r: int, f: int, y: float, count: float, warmup: int) -> float:
     """Take a seen value into the run's warm-up; at its last, the reference is their median. The new count."""
     if count < warmup:
@@ -124,7 +125,7 @@ def _warm_up(warm, reference, r: int, f: int, y: float, count: float, warmup: in
     return count + 1.0
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _innovation(
     e: float, sigma: float, judged: bool, was: float, z_clip: float, huber: float
 ) -> tuple[float, float, float, bool, float]:
@@ -138,7 +139,7 @@ def _innovation(
     return z, zz, safe, excursion, ((was + side if excursion else side) if judged else was)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _write_features(
     out, r: int, k: int, values: tuple[float, float, float, float, float, float, float], seen: bool, started: bool,
     judged: bool, absolute: bool,
@@ -153,7 +154,7 @@ def _write_features(
     out[r, k + 6] = y if (seen and absolute) else np.nan
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def advance(
     x, magnitude, level, trend, slow, noise, noise_n, noise_sum, previous, resolution, n, cplus, cminus,
     cplus_since, cminus_since, outside, warm, reference, records,

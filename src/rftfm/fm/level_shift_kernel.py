@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from rftfm.fm.compiled import compiled
 from rftfm.fm.dynamics_kernel import np_maximum, np_minimum
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def pairwise_sum(a) -> float:  # pragma: no cover  (compiled)
     """``np.add.reduce`` of a contiguous row of at most 128 values, with its rounding: numpy sums fewer than 8 in
     order, more in 8 interleaved partial sums added as a tree, the rest in order."""
@@ -39,7 +39,7 @@ def pairwise_sum(a) -> float:  # pragma: no cover  (compiled)
     return res
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _mean_spread(reference, full: bool, baseline: int) -> tuple[float, float]:
     """Mean and standard deviation of a row of the reference; ``full``: no value missing (else NaN left out)."""
     if full:
@@ -59,7 +59,7 @@ def _mean_spread(reference, full: bool, baseline: int) -> tuple[float, float]:
     return mean, math.sqrt(pairwise_sum(filled) / n)
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def advance(values, count, quantum, last, x, log_floors, window: int, baseline: int, min_baseline: int, result):
     """Take in one record's transformed values ``x`` (S,), updating ``values`` (S, window + baseline), ``count``,
     ``quantum`` and ``last`` in place; whether any signal is judged. ``result`` (3, S) receives the statistic (NaN:
@@ -99,7 +99,7 @@ def advance(values, count, quantum, last, x, log_floors, window: int, baseline: 
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def units_one(stat, limits) -> float:  # pragma: no cover  (compiled)
     """:func:`rftfm.fm.level_shift.units` of one record's statistics (S,): the largest in units of its limit in the
     direction it moved (``limits`` (S, 2): up, down); NaN where nothing is judged."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from rftfm.fm.compiled import compiled
 from rftfm.fm.dynamics_kernel import np_maximum, np_minimum
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def surprise_one(row, columns, low, high, scale, top: int) -> float:  # pragma: no cover  (compiled)
     """Mean of the ``top`` largest |innovations| of one record's features ``row`` at ``columns`` (missing: 0), each
     clipped to (``low``, ``high``) and divided by its ``scale``; summed smallest first, as numpy adds the sorted
@@ -31,7 +31,7 @@ def surprise_one(row, columns, low, high, scale, top: int) -> float:  # pragma: 
     return total / min(top, z.size)
 
 
-@njit(cache=True)
+@compiled()
 def lost_advance(finite, last, missing, since, values, anchor, step, warmup, persist):  # pragma: no cover
     """:meth:`rftfm.fm.non_finite.LostState.advance` on its arrays (updated in place): whether a signal is lost
     now; ``missing`` then says which (``>= persist``). (Compiled: coverage cannot see inside.)"""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from rftfm.fm.compiled import compiled
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def group_consistency(sad, sdd, saa):  # pragma: no cover  (compiled)
     """Per group, the share of its advantages' energy that no positive multiple of the reward deviations explains
     (1 - corr^2 when they agree in sign, 1 when they disagree), from the sums of a*d, d*d and a*a; in [0, 1]
@@ -31,7 +32,7 @@ def group_consistency(sad, sdd, saa):  # pragma: no cover  (compiled)
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def group_residuals(index, groups, reward, advantage, spread_tolerance, advantage_zero):  # pragma: no cover
     """(residuals of the judged groups, groups zeroed, groups spread) of one step: ``index`` (n,) each record's
     group 0..``groups``-1; a member without a finite reward and advantage leaves its group unjudged."""
@@ -73,7 +74,7 @@ def group_residuals(index, groups, reward, advantage, spread_tolerance, advantag
     return group_consistency(sad[judged], sdd[judged], saa[judged]), zeroed, spread
 
 
-@njit(cache=True, error_model="numpy")
+@compiled(error_model="numpy")
 def column_stats(columns, result) -> None:  # pragma: no cover  (compiled)
     """Into ``result`` (4, C): the count, mean, sd and largest |value| of each row of ``columns`` (C, n) over its
     finite values (NaN where none; handed in: boxing new arrays costs more than the arithmetic)."""
