@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.fm.features import FEATURES, SCHEDULE
+from rftfm.fm.features import FEATURES, SCHEDULE, feature_values
+from rftfm.fm.live_kernels import cube_row, flat_advance
 
 
 @dataclass
@@ -36,12 +37,10 @@ class FlatStreak:
         return cls(np.full(n_runs, np.nan), np.zeros(n_runs))
 
     def advance(self, accuracy: np.ndarray) -> np.ndarray:
-        """(R,) this step's streak (NaN where the accuracy is missing)."""
-        seen = np.isfinite(accuracy)
-        same = seen & (np.abs(accuracy - self.previous) < 1e-9)  # False where either is NaN
-        self.streak = np.where(seen, np.where(same, self.streak + 1, 0.0), self.streak)
-        self.previous = np.where(seen, accuracy, self.previous)
-        return np.where(seen, self.streak, np.nan)
+        """(R,) this step's streak (NaN where the accuracy is missing); the state is updated in place."""
+        out = np.empty(accuracy.shape)
+        flat_advance(self.previous, self.streak, np.ascontiguousarray(accuracy, dtype=float), out)
+        return out
 
 
 #: Signals the detector derives from the shared features (same value live and offline):
@@ -66,6 +65,14 @@ def with_derived(x: np.ndarray) -> np.ndarray:
     excess = x[..., _TRAJ_STD] ** 2 - m * (1.0 - m)
     flat = np.full(x.shape[:-1] + (1,), np.nan)
     return np.concatenate([x, (x[..., _REWARD] - x[..., EVAL_INDEX])[..., None], excess[..., None], flat], axis=-1)
+
+
+def record_row(features: dict[str, float | None]) -> np.ndarray:
+    """(1, len(CUBE_SIGNALS)) ``with_derived(feature_row(features))`` of one record, in one compiled pass (the stall
+    signal left NaN)."""
+    out = np.empty((1, len(CUBE_SIGNALS)))
+    cube_row(feature_values(features), _TRAJ_MEAN, _TRAJ_STD, _REWARD, EVAL_INDEX, out[0])
+    return out
 
 
 def features_matrix(frame: pl.DataFrame) -> np.ndarray:

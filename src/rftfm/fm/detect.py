@@ -102,10 +102,10 @@ from rftfm.fm.cube import (
     EVAL_INDEX,
     FLAT_INDEX,
     FlatStreak,
+    record_row,
     runs_cube,
     runs_schedule,
     tail_threshold,
-    with_derived,
 )
 from rftfm.fm.dynamics import (
     GLOBAL,
@@ -117,7 +117,7 @@ from rftfm.fm.dynamics import (
     fit_prior_noise,
 )
 from rftfm.fm.fast_predict import SingleRowPredictor
-from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, feature_row, step_features
+from rftfm.fm.features import FEATURES, INVARIANT_FEATURES, SCHEDULE, step_features
 from rftfm.fm.invariants import INVARIANT_LIMITS
 from rftfm.fm.live_kernels import surprise_one
 from rftfm.fm.types import Alarm, SignalEvidence
@@ -688,7 +688,7 @@ class Detector:
         if step <= live.last_step and not self._rewind(live, step):
             self.skipped_steps += 1
             return None
-        raw = with_derived(feature_row(features))
+        raw = record_row(features)
         before = live.state.frozen()  # kept for a rollback to this step; the evidence's baseline is read from it
         live.snapshots.append(live.snapshot(step, before))
         raw[:, FLAT_INDEX] = live.flat.advance(raw[:, EVAL_INDEX])
@@ -697,9 +697,7 @@ class Detector:
         live.has_eval = live.has_eval or features.get("eval_accuracy") is not None
         tier = tier_of(live.has_trajectories, live.has_eval)
         x = self.tracker.update(live.state, np.where(HIDDEN[tier], np.nan, raw))
-        values = raw[0, invariants.COLUMNS]  # read whatever the tier: nothing of it is fitted
-        invariant = invariants.units(values, live.invariant_held)
-        live.invariant_held = live.invariant_held + invariants.holds(values)
+        invariant = invariants.advance_one(raw[0], live.invariant_held)  # whatever the tier: nothing of it is fitted
         lr_before, step_before = live.schedule.lr, (live.steps[-1] if live.steps else None)
         jump = live.schedule.advance(_finite(features.get(SCHEDULE)))
         jump = 0.0 if self.schedule_jumps else jump  # the state still follows the learning rate

@@ -24,7 +24,7 @@ import polars as pl
 
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
-from rftfm.fm.trajectory_kernel import column_stats, group_consistency, group_residuals
+from rftfm.fm.trajectory_kernel import group_consistency, group_residuals, step_numbers
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
 
@@ -114,6 +114,7 @@ _NUMERIC = (
 )
 _FLAGS = ("empty_response", "short_response", "long_response", "truncated")
 _OWN = (*_NUMERIC, "rollout_step")  # a record's own fields an aggregate reads (its flags apart)
+_MEANS = [i for i, f in enumerate(_NUMERIC) if f not in ("group_id", "advantage")]  # the columns whose means count
 # read from the pydantic models' ``__dict__``: about a third cheaper than attribute access on 128 records
 _own_items, _flag_items = itemgetter(*_OWN), itemgetter(*_FLAGS)
 _own_attrs, _flag_attrs = attrgetter(*_OWN), attrgetter(*(f"flags.{flag}" for flag in _FLAGS))
@@ -161,29 +162,32 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     if not trajectories:
         return dict.fromkeys(TRAJECTORY_FEATURES)
     own, (empty, short, long, truncated) = _trajectory_columns(trajectories)
-    columns, step = own[:-1], own[-1]
-    group, reward, _, adv = columns[:4]
-    residual, zeroed = advantage_consistency(groups_per_rollout_step(step, group), reward, adv)
-    stats = np.empty((4, len(columns)))
-    column_stats(np.ascontiguousarray(columns), stats)
-    count, mean, sd, largest = stats
-    # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic
-    stat = {name: (None, None) if not k else (_num(m), _num(v))
-            for name, k, m, v in zip(_NUMERIC, count.tolist(), mean.tolist(), sd.tolist())}
-    absmax = float(largest[3]) if count[3] else None
+    own = np.ascontiguousarray(own)
+    stats = np.empty((4, len(_NUMERIC)))
+    keyed, residuals, zeroed, spread = step_numbers(own, stats, SPREAD_TOLERANCE, ADVANTAGE_ZERO)
+    if keyed < 0:  # group ids that are not small whole numbers: numpy's general path
+        residual, zeroed_share = advantage_consistency(groups_per_rollout_step(own[-1], own[0]), own[1], own[3])
+    elif keyed and spread:
+        residual = float(np.add.reduce(residuals)) / residuals.size if residuals.size else None
+        zeroed_share = zeroed / spread
+    else:
+        residual = zeroed_share = None
+    # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic; a column
+    # without a finite value has NaN statistics, read as None
+    (reward, length, repetition, unique, calls, errors), sd = stats[1, _MEANS].tolist(), stats[2].tolist()
     return {
-        "traj_reward_mean": stat["reward"][0],
-        "traj_reward_std": stat["reward"][1],
-        "traj_length_mean": stat["response_length"][0],
-        "traj_length_std": stat["response_length"][1],
-        "traj_advantage_std": stat["advantage"][1],
-        "traj_advantage_absmax": _num(absmax),
+        "traj_reward_mean": _num(reward),
+        "traj_reward_std": _num(sd[1]),
+        "traj_length_mean": _num(length),
+        "traj_length_std": _num(sd[2]),
+        "traj_advantage_std": _num(sd[3]),
+        "traj_advantage_absmax": _num(float(stats[3, 3])),
         "traj_advantage_residual": residual,
-        "traj_advantage_zeroed": zeroed,
-        "traj_repetition_mean": stat["repetition_ratio"][0],
-        "traj_unique_mean": stat["unique_token_ratio"][0],
-        "traj_tool_call_rate": stat["tool_call_count"][0],
-        "traj_tool_error_rate": stat["tool_error_count"][0],
+        "traj_advantage_zeroed": zeroed_share,
+        "traj_repetition_mean": _num(repetition),
+        "traj_unique_mean": _num(unique),
+        "traj_tool_call_rate": _num(calls),
+        "traj_tool_error_rate": _num(errors),
         "traj_empty_rate": empty,
         "traj_short_rate": short,
         "traj_long_rate": long,
@@ -191,12 +195,17 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
     }
 
 
+def feature_values(features: dict[str, float | None]) -> np.ndarray:
+    """(len(FEATURES),) one record's feature dict as floats, missing as NaN (non-finite values kept)."""
+    try:  # plain numbers or None (the usual record): one conversion, not one call per feature
+        return np.array([features.get(f) for f in FEATURES], dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        return np.array([np.nan if (v := finite_or_none(features.get(f))) is None else v for f in FEATURES])
+
+
 def feature_row(features: dict[str, float | None]) -> np.ndarray:
     """(1, len(FEATURES)) one record's feature dict as a row, missing or non-finite as NaN."""
-    try:  # plain numbers or None (the usual record): one conversion, not one call per feature
-        row = np.array([[features.get(f) for f in FEATURES]], dtype=float)
-    except (TypeError, ValueError, OverflowError):
-        row = np.array([[np.nan if (v := finite_or_none(features.get(f))) is None else v for f in FEATURES]])
+    row = feature_values(features)[None, :]
     return np.where(np.isfinite(row), row, np.nan)
 
 

@@ -58,3 +58,42 @@ def lost_advance(finite, last, missing, since, values, anchor, step, warmup, per
             missing[k] += 1
         lost = lost or missing[k] >= persist
     return lost
+
+
+@compiled(error_model="numpy")
+def cube_row(features, traj_mean: int, traj_std: int, reward: int, eval_index: int, out) -> None:  # pragma: no cover
+    """:func:`rftfm.fm.cube.with_derived` of one record: into ``out`` (len(CUBE_SIGNALS),) its ``features``
+    (len(FEATURES),; non-finite as NaN, as :func:`rftfm.fm.features.feature_row`) and the derived signals (the
+    stall signal left NaN)."""
+    n = features.size
+    for i in range(n):
+        v = features[i]
+        out[i] = v if math.isfinite(v) else np.nan
+    m = out[traj_mean]
+    out[n] = out[reward] - out[eval_index]
+    out[n + 1] = out[traj_std] ** 2 - m * (1.0 - m)
+    out[n + 2] = np.nan
+
+
+@compiled(error_model="numpy")
+def invariants_one(values, limits, held, warmup: int, units) -> None:  # pragma: no cover  (compiled)
+    """:func:`rftfm.fm.invariants.units` of one record's invariant ``values`` into ``units`` (0 where the run had
+    not held the invariant ``warmup`` times, or where not finite), then :func:`~rftfm.fm.invariants.holds` added
+    to ``held`` (in place)."""
+    for k in range(values.size):
+        u = values[k] / limits[k] if held[k] >= warmup else 0.0
+        units[k] = u if math.isfinite(u) else 0.0
+        held[k] += 1.0 if math.isfinite(values[k]) and values[k] <= limits[k] else 0.0
+
+
+@compiled(error_model="numpy")
+def flat_advance(previous, streak, accuracy, out) -> None:  # pragma: no cover  (compiled)
+    """:meth:`rftfm.fm.cube.FlatStreak.advance` on its arrays (updated in place): into ``out`` each run's streak of
+    unchanged eval accuracy (NaN where this record has none)."""
+    for r in range(accuracy.size):
+        if not math.isfinite(accuracy[r]):
+            out[r] = np.nan
+            continue
+        streak[r] = streak[r] + 1.0 if abs(accuracy[r] - previous[r]) < 1e-9 else 0.0
+        previous[r] = accuracy[r]
+        out[r] = streak[r]

@@ -99,3 +99,55 @@ def column_stats(columns, result) -> None:  # pragma: no cover  (compiled)
             if math.isfinite(v):
                 spread += (v - m) * (v - m)
         count[c], mean[c], sd[c], largest[c] = k, m, math.sqrt(spread / k), top
+
+
+@compiled(error_model="numpy")
+def step_numbers(own, stats, spread_tolerance, advantage_zero):  # pragma: no cover  (compiled)
+    """One step's trajectory numbers in one call: into ``stats`` (4, C) :func:`column_stats` of the first C rows of
+    ``own`` (C + 1, n) (the numeric fields, then the rollout step), and the advantage invariants' (state, residuals,
+    zeroed, spread): state 1 where some group is keyed, 0 where none is (no group id, or none with a step), -1 where
+    the group keys are not small whole numbers (the caller indexes them with ``np.unique``).
+
+    Groups are keyed per rollout step and indexed as :func:`rftfm.fm.features.groups_per_rollout_step` and
+    ``_group_index`` do (the same float operations in the same order)."""
+    rows, n = own.shape
+    column_stats(own[: rows - 1], stats)
+    step, group, reward, advantage = own[rows - 1], own[0], own[1], own[3]
+    empty = np.empty(0)
+    low, high, known = np.inf, -np.inf, 0
+    for i in range(n):
+        if math.isfinite(group[i]):
+            known += 1
+            low, high = min(low, group[i]), max(high, group[i])
+    if known == 0:
+        return 0, empty, 0, 0
+    width = high - low + 1
+    key = np.empty(n)
+    keep = np.zeros(n, dtype=np.bool_)
+    kept, key_low, key_high = 0, np.inf, -np.inf
+    for i in range(n):
+        key[i] = step[i] * width + (group[i] - low) if math.isfinite(group[i]) else np.nan
+        if math.isfinite(key[i]):
+            keep[i] = True
+            kept += 1
+            key_low, key_high = min(key_low, key[i]), max(key_high, key[i])
+    if kept == 0:
+        return 0, empty, 0, 0
+    if not key_high - key_low <= 4 * kept:
+        return -1, empty, 0, 0
+    index = np.empty(kept, dtype=np.intp)
+    r, a = np.empty(kept), np.empty(kept)
+    j = 0
+    for i in range(n):
+        if keep[i]:
+            offset = key[i] - key_low
+            index[j] = np.intp(offset)
+            if index[j] != offset:
+                return -1, empty, 0, 0
+            r[j], a[j] = reward[i], advantage[i]
+            j += 1
+    groups = 0
+    for j in range(kept):
+        groups = max(groups, index[j] + 1)
+    residual, zeroed, spread = group_residuals(index, groups, r, a, spread_tolerance, advantage_zero)
+    return 1, residual, zeroed, spread
