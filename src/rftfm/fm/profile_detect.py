@@ -50,11 +50,11 @@ from rftfm.fm.cube import (
     UP_ONLY,
     FlatStreak,
     features_matrix,
+    record_row,
     runs_cube,
     tail_threshold,
-    with_derived,
 )
-from rftfm.fm.features import FEATURES, feature_row, step_features
+from rftfm.fm.features import FEATURES, step_features
 from rftfm.fm.profile import GLOBAL_KEY, StepProfile, Transform, config_key, fit_step_profile, scale_floor
 from rftfm.fm.types import Alarm, SignalEvidence
 from rftfm.records import StepRecord, TrajectoryRecord
@@ -329,7 +329,7 @@ class ProfileDetector:
         if step <= state.last_step:  # a repeated or rolled-back step: count it, keep the state
             self.skipped_steps += 1
             return None
-        raw = with_derived(feature_row(features))
+        raw = record_row(features)
         raw[:, FLAT_INDEX] = state.flat.advance(raw[:, EVAL_INDEX])
         profile = self.profiles.get(state.key, self.profiles[GLOBAL_KEY])
         cal = self.calibration["config" if state.key != GLOBAL_KEY else "global"]
