@@ -172,4 +172,7 @@ def test_the_compiled_stall_streak_gives_the_numpy_form(runs):
         numpy_streak = np.where(seen, np.where(same, numpy_streak + 1, 0.0), numpy_streak)
         previous = np.where(seen, row, previous)
         np.testing.assert_array_equal(streak.advance(row), np.where(seen, numpy_streak, np.nan))
-    assert streak.advance(accuracy[:, 0][:runs] if runs == 1 else accuracy[0]).shape == (runs,)
+    cube = np.stack([accuracy, accuracy], axis=-1)  # a strided view, as the batch path hands in a cube's column
+    strided, contiguous = FlatStreak.new(runs), FlatStreak.new(runs)
+    for row in cube:
+        np.testing.assert_array_equal(strided.advance(row[:, 0]), contiguous.advance(row[:, 0].copy()))
