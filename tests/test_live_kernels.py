@@ -105,14 +105,14 @@ def _numpy_trajectory_aggregates(trajectories) -> dict:
 
 def _trajectories(rng: np.random.Generator, ids: str) -> list:
     """A logged step's records: 2 rollout steps x 8 groups of 8, some rewards missing, some groups sign-flipped;
-    group ids small whole numbers, far apart, halves or some missing (the last two as duck-typed stand-ins: the
-    schema's ids are whole numbers)."""
+    group ids small whole numbers, far apart, halves, some or all missing (the last three as duck-typed stand-ins:
+    the schema's ids are whole numbers)."""
     out = []
     for step in (5, 6):
         for g in range(8):
             reward = rng.integers(0, 2, 8).astype(float) + rng.normal(0, 0.1, 8)
             adv = (reward - reward.mean()) * (-1.0 if rng.random() < 0.3 else 1.0)
-            gid = {"small": g, "far": 1000 * g + 7, "halves": g / 2, "missing": None if g == 3 else g}[ids]
+            gid = {"small": g, "far": 1000 * g + 7, "halves": g / 2, "missing": None if g == 3 else g}.get(ids)
             for k in range(8):
                 missing_reward = rng.random() < 0.05
                 out.append((TrajectoryRecord if ids in ("small", "far") else SimpleNamespace)(
@@ -126,7 +126,7 @@ def _trajectories(rng: np.random.Generator, ids: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("ids", ["small", "far", "halves", "missing"])
+@pytest.mark.parametrize("ids", ["small", "far", "halves", "missing", "none"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_one_steps_compiled_aggregates_give_the_numpy_form(ids, seed):
     rng = np.random.default_rng(seed)
