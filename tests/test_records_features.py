@@ -73,12 +73,12 @@ def test_trajectory_aggregates_read_missing_fields_and_plain_objects_alike() -> 
     assert d["traj_empty_rate"] == b["traj_empty_rate"] == 0.0 and d["traj_reward_mean"] == b["traj_reward_mean"]
 
 
-def test_feature_row_reads_non_finite_and_non_numbers_as_missing() -> None:
-    from rftfm.fm.features import feature_row
+def test_a_live_row_reads_non_finite_and_non_numbers_as_missing() -> None:
+    from rftfm.fm.cube import CUBE_SIGNALS, record_row
 
-    row = feature_row({FEATURES[0]: 1.5, FEATURES[1]: float("inf"), FEATURES[2]: None})
-    assert row.shape == (1, len(FEATURES)) and row[0, 0] == 1.5 and np.isnan(row[0, 1:]).all()
-    odd = feature_row({FEATURES[0]: "high", FEATURES[1]: 2})  # a string: the slow path, which drops it
+    row = record_row({FEATURES[0]: 1.5, FEATURES[1]: float("inf"), FEATURES[2]: None})
+    assert row.shape == (1, len(CUBE_SIGNALS)) and row[0, 0] == 1.5 and np.isnan(row[0, 1 : len(FEATURES)]).all()
+    odd = record_row({FEATURES[0]: "high", FEATURES[1]: 2})  # a string: the slow path, which drops it
     assert np.isnan(odd[0, 0]) and odd[0, 1] == 2.0
 
 

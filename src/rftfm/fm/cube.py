@@ -68,8 +68,8 @@ def with_derived(x: np.ndarray) -> np.ndarray:
 
 
 def record_row(features: dict[str, float | None]) -> np.ndarray:
-    """(1, len(CUBE_SIGNALS)) ``with_derived(feature_row(features))`` of one record, in one compiled pass (the stall
-    signal left NaN)."""
+    """(1, len(CUBE_SIGNALS)) one record's feature dict as :func:`with_derived` gives it (missing, non-finite or not a
+    number as NaN), in one compiled pass (the stall signal left NaN)."""
     out = np.empty((1, len(CUBE_SIGNALS)))
     cube_row(feature_values(features), _TRAJ_MEAN, _TRAJ_STD, _REWARD, EVAL_INDEX, out[0])
     return out

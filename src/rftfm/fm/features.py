@@ -196,17 +196,12 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
 
 
 def feature_values(features: dict[str, float | None]) -> np.ndarray:
-    """(len(FEATURES),) one record's feature dict as floats, missing as NaN (non-finite values kept)."""
+    """(len(FEATURES),) one record's feature dict as floats, missing (or not a number) as NaN, non-finite values kept
+    (:func:`rftfm.fm.cube.record_row` reads them as missing)."""
     try:  # plain numbers or None (the usual record): one conversion, not one call per feature
         return np.array([features.get(f) for f in FEATURES], dtype=float)
     except (TypeError, ValueError, OverflowError):
         return np.array([np.nan if (v := finite_or_none(features.get(f))) is None else v for f in FEATURES])
-
-
-def feature_row(features: dict[str, float | None]) -> np.ndarray:
-    """(1, len(FEATURES)) one record's feature dict as a row, missing or non-finite as NaN."""
-    row = feature_values(features)[None, :]
-    return np.where(np.isfinite(row), row, np.nan)
 
 
 def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:

@@ -63,8 +63,7 @@ def lost_advance(finite, last, missing, since, values, anchor, step, warmup, per
 @compiled(error_model="numpy")
 def cube_row(features, traj_mean: int, traj_std: int, reward: int, eval_index: int, out) -> None:  # pragma: no cover
     """:func:`rftfm.fm.cube.with_derived` of one record: into ``out`` (len(CUBE_SIGNALS),) its ``features``
-    (len(FEATURES),; non-finite as NaN, as :func:`rftfm.fm.features.feature_row`) and the derived signals (the
-    stall signal left NaN)."""
+    (len(FEATURES),; non-finite as NaN) and the derived signals (the stall signal left NaN)."""
     n = features.size
     for i in range(n):
         v = features[i]
