@@ -10,7 +10,9 @@ a tiny Llama counting letters -- a model, size and task the benchmark does not c
   the loop;
   caught = a diagnosis of the credit-assignment family at or after the onset (halted or alerted, the target's rule).
 
-Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--markdown PATH]``.
+Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--logging-steps 1]
+[--lr-scheduler constant] [--markdown PATH]``; ``--logging-steps 10 --lr-scheduler linear`` are TRL's ``GRPOConfig``
+defaults (a record every 10 steps, averaged over them; the learning rate decaying linearly to 0).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from rftfm.bench.eval_remediation import (
 from rftfm.bench.runner import quiet
 
 
-def _healthy(seeds: range, steps: int, components) -> tuple[list[str], list[float], int]:
+def _healthy(seeds: range, steps: int, components, **trl) -> tuple[list[str], list[float], int]:
     rows, deltas, calm = [], [], 0
     for seed in seeds:
-        run = PlainRun(run_id=f"healthy-{seed}", seed=seed, steps=steps)
+        run = PlainRun(run_id=f"healthy-{seed}", seed=seed, steps=steps, **trl)
         base, _ = run_plain_arm(run, "none", components)
         for arm in ("loop", "loop+eval"):
             r, _ = run_plain_arm(run, arm, components)
@@ -47,10 +49,10 @@ def _healthy(seeds: range, steps: int, components) -> tuple[list[str], list[floa
     return rows, deltas, calm
 
 
-def _spike(seeds: range, steps: int, onset: int, components) -> tuple[list[str], dict[str, list[bool]]]:
+def _spike(seeds: range, steps: int, onset: int, components, **trl) -> tuple[list[str], dict[str, list[bool]]]:
     rows, outcomes = [], {"none": [], "loop": [], "loop+eval": []}
     for seed in seeds:
-        run = PlainRun(run_id=f"spike-{seed}", seed=seed, steps=steps, spike_onset=onset)
+        run = PlainRun(run_id=f"spike-{seed}", seed=seed, steps=steps, spike_onset=onset, **trl)
         clean, _ = run_plain_arm(run, "clean", components)
         for arm in ("none", "loop", "loop+eval"):
             r, _ = run_plain_arm(run, arm, components)
@@ -68,10 +70,10 @@ def _spike(seeds: range, steps: int, onset: int, components) -> tuple[list[str],
     return rows, outcomes
 
 
-def _sign_bug(seeds: range, steps: int, onset: int, components) -> tuple[list[str], list[bool]]:
+def _sign_bug(seeds: range, steps: int, onset: int, components, **trl) -> tuple[list[str], list[bool]]:
     rows, caught = [], []
     for seed in seeds:
-        run = PlainRun(run_id=f"sign-bug-{seed}", seed=seed, steps=steps, sign_bug_onset=onset)
+        run = PlainRun(run_id=f"sign-bug-{seed}", seed=seed, steps=steps, sign_bug_onset=onset, **trl)
         clean, _ = run_plain_arm(run, "clean", components)
         for arm in ("none", "loop"):
             r, callback = run_plain_arm(run, arm, components)
@@ -105,17 +107,26 @@ def main() -> None:
     parser.add_argument("--sign-bug", type=int, default=0)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--onset", type=int, default=40)
+    parser.add_argument("--logging-steps", type=int, default=1, help="TRL's logging_steps (GRPOConfig's default: 10)")
+    parser.add_argument("--lr-scheduler", default="constant",
+                        help="TRL's lr_scheduler_type (GRPOConfig's default: linear)")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     quiet()
     components = load_components(None, None)
-    healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components)
-    spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components)
-    bug_rows, caught = _sign_bug(range(200, 200 + args.sign_bug), args.steps, args.onset, components)
+    trl = {"logging_steps": args.logging_steps, "lr_scheduler": args.lr_scheduler}
+    healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components, **trl)
+    spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components, **trl)
+    bug_rows, caught = _sign_bug(range(200, 200 + args.sign_bug), args.steps, args.onset, components, **trl)
+    trl_args = "".join(
+        f" --{flag} {value}" for flag, value, default in
+        (("logging-steps", args.logging_steps, 1), ("lr-scheduler", args.lr_scheduler, "constant")) if value != default
+    )
     lines = [
         f"Written by `python scripts/user_run_loop.py --healthy {args.healthy} --spike {args.spike} "
         + (f"--sign-bug {args.sign_bug} " if args.sign_bug else "")
-        + f"--steps {args.steps} --onset {args.onset}` with the shipped detector and diagnoser.",
+        + f"--steps {args.steps} --onset {args.onset}{trl_args}` with the shipped detector and diagnoser "
+        f"(TRL logging_steps {args.logging_steps}, lr_scheduler_type {args.lr_scheduler}).",
     ]
     if deltas:
         lines += _healthy_section(healthy_rows, deltas, calm)

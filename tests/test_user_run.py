@@ -78,9 +78,18 @@ def test_a_reward_eval_scores_greedy_completions_with_the_trainers_reward_and_le
         RewardEval.from_trainer(ur.user_trainer(tmp_path / "u", steps=4))
 
 
+#: every record and a constant learning rate; TRL's GRPOConfig defaults: a record every 10 steps (averaged over them)
+#: and the learning rate decaying linearly to 0
+LOGGING = {
+    "every step, constant LR": {},
+    "TRL defaults: logging_steps=10, linear decay": {"logging_steps": 10, "lr_scheduler_type": "linear"},
+}
+
+
 @pytest.mark.slow
-def test_a_healthy_user_run_completes_every_step_with_no_action(tmp_path):
-    trainer = ur.user_trainer(tmp_path / "healthy", steps=80, seed=0)
+@pytest.mark.parametrize("logging", list(LOGGING))
+def test_a_healthy_user_run_completes_every_step_with_no_action(tmp_path, logging):
+    trainer = ur.user_trainer(tmp_path / "healthy", steps=80, seed=0, **LOGGING[logging])
     callback = RFTFMCallback.attach(trainer, report=False)
     trainer.train()
     assert callback.setup_error is None and trainer.state.global_step == 80
@@ -88,10 +97,12 @@ def test_a_healthy_user_run_completes_every_step_with_no_action(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_user_runs_lr_spike_is_rolled_back_and_ends_as_good_as_its_clean_twin(tmp_path):
-    clean = ur.user_trainer(tmp_path / "clean", steps=80, seed=0)
+@pytest.mark.parametrize("logging", list(LOGGING))
+def test_a_user_runs_lr_spike_is_rolled_back_and_ends_as_good_as_its_clean_twin(tmp_path, logging):
+    clean = ur.user_trainer(tmp_path / "clean", steps=80, seed=0, **LOGGING[logging])
     clean.train()
-    spiked = ur.user_trainer(tmp_path / "spiked", steps=80, seed=0, spike=ur.LRSpike(onset=30, factor=30.0))
+    spiked = ur.user_trainer(tmp_path / "spiked", steps=80, seed=0, spike=ur.LRSpike(onset=30, factor=30.0),
+                             **LOGGING[logging])
     callback = RFTFMCallback.attach(spiked, report=False)
     spiked.train()
     rollbacks = [e for e in callback.controller.store.events(kind="action") if e["payload"]["kind"] == "rollback"]

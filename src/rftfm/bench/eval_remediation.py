@@ -192,6 +192,8 @@ class PlainRun:
     sign_bug_onset: int | None = None
     eval_every: int = 10
     eval_prompts: int = 64
+    logging_steps: int = 1  # TRL's GRPOConfig default is 10
+    lr_scheduler: str = "constant"  # TRL's default is "linear" (decay to 0 over the run)
 
 
 def run_plain_arm(
@@ -222,7 +224,8 @@ def run_plain_arm(
     loaded = (components or load_components(detector_path, diagnoser_path)) if arm != "clean" else None
     with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:
         start = time.perf_counter()
-        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=fault, eval_prompts=run.eval_prompts)
+        trainer = ur.user_trainer(tmp, steps=run.steps, seed=run.seed, spike=fault, eval_prompts=run.eval_prompts,
+                                  logging_steps=run.logging_steps, lr_scheduler_type=run.lr_scheduler)
         trainer.remove_callback(PrinterCallback)  # the evaluation prints its own rows, not every log dict
         callback = None
         if loaded is not None:
