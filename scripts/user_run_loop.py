@@ -6,13 +6,16 @@ a tiny Llama counting letters -- a model, size and task the benchmark does not c
   run without the loop (the same seed trains the same run), wall time;
 * learning-rate spike runs (``--spike`` seeds, the LR x30 from ``--onset``): clean, no loop, loop, loop + eval;
   repaired = anomaly cleared without a halt and final accuracy >= 0.9 x the clean run's (the benchmark's rule);
+* knob-push runs (``--push KNOB=VALUE``, ``--push-runs`` seeds each, the knob set from ``--onset`` as a user's
+  edited config would set it): the same arms and rule as the spike runs;
 * advantage sign-bug runs (``--sign-bug`` seeds, TRL's advantages flipped from ``--onset``): clean, alert-only and
   the loop;
   caught = a diagnosis of the credit-assignment family at or after the onset (halted or alerted, the target's rule).
 
-Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--steps 80] [--logging-steps 1]
-[--lr-scheduler constant] [--markdown PATH]``; ``--logging-steps 10 --lr-scheduler linear`` are TRL's ``GRPOConfig``
-defaults (a record every 10 steps, averaged over them; the learning rate decaying linearly to 0).
+Usage: ``python scripts/user_run_loop.py [--healthy 4] [--spike 4] [--sign-bug 0] [--push KNOB=VALUE ...]
+[--push-runs 5] [--steps 80] [--logging-steps 1] [--lr-scheduler constant] [--markdown PATH]``;
+``--logging-steps 10 --lr-scheduler linear`` are TRL's ``GRPOConfig`` defaults (a record every 10 steps, averaged over
+them; the learning rate decaying linearly to 0).
 """
 
 from __future__ import annotations
@@ -50,9 +53,21 @@ def _healthy(seeds: range, steps: int, components, **trl) -> tuple[list[str], li
 
 
 def _spike(seeds: range, steps: int, onset: int, components, **trl) -> tuple[list[str], dict[str, list[bool]]]:
+    runs = [PlainRun(run_id=f"spike-{seed}", seed=seed, steps=steps, spike_onset=onset, **trl) for seed in seeds]
+    return _repairs(runs, components)
+
+
+def _push(knob: str, value: float, seeds: range, steps: int, onset: int, components,
+          **trl) -> tuple[list[str], dict[str, list[bool]]]:
+    runs = [PlainRun(run_id=f"{knob}-{seed}", seed=seed, steps=steps, push=(onset, knob, value), **trl)
+            for seed in seeds]
+    return _repairs(runs, components)
+
+
+def _repairs(runs: list[PlainRun], components) -> tuple[list[str], dict[str, list[bool]]]:
+    """Each faulty run's clean twin, then its arms without the loop, with it, and with it and an eval callable."""
     rows, outcomes = [], {"none": [], "loop": [], "loop+eval": []}
-    for seed in seeds:
-        run = PlainRun(run_id=f"spike-{seed}", seed=seed, steps=steps, spike_onset=onset, **trl)
+    for run in runs:
         clean, _ = run_plain_arm(run, "clean", components)
         for arm in ("none", "loop", "loop+eval"):
             r, _ = run_plain_arm(run, arm, components)
@@ -110,6 +125,9 @@ def main() -> None:
     parser.add_argument("--logging-steps", type=int, default=1, help="TRL's logging_steps (GRPOConfig's default: 10)")
     parser.add_argument("--lr-scheduler", default="constant",
                         help="TRL's lr_scheduler_type (GRPOConfig's default: linear)")
+    parser.add_argument("--push", action="append", default=[], metavar="KNOB=VALUE",
+                        help="runs with a trainer knob set mid-run (rftfm.knobs), e.g. temperature=3.0; repeatable")
+    parser.add_argument("--push-runs", type=int, default=5, help="seeds per --push")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     quiet()
@@ -118,6 +136,11 @@ def main() -> None:
     healthy_rows, deltas, calm = _healthy(range(args.healthy), args.steps, components, **trl)
     spike_rows, outcomes = _spike(range(100, 100 + args.spike), args.steps, args.onset, components, **trl)
     bug_rows, caught = _sign_bug(range(200, 200 + args.sign_bug), args.steps, args.onset, components, **trl)
+    pushes = []
+    for spec in args.push:
+        knob, _, text = spec.partition("=")
+        seeds = range(400, 400 + args.push_runs)
+        pushes.append((knob, float(text), *_push(knob, float(text), seeds, args.steps, args.onset, components, **trl)))
     trl_args = "".join(
         f" --{flag} {value}" for flag, value, default in
         (("logging-steps", args.logging_steps, 1), ("lr-scheduler", args.lr_scheduler, "constant")) if value != default
@@ -125,15 +148,19 @@ def main() -> None:
     lines = [
         f"Written by `python scripts/user_run_loop.py --healthy {args.healthy} --spike {args.spike} "
         + (f"--sign-bug {args.sign_bug} " if args.sign_bug else "")
+        + "".join(f"--push {spec} " for spec in args.push)
+        + (f"--push-runs {args.push_runs} " if args.push else "")
         + f"--steps {args.steps} --onset {args.onset}{trl_args}` with the shipped detector and diagnoser "
         f"(TRL logging_steps {args.logging_steps}, lr_scheduler_type {args.lr_scheduler}).",
     ]
     if deltas:
         lines += _healthy_section(healthy_rows, deltas, calm)
     if spike_rows:
-        lines += _spike_section(spike_rows, outcomes, args.onset)
+        lines += _spike_section(spike_rows, outcomes, f"**Learning-rate spike (x30 from step {args.onset})**")
     if bug_rows:
         lines += _sign_bug_section(bug_rows, caught, args.onset)
+    for knob, value, rows, outcomes in pushes:
+        lines += _spike_section(rows, outcomes, f"**`{knob}` set to {value:g} from step {args.onset}**")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
@@ -153,10 +180,10 @@ def _healthy_section(rows: list[str], deltas: list[float], calm: int) -> list[st
     ]
 
 
-def _spike_section(rows: list[str], outcomes: dict[str, list[bool]], onset: int) -> list[str]:
+def _spike_section(rows: list[str], outcomes: dict[str, list[bool]], title: str) -> list[str]:
     return [
         "",
-        f"**Learning-rate spike (x30 from step {onset})**: repaired "
+        f"{title}: repaired "
         + ", ".join(f"{arm} {sum(v)}/{len(v)}" for arm, v in outcomes.items())
         + f" (rule: anomaly cleared without a halt, final accuracy >= {TOLERANCE} x clean; `none` needs only the "
         "accuracy).",

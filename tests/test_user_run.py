@@ -120,3 +120,12 @@ def test_the_remediation_evaluation_runs_an_arm_through_the_plain_trainer_with_a
     assert callback.summary["evaluations"] >= 16 // 4 and 0.0 <= result.final_accuracy <= 1.0
     start = callback.controller.store.events(kind="run")[0]["payload"]
     assert start["eval_every"] == 4
+
+
+def test_a_knob_push_sets_the_knob_once_at_its_onset_through_the_users_setter(tmp_path):
+    push = ur.KnobPush(onset=3, knob="temperature", value=2.0)
+    trainer = ur.user_trainer(tmp_path / "pushed", steps=4, spike=push)
+    assert push.trainer is trainer and trainer.temperature == 1.0
+    trainer.train()
+    assert push.fired_at == 3
+    assert trainer.temperature == trainer.generation_config.temperature == 2.0

@@ -181,8 +181,8 @@ PLAIN_ARMS = ("clean", "none", "loop", "loop+eval")
 class PlainRun:
     """A run of :mod:`rftfm.testing.user_run` (a plain ``GRPOTrainer`` subclass, a model and task outside the
     benchmark); ``spike_onset``: the LR is multiplied by ``spike_factor`` there; ``sign_bug_onset``: TRL's
-    advantages flip sign from there (:class:`~rftfm.testing.user_run.AdvantageSignBug`); both in every arm but
-    ``clean``."""
+    advantages flip sign from there (:class:`~rftfm.testing.user_run.AdvantageSignBug`); ``push``: (onset, knob,
+    value), a knob set mid-run (:class:`~rftfm.testing.user_run.KnobPush`); each in every arm but ``clean``."""
 
     run_id: str
     seed: int = 0
@@ -190,6 +190,7 @@ class PlainRun:
     spike_onset: int | None = None
     spike_factor: float = 30.0
     sign_bug_onset: int | None = None
+    push: tuple[int, str, float] | None = None
     eval_every: int = 10
     eval_prompts: int = 64
     logging_steps: int = 1  # TRL's GRPOConfig default is 10
@@ -220,6 +221,8 @@ def run_plain_arm(
         fault = ur.LRSpike(run.spike_onset, run.spike_factor)
     elif arm != "clean" and run.sign_bug_onset:
         fault = ur.AdvantageSignBug(run.sign_bug_onset)
+    elif arm != "clean" and run.push:
+        fault = ur.KnobPush(*run.push)
     # loaded before the clock starts: a process's first load (importing LightGBM) is no cost of this arm
     loaded = (components or load_components(detector_path, diagnoser_path)) if arm != "clean" else None
     with tempfile.TemporaryDirectory(prefix="rftfm-plain-") as tmp:

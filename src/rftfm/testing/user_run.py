@@ -229,6 +229,28 @@ class LRSpike(TrainerCallback):
             lr_scheduler.base_lrs = [lr * self.factor for lr in lr_scheduler.base_lrs]
 
 
+class KnobPush(TrainerCallback):
+    """A configuration pushed mid-run: from step ``onset`` on, the trainer knob ``knob`` (:mod:`rftfm.knobs`, e.g.
+    ``temperature`` or ``max_completion_length``) is ``value``, set through the same setter a user's own code (or a
+    resume with an edited config) would reach. It changes the training process, not its logs; it acts once (a
+    rollback that undoes it is not undone again). :func:`user_trainer` binds it to its trainer."""
+
+    def __init__(self, onset: int, knob: str, value: Any):
+        self.onset, self.knob, self.value, self.fired_at = onset, knob, value, None
+        self.trainer: Any = None
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.fired_at is not None or state.global_step + 1 < self.onset or self.trainer is None:
+            return
+        from rftfm.knobs import set_knob
+
+        self.fired_at = state.global_step + 1
+        set_knob(self.trainer, self.knob, self.value)
+
+
 class AdvantageSignBug(TrainerCallback):
     """A sign bug in TRL's advantage normalisation from step ``onset`` on: the standard deviation it divides by
     comes out negated, so every group's advantages flip (those TRL logs are the ones it trains on). It changes the
@@ -331,7 +353,7 @@ def user_trainer(
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     n = prompts if prompts is not None else per_step * int(1.5 * (steps or 64)) + per_step
     extra = [cb for cb in (spike, JsonlLogCallback(log_path) if log_path else None) if cb is not None]
-    return trainer_cls(
+    trainer = trainer_cls(
         model=str(warm_start()),
         args=args,
         reward_funcs=list(reward_funcs),
@@ -340,3 +362,6 @@ def user_trainer(
         processing_class=build_tokenizer(),
         callbacks=[*extra, *callbacks],
     )
+    if isinstance(spike, KnobPush):
+        spike.bind(trainer)
+    return trainer
