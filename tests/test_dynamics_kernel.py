@@ -1,9 +1,12 @@
 """The compiled tracker update (:mod:`rftfm.fm.dynamics_kernel`) against the vectorised numpy form it replaced,
 kept here as the oracle: the same features and states, bit for bit, on records with missing values, exact zeros,
-jumps and a rollback-style copy, with and without a prior noise."""
+jumps and a rollback-style copy, with and without a prior noise. The kernel calls the C library's asinh and log1p;
+numpy's own SIMD forms of them (in its AVX-512 builds, e.g. on AMD Zen 4) differ in the last bit or two, so the
+oracle calls the C library's where they differ."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 import numpy as np
@@ -13,6 +16,15 @@ from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.dynamics import PER_SIGNAL, DynamicsTracker, TrackerConfig, TrackerState, clip
 
 MAD_TO_SD_MEAN = 1.2533
+
+
+def _libm(numpy_form: np.ufunc, c_form) -> np.ufunc:
+    """numpy's ufunc where it gives the C library's numbers on this machine, else the C library's, element-wise."""
+    x = np.linspace(-20.0, 20.0, 4001) if numpy_form is np.arcsinh else np.linspace(0.0, 1000.0, 4001)
+    return numpy_form if np.array_equal(numpy_form(x), [c_form(v) for v in x]) else np.vectorize(c_form, otypes=[float])
+
+
+ARCSINH, LOG1P = _libm(np.arcsinh, math.asinh), _libm(np.log1p, math.log1p)
 
 
 def _nan_to_zero(values: np.ndarray) -> np.ndarray:
@@ -29,7 +41,7 @@ class NumpyTracker(DynamicsTracker):
         if unset.any():  # (once every log signal has its c -- a live run's usual record -- nothing to set)
             first = unset & np.isfinite(x) & (np.abs(x) > 0)
             state.magnitude = np.where(first, self.config.magnitude_fraction * np.abs(x), state.magnitude)
-        logged = np.arcsinh(x / state.magnitude)
+        logged = ARCSINH(x / state.magnitude)
         # a log signal before its first non-zero value (a KL of exactly 0 at step 1) is not yet comparable;
         # an exact 0 is no magnitude at all (a reward sd or grad norm of a batch whose groups all tied: the
         # fraction of zero-variance groups says so) and is left out rather than read as a 100-fold fall
@@ -93,7 +105,7 @@ class NumpyTracker(DynamicsTracker):
         per[..., 4] = np.where(judged, state.trend / safe_sigma, np.nan)
         per[..., 5] = np.where(seen, change0, np.nan)
         per[..., 6] = np.where(seen & self.is_absolute, y, np.nan)
-        out[:, -1] = np.log1p(state.records)  # GLOBAL: log_records
+        out[:, -1] = LOG1P(state.records)  # GLOBAL: log_records
         return out
 
     def _learn_noise(self, state: TrackerState, e: np.ndarray, sigma: np.ndarray, learn: np.ndarray) -> None:
