@@ -33,6 +33,24 @@ def test_a_knob_push_in_effect_within_the_drift_window_makes_one_alarm_enough():
     assert not policy.pushed_recently(pushes, {"learning_rate": 1e-1}, step=5 + CFG.drift_window, cfg=CFG)
 
 
+def test_the_drift_window_counts_logged_records():
+    # a trainer logging every 10 steps (TRL's default): a push at step 100 shows at the record of step 110, and an
+    # incident confirmed at the record of step 120 is 2 records after it -- still the prime suspect
+    every_10 = policy.per_record(CFG, 10)
+    pushes, now = {"entropy_coef": (100, 0.0)}, {"entropy_coef": -3.0}
+    assert every_10.drift_steps == 10 * CFG.drift_window and CFG.drift_steps == CFG.drift_window
+    assert policy.pushed_recently(pushes, now, step=120, cfg=every_10)
+    assert not policy.pushed_recently(pushes, now, step=120, cfg=CFG)
+    assert policy.rollback_before(120, [120], [116], pushes, every_10) == 99  # to before the push
+    assert policy.rollback_before(120, [120], [116], pushes, CFG) == 114  # every step logged: 20 records back
+    assert policy.healthy_knobs({"entropy_coef": -3.0}, pushes, {}, incident_start=120, cfg=every_10) == {
+        "entropy_coef": 0.0
+    }
+    assert policy.healthy_knobs({"entropy_coef": -3.0}, pushes, {}, incident_start=120, cfg=CFG) == {
+        "entropy_coef": -3.0
+    }
+
+
 def test_the_rollback_checkpoint_predates_the_rollouts_of_the_first_deviating_step():
     # evidence dates the onset to step 6: its rollouts came from step 5's update, so checkpoint <= 4
     assert policy.rollback_before(9, [9], [6], {}, CFG) == 4

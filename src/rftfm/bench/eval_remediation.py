@@ -833,7 +833,7 @@ TRL's `eval_dataset` and the trainer's reward functions) the loop measures held-
 without `eval_accuracy` in the logs, it decides from train-side metrics alone and its incident log says so.
 
 **Knob pushes.** The loop reads the trainer's knobs every step and notes every change it did not make itself. A new
-incident that follows such a change within 12 steps first gets "roll back to before the change and undo it"
+incident that follows such a change within 12 logged records first gets "roll back to before the change and undo it"
 (`DRIFT_RUNG`); the last checkpoint before the push is pinned against pruning. When an escalation brings a different
 diagnosis, it replaces the type being repaired only at p >= 0.8. After a knob repair of type T, an alarm is recorded
 as explained, not acted on, when its strong evidence (|z| >= 2) lies only in T's upstream signals

@@ -54,7 +54,8 @@ class ControllerConfig:
     halt_confidence: float = 0.8  # a code fault halts on a diagnosis this sure (or on a measured fall in eval accuracy)
     act_confidence_without_eval: float = 0.5  # ... and any rung acts (but undoing a knob push) only at this one
     eval_every: int = 10  # with an eval callable: evaluate every this many steps (and when a decision needs it)
-    drift_window: int = 12  # a knob change (not made by the loop) this many steps before an incident is drift to undo
+    drift_window: int = 12  # a knob change (not made by the loop) this many logged records before an incident is
+    # drift to undo (``drift_steps``: in steps; one record a step, 12 steps)
     push_alarm_threshold: float = 0.5  # ... and while one is in effect, the detector alarms at this score (its
     # calibrated threshold is 1): a change nobody explained doubles the odds that what follows is a fault
     replay_rollbacks: bool = True  # after a rollback, extend the run by the steps it discarded (resume semantics) ...
@@ -69,6 +70,12 @@ class ControllerConfig:
     def unknown_confirm_steps(self) -> int:
         """``unknown_confirm_window`` logged records, in steps."""
         return self.unknown_confirm_window * max(self.record_steps, 1)
+
+    @property
+    def drift_steps(self) -> int:
+        """``drift_window`` logged records, in steps: a trainer that logs every 10 steps shows a push's effect one
+        record later, 10 steps on, and an incident two records after it is 20 steps from the push."""
+        return self.drift_window * max(self.record_steps, 1)
 
 
 def per_record(cfg: ControllerConfig, record_steps: int) -> ControllerConfig:
@@ -100,10 +107,10 @@ def confirmed(alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConf
 
 
 def pushed_recently(pushes: Pushes, knobs_now: Mapping[str, Any], step: int, cfg: ControllerConfig) -> bool:
-    """A knob the loop did not turn changed within ``drift_window`` steps and still has the pushed value:
+    """A knob the loop did not turn changed within ``drift_window`` logged records and still has the pushed value:
     a suspect for any alarm, so one alarm is enough to act on (healthy runs get no pushes)."""
     return any(
-        at > step - cfg.drift_window and knobs_now.get(name, before) != before for name, (at, before) in pushes.items()
+        at > step - cfg.drift_steps and knobs_now.get(name, before) != before for name, (at, before) in pushes.items()
     )
 
 
@@ -127,7 +134,7 @@ def rollback_before(
     first = min(since_steps) if since_steps else min(window) - cfg.default_lookback
     first = min(max(first, min(window) - cfg.max_lookback, 1), step)
     before = first - 1 - cfg.rollout_lag
-    pushed = [at - 1 for at, _ in pushes.values() if at > step - cfg.drift_window]
+    pushed = [at - 1 for at, _ in pushes.values() if at > step - cfg.drift_steps]
     return max(min([before, *pushed]), 0)
 
 
@@ -332,13 +339,14 @@ def new_pushes(
     cfg: ControllerConfig,
 ) -> dict[str, tuple[int, Any]]:
     """Knob changes since the last step that the loop did not make: knob -> (step, value before). A knob
-    pushed again within ``drift_window`` steps keeps its first push (the value before that is the healthy one)."""
+    pushed again within ``drift_window`` logged records keeps its first push (the value before that is the healthy
+    one)."""
     out = {}
     for name, value in current.items():
         before = seen.get(name, value)
         if value != before and loop_knobs.get(name, before) != value:
             earlier = pushes.get(name)
-            if earlier is None or earlier[0] <= step - cfg.drift_window:
+            if earlier is None or earlier[0] <= step - cfg.drift_steps:
                 out[name] = (step, before)
     return out
 
@@ -351,9 +359,9 @@ def healthy_knobs(
     cfg: ControllerConfig,
 ) -> dict[str, Any]:
     """Knob values of the rollback checkpoint; for a knob something else changed within ``drift_window``
-    steps of the incident, its value before that change (the checkpoint may postdate it); the loop's own
+    logged records of the incident, its value before that change (the checkpoint may postdate it); the loop's own
     later settings on top (a change the loop made is a repair, never drift to undo)."""
-    recent = {name: before for name, (at, before) in pushes.items() if at > incident_start - cfg.drift_window}
+    recent = {name: before for name, (at, before) in pushes.items() if at > incident_start - cfg.drift_steps}
     return {**checkpoint_knobs, **recent, **loop_knobs}
 
 
