@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 from typer.testing import CliRunner
-from watch_fixtures import train_real_run
+from watch_fixtures import train_real_run, write_jsonl
 
 from rftfm.cli import app
 from rftfm.cli.watch import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK
@@ -413,3 +413,16 @@ def test_a_clip_ratio_above_0_in_a_trl_log_alarms_where_the_user_says_the_run_is
     assert on.exit_code == EXIT_ALARM, on.output
     assert json.loads(summary.read_text())["first_alarm_step"] == 15
     assert "any clip ratio above 0 alarms" in on.output and "rollout_mismatch" in on.output
+
+
+def test_a_log_too_short_for_the_windowed_checks_says_so(tmp_path):
+    def log(name: str, records: int) -> Path:
+        rows = [{"step": 10 * (i + 1), "reward": 0.5, "reward_std": 0.3, "entropy": 1.0, "loss": 0.02,
+                 "completions/mean_length": 20.0, "learning_rate": 1e-5} for i in range(records)]
+        return write_jsonl(tmp_path / name, rows)
+
+    short = runner.invoke(app, ["watch", str(log("short.jsonl", 8)), "--format", "trl"])
+    assert short.exit_code == EXIT_OK, short.output
+    assert "coverage: 8 logged step(s)" in short.output and "12th logged step" in short.output
+    long = runner.invoke(app, ["watch", str(log("long.jsonl", 30)), "--format", "trl"])
+    assert long.exit_code == EXIT_OK and "coverage" not in long.output, long.output

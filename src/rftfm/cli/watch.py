@@ -22,6 +22,7 @@ import typer
 from rich.markup import escape
 
 from rftfm.cli.common import EXIT_ALARM, EXIT_BAD_INPUT, EXIT_NO_DETECTION, EXIT_OK, check_format, fail, open_store
+from rftfm.fm.detect import WINDOWED_FROM_RECORD
 from rftfm.fm.monitor import LazyDiagnoser, RunMonitor, WatchResult, load_detector, load_diagnoser
 from rftfm.fm.schedule import jumps_by_design
 from rftfm.report.console import console, print_episode, print_step
@@ -79,6 +80,11 @@ def _print_summary(result: WatchResult, stats: Any, path: Path) -> None:
     console.print(f"[bold]summary[/]: {escape(summary)}")
     for line in input_problems(stats):
         console.print(f"[yellow]input[/]: {escape(line)}")
+    if 0 < result.steps < WINDOWED_FROM_RECORD:
+        console.print(f"[yellow]coverage[/]: {result.steps} logged step(s): the checks that compare a window of logged "
+                      "steps with the run's earlier ones (level, loss penalty, loss scale) start at a run's "
+                      f"{WINDOWED_FROM_RECORD}th logged step, so they judged none of this log (at a record every 10 "
+                      f"steps, TRL's default, that is step {10 * WINDOWED_FROM_RECORD})")
     if result.steps == 0:
         console.print(f"[bold red]error:[/] {escape(stats.no_steps_reason(path))}")
 

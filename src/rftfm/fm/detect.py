@@ -151,6 +151,10 @@ TIERS: dict[str, tuple[str, ...]] = {
 #: Per tier, the cube's signals it lacks (looked up once: a live run masks every record).
 HIDDEN: dict[str, np.ndarray] = {tier: np.array([s not in kept for s in CUBE_SIGNALS]) for tier, kept in TIERS.items()}
 MAX_EVIDENCE = 5
+#: The record from which every fitting-free channel that compares a window of records with the run's earlier ones
+#: (level shift, loss penalty, loss scale) judges: before it only the learned, surprise, invariant and schedule
+#: channels do (at TRL's default logging, a record every 10 steps, that is step 120).
+WINDOWED_FROM_RECORD = max(m.WINDOW + m.MIN_BASELINE for m in (level_shift, loss_penalty, loss_scale))
 SURPRISE_TOP = 3
 #: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``), and the
 #: advantage invariants, which only the invariant channel reads (below).
