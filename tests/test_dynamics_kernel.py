@@ -18,13 +18,14 @@ from rftfm.fm.dynamics import PER_SIGNAL, DynamicsTracker, TrackerConfig, Tracke
 MAD_TO_SD_MEAN = 1.2533
 
 
-def _libm(numpy_form: np.ufunc, c_form) -> np.ufunc:
-    """numpy's ufunc where it gives the C library's numbers on this machine, else the C library's, element-wise."""
-    x = np.linspace(-20.0, 20.0, 4001) if numpy_form is np.arcsinh else np.linspace(0.0, 1000.0, 4001)
+def _libm(numpy_form: np.ufunc, c_form, low: float, high: float) -> np.ufunc:
+    """numpy's ufunc where it gives the C library's numbers on [low, high] on this machine, else the C library's,
+    element-wise."""
+    x = np.linspace(low, high, 4001)
     return numpy_form if np.array_equal(numpy_form(x), [c_form(v) for v in x]) else np.vectorize(c_form, otypes=[float])
 
 
-ARCSINH, LOG1P = _libm(np.arcsinh, math.asinh), _libm(np.log1p, math.log1p)
+ARCSINH, LOG1P = _libm(np.arcsinh, math.asinh, -20.0, 20.0), _libm(np.log1p, math.log1p, 0.0, 1000.0)
 
 
 def _nan_to_zero(values: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ def test_a_reward_eval_scores_greedy_completions_with_the_trainers_reward_and_le
 #: and the learning rate decaying linearly to 0
 LOGGING = {
     "every step, constant LR": {},
-    "TRL defaults: logging_steps=10, linear decay": {"logging_steps": 10, "lr_scheduler_type": "linear"},
+    "TRL defaults: logging_steps=10, linear decay": ur.TRL_DEFAULT_LOGGING,
 }
 
 

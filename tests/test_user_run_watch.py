@@ -20,7 +20,7 @@ from rftfm.testing import user_run as ur
 STEPS, ONSET = 60, 30
 
 
-TRL_DEFAULTS = {"logging_steps": 10, "lr_scheduler_type": "linear"}
+TRL_DEFAULTS = ur.TRL_DEFAULT_LOGGING
 
 
 def _logged_run(tmp: Path, name: str, spike: ur.LRSpike | None, **config) -> Path:

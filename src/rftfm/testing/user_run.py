@@ -280,6 +280,11 @@ class AdvantageSignBug(TrainerCallback):
             grpo.nanstd = self._honest
 
 
+#: TRL's ``GRPOConfig`` defaults for how a run logs and schedules its learning rate (the harness otherwise logs every
+#: step at a constant rate): a record every 10 steps, averaged over them, and a linear decay to 0
+TRL_DEFAULT_LOGGING: dict[str, Any] = {"logging_steps": 10, "lr_scheduler_type": "linear"}
+
+
 def user_config(
     out_dir: str | Path,
     *,
