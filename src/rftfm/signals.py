@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Scale = Literal["log", "rate", "linear"]
-Source = Literal["step", "trajectory", "derived"]
+Source = Literal["step", "trajectory", "derived", "rule"]  # rule: read beside the features by a fitting-free rule
 Group = Literal[
     "reward", "accuracy", "kl", "entropy", "optimiser", "advantage", "clip", "length", "sampling", "tool", "config"
 ]
@@ -131,6 +131,8 @@ SIGNALS: dict[str, Signal] = {
         Signal(
             "eval_unchanged_steps", "steps with unchanged eval accuracy", "derived", "linear", "accuracy", noisy=True
         ),
+        # --- read beside the features by a fitting-free rule, never a feature (:mod:`rftfm.fm.unscored`)
+        Signal("unscored_share", "completions no reward function scored", "rule", "rate", "reward", feature=False),
     )
 }
 

@@ -50,10 +50,10 @@ from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
-from rftfm.fm import kl_coefficient
+from rftfm.fm import kl_coefficient, unscored
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
-from rftfm.fm.features import INVARIANT_FEATURES, features_frame
+from rftfm.fm.features import INVARIANT_FEATURES, TRAJECTORY_FEATURES, features_frame
 from rftfm.fm.profile_detect import ProfileDetector
 from rftfm.io.loader import load_benchmark
 
@@ -82,7 +82,7 @@ class RFTFMMethod(Baseline):
 
     def score(self, runs: RunCubes) -> np.ndarray:
         scores, self.threshold = self.detector.score_cube(
-            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary
+            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary, runs.unscored
         )
         return scores
 
@@ -92,14 +92,15 @@ class InTrainerMethod(RFTFMMethod):
     the detector what a log read alone does not say: the trainer's configuration trains on-policy (TRL's own test,
     :func:`~rftfm.fm.on_policy.trl_on_policy`, holds for every benchmark run: one optimiser step per fresh batch), so
     any clip ratio above 0 alarms; and the trainer hands over its batch's advantage invariants
-    (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals; and
-    the KL coefficient it is configured with (``beta``, loss type, length limit), against which the loss per unit of
+    (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals, and
+    the share of its batch's completions no reward function scored (:mod:`rftfm.fm.unscored`); and the KL coefficient
+    it is configured with (``beta``, loss type, length limit), against which the loss per unit of
     KL is judged (:mod:`rftfm.fm.kl_coefficient`). The same fit as :class:`RFTFMMethod`; only the scoring knows
     more."""
 
     name = IN_TRAINER
     #: signals the trainer hands over beside the tier's own (read by the fitting-free invariant channel only)
-    handed_over = INVARIANT_FEATURES
+    handed_over = (*INVARIANT_FEATURES, unscored.SIGNAL)
 
     def __init__(self, tier: str, config: DetectorConfig | None = None, detector: Detector | None = None) -> None:
         super().__init__(tier, config, detector)
@@ -159,11 +160,16 @@ class ProfileMethod(Baseline):
 
 
 def mask_tier(cubes: RunCubes, tier: str, keep: tuple[str, ...] = ()) -> RunCubes:
-    """The cubes as a log of ``tier`` has them: signals outside the tier (and ``keep``) are missing."""
+    """The cubes as a log of ``tier`` has them: signals outside the tier (and ``keep``) are missing, and so is the
+    share of unscored completions where the tier has no per-completion records (unless ``keep`` names it)."""
     hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier] and s not in keep]
     cube = cubes.cube.copy()
     cube[..., hidden] = np.nan
-    return RunCubes(cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity, cubes.binary)
+    records = any(s in TIERS[tier] for s in TRAJECTORY_FEATURES) or unscored.SIGNAL in keep
+    return RunCubes(
+        cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity, cubes.binary,
+        cubes.unscored if records else np.zeros(cubes.steps.shape),
+    )
 
 
 def run_outcomes(test: pl.DataFrame, cubes: RunCubes, alarms: np.ndarray) -> pl.DataFrame:

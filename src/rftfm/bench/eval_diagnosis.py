@@ -21,6 +21,7 @@ top-k and family metrics.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,12 +33,12 @@ from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
 from rftfm.bench.eval_detection import RFTFM, InTrainerMethod, config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import binary_reward, kl_coefficient, reward_identity
+from rftfm.fm import binary_reward, kl_coefficient, reward_identity, unscored
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen, seen_broken
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
-from rftfm.fm.features import INVARIANT_FEATURES
+from rftfm.fm.features import INVARIANT_FEATURES, TRAJECTORY_FEATURES
 
 UNKNOWN = "unknown"
 #: The pseudo-tier of a run diagnosed inside its TRL trainer: tier a's signals plus what the trainer hands over.
@@ -226,9 +227,13 @@ def _fold(
     for tier in tiers:
         signals = tier_signals(tier)
         xx = mask_signals(x, diagnoser.feature_names, signals)
-        # the invariants come with the trajectories (or from the trainer); the rest are step metrics every tier logs
+        # the invariants and the unscored completions come with the trajectories (or from the trainer); the rest are
+        # step metrics every tier logs
+        told = seen[tier == IN_TRAINER]
+        if unscored.SIGNAL not in signals and not set(TRAJECTORY_FEATURES) & set(signals):
+            told = [replace(s, unscored=False) for s in told]
         prob, unknown = diagnoser.apply_seen(
-            *diagnoser.scores(xx), seen[tier == IN_TRAINER], invariants=set(INVARIANT_FEATURES) <= set(signals)
+            *diagnoser.scores(xx), told, invariants=set(INVARIANT_FEATURES) <= set(signals)
         )
         knn = NearestFingerprint().fit(mask_signals(xt, diagnoser.feature_names, signals), [label[r] for r, _ in kt])
         rules = ExpertRules(diagnoser.feature_names)
@@ -260,9 +265,10 @@ def _seen_at_alarm(
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         evidence, holds = reward_identity.reading(history, run_id, alarms[run_id])
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
+        left = unscored.run_evidence(history, run_id, alarms[run_id]) is not None
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
         told = configured.get(run_id) if configured else None
-        seen.append(Seen.read(cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told))
+        seen.append(Seen.read(cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told, left))
     return seen
 
 

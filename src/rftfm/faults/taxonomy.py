@@ -49,6 +49,8 @@ class FaultType:
     #: the fault makes a reward function whose scores were 0 or 1 leave {0, 1}, or leave some completions unscored
     #: (:mod:`rftfm.fm.binary_reward`)
     binary_reward: bool = False
+    #: the fault leaves completions that no reward function scored (:mod:`rftfm.fm.unscored`)
+    leaves_unscored: bool = False
     #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
     #: summing to 0 in a group, or scaled up where the loss's weighting leaves a covariance (:mod:`rftfm.fm.loss_scale`)
     lifts_policy_term: bool = False
@@ -251,6 +253,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             extension=True,
             reward_identity=True,
             binary_reward=True,
+            leaves_unscored=True,
         ),
         FaultType(
             "length_clip_all", "pg",

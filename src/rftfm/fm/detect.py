@@ -96,6 +96,7 @@ from rftfm.fm import (
     rate_shift,
     reward_identity,
     schedule,
+    unscored,
 )
 from rftfm.fm.cube import (
     CUBE_SIGNALS,
@@ -236,6 +237,7 @@ class _Live:
     penalty: loss_penalty.PenaltyState = field(default_factory=loss_penalty.PenaltyState)
     scale: loss_scale.ScaleState = field(default_factory=loss_scale.ScaleState)
     coefficient: kl_coefficient.CoefficientState = field(default_factory=kl_coefficient.CoefficientState)
+    unscored: unscored.UnscoredState = field(default_factory=unscored.UnscoredState)
 
     def snapshot(self, step: int, state: TrackerState) -> tuple:
         """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
@@ -256,6 +258,7 @@ class _Live:
             self.penalty.copy(),
             self.scale.copy(),
             self.coefficient.copy(),
+            self.unscored.copy(),
         )
 
 
@@ -288,6 +291,8 @@ class _Pending:
     penalty: tuple[float, float, float]  # the loss-penalty statistic, window and reference loss (:mod:`loss_penalty`)
     scale: tuple[float, float, float]  # the loss-scale statistic, window and reference magnitude (:mod:`loss_scale`)
     coefficient: tuple[float, float, float, bool]  # the KL coefficient's signed units, now, before, configured?
+    unscored: float = 0.0  # the share of completions no reward function scored, in units (:mod:`unscored`)
+    unscored_evidence: list[SignalEvidence] = field(default_factory=list)  # ... and, above 1, as evidence
 
 
 class Detector:
@@ -551,6 +556,7 @@ class Detector:
         learning_rate: np.ndarray | None = None,
         identity: np.ndarray | None = None,
         binary: np.ndarray | None = None,
+        unscored: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
@@ -561,7 +567,8 @@ class Detector:
         trainer hands them over; armed from the first record after :meth:`know_invariants`). ``identity`` (R, S): the
         reward identity's units
         (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged); ``binary`` (R, S): the binary-reward
-        rule's (:func:`~rftfm.fm.binary_reward.runs_units`; ``None``: not judged).
+        rule's (:func:`~rftfm.fm.binary_reward.runs_units`; ``None``: not judged); ``unscored`` (R, S): the
+        unscored-completion rule's (:func:`~rftfm.fm.unscored.runs_units`; ``None``: not judged).
         """
         self._require_fitted()
         if tier is None:
@@ -575,7 +582,7 @@ class Detector:
             invariants.armed_units(raw, steps, self.invariants_known).max(axis=-1),
             non_finite.units(non_finite.cube_lost(masked, steps)),
         )
-        for units in (identity, binary):
+        for units in (identity, binary, unscored):
             if units is not None:
                 invariant = np.fmax(invariant, units)
         invariant = np.fmax(invariant, np.abs(kl_coefficient.cube_units(masked, steps)))
@@ -603,7 +610,8 @@ class Detector:
         alarms = []
         frame = run_features.sort("step")
         for row in frame.iter_rows(named=True):
-            features = {f: row.get(f) for f in (*FEATURES, SCHEDULE, reward_identity.PARTS, binary_reward.SPREADS)}
+            keys = (*FEATURES, SCHEDULE, reward_identity.PARTS, binary_reward.SPREADS, unscored.SIGNAL)
+            features = {f: row.get(f) for f in keys}
             alarm = self.observe_features(run_id, int(row["step"]), features)
             if alarm is not None:
                 alarms.append(alarm)
@@ -717,6 +725,7 @@ class Detector:
             parts, features.get(binary_reward.SPREADS), _finite(features.get(binary_reward.MEAN)),  # type: ignore[arg-type]
             _finite(features.get(binary_reward.SIGNAL)), step,
         )
+        unscored_units = live.unscored.advance(_finite(features.get(unscored.SIGNAL)), step)
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -743,6 +752,8 @@ class Detector:
             binary,
             [live.binary.evidence()] if binary > 1.0 else [],
             penalty, scale, coefficient,
+            unscored_units,
+            [live.unscored.evidence()] if unscored_units > 1.0 else [],
         )
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
@@ -752,7 +763,8 @@ class Detector:
         live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = max(
-            float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary, _size(p.coefficient[0])
+            float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary,
+            _size(p.coefficient[0]), p.unscored,
         )
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
@@ -793,7 +805,7 @@ class Detector:
             return False
         _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
         (live.shift, live.level, live.lost, live.identity, live.binary, live.penalty, live.scale,
-         live.coefficient) = channels
+         live.coefficient, live.unscored) = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -856,6 +868,7 @@ class Detector:
     def _channel_evidence(self, p: _Pending) -> tuple[list[SignalEvidence], set[str]]:
         """The evidence of the channels each enough for the alarm on its own, and the signals it names."""
         out = list(p.lost)  # a lost signal
+        out += p.unscored_evidence  # completions no reward function scored
         out += p.identity_evidence  # a broken reward identity
         out += p.binary_evidence  # scores of 0 or 1 that no longer are
         out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump
@@ -998,6 +1011,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.signal == unscored.SIGNAL:
+        return unscored.describe(e)
     if e.binary_mean is not None:
         return binary_reward.describe(e)
     if e.penalty_term is not None:

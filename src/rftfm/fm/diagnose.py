@@ -50,6 +50,7 @@ from rftfm.fm import (
     on_policy,
     reward_identity,
     schedule,
+    unscored,
 )
 from rftfm.fm.cube import CUBE_SIGNALS, runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.detect import TIERS
@@ -116,7 +117,9 @@ class Seen:
     statistic's largest value over the last records with the loss's magnitude there as evidence
     (:func:`rftfm.fm.loss_scale.reading`), and whether a reward function whose scores were 0 or 1 no longer is
     (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL coefficient rule's signed units over the last records
-    with the change as evidence (:func:`rftfm.fm.kl_coefficient.reading`)."""
+    with the change as evidence (:func:`rftfm.fm.kl_coefficient.reading`), and whether one of the last records lost
+    completions to no reward function scoring them (:func:`rftfm.fm.unscored.run_evidence`: per-completion records
+    or the trainer tell it; a log of step metrics does not)."""
 
     broken: list[str]
     jump: float
@@ -134,6 +137,7 @@ class Seen:
     coefficient: float = math.nan
     coefficient_evidence: SignalEvidence | None = None
     identity_holds: bool = False
+    unscored: bool = False
 
     @classmethod
     def read(
@@ -146,16 +150,18 @@ class Seen:
         binary: bool = False,
         identity_holds: bool = False,
         kl_configured: kl_coefficient.Configured | None = None,
+        unscored: bool = False,
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
-        ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary`` and ``identity_holds`` as the caller
-        read them (they depend on what it knows of the run's estimator and reward weights, and on the reward
-        functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when known)."""
+        ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary``, ``identity_holds`` and
+        ``unscored`` as the caller read them (they depend on what it knows of the run's estimator and reward weights,
+        and on the reward functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when
+        known; ``unscored``: whether it saw completions no reward function scored lately)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds)
+                   binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored)
 
 
 @dataclass
@@ -399,8 +405,9 @@ class Diagnoser:
         lr = runs_schedule(history, [run_id], steps.shape[1])[0]
         identity, holds = reward_identity.reading(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
+        unscored_now = unscored.run_evidence(history, run_id, step)
         seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
-                         self.kl_configured)
+                         self.kl_configured, unscored_now is not None)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -411,7 +418,7 @@ class Diagnoser:
         evidence = jump_evidence(lr, steps[0], seen.jump_at) + evidence
         gone = non_finite.run_evidence(cube[0], steps[0], seen.missing)
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
-        for rule in (binary, identity):  # a reward rule broken, seen in the log: it leads
+        for rule in (binary, identity, unscored_now):  # a reward rule broken, seen in the log: it leads
             if rule is not None:
                 evidence = [rule] + [e for e in evidence if e.signal != rule.signal]
         loss = self._loss_evidence(cube[0], steps[0], seen)
@@ -482,6 +489,7 @@ class Diagnoser:
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
+        prob, unknown = self.apply_unscored(prob, unknown, [s.unscored for s in seen])
         prob, unknown = self.apply_binary_reward(prob, unknown, [s.binary for s in seen])
         prob, unknown = self.apply_penalty(
             prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
@@ -534,6 +542,15 @@ class Diagnoser:
         not guessed."""
         skipping = np.array([FAULT_TYPES[t].reward_identity for t in self.classes])
         return _only(prob, unknown, [skipping & b for b in broken])
+
+    def apply_unscored(
+        self, prob: np.ndarray, unknown: np.ndarray, seen: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where some of a row's last records had completions no reward function scored
+        (:func:`rftfm.fm.unscored.run_evidence`), only the types that leave them (the registry's ``leaves_unscored``)
+        remain: a verifier giving up is seen, not guessed."""
+        leaving = np.array([FAULT_TYPES[t].leaves_unscored for t in self.classes])
+        return _only(prob, unknown, [leaving & s for s in seen])
 
     def apply_binary_reward(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[bool]
@@ -866,6 +883,8 @@ def describe(e: SignalEvidence) -> str:
         return non_finite.describe(e)
     if e.reward_identity:
         return reward_identity.describe(e)
+    if e.signal == unscored.SIGNAL:
+        return unscored.describe(e)
     if e.binary_mean is not None:
         return binary_reward.describe(e)
     if e.penalty_term is not None:

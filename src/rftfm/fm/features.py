@@ -25,6 +25,8 @@ import polars as pl
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
 from rftfm.fm.trajectory_kernel import group_consistency, group_residuals, step_numbers
+from rftfm.fm.unscored import SIGNAL as UNSCORED
+from rftfm.fm.unscored import frame_column, share_of_rewards, with_records
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
 
@@ -51,7 +53,7 @@ SCHEDULE = "learning_rate"
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.Utf8(),
     "step": pl.Int64(),
-    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE)},
+    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE, UNSCORED)},
     PARTS: pl.List(pl.Float64()),
     SPREADS: pl.List(pl.Float64()),
 }
@@ -213,6 +215,9 @@ def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) ->
     features[SCHEDULE] = _num(step.learning_rate)
     features[PARTS] = parts_of(step.extra)  # type: ignore[assignment]  # (a tuple: only its channel reads it)
     features[SPREADS] = spreads_of(step.extra)  # type: ignore[assignment]  # (the same)
+    features[UNSCORED] = (  # from the completions' own rewards, else as the trainer handed it over
+        share_of_rewards([t.reward for t in trajectories]) if trajectories else _num(step.extra.get(UNSCORED))
+    )
     return features
 
 
@@ -291,9 +296,9 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
 
 
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
-    """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE` and the reward
-    functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`)
-    (nulls where missing).
+    """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE`, the reward
+    functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`) and
+    the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`) (nulls where missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
@@ -302,7 +307,7 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
         (pl.col(c).cast(pl.Float64).fill_nan(None) if c in steps.columns else pl.lit(None, dtype=pl.Float64)).alias(c)
         for c in (*STEP_FEATURES, SCHEDULE)
     ]
-    frame = steps.select(*keep, *step_cols, frame_parts(steps), frame_spreads(steps))
+    frame = steps.select(*keep, *step_cols, frame_parts(steps), frame_spreads(steps), frame_column(steps))
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")
         if {"group_id", "reward", "advantage"} <= set(trajectories.columns):
@@ -313,4 +318,5 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
             )
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
-    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS).sort("run_id", "step")
+    frame = with_records(frame, trajectories)
+    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS, UNSCORED).sort("run_id", "step")

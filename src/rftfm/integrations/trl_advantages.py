@@ -63,3 +63,18 @@ def advantage_invariants(trainer: Any) -> dict[str, float | None]:
     reward = np.where(np.isnan(rewards).all(axis=1), np.nan, np.nansum(rewards * weights, axis=1))
     residual, zeroed = advantage_consistency(np.arange(n) // size, reward, advantage)
     return {RESIDUAL: residual, ZEROED: zeroed}
+
+
+def unscored_share(trainer: Any) -> float | None:
+    """The share of the trainer's latest generation batch's completions that no reward function scored (every
+    function returned ``None``: NaN in its per-function log; :mod:`rftfm.fm.unscored`); ``None`` where the trainer
+    keeps no per-function rewards of equal length. Whatever the estimator: it is the verifier's doing."""
+    logs = getattr(trainer, "_logs", None)
+    rewards = logs.get("rewards") if isinstance(logs, dict) else None
+    if not isinstance(rewards, dict) or not rewards:
+        return None
+    per_function = [np.asarray(list(values), dtype=float) for values in rewards.values()]
+    n = per_function[0].size
+    if n == 0 or any(r.size != n for r in per_function):
+        return None
+    return float(np.isnan(np.stack(per_function, axis=1)).all(axis=1).mean())

@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.fm import kl_coefficient, on_policy, reward_identity, schedule
+from rftfm.fm import kl_coefficient, on_policy, reward_identity, schedule, unscored
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -279,6 +279,7 @@ class RFTFMCallback(TrainerCallback):
             return
         if record is not None:
             self._add_invariants(record, state.global_step)
+            self._add_unscored(record, state.global_step)
             self.controller.observe(record, [])
 
     def _check_schedule(self, args: Any, step: int) -> None:
@@ -356,6 +357,22 @@ class RFTFMCallback(TrainerCallback):
             record.extra.update({k: v for k, v in values.items() if v is not None})
         except Exception as exc:  # counted, never raised; the step is still observed without them
             self._invariant_error(step, exc)
+
+    def _add_unscored(self, record: StepRecord, step: int) -> None:
+        """The share of the trainer's latest batch that no reward function scored, into ``record.extra`` (attached
+        trainers only; a failure is recorded as an error, never raised)."""
+        assert self.controller is not None
+        if self.trainer is None:
+            return
+        try:
+            share = trl_advantages.unscored_share(self.trainer)
+        except Exception as exc:  # counted, never raised; the step is still observed without it
+            self.controller.journal.record(
+                "error", step, {"stage": "unscored completions", "error": f"{type(exc).__name__}: {exc}"}
+            )
+            return
+        if share is not None:
+            record.extra[unscored.SIGNAL] = share
 
     def _sync(self, step: int, control: Any) -> None:
         """Every rank makes the changes the main process just made (same step); if one rank cannot,
