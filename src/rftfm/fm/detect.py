@@ -48,12 +48,14 @@ How it decides, record by record:
    :data:`~rftfm.fm.loss_scale.MIN_THRESHOLD`);
 10. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
-   (:mod:`rftfm.fm.non_finite`); and two reward rules, fitting-free too: the logged reward leaving its functions'
-   weighted means (:mod:`rftfm.fm.reward_identity`), and a reward function whose scores were all 0 or 1 no longer
-   being so (:mod:`rftfm.fm.binary_reward`); and a *KL-coefficient* rule, fitting-free: the loss per unit of KL,
-   which is the KL coefficient where a run's loss is its KL penalty, moving e-fold or more and holding its new value
-   over the last few records, or, where the trainer's configured coefficient is known
-   (:meth:`Detector.know_kl_coefficient`), sitting e-fold below it (:mod:`rftfm.fm.kl_coefficient`);
+   (:mod:`rftfm.fm.non_finite`); and three reward rules, fitting-free too: the logged reward leaving its functions'
+   weighted means (:mod:`rftfm.fm.reward_identity`), a reward function whose scores were all 0 or 1 no longer
+   being so (:mod:`rftfm.fm.binary_reward`), and a batch losing completions to no function scoring them, where
+   per-completion records or the trainer say so (:mod:`rftfm.fm.unscored`); and a *KL-coefficient* rule,
+   fitting-free: the loss per unit of KL, which is the KL coefficient where a run's loss is its KL penalty, moving
+   e-fold or more and holding its new value over the last few records, or, where the trainer's configured
+   coefficient is known (:meth:`Detector.know_kl_coefficient`), sitting e-fold below it
+   (:mod:`rftfm.fm.kl_coefficient`);
 11. each learned or surprise channel's threshold is the score that half of ``false_alarm_target`` of normal and control
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
