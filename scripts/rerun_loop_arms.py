@@ -47,6 +47,9 @@ def expected_fields(summary: dict[str, Any], run_id: str, arm: str) -> dict[str,
         row = next(r for r in summary["healthy"] if r["run_id"] == run_id)
         return {name: (row[name], field) for name, field in HEALTHY_FIELDS.items()}
     row = next(r for r in summary["pairs"] if r["run_id"] == run_id)
+    if arm == "clean":  # the faulty run's clean twin: only its accuracy and length are kept
+        return {name: (row[name], field) for name, field in (("clean_accuracy", "final_accuracy"),
+                                                             ("clean_steps", "steps"))}
     out = {f"{arm}_{name}": (row[f"{arm}_{name}"], field) for name, field in PAIR_FIELDS.items()}
     if arm == "loop":
         out["diagnosed"] = (row["diagnosed"], "diagnosed")
@@ -66,7 +69,8 @@ def main() -> None:
     parser.add_argument("--detector", help="the detector artifact the summary used (default: the shipped one)")
     parser.add_argument("--diagnoser", help="the diagnoser artifact the summary used (default: the shipped one)")
     parser.add_argument(
-        "--arm", action="append", required=True, help="RUN_ID:ARM (ARM: loop, trainside, generic or on)"
+        "--arm", action="append", required=True,
+        help="RUN_ID:ARM (ARM: loop, trainside, generic, none or clean of a faulty run; on of a healthy one)"
     )
     parser.add_argument(
         "--digest",

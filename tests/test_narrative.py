@@ -144,3 +144,17 @@ def test_it_says_whether_learning_rate_jumps_were_judged() -> None:
         store = MemoryIncidentStore()
         store.record("run", "r", 0, {"event": "learning-rate schedule", "scheduler": scheduler, "jumps_judged": judged})
         assert text in narrate(store.events())
+
+
+def test_a_sure_diagnosis_the_loop_could_not_act_on_still_says_where_to_look():
+    store = MemoryIncidentStore()
+    store.record("run", "v", 0, {"event": "start", "mode": "watching"})
+    store.record("alarm", "v", 7, Alarm(run_id="v", step=7, score=9.0, threshold=1.0))
+    ranked = [Hypothesis(family="rf", fault_type="reward_none", probability=1.0)]
+    store.record("diagnosis", "v", 7, Diagnosis(run_id="v", step=7, ranked=ranked))
+    store.record("run", "v", 10, {"event": "end", "mode": "alert_only"})
+    told = narrate(store.events())
+    assert "for reward_none: the reward function or verifier" in told and "nothing needs fixing" not in told
+    unsure = [Hypothesis(family="rf", fault_type="reward_none", probability=0.5)]
+    store.record("diagnosis", "v", 8, Diagnosis(run_id="v", step=8, ranked=unsure))
+    assert "nothing needs fixing unless the signals above look wrong to you" in narrate(store.events())

@@ -12,7 +12,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from rftfm.fm.policy import CHECKPOINT_BUDGET, checkpoint_every_within
+from rftfm.fm.policy import CHECKPOINT_BUDGET, ControllerConfig, checkpoint_every_within
+
+#: A diagnosis at least this sure names where to look even when the loop did nothing (the loop's own bar for a halt:
+#: a rule saw the cause -- a verifier that stopped answering, a broken advantage invariant -- rather than guessed it).
+SURE = ControllerConfig().halt_confidence
 
 #: Where a diagnosed family's cause usually lives in a user's setup.
 LOOK_AT: dict[str, str] = {
@@ -132,7 +136,7 @@ def _look_at(
             f"{_fmt(p.get('value'))}"
         )
     named = [t for t in (_top(d["payload"]) for d in diagnoses) if t is not None]
-    if named and not actions:
+    if named and not actions and named[-1]["probability"] < SURE:
         hints.append(
             f"nothing needs fixing unless the signals above look wrong to you (closest known fault: "
             f"{named[-1]['fault_type']}, p={named[-1]['probability']:.2f})"
