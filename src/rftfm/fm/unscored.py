@@ -57,7 +57,7 @@ def units(share: float | None) -> float:
 
 @dataclass
 class UnscoredState:
-    """One run's latest share and the step its current run of unscored records began."""
+    """One run's latest known share and the step at which its current stretch of flagged records began (0: none)."""
 
     share: float = math.nan
     since: int = 0
@@ -135,8 +135,9 @@ def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> 
 
 
 def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
-    """The share as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` had an unscored
-    completion (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
+    """The share as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` lost more than
+    :data:`LIMIT` of its completions to no score (``features``: :func:`~rftfm.fm.features.features_frame` rows), else
+    ``None``."""
     if SIGNAL not in features.columns:
         return None
     return replay.recent_evidence(features, run_id, step, _rows, UnscoredState, RECENT)
