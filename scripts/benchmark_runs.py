@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -41,6 +42,33 @@ def print_counts(kinds: list[str], hits: Counter, headline: str, aside: Counter 
 
 
 NEVER = 10**9  # the onset of a run without a fault: every record is healthy
+
+
+@dataclass
+class FirstFirings:
+    """Per kind, the runs a rule first fires on before a fault's onset and at or after it, and the records from onset
+    to that first firing (what the rule scripts print)."""
+
+    before: Counter = field(default_factory=Counter)
+    after: Counter = field(default_factory=Counter)
+    delays: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, kind: str, first: int, onset: int) -> bool:
+        """Count a run whose rule first fires at step ``first``; whether that is before its onset."""
+        if first < onset:
+            self.before[kind] += 1
+            return True
+        self.after[kind] += 1
+        self.delays.setdefault(kind, []).append(first - int(onset))
+        return False
+
+    def print(self, kinds: list[str], healthy_headline: str, aside: Counter, note: str, verb: str, noun: str) -> None:
+        """Per kind, the runs fired on before any fault (``healthy_headline``, with ``aside``'s counts and ``note``)
+        and at or after a fault's onset (``verb``: "broken", "flagged"), then the median delays (``noun``: "break")."""
+        print_counts(kinds, self.before, healthy_headline, aside, note)
+        print_counts(kinds, self.after, f"{verb} at or after a fault's onset")
+        print(f"median records from onset to the first {noun}: "
+              + (", ".join(f"{k} {np.median(v):g}" for k, v in sorted(self.delays.items())) or f"none {verb}"))
 
 
 def onsets(runs: pl.DataFrame, kinds: list[str]) -> np.ndarray:

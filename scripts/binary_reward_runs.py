@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 import polars as pl
-from benchmark_runs import load_runs, onsets, print_counts
+from benchmark_runs import FirstFirings, load_runs, onsets
 
 from rftfm.fm import binary_reward
 
@@ -37,8 +37,7 @@ def main() -> None:
     on_sum = parser.parse_args().sum
     onset = onsets(runs, kinds)
     frames = dict(features.filter(pl.col("run_id").is_in(ids)).sort("step").group_by(["run_id"]).__iter__())
-    arming, before, after = Counter(), Counter(), Counter()
-    delays: dict[str, list[int]] = {}
+    arming, fired = Counter(), FirstFirings()
     healthy_largest = 0.0
     for r, run_id in enumerate(ids):
         steps, units, armed = run_units(frames[(run_id,)], on_sum)
@@ -50,17 +49,10 @@ def main() -> None:
         if not where.size:
             continue
         first = steps[where[0]]
-        if first < onset[r]:
-            before[kinds[r]] += 1
+        if fired.add(kinds[r], first, onset[r]):
             print(f"{run_id}: breaks it at step {first}, before any fault ({units[where[0]]:.0f} units)")
-        else:
-            after[kinds[r]] += 1
-            delays.setdefault(kinds[r], []).append(first - int(onset[r]))
-    print_counts(kinds, before, f"{sum(arming.values())} of {len(ids)} runs arm it; broken before any fault (healthy "
-                 "records)", arming, "armed")
-    print_counts(kinds, after, "broken at or after a fault's onset")
-    print("median records from onset to the first break: "
-          + (", ".join(f"{k} {np.median(v):g}" for k, v in sorted(delays.items())) or "none broken"))
+    fired.print(kinds, f"{sum(arming.values())} of {len(ids)} runs arm it; broken before any fault (healthy records)",
+                arming, "armed", "broken", "break")
     print(f"largest |q / q_armed - 1| at a healthy record: {healthy_largest:.2g}")
 
 

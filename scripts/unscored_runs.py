@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 import polars as pl
-from benchmark_runs import load_runs, onsets, print_counts
+from benchmark_runs import FirstFirings, load_runs, onsets
 
 from rftfm.fm import unscored
 
@@ -20,8 +20,7 @@ def main() -> None:
     runs, features, ids, kinds = load_runs(__doc__)
     onset = onsets(runs, kinds)
     frames = dict(features.filter(pl.col("run_id").is_in(ids)).sort("step").group_by(["run_id"]).__iter__())
-    known, before, after = Counter(), Counter(), Counter()
-    delays: dict[str, list[int]] = {}
+    known, fired = Counter(), FirstFirings()
     healthy_largest = 0.0
     for r, run_id in enumerate(ids):
         frame = frames[(run_id,)]
@@ -37,17 +36,10 @@ def main() -> None:
         if not where.size:
             continue
         first = int(steps[where[0]])
-        if first < onset[r]:
-            before[kinds[r]] += 1
+        if fired.add(kinds[r], first, onset[r]):
             print(f"{run_id}: {share[where[0]]:.0%} unscored at step {first}, before any fault")
-        else:
-            after[kinds[r]] += 1
-            delays.setdefault(kinds[r], []).append(first - int(onset[r]))
-    print_counts(kinds, before, f"{sum(known.values())} of {len(ids)} runs say how many completions went unscored; "
-                 "flagged before any fault (healthy records)", known, "say it")
-    print_counts(kinds, after, "flagged at or after a fault's onset")
-    print("median records from onset to the first flag: "
-          + (", ".join(f"{k} {np.median(v):g}" for k, v in sorted(delays.items())) or "none flagged"))
+    fired.print(kinds, f"{sum(known.values())} of {len(ids)} runs say how many completions went unscored; flagged "
+                "before any fault (healthy records)", known, "say it", "flagged", "flag")
     print(f"largest share unscored at a healthy record: {healthy_largest:.3g} (flagged above {unscored.LIMIT:g})")
 
 
