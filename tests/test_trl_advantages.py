@@ -40,11 +40,18 @@ def test_weighted_reward_functions_and_unscored_completions_are_read_the_trl_way
         _trainer({"fmt": fmt.tolist(), "correct": correct.tolist()}, _group_advantages(total), reward_weights=weights)
     )
     assert values["traj_advantage_residual"] == pytest.approx(0.0, abs=1e-9) and values["traj_advantage_zeroed"] == 0
+    assert values["advantage_flipped_share"] == 0.0
     flipped = trl_advantages.advantage_invariants(
         _trainer({"fmt": fmt.tolist(), "correct": correct.tolist()}, [-a for a in _group_advantages(total)],
                  reward_weights=weights)
     )
     assert flipped["traj_advantage_residual"] == pytest.approx(1.0)
+    assert flipped["advantage_flipped_share"] == 1.0
+    rescaled = trl_advantages.advantage_invariants(  # a length-biased normalisation: positive factors, no flip
+        _trainer({"fmt": fmt.tolist(), "correct": correct.tolist()},
+                 [a * (1 + i) for i, a in enumerate(_group_advantages(total))], reward_weights=weights)
+    )
+    assert rescaled["traj_advantage_residual"] > 0.01 and rescaled["advantage_flipped_share"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -61,7 +68,7 @@ def test_where_trl_does_not_make_them_hold_they_are_not_read(attrs, reason) -> N
     trainer = _trainer({"r": [1.0, 0.0, 1.0, 0.0]}, [1.0, -1.0, 1.0, -1.0], **attrs)
     assert reason in trl_advantages.unsupported(trainer)
     assert trl_advantages.advantage_invariants(trainer) == {
-        "traj_advantage_residual": None, "traj_advantage_zeroed": None
+        "traj_advantage_residual": None, "traj_advantage_zeroed": None, "advantage_flipped_share": None
     }
 
 

@@ -51,6 +51,8 @@ class FaultType:
     binary_reward: bool = False
     #: the fault leaves completions that no reward function scored (:mod:`rftfm.fm.unscored`)
     leaves_unscored: bool = False
+    #: the fault gives some advantages the other sign from their reward's deviation (:mod:`rftfm.fm.advantage_signs`)
+    flips_advantage_signs: bool = False
     #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
     #: summing to 0 in a group, or scaled up where the loss's weighting leaves a covariance (:mod:`rftfm.fm.loss_scale`)
     lifts_policy_term: bool = False
@@ -206,6 +208,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             knob_repairable=False,
             signals=(("traj_advantage_residual", "up"), ("reward_mean", "down"), ("eval_accuracy", "down")),
             lifts_policy_term=True,
+            flips_advantage_signs=True,
         ),
         FaultType(
             "zero_variance", "ca",

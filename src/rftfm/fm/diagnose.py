@@ -41,6 +41,7 @@ import polars as pl
 
 from rftfm.faults.taxonomy import FAULT_TYPES
 from rftfm.fm import (
+    advantage_signs,
     binary_reward,
     invariants,
     kl_coefficient,
@@ -119,7 +120,9 @@ class Seen:
     (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL coefficient rule's signed units over the last records
     with the change as evidence (:func:`rftfm.fm.kl_coefficient.reading`), and whether one of the last records lost
     completions to no reward function scoring them (:func:`rftfm.fm.unscored.run_evidence`: per-completion records
-    or the trainer tell it; a log of step metrics does not)."""
+    or the trainer tell it; a log of step metrics does not), and whether its last records flipped advantage signs
+    (True), held them (False) or were not judged (None) (:func:`rftfm.fm.advantage_signs.reading`: the same
+    sources)."""
 
     broken: list[str]
     jump: float
@@ -138,6 +141,7 @@ class Seen:
     coefficient_evidence: SignalEvidence | None = None
     identity_holds: bool = False
     unscored: bool = False
+    flipped: bool | None = None
 
     @classmethod
     def read(
@@ -151,17 +155,20 @@ class Seen:
         identity_holds: bool = False,
         kl_configured: kl_coefficient.Configured | None = None,
         unscored: bool = False,
+        flipped: bool | None = None,
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
         ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary``, ``identity_holds`` and
         ``unscored`` as the caller read them (they depend on what it knows of the run's estimator and reward weights,
         and on the reward functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when
-        known; ``unscored``: whether it saw completions no reward function scored lately)."""
+        known; ``unscored``: whether it saw completions no reward function scored lately; ``flipped``: whether
+        advantage signs flipped lately, as :func:`rftfm.fm.advantage_signs.reading` says)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
-                   binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored)
+                   binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored,
+                   flipped)
 
 
 @dataclass
@@ -406,15 +413,19 @@ class Diagnoser:
         identity, holds = reward_identity.reading(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
         unscored_now = unscored.run_evidence(history, run_id, step)
+        flipped, flips = advantage_signs.reading(history, run_id, step, self.invariants_known)
         seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
-                         self.kl_configured, unscored_now is not None)
+                         self.kl_configured, unscored_now is not None, flipped)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
         ranked = [Hypothesis(family=FAULT_TYPES[self.classes[i]].family, fault_type=self.classes[i],
                              probability=round(float(prob[i]), 4)) for i in order]
         evidence = self.evidence(cube[0], steps[0], tracked, None if unknown else ranked[0].fault_type)
-        evidence = invariant_evidence(cube[0], steps[0], broken) + [e for e in evidence if e.signal not in broken]
+        flipping = [] if flips is None else [flips]  # which kind of advantage bug: seen, after the invariants
+        evidence = invariant_evidence(cube[0], steps[0], broken) + flipping + [
+            e for e in evidence if e.signal not in broken
+        ]
         evidence = jump_evidence(lr, steps[0], seen.jump_at) + evidence
         gone = non_finite.run_evidence(cube[0], steps[0], seen.missing)
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
@@ -480,12 +491,14 @@ class Diagnoser:
         self, prob: np.ndarray, unknown: np.ndarray, seen: Sequence[Seen], invariants: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
-        no advantage invariant is read), in order: invariants, learning-rate jump, lost or missing numbers, reward
-        identity, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL coefficient that moved,
-        completions that all ended before the length limit, a reward identity that holds over several functions, a run
-        without a KL term (the rules that rule types out come last: nothing brings back what they removed)."""
+        no advantage invariant or sign is read), in order: invariants, advantage signs flipped, learning-rate jump,
+        lost or missing numbers, reward identity, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL
+        coefficient that moved, completions that all ended before the length limit, a reward identity that holds
+        over several functions, advantage signs held, a run without a KL term (the rules that rule types out come
+        last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
+            prob, unknown = self.apply_flipped_signs(prob, unknown, [s.flipped is True for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
@@ -500,6 +513,8 @@ class Diagnoser:
         )
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
         prob, unknown = self.apply_identity_holds(prob, unknown, [s.identity_holds for s in seen])
+        if invariants:
+            prob, unknown = self.apply_held_signs(prob, unknown, [s.flipped is False for s in seen])
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
     def apply_invariants(
@@ -511,6 +526,24 @@ class Diagnoser:
         allowed = [np.array([bool(names) and FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
                    for names in broken]
         return _only(prob, unknown, allowed)
+
+    def apply_flipped_signs(
+        self, prob: np.ndarray, unknown: np.ndarray, flipped: Sequence[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run flipped advantage signs lately (:func:`rftfm.fm.advantage_signs.reading` True), only the
+        types that flip them remain (the registry's ``flips_advantage_signs``), as for a broken invariant: a sign bug
+        flips some, a positive rescaling of the advantages (a broken normalisation) none -- seen, not guessed."""
+        flips = np.array([FAULT_TYPES[t].flips_advantage_signs for t in self.classes])
+        return _only(prob, unknown, [flips & f for f in flipped])
+
+    def apply_held_signs(
+        self, prob: np.ndarray, unknown: np.ndarray, held: Sequence[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's run held its advantage signs at its last judged record
+        (:func:`rftfm.fm.advantage_signs.reading` False), the types that flip them are ruled out, as in
+        :meth:`apply_untruncated`: a sign bug would have flipped some there."""
+        flips = np.array([FAULT_TYPES[t].flips_advantage_signs for t in self.classes])
+        return self._rule_out(prob, unknown, [flips & h for h in held])
 
     def apply_schedule(
         self, prob: np.ndarray, unknown: np.ndarray, jumps: list[float]
@@ -885,6 +918,8 @@ def describe(e: SignalEvidence) -> str:
         return reward_identity.describe(e)
     if e.signal == unscored.SIGNAL:
         return unscored.describe(e)
+    if e.signal == advantage_signs.SIGNAL:
+        return advantage_signs.describe(e)
     if e.binary_mean is not None:
         return binary_reward.describe(e)
     if e.penalty_term is not None:

@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from rftfm.fm.advantage_signs import SIGNAL as FLIPPED
+from rftfm.fm.advantage_signs import frame_column as flipped_column
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
 from rftfm.fm.trajectory_kernel import group_consistency, group_residuals, step_numbers
@@ -53,7 +55,7 @@ SCHEDULE = "learning_rate"
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.Utf8(),
     "step": pl.Int64(),
-    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE, UNSCORED)},
+    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE, UNSCORED, FLIPPED)},
     PARTS: pl.List(pl.Float64()),
     SPREADS: pl.List(pl.Float64()),
 }
@@ -99,15 +101,31 @@ def advantage_consistency(
     keep = np.isfinite(group)
     if not keep.any():
         return None, None
-    index = _group_index(group[keep])
-    residual, zeroed, spread = group_residuals(
-        index, int(index.max()) + 1, np.asarray(reward[keep], dtype=float), np.asarray(advantage[keep], dtype=float),
-        SPREAD_TOLERANCE, ADVANTAGE_ZERO,
-    )
+    residual, zeroed, spread, _, _ = _group_numbers(group[keep], reward[keep], advantage[keep])
     if not spread:
         return None, None
     mean = float(np.add.reduce(residual)) / residual.size if residual.size else None
     return mean, zeroed / spread
+
+
+def advantage_flips(group: np.ndarray, reward: np.ndarray, advantage: np.ndarray) -> float | None:
+    """The share of one step's completions whose advantage has the other sign from their reward's deviation from
+    the group mean, over the groups :func:`advantage_consistency` judges (:mod:`rftfm.fm.advantage_signs`); ``None``
+    where no completion there deviates."""
+    keep = np.isfinite(group)
+    if not keep.any():
+        return None
+    flipped, counted = _group_numbers(group[keep], reward[keep], advantage[keep])[3:]
+    return flipped / counted if counted else None
+
+
+def _group_numbers(group: np.ndarray, reward: np.ndarray, advantage: np.ndarray) -> tuple:
+    """:func:`~rftfm.fm.trajectory_kernel.group_residuals` of records whose group ids are all finite."""
+    index = _group_index(group)
+    return group_residuals(
+        index, int(index.max()) + 1, np.asarray(reward, dtype=float), np.asarray(advantage, dtype=float),
+        SPREAD_TOLERANCE, ADVANTAGE_ZERO,
+    )
 
 
 _NUMERIC = (
@@ -161,23 +179,31 @@ def groups_per_rollout_step(step: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:
     """Aggregates of one logged step's trajectories (all ``None`` for an empty list)."""
+    return _trajectory_numbers(trajectories)[0]
+
+
+def _trajectory_numbers(trajectories: Sequence[TrajectoryRecord]) -> tuple[dict[str, float | None], float | None]:
+    """:func:`trajectory_aggregates` and :func:`advantage_flips` of one logged step's trajectories, in one pass."""
     if not trajectories:
-        return dict.fromkeys(TRAJECTORY_FEATURES)
+        return dict.fromkeys(TRAJECTORY_FEATURES), None
     own, (empty, short, long, truncated) = _trajectory_columns(trajectories)
     own = np.ascontiguousarray(own)
     stats = np.empty((4, len(_NUMERIC)))
-    keyed, residuals, zeroed, spread = step_numbers(own, stats, SPREAD_TOLERANCE, ADVANTAGE_ZERO)
+    keyed, residuals, zeroed, spread, flipped, counted = step_numbers(own, stats, SPREAD_TOLERANCE, ADVANTAGE_ZERO)
     if keyed < 0:  # group ids that are not small whole numbers: numpy's general path
-        residual, zeroed_share = advantage_consistency(groups_per_rollout_step(own[-1], own[0]), own[1], own[3])
+        keys = groups_per_rollout_step(own[-1], own[0])
+        residual, zeroed_share = advantage_consistency(keys, own[1], own[3])
+        flips = advantage_flips(keys, own[1], own[3])
     elif keyed and spread:
         residual = float(np.add.reduce(residuals)) / residuals.size if residuals.size else None
         zeroed_share = zeroed / spread
+        flips = flipped / counted if counted else None
     else:
-        residual = zeroed_share = None
+        residual = zeroed_share = flips = None
     # read as Python floats once: indexing numpy scalars one by one costs more than the arithmetic; a column
     # without a finite value has NaN statistics, read as None
     (reward, length, repetition, unique, calls, errors), sd = stats[1, _MEANS].tolist(), stats[2].tolist()
-    return {
+    aggregates = {
         "traj_reward_mean": _num(reward),
         "traj_reward_std": _num(sd[1]),
         "traj_length_mean": _num(length),
@@ -195,6 +221,7 @@ def trajectory_aggregates(trajectories: Sequence[TrajectoryRecord]) -> dict[str,
         "traj_long_rate": long,
         "traj_truncated_rate": truncated,
     }
+    return aggregates, flips
 
 
 def feature_values(features: dict[str, float | None]) -> np.ndarray:
@@ -209,9 +236,12 @@ def feature_values(features: dict[str, float | None]) -> np.ndarray:
 def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) -> dict[str, float | None]:
     """The feature vector of one step, computed live."""
     features = {name: _num(getattr(step, name)) for name in STEP_FEATURES}
-    features.update(trajectory_aggregates(trajectories))
-    if not trajectories:
+    aggregates, flips = _trajectory_numbers(trajectories)
+    features.update(aggregates)
+    if not trajectories:  # as the trainer handed them over
         features.update({name: _num(step.extra.get(name)) for name in INVARIANT_FEATURES})
+        flips = _num(step.extra.get(FLIPPED))
+    features[FLIPPED] = flips
     features[SCHEDULE] = _num(step.learning_rate)
     features[PARTS] = parts_of(step.extra)  # type: ignore[assignment]  # (a tuple: only its channel reads it)
     features[SPREADS] = spreads_of(step.extra)  # type: ignore[assignment]  # (the same)
@@ -258,6 +288,7 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
     keys = ["run_id", "rollout_step", "group_id"]
     r = pl.col("reward").cast(pl.Float64).fill_nan(None)
     a = pl.col("advantage").cast(pl.Float64).fill_nan(None)
+    counted = pl.col("d").abs() > SPREAD_TOLERANCE * pl.max_horizontal(pl.lit(1.0), pl.col("r").abs().max().over(keys))
     groups = (
         trajectories.select(*keys, r.alias("r"), a.alias("a"))
         .with_columns((pl.col("r") - pl.col("r").mean().over(keys)).alias("d"))
@@ -271,6 +302,8 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
             pl.col("d").abs().max().alias("dmax"),
             pl.col("r").abs().max().alias("rmax"),
             pl.col("a").abs().max().alias("amax"),
+            counted.sum().alias("counted"),
+            (counted & (pl.col("a") * pl.col("d") < 0)).sum().alias("flipped"),
         )
         .filter(
             pl.col("complete")
@@ -285,11 +318,17 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
         .with_columns(
             pl.Series("residual", np.where(zeroed, np.nan, residual)).fill_nan(None),
             pl.Series("zeroed", zeroed.astype(float)),
+            pl.Series("counted", np.where(zeroed, 0, groups["counted"].to_numpy())),
+            pl.Series("flipped", np.where(zeroed, 0, groups["flipped"].to_numpy())),
         )
         .group_by("run_id", "rollout_step")
         .agg(
             pl.col("residual").mean().alias("traj_advantage_residual"),
             pl.col("zeroed").mean().alias("traj_advantage_zeroed"),
+            pl.when(pl.col("counted").sum() > 0)
+            .then(pl.col("flipped").sum() / pl.col("counted").sum())
+            .otherwise(None)
+            .alias("_flipped"),
         )
         .rename({"rollout_step": "step"})
     )
@@ -297,8 +336,9 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
 
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE`, the reward
-    functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`) and
-    the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`) (nulls where missing).
+    functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`),
+    the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`) and the share whose advantage
+    flipped sign (:data:`~rftfm.fm.advantage_signs.SIGNAL`) (nulls where missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
@@ -307,11 +347,17 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
         (pl.col(c).cast(pl.Float64).fill_nan(None) if c in steps.columns else pl.lit(None, dtype=pl.Float64)).alias(c)
         for c in (*STEP_FEATURES, SCHEDULE)
     ]
-    frame = steps.select(*keep, *step_cols, frame_parts(steps), frame_spreads(steps), frame_column(steps))
+    frame = steps.select(
+        *keep, *step_cols, frame_parts(steps), frame_spreads(steps), frame_column(steps), flipped_column(steps)
+    )
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")
         if {"group_id", "reward", "advantage"} <= set(trajectories.columns):
-            frame = frame.join(_advantage_consistency_frame(trajectories), on=["run_id", "step"], how="left")
+            frame = (
+                frame.join(_advantage_consistency_frame(trajectories), on=["run_id", "step"], how="left")
+                .with_columns(pl.coalesce("_flipped", FLIPPED).alias(FLIPPED))  # else as a trainer handed it over
+                .drop("_flipped")
+            )
         else:
             frame = frame.with_columns(
                 pl.lit(None, dtype=pl.Float64).alias(c) for c in ("traj_advantage_residual", "traj_advantage_zeroed")
@@ -319,4 +365,4 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
     frame = with_records(frame, trajectories)
-    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS, UNSCORED).sort("run_id", "step")
+    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS, UNSCORED, FLIPPED).sort("run_id", "step")

@@ -34,11 +34,15 @@ def group_consistency(sad, sdd, saa):  # pragma: no cover  (compiled)
 
 @compiled(error_model="numpy")
 def group_residuals(index, groups, reward, advantage, spread_tolerance, advantage_zero):  # pragma: no cover
-    """(residuals of the judged groups, groups zeroed, groups spread) of one step: ``index`` (n,) each record's
-    group 0..``groups``-1; a member without a finite reward and advantage leaves its group unjudged."""
+    """(residuals of the judged groups, groups zeroed, groups spread, members flipped, members counted) of one step:
+    ``index`` (n,) each record's group 0..``groups``-1; a member without a finite reward and advantage leaves its
+    group unjudged. Over the judged groups, a member is counted where its reward's deviation from the group mean
+    exceeds the spread tolerance, and flipped where its advantage has the other sign
+    (:mod:`rftfm.fm.advantage_signs`)."""
     size = np.zeros(groups)
     scored = np.zeros(groups)
     total = np.zeros(groups)
+    r_max = np.zeros(groups)
     n = index.size
     r = np.empty(n)
     a = np.empty(n)
@@ -50,8 +54,10 @@ def group_residuals(index, groups, reward, advantage, spread_tolerance, advantag
         size[g] += 1.0
         scored[g] += 1.0 if ok else 0.0
         total[g] += r[i]
+        r_max[g] = max(r_max[g], abs(r[i]))
     sad, sdd, saa = np.zeros(groups), np.zeros(groups), np.zeros(groups)
-    d_max, r_max, a_max = np.zeros(groups), np.zeros(groups), np.zeros(groups)
+    d_max, a_max = np.zeros(groups), np.zeros(groups)
+    flips, counts = np.zeros(groups), np.zeros(groups)
     for i in range(n):
         g = index[i]
         d = r[i] - total[g] / max(size[g], 1.0)
@@ -59,10 +65,13 @@ def group_residuals(index, groups, reward, advantage, spread_tolerance, advantag
         sdd[g] += d * d
         saa[g] += a[i] * a[i]
         d_max[g] = max(d_max[g], abs(d))
-        r_max[g] = max(r_max[g], abs(r[i]))
         a_max[g] = max(a_max[g], abs(a[i]))
+        if abs(d) > spread_tolerance * max(1.0, r_max[g]):
+            counts[g] += 1.0
+            flips[g] += 1.0 if a[i] * d < 0.0 else 0.0
     judged = np.zeros(groups, dtype=np.bool_)
     spread = zeroed = 0
+    flipped = counted = 0.0
     for g in range(groups):
         complete = scored[g] == size[g] and size[g] >= 2
         if complete and d_max[g] > spread_tolerance * max(1.0, r_max[g]):
@@ -71,7 +80,9 @@ def group_residuals(index, groups, reward, advantage, spread_tolerance, advantag
                 zeroed += 1
             else:
                 judged[g] = True
-    return group_consistency(sad[judged], sdd[judged], saa[judged]), zeroed, spread
+                flipped += flips[g]
+                counted += counts[g]
+    return group_consistency(sad[judged], sdd[judged], saa[judged]), zeroed, spread, flipped, counted
 
 
 @compiled(error_model="numpy")
@@ -105,8 +116,9 @@ def column_stats(columns, result) -> None:  # pragma: no cover  (compiled)
 def step_numbers(own, stats, spread_tolerance, advantage_zero):  # pragma: no cover  (compiled)
     """One step's trajectory numbers in one call: into ``stats`` (4, C) :func:`column_stats` of the first C rows of
     ``own`` (C + 1, n) (the numeric fields, then the rollout step), and the advantage invariants' (state, residuals,
-    zeroed, spread): state 1 where some group is keyed, 0 where none is (no group id, or none with a step), -1 where
-    the group keys are not small whole numbers (the caller indexes them with ``np.unique``).
+    zeroed, spread, flipped, counted; :func:`group_residuals`): state 1 where some group is keyed, 0 where none is
+    (no group id, or none with a step), -1 where the group keys are not small whole numbers (the caller indexes them
+    with ``np.unique``).
 
     Groups are keyed per rollout step and indexed as :func:`rftfm.fm.features.groups_per_rollout_step` and
     ``_group_index`` do (the same float operations in the same order)."""
@@ -120,7 +132,7 @@ def step_numbers(own, stats, spread_tolerance, advantage_zero):  # pragma: no co
             known += 1
             low, high = min(low, group[i]), max(high, group[i])
     if known == 0:
-        return 0, empty, 0, 0
+        return 0, empty, 0, 0, 0.0, 0.0
     width = high - low + 1
     key = np.empty(n)
     keep = np.zeros(n, dtype=np.bool_)
@@ -132,9 +144,9 @@ def step_numbers(own, stats, spread_tolerance, advantage_zero):  # pragma: no co
             kept += 1
             key_low, key_high = min(key_low, key[i]), max(key_high, key[i])
     if kept == 0:
-        return 0, empty, 0, 0
+        return 0, empty, 0, 0, 0.0, 0.0
     if not key_high - key_low <= 4 * kept:
-        return -1, empty, 0, 0
+        return -1, empty, 0, 0, 0.0, 0.0
     index = np.empty(kept, dtype=np.intp)
     r, a = np.empty(kept), np.empty(kept)
     j = 0
@@ -143,11 +155,11 @@ def step_numbers(own, stats, spread_tolerance, advantage_zero):  # pragma: no co
             offset = key[i] - key_low
             index[j] = np.intp(offset)
             if index[j] != offset:
-                return -1, empty, 0, 0
+                return -1, empty, 0, 0, 0.0, 0.0
             r[j], a[j] = reward[i], advantage[i]
             j += 1
     groups = 0
     for j in range(kept):
         groups = max(groups, index[j] + 1)
-    residual, zeroed, spread = group_residuals(index, groups, r, a, spread_tolerance, advantage_zero)
-    return 1, residual, zeroed, spread
+    residual, zeroed, spread, flipped, counted = group_residuals(index, groups, r, a, spread_tolerance, advantage_zero)
+    return 1, residual, zeroed, spread, flipped, counted

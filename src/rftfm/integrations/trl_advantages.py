@@ -2,7 +2,9 @@
 
 ``GRPOTrainer`` keeps the latest generation batch's rewards (per reward function) and advantages in ``trainer._logs``
 for its completion tables. From them :func:`advantage_invariants` computes the two invariants of group-relative
-estimators (:func:`rftfm.fm.features.advantage_consistency`): 0 in a healthy run, broken by an advantage bug. A
+estimators (:func:`rftfm.fm.features.advantage_consistency`): 0 in a healthy run, broken by an advantage bug; and the
+share of advantages whose sign disagrees with their reward's (:mod:`rftfm.fm.advantage_signs`), which tells a flip
+from a rescaling. A
 log of step metrics gets them without per-trajectory records, so the detector's invariant channel works on a user's
 run in tier a.
 
@@ -18,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rftfm.fm.features import INVARIANT_FEATURES, advantage_consistency
+from rftfm.fm.advantage_signs import SIGNAL as FLIPPED
+from rftfm.fm.features import INVARIANT_FEATURES, advantage_consistency, advantage_flips
 
 RESIDUAL, ZEROED = INVARIANT_FEATURES
 
@@ -43,26 +46,29 @@ def unsupported(trainer: Any) -> str | None:
 
 
 def advantage_invariants(trainer: Any) -> dict[str, float | None]:
-    """``{traj_advantage_residual, traj_advantage_zeroed}`` of the trainer's latest generation batch (None: not
-    judged -- no group whose rewards spread, or :func:`unsupported`)."""
+    """``{traj_advantage_residual, traj_advantage_zeroed, advantage_flipped_share}`` of the trainer's latest generation
+    batch (the last: :mod:`rftfm.fm.advantage_signs`; None: not judged -- no group whose rewards spread, or
+    :func:`unsupported`)."""
+    nothing: dict[str, float | None] = {RESIDUAL: None, ZEROED: None, FLIPPED: None}
     if unsupported(trainer) is not None:
-        return {RESIDUAL: None, ZEROED: None}
+        return nothing
     logs, size = trainer._logs, trainer.num_generations
     advantage = np.asarray(list(logs["advantages"]), dtype=float)
     per_function = [np.asarray(list(values), dtype=float) for values in logs["rewards"].values()]
     n = advantage.size
     if n == 0 or n % size or not per_function or any(r.size != n for r in per_function):
-        return {RESIDUAL: None, ZEROED: None}
+        return nothing
     rewards = np.stack(per_function, axis=1)
     weights = getattr(trainer, "reward_weights", None)
     weights = np.ones(rewards.shape[1]) if weights is None else weights
     weights = np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=float).reshape(-1)
     if weights.size != rewards.shape[1]:
-        return {RESIDUAL: None, ZEROED: None}
+        return nothing
     # TRL's reward: the weighted nansum of the functions; a completion no function scored has none
     reward = np.where(np.isnan(rewards).all(axis=1), np.nan, np.nansum(rewards * weights, axis=1))
-    residual, zeroed = advantage_consistency(np.arange(n) // size, reward, advantage)
-    return {RESIDUAL: residual, ZEROED: zeroed}
+    groups = np.arange(n) // size
+    residual, zeroed = advantage_consistency(groups, reward, advantage)
+    return {RESIDUAL: residual, ZEROED: zeroed, FLIPPED: advantage_flips(groups, reward, advantage)}
 
 
 def unscored_share(trainer: Any) -> float | None:
