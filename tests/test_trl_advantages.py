@@ -114,6 +114,9 @@ def test_with_the_loop_on_a_sign_bug_is_rolled_back_to_before_it_and_the_run_hal
     assert loop.controller.mode == "halted" and buggy.state.global_step < 10
     diagnosis = loop.controller.store.events(kind="diagnosis")[0]["payload"]
     assert diagnosis["evidence"][0]["signal"] == "traj_advantage_residual"
+    # every advantage has the other sign from its reward's deviation: a sign bug, not a broken normalisation
+    assert diagnosis["evidence"][1]["signal"] == "advantage_flipped_share" and diagnosis["evidence"][1]["value"] == 1.0
+    assert diagnosis["ranked"][0]["fault_type"] == "advantage_sign" and diagnosis["ranked"][0]["probability"] == 1.0
 
 
 def test_no_evaluation_or_one_of_the_same_group_size_leaves_them_read() -> None:

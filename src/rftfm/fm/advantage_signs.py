@@ -29,7 +29,7 @@ from rftfm.fm.types import SignalEvidence
 #: Feature-dict key / frame column / ``StepRecord.extra`` key: the share of counted completions whose advantage has
 #: the other sign from their reward's deviation, carried beside the features (like the learning rate): a diagnosis
 #: rule reads it, no model does.
-SIGNAL = "advantage_flipped_share"
+SIGNAL = "advantage_flipped_share"  # registered in :mod:`rftfm.signals`
 #: the share above which a record flips signs (as the invariants' limit: one flipped completion in 256 is 4e-3)
 LIMIT = 1e-3
 #: records back from the diagnosis step in which a flipped record still counts
