@@ -134,3 +134,24 @@ def test_the_shipped_diagnoser_tells_a_sign_bug_from_a_broken_normalisation(bug:
     else:
         assert probability["advantage_sign"] == 0.0 and diagnosis.top.fault_type == "advantage_normalization"
         assert SIGNAL not in {e.signal for e in diagnosis.evidence}
+
+
+def test_a_broken_invariant_with_signs_held_is_a_rescaling_whatever_the_model_said() -> None:
+    """The model all but sure of a sign bug, the invariant broken and every sign held: the broken normalisation is
+    what is left, with certainty, not an abstention; signs flipped leave the sign bug; not read, the model's choice
+    between the two stands."""
+    from rftfm.fm.diagnose import Seen
+
+    diagnoser = Diagnoser.load_default()
+    classes = diagnoser.classes
+    prob = np.full((3, len(classes)), 1e-6)
+    prob[:, classes.index("advantage_sign")] = 0.99
+    prob /= prob.sum(1, keepdims=True)
+    base = Seen(["traj_advantage_residual"], 0.0, None, [], [], False, False, False)
+    seen = [base, Seen(**{**base.__dict__, "flipped": False}), Seen(**{**base.__dict__, "flipped": True})]
+    out, unknown = diagnoser.apply_seen(prob, np.zeros(3, dtype=bool), seen)
+    assert not unknown.any()
+    assert out[1, classes.index("advantage_normalization")] == pytest.approx(1.0)
+    assert out[2, classes.index("advantage_sign")] == pytest.approx(1.0)
+    sign, norm = out[0, classes.index("advantage_sign")], out[0, classes.index("advantage_normalization")]
+    assert sign > 0.99 and sign + norm == pytest.approx(1.0)

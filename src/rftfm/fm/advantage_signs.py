@@ -7,8 +7,10 @@ this share says which kind: a broken normalisation rescales advantages by positi
 and flips none, a sign bug flips some. Over the groups the invariants judge, a completion counts where its reward
 deviates from the group mean beyond float rounding (:data:`~rftfm.fm.features.SPREAD_TOLERANCE`); the share is
 the counted ones whose advantage has the other sign (:func:`rftfm.fm.features.advantage_flips`): 0 in a healthy
-run and under any positive rescaling, about the flipped fraction under a sign bug (h31's `advantage_sign` runs: 0.2
-to 0.9 a record; its `advantage_normalization` and `zero_variance` runs: 0 at every record).
+run and under any positive rescaling, about the flipped fraction under a sign bug. On h31 (``python
+scripts/advantage_signs_runs.py --data /work/data/h31``): 0 at each of the 10,946 records judged before any fault
+and at every record of every other fault type while it acts; 0.2 to 1.0 (median 0.52) at every record of the 12
+``advantage_sign`` runs from their onset.
 
 The diagnoser reads it, no detector channel does (the residual invariant already alarms on a flip). It is trusted
 as the invariants are: once the run's own records held it :data:`WARMUP` times, or

@@ -497,7 +497,7 @@ class Diagnoser:
         over several functions, advantage signs held, a run without a KL term (the rules that rule types out come
         last: nothing brings back what they removed)."""
         if invariants:
-            prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen])
+            prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen], [s.flipped for s in seen])
             prob, unknown = self.apply_flipped_signs(prob, unknown, [s.flipped is True for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
@@ -518,13 +518,19 @@ class Diagnoser:
         return self.apply_without_kl(prob, unknown, [s.no_kl for s in seen])
 
     def apply_invariants(
-        self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]]
+        self, prob: np.ndarray, unknown: np.ndarray, broken: list[list[str]], flipped: Sequence[bool | None] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's run broke an armed advantage invariant (:func:`rftfm.fm.invariants.broken`), only the types
         whose fingerprint leads with it remain, in the model's proportions (equal where it gave them nothing), and
-        the diagnosis does not abstain: a broken invariant is a bug in the advantage computation, seen, not guessed."""
-        allowed = [np.array([bool(names) and FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
-                   for names in broken]
+        the diagnosis does not abstain: a broken invariant is a bug in the advantage computation, seen, not guessed.
+        Where the row's advantage signs were read (``flipped``, :func:`rftfm.fm.advantage_signs.reading`: True
+        flipped, False held), only those of them that flip signs, or that do not, remain: which bug, seen too."""
+        flips = np.array([FAULT_TYPES[t].flips_advantage_signs for t in self.classes])
+        told = list(flipped) + [None] * (len(broken) - len(flipped))
+        allowed = []
+        for names, f in zip(broken, told):
+            leads = np.array([bool(names) and FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
+            allowed.append(leads if f is None else leads & (flips if f else ~flips))
         return _only(prob, unknown, allowed)
 
     def apply_flipped_signs(
@@ -541,7 +547,8 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where a row's run held its advantage signs at its last judged record
         (:func:`rftfm.fm.advantage_signs.reading` False), the types that flip them are ruled out, as in
-        :meth:`apply_untruncated`: a sign bug would have flipped some there."""
+        :meth:`apply_untruncated`: a sign bug would have flipped some there (where an invariant broke too,
+        :meth:`apply_invariants` has already left only the bugs that do not)."""
         flips = np.array([FAULT_TYPES[t].flips_advantage_signs for t in self.classes])
         return self._rule_out(prob, unknown, [flips & h for h in held])
 
