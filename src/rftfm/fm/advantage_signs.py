@@ -13,9 +13,9 @@ and at every record of every other fault type while it acts; 0.2 to 1.0 (median 
 ``advantage_sign`` runs from their onset.
 
 The diagnoser reads it, no detector channel does (the residual invariant already alarms on a flip). It is trusted
-as the invariants are: once the run's own records held it :data:`WARMUP` times, or
-from the first record where the caller knows the estimator (the TRL callback, which hands the share over in
-``StepRecord.extra`` from the trainer's own batch, :func:`rftfm.integrations.trl_advantages.advantage_invariants`).
+as the invariants are: once the run's own records held it :data:`WARMUP` times, or from the first record where the
+caller knows the estimator (the TRL callback, which hands the share over in ``StepRecord.extra`` from the trainer's
+own batch, :func:`rftfm.integrations.trl_advantages.advantage_invariants`).
 Written by hand: one count per record, no library checks it.
 """
 
@@ -112,4 +112,3 @@ def reading(
     if flipped is not None:
         return True, flipped
     return (False, None) if held else (None, None)
-
