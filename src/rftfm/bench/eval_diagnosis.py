@@ -39,6 +39,7 @@ from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen, seen_broken
 from rftfm.fm.diagnosis_features import diagnosis_matrix, mask_signals
 from rftfm.fm.features import INVARIANT_FEATURES, TRAJECTORY_FEATURES
+from rftfm.fm.policy import ControllerConfig
 
 UNKNOWN = "unknown"
 #: The pseudo-tier of a run diagnosed inside its TRL trainer: tier a's signals plus what the trainer hands over.
@@ -222,7 +223,7 @@ def _fold(
         "tiers": {},
     }
     configured = {r: kl_coefficient.Configured.of_config(m) for r, m in meta.items()}
-    seen = {known: _seen_at_alarm(features, alarms, ids, known, configured if known else None)
+    seen = {known: _seen_at_alarm(features, alarms, ids, known, configured if known else None, meta if known else None)
             for known in {t == IN_TRAINER for t in tiers}}
     for tier in tiers:
         signals = tier_signals(tier)
@@ -254,10 +255,12 @@ def _seen_at_alarm(
     ids: list[str],
     in_trainer: bool = False,
     configured: dict[str, kl_coefficient.Configured | None] | None = None,
+    runs: dict[str, dict[str, Any]] | None = None,
 ) -> list[Seen]:
     """Per run of ``ids``, what its log shows at the alarm step (:class:`~rftfm.fm.diagnose.Seen`), as
     :meth:`Diagnoser.diagnose` reads it (``in_trainer``: after ``know_invariants(True)`` and
-    ``know_on_policy(True)``, and with each run's ``configured`` KL coefficient, as the TRL callback tells it)."""
+    ``know_on_policy(True)``, with each run's ``configured`` KL coefficient, and told the knobs pushed lately as the
+    TRL callback's knob ledger reads them from the trainer, :func:`pushed_at`, from the ``runs`` table's rows)."""
     seen = []
     for run_id in ids:
         history = features.filter((pl.col("run_id") == run_id) & (pl.col("step") <= alarms[run_id]))
@@ -269,8 +272,24 @@ def _seen_at_alarm(
         flipped, _ = advantage_signs.reading(history, run_id, alarms[run_id], in_trainer)
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
         told = configured.get(run_id) if configured else None
-        seen.append(Seen.read(cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told, left, flipped))
+        pushed = pushed_at(runs[run_id], history["step"].to_list(), alarms[run_id]) if runs else ()
+        seen.append(Seen.read(
+            cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told, left, flipped, pushed
+        ))
     return seen
+
+
+def pushed_at(run: dict[str, Any], steps: list[int], alarm: int) -> tuple[str, ...]:
+    """The knobs the TRL callback's knob ledger reports pushed lately at step ``alarm`` of a benchmark run (``run``:
+    its row of the runs table; ``steps``: its logged steps up to the alarm), as
+    :func:`rftfm.fm.policy.recent_pushes` gives them: a run's only knob changes are its fault's, set at onset
+    (:class:`rftfm.faults.injectors.base.KnobPush`, the registry's ``pushed_knobs``), seen from an onset after step 1
+    (a value set from the start is the configuration, not a change) for ``drift_window`` logged records."""
+    onset = run.get("onset_step") or 1
+    if run.get("control_or_fault") != "fault" or not run.get("fault_type") or onset <= 1 or alarm < onset:
+        return ()
+    records = sum(1 for s in steps if onset <= s <= alarm)
+    return FAULT_TYPES[run["fault_type"]].pushed_knobs if records <= ControllerConfig().drift_window else ()
 
 
 def _pooled_tier(

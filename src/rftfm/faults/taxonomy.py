@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rftfm.knobs import KNOBS
+
 Strength = Literal["easy", "hard"]
 Direction = Literal["up", "down"]
 STRENGTHS: tuple[Strength, ...] = ("easy", "hard")
@@ -78,6 +80,12 @@ class FaultType:
         if any("beta" in p for p in self.params.values()):
             return "up"
         return "down" if any(p.get("beta_factor", 1.0) < 1.0 for p in self.params.values()) else None
+
+    @property
+    def pushed_knobs(self) -> tuple[str, ...]:
+        """The trainer knobs the fault sets at its onset (its parameters that name one, :data:`rftfm.knobs.KNOBS`:
+        a configuration pushed mid-run), in a fixed order; empty where it sets none."""
+        return tuple(k for k in KNOBS if any(k in p for p in self.params.values()))
 
     @property
     def loss_penalty(self) -> bool:

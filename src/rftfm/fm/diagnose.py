@@ -122,7 +122,7 @@ class Seen:
     completions to no reward function scoring them (:func:`rftfm.fm.unscored.run_evidence`: per-completion records
     or the trainer tell it; a log of step metrics does not), and whether its last records flipped advantage signs
     (True), held them (False) or were not judged (None) (:func:`rftfm.fm.advantage_signs.reading`: the same
-    sources)."""
+    sources), and the trainer knobs a change the loop did not make pushed lately (:meth:`Diagnoser.know_pushed`)."""
 
     broken: list[str]
     jump: float
@@ -142,6 +142,7 @@ class Seen:
     identity_holds: bool = False
     unscored: bool = False
     flipped: bool | None = None
+    pushed: tuple[str, ...] = ()
 
     @classmethod
     def read(
@@ -156,19 +157,21 @@ class Seen:
         kl_configured: kl_coefficient.Configured | None = None,
         unscored: bool = False,
         flipped: bool | None = None,
+        pushed: Sequence[str] = (),
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
         ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary``, ``identity_holds`` and
         ``unscored`` as the caller read them (they depend on what it knows of the run's estimator and reward weights,
         and on the reward functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when
         known; ``unscored``: whether it saw completions no reward function scored lately; ``flipped``: whether
-        advantage signs flipped lately, as :func:`rftfm.fm.advantage_signs.reading` says)."""
+        advantage signs flipped lately, as :func:`rftfm.fm.advantage_signs.reading` says; ``pushed``: the knobs the
+        trainer saw pushed lately, :meth:`Diagnoser.know_pushed`)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
                    binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored,
-                   flipped)
+                   flipped, tuple(pushed))
 
 
 @dataclass
@@ -195,6 +198,7 @@ class Diagnoser:
         self.on_policy = False  # see :meth:`know_on_policy`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         self.kl_configured: kl_coefficient.Configured | None = None  # see :meth:`know_kl_coefficient`
+        self.pushed: tuple[str, ...] = ()  # see :meth:`know_pushed`
         # the loss-penalty statistic above which the log shows a penalty in the loss (:meth:`apply_penalty`)
         self.penalty_bar = math.inf
         # the loss-scale statistic above which the loss has left its scale (:meth:`apply_penalty`)
@@ -381,6 +385,12 @@ class Diagnoser:
         that keep the penalty out of the loss."""
         self.kl_configured = configured
 
+    def know_pushed(self, knobs: Sequence[str]) -> None:
+        """The trainer knobs a change nobody in the loop made pushed lately and that still hold the pushed value (the
+        TRL callback's knob ledger, :func:`rftfm.fm.policy.recent_pushes`): the next diagnoses rank first the types
+        that push one of them (:meth:`apply_pushed`). Empty: none (the default, and a log read after the fact)."""
+        self.pushed = tuple(knobs)
+
     def know_invariants(self, known: bool) -> None:
         """``known``: the runs' estimator makes the advantage invariants hold, so they count from the first record
         (:meth:`rftfm.fm.detect.Detector.know_invariants`)."""
@@ -415,7 +425,7 @@ class Diagnoser:
         unscored_now = unscored.run_evidence(history, run_id, step)
         flipped, flips = advantage_signs.reading(history, run_id, step, self.invariants_known)
         seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
-                         self.kl_configured, unscored_now is not None, flipped)
+                         self.kl_configured, unscored_now is not None, flipped, self.pushed)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -492,14 +502,15 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant or sign is read), in order: invariants, advantage signs flipped, learning-rate jump,
-        lost or missing numbers, reward identity, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL
-        coefficient that moved, completions that all ended before the length limit, a reward identity that holds
-        over several functions, advantage signs held, a run without a KL term (the rules that rule types out come
-        last: nothing brings back what they removed)."""
+        knobs pushed, lost or missing numbers, reward identity, a reward of 0 or 1 that no longer is, a penalty in the
+        loss, a KL coefficient that moved, completions that all ended before the length limit, a reward identity that
+        holds over several functions, advantage signs held, a run without a KL term (the rules that rule types out
+        come last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen], [s.flipped for s in seen])
             prob, unknown = self.apply_flipped_signs(prob, unknown, [s.flipped is True for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
+        prob, unknown = self.apply_pushed(prob, unknown, [s.pushed for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
         prob, unknown = self.apply_unscored(prob, unknown, [s.unscored for s in seen])
@@ -561,6 +572,16 @@ class Diagnoser:
         pushes = [FAULT_TYPES[t].learning_rate_push for t in self.classes]
         allowed = [np.array([abs(j) > 1.0 and p == ("up" if j > 0 else "down") for p in pushes]) for j in jumps]
         return _only(prob, unknown, allowed)
+
+    def apply_pushed(
+        self, prob: np.ndarray, unknown: np.ndarray, pushed: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where the trainer saw knobs pushed lately (:meth:`know_pushed`), the types that push one of them (the
+        registry's ``pushed_knobs``) get half the mass on top of the model's half, and the row does not abstain: a
+        configuration changed mid-run is seen in the trainer, but a fault may follow a change it did not cause, so
+        ranked first, short of the certainty a halt may rest on (as for a penalty in the loss)."""
+        knobs = [set(FAULT_TYPES[t].pushed_knobs) for t in self.classes]
+        return _halfway(prob, unknown, [np.array([bool(k & set(names)) for k in knobs]) for names in pushed])
 
     def apply_non_finite(
         self, prob: np.ndarray, unknown: np.ndarray, lost: list[list[str]], missing: Sequence[list[str]] = ()

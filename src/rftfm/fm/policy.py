@@ -109,9 +109,14 @@ def confirmed(alarm: AlarmFacts, alarm_steps: Iterable[int], cfg: ControllerConf
 def pushed_recently(pushes: Pushes, knobs_now: Mapping[str, Any], step: int, cfg: ControllerConfig) -> bool:
     """A knob the loop did not turn changed within ``drift_window`` logged records and still has the pushed value:
     a suspect for any alarm, so one alarm is enough to act on (healthy runs get no pushes)."""
-    return any(
-        at > step - cfg.drift_steps and knobs_now.get(name, before) != before for name, (at, before) in pushes.items()
-    )
+    return bool(recent_pushes(pushes, knobs_now, step, cfg))
+
+
+def recent_pushes(pushes: Pushes, knobs_now: Mapping[str, Any], step: int, cfg: ControllerConfig) -> list[str]:
+    """The knobs :func:`pushed_recently` is about: changed by someone else within ``drift_window`` logged records,
+    still at the pushed value (what the diagnoser is told, :meth:`rftfm.fm.diagnose.Diagnoser.know_pushed`)."""
+    recent = {name: before for name, (at, before) in pushes.items() if at > step - cfg.drift_steps}
+    return [name for name, before in recent.items() if knobs_now.get(name, before) != before]
 
 
 def alarm_threshold(after_push: bool, cfg: ControllerConfig) -> float:

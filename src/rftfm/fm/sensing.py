@@ -15,7 +15,7 @@ checkpoint predates changes nothing; a second cut after a rollback to before the
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import polars as pl
@@ -162,17 +162,23 @@ class Sensing:
             )
         return ok, alarm
 
-    def diagnose(self, step: int, offset: int) -> Diagnosis | None:
-        """The diagnoser's reading of the history at real step ``step`` (recorded), or ``None``."""
+    def diagnose(self, step: int, offset: int, pushed: Sequence[str] = ()) -> Diagnosis | None:
+        """The diagnoser's reading of the history at real step ``step`` (recorded), told the knobs pushed lately
+        (``pushed``: :meth:`~rftfm.fm.diagnose.Diagnoser.know_pushed`), or ``None``."""
         if self.diagnoser is None:
             return None
         history = pl.DataFrame(self.history, schema=HISTORY_SCHEMA)
-        ok, diagnosis = self.guard(
-            "diagnose",
-            lambda: self.diagnoser.diagnose(
+        diagnoser = self.diagnoser
+
+        def read() -> Diagnosis:
+            tell = getattr(diagnoser, "know_pushed", None)  # a diagnoser that reads no knobs is not told
+            if tell is not None:
+                tell(pushed)
+            return diagnoser.diagnose(
                 history, self.run_id, step - offset, task_group=self.task_group, model_size=self.model_size
-            ),
-        )
+            )
+
+        ok, diagnosis = self.guard("diagnose", read)
         if ok and diagnosis is not None:
             self.journal.counts["diagnoses"] += 1
             self.journal.record("diagnosis", step, diagnosis)
