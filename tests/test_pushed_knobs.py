@@ -14,7 +14,7 @@ from rftfm.fm import policy
 from rftfm.fm.diagnose import Diagnoser, Seen
 from rftfm.fm.features import step_features
 from rftfm.fm.incidents import MemoryIncidentStore
-from rftfm.fm.ledger import Journal
+from rftfm.fm.ledger import Journal, KnobLedger
 from rftfm.fm.sensing import Sensing
 from rftfm.fm.types import Diagnosis
 from rftfm.records import StepRecord
@@ -36,6 +36,8 @@ def test_the_ledger_names_the_knobs_pushed_lately_and_still_pushed() -> None:
     assert policy.recent_pushes(pushes, now, step=8, cfg=CFG) == ["temperature"]
     assert policy.recent_pushes(pushes, now, step=5 + CFG.drift_steps, cfg=CFG) == []
     assert policy.pushed_recently(pushes, now, step=8, cfg=CFG)
+    ledger = KnobLedger(seen=now, pushes=pushes)  # what the loop hands the diagnoser
+    assert ledger.recent(8, CFG) == ["temperature"]
 
 
 def test_a_pushed_knob_ranks_its_types_first_short_of_certainty() -> None:

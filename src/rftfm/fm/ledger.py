@@ -161,6 +161,10 @@ class KnobLedger:
     ) -> dict[str, Any]:
         return policy.healthy_knobs(checkpoint_knobs, self.pushes, self.by_loop, incident_start, cfg)
 
+    def recent(self, step: int, cfg: policy.ControllerConfig) -> list[str]:
+        """The knobs pushed lately and still at the pushed value (:func:`rftfm.fm.policy.recent_pushes`)."""
+        return policy.recent_pushes(self.pushes, self.seen, step, cfg)
+
     def pushed_from(self) -> dict[str, Any]:
         """Each knob's value before the last change the loop did not make."""
         return {name: before for name, (_, before) in self.pushes.items()}

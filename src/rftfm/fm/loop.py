@@ -195,8 +195,7 @@ class Controller:
 
     # --- acting --------------------------------------------------------------------------------
     def _on_alarm(self, step: int, alarm: Alarm, escalate: bool) -> None:
-        pushed = policy.recent_pushes(self.knob_log.pushes, self.knob_log.seen, step, self.config)
-        diagnosis = self.sensing.diagnose(step, self.length.offset, pushed)
+        diagnosis = self.sensing.diagnose(step, self.length.offset, self.knob_log.recent(step, self.config))
         if self.mode == "alert_only" and self.config.remediate and not self.counts["errors"] and self.handle:
             self._halt_if_settled(step, alarm, diagnosis)  # stood down (no error): only a settled code fault acts
         if self.mode in ("alert_only", "halted") or self.handle is None:
