@@ -111,3 +111,21 @@ def test_the_loops_sensing_tells_the_diagnoser_what_was_pushed_before_each_diagn
 )
 def test_the_evaluation_tells_what_the_trainers_ledger_would_have_seen(run, alarm, expected) -> None:
     assert pushed_at(run, list(range(1, 31)), alarm) == expected
+
+
+def test_a_plain_trl_runs_pushed_temperature_is_named_and_undone(tmp_path) -> None:
+    """A plain GRPOTrainer whose temperature is pushed to 3 at step 20: the loop's diagnosis at that record names
+    `sampling_temperature` (the code before this rule named `degeneration` here), and its rung undoes the push."""
+    from rftfm.integrations.trl_callback import RFTFMCallback
+    from rftfm.testing import user_run as ur
+
+    trainer = ur.user_trainer(tmp_path / "pushed", steps=30, seed=0,
+                              spike=ur.KnobPush(onset=20, knob="temperature", value=3.0))
+    callback = RFTFMCallback.attach(trainer, report=False)
+    trainer.train()
+    diagnosis = callback.controller.store.events(kind="diagnosis")[0]
+    assert diagnosis["step"] == 20 and diagnosis["payload"]["ranked"][0]["fault_type"] == "sampling_temperature"
+    events = callback.controller.store.events(kind="action")
+    actions = [(e["payload"]["kind"], e["payload"].get("detail")) for e in events]
+    assert actions[0][0] == "rollback" and ("set_knob", "3 -> 1") in actions
+    assert trainer.temperature == 1.0
