@@ -116,6 +116,7 @@ def test_with_the_loop_on_a_sign_bug_is_rolled_back_to_before_it_and_the_run_hal
     assert diagnosis["evidence"][0]["signal"] == "traj_advantage_residual"
     # every advantage has the other sign from its reward's deviation: a sign bug, not a broken normalisation
     assert diagnosis["evidence"][1]["signal"] == "advantage_flipped_share" and diagnosis["evidence"][1]["value"] == 1.0
+    assert diagnosis["evidence"][1]["since_step"] == onset
     assert diagnosis["ranked"][0]["fault_type"] == "advantage_sign" and diagnosis["ranked"][0]["probability"] == 1.0
 
 
