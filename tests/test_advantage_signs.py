@@ -12,7 +12,6 @@ from rftfm.fm import advantage_signs
 from rftfm.fm.advantage_signs import SIGNAL
 from rftfm.fm.diagnose import Diagnoser
 from rftfm.fm.features import advantage_consistency, advantage_flips, features_frame, step_features
-from rftfm.fm.invariants import INVARIANT_WARMUP
 from rftfm.records import StepRecord, TrajectoryRecord
 
 GROUPS, SIZE = 6, 8
@@ -97,7 +96,6 @@ def _history(shares: list[float | None]) -> pl.DataFrame:
 
 
 def test_the_reading_is_armed_as_the_invariants_are() -> None:
-    assert advantage_signs.WARMUP == INVARIANT_WARMUP
     flipped, evidence = advantage_signs.reading(_history([0.0, 0.0, 0.0, 0.0, 0.4, 0.5]), "r", 6)
     assert flipped is True and (evidence.value, evidence.since_step) == (0.5, 5)
     assert "85" in advantage_signs.describe(evidence.model_copy(update={"value": 0.85}))

@@ -13,9 +13,9 @@ and at every record of every other fault type while it acts; 0.2 to 1.0 (median 
 ``advantage_sign`` runs from their onset.
 
 The diagnoser reads it, no detector channel does (the residual invariant already alarms on a flip). It is trusted
-as the invariants are: once the run's own records held it :data:`WARMUP` times, or from the first record where the
-caller knows the estimator (the TRL callback, which hands the share over in ``StepRecord.extra`` from the trainer's
-own batch, :func:`rftfm.integrations.trl_advantages.advantage_invariants`).
+as the invariants are: once the run's own records held it :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, or
+from the first record where the caller knows the estimator (the TRL callback, which hands the share over in
+``StepRecord.extra`` from the trainer's own batch, :func:`rftfm.integrations.trl_advantages.advantage_invariants`).
 Written by hand: one count per record, no library checks it.
 """
 
@@ -26,19 +26,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from rftfm.fm.features import FLIPPED as SIGNAL
+from rftfm.fm.invariants import INVARIANT_LIMITS, INVARIANT_WARMUP
 from rftfm.fm.types import SignalEvidence
 
-#: Feature-dict key / frame column / ``StepRecord.extra`` key: the share of counted completions whose advantage has
-#: the other sign from their reward's deviation, carried beside the features (like the learning rate): a diagnosis
-#: rule reads it, no model does.
-SIGNAL = "advantage_flipped_share"  # registered in :mod:`rftfm.signals`
-#: the share above which a record flips signs (as the invariants' limit: one flipped completion in 256 is 4e-3)
-LIMIT = 1e-3
+#: the share above which a record flips signs: the residual invariant's limit (one flipped completion in 256: 4e-3)
+LIMIT = INVARIANT_LIMITS["traj_advantage_residual"]
 #: records back from the diagnosis step in which a flipped record still counts
 RECENT = 3
-#: records that must hold the sign before it is trusted: the invariants' ``INVARIANT_WARMUP`` (equal, tested; not
-#: imported: :mod:`rftfm.fm.invariants` reaches the features, which carry this module's column)
-WARMUP = 3
 
 
 @dataclass
@@ -58,7 +53,7 @@ class SignState:
         where the run is armed (else 0)."""
         if share is None or not math.isfinite(share):
             return 0.0
-        self.armed = self.known or self.held >= WARMUP
+        self.armed = self.known or self.held >= INVARIANT_WARMUP
         self.share = float(share)
         flipped = self.armed and share > LIMIT
         self.since = (self.since or step) if flipped else 0
@@ -78,14 +73,6 @@ def describe(e: SignalEvidence) -> str:
         f"advantage opposite in sign to its reward's deviation for {100 * (e.value or 0.0):.3g} % of completions"
         f"{since} (the advantage code flips signs; a rescaling never does)"
     )
-
-
-def frame_column(steps: pl.DataFrame) -> pl.Expr:
-    """The :data:`SIGNAL` column of a steps frame as a trainer handed it over (``extra.<SIGNAL>``), else null."""
-    handed = f"extra.{SIGNAL}"
-    if handed in steps.columns:
-        return pl.col(handed).cast(pl.Float64).fill_nan(None).alias(SIGNAL)
-    return pl.lit(None, dtype=pl.Float64).alias(SIGNAL)
 
 
 def reading(

@@ -501,14 +501,13 @@ class Diagnoser:
         self, prob: np.ndarray, unknown: np.ndarray, seen: Sequence[Seen], invariants: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
-        no advantage invariant or sign is read), in order: invariants, advantage signs flipped, learning-rate jump,
+        no advantage invariant or sign is read), in order: invariants (with advantage signs), learning-rate jump,
         knobs pushed, lost or missing numbers, reward identity, a reward of 0 or 1 that no longer is, a penalty in the
         loss, a KL coefficient that moved, completions that all ended before the length limit, a reward identity that
         holds over several functions, advantage signs held, a run without a KL term (the rules that rule types out
         come last: nothing brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen], [s.flipped for s in seen])
-            prob, unknown = self.apply_flipped_signs(prob, unknown, [s.flipped is True for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
         prob, unknown = self.apply_pushed(prob, unknown, [s.pushed for s in seen])
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
@@ -543,15 +542,6 @@ class Diagnoser:
             leads = np.array([bool(names) and FAULT_TYPES[t].signals[0][0] in names for t in self.classes])
             allowed.append(leads if f is None else leads & (flips if f else ~flips))
         return _only(prob, unknown, allowed)
-
-    def apply_flipped_signs(
-        self, prob: np.ndarray, unknown: np.ndarray, flipped: Sequence[bool]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Where a row's run flipped advantage signs lately (:func:`rftfm.fm.advantage_signs.reading` True), only the
-        types that flip them remain (the registry's ``flips_advantage_signs``), as for a broken invariant: a sign bug
-        flips some, a positive rescaling of the advantages (a broken normalisation) none -- seen, not guessed."""
-        flips = np.array([FAULT_TYPES[t].flips_advantage_signs for t in self.classes])
-        return _only(prob, unknown, [flips & f for f in flipped])
 
     def apply_held_signs(
         self, prob: np.ndarray, unknown: np.ndarray, held: Sequence[bool]

@@ -22,13 +22,11 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from rftfm.fm.advantage_signs import SIGNAL as FLIPPED
-from rftfm.fm.advantage_signs import frame_column as flipped_column
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
 from rftfm.fm.trajectory_kernel import group_consistency, group_residuals, step_numbers
 from rftfm.fm.unscored import SIGNAL as UNSCORED
-from rftfm.fm.unscored import frame_column, share_of_rewards, with_records
+from rftfm.fm.unscored import share_of_rewards, with_records
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
 
@@ -44,6 +42,11 @@ FEATURES: tuple[str, ...] = STEP_FEATURES + TRAJECTORY_FEATURES
 #: Trajectory features a trainer can compute itself from its own per-completion log and hand over in
 #: ``StepRecord.extra`` when there are no trajectory records (:mod:`rftfm.integrations.trl_advantages`).
 INVARIANT_FEATURES: tuple[str, ...] = ("traj_advantage_residual", "traj_advantage_zeroed")
+
+#: Feature-dict key / frame column / ``StepRecord.extra`` key: the share of a record's completions whose advantage has
+#: the other sign from their reward's deviation (:mod:`rftfm.fm.advantage_signs`; registered in :mod:`rftfm.signals`),
+#: carried beside the features like the learning rate: a diagnosis rule reads it, no model does.
+FLIPPED = "advantage_flipped_share"
 
 #: The logged learning rate: carried beside :data:`FEATURES` (in :func:`step_features` and :func:`features_frame`),
 #: never one of them.
@@ -334,11 +337,20 @@ def _advantage_consistency_frame(trajectories: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def handed_over(steps: pl.DataFrame, name: str) -> pl.Expr:
+    """The ``name`` column of a steps frame as a trainer handed it over in ``StepRecord.extra`` (``extra.<name>``),
+    else null."""
+    handed = f"extra.{name}"
+    if handed in steps.columns:
+        return pl.col(handed).cast(pl.Float64).fill_nan(None).alias(name)
+    return pl.lit(None, dtype=pl.Float64).alias(name)
+
+
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE`, the reward
     functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`),
     the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`) and the share whose advantage
-    flipped sign (:data:`~rftfm.fm.advantage_signs.SIGNAL`) (nulls where missing).
+    flipped sign (:data:`FLIPPED`) (nulls where missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
@@ -348,7 +360,8 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
         for c in (*STEP_FEATURES, SCHEDULE)
     ]
     frame = steps.select(
-        *keep, *step_cols, frame_parts(steps), frame_spreads(steps), frame_column(steps), flipped_column(steps)
+        *keep, *step_cols, frame_parts(steps), frame_spreads(steps),
+        handed_over(steps, UNSCORED), handed_over(steps, FLIPPED),
     )
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")

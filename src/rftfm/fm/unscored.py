@@ -92,14 +92,6 @@ def describe(e: SignalEvidence) -> str:
     )
 
 
-def frame_column(steps: pl.DataFrame) -> pl.Expr:
-    """The :data:`SIGNAL` column of a steps frame as a trainer handed it over (``extra.unscored_share``), else null."""
-    handed = f"extra.{SIGNAL}"
-    if handed in steps.columns:
-        return pl.col(handed).cast(pl.Float64).fill_nan(None).alias(SIGNAL)
-    return pl.lit(None, dtype=pl.Float64).alias(SIGNAL)
-
-
 def with_records(frame: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """``frame`` (run_id, step, :data:`SIGNAL`, ...) with :data:`SIGNAL` taken from the trajectories wherever a step
     has them (the share whose reward is missing, as :func:`share_of_rewards`)."""

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rftfm.fm.advantage_signs import SIGNAL as FLIPPED
-from rftfm.fm.features import INVARIANT_FEATURES, advantage_consistency, advantage_flips
+from rftfm.fm.features import FLIPPED, INVARIANT_FEATURES, advantage_consistency, advantage_flips
 
 RESIDUAL, ZEROED = INVARIANT_FEATURES
 
