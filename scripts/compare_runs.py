@@ -3,6 +3,7 @@
     python scripts/compare_runs.py detection OLD.json NEW.json --tiers a,b
     python scripts/compare_runs.py detection R.json R.json --new-method "RFT-FM in the trainer"   # one file
     python scripts/compare_runs.py diagnosis OLD.json NEW.json --tiers a
+    python scripts/compare_runs.py remediation OLD.json NEW.json
 
 Detection (``rftfm bench evaluate detection --json``): per tier, RFT-FM's mid-run F1 easy / hard (averaged over
 families, protocol B) of each file, its normal and control runs alarmed, and the fold x run rows both files hold:
@@ -10,6 +11,10 @@ faulty runs (any onset; how many of them mid-run, in brackets) detected only by 
 per fault type, and healthy runs alarmed only by one of them. Diagnosis (``rftfm bench evaluate diagnosis --json``):
 per tier, type and family top-1 on the detected easy faults and on every faulty run, over the fold x run rows both
 files hold, and each row whose diagnosis moved. The figures docs/*.md cite as "fold x run" come from here.
+Remediation (``rftfm bench evaluate remediation --json``): over the faulty runs both files hold, the knob-repairable
+ones repaired (loop and, where both have it, ``trainside``) and the code faults halted or alerted with the right
+family, in each file, and each run whose outcome, detection, diagnosis or actions moved; the healthy runs with an
+intervention in each.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from rftfm.bench.eval_remediation import code_fault_caught
 from rftfm.faults.taxonomy import FAULT_TYPES
 
 
@@ -75,9 +81,46 @@ def diagnosis(old: dict[str, Any], new: dict[str, Any], tiers: list[str]) -> Non
             print(f"    {k[0]} {k[1]}: {rows_a[k]['diagnosed']} -> {rows_b[k]['diagnosed']} ({where})")
 
 
+def _outcome(pair: dict[str, Any], arm: str) -> bool:
+    """Repaired (a knob-repairable fault) or halted / alerted with the right family (a code fault) in ``arm``."""
+    if pair["halt_only"]:
+        return code_fault_caught(pair) if arm == "loop" else bool(pair[f"{arm}_halted"])
+    return bool(pair.get(f"{arm}_success"))
+
+
+def remediation(old: dict[str, Any], new: dict[str, Any]) -> None:
+    rows_a = {p["run_id"]: p for p in old["pairs"]}
+    rows_b = {p["run_id"]: p for p in new["pairs"]}
+    both = [k for k in rows_b if k in rows_a]
+    arms = [a for a in ("loop", "trainside") if all(f"{a}_success" in r[k] for r in (rows_a, rows_b) for k in both)]
+    for label, rows in (("old", rows_a), ("new", rows_b)):
+        parts = []
+        for setting in ("easy", "hard"):
+            knob = [k for k in both if rows[k]["knob_repairable"] and rows[k]["setting"] == setting]
+            for arm in arms:
+                parts.append(f"{setting} {arm} {sum(_outcome(rows[k], arm) for k in knob)} / {len(knob)}")
+        code = [k for k in both if rows[k]["halt_only"]]
+        parts.append(f"code faults halted or alerted, right family {sum(_outcome(rows[k], 'loop') for k in code)} / "
+                     f"{len(code)}")
+        print(f"{label}: knob-repairable repaired: " + ", ".join(parts))
+    fields = ("detected", "diagnosed", "loop_actions", "loop_accuracy")
+    for k in both:
+        a, b = rows_a[k], rows_b[k]
+        outcomes = [(arm, _outcome(a, arm), _outcome(b, arm)) for arm in arms]
+        changed = [f for f in fields if a.get(f) != b.get(f)]
+        if any(x != y for _, x, y in outcomes) or changed[:3]:
+            said = ", ".join(f"{arm} {x} -> {y}" for arm, x, y in outcomes if x != y) or "outcome unchanged"
+            print(f"  {k} ({'code fault' if b['halt_only'] else 'knob'}): {said}; "
+                  + "; ".join(f"{f} {a.get(f)} -> {b.get(f)}" for f in changed))
+    for label, summary in (("old", old), ("new", new)):
+        healthy = [h for h in summary.get("healthy", []) if isinstance(h, dict)]
+        acted = [h["run_id"] for h in healthy if h.get("interventions") or h.get("halted")]
+        print(f"healthy runs with an intervention ({label}): {len(acted)} of {len(healthy)} {acted}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("detection", "diagnosis"))
+    parser.add_argument("kind", choices=("detection", "diagnosis", "remediation"))
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--tiers", default="a", help="comma-separated input tiers")
@@ -86,6 +129,8 @@ def main() -> None:
     old, new = (json.load(open(p)) for p in (args.old, args.new))
     if args.kind == "detection":
         detection(old, new, args.tiers.split(","), args.new_method)
+    elif args.kind == "remediation":
+        remediation(old, new)
     else:
         diagnosis(old, new, args.tiers.split(","))
 

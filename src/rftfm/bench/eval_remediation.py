@@ -703,7 +703,7 @@ def _repair_lines(t: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _caught(pair: dict[str, Any]) -> bool:
+def code_fault_caught(pair: dict[str, Any]) -> bool:
     """A code-fault run the loop halted, or alerted on with the right family."""
     diagnosed = pair["diagnosed"]
     right_family = diagnosed in FAULT_TYPES and FAULT_TYPES[diagnosed].family == pair["fault_family"]
@@ -721,7 +721,8 @@ def _hurt_lines(pairs: list[dict[str, Any]]) -> list[str]:
     if knob:
         parts.append(f"knob-repairable repaired {sum(bool(p['loop_success']) for p in knob)} of {len(knob)}")
     if code:
-        parts.append(f"code faults halted or alerted with the right family {sum(map(_caught, code))} of {len(code)}")
+        caught = sum(map(code_fault_caught, code))
+        parts.append(f"code faults halted or alerted with the right family {caught} of {len(code)}")
     if not parts:
         return []
     return [
@@ -769,7 +770,7 @@ def target_status(summary: dict[str, Any]) -> list[str]:
         )
     code = [p for p in summary.get("pairs", []) if p.get("halt_only")]
     if code:
-        caught = sum(map(_caught, code))
+        caught = sum(map(code_fault_caught, code))
         low, high = wilson_interval(caught, len(code))
         lines.append(
             f"- code faults halted, or alerted with the right family: {_pct(caught / len(code))} % of {len(code)} "
