@@ -262,3 +262,21 @@ def test_the_playbook_table_in_the_docs_is_the_playbook():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.DEFAULT.read_text(encoding="utf-8") == module.table(), "run python scripts/playbook_table.py"
+
+
+def test_the_off_policy_rung_masks_what_a_stale_rollout_engine_leaves_and_nothing_on_policy():
+    """TRL's own mask at the first ``rollout_mismatch`` rung's threshold: a negative-advantage sequence at the KL a
+    rollout engine that missed weight syncs leaves (0.09: the 90th percentile of scripts/opsm_masking.py's runs) is
+    dropped, where TRL's example threshold (0.5) kept it; an on-policy one (KL 0) and a positive one are kept."""
+    import torch
+    from trl import GRPOTrainer
+
+    (change,) = PLAYBOOK["rollout_mismatch"][0].knobs
+    assert change.knob == "off_policy_mask_threshold"
+    trained = torch.zeros(3, 4)
+    sampled = torch.tensor([[0.09] * 4, [0.0] * 4, [0.09] * 4])  # log-probs of the policy that sampled them
+    advantages = torch.tensor([[-1.0], [-1.0], [1.0]])
+    mask = torch.ones(3, 4)
+    keep = GRPOTrainer.get_off_policy_mask(advantages, trained, sampled, mask, change.value)
+    assert keep.view(-1).tolist() == [0.0, 1.0, 1.0]
+    assert GRPOTrainer.get_off_policy_mask(advantages, trained, sampled, mask, 0.5).view(-1).tolist() == [1.0] * 3

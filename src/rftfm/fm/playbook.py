@@ -183,17 +183,22 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
         HALT,
     ),
     "rollout_mismatch": (
+        # The threshold is on the sequence's mean per-token KL between the policy that sampled it and the one
+        # trained (TRL's ``get_off_policy_mask``). A rollout engine that missed weight syncs leaves that KL at a few
+        # hundredths (median ~0.01, 90th percentile 0.04-0.19 on the benchmark's mismatched runs): TRL's example
+        # value, 0.5, masked none of their sequences -- the rung changed nothing --, 0.05 masks 3-25 % of them
+        # (python scripts/opsm_masking.py); on-policy rollouts have a KL of 0 and are never masked.
         Rung(
             "off-policy rollouts: mask sequences the policy has drifted far from (off-policy sequence masking)",
             "[opsm] [ckpt]",
             rollback=True,
-            knobs=(_set("off_policy_mask_threshold", 0.5),),
+            knobs=(_set("off_policy_mask_threshold", 0.05),),
         ),
         Rung(
             "ratio drift persists: stricter masking, tighter clip range",
             "[opsm] [clip]",
             rollback=True,
-            knobs=(_set("off_policy_mask_threshold", 0.2), _scale("epsilon", 0.5, abs_bounds=(0.02, 0.3))),
+            knobs=(_set("off_policy_mask_threshold", 0.02), _scale("epsilon", 0.5, abs_bounds=(0.02, 0.3))),
         ),
         HALT,
     ),
