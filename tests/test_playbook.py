@@ -266,8 +266,8 @@ def test_the_playbook_table_in_the_docs_is_the_playbook():
 
 def test_the_off_policy_rung_masks_what_a_stale_rollout_engine_leaves_and_nothing_on_policy():
     """TRL's own mask at the first ``rollout_mismatch`` rung's threshold: a negative-advantage sequence at the KL a
-    rollout engine that missed weight syncs leaves (0.09: the 90th percentile of scripts/opsm_masking.py's runs) is
-    dropped, where TRL's example threshold (0.5) kept it; an on-policy one (KL 0) and a positive one are kept."""
+    rollout engine that missed weight syncs leaves (0.09, within the 90th percentiles of docs/results/opsm-masking.md)
+    is dropped, where TRL's example threshold (0.5) kept it; an on-policy one (KL 0) and a positive one are kept."""
     import torch
     from trl import GRPOTrainer
 

@@ -185,9 +185,9 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     "rollout_mismatch": (
         # The threshold is on the sequence's mean per-token KL between the policy that sampled it and the one
         # trained (TRL's ``get_off_policy_mask``). A rollout engine that missed weight syncs leaves that KL at a few
-        # hundredths (median ~0.01, 90th percentile 0.04-0.19 on the benchmark's mismatched runs): TRL's example
-        # value, 0.5, masked none of their sequences -- the rung changed nothing --, 0.05 masks 3-25 % of them
-        # (python scripts/opsm_masking.py); on-policy rollouts have a KL of 0 and are never masked.
+        # hundredths (90th percentile 0.015-0.146 over the benchmark's mismatched runs): TRL's example value, 0.5,
+        # dropped at most 0.7 % of a run's sequences -- the rung changed nothing --, 0.05 drops 0-15 % and 0.02
+        # 1-24 % (docs/results/opsm-masking.md); on-policy rollouts have a KL of 0 and are never masked.
         Rung(
             "off-policy rollouts: mask sequences the policy has drifted far from (off-policy sequence masking)",
             "[opsm] [ckpt]",
