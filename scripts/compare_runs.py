@@ -107,8 +107,8 @@ def remediation(old: dict[str, Any], new: dict[str, Any]) -> None:
     for k in both:
         a, b = rows_a[k], rows_b[k]
         outcomes = [(arm, _outcome(a, arm), _outcome(b, arm)) for arm in arms]
-        changed = [f for f in fields if a.get(f) != b.get(f)]
-        if any(x != y for _, x, y in outcomes) or changed[:3]:
+        changed = [f for f in fields if a.get(f) != b.get(f)]  # the accuracy is shown, not a reason to list a run
+        if any(x != y for _, x, y in outcomes) or set(changed) - {"loop_accuracy"}:
             said = ", ".join(f"{arm} {x} -> {y}" for arm, x, y in outcomes if x != y) or "outcome unchanged"
             print(f"  {k} ({'code fault' if b['halt_only'] else 'knob'}): {said}; "
                   + "; ".join(f"{f} {a.get(f)} -> {b.get(f)}" for f in changed))

@@ -959,3 +959,21 @@ def test_a_users_grpo_trainer_with_the_mixin_resumes_exactly_after_a_rollback(tm
     assert resumed.state.global_step == 8 + callback.controller.length.replayed > 8
     a, b = plain.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_evaluations_loop_arm_has_an_eval_callable_that_measures_the_start_and_nothing_the_engine_logs():
+    """``rftfm bench evaluate remediation``'s loop arms hand the loop the engine's held-out evaluation, as a user hands
+    ``eval_fn``: the accuracy before the first step is known (a fault from step 1 can be shown to have cost accuracy
+    against it), and no step the engine already evaluates is evaluated twice; the train-side arm has none."""
+    from rftfm.bench.eval_remediation import run_arm
+    from rftfm.engine.policy_eval import eval_accuracy
+
+    components = (WarmupZDetector(), KlRuleDiagnoser())
+    result, callback = run_arm(run_info("normal"), "on", components=components)
+    heldout = callback.controller.heldout
+    assert heldout.evaluations == 1 and 0 in heldout.at  # the start only
+    assert set(heldout.at) == {0, *range(1, STEPS + 1)}  # the engine logs one at every step of this run
+    trainer = callback.trainer
+    assert heldout.at[STEPS] == pytest.approx(eval_accuracy(trainer.model, trainer.task, trainer.eval_problems))
+    _, train_side = run_arm(run_info("normal"), "trainside", components=components)
+    assert train_side.controller.heldout.eval_fn is None and train_side.controller.heldout.evaluations == 0

@@ -152,6 +152,7 @@ def run_arm(
                 checkpoint_dir=os.path.join(tmp, "ckpt"),
                 incidents=incidents,
                 report=False,
+                **(_eval_callable(trainer, target) if arm in EVAL_CALLABLE_ARMS else {}),
             )
             if arm == "trainside":  # the loop never sees the eval accuracy the engine logs
                 sinks = trainer.sinks
@@ -165,6 +166,22 @@ def run_arm(
     if callback is not None and callback.controller is not None:
         fill_from_controller(result, callback.controller)
     return result, callback
+
+
+#: Arms whose loop is handed an eval callable (the engine's own held-out evaluation, as a user hands ``eval_fn``): the
+#: loop measures the accuracy before the first step and whenever a decision needs it between the engine's logged ones.
+EVAL_CALLABLE_ARMS = ("loop", "on")
+
+
+def _eval_callable(trainer: Any, info: RunInfo) -> dict[str, Any]:
+    """``eval_fn`` / ``eval_every`` for :meth:`RFTFMCallback.attach`: the engine's held-out evaluation of a model (the
+    problems its logged accuracy is measured on), due where the engine logs one (so it adds no evaluation there)."""
+    from rftfm.engine.policy_eval import eval_accuracy
+
+    return {
+        "eval_fn": lambda model: eval_accuracy(model, trainer.task, trainer.eval_problems),
+        "eval_every": info.eval_every or 1,
+    }
 
 
 def _without_eval_accuracy(sink: Callable[[Any, list[Any]], None]) -> Callable[[Any, list[Any]], None]:
