@@ -4,7 +4,9 @@ For every selected faulty run of a benchmark (same configuration, seed and fault
 
 * ``clean``   -- the same run without the fault (the reference accuracy);
 * ``none``    -- the faulty run, loop in alert-only mode (no remediation baseline);
-* ``loop``    -- the faulty run with RFT-FM (playbook remediator);
+* ``loop``    -- the faulty run with RFT-FM (playbook remediator), which reads the run's logged eval accuracy and is
+  handed the engine's held-out evaluation as its eval callable (measured before the first step and whenever a
+  decision needs it; :data:`EVAL_CALLABLE_ARMS`);
 * ``generic`` -- the faulty run with the generic baseline: rollback + halve the LR on every alarm;
 * ``trainside`` -- the faulty run with RFT-FM, which never sees the run's eval accuracy (a user without an eval
   callable: the loop decides from train-side metrics alone).
@@ -930,7 +932,8 @@ def markdown(summary: dict[str, Any], command: str, note: str | None = None) -> 
         "incident whose pushed knob was undone, with eval accuracy holding, do not count -- and not halted) and final "
         "eval accuracy "
         f">= {int(summary['tolerance'] * 100)} % of the matched clean run's. `none` = faulty run without remediation, "
-        "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook, `trainside` = the same loop "
+        "`generic` = rollback + halve the LR on every alarm, `loop` = RFT-FM playbook with an eval callable (the "
+        "engine's held-out evaluation, also before the first step), `trainside` = the same loop "
         "without the run's eval accuracy (a user without an eval callable). `*_acc_ok_%` = final accuracy "
         "within tolerance. "
         "`loop_repair_strict_%` counts a repair only when no alarm at all (explained or unconfirmed) followed the "
