@@ -969,7 +969,7 @@ def test_the_evaluations_loop_arm_has_an_eval_callable_that_measures_the_start_a
     from rftfm.engine.policy_eval import eval_accuracy
 
     components = (WarmupZDetector(), KlRuleDiagnoser())
-    result, callback = run_arm(run_info("normal"), "on", components=components)
+    _, callback = run_arm(run_info("normal"), "on", components=components)
     heldout = callback.controller.heldout
     assert heldout.evaluations == 1 and 0 in heldout.at  # the start only
     assert set(heldout.at) == {0, *range(1, STEPS + 1)}  # the engine logs one at every step of this run
