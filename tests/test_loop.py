@@ -307,11 +307,14 @@ def _controller(detector, state=None, diagnoser=None, max_steps=None, **config):
     return ctl, rec
 
 
-def test_a_single_weak_alarm_is_reported_but_not_acted_on():
-    ctl, rec = _controller(ScriptedDetector({4: 1.5}))
+def test_a_single_weak_alarm_is_reported_with_its_diagnosis_but_not_acted_on():
+    ctl, rec = _controller(ScriptedDetector({4: 1.5}), diagnoser=FixedDiagnoser("lr_high"))
     for s in range(1, 9):
         ctl.observe(rec(s), [])
     assert ctl.counts["alarms"] == 1 and ctl.counts["interventions"] == 0
+    diagnoses = ctl.store.events(kind="diagnosis")
+    assert [d["step"] for d in diagnoses] == [4] and diagnoses[0]["payload"]["ranked"][0]["fault_type"] == "lr_high"
+    assert not ctl.store.events(kind="action")
 
 
 def test_repeated_alarms_act_and_the_detector_then_sees_effective_steps():

@@ -110,6 +110,13 @@ def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     store.record("alarm", "a", 5, Alarm(run_id="a", step=5, score=2.0, threshold=1.0))
     assert "alert-only: the loop does not act" in narrate(store.events())
     store = MemoryIncidentStore()
+    store.record("run", "u", 0, {"event": "start", "mode": "watching"})
+    store.record("alarm", "u", 5, Alarm(run_id="u", step=5, score=1.2, threshold=1.0))
+    store.record("diagnosis", "u", 5, Diagnosis(run_id="u", step=5, ranked=[
+        Hypothesis(family="od", fault_type="lr_high", probability=0.4)]))
+    unconfirmed = narrate(store.events())
+    assert "no alarm was confirmed" in unconfirmed and "Diagnosis at step 5: lr_high" in unconfirmed
+    store = MemoryIncidentStore()
     store.record("run", "h", 0, {"event": "start", "mode": "watching"})
     store.record(
         "diagnosis",

@@ -170,7 +170,7 @@ class Controller:
             if self._confirmed(step, alarm):
                 self._on_alarm(step, alarm, escalate=False)
             else:
-                self.journal.note(step, "alarm", "waiting for confirmation before acting")
+                self._name_unconfirmed(step)
         elif self.mode == "watching" and policy.due(previous, step, self.config.checkpoint_every):
             self._guard("checkpoint", lambda: self._checkpoint(step))
 
@@ -192,6 +192,12 @@ class Controller:
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         return policy.confirmed(policy.AlarmFacts(step, alarm.score, alarm.threshold), self.alarm_steps, self.config,
                                 after_push)
+
+    def _name_unconfirmed(self, step: int) -> None:
+        """An alarm not (yet) confirmed is not acted on, but its diagnosis is recorded as the alert-only monitor's
+        is: a single alarm that never recurs still tells the user what it looked like."""
+        self.sensing.diagnose(step, self.length.offset, self.knob_log.recent(step, self.config))
+        self.journal.note(step, "alarm", "waiting for confirmation before acting")
 
     # --- acting --------------------------------------------------------------------------------
     def _on_alarm(self, step: int, alarm: Alarm, escalate: bool) -> None:

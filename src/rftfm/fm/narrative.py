@@ -79,13 +79,19 @@ def _action_text(action: dict[str, Any]) -> str:
     return f"{p.get('kind')} ({detail})" if detail else str(p.get("kind"))
 
 
-def _done(actions: list[dict[str, Any]], outcomes: list[dict[str, Any]], acting: bool) -> str:
+def _done(
+    actions: list[dict[str, Any]], outcomes: list[dict[str, Any]], acting: bool, alarms: list[dict[str, Any]]
+) -> str:
     if not actions:
         held = [o for o in outcomes if o["payload"].get("result") == "failed"]
         if held:
             why = held[-1]["payload"]["action"].get("reason", "")
             return f"Done: nothing; the alarms were reported, not acted on ({why})."
-        return "Done: nothing." if acting else "Done: nothing (alert-only: the loop does not act on this run)."
+        if not acting:
+            return "Done: nothing (alert-only: the loop does not act on this run)."
+        if any(not a["payload"].get("explanation") for a in alarms):
+            return "Done: nothing; no alarm was confirmed (the loop acts on a strong alarm or on repeated ones)."
+        return "Done: nothing."
     by_step: dict[int, list[str]] = {}
     for action in actions:
         by_step.setdefault(action["step"], []).append(_action_text(action))
@@ -235,7 +241,10 @@ def narrate(events: Iterable[dict[str, Any]], run_id: str | None = None) -> str:
     paragraphs = [
         head,
         _seen(by_kind.get("alarm", []), by_kind.get("diagnosis", [])),
-        _done(by_kind.get("action", []), by_kind.get("outcome", []), start.get("mode") != "alert_only"),
+        _done(
+            by_kind.get("action", []), by_kind.get("outcome", []), start.get("mode") != "alert_only",
+            by_kind.get("alarm", []),
+        ),
         _cost(end),
         _look_at(by_kind.get("action", []), by_kind.get("diagnosis", []), end, by_kind.get("error", [])),
         _evidence(end, start),
