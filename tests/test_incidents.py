@@ -469,3 +469,33 @@ def test_evidence_without_a_baseline_claims_no_direction():
     journal = Journal(MemoryIncidentStore(), "r", 64)
     journal.alarm(1, Alarm(run_id="r", step=1, score=2.0, threshold=1.0, evidence=[first, later]))
     assert journal.timeline[-1][2] == "score 2.00 > 1.00: truncated_ratio 0.188 (no baseline yet), kl up"
+
+
+def test_the_evaluation_counts_the_diagnosis_acted_on_before_that_of_an_earlier_unconfirmed_alarm():
+    from types import SimpleNamespace
+
+    from rftfm.bench.eval_remediation import ArmResult, fill_from_controller
+    from rftfm.fm.incidents import MemoryIncidentStore
+    from rftfm.fm.policy import ControllerConfig
+    from rftfm.fm.types import Diagnosis, Hypothesis
+
+    def diagnosis(step, fault_type, family):
+        top = Hypothesis(family=family, fault_type=fault_type, probability=0.6)
+        return Diagnosis(run_id="r", step=step, ranked=[top])
+
+    for acted, expected in ((True, "reward_scale"), (False, "advantage_normalization")):
+        store = MemoryIncidentStore()
+        store.record("alarm", "r", 3, {"score": 1.2, "threshold": 1.0, "evidence": []})
+        store.record("diagnosis", "r", 3, diagnosis(3, "advantage_normalization", "ca"))  # unconfirmed
+        store.record("alarm", "r", 8, {"score": 1.2, "threshold": 1.0, "evidence": []})
+        store.record("diagnosis", "r", 8, diagnosis(8, "reward_scale", "rf"))
+        if acted:
+            store.record("action", "r", 8, {"kind": "set_knob", "knob": "scale_rewards", "value": "group"})
+        store.record("diagnosis", "r", 12, diagnosis(12, "lr_high", "od"))
+        ctl = SimpleNamespace(
+            store=store, run_id="r", monitor_seconds=0.0, mode="watching", outcomes=[], config=ControllerConfig(),
+            counts={"interventions": int(acted), "rollbacks": 0, "errors": 0},
+        )
+        result = ArmResult(run_id="r", arm="loop", final_accuracy=0.5, wall_s=1.0, steps=20)
+        fill_from_controller(result, ctl)
+        assert result.diagnosed == expected

@@ -65,7 +65,7 @@ class ArmResult:
     steps: int = 0
     alarms: int = 0
     first_alarm_step: int | None = None
-    diagnosed: str | None = None
+    diagnosed: str | None = None  # the top type of the diagnosis acted on first, else of the first one recorded
     interventions: int = 0
     rollbacks: int = 0
     halted: bool = False
@@ -280,13 +280,16 @@ def fill_from_controller(result: ArmResult, ctl: Any) -> None:
     events = ctl.store.events(run_id=ctl.run_id)
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
     actions = [e for e in events if e["kind"] == "action"]
-    diagnoses = [e["payload"] for e in events if e["kind"] == "diagnosis"]
+    diagnoses = [e for e in events if e["kind"] == "diagnosis"]
     result.monitor_s = ctl.monitor_seconds
     result.alarms = len(alarms)
     result.first_alarm_step = alarms[0] if alarms else None
+    if actions:  # the diagnosis the loop acted on, not that of an unconfirmed alarm before it
+        diagnoses = [d for d in diagnoses if d["step"] <= actions[0]["step"]][-1:] or diagnoses
     if diagnoses:
-        ranked = diagnoses[0].get("ranked") or []
-        result.diagnosed = None if diagnoses[0].get("unknown") or not ranked else ranked[0]["fault_type"]
+        first = diagnoses[0]["payload"]
+        ranked = first.get("ranked") or []
+        result.diagnosed = None if first.get("unknown") or not ranked else ranked[0]["fault_type"]
     result.interventions = ctl.counts["interventions"]
     result.rollbacks = ctl.counts["rollbacks"]
     result.halted = ctl.mode == "halted"
