@@ -242,6 +242,13 @@ def test_after_a_repair_upstream_evidence_and_the_lag_of_an_undone_push_are_expl
     assert up([ev("entropy", 0.5)], "zero_variance", Lag(), None, CFG) is None
     assert up([ev("grad_norm", 1.5)], "zero_variance", Lag(), None, CFG) is not None  # only weak evidence: all of it
     assert up([], "zero_variance", Lag(), None, CFG) is None
+    # dynamic sampling trains on a refilled batch: its reward and length statistics and the loss's level move with it
+    refilled = [
+        ev("traj_advantage_zeroed", None), ev("reward_mean", 3.1), ev("traj_long_rate", -8.4), ev("policy_loss", None)
+    ]
+    assert up(refilled, "zero_variance", Lag(), None, CFG) == "the known upstream cause"
+    assert up([*refilled, ev("kl", -2.9)], "zero_variance", Lag(), None, CFG) is None  # the KL is the trainer's own
+    assert up([*refilled, ev("eval_accuracy", -2.5)], "zero_variance", Lag(), None, CFG) is None
     lag = Lag(frozenset({("kl", "up")}), accuracy=0.5)
     assert up([ev("kl")], None, lag, 0.49, CFG) == "the lag of an undone knob change"
     assert up([ev("kl")], None, lag, 0.3, CFG) is None  # eval accuracy fell: a new symptom

@@ -370,9 +370,12 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     "rollout_mismatch": _REWARD_LEVEL
     + _SAMPLE_LEVEL
     + ("clip_ratio_region", "frac_zero_std_groups", "traj_advantage_std"),
-    "zero_variance": (
-        "frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm"
-    ),
+    # the repair (dynamic sampling) trains on a filtered batch, refilled with groups that carry signal: the batch's
+    # reward, length and tool statistics and the policy loss's level move because of the repair itself
+    "zero_variance": _REWARD_LEVEL
+    + names(group=("length", "sampling", "tool"), feature=True)
+    + ("frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm",
+       "policy_loss"),
     "tool_failure": _REWARD_LEVEL + ("tool_failure_frequency", "traj_tool_error_rate"),
 }
 
