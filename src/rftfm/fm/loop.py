@@ -166,11 +166,11 @@ class Controller:
             if verdict is not None and verdict.result == "escalated":
                 alarm = alarm or Alarm(run_id=self.run_id, step=step, score=0.0, threshold=0.0)
                 self._on_alarm(step, alarm, escalate=True)
-        elif alarm is not None:
-            if self._confirmed(step, alarm):
-                self._on_alarm(step, alarm, escalate=False)
-            else:
-                self._name_unconfirmed(step)
+        elif alarm is not None and self._confirmed(step, alarm):
+            self._on_alarm(step, alarm, escalate=False)
+        elif alarm is not None:  # not acted on; recorded with the diagnoser's reading, as the alert-only monitor's are
+            self.sensing.diagnose(step, self.length.offset, self.knob_log.recent(step, self.config))
+            self.journal.note(step, "alarm", "waiting for confirmation before acting")
         elif self.mode == "watching" and policy.due(previous, step, self.config.checkpoint_every):
             self._guard("checkpoint", lambda: self._checkpoint(step))
 
@@ -192,12 +192,6 @@ class Controller:
         after_push = policy.pushed_recently(self.knob_log.pushes, self.knob_log.seen, step, self.config)
         return policy.confirmed(policy.AlarmFacts(step, alarm.score, alarm.threshold), self.alarm_steps, self.config,
                                 after_push)
-
-    def _name_unconfirmed(self, step: int) -> None:
-        """An alarm not (yet) confirmed is not acted on, but its diagnosis is recorded as the alert-only monitor's
-        is: a single alarm that never recurs still tells the user what it looked like."""
-        self.sensing.diagnose(step, self.length.offset, self.knob_log.recent(step, self.config))
-        self.journal.note(step, "alarm", "waiting for confirmation before acting")
 
     # --- acting --------------------------------------------------------------------------------
     def _on_alarm(self, step: int, alarm: Alarm, escalate: bool) -> None:
