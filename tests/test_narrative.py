@@ -115,7 +115,7 @@ def test_a_quiet_run_an_alert_only_run_and_a_halted_one():
     store.record("diagnosis", "u", 5, Diagnosis(run_id="u", step=5, ranked=[
         Hypothesis(family="od", fault_type="lr_high", probability=0.4)]))
     unconfirmed = narrate(store.events())
-    assert "no alarm was confirmed" in unconfirmed and "Diagnosis at step 5: lr_high" in unconfirmed
+    assert "a weak alarm waits for a second" in unconfirmed and "Diagnosis at step 5: lr_high" in unconfirmed
     store = MemoryIncidentStore()
     store.record("run", "h", 0, {"event": "start", "mode": "watching"})
     store.record(

@@ -90,7 +90,10 @@ def _done(
         if not acting:
             return "Done: nothing (alert-only: the loop does not act on this run)."
         if any(not a["payload"].get("explanation") for a in alarms):
-            return "Done: nothing; no alarm was confirmed (the loop acts on a strong alarm or on repeated ones)."
+            return (
+                "Done: nothing; the alarms were reported, not acted on (a weak alarm waits for a second, one the "
+                "diagnoser cannot name until it persists)."
+            )
         return "Done: nothing."
     by_step: dict[int, list[str]] = {}
     for action in actions:
