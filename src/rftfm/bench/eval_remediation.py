@@ -284,12 +284,11 @@ def fill_from_controller(result: ArmResult, ctl: Any) -> None:
     result.monitor_s = ctl.monitor_seconds
     result.alarms = len(alarms)
     result.first_alarm_step = alarms[0] if alarms else None
-    if actions:  # the diagnosis the loop acted on, not that of an unconfirmed alarm before it
-        diagnoses = [d for d in diagnoses if d["step"] <= actions[0]["step"]][-1:] or diagnoses
-    if diagnoses:
-        first = diagnoses[0]["payload"]
-        ranked = first.get("ranked") or []
-        result.diagnosed = None if first.get("unknown") or not ranked else ranked[0]["fault_type"]
+    # the diagnosis the loop first acted on (the last one by its first action), not an earlier unconfirmed alarm's
+    acted_on = [d for d in diagnoses if actions and d["step"] <= actions[0]["step"]]
+    if chosen := (acted_on[-1] if acted_on else diagnoses[0]) if diagnoses else None:
+        ranked = chosen["payload"].get("ranked") or []
+        result.diagnosed = None if chosen["payload"].get("unknown") or not ranked else ranked[0]["fault_type"]
     result.interventions = ctl.counts["interventions"]
     result.rollbacks = ctl.counts["rollbacks"]
     result.halted = ctl.mode == "halted"

@@ -354,7 +354,8 @@ PLAYBOOK: dict[str, tuple[Rung, ...]] = {
     ),
 }
 
-_SAMPLE_LEVEL = names(group=("entropy", "length", "sampling", "tool"), feature=True)  # what a sample looks like
+_SAMPLE_SHAPE = names(group=("length", "sampling", "tool"), feature=True)  # what a sample looks like ...
+_SAMPLE_LEVEL = _SAMPLE_SHAPE + names(group="entropy", feature=True)  # ... and the policy's entropy over it
 _REWARD_LEVEL = names(group="reward")
 
 #: Signals a successful knob repair cannot bring back because the fault's source sits upstream
@@ -373,7 +374,7 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     # the repair (dynamic sampling) trains on a filtered batch, refilled with groups that carry signal: the batch's
     # reward, length and tool statistics and the policy loss's level move because of the repair itself
     "zero_variance": _REWARD_LEVEL
-    + names(group=("length", "sampling", "tool"), feature=True)
+    + _SAMPLE_SHAPE
     + ("frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm",
        "policy_loss"),
     "tool_failure": _REWARD_LEVEL + ("tool_failure_frequency", "traj_tool_error_rate"),
