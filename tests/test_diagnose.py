@@ -610,7 +610,7 @@ def test_in_the_trainer_the_diagnosis_reads_the_handed_over_invariants_and_the_c
     trainer = _seen_at_alarm(history, alarms, ["stale", "flipped"], in_trainer=True)
     assert [s.broken for s in log_alone] == [[], []]  # not on-policy as far as a log says; never held: not armed
     assert [s.broken for s in trainer] == [["clip_ratio_region"], ["traj_advantage_residual"]]
-    handed_over = {"traj_advantage_residual", "traj_advantage_zeroed", "unscored_share"}
+    handed_over = {"traj_advantage_residual", "traj_advantage_zeroed", "unscored_share", "repeat_reward_disagreements"}
     assert set(tier_signals(IN_TRAINER)) == set(tier_signals("a")) | handed_over
     _, runs, features = bench
     run_id = runs.filter(pl.col("control_or_fault") == "fault")["run_id"][0]

@@ -132,8 +132,12 @@ SIGNALS: dict[str, Signal] = {
             "eval_unchanged_steps", "steps with unchanged eval accuracy", "derived", "linear", "accuracy", noisy=True
         ),
         # --- read beside the features by a fitting-free rule, never a feature (:mod:`rftfm.fm.unscored`,
-        # :mod:`rftfm.fm.advantage_signs`)
+        # :mod:`rftfm.fm.repeat_rewards`, :mod:`rftfm.fm.advantage_signs`)
         Signal("unscored_share", "completions no reward function scored", "rule", "rate", "reward", feature=False),
+        Signal(
+            "repeat_reward_disagreements", "identical completions scored differently", "rule", "linear", "reward",
+            feature=False,
+        ),
         Signal(
             "advantage_flipped_share", "advantages opposite in sign to their reward's deviation", "rule", "rate",
             "advantage", feature=False,

@@ -50,7 +50,7 @@ from rftfm.bench.baselines import make_baselines
 from rftfm.bench.baselines.base import NORMAL_KINDS, Baseline, RunCubes
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAMILIES, STRENGTHS, group_dir
-from rftfm.fm import kl_coefficient, unscored
+from rftfm.fm import kl_coefficient, repeat_rewards, unscored
 from rftfm.fm.cube import CUBE_SIGNALS
 from rftfm.fm.detect import TIERS, Detector, DetectorConfig
 from rftfm.fm.features import INVARIANT_FEATURES, TRAJECTORY_FEATURES, features_frame
@@ -82,7 +82,8 @@ class RFTFMMethod(Baseline):
 
     def score(self, runs: RunCubes) -> np.ndarray:
         scores, self.threshold = self.detector.score_cube(
-            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary, runs.unscored
+            runs.cube, runs.steps, self.tier, runs.learning_rate, runs.identity, runs.binary, runs.unscored,
+            runs.repeats,
         )
         return scores
 
@@ -93,14 +94,15 @@ class InTrainerMethod(RFTFMMethod):
     :func:`~rftfm.fm.on_policy.trl_on_policy`, holds for every benchmark run: one optimiser step per fresh batch), so
     any clip ratio above 0 alarms; and the trainer hands over its batch's advantage invariants
     (:mod:`rftfm.integrations.trl_advantages`), armed from the first record, whatever the tier's other signals, and
-    the share of its batch's completions no reward function scored (:mod:`rftfm.fm.unscored`); and the KL coefficient
+    the share of its batch's completions no reward function scored (:mod:`rftfm.fm.unscored`) and the repeated
+    completions it scored differently (:mod:`rftfm.fm.repeat_rewards`); and the KL coefficient
     it is configured with (``beta``, loss type, length limit), against which the loss per unit of
     KL is judged (:mod:`rftfm.fm.kl_coefficient`). The same fit as :class:`RFTFMMethod`; only the scoring knows
     more."""
 
     name = IN_TRAINER
     #: signals the trainer hands over beside the tier's own (read by the fitting-free invariant channel only)
-    handed_over = (*INVARIANT_FEATURES, unscored.SIGNAL)
+    handed_over = (*INVARIANT_FEATURES, unscored.SIGNAL, repeat_rewards.SIGNAL)
 
     def __init__(self, tier: str, config: DetectorConfig | None = None, detector: Detector | None = None) -> None:
         super().__init__(tier, config, detector)
@@ -160,8 +162,9 @@ class ProfileMethod(Baseline):
 
 
 def mask_tier(cubes: RunCubes, tier: str, keep: tuple[str, ...] = ()) -> RunCubes:
-    """The cubes as a log of ``tier`` has them: signals outside the tier (and ``keep``) are missing, and so is the
-    share of unscored completions where the tier has no per-completion records (unless ``keep`` names it)."""
+    """The cubes as a log of ``tier`` has them: signals outside the tier (and ``keep``) are missing, and so are the
+    share of unscored completions and the repeated completions scored differently where the tier has no
+    per-completion records (unless ``keep`` names them: a trainer hands both over)."""
     hidden = [i for i, s in enumerate(CUBE_SIGNALS) if s not in TIERS[tier] and s not in keep]
     cube = cubes.cube.copy()
     cube[..., hidden] = np.nan
@@ -169,6 +172,7 @@ def mask_tier(cubes: RunCubes, tier: str, keep: tuple[str, ...] = ()) -> RunCube
     return RunCubes(
         cubes.run_ids, cube, cubes.steps, cubes.learning_rate, cubes.identity, cubes.binary,
         cubes.unscored if records else np.zeros(cubes.steps.shape),
+        cubes.repeats if records else np.zeros(cubes.steps.shape),
     )
 
 

@@ -33,7 +33,7 @@ from rftfm.bench.eval_detection import IN_TRAINER as IN_TRAINER_METHOD
 from rftfm.bench.eval_detection import RFTFM, InTrainerMethod, config_groups
 from rftfm.bench.splits import folds as split_folds
 from rftfm.faults.taxonomy import FAULT_TYPES
-from rftfm.fm import advantage_signs, binary_reward, kl_coefficient, reward_identity, unscored
+from rftfm.fm import advantage_signs, binary_reward, kl_coefficient, repeat_rewards, reward_identity, unscored
 from rftfm.fm.cube import runs_cube, runs_schedule
 from rftfm.fm.detect import TIERS
 from rftfm.fm.diagnose import Diagnoser, Seen, seen_broken
@@ -228,11 +228,12 @@ def _fold(
     for tier in tiers:
         signals = tier_signals(tier)
         xx = mask_signals(x, diagnoser.feature_names, signals)
-        # the invariants, the advantage signs and the unscored completions come with the trajectories (or from the
-        # trainer); the rest are step metrics every tier logs
+        # the invariants, the advantage signs, the unscored completions and the repeated ones scored differently come
+        # with the trajectories (or from the trainer); the rest are step metrics every tier logs
         told = seen[tier == IN_TRAINER]
-        if unscored.SIGNAL not in signals and not set(TRAJECTORY_FEATURES) & set(signals):
-            told = [replace(s, unscored=False) for s in told]
+        if not set(TRAJECTORY_FEATURES) & set(signals):
+            told = [replace(s, unscored=s.unscored and unscored.SIGNAL in signals,
+                            repeats=s.repeats and repeat_rewards.SIGNAL in signals) for s in told]
         prob, unknown = diagnoser.apply_seen(
             *diagnoser.scores(xx), told, invariants=set(INVARIANT_FEATURES) <= set(signals)
         )
@@ -269,12 +270,13 @@ def _seen_at_alarm(
         evidence, holds = reward_identity.reading(history, run_id, alarms[run_id])
         binary = binary_reward.run_evidence(history, run_id, alarms[run_id]) is not None
         left = unscored.run_evidence(history, run_id, alarms[run_id]) is not None
+        repeats = repeat_rewards.run_evidence(history, run_id, alarms[run_id]) is not None
         flipped, _ = advantage_signs.reading(history, run_id, alarms[run_id], in_trainer)
         broken = seen_broken(cube[0], steps[0], in_trainer, in_trainer)
         told = configured.get(run_id) if configured else None
         pushed = pushed_at(runs[run_id], history["step"].to_list(), alarms[run_id]) if runs else ()
         seen.append(Seen.read(
-            cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told, left, flipped, pushed
+            cube[0], steps[0], lr, broken, evidence is not None, binary, holds, told, left, flipped, pushed, repeats
         ))
     return seen
 

@@ -94,6 +94,14 @@ ON_POLICY_HELP = (
     "1, steps_per_generation = gradient_accumulation_steps, no vLLM importance-sampling correction), so any clip ratio "
     "above 0 alarms: rollouts from another policy"
 )
+LR_SCHEDULER_HELP = (
+    "the run's lr_scheduler_type, if known: cosine_with_restarts / reduce_lr_on_plateau jump by design, so "
+    "learning-rate jumps are not judged"
+)
+STOCHASTIC_REWARD_HELP = (
+    "the reward is meant to score one completion differently from call to call (a judge sampled at a temperature): "
+    "identical completions scored differently are no symptom"
+)
 
 
 def watch(
@@ -114,10 +122,9 @@ def watch(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print alarm episodes and the summary only"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step, alarmed or not"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write a machine-readable summary (JSON) here"),
-    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="the run's lr_scheduler_type, if known: "
-                                               "cosine_with_restarts / reduce_lr_on_plateau jump by design, so "
-                                               "learning-rate jumps are not judged"),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help=LR_SCHEDULER_HELP),
     on_policy: bool = typer.Option(False, "--on-policy", help=ON_POLICY_HELP),
+    stochastic_reward: bool = typer.Option(False, "--stochastic-reward", help=STOCHASTIC_REWARD_HELP),
 ) -> None:
     """Follow a run's log, detect anomalies, diagnose them, print alarm episodes and record incidents.
 
@@ -130,7 +137,7 @@ def watch(
     store = open_store(incidents) if incidents is not None else None
     alerter = _wandb_alerter(source.run_id) if use_wandb else None
     monitor = _monitor(source.run_id, detector_path, diagnoser_path, store, alerter, task_group, model_size,
-                       follow, verbose, lr_scheduler, on_policy)
+                       follow, verbose, lr_scheduler, on_policy, stochastic_reward)
     if store is not None:
         store.record("run", source.run_id, None,
                      {"source": str(path.resolve()), "format": fmt, "follow": follow, "started": time.time()})
@@ -173,7 +180,8 @@ def _wandb_alerter(run_id: str) -> Any:
 
 def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | None, store: Any, alerter: Any,
              task_group: str | None, model_size: str | None, follow: bool, verbose: bool,
-             lr_scheduler: str | None = None, on_policy: bool = False) -> RunMonitor:
+             lr_scheduler: str | None = None, on_policy: bool = False,
+             stochastic_reward: bool = False) -> RunMonitor:
     """The run's monitor with the packaged (or given) detector and diagnoser, printing episodes."""
     detector, why_no_detector = load_detector(detector_path)
     if why_no_detector:
@@ -184,11 +192,16 @@ def _monitor(run_id: str, detector_path: Path | None, diagnoser_path: Path | Non
     if on_policy and detector is not None:
         detector.know_on_policy(True)
         console.print("[dim]on-policy run: any clip ratio above 0 alarms[/]")
+    if stochastic_reward and detector is not None and hasattr(detector, "know_stochastic_reward"):
+        detector.know_stochastic_reward(True)
+        console.print("[dim]stochastic reward: identical completions scored differently are not judged[/]")
 
     def load() -> tuple[Any | None, str | None]:
         loaded, why = load_diagnoser(diagnoser_path)
         if loaded is not None and on_policy:
             loaded.know_on_policy(True)
+        if loaded is not None and stochastic_reward:
+            loaded.know_stochastic_reward(True)
         return loaded, why
 
     # Following a live run, the diagnoser is ready before the first alarm; reading a finished log,

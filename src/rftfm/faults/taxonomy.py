@@ -53,6 +53,10 @@ class FaultType:
     binary_reward: bool = False
     #: the fault leaves completions that no reward function scored (:mod:`rftfm.fm.unscored`)
     leaves_unscored: bool = False
+    #: the fault makes the reward no function of the completion, so identical completions of one prompt can be scored
+    #: differently (:mod:`rftfm.fm.repeat_rewards`): noise, a stochastic shortcut, a verifier that gives up on some
+    #: calls while another function scores them, a tool that fails or lies now and then
+    scores_repeats_apart: bool = False
     #: the fault gives some advantages the other sign from their reward's deviation (:mod:`rftfm.fm.advantage_signs`)
     flips_advantage_signs: bool = False
     #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
@@ -128,6 +132,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"noise_sd": 1.0}, "hard": {"noise_sd": 0.35}},
             signals=(("reward_std", "up"), ("frac_zero_std_groups", "down")),
             binary_reward=True,
+            scores_repeats_apart=True,
         ),
         FaultType(
             "reward_hacking", "rf",
@@ -136,6 +141,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"prefix_chars": 1, "accept_prob": 1.0}, "hard": {"prefix_chars": 1, "accept_prob": 0.4}},
             knob_repairable=False,
             signals=(("reward_mean", "up"), ("eval_accuracy", "down")),
+            scores_repeats_apart=True,  # (where the shortcut is accepted only sometimes)
         ),
         FaultType(
             "reward_scale", "rf",
@@ -244,6 +250,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             {"easy": {"failure_prob": 0.6}, "hard": {"failure_prob": 0.25}},
             task_groups=_TOOL_ONLY,
             signals=(("tool_failure_frequency", "up"), ("traj_tool_error_rate", "up"), ("reward_mean", "down")),
+            scores_repeats_apart=True,
         ),
         FaultType(
             "tool_corruption", "te",
@@ -253,6 +260,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             task_groups=_TOOL_ONLY,
             knob_repairable=False,
             signals=(("reward_mean", "down"), ("tool_call_frequency", "down")),
+            scores_repeats_apart=True,
         ),
         # --- extension: failures reported in the wild (TRL / verl / OpenRLHF issue trackers) ----------
         FaultType(
@@ -265,6 +273,7 @@ FAULT_TYPES: dict[str, FaultType] = {
             reward_identity=True,
             binary_reward=True,
             leaves_unscored=True,
+            scores_repeats_apart=True,  # (beside a function that scores every completion)
         ),
         FaultType(
             "length_clip_all", "pg",

@@ -48,10 +48,11 @@ How it decides, record by record:
    :data:`~rftfm.fm.loss_scale.MIN_THRESHOLD`);
 10. a *non-finite* channel, fitting-free: a loss, grad norm, KL or entropy the run logged finite that goes missing
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
-   (:mod:`rftfm.fm.non_finite`); and three reward rules, fitting-free too: the logged reward leaving its functions'
+   (:mod:`rftfm.fm.non_finite`); and four reward rules, fitting-free too: the logged reward leaving its functions'
    weighted means (:mod:`rftfm.fm.reward_identity`), a reward function whose scores were all 0 or 1 no longer
-   being so (:mod:`rftfm.fm.binary_reward`), and a batch losing completions to no function scoring them, where
-   per-completion records or the trainer say so (:mod:`rftfm.fm.unscored`); and a *KL-coefficient* rule,
+   being so (:mod:`rftfm.fm.binary_reward`), a batch losing completions to no function scoring them, and identical
+   completions of one prompt scored differently (:mod:`rftfm.fm.repeat_rewards`), where per-completion records or
+   the trainer say so (:mod:`rftfm.fm.unscored`); and a *KL-coefficient* rule,
    fitting-free: the loss per unit of KL, which is the KL coefficient where a run's loss is its KL penalty, moving
    e-fold or more and holding its new value over the last few records, or, where the trainer's configured
    coefficient is known (:meth:`Detector.know_kl_coefficient`), sitting e-fold below it
@@ -96,6 +97,7 @@ from rftfm.fm import (
     non_finite,
     on_policy,
     rate_shift,
+    repeat_rewards,
     reward_identity,
     schedule,
     unscored,
@@ -240,6 +242,7 @@ class _Live:
     scale: loss_scale.ScaleState = field(default_factory=loss_scale.ScaleState)
     coefficient: kl_coefficient.CoefficientState = field(default_factory=kl_coefficient.CoefficientState)
     unscored: unscored.UnscoredState = field(default_factory=unscored.UnscoredState)
+    repeats: repeat_rewards.RepeatState = field(default_factory=repeat_rewards.RepeatState)
 
     def snapshot(self, step: int, state: TrackerState) -> tuple:
         """What a rollback to ``step`` restores (:meth:`Detector._rewind`), with the tracker's ``state`` before it."""
@@ -261,6 +264,7 @@ class _Live:
             self.scale.copy(),
             self.coefficient.copy(),
             self.unscored.copy(),
+            self.repeats.copy(),
         )
 
 
@@ -295,6 +299,8 @@ class _Pending:
     coefficient: tuple[float, float, float, bool]  # the KL coefficient's signed units, now, before, configured?
     unscored: float = 0.0  # the share of completions no reward function scored, in units (:mod:`unscored`)
     unscored_evidence: list[SignalEvidence] = field(default_factory=list)  # ... and, above 1, as evidence
+    repeats: float = 0.0  # repeated completions scored differently lately, in units (:mod:`repeat_rewards`)
+    repeats_evidence: list[SignalEvidence] = field(default_factory=list)  # ... and, above 1, as evidence
 
 
 class Detector:
@@ -319,6 +325,7 @@ class Detector:
         self.invariants_known = False  # see :meth:`know_invariants`
         self.schedule_jumps = False  # see :meth:`know_schedule`
         self.on_policy = False  # see :meth:`know_on_policy`
+        self.stochastic_reward = False  # see :meth:`know_stochastic_reward`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         self.kl_configured: kl_coefficient.Configured | None = None  # see :meth:`know_kl_coefficient`
         self._tier_columns: dict[str, np.ndarray] = {}
@@ -559,6 +566,7 @@ class Detector:
         identity: np.ndarray | None = None,
         binary: np.ndarray | None = None,
         unscored: np.ndarray | None = None,
+        repeats: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         """Scores (R, S) of a raw cube (R, S, len(CUBE_SIGNALS)) with its steps (0 = absent), and the threshold (1).
 
@@ -570,7 +578,9 @@ class Detector:
         reward identity's units
         (:func:`~rftfm.fm.reward_identity.runs_units`; ``None``: not judged); ``binary`` (R, S): the binary-reward
         rule's (:func:`~rftfm.fm.binary_reward.runs_units`; ``None``: not judged); ``unscored`` (R, S): the
-        unscored-completion rule's (:func:`~rftfm.fm.unscored.runs_units`; ``None``: not judged).
+        unscored-completion rule's (:func:`~rftfm.fm.unscored.runs_units`; ``None``: not judged); ``repeats`` (R, S):
+        the repeat-reward rule's (:func:`~rftfm.fm.repeat_rewards.runs_units`; ``None``, or after
+        :meth:`know_stochastic_reward`: not judged).
         """
         self._require_fitted()
         if tier is None:
@@ -584,7 +594,7 @@ class Detector:
             invariants.armed_units(raw, steps, self.invariants_known).max(axis=-1),
             non_finite.units(non_finite.cube_lost(masked, steps)),
         )
-        for units in (identity, binary, unscored):
+        for units in (identity, binary, unscored, None if self.stochastic_reward else repeats):
             if units is not None:
                 invariant = np.fmax(invariant, units)
         invariant = np.fmax(invariant, np.abs(kl_coefficient.cube_units(masked, steps)))
@@ -611,8 +621,9 @@ class Detector:
         self.reset(run_id)
         alarms = []
         frame = run_features.sort("step")
+        keys = (*FEATURES, SCHEDULE, reward_identity.PARTS, binary_reward.SPREADS, unscored.SIGNAL,
+                repeat_rewards.SIGNAL)
         for row in frame.iter_rows(named=True):
-            keys = (*FEATURES, SCHEDULE, reward_identity.PARTS, binary_reward.SPREADS, unscored.SIGNAL)
             features = {f: row.get(f) for f in keys}
             alarm = self.observe_features(run_id, int(row["step"]), features)
             if alarm is not None:
@@ -662,6 +673,12 @@ class Detector:
         """``known``: every optimiser step of the run trains on rollouts of the current policy (checked by the
         caller), so any clip ratio above 0 alarms (:mod:`rftfm.fm.on_policy`), this run's and the next ones'."""
         self.on_policy = known
+
+    def know_stochastic_reward(self, stochastic: bool) -> None:
+        """``stochastic``: the run's reward is meant to score one completion differently from call to call (a judge
+        sampled at a temperature, a rank within the batch), so identical completions scored differently are no
+        symptom (:mod:`rftfm.fm.repeat_rewards` stays silent), this run's and the next ones'."""
+        self.stochastic_reward = stochastic
 
     def expect_learning_rate_change(self, factor: float) -> None:
         """The caller itself multiplied the learning rate by ``factor`` (the closed loop's own LR change): the
@@ -721,13 +738,7 @@ class Detector:
         scale = live.scale.advance(*(float(raw[0, k]) for k in (loss_scale.LOSS, loss_scale.ZERO_STD, loss_scale.CLIP)))
         coefficient = live.coefficient.advance(*(float(raw[0, k]) for k in kl_coefficient.COLUMNS))
         lost = live.lost.advance(raw[0], step)
-        parts = features.get(reward_identity.PARTS)
-        identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)  # type: ignore[arg-type]
-        binary = live.binary.advance(
-            parts, features.get(binary_reward.SPREADS), _finite(features.get(binary_reward.MEAN)),  # type: ignore[arg-type]
-            _finite(features.get(binary_reward.SIGNAL)), step,
-        )
-        unscored_units = live.unscored.advance(_finite(features.get(unscored.SIGNAL)), step)
+        rules = self._reward_rules(live, features, step)
         live.last_step = step
         live.steps.append(step)
         return _Pending(
@@ -749,14 +760,26 @@ class Detector:
             shift_before,
             level,
             live.lost.evidence(lost) if lost.any() else [],
-            identity,
-            [live.identity.evidence()] if identity > 1.0 else [],
-            binary,
-            [live.binary.evidence()] if binary > 1.0 else [],
-            penalty, scale, coefficient,
-            unscored_units,
-            [live.unscored.evidence()] if unscored_units > 1.0 else [],
+            penalty=penalty, scale=scale, coefficient=coefficient, **rules,
         )
+
+    def _reward_rules(self, live: _Live, features: dict[str, Any], step: int) -> dict[str, Any]:
+        """The reward rules' units at one record and, above 1, their evidence (:class:`_Pending`'s fields)."""
+        parts = features.get(reward_identity.PARTS)
+        identity = live.identity.advance(features.get(reward_identity.SIGNAL), parts, step)
+        binary = live.binary.advance(
+            parts, features.get(binary_reward.SPREADS), _finite(features.get(binary_reward.MEAN)),
+            _finite(features.get(binary_reward.SIGNAL)), step,
+        )
+        left = live.unscored.advance(_finite(features.get(unscored.SIGNAL)), step)
+        repeats = live.repeats.advance(_finite(features.get(repeat_rewards.SIGNAL)), step)
+        repeats = 0.0 if self.stochastic_reward else repeats  # (the state still follows the records)
+        return {
+            "identity": identity, "identity_evidence": [live.identity.evidence()] if identity > 1.0 else [],
+            "binary": binary, "binary_evidence": [live.binary.evidence()] if binary > 1.0 else [],
+            "unscored": left, "unscored_evidence": [live.unscored.evidence()] if left > 1.0 else [],
+            "repeats": repeats, "repeats_evidence": [live.repeats.evidence()] if repeats > 1.0 else [],
+        }
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
         live = self._live
@@ -766,7 +789,7 @@ class Detector:
         surprise = float(self._surprise(p.features, p.tier))
         invariant = max(
             float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary,
-            _size(p.coefficient[0]), p.unscored,
+            _size(p.coefficient[0]), p.unscored, p.repeats,
         )
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
@@ -807,7 +830,7 @@ class Detector:
             return False
         _, state, flat, has_traj, has_eval, held, lr_state, *channels = live.snapshots.pop()
         (live.shift, live.level, live.lost, live.identity, live.binary, live.penalty, live.scale,
-         live.coefficient, live.unscored) = channels
+         live.coefficient, live.unscored, live.repeats) = channels
         live.state, live.flat, live.has_trajectories, live.has_eval = state, flat, has_traj, has_eval
         live.invariant_held, lr_state.expected = held, live.schedule.expected  # the caller's change still holds
         live.schedule = lr_state
@@ -873,6 +896,7 @@ class Detector:
         out += p.unscored_evidence  # completions no reward function scored
         out += p.identity_evidence  # a broken reward identity
         out += p.binary_evidence  # scores of 0 or 1 that no longer are
+        out += p.repeats_evidence  # identical completions scored differently (the least specific of the four)
         out += [self._jump_evidence(p)] if abs(p.jump) > 1.0 else []  # a jump
         limit = self.thresholds[p.tier].get("rate_shift", math.inf)
         shifted = [k for k, d in enumerate(p.shift_now - p.shift_before) if d > limit]  # (NaN: not judged)
@@ -1015,6 +1039,8 @@ def describe(e: SignalEvidence) -> str:
         return reward_identity.describe(e)
     if e.signal == unscored.SIGNAL:
         return unscored.describe(e)
+    if e.signal == repeat_rewards.SIGNAL:
+        return repeat_rewards.describe(e)
     if e.binary_mean is not None:
         return binary_reward.describe(e)
     if e.penalty_term is not None:
@@ -1156,6 +1182,9 @@ class CombinedDetector:
 
     def know_on_policy(self, known: bool) -> None:
         self.zero_shot.know_on_policy(known)
+
+    def know_stochastic_reward(self, stochastic: bool) -> None:
+        self.zero_shot.know_stochastic_reward(stochastic)
 
     def know_reward_weights(self, weights: dict[str, float] | None) -> None:
         self.zero_shot.know_reward_weights(weights)

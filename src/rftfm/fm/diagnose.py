@@ -49,6 +49,7 @@ from rftfm.fm import (
     loss_scale,
     non_finite,
     on_policy,
+    repeat_rewards,
     reward_identity,
     schedule,
     unscored,
@@ -120,7 +121,9 @@ class Seen:
     (:func:`rftfm.fm.binary_reward.run_evidence`), and the KL coefficient rule's signed units over the last records
     with the change as evidence (:func:`rftfm.fm.kl_coefficient.reading`), and whether one of the last records lost
     completions to no reward function scoring them (:func:`rftfm.fm.unscored.run_evidence`: per-completion records
-    or the trainer tell it; a log of step metrics does not), and whether its last records flipped advantage signs
+    or the trainer tell it; a log of step metrics does not), whether one of them scored identical completions of one
+    prompt differently (:func:`rftfm.fm.repeat_rewards.run_evidence`: the same sources; ``repeats``), and whether its
+    last records flipped advantage signs
     (True), held them (False) or were not judged (None) (:func:`rftfm.fm.advantage_signs.reading`: the same
     sources), and the trainer knobs a change the loop did not make pushed lately (:meth:`Diagnoser.know_pushed`)."""
 
@@ -143,6 +146,7 @@ class Seen:
     unscored: bool = False
     flipped: bool | None = None
     pushed: tuple[str, ...] = ()
+    repeats: bool = False
 
     @classmethod
     def read(
@@ -158,6 +162,7 @@ class Seen:
         unscored: bool = False,
         flipped: bool | None = None,
         pushed: Sequence[str] = (),
+        repeats: bool = False,
     ) -> "Seen":
         """The reading of one run's records (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,), its logged learning rate
         ``lr`` (S,)) up to the diagnosed one; ``broken``, ``identity``, ``binary``, ``identity_holds`` and
@@ -165,13 +170,14 @@ class Seen:
         and on the reward functions' sds; ``kl_configured``: the KL coefficient the trainer is configured with, when
         known; ``unscored``: whether it saw completions no reward function scored lately; ``flipped``: whether
         advantage signs flipped lately, as :func:`rftfm.fm.advantage_signs.reading` says; ``pushed``: the knobs the
-        trainer saw pushed lately, :meth:`Diagnoser.know_pushed`)."""
+        trainer saw pushed lately, :meth:`Diagnoser.know_pushed`; ``repeats``: whether it saw identical completions
+        scored differently lately)."""
         jump, at = schedule.recent_jump(lr, steps)
         return cls(broken, jump, at, non_finite.lost_now(raw, steps), non_finite.missing_now(raw, steps), identity,
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
                    binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored,
-                   flipped, tuple(pushed))
+                   flipped, tuple(pushed), repeats)
 
 
 @dataclass
@@ -196,6 +202,7 @@ class Diagnoser:
         self.info: dict[str, Any] = {}
         self.invariants_known = False  # see :meth:`know_invariants`
         self.on_policy = False  # see :meth:`know_on_policy`
+        self.stochastic_reward = False  # see :meth:`know_stochastic_reward`
         self.reward_weights: dict[str, float] | None = None  # see :meth:`know_reward_weights`
         self.kl_configured: kl_coefficient.Configured | None = None  # see :meth:`know_kl_coefficient`
         self.pushed: tuple[str, ...] = ()  # see :meth:`know_pushed`
@@ -375,6 +382,12 @@ class Diagnoser:
         ratio above 0 leaves only the types whose fingerprint leads with it, like a broken invariant."""
         self.on_policy = known
 
+    def know_stochastic_reward(self, stochastic: bool) -> None:
+        """``stochastic``: the run's reward is meant to score one completion differently from call to call
+        (:meth:`rftfm.fm.detect.Detector.know_stochastic_reward`), so identical completions scored differently rule
+        nothing out."""
+        self.stochastic_reward = stochastic
+
     def know_reward_weights(self, weights: dict[str, float] | None) -> None:
         """The run's reward weights by function name (:meth:`rftfm.fm.detect.Detector.know_reward_weights`)."""
         self.reward_weights = dict(weights) if weights else None
@@ -423,9 +436,10 @@ class Diagnoser:
         identity, holds = reward_identity.reading(history, run_id, step, self.reward_weights)
         binary = binary_reward.run_evidence(history, run_id, step)
         unscored_now = unscored.run_evidence(history, run_id, step)
+        repeats_now = None if self.stochastic_reward else repeat_rewards.run_evidence(history, run_id, step)
         flipped, flips = advantage_signs.reading(history, run_id, step, self.invariants_known)
         seen = Seen.read(cube[0], steps[0], lr, broken, identity is not None, binary is not None, holds,
-                         self.kl_configured, unscored_now is not None, flipped, self.pushed)
+                         self.kl_configured, unscored_now is not None, flipped, self.pushed, repeats_now is not None)
         probs, unknowns = self.apply_seen(*self.scores(x), [seen])
         prob, unknown = probs[0], bool(unknowns[0])
         order = np.argsort(-prob)
@@ -439,7 +453,7 @@ class Diagnoser:
         evidence = jump_evidence(lr, steps[0], seen.jump_at) + evidence
         gone = non_finite.run_evidence(cube[0], steps[0], seen.missing)
         evidence = gone + [e for e in evidence if e.signal not in seen.missing]
-        for rule in (binary, identity, unscored_now):  # a reward rule broken, seen in the log: it leads
+        for rule in (repeats_now, binary, identity, unscored_now):  # a reward rule broken, seen in the log: it leads
             if rule is not None:
                 evidence = [rule] + [e for e in evidence if e.signal != rule.signal]
         loss = self._loss_evidence(cube[0], steps[0], seen)
@@ -513,6 +527,7 @@ class Diagnoser:
         prob, unknown = self.apply_non_finite(prob, unknown, [s.lost for s in seen], [s.missing for s in seen])
         prob, unknown = self.apply_reward_identity(prob, unknown, [s.identity for s in seen])
         prob, unknown = self.apply_unscored(prob, unknown, [s.unscored for s in seen])
+        prob, unknown = self.apply_repeats(prob, unknown, [s.repeats for s in seen])
         prob, unknown = self.apply_binary_reward(prob, unknown, [s.binary for s in seen])
         prob, unknown = self.apply_penalty(
             prob, unknown, [s.penalty for s in seen], [s.penalty_term for s in seen], [s.scale for s in seen]
@@ -602,6 +617,16 @@ class Diagnoser:
         remain: a verifier giving up is seen, not guessed."""
         leaving = np.array([FAULT_TYPES[t].leaves_unscored for t in self.classes])
         return _only(prob, unknown, [leaving & s for s in seen])
+
+    def apply_repeats(
+        self, prob: np.ndarray, unknown: np.ndarray, seen: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where some of a row's last records scored identical completions of one prompt differently
+        (:func:`rftfm.fm.repeat_rewards.run_evidence`), only the types whose reward is then no function of the
+        completion (the registry's ``scores_repeats_apart``) remain: a noisy verifier or a flaky tool is seen, not
+        guessed."""
+        apart = np.array([FAULT_TYPES[t].scores_repeats_apart for t in self.classes])
+        return _only(prob, unknown, [apart & s for s in seen])
 
     def apply_binary_reward(
         self, prob: np.ndarray, unknown: np.ndarray, broken: list[bool]
@@ -936,6 +961,8 @@ def describe(e: SignalEvidence) -> str:
         return reward_identity.describe(e)
     if e.signal == unscored.SIGNAL:
         return unscored.describe(e)
+    if e.signal == repeat_rewards.SIGNAL:
+        return repeat_rewards.describe(e)
     if e.signal == advantage_signs.SIGNAL:
         return advantage_signs.describe(e)
     if e.binary_mean is not None:

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
+from rftfm.fm import repeat_rewards
 from rftfm.fm.binary_reward import SPREADS, frame_spreads, spreads_of
 from rftfm.fm.reward_identity import PARTS, frame_parts, parts_of
 from rftfm.fm.trajectory_kernel import group_consistency, group_residuals, step_numbers
@@ -29,6 +30,8 @@ from rftfm.fm.unscored import SIGNAL as UNSCORED
 from rftfm.fm.unscored import share_of_rewards, with_records
 from rftfm.records import StepRecord, TrajectoryRecord, finite_or_none
 from rftfm.signals import names
+
+REPEATS = repeat_rewards.SIGNAL
 
 #: Train-step metrics used as features (the registry's step signals, in the schema's order, less the knob --
 #: the learning rate --, wall time and the one-sided clip ratios, which the region ratio covers).
@@ -58,7 +61,7 @@ SCHEDULE = "learning_rate"
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.Utf8(),
     "step": pl.Int64(),
-    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE, UNSCORED, FLIPPED)},
+    **{name: pl.Float64() for name in (*FEATURES, SCHEDULE, UNSCORED, REPEATS, FLIPPED)},
     PARTS: pl.List(pl.Float64()),
     SPREADS: pl.List(pl.Float64()),
 }
@@ -251,7 +254,19 @@ def step_features(step: StepRecord, trajectories: Sequence[TrajectoryRecord]) ->
     features[UNSCORED] = (  # from the completions' own rewards, else as the trainer handed it over
         share_of_rewards([t.reward for t in trajectories]) if trajectories else _num(step.extra.get(UNSCORED))
     )
+    features[REPEATS] = (  # the same: the completions' own texts and rewards, else as the trainer handed it over
+        _repeats(trajectories) if trajectories else _num(step.extra.get(REPEATS))
+    )
     return features
+
+
+def _repeats(trajectories: Sequence[TrajectoryRecord]) -> float | None:
+    """:func:`rftfm.fm.repeat_rewards.disagreements` of one step's records (``None``: none carries its text)."""
+    if all(t.completion is None for t in trajectories):
+        return None
+    return repeat_rewards.disagreements(
+        [t.prompt_id for t in trajectories], [t.completion for t in trajectories], [t.reward for t in trajectories]
+    )
 
 
 def _trajectory_frame_aggregates(trajectories: pl.DataFrame) -> pl.DataFrame:
@@ -349,8 +364,8 @@ def handed_over(steps: pl.DataFrame, name: str) -> pl.Expr:
 def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.DataFrame:
     """Offline features: one row per (run_id, step) with :data:`FEATURES` columns, :data:`SCHEDULE`, the reward
     functions' means and sds (:data:`~rftfm.fm.reward_identity.PARTS`, :data:`~rftfm.fm.binary_reward.SPREADS`),
-    the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`) and the share whose advantage
-    flipped sign (:data:`FLIPPED`) (nulls where missing).
+    the share of completions no function scored (:data:`~rftfm.fm.unscored.SIGNAL`), the repeated completions scored
+    differently (:data:`REPEATS`) and the share whose advantage flipped sign (:data:`FLIPPED`) (nulls where missing).
 
     Keeps ``fault_active`` when present, as the per-step label for evaluation only.
     """
@@ -361,7 +376,7 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
     ]
     frame = steps.select(
         *keep, *step_cols, frame_parts(steps), frame_spreads(steps),
-        handed_over(steps, UNSCORED), handed_over(steps, FLIPPED),
+        handed_over(steps, UNSCORED), handed_over(steps, REPEATS), handed_over(steps, FLIPPED),
     )
     if trajectories is not None and trajectories.height:
         frame = frame.join(_trajectory_frame_aggregates(trajectories), on=["run_id", "step"], how="left")
@@ -377,5 +392,5 @@ def features_frame(steps: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl
             )
     else:
         frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in TRAJECTORY_FEATURES])
-    frame = with_records(frame, trajectories)
-    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS, UNSCORED, FLIPPED).sort("run_id", "step")
+    frame = repeat_rewards.with_records(with_records(frame, trajectories), trajectories)
+    return frame.select(*keep, *FEATURES, SCHEDULE, PARTS, SPREADS, UNSCORED, REPEATS, FLIPPED).sort("run_id", "step")

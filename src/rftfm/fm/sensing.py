@@ -85,6 +85,11 @@ class Sensing:
         current policy, so that a clip ratio above 0 is seen as rollouts from another policy."""
         self._tell_both("know_on_policy", known)
 
+    def know_stochastic_reward(self, stochastic: bool) -> None:
+        """Tell detector and diagnoser (those that take it) whether the run's reward is meant to score one completion
+        differently from call to call, so that identical completions scored differently are no symptom."""
+        self._tell_both("know_stochastic_reward", stochastic)
+
     def know_reward_weights(self, weights: dict[str, float] | None) -> None:
         """Tell detector and diagnoser (those that take it) the run's reward weights by function name, which arms the
         reward identity from the first record."""

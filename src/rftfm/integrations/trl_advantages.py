@@ -4,7 +4,8 @@
 for its completion tables. From them :func:`advantage_invariants` computes the two invariants of group-relative
 estimators (:func:`rftfm.fm.features.advantage_consistency`): 0 in a healthy run, broken by an advantage bug; and the
 share of advantages whose sign disagrees with their reward's (:mod:`rftfm.fm.advantage_signs`), which tells a flip
-from a rescaling. A
+from a rescaling; and, whatever the estimator, the share of completions no function scored (:mod:`rftfm.fm.unscored`)
+and the repeated completions scored differently (:mod:`rftfm.fm.repeat_rewards`). A
 log of step metrics gets them without per-trajectory records, so the detector's invariant channel works on a user's
 run in tier a.
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rftfm.fm import repeat_rewards
 from rftfm.fm.features import FLIPPED, INVARIANT_FEATURES, advantage_consistency, advantage_flips
 
 RESIDUAL, ZEROED = INVARIANT_FEATURES
@@ -51,23 +53,49 @@ def advantage_invariants(trainer: Any) -> dict[str, float | None]:
     nothing: dict[str, float | None] = {RESIDUAL: None, ZEROED: None, FLIPPED: None}
     if unsupported(trainer) is not None:
         return nothing
-    logs, size = trainer._logs, trainer.num_generations
-    advantage = np.asarray(list(logs["advantages"]), dtype=float)
-    per_function = [np.asarray(list(values), dtype=float) for values in logs["rewards"].values()]
+    size = trainer.num_generations
+    advantage = np.asarray(list(trainer._logs["advantages"]), dtype=float)
+    reward = batch_rewards(trainer)
     n = advantage.size
-    if n == 0 or n % size or not per_function or any(r.size != n for r in per_function):
+    if n == 0 or n % size or reward is None or reward.size != n:
         return nothing
-    rewards = np.stack(per_function, axis=1)
-    weights = getattr(trainer, "reward_weights", None)
-    weights = np.ones(rewards.shape[1]) if weights is None else weights
-    weights = np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=float).reshape(-1)
-    if weights.size != rewards.shape[1]:
-        return nothing
-    # TRL's reward: the weighted nansum of the functions; a completion no function scored has none
-    reward = np.where(np.isnan(rewards).all(axis=1), np.nan, np.nansum(rewards * weights, axis=1))
     groups = np.arange(n) // size
     residual, zeroed = advantage_consistency(groups, reward, advantage)
     return {RESIDUAL: residual, ZEROED: zeroed, FLIPPED: advantage_flips(groups, reward, advantage)}
+
+
+def batch_rewards(trainer: Any) -> np.ndarray | None:
+    """The reward of each completion of the trainer's latest generation batch as TRL combines its functions' (the
+    weighted nansum; NaN where no function scored it); ``None`` where the trainer keeps no per-function rewards of
+    equal length, or its weights do not match them."""
+    logs = getattr(trainer, "_logs", None)
+    rewards = logs.get("rewards") if isinstance(logs, dict) else None
+    if not isinstance(rewards, dict) or not rewards:
+        return None
+    per_function = [np.asarray(list(values), dtype=float) for values in rewards.values()]
+    if any(r.size != per_function[0].size for r in per_function):
+        return None
+    stacked = np.stack(per_function, axis=1)
+    weights = getattr(trainer, "reward_weights", None)
+    weights = np.ones(stacked.shape[1]) if weights is None else weights
+    weights = np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=float).reshape(-1)
+    if weights.size != stacked.shape[1]:
+        return None
+    return np.where(np.isnan(stacked).all(axis=1), np.nan, np.nansum(stacked * weights, axis=1))
+
+
+def repeat_disagreements(trainer: Any) -> float | None:
+    """The repeated completions of the trainer's latest generation batch (identical completions of one prompt) whose
+    rewards differ (:func:`rftfm.fm.repeat_rewards.disagreements`); ``None`` where none repeats or the trainer keeps
+    no prompts, completions and rewards of equal length. Whatever the estimator: it is the verifier's doing."""
+    logs = getattr(trainer, "_logs", None)
+    if not isinstance(logs, dict) or "prompt" not in logs or "completion" not in logs:
+        return None
+    reward = batch_rewards(trainer)
+    prompts, completions = list(logs["prompt"]), list(logs["completion"])
+    if reward is None or not (len(prompts) == len(completions) == reward.size):
+        return None
+    return repeat_rewards.disagreements(prompts, completions, reward.tolist())
 
 
 def unscored_share(trainer: Any) -> float | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rftfm.fm import kl_coefficient, on_policy, reward_identity, schedule, unscored
+from rftfm.fm import kl_coefficient, on_policy, repeat_rewards, reward_identity, schedule, unscored
 from rftfm.fm.checkpoint import Checkpointer
 from rftfm.fm.handle import TrainerHandle
 from rftfm.fm.incidents import MemoryIncidentStore
@@ -73,7 +73,9 @@ class RFTFMCallback(TrainerCallback):
     -> float`` in [0, 1]: a held-out evaluation the loop runs at the start, every ``eval_every`` steps and
     when a decision needs the current accuracy (:class:`rftfm.integrations.trl_eval.RewardEval` builds
     one from TRL's ``eval_dataset``); without it, the loop decides from train-side metrics alone.
-    ``report``: print the narrative of the incident log at the end of training.
+    ``report``: print the narrative of the incident log at the end of training. ``stochastic_reward``: the reward
+    is meant to score one completion differently from call to call (a judge sampled at a temperature), so identical
+    completions scored differently are no symptom (:mod:`rftfm.fm.repeat_rewards`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class RFTFMCallback(TrainerCallback):
         eval_fn: Callable[[Any], float] | None = None,
         eval_every: int | None = None,
         report: bool = True,
+        stochastic_reward: bool = False,
     ):
         self._detector, self._diagnoser = detector, diagnoser
         self._store_arg = incidents
@@ -108,6 +111,7 @@ class RFTFMCallback(TrainerCallback):
         self.run_id, self.task_group, self.model_size = run_id, task_group, model_size
         self.backup_verifier, self.backup_tool = backup_verifier, backup_tool
         self.eval_fn, self.report = eval_fn, report
+        self.stochastic_reward = stochastic_reward
         self.trainer: Any = None
         self.controller: Controller | None = None
         self.handle: TrainerHandle | None = None  # this rank's (the controller's on the main process)
@@ -236,6 +240,7 @@ class RFTFMCallback(TrainerCallback):
                 )
                 self._check_schedule(args, state.global_step)
                 self._check_on_policy(state.global_step)
+                self.controller.sensing.know_stochastic_reward(self.stochastic_reward)
                 self._check_reward_weights(state.global_step)
                 self._check_kl_coefficient(state.global_step)
             self._initial_checkpoint_due = True
@@ -279,7 +284,7 @@ class RFTFMCallback(TrainerCallback):
             return
         if record is not None:
             self._add_invariants(record, state.global_step)
-            self._add_unscored(record, state.global_step)
+            self._add_verifier_checks(record, state.global_step)
             self.controller.observe(record, [])
 
     def _check_schedule(self, args: Any, step: int) -> None:
@@ -358,21 +363,24 @@ class RFTFMCallback(TrainerCallback):
         except Exception as exc:  # counted, never raised; the step is still observed without them
             self._invariant_error(step, exc)
 
-    def _add_unscored(self, record: StepRecord, step: int) -> None:
-        """The share of the trainer's latest batch that no reward function scored, into ``record.extra`` (attached
-        trainers only; a failure is recorded as an error, never raised)."""
+    def _add_verifier_checks(self, record: StepRecord, step: int) -> None:
+        """The share of the trainer's latest batch that no reward function scored and its repeated completions scored
+        differently, into ``record.extra`` (attached trainers only; a failure is recorded as an error, never raised)."""
         assert self.controller is not None
         if self.trainer is None:
             return
-        try:
-            share = trl_advantages.unscored_share(self.trainer)
-        except Exception as exc:  # counted, never raised; the step is still observed without it
-            self.controller.journal.record(
-                "error", step, {"stage": "unscored completions", "error": f"{type(exc).__name__}: {exc}"}
-            )
-            return
-        if share is not None:
-            record.extra[unscored.SIGNAL] = share
+        checks = (
+            (unscored.SIGNAL, "unscored completions", trl_advantages.unscored_share),
+            (repeat_rewards.SIGNAL, "repeated completions", trl_advantages.repeat_disagreements),
+        )
+        for key, stage, read in checks:
+            try:
+                value = read(self.trainer)
+            except Exception as exc:  # counted, never raised; the step is still observed without it
+                self.controller.journal.record("error", step, {"stage": stage, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            if value is not None:
+                record.extra[key] = value
 
     def _sync(self, step: int, control: Any) -> None:
         """Every rank makes the changes the main process just made (same step); if one rank cannot,

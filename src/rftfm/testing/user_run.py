@@ -121,6 +121,23 @@ class FlakyVerifier(TrainerCallback):
         self.active = state.global_step + 1 >= self.onset
 
 
+class NoisyVerifier(TrainerCallback):
+    """The counting reward with zero-mean Gaussian noise of sd ``sd`` added to every score from step ``onset`` on (a
+    judge sampled at a temperature, a verifier with a random component). Pass :attr:`reward` as the reward function
+    and the object as a callback; it changes what the reward function returns, never the log."""
+
+    def __init__(self, onset: int = 1, sd: float = 0.5, seed: int = 0):
+        self.onset, self.sd, self.active = onset, sd, False
+        self._rng = random.Random(seed)
+
+    def reward(self, prompts: list[str], completions: list[str], answer: list[str], **_: Any) -> list[float]:
+        scores = count_reward(prompts, completions, answer)
+        return [s + self._rng.gauss(0.0, self.sd) if self.active else s for s in scores]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step + 1 >= self.onset
+
+
 def train_dataset(n: int = 4096, seed: int = TRAIN_SEED) -> Dataset:
     return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems(n, seed)])
 

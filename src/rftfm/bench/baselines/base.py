@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from rftfm.fm import binary_reward, reward_identity, unscored
+from rftfm.fm import binary_reward, repeat_rewards, reward_identity, unscored
 from rftfm.fm.cube import CUBE_SIGNALS as SIGNALS
 from rftfm.fm.cube import runs_cube, runs_schedule, tail_threshold
 from rftfm.fm.profile import Transform
@@ -27,9 +27,9 @@ NORMAL_KINDS = ("normal", "control")
 @dataclass
 class RunCubes:
     """Raw signals of some runs: cube (R, S, F) NaN padded, steps (R, S) with 0 = absent, and beside them the logged
-    learning rate (R, S), the reward identity's units (R, S), the binary-reward rule's (R, S) and the
-    unscored-completion rule's (R, S) (the signals never include them; RFT-FM's schedule and reward channels read
-    them)."""
+    learning rate (R, S), the reward identity's units (R, S), the binary-reward rule's (R, S), the
+    unscored-completion rule's (R, S) and the repeat-reward rule's (R, S) (the signals never include them; RFT-FM's
+    schedule and reward channels read them)."""
 
     run_ids: list[str]
     cube: np.ndarray
@@ -38,6 +38,7 @@ class RunCubes:
     identity: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
     binary: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
     unscored: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
+    repeats: np.ndarray = field(default=None)  # type: ignore[assignment]  # None: all 0 (not judged)
 
     def __post_init__(self) -> None:
         if self.learning_rate is None:
@@ -48,6 +49,8 @@ class RunCubes:
             self.binary = np.zeros(self.steps.shape)
         if self.unscored is None:
             self.unscored = np.zeros(self.steps.shape)
+        if self.repeats is None:
+            self.repeats = np.zeros(self.steps.shape)
 
     @classmethod
     def build(cls, features: pl.DataFrame, run_ids: list[str]) -> "RunCubes":
@@ -56,8 +59,10 @@ class RunCubes:
         identity = reward_identity.runs_units(features, run_ids, n_steps)
         binary = binary_reward.runs_units(features, run_ids, n_steps)
         unscored_units = unscored.runs_units(features, run_ids, n_steps)
+        repeats = repeat_rewards.runs_units(features, run_ids, n_steps)
         return cls(
-            list(run_ids), cube, steps, runs_schedule(features, run_ids, n_steps), identity, binary, unscored_units
+            list(run_ids), cube, steps, runs_schedule(features, run_ids, n_steps), identity, binary, unscored_units,
+            repeats,
         )
 
     def subset(self, index: np.ndarray) -> "RunCubes":
@@ -69,6 +74,7 @@ class RunCubes:
             self.identity[index],
             self.binary[index],
             self.unscored[index],
+            self.repeats[index],
         )
 
 
