@@ -1,6 +1,6 @@
 """Which runs of a benchmark score identical completions of one prompt differently (:mod:`rftfm.fm.repeat_rewards`),
 before or after a fault's onset, by kind and fault type, and the most disagreeing sets a healthy record has: the check
-behind its module docstring and docs/detection.md, method 3 (p).
+behind its module docstring and docs/detection.md, method 3 (o).
 
     python scripts/repeat_rewards_runs.py --data /work/data/h31
 """

@@ -165,3 +165,21 @@ def test_a_sure_diagnosis_the_loop_could_not_act_on_still_says_where_to_look():
     unsure = [Hypothesis(family="rf", fault_type="reward_none", probability=0.5)]
     store.record("diagnosis", "v", 8, Diagnosis(run_id="v", step=8, ranked=unsure))
     assert "nothing needs fixing unless the signals above look wrong to you" in narrate(store.events())
+
+
+def test_a_fault_a_reward_rule_saw_names_its_family_when_the_type_is_not_sure():
+    def run(first: SignalEvidence) -> str:
+        store = MemoryIncidentStore()
+        store.record("run", "r", 0, {"event": "start", "mode": "watching", "eval_every": None})
+        store.record("alarm", "r", 1, Alarm(run_id="r", step=1, score=5.0, threshold=1.0, evidence=[first]))
+        store.record("diagnosis", "r", 1, Diagnosis(
+            run_id="r", step=1, summary="reward_noise since step 1", evidence=[first],
+            ranked=[Hypothesis(family="rf", fault_type="reward_noise", probability=0.56),
+                    Hypothesis(family="rf", fault_type="reward_hacking", probability=0.44)],
+        ))
+        return narrate(store.events())
+
+    seen = run(SignalEvidence(signal="repeat_reward_disagreements", direction="up", value=7.0, expected=0.0))
+    assert "for a fault of the rf family (closest: reward_noise, p=0.56): the reward function or verifier" in seen
+    guessed = run(SignalEvidence(signal="reward_std", direction="up", z=4.0))  # the model's guess alone
+    assert "nothing needs fixing unless the signals above look wrong to you" in guessed

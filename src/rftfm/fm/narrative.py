@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from rftfm.fm import repeat_rewards, unscored
 from rftfm.fm.policy import CHECKPOINT_BUDGET, ControllerConfig, checkpoint_every_within
 
 #: A diagnosis at least this sure names where to look even when the loop did nothing (the loop's own bar for a halt:
@@ -36,6 +37,21 @@ def _fmt(value: Any) -> str:
 def _top(diagnosis: dict[str, Any]) -> dict[str, Any] | None:
     ranked = diagnosis.get("ranked") or []
     return None if diagnosis.get("unknown") or not ranked else ranked[0]
+
+
+def _ruled_family(diagnosis: dict[str, Any]) -> tuple[str, float]:
+    """Where a reward rule leads the diagnosis's evidence (a fact seen in the log, not a model's guess: completions
+    unscored or scored apart, a broken reward identity, a 0 / 1 reward no longer so), the family with the most
+    probability in its ranking and that probability; else ("", 0)."""
+    evidence = diagnosis.get("evidence") or [{}]
+    first = evidence[0]
+    ruled = first.get("signal") in (unscored.SIGNAL, repeat_rewards.SIGNAL) or first.get("reward_identity") or (
+        first.get("binary_mean") is not None
+    )
+    mass: Counter = Counter()
+    for h in (diagnosis.get("ranked") or []) if ruled and not diagnosis.get("unknown") else []:
+        mass[h.get("family", "")] += h.get("probability", 0.0)
+    return mass.most_common(1)[0] if mass else ("", 0.0)
 
 
 def _seen(alarms: list[dict[str, Any]], diagnoses: list[dict[str, Any]]) -> str:
@@ -145,7 +161,13 @@ def _look_at(
             f"{_fmt(p.get('value'))}"
         )
     named = [t for t in (_top(d["payload"]) for d in diagnoses) if t is not None]
-    if named and not actions and named[-1]["probability"] < SURE:
+    family, mass = _ruled_family(diagnoses[-1]["payload"]) if diagnoses else ("", 0.0)
+    if named and not actions and named[-1]["probability"] < SURE and mass >= SURE and family in LOOK_AT:
+        hints.append(  # the type is not sure, its family is: a reward rule saw the fault's kind
+            f"for a fault of the {family} family (closest: {named[-1]['fault_type']}, "
+            f"p={named[-1]['probability']:.2f}): {LOOK_AT[family]}"
+        )
+    elif named and not actions and named[-1]["probability"] < SURE:
         hints.append(
             f"nothing needs fixing unless the signals above look wrong to you (closest known fault: "
             f"{named[-1]['fault_type']}, p={named[-1]['probability']:.2f})"

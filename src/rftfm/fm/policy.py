@@ -311,13 +311,13 @@ def halt_refused(case: HaltCase, cfg: ControllerConfig) -> Hold | None:
     if held is not None:
         return refuse(
             f"rungs used up, eval accuracy holds ({held:.3f})",
-            "knob rungs used up; no halt while eval accuracy holds",
+            "no knob rung left that this trainer has; no halt while eval accuracy holds",
             detail=f"alert-only from here (eval accuracy {held:.3f})",
         )
     if case.accuracy_then is None or case.accuracy_now is None:
         return refuse(
             "rungs used up, no eval accuracy to show the run getting worse",
-            "knob rungs used up; no halt without a measured fall in eval accuracy",
+            "no knob rung left that this trainer has; no halt without a measured fall in eval accuracy",
         )
     return None
 
