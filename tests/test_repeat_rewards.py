@@ -104,6 +104,9 @@ def test_the_shipped_detector_alarms_from_the_first_record_and_says_what_it_saw(
     first = alarms[0].evidence[0]
     assert first.signal == SIGNAL and first.since_step == 1 and first.value == 3.0
     assert describe(first).startswith("identical completions of one prompt scored differently in 3 sets")
+    # the rule alone carries these alarms: its evidence alone, so that a repair that cannot make the verifier
+    # deterministic (averaging its calls) sees no other symptom (rftfm.fm.playbook.UPSTREAM_SIGNALS)
+    assert all(e.signal == SIGNAL for a in alarms for e in a.evidence)
 
 
 def test_a_reward_meant_to_be_stochastic_and_a_log_of_step_metrics_are_not_judged():

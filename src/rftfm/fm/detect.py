@@ -50,9 +50,10 @@ How it decides, record by record:
    from two records with a reward in a row -- what a NaN or inf becomes in a parsed log -- alarms
    (:mod:`rftfm.fm.non_finite`); and four reward rules, fitting-free too: the logged reward leaving its functions'
    weighted means (:mod:`rftfm.fm.reward_identity`), a reward function whose scores were all 0 or 1 no longer
-   being so (:mod:`rftfm.fm.binary_reward`), a batch losing completions to no function scoring them, and identical
-   completions of one prompt scored differently (:mod:`rftfm.fm.repeat_rewards`), where per-completion records or
-   the trainer say so (:mod:`rftfm.fm.unscored`); and a *KL-coefficient* rule,
+   being so (:mod:`rftfm.fm.binary_reward`), a batch losing completions to no function scoring them
+   (:mod:`rftfm.fm.unscored`) and identical completions of one prompt scored differently
+   (:mod:`rftfm.fm.repeat_rewards`), these two where per-completion records or the trainer say so; and a
+   *KL-coefficient* rule,
    fitting-free: the loss per unit of KL, which is the KL coefficient where a run's loss is its KL penalty, moving
    e-fold or more and holding its new value over the last few records, or, where the trainer's configured
    coefficient is known (:meth:`Detector.know_kl_coefficient`), sitting e-fold below it
@@ -789,21 +790,25 @@ class Detector:
         surprise = float(self._surprise(p.features, p.tier))
         invariant = max(
             float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary,
-            _size(p.coefficient[0]), p.unscored, p.repeats,
+            _size(p.coefficient[0]), p.unscored,
         )
         shift = self._shift(p)
         level = float(level_shift.units(p.level[0], self.level_limits))
-        jump = max(abs(p.jump), p.clipped)
-        score = self._combine_one(p.tier, log_odds, surprise, invariant, jump, shift, level, p.penalty[0], p.scale[0])
+        score = self._combine_one(p.tier, log_odds, surprise, max(invariant, p.repeats), max(abs(p.jump), p.clipped),
+                                  shift, level, p.penalty[0], p.scale[0])
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
         evidence = self._evidence(p)
-        others = self._combine_one(
+        # a source that stays broken upstream of the trainer -- a stale sampler (the on-policy check), a verifier
+        # that is no function of the completion (repeated completions scored apart) -- keeps its rule firing after
+        # any repair: where that rule alone carries the alarm, its evidence alone is given, other deviations are
+        # judged apart
+        alone = {s for s, units in ((on_policy.SIGNAL, p.clipped), (repeat_rewards.SIGNAL, p.repeats)) if units > 1.0}
+        if alone and not self._combine_one(
             p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, p.penalty[0], p.scale[0]
-        )
-        if p.clipped > 1.0 and not others > self.alarm_threshold:  # the on-policy check alone: its evidence alone
-            evidence = evidence[:1]  # (a stale sampler stays stale: other deviations beside it are judged apart)
+        ) > self.alarm_threshold:
+            evidence = [e for e in evidence if e.signal in alone]
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
 
     def __getstate__(self) -> dict[str, Any]:

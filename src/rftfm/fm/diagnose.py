@@ -516,7 +516,8 @@ class Diagnoser:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant or sign is read), in order: invariants (with advantage signs), learning-rate jump,
-        knobs pushed, lost or missing numbers, reward identity, a reward of 0 or 1 that no longer is, a penalty in the
+        knobs pushed, lost or missing numbers, reward identity, completions unscored, identical completions scored
+        apart, a reward of 0 or 1 that no longer is, a penalty in the
         loss, a KL coefficient that moved, completions that all ended before the length limit, a reward identity that
         holds over several functions, advantage signs held, a run without a KL term (the rules that rule types out
         come last: nothing brings back what they removed)."""
