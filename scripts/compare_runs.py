@@ -2,6 +2,8 @@
 
     python scripts/compare_runs.py detection OLD.json NEW.json --tiers a,b
     python scripts/compare_runs.py detection R.json R.json --new-method "RFT-FM in the trainer"   # one file
+    python scripts/compare_runs.py detection OLD.json NEW.json --tiers a --old-method "RFT-FM in the trainer" \
+        --new-method "RFT-FM in the trainer"
     python scripts/compare_runs.py diagnosis OLD.json NEW.json --tiers a
     python scripts/compare_runs.py remediation OLD.json NEW.json
 
@@ -28,9 +30,11 @@ from rftfm.bench.eval_remediation import code_fault_caught
 from rftfm.faults.taxonomy import FAULT_TYPES
 
 
-def detection(old: dict[str, Any], new: dict[str, Any], tiers: list[str], new_method: str = "RFT-FM") -> None:
+def detection(
+    old: dict[str, Any], new: dict[str, Any], tiers: list[str], new_method: str = "RFT-FM", old_method: str = "RFT-FM"
+) -> None:
     for tier in tiers:
-        a, b = old["methods"][tier]["RFT-FM"], new["methods"][tier][new_method]
+        a, b = old["methods"][tier][old_method], new["methods"][tier][new_method]
         alarmed = [sum(r["first_alarm"] is not None for r in m["runs"] if r["kind"] != "fault") for m in (a, b)]
         healthy = sum(r["kind"] != "fault" for r in b["runs"])
         f1_a, f1_b = a["mid_run"]["B"]["avg_f1"], b["mid_run"]["B"]["avg_f1"]
@@ -124,11 +128,12 @@ def main() -> None:
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--tiers", default="a", help="comma-separated input tiers")
-    parser.add_argument("--new-method", default="RFT-FM", help="detection: NEW's method (OLD's is RFT-FM)")
+    parser.add_argument("--new-method", default="RFT-FM", help="detection: NEW's method")
+    parser.add_argument("--old-method", default="RFT-FM", help="detection: OLD's method")
     args = parser.parse_args()
     old, new = (json.load(open(p)) for p in (args.old, args.new))
     if args.kind == "detection":
-        detection(old, new, args.tiers.split(","), args.new_method)
+        detection(old, new, args.tiers.split(","), args.new_method, args.old_method)
     elif args.kind == "remediation":
         remediation(old, new)
     else:

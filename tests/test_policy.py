@@ -248,6 +248,10 @@ def test_after_a_repair_upstream_evidence_and_the_lag_of_an_undone_push_are_expl
     ]
     assert up(refilled, "zero_variance", Lag(), None, CFG) == "the known upstream cause"
     assert up([*refilled, ev("kl", -2.9)], "zero_variance", Lag(), None, CFG) is None  # the KL is the trainer's own
+    # a verifier asked again (or averaged) still scores identical completions apart: no new symptom
+    for repaired in ("reward_noise", "reward_none", "tool_failure"):
+        assert up([ev("repeat_reward_disagreements", None)], repaired, Lag(), None, CFG) == "the known upstream cause"
+    assert up([ev("repeat_reward_disagreements", None)], "entropy_collapse", Lag(), None, CFG) is None
     assert up([*refilled, ev("eval_accuracy", -2.5)], "zero_variance", Lag(), None, CFG) is None
     lag = Lag(frozenset({("kl", "up")}), accuracy=0.5)
     assert up([ev("kl")], None, lag, 0.49, CFG) == "the lag of an undone knob change"

@@ -378,6 +378,9 @@ UPSTREAM_SIGNALS: dict[str, tuple[str, ...]] = {
     + ("frac_zero_std_groups", "traj_advantage_zeroed", "traj_advantage_std", "traj_advantage_absmax", "grad_norm",
        "policy_loss"),
     "tool_failure": _REWARD_LEVEL + ("tool_failure_frequency", "traj_tool_error_rate"),
+    # asking the verifier again scores more completions, so the batch's reward statistics move because of the repair,
+    # and a verifier that answers only sometimes still scores identical completions apart
+    "reward_none": _REWARD_LEVEL,
 }
 
 #: What the controller does for an alarm the diagnoser cannot explain (abstention).
