@@ -165,6 +165,7 @@ def test_a_plain_trl_run_with_a_noisy_verifier_from_its_first_step_is_caught_ear
     loop = RFTFMCallback.attach(trainer, report=False)
     trainer.train()
     store = loop.controller.store
+    assert {"event": "repeated completions", "judged": True} in [e["payload"] for e in store.events(kind="run")]
     alarms = [e for e in store.events(kind="alarm") if e["payload"]["evidence"][0]["signal"] == SIGNAL]
     assert alarms and alarms[0]["step"] <= 3
     assert store.events(kind="diagnosis")[0]["payload"]["ranked"][0]["fault_type"] in {

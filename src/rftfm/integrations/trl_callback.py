@@ -241,6 +241,9 @@ class RFTFMCallback(TrainerCallback):
                 self._check_schedule(args, state.global_step)
                 self._check_on_policy(state.global_step)
                 self.controller.sensing.know_stochastic_reward(self.stochastic_reward)
+                self.controller.journal.record("run", state.global_step, {
+                    "event": "repeated completions", "judged": not self.stochastic_reward,
+                })
                 self._check_reward_weights(state.global_step)
                 self._check_kl_coefficient(state.global_step)
             self._initial_checkpoint_due = True
