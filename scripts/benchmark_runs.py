@@ -112,3 +112,33 @@ def print_mid_run_crossings(
     hits = Counter(k for k, hit, m in zip(kinds, crossed, mid_run) if hit and m)
     print_counts([k for k, m in zip(kinds, mid_run) if m], hits, headline)
     return crossed & mid_run
+
+
+def rule_firings(
+    runs: pl.DataFrame, features: pl.DataFrame, ids: list[str], kinds: list[str], column: str,
+    new_state: Callable[[], object], what: str, noun: str,
+) -> float:
+    """Replay a one-column rule (``column`` of the features, ``new_state()``'s ``advance(value, step)``) over every
+    run, print each run first flagged before its fault's onset and, per kind, the runs that carry the column (``what``:
+    "say how many completions went unscored") and the runs flagged before and at or after onset; return the largest
+    value a healthy record carries (``noun``: what the printed value is)."""
+    onset = onsets(runs, kinds)
+    frames = dict(features.filter(pl.col("run_id").is_in(ids)).sort("step").group_by(["run_id"]).__iter__())
+    known, fired = Counter(), FirstFirings()
+    healthy_largest = 0.0
+    for r, run_id in enumerate(ids):
+        frame = frames[(run_id,)]
+        steps = frame["step"].to_numpy()
+        value = frame[column].to_numpy().astype(float)  # (null: NaN, not known)
+        known[kinds[r]] += bool(np.isfinite(value).any())
+        healthy = (steps < onset[r]) & np.isfinite(value)
+        if healthy.any():
+            healthy_largest = max(healthy_largest, float(value[healthy].max()))
+        state = new_state()
+        units = np.array([state.advance(None if v != v else float(v), int(s)) for s, v in zip(steps, value)])
+        where = np.flatnonzero(units > 1.0)
+        if where.size and fired.add(kinds[r], int(steps[where[0]]), onset[r]):
+            print(f"{run_id}: {noun} {value[where[0]]:g} at step {int(steps[where[0]])}, before any fault")
+    fired.print(kinds, f"{sum(known.values())} of {len(ids)} runs {what}; flagged before any fault (healthy records)",
+                known, what, "flagged", "flag")
+    return healthy_largest

@@ -132,31 +132,19 @@ def with_records(frame: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.D
         .agg(pl.len().alias("_n"), reward.min().alias("_low"), reward.max().alias("_high"))
         .filter(pl.col("_n") > 1)
         .group_by("run_id", "rollout_step")
-        .agg(((high - low) > TOLERANCE * scale).sum().cast(pl.Float64).alias("_count"))
-        .select("run_id", pl.col("rollout_step").alias("step"), "_count")
+        .agg(((high - low) > TOLERANCE * scale).sum().cast(pl.Float64).alias("_value"))
+        .select("run_id", pl.col("rollout_step").alias("step"), "_value")
     )
-    return (
-        frame.join(sets, on=["run_id", "step"], how="left")
-        .with_columns(pl.coalesce("_count", SIGNAL).alias(SIGNAL))
-        .drop("_count")
-    )
-
-
-def _rows(frame: pl.DataFrame) -> list[tuple[int, float | None]]:
-    return [(int(s), v) for s, v in frame.select("step", SIGNAL).rows()]
+    return replay.coalesce_per_step(frame, sets, SIGNAL)
 
 
 def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
     """(runs, n_steps) the channel's units of each run's records, exactly as :meth:`RepeatState.advance` gives them
-    live (0 where absent)."""
-    if SIGNAL not in features.columns:
-        return np.zeros((len(run_ids), n_steps))
-    return replay.runs_units(features, run_ids, n_steps, _rows, RepeatState)
+    live (0 where absent or not known)."""
+    return replay.column_units(features, run_ids, n_steps, SIGNAL, RepeatState)
 
 
 def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
     """The count as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` was flagged
     (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
-    if SIGNAL not in features.columns:
-        return None
-    return replay.recent_evidence(features, run_id, step, _rows, RepeatState, RECENT)
+    return replay.column_evidence(features, run_id, step, SIGNAL, RepeatState, RECENT)

@@ -63,3 +63,36 @@ def recent_evidence(
         if state.advance(*values, s) > 1.0 and s in last:
             found = state.evidence()
     return found
+
+
+def column_rows(column: str) -> RowsOf:
+    """The rows of a rule that reads one column of a features frame: (step, value)."""
+    return lambda frame: [(int(s), v) for s, v in frame.select("step", column).rows()]
+
+
+def column_units(
+    features: pl.DataFrame, run_ids: Sequence[str], n_steps: int, column: str, new_state: Callable[[], RuleState]
+) -> np.ndarray:
+    """:func:`runs_units` of a one-column rule (0 everywhere where the frame lacks the column)."""
+    if column not in features.columns:
+        return np.zeros((len(run_ids), n_steps))
+    return runs_units(features, run_ids, n_steps, column_rows(column), new_state)
+
+
+def column_evidence(
+    features: pl.DataFrame, run_id: str, step: int, column: str, new_state: Callable[[], RuleState], recent: int
+) -> SignalEvidence | None:
+    """:func:`recent_evidence` of a one-column rule (``None`` where the frame lacks the column)."""
+    if column not in features.columns:
+        return None
+    return recent_evidence(features, run_id, step, column_rows(column), new_state, recent)
+
+
+def coalesce_per_step(frame: pl.DataFrame, per_step: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``frame`` (run_id, step, ``column``, ...) with ``column`` taken from ``per_step`` (run_id, step, ``_value``)
+    wherever that has a value there, else as it was (a value a trainer handed over, or null)."""
+    return (
+        frame.join(per_step, on=["run_id", "step"], how="left")
+        .with_columns(pl.coalesce("_value", column).alias(column))
+        .drop("_value")
+    )

@@ -104,32 +104,19 @@ def with_records(frame: pl.DataFrame, trajectories: pl.DataFrame | None) -> pl.D
         .select(
             pl.col("run_id"),
             pl.col("rollout_step").alias("step"),
-            pl.when(pl.col("_none")).then(None).otherwise(pl.col("_share")).alias("_share"),
+            pl.when(pl.col("_none")).then(None).otherwise(pl.col("_share")).alias("_value"),
         )
     )
-    return (
-        frame.join(shares, on=["run_id", "step"], how="left")
-        .with_columns(pl.coalesce("_share", SIGNAL).alias(SIGNAL))
-        .drop("_share")
-    )
-
-
-def _rows(frame: pl.DataFrame) -> list[tuple[int, float | None]]:
-    return [(int(s), v) for s, v in frame.select("step", SIGNAL).rows()]
+    return replay.coalesce_per_step(frame, shares, SIGNAL)
 
 
 def runs_units(features: pl.DataFrame, run_ids: Sequence[str], n_steps: int) -> np.ndarray:
     """(runs, n_steps) the channel's units of each run's records, exactly as :meth:`UnscoredState.advance` gives them
     live (0 where absent or not known)."""
-    if SIGNAL not in features.columns:
-        return np.zeros((len(run_ids), n_steps))
-    return replay.runs_units(features, run_ids, n_steps, _rows, UnscoredState)
+    return replay.column_units(features, run_ids, n_steps, SIGNAL, UnscoredState)
 
 
 def run_evidence(features: pl.DataFrame, run_id: str, step: int) -> SignalEvidence | None:
-    """The share as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` lost more than
-    :data:`LIMIT` of its completions to no score (``features``: :func:`~rftfm.fm.features.features_frame` rows), else
-    ``None``."""
-    if SIGNAL not in features.columns:
-        return None
-    return replay.recent_evidence(features, run_id, step, _rows, UnscoredState, RECENT)
+    """The share as evidence where one of ``run_id``'s last :data:`RECENT` records up to ``step`` was flagged
+    (``features``: :func:`~rftfm.fm.features.features_frame` rows), else ``None``."""
+    return replay.column_evidence(features, run_id, step, SIGNAL, UnscoredState, RECENT)
