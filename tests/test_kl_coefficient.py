@@ -165,6 +165,14 @@ def test_against_the_configured_coefficient_a_loss_carrying_less_alarms_from_the
     state = kl_coefficient.CoefficientState(configured=conf)
     scattered = [state.advance(f * BETA * k, k)[0] for f, k in zip([0.01, 0.3, 0.02, 0.5, 0.01], kls)]
     assert all(math.isnan(u) for u in scattered)
+    # positive records between negative ones (a policy term outweighing the penalty at most records, a healthy
+    # token-level loss) are no window: only an unbroken run of records reads the coefficient
+    losses = [0.2 * BETA * k if i % 2 else -0.5 * BETA * k for i, k in enumerate(kls)]
+    state = kl_coefficient.CoefficientState(configured=conf)
+    assert all(math.isnan(state.advance(loss, k)[0]) for loss, k in zip(losses, kls))
+    state = kl_coefficient.CoefficientState(configured=conf)
+    unbroken = [state.advance(0.2 * BETA * k, k)[0] for k in kls[: kl_coefficient.WINDOW]]
+    assert unbroken[-1] == pytest.approx(math.log(0.2))
     e = kl_coefficient.evidence(-4.6, 0.01 * BETA, BETA, True, 3)
     assert "vs 0.04 configured" in describe(e) and "1e+02-fold less KL penalty than the trainer" in describe(e)
 
