@@ -121,6 +121,32 @@ def test_streaming_gives_the_offline_scores_and_alarms_with_evidence(fitted):
     assert "KL" in describe(kl) and "before" in describe(kl)
 
 
+def test_a_signal_at_its_own_baseline_is_never_evidence_whatever_the_model_made_of_it(fitted, monkeypatch):
+    rows = _run("flat", 903, 3.0, onset=12, fault="kl")
+    for r in rows:  # a task without tools: its tool-call rate sits at 0 throughout
+        r["tool_call_frequency"] = 0.0
+    booster = fitted.models["a"]
+    names = [fitted.tracker.names[c] for c in fitted._columns("a")]
+    pushed = [i for i, n in enumerate(names) if n.startswith("tool_call_frequency:")]
+
+    class Pushing:  # the model, with the flat signal's features pushing the score up (as they can beside others)
+        def predict(self, x, **kwargs):
+            out = booster.predict(x, **kwargs)
+            if kwargs.get("pred_contrib"):
+                out = np.array(out, copy=True)
+                out[:, pushed] += 1.0
+            return out
+
+        def __getattr__(self, name):
+            return getattr(booster, name)
+
+    monkeypatch.setitem(fitted.models, "a", Pushing())
+    fitted.reset("flat")
+    alarms = [a for a in map(fitted.observe, _records(rows)) if a is not None]
+    assert alarms and all(e.signal != "tool_call_frequency" for a in alarms for e in a.evidence)
+    assert "kl" in {e.signal for e in alarms[0].evidence}
+
+
 def test_a_lowered_alarm_threshold_alarms_at_every_record_scoring_above_it(fitted):
     rows = _run("low", 902, 1.0)
     scores, alarmed = [], []

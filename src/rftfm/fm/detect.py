@@ -871,12 +871,16 @@ class Detector:
             i = CUBE_SIGNALS.index(on_policy.SIGNAL)
             out.insert(0, SignalEvidence(signal=on_policy.SIGNAL, direction="up", value=float(p.raw[i]), expected=0.0))
             ranked = [s for s in ranked if s != on_policy.SIGNAL]
-        for signal in ranked[: MAX_EVIDENCE - len(out)]:
+        for signal in ranked:
+            if len(out) >= MAX_EVIDENCE:
+                break
             i = CUBE_SIGNALS.index(signal)
             value = float(p.raw[i])
             expected = self._raw_level(p.before, i)
             if expected is None and signal in broken:  # an invariant's healthy level is 0 in every run, from the start
                 expected = 0.0
+            if expected is not None and math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
+                continue  # a signal at its own baseline moved the model (beside others), not itself: no evidence
             zi = p.row[0, names.index(f"{signal}:z")] if f"{signal}:z" in names else math.nan
             up = (expected is not None and value >= expected) if not math.isfinite(zi) else zi >= 0
             up = up or signal in broken  # broken invariants rise, tracked in this tier or not
