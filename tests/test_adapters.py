@@ -410,12 +410,27 @@ def test_no_silent_substitution_within_a_run(tmp_path):
         "source": "critic/score/mean",
         "present": 2,
         "missing": 0,
+        "null": 0,
         "nan": 1,
         "inf": 0,
         "not_number": 0,
     }
     assert "reward_mean NaN at 1 of 3 steps (key `critic/score/mean`) (first at step 2)" in stats.metric_problems
     assert events[1][0].extra["critic/rewards/mean"] == 0.40  # the other key is kept, under its own name
+
+
+def test_a_null_is_counted_as_no_value_and_an_evaluation_every_few_steps_is_no_problem(tmp_path):
+    """A key logged as JSON null carried no value: counted apart from a NaN or a string, and not a problem where the
+    field is logged every few steps by design (a held-out accuracy written as null between evaluations)."""
+    rows = [
+        {"step": s, "reward": 0.5, "kl": None if s == 3 else 0.01, "eval_accuracy": 0.4 if s % 5 == 0 else None}
+        for s in range(1, 11)
+    ]
+    events, stats = read_log(write_jsonl(tmp_path / "nulls.jsonl", rows), "jsonl")
+    assert [s.kl for s, _ in events][1:4] == [0.01, None, 0.01]
+    assert stats.fields["kl"]["null"] == 1 and stats.fields["kl"]["not_number"] == 0
+    assert stats.fields["eval_accuracy"]["null"] == 8 and stats.fields["eval_accuracy"]["present"] == 2
+    assert stats.metric_problems == ["kl null (no value) at 1 of 10 steps (key `kl`) (first at step 3)"]
 
 
 def test_a_renamed_reward_key_is_counted_and_named(tmp_path):

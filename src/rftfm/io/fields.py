@@ -58,6 +58,7 @@ class FieldCount:
     source: str | None = None  # the logged key chosen for this run
     present: int = 0  # steps with a finite value
     missing: int = 0  # steps without the key (or before any candidate was seen)
+    null: int = 0  # steps with the key but no value (JSON null)
     nan: int = 0
     inf: int = 0
     not_number: int = 0
@@ -72,6 +73,7 @@ class FieldCount:
             "source": self.source,
             "present": self.present,
             "missing": self.missing,
+            "null": self.null,
             "nan": self.nan,
             "inf": self.inf,
             "not_number": self.not_number,
@@ -79,8 +81,10 @@ class FieldCount:
 
 
 def classify(value: Any) -> tuple[float | None, str]:
-    """(finite value or None, 'ok' | 'nan' | 'inf' | 'not_number')."""
-    if isinstance(value, bool) or value is None:
+    """(finite value or None, 'ok' | 'null' | 'nan' | 'inf' | 'not_number')."""
+    if value is None:  # the key logged without a value (JSON null; a table's empty cell)
+        return None, "null"
+    if isinstance(value, bool):
         return None, "not_number"
     try:
         number = float(value)
@@ -208,7 +212,8 @@ class FieldResolver:
         return bool(self.table_keys[name]) and self.framework != "jsonl"
 
     def problems(self) -> list[str]:
-        """One sentence per field that was absent, NaN, infinite or not a number at some step."""
+        """One sentence per field that was absent, null, NaN, infinite or not a number at some step (a field logged
+        every few steps by design, :data:`PERIODIC_FIELDS`, is not absent or null between)."""
         lines = []
         for name, count in self.counts.items():
             if not self.steps:
@@ -225,12 +230,13 @@ class FieldResolver:
             where = f" (first at step {count.first_bad_steps[0]})" if count.first_bad_steps else ""
             for kind, label in (
                 ("missing", "missing"),
+                ("null", "null (no value)"),
                 ("nan", "NaN"),
                 ("inf", "infinite"),
                 ("not_number", "not a number"),
             ):
                 n = getattr(count, kind)
-                if n and not (kind == "missing" and name in PERIODIC_FIELDS):
+                if n and not (kind in ("missing", "null") and name in PERIODIC_FIELDS):
                     lines.append(
                         f"{name} {label} at {n} of {self.steps} steps (key `{count.source}`)"
                         + (where if kind != "missing" else "")
