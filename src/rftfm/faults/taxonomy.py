@@ -62,6 +62,10 @@ class FaultType:
     #: the fault lifts the policy term of the logged loss out of the scale a healthy one keeps: advantages that stop
     #: summing to 0 in a group, or scaled up where the loss's weighting leaves a covariance (:mod:`rftfm.fm.loss_scale`)
     lifts_policy_term: bool = False
+    #: the fault leaves the policy no gradient: a length limit that clips every completion (masked as truncated, or
+    #: all scored alike) -- where the gradient flows it is not acting
+    #: (:meth:`rftfm.fm.diagnose.Diagnoser.apply_gradient`)
+    stops_gradient: bool = False
 
     @property
     def learning_rate_push(self) -> Direction | None:
@@ -283,6 +287,7 @@ FAULT_TYPES: dict[str, FaultType] = {
              "hard": {"max_completion_length": 2, "mask_truncated_completions": True}},
             signals=(("truncated_ratio", "up"), ("grad_norm", "down")),
             extension=True,
+            stops_gradient=True,
         ),
         FaultType(
             "numerical_blowup", "od",

@@ -94,12 +94,18 @@ NUM_ROUNDS = 80
 #: A length limit too short is seen in the share of completions that hit it: at or below this share at the diagnosed
 #: record (logged), no length-limit type fits (the benchmark's length faults keep it at 0.09 or more after onset).
 UNTRUNCATED = 0.01
+#: Every completion clipped: a truncated ratio at or above this share at the diagnosed record
+#: (:meth:`Diagnoser.apply_gradient`).
+CLIPPED_ALL = 0.99
+#: No gradient: a grad norm at or below this share of the run's median before the record (exactly 0 with none before).
+NO_GRADIENT = 1e-6
 PENALTY_RATE = 0.01  # the share of normal runs whose loss-penalty statistic exceeds the diagnoser's bar somewhere
 #: Records the diagnoser reads a penalty over (the detector's channel waits for :data:`~rftfm.fm.loss_penalty.WINDOW`):
 #: an alarm may come from the loss-scale channel two records after a push, when the window of 4 still holds two
 #: records from before it and reads no penalty yet.
 PENALTY_WINDOW = 2
 TRUNCATED = CUBE_SIGNALS.index("truncated_ratio")
+GRAD_NORM = CUBE_SIGNALS.index("grad_norm")
 KL = CUBE_SIGNALS.index("kl")
 #: Signals the model reads: all but the advantage invariants (every benchmark run's estimator is group-relative, so
 #: a model would take any residual for a fault, false for PPO's advantages); they act as a rule instead
@@ -125,7 +131,9 @@ class Seen:
     prompt differently (:func:`rftfm.fm.repeat_rewards.run_evidence`: the same sources; ``repeats``), and whether its
     last records flipped advantage signs
     (True), held them (False) or were not judged (None) (:func:`rftfm.fm.advantage_signs.reading`: the same
-    sources), and the trainer knobs a change the loop did not make pushed lately (:meth:`Diagnoser.know_pushed`)."""
+    sources), and the trainer knobs a change the loop did not make pushed lately (:meth:`Diagnoser.know_pushed`),
+    and whether the record's gradient flowed (True), was gone (False) or was not logged (None), and whether it clipped
+    every completion (:func:`gradient_now`)."""
 
     broken: list[str]
     jump: float
@@ -147,6 +155,8 @@ class Seen:
     flipped: bool | None = None
     pushed: tuple[str, ...] = ()
     repeats: bool = False
+    gradient: bool | None = None
+    clipped_all: bool = False
 
     @classmethod
     def read(
@@ -177,7 +187,7 @@ class Seen:
                    untruncated_now(raw, steps), without_kl(raw, steps), penalty_now(raw, steps),
                    loss_penalty.penalty_term(raw, steps, PENALTY_WINDOW)[0], *loss_scale.reading(raw, steps),
                    binary, *kl_coefficient.reading(raw, steps, configured=kl_configured), identity_holds, unscored,
-                   flipped, tuple(pushed), repeats)
+                   flipped, tuple(pushed), repeats, *gradient_now(raw, steps))
 
 
 @dataclass
@@ -517,10 +527,10 @@ class Diagnoser:
         """The model's rows after every rule over what each row's log shows (``invariants`` False: no trajectories, so
         no advantage invariant or sign is read), in order: invariants (with advantage signs), learning-rate jump,
         knobs pushed, lost or missing numbers, reward identity, completions unscored, identical completions scored
-        apart, a reward of 0 or 1 that no longer is, a penalty in the
-        loss, a KL coefficient that moved, completions that all ended before the length limit, a reward identity that
-        holds over several functions, advantage signs held, a run without a KL term (the rules that rule types out
-        come last: nothing brings back what they removed)."""
+        apart, a reward of 0 or 1 that no longer is, a penalty in the loss, a KL coefficient that moved, completions
+        that all ended before the length limit, a gradient gone or flowing, a reward identity that holds over several
+        functions, advantage signs held, a run without a KL term (the rules that rule types out come last: nothing
+        brings back what they removed)."""
         if invariants:
             prob, unknown = self.apply_invariants(prob, unknown, [s.broken for s in seen], [s.flipped for s in seen])
         prob, unknown = self.apply_schedule(prob, unknown, [s.jump for s in seen])
@@ -538,6 +548,7 @@ class Diagnoser:
             [s.coefficient_evidence is not None and s.coefficient_evidence.configured for s in seen],
         )
         prob, unknown = self.apply_untruncated(prob, unknown, [s.untruncated for s in seen])
+        prob, unknown = self.apply_gradient(prob, unknown, [s.gradient for s in seen], [s.clipped_all for s in seen])
         prob, unknown = self.apply_identity_holds(prob, unknown, [s.identity_holds for s in seen])
         if invariants:
             prob, unknown = self.apply_held_signs(prob, unknown, [s.flipped is False for s in seen])
@@ -647,6 +658,29 @@ class Diagnoser:
         (a length limit cannot starve a run whose completions all end before it)."""
         limited = np.array([FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up") for t in self.classes])
         return self._rule_out(prob, unknown, [limited & seen for seen in untruncated])
+
+    def apply_gradient(
+        self, prob: np.ndarray, unknown: np.ndarray, gradient: Sequence[bool | None], clipped_all: Sequence[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where a row's record clipped every completion and left the policy no gradient (:func:`gradient_now`), the
+        types that do that (the registry's ``stops_gradient``: a length limit that clips everything) get half the
+        mass on top of the model's half, as for a penalty in the loss (a sign, not proof: a KL term can leave some
+        gradient where every completion is clipped). Where its gradient flowed, half of their mass goes to their
+        twins, the other types whose fingerprint leads with the truncated ratio (a limit too short, which leaves a
+        gradient): the model's view between the two is otherwise a guess; the other types and the row's abstention
+        stay as they were."""
+        stops = np.array([FAULT_TYPES[t].stops_gradient for t in self.classes])
+        prob, unknown = _halfway(prob, unknown, [stops & (g is False) & c for g, c in zip(gradient, clipped_all)])
+        twins = ~stops & np.array([FAULT_TYPES[t].signals[:1] == (("truncated_ratio", "up"),) for t in self.classes])
+        prob = prob.copy()
+        for i, g in enumerate(gradient):
+            moved = prob[i] * stops / 2
+            if g is not True or not moved.any() or not twins.any():
+                continue
+            share = prob[i] * twins
+            share = share / share.sum() if share.sum() > 0 else twins / twins.sum()
+            prob[i] = prob[i] - moved + moved.sum() * share
+        return prob, unknown
 
     def apply_identity_holds(
         self, prob: np.ndarray, unknown: np.ndarray, holds: list[bool]
@@ -876,6 +910,24 @@ def untruncated_now(raw: np.ndarray, steps: np.ndarray) -> bool:
     at or below :data:`UNTRUNCATED` (False where it logs none)."""
     present = np.flatnonzero(steps > 0)
     return bool(present.size) and bool(raw[present[-1], TRUNCATED] <= UNTRUNCATED)  # (NaN compares False)
+
+
+def gradient_now(raw: np.ndarray, steps: np.ndarray) -> tuple[bool | None, bool]:
+    """Whether one run's last present record (``raw`` (S, len(CUBE_SIGNALS)), ``steps`` (S,)) had a gradient: True
+    where its grad norm is above :data:`NO_GRADIENT` of the run's median before it (above 0 with none before), False
+    at or below, None where it logs none; and whether it clipped every completion (truncated ratio at or above
+    :data:`CLIPPED_ALL`)."""
+    present = np.flatnonzero(steps > 0)
+    if not present.size:
+        return None, False
+    norm = float(raw[present[-1], GRAD_NORM])
+    clipped_all = bool(raw[present[-1], TRUNCATED] >= CLIPPED_ALL)  # (NaN compares False)
+    if not math.isfinite(norm):
+        return None, clipped_all
+    before = raw[present[:-1], GRAD_NORM]
+    before = before[np.isfinite(before) & (before > 0)]
+    floor = NO_GRADIENT * float(np.median(before)) if before.size else 0.0
+    return norm > floor, clipped_all
 
 
 def penalty_now(raw: np.ndarray, steps: np.ndarray) -> float:
