@@ -155,9 +155,9 @@ class CoefficientState:
         the coefficient now and before (the window's and the reference's median ratio, read where the units are
         finite) and whether "before" is the :class:`Configured` coefficient (:meth:`_below_configured`: where its
         units are the larger)."""
-        has_kl = math.isfinite(loss) and math.isfinite(kl) and kl > KL_FLOOR and on_policy.units(clip) <= 1.0
-        if not has_kl or loss <= 0.0:
-            if has_kl:  # a loss at or below 0 beside a KL: a policy term outweighed the penalty at this record
+        readable = math.isfinite(loss) and math.isfinite(kl) and kl > KL_FLOOR and on_policy.units(clip) <= 1.0
+        if not readable or loss <= 0.0:
+            if readable:  # a loss at or below 0 beside a KL: a policy term outweighed the penalty at this record
                 self.below.clear()
             return UNJUDGED
         self.ratios.append(math.log(loss / kl))
