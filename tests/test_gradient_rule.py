@@ -25,6 +25,7 @@ def _records(grad: list[float], truncated: list[float]) -> tuple[np.ndarray, np.
 
 def test_the_registry_names_the_length_limit_that_clips_everything_as_the_one_that_stops_the_gradient() -> None:
     assert [t for t, f in FAULT_TYPES.items() if f.stops_gradient] == ["length_clip_all"]
+    assert sorted(t for t, f in FAULT_TYPES.items() if f.length_limited) == ["length_clip_all", "length_truncation"]
 
 
 def test_the_record_says_whether_its_gradient_flowed_against_the_runs_own_scale() -> None:

@@ -96,6 +96,11 @@ class FaultType:
         return tuple(k for k in KNOBS if any(k in p for p in self.params.values()))
 
     @property
+    def length_limited(self) -> bool:
+        """Whether the fault is a length limit: its fingerprint leads with the truncated ratio going up."""
+        return self.signals[:1] == (("truncated_ratio", "up"),)
+
+    @property
     def loss_penalty(self) -> bool:
         """Whether the fault adds a penalty to the loss the trainer logs (:attr:`penalty_term`)."""
         return self.penalty_term is not None

@@ -656,7 +656,7 @@ class Diagnoser:
         types whose fingerprint leads with the truncated ratio going up are ruled out, the others keep the model's
         proportions, and the row abstains when the best family left had less than the abstention threshold before
         (a length limit cannot starve a run whose completions all end before it)."""
-        limited = np.array([FAULT_TYPES[t].signals[0] == ("truncated_ratio", "up") for t in self.classes])
+        limited = np.array([FAULT_TYPES[t].length_limited for t in self.classes])
         return self._rule_out(prob, unknown, [limited & seen for seen in untruncated])
 
     def apply_gradient(
@@ -671,7 +671,7 @@ class Diagnoser:
         stay as they were."""
         stops = np.array([FAULT_TYPES[t].stops_gradient for t in self.classes])
         prob, unknown = _halfway(prob, unknown, [stops & (g is False) & c for g, c in zip(gradient, clipped_all)])
-        twins = ~stops & np.array([FAULT_TYPES[t].signals[:1] == (("truncated_ratio", "up"),) for t in self.classes])
+        twins = ~stops & np.array([FAULT_TYPES[t].length_limited for t in self.classes])
         prob = prob.copy()
         for i, g in enumerate(gradient):
             moved = prob[i] * stops / 2
