@@ -163,6 +163,26 @@ def test_a_lowered_alarm_threshold_alarms_at_every_record_scoring_above_it(fitte
     assert [s for t, s in scores if t == 1.0] == [s for t, s in scores if t == 0.5]  # the scores do not change
 
 
+def test_a_calibrated_channel_alarms_on_two_records_in_a_row_not_on_one(fitted):
+    rows = _run("blip", 905, 1.0)
+    rows[14]["kl"] *= 25.0  # one record's KL and grad norm spike (step 15)
+    rows[14]["grad_norm"] *= 6.0
+    cube, steps = runs_cube(pl.DataFrame(rows), ["blip"])
+    assert fitted.config.consecutive == 2  # the default
+    confirmed, _ = fitted.score_cube(cube, steps, "a")
+    fitted.config.consecutive = 1
+    try:
+        alone, _ = fitted.score_cube(cube, steps, "a")
+    finally:
+        fitted.config.consecutive = 2
+    assert alone[0, 14] > 1 and not confirmed[0, 14] > 1  # the spike's record alone is not an alarm
+    # the records after still carry its mark (the tracker's baseline moved): confirmed by the record before
+    np.testing.assert_allclose(confirmed[0, 15:20], np.minimum(alone[0, 14:19], alone[0, 15:20]))
+    fitted.reset("blip")
+    live = [fitted.observe(r) for r in _records(rows)]
+    assert live[14] is None and live[15] is not None and live[15].step == 16
+
+
 def test_a_rolled_back_step_restores_the_state_from_before_it(fitted):
     rows = _run("rb", 901, 1.0)
     records = _records(rows)
@@ -242,6 +262,10 @@ def test_artifact_is_json_and_round_trips(fitted, tmp_path):
     runs, features = _bench({"E": 5.0}, per_config=2, seed0=700)
     cube, steps = runs_cube(features, runs["run_id"].to_list())
     np.testing.assert_allclose(again.score_cube(cube, steps, "a")[0], fitted.score_cube(cube, steps, "a")[0])
+    assert again.config.consecutive == 2
+    del data["config"]["consecutive"]  # an artifact saved before the setting was calibrated record by record
+    path.write_text(json.dumps(data))
+    assert Detector.load(path).config.consecutive == 1
     data["signals"] = data["signals"][:-1]
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="signal list"):

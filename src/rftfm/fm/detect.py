@@ -62,8 +62,12 @@ How it decides, record by record:
    runs exceed at any record (the learned channel's score: its probability's log-odds, exponentially
    weighted over the run's records, since a fault persists where a healthy run's odd record does
    not) -- the learned one on out-of-fold scores (folds hold out whole configurations) -- with an
-   extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`). A record's
-   score is the larger of the two channels' scores over their thresholds: an alarm above 1.
+   extrapolated tail (:func:`~rftfm.fm.cube.tail_threshold`);
+12. every channel with a calibrated threshold (learned, surprise, rate shift, level shift, loss penalty, loss scale)
+   is judged on its statistic confirmed over ``consecutive`` (two) records in a row -- its smallest value over the
+   run's last two records -- and calibrated on that same confirmed statistic (:mod:`rftfm.fm.confirm`): a healthy
+   run of a configuration never seen crosses a threshold for one record, a fault persists. The fitting-free rules
+   alarm at once. A record's score is the largest channel score over its threshold: an alarm above 1.
 
 :meth:`Detector.observe` returns an :class:`Alarm` at every record whose score exceeds 1 (the
 watcher groups them into episodes). A step number that goes back (a rollback, a
@@ -90,6 +94,7 @@ from numpy.typing import ArrayLike
 
 from rftfm.fm import (
     binary_reward,
+    confirm,
     invariants,
     kl_coefficient,
     level_shift,
@@ -202,6 +207,8 @@ class DetectorConfig:
     folds: int = 5
     seed: int = 0
     level_quantile: float = 0.99  # each level-shift signal's limit: this quantile of healthy runs' largest move
+    consecutive: int = 2  # records in a row a calibrated channel's statistic must be past its threshold to alarm
+    # (:mod:`rftfm.fm.confirm`; 1: each record alone, as artifacts saved before it was a setting)
 
 
 def learned_signals(tier: str) -> tuple[str, ...]:
@@ -232,6 +239,7 @@ class _Live:
     snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
     steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
     log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
+    calibrated: list[tuple[float, ...]] = field(default_factory=list)  # each record's calibrated channels' statistics
     invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
     schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
     shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
@@ -388,6 +396,11 @@ class Detector:
         }
         return self
 
+    def _confirmed(self, stat: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """A calibrated channel's (R, S) statistic as it alarms: over the run's last ``consecutive`` records
+        (:func:`rftfm.fm.confirm.confirmed`)."""
+        return confirm.confirmed(stat, steps, self.config.consecutive)
+
     def _fit_level(
         self, stats: np.ndarray, healthy: np.ndarray, steps: np.ndarray, fold: np.ndarray
     ) -> tuple[np.ndarray, float]:
@@ -403,12 +416,12 @@ class Detector:
             test = fold == f
             if (~test).any():
                 limits = level_shift.limits_from(stats[~test], healthy[~test], q)
-                held_out_max[test] = _run_max(np.where(healthy[test], level_shift.units(stats[test], limits), np.nan),
-                                              steps[test])
+                units = self._confirmed(level_shift.units(stats[test], limits), steps[test])
+                held_out_max[test] = _run_max(np.where(healthy[test], units, np.nan), steps[test])
         self.level_limits = level_shift.limits_from(stats, healthy, q)
         finite = held_out_max[np.isfinite(held_out_max)]
         threshold = tail_threshold(finite, self.config.false_alarm_target / 2, self.config.tail_fraction)
-        return level_shift.units(stats, self.level_limits), threshold
+        return self._confirmed(level_shift.units(stats, self.level_limits), steps), threshold
 
     def _fit_tier(
         self, tier: str, x: np.ndarray, raw: np.ndarray, y: np.ndarray, steps: np.ndarray, normal: np.ndarray,
@@ -428,8 +441,8 @@ class Detector:
                 model = self._train(x[~test][..., cols], y[~test], steps[~test], signals)
                 oof[test] = self._predict(model, x[test][..., cols], steps[test])
         budget = self.config.false_alarm_target / 2  # shared by the two fitted channels
-        learned_max = _run_max(_persistent(oof, steps, self.config.persistence), steps)  # log-odds
-        surprise_max = _run_max(self._surprise(x, tier), steps)
+        learned_max = _run_max(self._confirmed(_persistent(oof, steps, self.config.persistence), steps), steps)
+        surprise_max = _run_max(self._confirmed(self._surprise(x, tier), steps), steps)
         in_tier = np.isin(np.array(CUBE_SIGNALS), TIERS[tier])
         invariant_max = _run_max(
             np.fmax(
@@ -452,6 +465,7 @@ class Detector:
             | (_run_max(level[0], steps)[normal] > level[1])
         )
         for name, stats in rules.items():
+            stats = self._confirmed(stats, steps)
             healthy_max = _run_max(np.where(y == 0, stats, np.nan), steps)
             tail = tail_threshold(healthy_max[np.isfinite(healthy_max)], budget, self.config.tail_fraction)
             self.thresholds[tier][name] = max(tail, LEAST_THRESHOLDS[name])
@@ -533,7 +547,8 @@ class Detector:
         t = self.thresholds[tier]
         excess = learned - t["learned"]
         scores = (
-            math.exp(excess) if excess < 709.0 else math.inf,  # (exp overflows past 709.78)
+            math.exp(excess) if excess < 709.0 else math.inf if excess == excess else math.nan,  # (exp overflows
+            # past 709.78; NaN: not judged, as before the run's first confirmed record)
             surprise / t["surprise"],
             shift / t.get("rate_shift", math.inf),
             level / t.get("level_shift", math.inf),
@@ -603,13 +618,16 @@ class Detector:
         jump = np.zeros(steps.shape) if silent else np.abs(schedule.cube_units(learning_rate, steps))
         if self.on_policy:
             jump = np.fmax(jump, np.vectorize(on_policy.units)(raw[..., CUBE_SIGNALS.index(on_policy.SIGNAL)]))
-        shift = rate_shift.cube_shifts(masked, steps)
-        level = level_shift.units(level_shift.cube_stats(masked, steps), self.level_limits)
-        penalty = loss_penalty.cube_stats(masked, steps)
-        scale = loss_scale.cube_stats(masked, steps)
-        combined = self._combine(
-            tier, learned, self._surprise(x, tier), invariant, jump, shift, level, penalty, scale
+        calibrated = (
+            learned,
+            self._surprise(x, tier),
+            rate_shift.cube_shifts(masked, steps),
+            level_shift.units(level_shift.cube_stats(masked, steps), self.level_limits),
+            loss_penalty.cube_stats(masked, steps),
+            loss_scale.cube_stats(masked, steps),
         )
+        learned, surprise, shift, level, penalty, scale = (self._confirmed(c, steps) for c in calibrated)
+        combined = self._combine(tier, learned, surprise, invariant, jump, shift, level, penalty, scale)
         return np.where(steps > 0, combined, np.nan), 1.0
 
     def score_run(
@@ -792,10 +810,16 @@ class Detector:
             float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary,
             _size(p.coefficient[0]), p.unscored,
         )
-        shift = self._shift(p)
-        level = float(level_shift.units(p.level[0], self.level_limits))
+        live.calibrated.append(
+            (log_odds, surprise, self._shift(p), float(level_shift.units(p.level[0], self.level_limits)),
+             p.penalty[0], p.scale[0])
+        )
+        recent = live.calibrated[-self.config.consecutive :]
+        log_odds, surprise, shift, level, penalty, scale = (
+            confirm.confirm_one([r[k] for r in recent], self.config.consecutive) for k in range(6)
+        )
         score = self._combine_one(p.tier, log_odds, surprise, max(invariant, p.repeats), max(abs(p.jump), p.clipped),
-                                  shift, level, p.penalty[0], p.scale[0])
+                                  shift, level, penalty, scale)
         self.last_score = score
         if not score > self.alarm_threshold:
             return None
@@ -806,7 +830,7 @@ class Detector:
         # judged apart
         alone = {s for s, units in ((on_policy.SIGNAL, p.clipped), (repeat_rewards.SIGNAL, p.repeats)) if units > 1.0}
         if alone and not self._combine_one(
-            p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, p.penalty[0], p.scale[0]
+            p.tier, log_odds, surprise, invariant, abs(p.jump), shift, level, penalty, scale
         ) > self.alarm_threshold:
             evidence = [e for e in evidence if e.signal in alone]
         return Alarm(run_id=run_id, step=p.step, score=score, threshold=self.alarm_threshold, evidence=evidence)
@@ -842,6 +866,7 @@ class Detector:
         live.last_step = step - 1
         del live.steps[int(state.records[0]) :]
         del live.log_odds[int(state.records[0]) :]
+        del live.calibrated[int(state.records[0]) :]
         self.resumes += 1
         return True
 
@@ -1001,6 +1026,7 @@ class Detector:
             raise ValueError("detector artifact was trained on a different signal list; re-fit it")
         config = dict(data["config"])
         config["tracker"] = TrackerConfig(**config["tracker"])
+        config.setdefault("consecutive", 1)  # saved before confirmation was a setting: calibrated record by record
         det = cls(DetectorConfig(**config))
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
         det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
