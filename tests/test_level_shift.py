@@ -111,7 +111,9 @@ def test_a_reward_sd_that_steps_up_and_holds_alarms_with_it_as_evidence_offline_
     alarms = streamed_alarms(fitted, _rows("noisy", 99, onset=25))
     assert alarms and 25 <= alarms[0].step < 25 + level_shift.WINDOW
     (first,) = [e for e in alarms[0].evidence if e.signal == "reward_std"][:1]
-    assert first.direction == "up" and first.value > 2 * first.expected and first.since_step <= alarms[0].step
+    # (at the confirmed record, the second after the onset, the channel's own evidence: the window's mean, which
+    # still holds records from before the onset, against the reference)
+    assert first.direction == "up" and first.value > 1.5 * first.expected and first.since_step <= alarms[0].step
 
 
 def test_healthy_drift_and_a_kl_spike_are_no_shift_and_a_rollback_restores_the_windows(fitted):

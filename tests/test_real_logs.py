@@ -277,14 +277,14 @@ def test_a_collapse_to_short_answers_that_nothing_clipped_is_no_length_limit(mon
             monitor.observe(record, trajectories)
         monitor.finish()
     first = monitor.result.episodes[0]
-    assert first.start_step == 20
+    assert first.start_step == 30  # the collapse's second entry: an alarm of the calibrated channels is confirmed
     assert first.diagnosis is not None
     length_limits = {"length_truncation", "length_clip_all"}
     assert first.diagnosis.ranked[0].fault_type not in length_limits
     assert all(h.probability == 0.0 for h in first.diagnosis.ranked if h.fault_type in length_limits)
-    # the evidence's value is the length since the collapse began, not a mean with the entry before it
+    # the evidence's value is the length at the alarm, since the collapse began, against the level before it
     (length,) = [e for e in first.diagnosis.evidence if e.signal == "completion_length_mean"]
-    assert length.since_step == 20 and length.value == pytest.approx(2.6) and length.expected == pytest.approx(53.35)
+    assert length.since_step == 20 and length.value == pytest.approx(2.525) and length.expected == pytest.approx(53.35)
 
 
 @pytest.mark.parametrize(
