@@ -219,7 +219,9 @@ def test_split_all_scores_every_run_with_a_given_detector(bench, tmp_path):
 
 
 def test_targets_table_from_saved_results(bench, tmp_path):
-    result = evaluate_detection(bench, "seed", tiers=("a", "c"), baselines=["StaticRules"], detector_config=FAST)
+    result = evaluate_detection(
+        bench, "seed", tiers=("a", "c"), baselines=["StaticRules"], detector_config=FAST, in_trainer=True
+    )
     out_json, out_md = tmp_path / "seed.json", tmp_path / "targets.md"
     out_json.write_text(json.dumps(result, default=str))
     res = CliRunner().invoke(
@@ -239,7 +241,9 @@ def test_targets_table_from_saved_results(bench, tmp_path):
     assert res.exit_code == 0, res.output
     text = out_md.read_text()
     assert "tier a: avg F1 easy ≥ 90" in text and "tier c: avg F1 hard ≥ 88" in text
-    assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 12
+    assert "tier a in the trainer: avg F1 easy ≥ 90" in text  # the TRL callback's rows beside the log's
+    # 5 targets per tier (a, c) and method (from the log, in the trainer), 2 of held-out seeds
+    assert text.count("| met |") + text.count("missed by") + text.count("not measured") == 22
     assert re.search(r"\| \d+\.\d-\d+\.\d \|", text)  # each F1's interval over resampled runs
 
 

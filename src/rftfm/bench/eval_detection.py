@@ -716,43 +716,40 @@ def _spans(m: dict[str, Any], data: Path | None) -> dict[str, str]:
     return {k: f"{low:.1f}-{high:.1f}" for k, (_, low, high) in intervals.intervals(m["runs"], groups).items()}
 
 
+def _tier_target_rows(
+    label: str, tier: str, m: dict[str, Any], data: Path | None
+) -> list[tuple[str, float | None, float, bool, str | None]]:
+    """One method's rows of :func:`targets_markdown` in one tier: mid-run F1 easy / hard, healthy runs alarmed,
+    false alarms per 1,000 normal steps, median delay."""
+    f1, fa, delay, span = m["mid_run"]["B"]["avg_f1"], m["false_alarms"], m["delay"]["all"], _spans(m, data)
+    return [
+        (f"{label}: avg F1 easy ≥ {TARGETS[tier]['easy']:.0f}", f1["easy"], TARGETS[tier]["easy"], True,
+         span.get("easy")),
+        (f"{label}: avg F1 hard ≥ {TARGETS[tier]['hard']:.0f}", f1["hard"], TARGETS[tier]["hard"], True,
+         span.get("hard")),
+        (
+            f"{label}: normal and control runs alarmed ≤ 2 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})",
+            fa["pct_normal_runs_alarmed"],
+            TARGETS["pct_normal_runs_alarmed"],
+            False,
+            span.get("healthy"),
+        ),
+        (f"{label}: false alarms per 1,000 normal steps ≤ 1", fa["per_1000_normal_steps"],
+         TARGETS["per_1000_normal_steps"], False, None),
+        (f"{label}: median delay ≤ 3 steps (p90 {_fmt(delay['p90'])})", delay["median"], TARGETS["median_delay"],
+         False, None),
+    ]
+
+
 def targets_markdown(config: dict[str, Any], seed: dict[str, Any] | None = None, data: Path | None = None) -> str:
     """Where each detection target stands, from the JSON results of the config (and seed) splits, with the 95 %
     interval of each F1 and healthy share over resampled runs (``data``: the benchmark, for results whose rows do not
     name their runs' groups)."""
     rows = []
     for tier in ("a", "c"):
-        if tier not in config["methods"]:
-            continue
-        m = config["methods"][tier][RFTFM]
-        f1, fa, delay, span = m["mid_run"]["B"]["avg_f1"], m["false_alarms"], m["delay"]["all"], _spans(m, data)
-        rows += [
-            (f"tier {tier}: avg F1 easy ≥ {TARGETS[tier]['easy']:.0f}", f1["easy"], TARGETS[tier]["easy"], True,
-             span.get("easy")),
-            (f"tier {tier}: avg F1 hard ≥ {TARGETS[tier]['hard']:.0f}", f1["hard"], TARGETS[tier]["hard"], True,
-             span.get("hard")),
-            (
-                f"tier {tier}: normal and control runs alarmed ≤ 2 % ({fa['normal_runs_alarmed']}/{fa['normal_runs']})",
-                fa["pct_normal_runs_alarmed"],
-                TARGETS["pct_normal_runs_alarmed"],
-                False,
-                span.get("healthy"),
-            ),
-            (
-                f"tier {tier}: false alarms per 1,000 normal steps ≤ 1",
-                fa["per_1000_normal_steps"],
-                TARGETS["per_1000_normal_steps"],
-                False,
-                None,
-            ),
-            (
-                f"tier {tier}: median delay ≤ 3 steps (p90 {_fmt(delay['p90'])})",
-                delay["median"],
-                TARGETS["median_delay"],
-                False,
-                None,
-            ),
-        ]
+        for method, where in ((RFTFM, ""), (IN_TRAINER, " in the trainer")):
+            if method in config["methods"].get(tier, {}):
+                rows += _tier_target_rows(f"tier {tier}{where}", tier, config["methods"][tier][method], data)
     if seed is not None:
         tier = seed["tiers"][-1]
         m = seed["methods"][tier][RFTFM]
