@@ -4,7 +4,7 @@ run's records just before it.
 The channels whose thresholds are calibrated on healthy runs -- the learned and surprise channels, the rate shift,
 the level shift, the loss penalty and the loss scale -- read a statistic that a healthy run of a configuration never
 seen crosses now and then for one record (on the leave-configuration-out benchmark, every healthy run they alarmed
-was alarmed at one record only; docs/detection.md, stop 57). A fault persists after its onset. So each such
+was first alarmed for one record in a row; docs/detection.md, stop 57). A fault persists after its onset. So each such
 statistic is judged as its smallest value over the last ``records`` records of the run (the run's own records, in
 order; a record where it is not judged, NaN, leaves the window unjudged), and its threshold is calibrated on that
 same confirmed statistic (:meth:`rftfm.fm.detect.Detector.fit`). The fitting-free rules (invariants, non-finite
