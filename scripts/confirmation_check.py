@@ -1,9 +1,10 @@
 """What confirming the calibrated channels over records in a row does (rftfm.fm.confirm; docs/detection.md, stop 57).
 
-    python scripts/confirmation_check.py episodes --data /work/data/h31 [--tier a] [--consecutive 1]
-        every held-out configuration fold (split config) fitted as ``rftfm bench evaluate detection`` fits it, in the
-        trainer: each healthy run (normal, control, or faulty before its onset) that alarms, its first alarmed
-        record's channel, and how many records in a row its first episode lasted
+    python scripts/confirmation_check.py episodes --data /work/data/h31 [--tier a] --calibrate C --consecutive K
+        every held-out configuration fold (split config) fitted as ``rftfm bench evaluate detection`` fits it (the
+        calibrated channels' thresholds set on statistics confirmed over C records), scored in the trainer with K:
+        each healthy run (normal, control, or faulty before its onset) that alarms, its first alarmed record's
+        channel and how many records in a row its first episode lasted; then the headline summaries
 
     python scripts/confirmation_check.py external --data /work/data/h31 --test /work/data/hw42 \
         --calibrate 2 --consecutive 2 [--tier a]
@@ -14,16 +15,14 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
+import polars as pl
 
 from rftfm.bench import eval_detection as ed
 from rftfm.bench.splits import folds as split_folds
 from rftfm.fm import kl_coefficient
-from rftfm.fm.detect import Detector, DetectorConfig
-
-CALIBRATED = ("learned", "surprise", "rate_shift", "level_shift", "loss_penalty", "loss_scale")
+from rftfm.fm.detect import CALIBRATED, Detector, DetectorConfig
 
 
 class _Recording(Detector):
@@ -32,23 +31,20 @@ class _Recording(Detector):
     channels: dict[str, np.ndarray] = {}
 
     def _combine(self, tier, learned, surprise, invariant, jump, shift=0.0, level=0.0, penalty=0.0, scale=0.0):
-        t = self.thresholds[tier]
-        with np.errstate(over="ignore", invalid="ignore"):
-            values = (np.exp(np.asarray(learned) - t["learned"]), np.asarray(surprise) / t["surprise"])
-            values += tuple(np.asarray(v) / t.get(k, math.inf) for k, v in zip(CALIBRATED[2:], (shift, level, penalty,
-                                                                                                 scale)))
-        self.channels = dict(zip(CALIBRATED, values))
+        scores = self.calibrated_scores(tier, learned, surprise, shift, level, penalty, scale)
+        self.channels = dict(zip(CALIBRATED, scores))
         self.channels["fitting-free"] = np.fmax(np.asarray(invariant), np.abs(np.asarray(jump)))
         return super()._combine(tier, learned, surprise, invariant, jump, shift, level, penalty, scale)
 
 
-def episodes(data: str, tier: str, consecutive: int) -> None:
+def episodes(data: str, tier: str, calibrate: int, consecutive: int) -> None:
     runs, features = ed._load(data)
-    lengths = []
+    lengths, outcomes = [], []
     for name, train, test in split_folds(runs, "config"):
         method = ed.InTrainerMethod(tier)
-        method.detector = _Recording(DetectorConfig(consecutive=consecutive))
+        method.detector = _Recording(DetectorConfig(consecutive=calibrate))
         method.fit_frames(train, features, ed.config_groups(train))
+        method.detector.config.consecutive = consecutive
         method.set_trainers(test)
         cubes = ed.mask_tier(ed.RunCubes.build(features, test["run_id"].to_list()), tier, method.handed_over)
         scores = method.score(cubes)
@@ -56,6 +52,8 @@ def episodes(data: str, tier: str, consecutive: int) -> None:
         configured = [method.configured.get(r) for r in cubes.run_ids]
         channels["fitting-free"] = np.fmax(channels["fitting-free"],
                                            np.abs(kl_coefficient.cube_units(cubes.cube, cubes.steps, configured)))
+        outcomes.append(ed.run_outcomes(test, cubes, np.nan_to_num(scores, nan=0.0) > 1.0).with_columns(
+            fold=pl.lit(name), seconds=pl.lit(0.0)))
         info = {r["run_id"]: r for r in test.iter_rows(named=True)}
         for i, run_id in enumerate(cubes.run_ids):
             r = info[run_id]
@@ -75,6 +73,17 @@ def episodes(data: str, tier: str, consecutive: int) -> None:
             print(f"{name:18} {run_id[:60]:60} step {int(cubes.steps[i, first]):3d} {channel:12} "
                   f"{at[channel]:.2f}  first episode {run_length} record(s)")
     print(f"{len(lengths)} fold x healthy runs alarmed; first episode one record long: {sum(n == 1 for n in lengths)}")
+    _print_summary(f"{ed.IN_TRAINER}, tier {tier}", ed._summaries(pl.concat(outcomes, how="diagonal_relaxed")),
+                   calibrate, consecutive)
+
+
+def _print_summary(method: str, m: dict, calibrate: int, consecutive: int) -> None:
+    fa, mid, step1 = m["false_alarms"], m["mid_run"]["B"]["avg_f1"], m["step1"]["B"]["avg_f1"]
+    print(f"{method:22} calibrated over {calibrate}, confirmed over {consecutive}: mid-run F1 "
+          f"{mid['easy']:.1f} / {mid['hard']:.1f}, step 1 {step1['easy']:.1f} / {step1['hard']:.1f}, healthy "
+          f"{fa['normal_runs_alarmed']}/{fa['normal_runs']}, per 1,000 normal steps "
+          f"{fa['per_1000_normal_steps']:.2f}, detected {m['delay']['detected']} of {m['delay']['mid_run_faults']}"
+          f" mid-run, median delay {m['delay']['all']['median']}")
 
 
 def external(data: str, test: str, tier: str, calibrate: int, consecutive: int) -> None:
@@ -85,12 +94,7 @@ def external(data: str, test: str, tier: str, calibrate: int, consecutive: int) 
     result = ed.evaluate_detection(test, split="all", tiers=(tier,), with_baselines=False, detector=detector,
                                    in_trainer=True)
     for method, m in result["methods"][tier].items():
-        fa, mid, step1 = m["false_alarms"], m["mid_run"]["B"]["avg_f1"], m["step1"]["B"]["avg_f1"]
-        print(f"{method:22} calibrated over {calibrate}, confirmed over {consecutive}: mid-run F1 "
-              f"{mid['easy']:.1f} / {mid['hard']:.1f}, step 1 {step1['easy']:.1f} / {step1['hard']:.1f}, healthy "
-              f"{fa['normal_runs_alarmed']}/{fa['normal_runs']}, per 1,000 normal steps "
-              f"{fa['per_1000_normal_steps']:.2f}, detected {m['delay']['detected']} of {m['delay']['mid_run_faults']}"
-              f" mid-run, median delay {m['delay']['all']['median']}")
+        _print_summary(method, m, calibrate, consecutive)
 
 
 def main() -> None:
@@ -103,7 +107,7 @@ def main() -> None:
     parser.add_argument("--consecutive", type=int, default=2)
     args = parser.parse_args()
     if args.mode == "episodes":
-        episodes(args.data, args.tier, args.consecutive)
+        episodes(args.data, args.tier, args.calibrate, args.consecutive)
     else:
         external(args.data, args.test, args.tier, args.calibrate, args.consecutive)
 

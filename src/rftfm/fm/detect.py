@@ -84,6 +84,7 @@ import json
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,6 +140,8 @@ FORMAT = "rftfm-zero-shot-detector"
 VERSION = 3  # 3: the level-shift channel's limits
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "detector.json"
 NORMAL_KINDS = ("normal", "control")
+#: the channels with a threshold calibrated on healthy records (confirmed over records in a row, rftfm.fm.confirm)
+CALIBRATED = ("learned", "surprise", "rate_shift", "level_shift", "loss_penalty", "loss_scale")
 #: the fitting-free statistics calibrated on healthy records, and the least threshold each keeps
 LEAST_THRESHOLDS = {
     "rate_shift": -math.inf,
@@ -238,8 +241,9 @@ class _Live:
     has_eval: bool = False
     snapshots: deque = field(default_factory=lambda: deque(maxlen=SNAPSHOTS))
     steps: list[int] = field(default_factory=list)  # step number of each record the tracker has taken in
-    log_odds: list[float] = field(default_factory=list)  # the learned channel's running log-odds after each record
-    calibrated: list[tuple[float, ...]] = field(default_factory=list)  # each record's calibrated channels' statistics
+    # each record's calibrated channels' statistics, before confirmation (the first: the learned channel's running
+    # log-odds; :data:`CALIBRATED` names them)
+    calibrated: list[tuple[float, ...]] = field(default_factory=list)
     invariant_held: np.ndarray = field(default_factory=lambda: np.zeros(len(INVARIANT_LIMITS)))  # records holding each
     schedule: schedule.ScheduleState = field(default_factory=schedule.ScheduleState)
     shift: rate_shift.ShiftState = field(default_factory=rate_shift.ShiftState)
@@ -529,14 +533,21 @@ class Detector:
         score against
         its threshold (an alarm above 1; log-odds compare by difference; the fitting-free channels are in units of
         their limits)."""
+        fitted = self.calibrated_scores(tier, learned, surprise, shift, level, penalty, scale)
+        return np.fmax(np.fmax(reduce(np.fmax, fitted), invariant), np.abs(jump))  # (NaN: a channel not judged)
+
+    def calibrated_scores(
+        self, tier: str, learned: ArrayLike, surprise: ArrayLike, shift: ArrayLike, level: ArrayLike,
+        penalty: ArrayLike, scale: ArrayLike,
+    ) -> list[np.ndarray]:
+        """Each of the :data:`CALIBRATED` channels' scores against its threshold, in that order (the learned one's
+        log-odds compare by difference; a channel the tier could not calibrate never scores)."""
         t = self.thresholds[tier]
         with np.errstate(over="ignore", invalid="ignore"):
-            fitted = np.fmax(np.exp(np.asarray(learned) - t["learned"]), surprise / t["surprise"])
-            fitted = np.fmax(fitted, np.asarray(shift) / t.get("rate_shift", math.inf))  # NaN shift: not judged
-            fitted = np.fmax(fitted, np.asarray(level) / t.get("level_shift", math.inf))  # NaN: not judged
-            fitted = np.fmax(fitted, np.asarray(penalty) / t.get("loss_penalty", math.inf))
-            fitted = np.fmax(fitted, np.asarray(scale) / t.get("loss_scale", math.inf))
-            return np.fmax(np.fmax(fitted, invariant), np.abs(jump))
+            return [np.exp(np.asarray(learned, dtype=float) - t["learned"])] + [
+                np.asarray(v, dtype=float) / t.get(name, math.inf)
+                for name, v in zip(CALIBRATED[1:], (surprise, shift, level, penalty, scale))
+            ]
 
     def _combine_one(
         self, tier: str, learned: float, surprise: float, invariant: float, jump: float, shift: float, level: float,
@@ -802,9 +813,8 @@ class Detector:
 
     def _alarm(self, run_id: str, p: _Pending, learned: float) -> Alarm | None:
         live = self._live
-        previous = live.log_odds[-1] if live.log_odds else math.nan
+        previous = live.calibrated[-1][0] if live.calibrated else math.nan
         log_odds = _running_log_odds_one(previous, learned, self.config.persistence)
-        live.log_odds.append(log_odds)
         surprise = float(self._surprise(p.features, p.tier))
         invariant = max(
             float(p.invariant.max()), non_finite.UNITS if p.lost else 0.0, p.identity, p.binary,
@@ -865,7 +875,6 @@ class Detector:
         live.schedule = lr_state
         live.last_step = step - 1
         del live.steps[int(state.records[0]) :]
-        del live.log_odds[int(state.records[0]) :]
         del live.calibrated[int(state.records[0]) :]
         self.resumes += 1
         return True
