@@ -1,13 +1,16 @@
-"""What confirming the calibrated channels over records in a row does (rftfm.fm.confirm; docs/detection.md, stop 57).
+"""What the calibrated channels' settings do: confirming them over records in a row (rftfm.fm.confirm;
+docs/detection.md, stop 57) and the signals the surprise channel reads (``--surprise-reads step|tier``,
+``DetectorConfig.surprise_reads``; stop 58).
 
-    python scripts/confirmation_check.py episodes --data /work/data/h31 [--tier a] --calibrate C --consecutive K
+    python scripts/confirmation_check.py episodes --data /work/data/h31 [--tier a] --calibrate C --consecutive K \
+        [--surprise-reads step]
         every held-out configuration fold (split config) fitted as ``rftfm bench evaluate detection`` fits it (the
         calibrated channels' thresholds set on statistics confirmed over C records), scored in the trainer with K:
         each healthy run (normal, control, or faulty before its onset) that alarms, its first alarmed record's
         channel and how many records in a row its first episode lasted; then the headline summaries
 
     python scripts/confirmation_check.py external --data /work/data/h31 --test /work/data/hw42 \
-        --calibrate 2 --consecutive 2 [--tier a]
+        --calibrate 2 --consecutive 2 [--tier a] [--surprise-reads step]
         fitted on every run of --data with the channels calibrated on statistics confirmed over --calibrate records,
         scored with --consecutive: the headline summaries on every run of --test (log-only and in the trainer)
 """
@@ -37,12 +40,12 @@ class _Recording(Detector):
         return super()._combine(tier, learned, surprise, invariant, jump, shift, level, penalty, scale)
 
 
-def episodes(data: str, tier: str, calibrate: int, consecutive: int) -> None:
+def episodes(data: str, tier: str, calibrate: int, consecutive: int, reads: str = "step") -> None:
     runs, features = ed._load(data)
     lengths, outcomes = [], []
     for name, train, test in split_folds(runs, "config"):
         method = ed.InTrainerMethod(tier)
-        method.detector = _Recording(DetectorConfig(consecutive=calibrate))
+        method.detector = _Recording(DetectorConfig(consecutive=calibrate, surprise_reads=reads))
         method.fit_frames(train, features, ed.config_groups(train))
         method.detector.config.consecutive = consecutive
         method.set_trainers(test)
@@ -86,9 +89,9 @@ def _print_summary(method: str, m: dict, calibrate: int, consecutive: int) -> No
           f" mid-run, median delay {m['delay']['all']['median']}")
 
 
-def external(data: str, test: str, tier: str, calibrate: int, consecutive: int) -> None:
+def external(data: str, test: str, tier: str, calibrate: int, consecutive: int, reads: str = "step") -> None:
     runs, features = ed._load(data)
-    detector = Detector(DetectorConfig(consecutive=calibrate))
+    detector = Detector(DetectorConfig(consecutive=calibrate, surprise_reads=reads))
     detector.fit(runs, features, groups=ed.config_groups(runs), tiers=(tier,))
     detector.config.consecutive = consecutive
     result = ed.evaluate_detection(test, split="all", tiers=(tier,), with_baselines=False, detector=detector,
@@ -105,11 +108,12 @@ def main() -> None:
     parser.add_argument("--tier", default="a")
     parser.add_argument("--calibrate", type=int, default=2)
     parser.add_argument("--consecutive", type=int, default=2)
+    parser.add_argument("--surprise-reads", choices=("step", "tier"), default="step")
     args = parser.parse_args()
     if args.mode == "episodes":
-        episodes(args.data, args.tier, args.calibrate, args.consecutive)
+        episodes(args.data, args.tier, args.calibrate, args.consecutive, args.surprise_reads)
     else:
-        external(args.data, args.test, args.tier, args.calibrate, args.consecutive)
+        external(args.data, args.test, args.tier, args.calibrate, args.consecutive, args.surprise_reads)
 
 
 if __name__ == "__main__":

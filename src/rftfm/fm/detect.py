@@ -19,7 +19,9 @@ How it decides, record by record:
    :data:`SURPRISE_TOP` largest innovations of the record, each in units of the innovation that
    healthy records of that signal exceed once in a hundred (a collapse moves several signals at
    once; an isolated spike of the k3 KL estimator moves one); a move in a signal's benign direction
-   (a held-out accuracy rising) is not counted (:func:`counted_range`);
+   (a held-out accuracy rising) is not counted (:func:`counted_range`). It reads the step metrics a framework logs
+   at every record, in every tier (``DetectorConfig.surprise_reads``): the held-out accuracy and the trajectory
+   aggregates reach it only through the learned channel (docs/detection.md, stop 58);
 4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
    (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
    rounding, so once the run has held one :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, a record past its
@@ -212,10 +214,20 @@ class DetectorConfig:
     level_quantile: float = 0.99  # each level-shift signal's limit: this quantile of healthy runs' largest move
     consecutive: int = 2  # records in a row a calibrated channel's statistic must be past its threshold to alarm
     # (:mod:`rftfm.fm.confirm`; 1: each record alone, as artifacts saved before it was a setting)
+    surprise_reads: str = "step"  # the surprise channel's signals: "step", the step metrics of tier a whatever the
+    # tier; "tier", every signal of the tier (artifacts saved before it was a setting)
+
+
+def surprise_signals(tier: str, reads: str = "step") -> tuple[str, ...]:
+    """The signals the surprise channel reads in ``tier``: the step metrics (``reads="step"``) or all the tier's
+    (``"tier"``), less :data:`UNSURPRISING`."""
+    if reads not in ("step", "tier"):
+        raise ValueError(f"surprise_reads must be 'step' or 'tier', not {reads!r}")
+    return tuple(s for s in TIERS["a" if reads == "step" else tier] if s not in UNSURPRISING)
 
 
 def learned_signals(tier: str) -> tuple[str, ...]:
-    """The tier's signals the learned channel reads (the surprise channel reads them all)."""
+    """The tier's signals the learned channel reads."""
     return tuple(s for s in TIERS[tier] if s not in UNLEARNED)
 
 
@@ -508,7 +520,7 @@ class Detector:
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
         if tier not in self._surprise_columns:  # looked up once per tier: this runs at every live record
-            kept = [s for s in TIERS[tier] if s not in UNSURPRISING]
+            kept = surprise_signals(tier, self.config.surprise_reads)
             low, high = np.array([counted_range(s) for s in kept]).T
             self._surprise_columns[tier] = (
                 np.array([self.tracker.names.index(f"{s}:z") for s in kept]),
@@ -1036,6 +1048,7 @@ class Detector:
         config = dict(data["config"])
         config["tracker"] = TrackerConfig(**config["tracker"])
         config.setdefault("consecutive", 1)  # saved before confirmation was a setting: calibrated record by record
+        config.setdefault("surprise_reads", "tier")  # saved before it was a setting: calibrated on the tier's signals
         det = cls(DetectorConfig(**config))
         prior = np.array([np.nan if v is None else v for v in data["prior_noise"]], dtype=float)
         det.tracker = DynamicsTracker(CUBE_SIGNALS, prior, det.config.tracker)
