@@ -518,7 +518,8 @@ class Detector:
         return lgb.train({**LGB_PARAMS, "seed": self.config.seed + 11}, dataset, num_boost_round=self.config.num_rounds)
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
-        """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the tier's signals (missing: 0)."""
+        """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the signals it reads
+        (:func:`surprise_signals`; missing: 0)."""
         if tier not in self._surprise_columns:  # looked up once per tier: this runs at every live record
             kept = surprise_signals(tier, self.config.surprise_reads)
             low, high = np.array([counted_range(s) for s in kept]).T
