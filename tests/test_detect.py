@@ -324,6 +324,8 @@ def test_the_surprise_channel_reads_the_step_metrics_in_every_tier_unless_told_o
     assert "eval_accuracy" in surprise_signals("c", "tier") and "eval_accuracy" not in surprise_signals("c")
     with pytest.raises(ValueError, match="surprise_reads"):
         surprise_signals("a", "all")
+    with pytest.raises(ValueError, match="surprise_reads"):  # a setting no channel reads fails when it is made
+        DetectorConfig(surprise_reads="all")
     x = np.zeros(len(fitted.tracker.names))
     x[fitted.tracker.names.index("eval_accuracy:z")] = -12.0
     assert float(fitted._surprise(x, "c")) == 0.0

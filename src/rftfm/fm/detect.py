@@ -217,6 +217,9 @@ class DetectorConfig:
     surprise_reads: str = "step"  # the surprise channel's signals: "step", the step metrics of tier a whatever the
     # tier; "tier", every signal of the tier (artifacts saved before it was a setting)
 
+    def __post_init__(self) -> None:
+        surprise_signals("a", self.surprise_reads)  # an unknown setting fails here (at load), not at the first record
+
 
 def surprise_signals(tier: str, reads: str = "step") -> tuple[str, ...]:
     """The signals the surprise channel reads in ``tier``: the step metrics (``reads="step"``) or all the tier's
