@@ -25,7 +25,7 @@ import polars as pl
 from rftfm.bench import eval_detection as ed
 from rftfm.bench.splits import folds as split_folds
 from rftfm.fm import kl_coefficient
-from rftfm.fm.detect import CALIBRATED, Detector, DetectorConfig
+from rftfm.fm.detect import CALIBRATED, SURPRISE_READS, Detector, DetectorConfig
 
 
 class _Recording(Detector):
@@ -40,7 +40,7 @@ class _Recording(Detector):
         return super()._combine(tier, learned, surprise, invariant, jump, shift, level, penalty, scale)
 
 
-def episodes(data: str, tier: str, calibrate: int, consecutive: int, reads: str = "step") -> None:
+def episodes(data: str, tier: str, calibrate: int, consecutive: int, reads: str = SURPRISE_READS[0]) -> None:
     runs, features = ed._load(data)
     lengths, outcomes = [], []
     for name, train, test in split_folds(runs, "config"):
@@ -89,7 +89,7 @@ def _print_summary(method: str, m: dict, calibrate: int, consecutive: int) -> No
           f" mid-run, median delay {m['delay']['all']['median']}")
 
 
-def external(data: str, test: str, tier: str, calibrate: int, consecutive: int, reads: str = "step") -> None:
+def external(data: str, test: str, tier: str, calibrate: int, consecutive: int, reads: str = SURPRISE_READS[0]) -> None:
     runs, features = ed._load(data)
     detector = Detector(DetectorConfig(consecutive=calibrate, surprise_reads=reads))
     detector.fit(runs, features, groups=ed.config_groups(runs), tiers=(tier,))
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--tier", default="a")
     parser.add_argument("--calibrate", type=int, default=2)
     parser.add_argument("--consecutive", type=int, default=2)
-    parser.add_argument("--surprise-reads", choices=("step", "tier"), default="step")
+    parser.add_argument("--surprise-reads", choices=SURPRISE_READS, default=SURPRISE_READS[0])
     args = parser.parse_args()
     if args.mode == "episodes":
         episodes(args.data, args.tier, args.calibrate, args.consecutive, args.surprise_reads)

@@ -303,7 +303,7 @@ def test_a_held_out_accuracy_that_rises_is_no_surprise_but_one_that_falls_is():
 
     assert counted_range("eval_accuracy") == (-np.inf, 0.0) and counted_range("kl") == (-np.inf, np.inf)
     detector = Detector.load_default()
-    detector.config.surprise_reads = "tier"  # (the default reads the step metrics alone: see the test below)
+    detector.config.surprise_reads = "tier"  # (the default gates a held-out accuracy: see the test below)
     x = np.zeros(len(detector.tracker.names))
     column = detector.tracker.names.index("eval_accuracy:z")
     x[column] = 12.0
@@ -313,28 +313,42 @@ def test_a_held_out_accuracy_that_rises_is_no_surprise_but_one_that_falls_is():
     assert float(detector._surprise(x, "a")) == 0.0  # tier a has no held-out accuracy
 
 
-def test_the_surprise_channel_reads_the_step_metrics_in_every_tier_unless_told_otherwise(fitted, tmp_path):
-    """Held-out accuracy and trajectory aggregates reach the detector through its learned channel; the surprise channel
-    reads the step metrics a framework logs at every record (a held-out accuracy measured on a small set every few
-    records moved it in healthy runs). An artifact saved before the setting keeps reading the tier's signals."""
+def test_the_surprise_channel_reads_the_step_metrics_and_a_warmed_up_held_out_accuracy(fitted, tmp_path):
+    """The surprise channel reads the step metrics a framework logs at every record, in every tier, and a held-out
+    accuracy's fall only once the run's warm-up of it is complete (a held-out accuracy measured on a small set every
+    few records moved it in healthy runs at their first records); trajectory aggregates reach the detector through its
+    learned channel. ``"step"`` reads the step metrics alone; an artifact saved before the setting, the tier's
+    signals."""
     from rftfm.fm.detect import TIERS, UNSURPRISING, surprise_signals
 
-    assert fitted.config.surprise_reads == "step"
-    assert surprise_signals("bc") == surprise_signals("a") == tuple(s for s in TIERS["a"] if s not in UNSURPRISING)
-    assert "eval_accuracy" in surprise_signals("c", "tier") and "eval_accuracy" not in surprise_signals("c")
+    step_metrics = tuple(s for s in TIERS["a"] if s not in UNSURPRISING)
+    assert fitted.config.surprise_reads == "step+eval"
+    assert surprise_signals("b") == surprise_signals("a") == surprise_signals("c", "step") == step_metrics
+    assert surprise_signals("bc") == surprise_signals("c") == step_metrics + ("eval_accuracy",)
+    assert "reward_minus_eval" in surprise_signals("c", "tier") and "reward_minus_eval" not in surprise_signals("c")
     with pytest.raises(ValueError, match="surprise_reads"):
         surprise_signals("a", "all")
     with pytest.raises(ValueError, match="surprise_reads"):  # a setting no channel reads fails when it is made
         DetectorConfig(surprise_reads="all")
-    x = np.zeros(len(fitted.tracker.names))
-    x[fitted.tracker.names.index("eval_accuracy:z")] = -12.0
+    names = fitted.tracker.names
+    x = np.zeros(len(names))
+    x[names.index("eval_accuracy:z")] = -12.0
+    x[names.index("eval_accuracy:change0")] = np.nan  # still in its warm-up
     assert float(fitted._surprise(x, "c")) == 0.0
-    x[fitted.tracker.names.index("kl:z")] = 12.0
+    x[names.index("eval_accuracy:change0")] = -0.3
+    assert float(fitted._surprise(x, "c")) > 0.0 == float(fitted._surprise(x, "a"))
+    x[names.index("eval_accuracy:z")] = 12.0  # a rise is no surprise
+    assert float(fitted._surprise(x, "c")) == 0.0
+    x[names.index("kl:z")] = 12.0
     assert float(fitted._surprise(x, "c")) == float(fitted._surprise(x, "a")) > 0.0
+    fitted.config.surprise_reads, fitted._surprise_columns = "step", {}
+    x[names.index("eval_accuracy:z")] = -40.0
+    assert float(fitted._surprise(x, "c")) == float(fitted._surprise(x, "a"))
+    fitted.config.surprise_reads, fitted._surprise_columns = "step+eval", {}
     path = tmp_path / "det.json"
     fitted.save(path)
     data = json.loads(path.read_text())
-    assert Detector.load(path).config.surprise_reads == "step"
+    assert Detector.load(path).config.surprise_reads == "step+eval"
     del data["config"]["surprise_reads"]
     path.write_text(json.dumps(data))
     assert Detector.load(path).config.surprise_reads == "tier"

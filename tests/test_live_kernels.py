@@ -14,7 +14,7 @@ import pytest
 
 from rftfm.fm import features, invariants, level_shift, non_finite, trajectory_kernel
 from rftfm.fm.cube import CUBE_SIGNALS, FlatStreak, record_row, with_derived
-from rftfm.fm.detect import TIERS, Detector
+from rftfm.fm.detect import SURPRISE_READS, TIERS, Detector
 from rftfm.fm.features import FEATURES
 from rftfm.records import TrajectoryFlags, TrajectoryRecord
 
@@ -28,9 +28,13 @@ def test_one_records_surprise_is_the_batch_paths(detector):
     rng = np.random.default_rng(0)
     rows = rng.normal(0, 8, (200, len(detector.tracker.names)))
     rows[rng.random(rows.shape) < 0.2] = np.nan
-    for tier in TIERS:
-        batch = detector._surprise(rows, tier)
-        assert [float(detector._surprise(row, tier)) for row in rows] == batch.tolist()
+    shipped = detector.config.surprise_reads
+    for reads in SURPRISE_READS:  # ("step+eval" gates the held-out accuracy on its warm-up feature)
+        detector.config.surprise_reads, detector._surprise_columns = reads, {}
+        for tier in TIERS:
+            batch = detector._surprise(rows, tier)
+            assert [float(detector._surprise(row, tier)) for row in rows] == batch.tolist()
+    detector.config.surprise_reads, detector._surprise_columns = shipped, {}
 
 
 def test_one_records_level_units_are_the_batch_paths(detector):

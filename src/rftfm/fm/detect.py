@@ -20,8 +20,9 @@ How it decides, record by record:
    healthy records of that signal exceed once in a hundred (a collapse moves several signals at
    once; an isolated spike of the k3 KL estimator moves one); a move in a signal's benign direction
    (a held-out accuracy rising) is not counted (:func:`counted_range`). It reads the step metrics a framework logs
-   at every record, in every tier (``DetectorConfig.surprise_reads``): the held-out accuracy and the trajectory
-   aggregates reach it only through the learned channel (docs/detection.md, stop 58);
+   at every record, in every tier, and a held-out accuracy's fall once the run's warm-up of it is complete
+   (:data:`SURPRISE_AFTER_WARMUP`; ``DetectorConfig.surprise_reads``): the trajectory aggregates reach the detector
+   only through the learned channel (docs/detection.md, stops 58 and 59);
 4. an *invariant* channel that needs no fitting at all: the advantage invariants of group-relative estimators
    (:func:`~rftfm.fm.features.advantage_consistency`) are 0 in a healthy run of any configuration up to float
    rounding, so once the run has held one :data:`~rftfm.fm.invariants.INVARIANT_WARMUP` times, a record past its
@@ -172,6 +173,12 @@ MAX_EVIDENCE = 5
 #: channels do (at TRL's default logging, a record every 10 steps, that is step 120).
 WINDOWED_FROM_RECORD = max(m.WINDOW + m.MIN_BASELINE for m in (level_shift, loss_penalty, loss_scale))
 SURPRISE_TOP = 3
+SURPRISE_READS = ("step+eval", "step", "tier")  # :attr:`DetectorConfig.surprise_reads`
+#: Signals the surprise channel reads (``surprise_reads="step+eval"``) only once the run's warm-up of that signal is
+#: complete (:attr:`~rftfm.fm.dynamics.TrackerConfig.warmup` values: its ``change0`` feature is defined): a held-out
+#: accuracy measured on a small set every few records moved it in healthy runs at their first records (stop 57),
+#: while a policy pushed off course mid-run shows first as its fall (an entropy bonus at TRL's logging: stop 59).
+SURPRISE_AFTER_WARMUP = ("eval_accuracy",)
 #: Signals left out of the surprise channel: noisy by nature in healthy runs (the registry's ``noisy``), and the
 #: advantage invariants, which only the invariant channel reads (below).
 UNSURPRISING = tuple(s for s in CUBE_SIGNALS if s in SIGNALS and SIGNALS[s].noisy) + tuple(INVARIANT_FEATURES)
@@ -214,19 +221,24 @@ class DetectorConfig:
     level_quantile: float = 0.99  # each level-shift signal's limit: this quantile of healthy runs' largest move
     consecutive: int = 2  # records in a row a calibrated channel's statistic must be past its threshold to alarm
     # (:mod:`rftfm.fm.confirm`; 1: each record alone, as artifacts saved before it was a setting)
-    surprise_reads: str = "step"  # the surprise channel's signals: "step", the step metrics of tier a whatever the
-    # tier; "tier", every signal of the tier (artifacts saved before it was a setting)
+    surprise_reads: str = "step+eval"  # the surprise channel's signals (:func:`surprise_signals`): "step+eval", the
+    # step metrics of tier a whatever the tier, and a held-out accuracy's falls once its warm-up is complete; "step",
+    # the step metrics alone (stop 58); "tier", every signal of the tier (artifacts saved before it was a setting)
 
     def __post_init__(self) -> None:
         surprise_signals("a", self.surprise_reads)  # an unknown setting fails here (at load), not at the first record
 
 
-def surprise_signals(tier: str, reads: str = "step") -> tuple[str, ...]:
-    """The signals the surprise channel reads in ``tier``: the step metrics (``reads="step"``) or all the tier's
-    (``"tier"``), less :data:`UNSURPRISING`."""
-    if reads not in ("step", "tier"):
-        raise ValueError(f"surprise_reads must be 'step' or 'tier', not {reads!r}")
-    return tuple(s for s in TIERS["a" if reads == "step" else tier] if s not in UNSURPRISING)
+def surprise_signals(tier: str, reads: str = "step+eval") -> tuple[str, ...]:
+    """The signals the surprise channel reads in ``tier``, less :data:`UNSURPRISING`: the step metrics
+    (``reads="step"``), those and the tier's :data:`SURPRISE_AFTER_WARMUP` (``"step+eval"``; read once the run's
+    warm-up of each is complete, :meth:`Detector._surprise`), or all the tier's (``"tier"``)."""
+    if reads not in SURPRISE_READS:
+        raise ValueError(f"surprise_reads must be one of {SURPRISE_READS}, not {reads!r}")
+    kept = TIERS[tier] if reads == "tier" else TIERS["a"] + tuple(
+        s for s in SURPRISE_AFTER_WARMUP if reads == "step+eval" and s in TIERS[tier]
+    )
+    return tuple(s for s in kept if s not in UNSURPRISING)
 
 
 def learned_signals(tier: str) -> tuple[str, ...]:
@@ -522,20 +534,26 @@ class Detector:
 
     def _surprise(self, x: np.ndarray, tier: str) -> np.ndarray:
         """(..., ) mean of the :data:`SURPRISE_TOP` largest |innovations| of the signals it reads
-        (:func:`surprise_signals`; missing: 0)."""
+        (:func:`surprise_signals`; missing, or a :data:`SURPRISE_AFTER_WARMUP` signal still in its warm-up: 0)."""
         if tier not in self._surprise_columns:  # looked up once per tier: this runs at every live record
-            kept = surprise_signals(tier, self.config.surprise_reads)
+            reads = self.config.surprise_reads
+            kept = surprise_signals(tier, reads)
             low, high = np.array([counted_range(s) for s in kept]).T
+            gated = (lambda s: s in SURPRISE_AFTER_WARMUP) if reads == "step+eval" else (lambda s: False)
             self._surprise_columns[tier] = (
                 np.array([self.tracker.names.index(f"{s}:z") for s in kept]),
+                np.array([self.tracker.names.index(f"{s}:change0") if gated(s) else -1 for s in kept]),
                 np.array([self.surprise_scale.get(s, 1.0) for s in kept]),
                 low,
                 high,
             )
-        z_cols, scale, low, high = self._surprise_columns[tier]
+        z_cols, gates, scale, low, high = self._surprise_columns[tier]
         if x.ndim == 1:  # a live record: compiled (the same number; numpy's set-up costs more than the sort)
-            return np.float64(surprise_one(x, z_cols, low, high, scale, SURPRISE_TOP))
+            return np.float64(surprise_one(x, z_cols, gates, low, high, scale, SURPRISE_TOP))
         z = x[..., z_cols]
+        if (gates >= 0).any():  # a gated signal counts where its gate feature is defined
+            closed = np.isnan(x[..., np.where(gates >= 0, gates, 0)]) & (gates >= 0)
+            z = np.where(closed, np.nan, z)
         z = np.abs(clip(np.where(np.isnan(z), 0.0, z), low, high)) / scale
         top = np.sort(z, axis=-1)[..., -SURPRISE_TOP:]
         return np.add.reduce(top, axis=-1) / top.shape[-1]  # the mean, without np.mean's dispatch (per live record)

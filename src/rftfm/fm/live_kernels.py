@@ -16,13 +16,15 @@ from rftfm.fm.dynamics_kernel import np_maximum, np_minimum
 
 
 @compiled(error_model="numpy")
-def surprise_one(row, columns, low, high, scale, top: int) -> float:  # pragma: no cover  (compiled)
-    """Mean of the ``top`` largest |innovations| of one record's features ``row`` at ``columns`` (missing: 0), each
-    clipped to (``low``, ``high``) and divided by its ``scale``; summed smallest first, as numpy adds the sorted
-    tail."""
+def surprise_one(row, columns, gates, low, high, scale, top: int) -> float:  # pragma: no cover  (compiled)
+    """Mean of the ``top`` largest |innovations| of one record's features ``row`` at ``columns`` (missing, or where
+    the feature at ``gates`` is NaN -- a gate of -1: none --: 0), each clipped to (``low``, ``high``) and divided by
+    its ``scale``; summed smallest first, as numpy adds the sorted tail."""
     z = np.empty(columns.size)
     for i in range(columns.size):
         v = row[columns[i]]
+        if gates[i] >= 0 and row[gates[i]] != row[gates[i]]:
+            v = np.nan
         z[i] = abs(np_minimum(np_maximum(0.0 if v != v else v, low[i]), high[i])) / scale[i]
     z.sort()
     total = 0.0
