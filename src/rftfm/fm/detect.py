@@ -539,10 +539,10 @@ class Detector:
             reads = self.config.surprise_reads
             kept = surprise_signals(tier, reads)
             low, high = np.array([counted_range(s) for s in kept]).T
-            gated = (lambda s: s in SURPRISE_AFTER_WARMUP) if reads == "step+eval" else (lambda s: False)
+            gated = SURPRISE_AFTER_WARMUP if reads == "step+eval" else ()
             self._surprise_columns[tier] = (
                 np.array([self.tracker.names.index(f"{s}:z") for s in kept]),
-                np.array([self.tracker.names.index(f"{s}:change0") if gated(s) else -1 for s in kept]),
+                np.array([self.tracker.names.index(f"{s}:change0") if s in gated else -1 for s in kept]),
                 np.array([self.surprise_scale.get(s, 1.0) for s in kept]),
                 low,
                 high,
