@@ -129,3 +129,19 @@ def test_a_knob_push_sets_the_knob_once_at_its_onset_through_the_users_setter(tm
     trainer.train()
     assert push.fired_at == 3
     assert trainer.temperature == trainer.generation_config.temperature == 2.0
+
+
+@pytest.mark.slow
+def test_an_entropy_penalty_pushed_at_trls_defaults_is_undone_with_an_eval_callable():
+    """At TRL's defaults (a record every 10 steps) an 80-step run has too few records for the loss channels; with an
+    eval callable the held-out accuracy's fall (read by the surprise channel from its 5th value on) catches an entropy
+    coefficient pushed to -3 at step 40, and the loop sets it back (docs/integrations/trl.md, stop 59)."""
+    from rftfm.bench.eval_remediation import PlainRun, load_components, repaired, run_plain_arm
+
+    components = load_components(None, None)
+    run = PlainRun(run_id="entropy-push", seed=400, steps=80, push=(40, "entropy_coef", -3.0), logging_steps=10,
+                   lr_scheduler="linear")
+    clean, _ = run_plain_arm(run, "clean", components)
+    result, _ = run_plain_arm(run, "loop+eval", components)
+    assert result.actions and "rollback" in result.actions[0] and any("set_knob:entropy_coef=0.0" in a for a in result.actions)
+    assert repaired(result.cleared, result.final_accuracy, clean.final_accuracy)  # cleared, at its clean twin's level
