@@ -143,5 +143,6 @@ def test_an_entropy_penalty_pushed_at_trls_defaults_is_undone_with_an_eval_calla
                    lr_scheduler="linear")
     clean, _ = run_plain_arm(run, "clean", components)
     result, _ = run_plain_arm(run, "loop+eval", components)
-    assert result.actions and "rollback" in result.actions[0] and any("set_knob:entropy_coef=0.0" in a for a in result.actions)
+    assert result.actions and "rollback" in result.actions[0]
+    assert any("set_knob:entropy_coef=0.0" in a for a in result.actions)
     assert repaired(result.cleared, result.final_accuracy, clean.final_accuracy)  # cleared, at its clean twin's level
