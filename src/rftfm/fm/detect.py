@@ -235,9 +235,8 @@ def surprise_signals(tier: str, reads: str = "step+eval") -> tuple[str, ...]:
     warm-up of each is complete, :meth:`Detector._surprise`), or all the tier's (``"tier"``)."""
     if reads not in SURPRISE_READS:
         raise ValueError(f"surprise_reads must be one of {SURPRISE_READS}, not {reads!r}")
-    kept = TIERS[tier] if reads == "tier" else TIERS["a"] + tuple(
-        s for s in SURPRISE_AFTER_WARMUP if reads == "step+eval" and s in TIERS[tier]
-    )
+    gated = SURPRISE_AFTER_WARMUP if reads == "step+eval" else ()
+    kept = TIERS[tier] if reads == "tier" else TIERS["a"] + tuple(s for s in gated if s in TIERS[tier])
     return tuple(s for s in kept if s not in UNSURPRISING)
 
 
